@@ -1,0 +1,59 @@
+// What is computed: keyword-style configuration of every attention variant, and its validation.
+// Plain structs with named fields (no positional parameter-order traps).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace longattn {
+
+// Input geometry of an attention call: Q, K, V are [B, N, H, D].
+struct Shape {
+  int64_t B = 1, N = 0, H = 1, D = 64;
+};
+
+enum class DilatedMode { Groups, LongNet };
+
+struct DilatedConfig {
+  std::vector<int64_t> segment_lengths{2048, 4096, 8192};
+  std::vector<int64_t> dilation_rates{1, 2, 4};
+  DilatedMode mode = DilatedMode::Groups;
+  bool exact_longnet_grad = false;  // longnet: differentiate the pair weights too
+};
+
+// One level of the hierarchical pattern (tokens): rows every `stride` get a window of `window`
+// tokens centred on them, or every column when window < 0.
+struct HierarchicalLevel {
+  int64_t stride = 64;
+  int64_t window = 256;
+};
+
+struct SparseConfig {
+  // local_window | dilated_sparse | global_local | hierarchical | random | content_adaptive
+  std::string pattern = "local_window";
+  double sparsity_ratio = 0.0;  // fraction of blocks KEPT in (0, 1]; 0 = not given
+  int64_t block_size = 64;
+  int64_t window_size = 256;  // tokens (local_window, global_local)
+  std::vector<int64_t> dilation_rates{1, 2, 4};  // block offsets (dilated_sparse)
+  int64_t global_tokens = 64;  // tokens, not blocks (global_local)
+  std::vector<HierarchicalLevel> levels;  // hierarchical
+  uint64_t seed = 0;                       // random
+  int64_t topk = 0;  // content_adaptive: key blocks per query block; 0 = from sparsity_ratio
+  bool hilbert = false;  // visit blocks in Hilbert order (layout only; never changes results)
+  // Which fields the user set explicitly (a ratio given alone derives the structural one).
+  bool window_given = false, rates_given = false, global_given = false, levels_given = false;
+};
+
+struct AttentionSpec {
+  std::string variant = "dense";  // dense | dilated | block_sparse
+  bool causal = false;
+  double scale = 0.0;      // 0 -> 1/sqrt(D)
+  int64_t block_size = 64;  // kernel tile for dense and dilated
+  DilatedConfig dilated;
+  SparseConfig sparse;
+};
+
+// Rejects invalid shapes/configs before any work; throws InvalidArgument naming the argument.
+void validate_shape(const Shape& s);
+
+}  // namespace longattn

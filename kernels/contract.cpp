@@ -1,0 +1,168 @@
+// Block-mask construction, transposition, validation, and the contract's shape checks.
+#include "kernels/contract.hpp"
+
+#include <algorithm>
+
+#include "runtime/error.hpp"
+
+namespace longattn {
+
+BlockMask BlockMask::transpose() const {
+  BlockMask t;
+  t.block_q = block_k;
+  t.block_k = block_q;
+  t.num_q_blocks = num_k_blocks;
+  t.num_k_blocks = num_q_blocks;
+  t.row_ptr.assign(static_cast<size_t>(num_k_blocks) + 1, 0);
+  for (int32_t c : col_idx) t.row_ptr[static_cast<size_t>(c) + 1]++;
+  for (int64_t i = 0; i < num_k_blocks; ++i) t.row_ptr[i + 1] += t.row_ptr[i];
+  t.col_idx.resize(col_idx.size());
+  t.partial.resize(col_idx.size());
+  std::vector<int64_t> fill(t.row_ptr.begin(), t.row_ptr.end() - 1);
+  for (int64_t r = 0; r < num_q_blocks; ++r)  // rows in order, so each column list is sorted
+    for (int64_t k = row_ptr[r]; k < row_ptr[r + 1]; ++k) {
+      const int64_t dst = fill[col_idx[k]]++;
+      t.col_idx[dst] = static_cast<int32_t>(r);
+      t.partial[dst] = partial[k];
+    }
+  return t;
+}
+
+void BlockMask::validate() const {
+  LONGATTN_ASSERT(static_cast<int64_t>(row_ptr.size()) == num_q_blocks + 1, "row_ptr size");
+  LONGATTN_ASSERT(row_ptr.front() == 0 && row_ptr.back() == nnz(), "row_ptr bounds");
+  LONGATTN_ASSERT(partial.size() == col_idx.size(), "partial size");
+  for (int64_t r = 0; r < num_q_blocks; ++r) {
+    LONGATTN_ASSERT(row_ptr[r] <= row_ptr[r + 1], "row_ptr must be monotone");
+    for (int64_t k = row_ptr[r]; k < row_ptr[r + 1]; ++k) {
+      LONGATTN_ASSERT(col_idx[k] >= 0 && col_idx[k] < num_k_blocks, "column out of range");
+      LONGATTN_ASSERT(k == row_ptr[r] || col_idx[k - 1] < col_idx[k],
+                      "columns must be sorted and unique");
+    }
+  }
+}
+
+namespace {
+// Classifies block (qb, kb): 0 = nothing visible, 1 = partly visible, 2 = fully visible.
+int classify(const MaskGeometry& g, int64_t qb, int64_t kb) {
+  const int64_t q0 = qb * g.block_q, q1 = std::min(g.nq, q0 + g.block_q);  // rows [q0, q1)
+  const int64_t k0 = kb * g.block_k, k1 = std::min(g.nk, k0 + g.block_k);
+  if (q0 >= q1 || k0 >= k1) return 0;
+  const bool edge = (q1 - q0) < g.block_q || (k1 - k0) < g.block_k;
+  if (!g.causal) return edge ? 1 : 2;
+  const int64_t first_q = g.q_offset + q0, last_q = g.q_offset + q1 - 1;
+  const int64_t first_k = g.k_offset + k0, last_k = g.k_offset + k1 - 1;
+  if (first_k > last_q) return 0;        // every key after every query
+  if (last_k <= first_q && !edge) return 2;  // every key at or before every query
+  return 1;
+}
+}  // namespace
+
+BlockMask build_block_mask(const MaskGeometry& g, const std::vector<std::vector<int32_t>>& rows) {
+  LONGATTN_CHECK_ARG(g.block_q > 0, "block_q", g.block_q, "must be positive");
+  LONGATTN_CHECK_ARG(g.block_k > 0, "block_k", g.block_k, "must be positive");
+  BlockMask m;
+  m.block_q = g.block_q;
+  m.block_k = g.block_k;
+  m.num_q_blocks = (g.nq + g.block_q - 1) / g.block_q;
+  m.num_k_blocks = (g.nk + g.block_k - 1) / g.block_k;
+  LONGATTN_CHECK_ARG(static_cast<int64_t>(rows.size()) == m.num_q_blocks, "mask rows",
+                     rows.size(), "must equal the number of query blocks " +
+                                      std::to_string(m.num_q_blocks));
+  m.row_ptr.assign(1, 0);
+  for (int64_t r = 0; r < m.num_q_blocks; ++r) {
+    std::vector<int32_t> cols = rows[r];
+    std::sort(cols.begin(), cols.end());
+    cols.erase(std::unique(cols.begin(), cols.end()), cols.end());
+    for (int32_t c : cols) {
+      LONGATTN_CHECK_ARG(c >= 0 && c < m.num_k_blocks, "key block", c,
+                         "must be in [0, " + std::to_string(m.num_k_blocks) + ")");
+      const int cls = classify(g, r, c);
+      if (cls == 0) continue;
+      m.col_idx.push_back(c);
+      m.partial.push_back(cls == 1 ? 1 : 0);
+    }
+    m.row_ptr.push_back(static_cast<int64_t>(m.col_idx.size()));
+  }
+  return m;
+}
+
+BlockMask dense_block_mask(const MaskGeometry& g) {
+  const int64_t nqb = (g.nq + g.block_q - 1) / g.block_q;
+  const int64_t nkb = (g.nk + g.block_k - 1) / g.block_k;
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(nqb));
+  for (auto& r : rows)
+    for (int64_t c = 0; c < nkb; ++c) r.push_back(static_cast<int32_t>(c));
+  return build_block_mask(g, rows);
+}
+
+BlockMaskView host_mask_view(const BlockMask& m) {
+  BlockMaskView v;
+  v.row_ptr = m.row_ptr.data();
+  v.col_idx = m.col_idx.data();
+  v.partial = m.partial.data();
+  v.block_q = m.block_q;
+  v.block_k = m.block_k;
+  v.num_q_blocks = m.num_q_blocks;
+  v.num_k_blocks = m.num_k_blocks;
+  v.nnz = m.nnz();
+  return v;
+}
+
+namespace {
+void check_same_bhd(const TensorView& a, const char* an, const TensorView& b, const char* bn) {
+  LONGATTN_CHECK_ARG(a.B == b.B && a.H == b.H, an, a.shape_string(),
+                     std::string("batch and heads must match ") + bn + " " + b.shape_string());
+}
+void check_lse(const TensorView& lse, const TensorView& q, const char* name) {
+  LONGATTN_CHECK_ARG(lse.B == q.B && lse.N == q.N && lse.H == q.H && lse.D == 1, name,
+                     lse.shape_string(), "must be [B, Nq, H, 1] of q " + q.shape_string());
+  LONGATTN_CHECK_ARG(lse.dtype == DType::F32 || lse.dtype == DType::F64, name,
+                     dtype_name(lse.dtype), "must be fp32 (or fp64 on the CPU)");
+}
+void check_mask(const BlockMaskView& m, const TensorView& q, const TensorView& k) {
+  LONGATTN_CHECK_ARG(m.block_q > 0 && m.block_k > 0, "mask block size",
+                     std::to_string(m.block_q) + "x" + std::to_string(m.block_k),
+                     "must be positive");
+  LONGATTN_CHECK_ARG(m.num_q_blocks == (q.N + m.block_q - 1) / m.block_q, "mask query blocks",
+                     m.num_q_blocks, "must cover Nq = " + std::to_string(q.N));
+  LONGATTN_CHECK_ARG(m.num_k_blocks == (k.N + m.block_k - 1) / m.block_k, "mask key blocks",
+                     m.num_k_blocks, "must cover Nk = " + std::to_string(k.N));
+}
+}  // namespace
+
+void validate_forward(const AttnFwdParams& p) {
+  check_same_bhd(p.k, "k", p.q, "q");
+  check_same_bhd(p.v, "v", p.q, "q");
+  LONGATTN_CHECK_ARG(p.q.D == p.k.D && p.v.D == p.q.D, "head_dim", p.k.D,
+                     "q, k and v must have the same head dimension " + std::to_string(p.q.D));
+  LONGATTN_CHECK_ARG(p.k.N == p.v.N, "v rows", p.v.N, "must equal k rows " + std::to_string(p.k.N));
+  LONGATTN_CHECK_ARG(p.q.dtype == p.k.dtype && p.q.dtype == p.v.dtype, "dtype",
+                     dtype_name(p.k.dtype), "q, k and v must share one dtype");
+  LONGATTN_CHECK_ARG(p.o.B == p.q.B && p.o.N == p.q.N && p.o.H == p.q.H && p.o.D == p.q.D, "o",
+                     p.o.shape_string(), "must have the shape of q " + p.q.shape_string());
+  check_lse(p.lse, p.q, "lse");
+  check_mask(p.mask, p.q, p.k);
+}
+
+void validate_backward(const AttnBwdParams& p) {
+  AttnFwdParams f;
+  f.q = p.q;
+  f.k = p.k;
+  f.v = p.v;
+  f.o = p.o;
+  f.lse = p.lse;
+  f.mask = p.mask;
+  validate_forward(f);
+  auto same = [](const TensorView& a, const TensorView& b, const char* n) {
+    LONGATTN_CHECK_ARG(a.B == b.B && a.N == b.N && a.H == b.H && a.D == b.D, n, a.shape_string(),
+                       "must have shape " + b.shape_string());
+  };
+  same(p.d_o, p.q, "d_o");
+  same(p.dq, p.q, "dq");
+  same(p.dk, p.k, "dk");
+  same(p.dv, p.v, "dv");
+  if (p.delta.data) check_lse(p.delta, p.q, "delta");
+}
+
+}  // namespace longattn

@@ -1,0 +1,100 @@
+// The one kernel contract: attend strided query rows to a CSR list of key blocks, producing O
+// and the per-row log-sum-exp L; backward from the GLOBAL O and L. CPU and CUDA both implement
+// it behind kernels/backend.hpp. Plain structs of pointers, strides and sizes: no MPI, no files.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/tensor.hpp"
+
+namespace longattn {
+
+// Block mask in CSR form: row r (query block r) sees key blocks col_idx[row_ptr[r] .. row_ptr[r+1])
+// in increasing order; partial[k] = 1 when that block needs per-element masking (causal diagonal
+// or a sequence edge). Block sizes are in rows of the Q and K views the mask is used with.
+struct BlockMask {
+  int64_t block_q = 64;
+  int64_t block_k = 64;
+  int64_t num_q_blocks = 0;
+  int64_t num_k_blocks = 0;
+  std::vector<int64_t> row_ptr{0};
+  std::vector<int32_t> col_idx;
+  std::vector<uint8_t> partial;
+
+  int64_t nnz() const { return static_cast<int64_t>(col_idx.size()); }
+  double density() const {
+    const double total = static_cast<double>(num_q_blocks) * static_cast<double>(num_k_blocks);
+    return total > 0 ? static_cast<double>(nnz()) / total : 0.0;
+  }
+  // Transposed mask (rows are key blocks, columns query blocks), partial flags carried along.
+  BlockMask transpose() const;
+  // Checks CSR structure (monotone row_ptr, sorted unique in-range columns); throws Error.
+  void validate() const;
+};
+
+// Builds a mask from a per-row list of key blocks, marking partial blocks and dropping blocks
+// that are entirely in the future (causal) for query rows [0, nq) at global positions
+// q_offset + i and key rows [0, nk) at k_offset + j.
+struct MaskGeometry {
+  int64_t nq = 0, nk = 0;
+  int64_t block_q = 64, block_k = 64;
+  bool causal = false;
+  int64_t q_offset = 0, k_offset = 0;
+};
+BlockMask build_block_mask(const MaskGeometry& g, const std::vector<std::vector<int32_t>>& rows);
+// The all-blocks (dense) mask, causal-trimmed when g.causal.
+BlockMask dense_block_mask(const MaskGeometry& g);
+
+// Pointer view of a mask (host or device memory), what kernels read.
+struct BlockMaskView {
+  const int64_t* row_ptr = nullptr;
+  const int32_t* col_idx = nullptr;
+  const uint8_t* partial = nullptr;
+  int64_t block_q = 64, block_k = 64;
+  int64_t num_q_blocks = 0, num_k_blocks = 0;
+  int64_t nnz = 0;
+};
+BlockMaskView host_mask_view(const BlockMask& m);
+
+// Forward: for each batch b, head h, query row i of Q (Nq rows), over the key rows j of the
+// listed blocks that are visible (j < Nk; causal: k_offset + j <= q_offset + i):
+//   s_ij = scale * <q_i, k_j>,  L_i = log sum_j exp(s_ij),  O_i = sum_j exp(s_ij - L_i) v_j.
+// A row that sees nothing gets O_i = 0 and L_i = -inf.
+struct AttnFwdParams {
+  TensorView q, k, v;  // [B, Nq, H, D], [B, Nk, H, D], [B, Nk, H, D]
+  TensorView o;        // [B, Nq, H, D], written
+  TensorView lse;      // [B, Nq, H, 1], fp32 (fp64 allowed on the CPU), written
+  BlockMaskView mask;
+  double scale = 0.0;  // 0 -> 1/sqrt(D)
+  bool causal = false;
+  int64_t q_offset = 0, k_offset = 0;
+};
+
+// Backward from the global O and L of each query row:
+//   p_ij = exp(s_ij - L_i), delta_i = <dO_i, O_i>, dS_ij = p_ij (<dO_i, v_j> - delta_i),
+//   dQ_i += scale sum_j dS_ij k_j,  dK_j += scale sum_i dS_ij q_i,  dV_j += sum_i p_ij dO_i.
+// Gradients ACCUMULATE into dq, dk, dv (callers zero them once), so ring steps add up.
+struct AttnBwdParams {
+  TensorView q, k, v, o, d_o;  // o: global output of these query rows
+  TensorView lse;              // global L of these query rows [B, Nq, H, 1]
+  TensorView delta;            // optional precomputed [B, Nq, H, 1]; data == nullptr -> computed
+  TensorView dq, dk, dv;       // accumulated
+  BlockMaskView mask;          // by query block
+  BlockMaskView mask_t;        // transpose of mask (by key block), for key-stationary kernels
+  double scale = 0.0;
+  bool causal = false;
+  int64_t q_offset = 0, k_offset = 0;
+  bool deterministic = false;
+};
+
+inline double effective_scale(double scale, int64_t D) {
+  return scale > 0.0 ? scale : 1.0 / std::sqrt(static_cast<double>(D));
+}
+
+// Shape and dtype checks shared by every backend; throw InvalidArgument naming the argument.
+void validate_forward(const AttnFwdParams& p);
+void validate_backward(const AttnBwdParams& p);
+
+}  // namespace longattn

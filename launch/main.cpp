@@ -1,0 +1,2 @@
+// Placeholder translation unit replaced by the longattn command.
+int main() { return 0; }
