@@ -18,6 +18,13 @@ class PreparedMask {
   virtual const BlockMask& host() const = 0;
 };
 
+// A row-major matrix view: element (r, c) at data[r * ld + c].
+struct MatrixView {
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0, ld = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -43,6 +50,10 @@ class Backend {
   // Host <-> backend copies of equal-shape views (dtypes may differ).
   virtual void upload(const TensorView& dst, const TensorView& host_src) = 0;
   virtual void download(const TensorView& host_dst, const TensorView& src) = 0;
+  // C = alpha * op(A) * op(B) + beta * C, op(X) = X or X^T (row-major views, fp32+ accumulation).
+  // Used by the multihead projections (cuBLAS on the GPU).
+  virtual void gemm(bool trans_a, bool trans_b, double alpha, const MatrixView& a,
+                    const MatrixView& b, double beta, const MatrixView& c) = 0;
   virtual void synchronize() {}
   // Peak bytes allocated through this backend since creation (or the last reset).
   virtual size_t peak_bytes() const = 0;

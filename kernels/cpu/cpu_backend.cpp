@@ -225,6 +225,29 @@ class CpuBackend final : public Backend {
       store(dst, b, n, h, d, load(src, b, n, h, d));
     });
   }
+  void gemm(bool ta, bool tb, double alpha, const MatrixView& a, const MatrixView& b,
+            double beta, const MatrixView& c) override {
+    const int64_t M = ta ? a.cols : a.rows, K = ta ? a.rows : a.cols;
+    const int64_t Kb = tb ? b.cols : b.rows, N = tb ? b.rows : b.cols;
+    LONGATTN_CHECK_ARG(K == Kb && c.rows == M && c.cols == N, "gemm shapes",
+                       std::to_string(M) + "x" + std::to_string(K) + " * " + std::to_string(Kb) +
+                           "x" + std::to_string(N) + " -> " + std::to_string(c.rows) + "x" +
+                           std::to_string(c.cols),
+                       "inner and outer dimensions must agree");
+    auto at = [](const MatrixView& m, int64_t r, int64_t col) {
+      return load(make_view(m.data, m.dtype, 1, 1, 1, 1), 0, 0, 0, r * m.ld + col);
+    };
+    parallel_for(M, threads_, [&](int64_t i) {
+      for (int64_t j = 0; j < N; ++j) {
+        double s = 0.0;
+        for (int64_t k = 0; k < K; ++k)
+          s += (ta ? at(a, k, i) : at(a, i, k)) * (tb ? at(b, j, k) : at(b, k, j));
+        const TensorView cv = make_view(c.data, c.dtype, 1, 1, 1, 1);
+        const double old = beta == 0.0 ? 0.0 : beta * load(cv, 0, 0, 0, i * c.ld + j);
+        store(cv, 0, 0, 0, i * c.ld + j, alpha * s + old);
+      }
+    });
+  }
   void upload(const TensorView& dst, const TensorView& src) override { copy(dst, src); }
   void download(const TensorView& dst, const TensorView& src) override { copy(dst, src); }
 
