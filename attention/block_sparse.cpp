@@ -1,0 +1,206 @@
+// Block-sparse attention: builds the pattern's mask (cached per sequence length, or per input
+// scores for content_adaptive) and runs masked_forward / masked_backward, or visits query
+// blocks in Hilbert order when asked. Every path computes the same per-row sums in the same
+// order, so the visiting order never changes the forward result.
+#include "attention/block_sparse.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "attention/dense.hpp"
+#include "attention/hilbert.hpp"
+#include "attention/patterns.hpp"
+#include "runtime/error.hpp"
+
+namespace longattn {
+namespace {
+
+// Backward in Hilbert order runs this many calls, each over a run of the Hilbert order: every
+// call reads all of Q, K, V, O and dO, so one call per query block would cost O(nb * N).
+constexpr int64_t kHilbertBackwardGroups = 8;
+
+// The rows `keep` (query blocks) of m, every other row emptied; partial flags carried along.
+BlockMask select_rows(const BlockMask& m, const std::vector<int32_t>& keep) {
+  std::vector<uint8_t> on(static_cast<size_t>(m.num_q_blocks), 0);
+  for (int32_t r : keep) on[static_cast<size_t>(r)] = 1;
+  BlockMask s = m;
+  s.row_ptr.assign(1, 0);
+  s.col_idx.clear();
+  s.partial.clear();
+  for (int64_t r = 0; r < m.num_q_blocks; ++r) {
+    if (on[static_cast<size_t>(r)])
+      for (int64_t e = m.row_ptr[r]; e < m.row_ptr[r + 1]; ++e) {
+        s.col_idx.push_back(m.col_idx[e]);
+        s.partial.push_back(m.partial[e]);
+      }
+    s.row_ptr.push_back(static_cast<int64_t>(s.col_idx.size()));
+  }
+  return s;
+}
+
+// Query block r of m alone, as a one-row mask for a view of that block's rows.
+BlockMask single_row(const BlockMask& m, int64_t r) {
+  BlockMask s;
+  s.block_q = m.block_q;
+  s.block_k = m.block_k;
+  s.num_q_blocks = 1;
+  s.num_k_blocks = m.num_k_blocks;
+  s.col_idx.assign(m.col_idx.begin() + m.row_ptr[r], m.col_idx.begin() + m.row_ptr[r + 1]);
+  s.partial.assign(m.partial.begin() + m.row_ptr[r], m.partial.begin() + m.row_ptr[r + 1]);
+  s.row_ptr = {0, static_cast<int64_t>(s.col_idx.size())};
+  return s;
+}
+
+class BlockSparseAttention final : public AttentionVariant {
+ public:
+  explicit BlockSparseAttention(const AttentionSpec& spec) : spec_(spec) {
+    // What does not depend on N is checked now (pattern name, block size, ranges).
+    SparseConfig probe = spec.sparse;
+    probe.topk = 0;
+    validate_sparse(probe, std::max<int64_t>(1, probe.block_size));
+    LONGATTN_CHECK_ARG(spec.sparse.topk >= 0, "topk", spec.sparse.topk, "must not be negative");
+  }
+  std::string name() const override { return "block_sparse"; }
+  const AttentionSpec& spec() const override { return spec_; }
+  void validate(const Shape& s) const override {
+    validate_shape(s);
+    validate_sparse(spec_.sparse, s.N);
+  }
+
+  void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+               const TensorView& o, const TensorView& lse) override {
+    validate(shape_of(q));
+    check_self_attention(q, k);
+    const BlockMask& m = mask_for_inputs(be, q, k);
+    if (!spec_.sparse.hilbert) {
+      masked_forward(be, spec_, m, q, k, v, o, lse);
+      return;
+    }
+    // Each call computes whole rows of one query block, so the order of calls cannot change
+    // any row's sums.
+    const int64_t bs = m.block_q;
+    for (int32_t r : hilbert_order(m.num_q_blocks)) {
+      const int64_t q0 = static_cast<int64_t>(r) * bs, rows = std::min(bs, q.N - q0);
+      auto pm = be.prepare_mask(single_row(m, r));
+      AttnFwdParams p;
+      p.q = q.rows(q0, rows);
+      p.k = k;
+      p.v = v;
+      p.o = o.rows(q0, rows);
+      p.lse = lse.rows(q0, rows);
+      p.mask = pm->view();
+      p.scale = spec_.scale;
+      p.causal = spec_.causal;
+      p.q_offset = q0;
+      be.attention_forward(p);
+    }
+  }
+
+  void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+                const TensorView& o, const TensorView& lse, const TensorView& d_o,
+                const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
+    validate(shape_of(q));
+    check_self_attention(q, k);
+    const BlockMask& m = mask_for_inputs(be, q, k);
+    if (!spec_.sparse.hilbert) {
+      masked_backward(be, spec_, m, q, k, v, o, lse, d_o, dq, dk, dv);
+      return;
+    }
+    // Runs of the Hilbert order, one accumulating call each. dQ rows are complete within one
+    // call (bit-identical to the single call); dK and dV add the runs' partial sums, so they
+    // agree with the single call to rounding.
+    be.fill(dq, 0.0);
+    be.fill(dk, 0.0);
+    be.fill(dv, 0.0);
+    const auto order = hilbert_order(m.num_q_blocks);
+    const auto n = static_cast<int64_t>(order.size());
+    const int64_t per = (n + kHilbertBackwardGroups - 1) / kHilbertBackwardGroups;
+    for (int64_t g0 = 0; g0 < n; g0 += per) {
+      const std::vector<int32_t> run(order.begin() + g0, order.begin() + std::min(n, g0 + per));
+      const BlockMask part = select_rows(m, run);
+      auto pm = be.prepare_mask(part);
+      auto pmt = be.prepare_mask(part.transpose());
+      AttnBwdParams p;
+      p.q = q;
+      p.k = k;
+      p.v = v;
+      p.o = o;
+      p.d_o = d_o;
+      p.lse = lse;
+      p.dq = dq;
+      p.dk = dk;
+      p.dv = dv;
+      p.mask = pm->view();
+      p.mask_t = pmt->view();
+      p.scale = spec_.scale;
+      p.causal = spec_.causal;
+      be.attention_backward(p);
+    }
+  }
+
+  double flops(const Shape& s) const override {
+    return mask_flops(reported_mask(s), s, spec_.causal);
+  }
+  double density(const Shape& s) const override { return reported_mask(s).density(); }
+
+ private:
+  static Shape shape_of(const TensorView& q) { return Shape{q.B, q.N, q.H, q.D}; }
+  static void check_self_attention(const TensorView& q, const TensorView& k) {
+    LONGATTN_CHECK_ARG(k.N == q.N, "k rows", k.N,
+                       "block-sparse attention needs as many keys as queries " + std::to_string(q.N));
+  }
+  bool adaptive() const { return spec_.sparse.pattern == "content_adaptive"; }
+
+  std::vector<double> scores_of(Backend& be, const TensorView& q, const TensorView& k) const {
+    const int64_t bs = spec_.sparse.block_size;
+    if (q.device == DeviceKind::Cpu && k.device == DeviceKind::Cpu)
+      return block_mean_scores(q, k, bs);
+    Tensor hq(q.dtype, q.B, q.N, q.H, q.D), hk(k.dtype, k.B, k.N, k.H, k.D);
+    be.download(hq.view(), q);
+    be.download(hk.view(), k);
+    be.synchronize();
+    return block_mean_scores(hq.view(), hk.view(), bs);
+  }
+
+  const BlockMask& mask_for_inputs(Backend& be, const TensorView& q, const TensorView& k) {
+    if (!adaptive()) {
+      if (cached_n_ != q.N) {
+        mask_ = sparse_block_mask(spec_.sparse, q.N, spec_.causal);
+        cached_n_ = q.N;
+      }
+      return mask_;
+    }
+    auto scores = scores_of(be, q, k);
+    if (cached_n_ != q.N || scores != cached_scores_) {
+      mask_ = sparse_block_mask(spec_.sparse, q.N, spec_.causal, &scores);
+      cached_scores_ = std::move(scores);
+      cached_n_ = q.N;
+    }
+    return mask_;
+  }
+
+  BlockMask reported_mask(const Shape& s) const {
+    validate(s);
+    if (cached_n_ == s.N) return mask_;
+    if (!adaptive()) return sparse_block_mask(spec_.sparse, s.N, spec_.causal);
+    const int64_t nb = s.N / spec_.sparse.block_size;
+    std::vector<double> locality(static_cast<size_t>(nb * nb));
+    for (int64_t i = 0; i < nb; ++i)
+      for (int64_t j = 0; j < nb; ++j)
+        locality[static_cast<size_t>(i * nb + j)] = -static_cast<double>(std::abs(i - j));
+    return sparse_block_mask(spec_.sparse, s.N, spec_.causal, &locality);
+  }
+
+  AttentionSpec spec_;
+  int64_t cached_n_ = -1;
+  BlockMask mask_;
+  std::vector<double> cached_scores_;
+};
+
+}  // namespace
+
+std::unique_ptr<AttentionVariant> make_block_sparse_attention(const AttentionSpec& spec) {
+  return std::make_unique<BlockSparseAttention>(spec);
+}
+
+}  // namespace longattn
