@@ -6,8 +6,6 @@
 #include <cmath>
 #include <vector>
 
-#include "attention/dense.hpp"
-#include "attention/dilated.hpp"
 #include "runtime/error.hpp"
 
 namespace longattn {
@@ -34,9 +32,7 @@ void validate_multihead(const MultiheadConfig& cfg) {
   LONGATTN_CHECK_ARG(cfg.gamma_init > 0.0, "gamma_init", cfg.gamma_init, "must be positive");
   LONGATTN_CHECK_ARG(cfg.param_dtype == DType::F32 || cfg.param_dtype == DType::F64,
                      "param_dtype", dtype_name(cfg.param_dtype), "must be fp32 or fp64");
-  LONGATTN_CHECK_ARG(cfg.attention.variant == "dense" || cfg.attention.variant == "dilated",
-                     "attention.variant", cfg.attention.variant,
-                     "must be one of: dense, dilated");
+  make_attention(cfg.attention);  // unknown variant names throw, listing the valid ones
 }
 
 namespace {
@@ -60,11 +56,6 @@ uint64_t mix_seed(uint64_t seed, uint64_t stream) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
-}
-
-std::unique_ptr<AttentionVariant> make_inner_attention(const AttentionSpec& spec) {
-  if (spec.variant == "dense") return make_dense_attention(spec);
-  return make_dilated_attention(spec);
 }
 
 DeviceTensor upload_param(Backend& be, const Tensor& host, DType dtype) {
@@ -95,7 +86,7 @@ struct MultiheadDilatedAttention::Activations {
 
 MultiheadDilatedAttention::MultiheadDilatedAttention(const MultiheadConfig& cfg) : cfg_(cfg) {
   validate_multihead(cfg_);
-  attention_ = make_inner_attention(cfg_.attention);
+  attention_ = make_attention(cfg_.attention);
   const int64_t E = cfg_.embed_dim;
   const DType pt = cfg_.param_dtype;
   // xavier-normal: std = gain * sqrt(2 / (fan_in + fan_out)), fan_in = fan_out = E.

@@ -1,6 +1,6 @@
 // Multihead dilated attention: q/k/v projections, an attention variant over [B, N, H, E/H]
-// (dilated by default), optional sub-LayerNorm (MAGNETO) and the output projection, forward and
-// backward. Projections run through Backend::gemm; keyword-style config only.
+// (dilated by default, any variant of the factory), optional sub-LayerNorm (MAGNETO) and the
+// output projection, forward and backward. Projections run through Backend::gemm.
 #pragma once
 #include <cstdint>
 #include <initializer_list>
@@ -19,7 +19,7 @@ AttentionSpec default_multihead_attention();
 struct MultiheadConfig {
   int64_t embed_dim = 0;
   int64_t num_heads = 0;
-  AttentionSpec attention = default_multihead_attention();  // variant "dense" or "dilated"
+  AttentionSpec attention = default_multihead_attention();  // any variant of make_attention
   double dropout = 0.0;  // only 0 is supported for now
   bool bias = true;
   bool layer_norm = true;  // sub-LayerNorm of the attention output before out_proj
@@ -31,7 +31,7 @@ struct MultiheadConfig {
 
 // Throws InvalidArgument naming the argument: embed_dim > 0, num_heads > 0,
 // embed_dim % num_heads == 0, head_dim <= 256, 0 <= dropout <= 1 and dropout == 0 (dropout is
-// not implemented yet), layer_norm_eps > 0, gamma_init > 0, a known attention variant.
+// not implemented yet), layer_norm_eps > 0, gamma_init > 0, a variant make_attention knows.
 void validate_multihead(const MultiheadConfig& cfg);
 
 // Host parameters. Weights are [1, E, 1, E] tensors read as row-major [out, in] matrices

@@ -406,7 +406,8 @@ TEST(Dilated, LowPrecisionGradientsStayCloseToFp64) {
   for (DilatedMode mode : {DilatedMode::Groups, DilatedMode::LongNet}) {
     auto att = make_dilated_attention(make_spec(make_cfg(mode, {8, 32}, {1, 2}), true, 8));
     Tensor x[4];
-    for (int i = 0; i < 4; ++i) x[i] = Tensor::randn(DType::F64, B, N, H, D, 701 + i).to(DType::BF16);
+    for (int i = 0; i < 4; ++i)
+      x[i] = Tensor::randn(DType::F64, B, N, H, D, 701 + i).to(DType::BF16);
     auto grads = [&](DType dt) {
       Tensor in[4];
       for (int i = 0; i < 4; ++i) in[i] = x[i].to(dt);

@@ -303,8 +303,7 @@ TEST(Multihead, ValidationNamesTheArgument) {
   expect_invalid(with([](MultiheadConfig& c) { c.dropout = 1.5; }), "dropout");
   expect_invalid(with([](MultiheadConfig& c) { c.layer_norm_eps = 0.0; }), "layer_norm_eps");
   expect_invalid(with([](MultiheadConfig& c) { c.gamma_init = -1.0; }), "gamma_init");
-  expect_invalid(with([](MultiheadConfig& c) { c.attention.variant = "ring"; }),
-                 "attention.variant");
+  expect_invalid(with([](MultiheadConfig& c) { c.attention.variant = "ring"; }), "variant");
   expect_invalid(with([](MultiheadConfig& c) { c.attention.dilated.segment_lengths = {}; }),
                  "segment_lengths");
   EXPECT_NO_THROW(with([](MultiheadConfig&) {})());
