@@ -1,0 +1,52 @@
+// Running one attention variant for the longattn command: the backend chosen by --device,
+// host inputs uploaded, forward (and backward) timed, outputs downloaded to host tensors.
+#pragma once
+#include <boost/program_options.hpp>
+#include <memory>
+#include <string>
+
+#include "attention/variant.hpp"
+#include "kernels/backend.hpp"
+#include "launch/mpi_session.hpp"
+
+namespace longattn::cli {
+
+struct DeviceArgs {
+  std::string device = "cpu";
+  int threads = 0;  // CPU threads; 0: the cores of this node shared among its ranks
+  int gpu = -1;     // CUDA device; -1: the local rank
+};
+boost::program_options::options_description device_options(DeviceArgs& a);
+
+// The backend --device asks for. cuda without CUDA in the build, or without a visible GPU,
+// throws InvalidArgument saying which.
+std::unique_ptr<Backend> make_backend(const DeviceArgs& a, const MpiSession& mpi);
+// Threads the CPU work of this rank may use.
+int cpu_threads(const DeviceArgs& a, const MpiSession& mpi);
+
+struct HostInputs {
+  Tensor q, k, v, d_o;  // d_o only for backward
+};
+struct HostOutputs {
+  Tensor o, lse, dq, dk, dv;
+  double forward_s = 0.0, backward_s = 0.0;  // median over the timed repeats
+  size_t peak_bytes = 0;                     // backend allocations, inputs included
+};
+
+struct ExecOptions {
+  bool backward = false;
+  int warmup = 0;
+  int repeats = 1;
+};
+
+// LSE element type of a run at `dtype`: fp64 for fp64 runs, fp32 otherwise.
+DType lse_dtype(DType dtype);
+
+HostOutputs execute(Backend& be, AttentionVariant& variant, const HostInputs& in,
+                    const ExecOptions& opt);
+
+// Random inputs of the given shape and dtype from a seed (q: seed, k: seed+1, v: seed+2,
+// d_o: seed+3), drawn in fp64 and rounded to the dtype.
+HostInputs random_inputs(const Shape& s, DType dtype, uint64_t seed, bool with_grad);
+
+}  // namespace longattn::cli
