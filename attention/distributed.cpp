@@ -1,0 +1,552 @@
+// The distributed variants (ring, block-sparse ring, data-parallel; dilated lives in
+// distributed_dilated.cpp), their validation and canonical description, the factory, and the
+// scatter / run / gather helpers for programs that hold full tensors on rank 0.
+#include "attention/distributed.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+
+#include "attention/block_sparse.hpp"
+#include "attention/dilated.hpp"
+#include "attention/distributed_base.hpp"
+#include "attention/head_groups.hpp"
+#include "attention/patterns.hpp"
+#include "attention/variant.hpp"
+#include "runtime/bootstrap.hpp"
+#include "runtime/error.hpp"
+
+namespace longattn {
+
+namespace {
+
+constexpr const char* kPresetPrefix = "block_sparse:";
+
+bool is_block_sparse_name(const std::string& v) {
+  return v == "block_sparse" || v.rfind(kPresetPrefix, 0) == 0;
+}
+
+// "block_sparse:<preset>" as the factory reads it: the preset's pattern, the caller's seed and
+// Hilbert ordering.
+AttentionSpec normalized(const AttentionSpec& spec) {
+  if (spec.variant.rfind(kPresetPrefix, 0) != 0) return spec;
+  AttentionSpec s = spec;
+  s.variant = "block_sparse";
+  s.sparse = sparse_preset(spec.variant.substr(std::string(kPresetPrefix).size()));
+  s.sparse.seed = spec.sparse.seed;
+  s.sparse.hilbert = spec.sparse.hilbert;
+  return s;
+}
+
+std::string exact(double x) {
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "%a", x);
+  return buf;
+}
+
+template <typename T>
+std::string list(const std::vector<T>& v) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < v.size(); ++i) os << (i ? "," : "") << v[i];
+  os << "]";
+  return os.str();
+}
+
+}  // namespace
+
+const char* dist_mode_name(DistMode m) {
+  switch (m) {
+    case DistMode::Ring: return "ring";
+    case DistMode::BlockSparseRing: return "block_sparse_ring";
+    case DistMode::Dilated: return "dilated";
+    case DistMode::DataParallel: return "data_parallel";
+  }
+  return "ring";
+}
+
+std::vector<std::string> dist_mode_names() {
+  return {"ring", "block_sparse_ring", "dilated", "data_parallel"};
+}
+
+DistMode parse_dist_mode(const std::string& s, const std::string& arg) {
+  for (DistMode m : {DistMode::Ring, DistMode::BlockSparseRing, DistMode::Dilated,
+                     DistMode::DataParallel})
+    if (s == dist_mode_name(m)) return m;
+  throw InvalidArgument(arg, s.empty() ? "(empty)" : s,
+                        "must be one of ring, block_sparse_ring, dilated, data_parallel");
+}
+
+DistMode default_dist_mode(const AttentionSpec& spec) {
+  if (is_block_sparse_name(spec.variant)) return DistMode::BlockSparseRing;
+  if (spec.variant == "dilated") return DistMode::Dilated;
+  return DistMode::Ring;
+}
+
+void validate_distributed(const AttentionSpec& spec_in, const DistConfig& cfg, int world,
+                          const Shape* global) {
+  LONGATTN_CHECK_ARG(world >= 1, "world size", world, "must be at least 1");
+  const AttentionSpec spec = normalized(spec_in);
+  auto variant = make_attention(spec);  // unknown names and invalid configs throw here
+  const std::string mode = dist_mode_name(cfg.mode);
+  switch (cfg.mode) {
+    case DistMode::Ring:
+      LONGATTN_CHECK_ARG(spec.variant == "dense", "variant", spec_in.variant,
+                         "mode ring distributes dense attention; use block_sparse_ring for "
+                         "block_sparse, dilated for dilated, or data_parallel");
+      break;
+    case DistMode::BlockSparseRing:
+      LONGATTN_CHECK_ARG(spec.variant == "block_sparse", "variant", spec_in.variant,
+                         "mode block_sparse_ring distributes block_sparse attention");
+      break;
+    case DistMode::Dilated:
+      LONGATTN_CHECK_ARG(spec.variant == "dilated", "variant", spec_in.variant,
+                         "mode dilated distributes dilated attention");
+      LONGATTN_CHECK_ARG(cfg.sharding == Sharding::Contiguous, "sharding",
+                         sharding_name(cfg.sharding),
+                         "distributed dilated attention supports contiguous sharding only");
+      break;
+    case DistMode::DataParallel: break;
+  }
+  if (!global) return;
+  validate_shape(*global);
+  if (cfg.mode == DistMode::DataParallel) {
+    const BatchSplit split = batch_split(global->B, world, 0);
+    variant->validate(Shape{split.count, global->N, global->H, global->D});
+    return;
+  }
+  variant->validate(*global);
+  const ShardLayout layout(cfg.sharding, global->N, world);
+  if (cfg.mode == DistMode::BlockSparseRing) {
+    const int64_t bs = spec.sparse.block_size, piece = layout.pieces(0)[0].len;
+    LONGATTN_CHECK_ARG(piece % bs == 0, "block_size", bs,
+                       "must divide the rows of each shard piece (" + std::to_string(piece) +
+                           " with " + sharding_name(cfg.sharding) + " sharding over " +
+                           std::to_string(world) + " ranks)");
+  }
+}
+
+std::string describe_distributed(const AttentionSpec& spec_in, const DistConfig& cfg) {
+  const AttentionSpec s = normalized(spec_in);
+  std::ostringstream os;
+  os << "mode=" << dist_mode_name(cfg.mode) << " sharding=" << sharding_name(cfg.sharding)
+     << " variant=" << s.variant << " causal=" << s.causal << " scale=" << exact(s.scale)
+     << " block_size=" << s.block_size;
+  const DilatedConfig& d = s.dilated;
+  os << " dilated{segments=" << list(d.segment_lengths) << " rates=" << list(d.dilation_rates)
+     << " mode=" << (d.mode == DilatedMode::Groups ? "groups" : "longnet")
+     << " exact_grad=" << d.exact_longnet_grad << "}";
+  const SparseConfig& p = s.sparse;
+  os << " sparse{pattern=" << p.pattern << " ratio=" << exact(p.sparsity_ratio)
+     << " block=" << p.block_size << " window=" << p.window_size
+     << " rates=" << list(p.dilation_rates) << " global=" << p.global_tokens << " levels=[";
+  for (size_t i = 0; i < p.levels.size(); ++i)
+    os << (i ? "," : "") << p.levels[i].stride << ":" << p.levels[i].window;
+  os << "] seed=" << p.seed << " topk=" << p.topk << " hilbert=" << p.hilbert
+     << " given=" << p.window_given << p.rates_given << p.global_given << p.levels_given << "}";
+  return os.str();
+}
+
+void DistributedBase::check_local(const TensorView& q,
+                                  std::initializer_list<std::pair<const char*, TensorView>> same,
+                                  const TensorView& lse) {
+  for (const auto& [name, t] : same)
+    LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name,
+                       t.shape_string(), "must have the shape of q " + q.shape_string());
+  LONGATTN_CHECK_ARG(lse.B == q.B && lse.N == q.N && lse.H == q.H && lse.D == 1, "lse",
+                     lse.shape_string(), "must be [B, N, H, 1] of q " + q.shape_string());
+  LONGATTN_CHECK_ARG(lse.dtype == DType::F32 || lse.dtype == DType::F64, "lse",
+                     dtype_name(lse.dtype), "must be fp32 (or fp64 on the CPU)");
+}
+
+void DistributedBase::agree_on_shape(const TensorView& q, const TensorView& lse) {
+  std::ostringstream os;
+  os << "local q [" << q.B << ", " << q.N << ", " << q.H << ", " << q.D << "] "
+     << dtype_name(q.dtype) << ", lse " << dtype_name(lse.dtype);
+  if (os.str() == agreed_shape_) return;
+  agree_on_config(comm_, os.str(), name() + " inputs");
+  agreed_shape_ = os.str();
+}
+
+namespace {
+
+// Dense ring attention over sequence shards.
+class RingDistributed final : public SequenceShardedBase {
+ public:
+  using SequenceShardedBase::SequenceShardedBase;
+  std::string name() const override {
+    return std::string("ring(dense, ") + sharding_name(cfg_.sharding) + ")";
+  }
+  void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+               const TensorView& o, const TensorView& lse) override {
+    check_local(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
+    agree_on_shape(q, lse);
+    counters_ = {};
+    ring(q.N).forward(be, comm_, q, k, v, o, lse, counters_);
+  }
+  void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+                const TensorView& o, const TensorView& lse, const TensorView& d_o,
+                const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
+    check_local(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
+                lse);
+    agree_on_shape(q, lse);
+    counters_ = {};
+    ring(q.N).backward(be, comm_, q, k, v, o, lse, d_o, dq, dk, dv, counters_);
+  }
+
+ private:
+  RingAttention& ring(int64_t local_n) {
+    const int64_t N = local_n * comm_.world();
+    if (!ring_ || ring_n_ != N) {
+      ring_ = std::make_unique<RingAttention>(
+          make_dense_ring_plan(layout(N), comm_.rank(), spec_.block_size, spec_.causal), spec_);
+      ring_n_ = N;
+    }
+    return *ring_;
+  }
+  std::unique_ptr<RingAttention> ring_;
+  int64_t ring_n_ = -1;
+};
+
+// Block-sparse ring: the global pattern's mask, restricted per step; only needed rows travel.
+class BlockSparseRingDistributed final : public SequenceShardedBase {
+ public:
+  using SequenceShardedBase::SequenceShardedBase;
+  std::string name() const override {
+    return "block_sparse_ring(" + spec_.sparse.pattern + ", " + sharding_name(cfg_.sharding) + ")";
+  }
+  void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+               const TensorView& o, const TensorView& lse) override {
+    check_local(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
+    agree_on_shape(q, lse);
+    counters_ = {};
+    ring(be, q, k).forward(be, comm_, q, k, v, o, lse, counters_);
+  }
+  void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+                const TensorView& o, const TensorView& lse, const TensorView& d_o,
+                const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
+    check_local(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
+                lse);
+    agree_on_shape(q, lse);
+    counters_ = {};
+    ring(be, q, k).backward(be, comm_, q, k, v, o, lse, d_o, dq, dk, dv, counters_);
+  }
+
+ private:
+  bool adaptive() const { return spec_.sparse.pattern == "content_adaptive"; }
+
+  // content_adaptive: the block-mean scores of the GLOBAL q and k. Each rank averages its own
+  // blocks (rows summed in order, as the single-process scores do), the means are all-gathered
+  // and laid out in global block order; block_mean_scores over those one-row "blocks" then
+  // performs the identical dot products, so every rank and the single-process variant pick
+  // the same top-k blocks.
+  std::vector<double> global_scores(Backend& be, const TensorView& q, const TensorView& k) {
+    const int64_t B = q.B, H = q.H, D = q.D, n = q.N, bs = spec_.sparse.block_size;
+    const int64_t nlb = n / bs, P = comm_.world(), nb = nlb * P;
+    const ShardLayout lay = layout(n * P);
+    Tensor hq(q.dtype, B, n, H, D), hk(k.dtype, B, n, H, D);
+    be.download(hq.view(), q);
+    be.download(hk.view(), k);
+    be.synchronize();
+    // means[t][b][h][local block][d], t = 0 for q, 1 for k.
+    std::vector<double> mine(static_cast<size_t>(2 * B * H * nlb * D), 0.0);
+    for (int t = 0; t < 2; ++t) {
+      const TensorView src = t == 0 ? hq.view() : hk.view();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t r = 0; r < n; ++r) {
+            double* dst = &mine[static_cast<size_t>((((t * B + b) * H + h) * nlb + r / bs) * D)];
+            for (int64_t d = 0; d < D; ++d) dst[d] += load(src, b, r, h, d);
+          }
+    }
+    for (double& x : mine) x /= static_cast<double>(bs);
+    std::vector<double> all(mine.size() * static_cast<size_t>(P));
+    comm_.allgather_host(mine.data(), mine.size() * sizeof(double), all.data(),
+                         CommOp{"content_adaptive block means", -1});
+    Tensor qm(DType::F64, B, nb, H, D), km(DType::F64, B, nb, H, D);
+    for (int64_t gb = 0; gb < nb; ++gb) {
+      const int owner = lay.owner(gb * bs);
+      const int64_t lb = lay.local_row(gb * bs) / bs;
+      const double* base = &all[mine.size() * static_cast<size_t>(owner)];
+      for (int t = 0; t < 2; ++t)
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t d = 0; d < D; ++d)
+              (t == 0 ? qm : km)
+                  .set(b, gb, h, d, base[(((t * B + b) * H + h) * nlb + lb) * D + d]);
+    }
+    return block_mean_scores(qm.view(), km.view(), 1);
+  }
+
+  RingAttention& ring(Backend& be, const TensorView& q, const TensorView& k) {
+    const int64_t N = q.N * comm_.world();
+    std::vector<double> scores;
+    if (adaptive()) scores = global_scores(be, q, k);
+    if (!ring_ || ring_n_ != N || scores != scores_) {
+      const BlockMask global = sparse_block_mask(spec_.sparse, N, spec_.causal,
+                                                 adaptive() ? &scores : nullptr);
+      ring_ = std::make_unique<RingAttention>(
+          make_sparse_ring_plan(layout(N), comm_.rank(), global), spec_);
+      ring_n_ = N;
+      scores_ = std::move(scores);
+    }
+    return *ring_;
+  }
+
+  std::unique_ptr<RingAttention> ring_;
+  int64_t ring_n_ = -1;
+  std::vector<double> scores_;
+};
+
+// Data-parallel: whole sequences, the batch split over ranks, the single-process variant.
+class DataParallelDistributed final : public DistributedBase {
+ public:
+  DataParallelDistributed(const AttentionSpec& spec, const DistConfig& cfg, Communicator& comm)
+      : DistributedBase(spec, cfg, comm), variant_(make_attention(spec)) {}
+  std::string name() const override { return "data_parallel(" + spec_.variant + ")"; }
+  Shape local_shape(const Shape& g) const override {
+    return Shape{batch_split(g.B, comm_.world(), comm_.rank()).count, g.N, g.H, g.D};
+  }
+  Shape global_shape(const Shape& l) const override {
+    return Shape{l.B * comm_.world(), l.N, l.H, l.D};
+  }
+  void extract_local(int rank, const TensorView& full, const TensorView& local) const override {
+    const BatchSplit s = batch_split(full.B, comm_.world(), rank);
+    copy_view(local, full.batches(s.begin, s.count));
+  }
+  void insert_local(int rank, const TensorView& local, const TensorView& full) const override {
+    const BatchSplit s = batch_split(full.B, comm_.world(), rank);
+    copy_view(full.batches(s.begin, s.count), local);
+  }
+  void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+               const TensorView& o, const TensorView& lse) override {
+    check_local(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
+    agree_on_shape(q, lse);
+    counters_ = {};
+    counters_.steps = 1;
+    variant_->forward(be, q, k, v, o, lse);
+  }
+  void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+                const TensorView& o, const TensorView& lse, const TensorView& d_o,
+                const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
+    check_local(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
+                lse);
+    agree_on_shape(q, lse);
+    counters_ = {};
+    counters_.steps = 1;
+    variant_->backward(be, q, k, v, o, lse, d_o, dq, dk, dv);
+  }
+
+ private:
+  std::unique_ptr<AttentionVariant> variant_;
+};
+
+}  // namespace
+
+std::unique_ptr<DistributedAttention> make_distributed_attention(const AttentionSpec& spec_in,
+                                                                 const DistConfig& cfg,
+                                                                 Communicator& comm) {
+  validate_distributed(spec_in, cfg, comm.world());
+  agree_on_config(comm, describe_distributed(spec_in, cfg), "distributed attention");
+  const AttentionSpec spec = normalized(spec_in);
+  switch (cfg.mode) {
+    case DistMode::Ring: return std::make_unique<RingDistributed>(spec, cfg, comm);
+    case DistMode::BlockSparseRing:
+      return std::make_unique<BlockSparseRingDistributed>(spec, cfg, comm);
+    case DistMode::Dilated: return make_distributed_dilated(spec, cfg, comm);
+    case DistMode::DataParallel:
+      return std::make_unique<DataParallelDistributed>(spec, cfg, comm);
+  }
+  throw InvalidArgument("mode", std::to_string(static_cast<int>(cfg.mode)), "unknown mode");
+}
+
+namespace {
+
+void check_full(const DistributedAttention& attn, const TensorView& full, const TensorView& local,
+                const char* what) {
+  const Shape g = attn.global_shape(Shape{local.B, local.N, local.H, local.D});
+  LONGATTN_CHECK_ARG(full.B == g.B && full.N == g.N && full.H == g.H && full.D == local.D, what,
+                     full.shape_string(),
+                     "must be the global shape [" + std::to_string(g.B) + ", " +
+                         std::to_string(g.N) + ", " + std::to_string(g.H) + ", " +
+                         std::to_string(local.D) + "] of the local " + local.shape_string());
+}
+
+}  // namespace
+
+void scatter_from_root(const DistributedAttention& attn, Backend& be, const TensorView& full,
+                       const TensorView& local) {
+  Communicator& comm = attn.comm();
+  const size_t bytes = static_cast<size_t>(local.numel()) * dtype_size(local.dtype);
+  if (comm.rank() == 0) {
+    check_full(attn, full, local, "full tensor");
+    Tensor host(local.dtype, local.B, local.N, local.H, local.D);
+    DeviceTensor stage(be, local.dtype, local.B, local.N, local.H, local.D);
+    for (int dst = 1; dst < comm.world(); ++dst) {
+      attn.extract_local(dst, full, host.view());
+      be.upload(stage.view(), host.view());
+      be.synchronize();
+      comm.sendrecv(stage.data(), bytes, dst, nullptr, 0, 0, CommOp{"scatter from rank 0", -1});
+    }
+    attn.extract_local(0, full, host.view());
+    be.upload(local, host.view());
+    return;
+  }
+  if (local.is_contiguous()) {
+    comm.sendrecv(nullptr, 0, 0, local.data, bytes, 0, CommOp{"scatter from rank 0", -1});
+    return;
+  }
+  DeviceTensor stage(be, local.dtype, local.B, local.N, local.H, local.D);
+  comm.sendrecv(nullptr, 0, 0, stage.data(), bytes, 0, CommOp{"scatter from rank 0", -1});
+  be.copy(local, stage.view());
+}
+
+void gather_to_root(const DistributedAttention& attn, Backend& be, const TensorView& local,
+                    const TensorView& full) {
+  Communicator& comm = attn.comm();
+  const size_t bytes = static_cast<size_t>(local.numel()) * dtype_size(local.dtype);
+  if (comm.rank() != 0) {
+    if (local.is_contiguous()) {
+      be.synchronize();
+      comm.sendrecv(local.data, bytes, 0, nullptr, 0, 0, CommOp{"gather to rank 0", -1});
+      return;
+    }
+    DeviceTensor stage(be, local.dtype, local.B, local.N, local.H, local.D);
+    be.copy(stage.view(), local);
+    be.synchronize();
+    comm.sendrecv(stage.data(), bytes, 0, nullptr, 0, 0, CommOp{"gather to rank 0", -1});
+    return;
+  }
+  check_full(attn, full, local, "full tensor");
+  Tensor host(local.dtype, local.B, local.N, local.H, local.D);
+  be.download(host.view(), local);
+  be.synchronize();
+  attn.insert_local(0, host.view(), full);
+  DeviceTensor stage(be, local.dtype, local.B, local.N, local.H, local.D);
+  for (int src = 1; src < comm.world(); ++src) {
+    comm.sendrecv(nullptr, 0, 0, stage.data(), bytes, src, CommOp{"gather to rank 0", -1});
+    be.download(host.view(), stage.view());
+    be.synchronize();
+    attn.insert_local(src, host.view(), full);
+  }
+}
+
+namespace {
+
+// Shape and dtype of rank 0's inputs, broadcast so the other ranks need no copy of them.
+struct InputHeader {
+  int64_t B = 0, N = 0, H = 0, D = 0;
+  int32_t dtype = 0;
+  int32_t has_grad = 0;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Sums (steps: maximum) of every rank's counters.
+DistCounters total_over_ranks(Communicator& comm, const DistCounters& c) {
+  double sums[4] = {static_cast<double>(c.hops), static_cast<double>(c.blocks_computed),
+                    static_cast<double>(c.bytes_sent), static_cast<double>(c.bytes_received)};
+  double steps = static_cast<double>(c.steps);
+  comm.allreduce_host(sums, 4, ReduceOp::Sum, CommOp{"counter totals", -1});
+  comm.allreduce_host(&steps, 1, ReduceOp::Max, CommOp{"counter totals", -1});
+  DistCounters t;
+  t.steps = static_cast<int64_t>(steps);
+  t.hops = static_cast<int64_t>(sums[0]);
+  t.blocks_computed = static_cast<int64_t>(sums[1]);
+  t.bytes_sent = static_cast<int64_t>(sums[2]);
+  t.bytes_received = static_cast<int64_t>(sums[3]);
+  return t;
+}
+
+double max_over_ranks(Communicator& comm, double x) {
+  comm.allreduce_host(&x, 1, ReduceOp::Max, CommOp{"timing", -1});
+  return x;
+}
+
+}  // namespace
+
+DistributedResult run_distributed(const AttentionSpec& spec, const DistConfig& cfg,
+                                  Communicator& comm, Backend& be, const DistributedInputs& in,
+                                  bool backward) {
+  InputHeader hdr;
+  if (comm.rank() == 0) {
+    const TensorView& q = in.q;
+    LONGATTN_CHECK_ARG(q.data != nullptr, "q", "(none)", "rank 0 must hold the full inputs");
+    for (const auto& [name, t] : {std::pair<const char*, TensorView>{"k", in.k}, {"v", in.v}}) {
+      LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name,
+                         t.shape_string(), "must have the shape of q " + q.shape_string());
+      LONGATTN_CHECK_ARG(t.dtype == q.dtype, name, dtype_name(t.dtype),
+                         std::string("must have the dtype of q ") + dtype_name(q.dtype));
+    }
+    if (backward)
+      LONGATTN_CHECK_ARG(in.d_o.data && in.d_o.B == q.B && in.d_o.N == q.N && in.d_o.H == q.H &&
+                             in.d_o.D == q.D,
+                         "d_o", in.d_o.data ? in.d_o.shape_string() : "(none)",
+                         "the backward needs d_o of the shape of q " + q.shape_string());
+    hdr = InputHeader{q.B, q.N, q.H, q.D, static_cast<int32_t>(q.dtype), backward ? 1 : 0};
+  }
+  comm.broadcast_host(&hdr, sizeof(hdr), 0, CommOp{"input shape from rank 0", -1});
+  DistributedResult res;
+  res.shape = Shape{hdr.B, hdr.N, hdr.H, hdr.D};
+  res.dtype = static_cast<DType>(hdr.dtype);
+  const bool run_backward = hdr.has_grad != 0;
+  // The same inputs on every rank, so every rank reaches the same verdict (no rank waits
+  // alone for the others).
+  validate_distributed(spec, cfg, comm.world(), &res.shape);
+  auto attn = make_distributed_attention(spec, cfg, comm);
+  const Shape l = attn->local_shape(res.shape);
+  const DType dt = res.dtype, lse_dt = dt == DType::F64 ? DType::F64 : DType::F32;
+  const Shape& g = res.shape;
+  auto local = [&](DType t, int64_t d) { return DeviceTensor(be, t, l.B, l.N, l.H, d); };
+  DeviceTensor q = local(dt, l.D), k = local(dt, l.D), v = local(dt, l.D), o = local(dt, l.D),
+               lse = local(lse_dt, 1);
+  scatter_from_root(*attn, be, in.q, q.view());
+  scatter_from_root(*attn, be, in.k, k.view());
+  scatter_from_root(*attn, be, in.v, v.view());
+  be.reset_peak();
+
+  comm.barrier(CommOp{"before forward", -1});
+  auto t0 = std::chrono::steady_clock::now();
+  attn->forward(be, q.view(), k.view(), v.view(), o.view(), lse.view());
+  be.synchronize();
+  res.forward_seconds = max_over_ranks(comm, seconds_since(t0));
+  res.forward = attn->counters();
+  res.forward_total = total_over_ranks(comm, res.forward);
+
+  const bool root = comm.rank() == 0;
+  if (root) {
+    res.o = Tensor(dt, g.B, g.N, g.H, g.D);
+    res.lse = Tensor(lse_dt, g.B, g.N, g.H, 1);
+  }
+  gather_to_root(*attn, be, o.view(), res.o.view());
+  gather_to_root(*attn, be, lse.view(), res.lse.view());
+
+  if (run_backward) {
+    DeviceTensor d_o = local(dt, l.D), dq = local(dt, l.D), dk = local(dt, l.D),
+                 dv = local(dt, l.D);
+    scatter_from_root(*attn, be, in.d_o, d_o.view());
+    comm.barrier(CommOp{"before backward", -1});
+    t0 = std::chrono::steady_clock::now();
+    attn->backward(be, q.view(), k.view(), v.view(), o.view(), lse.view(), d_o.view(), dq.view(),
+                   dk.view(), dv.view());
+    be.synchronize();
+    res.backward_seconds = max_over_ranks(comm, seconds_since(t0));
+    res.backward = attn->counters();
+    res.backward_total = total_over_ranks(comm, res.backward);
+    if (root) {
+      res.dq = Tensor(dt, g.B, g.N, g.H, g.D);
+      res.dk = Tensor(dt, g.B, g.N, g.H, g.D);
+      res.dv = Tensor(dt, g.B, g.N, g.H, g.D);
+    }
+    gather_to_root(*attn, be, dq.view(), res.dq.view());
+    gather_to_root(*attn, be, dk.view(), res.dk.view());
+    gather_to_root(*attn, be, dv.view(), res.dv.view());
+  }
+  res.peak_bytes = be.peak_bytes();
+  return res;
+}
+
+}  // namespace longattn

@@ -1,0 +1,539 @@
+// Ring plans (dense: full rotation; block-sparse: rows travel only as far as some rank needs
+// them) and the executor that runs a plan with double-buffered K/V and travelling dK/dV.
+#include "attention/ring.hpp"
+
+#include <algorithm>
+#include <limits>
+
+#include "runtime/error.hpp"
+
+namespace longattn {
+
+int64_t total_rows(const RowRuns& runs) {
+  int64_t n = 0;
+  for (const RowRun& r : runs) n += r.len;
+  return n;
+}
+
+namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+bool is_half(DType t) { return t == DType::F16 || t == DType::BF16; }
+
+RowRuns full_runs(int64_t n) { return n > 0 ? RowRuns{RowRun{0, n}} : RowRuns{}; }
+bool is_full(const RowRuns& r, int64_t n) {
+  return r.size() == 1 && r[0].start == 0 && r[0].len == n;
+}
+
+// Sorted local block indices -> row runs (consecutive blocks merged).
+RowRuns runs_of_blocks(const std::vector<int64_t>& blocks, int64_t bs) {
+  RowRuns runs;
+  for (int64_t b : blocks) {
+    if (!runs.empty() && runs.back().start + runs.back().len == b * bs)
+      runs.back().len += bs;
+    else
+      runs.push_back(RowRun{b * bs, bs});
+  }
+  return runs;
+}
+
+RingPlan plan_skeleton(const ShardLayout& layout, int rank) {
+  RingPlan plan;
+  plan.rank = rank;
+  plan.world = layout.world();
+  plan.local_rows = layout.local_len();
+  for (int r = 0; r < layout.world(); ++r) plan.pieces.push_back(layout.pieces(r));
+  return plan;
+}
+
+// Two [B, n, H, D] tensors in one allocation, the first (K or dK) then the second (V or dV),
+// so one message moves both. Views of n <= capacity rows are laid out compactly from the
+// start; at full capacity they are the full-layout tensors.
+class PairBuffer {
+ public:
+  PairBuffer() = default;
+  PairBuffer(Backend& be, DType dtype, int64_t B, int64_t n, int64_t H, int64_t D)
+      : buf_(be, dtype, 2 * B, std::max<int64_t>(n, 1), H, D), B_(B), n_(n), H_(H), D_(D),
+        dtype_(dtype), device_(be.device()) {}
+  bool allocated() const { return buf_.data() != nullptr; }
+  TensorView first(int64_t n) const { return make_view(buf_.data(), dtype_, B_, n, H_, D_, device_); }
+  TensorView second(int64_t n) const {
+    return make_view(static_cast<std::byte*>(buf_.data()) + half_bytes(n), dtype_, B_, n, H_, D_,
+                     device_);
+  }
+  TensorView first() const { return first(n_); }
+  TensorView second() const { return second(n_); }
+  void* data() const { return buf_.data(); }
+  size_t bytes(int64_t n) const { return 2 * half_bytes(n); }
+  int64_t rows() const { return n_; }
+
+ private:
+  size_t half_bytes(int64_t n) const {
+    return static_cast<size_t>(B_ * n * H_ * D_) * dtype_size(dtype_);
+  }
+  DeviceTensor buf_;
+  int64_t B_ = 0, n_ = 0, H_ = 0, D_ = 0;
+  DType dtype_ = DType::F32;
+  DeviceKind device_ = DeviceKind::Cpu;
+};
+
+// Copies the rows `runs` of a full-layout pair into a compact pair (pack), or back (unpack),
+// or adds them back (unpack_add).
+void pack(Backend& be, const PairBuffer& full, const RowRuns& runs, const PairBuffer& stage) {
+  const int64_t n = total_rows(runs);
+  int64_t pos = 0;
+  for (const RowRun& r : runs) {
+    be.copy(stage.first(n).rows(pos, r.len), full.first().rows(r.start, r.len));
+    be.copy(stage.second(n).rows(pos, r.len), full.second().rows(r.start, r.len));
+    pos += r.len;
+  }
+}
+void unpack(Backend& be, const PairBuffer& stage, const RowRuns& runs, const PairBuffer& full,
+            bool add) {
+  const int64_t n = total_rows(runs);
+  int64_t pos = 0;
+  for (const RowRun& r : runs) {
+    const TensorView s1 = stage.first(n).rows(pos, r.len), s2 = stage.second(n).rows(pos, r.len);
+    const TensorView d1 = full.first().rows(r.start, r.len), d2 = full.second().rows(r.start, r.len);
+    if (add) {
+      be.axpy(d1, 1.0, s1);
+      be.axpy(d2, 1.0, s2);
+    } else {
+      be.copy(d1, s1);
+      be.copy(d2, s2);
+    }
+    pos += r.len;
+  }
+}
+
+// The largest row count of the runs chosen by `pick` over every step that would need a
+// staging buffer (full-layout transfers use the full buffers directly).
+template <typename Pick>
+int64_t max_staged_rows(const RingPlan& plan, Pick pick) {
+  int64_t m = 0;
+  for (const RingStep& s : plan.steps) {
+    const RowRuns& r = pick(s);
+    if (!r.empty() && !is_full(r, plan.local_rows)) m = std::max(m, total_rows(r));
+  }
+  return m;
+}
+
+// Outgoing rows of a full-layout pair: the pair itself when every row goes, else packed into
+// `stage`.
+SendSpec outgoing(Backend& be, const PairBuffer& full, const RowRuns& runs,
+                  const PairBuffer& stage, int peer) {
+  if (runs.empty()) return SendSpec{nullptr, 0, peer};
+  if (is_full(runs, full.rows())) return SendSpec{full.data(), full.bytes(full.rows()), peer};
+  pack(be, full, runs, stage);
+  return SendSpec{stage.data(), stage.bytes(total_rows(runs)), peer};
+}
+// Where incoming rows land: the full-layout pair when every row comes, else `stage`.
+RecvSpec incoming(const PairBuffer& full, const RowRuns& runs, const PairBuffer& stage,
+                  int peer) {
+  if (runs.empty()) return RecvSpec{nullptr, 0, peer};
+  if (is_full(runs, full.rows())) return RecvSpec{full.data(), full.bytes(full.rows()), peer};
+  return RecvSpec{stage.data(), stage.bytes(total_rows(runs)), peer};
+}
+// After the wait: staged rows are copied (or added) into place.
+void land(Backend& be, const PairBuffer& stage, const RowRuns& runs, const PairBuffer& full,
+          bool add) {
+  if (runs.empty()) return;
+  if (is_full(runs, full.rows())) {
+    LONGATTN_ASSERT(!add, "a full-layout receive cannot be added in place");
+    return;
+  }
+  unpack(be, stage, runs, full, add);
+}
+
+void check_views(const RingPlan& plan, Communicator& comm, Backend& be, const TensorView& q,
+                 std::initializer_list<std::pair<const char*, TensorView>> same,
+                 const TensorView& lse) {
+  LONGATTN_CHECK_ARG(comm.world() == plan.world && comm.rank() == plan.rank, "communicator",
+                     "rank " + std::to_string(comm.rank()) + " of " + std::to_string(comm.world()),
+                     "must be the rank and world the ring plan was made for (rank " +
+                         std::to_string(plan.rank) + " of " + std::to_string(plan.world) + ")");
+  LONGATTN_CHECK_ARG(comm.buffer_device() == be.device(), "communicator", comm.backend(),
+                     "must move the memory of backend " + be.name());
+  LONGATTN_CHECK_ARG(q.N == plan.local_rows, "q", q.shape_string(),
+                     "must hold this rank's " + std::to_string(plan.local_rows) + " rows");
+  for (const auto& [name, t] : same)
+    LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name,
+                       t.shape_string(), "must have the shape of q " + q.shape_string());
+  LONGATTN_CHECK_ARG(lse.B == q.B && lse.N == q.N && lse.H == q.H && lse.D == 1, "lse",
+                     lse.shape_string(), "must be [B, N, H, 1] of q " + q.shape_string());
+}
+
+int64_t max_piece_len(const RingPlan& plan) {
+  int64_t m = 0;
+  for (const ShardPiece& p : plan.pieces[plan.rank]) m = std::max(m, p.len);
+  return m;
+}
+
+}  // namespace
+
+RingPlan make_dense_ring_plan(const ShardLayout& layout, int rank, int64_t block, bool causal) {
+  LONGATTN_CHECK_ARG(block > 0, "block_size", block, "must be positive");
+  RingPlan plan = plan_skeleton(layout, rank);
+  const int P = plan.world;
+  const RowRuns all = full_runs(plan.local_rows);
+  for (int t = 0; t < P; ++t) {
+    RingStep st;
+    st.origin = (rank - t + P) % P;
+    const auto& qp = plan.pieces[rank];
+    const auto& kp = plan.pieces[st.origin];
+    for (size_t i = 0; i < qp.size(); ++i)
+      for (size_t j = 0; j < kp.size(); ++j) {
+        BlockMask m = dense_block_mask(MaskGeometry{qp[i].len, kp[j].len, block, block, causal,
+                                                    qp[i].global, kp[j].global});
+        if (m.nnz() > 0)
+          st.work.push_back(RingWork{static_cast<int>(i), static_cast<int>(j), std::move(m)});
+      }
+    if (t + 1 < P) {
+      st.send = all;
+      st.recv = all;
+    }
+    if (P > 1 && t == P - 1) {  // the accumulators of the last visitor go home: one ring hop
+      st.retire = all;
+      st.home = all;
+    }
+    plan.steps.push_back(std::move(st));
+  }
+  return plan;
+}
+
+RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockMask& global) {
+  RingPlan plan = plan_skeleton(layout, rank);
+  const int P = plan.world;
+  const int64_t bs = global.block_q, N = layout.seq_len();
+  LONGATTN_CHECK_ARG(global.block_k == bs && bs > 0, "block mask",
+                     std::to_string(global.block_q) + "x" + std::to_string(global.block_k),
+                     "must use square positive blocks");
+  LONGATTN_CHECK_ARG(global.num_q_blocks * bs == N && global.num_k_blocks * bs == N,
+                     "block mask", std::to_string(global.num_q_blocks) + " blocks of " +
+                                       std::to_string(bs),
+                     "must cover the sequence length " + std::to_string(N) + " exactly");
+  const int64_t piece = plan.pieces[0][0].len;
+  LONGATTN_CHECK_ARG(piece % bs == 0, "block_size", bs,
+                     "must divide the rows of each shard piece (" + std::to_string(piece) +
+                         " with " + sharding_name(layout.kind()) + " sharding over " +
+                         std::to_string(P) + " ranks)");
+  plan.global_blocks_needed = global.nnz();
+  const int64_t nb = N / bs, nlb = plan.local_rows / bs;
+  std::vector<int> owner(static_cast<size_t>(nb));
+  std::vector<int64_t> local_block(static_cast<size_t>(nb));
+  for (int64_t b = 0; b < nb; ++b) {
+    owner[b] = layout.owner(b * bs);
+    local_block[b] = layout.local_row(b * bs) / bs;
+  }
+  // last[origin][local block]: the furthest ring distance at which some rank needs the block
+  // (-1: nobody), which decides how far it travels.
+  std::vector<std::vector<int>> last(static_cast<size_t>(P), std::vector<int>(nlb, -1));
+  int furthest = 0;
+  for (int64_t qb = 0; qb < nb; ++qb)
+    for (int64_t e = global.row_ptr[qb]; e < global.row_ptr[qb + 1]; ++e) {
+      const int64_t kb = global.col_idx[e];
+      const int t = (owner[qb] - owner[kb] + P) % P;
+      int& l = last[owner[kb]][local_block[kb]];
+      l = std::max(l, t);
+      furthest = std::max(furthest, t);
+    }
+  auto rows_where = [&](int origin, auto pred) {
+    std::vector<int64_t> blocks;
+    for (int64_t lb = 0; lb < nlb; ++lb)
+      if (pred(last[origin][lb])) blocks.push_back(lb);
+    return runs_of_blocks(blocks, bs);
+  };
+  const int S = furthest + 1;
+  const auto& my_pieces = plan.pieces[rank];
+  for (int t = 0; t < S; ++t) {
+    RingStep st;
+    st.origin = (rank - t + P) % P;
+    const auto& kp = plan.pieces[st.origin];
+    for (size_t i = 0; i < my_pieces.size(); ++i) {
+      const int64_t qb0 = my_pieces[i].global / bs, nqb = my_pieces[i].len / bs;
+      for (size_t j = 0; j < kp.size(); ++j) {
+        const int64_t kb0 = kp[j].global / bs, nkb = kp[j].len / bs;
+        BlockMask m;
+        m.block_q = m.block_k = bs;
+        m.num_q_blocks = nqb;
+        m.num_k_blocks = nkb;
+        for (int64_t r = 0; r < nqb; ++r) {
+          const int64_t qb = qb0 + r;
+          for (int64_t e = global.row_ptr[qb]; e < global.row_ptr[qb + 1]; ++e) {
+            const int64_t kb = global.col_idx[e];
+            if (kb < kb0 || kb >= kb0 + nkb) continue;
+            m.col_idx.push_back(static_cast<int32_t>(kb - kb0));
+            m.partial.push_back(global.partial[e]);
+          }
+          m.row_ptr.push_back(m.nnz());
+        }
+        if (m.nnz() > 0)
+          st.work.push_back(RingWork{static_cast<int>(i), static_cast<int>(j), std::move(m)});
+      }
+    }
+    if (t + 1 < S) {
+      const int next_origin = (rank - t - 1 + P) % P;
+      st.send = rows_where(st.origin, [&](int l) { return l >= t + 1; });
+      st.recv = rows_where(next_origin, [&](int l) { return l >= t + 1; });
+    }
+    if (t >= 1) {
+      st.retire = rows_where(st.origin, [&](int l) { return l == t; });
+      st.home = rows_where(rank, [&](int l) { return l == t; });
+    }
+    plan.steps.push_back(std::move(st));
+  }
+  return plan;
+}
+
+struct RingAttention::Masks {
+  Backend* be = nullptr;
+  std::vector<std::vector<std::unique_ptr<PreparedMask>>> fwd, bwd;
+};
+
+RingAttention::RingAttention(RingPlan plan, const AttentionSpec& spec)
+    : plan_(std::move(plan)), spec_(spec) {}
+RingAttention::~RingAttention() = default;
+
+RingAttention::Masks& RingAttention::masks(Backend& be) {
+  if (masks_ && masks_->be == &be) return *masks_;
+  masks_ = std::make_unique<Masks>();
+  masks_->be = &be;
+  for (const RingStep& st : plan_.steps) {
+    masks_->fwd.emplace_back();
+    masks_->bwd.emplace_back(st.work.size());
+    for (const RingWork& w : st.work) masks_->fwd.back().push_back(be.prepare_mask(w.mask));
+  }
+  return *masks_;
+}
+
+void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q,
+                            const TensorView& k, const TensorView& v, const TensorView& o,
+                            const TensorView& lse, DistCounters& counters) {
+  check_views(plan_, comm, be, q, {{"k", k}, {"v", v}, {"o", o}}, lse);
+  const int64_t B = q.B, Nl = plan_.local_rows, H = q.H, D = q.D;
+  const int S = static_cast<int>(plan_.steps.size());
+  Masks& pm = masks(be);
+
+  PairBuffer kv[2];
+  kv[0] = PairBuffer(be, q.dtype, B, Nl, H, D);
+  if (S > 1) kv[1] = PairBuffer(be, q.dtype, B, Nl, H, D);
+  be.copy(kv[0].first(), k);
+  be.copy(kv[0].second(), v);
+  PairBuffer send_stage, recv_stage;
+  if (const int64_t n = max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.send; }))
+    send_stage = PairBuffer(be, q.dtype, B, n, H, D);
+  if (const int64_t n = max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.recv; }))
+    recv_stage = PairBuffer(be, q.dtype, B, n, H, D);
+
+  // Partial results merge into an fp32 accumulator when o is fp16/bf16 (no per-step rounding).
+  DeviceTensor acc_buf;
+  TensorView acc = o;
+  if (is_half(o.dtype)) {
+    acc_buf = DeviceTensor(be, DType::F32, B, Nl, H, D);
+    acc = acc_buf.view();
+  }
+  be.fill(acc, 0.0);
+  be.fill(lse, kNegInf);
+  const int64_t pl = max_piece_len(plan_);
+  DeviceTensor o_part(be, o.dtype, B, pl, H, D), l_part(be, lse.dtype, B, pl, H, 1);
+
+  const auto& my_pieces = plan_.pieces[plan_.rank];
+  int cur = 0;
+  for (int t = 0; t < S; ++t) {
+    const RingStep& st = plan_.steps[t];
+    CommRequest req;
+    if (t + 1 < S) {
+      const SendSpec s = outgoing(be, kv[cur], st.send, send_stage, comm.next());
+      const RecvSpec r = incoming(kv[1 - cur], st.recv, recv_stage, comm.prev());
+      req = comm.start_exchange({s}, {r}, CommOp{"ring forward K/V", t});
+      counters.hops += s.bytes > 0;
+      counters.bytes_sent += static_cast<int64_t>(s.bytes);
+      counters.bytes_received += static_cast<int64_t>(r.bytes);
+    }
+    const auto& kp = plan_.pieces[st.origin];
+    for (size_t w = 0; w < st.work.size(); ++w) {
+      const RingWork& work = st.work[w];
+      const ShardPiece& qp = my_pieces[work.q_piece];
+      const ShardPiece& kpc = kp[work.k_piece];
+      AttnFwdParams p;
+      p.q = q.rows(qp.local, qp.len);
+      p.k = kv[cur].first().rows(kpc.local, kpc.len);
+      p.v = kv[cur].second().rows(kpc.local, kpc.len);
+      p.o = o_part.view().rows(0, qp.len);
+      p.lse = l_part.view().rows(0, qp.len);
+      p.mask = pm.fwd[t][w]->view();
+      p.scale = spec_.scale;
+      p.causal = spec_.causal;
+      p.q_offset = qp.global;
+      p.k_offset = kpc.global;
+      be.attention_forward(p);
+      be.merge(acc.rows(qp.local, qp.len), lse.rows(qp.local, qp.len), p.o, p.lse);
+      counters.blocks_computed += work.mask.nnz();
+    }
+    req.wait();
+    if (t + 1 < S) {
+      land(be, recv_stage, st.recv, kv[1 - cur], false);
+      cur = 1 - cur;
+    }
+  }
+  counters.steps += S;
+  if (acc_buf.data()) be.copy(o, acc);
+}
+
+void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& q,
+                             const TensorView& k, const TensorView& v, const TensorView& o,
+                             const TensorView& lse, const TensorView& d_o, const TensorView& dq,
+                             const TensorView& dk, const TensorView& dv,
+                             DistCounters& counters) {
+  check_views(plan_, comm, be, q,
+              {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
+              lse);
+  const int64_t B = q.B, Nl = plan_.local_rows, H = q.H, D = q.D;
+  const int S = static_cast<int>(plan_.steps.size());
+  const int P = plan_.world, rank = plan_.rank;
+  Masks& pm = masks(be);
+  // Gradients accumulate over steps in fp32 when the inputs are fp16/bf16.
+  const DType gd = is_half(dq.dtype) ? DType::F32 : dq.dtype;
+  auto pick_send = [](const RingStep& s) -> const RowRuns& { return s.send; };
+  auto pick_recv = [](const RingStep& s) -> const RowRuns& { return s.recv; };
+  auto pick_retire = [](const RingStep& s) -> const RowRuns& { return s.retire; };
+
+  PairBuffer kv[2];
+  kv[0] = PairBuffer(be, q.dtype, B, Nl, H, D);
+  if (S > 1) kv[1] = PairBuffer(be, q.dtype, B, Nl, H, D);
+  be.copy(kv[0].first(), k);
+  be.copy(kv[0].second(), v);
+  PairBuffer kv_send_stage, kv_recv_stage;
+  if (const int64_t n = max_staged_rows(plan_, pick_send))
+    kv_send_stage = PairBuffer(be, q.dtype, B, n, H, D);
+  if (const int64_t n = max_staged_rows(plan_, pick_recv))
+    kv_recv_stage = PairBuffer(be, q.dtype, B, n, H, D);
+
+  DeviceTensor dq_buf;
+  TensorView dq_acc = dq;
+  if (gd != dq.dtype) {
+    dq_buf = DeviceTensor(be, gd, B, Nl, H, D);
+    dq_acc = dq_buf.view();
+  }
+  be.fill(dq_acc, 0.0);
+  // home: this rank's own dK/dV (its step-0 contribution plus every accumulator that returns).
+  PairBuffer home(be, gd, B, Nl, H, D);
+  be.fill(home.first(), 0.0);
+  be.fill(home.second(), 0.0);
+  // acc[a]: the travelling accumulator of the visiting origin; part: a step's contribution
+  // computed while the incoming accumulator is still in flight.
+  PairBuffer acc[2], part, fwd_send_stage, fwd_recv_stage, retire_stage, home_stage;
+  if (S > 1) {
+    for (auto& a : acc) {
+      a = PairBuffer(be, gd, B, Nl, H, D);
+      be.fill(a.first(), 0.0);
+      be.fill(a.second(), 0.0);
+    }
+    part = PairBuffer(be, gd, B, Nl, H, D);
+    if (const int64_t n = max_staged_rows(plan_, pick_send))
+      fwd_send_stage = PairBuffer(be, gd, B, n, H, D);
+    if (const int64_t n = max_staged_rows(plan_, pick_recv))
+      fwd_recv_stage = PairBuffer(be, gd, B, n, H, D);
+    if (const int64_t n = max_staged_rows(plan_, pick_retire))
+      retire_stage = PairBuffer(be, gd, B, n, H, D);
+    // Returning accumulators are added into `home`, so they always land in a buffer first.
+    int64_t hn = 0;
+    for (const RingStep& s : plan_.steps) hn = std::max(hn, total_rows(s.home));
+    if (hn > 0) home_stage = PairBuffer(be, gd, B, hn, H, D);
+  }
+
+  const auto& my_pieces = plan_.pieces[rank];
+  int cur = 0, a = 0;
+  CommRequest dkv_req;
+  // Lands the dK/dV exchange posted after step `t`: the next visitor's accumulator into acc[a]
+  // and this rank's returning rows added into home.
+  auto finish_dkv = [&](int t) {
+    dkv_req.wait();
+    const RingStep& st = plan_.steps[t];
+    if (t + 1 < S) land(be, fwd_recv_stage, st.recv, acc[a], false);
+    if (!st.home.empty()) unpack(be, home_stage, st.home, home, true);
+  };
+
+  for (int t = 0; t < S; ++t) {
+    const RingStep& st = plan_.steps[t];
+    CommRequest kv_req;
+    if (t + 1 < S) {
+      const SendSpec s = outgoing(be, kv[cur], st.send, kv_send_stage, comm.next());
+      const RecvSpec r = incoming(kv[1 - cur], st.recv, kv_recv_stage, comm.prev());
+      kv_req = comm.start_exchange({s}, {r}, CommOp{"ring backward K/V", t});
+      counters.hops += s.bytes > 0;
+      counters.bytes_sent += static_cast<int64_t>(s.bytes);
+      counters.bytes_received += static_cast<int64_t>(r.bytes);
+    }
+    // Where this step's dK/dV contributions go.
+    const PairBuffer* target = &home;
+    if (t == 1) {
+      target = &acc[a];  // the first visitor starts the accumulator (it arrives as zeros)
+      be.fill(acc[a].first(), 0.0);
+      be.fill(acc[a].second(), 0.0);
+    } else if (t >= 2 && !st.work.empty()) {
+      target = &part;
+      be.fill(part.first(), 0.0);
+      be.fill(part.second(), 0.0);
+    }
+    const auto& kp = plan_.pieces[st.origin];
+    for (size_t w = 0; w < st.work.size(); ++w) {
+      const RingWork& work = st.work[w];
+      const ShardPiece& qp = my_pieces[work.q_piece];
+      const ShardPiece& kpc = kp[work.k_piece];
+      if (!pm.bwd[t][w]) pm.bwd[t][w] = be.prepare_mask(work.mask.transpose());
+      AttnBwdParams p;
+      p.q = q.rows(qp.local, qp.len);
+      p.k = kv[cur].first().rows(kpc.local, kpc.len);
+      p.v = kv[cur].second().rows(kpc.local, kpc.len);
+      p.o = o.rows(qp.local, qp.len);
+      p.lse = lse.rows(qp.local, qp.len);
+      p.d_o = d_o.rows(qp.local, qp.len);
+      p.dq = dq_acc.rows(qp.local, qp.len);
+      p.dk = target->first().rows(kpc.local, kpc.len);
+      p.dv = target->second().rows(kpc.local, kpc.len);
+      p.mask = pm.fwd[t][w]->view();
+      p.mask_t = pm.bwd[t][w]->view();
+      p.scale = spec_.scale;
+      p.causal = spec_.causal;
+      p.q_offset = qp.global;
+      p.k_offset = kpc.global;
+      be.attention_backward(p);
+      counters.blocks_computed += work.mask.nnz();
+    }
+    if (t >= 2) {
+      finish_dkv(t - 1);
+      if (target == &part) {
+        be.axpy(acc[a].first(), 1.0, part.first());
+        be.axpy(acc[a].second(), 1.0, part.second());
+      }
+    }
+    if (t >= 1) {
+      // The accumulator moves on with the rows someone further needs; finished rows go home.
+      std::vector<SendSpec> sends{outgoing(be, acc[a], st.send, fwd_send_stage, comm.next()),
+                                  outgoing(be, acc[a], st.retire, retire_stage, st.origin)};
+      std::vector<RecvSpec> recvs;
+      if (t + 1 < S) recvs.push_back(incoming(acc[1 - a], st.recv, fwd_recv_stage, comm.prev()));
+      if (!st.home.empty())
+        recvs.push_back(RecvSpec{home_stage.data(), home_stage.bytes(total_rows(st.home)),
+                                 (rank + t) % P});
+      dkv_req = comm.start_exchange(sends, recvs, CommOp{"ring backward dK/dV", t});
+      for (const auto& s : sends) counters.bytes_sent += static_cast<int64_t>(s.bytes);
+      for (const auto& r : recvs) counters.bytes_received += static_cast<int64_t>(r.bytes);
+      a = 1 - a;
+    }
+    kv_req.wait();
+    if (t + 1 < S) {
+      land(be, kv_recv_stage, st.recv, kv[1 - cur], false);
+      cur = 1 - cur;
+    }
+  }
+  if (S >= 2) finish_dkv(S - 1);
+  counters.steps += S;
+  if (dq_buf.data()) be.copy(dq, dq_acc);
+  be.copy(dk, home.first());
+  be.copy(dv, home.second());
+}
+
+}  // namespace longattn

@@ -1,0 +1,110 @@
+// Ring attention over sequence shards, dense and block-sparse, forward and backward: a per-rank
+// plan (which origin's K/V is visited at each step, the per-step masks, which rows travel) and
+// its executor, written against the Backend and Communicator interfaces only.
+//
+// Forward: Q stays; the K/V of each origin rank travel to rank+1 as one packed buffer, the
+// exchange for the next step posted before the current step is computed (double buffering).
+// Each step's mask is the global mask restricted to (local Q rows, visiting K rows), causal in
+// GLOBAL positions through q_offset / k_offset; partial results are merged by their LSE.
+// Backward: K/V travel as in the forward; the dK/dV accumulator of an origin's rows follows them
+// one step behind (a step computes into a zeroed partial while the incoming accumulator is in
+// flight, then adds), dQ stays local, and when no rank further along needs a row its
+// accumulator goes straight home. Uses the GLOBAL O and LSE of the forward.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "attention/spec.hpp"
+#include "comm/communicator.hpp"
+#include "kernels/backend.hpp"
+#include "runtime/sharding.hpp"
+
+namespace longattn {
+
+// What one call of a distributed variant did on this rank.
+struct DistCounters {
+  int64_t steps = 0;            // ring steps run (1: no rotation); dilated: branches run
+  int64_t hops = 0;             // K/V messages this rank sent to its ring successor
+  int64_t blocks_computed = 0;  // (query block, key block) pairs of the masks computed here
+  int64_t bytes_sent = 0;       // every payload byte this rank sent (K/V, dK/dV, gathers)
+  int64_t bytes_received = 0;
+  DistCounters& operator+=(const DistCounters& o) {
+    steps += o.steps;
+    hops += o.hops;
+    blocks_computed += o.blocks_computed;
+    bytes_sent += o.bytes_sent;
+    bytes_received += o.bytes_received;
+    return *this;
+  }
+};
+
+// Rows of an origin rank's shard: local rows [start, start + len).
+struct RowRun {
+  int64_t start = 0, len = 0;
+};
+using RowRuns = std::vector<RowRun>;
+int64_t total_rows(const RowRuns& runs);
+
+// One kernel call of a step: this rank's query piece q_piece against the visiting origin's key
+// piece k_piece, with the global mask restricted to them (never empty).
+struct RingWork {
+  int q_piece = 0, k_piece = 0;
+  BlockMask mask;
+};
+
+// One step of this rank. Row sets are in the owning rank's local rows.
+struct RingStep {
+  int origin = 0;               // whose K/V this rank holds during the step
+  std::vector<RingWork> work;   // empty: nothing to compute here
+  RowRuns send;    // origin's rows forwarded to next() after this step
+  RowRuns recv;    // rows of the next step's origin arriving from prev() for the next step
+  RowRuns retire;  // backward: origin's rows whose dK/dV accumulator goes home after this step
+  RowRuns home;    // backward: own rows whose dK/dV arrive after this step from rank + step
+};
+
+struct RingPlan {
+  int rank = 0, world = 1;
+  int64_t local_rows = 0;
+  std::vector<std::vector<ShardPiece>> pieces;  // of every rank
+  std::vector<RingStep> steps;                  // at least one (step 0: own K/V)
+  int64_t global_blocks_needed = 0;             // block-sparse: nnz of the global mask
+};
+
+// Dense ring: every origin visits every rank (P steps, P-1 hops), masks all-blocks with causal
+// trimming in global positions (block = kernel tile).
+RingPlan make_dense_ring_plan(const ShardLayout& layout, int rank, int64_t block, bool causal);
+
+// Block-sparse ring from the GLOBAL block mask (block_q == block_k == block size, which must
+// divide every shard piece): an origin's block travels only as far as the last rank that
+// needs it, steps run only while some rank still needs a visiting block, and a step with no
+// block for this rank computes nothing. Every rank derives the same plan from the same mask.
+RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockMask& global);
+
+// Runs a plan. Views are this rank's shards [B, N/P, H, D] on the backend; lse is [B, N/P, H, 1]
+// fp32 (fp64 on the CPU). spec.scale and spec.causal are used. The communicator must move the
+// backend's memory (buffer_device() == be.device()). Counters are added to `counters`.
+class RingAttention {
+ public:
+  RingAttention(RingPlan plan, const AttentionSpec& spec);
+  ~RingAttention();
+  const RingPlan& plan() const { return plan_; }
+  // o and lse are overwritten with this rank's rows of the global result.
+  void forward(Backend& be, Communicator& comm, const TensorView& q, const TensorView& k,
+               const TensorView& v, const TensorView& o, const TensorView& lse,
+               DistCounters& counters);
+  // o, lse: this rank's rows of the GLOBAL forward result. dq, dk, dv are overwritten.
+  void backward(Backend& be, Communicator& comm, const TensorView& q, const TensorView& k,
+                const TensorView& v, const TensorView& o, const TensorView& lse,
+                const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                const TensorView& dv, DistCounters& counters);
+
+ private:
+  struct Masks;
+  Masks& masks(Backend& be);
+  RingPlan plan_;
+  AttentionSpec spec_;
+  std::unique_ptr<Masks> masks_;
+};
+
+}  // namespace longattn

@@ -1,0 +1,50 @@
+// Helpers of the mpi tests: identical random inputs on every rank, the single-process run.
+#include "mpi_env.hpp"
+
+#include <cmath>
+
+#include "attention/variant.hpp"
+
+namespace longattn::testing {
+
+FullInputs random_inputs(const Shape& s, DType dtype, uint64_t seed) {
+  return FullInputs{Tensor::randn(dtype, s.B, s.N, s.H, s.D, seed),
+                    Tensor::randn(dtype, s.B, s.N, s.H, s.D, seed + 1),
+                    Tensor::randn(dtype, s.B, s.N, s.H, s.D, seed + 2),
+                    Tensor::randn(dtype, s.B, s.N, s.H, s.D, seed + 3)};
+}
+
+Reference single_process(const AttentionSpec& spec, const FullInputs& in, bool backward) {
+  auto be = make_cpu_backend(1);
+  auto variant = make_attention(spec);
+  const TensorView q = in.q.view();
+  const DType lse_dt = q.dtype == DType::F64 ? DType::F64 : DType::F32;
+  Reference r{Tensor(q.dtype, q.B, q.N, q.H, q.D), Tensor(lse_dt, q.B, q.N, q.H, 1), {}, {}, {}};
+  variant->forward(*be, q, in.k.view(), in.v.view(), r.o.view(), r.lse.view());
+  if (backward) {
+    r.dq = Tensor(q.dtype, q.B, q.N, q.H, q.D);
+    r.dk = Tensor(q.dtype, q.B, q.N, q.H, q.D);
+    r.dv = Tensor(q.dtype, q.B, q.N, q.H, q.D);
+    variant->backward(*be, q, in.k.view(), in.v.view(), r.o.view(), r.lse.view(), in.d_o.view(),
+                      r.dq.view(), r.dk.view(), r.dv.view());
+  }
+  return r;
+}
+
+double max_abs_diff(const TensorView& a, const TensorView& ref) {
+  EXPECT_TRUE(a.B == ref.B && a.N == ref.N && a.H == ref.H && a.D == ref.D)
+      << a.shape_string() << " vs " << ref.shape_string();
+  double m = 0.0;
+  for (int64_t b = 0; b < a.B; ++b)
+    for (int64_t n = 0; n < a.N; ++n)
+      for (int64_t h = 0; h < a.H; ++h)
+        for (int64_t d = 0; d < a.D; ++d) {
+          const double x = load(a, b, n, h, d), y = load(ref, b, n, h, d);
+          if (x == y) continue;  // includes -inf == -inf
+          const double e = std::fabs(x - y);
+          m = std::isnan(e) ? INFINITY : std::max(m, e);
+        }
+  return m;
+}
+
+}  // namespace longattn::testing

@@ -1,0 +1,38 @@
+// Shared state and helpers of the mpi test binary: the communicator and CPU backend every test
+// uses, inputs drawn identically on every rank, and the single-process reference run.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "attention/distributed.hpp"
+#include "comm/communicator.hpp"
+#include "kernels/backend.hpp"
+#include "runtime/tensor.hpp"
+
+namespace longattn::testing {
+
+// The world communicator of the test run (timeout kTestTimeoutSeconds, so a test that breaks
+// the collective order fails instead of hanging).
+Communicator& test_comm();
+Backend& test_backend();
+constexpr double kTestTimeoutSeconds = 60.0;
+// fp64 distributed results vs the single-process reference.
+constexpr double kDistTolerance = 1e-10;
+
+struct FullInputs {
+  Tensor q, k, v, d_o;
+};
+// Fresh random inputs from a seed: every rank draws the same values.
+FullInputs random_inputs(const Shape& s, DType dtype, uint64_t seed);
+
+struct Reference {
+  Tensor o, lse, dq, dk, dv;
+};
+// The single-process variant of `spec` (attention/variant.hpp factory) on the full tensors.
+Reference single_process(const AttentionSpec& spec, const FullInputs& in, bool backward);
+
+// Max |a - ref| over all elements (views of equal shape); -inf == -inf counts as equal.
+double max_abs_diff(const TensorView& a, const TensorView& ref);
+
+}  // namespace longattn::testing
