@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""PyTorch anchors for longattn's kernel benchmark (bench/kernel_bench.cpp).
+
+Reads the JSON kernel_bench wrote, runs on the same GPU and the same shapes:
+  - dense rows: SDPA with the flash backend and with the cuDNN backend (torch.nn.attention.sdpa_kernel);
+  - block-sparse rows: FlexAttention (torch.compile'd) with the identical block mask, read from the
+    .npy block matrix kernel_bench saved, every kept block a full block as in longattn;
+  - dilated rows (groups mode): the seed package's DilatedAttention written as per-segment SDPA
+    (head groups, offset i mod r_i, rows offset::r of each segment, scatter, divide by G).
+Timing as kernel_bench: CUDA events on the current stream, warm-up, median/p10/p90 of up to
+--repeats calls within --max-seconds per row (at least 5). Backward anchors time autograd.grad of
+a retained graph (the backward alone). Writes one merged JSON (rows with "anchors" and "ratios" =
+anchor time / longattn time, > 1 means longattn is faster) and prints a table.
+"""
+import argparse
+import json
+import math
+import platform
+import sys
+
+
+def percentile(values, p):
+    v = sorted(values)
+    pos = p * (len(v) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (pos - lo) * (v[hi] - v[lo])
+
+
+class Timer:
+    def __init__(self, torch, warmup, repeats, max_seconds):
+        self.torch, self.warmup, self.repeats, self.max_seconds = torch, warmup, repeats, max_seconds
+
+    def __call__(self, fn):
+        torch = self.torch
+        start = torch.cuda.Event(enable_timing=True)
+        stop = torch.cuda.Event(enable_timing=True)
+
+        def once():
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            return start.elapsed_time(stop)
+
+        first, warm_ms = 0.0, 0.0
+        for _ in range(max(1, self.warmup)):  # stops early on slow rows, as kernel_bench does
+            first = once()
+            warm_ms += first
+            if warm_ms > self.max_seconds * 1e3 / 3:
+                break
+        reps = self.repeats
+        if first > 0:
+            reps = min(reps, int(self.max_seconds * 1e3 / first))
+        reps = max(reps, 5)
+        ms = [once() for _ in range(reps)]
+        return {"ms_median": percentile(ms, 0.5), "ms_p10": percentile(ms, 0.1),
+                "ms_p90": percentile(ms, 0.9), "repeats": reps}
+
+
+def dtype_of(torch, name):
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def bnhd(torch, shape, dtype, seed, grad):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    t = torch.randn(*shape, device="cuda", dtype=dtype, generator=g)
+    return t.requires_grad_(grad)
+
+
+def time_pass(timer, torch, forward, inputs, pass_name, grad_out_seed=4):
+    """forward(*inputs) -> output; times the forward alone or the backward alone."""
+    if pass_name == "fwd":
+        with torch.no_grad():
+            return timer(lambda: forward(*inputs))
+    out = forward(*inputs)
+    g = torch.Generator(device="cuda").manual_seed(grad_out_seed)
+    d_out = torch.randn(out.shape, device="cuda", dtype=out.dtype, generator=g)
+    return timer(lambda: torch.autograd.grad(out, inputs, d_out, retain_graph=True))
+
+
+def sdpa_anchor(torch, timer, row, backend):
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    be = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+    B, N, H, D = row["B"], row["N"], row["H"], row["D"]
+    dtype = dtype_of(torch, row["dtype"])
+    grad = row["pass"] == "bwd"
+    # [B, N, H, D] memory like longattn's, seen as [B, H, N, D] by SDPA.
+    q, k, v = (bnhd(torch, (B, N, H, D), dtype, s, False).transpose(1, 2).requires_grad_(grad)
+               for s in (1, 2, 3))
+
+    def fwd(q, k, v):
+        with sdpa_kernel([be]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=row["causal"])
+
+    return time_pass(timer, torch, fwd, (q, k, v), row["pass"])
+
+
+_flex_compiled = None
+
+
+def flex_anchor(torch, timer, row, np):
+    global _flex_compiled
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+    if _flex_compiled is None:
+        _flex_compiled = torch.compile(flex_attention, dynamic=False)
+    B, N, H, D, bs = row["B"], row["N"], row["H"], row["D"], row["block"]
+    dense = torch.from_numpy(np.load(row["mask_file"]).astype(np.bool_)).cuda()
+    nq, nk = dense.shape
+    # Every kept block is a full block (N is a multiple of the block size; non-causal), exactly
+    # the blocks longattn computes: no partial blocks, no mask_mod evaluation.
+    counts = dense.sum(dim=1).to(torch.int32)
+    order = torch.argsort((~dense).to(torch.int8), dim=1, stable=True).to(torch.int32)
+    full_num = counts.view(1, 1, nq)
+    full_idx = order.view(1, 1, nq, nk).contiguous()
+    zeros_num = torch.zeros_like(full_num)
+    zeros_idx = torch.zeros_like(full_idx)
+    block_mask = BlockMask.from_kv_blocks(zeros_num, zeros_idx, full_num, full_idx,
+                                          BLOCK_SIZE=bs, mask_mod=lambda b, h, qi, ki: qi >= 0,
+                                          seq_lengths=(N, N))
+    dtype = dtype_of(torch, row["dtype"])
+    grad = row["pass"] == "bwd"
+    q, k, v = (bnhd(torch, (B, H, N, D), dtype, s, grad) for s in (1, 2, 3))
+
+    def fwd(q, k, v):
+        return _flex_compiled(q, k, v, block_mask=block_mask)
+
+    return time_pass(timer, torch, fwd, (q, k, v), row["pass"])
+
+
+def dilated_groups_sdpa(torch, q, k, v, segments, rates, causal):
+    """The seed's DilatedAttention on [B, N, H, D]: per head group, per-segment SDPA."""
+    import torch.nn.functional as F
+    B, N, H, D = q.shape
+    G = len(segments)
+    sizes = [H // G + (1 if i < H % G else 0) for i in range(G)]
+    out = torch.zeros_like(q)
+    h0 = 0
+    for i, (s, r) in enumerate(zip(segments, rates)):
+        g, off = sizes[i], i % r
+        hs = slice(h0, h0 + g)
+        h0 += g
+        if g == 0 or off >= s:
+            continue
+        n_seg = N // s
+
+        def pick(t):
+            x = t.view(B, n_seg, s, H, D)[:, :, off::r, hs]  # [B, n_seg, L, g, D]
+            L = x.shape[2]
+            return x.reshape(B * n_seg, L, g, D).transpose(1, 2), L
+
+        (qi, L), (ki, _), (vi, _) = pick(q), pick(k), pick(v)
+        a = F.scaled_dot_product_attention(qi, ki, vi, is_causal=causal)  # [B', g, L, D]
+        out.view(B, n_seg, s, H, D)[:, :, off::r, hs] = a.transpose(1, 2).reshape(B, n_seg, L, g, D)
+    return out / G
+
+
+def dilated_anchor(torch, timer, row):
+    B, N, H, D = row["B"], row["N"], row["H"], row["D"]
+    dtype = dtype_of(torch, row["dtype"])
+    grad = row["pass"] == "bwd"
+    q, k, v = (bnhd(torch, (B, N, H, D), dtype, s, grad) for s in (1, 2, 3))
+
+    def fwd(q, k, v):
+        return dilated_groups_sdpa(torch, q, k, v, row["segment_lengths"], row["dilation_rates"],
+                                   row["causal"])
+
+    return time_pass(timer, torch, fwd, (q, k, v), row["pass"])
+
+
+def anchors_for(row):
+    if row.get("error"):
+        return []
+    if row["suite"] == "dense":
+        return ["sdpa_flash", "sdpa_cudnn"]
+    if row["suite"] == "sparse":
+        return ["flex"]
+    if row["suite"] == "dilated" and row.get("mode") == "groups":
+        return ["dilated_sdpa"]
+    return []
+
+
+def run_anchor(name, torch, timer, row, np):
+    if name == "sdpa_flash":
+        return sdpa_anchor(torch, timer, row, "flash")
+    if name == "sdpa_cudnn":
+        return sdpa_anchor(torch, timer, row, "cudnn")
+    if name == "flex":
+        return flex_anchor(torch, timer, row, np)
+    if name == "dilated_sdpa":
+        return dilated_anchor(torch, timer, row)
+    raise ValueError(name)
+
+
+def describe(row):
+    what = row.get("pattern") or row.get("mode") or ""
+    if row.get("config"):
+        what += "/" + row["config"][:6]
+    return what
+
+
+def print_table(result, out):
+    names = ["sdpa_flash", "sdpa_cudnn", "flex", "dilated_sdpa"]
+    head = (f"{'suite':<8}{'pass':<5}{'what':<16}{'N':>7}{'H':>4}{'D':>5}{'causal':>7}{'dens':>7}"
+            f"{'ms':>10}{'p10':>9}{'p90':>9}{'TFLOP/s':>9}")
+    for n in names:
+        head += f"{n + ' ms':>16}{'ratio':>7}"
+    units = " " * 48 + f"{'(median)':>24}{'':>18}" + "".join(
+        f"{'(median)':>16}{'(x)':>7}" for _ in names)
+    lines = [f"# longattn kernel benchmark on {result['gpu']}, {result['date']}",
+             f"# command: {result['command']}",
+             f"# torch {result.get('torch', '?')}; ratio = anchor ms / longattn ms (> 1: longattn faster)",
+             head, units]
+    for r in result["rows"]:
+        base = (f"{r['suite']:<8}{r.get('pass', ''):<5}{describe(r):<16}{r['N']:>7}{r['H']:>4}"
+                f"{r['D']:>5}{('yes' if r['causal'] else 'no'):>7}{r.get('density', 1.0):>7.3f}")
+        if r.get("error"):
+            lines.append(base + f"  ERROR {r['error'][:100]}")
+            continue
+        base += (f"{r['ms_median']:>10.3f}{r['ms_p10']:>9.3f}{r['ms_p90']:>9.3f}"
+                 f"{r['tflops']:>9.1f}")
+        for n in names:
+            a = r.get("anchors", {}).get(n)
+            if a is None:
+                base += f"{'-':>16}{'-':>7}"
+            elif "error" in a:
+                base += f"{'error':>16}{'-':>7}"
+            else:
+                base += f"{a['ms_median']:>16.3f}{r['ratios'][n]:>7.2f}"
+        lines.append(base)
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ours", required=True, help="JSON written by kernel_bench")
+    ap.add_argument("--out", required=True, help="merged JSON to write")
+    ap.add_argument("--table", default=None, help="also write the printed table here")
+    ap.add_argument("--command", default=None, help="the command to record (default: kernel_bench's)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--max-seconds", type=float, default=3.0)
+    args = ap.parse_args()
+
+    with open(args.ours) as f:
+        result = json.load(f)
+    if args.command:
+        result["kernel_bench_command"] = result.get("command")
+        result["command"] = args.command
+    result["python"] = platform.python_version()
+    try:
+        import numpy as np
+        import torch
+        if not torch.cuda.is_available():
+            raise RuntimeError("torch sees no CUDA device")
+        result["torch"] = torch.__version__
+        result["torch_cuda"] = torch.version.cuda
+        result["torch_cudnn"] = torch.backends.cudnn.version()
+        result["torch_gpu"] = torch.cuda.get_device_name(0)
+    except Exception as e:  # the anchors are optional; our rows are still written
+        result["anchors_error"] = f"{type(e).__name__}: {e}"
+        print(f"anchors: skipped ({result['anchors_error']})", file=sys.stderr)
+        torch = None
+    if torch is not None:
+        timer = Timer(torch, args.warmup, args.repeats, args.max_seconds)
+        for r in result["rows"]:
+            for name in anchors_for(r):
+                try:
+                    a = run_anchor(name, torch, timer, r, np)
+                    a["tflops"] = r["flops"] / (a["ms_median"] * 1e-3) / 1e12
+                except Exception as e:
+                    a = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                torch.cuda.empty_cache()
+                r.setdefault("anchors", {})[name] = a
+                if "ms_median" in a:
+                    r.setdefault("ratios", {})[name] = a["ms_median"] / r["ms_median"]
+                print(f"anchor {name:<13} {r['suite']:<8}{r.get('pass', ''):<5}N={r['N']:<7}"
+                      f"D={r['D']:<4}{'causal' if r['causal'] else 'full':<7} "
+                      + (f"{a['ms_median']:.3f} ms" if "ms_median" in a else a["error"]),
+                      file=sys.stderr, flush=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print_table(result, args.table)
+
+
+if __name__ == "__main__":
+    main()

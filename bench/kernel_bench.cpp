@@ -1,0 +1,473 @@
+// kernel_bench: times longattn's CUDA attention on one GPU (CUDA events on the backend's work
+// stream, warm-up, median/p10/p90 of many repeats) over the sweeps of the CUDA-kernels issue:
+// dense, block-sparse at fixed densities and dilated at the seed package's configurations.
+// Writes a JSON of rows (and the block masks as .npy for the FlexAttention anchor, which
+// bench/anchors.py runs on the same shapes; bench/run_kernel_bench.sh runs both in one command).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <boost/program_options.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "attention/dense.hpp"
+#include "attention/patterns.hpp"
+#include "attention/variant.hpp"
+#include "kernels/backend.hpp"
+#include "kernels/cuda/cuda_backend.hpp"
+#include "runtime/error.hpp"
+
+namespace po = boost::program_options;
+using nlohmann::json;
+
+namespace longattn {
+namespace {
+
+struct Options {
+  std::string suites = "dense,sparse,dilated";
+  std::string out = "kernel_bench.json";
+  std::string mask_dir = "kernel_bench_masks";
+  std::string dtype = "bf16";
+  std::vector<int64_t> dense_n{4096, 8192, 16384, 32768, 65536};
+  std::vector<int64_t> dense_d{64, 128};
+  int64_t heads = 16;
+  int64_t batch = 1;
+  int64_t block = 128;
+  int64_t sparse_n = 65536;
+  int64_t sparse_d = 128;
+  std::vector<double> densities{0.5, 0.25, 0.1, 0.05, 0.02};
+  std::vector<std::string> sparse_patterns{"local_window", "random"};
+  std::vector<int64_t> dilated_n{8192, 32768, 65536};
+  int64_t dilated_heads = 8;
+  int64_t dilated_d = 64;
+  int warmup = 3;
+  int repeats = 20;
+  double max_seconds = 3.0;  // per row: fewer repeats (at least 5) for slow rows
+  int device = 0;
+  std::string command;
+};
+
+struct Timing {
+  double median = 0, p10 = 0, p90 = 0;
+  int repeats = 0;
+};
+
+double percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  const double pos = p * static_cast<double>(v.size() - 1);
+  const auto lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (pos - static_cast<double>(lo)) * (v[hi] - v[lo]);
+}
+
+#define BENCH_CUDA(call)                                                                  \
+  do {                                                                                    \
+    const cudaError_t e_ = (call);                                                        \
+    if (e_ != cudaSuccess)                                                                \
+      throw Error(format_api_failure("CUDA", #call, __FILE__, __LINE__, cudaGetErrorString(e_))); \
+  } while (0)
+
+// Times fn on the backend's stream: warm-up calls, then repeats bracketed by CUDA events.
+Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<void()>& fn) {
+  auto stream = static_cast<cudaStream_t>(be.stream());
+  cudaEvent_t start, stop;
+  BENCH_CUDA(cudaEventCreate(&start));
+  BENCH_CUDA(cudaEventCreate(&stop));
+  auto once = [&] {
+    BENCH_CUDA(cudaEventRecord(start, stream));
+    fn();
+    BENCH_CUDA(cudaEventRecord(stop, stream));
+    BENCH_CUDA(cudaEventSynchronize(stop));
+    float ms = 0;
+    BENCH_CUDA(cudaEventElapsedTime(&ms, start, stop));
+    return static_cast<double>(ms);
+  };
+  // Warm-up: at least one call, at most `warmup`, stopping early once a third of the row's
+  // time budget is spent (slow rows at 64K would otherwise dominate the run).
+  double first = 0, warm_ms = 0;
+  for (int i = 0; i < std::max(1, opt.warmup); ++i) {
+    first = once();
+    warm_ms += first;
+    if (warm_ms > opt.max_seconds * 1e3 / 3) break;
+  }
+  int reps = opt.repeats;
+  if (first > 0) reps = std::min(reps, static_cast<int>(opt.max_seconds * 1e3 / first));
+  reps = std::max(reps, 5);
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) ms.push_back(once());
+  BENCH_CUDA(cudaEventDestroy(start));
+  BENCH_CUDA(cudaEventDestroy(stop));
+  return {percentile(ms, 0.5), percentile(ms, 0.1), percentile(ms, 0.9), reps};
+}
+
+// A dense [nb, nb] uint8 block matrix as .npy (format 1.0), what anchors.py turns into a
+// FlexAttention block mask.
+void write_block_matrix(const std::string& path, const BlockMask& m) {
+  std::vector<uint8_t> dense(static_cast<size_t>(m.num_q_blocks * m.num_k_blocks), 0);
+  for (int64_t r = 0; r < m.num_q_blocks; ++r)
+    for (int64_t e = m.row_ptr[r]; e < m.row_ptr[r + 1]; ++e)
+      dense[static_cast<size_t>(r * m.num_k_blocks + m.col_idx[e])] = 1;
+  std::string header = "{'descr': '|u1', 'fortran_order': False, 'shape': (" +
+                       std::to_string(m.num_q_blocks) + ", " + std::to_string(m.num_k_blocks) +
+                       "), }";
+  const size_t unpadded = 10 + header.size() + 1;  // magic+version+len, header, newline
+  header.append((64 - unpadded % 64) % 64, ' ');
+  header.push_back('\n');
+  std::ofstream f(path, std::ios::binary);
+  if (!f) throw Error("cannot write " + path);
+  const char magic[] = {'\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0};
+  f.write(magic, 8);
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  const char len_le[2] = {static_cast<char>(len & 0xff), static_cast<char>(len >> 8)};
+  f.write(len_le, 2);
+  f.write(header.data(), static_cast<std::streamsize>(header.size()));
+  f.write(reinterpret_cast<const char*>(dense.data()), static_cast<std::streamsize>(dense.size()));
+}
+
+class Bench {
+ public:
+  Bench(const Options& opt) : opt_(opt), be_(make_cuda_backend(opt.device)), cuda_(as_cuda(*be_)) {
+    dtype_ = parse_dtype(opt.dtype, "--dtype");
+  }
+
+  void run() {
+    auto has = [&](const std::string& s) { return opt_.suites.find(s) != std::string::npos; };
+    print_header();
+    if (has("dense")) dense_suite();
+    if (has("sparse")) sparse_suite();
+    if (has("dilated")) dilated_suite();
+    write_json();
+  }
+
+ private:
+  // Inputs of one shape, drawn on the device; gradients are the fp32 accumulators the
+  // kernels write (the ring and the variants accumulate in fp32 too).
+  struct Buffers {
+    DeviceTensor q, k, v, o, lse, d_o, dq, dk, dv;
+  };
+  Buffers buffers(int64_t B, int64_t N, int64_t H, int64_t D, bool grads) {
+    Buffers b;
+    b.q = DeviceTensor(*be_, dtype_, B, N, H, D);
+    b.k = DeviceTensor(*be_, dtype_, B, N, H, D);
+    b.v = DeviceTensor(*be_, dtype_, B, N, H, D);
+    b.o = DeviceTensor(*be_, dtype_, B, N, H, D);
+    b.lse = DeviceTensor(*be_, DType::F32, B, N, H, 1);
+    cuda_.randn(b.q.view(), 1);
+    cuda_.randn(b.k.view(), 2);
+    cuda_.randn(b.v.view(), 3);
+    if (grads) {
+      b.d_o = DeviceTensor(*be_, dtype_, B, N, H, D);
+      b.dq = DeviceTensor(*be_, DType::F32, B, N, H, D);
+      b.dk = DeviceTensor(*be_, DType::F32, B, N, H, D);
+      b.dv = DeviceTensor(*be_, DType::F32, B, N, H, D);
+      cuda_.randn(b.d_o.view(), 4);
+      be_->fill(b.dq.view(), 0.0);
+      be_->fill(b.dk.view(), 0.0);
+      be_->fill(b.dv.view(), 0.0);
+    }
+    return b;
+  }
+
+  // Forward and backward of one masked attention through the backend's kernel calls.
+  void time_masked(json row, const BlockMask& mask, int64_t B, int64_t N, int64_t H, int64_t D,
+                   bool causal, double fwd_flops) {
+    auto pm = be_->prepare_mask(mask);
+    auto pmt = be_->prepare_mask(mask.transpose());
+    Buffers b = buffers(B, N, H, D, true);
+    AttnFwdParams f;
+    f.q = b.q.view();
+    f.k = b.k.view();
+    f.v = b.v.view();
+    f.o = b.o.view();
+    f.lse = b.lse.view();
+    f.mask = pm->view();
+    f.causal = causal;
+    const Timing tf = time_on_stream(cuda_, opt_, [&] { be_->attention_forward(f); });
+    AttnBwdParams p;
+    p.q = f.q;
+    p.k = f.k;
+    p.v = f.v;
+    p.o = f.o;
+    p.lse = f.lse;
+    p.d_o = b.d_o.view();
+    p.dq = b.dq.view();
+    p.dk = b.dk.view();
+    p.dv = b.dv.view();
+    p.mask = pm->view();
+    p.mask_t = pmt->view();
+    p.causal = causal;
+    const Timing tb = time_on_stream(cuda_, opt_, [&] { be_->attention_backward(p); });
+    add_row(row, "fwd", tf, fwd_flops);
+    add_row(row, "bwd", tb, 2.5 * fwd_flops);
+  }
+
+  void dense_suite() {
+    for (int64_t D : opt_.dense_d)
+      for (bool causal : {false, true})
+        for (int64_t N : opt_.dense_n) {
+          const int64_t B = opt_.batch, H = opt_.heads;
+          MaskGeometry g;
+          g.nq = g.nk = N;
+          g.block_q = g.block_k = opt_.block;
+          g.causal = causal;
+          // DESIGN.md: 4 * B * H * N^2 * D, causal counts half.
+          const double flops = 4.0 * B * H * static_cast<double>(N) * N * D * (causal ? 0.5 : 1.0);
+          json row{{"suite", "dense"}, {"B", B}, {"N", N}, {"H", H}, {"D", D},
+                   {"causal", causal}, {"block", opt_.block}, {"density", causal ? 0.5 : 1.0}};
+          guarded(row, [&] { time_masked(row, dense_block_mask(g), B, N, H, D, causal, flops); });
+        }
+  }
+
+  void sparse_suite() {
+    std::filesystem::create_directories(opt_.mask_dir);
+    const int64_t B = opt_.batch, H = opt_.heads, D = opt_.sparse_d, N = opt_.sparse_n;
+    for (const auto& pattern : opt_.sparse_patterns)
+      for (double density : opt_.densities) {
+        SparseConfig cfg;
+        cfg.pattern = pattern;
+        cfg.block_size = opt_.block;
+        cfg.sparsity_ratio = density;
+        cfg.seed = 1;
+        const BlockMask mask = sparse_block_mask(cfg, N, false);
+        char name[128];
+        std::snprintf(name, sizeof(name), "%s_n%lld_bs%lld_r%g.npy", pattern.c_str(),
+                      static_cast<long long>(N), static_cast<long long>(opt_.block), density);
+        const std::string path = (std::filesystem::path(opt_.mask_dir) / name).string();
+        write_block_matrix(path, mask);
+        const double flops = mask_flops(mask, Shape{B, N, H, D}, false);
+        json row{{"suite", "sparse"}, {"B", B},          {"N", N},
+                 {"H", H},            {"D", D},          {"causal", false},
+                 {"block", opt_.block}, {"pattern", pattern}, {"sparsity_ratio", density},
+                 {"density", mask.density()}, {"mask_file", std::filesystem::absolute(path).string()}};
+        guarded(row, [&] { time_masked(row, mask, B, N, H, D, false, flops); });
+      }
+  }
+
+  void dilated_suite() {
+    const int64_t B = opt_.batch, H = opt_.dilated_heads, D = opt_.dilated_d;
+    struct Config {
+      std::string name;
+      std::function<std::vector<int64_t>(int64_t)> segments;
+    };
+    // The seed's benchmark_all.py ([min(s, N/2) for s in 1024, 2048, 4096]) and the
+    // LongNet/torchscale-like [2048, 4096, 8192], both with rates [1, 2, 4].
+    const std::vector<Config> configs{
+        {"seed_benchmark_all",
+         [](int64_t N) {
+           std::vector<int64_t> s;
+           for (int64_t x : {1024, 2048, 4096}) s.push_back(std::min(x, N / 2));
+           return s;
+         }},
+        {"longnet_2048_4096_8192", [](int64_t) { return std::vector<int64_t>{2048, 4096, 8192}; }}};
+    for (const auto& c : configs)
+      for (DilatedMode mode : {DilatedMode::Groups, DilatedMode::LongNet})
+        for (bool causal : {false, true})
+          for (int64_t N : opt_.dilated_n) {
+            AttentionSpec spec;
+            spec.variant = "dilated";
+            spec.causal = causal;
+            spec.block_size = opt_.block;
+            spec.dilated.segment_lengths = c.segments(N);
+            spec.dilated.dilation_rates = {1, 2, 4};
+            spec.dilated.mode = mode;
+            const std::string mode_name = mode == DilatedMode::Groups ? "groups" : "longnet";
+            json row{{"suite", "dilated"},
+                     {"config", c.name},
+                     {"mode", mode_name},
+                     {"B", B},
+                     {"N", N},
+                     {"H", H},
+                     {"D", D},
+                     {"causal", causal},
+                     {"block", opt_.block},
+                     {"segment_lengths", spec.dilated.segment_lengths},
+                     {"dilation_rates", spec.dilated.dilation_rates}};
+            guarded(row, [&] {
+              auto variant = make_attention(spec);
+              const Shape shape{B, N, H, D};
+              variant->validate(shape);
+              row["density"] = variant->density(shape);
+              const double flops = variant->flops(shape);
+              Buffers b = buffers(B, N, H, D, true);
+              // The variant's gradients are in the input dtype (it owns the accumulation).
+              DeviceTensor dq(*be_, dtype_, B, N, H, D), dk(*be_, dtype_, B, N, H, D),
+                  dv(*be_, dtype_, B, N, H, D);
+              auto fwd = [&] {
+                variant->forward(*be_, b.q.view(), b.k.view(), b.v.view(), b.o.view(),
+                                 b.lse.view());
+              };
+              const Timing tf = time_on_stream(cuda_, opt_, fwd);
+              const Timing tb = time_on_stream(cuda_, opt_, [&] {
+                variant->backward(*be_, b.q.view(), b.k.view(), b.v.view(), b.o.view(),
+                                  b.lse.view(), b.d_o.view(), dq.view(), dk.view(), dv.view());
+              });
+              add_row(row, "fwd", tf, flops);
+              add_row(row, "bwd", tb, 2.5 * flops);
+            });
+          }
+  }
+
+  // Runs one row's measurements; an error (out of memory, unsupported shape) becomes a row with
+  // an "error" field instead of ending the sweep.
+  void guarded(json row, const std::function<void()>& fn) {
+    be_->reset_peak();  // peak_bytes of a row: what that row allocated
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      row["pass"] = "fwd+bwd";
+      row["error"] = e.what();
+      rows_.push_back(row);
+      std::printf("%-8s %-7s N=%-7lld D=%-4lld ERROR: %s\n", row["suite"].get<std::string>().c_str(),
+                  "", static_cast<long long>(row["N"].get<int64_t>()),
+                  static_cast<long long>(row["D"].get<int64_t>()), e.what());
+    }
+  }
+
+  void add_row(json row, const std::string& pass, const Timing& t, double flops) {
+    row["pass"] = pass;
+    row["dtype"] = opt_.dtype;
+    row["flops"] = flops;
+    row["ms_median"] = t.median;
+    row["ms_p10"] = t.p10;
+    row["ms_p90"] = t.p90;
+    row["repeats"] = t.repeats;
+    row["tflops"] = flops / (t.median * 1e-3) / 1e12;
+    row["peak_bytes"] = be_->peak_bytes();
+    row["id"] = rows_.size();
+    rows_.push_back(row);
+    std::string what = row.value("pattern", row.value("mode", std::string("")));
+    if (row.contains("config")) what += "/" + row["config"].get<std::string>().substr(0, 6);
+    std::printf("%-8s %-4s %-18s N=%-6lld H=%-3lld D=%-4lld %-7s dens=%5.3f  %9.3f ms "
+                "[%8.3f, %8.3f]  %7.1f TFLOP/s\n",
+                row["suite"].get<std::string>().c_str(), pass.c_str(), what.c_str(),
+                static_cast<long long>(row["N"].get<int64_t>()),
+                static_cast<long long>(row["H"].get<int64_t>()),
+                static_cast<long long>(row["D"].get<int64_t>()),
+                row["causal"].get<bool>() ? "causal" : "full", row.value("density", 1.0), t.median,
+                t.p10, t.p90, row["tflops"].get<double>());
+    std::fflush(stdout);
+  }
+
+  void print_header() {
+    int rt = 0, drv = 0;
+    cudaRuntimeGetVersion(&rt);
+    cudaDriverGetVersion(&drv);
+    std::printf("# longattn kernel_bench on %s (CUDA runtime %d, driver %d), dtype %s\n",
+                be_->name().c_str(), rt, drv, opt_.dtype.c_str());
+    std::printf("# %s\n", opt_.command.c_str());
+    std::printf("# timing: CUDA events on the work stream, up to %d warm-up, median of up to %d "
+                "repeats (<= %.1f s per row, >= 5), p10/p90; FLOPs fwd 4*B*H*pairs*D (causal "
+                "half), bwd 2.5x\n",
+                opt_.warmup, opt_.repeats, opt_.max_seconds);
+  }
+
+  void write_json() {
+    int rt = 0, drv = 0;
+    cudaRuntimeGetVersion(&rt);
+    cudaDriverGetVersion(&drv);
+    const auto now = std::chrono::system_clock::now();
+    const std::time_t tt = std::chrono::system_clock::to_time_t(now);
+    char date[64];
+    std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
+    json j{{"program", "kernel_bench"},
+           {"gpu", cuda_device_name(opt_.device)},
+           {"device", opt_.device},
+           {"date", date},
+           {"command", opt_.command},
+           {"cuda_runtime", rt},
+           {"cuda_driver", drv},
+           {"dtype", opt_.dtype},
+           {"timing",
+            {{"warmup", opt_.warmup},
+             {"repeats_max", opt_.repeats},
+             {"max_seconds_per_row", opt_.max_seconds},
+             {"method", "CUDA events on the backend work stream"}}},
+           {"flops_convention",
+            "fwd 4*B*H*(visible pairs)*D; dense causal counts half (4*B*H*N^2*D/2); bwd 2.5x fwd"},
+           {"grad_dtype",
+            {{"dense_sparse", "fp32 accumulators (kernel call)"},
+             {"dilated", opt_.dtype + " (variant backward)"}}},
+           {"rows", rows_}};
+    std::ofstream f(opt_.out);
+    if (!f) throw Error("cannot write " + opt_.out);
+    f << j.dump(1) << "\n";
+    std::printf("# wrote %s (%zu rows)\n", opt_.out.c_str(), rows_.size());
+  }
+
+  Options opt_;
+  std::unique_ptr<Backend> be_;
+  CudaBackend& cuda_;
+  DType dtype_ = DType::BF16;
+  std::vector<json> rows_;
+};
+
+}  // namespace
+}  // namespace longattn
+
+int main(int argc, char** argv) {
+  using namespace longattn;
+  Options opt;
+  for (int i = 0; i < argc; ++i) opt.command += (i ? " " : "") + std::string(argv[i]);
+  po::options_description desc("kernel_bench options");
+  desc.add_options()("help,h", "this help")(
+      "suites", po::value(&opt.suites)->default_value(opt.suites), "comma list: dense,sparse,dilated")(
+      "out", po::value(&opt.out)->default_value(opt.out), "JSON output file")(
+      "mask-dir", po::value(&opt.mask_dir)->default_value(opt.mask_dir),
+      "folder for the block masks (.npy) of the sparse rows")(
+      "dtype", po::value(&opt.dtype)->default_value(opt.dtype), "bf16 | fp16 | fp32")(
+      "dense-n", po::value(&opt.dense_n)->multitoken(), "dense sequence lengths")(
+      "dense-d", po::value(&opt.dense_d)->multitoken(), "dense head dims")(
+      "heads", po::value(&opt.heads)->default_value(opt.heads), "heads (dense, sparse)")(
+      "batch", po::value(&opt.batch)->default_value(opt.batch), "batch")(
+      "block", po::value(&opt.block)->default_value(opt.block), "mask block size (64 or 128)")(
+      "sparse-n", po::value(&opt.sparse_n)->default_value(opt.sparse_n), "block-sparse length")(
+      "sparse-d", po::value(&opt.sparse_d)->default_value(opt.sparse_d), "block-sparse head dim")(
+      "densities", po::value(&opt.densities)->multitoken(), "block-sparse sparsity_ratio values")(
+      "sparse-patterns", po::value(&opt.sparse_patterns)->multitoken(),
+      "patterns with sparsity_ratio (local_window, random, dilated_sparse, ...)")(
+      "dilated-n", po::value(&opt.dilated_n)->multitoken(), "dilated lengths")(
+      "dilated-heads", po::value(&opt.dilated_heads)->default_value(opt.dilated_heads),
+      "dilated heads")(
+      "dilated-d", po::value(&opt.dilated_d)->default_value(opt.dilated_d), "dilated head dim")(
+      "warmup", po::value(&opt.warmup)->default_value(opt.warmup), "warm-up calls per row")(
+      "repeats", po::value(&opt.repeats)->default_value(opt.repeats), "timed calls per row (max)")(
+      "max-seconds", po::value(&opt.max_seconds)->default_value(opt.max_seconds),
+      "time budget per row (repeats shrink, at least 5)")(
+      "device", po::value(&opt.device)->default_value(opt.device), "CUDA device");
+  try {
+    po::variables_map vm;
+    po::store(po::parse_command_line(argc, argv, desc), vm);
+    if (vm.count("help")) {
+      std::cout << desc << "\n";
+      return 0;
+    }
+    po::notify(vm);
+    LONGATTN_CHECK_ARG(opt.warmup >= 0, "--warmup", opt.warmup, "must be >= 0");
+    LONGATTN_CHECK_ARG(opt.repeats >= 1, "--repeats", opt.repeats, "must be >= 1");
+    if (cuda_device_count() == 0) {
+      std::cerr << "kernel_bench: no CUDA device visible\n";
+      return 1;
+    }
+    Bench(opt).run();
+    return 0;
+  } catch (const po::error& e) {
+    std::cerr << "kernel_bench: " << e.what() << "\n";
+    return 2;
+  } catch (const InvalidArgument& e) {
+    std::cerr << "kernel_bench: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "kernel_bench: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,287 @@
+// Element-wise kernels of the CUDA backend over strided 4-D views: fill, scale, axpy, copy with
+// dtype conversion, the softmax-state merge (kernels/merge.hpp) and a hashed normal fill.
+// Layout of every launch: threadIdx.x walks the head dimension, each y-row one (b, n, h) row.
+#include <algorithm>
+
+#include "kernels/cuda/cuda_check.hpp"
+#include "kernels/cuda/device_dtype.cuh"
+#include "kernels/cuda/elementwise.hpp"
+#include "kernels/merge.hpp"
+#include "runtime/error.hpp"
+
+namespace longattn::cuda {
+namespace {
+
+// A strided view as the kernels see it (plain values, passed by value).
+struct DevView {
+  void* data;
+  int64_t N, H, D;
+  int64_t sb, sn, sh, sd;
+};
+
+DevView dev_view(const TensorView& t) {
+  return {t.data, t.N, t.H, t.D, t.sb, t.sn, t.sh, t.sd};
+}
+
+// Arithmetic uses __dmul_rn/__dadd_rn (no fused multiply-add) so results round exactly as the
+// CPU backend's fp64 expressions do; conversions are device_dtype.cuh's.
+template <typename T>
+__device__ __forceinline__ T* elem(const DevView& v, int64_t b, int64_t n, int64_t h, int64_t d) {
+  return static_cast<T*>(v.data) + (b * v.sb + n * v.sn + h * v.sh + d * v.sd);
+}
+
+// Row r of the B*N*H rows of a view -> (b, n, h).
+struct RowIndex {
+  int64_t b, n, h;
+};
+__device__ __forceinline__ RowIndex split_row(int64_t r, int64_t N, int64_t H) {
+  const int64_t h = r % H;
+  const int64_t bn = r / H;
+  return {bn / N, bn % N, h};
+}
+
+// Launch shape: x over the head dimension (up to a warp), y over rows, grid-stride over rows.
+struct Launch {
+  dim3 grid, block;
+};
+constexpr int kThreadsPerBlock = 256;
+constexpr int64_t kMaxGrid = 1 << 20;
+
+Launch launch_for(int64_t rows, int64_t D) {
+  int tx = 1;
+  while (tx < 32 && tx < D) tx *= 2;
+  const int ty = kThreadsPerBlock / tx;
+  const int64_t blocks = std::min<int64_t>((rows + ty - 1) / ty, kMaxGrid);
+  return {dim3(static_cast<unsigned>(std::max<int64_t>(blocks, 1))), dim3(tx, ty)};
+}
+
+template <typename T>
+__global__ void fill_kernel(DevView t, int64_t rows, double value) {
+  const T x = from_f64<T>(value);
+  for (int64_t r = blockIdx.x * int64_t(blockDim.y) + threadIdx.y; r < rows;
+       r += int64_t(gridDim.x) * blockDim.y) {
+    const RowIndex ri = split_row(r, t.N, t.H);
+    for (int64_t d = threadIdx.x; d < t.D; d += blockDim.x) *elem<T>(t, ri.b, ri.n, ri.h, d) = x;
+  }
+}
+
+// t = alpha * t
+template <typename T>
+__global__ void scale_kernel(DevView t, int64_t rows, double alpha) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.y) + threadIdx.y; r < rows;
+       r += int64_t(gridDim.x) * blockDim.y) {
+    const RowIndex ri = split_row(r, t.N, t.H);
+    for (int64_t d = threadIdx.x; d < t.D; d += blockDim.x) {
+      T* p = elem<T>(t, ri.b, ri.n, ri.h, d);
+      *p = from_f64<T>(__dmul_rn(alpha, to_f64(*p)));
+    }
+  }
+}
+
+// dst = dst + alpha * src (alpha = 0 with a `copy` flag gives dst = src without reading dst).
+template <typename TD, typename TS, bool kCopy>
+__global__ void axpy_kernel(DevView dst, DevView src, int64_t rows, double alpha) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.y) + threadIdx.y; r < rows;
+       r += int64_t(gridDim.x) * blockDim.y) {
+    const RowIndex ri = split_row(r, dst.N, dst.H);
+    for (int64_t d = threadIdx.x; d < dst.D; d += blockDim.x) {
+      const double s = to_f64(*elem<TS>(src, ri.b, ri.n, ri.h, d));
+      TD* p = elem<TD>(dst, ri.b, ri.n, ri.h, d);
+      *p = kCopy ? from_f64<TD>(s) : from_f64<TD>(__dadd_rn(to_f64(*p), __dmul_rn(alpha, s)));
+    }
+  }
+}
+
+__device__ __forceinline__ double load_lse(const DevView& v, bool f64, int64_t b, int64_t n,
+                                           int64_t h) {
+  return f64 ? *elem<double>(v, b, n, h, 0) : double(*elem<float>(v, b, n, h, 0));
+}
+
+// L = logaddexp(L_acc, L_part), O_acc = O_acc exp(L_acc - L) + O_part exp(L_part - L), with the
+// -inf cases of merge_weights (an empty side contributes nothing; both empty stays empty).
+// The loop is uniform over the block so the barrier between reading and writing L_acc is legal.
+template <typename TA, typename TP>
+__global__ void merge_kernel(DevView o_acc, DevView lse_acc, bool acc_f64, DevView o_part,
+                             DevView lse_part, bool part_f64, int64_t rows) {
+  for (int64_t base = blockIdx.x * int64_t(blockDim.y); base < rows;
+       base += int64_t(gridDim.x) * blockDim.y) {
+    const int64_t r = base + threadIdx.y;
+    const bool active = r < rows;
+    RowIndex ri{0, 0, 0};
+    MergeWeights<double> w{0.0, 0.0, 0.0};
+    if (active) {
+      ri = split_row(r, o_acc.N, o_acc.H);
+      w = merge_weights(load_lse(lse_acc, acc_f64, ri.b, ri.n, ri.h),
+                        load_lse(lse_part, part_f64, ri.b, ri.n, ri.h));
+    }
+    __syncthreads();  // every lane has read L_acc before one lane overwrites it
+    if (active) {
+      for (int64_t d = threadIdx.x; d < o_acc.D; d += blockDim.x) {
+        TA* pa = elem<TA>(o_acc, ri.b, ri.n, ri.h, d);
+        const double part = to_f64(*elem<TP>(o_part, ri.b, ri.n, ri.h, d));
+        // 0 * inf would be NaN: a side with weight 0 is skipped, not multiplied.
+        double x = 0.0;
+        if (w.w1 != 0.0) x = __dmul_rn(w.w1, to_f64(*pa));
+        if (w.w2 != 0.0) x = __dadd_rn(x, __dmul_rn(w.w2, part));
+        *pa = from_f64<TA>(x);
+      }
+      if (threadIdx.x == 0) {
+        if (acc_f64)
+          *elem<double>(lse_acc, ri.b, ri.n, ri.h, 0) = w.lse;
+        else
+          *elem<float>(lse_acc, ri.b, ri.n, ri.h, 0) = static_cast<float>(w.lse);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// splitmix64: a bijective 64-bit mix, good enough to draw independent uniforms per index.
+__device__ __forceinline__ uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// z = sqrt(-2 ln u1) cos(2 pi u2) (Box-Muller) with u1 in (0, 1], u2 in [0, 1).
+template <typename T>
+__global__ void randn_kernel(DevView t, int64_t rows, uint64_t seed, double stddev) {
+  const uint64_t key = mix64(seed ^ 0x5851f42d4c957f2dull);
+  for (int64_t r = blockIdx.x * int64_t(blockDim.y) + threadIdx.y; r < rows;
+       r += int64_t(gridDim.x) * blockDim.y) {
+    const RowIndex ri = split_row(r, t.N, t.H);
+    for (int64_t d = threadIdx.x; d < t.D; d += blockDim.x) {
+      const uint64_t idx = static_cast<uint64_t>(r * t.D + d);
+      const uint64_t bits = mix64(key + mix64(idx));
+      const double u1 = (static_cast<double>(bits >> 40) + 1.0) * 0x1.0p-24;
+      const double u2 = static_cast<double>(bits & 0xffffffull) * 0x1.0p-24;
+      const double z = sqrt(-2.0 * log(u1)) * cospi(2.0 * u2);
+      *elem<T>(t, ri.b, ri.n, ri.h, d) = from_f64<T>(stddev * z);
+    }
+  }
+}
+
+bool same_shape(const TensorView& a, const TensorView& b) {
+  return a.B == b.B && a.N == b.N && a.H == b.H && a.D == b.D;
+}
+
+void check_device_view(const TensorView& t, const char* name) {
+  LONGATTN_CHECK_ARG(t.device == DeviceKind::Cuda, name, "a host view",
+                     "must live on the CUDA device");
+  LONGATTN_CHECK_ARG(t.numel() == 0 || t.data != nullptr, name, "null data",
+                     "must point at device memory");
+}
+
+void check_pair(const TensorView& dst, const TensorView& src) {
+  check_device_view(dst, "dst");
+  check_device_view(src, "src");
+  LONGATTN_CHECK_ARG(same_shape(dst, src), "src", src.shape_string(),
+                     "must match dst " + dst.shape_string());
+}
+
+int64_t rows_of(const TensorView& t) { return t.B * t.N * t.H; }
+
+}  // namespace
+
+void fill(const TensorView& t, double value, cudaStream_t stream) {
+  check_device_view(t, "t");
+  if (t.numel() == 0) return;
+  if (value == 0.0 && t.is_contiguous()) {  // all-zero bits are +0 in every float dtype
+    CUDA_CHECK(cudaMemsetAsync(t.data, 0, static_cast<size_t>(t.numel()) * dtype_size(t.dtype),
+                               stream));
+    return;
+  }
+  const Launch l = launch_for(rows_of(t), t.D);
+  dispatch_dtype(t.dtype, [&](auto x) {
+    using T = decltype(x);
+    fill_kernel<T><<<l.grid, l.block, 0, stream>>>(dev_view(t), rows_of(t), value);
+  });
+  CUDA_CHECK_LAUNCH("fill_kernel");
+}
+
+void scale(const TensorView& t, double alpha, cudaStream_t stream) {
+  check_device_view(t, "t");
+  if (t.numel() == 0) return;
+  const Launch l = launch_for(rows_of(t), t.D);
+  dispatch_dtype(t.dtype, [&](auto x) {
+    using T = decltype(x);
+    scale_kernel<T><<<l.grid, l.block, 0, stream>>>(dev_view(t), rows_of(t), alpha);
+  });
+  CUDA_CHECK_LAUNCH("scale_kernel");
+}
+
+void axpy(const TensorView& dst, double alpha, const TensorView& src, cudaStream_t stream) {
+  check_pair(dst, src);
+  if (dst.numel() == 0) return;
+  const Launch l = launch_for(rows_of(dst), dst.D);
+  dispatch_dtype(dst.dtype, [&](auto xd) {
+    dispatch_dtype(src.dtype, [&](auto xs) {
+      using TD = decltype(xd);
+      using TS = decltype(xs);
+      axpy_kernel<TD, TS, false>
+          <<<l.grid, l.block, 0, stream>>>(dev_view(dst), dev_view(src), rows_of(dst), alpha);
+    });
+  });
+  CUDA_CHECK_LAUNCH("axpy_kernel");
+}
+
+void copy(const TensorView& dst, const TensorView& src, cudaStream_t stream) {
+  check_pair(dst, src);
+  if (dst.numel() == 0) return;
+  if (dst.dtype == src.dtype && dst.is_contiguous() && src.is_contiguous()) {
+    CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data,
+                               static_cast<size_t>(dst.numel()) * dtype_size(dst.dtype),
+                               cudaMemcpyDeviceToDevice, stream));
+    return;
+  }
+  const Launch l = launch_for(rows_of(dst), dst.D);
+  dispatch_dtype(dst.dtype, [&](auto xd) {
+    dispatch_dtype(src.dtype, [&](auto xs) {
+      using TD = decltype(xd);
+      using TS = decltype(xs);
+      axpy_kernel<TD, TS, true>
+          <<<l.grid, l.block, 0, stream>>>(dev_view(dst), dev_view(src), rows_of(dst), 0.0);
+    });
+  });
+  CUDA_CHECK_LAUNCH("copy (axpy_kernel)");
+}
+
+void merge(const TensorView& o_acc, const TensorView& lse_acc, const TensorView& o_part,
+           const TensorView& lse_part, cudaStream_t stream) {
+  check_pair(o_acc, o_part);
+  check_device_view(lse_acc, "lse_acc");
+  check_device_view(lse_part, "lse_part");
+  for (const TensorView* l : {&lse_acc, &lse_part}) {
+    const char* name = l == &lse_acc ? "lse_acc" : "lse_part";
+    LONGATTN_CHECK_ARG(l->B == o_acc.B && l->N == o_acc.N && l->H == o_acc.H && l->D == 1, name,
+                       l->shape_string(), "must be [B, N, H, 1] of o_acc " + o_acc.shape_string());
+    LONGATTN_CHECK_ARG(l->dtype == DType::F32 || l->dtype == DType::F64, name,
+                       dtype_name(l->dtype), "must be fp32 or fp64");
+  }
+  if (o_acc.numel() == 0) return;
+  const Launch l = launch_for(rows_of(o_acc), o_acc.D);
+  dispatch_dtype(o_acc.dtype, [&](auto xa) {
+    dispatch_dtype(o_part.dtype, [&](auto xp) {
+      using TA = decltype(xa);
+      using TP = decltype(xp);
+      merge_kernel<TA, TP><<<l.grid, l.block, 0, stream>>>(
+          dev_view(o_acc), dev_view(lse_acc), lse_acc.dtype == DType::F64, dev_view(o_part),
+          dev_view(lse_part), lse_part.dtype == DType::F64, rows_of(o_acc));
+    });
+  });
+  CUDA_CHECK_LAUNCH("merge_kernel");
+}
+
+void randn(const TensorView& t, uint64_t seed, double stddev, cudaStream_t stream) {
+  check_device_view(t, "t");
+  if (t.numel() == 0) return;
+  const Launch l = launch_for(rows_of(t), t.D);
+  dispatch_dtype(t.dtype, [&](auto x) {
+    using T = decltype(x);
+    randn_kernel<T><<<l.grid, l.block, 0, stream>>>(dev_view(t), rows_of(t), seed, stddev);
+  });
+  CUDA_CHECK_LAUNCH("randn_kernel");
+}
+
+}  // namespace longattn::cuda
