@@ -1,0 +1,275 @@
+// Host side of the flash attention kernels: checks the contract's views against what the
+// kernels support, fills the plain argument structs, computes delta = rowsum(dO * O) when the
+// caller did not, and dispatches on dtype and head dim to the per-file instantiations.
+#include "kernels/cuda/flash_attention.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "kernels/cuda/cuda_check.hpp"
+#include "kernels/cuda/flash_common.cuh"
+#include "runtime/error.hpp"
+
+namespace longattn::cuda {
+namespace {
+
+using flash::BwdArgs;
+using flash::DevMask;
+using flash::DevView;
+using flash::FwdArgs;
+
+constexpr int64_t kMaskBlockMultiple = 64;
+
+DevView dev_view(const TensorView& t, const char* name) {
+  LONGATTN_CHECK_ARG(t.sd == 1, name, t.sd, "the CUDA kernels need unit stride on D");
+  LONGATTN_CHECK_ARG(t.data != nullptr || t.numel() == 0, name, "null",
+                     "must point to device memory");
+  DevView v;
+  v.data = t.data;
+  v.sb = t.sb;
+  v.sn = t.sn;
+  v.sh = t.sh;
+  return v;
+}
+
+DevMask dev_mask(const BlockMaskView& m, const char* name) {
+  LONGATTN_CHECK_ARG(m.block_q % kMaskBlockMultiple == 0 && m.block_k % kMaskBlockMultiple == 0,
+                     std::string(name) + " block size",
+                     std::to_string(m.block_q) + "x" + std::to_string(m.block_k),
+                     "the CUDA kernels need block sizes that are multiples of 64");
+  LONGATTN_CHECK_ARG(m.row_ptr != nullptr, std::string(name) + ".row_ptr", "null",
+                     "must point to the device copy of the mask");
+  LONGATTN_CHECK_ARG(m.nnz == 0 || (m.col_idx != nullptr && m.partial != nullptr),
+                     std::string(name) + ".col_idx", "null",
+                     "must point to the device copy of the mask");
+  DevMask d;
+  d.row_ptr = m.row_ptr;
+  d.col_idx = m.col_idx;
+  d.partial = m.partial;
+  d.block_q = static_cast<int>(m.block_q);
+  d.block_k = static_cast<int>(m.block_k);
+  return d;
+}
+
+// 16-byte loads need 16-byte aligned rows: the base and every stride of a non-trivial
+// dimension a multiple of 16 bytes.
+bool allows_vec(const TensorView& t) {
+  const int64_t es = static_cast<int64_t>(dtype_size(t.dtype));
+  auto ok = [&](int64_t stride, int64_t extent) { return extent <= 1 || (stride * es) % 16 == 0; };
+  return reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && ok(t.sb, t.B) && ok(t.sn, t.N) &&
+         ok(t.sh, t.H) && (t.D * es) % 16 == 0;
+}
+
+// Two adjacent elements can be stored as one word.
+bool allows_pair(const TensorView& t) {
+  const int64_t es = static_cast<int64_t>(dtype_size(t.dtype));
+  auto ok = [&](int64_t stride, int64_t extent) { return extent <= 1 || stride % 2 == 0; };
+  return reinterpret_cast<uintptr_t>(t.data) % (2 * es) == 0 && ok(t.sb, t.B) && ok(t.sn, t.N) &&
+         ok(t.sh, t.H);
+}
+
+int out_type(const TensorView& t, DType in, const char* name) {
+  LONGATTN_CHECK_ARG(t.dtype == in || t.dtype == DType::F32, name, dtype_name(t.dtype),
+                     std::string("must be fp32 or the input dtype ") + dtype_name(in));
+  return t.dtype == DType::F32 ? flash::kOutF32 : flash::kOutSame;
+}
+
+void check_common(const TensorView& q, const TensorView& k, const TensorView& lse) {
+  LONGATTN_CHECK_ARG(flash_supports(q.dtype, q.D), "dtype/head_dim",
+                     std::string(dtype_name(q.dtype)) + "/" + std::to_string(q.D),
+                     "the CUDA kernels support fp32, fp16 and bf16 with head_dim 32, 64, 128 or 256");
+  LONGATTN_CHECK_ARG(lse.dtype == DType::F32, "lse", dtype_name(lse.dtype),
+                     "must be fp32 for the CUDA kernels");
+  LONGATTN_CHECK_ARG(q.N < (int64_t{1} << 30) && k.N < (int64_t{1} << 30), "sequence length",
+                     std::max(q.N, k.N), "must be below 2^30 rows per call");
+  LONGATTN_CHECK_ARG(q.H <= 65535 && q.B <= 65535, "batch x heads",
+                     std::to_string(q.B) + "x" + std::to_string(q.H),
+                     "batch and heads must each be at most 65535");
+}
+
+template <int D>
+void dispatch_fwd(const FwdArgs& a, DType dt, int m_tiles, cudaStream_t s) {
+  switch (dt) {
+    case DType::BF16: return flash::launch_fwd<__nv_bfloat16, D>(a, m_tiles, s);
+    case DType::F16: return flash::launch_fwd<__half, D>(a, m_tiles, s);
+    default: return flash::launch_fwd_f32<D>(a, s);
+  }
+}
+
+template <int D>
+void dispatch_bwd(const BwdArgs& a, DType dt, bool atomic_dq, cudaStream_t s) {
+  switch (dt) {
+    case DType::BF16: return flash::launch_bwd<__nv_bfloat16, D>(a, atomic_dq, s);
+    case DType::F16: return flash::launch_bwd<__half, D>(a, atomic_dq, s);
+    default: return flash::launch_bwd_f32<D>(a, s);
+  }
+}
+
+// delta[b, i, h] = sum_d dO[b, i, h, d] * O[b, i, h, d]: one warp per row.
+template <typename T>
+__device__ __forceinline__ float to_f(const void* p, int64_t off, int type) {
+  if (type == flash::kOutF32) return static_cast<const float*>(p)[off];
+  if constexpr (std::is_same_v<T, float>) {
+    return static_cast<const float*>(p)[off];
+  } else {
+    return flash::Elem<T>::to_float(static_cast<const T*>(p)[off]);
+  }
+}
+
+template <typename T>
+__global__ void flash_bwd_delta_kernel(const BwdArgs a, float* out) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (row >= static_cast<int64_t>(a.B) * a.Nq * a.H) return;
+  const int h = static_cast<int>(row % a.H);
+  const int64_t bi = row / a.H;
+  const int i = static_cast<int>(bi % a.Nq), b = static_cast<int>(bi / a.Nq);
+  const int64_t ob = b * a.o.sb + static_cast<int64_t>(i) * a.o.sn + h * a.o.sh;
+  const int64_t db = b * a.d_o.sb + static_cast<int64_t>(i) * a.d_o.sn + h * a.d_o.sh;
+  float acc = 0.f;
+  for (int d = lane; d < a.D; d += 32)
+    acc = fmaf(to_f<T>(a.d_o.data, db + d, flash::kOutSame), to_f<T>(a.o.data, ob + d, a.o_type),
+               acc);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane == 0) out[row] = acc;  // contiguous [B, Nq, H]
+}
+
+void launch_delta(const BwdArgs& a, DType dt, float* out, cudaStream_t s) {
+  const int64_t rows = static_cast<int64_t>(a.B) * a.Nq * a.H;
+  const int threads = 256, rows_per_block = threads / 32;
+  const dim3 grid(static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block));
+  switch (dt) {
+    case DType::BF16: flash_bwd_delta_kernel<__nv_bfloat16><<<grid, threads, 0, s>>>(a, out); break;
+    case DType::F16: flash_bwd_delta_kernel<__half><<<grid, threads, 0, s>>>(a, out); break;
+    default: flash_bwd_delta_kernel<float><<<grid, threads, 0, s>>>(a, out); break;
+  }
+  CUDA_CHECK_LAUNCH("flash_bwd_delta_kernel");
+}
+
+}  // namespace
+
+bool flash_supports(DType dtype, int64_t head_dim) {
+  const bool dtype_ok = dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16;
+  const bool dim_ok = head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256;
+  return dtype_ok && dim_ok;
+}
+
+void flash_forward(const AttnFwdParams& p, cudaStream_t stream) {
+  validate_forward(p);
+  check_common(p.q, p.k, p.lse);
+  const DType dt = p.q.dtype;
+  FwdArgs a;
+  a.q = dev_view(p.q, "q");
+  a.k = dev_view(p.k, "k");
+  a.v = dev_view(p.v, "v");
+  a.o = dev_view(p.o, "o");
+  a.lse.data = p.lse.data;
+  a.lse.sb = p.lse.sb;
+  a.lse.sn = p.lse.sn;
+  a.lse.sh = p.lse.sh;
+  a.o_type = out_type(p.o, dt, "o");
+  if (p.q.N == 0 || p.q.B == 0 || p.q.H == 0) return;
+  a.mask = dev_mask(p.mask, "mask");
+  a.B = static_cast<int>(p.q.B);
+  a.H = static_cast<int>(p.q.H);
+  a.Nq = static_cast<int>(p.q.N);
+  a.Nk = static_cast<int>(p.k.N);
+  const double scale = effective_scale(p.scale, p.q.D);
+  a.scale = static_cast<float>(scale);
+  a.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  a.causal = p.causal ? 1 : 0;
+  a.diag = p.q_offset - p.k_offset;
+  a.vec = allows_vec(p.q) && allows_vec(p.k) && allows_vec(p.v);
+  a.o_pair = allows_pair(p.o);
+  // 128 query rows per CTA when the mask's query blocks allow it (more reuse of each K/V tile).
+  const int m_tiles = (a.mask.block_q % 128 == 0 && p.q.D <= 128) ? 2 : 1;
+  switch (p.q.D) {
+    case 32: dispatch_fwd<32>(a, dt, m_tiles, stream); break;
+    case 64: dispatch_fwd<64>(a, dt, m_tiles, stream); break;
+    case 128: dispatch_fwd<128>(a, dt, m_tiles, stream); break;
+    default: dispatch_fwd<256>(a, dt, m_tiles, stream); break;
+  }
+}
+
+void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
+  validate_backward(p);
+  check_common(p.q, p.k, p.lse);
+  const DType dt = p.q.dtype;
+  LONGATTN_CHECK_ARG(p.d_o.dtype == dt, "d_o", dtype_name(p.d_o.dtype),
+                     std::string("must have the input dtype ") + dtype_name(dt));
+  BwdArgs a;
+  a.q = dev_view(p.q, "q");
+  a.k = dev_view(p.k, "k");
+  a.v = dev_view(p.v, "v");
+  a.o = dev_view(p.o, "o");
+  a.d_o = dev_view(p.d_o, "d_o");
+  a.dq = dev_view(p.dq, "dq");
+  a.dk = dev_view(p.dk, "dk");
+  a.dv = dev_view(p.dv, "dv");
+  a.o_type = out_type(p.o, dt, "o");
+  a.dq_type = out_type(p.dq, dt, "dq");
+  a.dk_type = out_type(p.dk, dt, "dk");
+  a.dv_type = out_type(p.dv, dt, "dv");
+  a.lse.data = p.lse.data;
+  a.lse.sb = p.lse.sb;
+  a.lse.sn = p.lse.sn;
+  a.lse.sh = p.lse.sh;
+  if (p.q.N == 0 || p.k.N == 0 || p.q.B == 0 || p.q.H == 0) return;
+  a.mask = dev_mask(p.mask, "mask");
+  a.mask_t = dev_mask(p.mask_t, "mask_t");
+  LONGATTN_CHECK_ARG(p.mask_t.block_q == p.mask.block_k && p.mask_t.block_k == p.mask.block_q &&
+                         p.mask_t.num_q_blocks == p.mask.num_k_blocks &&
+                         p.mask_t.nnz == p.mask.nnz,
+                     "mask_t",
+                     std::to_string(p.mask_t.num_q_blocks) + " rows of " +
+                         std::to_string(p.mask_t.block_q),
+                     "must be the transpose of mask");
+  a.B = static_cast<int>(p.q.B);
+  a.H = static_cast<int>(p.q.H);
+  a.Nq = static_cast<int>(p.q.N);
+  a.Nk = static_cast<int>(p.k.N);
+  a.D = static_cast<int>(p.q.D);
+  const double scale = effective_scale(p.scale, p.q.D);
+  a.scale = static_cast<float>(scale);
+  a.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  a.causal = p.causal ? 1 : 0;
+  a.diag = p.q_offset - p.k_offset;
+  a.vec = allows_vec(p.q) && allows_vec(p.k) && allows_vec(p.v) && allows_vec(p.d_o);
+
+  float* scratch = nullptr;
+  if (p.delta.data) {
+    LONGATTN_CHECK_ARG(p.delta.dtype == DType::F32, "delta", dtype_name(p.delta.dtype),
+                       "must be fp32 for the CUDA kernels");
+    a.delta.data = p.delta.data;
+    a.delta.sb = p.delta.sb;
+    a.delta.sn = p.delta.sn;
+    a.delta.sh = p.delta.sh;
+  } else {
+    const size_t bytes = static_cast<size_t>(a.B) * a.Nq * a.H * sizeof(float);
+    CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, stream));
+    a.delta.data = scratch;
+    a.delta.sb = static_cast<int64_t>(a.Nq) * a.H;
+    a.delta.sn = a.H;
+    a.delta.sh = 1;
+    launch_delta(a, dt, scratch, stream);
+  }
+  // Atomics need an fp32 dq; the fp32-input path always uses its query-stationary dQ pass.
+  const bool atomic_dq = !p.deterministic && p.dq.dtype == DType::F32 && dt != DType::F32;
+  try {
+    switch (p.q.D) {
+      case 32: dispatch_bwd<32>(a, dt, atomic_dq, stream); break;
+      case 64: dispatch_bwd<64>(a, dt, atomic_dq, stream); break;
+      case 128: dispatch_bwd<128>(a, dt, atomic_dq, stream); break;
+      default: dispatch_bwd<256>(a, dt, atomic_dq, stream); break;
+    }
+  } catch (...) {
+    if (scratch) cudaFreeAsync(scratch, stream);
+    throw;
+  }
+  if (scratch) CUDA_CHECK(cudaFreeAsync(scratch, stream));
+}
+
+}  // namespace longattn::cuda

@@ -1,0 +1,41 @@
+// Host-callable flash attention kernels of the CUDA backend: the kernel contract
+// (kernels/contract.hpp) on device pointers, FlashAttention-2 style (tiling, online softmax,
+// mma.sync tensor cores for fp16/bf16, an fp32 FMA path). Includes no CUDA device headers.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernels/contract.hpp"
+
+namespace longattn::cuda {
+
+// What the kernels accept (checked by flash_forward / flash_backward, which throw
+// InvalidArgument naming the argument, its value and the rule otherwise):
+// - q, k, v (and d_o, o in the backward) in device memory, one dtype: fp32, fp16 or bf16;
+//   o may also be fp32 when the inputs are fp16/bf16; head_dim 32, 64, 128 or 256;
+//   any batch, row and head strides, unit stride on D. 16-byte vector loads are used when every
+//   base pointer is 16-byte aligned and every stride a multiple of 16 bytes, a scalar path
+//   otherwise (same results).
+// - lse (and delta) fp32 views [B, Nq, H, 1] with any strides.
+// - mask (and mask_t) device arrays with block_q and block_k multiples of 64 (64 and 128 are
+//   what the runtime builds). Per-element masking (causal in global positions q_offset + i,
+//   k_offset + j, and the sequence edges Nq, Nk) runs only on blocks flagged partial or that
+//   cross an edge or the causal diagonal; full blocks run unmasked.
+bool flash_supports(DType dtype, int64_t head_dim);
+
+// Forward: writes o and lse for every query row; a row that sees no key gets o = 0 and
+// lse = -inf. Asynchronous on `stream`.
+void flash_forward(const AttnFwdParams& p, cudaStream_t stream);
+
+// Backward from the global o and lse: dq += dL/dq, dk += dL/dk, dv += dL/dv (accumulated,
+// never overwritten). dq, dk, dv may be fp32 (the backend's accumulators) or the input dtype.
+// p.mask_t (the transpose of p.mask, by key block) must be given: the dK/dV pass is
+// key-block-stationary. delta = rowsum(dO * O) is read from p.delta when given, else computed
+// into device scratch taken with cudaMallocAsync/cudaFreeAsync on `stream`.
+// dQ: fp32 atomicAdd from the dK/dV pass when dq is fp32 and p.deterministic is false;
+// otherwise (p.deterministic, or dq not fp32) a separate query-stationary pass with no atomics,
+// whose results are bitwise reproducible. Asynchronous on `stream`.
+void flash_backward(const AttnBwdParams& p, cudaStream_t stream);
+
+}  // namespace longattn::cuda

@@ -1,0 +1,7 @@
+// Backward tensor-core flash attention instantiated for f16, head dim 64 (one file per dtype and
+// head dim keeps each CUDA translation unit small). Kernels: kernels/cuda/flash_bwd_kernel.cuh.
+#include "kernels/cuda/flash_bwd_kernel.cuh"
+
+namespace longattn::cuda::flash {
+template void launch_bwd<__half, 64>(const BwdArgs&, bool, cudaStream_t);
+}  // namespace longattn::cuda::flash

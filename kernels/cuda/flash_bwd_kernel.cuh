@@ -1,0 +1,494 @@
+// Backward flash attention on tensor cores (mma.sync m16n8k16, fp16/bf16 in, fp32 accumulate),
+// FlashAttention-2 style: a key-stationary pass over the transposed mask for dK/dV (and dQ by
+// fp32 atomics), and a query-stationary pass for a deterministic dQ. P is recomputed from the
+// global LSE. Instantiated by kernels/cuda/flash_bwd_<dtype>_d<D>.cu.
+#pragma once
+#include "kernels/cuda/cuda_check.hpp"
+#include "kernels/cuda/flash_common.cuh"
+
+namespace longattn::cuda::flash {
+
+template <typename T, int D>
+struct BwdTraits {
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kBlockN = 64;  // keys per CTA (16 per warp) in the dK/dV pass
+  static constexpr int kBlockM = 64;  // queries per step (and per CTA in the dQ pass)
+  static constexpr int kStride = D + 8;
+  static constexpr int kDSStride = kBlockM + 8;
+  static constexpr int kTile = kBlockM * kStride;  // elements of one 64-row tile
+  static constexpr int kDQChunk = D < 64 ? D : 64;  // dQ columns per accumulation round
+  // dK/dV pass: K, V, two buffers of Q and dO, dS^T; then fp32 lse*log2(e) and delta x 2.
+  static constexpr int kDkdvSmem =
+      (6 * kTile + kBlockN * kDSStride) * static_cast<int>(sizeof(T)) + 4 * kBlockM * 4;
+  // dQ pass: Q, dO, two buffers of K and V.
+  static constexpr int kDqSmem = 6 * kTile * static_cast<int>(sizeof(T));
+};
+
+// Loads the per-query values of a 64-row tile: lse2 = lse * log2(e) (+inf for rows past Nq or
+// rows that saw nothing, so that p = 2^(s - lse2) = 0 there) and delta (0 past Nq).
+__device__ __forceinline__ void load_row_stats(const BwdArgs& a, int b, int h, int q0, float* s_l,
+                                               float* s_d, int tid) {
+  if (tid < 64) {
+    const int i = q0 + tid;
+    float l2 = kPosInf, dl = 0.f;
+    if (i < a.Nq) {
+      const float l = static_cast<const float*>(
+          a.lse.data)[b * a.lse.sb + static_cast<int64_t>(i) * a.lse.sn + h * a.lse.sh];
+      l2 = l == kNegInf ? kPosInf : l * kLog2e;
+      dl = static_cast<const float*>(
+          a.delta.data)[b * a.delta.sb + static_cast<int64_t>(i) * a.delta.sn + h * a.delta.sh];
+    }
+    s_l[tid] = l2;
+    s_d[tid] = dl;
+  }
+}
+
+// Key-stationary pass. Warp w owns keys k0 + 16w .. +15 and, per listed query tile, computes
+//   S^T = K Q^T,  P^T = 2^(scale log2(e) S^T - lse2),  dP^T = V dO^T,  dS^T = P^T o (dP^T - delta)
+//   dV += P^T dO,  dK += scale dS^T Q,  and (kDQAtomic) dQ += scale dS K via fp32 atomicAdd.
+// kDV / kDK select the accumulators (head dim 256 runs a dV pass and a dK pass).
+template <typename T, int D, bool kDV, bool kDK, bool kDQAtomic>
+__global__ void __launch_bounds__(128) flash_bwd_dkdv_kernel(const BwdArgs a) {
+  using Tr = BwdTraits<T, D>;
+  constexpr int kS = Tr::kStride, kM = Tr::kBlockM, kNT = kM / 8, kDT = D / 8, kKS = D / 16;
+  constexpr int kDSS = Tr::kDSStride;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);
+  T* sV = sK + Tr::kTile;
+  T* sQ = sV + Tr::kTile;    // two buffers
+  T* sdO = sQ + 2 * Tr::kTile;  // two buffers
+  T* sdS = sdO + 2 * Tr::kTile;
+  float* sL = reinterpret_cast<float*>(sdS + Tr::kBlockN * kDSS);  // two buffers of 64
+  float* sDl = sL + 2 * kM;                                        // two buffers of 64
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int k0 = blockIdx.x * Tr::kBlockN;
+  const int mrow = k0 / a.mask_t.block_q;
+  const int64_t e0 = a.mask_t.row_ptr[mrow];
+  const int64_t n_items = (a.mask_t.row_ptr[mrow + 1] - e0) * (a.mask_t.block_k / kM);
+  const float sl2 = a.scale_log2;
+
+  const T* qg = static_cast<const T*>(a.q.data) + b * a.q.sb + h * a.q.sh;
+  const T* dog = static_cast<const T*>(a.d_o.data) + b * a.d_o.sb + h * a.d_o.sh;
+
+  auto next_visible = [&](int64_t it) {
+    for (; it < n_items; ++it) {
+      const int qs = tile_start<kM>(a.mask_t, e0, it);
+      if (qs >= a.Nq) continue;
+      const int q_hi = min(qs + kM, a.Nq) - 1;
+      if (!(a.causal && static_cast<int64_t>(k0 - q_hi) > a.diag)) break;
+    }
+    return it;
+  };
+  auto load_q = [&](int64_t it, int buf) {
+    const int qs = tile_start<kM>(a.mask_t, e0, it);
+    load_tile<kM, D, kS, Tr::kThreads>(sQ + buf * Tr::kTile, qg + qs * a.q.sn, a.q.sn,
+                                        a.Nq - qs, a.vec, tid);
+    load_tile<kM, D, kS, Tr::kThreads>(sdO + buf * Tr::kTile, dog + qs * a.d_o.sn, a.d_o.sn,
+                                        a.Nq - qs, a.vec, tid);
+    load_row_stats(a, b, h, qs, sL + buf * kM, sDl + buf * kM, tid);
+  };
+
+  {
+    const T* kg = static_cast<const T*>(a.k.data) + b * a.k.sb + h * a.k.sh + k0 * a.k.sn;
+    const T* vg = static_cast<const T*>(a.v.data) + b * a.v.sb + h * a.v.sh + k0 * a.v.sn;
+    load_tile<Tr::kBlockN, D, kS, Tr::kThreads>(sK, kg, a.k.sn, a.Nk - k0, a.vec, tid);
+    load_tile<Tr::kBlockN, D, kS, Tr::kThreads>(sV, vg, a.v.sn, a.Nk - k0, a.vec, tid);
+  }
+  int64_t it = next_visible(0);
+  if (it < n_items) load_q(it, 0);
+  cp_async_commit();
+
+  float dk[kDK ? kDT : 1][4], dv[kDV ? kDT : 1][4];
+#pragma unroll
+  for (int dt = 0; dt < (kDK ? kDT : 1); ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[dt][e] = 0.f;
+#pragma unroll
+  for (int dt = 0; dt < (kDV ? kDT : 1); ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dv[dt][e] = 0.f;
+
+  const int kw = warp * 16;
+  const int a_row = lane & 15, a_col = (lane >> 4) << 3;
+  const int bn_row = (lane & 7) + ((lane >> 4) << 3), bn_col = ((lane >> 3) & 1) << 3;
+  const int bt_row = (lane & 7) + (((lane >> 3) & 1) << 3), bt_col = (lane >> 4) << 3;
+  // A operand read transposed from a [k][m] tile (dS^T stored by key): rows k, columns m.
+  const int at_row = (lane & 7) + ((lane >> 4) << 3), at_col = ((lane >> 3) & 1) << 3;
+
+  int buf = 0;
+  while (it < n_items) {
+    const int qs = tile_start<kM>(a.mask_t, e0, it);
+    const bool need_mask = tile_partial<kM>(a.mask_t, e0, it) || k0 + Tr::kBlockN > a.Nk ||
+                           (a.causal && static_cast<int64_t>(k0 + Tr::kBlockN - 1 - qs) > a.diag);
+    const int64_t nxt = next_visible(it + 1);
+    if (nxt < n_items) load_q(nxt, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const T* q_s = sQ + buf * Tr::kTile;
+    const T* do_s = sdO + buf * Tr::kTile;
+    const float* l_s = sL + buf * kM;
+    const float* d_s = sDl + buf * kM;
+
+    // S^T = K Q^T: 16 keys x 64 queries per warp.
+    float st[kNT][4];
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kKS; ++kk) {
+      uint32_t ka[4];
+      ldmatrix_x4(ka, sK + (kw + a_row) * kS + kk * 16 + a_col);
+#pragma unroll
+      for (int np = 0; np < kNT / 2; ++np) {
+        uint32_t qb[4];
+        ldmatrix_x4(qb, q_s + (np * 16 + bn_row) * kS + kk * 16 + bn_col);
+        Elem<T>::mma(st[2 * np], ka, qb[0], qb[1]);
+        Elem<T>::mma(st[2 * np + 1], ka, qb[2], qb[3]);
+      }
+    }
+    // P^T = 2^(scale log2(e) s - lse2), zero where masked.
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = nt * 8 + 2 * t4 + (e & 1);
+        float sv = st[nt][e];
+        if (need_mask) {
+          const int j = k0 + kw + g + ((e >> 1) << 3);
+          const int i = qs + c;
+          if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - i) > a.diag)) sv = kNegInf;
+        }
+        st[nt][e] = fast_exp2(fmaf(sv, sl2, -l_s[c]));
+      }
+
+    float dpt[kDK ? kNT : 1][4];
+    if constexpr (kDK) {
+      // dP^T = V dO^T, then dS^T = P^T o (dP^T - delta) in place.
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dpt[nt][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < kKS; ++kk) {
+        uint32_t va[4];
+        ldmatrix_x4(va, sV + (kw + a_row) * kS + kk * 16 + a_col);
+#pragma unroll
+        for (int np = 0; np < kNT / 2; ++np) {
+          uint32_t ob[4];
+          ldmatrix_x4(ob, do_s + (np * 16 + bn_row) * kS + kk * 16 + bn_col);
+          Elem<T>::mma(dpt[2 * np], va, ob[0], ob[1]);
+          Elem<T>::mma(dpt[2 * np + 1], va, ob[2], ob[3]);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          dpt[nt][e] = st[nt][e] * (dpt[nt][e] - d_s[nt * 8 + 2 * t4 + (e & 1)]);
+    }
+
+    if constexpr (kDV) {  // dV += P^T dO
+#pragma unroll
+      for (int kk = 0; kk < kM / 16; ++kk) {
+        uint32_t pa[4];
+        pa[0] = Elem<T>::pack(st[2 * kk][0], st[2 * kk][1]);
+        pa[1] = Elem<T>::pack(st[2 * kk][2], st[2 * kk][3]);
+        pa[2] = Elem<T>::pack(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+        pa[3] = Elem<T>::pack(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          uint32_t ob[4];
+          ldmatrix_x4_trans(ob, do_s + (kk * 16 + bt_row) * kS + dp * 16 + bt_col);
+          Elem<T>::mma(dv[2 * dp], pa, ob[0], ob[1]);
+          Elem<T>::mma(dv[2 * dp + 1], pa, ob[2], ob[3]);
+        }
+      }
+    }
+
+    if constexpr (kDK) {  // dK += dS^T Q (scaled at the end)
+#pragma unroll
+      for (int kk = 0; kk < kM / 16; ++kk) {
+        uint32_t da[4];
+        da[0] = Elem<T>::pack(dpt[2 * kk][0], dpt[2 * kk][1]);
+        da[1] = Elem<T>::pack(dpt[2 * kk][2], dpt[2 * kk][3]);
+        da[2] = Elem<T>::pack(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+        da[3] = Elem<T>::pack(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          uint32_t qb[4];
+          ldmatrix_x4_trans(qb, q_s + (kk * 16 + bt_row) * kS + dp * 16 + bt_col);
+          Elem<T>::mma(dk[2 * dp], da, qb[0], qb[1]);
+          Elem<T>::mma(dk[2 * dp + 1], da, qb[2], qb[3]);
+        }
+      }
+    }
+
+    if constexpr (kDQAtomic) {
+      // dS^T to smem (by key), then dQ = scale dS K with warps over queries, added atomically.
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh)
+          *reinterpret_cast<uint32_t*>(sdS + (kw + g + hh * 8) * kDSS + nt * 8 + 2 * t4) =
+              Elem<T>::pack(dpt[nt][2 * hh], dpt[nt][2 * hh + 1]);
+      __syncthreads();
+      const int qw = warp * 16;
+      float* dqg = static_cast<float*>(a.dq.data) + b * a.dq.sb + h * a.dq.sh;
+      constexpr int kC = Tr::kDQChunk;
+#pragma unroll
+      for (int dc = 0; dc < D / kC; ++dc) {
+        float acc[kC / 8][4];
+#pragma unroll
+        for (int dt = 0; dt < kC / 8; ++dt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < Tr::kBlockN / 16; ++kk) {
+          uint32_t da[4];
+          ldmatrix_x4_trans(da, sdS + (kk * 16 + at_row) * kDSS + qw + at_col);
+#pragma unroll
+          for (int dp = 0; dp < kC / 16; ++dp) {
+            uint32_t kb[4];
+            ldmatrix_x4_trans(kb, sK + (kk * 16 + bt_row) * kS + dc * kC + dp * 16 + bt_col);
+            Elem<T>::mma(acc[2 * dp], da, kb[0], kb[1]);
+            Elem<T>::mma(acc[2 * dp + 1], da, kb[2], kb[3]);
+          }
+        }
+#pragma unroll
+        for (int dt = 0; dt < kC / 8; ++dt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int i = qs + qw + g + ((e >> 1) << 3);
+            if (i < a.Nq)
+              atomicAdd(dqg + static_cast<int64_t>(i) * a.dq.sn + dc * kC + dt * 8 + 2 * t4 +
+                            (e & 1),
+                        a.scale * acc[dt][e]);
+          }
+      }
+    }
+    __syncthreads();
+    it = nxt;
+    buf ^= 1;
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int j = k0 + kw + g + hh * 8;
+    if (j >= a.Nk) continue;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int d = dt * 8 + 2 * t4 + e;
+        if constexpr (kDK)
+          store_out<T>(a.dk.data, b * a.dk.sb + static_cast<int64_t>(j) * a.dk.sn + h * a.dk.sh + d,
+                       a.dk_type, a.scale * dk[dt][2 * hh + e], true);
+        if constexpr (kDV)
+          store_out<T>(a.dv.data, b * a.dv.sb + static_cast<int64_t>(j) * a.dv.sn + h * a.dv.sh + d,
+                       a.dv_type, dv[dt][2 * hh + e], true);
+      }
+  }
+}
+
+// Query-stationary dQ pass (no atomics, bitwise reproducible). Warp w owns queries q0 + 16w..,
+// per listed key tile: S = Q K^T, P = 2^(scale log2(e) S - lse2), dP = dO V^T,
+// dS = P o (dP - delta), dQ += scale dS K; dq += the sum at the end.
+template <typename T, int D>
+__global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const BwdArgs a) {
+  using Tr = BwdTraits<T, D>;
+  constexpr int kS = Tr::kStride, kN = Tr::kBlockN, kNT = kN / 8, kDT = D / 8, kKS = D / 16;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sdO = sQ + Tr::kTile;
+  T* sK = sdO + Tr::kTile;     // two buffers
+  T* sV = sK + 2 * Tr::kTile;  // two buffers
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int q0 = blockIdx.x * Tr::kBlockM;
+  const int q_last = min(q0 + Tr::kBlockM, a.Nq) - 1;
+  const int mrow = q0 / a.mask.block_q;
+  const int64_t e0 = a.mask.row_ptr[mrow];
+  const int64_t n_items = (a.mask.row_ptr[mrow + 1] - e0) * (a.mask.block_k / kN);
+  const float sl2 = a.scale_log2;
+
+  const T* kg = static_cast<const T*>(a.k.data) + b * a.k.sb + h * a.k.sh;
+  const T* vg = static_cast<const T*>(a.v.data) + b * a.v.sb + h * a.v.sh;
+  auto next_visible = [&](int64_t it) {
+    for (; it < n_items; ++it) {
+      const int ks = tile_start<kN>(a.mask, e0, it);
+      if (ks < a.Nk && !(a.causal && static_cast<int64_t>(ks - q_last) > a.diag)) break;
+    }
+    return it;
+  };
+  auto load_kv = [&](int64_t it, int buf) {
+    const int ks = tile_start<kN>(a.mask, e0, it);
+    load_tile<kN, D, kS, Tr::kThreads>(sK + buf * Tr::kTile, kg + ks * a.k.sn, a.k.sn,
+                                        a.Nk - ks, a.vec, tid);
+    load_tile<kN, D, kS, Tr::kThreads>(sV + buf * Tr::kTile, vg + ks * a.v.sn, a.v.sn,
+                                        a.Nk - ks, a.vec, tid);
+  };
+
+  {
+    const T* qg = static_cast<const T*>(a.q.data) + b * a.q.sb + h * a.q.sh + q0 * a.q.sn;
+    const T* dog = static_cast<const T*>(a.d_o.data) + b * a.d_o.sb + h * a.d_o.sh + q0 * a.d_o.sn;
+    load_tile<Tr::kBlockM, D, kS, Tr::kThreads>(sQ, qg, a.q.sn, a.Nq - q0, a.vec, tid);
+    load_tile<Tr::kBlockM, D, kS, Tr::kThreads>(sdO, dog, a.d_o.sn, a.Nq - q0, a.vec, tid);
+  }
+  int64_t it = next_visible(0);
+  if (it < n_items) load_kv(it, 0);
+  cp_async_commit();
+
+  // Row statistics of rows g and g + 8 of this warp.
+  const int wrow = warp * 16;
+  float lse2[2], delta[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int i = q0 + wrow + g + hh * 8;
+    lse2[hh] = kPosInf;
+    delta[hh] = 0.f;
+    if (i < a.Nq) {
+      const float l = static_cast<const float*>(
+          a.lse.data)[b * a.lse.sb + static_cast<int64_t>(i) * a.lse.sn + h * a.lse.sh];
+      lse2[hh] = l == kNegInf ? kPosInf : l * kLog2e;
+      delta[hh] = static_cast<const float*>(
+          a.delta.data)[b * a.delta.sb + static_cast<int64_t>(i) * a.delta.sn + h * a.delta.sh];
+    }
+  }
+
+  float dq[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dq[dt][e] = 0.f;
+  const int a_row = lane & 15, a_col = (lane >> 4) << 3;
+  const int bn_row = (lane & 7) + ((lane >> 4) << 3), bn_col = ((lane >> 3) & 1) << 3;
+  const int bt_row = (lane & 7) + (((lane >> 3) & 1) << 3), bt_col = (lane >> 4) << 3;
+
+  int buf = 0;
+  while (it < n_items) {
+    const int ks = tile_start<kN>(a.mask, e0, it);
+    const bool need_mask = tile_partial<kN>(a.mask, e0, it) || ks + kN > a.Nk ||
+                           (a.causal && static_cast<int64_t>(ks + kN - 1 - q0) > a.diag);
+    const int64_t nxt = next_visible(it + 1);
+    if (nxt < n_items) load_kv(nxt, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const T* k_s = sK + buf * Tr::kTile;
+    const T* v_s = sV + buf * Tr::kTile;
+
+    float s[kNT][4], dp[kNT][4];
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kKS; ++kk) {
+      uint32_t qa[4], oa[4];
+      ldmatrix_x4(qa, sQ + (wrow + a_row) * kS + kk * 16 + a_col);
+      ldmatrix_x4(oa, sdO + (wrow + a_row) * kS + kk * 16 + a_col);
+#pragma unroll
+      for (int np = 0; np < kNT / 2; ++np) {
+        uint32_t kb[4], vb[4];
+        ldmatrix_x4(kb, k_s + (np * 16 + bn_row) * kS + kk * 16 + bn_col);
+        ldmatrix_x4(vb, v_s + (np * 16 + bn_row) * kS + kk * 16 + bn_col);
+        Elem<T>::mma(s[2 * np], qa, kb[0], kb[1]);
+        Elem<T>::mma(s[2 * np + 1], qa, kb[2], kb[3]);
+        Elem<T>::mma(dp[2 * np], oa, vb[0], vb[1]);
+        Elem<T>::mma(dp[2 * np + 1], oa, vb[2], vb[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int hh = e >> 1;
+        float sv = s[nt][e];
+        if (need_mask) {
+          const int i = q0 + wrow + g + hh * 8;
+          const int j = ks + nt * 8 + 2 * t4 + (e & 1);
+          if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - i) > a.diag)) sv = kNegInf;
+        }
+        const float p = fast_exp2(fmaf(sv, sl2, -lse2[hh]));
+        s[nt][e] = p * (dp[nt][e] - delta[hh]);  // dS
+      }
+#pragma unroll
+    for (int kk = 0; kk < kN / 16; ++kk) {
+      uint32_t da[4];
+      da[0] = Elem<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+      da[1] = Elem<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+      da[2] = Elem<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      da[3] = Elem<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp2 = 0; dp2 < D / 16; ++dp2) {
+        uint32_t kb[4];
+        ldmatrix_x4_trans(kb, k_s + (kk * 16 + bt_row) * kS + dp2 * 16 + bt_col);
+        Elem<T>::mma(dq[2 * dp2], da, kb[0], kb[1]);
+        Elem<T>::mma(dq[2 * dp2 + 1], da, kb[2], kb[3]);
+      }
+    }
+    __syncthreads();
+    it = nxt;
+    buf ^= 1;
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int i = q0 + wrow + g + hh * 8;
+    if (i >= a.Nq) continue;
+    const int64_t base = b * a.dq.sb + static_cast<int64_t>(i) * a.dq.sn + h * a.dq.sh;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+        store_out<T>(a.dq.data, base + dt * 8 + 2 * t4 + e, a.dq_type,
+                     a.scale * dq[dt][2 * hh + e], true);
+  }
+}
+
+template <typename Kernel>
+void launch_bwd_kernel(Kernel kernel, dim3 grid, int smem, const BwdArgs& a,
+                       cudaStream_t stream) {
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kernel<<<grid, 128, smem, stream>>>(a);
+  CUDA_CHECK_LAUNCH("flash backward kernel");
+}
+
+template <typename T, int D>
+void launch_bwd(const BwdArgs& a, bool atomic_dq, cudaStream_t stream) {
+  using Tr = BwdTraits<T, D>;
+  const dim3 grid_k((a.Nk + Tr::kBlockN - 1) / Tr::kBlockN, a.H, a.B);
+  if constexpr (D <= 128) {
+    if (atomic_dq)
+      launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, true, true, true>, grid_k, Tr::kDkdvSmem, a,
+                        stream);
+    else
+      launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, true, true, false>, grid_k, Tr::kDkdvSmem,
+                        a, stream);
+  } else {  // registers do not hold both dK and dV accumulators: one pass each
+    launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, true, false, false>, grid_k, Tr::kDkdvSmem, a,
+                      stream);
+    if (atomic_dq)
+      launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, false, true, true>, grid_k, Tr::kDkdvSmem,
+                        a, stream);
+    else
+      launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, false, true, false>, grid_k, Tr::kDkdvSmem,
+                        a, stream);
+  }
+  if (!atomic_dq) {
+    const dim3 grid_q((a.Nq + Tr::kBlockM - 1) / Tr::kBlockM, a.H, a.B);
+    launch_bwd_kernel(flash_bwd_dq_kernel<T, D>, grid_q, Tr::kDqSmem, a, stream);
+  }
+}
+
+}  // namespace longattn::cuda::flash

@@ -1,0 +1,238 @@
+// Device helpers of the flash attention kernels: the plain argument structs the host fills,
+// tensor-core (mma.sync m16n8k16, ldmatrix) and cp.async wrappers, and the tile loaders.
+// Included by kernels/cuda/flash_*.cu only.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace longattn::cuda::flash {
+
+// A strided device tensor [B, N, H, D] (element strides; unit stride on D).
+struct DevView {
+  void* data = nullptr;
+  int64_t sb = 0, sn = 0, sh = 0;
+};
+
+// A CSR block mask in device memory (kernels/contract.hpp BlockMaskView).
+struct DevMask {
+  const int64_t* row_ptr = nullptr;
+  const int32_t* col_idx = nullptr;
+  const uint8_t* partial = nullptr;
+  int block_q = 64, block_k = 64;  // rows of the first / second operand per block
+};
+
+// Output element type codes for views whose dtype may differ from the inputs'.
+enum : int { kOutSame = 0, kOutF32 = 1 };
+
+struct FwdArgs {
+  DevView q, k, v, o, lse;
+  int B = 0, H = 0, Nq = 0, Nk = 0;
+  float scale = 0.f;       // softmax scale
+  float scale_log2 = 0.f;  // scale * log2(e): scores live in the exp2 domain
+  DevMask mask;
+  int causal = 0;
+  int64_t diag = 0;  // q_offset - k_offset: (i, j) visible iff j - i <= diag when causal
+  int vec = 0;       // q, k, v allow 16-byte loads
+  int o_type = kOutSame;
+  int o_pair = 0;    // o allows 2-element (4-byte for 16-bit types) stores
+};
+
+struct BwdArgs {
+  DevView q, k, v, o, d_o, lse, delta, dq, dk, dv;
+  int B = 0, H = 0, Nq = 0, Nk = 0;
+  int D = 0;
+  float scale = 0.f, scale_log2 = 0.f;
+  DevMask mask;    // by query block
+  DevMask mask_t;  // by key block: block_q = key block size, block_k = query block size
+  int causal = 0;
+  int64_t diag = 0;
+  int vec = 0;  // q, k, v, d_o allow 16-byte loads
+  int o_type = kOutSame;
+  int dq_type = kOutSame, dk_type = kOutSame, dv_type = kOutSame;
+};
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// 2^x with the special-function unit: 2^-inf = +0, relative error ~2^-22.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(void* dst_smem, const void* src_global) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst_smem)),
+               "l"(src_global));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, register i holds
+// matrix i with lane l owning row l/4, columns 2(l%4), 2(l%4)+1 (transposed with .trans).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// Element-type traits: the mma.sync instruction and fp32 <-> T conversions.
+template <typename T>
+struct Elem;
+
+template <>
+struct Elem<__nv_bfloat16> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float x) {
+    return __float2bfloat16_rn(x);
+  }
+  // d += a * b, 16x8x16, fp32 accumulation.
+  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+template <>
+struct Elem<__half> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
+  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+// Copies rows [0, ROWS) of a strided [rows x D] global tile into shared memory with row stride
+// SSTRIDE elements; rows >= valid are zero-filled (so padding keys and queries are finite and
+// contribute nothing). vec: 16-byte cp.async (caller commits and waits), else scalar loads.
+template <int ROWS, int D, int SSTRIDE, int THREADS, typename T>
+__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t row_stride, int valid,
+                                          bool vec, int tid) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  static_assert((ROWS * kChunks) % THREADS == 0, "tile chunks must divide among threads");
+#pragma unroll
+  for (int i = 0; i < ROWS * kChunks / THREADS; ++i) {
+    const int c = tid + i * THREADS;
+    const int r = c / kChunks, cc = c % kChunks;
+    T* dst = s + r * SSTRIDE + cc * 8;
+    if (r < valid) {
+      const T* src = g + static_cast<int64_t>(r) * row_stride + cc * 8;
+      if (vec) {
+        cp_async16(dst, src);
+      } else {
+        const unsigned short* src16 = reinterpret_cast<const unsigned short*>(src);
+        unsigned short* dst16 = reinterpret_cast<unsigned short*>(dst);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst16[e] = src16[e];
+      }
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+}
+
+// Element store into an output of type T or fp32, optionally accumulating (dst += x).
+template <typename T>
+__device__ __forceinline__ void store_out(void* base, int64_t off, int type, float x,
+                                          bool accumulate) {
+  if (type == kOutF32 || std::is_same_v<T, float>) {
+    float* p = static_cast<float*>(base) + off;
+    *p = accumulate ? *p + x : x;
+  } else if constexpr (!std::is_same_v<T, float>) {
+    T* p = static_cast<T*>(base) + off;
+    *p = Elem<T>::from_float(accumulate ? Elem<T>::to_float(*p) + x : x);
+  }
+}
+
+// Two adjacent elements (off, off + 1); pair = 4-byte (16-bit T) or 8-byte (fp32) aligned.
+template <typename T>
+__device__ __forceinline__ void store_out2(void* base, int64_t off, int type, float x0, float x1,
+                                           bool pair) {
+  if (type == kOutF32) {
+    float* p = static_cast<float*>(base) + off;
+    if (pair) {
+      *reinterpret_cast<float2*>(p) = make_float2(x0, x1);
+    } else {
+      p[0] = x0;
+      p[1] = x1;
+    }
+  } else {
+    T* p = static_cast<T*>(base) + off;
+    if (pair) {
+      *reinterpret_cast<uint32_t*>(p) = Elem<T>::pack(x0, x1);
+    } else {
+      p[0] = Elem<T>::from_float(x0);
+      p[1] = Elem<T>::from_float(x1);
+    }
+  }
+}
+
+// The k-th listed key tile (of TILE rows) of a mask row: mask blocks of block_k rows are cut
+// into block_k / TILE tiles. Returns the first row of the tile in the second operand.
+template <int TILE>
+__device__ __forceinline__ int tile_start(const DevMask& m, int64_t e_begin, int64_t item) {
+  const int nsub = m.block_k / TILE;
+  const int64_t e = e_begin + item / nsub;
+  return m.col_idx[e] * m.block_k + static_cast<int>(item % nsub) * TILE;
+}
+template <int TILE>
+__device__ __forceinline__ bool tile_partial(const DevMask& m, int64_t e_begin, int64_t item) {
+  const int nsub = m.block_k / TILE;
+  return m.partial[e_begin + item / nsub] != 0;
+}
+
+}  // namespace longattn::cuda::flash
+
+namespace longattn::cuda::flash {
+
+constexpr float kNegInf = -__builtin_huge_valf();
+constexpr float kPosInf = __builtin_huge_valf();
+
+// Launchers, explicitly instantiated per (dtype, head dim) in kernels/cuda/flash_{fwd,bwd}_*.cu
+// so the CUDA build spreads over many small translation units.
+// m_tiles: 16-row mma tiles per warp (1: 64 query rows per CTA, 2: 128; needs D <= 128).
+template <typename T, int D>
+void launch_fwd(const FwdArgs& a, int m_tiles, cudaStream_t stream);
+// atomic_dq: dQ by fp32 atomicAdd into a.dq (fp32) from the key-stationary pass; otherwise a
+// separate query-stationary pass accumulates dQ without atomics.
+template <typename T, int D>
+void launch_bwd(const BwdArgs& a, bool atomic_dq, cudaStream_t stream);
+template <int D>
+void launch_fwd_f32(const FwdArgs& a, cudaStream_t stream);
+template <int D>
+void launch_bwd_f32(const BwdArgs& a, cudaStream_t stream);
+
+}  // namespace longattn::cuda::flash

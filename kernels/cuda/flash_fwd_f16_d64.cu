@@ -1,0 +1,7 @@
+// Forward tensor-core flash attention instantiated for f16, head dim 64 (one file per dtype and
+// head dim keeps each CUDA translation unit small). Kernel: kernels/cuda/flash_fwd_kernel.cuh.
+#include "kernels/cuda/flash_fwd_kernel.cuh"
+
+namespace longattn::cuda::flash {
+template void launch_fwd<__half, 64>(const FwdArgs&, int, cudaStream_t);
+}  // namespace longattn::cuda::flash

@@ -1,0 +1,602 @@
+// The flash attention kernels (kernels/cuda/flash_attention.hpp) against the CPU reference
+// backend on fresh random inputs: every dtype and head dim, ragged lengths, empty rows, extreme
+// logits, causal with global offsets, strided and misaligned views, block-sparse masks of block
+// 64 and 128, forward and backward (atomic and deterministic dQ). Skipped without a GPU.
+//
+// Tolerances: fp32 max error <= 2e-5 (1e-4 with extreme logits) times max(1, max |reference|);
+// fp16/bf16 max error <= 2x that of a same-precision naive implementation (+1e-6), the naive
+// forward from tests/common/reference.hpp and the naive backward below (scores, probabilities,
+// dP, dS and results rounded to the dtype, fp64 sums).
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/reference.hpp"
+#include "kernels/backend.hpp"
+#include "kernels/cuda/flash_attention.hpp"
+#include "runtime/error.hpp"
+
+namespace longattn {
+namespace {
+
+bool has_gpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!has_gpu()) GTEST_SKIP() << "no CUDA device"
+
+void ck(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw Error(std::string(what) + ": " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+}
+
+// A device allocation freed on scope exit.
+struct DevMem {
+  void* p = nullptr;
+  explicit DevMem(size_t bytes) { ck(cudaMalloc(&p, std::max<size_t>(bytes, 16)), "cudaMalloc"); }
+  ~DevMem() { cudaFree(p); }
+  DevMem(const DevMem&) = delete;
+  DevMem& operator=(const DevMem&) = delete;
+};
+
+enum class Layout { Contiguous, Dilated, Misaligned };
+
+// A host buffer mirrored on the device, and one [B, N, H, D] view into both.
+struct Mirrored {
+  Tensor host;
+  std::unique_ptr<DevMem> dev;
+  TensorView hview, dview;
+
+  void upload() const { ck(cudaMemcpy(dev->p, host.data(), host.bytes(), cudaMemcpyHostToDevice), "upload"); }
+  void download() { ck(cudaMemcpy(host.data(), dev->p, host.bytes(), cudaMemcpyDeviceToHost), "download"); }
+};
+
+// Builds the buffer and view for a layout: Dilated = every second row from row 1 and heads
+// [1, 1 + H) of a larger tensor (a dilated segment's view); Misaligned = rows of H*D + 3
+// elements starting one element into the buffer (no 16-byte or pair alignment anywhere).
+Mirrored make_mirrored(Layout layout, DType dt, int64_t B, int64_t N, int64_t H, int64_t D,
+                       uint64_t seed, double stddev, bool poison = false) {
+  Mirrored m;
+  if (layout == Layout::Contiguous) {
+    m.host = Tensor::randn(dt, B, N, H, D, seed, stddev);
+    m.hview = m.host.view();
+  } else if (layout == Layout::Dilated) {
+    m.host = Tensor::randn(dt, B, 2 * N + 1, H + 1, D, seed, stddev);
+    m.hview = m.host.view().rows(1, N, 2).heads(1, H);
+  } else {
+    const int64_t row = H * D + 3;
+    m.host = Tensor::randn(dt, B, N + 1, 1, row, seed, stddev);
+    TensorView v;
+    v.dtype = dt;
+    v.data = static_cast<char*>(m.host.data()) + dtype_size(dt);
+    v.B = B;
+    v.N = N;
+    v.H = H;
+    v.D = D;
+    v.sb = (N + 1) * row;
+    v.sn = row;
+    v.sh = D;
+    v.sd = 1;
+    m.hview = v;
+  }
+  if (poison) std::memset(m.host.data(), 0xff, m.host.bytes());  // NaN in every float format
+  m.dev = std::make_unique<DevMem>(m.host.bytes());
+  m.dview = m.hview;
+  m.dview.device = DeviceKind::Cuda;
+  m.dview.data = static_cast<char*>(m.dev->p) +
+                 (static_cast<char*>(m.hview.data) - static_cast<char*>(m.host.data()));
+  m.upload();
+  return m;
+}
+
+// fp64 contiguous copy of a view's values.
+Tensor to_f64(const TensorView& v) {
+  Tensor t(DType::F64, v.B, v.N, v.H, v.D);
+  t.copy_from(v);
+  return t;
+}
+
+// Elements of the whole buffer that are still NaN (the poison).
+int64_t count_nan(const Tensor& t) {
+  const TensorView all = make_view(t.data(), t.dtype(), 1, 1, 1, t.numel());
+  int64_t n = 0;
+  for (int64_t i = 0; i < t.numel(); ++i) n += std::isnan(load(all, 0, 0, 0, i)) ? 1 : 0;
+  return n;
+}
+
+// A block mask and its transpose, on the host and the device.
+struct MaskPair {
+  BlockMask host, host_t;
+  std::vector<std::unique_ptr<DevMem>> mem;
+  BlockMaskView dev, dev_t;
+};
+
+BlockMaskView upload_mask(const BlockMask& m, std::vector<std::unique_ptr<DevMem>>& mem) {
+  BlockMaskView v = host_mask_view(m);
+  auto put = [&](const void* src, size_t bytes) {
+    mem.push_back(std::make_unique<DevMem>(bytes));
+    if (bytes) ck(cudaMemcpy(mem.back()->p, src, bytes, cudaMemcpyHostToDevice), "mask upload");
+    return mem.back()->p;
+  };
+  v.row_ptr = static_cast<const int64_t*>(put(m.row_ptr.data(), m.row_ptr.size() * 8));
+  v.col_idx = static_cast<const int32_t*>(put(m.col_idx.data(), m.col_idx.size() * 4));
+  v.partial = static_cast<const uint8_t*>(put(m.partial.data(), m.partial.size()));
+  return v;
+}
+
+enum class MaskKind { Dense, Sparse };
+
+// Sparse: every third query block sees nothing, the others a random half of the key blocks.
+MaskPair make_mask(MaskKind kind, const MaskGeometry& g, uint64_t seed) {
+  MaskPair mp;
+  if (kind == MaskKind::Dense) {
+    mp.host = dense_block_mask(g);
+  } else {
+    std::mt19937_64 rng(seed);
+    const int64_t nqb = (g.nq + g.block_q - 1) / g.block_q;
+    const int64_t nkb = (g.nk + g.block_k - 1) / g.block_k;
+    std::vector<std::vector<int32_t>> rows(static_cast<size_t>(nqb));
+    for (int64_t r = 0; r < nqb; ++r) {
+      if (r % 3 == 1) continue;
+      for (int64_t c = 0; c < nkb; ++c)
+        if (rng() % 2 == 0) rows[r].push_back(static_cast<int32_t>(c));
+    }
+    mp.host = build_block_mask(g, rows);
+  }
+  mp.host_t = mp.host.transpose();
+  mp.dev = upload_mask(mp.host, mp.mem);
+  mp.dev_t = upload_mask(mp.host_t, mp.mem);
+  return mp;
+}
+
+// The (i, j) pairs the mask and causality allow, for the naive references.
+testing::Allowed allowed_of(const BlockMask& m, const MaskGeometry& g) {
+  std::vector<char> blocks(static_cast<size_t>(m.num_q_blocks * m.num_k_blocks), 0);
+  for (int64_t r = 0; r < m.num_q_blocks; ++r)
+    for (int64_t e = m.row_ptr[r]; e < m.row_ptr[r + 1]; ++e)
+      blocks[r * m.num_k_blocks + m.col_idx[e]] = 1;
+  const int64_t nkb = m.num_k_blocks, bq = m.block_q, bk = m.block_k;
+  return [blocks, nkb, bq, bk, g](int64_t, int64_t, int64_t i, int64_t j) {
+    if (!blocks[(i / bq) * nkb + j / bk]) return false;
+    return !g.causal || g.k_offset + j <= g.q_offset + i;
+  };
+}
+
+// Naive backward in the precision `dt`: every intermediate rounded to dt, sums in fp64.
+struct NaiveGrads {
+  Tensor dq, dk, dv;
+};
+NaiveGrads naive_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                          const Tensor& dout, const Tensor& lse, const testing::Allowed& allowed,
+                          double scale, DType dt) {
+  const int64_t B = q.shape()[0], Nq = q.shape()[1], H = q.shape()[2], D = q.shape()[3];
+  const int64_t Nk = k.shape()[1];
+  auto r = [dt](double x) { return round_to(dt, x); };
+  NaiveGrads g{Tensor(DType::F64, B, Nq, H, D), Tensor(DType::F64, B, Nk, H, D),
+               Tensor(DType::F64, B, Nk, H, D)};
+  std::vector<double> dq(Nq * D), dk(Nk * D), dv(Nk * D);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      std::fill(dq.begin(), dq.end(), 0.0);
+      std::fill(dk.begin(), dk.end(), 0.0);
+      std::fill(dv.begin(), dv.end(), 0.0);
+      for (int64_t i = 0; i < Nq; ++i) {
+        const double l = lse.at(b, i, h, 0);
+        if (std::isinf(l)) continue;
+        double delta = 0.0;
+        for (int64_t d = 0; d < D; ++d) delta += dout.at(b, i, h, d) * o.at(b, i, h, d);
+        delta = r(delta);
+        for (int64_t j = 0; j < Nk; ++j) {
+          if (!allowed(b, h, i, j)) continue;
+          double s = 0.0, dp = 0.0;
+          for (int64_t d = 0; d < D; ++d) {
+            s += q.at(b, i, h, d) * k.at(b, j, h, d);
+            dp += dout.at(b, i, h, d) * v.at(b, j, h, d);
+          }
+          const double p = r(std::exp(r(r(s) * scale) - l));
+          const double ds = r(p * (r(dp) - delta));
+          for (int64_t d = 0; d < D; ++d) {
+            dq[i * D + d] += ds * k.at(b, j, h, d);
+            dk[j * D + d] += ds * q.at(b, i, h, d);
+            dv[j * D + d] += p * dout.at(b, i, h, d);
+          }
+        }
+      }
+      for (int64_t i = 0; i < Nq; ++i)
+        for (int64_t d = 0; d < D; ++d) g.dq.set(b, i, h, d, r(scale * dq[i * D + d]));
+      for (int64_t j = 0; j < Nk; ++j)
+        for (int64_t d = 0; d < D; ++d) {
+          g.dk.set(b, j, h, d, r(scale * dk[j * D + d]));
+          g.dv.set(b, j, h, d, r(dv[j * D + d]));
+        }
+    }
+  return g;
+}
+
+struct Case {
+  DType dt;
+  int64_t D;
+  int64_t B, Nq, Nk, H;
+  int64_t block_q, block_k;
+  bool causal;
+  int64_t q_offset, k_offset;
+  MaskKind mask;
+  Layout layout;
+  double stddev;       // of q and k: large values give extreme logits
+  bool deterministic;  // backward dQ pass without atomics
+  std::string name;
+};
+
+double fp32_bound(const Case& c, double max_ref) {
+  return (c.stddev > 2.0 ? 1e-4 : testing::tolerance_for(DType::F32, 0.0)) *
+         std::max(1.0, max_ref);
+}
+
+// Forward on the GPU vs the CPU reference (and the same-precision naive for fp16/bf16); returns
+// the inputs and the reference for the backward check.
+struct FwdRun {
+  Mirrored q, k, v;
+  MaskGeometry geo;
+  MaskPair mask;
+  Tensor q64, k64, v64, ref_o, ref_lse;
+};
+
+void run_forward(const Case& c, FwdRun& run, uint64_t seed) {
+  run.q = make_mirrored(c.layout, c.dt, c.B, c.Nq, c.H, c.D, seed + 1, c.stddev);
+  run.k = make_mirrored(c.layout, c.dt, c.B, c.Nk, c.H, c.D, seed + 2, c.stddev);
+  run.v = make_mirrored(c.layout, c.dt, c.B, c.Nk, c.H, c.D, seed + 3, 1.0);
+  run.geo = MaskGeometry{c.Nq, c.Nk, c.block_q, c.block_k, c.causal, c.q_offset, c.k_offset};
+  run.mask = make_mask(c.mask, run.geo, seed + 4);
+  Mirrored o = make_mirrored(c.layout, c.dt, c.B, c.Nq, c.H, c.D, 0, 1.0, true);
+  Mirrored lse = make_mirrored(c.layout == Layout::Contiguous ? Layout::Contiguous : Layout::Dilated,
+                               DType::F32, c.B, c.Nq, c.H, 1, 0, 1.0, true);
+
+  AttnFwdParams p;
+  p.q = run.q.dview;
+  p.k = run.k.dview;
+  p.v = run.v.dview;
+  p.o = o.dview;
+  p.lse = lse.dview;
+  p.mask = run.mask.dev;
+  p.causal = c.causal;
+  p.q_offset = c.q_offset;
+  p.k_offset = c.k_offset;
+  cuda::flash_forward(p, nullptr);
+  ck(cudaDeviceSynchronize(), "flash_forward");
+  o.download();
+  lse.download();
+
+  run.q64 = to_f64(run.q.hview);
+  run.k64 = to_f64(run.k.hview);
+  run.v64 = to_f64(run.v.hview);
+  run.ref_o = Tensor(DType::F64, c.B, c.Nq, c.H, c.D);
+  run.ref_lse = Tensor(DType::F64, c.B, c.Nq, c.H, 1);
+  AttnFwdParams r = p;
+  r.q = run.q64.view();
+  r.k = run.k64.view();
+  r.v = run.v64.view();
+  r.o = run.ref_o.view();
+  r.lse = run.ref_lse.view();
+  r.mask = host_mask_view(run.mask.host);
+  make_cpu_backend()->attention_forward(r);
+
+  // Every element of the views was written, nothing outside them.
+  EXPECT_EQ(count_nan(o.host), o.host.numel() - o.hview.numel()) << "o not fully written";
+  EXPECT_EQ(count_nan(lse.host), lse.host.numel() - lse.hview.numel()) << "lse not fully written";
+
+  const ErrorStats eo = compare(o.hview, run.ref_o.view());
+  const ErrorStats el = compare(lse.hview, run.ref_lse.view());
+  EXPECT_TRUE(eo.finite) << "o has non-finite values";
+  EXPECT_TRUE(el.finite) << "lse differs in its -inf rows or has NaN";
+  if (c.dt == DType::F32) {
+    EXPECT_LE(eo.max_abs, fp32_bound(c, eo.max_ref)) << "o";
+    EXPECT_LE(el.max_abs, fp32_bound(c, el.max_ref)) << "lse";
+  } else {
+    const auto naive = testing::naive_attention(run.q64.view(), run.k64.view(), run.v64.view(),
+                                                allowed_of(run.mask.host, run.geo), 0.0, c.dt);
+    const double naive_o = compare(naive.o.view(), run.ref_o.view()).max_abs;
+    const double naive_l = compare(naive.lse.view(), run.ref_lse.view()).max_abs;
+    EXPECT_LE(eo.max_abs, testing::tolerance_for(c.dt, naive_o)) << "o, naive error " << naive_o;
+    EXPECT_LE(el.max_abs, testing::tolerance_for(c.dt, naive_l)) << "lse, naive error " << naive_l;
+    std::printf("[ fwd %s ] o err %.3g (naive %.3g), lse err %.3g (naive %.3g)\n", c.name.c_str(),
+                eo.max_abs, naive_o, el.max_abs, naive_l);
+  }
+  if (c.dt == DType::F32)
+    std::printf("[ fwd %s ] o err %.3g (max %.3g), lse err %.3g\n", c.name.c_str(), eo.max_abs,
+                eo.max_ref, el.max_abs);
+}
+
+class FlashCase : public ::testing::TestWithParam<Case> {};
+
+TEST_P(FlashCase, ForwardMatchesCpuReference) {
+  SKIP_WITHOUT_GPU();
+  const Case c = GetParam();
+  FwdRun run;
+  run_forward(c, run, std::random_device{}());
+}
+
+// The reference O and LSE (rounded to what the GPU would hold) feed both backwards.
+TEST_P(FlashCase, BackwardMatchesCpuReference) {
+  SKIP_WITHOUT_GPU();
+  const Case c = GetParam();
+  const uint64_t seed = std::random_device{}();
+  FwdRun run;
+  run_forward(c, run, seed);
+  Mirrored o = make_mirrored(c.layout, c.dt, c.B, c.Nq, c.H, c.D, 0, 1.0);
+  copy_view(o.hview, run.ref_o.view());  // rounded to the dtype, as a forward would store it
+  o.upload();
+  Mirrored lse = make_mirrored(Layout::Contiguous, DType::F32, c.B, c.Nq, c.H, 1, 0, 1.0);
+  copy_view(lse.hview, run.ref_lse.view());
+  lse.upload();
+  Mirrored dout = make_mirrored(c.layout, c.dt, c.B, c.Nq, c.H, c.D, seed + 5, 1.0);
+  // fp32 accumulators holding earlier values: the kernels must add, not overwrite.
+  Mirrored dq = make_mirrored(c.layout, DType::F32, c.B, c.Nq, c.H, c.D, seed + 6, 1.0);
+  Mirrored dk = make_mirrored(c.layout, DType::F32, c.B, c.Nk, c.H, c.D, seed + 7, 1.0);
+  Mirrored dv = make_mirrored(c.layout, DType::F32, c.B, c.Nk, c.H, c.D, seed + 8, 1.0);
+  const Tensor dq0 = to_f64(dq.hview), dk0 = to_f64(dk.hview), dv0 = to_f64(dv.hview);
+
+  AttnBwdParams p;
+  p.q = run.q.dview;
+  p.k = run.k.dview;
+  p.v = run.v.dview;
+  p.o = o.dview;
+  p.d_o = dout.dview;
+  p.lse = lse.dview;
+  p.dq = dq.dview;
+  p.dk = dk.dview;
+  p.dv = dv.dview;
+  p.mask = run.mask.dev;
+  p.mask_t = run.mask.dev_t;
+  p.causal = c.causal;
+  p.q_offset = c.q_offset;
+  p.k_offset = c.k_offset;
+  p.deterministic = c.deterministic;
+  cuda::flash_backward(p, nullptr);
+  ck(cudaDeviceSynchronize(), "flash_backward");
+  dq.download();
+  dk.download();
+  dv.download();
+
+  const Tensor o64 = to_f64(o.hview), lse64 = to_f64(lse.hview), do64 = to_f64(dout.hview);
+  Tensor rdq(DType::F64, c.B, c.Nq, c.H, c.D), rdk(DType::F64, c.B, c.Nk, c.H, c.D),
+      rdv(DType::F64, c.B, c.Nk, c.H, c.D);
+  AttnBwdParams r = p;
+  r.q = run.q64.view();
+  r.k = run.k64.view();
+  r.v = run.v64.view();
+  r.o = o64.view();
+  r.d_o = do64.view();
+  r.lse = lse64.view();
+  r.dq = rdq.view();
+  r.dk = rdk.view();
+  r.dv = rdv.view();
+  r.mask = host_mask_view(run.mask.host);
+  r.mask_t = host_mask_view(run.mask.host_t);
+  make_cpu_backend()->attention_backward(r);
+
+  // What the kernels added: result minus the initial accumulator.
+  auto added = [](const TensorView& after, const Tensor& before) {
+    Tensor t = to_f64(after);
+    for (int64_t i = 0; i < t.numel(); ++i)
+      static_cast<double*>(t.data())[i] -= static_cast<const double*>(before.data())[i];
+    return t;
+  };
+  const Tensor gq = added(dq.hview, dq0), gk = added(dk.hview, dk0), gv = added(dv.hview, dv0);
+  const ErrorStats eq = compare(gq.view(), rdq.view()), ek = compare(gk.view(), rdk.view()),
+                   ev = compare(gv.view(), rdv.view());
+  EXPECT_TRUE(eq.finite && ek.finite && ev.finite) << "non-finite gradients";
+  if (c.dt == DType::F32) {
+    EXPECT_LE(eq.max_abs, fp32_bound(c, eq.max_ref)) << "dq";
+    EXPECT_LE(ek.max_abs, fp32_bound(c, ek.max_ref)) << "dk";
+    EXPECT_LE(ev.max_abs, fp32_bound(c, ev.max_ref)) << "dv";
+    std::printf("[ bwd %s ] dq %.3g dk %.3g dv %.3g (max %.3g %.3g %.3g)\n", c.name.c_str(),
+                eq.max_abs, ek.max_abs, ev.max_abs, eq.max_ref, ek.max_ref, ev.max_ref);
+  } else {
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+    const NaiveGrads ng = naive_backward(run.q64, run.k64, run.v64, o64, do64, lse64,
+                                         allowed_of(run.mask.host, run.geo), scale, c.dt);
+    const double nq = compare(ng.dq.view(), rdq.view()).max_abs;
+    const double nk = compare(ng.dk.view(), rdk.view()).max_abs;
+    const double nv = compare(ng.dv.view(), rdv.view()).max_abs;
+    EXPECT_LE(eq.max_abs, testing::tolerance_for(c.dt, nq)) << "dq, naive error " << nq;
+    EXPECT_LE(ek.max_abs, testing::tolerance_for(c.dt, nk)) << "dk, naive error " << nk;
+    EXPECT_LE(ev.max_abs, testing::tolerance_for(c.dt, nv)) << "dv, naive error " << nv;
+    std::printf("[ bwd %s ] dq %.3g (naive %.3g) dk %.3g (naive %.3g) dv %.3g (naive %.3g)\n",
+                c.name.c_str(), eq.max_abs, nq, ek.max_abs, nk, ev.max_abs, nv);
+  }
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cs;
+  for (DType dt : {DType::F32, DType::F16, DType::BF16})
+    for (int64_t D : {32, 64, 128, 256}) {
+      const int64_t n = D == 256 ? 130 : 200;
+      const std::string tag = std::string(dtype_name(dt)) + "_d" + std::to_string(D);
+      // Dense, ragged (not a multiple of 64), batch 2.
+      cs.push_back({dt, D, 2, n, n + 7, 2, 64, 64, false, 0, 0, MaskKind::Dense,
+                    Layout::Contiguous, 1.0, false, tag + "_dense"});
+      // Causal ring-style chunk (queries after keys) on dilated views, 128-blocks.
+      cs.push_back({dt, D, 1, n - 50, n + 20, 2, 128, 128, true, 70, 0, MaskKind::Dense,
+                    Layout::Dilated, 1.0, true, tag + "_causal_dilated_b128"});
+      // Block-sparse with empty rows, mixed block sizes, misaligned views (scalar paths).
+      cs.push_back({dt, D, 1, n + 100, n + 61, 3, 64, 128, false, 0, 0, MaskKind::Sparse,
+                    Layout::Misaligned, 1.0, false, tag + "_sparse_misaligned"});
+      // Extreme logits; keys start after the first queries, so the first 40 rows see nothing.
+      cs.push_back({dt, D, 1, n - 70, n - 70, 2, 64, 64, true, 0, 40, MaskKind::Dense,
+                    Layout::Contiguous, 5.0, true, tag + "_extreme_empty_rows"});
+      // Causal block-sparse, 128-row query blocks over 64-key blocks.
+      cs.push_back({dt, D, 1, n + 30, n + 30, 2, 128, 64, true, 0, 0, MaskKind::Sparse,
+                    Layout::Contiguous, 1.0, false, tag + "_causal_sparse_b128x64"});
+    }
+  return cs;
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, FlashCase, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+
+// Small cases for compute-sanitizer (memcheck, racecheck): one forward and both backward modes
+// per path.
+TEST(FlashSmall, SanitizerCases) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::BF16, DType::F32})
+    for (bool det : {false, true}) {
+      Case c{dt, 64, 1, 150, 130, 1, 64, 64, true, 20, 0, MaskKind::Sparse,
+             Layout::Contiguous, 1.0, det, std::string("small_") + dtype_name(dt)};
+      FwdRun run;
+      run_forward(c, run, 99);
+      // A backward on the same inputs, checked for finiteness only (accuracy is above).
+      Mirrored o = make_mirrored(Layout::Contiguous, dt, 1, c.Nq, 1, 64, 5, 1.0);
+      copy_view(o.hview, run.ref_o.view());
+      o.upload();
+      Mirrored lse = make_mirrored(Layout::Contiguous, DType::F32, 1, c.Nq, 1, 1, 0, 1.0);
+      copy_view(lse.hview, run.ref_lse.view());
+      lse.upload();
+      Mirrored dout = make_mirrored(Layout::Contiguous, dt, 1, c.Nq, 1, 64, 6, 1.0);
+      Mirrored dq = make_mirrored(Layout::Contiguous, DType::F32, 1, c.Nq, 1, 64, 7, 1.0);
+      Mirrored dk = make_mirrored(Layout::Contiguous, DType::F32, 1, c.Nk, 1, 64, 8, 1.0);
+      Mirrored dv = make_mirrored(Layout::Contiguous, DType::F32, 1, c.Nk, 1, 64, 9, 1.0);
+      AttnBwdParams p;
+      p.q = run.q.dview;
+      p.k = run.k.dview;
+      p.v = run.v.dview;
+      p.o = o.dview;
+      p.d_o = dout.dview;
+      p.lse = lse.dview;
+      p.dq = dq.dview;
+      p.dk = dk.dview;
+      p.dv = dv.dview;
+      p.mask = run.mask.dev;
+      p.mask_t = run.mask.dev_t;
+      p.causal = true;
+      p.q_offset = 20;
+      p.deterministic = det;
+      cuda::flash_backward(p, nullptr);
+      ck(cudaDeviceSynchronize(), "flash_backward");
+      dq.download();
+      dk.download();
+      EXPECT_TRUE(compare(dq.hview, dq.hview).finite);
+      EXPECT_TRUE(compare(dk.hview, dk.hview).finite);
+    }
+}
+
+// Deterministic mode gives bitwise identical gradients on repeated runs; gradients in the
+// input dtype (bf16) and an fp32 output for bf16 inputs are accepted.
+TEST(FlashKernels, DeterministicBackwardIsBitwiseReproducible) {
+  SKIP_WITHOUT_GPU();
+  const int64_t B = 1, N = 333, H = 2, D = 64;
+  Case c{DType::BF16, D, B, N, N, H, 64, 64, true, 0, 0, MaskKind::Dense,
+         Layout::Contiguous, 1.0, true, "det"};
+  FwdRun run;
+  run_forward(c, run, std::random_device{}());
+  Mirrored o = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 1, 1.0);
+  copy_view(o.hview, run.ref_o.view());
+  o.upload();
+  Mirrored lse = make_mirrored(Layout::Contiguous, DType::F32, B, N, H, 1, 0, 1.0);
+  copy_view(lse.hview, run.ref_lse.view());
+  lse.upload();
+  Mirrored dout = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 2, 1.0);
+  std::vector<std::vector<std::byte>> results;
+  for (DType gt : {DType::F32, DType::F32, DType::BF16, DType::BF16}) {
+    Mirrored dq = make_mirrored(Layout::Contiguous, gt, B, N, H, D, 3, 1.0);
+    Mirrored dk = make_mirrored(Layout::Contiguous, gt, B, N, H, D, 4, 1.0);
+    Mirrored dv = make_mirrored(Layout::Contiguous, gt, B, N, H, D, 5, 1.0);
+    AttnBwdParams p;
+    p.q = run.q.dview;
+    p.k = run.k.dview;
+    p.v = run.v.dview;
+    p.o = o.dview;
+    p.d_o = dout.dview;
+    p.lse = lse.dview;
+    p.dq = dq.dview;
+    p.dk = dk.dview;
+    p.dv = dv.dview;
+    p.mask = run.mask.dev;
+    p.mask_t = run.mask.dev_t;
+    p.causal = true;
+    p.deterministic = true;
+    cuda::flash_backward(p, nullptr);
+    ck(cudaDeviceSynchronize(), "flash_backward");
+    dq.download();
+    dk.download();
+    dv.download();
+    std::vector<std::byte> all;
+    for (const Mirrored* m : {&dq, &dk, &dv}) {
+      const auto* s = static_cast<const std::byte*>(m->host.data());
+      all.insert(all.end(), s, s + m->host.bytes());
+    }
+    results.push_back(std::move(all));
+  }
+  EXPECT_TRUE(results[0] == results[1]) << "fp32 gradients differ between identical runs";
+  EXPECT_TRUE(results[2] == results[3]) << "bf16 gradients differ between identical runs";
+}
+
+TEST(FlashKernels, Fp32OutputForBf16Inputs) {
+  SKIP_WITHOUT_GPU();
+  const int64_t B = 1, N = 190, H = 2, D = 128;
+  Mirrored q = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 11, 1.0);
+  Mirrored k = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 12, 1.0);
+  Mirrored v = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 13, 1.0);
+  Mirrored o = make_mirrored(Layout::Contiguous, DType::F32, B, N, H, D, 0, 1.0, true);
+  Mirrored lse = make_mirrored(Layout::Contiguous, DType::F32, B, N, H, 1, 0, 1.0, true);
+  const MaskGeometry g{N, N, 128, 128, true, 0, 0};
+  MaskPair m = make_mask(MaskKind::Dense, g, 1);
+  AttnFwdParams p;
+  p.q = q.dview;
+  p.k = k.dview;
+  p.v = v.dview;
+  p.o = o.dview;
+  p.lse = lse.dview;
+  p.mask = m.dev;
+  p.causal = true;
+  cuda::flash_forward(p, nullptr);
+  ck(cudaDeviceSynchronize(), "flash_forward");
+  o.download();
+  const Tensor q64 = to_f64(q.hview), k64 = to_f64(k.hview), v64 = to_f64(v.hview);
+  const auto ref = testing::naive_attention(q64.view(), k64.view(), v64.view(), allowed_of(m.host, g));
+  const auto naive = testing::naive_attention(q64.view(), k64.view(), v64.view(),
+                                              allowed_of(m.host, g), 0.0, DType::BF16);
+  const double naive_err = compare(naive.o.view(), ref.o.view()).max_abs;
+  EXPECT_LE(compare(o.hview, ref.o.view()).max_abs, testing::tolerance_for(DType::BF16, naive_err));
+}
+
+TEST(FlashKernels, RejectsWhatItCannotRun) {
+  SKIP_WITHOUT_GPU();
+  EXPECT_TRUE(cuda::flash_supports(DType::BF16, 128));
+  EXPECT_TRUE(cuda::flash_supports(DType::F32, 256));
+  EXPECT_FALSE(cuda::flash_supports(DType::F16, 48));
+  EXPECT_FALSE(cuda::flash_supports(DType::F64, 64));
+  const int64_t N = 64, D = 64;
+  Mirrored q = make_mirrored(Layout::Contiguous, DType::F16, 1, N, 1, D, 1, 1.0);
+  Mirrored o = make_mirrored(Layout::Contiguous, DType::F16, 1, N, 1, D, 1, 1.0);
+  Mirrored lse = make_mirrored(Layout::Contiguous, DType::F32, 1, N, 1, 1, 1, 1.0);
+  MaskPair m32 = make_mask(MaskKind::Dense, MaskGeometry{N, N, 32, 32, false, 0, 0}, 1);
+  AttnFwdParams p;
+  p.q = p.k = p.v = q.dview;
+  p.o = o.dview;
+  p.lse = lse.dview;
+  p.mask = m32.dev;
+  EXPECT_THROW(cuda::flash_forward(p, nullptr), InvalidArgument);  // block 32
+  MaskPair m64 = make_mask(MaskKind::Dense, MaskGeometry{N, N, 64, 64, false, 0, 0}, 1);
+  p.mask = m64.dev;
+  Mirrored lse64 = make_mirrored(Layout::Contiguous, DType::F64, 1, N, 1, 1, 1, 1.0);
+  p.lse = lse64.dview;
+  EXPECT_THROW(cuda::flash_forward(p, nullptr), InvalidArgument);  // fp64 lse
+  p.lse = lse.dview;
+  Mirrored q48 = make_mirrored(Layout::Contiguous, DType::F16, 1, N, 1, 48, 1, 1.0);
+  Mirrored o48 = make_mirrored(Layout::Contiguous, DType::F16, 1, N, 1, 48, 1, 1.0);
+  p.q = p.k = p.v = q48.dview;
+  p.o = o48.dview;
+  EXPECT_THROW(cuda::flash_forward(p, nullptr), InvalidArgument);  // head dim 48
+}
+
+}  // namespace
+}  // namespace longattn
