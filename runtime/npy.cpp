@@ -2,6 +2,7 @@
 // The header is a Python dict literal; a small parser reads the subset NumPy writes.
 #include "runtime/npy.hpp"
 
+#include <array>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -212,8 +213,10 @@ std::string npy_descr(DType t) {
   return "";
 }
 
-NpyArray read_npy_array(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+namespace {
+
+// Reads and checks the preamble and header; leaves `in` at the first data byte.
+NpyInfo read_header(std::ifstream& in, const std::string& path) {
   if (!in) fail(path, std::string("cannot open: ") + std::strerror(errno));
   in.seekg(0, std::ios::end);
   const auto file_size = static_cast<uint64_t>(in.tellg());
@@ -254,7 +257,7 @@ NpyArray read_npy_array(const std::string& path) {
   if (!descr || !fortran || !shape)
     fail(path, "header lacks one of the keys 'descr', 'fortran_order', 'shape': " + header);
 
-  NpyArray a;
+  NpyInfo a;
   a.dtype = descr_to_dtype(*descr, path);
   if (fortran->kind != PyValue::Kind::Bool) fail(path, "fortran_order is not True or False");
   if (shape->kind != PyValue::Kind::Tuple) fail(path, "shape is not a tuple: " + header);
@@ -267,15 +270,62 @@ NpyArray read_npy_array(const std::string& path) {
     fail(path, "array is in Fortran order; only C order is supported "
                "(save np.ascontiguousarray(a))");
 
-  const uint64_t bytes = static_cast<uint64_t>(a.numel()) * dtype_size(a.dtype);
+  const uint64_t bytes = static_cast<uint64_t>(product(a.shape)) * dtype_size(a.dtype);
   const uint64_t available = file_size - preamble - header_len;
   if (available < bytes)
     fail(path, "data is truncated: shape " + shape_string(a.shape) + " needs " +
                    std::to_string(bytes) + " bytes, the file holds " + std::to_string(available));
-  a.data.resize(bytes);
-  if (bytes && !in.read(reinterpret_cast<char*>(a.data.data()), static_cast<std::streamsize>(bytes)))
+  return a;
+}
+
+// Maps an array's shape onto [B, N, H, D] by layout; throws naming the file.
+std::array<int64_t, 4> tensor_dims(const std::vector<int64_t>& s, NpyLayout layout,
+                                   const std::string& path) {
+  int64_t B = 0, N = 0, H = 0, D = 0;
+  switch (layout) {
+    case NpyLayout::BNHD:
+      if (s.size() != 4) fail(path, "shape " + shape_string(s) + " is not 4-D [B, N, H, D]");
+      B = s[0], N = s[1], H = s[2], D = s[3];
+      break;
+    case NpyLayout::BNH:
+      if (s.size() == 3 || (s.size() == 4 && s[3] == 1)) {
+        B = s[0], N = s[1], H = s[2], D = 1;
+      } else {
+        fail(path, "shape " + shape_string(s) + " is not 3-D [B, N, H] (or [B, N, H, 1])");
+      }
+      break;
+    case NpyLayout::BNE:
+      if (s.size() != 3) fail(path, "shape " + shape_string(s) + " is not 3-D [B, N, E]");
+      B = s[0], N = s[1], H = 1, D = s[2];
+      break;
+  }
+  if (B <= 0 || N <= 0 || H <= 0 || D <= 0)
+    fail(path, "shape " + shape_string(s) + " has an empty axis");
+  return {B, N, H, D};
+}
+
+}  // namespace
+
+NpyInfo read_npy_info(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return read_header(in, path);
+}
+
+NpyArray read_npy_array(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  const NpyInfo info = read_header(in, path);
+  NpyArray a;
+  a.dtype = info.dtype;
+  a.shape = info.shape;
+  a.data.resize(static_cast<size_t>(a.numel()) * dtype_size(a.dtype));
+  if (!a.data.empty() &&
+      !in.read(reinterpret_cast<char*>(a.data.data()), static_cast<std::streamsize>(a.data.size())))
     fail(path, "read error in the data");
   return a;
+}
+
+std::array<int64_t, 4> npy_tensor_shape(const std::string& path, NpyLayout layout) {
+  return tensor_dims(read_npy_info(path).shape, layout, path);
 }
 
 void write_npy_array(const std::string& path, DType dtype, const std::vector<int64_t>& shape,
@@ -314,29 +364,7 @@ void write_npy_array(const std::string& path, DType dtype, const std::vector<int
 
 Tensor read_npy(const std::string& path, NpyLayout layout) {
   NpyArray a = read_npy_array(path);
-  const auto& s = a.shape;
-  int64_t B = 0, N = 0, H = 0, D = 0;
-  switch (layout) {
-    case NpyLayout::BNHD:
-      if (s.size() != 4) fail(path, "shape " + shape_string(s) + " is not 4-D [B, N, H, D]");
-      B = s[0], N = s[1], H = s[2], D = s[3];
-      break;
-    case NpyLayout::BNH:
-      if (s.size() == 4 && s[3] == 1) {
-        B = s[0], N = s[1], H = s[2], D = 1;
-      } else if (s.size() == 3) {
-        B = s[0], N = s[1], H = s[2], D = 1;
-      } else {
-        fail(path, "shape " + shape_string(s) + " is not 3-D [B, N, H] (or [B, N, H, 1])");
-      }
-      break;
-    case NpyLayout::BNE:
-      if (s.size() != 3) fail(path, "shape " + shape_string(s) + " is not 3-D [B, N, E]");
-      B = s[0], N = s[1], H = 1, D = s[2];
-      break;
-  }
-  if (B <= 0 || N <= 0 || H <= 0 || D <= 0)
-    fail(path, "shape " + shape_string(s) + " has an empty axis");
+  const auto [B, N, H, D] = tensor_dims(a.shape, layout, path);
   Tensor t(a.dtype, B, N, H, D);
   LONGATTN_ASSERT(t.bytes() == a.data.size(), "tensor and array sizes agree");
   std::memcpy(t.data(), a.data.data(), a.data.size());

@@ -8,6 +8,7 @@
 // exact. Reading also accepts '<V2' / '|V2', which NumPy writes for ml_dtypes.bfloat16 arrays. A
 // plain '<u2' array is not read as bf16 (it could be any 16-bit integer data).
 #pragma once
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -24,6 +25,12 @@ enum class NpyLayout {
   BNE,   // 3-D [B, N, E]: multihead inputs and outputs, held as [B, N, 1, E]
 };
 
+// What a file's header says.
+struct NpyInfo {
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+};
+
 // An array of any rank as stored in a file.
 struct NpyArray {
   DType dtype = DType::F32;
@@ -34,6 +41,11 @@ struct NpyArray {
 
 // The descr string longattn writes for a dtype ("<f8", "<f4", "<f2", "[('bf16', '<u2')]").
 std::string npy_descr(DType t);
+
+// Reads and checks only the header (and that the file is long enough for the data).
+NpyInfo read_npy_info(const std::string& path);
+// The [B, N, H, D] a file would be read as with `layout`, from its header alone.
+std::array<int64_t, 4> npy_tensor_shape(const std::string& path, NpyLayout layout = NpyLayout::BNHD);
 
 // Reads any-rank array; throws Error naming the file and what is wrong (missing file, bad magic,
 // unsupported version or descr, big-endian data, Fortran order, malformed header, short data).

@@ -134,6 +134,13 @@ TEST_F(Npy, ThreeDimensionalLayouts) {
   EXPECT_EQ(rx.shape(), x.shape());
   EXPECT_EQ(std::memcmp(rx.data(), x.data(), x.bytes()), 0);
 
+  // The header alone tells the shape and dtype.
+  const NpyInfo info = read_npy_info(path("x.npy"));
+  EXPECT_EQ(info.dtype, DType::F64);
+  EXPECT_EQ(info.shape, (std::vector<int64_t>{3, 5, 11}));
+  EXPECT_EQ(npy_tensor_shape(path("x.npy"), NpyLayout::BNE), (std::array<int64_t, 4>{3, 5, 1, 11}));
+  EXPECT_THROW(npy_tensor_shape(path("x.npy"), NpyLayout::BNHD), Error);
+
   // A 4-D [B, N, H, 1] array is accepted as LSE; a 3-D array is not Q.
   write_npy(path("lse4.npy"), lse.view());
   EXPECT_EQ(read_npy(path("lse4.npy"), NpyLayout::BNH).shape(), lse.shape());
