@@ -8,10 +8,7 @@
 #include <cstdio>
 #include <sstream>
 
-#include "attention/block_sparse.hpp"
-#include "attention/dilated.hpp"
 #include "attention/distributed_base.hpp"
-#include "attention/head_groups.hpp"
 #include "attention/patterns.hpp"
 #include "attention/variant.hpp"
 #include "runtime/bootstrap.hpp"
