@@ -68,18 +68,21 @@ def main():
     for r in ours["rows"] + anchors:
         table.setdefault(key(r), {})[r["impl"]] = r["tflops"]
     ratios = []
-    print(f"{'op':4} {'d':>4} {'n':>6} {'causal':>6} {'longattn':>9} {'fa2':>7} {'cudnn':>7} "
-          f"{'/fa2':>6} {'/cudnn':>7}   (TFLOP/s)")
+    print(f"{'op':4} {'d':>4} {'n':>6} {'causal':>6} {'longattn':>9} {'b64':>7} {'fa2':>7} "
+          f"{'cudnn':>7} {'/fa2':>6} {'/cudnn':>7}   (TFLOP/s; b64: 64-row query tiles)")
     for k in sorted(table):
         t = table[k]
         la, fa, cu = t.get("longattn"), t.get("sdpa_flash"), t.get("sdpa_cudnn")
+        b64 = t.get("longattn_b64")
         r_fa = round(la / fa, 3) if la and fa else None
         r_cu = round(la / cu, 3) if la and cu else None
         ratios.append({"op": k[0], "d": k[1], "n": k[2], "causal": k[3], "longattn": la,
+                       "longattn_b64": b64,
                        "sdpa_flash": fa, "sdpa_cudnn": cu, "ratio_flash": r_fa, "ratio_cudnn": r_cu})
         fmt = lambda x, w: f"{x:>{w}.1f}" if x is not None else f"{'-':>{w}}"
         fmtr = lambda x, w: f"{x:>{w}.2f}" if x is not None else f"{'-':>{w}}"
-        print(f"{k[0]:4} {k[1]:>4} {k[2]:>6} {str(k[3]):>6} {fmt(la, 9)} {fmt(fa, 7)} {fmt(cu, 7)} "
+        print(f"{k[0]:4} {k[1]:>4} {k[2]:>6} {str(k[3]):>6} {fmt(la, 9)} {fmt(b64, 7)} {fmt(fa, 7)} "
+              f"{fmt(cu, 7)} "
               f"{fmtr(r_fa, 6)} {fmtr(r_cu, 7)}")
     out = {"gpu": ours["gpu"], "torch": torch.__version__,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -135,7 +135,8 @@ BlockMaskView upload_mask(const BlockMask& m, std::vector<std::unique_ptr<DevMem
 
 enum class MaskKind { Dense, Sparse };
 
-// Sparse: every third query block sees nothing, the others a random half of the key blocks.
+// Sparse: every third query block sees nothing, the others their diagonal block and a random
+// half of the key blocks.
 MaskPair make_mask(MaskKind kind, const MaskGeometry& g, uint64_t seed) {
   MaskPair mp;
   if (kind == MaskKind::Dense) {
@@ -147,6 +148,8 @@ MaskPair make_mask(MaskKind kind, const MaskGeometry& g, uint64_t seed) {
     std::vector<std::vector<int32_t>> rows(static_cast<size_t>(nqb));
     for (int64_t r = 0; r < nqb; ++r) {
       if (r % 3 == 1) continue;
+      // The block holding the row's first position (visible under causality) and a random half.
+      rows[r].push_back(static_cast<int32_t>(std::min(nkb - 1, r * g.block_q / g.block_k)));
       for (int64_t c = 0; c < nkb; ++c)
         if (rng() % 2 == 0) rows[r].push_back(static_cast<int32_t>(c));
     }
@@ -434,7 +437,7 @@ std::vector<Case> all_cases() {
       cs.push_back({dt, D, 1, n - 70, n - 70, 2, 64, 64, true, 0, 40, MaskKind::Dense,
                     Layout::Contiguous, 5.0, true, tag + "_extreme_empty_rows"});
       // Causal block-sparse, 128-row query blocks over 64-key blocks.
-      cs.push_back({dt, D, 1, n + 30, n + 30, 2, 128, 64, true, 0, 0, MaskKind::Sparse,
+      cs.push_back({dt, D, 1, 2 * n + 30, 2 * n + 30, 2, 128, 64, true, 0, 0, MaskKind::Sparse,
                     Layout::Contiguous, 1.0, false, tag + "_causal_sparse_b128x64"});
     }
   return cs;
