@@ -44,7 +44,7 @@ nlohmann::json resolved_json(const SparseConfig& c) {
 
 }  // namespace
 
-int cmd_pattern(const Args& args, const MpiSession& mpi) {
+int cmd_pattern(const Args& args, const ProcessGroup& mpi) {
   AttentionArgs a;
   PatternArgs p;
   po::options_description desc;

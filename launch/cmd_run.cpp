@@ -1,5 +1,6 @@
 // `longattn run`: one attention variant on inputs from .npy files or drawn from a seed; writes O
 // and LSE (and dQ, dK, dV with --backward) as .npy and prints time, TFLOP/s and density.
+#include <array>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
@@ -12,6 +13,7 @@
 #include "runtime/error.hpp"
 #include "runtime/logging.hpp"
 #include "runtime/npy.hpp"
+#include "runtime/sharding.hpp"
 
 namespace longattn::cli {
 
@@ -32,37 +34,52 @@ bool given(const po::variables_map& vm, const char* name) {
   return vm.count(name) && !vm[name].defaulted();
 }
 
-// Q, K, V (and dO) from files: all of Q, K, V or none; shapes equal; converted to `dtype`.
-HostInputs load_inputs(const RunArgs& r, DType* dtype, bool dtype_given) {
-  auto read = [&](const std::string& path, const char* option) {
+// The files of --q, --k, --v (and --do): every rank checks their headers (shapes equal to Q's)
+// so that all ranks agree on the shape and dtype without reading the data.
+struct InputFiles {
+  std::vector<std::pair<const char*, std::string>> files;  // option, path
+  std::array<int64_t, 4> shape{};
+  DType dtype = DType::F32;  // Q's
+};
+
+InputFiles check_input_files(const RunArgs& r) {
+  InputFiles f;
+  f.files = {{"--q", r.q}, {"--k", r.k}, {"--v", r.v}};
+  if (r.backward && !r.d_o.empty()) f.files.emplace_back("--do", r.d_o);
+  for (const auto& [option, path] : f.files) {
     try {
-      return read_npy(path, NpyLayout::BNHD);
+      const auto shape = npy_tensor_shape(path, NpyLayout::BNHD);
+      if (option == f.files.front().first) {
+        f.shape = shape;
+        f.dtype = read_npy_info(path).dtype;
+      } else if (shape != f.shape) {
+        throw Error("shape [" + std::to_string(shape[0]) + ", " + std::to_string(shape[1]) +
+                    ", " + std::to_string(shape[2]) + ", " + std::to_string(shape[3]) +
+                    "] differs from --q's [" + std::to_string(f.shape[0]) + ", " +
+                    std::to_string(f.shape[1]) + ", " + std::to_string(f.shape[2]) + ", " +
+                    std::to_string(f.shape[3]) + "]");
+      }
+    } catch (const InvalidArgument&) {
+      throw;
     } catch (const Error& e) {
       throw InvalidArgument(option, path, e.what());
     }
-  };
+  }
+  return f;
+}
+
+// The data of the checked files, converted to `dtype`.
+HostInputs load_input_files(const InputFiles& f, DType dtype) {
   HostInputs in;
-  in.q = read(r.q, "--q");
-  in.k = read(r.k, "--k");
-  in.v = read(r.v, "--v");
-  if (r.backward && !r.d_o.empty()) in.d_o = read(r.d_o, "--do");
-  if (!dtype_given) *dtype = in.q.dtype();
-  const auto shape = in.q.shape();
-  auto conform = [&](Tensor& t, const char* option, const std::string& path) {
-    if (t.numel() == 0) return;
-    LONGATTN_CHECK_ARG(t.shape() == shape, option, path,
-                       "must have Q's shape " + in.q.view().shape_string() + ", not " +
-                           t.view().shape_string());
-    if (t.dtype() != *dtype) {
-      log(LogLevel::Info, path, ": converting ", dtype_name(t.dtype()), " to ",
-          dtype_name(*dtype));
-      t = t.to(*dtype);
+  for (const auto& [option, path] : f.files) {
+    Tensor t = read_npy(path, NpyLayout::BNHD);
+    if (t.dtype() != dtype) {
+      log(LogLevel::Info, path, ": converting ", dtype_name(t.dtype()), " to ", dtype_name(dtype));
+      t = t.to(dtype);
     }
-  };
-  conform(in.q, "--q", r.q);
-  conform(in.k, "--k", r.k);
-  conform(in.v, "--v", r.v);
-  conform(in.d_o, "--do", r.d_o);
+    const std::string opt = option;
+    (opt == "--q" ? in.q : opt == "--k" ? in.k : opt == "--v" ? in.v : in.d_o) = std::move(t);
+  }
   return in;
 }
 
@@ -74,10 +91,11 @@ std::string describe_shape(const Shape& s) {
 
 }  // namespace
 
-int cmd_run(const Args& args, const MpiSession& mpi) {
+int cmd_run(const Args& args, const ProcessGroup& mpi) {
   AttentionArgs a;
   RunArgs r;
   DeviceArgs dev;
+  DistArgs d;
   po::options_description desc;
   po::options_description io("Inputs and outputs");
   io.add_options()
@@ -95,7 +113,11 @@ int cmd_run(const Args& args, const MpiSession& mpi) {
       ("warmup", po::value<int>(&r.warmup)->default_value(0), "untimed runs first")
       ("repeats", po::value<int>(&r.repeats)->default_value(1), "timed runs (median reported)")
       ("json", po::bool_switch(&r.json), "print the summary as JSON");
-  desc.add(shape_options(a, ArgDefaults{})).add(variant_options(a)).add(io).add(device_options(dev));
+  desc.add(shape_options(a, ArgDefaults{}))
+      .add(variant_options(a))
+      .add(io)
+      .add(device_options(dev))
+      .add(dist_options(d));
   po::variables_map vm;
   if (!parse_command("run",
                      "Runs one attention variant on Q, K, V read from .npy files or drawn at "
@@ -108,8 +130,8 @@ int cmd_run(const Args& args, const MpiSession& mpi) {
   try {
     AttentionSpec spec = make_spec(a, vm);
     DType dtype = make_dtype(a.dtype);
-    HostInputs in;
     const bool from_files = !r.q.empty() || !r.k.empty() || !r.v.empty();
+    InputFiles files;
     if (from_files) {
       for (const auto& [name, path] : {std::pair{"--q", r.q}, {"--k", r.k}, {"--v", r.v}})
         if (path.empty())
@@ -118,33 +140,57 @@ int cmd_run(const Args& args, const MpiSession& mpi) {
         if (given(vm, opt))
           throw InvalidArgument(std::string("--") + opt, std::to_string(vm[opt].as<int64_t>()),
                                 "the shape comes from --q; leave it out");
-      in = load_inputs(r, &dtype, given(vm, "dtype"));
-      const auto sh = in.q.shape();
-      a.batch = sh[0], a.seq_len = sh[1], a.heads = sh[2], a.head_dim = sh[3];
+      files = check_input_files(r);
+      if (!given(vm, "dtype")) dtype = files.dtype;
+      a.batch = files.shape[0], a.seq_len = files.shape[1], a.heads = files.shape[2],
+      a.head_dim = files.shape[3];
       if (!given(vm, "segment-lengths")) spec = make_spec(a, vm);  // defaults follow N
     }
     if (!r.d_o.empty() && !r.backward)
       throw InvalidArgument("--do", r.d_o, "is only used with --backward");
     const Shape shape = make_shape(a);
     validate_shape(shape);
-    if (!from_files) in = random_inputs(shape, dtype, a.seed, r.backward);
-    if (r.backward && in.d_o.numel() == 0)
-      in.d_o = random_inputs(shape, dtype, a.seed, true).d_o;
-
     auto variant = make_attention(spec);
     variant->validate(shape);
+    const bool distributed = mpi.active();
+    DistConfig dist;
+    if (distributed) {
+      dist = make_dist_config(d, spec);
+      validate_distributed(spec, dist, mpi.world(), &shape);
+      if (d.timeout_s > 0) mpi.comm().set_timeout_seconds(d.timeout_s);
+    } else if (!d.dist.empty()) {
+      throw InvalidArgument("--dist", d.dist,
+                            "needs several ranks: start longattn with mpirun -np <ranks>");
+    }
     auto be = make_backend(dev, mpi);
 
-    // Until the distributed variants are wired in, rank 0 computes alone under mpirun.
-    if (mpi.rank() != 0) return kExitOk;
-    if (mpi.world() > 1)
-      log(LogLevel::Warn, "run: ", mpi.world(),
-          " ranks, but this build's run computes on rank 0 only (single-process variants)");
-
+    // Rank 0 writes; every rank learns whether it can, so none is left waiting.
     std::error_code ec;
-    std::filesystem::create_directories(r.out, ec);
-    if (ec) throw InvalidArgument("--out", r.out, "cannot create the directory: " + ec.message());
-    const HostOutputs res = execute(*be, *variant, in, ExecOptions{r.backward, r.warmup, r.repeats});
+    if (mpi.rank() == 0) std::filesystem::create_directories(r.out, ec);
+    if (mpi.max_all(ec ? 1 : 0))
+      throw InvalidArgument("--out", r.out,
+                            "rank 0 cannot create the directory" +
+                                (ec ? ": " + ec.message() : std::string()));
+
+    // Inputs live on rank 0 only (run_distributed scatters them).
+    HostInputs in;
+    if (mpi.rank() == 0) {
+      if (from_files) in = load_input_files(files, dtype);
+      else in = random_inputs(shape, dtype, a.seed, r.backward);
+      if (r.backward && in.d_o.numel() == 0) in.d_o = random_inputs(shape, dtype, a.seed, true).d_o;
+    }
+    const ExecOptions opt{r.backward, r.warmup, r.repeats};
+    HostOutputs res;
+    DistCounters fwd_counters, bwd_counters;
+    if (distributed) {
+      DistributedOutputs dres = execute_distributed(mpi, *be, spec, dist, in, opt);
+      res = std::move(dres.out);
+      fwd_counters = dres.forward_total;
+      bwd_counters = dres.backward_total;
+    } else {
+      res = execute(*be, *variant, in, opt);
+    }
+    if (mpi.rank() != 0) return kExitOk;
 
     auto path = [&](const char* name) { return (std::filesystem::path(r.out) / name).string(); };
     std::vector<std::string> written;
@@ -184,6 +230,18 @@ int cmd_run(const Args& args, const MpiSession& mpi) {
       j["forward"] = {{"seconds", res.forward_s}, {"flop", fwd_flop}, {"tflops", fwd_tflops}};
       if (r.backward)
         j["backward"] = {{"seconds", res.backward_s}, {"flop", bwd_flop}, {"tflops", bwd_tflops}};
+      j["ranks"] = mpi.world();
+      if (distributed) {
+        j["dist"] = dist_mode_name(dist.mode);
+        j["sharding"] = sharding_name(dist.sharding);
+        auto counters = [](const DistCounters& c) {
+          return nlohmann::json{{"steps", c.steps}, {"hops", c.hops},
+                                {"blocks_computed", c.blocks_computed},
+                                {"bytes_sent", c.bytes_sent}, {"bytes_received", c.bytes_received}};
+        };
+        j["forward"]["counters"] = counters(fwd_counters);
+        if (r.backward) j["backward"]["counters"] = counters(bwd_counters);
+      }
       j["peak_bytes"] = res.peak_bytes;
       j["files"] = written;
       std::cout << j.dump(2) << "\n";
@@ -193,6 +251,10 @@ int cmd_run(const Args& args, const MpiSession& mpi) {
     std::cout << "longattn run: " << variant->name() << " (" << describe_spec(variant->spec())
               << "), " << (spec.causal ? "causal" : "non-causal") << ", " << dtype_name(dtype)
               << ", " << describe_shape(shape) << ", " << be->name() << "\n";
+    if (distributed)
+      std::cout << "  ranks     " << mpi.world() << ", " << dist_mode_name(dist.mode) << ", "
+                << sharding_name(dist.sharding) << " sharding (times: the slowest rank; "
+                << "TFLOP/s: all ranks together)\n";
     std::cout << "  density   " << std::fixed << std::setprecision(4) << density
               << " of query-key block pairs computed\n";
     std::cout << std::defaultfloat << std::setprecision(4);
@@ -201,8 +263,17 @@ int cmd_run(const Args& args, const MpiSession& mpi) {
     if (r.backward)
       std::cout << "  backward  " << res.backward_s * 1e3 << " ms  " << bwd_tflops
                 << " TFLOP/s  (" << bwd_flop << " FLOP)\n";
+    auto print_counters = [](const char* what, const DistCounters& c) {
+      std::cout << "  comm      " << what << ": " << c.steps << " steps, " << c.hops
+                << " K/V hops, " << c.blocks_computed << " blocks computed, "
+                << static_cast<double>(c.bytes_sent) / (1 << 20) << " MiB sent (all ranks)\n";
+    };
+    if (distributed) {
+      print_counters("forward", fwd_counters);
+      if (r.backward) print_counters("backward", bwd_counters);
+    }
     std::cout << "  memory    " << static_cast<double>(res.peak_bytes) / (1 << 20)
-              << " MiB peak on the backend\n";
+              << " MiB peak on the backend" << (distributed ? " of rank 0" : "") << "\n";
     for (const auto& w : written) std::cout << "  wrote     " << w << "\n";
     return kExitOk;
   } catch (const InvalidArgument& e) {

@@ -252,7 +252,7 @@ void print_table(const std::vector<nlohmann::json>& rows, int world, const Shape
 
 }  // namespace
 
-int cmd_verify(const Args& args, const MpiSession& mpi) {
+int cmd_verify(const Args& args, const ProcessGroup& mpi) {
   AttentionArgs a;
   VerifyArgs v;
   DeviceArgs dev;

@@ -4,14 +4,14 @@
 #include <string>
 #include <vector>
 
-#include "launch/mpi_session.hpp"
+#include "launch/process_group.hpp"
 
 namespace longattn::cli {
 
 using Args = std::vector<std::string>;
 
-int cmd_run(const Args& args, const MpiSession& mpi);
-int cmd_pattern(const Args& args, const MpiSession& mpi);
-int cmd_verify(const Args& args, const MpiSession& mpi);
+int cmd_run(const Args& args, const ProcessGroup& mpi);
+int cmd_pattern(const Args& args, const ProcessGroup& mpi);
+int cmd_verify(const Args& args, const ProcessGroup& mpi);
 
 }  // namespace longattn::cli

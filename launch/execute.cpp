@@ -8,6 +8,7 @@
 
 #include "runtime/error.hpp"
 #include "runtime/parallel.hpp"
+#include "runtime/sharding.hpp"
 #ifdef LONGATTN_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.hpp"
 #endif
@@ -28,14 +29,36 @@ po::options_description device_options(DeviceArgs& a) {
   return o;
 }
 
-int cpu_threads(const DeviceArgs& a, const MpiSession& mpi) {
+po::options_description dist_options(DistArgs& a) {
+  po::options_description o("Distributed (under mpirun)");
+  o.add_options()
+      ("dist", po::value<std::string>(&a.dist),
+       "ring | block_sparse_ring | dilated | data_parallel (default: the variant's sequence-"
+       "parallel mode: dense -> ring, block_sparse -> block_sparse_ring, dilated -> dilated)")
+      ("sharding", po::value<std::string>(&a.sharding)->default_value("contiguous"),
+       "contiguous or zigzag (balances causal work; ring and block_sparse_ring)")
+      ("comm-timeout", po::value<double>(&a.timeout_s)->default_value(0.0),
+       "seconds any rank waits for a peer before every rank stops with a diagnosis "
+       "(0: LONGATTN_COMM_TIMEOUT, else 300)");
+  return o;
+}
+
+DistConfig make_dist_config(const DistArgs& a, const AttentionSpec& spec) {
+  DistConfig c;
+  c.mode = a.dist.empty() ? default_dist_mode(spec) : parse_dist_mode(a.dist, "--dist");
+  c.sharding = parse_sharding(a.sharding, "--sharding");
+  LONGATTN_CHECK_ARG(a.timeout_s >= 0, "--comm-timeout", a.timeout_s, "must be >= 0");
+  return c;
+}
+
+int cpu_threads(const DeviceArgs& a, const ProcessGroup& mpi) {
   LONGATTN_CHECK_ARG(a.threads >= 0, "--threads", a.threads, "must be >= 0");
   if (a.threads > 0) return a.threads;
   const int cores = default_cpu_threads();
   return std::max(1, cores / std::max(1, mpi.local_world()));
 }
 
-std::unique_ptr<Backend> make_backend(const DeviceArgs& a, const MpiSession& mpi) {
+std::unique_ptr<Backend> make_backend(const DeviceArgs& a, const ProcessGroup& mpi) {
   if (a.device == "cpu") return make_cpu_backend(cpu_threads(a, mpi));
   if (a.device != "cuda") throw InvalidArgument("--device", a.device, "must be cpu or cuda");
 #ifdef LONGATTN_HAVE_CUDA
@@ -134,6 +157,40 @@ HostOutputs execute(Backend& be, AttentionVariant& variant, const HostInputs& in
   out.lse = download(be, lse);
   out.peak_bytes = be.peak_bytes();
   return out;
+}
+
+DistributedOutputs execute_distributed(const ProcessGroup& group, Backend& be,
+                                       const AttentionSpec& spec, const DistConfig& cfg,
+                                       const HostInputs& in, const ExecOptions& opt) {
+  LONGATTN_CHECK_ARG(opt.repeats >= 1, "--repeats", opt.repeats, "must be >= 1");
+  LONGATTN_CHECK_ARG(opt.warmup >= 0, "--warmup", opt.warmup, "must be >= 0");
+  DistributedInputs din;
+  if (group.rank() == 0) {
+    din.q = in.q.view();
+    din.k = in.k.view();
+    din.v = in.v.view();
+    if (opt.backward) din.d_o = in.d_o.view();
+  }
+  DistributedOutputs res;
+  std::vector<double> fwd, bwd;
+  for (int i = 0; i < opt.warmup + opt.repeats; ++i) {
+    DistributedResult r = run_distributed(spec, cfg, group.comm(), be, din, opt.backward);
+    if (i < opt.warmup) continue;
+    fwd.push_back(r.forward_seconds);
+    bwd.push_back(r.backward_seconds);
+    if (i + 1 < opt.warmup + opt.repeats) continue;
+    res.out.o = std::move(r.o);
+    res.out.lse = std::move(r.lse);
+    res.out.dq = std::move(r.dq);
+    res.out.dk = std::move(r.dk);
+    res.out.dv = std::move(r.dv);
+    res.out.peak_bytes = r.peak_bytes;
+    res.forward_total = r.forward_total;
+    res.backward_total = r.backward_total;
+  }
+  res.out.forward_s = median(fwd);
+  res.out.backward_s = opt.backward ? median(bwd) : 0.0;
+  return res;
 }
 
 }  // namespace longattn::cli

@@ -5,9 +5,10 @@
 #include <memory>
 #include <string>
 
+#include "attention/distributed.hpp"
 #include "attention/variant.hpp"
 #include "kernels/backend.hpp"
-#include "launch/mpi_session.hpp"
+#include "launch/process_group.hpp"
 
 namespace longattn::cli {
 
@@ -18,11 +19,21 @@ struct DeviceArgs {
 };
 boost::program_options::options_description device_options(DeviceArgs& a);
 
+// Under mpirun: which distributed variant and sharding (--dist, --sharding, --comm-timeout).
+struct DistArgs {
+  std::string dist;  // empty: the variant's sequence-parallel mode
+  std::string sharding = "contiguous";
+  double timeout_s = 0.0;  // 0: LONGATTN_COMM_TIMEOUT or the communicator's default
+};
+boost::program_options::options_description dist_options(DistArgs& a);
+// The config --dist and --sharding ask for; the mode defaults to default_dist_mode(spec).
+DistConfig make_dist_config(const DistArgs& a, const AttentionSpec& spec);
+
 // The backend --device asks for. cuda without CUDA in the build, or without a visible GPU,
 // throws InvalidArgument saying which.
-std::unique_ptr<Backend> make_backend(const DeviceArgs& a, const MpiSession& mpi);
+std::unique_ptr<Backend> make_backend(const DeviceArgs& a, const ProcessGroup& mpi);
 // Threads the CPU work of this rank may use.
-int cpu_threads(const DeviceArgs& a, const MpiSession& mpi);
+int cpu_threads(const DeviceArgs& a, const ProcessGroup& mpi);
 
 struct HostInputs {
   Tensor q, k, v, d_o;  // d_o only for backward
@@ -44,6 +55,17 @@ DType lse_dtype(DType dtype);
 
 HostOutputs execute(Backend& be, AttentionVariant& variant, const HostInputs& in,
                     const ExecOptions& opt);
+
+// The same run over every rank of `group` through run_distributed: rank 0 holds `in` (other
+// ranks pass empty inputs) and receives the full outputs; timings are the slowest rank's,
+// medians over the repeats. Collective.
+struct DistributedOutputs {
+  HostOutputs out;  // rank 0
+  DistCounters forward_total, backward_total;
+};
+DistributedOutputs execute_distributed(const ProcessGroup& group, Backend& be,
+                                       const AttentionSpec& spec, const DistConfig& cfg,
+                                       const HostInputs& in, const ExecOptions& opt);
 
 // Random inputs of the given shape and dtype from a seed (q: seed, k: seed+1, v: seed+2,
 // d_o: seed+3), drawn in fp64 and rounded to the dtype.

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "launch/commands.hpp"
-#include "launch/mpi_session.hpp"
+#include "launch/process_group.hpp"
 #include "launch/options.hpp"
 #include "runtime/error.hpp"
 
@@ -20,12 +20,12 @@
 namespace {
 
 using longattn::cli::Args;
-using longattn::cli::MpiSession;
+using longattn::cli::ProcessGroup;
 
 struct Command {
   const char* name;
   const char* summary;
-  int (*fn)(const Args&, const MpiSession&);
+  int (*fn)(const Args&, const ProcessGroup&);
 };
 
 const Command kCommands[] = {
@@ -53,14 +53,14 @@ void print_usage(std::ostream& os) {
 
 int main(int argc, char** argv) {
   using namespace longattn::cli;
-  std::unique_ptr<MpiSession> session;
+  std::unique_ptr<ProcessGroup> session;
   try {
-    session = std::make_unique<MpiSession>(&argc, &argv);
+    session = std::make_unique<ProcessGroup>(&argc, &argv);
   } catch (const std::exception& e) {
     std::cerr << "longattn: error: " << e.what() << "\n";
     return kExitError;
   }
-  const MpiSession& mpi = *session;
+  const ProcessGroup& mpi = *session;
   try {
     const Args all(argv + 1, argv + argc);
     if (all.empty() || all[0] == "--help" || all[0] == "-h" || all[0] == "help") {
