@@ -84,9 +84,14 @@ struct MultiheadDilatedAttention::Activations {
   std::vector<double> mean, rstd;   // LayerNorm statistics per row of attn
 };
 
-MultiheadDilatedAttention::MultiheadDilatedAttention(const MultiheadConfig& cfg) : cfg_(cfg) {
+MultiheadDilatedAttention::MultiheadDilatedAttention(const MultiheadConfig& cfg)
+    : MultiheadDilatedAttention(cfg, nullptr) {}
+
+MultiheadDilatedAttention::MultiheadDilatedAttention(const MultiheadConfig& cfg,
+                                                     std::unique_ptr<AttentionVariant> attention)
+    : cfg_(cfg) {
   validate_multihead(cfg_);
-  attention_ = make_attention(cfg_.attention);
+  attention_ = attention ? std::move(attention) : make_attention(cfg_.attention);
   const int64_t E = cfg_.embed_dim;
   const DType pt = cfg_.param_dtype;
   // xavier-normal: std = gain * sqrt(2 / (fan_in + fan_out)), fan_in = fan_out = E.

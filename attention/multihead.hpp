@@ -49,6 +49,11 @@ class MultiheadDilatedAttention {
   // gain 1 for q and k and gain gamma_init for v and out (MAGNETO, as the seed package's
   // upstream does), biases 0, LayerNorm weight 1 and bias 0.
   explicit MultiheadDilatedAttention(const MultiheadConfig& cfg);
+  // The same layer over a given attention (e.g. a distributed variant on this rank's shard,
+  // attention/distributed_multihead.hpp) instead of make_attention(cfg.attention); cfg is
+  // validated and the parameters initialised as above.
+  MultiheadDilatedAttention(const MultiheadConfig& cfg,
+                            std::unique_ptr<AttentionVariant> attention);
 
   const MultiheadConfig& config() const { return cfg_; }
   MultiheadParams& params() { return params_; }
