@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <sstream>
 
 #include "attention/distributed_base.hpp"
@@ -145,9 +146,11 @@ std::string describe_distributed(const AttentionSpec& spec_in, const DistConfig&
   return os.str();
 }
 
-void DistributedBase::check_local(const TensorView& q,
-                                  std::initializer_list<std::pair<const char*, TensorView>> same,
-                                  const TensorView& lse) {
+namespace {
+
+void check_local(const TensorView& q,
+                 std::initializer_list<std::pair<const char*, TensorView>> same,
+                 const TensorView& lse) {
   for (const auto& [name, t] : same)
     LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name,
                        t.shape_string(), "must have the shape of q " + q.shape_string());
@@ -157,13 +160,48 @@ void DistributedBase::check_local(const TensorView& q,
                      dtype_name(lse.dtype), "must be fp32 (or fp64 on the CPU)");
 }
 
-void DistributedBase::agree_on_shape(const TensorView& q, const TensorView& lse) {
-  std::ostringstream os;
-  os << "local q [" << q.B << ", " << q.N << ", " << q.H << ", " << q.D << "] "
-     << dtype_name(q.dtype) << ", lse " << dtype_name(lse.dtype);
-  if (os.str() == agreed_shape_) return;
-  agree_on_config(comm_, os.str(), name() + " inputs");
-  agreed_shape_ = os.str();
+// Runs `checks`; then every rank compares `describe()` of its configuration (or, when its
+// checks threw, the error) with all ranks, so an invalid or differing rank never leaves the
+// others waiting. Rethrows this rank's own error first, else the mismatch. Collective.
+template <typename Checks, typename Describe>
+void validate_and_agree(Communicator& comm, const std::string& what, Checks&& checks,
+                        Describe&& describe) {
+  std::string mine;
+  std::exception_ptr own_error;
+  try {
+    checks();
+    mine = describe();
+  } catch (const Error& e) {
+    mine = std::string("rejected: ") + e.what();
+    own_error = std::current_exception();
+  }
+  try {
+    agree_on_config(comm, mine, what);
+  } catch (const Error&) {
+    if (own_error) std::rethrow_exception(own_error);
+    throw;
+  }
+  if (own_error) std::rethrow_exception(own_error);
+}
+
+}  // namespace
+
+void DistributedBase::check_and_agree(
+    const TensorView& q, std::initializer_list<std::pair<const char*, TensorView>> same,
+    const TensorView& lse) {
+  validate_and_agree(
+      comm_, name() + " inputs",
+      [&] {
+        check_local(q, same, lse);
+        const Shape g = global_shape(Shape{q.B, q.N, q.H, q.D});
+        validate_distributed(spec_, cfg_, comm_.world(), &g);
+      },
+      [&] {
+        std::ostringstream os;
+        os << "local q [" << q.B << ", " << q.N << ", " << q.H << ", " << q.D << "] "
+           << dtype_name(q.dtype) << ", lse " << dtype_name(lse.dtype);
+        return os.str();
+      });
 }
 
 namespace {
@@ -177,17 +215,15 @@ class RingDistributed final : public SequenceShardedBase {
   }
   void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& o, const TensorView& lse) override {
-    check_local(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
-    agree_on_shape(q, lse);
+    check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
     counters_ = {};
     ring(q.N).forward(be, comm_, q, k, v, o, lse, counters_);
   }
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
                 const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
-    check_local(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
-                lse);
-    agree_on_shape(q, lse);
+    check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
+                    lse);
     counters_ = {};
     ring(q.N).backward(be, comm_, q, k, v, o, lse, d_o, dq, dk, dv, counters_);
   }
@@ -215,17 +251,15 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
   }
   void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& o, const TensorView& lse) override {
-    check_local(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
-    agree_on_shape(q, lse);
+    check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
     counters_ = {};
     ring(be, q, k).forward(be, comm_, q, k, v, o, lse, counters_);
   }
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
                 const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
-    check_local(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
-                lse);
-    agree_on_shape(q, lse);
+    check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
+                    lse);
     counters_ = {};
     ring(be, q, k).backward(be, comm_, q, k, v, o, lse, d_o, dq, dk, dv, counters_);
   }
@@ -318,8 +352,7 @@ class DataParallelDistributed final : public DistributedBase {
   }
   void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& o, const TensorView& lse) override {
-    check_local(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
-    agree_on_shape(q, lse);
+    check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
     counters_ = {};
     counters_.steps = 1;
     variant_->forward(be, q, k, v, o, lse);
@@ -327,9 +360,8 @@ class DataParallelDistributed final : public DistributedBase {
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
                 const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
-    check_local(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
-                lse);
-    agree_on_shape(q, lse);
+    check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
+                    lse);
     counters_ = {};
     counters_.steps = 1;
     variant_->backward(be, q, k, v, o, lse, d_o, dq, dk, dv);
@@ -344,8 +376,9 @@ class DataParallelDistributed final : public DistributedBase {
 std::unique_ptr<DistributedAttention> make_distributed_attention(const AttentionSpec& spec_in,
                                                                  const DistConfig& cfg,
                                                                  Communicator& comm) {
-  validate_distributed(spec_in, cfg, comm.world());
-  agree_on_config(comm, describe_distributed(spec_in, cfg), "distributed attention");
+  validate_and_agree(
+      comm, "distributed attention", [&] { validate_distributed(spec_in, cfg, comm.world()); },
+      [&] { return describe_distributed(spec_in, cfg); });
   const AttentionSpec spec = normalized(spec_in);
   switch (cfg.mode) {
     case DistMode::Ring: return std::make_unique<RingDistributed>(spec, cfg, comm);
@@ -436,6 +469,7 @@ struct InputHeader {
   int64_t B = 0, N = 0, H = 0, D = 0;
   int32_t dtype = 0;
   int32_t has_grad = 0;
+  int32_t rejected = 0;  // rank 0's inputs failed its checks
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -469,31 +503,42 @@ DistributedResult run_distributed(const AttentionSpec& spec, const DistConfig& c
                                   Communicator& comm, Backend& be, const DistributedInputs& in,
                                   bool backward) {
   InputHeader hdr;
+  std::exception_ptr rejected;
   if (comm.rank() == 0) {
-    const TensorView& q = in.q;
-    LONGATTN_CHECK_ARG(q.data != nullptr, "q", "(none)", "rank 0 must hold the full inputs");
-    for (const auto& [name, t] : {std::pair<const char*, TensorView>{"k", in.k}, {"v", in.v}}) {
-      LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name,
-                         t.shape_string(), "must have the shape of q " + q.shape_string());
-      LONGATTN_CHECK_ARG(t.dtype == q.dtype, name, dtype_name(t.dtype),
-                         std::string("must have the dtype of q ") + dtype_name(q.dtype));
+    try {
+      const TensorView& q = in.q;
+      LONGATTN_CHECK_ARG(q.data != nullptr, "q", "(none)", "rank 0 must hold the full inputs");
+      for (const auto& [name, t] :
+           {std::pair<const char*, TensorView>{"k", in.k}, {"v", in.v}}) {
+        LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name,
+                           t.shape_string(), "must have the shape of q " + q.shape_string());
+        LONGATTN_CHECK_ARG(t.dtype == q.dtype, name, dtype_name(t.dtype),
+                           std::string("must have the dtype of q ") + dtype_name(q.dtype));
+      }
+      if (backward)
+        LONGATTN_CHECK_ARG(in.d_o.data && in.d_o.B == q.B && in.d_o.N == q.N &&
+                               in.d_o.H == q.H && in.d_o.D == q.D,
+                           "d_o", in.d_o.data ? in.d_o.shape_string() : "(none)",
+                           "the backward needs d_o of the shape of q " + q.shape_string());
+      hdr = InputHeader{q.B, q.N, q.H, q.D, static_cast<int32_t>(q.dtype), backward ? 1 : 0, 0};
+    } catch (const Error&) {
+      rejected = std::current_exception();
+      hdr.rejected = 1;
     }
-    if (backward)
-      LONGATTN_CHECK_ARG(in.d_o.data && in.d_o.B == q.B && in.d_o.N == q.N && in.d_o.H == q.H &&
-                             in.d_o.D == q.D,
-                         "d_o", in.d_o.data ? in.d_o.shape_string() : "(none)",
-                         "the backward needs d_o of the shape of q " + q.shape_string());
-    hdr = InputHeader{q.B, q.N, q.H, q.D, static_cast<int32_t>(q.dtype), backward ? 1 : 0};
   }
+  // Rank 0's verdict reaches every rank, so none waits for a run that will not happen.
   comm.broadcast_host(&hdr, sizeof(hdr), 0, CommOp{"input shape from rank 0", -1});
+  if (rejected) std::rethrow_exception(rejected);
+  if (hdr.rejected)
+    throw InvalidArgument("inputs", "rank 0's", "rank 0 rejected its inputs (its error says why)");
   DistributedResult res;
   res.shape = Shape{hdr.B, hdr.N, hdr.H, hdr.D};
   res.dtype = static_cast<DType>(hdr.dtype);
   const bool run_backward = hdr.has_grad != 0;
-  // The same inputs on every rank, so every rank reaches the same verdict (no rank waits
-  // alone for the others).
-  validate_distributed(spec, cfg, comm.world(), &res.shape);
+  // The config is agreed first; then every rank checks the same shape against the same config
+  // and reaches the same verdict.
   auto attn = make_distributed_attention(spec, cfg, comm);
+  validate_distributed(spec, cfg, comm.world(), &res.shape);
   const Shape l = attn->local_shape(res.shape);
   const DType dt = res.dtype, lse_dt = dt == DType::F64 ? DType::F64 : DType::F32;
   const Shape& g = res.shape;

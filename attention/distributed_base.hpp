@@ -18,21 +18,20 @@ class DistributedBase : public DistributedAttention {
   Communicator& comm() const override { return comm_; }
 
  protected:
-  // The first call for a (local shape, dtypes) compares it across ranks, so that ranks fed
-  // different shapes fail together instead of exchanging mismatched messages.
-  void agree_on_shape(const TensorView& q, const TensorView& lse);
-  // q, k, v, o (and the extra views) share q's shape; lse is [B, n, H, 1] fp32/fp64.
-  static void check_local(const TensorView& q,
-                          std::initializer_list<std::pair<const char*, TensorView>> same,
-                          const TensorView& lse);
+  // Checks this rank's views (k, v, o and the others share q's shape; lse is [B, n, H, 1]
+  // fp32/fp64; the global shape they imply is valid for the config), then compares the local
+  // shape and dtypes with every rank: ranks fed different or invalid inputs all fail together,
+  // none goes on to exchange mismatched messages. A rank whose own inputs are invalid throws
+  // its InvalidArgument; the others throw the mismatch Error naming it. Collective.
+  void check_and_agree(const TensorView& q,
+                       std::initializer_list<std::pair<const char*, TensorView>> same,
+                       const TensorView& lse);
 
   AttentionSpec spec_;
   DistConfig cfg_;
   Communicator& comm_;
-
- private:
-  std::string agreed_shape_;
 };
+
 
 // Sequence sharding: rank r holds N / P rows of every batch and head.
 class SequenceShardedBase : public DistributedBase {

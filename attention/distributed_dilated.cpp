@@ -103,9 +103,7 @@ class DilatedDistributed final : public SequenceShardedBase {
 
   void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& o, const TensorView& lse) override {
-    check_local(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
-    check_shape(q);
-    agree_on_shape(q, lse);
+    check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
     counters_ = {};
     MaskCache masks(be, spec_.block_size, spec_.causal);
     const bool groups = spec_.dilated.mode == DilatedMode::Groups;
@@ -127,10 +125,8 @@ class DilatedDistributed final : public SequenceShardedBase {
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
                 const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
-    check_local(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
-                lse);
-    check_shape(q);
-    agree_on_shape(q, lse);
+    check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
+                    lse);
     counters_ = {};
     MaskCache masks(be, spec_.block_size, spec_.causal);
     // Several branches add into the same rows: accumulate in fp32 for fp16/bf16 gradients.
@@ -155,10 +151,6 @@ class DilatedDistributed final : public SequenceShardedBase {
 
  private:
   double num_pairs() const { return static_cast<double>(spec_.dilated.segment_lengths.size()); }
-
-  void check_shape(const TensorView& q) const {
-    validate_dilated(spec_.dilated, global_shape(Shape{q.B, q.N, q.H, q.D}));
-  }
 
   // The segments of a branch with dilated rows on this rank: `local` (every row here) and
   // `spanning` (rows on several ranks).

@@ -3,6 +3,8 @@
 // (P-1 hops per rank, byte counts), and the per-rank shard API without run_distributed.
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include "attention/distributed.hpp"
 #include "mpi_env.hpp"
 #include "runtime/error.hpp"
@@ -162,6 +164,45 @@ TEST(Ring, InvalidConfigurationsAreRejectedOnEveryRank) {
                                test_backend(), din, false),
                InvalidArgument);
   comm.barrier(CommOp{"after invalid configs", -1});
+}
+
+// Inputs or configs that only some ranks get wrong: every rank fails at once (the others are
+// told which rank differs), none waits for a communication timeout.
+TEST(Ring, OneRankWithBadInputsFailsEveryRankQuickly) {
+  Communicator& comm = test_comm();
+  Backend& be = test_backend();
+  const int P = comm.world();
+  if (P < 2) GTEST_SKIP() << "needs a second rank to disagree";
+  const auto t0 = std::chrono::steady_clock::now();
+  AttentionSpec spec;
+  auto attn = make_distributed_attention(spec, DistConfig{}, comm);
+  const int64_t n = 4;
+  Tensor q(DType::F64, 1, n, 2, 4), o = q.clone(), lse(DType::F64, 1, n, 2, 1);
+  Tensor k_bad(DType::F64, 1, n, 3, 4);
+  const bool bad = comm.rank() == P - 1;
+  try {
+    attn->forward(be, q.view(), bad ? k_bad.view() : q.view(), q.view(), o.view(), lse.view());
+    ADD_FAILURE() << "rank " << comm.rank() << " ran with a peer's bad inputs";
+  } catch (const InvalidArgument& e) {
+    EXPECT_TRUE(bad) << e.what();
+    EXPECT_NE(std::string(e.what()).find("must have the shape of q"), std::string::npos);
+  } catch (const Error& e) {
+    EXPECT_FALSE(bad) << e.what();
+    EXPECT_NE(std::string(e.what()).find("rank " + std::to_string(P - 1)), std::string::npos)
+        << e.what();
+  }
+  // A variant name only one rank gets wrong.
+  AttentionSpec mixed;
+  if (bad) mixed.variant = "densest";
+  EXPECT_THROW(make_distributed_attention(mixed, DistConfig{}, comm), Error);
+  // Rank 0 forgets d_o for a backward run: everyone learns it from the broadcast.
+  const Shape g{1, 2 * P, 1, 4};
+  const auto in = testing::random_inputs(g, DType::F64, 8);
+  DistributedInputs din;
+  if (comm.rank() == 0) din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), {}};
+  EXPECT_THROW(run_distributed(spec, DistConfig{}, comm, be, din, true), InvalidArgument);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  comm.barrier(CommOp{"after bad inputs", -1});
 }
 
 }  // namespace
