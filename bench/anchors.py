@@ -86,15 +86,25 @@ def sdpa_anchor(torch, timer, row, backend):
     B, N, H, D = row["B"], row["N"], row["H"], row["D"]
     dtype = dtype_of(torch, row["dtype"])
     grad = row["pass"] == "bwd"
-    # [B, N, H, D] memory like longattn's, seen as [B, H, N, D] by SDPA.
-    q, k, v = (bnhd(torch, (B, N, H, D), dtype, s, False).transpose(1, 2).requires_grad_(grad)
-               for s in (1, 2, 3))
 
     def fwd(q, k, v):
         with sdpa_kernel([be]):
             return F.scaled_dot_product_attention(q, k, v, is_causal=row["causal"])
 
-    return time_pass(timer, torch, fwd, (q, k, v), row["pass"])
+    # [B, N, H, D] memory like longattn's, seen as [B, H, N, D] by SDPA; a backend that refuses
+    # that layout gets contiguous [B, H, N, D] instead (recorded).
+    try:
+        q, k, v = (bnhd(torch, (B, N, H, D), dtype, s, False).transpose(1, 2).requires_grad_(grad)
+                   for s in (1, 2, 3))
+        result = time_pass(timer, torch, fwd, (q, k, v), row["pass"])
+        result["layout"] = "BNHD"
+    except RuntimeError:
+        q = k = v = None
+        torch.cuda.empty_cache()
+        q, k, v = (bnhd(torch, (B, H, N, D), dtype, s, grad) for s in (1, 2, 3))
+        result = time_pass(timer, torch, fwd, (q, k, v), row["pass"])
+        result["layout"] = "BHND"
+    return result
 
 
 _flex_compiled = None
@@ -202,18 +212,18 @@ def describe(row):
 
 def print_table(result, out):
     names = ["sdpa_flash", "sdpa_cudnn", "flex", "dilated_sdpa"]
-    head = (f"{'suite':<8}{'pass':<5}{'what':<16}{'N':>7}{'H':>4}{'D':>5}{'causal':>7}{'dens':>7}"
+    head = (f"{'suite':<8}{'pass':<8}{'what':<16}{'N':>7}{'H':>4}{'D':>5}{'causal':>7}{'dens':>7}"
             f"{'ms':>10}{'p10':>9}{'p90':>9}{'TFLOP/s':>9}")
     for n in names:
         head += f"{n + ' ms':>16}{'ratio':>7}"
-    units = " " * 48 + f"{'(median)':>24}{'':>18}" + "".join(
+    units = " " * 51 + f"{'(median)':>24}{'':>18}" + "".join(
         f"{'(median)':>16}{'(x)':>7}" for _ in names)
     lines = [f"# longattn kernel benchmark on {result['gpu']}, {result['date']}",
              f"# command: {result['command']}",
              f"# torch {result.get('torch', '?')}; ratio = anchor ms / longattn ms (> 1: longattn faster)",
              head, units]
     for r in result["rows"]:
-        base = (f"{r['suite']:<8}{r.get('pass', ''):<5}{describe(r):<16}{r['N']:>7}{r['H']:>4}"
+        base = (f"{r['suite']:<8}{r.get('pass', ''):<8}{describe(r):<16}{r['N']:>7}{r['H']:>4}"
                 f"{r['D']:>5}{('yes' if r['causal'] else 'no'):>7}{r.get('density', 1.0):>7.3f}")
         if r.get("error"):
             lines.append(base + f"  ERROR {r['error'][:100]}")
