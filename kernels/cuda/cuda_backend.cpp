@@ -17,6 +17,7 @@
 #include "kernels/cuda/flash_attention.hpp"
 #include "kernels/cuda/mask_build.hpp"
 #include "runtime/error.hpp"
+#include "runtime/logging.hpp"
 
 namespace longattn {
 namespace {
@@ -91,7 +92,12 @@ class CudaMask final : public PreparedMask {
   CudaMask(Backend& be, BlockMask host, cuda::DeviceMaskArrays dev)
       : be_(be), host_(std::move(host)), dev_(dev) {}
   ~CudaMask() override {
-    if (dev_.storage) be_.deallocate(dev_.storage);
+    if (!dev_.storage) return;
+    try {
+      be_.deallocate(dev_.storage);
+    } catch (const std::exception& e) {  // a destructor must not throw; say what was lost
+      log(LogLevel::Error, "freeing a device mask failed: ", e.what());
+    }
   }
   BlockMaskView view() const override {
     BlockMaskView v;
@@ -176,8 +182,6 @@ class CudaBackendImpl final : public CudaBackend {
   void deallocate(void* p) override {
     if (!p) return;
     DeviceGuard g(opt_.device);
-    // Work queued on the stream may still read p; cudaFree must not race it.
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = sizes_.find(p);
@@ -185,7 +189,13 @@ class CudaBackendImpl final : public CudaBackend {
       current_ -= it->second;
       sizes_.erase(it);
     }
+    // Work queued on the stream may still read p; cudaFree must not race it. A failed
+    // synchronisation reports the asynchronous error of an earlier kernel, after the free.
+    const cudaError_t sync = cudaStreamSynchronize(stream_);
     CUDA_CHECK(cudaFree(p));
+    if (sync != cudaSuccess)
+      cuda::throw_cuda_error(sync, "cudaStreamSynchronize(stream_) before cudaFree", __FILE__,
+                             __LINE__);
   }
   size_t peak_bytes() const override {
     std::lock_guard<std::mutex> lock(mu_);
