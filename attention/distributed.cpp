@@ -129,6 +129,7 @@ std::string describe_distributed(const AttentionSpec& spec_in, const DistConfig&
   const AttentionSpec s = normalized(spec_in);
   std::ostringstream os;
   os << "mode=" << dist_mode_name(cfg.mode) << " sharding=" << sharding_name(cfg.sharding)
+     << " sparse_route=" << sparse_route_name(cfg.sparse_route)
      << " variant=" << s.variant << " causal=" << s.causal << " scale=" << exact(s.scale)
      << " block_size=" << s.block_size;
   const DilatedConfig& d = s.dilated;
@@ -247,7 +248,8 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
  public:
   using SequenceShardedBase::SequenceShardedBase;
   std::string name() const override {
-    return "block_sparse_ring(" + spec_.sparse.pattern + ", " + sharding_name(cfg_.sharding) + ")";
+    return "block_sparse_ring(" + spec_.sparse.pattern + ", " + sharding_name(cfg_.sharding) +
+           ", " + sparse_route_name(cfg_.sparse_route) + ")";
   }
   void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& o, const TensorView& lse) override {
@@ -318,7 +320,7 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
       const BlockMask global = sparse_block_mask(spec_.sparse, N, spec_.causal,
                                                  adaptive() ? &scores : nullptr);
       ring_ = std::make_unique<RingAttention>(
-          make_sparse_ring_plan(layout(N), comm_.rank(), global), spec_);
+          make_sparse_ring_plan(layout(N), comm_.rank(), global, cfg_.sparse_route), spec_);
       ring_n_ = N;
       scores_ = std::move(scores);
     }

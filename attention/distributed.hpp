@@ -47,6 +47,7 @@ DistMode default_dist_mode(const AttentionSpec& spec);
 struct DistConfig {
   DistMode mode = DistMode::Ring;
   Sharding sharding = Sharding::Contiguous;  // sequence modes; ignored by data_parallel
+  SparseRoute sparse_route = SparseRoute::Direct;  // block_sparse_ring only (attention/ring.hpp)
 };
 
 // Config rules that need no shape (mode fits the variant, dilated only contiguous) and, when

@@ -9,6 +9,14 @@
 
 namespace longattn {
 
+const char* sparse_route_name(SparseRoute r) { return r == SparseRoute::Ring ? "ring" : "direct"; }
+
+SparseRoute parse_sparse_route(const std::string& s, const std::string& arg) {
+  if (s == "ring") return SparseRoute::Ring;
+  if (s == "direct") return SparseRoute::Direct;
+  throw InvalidArgument(arg, s.empty() ? "(empty)" : s, "must be one of: ring, direct");
+}
+
 int64_t total_rows(const RowRuns& runs) {
   int64_t n = 0;
   for (const RowRun& r : runs) n += r.len;
@@ -146,6 +154,35 @@ void land(Backend& be, const PairBuffer& stage, const RowRuns& runs, const PairB
   unpack(be, stage, runs, full, add);
 }
 
+// The K/V buffers of a run. A ring forwards what it holds, so two buffers alternate; direct
+// delivery sends from this rank's own shard at every step, so the own shard stays and two
+// visitor buffers alternate.
+class KvBuffers {
+ public:
+  KvBuffers(Backend& be, const RingPlan& plan, const TensorView& k, const TensorView& v) {
+    const int S = static_cast<int>(plan.steps.size());
+    const bool direct = !plan.steps.empty() && plan.steps[0].send_own;
+    const int count = S == 1 ? 1 : (direct && S > 2 ? 3 : 2);
+    for (int i = 0; i < count; ++i) bufs_[i] = PairBuffer(be, k.dtype, k.B, plan.local_rows, k.H, k.D);
+    be.copy(bufs_[0].first(), k);
+    be.copy(bufs_[0].second(), v);
+    keep_own_ = direct;
+  }
+  const PairBuffer& own() const { return bufs_[0]; }
+  const PairBuffer& current() const { return bufs_[cur_]; }
+  const PairBuffer& next() const { return bufs_[next_index()]; }
+  void advance() { cur_ = next_index(); }
+
+ private:
+  int next_index() const {
+    if (!keep_own_) return 1 - cur_;
+    return cur_ == 1 ? 2 : 1;
+  }
+  PairBuffer bufs_[3];
+  int cur_ = 0;
+  bool keep_own_ = false;
+};
+
 void check_views(const RingPlan& plan, Communicator& comm, Backend& be, const TensorView& q,
                  std::initializer_list<std::pair<const char*, TensorView>> same,
                  const TensorView& lse) {
@@ -180,6 +217,10 @@ RingPlan make_dense_ring_plan(const ShardLayout& layout, int rank, int64_t block
   for (int t = 0; t < P; ++t) {
     RingStep st;
     st.origin = (rank - t + P) % P;
+    st.distance = t;
+    st.send_peer = (rank + 1) % P;
+    st.recv_peer = (rank + P - 1) % P;
+    st.home_peer = (rank + t) % P;
     const auto& qp = plan.pieces[rank];
     const auto& kp = plan.pieces[st.origin];
     for (size_t i = 0; i < qp.size(); ++i)
@@ -202,7 +243,8 @@ RingPlan make_dense_ring_plan(const ShardLayout& layout, int rank, int64_t block
   return plan;
 }
 
-RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockMask& global) {
+RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockMask& global,
+                               SparseRoute route) {
   RingPlan plan = plan_skeleton(layout, rank);
   const int P = plan.world;
   const int64_t bs = global.block_q, N = layout.seq_len();
@@ -226,29 +268,54 @@ RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockM
     owner[b] = layout.owner(b * bs);
     local_block[b] = layout.local_row(b * bs) / bs;
   }
-  // last[origin][local block]: the furthest ring distance at which some rank needs the block
-  // (-1: nobody), which decides how far it travels.
-  std::vector<std::vector<int>> last(static_cast<size_t>(P), std::vector<int>(nlb, -1));
-  int furthest = 0;
+  // need[origin][distance][local block]: the rank at that ring distance from the origin
+  // needs the block. It decides what is sent (direct) or how far a block travels (ring).
+  std::vector<std::vector<std::vector<uint8_t>>> need(
+      static_cast<size_t>(P),
+      std::vector<std::vector<uint8_t>>(static_cast<size_t>(P), std::vector<uint8_t>(nlb, 0)));
   for (int64_t qb = 0; qb < nb; ++qb)
     for (int64_t e = global.row_ptr[qb]; e < global.row_ptr[qb + 1]; ++e) {
       const int64_t kb = global.col_idx[e];
-      const int t = (owner[qb] - owner[kb] + P) % P;
-      int& l = last[owner[kb]][local_block[kb]];
-      l = std::max(l, t);
-      furthest = std::max(furthest, t);
+      const int d = (owner[qb] - owner[kb] + P) % P;
+      need[owner[kb]][d][local_block[kb]] = 1;
     }
-  auto rows_where = [&](int origin, auto pred) {
+  // last[origin][local block]: the furthest distance at which the block is needed (-1: never).
+  std::vector<std::vector<int>> last(static_cast<size_t>(P), std::vector<int>(nlb, -1));
+  std::vector<uint8_t> distance_used(static_cast<size_t>(P), 0);
+  distance_used[0] = 1;
+  for (int o = 0; o < P; ++o)
+    for (int d = 0; d < P; ++d)
+      for (int64_t lb = 0; lb < nlb; ++lb)
+        if (need[o][d][lb]) {
+          last[o][lb] = std::max(last[o][lb], d);
+          distance_used[d] = 1;
+        }
+  auto rows_where = [&](auto pred) {
     std::vector<int64_t> blocks;
     for (int64_t lb = 0; lb < nlb; ++lb)
-      if (pred(last[origin][lb])) blocks.push_back(lb);
+      if (pred(lb)) blocks.push_back(lb);
     return runs_of_blocks(blocks, bs);
   };
-  const int S = furthest + 1;
+  // The distances visited: ring walks 0, 1, ... up to the furthest need; direct visits only
+  // the distances some rank needs.
+  std::vector<int> distances;
+  if (route == SparseRoute::Ring) {
+    int furthest = 0;
+    for (int d = 0; d < P; ++d)
+      if (distance_used[d]) furthest = d;
+    for (int d = 0; d <= furthest; ++d) distances.push_back(d);
+  } else {
+    for (int d = 0; d < P; ++d)
+      if (distance_used[d]) distances.push_back(d);
+  }
+  plan.travelling_grads = route == SparseRoute::Ring;
+  const int S = static_cast<int>(distances.size());
   const auto& my_pieces = plan.pieces[rank];
   for (int t = 0; t < S; ++t) {
     RingStep st;
-    st.origin = (rank - t + P) % P;
+    const int d = distances[t];
+    st.distance = d;
+    st.origin = (rank - d + P) % P;
     const auto& kp = plan.pieces[st.origin];
     for (size_t i = 0; i < my_pieces.size(); ++i) {
       const int64_t qb0 = my_pieces[i].global / bs, nqb = my_pieces[i].len / bs;
@@ -272,14 +339,34 @@ RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockM
           st.work.push_back(RingWork{static_cast<int>(i), static_cast<int>(j), std::move(m)});
       }
     }
-    if (t + 1 < S) {
-      const int next_origin = (rank - t - 1 + P) % P;
-      st.send = rows_where(st.origin, [&](int l) { return l >= t + 1; });
-      st.recv = rows_where(next_origin, [&](int l) { return l >= t + 1; });
-    }
-    if (t >= 1) {
-      st.retire = rows_where(st.origin, [&](int l) { return l == t; });
-      st.home = rows_where(rank, [&](int l) { return l == t; });
+    const int o = st.origin;
+    if (route == SparseRoute::Ring) {
+      st.send_peer = (rank + 1) % P;
+      st.recv_peer = (rank + P - 1) % P;
+      st.home_peer = (rank + d) % P;
+      if (t + 1 < S) {
+        const int next_origin = (rank - d - 1 + P) % P;
+        st.send = rows_where([&](int64_t lb) { return last[o][lb] >= d + 1; });
+        st.recv = rows_where([&](int64_t lb) { return last[next_origin][lb] >= d + 1; });
+      }
+      if (t >= 1) {
+        st.retire = rows_where([&](int64_t lb) { return last[o][lb] == d; });
+        st.home = rows_where([&](int64_t lb) { return last[rank][lb] == d; });
+      }
+    } else {
+      st.send_own = true;
+      st.home_peer = (rank + d) % P;
+      if (t + 1 < S) {
+        const int dn = distances[t + 1];
+        st.send_peer = (rank + dn) % P;
+        st.recv_peer = (rank - dn + P) % P;
+        st.send = rows_where([&](int64_t lb) { return need[rank][dn][lb] != 0; });
+        st.recv = rows_where([&](int64_t lb) { return need[st.recv_peer][dn][lb] != 0; });
+      }
+      if (t >= 1) {
+        st.retire = rows_where([&](int64_t lb) { return need[o][d][lb] != 0; });
+        st.home = rows_where([&](int64_t lb) { return need[rank][d][lb] != 0; });
+      }
     }
     plan.steps.push_back(std::move(st));
   }
@@ -315,11 +402,7 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
   const int S = static_cast<int>(plan_.steps.size());
   Masks& pm = masks(be);
 
-  PairBuffer kv[2];
-  kv[0] = PairBuffer(be, q.dtype, B, Nl, H, D);
-  if (S > 1) kv[1] = PairBuffer(be, q.dtype, B, Nl, H, D);
-  be.copy(kv[0].first(), k);
-  be.copy(kv[0].second(), v);
+  KvBuffers kv(be, plan_, k, v);
   PairBuffer send_stage, recv_stage;
   if (const int64_t n = max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.send; }))
     send_stage = PairBuffer(be, q.dtype, B, n, H, D);
@@ -339,13 +422,13 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
   DeviceTensor o_part(be, o.dtype, B, pl, H, D), l_part(be, lse.dtype, B, pl, H, 1);
 
   const auto& my_pieces = plan_.pieces[plan_.rank];
-  int cur = 0;
   for (int t = 0; t < S; ++t) {
     const RingStep& st = plan_.steps[t];
     CommRequest req;
     if (t + 1 < S) {
-      const SendSpec s = outgoing(be, kv[cur], st.send, send_stage, comm.next());
-      const RecvSpec r = incoming(kv[1 - cur], st.recv, recv_stage, comm.prev());
+      const SendSpec s = outgoing(be, st.send_own ? kv.own() : kv.current(), st.send, send_stage,
+                                  st.send_peer);
+      const RecvSpec r = incoming(kv.next(), st.recv, recv_stage, st.recv_peer);
       req = comm.start_exchange({s}, {r}, CommOp{"ring forward K/V", t});
       counters.hops += s.bytes > 0;
       counters.bytes_sent += static_cast<int64_t>(s.bytes);
@@ -358,8 +441,8 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
       const ShardPiece& kpc = kp[work.k_piece];
       AttnFwdParams p;
       p.q = q.rows(qp.local, qp.len);
-      p.k = kv[cur].first().rows(kpc.local, kpc.len);
-      p.v = kv[cur].second().rows(kpc.local, kpc.len);
+      p.k = kv.current().first().rows(kpc.local, kpc.len);
+      p.v = kv.current().second().rows(kpc.local, kpc.len);
       p.o = o_part.view().rows(0, qp.len);
       p.lse = l_part.view().rows(0, qp.len);
       p.mask = pm.fwd[t][w]->view();
@@ -373,8 +456,8 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
     }
     req.wait();
     if (t + 1 < S) {
-      land(be, recv_stage, st.recv, kv[1 - cur], false);
-      cur = 1 - cur;
+      land(be, recv_stage, st.recv, kv.next(), false);
+      kv.advance();
     }
   }
   counters.steps += S;
@@ -391,7 +474,7 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
               lse);
   const int64_t B = q.B, Nl = plan_.local_rows, H = q.H, D = q.D;
   const int S = static_cast<int>(plan_.steps.size());
-  const int P = plan_.world, rank = plan_.rank;
+  const int rank = plan_.rank;
   Masks& pm = masks(be);
   // Gradients accumulate over steps in fp32 when the inputs are fp16/bf16.
   const DType gd = is_half(dq.dtype) ? DType::F32 : dq.dtype;
@@ -399,11 +482,7 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
   auto pick_recv = [](const RingStep& s) -> const RowRuns& { return s.recv; };
   auto pick_retire = [](const RingStep& s) -> const RowRuns& { return s.retire; };
 
-  PairBuffer kv[2];
-  kv[0] = PairBuffer(be, q.dtype, B, Nl, H, D);
-  if (S > 1) kv[1] = PairBuffer(be, q.dtype, B, Nl, H, D);
-  be.copy(kv[0].first(), k);
-  be.copy(kv[0].second(), v);
+  KvBuffers kv(be, plan_, k, v);
   PairBuffer kv_send_stage, kv_recv_stage;
   if (const int64_t n = max_staged_rows(plan_, pick_send))
     kv_send_stage = PairBuffer(be, q.dtype, B, n, H, D);
@@ -421,8 +500,10 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
   PairBuffer home(be, gd, B, Nl, H, D);
   be.fill(home.first(), 0.0);
   be.fill(home.second(), 0.0);
-  // acc[a]: the travelling accumulator of the visiting origin; part: a step's contribution
-  // computed while the incoming accumulator is still in flight.
+  // acc[a]: the visiting origin's dK/dV (ring: the travelling accumulator; direct: this
+  // step's partial, sent home); part (ring): a step's contribution computed while the
+  // incoming accumulator is still in flight.
+  const bool travelling = plan_.travelling_grads;
   PairBuffer acc[2], part, fwd_send_stage, fwd_recv_stage, retire_stage, home_stage;
   if (S > 1) {
     for (auto& a : acc) {
@@ -430,11 +511,13 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
       be.fill(a.first(), 0.0);
       be.fill(a.second(), 0.0);
     }
-    part = PairBuffer(be, gd, B, Nl, H, D);
-    if (const int64_t n = max_staged_rows(plan_, pick_send))
-      fwd_send_stage = PairBuffer(be, gd, B, n, H, D);
-    if (const int64_t n = max_staged_rows(plan_, pick_recv))
-      fwd_recv_stage = PairBuffer(be, gd, B, n, H, D);
+    if (travelling) {
+      part = PairBuffer(be, gd, B, Nl, H, D);
+      if (const int64_t n = max_staged_rows(plan_, pick_send))
+        fwd_send_stage = PairBuffer(be, gd, B, n, H, D);
+      if (const int64_t n = max_staged_rows(plan_, pick_recv))
+        fwd_recv_stage = PairBuffer(be, gd, B, n, H, D);
+    }
     if (const int64_t n = max_staged_rows(plan_, pick_retire))
       retire_stage = PairBuffer(be, gd, B, n, H, D);
     // Returning accumulators are added into `home`, so they always land in a buffer first.
@@ -444,14 +527,14 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
   }
 
   const auto& my_pieces = plan_.pieces[rank];
-  int cur = 0, a = 0;
+  int a = 0;
   CommRequest dkv_req;
   // Lands the dK/dV exchange posted after step `t`: the next visitor's accumulator into acc[a]
   // and this rank's returning rows added into home.
   auto finish_dkv = [&](int t) {
     dkv_req.wait();
     const RingStep& st = plan_.steps[t];
-    if (t + 1 < S) land(be, fwd_recv_stage, st.recv, acc[a], false);
+    if (travelling && t + 1 < S) land(be, fwd_recv_stage, st.recv, acc[a], false);
     if (!st.home.empty()) unpack(be, home_stage, st.home, home, true);
   };
 
@@ -459,8 +542,9 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
     const RingStep& st = plan_.steps[t];
     CommRequest kv_req;
     if (t + 1 < S) {
-      const SendSpec s = outgoing(be, kv[cur], st.send, kv_send_stage, comm.next());
-      const RecvSpec r = incoming(kv[1 - cur], st.recv, kv_recv_stage, comm.prev());
+      const SendSpec s = outgoing(be, st.send_own ? kv.own() : kv.current(), st.send,
+                                  kv_send_stage, st.send_peer);
+      const RecvSpec r = incoming(kv.next(), st.recv, kv_recv_stage, st.recv_peer);
       kv_req = comm.start_exchange({s}, {r}, CommOp{"ring backward K/V", t});
       counters.hops += s.bytes > 0;
       counters.bytes_sent += static_cast<int64_t>(s.bytes);
@@ -468,8 +552,10 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
     }
     // Where this step's dK/dV contributions go.
     const PairBuffer* target = &home;
-    if (t == 1) {
-      target = &acc[a];  // the first visitor starts the accumulator (it arrives as zeros)
+    if (t == 1 || (t >= 2 && !travelling)) {
+      // ring: the first visitor starts the accumulator (it arrives as zeros); direct: each
+      // step's partial goes home on its own.
+      target = &acc[a];
       be.fill(acc[a].first(), 0.0);
       be.fill(acc[a].second(), 0.0);
     } else if (t >= 2 && !st.work.empty()) {
@@ -485,8 +571,8 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
       if (!pm.bwd[t][w]) pm.bwd[t][w] = be.prepare_mask(work.mask.transpose());
       AttnBwdParams p;
       p.q = q.rows(qp.local, qp.len);
-      p.k = kv[cur].first().rows(kpc.local, kpc.len);
-      p.v = kv[cur].second().rows(kpc.local, kpc.len);
+      p.k = kv.current().first().rows(kpc.local, kpc.len);
+      p.v = kv.current().second().rows(kpc.local, kpc.len);
       p.o = o.rows(qp.local, qp.len);
       p.lse = lse.rows(qp.local, qp.len);
       p.d_o = d_o.rows(qp.local, qp.len);
@@ -511,13 +597,17 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
     }
     if (t >= 1) {
       // The accumulator moves on with the rows someone further needs; finished rows go home.
-      std::vector<SendSpec> sends{outgoing(be, acc[a], st.send, fwd_send_stage, comm.next()),
-                                  outgoing(be, acc[a], st.retire, retire_stage, st.origin)};
+      std::vector<SendSpec> sends;
       std::vector<RecvSpec> recvs;
-      if (t + 1 < S) recvs.push_back(incoming(acc[1 - a], st.recv, fwd_recv_stage, comm.prev()));
+      if (travelling) {
+        sends.push_back(outgoing(be, acc[a], st.send, fwd_send_stage, st.send_peer));
+        if (t + 1 < S)
+          recvs.push_back(incoming(acc[1 - a], st.recv, fwd_recv_stage, st.recv_peer));
+      }
+      sends.push_back(outgoing(be, acc[a], st.retire, retire_stage, st.origin));
       if (!st.home.empty())
         recvs.push_back(RecvSpec{home_stage.data(), home_stage.bytes(total_rows(st.home)),
-                                 (rank + t) % P});
+                                 st.home_peer});
       dkv_req = comm.start_exchange(sends, recvs, CommOp{"ring backward dK/dV", t});
       for (const auto& s : sends) counters.bytes_sent += static_cast<int64_t>(s.bytes);
       for (const auto& r : recvs) counters.bytes_received += static_cast<int64_t>(r.bytes);
@@ -525,8 +615,8 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
     }
     kv_req.wait();
     if (t + 1 < S) {
-      land(be, kv_recv_stage, st.recv, kv[1 - cur], false);
-      cur = 1 - cur;
+      land(be, kv_recv_stage, st.recv, kv.next(), false);
+      kv.advance();
     }
   }
   if (S >= 2) finish_dkv(S - 1);

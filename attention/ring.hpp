@@ -13,6 +13,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "attention/spec.hpp"
@@ -53,14 +54,34 @@ struct RingWork {
   BlockMask mask;
 };
 
+// How K/V blocks reach the ranks that need them in the block-sparse ring.
+// ring: the held buffer is forwarded to rank+1 at each step, carrying every block some rank
+//   further along still needs; dK/dV accumulators follow it and go home when nobody further
+//   needs the block. Only neighbour links are used.
+// direct: at ring distance d, rank r sends rank r+d exactly the blocks it needs and nothing
+//   else, distances nobody needs are skipped, and dK/dV partials go straight home. Never more
+//   bytes or steps than ring (a local window talks to its two neighbours only); suits
+//   all-to-all fabrics (NVSwitch, fat trees).
+enum class SparseRoute { Ring, Direct };
+const char* sparse_route_name(SparseRoute r);
+SparseRoute parse_sparse_route(const std::string& s, const std::string& arg = "sparse_route");
+
 // One step of this rank. Row sets are in the owning rank's local rows.
 struct RingStep {
   int origin = 0;               // whose K/V this rank holds during the step
+  int distance = 0;             // (rank - origin) mod P
   std::vector<RingWork> work;   // empty: nothing to compute here
-  RowRuns send;    // origin's rows forwarded to next() after this step
-  RowRuns recv;    // rows of the next step's origin arriving from prev() for the next step
-  RowRuns retire;  // backward: origin's rows whose dK/dV accumulator goes home after this step
-  RowRuns home;    // backward: own rows whose dK/dV arrive after this step from rank + step
+  // K/V exchanged after (overlapping) this step for the next step: `send` rows go to
+  // send_peer, `recv` rows of the next origin come from recv_peer. ring: the held buffer is
+  // forwarded to rank+1; direct: this rank's own rows go to rank + next distance.
+  RowRuns send, recv;
+  int send_peer = 0, recv_peer = 0;
+  bool send_own = false;
+  // Backward: `retire` rows of the origin have their dK/dV sent home to the origin after this
+  // step; `home` rows of this rank have theirs arriving from home_peer. ring only: dK/dV of
+  // the `send` rows travel on to send_peer with the K/V (and arrive for `recv` rows).
+  RowRuns retire, home;
+  int home_peer = 0;
 };
 
 struct RingPlan {
@@ -68,6 +89,7 @@ struct RingPlan {
   int64_t local_rows = 0;
   std::vector<std::vector<ShardPiece>> pieces;  // of every rank
   std::vector<RingStep> steps;                  // at least one (step 0: own K/V)
+  bool travelling_grads = true;                 // ring route: dK/dV accumulators travel
   int64_t global_blocks_needed = 0;             // block-sparse: nnz of the global mask
 };
 
@@ -76,10 +98,11 @@ struct RingPlan {
 RingPlan make_dense_ring_plan(const ShardLayout& layout, int rank, int64_t block, bool causal);
 
 // Block-sparse ring from the GLOBAL block mask (block_q == block_k == block size, which must
-// divide every shard piece): an origin's block travels only as far as the last rank that
-// needs it, steps run only while some rank still needs a visiting block, and a step with no
-// block for this rank computes nothing. Every rank derives the same plan from the same mask.
-RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockMask& global);
+// divide every shard piece): only blocks some rank needs are sent (route: see SparseRoute),
+// steps run only while some rank still needs a visiting block, and a step with no block for
+// this rank computes nothing. Every rank derives the same plan from the same mask.
+RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockMask& global,
+                               SparseRoute route = SparseRoute::Direct);
 
 // Runs a plan. Views are this rank's shards [B, N/P, H, D] on the backend; lse is [B, N/P, H, 1]
 // fp32 (fp64 on the CPU). spec.scale and spec.causal are used. The communicator must move the

@@ -49,6 +49,7 @@ struct SparseCase {
   std::string pattern;
   bool causal;
   Sharding sharding;
+  SparseRoute route;
   bool hilbert = false;
 };
 
@@ -68,7 +69,7 @@ TEST_P(SparseRingVsSingleProcess, ForwardBackwardMatchAndEveryBlockComputedOnce)
   DistributedInputs din;
   if (root) din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
   const DistributedResult r =
-      run_distributed(spec, DistConfig{DistMode::BlockSparseRing, c.sharding}, comm,
+      run_distributed(spec, DistConfig{DistMode::BlockSparseRing, c.sharding, c.route}, comm,
                       test_backend(), din, true);
   if (root) {
     const auto ref = testing::single_process(spec, in, true);
@@ -92,15 +93,17 @@ std::vector<SparseCase> all_cases() {
                         "random", "content_adaptive"})
     for (bool causal : {false, true})
       for (Sharding sh : {Sharding::Contiguous, Sharding::Zigzag})
-        v.push_back(SparseCase{p, causal, sh});
-  v.push_back(SparseCase{"dilated_sparse", true, Sharding::Zigzag, true});
+        for (SparseRoute route : {SparseRoute::Direct, SparseRoute::Ring})
+          v.push_back(SparseCase{p, causal, sh, route});
+  v.push_back(SparseCase{"dilated_sparse", true, Sharding::Zigzag, SparseRoute::Direct, true});
   return v;
 }
 
 INSTANTIATE_TEST_SUITE_P(Patterns, SparseRingVsSingleProcess, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<SparseCase>& i) {
                            return i.param.pattern + (i.param.causal ? "_causal_" : "_full_") +
-                                  sharding_name(i.param.sharding) +
+                                  sharding_name(i.param.sharding) + "_" +
+                                  sparse_route_name(i.param.route) +
                                   (i.param.hilbert ? "_hilbert" : "");
                          });
 
@@ -141,41 +144,51 @@ TEST(SparseRing, LocalWindowSendsOnlyWhatNeighboursNeed) {
   const Shape g{2, 96, 2, 4};
   const int64_t block_bytes = 2 * g.B * kBlock * g.H * g.D * 8;  // K and V of one block, fp64
   const int64_t dense_bytes = (P - 1) * 2 * g.B * (g.N / P) * g.H * g.D * 8;
-  for (bool causal : {true, false}) {
-    AttentionSpec spec;
-    spec.variant = "block_sparse";
-    spec.causal = causal;
-    spec.sparse = pattern("local_window");
-    const auto in = testing::random_inputs(g, DType::F64, 40 + causal);
-    DistributedInputs din;
-    if (rank == 0) din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
-    const auto r = run_distributed(spec, DistConfig{DistMode::BlockSparseRing,
-                                                    Sharding::Contiguous},
-                                   comm, test_backend(), din, true);
-    if (P == 1) {
-      EXPECT_EQ(r.forward.steps, 1);
-      EXPECT_EQ(r.forward.bytes_sent, 0);
-      continue;
+  for (SparseRoute route : {SparseRoute::Direct, SparseRoute::Ring})
+    for (bool causal : {true, false}) {
+      SCOPED_TRACE(std::string(sparse_route_name(route)) + (causal ? " causal" : " full"));
+      AttentionSpec spec;
+      spec.variant = "block_sparse";
+      spec.causal = causal;
+      spec.sparse = pattern("local_window");
+      const auto in = testing::random_inputs(g, DType::F64, 40 + causal);
+      DistributedInputs din;
+      if (rank == 0)
+        din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
+      const auto r = run_distributed(
+          spec, DistConfig{DistMode::BlockSparseRing, Sharding::Contiguous, route}, comm,
+          test_backend(), din, true);
+      if (P == 1) {
+        EXPECT_EQ(r.forward.steps, 1);
+        EXPECT_EQ(r.forward.bytes_sent, 0);
+        continue;
+      }
+      EXPECT_LT(r.forward.bytes_sent, dense_bytes);
+      if (causal) {
+        // Rank r's last block is all that rank r+1 needs; rank P-1 is needed by nobody.
+        EXPECT_EQ(r.forward.steps, 2) << "rotation must stop after one hop";
+        EXPECT_EQ(r.forward.bytes_sent, rank < P - 1 ? block_bytes : 0);
+        EXPECT_EQ(r.forward.hops, rank < P - 1 ? 1 : 0);
+        // Backward: the block goes out once and its dK/dV come straight back from rank r+1
+        // (which is what rank r sends for rank r-1's block).
+        EXPECT_EQ(r.backward.bytes_sent,
+                  (rank < P - 1 ? block_bytes : 0) + (rank >= 1 ? block_bytes : 0));
+        continue;
+      }
+      if (route == SparseRoute::Direct) {
+        // Exactly the neighbours: the last block to rank r+1, the first to rank r-1 (the ends
+        // of the sequence have one neighbour); distances 0, 1 and P-1 only.
+        EXPECT_EQ(r.forward.steps, std::min(P, 3));
+        EXPECT_EQ(r.forward.bytes_sent, ((rank < P - 1) + (rank > 0)) * block_bytes);
+        EXPECT_EQ(r.forward_total.bytes_sent, 2 * (P - 1) * block_bytes);
+      } else {
+        // One-way ring: the first block reaches rank r-1 after P-1 hops, one block per hop;
+        // rank 0's first and rank P-1's last block are needed by nobody. Over all origins:
+        // 1 + (P-1) + (P-2) * P = P (P-1) blocks, against P (P-1) whole shards dense.
+        EXPECT_EQ(r.forward.steps, P);
+        EXPECT_EQ(r.forward_total.bytes_sent, P * (P - 1) * block_bytes);
+      }
     }
-    if (causal) {
-      // Rank r's last block is all that rank r+1 needs; rank P-1 is needed by nobody.
-      EXPECT_EQ(r.forward.steps, 2) << "rotation must stop after one hop";
-      EXPECT_EQ(r.forward.bytes_sent, rank < P - 1 ? block_bytes : 0);
-      EXPECT_EQ(r.forward.hops, rank < P - 1 ? 1 : 0);
-      // Backward: the block goes out once and its dK/dV come straight back from rank r+1
-      // (which is what rank r sends for rank r-1's block).
-      EXPECT_EQ(r.backward.bytes_sent,
-                (rank < P - 1 ? block_bytes : 0) + (rank >= 1 ? block_bytes : 0));
-    } else {
-      // An interior shard's last block goes one hop to rank r+1 and its first block to rank
-      // r-1, which the one-way ring reaches after P-1 hops, one block per hop; rank 0's first
-      // and rank P-1's last block are needed by nobody. Over all origins:
-      // 1 + (P-1) + (P-2) * P = P (P-1) blocks, against P (P-1) whole shards for the dense ring.
-      EXPECT_EQ(r.forward.steps, P);
-      EXPECT_EQ(r.forward_total.bytes_sent, P * (P - 1) * block_bytes);
-    }
-    EXPECT_LT(r.forward.bytes_sent, dense_bytes);
-  }
 }
 
 TEST(SparseRing, BlockSizeMustDivideTheShard) {
