@@ -56,10 +56,14 @@ std::string list(const std::vector<T>& v) {
 
 const char* dist_mode_name(DistMode m) {
   switch (m) {
-    case DistMode::Ring: return "ring";
-    case DistMode::BlockSparseRing: return "block_sparse_ring";
-    case DistMode::Dilated: return "dilated";
-    case DistMode::DataParallel: return "data_parallel";
+    case DistMode::Ring:
+      return "ring";
+    case DistMode::BlockSparseRing:
+      return "block_sparse_ring";
+    case DistMode::Dilated:
+      return "dilated";
+    case DistMode::DataParallel:
+      return "data_parallel";
   }
   return "ring";
 }
@@ -69,8 +73,8 @@ std::vector<std::string> dist_mode_names() {
 }
 
 DistMode parse_dist_mode(const std::string& s, const std::string& arg) {
-  for (DistMode m : {DistMode::Ring, DistMode::BlockSparseRing, DistMode::Dilated,
-                     DistMode::DataParallel})
+  for (DistMode m :
+       {DistMode::Ring, DistMode::BlockSparseRing, DistMode::Dilated, DistMode::DataParallel})
     if (s == dist_mode_name(m)) return m;
   throw InvalidArgument(arg, s.empty() ? "(empty)" : s,
                         "must be one of ring, block_sparse_ring, dilated, data_parallel");
@@ -105,7 +109,8 @@ void validate_distributed(const AttentionSpec& spec_in, const DistConfig& cfg, i
                          sharding_name(cfg.sharding),
                          "distributed dilated attention supports contiguous sharding only");
       break;
-    case DistMode::DataParallel: break;
+    case DistMode::DataParallel:
+      break;
   }
   if (!global) return;
   validate_shape(*global);
@@ -129,9 +134,8 @@ std::string describe_distributed(const AttentionSpec& spec_in, const DistConfig&
   const AttentionSpec s = normalized(spec_in);
   std::ostringstream os;
   os << "mode=" << dist_mode_name(cfg.mode) << " sharding=" << sharding_name(cfg.sharding)
-     << " sparse_route=" << sparse_route_name(cfg.sparse_route)
-     << " variant=" << s.variant << " causal=" << s.causal << " scale=" << exact(s.scale)
-     << " block_size=" << s.block_size;
+     << " sparse_route=" << sparse_route_name(cfg.sparse_route) << " variant=" << s.variant
+     << " causal=" << s.causal << " scale=" << exact(s.scale) << " block_size=" << s.block_size;
   const DilatedConfig& d = s.dilated;
   os << " dilated{segments=" << list(d.segment_lengths) << " rates=" << list(d.dilation_rates)
      << " mode=" << (d.mode == DilatedMode::Groups ? "groups" : "longnet")
@@ -153,8 +157,8 @@ void check_local(const TensorView& q,
                  std::initializer_list<std::pair<const char*, TensorView>> same,
                  const TensorView& lse) {
   for (const auto& [name, t] : same)
-    LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name,
-                       t.shape_string(), "must have the shape of q " + q.shape_string());
+    LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name, t.shape_string(),
+                       "must have the shape of q " + q.shape_string());
   LONGATTN_CHECK_ARG(lse.B == q.B && lse.N == q.N && lse.H == q.H && lse.D == 1, "lse",
                      lse.shape_string(), "must be [B, N, H, 1] of q " + q.shape_string());
   LONGATTN_CHECK_ARG(lse.dtype == DType::F32 || lse.dtype == DType::F64, "lse",
@@ -223,8 +227,8 @@ class RingDistributed final : public SequenceShardedBase {
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
                 const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
-    check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
-                    lse);
+    check_and_agree(
+        q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}, lse);
     counters_ = {};
     ring(q.N).backward(be, comm_, q, k, v, o, lse, d_o, dq, dk, dv, counters_);
   }
@@ -260,8 +264,8 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
                 const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
-    check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
-                    lse);
+    check_and_agree(
+        q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}, lse);
     counters_ = {};
     ring(be, q, k).backward(be, comm_, q, k, v, o, lse, d_o, dq, dk, dv, counters_);
   }
@@ -306,8 +310,7 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
         for (int64_t b = 0; b < B; ++b)
           for (int64_t h = 0; h < H; ++h)
             for (int64_t d = 0; d < D; ++d)
-              (t == 0 ? qm : km)
-                  .set(b, gb, h, d, base[(((t * B + b) * H + h) * nlb + lb) * D + d]);
+              (t == 0 ? qm : km).set(b, gb, h, d, base[(((t * B + b) * H + h) * nlb + lb) * D + d]);
     }
     return block_mean_scores(qm.view(), km.view(), 1);
   }
@@ -317,8 +320,8 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
     std::vector<double> scores;
     if (adaptive()) scores = global_scores(be, q, k);
     if (!ring_ || ring_n_ != N || scores != scores_) {
-      const BlockMask global = sparse_block_mask(spec_.sparse, N, spec_.causal,
-                                                 adaptive() ? &scores : nullptr);
+      const BlockMask global =
+          sparse_block_mask(spec_.sparse, N, spec_.causal, adaptive() ? &scores : nullptr);
       ring_ = std::make_unique<RingAttention>(
           make_sparse_ring_plan(layout(N), comm_.rank(), global, cfg_.sparse_route), spec_);
       ring_n_ = N;
@@ -362,8 +365,8 @@ class DataParallelDistributed final : public DistributedBase {
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
                 const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
-    check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
-                    lse);
+    check_and_agree(
+        q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}, lse);
     counters_ = {};
     counters_.steps = 1;
     variant_->backward(be, q, k, v, o, lse, d_o, dq, dk, dv);
@@ -383,10 +386,12 @@ std::unique_ptr<DistributedAttention> make_distributed_attention(const Attention
       [&] { return describe_distributed(spec_in, cfg); });
   const AttentionSpec spec = normalized(spec_in);
   switch (cfg.mode) {
-    case DistMode::Ring: return std::make_unique<RingDistributed>(spec, cfg, comm);
+    case DistMode::Ring:
+      return std::make_unique<RingDistributed>(spec, cfg, comm);
     case DistMode::BlockSparseRing:
       return std::make_unique<BlockSparseRingDistributed>(spec, cfg, comm);
-    case DistMode::Dilated: return make_distributed_dilated(spec, cfg, comm);
+    case DistMode::Dilated:
+      return make_distributed_dilated(spec, cfg, comm);
     case DistMode::DataParallel:
       return std::make_unique<DataParallelDistributed>(spec, cfg, comm);
   }
@@ -510,18 +515,17 @@ DistributedResult run_distributed(const AttentionSpec& spec, const DistConfig& c
     try {
       const TensorView& q = in.q;
       LONGATTN_CHECK_ARG(q.data != nullptr, "q", "(none)", "rank 0 must hold the full inputs");
-      for (const auto& [name, t] :
-           {std::pair<const char*, TensorView>{"k", in.k}, {"v", in.v}}) {
+      for (const auto& [name, t] : {std::pair<const char*, TensorView>{"k", in.k}, {"v", in.v}}) {
         LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name,
                            t.shape_string(), "must have the shape of q " + q.shape_string());
         LONGATTN_CHECK_ARG(t.dtype == q.dtype, name, dtype_name(t.dtype),
                            std::string("must have the dtype of q ") + dtype_name(q.dtype));
       }
       if (backward)
-        LONGATTN_CHECK_ARG(in.d_o.data && in.d_o.B == q.B && in.d_o.N == q.N &&
-                               in.d_o.H == q.H && in.d_o.D == q.D,
-                           "d_o", in.d_o.data ? in.d_o.shape_string() : "(none)",
-                           "the backward needs d_o of the shape of q " + q.shape_string());
+        LONGATTN_CHECK_ARG(
+            in.d_o.data && in.d_o.B == q.B && in.d_o.N == q.N && in.d_o.H == q.H && in.d_o.D == q.D,
+            "d_o", in.d_o.data ? in.d_o.shape_string() : "(none)",
+            "the backward needs d_o of the shape of q " + q.shape_string());
       hdr = InputHeader{q.B, q.N, q.H, q.D, static_cast<int32_t>(q.dtype), backward ? 1 : 0, 0};
     } catch (const Error&) {
       rejected = std::current_exception();

@@ -46,7 +46,7 @@ DistMode default_dist_mode(const AttentionSpec& spec);
 
 struct DistConfig {
   DistMode mode = DistMode::Ring;
-  Sharding sharding = Sharding::Contiguous;  // sequence modes; ignored by data_parallel
+  Sharding sharding = Sharding::Contiguous;        // sequence modes; ignored by data_parallel
   SparseRoute sparse_route = SparseRoute::Direct;  // block_sparse_ring only (attention/ring.hpp)
 };
 
@@ -79,13 +79,12 @@ class DistributedAttention {
   // CPU). o and lse are overwritten with this rank's rows of the global result (for dilated:
   // the lse of the single-process variant, see attention/dilated.hpp). Collective: every rank
   // calls it with its shard. The first call for a shape compares the shape across ranks.
-  virtual void forward(Backend& be, const TensorView& q, const TensorView& k,
-                       const TensorView& v, const TensorView& o, const TensorView& lse) = 0;
+  virtual void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+                       const TensorView& o, const TensorView& lse) = 0;
   // o and lse from forward (this rank's rows of the global result); dq, dk, dv OVERWRITTEN.
-  virtual void backward(Backend& be, const TensorView& q, const TensorView& k,
-                        const TensorView& v, const TensorView& o, const TensorView& lse,
-                        const TensorView& d_o, const TensorView& dq, const TensorView& dk,
-                        const TensorView& dv) = 0;
+  virtual void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+                        const TensorView& o, const TensorView& lse, const TensorView& d_o,
+                        const TensorView& dq, const TensorView& dk, const TensorView& dv) = 0;
   // What the last forward or backward did on this rank.
   const DistCounters& counters() const { return counters_; }
 
@@ -115,11 +114,11 @@ struct DistributedInputs {
 };
 
 struct DistributedResult {
-  Shape shape;                 // the global shape (every rank)
-  DType dtype = DType::F32;    // of q, k, v, o and the gradients
-  Tensor o, lse, dq, dk, dv;   // full results on rank 0 (lse fp64 for fp64 inputs, else fp32)
-  DistCounters forward, backward;              // this rank
-  DistCounters forward_total, backward_total;  // summed over ranks (steps: the maximum)
+  Shape shape;                     // the global shape (every rank)
+  DType dtype = DType::F32;        // of q, k, v, o and the gradients
+  Tensor o, lse, dq, dk, dv;       // full results on rank 0 (lse fp64 for fp64 inputs, else fp32)
+  DistCounters forward, backward;  // this rank
+  DistCounters forward_total, backward_total;            // summed over ranks (steps: the maximum)
   double forward_seconds = 0.0, backward_seconds = 0.0;  // slowest rank, excluding scatter/gather
   size_t peak_bytes = 0;                                 // this rank's backend peak
 };

@@ -32,7 +32,6 @@ class DistributedBase : public DistributedAttention {
   Communicator& comm_;
 };
 
-
 // Sequence sharding: rank r holds N / P rows of every batch and head.
 class SequenceShardedBase : public DistributedBase {
  public:

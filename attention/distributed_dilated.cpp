@@ -125,8 +125,8 @@ class DilatedDistributed final : public SequenceShardedBase {
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
                 const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
-    check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
-                    lse);
+    check_and_agree(
+        q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}, lse);
     counters_ = {};
     MaskCache masks(be, spec_.block_size, spec_.causal);
     // Several branches add into the same rows: accumulate in fp32 for fp16/bf16 gradients.
@@ -239,8 +239,8 @@ class DilatedDistributed final : public SequenceShardedBase {
     std::vector<PairTensor> theirs;  // by member index (own slot unused)
     CommRequest req;
   };
-  void start_gather(Backend& be, const DilatedBranch& br, const TensorView& k,
-                    const TensorView& v, Gather& g, int64_t row0_global) {
+  void start_gather(Backend& be, const DilatedBranch& br, const TensorView& k, const TensorView& v,
+                    Gather& g, int64_t row0_global) {
     const SegmentRows& s = g.seg;
     const int64_t B = k.B, hc = br.head_count, D = k.D, n = s.count(s.me);
     const int64_t row0 = s.base + s.lo[s.me] * br.rate - row0_global;
@@ -263,7 +263,8 @@ class DilatedDistributed final : public SequenceShardedBase {
     counters_.bytes_sent += others * static_cast<int64_t>(g.mine.bytes(n));
     for (size_t i = 0; i < s.ranks.size(); ++i)
       if (static_cast<int>(i) != s.me)
-        counters_.bytes_received += static_cast<int64_t>(g.mine.bytes(s.count(static_cast<int>(i))));
+        counters_.bytes_received +=
+            static_cast<int64_t>(g.mine.bytes(s.count(static_cast<int>(i))));
   }
   // Waits and lays every member's rows out in dilated order: all.first = K [B, L, hc, D].
   void finish_gather(Backend& be, const DilatedBranch& br, Gather& g, DType dt, int64_t B,
@@ -281,9 +282,9 @@ class DilatedDistributed final : public SequenceShardedBase {
     g.theirs.clear();
   }
 
-  void kernel_forward(Backend& be, const PreparedMask& m, const TensorView& q,
-                      const TensorView& k, const TensorView& v, const TensorView& o,
-                      const TensorView& lse, int64_t q_offset) const {
+  void kernel_forward(Backend& be, const PreparedMask& m, const TensorView& q, const TensorView& k,
+                      const TensorView& v, const TensorView& o, const TensorView& lse,
+                      int64_t q_offset) const {
     AttnFwdParams p;
     p.q = q;
     p.k = k;
@@ -392,10 +393,10 @@ class DilatedDistributed final : public SequenceShardedBase {
     return store.view();
   }
 
-  void backward_branch(Backend& be, MaskCache& masks, const DilatedBranch& br,
-                       const TensorView& q, const TensorView& k, const TensorView& v,
-                       const TensorView& o, const TensorView& lse, const TensorView& d_o,
-                       const TensorView& dq, const TensorView& dk, const TensorView& dv) {
+  void backward_branch(Backend& be, MaskCache& masks, const DilatedBranch& br, const TensorView& q,
+                       const TensorView& k, const TensorView& v, const TensorView& o,
+                       const TensorView& lse, const TensorView& d_o, const TensorView& dq,
+                       const TensorView& dk, const TensorView& dv) {
     std::vector<int64_t> local;
     std::vector<SegmentRows> spanning;
     const int64_t c = q.N, row0_global = comm_.rank() * c;
@@ -427,8 +428,8 @@ class DilatedDistributed final : public SequenceShardedBase {
     });
     // Spanning segments: gradients of the gathered keys are summed at the rows' owners.
     struct Scatter {
-      PairTensor grads;                  // [2B, L, hc, D]: dK, dV of every gathered row
-      std::vector<PairTensor> out, in;   // by member index
+      PairTensor grads;                 // [2B, L, hc, D]: dK, dV of every gathered row
+      std::vector<PairTensor> out, in;  // by member index
       CommRequest req;
     };
     std::vector<Scatter> scatters(gathers.size());
@@ -491,7 +492,6 @@ class DilatedDistributed final : public SequenceShardedBase {
       }
     }
   }
-
 };
 
 }  // namespace

@@ -86,9 +86,8 @@ void DistributedMultihead::backward(Backend& be, const TensorView& x_q, const Te
                                     const TensorView& d_x_q, const TensorView& d_x_k,
                                     const TensorView& d_x_v, MultiheadParams& grads) {
   layer_->backward(be, x_q, x_k, x_v, d_out, d_x_q, d_x_k, d_x_v, grads);
-  sum_over_ranks(comm_, {&grads.w_q, &grads.w_k, &grads.w_v, &grads.w_out, &grads.b_q,
-                         &grads.b_k, &grads.b_v, &grads.b_out, &grads.ln_weight,
-                         &grads.ln_bias});
+  sum_over_ranks(comm_, {&grads.w_q, &grads.w_k, &grads.w_v, &grads.w_out, &grads.b_q, &grads.b_k,
+                         &grads.b_v, &grads.b_out, &grads.ln_weight, &grads.ln_bias});
 }
 
 }  // namespace longattn

@@ -1,5 +1,6 @@
-// Ring plans (dense: full rotation; block-sparse: rows travel only as far as some rank needs
-// them) and the executor that runs a plan with double-buffered K/V and travelling dK/dV.
+// Ring plans (dense: full rotation; block-sparse: only needed blocks move, forwarded along the
+// ring or sent directly) and the executor that runs a plan with double-buffered K/V and dK/dV
+// that travel with them or go straight home.
 #include "attention/ring.hpp"
 
 #include <algorithm>
@@ -62,10 +63,16 @@ class PairBuffer {
  public:
   PairBuffer() = default;
   PairBuffer(Backend& be, DType dtype, int64_t B, int64_t n, int64_t H, int64_t D)
-      : buf_(be, dtype, 2 * B, std::max<int64_t>(n, 1), H, D), B_(B), n_(n), H_(H), D_(D),
-        dtype_(dtype), device_(be.device()) {}
-  bool allocated() const { return buf_.data() != nullptr; }
-  TensorView first(int64_t n) const { return make_view(buf_.data(), dtype_, B_, n, H_, D_, device_); }
+      : buf_(be, dtype, 2 * B, std::max<int64_t>(n, 1), H, D),
+        B_(B),
+        n_(n),
+        H_(H),
+        D_(D),
+        dtype_(dtype),
+        device_(be.device()) {}
+  TensorView first(int64_t n) const {
+    return make_view(buf_.data(), dtype_, B_, n, H_, D_, device_);
+  }
   TensorView second(int64_t n) const {
     return make_view(static_cast<std::byte*>(buf_.data()) + half_bytes(n), dtype_, B_, n, H_, D_,
                      device_);
@@ -103,7 +110,8 @@ void unpack(Backend& be, const PairBuffer& stage, const RowRuns& runs, const Pai
   int64_t pos = 0;
   for (const RowRun& r : runs) {
     const TensorView s1 = stage.first(n).rows(pos, r.len), s2 = stage.second(n).rows(pos, r.len);
-    const TensorView d1 = full.first().rows(r.start, r.len), d2 = full.second().rows(r.start, r.len);
+    const TensorView d1 = full.first().rows(r.start, r.len),
+                     d2 = full.second().rows(r.start, r.len);
     if (add) {
       be.axpy(d1, 1.0, s1);
       be.axpy(d2, 1.0, s2);
@@ -129,16 +137,15 @@ int64_t max_staged_rows(const RingPlan& plan, Pick pick) {
 
 // Outgoing rows of a full-layout pair: the pair itself when every row goes, else packed into
 // `stage`.
-SendSpec outgoing(Backend& be, const PairBuffer& full, const RowRuns& runs,
-                  const PairBuffer& stage, int peer) {
+SendSpec outgoing(Backend& be, const PairBuffer& full, const RowRuns& runs, const PairBuffer& stage,
+                  int peer) {
   if (runs.empty()) return SendSpec{nullptr, 0, peer};
   if (is_full(runs, full.rows())) return SendSpec{full.data(), full.bytes(full.rows()), peer};
   pack(be, full, runs, stage);
   return SendSpec{stage.data(), stage.bytes(total_rows(runs)), peer};
 }
 // Where incoming rows land: the full-layout pair when every row comes, else `stage`.
-RecvSpec incoming(const PairBuffer& full, const RowRuns& runs, const PairBuffer& stage,
-                  int peer) {
+RecvSpec incoming(const PairBuffer& full, const RowRuns& runs, const PairBuffer& stage, int peer) {
   if (runs.empty()) return RecvSpec{nullptr, 0, peer};
   if (is_full(runs, full.rows())) return RecvSpec{full.data(), full.bytes(full.rows()), peer};
   return RecvSpec{stage.data(), stage.bytes(total_rows(runs)), peer};
@@ -163,7 +170,8 @@ class KvBuffers {
     const int S = static_cast<int>(plan.steps.size());
     const bool direct = !plan.steps.empty() && plan.steps[0].send_own;
     const int count = S == 1 ? 1 : (direct && S > 2 ? 3 : 2);
-    for (int i = 0; i < count; ++i) bufs_[i] = PairBuffer(be, k.dtype, k.B, plan.local_rows, k.H, k.D);
+    for (int i = 0; i < count; ++i)
+      bufs_[i] = PairBuffer(be, k.dtype, k.B, plan.local_rows, k.H, k.D);
     be.copy(bufs_[0].first(), k);
     be.copy(bufs_[0].second(), v);
     keep_own_ = direct;
@@ -195,8 +203,8 @@ void check_views(const RingPlan& plan, Communicator& comm, Backend& be, const Te
   LONGATTN_CHECK_ARG(q.N == plan.local_rows, "q", q.shape_string(),
                      "must hold this rank's " + std::to_string(plan.local_rows) + " rows");
   for (const auto& [name, t] : same)
-    LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name,
-                       t.shape_string(), "must have the shape of q " + q.shape_string());
+    LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name, t.shape_string(),
+                       "must have the shape of q " + q.shape_string());
   LONGATTN_CHECK_ARG(lse.B == q.B && lse.N == q.N && lse.H == q.H && lse.D == 1, "lse",
                      lse.shape_string(), "must be [B, N, H, 1] of q " + q.shape_string());
 }
@@ -225,8 +233,8 @@ RingPlan make_dense_ring_plan(const ShardLayout& layout, int rank, int64_t block
     const auto& kp = plan.pieces[st.origin];
     for (size_t i = 0; i < qp.size(); ++i)
       for (size_t j = 0; j < kp.size(); ++j) {
-        BlockMask m = dense_block_mask(MaskGeometry{qp[i].len, kp[j].len, block, block, causal,
-                                                    qp[i].global, kp[j].global});
+        BlockMask m = dense_block_mask(
+            MaskGeometry{qp[i].len, kp[j].len, block, block, causal, qp[i].global, kp[j].global});
         if (m.nnz() > 0)
           st.work.push_back(RingWork{static_cast<int>(i), static_cast<int>(j), std::move(m)});
       }
@@ -251,9 +259,8 @@ RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockM
   LONGATTN_CHECK_ARG(global.block_k == bs && bs > 0, "block mask",
                      std::to_string(global.block_q) + "x" + std::to_string(global.block_k),
                      "must use square positive blocks");
-  LONGATTN_CHECK_ARG(global.num_q_blocks * bs == N && global.num_k_blocks * bs == N,
-                     "block mask", std::to_string(global.num_q_blocks) + " blocks of " +
-                                       std::to_string(bs),
+  LONGATTN_CHECK_ARG(global.num_q_blocks * bs == N && global.num_k_blocks * bs == N, "block mask",
+                     std::to_string(global.num_q_blocks) + " blocks of " + std::to_string(bs),
                      "must cover the sequence length " + std::to_string(N) + " exactly");
   const int64_t piece = plan.pieces[0][0].len;
   LONGATTN_CHECK_ARG(piece % bs == 0, "block_size", bs,
@@ -404,9 +411,11 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
 
   KvBuffers kv(be, plan_, k, v);
   PairBuffer send_stage, recv_stage;
-  if (const int64_t n = max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.send; }))
+  if (const int64_t n =
+          max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.send; }))
     send_stage = PairBuffer(be, q.dtype, B, n, H, D);
-  if (const int64_t n = max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.recv; }))
+  if (const int64_t n =
+          max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.recv; }))
     recv_stage = PairBuffer(be, q.dtype, B, n, H, D);
 
   // Partial results merge into an fp32 accumulator when o is fp16/bf16 (no per-step rounding).
@@ -426,8 +435,8 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
     const RingStep& st = plan_.steps[t];
     CommRequest req;
     if (t + 1 < S) {
-      const SendSpec s = outgoing(be, st.send_own ? kv.own() : kv.current(), st.send, send_stage,
-                                  st.send_peer);
+      const SendSpec s =
+          outgoing(be, st.send_own ? kv.own() : kv.current(), st.send, send_stage, st.send_peer);
       const RecvSpec r = incoming(kv.next(), st.recv, recv_stage, st.recv_peer);
       req = comm.start_exchange({s}, {r}, CommOp{"ring forward K/V", t});
       counters.hops += s.bytes > 0;
@@ -467,8 +476,7 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
 void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& q,
                              const TensorView& k, const TensorView& v, const TensorView& o,
                              const TensorView& lse, const TensorView& d_o, const TensorView& dq,
-                             const TensorView& dk, const TensorView& dv,
-                             DistCounters& counters) {
+                             const TensorView& dk, const TensorView& dv, DistCounters& counters) {
   check_views(plan_, comm, be, q,
               {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
               lse);
@@ -542,8 +550,8 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
     const RingStep& st = plan_.steps[t];
     CommRequest kv_req;
     if (t + 1 < S) {
-      const SendSpec s = outgoing(be, st.send_own ? kv.own() : kv.current(), st.send,
-                                  kv_send_stage, st.send_peer);
+      const SendSpec s =
+          outgoing(be, st.send_own ? kv.own() : kv.current(), st.send, kv_send_stage, st.send_peer);
       const RecvSpec r = incoming(kv.next(), st.recv, kv_recv_stage, st.recv_peer);
       kv_req = comm.start_exchange({s}, {r}, CommOp{"ring backward K/V", t});
       counters.hops += s.bytes > 0;
@@ -601,13 +609,12 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
       std::vector<RecvSpec> recvs;
       if (travelling) {
         sends.push_back(outgoing(be, acc[a], st.send, fwd_send_stage, st.send_peer));
-        if (t + 1 < S)
-          recvs.push_back(incoming(acc[1 - a], st.recv, fwd_recv_stage, st.recv_peer));
+        if (t + 1 < S) recvs.push_back(incoming(acc[1 - a], st.recv, fwd_recv_stage, st.recv_peer));
       }
       sends.push_back(outgoing(be, acc[a], st.retire, retire_stage, st.origin));
       if (!st.home.empty())
-        recvs.push_back(RecvSpec{home_stage.data(), home_stage.bytes(total_rows(st.home)),
-                                 st.home_peer});
+        recvs.push_back(
+            RecvSpec{home_stage.data(), home_stage.bytes(total_rows(st.home)), st.home_peer});
       dkv_req = comm.start_exchange(sends, recvs, CommOp{"ring backward dK/dV", t});
       for (const auto& s : sends) counters.bytes_sent += static_cast<int64_t>(s.bytes);
       for (const auto& r : recvs) counters.bytes_received += static_cast<int64_t>(r.bytes);

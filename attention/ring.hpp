@@ -68,9 +68,9 @@ SparseRoute parse_sparse_route(const std::string& s, const std::string& arg = "s
 
 // One step of this rank. Row sets are in the owning rank's local rows.
 struct RingStep {
-  int origin = 0;               // whose K/V this rank holds during the step
-  int distance = 0;             // (rank - origin) mod P
-  std::vector<RingWork> work;   // empty: nothing to compute here
+  int origin = 0;              // whose K/V this rank holds during the step
+  int distance = 0;            // (rank - origin) mod P
+  std::vector<RingWork> work;  // empty: nothing to compute here
   // K/V exchanged after (overlapping) this step for the next step: `send` rows go to
   // send_peer, `recv` rows of the next origin come from recv_peer. ring: the held buffer is
   // forwarded to rank+1; direct: this rank's own rows go to rank + next distance.

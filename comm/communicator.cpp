@@ -14,9 +14,8 @@ double comm_timeout_from_env() {
   if (!e || !*e) return CommOptions::kDefaultTimeoutSeconds;
   char* end = nullptr;
   const double v = std::strtod(e, &end);
-  LONGATTN_CHECK_ARG(end && *end == '\0' && std::isfinite(v) && v > 0.0,
-                     "LONGATTN_COMM_TIMEOUT", std::string(e),
-                     "must be a positive number of seconds");
+  LONGATTN_CHECK_ARG(end && *end == '\0' && std::isfinite(v) && v > 0.0, "LONGATTN_COMM_TIMEOUT",
+                     std::string(e), "must be a positive number of seconds");
   return v;
 }
 

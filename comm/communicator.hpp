@@ -110,18 +110,16 @@ class Communicator {
   // from `prev`, as one non-blocking group.
   CommRequest start_sendrecv_ring(const void* send_buf, void* recv_buf, size_t bytes, int next,
                                   int prev, CommOp op) {
-    return start_exchange({SendSpec{send_buf, bytes, next}}, {RecvSpec{recv_buf, bytes, prev}},
-                          op);
+    return start_exchange({SendSpec{send_buf, bytes, next}}, {RecvSpec{recv_buf, bytes, prev}}, op);
   }
   void sendrecv_ring(const void* send_buf, void* recv_buf, size_t bytes, int next, int prev,
                      CommOp op) {
     start_sendrecv_ring(send_buf, recv_buf, bytes, next, prev, op).wait();
   }
   // General blocking send-to / receive-from given peers (either side may be zero bytes).
-  void sendrecv(const void* send_buf, size_t send_bytes, int dst, void* recv_buf,
-                size_t recv_bytes, int src, CommOp op) {
-    start_exchange({SendSpec{send_buf, send_bytes, dst}}, {RecvSpec{recv_buf, recv_bytes, src}},
-                   op)
+  void sendrecv(const void* send_buf, size_t send_bytes, int dst, void* recv_buf, size_t recv_bytes,
+                int src, CommOp op) {
+    start_exchange({SendSpec{send_buf, send_bytes, dst}}, {RecvSpec{recv_buf, recv_bytes, src}}, op)
         .wait();
   }
 

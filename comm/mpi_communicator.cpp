@@ -20,7 +20,8 @@ namespace longattn {
 void mpi_check_failed(int code, const char* call, const char* file, int line) {
   char msg[MPI_MAX_ERROR_STRING] = {0};
   int len = 0;
-  if (MPI_Error_string(code, msg, &len) != MPI_SUCCESS) std::snprintf(msg, sizeof(msg), "code %d", code);
+  if (MPI_Error_string(code, msg, &len) != MPI_SUCCESS)
+    std::snprintf(msg, sizeof(msg), "code %d", code);
   throw CommError(format_api_failure("MPI", call, file, line, msg));
 }
 
@@ -48,9 +49,7 @@ class Backoff {
     std::this_thread::sleep_for(waited > std::chrono::seconds(1) ? std::chrono::microseconds(1000)
                                                                  : std::chrono::microseconds(50));
   }
-  double elapsed() const {
-    return std::chrono::duration<double>(Clock::now() - start_).count();
-  }
+  double elapsed() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
 
  private:
   static constexpr int kYieldPolls = 200;
@@ -67,9 +66,12 @@ std::string where(const std::string& name, int step) {
 
 MPI_Op mpi_op(ReduceOp r) {
   switch (r) {
-    case ReduceOp::Sum: return MPI_SUM;
-    case ReduceOp::Max: return MPI_MAX;
-    case ReduceOp::Min: return MPI_MIN;
+    case ReduceOp::Sum:
+      return MPI_SUM;
+    case ReduceOp::Max:
+      return MPI_MAX;
+    case ReduceOp::Min:
+      return MPI_MIN;
   }
   return MPI_SUM;
 }
@@ -189,7 +191,8 @@ void MpiCommunicator::set_timeout_seconds(double seconds) {
 
 void MpiCommunicator::check_usable(CommOp op) const {
   if (broken_)
-    throw CommError("rank " + std::to_string(rank_) + ": " + where(op.name ? op.name : "comm", op.step) +
+    throw CommError("rank " + std::to_string(rank_) + ": " +
+                    where(op.name ? op.name : "comm", op.step) +
                     ": the communicator is unusable after an earlier timeout");
 }
 
@@ -219,8 +222,8 @@ CommRequest MpiCommunicator::start_exchange(const std::vector<SendSpec>& sends,
     for (size_t off = 0; off < s.bytes; off += kMaxMessageBytes) {
       const int n = static_cast<int>(std::min(kMaxMessageBytes, s.bytes - off));
       MPI_Request req;
-      LONGATTN_MPI_CHECK(MPI_Isend(static_cast<const std::byte*>(s.buf) + off, n, MPI_BYTE,
-                                   s.peer, kExchangeTag, comm_, &req));
+      LONGATTN_MPI_CHECK(MPI_Isend(static_cast<const std::byte*>(s.buf) + off, n, MPI_BYTE, s.peer,
+                                   kExchangeTag, comm_, &req));
       pending->add(req, {false, s.peer, s.bytes});
     }
   }
@@ -248,8 +251,7 @@ void MpiCommunicator::wait_collective(MPI_Request& req, CommOp op, const char* w
   }
 }
 
-void MpiCommunicator::allreduce(void* buf, size_t count, DType dtype, ReduceOp reduce,
-                                CommOp op) {
+void MpiCommunicator::allreduce(void* buf, size_t count, DType dtype, ReduceOp reduce, CommOp op) {
   check_usable(op);
   LONGATTN_CHECK_ARG(dtype == DType::F64 || dtype == DType::F32, "allreduce dtype",
                      dtype_name(dtype), "must be fp64 or fp32");

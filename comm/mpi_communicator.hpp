@@ -62,8 +62,8 @@ class MpiCommunicator final : public Communicator {
   double timeout_seconds() const override { return options_.timeout_seconds; }
   void set_timeout_seconds(double seconds) override;
 
-  CommRequest start_exchange(const std::vector<SendSpec>& sends,
-                             const std::vector<RecvSpec>& recvs, CommOp op) override;
+  CommRequest start_exchange(const std::vector<SendSpec>& sends, const std::vector<RecvSpec>& recvs,
+                             CommOp op) override;
   void allreduce(void* buf, size_t count, DType dtype, ReduceOp reduce, CommOp op) override;
   void broadcast(void* buf, size_t bytes, int root, CommOp op) override;
   void barrier(CommOp op) override;

@@ -63,12 +63,11 @@ void check_shard_shapes(const ShardLayout& layout, const TensorView& full,
                         const TensorView& shard) {
   LONGATTN_CHECK_ARG(full.N == layout.seq_len(), "full tensor", full.shape_string(),
                      "must have " + std::to_string(layout.seq_len()) + " rows");
-  LONGATTN_CHECK_ARG(shard.B == full.B && shard.N == layout.local_len() && shard.H == full.H &&
-                         shard.D == full.D,
-                     "shard", shard.shape_string(),
-                     "must be [" + std::to_string(full.B) + ", " +
-                         std::to_string(layout.local_len()) + ", " + std::to_string(full.H) +
-                         ", " + std::to_string(full.D) + "]");
+  LONGATTN_CHECK_ARG(
+      shard.B == full.B && shard.N == layout.local_len() && shard.H == full.H && shard.D == full.D,
+      "shard", shard.shape_string(),
+      "must be [" + std::to_string(full.B) + ", " + std::to_string(layout.local_len()) + ", " +
+          std::to_string(full.H) + ", " + std::to_string(full.D) + "]");
 }
 }  // namespace
 

@@ -35,8 +35,8 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
   }
   void OnTestEnd(const ::testing::TestInfo& info) override {
     if (info.result()->Failed())
-      std::cerr << "[rank " << rank_ << "] FAILED " << info.test_suite_name() << "."
-                << info.name() << std::endl;
+      std::cerr << "[rank " << rank_ << "] FAILED " << info.test_suite_name() << "." << info.name()
+                << std::endl;
   }
 
  private:

@@ -89,8 +89,8 @@ TEST_P(SparseRingVsSingleProcess, ForwardBackwardMatchAndEveryBlockComputedOnce)
 
 std::vector<SparseCase> all_cases() {
   std::vector<SparseCase> v;
-  for (const char* p : {"local_window", "dilated_sparse", "global_local", "hierarchical",
-                        "random", "content_adaptive"})
+  for (const char* p : {"local_window", "dilated_sparse", "global_local", "hierarchical", "random",
+                        "content_adaptive"})
     for (bool causal : {false, true})
       for (Sharding sh : {Sharding::Contiguous, Sharding::Zigzag})
         for (SparseRoute route : {SparseRoute::Direct, SparseRoute::Ring})
@@ -153,11 +153,10 @@ TEST(SparseRing, LocalWindowSendsOnlyWhatNeighboursNeed) {
       spec.sparse = pattern("local_window");
       const auto in = testing::random_inputs(g, DType::F64, 40 + causal);
       DistributedInputs din;
-      if (rank == 0)
-        din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
-      const auto r = run_distributed(
-          spec, DistConfig{DistMode::BlockSparseRing, Sharding::Contiguous, route}, comm,
-          test_backend(), din, true);
+      if (rank == 0) din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
+      const auto r =
+          run_distributed(spec, DistConfig{DistMode::BlockSparseRing, Sharding::Contiguous, route},
+                          comm, test_backend(), din, true);
       if (P == 1) {
         EXPECT_EQ(r.forward.steps, 1);
         EXPECT_EQ(r.forward.bytes_sent, 0);

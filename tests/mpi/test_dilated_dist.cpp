@@ -99,9 +99,9 @@ TEST(DilatedDist, SegmentsInsideShardsNeedNoCommunication) {
   DistributedInputs din;
   if (comm.rank() == 0)
     din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
-  const auto r = run_distributed(dilated_spec(c), DistConfig{DistMode::Dilated,
-                                                             Sharding::Contiguous},
-                                 comm, test_backend(), din, true);
+  const auto r =
+      run_distributed(dilated_spec(c), DistConfig{DistMode::Dilated, Sharding::Contiguous}, comm,
+                      test_backend(), din, true);
   EXPECT_EQ(r.forward_total.bytes_sent, 0);
   EXPECT_EQ(r.backward_total.bytes_sent, 0);
   EXPECT_EQ(r.forward.steps, 2);  // both branches computed here
@@ -117,9 +117,9 @@ TEST(DilatedDist, SpanningSegmentsExchangeOnlyTheirDilatedRows) {
   DistributedInputs din;
   if (comm.rank() == 0)
     din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
-  const auto r = run_distributed(dilated_spec(dc), DistConfig{DistMode::Dilated,
-                                                              Sharding::Contiguous},
-                                 comm, test_backend(), din, true);
+  const auto r =
+      run_distributed(dilated_spec(dc), DistConfig{DistMode::Dilated, Sharding::Contiguous}, comm,
+                      test_backend(), din, true);
   // One branch, offset 0: this rank sends its dilated rows of each spanning segment (K and
   // V) to every other rank holding rows of that segment.
   int64_t expected = 0;

@@ -38,10 +38,16 @@ std::vector<MhCase> cases() {
   return {
       {"dilated", spec_of("dilated", true), {DistMode::Dilated, Sharding::Contiguous}, 2, 48},
       {"ring", spec_of("dense", true), {DistMode::Ring, Sharding::Zigzag}, 2, 48},
-      {"block_sparse_ring", spec_of("block_sparse", false),
-       {DistMode::BlockSparseRing, Sharding::Contiguous}, 2, 48},
-      {"data_parallel", spec_of("dilated", false), {DistMode::DataParallel, Sharding::Contiguous},
-       12, 24},
+      {"block_sparse_ring",
+       spec_of("block_sparse", false),
+       {DistMode::BlockSparseRing, Sharding::Contiguous},
+       2,
+       48},
+      {"data_parallel",
+       spec_of("dilated", false),
+       {DistMode::DataParallel, Sharding::Contiguous},
+       12,
+       24},
   };
 }
 
@@ -64,8 +70,8 @@ TEST(MultiheadDist, EveryModeMatchesTheSingleProcessLayer) {
 
     // Single process, every rank (small).
     MultiheadDilatedAttention single(cfg);
-    Tensor out_ref(DType::F64, c.B, c.N, 1, E), dxq_ref = out_ref.clone(),
-        dxk_ref = out_ref.clone(), dxv_ref = out_ref.clone();
+    Tensor out_ref(DType::F64, c.B, c.N, 1, E),
+        dxq_ref = out_ref.clone(), dxk_ref = out_ref.clone(), dxv_ref = out_ref.clone();
     MultiheadParams g_ref;
     single.forward(be, xq.view(), xk.view(), xv.view(), out_ref.view());
     single.backward(be, xq.view(), xk.view(), xv.view(), dout.view(), dxq_ref.view(),
@@ -79,8 +85,7 @@ TEST(MultiheadDist, EveryModeMatchesTheSingleProcessLayer) {
       return t;
     };
     const Tensor lq = local(xq), lk = local(xk), lv = local(xv), ld = local(dout);
-    Tensor out(DType::F64, l.B, l.N, 1, E), dxq = out.clone(), dxk = out.clone(),
-        dxv = out.clone();
+    Tensor out(DType::F64, l.B, l.N, 1, E), dxq = out.clone(), dxk = out.clone(), dxv = out.clone();
     MultiheadParams g;
     dist.forward(be, lq.view(), lk.view(), lv.view(), out.view());
     dist.backward(be, lq.view(), lk.view(), lv.view(), ld.view(), dxq.view(), dxk.view(),

@@ -25,9 +25,8 @@ struct RingCase {
 };
 
 std::string case_name(const ::testing::TestParamInfo<RingCase>& i) {
-  return std::string(i.param.causal ? "Causal" : "Full") + "_" +
-         sharding_name(i.param.sharding) + "_block" + std::to_string(i.param.block) + "_" +
-         dtype_name(i.param.dtype);
+  return std::string(i.param.causal ? "Causal" : "Full") + "_" + sharding_name(i.param.sharding) +
+         "_block" + std::to_string(i.param.block) + "_" + dtype_name(i.param.dtype);
 }
 
 class RingVsSingleProcess : public ::testing::TestWithParam<RingCase> {};
@@ -45,8 +44,8 @@ TEST_P(RingVsSingleProcess, ForwardAndBackwardMatchAndKVGoesAround) {
   const bool root = comm.rank() == 0;
   DistributedInputs din;
   if (root) din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
-  const DistributedResult r = run_distributed(
-      spec, DistConfig{DistMode::Ring, c.sharding}, comm, test_backend(), din, true);
+  const DistributedResult r = run_distributed(spec, DistConfig{DistMode::Ring, c.sharding}, comm,
+                                              test_backend(), din, true);
 
   const double tol = c.dtype == DType::F64 ? kDistTolerance : 2e-5;
   if (root) {
@@ -58,7 +57,8 @@ TEST_P(RingVsSingleProcess, ForwardAndBackwardMatchAndKVGoesAround) {
     EXPECT_LT(max_abs_diff(r.dv.view(), ref.dv.view()), tol);
   }
   // Every rank's K/V visited every other rank: P steps, P-1 hops of one packed K/V shard each.
-  const int64_t kv_bytes = 2 * g.B * (g.N / P) * g.H * g.D * static_cast<int64_t>(dtype_size(c.dtype));
+  const int64_t kv_bytes =
+      2 * g.B * (g.N / P) * g.H * g.D * static_cast<int64_t>(dtype_size(c.dtype));
   EXPECT_EQ(r.forward.steps, P);
   EXPECT_EQ(r.forward.hops, P - 1);
   EXPECT_EQ(r.forward.bytes_sent, (P - 1) * kv_bytes);
@@ -71,15 +71,14 @@ TEST_P(RingVsSingleProcess, ForwardAndBackwardMatchAndKVGoesAround) {
   EXPECT_GT(r.forward.blocks_computed, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Cases, RingVsSingleProcess,
-    ::testing::Values(RingCase{false, Sharding::Contiguous, 8, DType::F64},
-                      RingCase{true, Sharding::Contiguous, 8, DType::F64},
-                      RingCase{false, Sharding::Zigzag, 4, DType::F64},
-                      RingCase{true, Sharding::Zigzag, 4, DType::F64},
-                      RingCase{true, Sharding::Zigzag, 16, DType::F64},
-                      RingCase{true, Sharding::Contiguous, 5, DType::F32}),
-    case_name);
+INSTANTIATE_TEST_SUITE_P(Cases, RingVsSingleProcess,
+                         ::testing::Values(RingCase{false, Sharding::Contiguous, 8, DType::F64},
+                                           RingCase{true, Sharding::Contiguous, 8, DType::F64},
+                                           RingCase{false, Sharding::Zigzag, 4, DType::F64},
+                                           RingCase{true, Sharding::Zigzag, 4, DType::F64},
+                                           RingCase{true, Sharding::Zigzag, 16, DType::F64},
+                                           RingCase{true, Sharding::Contiguous, 5, DType::F32}),
+                         case_name);
 
 // Causal zigzag balances the work: every rank computes about the same number of blocks,
 // while contiguous gives the last rank the most.
@@ -96,8 +95,8 @@ TEST(Ring, ZigzagBalancesCausalWork) {
   for (Sharding sh : {Sharding::Contiguous, Sharding::Zigzag}) {
     DistributedInputs din;
     if (comm.rank() == 0) din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), {}};
-    const auto r = run_distributed(spec, DistConfig{DistMode::Ring, sh}, comm, test_backend(),
-                                   din, false);
+    const auto r =
+        run_distributed(spec, DistConfig{DistMode::Ring, sh}, comm, test_backend(), din, false);
     comm.allgather_host(&r.forward.blocks_computed, sizeof(int64_t), blocks.data(), CommOp{});
     const auto [mn, mx] = std::minmax_element(blocks.begin(), blocks.end());
     if (sh == Sharding::Zigzag)
@@ -144,16 +143,16 @@ TEST(Ring, InvalidConfigurationsAreRejectedOnEveryRank) {
   AttentionSpec dense;
   AttentionSpec dilated;
   dilated.variant = "dilated";
-  EXPECT_THROW(validate_distributed(dilated, DistConfig{DistMode::Ring, Sharding::Contiguous},
-                                    comm.world()),
-               InvalidArgument);
-  EXPECT_THROW(validate_distributed(dilated, DistConfig{DistMode::Dilated, Sharding::Zigzag},
-                                    comm.world()),
-               InvalidArgument);
+  EXPECT_THROW(
+      validate_distributed(dilated, DistConfig{DistMode::Ring, Sharding::Contiguous}, comm.world()),
+      InvalidArgument);
+  EXPECT_THROW(
+      validate_distributed(dilated, DistConfig{DistMode::Dilated, Sharding::Zigzag}, comm.world()),
+      InvalidArgument);
   const Shape odd{1, 2 * comm.world() + 1, 1, 4};
-  EXPECT_THROW(validate_distributed(dense, DistConfig{DistMode::Ring, Sharding::Zigzag},
-                                    comm.world(), &odd),
-               InvalidArgument);
+  EXPECT_THROW(
+      validate_distributed(dense, DistConfig{DistMode::Ring, Sharding::Zigzag}, comm.world(), &odd),
+      InvalidArgument);
   EXPECT_THROW(parse_dist_mode("allgather"), InvalidArgument);
   EXPECT_EQ(parse_dist_mode("block_sparse_ring"), DistMode::BlockSparseRing);
   // run_distributed validates rank 0's shape on every rank: all fail together.

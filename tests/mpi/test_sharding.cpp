@@ -54,8 +54,7 @@ TEST(Sharding, ExtractInsertRoundTrip) {
     for (int r = 0; r < 3; ++r) {
       Tensor shard(DType::F32, 2, 8, 3, 4);  // dtype converted on the way
       extract_shard(l, r, full.view(), shard.view());
-      EXPECT_EQ(shard.at(1, 0, 2, 3),
-                static_cast<float>(full.at(1, l.global_row(r, 0), 2, 3)));
+      EXPECT_EQ(shard.at(1, 0, 2, 3), static_cast<float>(full.at(1, l.global_row(r, 0), 2, 3)));
       insert_shard(l, r, shard.view(), back.view());
     }
     EXPECT_LT(compare(back.view(), full.view()).max_abs, 1e-6);
@@ -68,8 +67,7 @@ TEST(Sharding, DivisibilityErrorsNameTheRule) {
     FAIL() << "accepted N=10 over 4 ranks";
   } catch (const InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("seq_len = 10"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("divisible by the number of ranks (4)"),
-              std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("divisible by the number of ranks (4)"), std::string::npos)
         << e.what();
   }
   try {
