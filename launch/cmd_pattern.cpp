@@ -47,8 +47,8 @@ nlohmann::json resolved_json(const SparseConfig& c) {
 int cmd_pattern(const Args& args, const ProcessGroup& mpi) {
   AttentionArgs a;
   PatternArgs p;
-  po::options_description desc;
-  po::options_description mask_opts("Mask");
+  po::options_description desc(kHelpWidth);
+  po::options_description mask_opts("Mask", kHelpWidth);
   mask_opts.add_options()
       ("seq-len,n", po::value<int64_t>(&p.seq_len)->default_value(4096), "sequence length N")
       ("causal", po::bool_switch(&p.causal), "drop blocks entirely in the future")

@@ -96,8 +96,8 @@ int cmd_run(const Args& args, const ProcessGroup& mpi) {
   RunArgs r;
   DeviceArgs dev;
   DistArgs d;
-  po::options_description desc;
-  po::options_description io("Inputs and outputs");
+  po::options_description desc(kHelpWidth);
+  po::options_description io("Inputs and outputs", kHelpWidth);
   io.add_options()
       ("q", po::value<std::string>(&r.q), "Q as .npy [B, N, H, D] (with --k and --v; "
                                          "default: random from --seed)")

@@ -442,8 +442,8 @@ int cmd_verify(const Args& args, const ProcessGroup& mpi) {
   VerifyArgs v;
   DeviceArgs dev;
   DistArgs d;
-  po::options_description desc;
-  po::options_description own("Verify");
+  po::options_description desc(kHelpWidth);
+  po::options_description own("Verify", kHelpWidth);
   own.add_options()
       ("all", po::bool_switch(&v.all),
        "every variant (dense, dilated groups and longnet), every block-sparse pattern and "

@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "launch/options.hpp"
 #include "runtime/error.hpp"
 #include "runtime/parallel.hpp"
 #include "runtime/sharding.hpp"
@@ -18,7 +19,7 @@ namespace longattn::cli {
 namespace po = boost::program_options;
 
 po::options_description device_options(DeviceArgs& a) {
-  po::options_description o("Device");
+  po::options_description o("Device", kHelpWidth);
   o.add_options()
       ("device", po::value<std::string>(&a.device)->default_value("cpu"),
        "cpu (the fp64-accumulating reference backend) or cuda")
@@ -30,7 +31,7 @@ po::options_description device_options(DeviceArgs& a) {
 }
 
 po::options_description dist_options(DistArgs& a) {
-  po::options_description o("Distributed (under mpirun)");
+  po::options_description o("Distributed (under mpirun)", kHelpWidth);
   o.add_options()
       ("dist", po::value<std::string>(&a.dist),
        "ring | block_sparse_ring | dilated | data_parallel (default: the variant's sequence-"

@@ -120,7 +120,7 @@ po::options_description shape_options(AttentionArgs& a, const ArgDefaults& d) {
   a.heads = d.heads;
   a.head_dim = d.head_dim;
   a.dtype = d.dtype;
-  po::options_description o("Problem");
+  po::options_description o("Problem", kHelpWidth);
   o.add_options()
       ("batch,b", po::value<int64_t>(&a.batch)->default_value(d.batch), "batch size B")
       ("seq-len,n", po::value<int64_t>(&a.seq_len)->default_value(d.seq_len),
@@ -139,7 +139,7 @@ po::options_description shape_options(AttentionArgs& a, const ArgDefaults& d) {
 }
 
 po::options_description sparse_options(AttentionArgs& a) {
-  po::options_description o("Block-sparse (--variant block_sparse)");
+  po::options_description o("Block-sparse (--variant block_sparse)", kHelpWidth);
   o.add_options()
       ("pattern", po::value<std::string>(&a.pattern),
        "local_window | dilated_sparse | global_local | hierarchical | random | content_adaptive "
@@ -166,7 +166,7 @@ po::options_description sparse_options(AttentionArgs& a) {
 }
 
 po::options_description variant_options(AttentionArgs& a) {
-  po::options_description o("Variant");
+  po::options_description o("Variant", kHelpWidth);
   o.add_options()
       ("variant,v", po::value<std::string>(&a.variant)->default_value("dense"),
        "dense | dilated | block_sparse (or block_sparse:<preset>)")
@@ -174,7 +174,7 @@ po::options_description variant_options(AttentionArgs& a) {
        "dilated mode: groups (heads split among the pairs) or longnet (every pair on all "
        "heads, combined by their log-sum-exp)")
       ("segment-lengths", po::value<std::vector<std::string>>(&a.segment_lengths)->multitoken(),
-       "dilated segment lengths, e.g. 2048,4096,8192 (default; N/4,N/2,N when N < 8192)")
+       "dilated segment lengths (default 2048,4096,8192; N/4,N/2,N when N < 8192)")
       ("dilation-rates", po::value<std::vector<std::string>>(&a.dilation_rates)->multitoken(),
        "dilated: one rate per segment length (default 1,2,4); block_sparse dilated_sparse: "
        "block offsets")

@@ -15,6 +15,9 @@ namespace longattn::cli {
 
 namespace po = boost::program_options;
 
+// Width of --help text.
+constexpr unsigned kHelpWidth = 100;
+
 // Exit codes of the longattn command.
 enum ExitCode : int {
   kExitOk = 0,
