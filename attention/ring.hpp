@@ -25,10 +25,14 @@ namespace longattn {
 
 // What one call of a distributed variant did on this rank.
 struct DistCounters {
-  int64_t steps = 0;            // ring steps run (1: no rotation); dilated: branches run
-  int64_t hops = 0;             // K/V messages this rank sent to its ring successor
-  int64_t blocks_computed = 0;  // (query block, key block) pairs of the masks computed here
-  int64_t bytes_sent = 0;       // every payload byte this rank sent (K/V, dK/dV, gathers)
+  // Ring steps run (1: no rotation); dilated: branches with rows on this rank.
+  int64_t steps = 0;
+  // K/V messages this rank sent: ring, to its successor (direct route: to the rank at the
+  // step's distance); dilated, to the other members of the segments spanning its shard.
+  int64_t hops = 0;
+  // (query block, key block) pairs of the masks computed here (not multiplied by B or H).
+  int64_t blocks_computed = 0;
+  int64_t bytes_sent = 0;  // every payload byte this rank sent (K/V, dK/dV, gathers)
   int64_t bytes_received = 0;
   DistCounters& operator+=(const DistCounters& o) {
     steps += o.steps;
