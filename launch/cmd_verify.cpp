@@ -4,6 +4,8 @@
 // (run_distributed) and the comparisons are spread over the ranks; rank 0 prints one table.
 // Tolerance (STYLE.md): max |ours - fp64 ref| <= 2 * max |same-precision naive - fp64 ref|
 // + floor * max(1, max |ref|), floor 1e-12 (fp64), 2e-5 (fp32), 1e-6 (fp16/bf16).
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -103,6 +105,13 @@ nlohmann::json row_header(const Case& c, int ranks) {
   row["B"] = c.shape.B;
   row["N"] = c.shape.N;
   return row;
+}
+
+// "[verify] 12/76 cases" on rank 0's terminal (not into logs and pipes).
+void progress(const ProcessGroup& g, size_t done, size_t total) {
+  if (g.rank() != 0 || !isatty(STDERR_FILENO)) return;
+  std::cerr << "\r[verify] " << done << "/" << total << " cases" << (done == total ? "\n" : "")
+            << std::flush;
 }
 
 // Compares outputs of case c (computed on inputs `in`) with the reference; fills row.
@@ -259,6 +268,7 @@ std::vector<nlohmann::json> run_distributed_cases(const std::vector<Case>& cases
       }
       if (g.rank() == owner) pending = Pending{&c, std::move(row), std::move(res), ran, bwd};
     }
+    progress(g, end, cases.size());
     if (!pending) continue;
     if (pending->compare) {
       try {
@@ -505,7 +515,10 @@ int cmd_verify(const Args& args, const ProcessGroup& mpi) {
   if (distributed) {
     mine = run_distributed_cases(cases, mpi, a.seed, backward, *be, threads);
   } else {
-    for (const Case& c : cases) mine.push_back(run_single(c, a.seed, backward, *be, threads));
+    for (const Case& c : cases) {
+      mine.push_back(run_single(c, a.seed, backward, *be, threads));
+      progress(mpi, mine.size(), cases.size());
+    }
   }
 
   const std::vector<std::string> gathered = mpi.gather(nlohmann::json(mine).dump());
