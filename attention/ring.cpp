@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
+#include <string>
 
 #include "runtime/error.hpp"
 
@@ -56,30 +58,56 @@ RingPlan plan_skeleton(const ShardLayout& layout, int rank) {
   return plan;
 }
 
-// Two [B, n, H, D] tensors in one allocation, the first (K or dK) then the second (V or dV),
-// so one message moves both. Views of n <= capacity rows are laid out compactly from the
-// start; at full capacity they are the full-layout tensors.
+// Device buffers kept across calls: a named slot is reallocated only when the backend, dtype or
+// shape changes, so repeated calls (training steps, benchmark repeats) allocate nothing.
+class BufferCache {
+ public:
+  const DeviceTensor& get(const std::string& slot, Backend& be, DType dtype, int64_t B, int64_t N,
+                          int64_t H, int64_t D) {
+    Entry& e = slots_[slot];
+    if (e.be != &be || e.dtype != dtype || e.B != B || e.N != N || e.H != H || e.D != D) {
+      e.t = DeviceTensor();  // the old buffer goes before the new one is taken
+      e.t = DeviceTensor(be, dtype, B, N, H, D);
+      e.be = &be;
+      e.dtype = dtype;
+      e.B = B, e.N = N, e.H = H, e.D = D;
+    }
+    return e.t;
+  }
+
+ private:
+  struct Entry {
+    Backend* be = nullptr;
+    DType dtype = DType::F32;
+    int64_t B = 0, N = 0, H = 0, D = 0;
+    DeviceTensor t;
+  };
+  std::map<std::string, Entry> slots_;
+};
+
+// Two [B, n, H, D] tensors in one buffer (a cache slot), the first (K or dK) then the second
+// (V or dV), so one message moves both. Views of n <= capacity rows are laid out compactly from
+// the start; at full capacity they are the full-layout tensors.
 class PairBuffer {
  public:
   PairBuffer() = default;
-  PairBuffer(Backend& be, DType dtype, int64_t B, int64_t n, int64_t H, int64_t D)
-      : buf_(be, dtype, 2 * B, std::max<int64_t>(n, 1), H, D),
+  PairBuffer(BufferCache& cache, const std::string& slot, Backend& be, DType dtype, int64_t B,
+             int64_t n, int64_t H, int64_t D)
+      : data_(cache.get(slot, be, dtype, 2 * B, std::max<int64_t>(n, 1), H, D).data()),
         B_(B),
         n_(n),
         H_(H),
         D_(D),
         dtype_(dtype),
         device_(be.device()) {}
-  TensorView first(int64_t n) const {
-    return make_view(buf_.data(), dtype_, B_, n, H_, D_, device_);
-  }
+  TensorView first(int64_t n) const { return make_view(data_, dtype_, B_, n, H_, D_, device_); }
   TensorView second(int64_t n) const {
-    return make_view(static_cast<std::byte*>(buf_.data()) + half_bytes(n), dtype_, B_, n, H_, D_,
+    return make_view(static_cast<std::byte*>(data_) + half_bytes(n), dtype_, B_, n, H_, D_,
                      device_);
   }
   TensorView first() const { return first(n_); }
   TensorView second() const { return second(n_); }
-  void* data() const { return buf_.data(); }
+  void* data() const { return data_; }
   size_t bytes(int64_t n) const { return 2 * half_bytes(n); }
   int64_t rows() const { return n_; }
 
@@ -87,7 +115,7 @@ class PairBuffer {
   size_t half_bytes(int64_t n) const {
     return static_cast<size_t>(B_ * n * H_ * D_) * dtype_size(dtype_);
   }
-  DeviceTensor buf_;
+  void* data_ = nullptr;
   int64_t B_ = 0, n_ = 0, H_ = 0, D_ = 0;
   DType dtype_ = DType::F32;
   DeviceKind device_ = DeviceKind::Cpu;
@@ -166,12 +194,14 @@ void land(Backend& be, const PairBuffer& stage, const RowRuns& runs, const PairB
 // visitor buffers alternate.
 class KvBuffers {
  public:
-  KvBuffers(Backend& be, const RingPlan& plan, const TensorView& k, const TensorView& v) {
+  KvBuffers(BufferCache& cache, Backend& be, const RingPlan& plan, const TensorView& k,
+            const TensorView& v) {
     const int S = static_cast<int>(plan.steps.size());
     const bool direct = !plan.steps.empty() && plan.steps[0].send_own;
     const int count = S == 1 ? 1 : (direct && S > 2 ? 3 : 2);
     for (int i = 0; i < count; ++i)
-      bufs_[i] = PairBuffer(be, k.dtype, k.B, plan.local_rows, k.H, k.D);
+      bufs_[i] = PairBuffer(cache, "kv" + std::to_string(i), be, k.dtype, k.B, plan.local_rows,
+                            k.H, k.D);
     be.copy(bufs_[0].first(), k);
     be.copy(bufs_[0].second(), v);
     keep_own_ = direct;
@@ -385,9 +415,18 @@ struct RingAttention::Masks {
   std::vector<std::vector<std::unique_ptr<PreparedMask>>> fwd, bwd;
 };
 
+struct RingAttention::Workspace {
+  BufferCache cache;
+};
+
 RingAttention::RingAttention(RingPlan plan, const AttentionSpec& spec)
     : plan_(std::move(plan)), spec_(spec) {}
 RingAttention::~RingAttention() = default;
+
+RingAttention::Workspace& RingAttention::workspace() {
+  if (!workspace_) workspace_ = std::make_unique<Workspace>();
+  return *workspace_;
+}
 
 RingAttention::Masks& RingAttention::masks(Backend& be) {
   if (masks_ && masks_->be == &be) return *masks_;
@@ -408,27 +447,25 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
   const int64_t B = q.B, Nl = plan_.local_rows, H = q.H, D = q.D;
   const int S = static_cast<int>(plan_.steps.size());
   Masks& pm = masks(be);
+  BufferCache& cache = workspace().cache;
 
-  KvBuffers kv(be, plan_, k, v);
+  KvBuffers kv(cache, be, plan_, k, v);
   PairBuffer send_stage, recv_stage;
   if (const int64_t n =
           max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.send; }))
-    send_stage = PairBuffer(be, q.dtype, B, n, H, D);
+    send_stage = PairBuffer(cache, "kv_send_stage", be, q.dtype, B, n, H, D);
   if (const int64_t n =
           max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.recv; }))
-    recv_stage = PairBuffer(be, q.dtype, B, n, H, D);
+    recv_stage = PairBuffer(cache, "kv_recv_stage", be, q.dtype, B, n, H, D);
 
   // Partial results merge into an fp32 accumulator when o is fp16/bf16 (no per-step rounding).
-  DeviceTensor acc_buf;
   TensorView acc = o;
-  if (is_half(o.dtype)) {
-    acc_buf = DeviceTensor(be, DType::F32, B, Nl, H, D);
-    acc = acc_buf.view();
-  }
+  if (is_half(o.dtype)) acc = cache.get("o_acc", be, DType::F32, B, Nl, H, D).view();
   be.fill(acc, 0.0);
   be.fill(lse, kNegInf);
   const int64_t pl = max_piece_len(plan_);
-  DeviceTensor o_part(be, o.dtype, B, pl, H, D), l_part(be, lse.dtype, B, pl, H, 1);
+  const DeviceTensor& o_part = cache.get("o_part", be, o.dtype, B, pl, H, D);
+  const DeviceTensor& l_part = cache.get("lse_part", be, lse.dtype, B, pl, H, 1);
 
   const auto& my_pieces = plan_.pieces[plan_.rank];
   for (int t = 0; t < S; ++t) {
@@ -470,7 +507,7 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
     }
   }
   counters.steps += S;
-  if (acc_buf.data()) be.copy(o, acc);
+  if (acc.data != o.data) be.copy(o, acc);
 }
 
 void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& q,
@@ -484,28 +521,30 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
   const int S = static_cast<int>(plan_.steps.size());
   const int rank = plan_.rank;
   Masks& pm = masks(be);
+  // The transposed masks of the dK/dV pass, prepared before the loop (preparing one copies it
+  // to the device and waits).
+  for (size_t t = 0; t < plan_.steps.size(); ++t)
+    for (size_t w = 0; w < plan_.steps[t].work.size(); ++w)
+      if (!pm.bwd[t][w]) pm.bwd[t][w] = be.prepare_mask(plan_.steps[t].work[w].mask.transpose());
+  BufferCache& cache = workspace().cache;
   // Gradients accumulate over steps in fp32 when the inputs are fp16/bf16.
   const DType gd = is_half(dq.dtype) ? DType::F32 : dq.dtype;
   auto pick_send = [](const RingStep& s) -> const RowRuns& { return s.send; };
   auto pick_recv = [](const RingStep& s) -> const RowRuns& { return s.recv; };
   auto pick_retire = [](const RingStep& s) -> const RowRuns& { return s.retire; };
 
-  KvBuffers kv(be, plan_, k, v);
+  KvBuffers kv(cache, be, plan_, k, v);
   PairBuffer kv_send_stage, kv_recv_stage;
   if (const int64_t n = max_staged_rows(plan_, pick_send))
-    kv_send_stage = PairBuffer(be, q.dtype, B, n, H, D);
+    kv_send_stage = PairBuffer(cache, "kv_send_stage", be, q.dtype, B, n, H, D);
   if (const int64_t n = max_staged_rows(plan_, pick_recv))
-    kv_recv_stage = PairBuffer(be, q.dtype, B, n, H, D);
+    kv_recv_stage = PairBuffer(cache, "kv_recv_stage", be, q.dtype, B, n, H, D);
 
-  DeviceTensor dq_buf;
   TensorView dq_acc = dq;
-  if (gd != dq.dtype) {
-    dq_buf = DeviceTensor(be, gd, B, Nl, H, D);
-    dq_acc = dq_buf.view();
-  }
+  if (gd != dq.dtype) dq_acc = cache.get("dq_acc", be, gd, B, Nl, H, D).view();
   be.fill(dq_acc, 0.0);
   // home: this rank's own dK/dV (its step-0 contribution plus every accumulator that returns).
-  PairBuffer home(be, gd, B, Nl, H, D);
+  PairBuffer home(cache, "dkv_home", be, gd, B, Nl, H, D);
   be.fill(home.first(), 0.0);
   be.fill(home.second(), 0.0);
   // acc[a]: the visiting origin's dK/dV (ring: the travelling accumulator; direct: this
@@ -514,24 +553,24 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
   const bool travelling = plan_.travelling_grads;
   PairBuffer acc[2], part, fwd_send_stage, fwd_recv_stage, retire_stage, home_stage;
   if (S > 1) {
-    for (auto& a : acc) {
-      a = PairBuffer(be, gd, B, Nl, H, D);
-      be.fill(a.first(), 0.0);
-      be.fill(a.second(), 0.0);
+    for (int i = 0; i < 2; ++i) {
+      acc[i] = PairBuffer(cache, "dkv_acc" + std::to_string(i), be, gd, B, Nl, H, D);
+      be.fill(acc[i].first(), 0.0);
+      be.fill(acc[i].second(), 0.0);
     }
     if (travelling) {
-      part = PairBuffer(be, gd, B, Nl, H, D);
+      part = PairBuffer(cache, "dkv_part", be, gd, B, Nl, H, D);
       if (const int64_t n = max_staged_rows(plan_, pick_send))
-        fwd_send_stage = PairBuffer(be, gd, B, n, H, D);
+        fwd_send_stage = PairBuffer(cache, "dkv_send_stage", be, gd, B, n, H, D);
       if (const int64_t n = max_staged_rows(plan_, pick_recv))
-        fwd_recv_stage = PairBuffer(be, gd, B, n, H, D);
+        fwd_recv_stage = PairBuffer(cache, "dkv_recv_stage", be, gd, B, n, H, D);
     }
     if (const int64_t n = max_staged_rows(plan_, pick_retire))
-      retire_stage = PairBuffer(be, gd, B, n, H, D);
+      retire_stage = PairBuffer(cache, "dkv_retire_stage", be, gd, B, n, H, D);
     // Returning accumulators are added into `home`, so they always land in a buffer first.
     int64_t hn = 0;
     for (const RingStep& s : plan_.steps) hn = std::max(hn, total_rows(s.home));
-    if (hn > 0) home_stage = PairBuffer(be, gd, B, hn, H, D);
+    if (hn > 0) home_stage = PairBuffer(cache, "dkv_home_stage", be, gd, B, hn, H, D);
   }
 
   const auto& my_pieces = plan_.pieces[rank];
@@ -576,7 +615,6 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
       const RingWork& work = st.work[w];
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
-      if (!pm.bwd[t][w]) pm.bwd[t][w] = be.prepare_mask(work.mask.transpose());
       AttnBwdParams p;
       p.q = q.rows(qp.local, qp.len);
       p.k = kv.current().first().rows(kpc.local, kpc.len);
@@ -628,7 +666,7 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
   }
   if (S >= 2) finish_dkv(S - 1);
   counters.steps += S;
-  if (dq_buf.data()) be.copy(dq, dq_acc);
+  if (dq_acc.data != dq.data) be.copy(dq, dq_acc);
   be.copy(dk, home.first());
   be.copy(dv, home.second());
 }

@@ -111,6 +111,9 @@ RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockM
 // Runs a plan. Views are this rank's shards [B, N/P, H, D] on the backend; lse is [B, N/P, H, 1]
 // fp32 (fp64 on the CPU). spec.scale and spec.causal are used. The communicator must move the
 // backend's memory (buffer_device() == be.device()). Counters are added to `counters`.
+// Device masks and the K/V, dK/dV and staging buffers are made once and kept across calls of
+// the same backend, dtype and shape, so the step loop allocates, frees and waits for nothing
+// but the exchanges (on a GPU: no host synchronisation inside the ring).
 class RingAttention {
  public:
   RingAttention(RingPlan plan, const AttentionSpec& spec);
@@ -128,10 +131,13 @@ class RingAttention {
 
  private:
   struct Masks;
+  struct Workspace;
   Masks& masks(Backend& be);
+  Workspace& workspace();
   RingPlan plan_;
   AttentionSpec spec_;
   std::unique_ptr<Masks> masks_;
+  std::unique_ptr<Workspace> workspace_;
 };
 
 }  // namespace longattn
