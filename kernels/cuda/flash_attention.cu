@@ -258,6 +258,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
   }
   // Atomics need an fp32 dq; the fp32-input path always uses its query-stationary dQ pass.
   const bool atomic_dq = !p.deterministic && p.dq.dtype == DType::F32 && dt != DType::F32;
+  a.dq_pair = atomic_dq && allows_pair(p.dq);  // float2 atomics on 8-byte aligned pairs
   try {
     switch (p.q.D) {
       case 32: dispatch_bwd<32>(a, dt, atomic_dq, stream); break;

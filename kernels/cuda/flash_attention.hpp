@@ -33,9 +33,11 @@ void flash_forward(const AttnFwdParams& p, cudaStream_t stream);
 // p.mask_t (the transpose of p.mask, by key block) must be given: the dK/dV pass is
 // key-block-stationary. delta = rowsum(dO * O) is read from p.delta when given, else computed
 // into device scratch taken with cudaMallocAsync/cudaFreeAsync on `stream`.
-// dQ: fp32 atomicAdd from the dK/dV pass when dq is fp32 and p.deterministic is false;
-// otherwise (p.deterministic, or dq not fp32) a separate query-stationary pass with no atomics,
-// whose results are bitwise reproducible. Asynchronous on `stream`.
+// dQ: fp32 atomics (8-byte float2 reductions where dq is aligned) from the dK/dV pass when
+// p.deterministic is false, dq is fp32, the inputs are fp16/bf16, head_dim <= 128 and the key
+// blocks are multiples of 128 (128-key CTAs); otherwise a separate query-stationary pass with no
+// atomics, bitwise reproducible run to run (fp32 inputs always take it). Asynchronous on
+// `stream`.
 void flash_backward(const AttnBwdParams& p, cudaStream_t stream);
 
 }  // namespace longattn::cuda

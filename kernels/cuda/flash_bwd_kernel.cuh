@@ -8,55 +8,65 @@
 
 namespace longattn::cuda::flash {
 
-template <typename T, int D>
+template <typename T, int D, int NW = 4>
 struct BwdTraits {
-  static constexpr int kWarps = 4;
+  static constexpr int kWarps = NW;
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kBlockN = 64;  // keys per CTA (16 per warp) in the dK/dV pass
-  static constexpr int kBlockM = 64;  // queries per step (and per CTA in the dQ pass)
+  static constexpr int kBlockN = 16 * kWarps;  // keys per CTA (16 per warp) in the dK/dV pass
+  static constexpr int kBlockM = 64;           // queries per step (and per CTA in the dQ pass)
   static constexpr int kStride = D + 8;
   static constexpr int kDSStride = kBlockM + 8;
-  static constexpr int kTile = kBlockM * kStride;  // elements of one 64-row tile
-  static constexpr int kDQChunk = D < 64 ? D : 64;  // dQ columns per accumulation round
-  // dK/dV pass: K, V, two buffers of Q and dO, dS^T; then fp32 lse*log2(e) and delta x 2.
+  static constexpr int kTile = kBlockM * kStride;   // elements of one 64-row tile
+  static constexpr int kKTile = kBlockN * kStride;  // elements of the K (or V) tile
+  // dQ of the dK/dV pass: kWarps / 4 warps share each 16-query group, splitting D.
+  static constexpr int kDQSplit = kWarps / 4;
+  static constexpr int kDQCols = D / kDQSplit;
+  static constexpr int kDQChunk = kDQCols < 64 ? kDQCols : 64;  // columns per accumulation round
+  // dK/dV pass: K, V, two buffers of Q and dO, dS^T; then fp32 lse and delta x 2.
   static constexpr int kDkdvSmem =
-      (6 * kTile + kBlockN * kDSStride) * static_cast<int>(sizeof(T)) + 4 * kBlockM * 4;
+      (2 * kKTile + 4 * kTile + kBlockN * kDSStride) * static_cast<int>(sizeof(T)) +
+      4 * kBlockM * 4;
   // dQ pass: Q, dO, two buffers of K and V.
   static constexpr int kDqSmem = 6 * kTile * static_cast<int>(sizeof(T));
 };
 
-// Loads the per-query values of a 64-row tile: lse2 = lse * log2(e) (+inf for rows past Nq or
-// rows that saw nothing, so that p = 2^(s - lse2) = 0 there) and delta (0 past Nq).
+// Starts the copy of the per-query values of a 64-row tile into smem: raw lse (converted by
+// lse2_of at use) and delta; rows past Nq get lse = +inf (so p = 0 there) and delta = 0.
 __device__ __forceinline__ void load_row_stats(const BwdArgs& a, int b, int h, int q0, float* s_l,
                                                float* s_d, int tid) {
   if (tid < 64) {
     const int i = q0 + tid;
-    float l2 = kPosInf, dl = 0.f;
     if (i < a.Nq) {
-      const float l = static_cast<const float*>(
-          a.lse.data)[b * a.lse.sb + static_cast<int64_t>(i) * a.lse.sn + h * a.lse.sh];
-      l2 = l == kNegInf ? kPosInf : l * kLog2e;
-      dl = static_cast<const float*>(
-          a.delta.data)[b * a.delta.sb + static_cast<int64_t>(i) * a.delta.sn + h * a.delta.sh];
+      cp_async4(s_l + tid, static_cast<const float*>(a.lse.data) + b * a.lse.sb +
+                               static_cast<int64_t>(i) * a.lse.sn + h * a.lse.sh);
+      cp_async4(s_d + tid, static_cast<const float*>(a.delta.data) + b * a.delta.sb +
+                               static_cast<int64_t>(i) * a.delta.sn + h * a.delta.sh);
+    } else {
+      s_l[tid] = kPosInf;
+      s_d[tid] = 0.f;
     }
-    s_l[tid] = l2;
-    s_d[tid] = dl;
   }
+}
+
+// lse in the exp2 domain; a row that saw nothing (lse = -inf) gets +inf so that
+// p = 2^(s - lse2) = 0 instead of inf.
+__device__ __forceinline__ float lse2_of(float lse) {
+  return lse == kNegInf ? kPosInf : lse * kLog2e;
 }
 
 // Key-stationary pass. Warp w owns keys k0 + 16w .. +15 and, per listed query tile, computes
 //   S^T = K Q^T,  P^T = 2^(scale log2(e) S^T - lse2),  dP^T = V dO^T,  dS^T = P^T o (dP^T - delta)
 //   dV += P^T dO,  dK += scale dS^T Q,  and (kDQAtomic) dQ += scale dS K via fp32 atomicAdd.
 // kDV / kDK select the accumulators (head dim 256 runs a dV pass and a dK pass).
-template <typename T, int D, bool kDV, bool kDK, bool kDQAtomic>
-__global__ void __launch_bounds__(128) flash_bwd_dkdv_kernel(const BwdArgs a) {
-  using Tr = BwdTraits<T, D>;
+template <typename T, int D, int NW, bool kDV, bool kDK, bool kDQAtomic>
+__global__ void __launch_bounds__(32 * NW) flash_bwd_dkdv_kernel(const BwdArgs a) {
+  using Tr = BwdTraits<T, D, NW>;
   constexpr int kS = Tr::kStride, kM = Tr::kBlockM, kNT = kM / 8, kDT = D / 8, kKS = D / 16;
   constexpr int kDSS = Tr::kDSStride;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
-  T* sV = sK + Tr::kTile;
-  T* sQ = sV + Tr::kTile;    // two buffers
+  T* sV = sK + Tr::kKTile;
+  T* sQ = sV + Tr::kKTile;      // two buffers
   T* sdO = sQ + 2 * Tr::kTile;  // two buffers
   T* sdS = sdO + 2 * Tr::kTile;
   float* sL = reinterpret_cast<float*>(sdS + Tr::kBlockN * kDSS);  // two buffers of 64
@@ -68,13 +78,13 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv_kernel(const BwdArgs a) {
   const int k0 = blockIdx.x * Tr::kBlockN;
   const int mrow = k0 / a.mask_t.block_q;
   const int64_t e0 = a.mask_t.row_ptr[mrow];
-  const int64_t n_items = (a.mask_t.row_ptr[mrow + 1] - e0) * (a.mask_t.block_k / kM);
+  const int n_items = static_cast<int>((a.mask_t.row_ptr[mrow + 1] - e0) * (a.mask_t.block_k / kM));
   const float sl2 = a.scale_log2;
 
   const T* qg = static_cast<const T*>(a.q.data) + b * a.q.sb + h * a.q.sh;
   const T* dog = static_cast<const T*>(a.d_o.data) + b * a.d_o.sb + h * a.d_o.sh;
 
-  auto next_visible = [&](int64_t it) {
+  auto next_visible = [&](int it) {
     for (; it < n_items; ++it) {
       const int qs = tile_start<kM>(a.mask_t, e0, it);
       if (qs >= a.Nq) continue;
@@ -83,7 +93,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv_kernel(const BwdArgs a) {
     }
     return it;
   };
-  auto load_q = [&](int64_t it, int buf) {
+  auto load_q = [&](int it, int buf) {
     const int qs = tile_start<kM>(a.mask_t, e0, it);
     load_tile<kM, D, kS, Tr::kThreads>(sQ + buf * Tr::kTile, qg + qs * a.q.sn, a.q.sn,
                                         a.Nq - qs, a.vec, tid);
@@ -98,7 +108,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv_kernel(const BwdArgs a) {
     load_tile<Tr::kBlockN, D, kS, Tr::kThreads>(sK, kg, a.k.sn, a.Nk - k0, a.vec, tid);
     load_tile<Tr::kBlockN, D, kS, Tr::kThreads>(sV, vg, a.v.sn, a.Nk - k0, a.vec, tid);
   }
-  int64_t it = next_visible(0);
+  int it = next_visible(0);
   if (it < n_items) load_q(it, 0);
   cp_async_commit();
 
@@ -124,7 +134,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv_kernel(const BwdArgs a) {
     const int qs = tile_start<kM>(a.mask_t, e0, it);
     const bool need_mask = tile_partial<kM>(a.mask_t, e0, it) || k0 + Tr::kBlockN > a.Nk ||
                            (a.causal && static_cast<int64_t>(k0 + Tr::kBlockN - 1 - qs) > a.diag);
-    const int64_t nxt = next_visible(it + 1);
+    const int nxt = next_visible(it + 1);
     if (nxt < n_items) load_q(nxt, buf ^ 1);
     cp_async_commit();
     cp_async_wait<1>();
@@ -164,7 +174,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv_kernel(const BwdArgs a) {
           const int i = qs + c;
           if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - i) > a.diag)) sv = kNegInf;
         }
-        st[nt][e] = fast_exp2(fmaf(sv, sl2, -l_s[c]));
+        st[nt][e] = fast_exp2(fmaf(sv, sl2, -lse2_of(l_s[c])));
       }
 
     float dpt[kDK ? kNT : 1][4];
@@ -238,11 +248,12 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv_kernel(const BwdArgs a) {
           *reinterpret_cast<uint32_t*>(sdS + (kw + g + hh * 8) * kDSS + nt * 8 + 2 * t4) =
               Elem<T>::pack(dpt[nt][2 * hh], dpt[nt][2 * hh + 1]);
       __syncthreads();
-      const int qw = warp * 16;
-      float* dqg = static_cast<float*>(a.dq.data) + b * a.dq.sb + h * a.dq.sh;
+      const int qw = (warp & 3) * 16;
+      const int dq_col0 = (warp >> 2) * Tr::kDQCols;
+      float* dqg = static_cast<float*>(a.dq.data) + b * a.dq.sb + h * a.dq.sh + dq_col0;
       constexpr int kC = Tr::kDQChunk;
 #pragma unroll
-      for (int dc = 0; dc < D / kC; ++dc) {
+      for (int dc = 0; dc < Tr::kDQCols / kC; ++dc) {
         float acc[kC / 8][4];
 #pragma unroll
         for (int dt = 0; dt < kC / 8; ++dt)
@@ -255,7 +266,8 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv_kernel(const BwdArgs a) {
 #pragma unroll
           for (int dp = 0; dp < kC / 16; ++dp) {
             uint32_t kb[4];
-            ldmatrix_x4_trans(kb, sK + (kk * 16 + bt_row) * kS + dc * kC + dp * 16 + bt_col);
+            ldmatrix_x4_trans(kb, sK + (kk * 16 + bt_row) * kS + dq_col0 + dc * kC + dp * 16 +
+                                      bt_col);
             Elem<T>::mma(acc[2 * dp], da, kb[0], kb[1]);
             Elem<T>::mma(acc[2 * dp + 1], da, kb[2], kb[3]);
           }
@@ -263,12 +275,17 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv_kernel(const BwdArgs a) {
 #pragma unroll
         for (int dt = 0; dt < kC / 8; ++dt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int i = qs + qw + g + ((e >> 1) << 3);
-            if (i < a.Nq)
-              atomicAdd(dqg + static_cast<int64_t>(i) * a.dq.sn + dc * kC + dt * 8 + 2 * t4 +
-                            (e & 1),
-                        a.scale * acc[dt][e]);
+          for (int hh = 0; hh < 2; ++hh) {
+            const int i = qs + qw + g + hh * 8;
+            if (i >= a.Nq) continue;
+            float* p = dqg + static_cast<int64_t>(i) * a.dq.sn + dc * kC + dt * 8 + 2 * t4;
+            const float x0 = a.scale * acc[dt][2 * hh], x1 = a.scale * acc[dt][2 * hh + 1];
+            if (a.dq_pair) {  // one 8-byte reduction instead of two 4-byte ones (sm_90)
+              atomicAdd(reinterpret_cast<float2*>(p), make_float2(x0, x1));
+            } else {
+              atomicAdd(p, x0);
+              atomicAdd(p + 1, x1);
+            }
           }
       }
     }
@@ -313,23 +330,23 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const BwdArgs a) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
   const int b = blockIdx.z, h = blockIdx.y;
-  const int q0 = blockIdx.x * Tr::kBlockM;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * Tr::kBlockM;  // heavy causal tiles first
   const int q_last = min(q0 + Tr::kBlockM, a.Nq) - 1;
   const int mrow = q0 / a.mask.block_q;
   const int64_t e0 = a.mask.row_ptr[mrow];
-  const int64_t n_items = (a.mask.row_ptr[mrow + 1] - e0) * (a.mask.block_k / kN);
+  const int n_items = static_cast<int>((a.mask.row_ptr[mrow + 1] - e0) * (a.mask.block_k / kN));
   const float sl2 = a.scale_log2;
 
   const T* kg = static_cast<const T*>(a.k.data) + b * a.k.sb + h * a.k.sh;
   const T* vg = static_cast<const T*>(a.v.data) + b * a.v.sb + h * a.v.sh;
-  auto next_visible = [&](int64_t it) {
+  auto next_visible = [&](int it) {
     for (; it < n_items; ++it) {
       const int ks = tile_start<kN>(a.mask, e0, it);
       if (ks < a.Nk && !(a.causal && static_cast<int64_t>(ks - q_last) > a.diag)) break;
     }
     return it;
   };
-  auto load_kv = [&](int64_t it, int buf) {
+  auto load_kv = [&](int it, int buf) {
     const int ks = tile_start<kN>(a.mask, e0, it);
     load_tile<kN, D, kS, Tr::kThreads>(sK + buf * Tr::kTile, kg + ks * a.k.sn, a.k.sn,
                                         a.Nk - ks, a.vec, tid);
@@ -343,7 +360,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const BwdArgs a) {
     load_tile<Tr::kBlockM, D, kS, Tr::kThreads>(sQ, qg, a.q.sn, a.Nq - q0, a.vec, tid);
     load_tile<Tr::kBlockM, D, kS, Tr::kThreads>(sdO, dog, a.d_o.sn, a.Nq - q0, a.vec, tid);
   }
-  int64_t it = next_visible(0);
+  int it = next_visible(0);
   if (it < n_items) load_kv(it, 0);
   cp_async_commit();
 
@@ -358,7 +375,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const BwdArgs a) {
     if (i < a.Nq) {
       const float l = static_cast<const float*>(
           a.lse.data)[b * a.lse.sb + static_cast<int64_t>(i) * a.lse.sn + h * a.lse.sh];
-      lse2[hh] = l == kNegInf ? kPosInf : l * kLog2e;
+      lse2[hh] = lse2_of(l);
       delta[hh] = static_cast<const float*>(
           a.delta.data)[b * a.delta.sb + static_cast<int64_t>(i) * a.delta.sn + h * a.delta.sh];
     }
@@ -378,7 +395,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const BwdArgs a) {
     const int ks = tile_start<kN>(a.mask, e0, it);
     const bool need_mask = tile_partial<kN>(a.mask, e0, it) || ks + kN > a.Nk ||
                            (a.causal && static_cast<int64_t>(ks + kN - 1 - q0) > a.diag);
-    const int64_t nxt = next_visible(it + 1);
+    const int nxt = next_visible(it + 1);
     if (nxt < n_items) load_kv(nxt, buf ^ 1);
     cp_async_commit();
     cp_async_wait<1>();
@@ -457,37 +474,52 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const BwdArgs a) {
 }
 
 template <typename Kernel>
-void launch_bwd_kernel(Kernel kernel, dim3 grid, int smem, const BwdArgs& a,
+void launch_bwd_kernel(Kernel kernel, dim3 grid, int threads, int smem, const BwdArgs& a,
                        cudaStream_t stream) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kernel<<<grid, 128, smem, stream>>>(a);
+  kernel<<<grid, threads, smem, stream>>>(a);
   CUDA_CHECK_LAUNCH("flash backward kernel");
+}
+
+template <typename T, int D, int NW, bool kAtomic>
+void launch_dkdv(const BwdArgs& a, cudaStream_t stream) {
+  using Tr = BwdTraits<T, D, NW>;
+  const dim3 grid((a.Nk + Tr::kBlockN - 1) / Tr::kBlockN, a.H, a.B);
+  const int th = Tr::kThreads, sm = Tr::kDkdvSmem;
+  if constexpr (D <= 128) {
+    launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, NW, true, true, kAtomic>, grid, th, sm, a,
+                      stream);
+  } else {  // registers do not hold both dK and dV accumulators: one pass each
+    launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, NW, true, false, false>, grid, th, sm, a,
+                      stream);
+    launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, NW, false, true, kAtomic>, grid, th, sm, a,
+                      stream);
+  }
 }
 
 template <typename T, int D>
 void launch_bwd(const BwdArgs& a, bool atomic_dq, cudaStream_t stream) {
-  using Tr = BwdTraits<T, D>;
-  const dim3 grid_k((a.Nk + Tr::kBlockN - 1) / Tr::kBlockN, a.H, a.B);
+  // 128 keys per CTA (8 warps) need key blocks of 128 and fit shared memory up to D = 128.
+  // dQ atomics pay off only there (half the atomics per key of 64-key CTAs); elsewhere the
+  // query-stationary dQ pass was faster on H100 (bench/NOTES-kernels.md).
+  bool atomics = false;
   if constexpr (D <= 128) {
-    if (atomic_dq)
-      launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, true, true, true>, grid_k, Tr::kDkdvSmem, a,
-                        stream);
-    else
-      launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, true, true, false>, grid_k, Tr::kDkdvSmem,
-                        a, stream);
-  } else {  // registers do not hold both dK and dV accumulators: one pass each
-    launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, true, false, false>, grid_k, Tr::kDkdvSmem, a,
-                      stream);
-    if (atomic_dq)
-      launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, false, true, true>, grid_k, Tr::kDkdvSmem,
-                        a, stream);
-    else
-      launch_bwd_kernel(flash_bwd_dkdv_kernel<T, D, false, true, false>, grid_k, Tr::kDkdvSmem,
-                        a, stream);
+    if (a.mask_t.block_q % 128 == 0) {
+      atomics = atomic_dq;
+      if (atomics)
+        launch_dkdv<T, D, 8, true>(a, stream);
+      else
+        launch_dkdv<T, D, 8, false>(a, stream);
+    } else {
+      launch_dkdv<T, D, 4, false>(a, stream);
+    }
+  } else {
+    launch_dkdv<T, D, 4, false>(a, stream);
   }
-  if (!atomic_dq) {
+  if (!atomics) {
+    using Tr = BwdTraits<T, D>;
     const dim3 grid_q((a.Nq + Tr::kBlockM - 1) / Tr::kBlockM, a.H, a.B);
-    launch_bwd_kernel(flash_bwd_dq_kernel<T, D>, grid_q, Tr::kDqSmem, a, stream);
+    launch_bwd_kernel(flash_bwd_dq_kernel<T, D>, grid_q, Tr::kThreads, Tr::kDqSmem, a, stream);
   }
 }
 

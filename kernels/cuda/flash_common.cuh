@@ -53,6 +53,7 @@ struct BwdArgs {
   int vec = 0;  // q, k, v, d_o allow 16-byte loads
   int o_type = kOutSame;
   int dq_type = kOutSame, dk_type = kOutSame, dv_type = kOutSame;
+  int dq_pair = 0;  // fp32 dq allows 8-byte (float2) atomics
 };
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -85,6 +86,18 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p)));
+}
+// Same, from a 32-bit shared-memory address (lets the compiler fold tile offsets into
+// immediates and keep one base register per operand).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -138,30 +151,45 @@ struct Elem<__half> {
 // Copies rows [0, ROWS) of a strided [rows x D] global tile into shared memory with row stride
 // SSTRIDE elements; rows >= valid are zero-filled (so padding keys and queries are finite and
 // contribute nothing). vec: 16-byte cp.async (caller commits and waits), else scalar loads.
+// Thread t copies 16-byte chunk t % (D/8) of rows t / (D/8) + i * (THREADS / (D/8)).
 template <int ROWS, int D, int SSTRIDE, int THREADS, typename T>
 __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t row_stride, int valid,
                                           bool vec, int tid) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  static_assert((ROWS * kChunks) % THREADS == 0, "tile chunks must divide among threads");
+  constexpr int kRowStep = THREADS / kChunks;
+  static_assert(THREADS % kChunks == 0 && ROWS % kRowStep == 0, "tile chunks must divide");
+  const int r0 = tid / kChunks, cc = tid % kChunks;
+  const T* src = g + r0 * row_stride + cc * 8;
+  T* dst = s + r0 * SSTRIDE + cc * 8;
+  const int64_t src_step = kRowStep * row_stride;
+  if (vec && valid >= ROWS) {  // the common case: no per-row checks
 #pragma unroll
-  for (int i = 0; i < ROWS * kChunks / THREADS; ++i) {
-    const int c = tid + i * THREADS;
-    const int r = c / kChunks, cc = c % kChunks;
-    T* dst = s + r * SSTRIDE + cc * 8;
-    if (r < valid) {
-      const T* src = g + static_cast<int64_t>(r) * row_stride + cc * 8;
+    for (int i = 0; i < ROWS / kRowStep; ++i)
+      cp_async16(dst + i * kRowStep * SSTRIDE, src + i * src_step);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < ROWS / kRowStep; ++i) {
+    T* d = dst + i * kRowStep * SSTRIDE;
+    if (r0 + i * kRowStep < valid) {
       if (vec) {
-        cp_async16(dst, src);
+        cp_async16(d, src + i * src_step);
       } else {
-        const unsigned short* src16 = reinterpret_cast<const unsigned short*>(src);
-        unsigned short* dst16 = reinterpret_cast<unsigned short*>(dst);
+        const unsigned short* src16 = reinterpret_cast<const unsigned short*>(src + i * src_step);
+        unsigned short* dst16 = reinterpret_cast<unsigned short*>(d);
 #pragma unroll
         for (int e = 0; e < 8; ++e) dst16[e] = src16[e];
       }
     } else {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+      *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
     }
   }
+}
+
+// 4-byte asynchronous copy (per-row statistics such as lse and delta).
+__device__ __forceinline__ void cp_async4(void* dst_smem, const void* src_global) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst_smem)),
+               "l"(src_global));
 }
 
 // Element store into an output of type T or fp32, optionally accumulating (dst += x).
@@ -200,18 +228,17 @@ __device__ __forceinline__ void store_out2(void* base, int64_t off, int type, fl
   }
 }
 
-// The k-th listed key tile (of TILE rows) of a mask row: mask blocks of block_k rows are cut
-// into block_k / TILE tiles. Returns the first row of the tile in the second operand.
+// Listed tiles of a CSR mask row: mask blocks of block_k rows are cut into block_k / TILE tiles
+// of TILE rows; item = (entry - e_begin) * (block_k / TILE) + sub-tile. tile_start gives the
+// first row of the item's tile in the second operand.
 template <int TILE>
-__device__ __forceinline__ int tile_start(const DevMask& m, int64_t e_begin, int64_t item) {
+__device__ __forceinline__ int tile_start(const DevMask& m, int64_t e_begin, int item) {
   const int nsub = m.block_k / TILE;
-  const int64_t e = e_begin + item / nsub;
-  return m.col_idx[e] * m.block_k + static_cast<int>(item % nsub) * TILE;
+  return m.col_idx[e_begin + item / nsub] * m.block_k + (item % nsub) * TILE;
 }
 template <int TILE>
-__device__ __forceinline__ bool tile_partial(const DevMask& m, int64_t e_begin, int64_t item) {
-  const int nsub = m.block_k / TILE;
-  return m.partial[e_begin + item / nsub] != 0;
+__device__ __forceinline__ bool tile_partial(const DevMask& m, int64_t e_begin, int item) {
+  return m.partial[e_begin + item / (m.block_k / TILE)] != 0;
 }
 
 }  // namespace longattn::cuda::flash

@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(128) flash_fwd_f32_kernel(const FwdArgs a) {
   const int q_last = min(q0 + 32, a.Nq) - 1;
   const int mrow = q0 / a.mask.block_q;
   const int64_t e0 = a.mask.row_ptr[mrow];
-  const int64_t n_items = (a.mask.row_ptr[mrow + 1] - e0) * (a.mask.block_k / 32);
+  const int n_items = static_cast<int>((a.mask.row_ptr[mrow + 1] - e0) * (a.mask.block_k / 32));
   const float sl2 = a.scale_log2;
   const float* qg = static_cast<const float*>(a.q.data) + b * a.q.sb + h * a.q.sh;
   const float* kg = static_cast<const float*>(a.k.data) + b * a.k.sb + h * a.k.sh;
@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(128) flash_fwd_f32_kernel(const FwdArgs a) {
   float m = kNegInf, l = 0.f;
   const int i = q0 + r;
 
-  for (int64_t it = 0; it < n_items; ++it) {
+  for (int it = 0; it < n_items; ++it) {
     const int ks = tile_start<32>(a.mask, e0, it);
     if (ks >= a.Nk || (a.causal && static_cast<int64_t>(ks - q_last) > a.diag)) continue;
     const bool need_mask = tile_partial<32>(a.mask, e0, it) || ks + 32 > a.Nk ||
@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv_f32_kernel(const BwdArgs a
   const int k0 = blockIdx.x * 32;
   const int mrow = k0 / a.mask_t.block_q;
   const int64_t e0 = a.mask_t.row_ptr[mrow];
-  const int64_t n_items = (a.mask_t.row_ptr[mrow + 1] - e0) * (a.mask_t.block_k / 32);
+  const int n_items = static_cast<int>((a.mask_t.row_ptr[mrow + 1] - e0) * (a.mask_t.block_k / 32));
   const float sl2 = a.scale_log2;
   const float* qg = static_cast<const float*>(a.q.data) + b * a.q.sb + h * a.q.sh;
   const float* dog = static_cast<const float*>(a.d_o.data) + b * a.d_o.sb + h * a.d_o.sh;
@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv_f32_kernel(const BwdArgs a
   for (int j = 0; j < kJ; ++j) dk[j] = dv[j] = 0.f;
   const int jkey = k0 + r;
 
-  for (int64_t it = 0; it < n_items; ++it) {
+  for (int it = 0; it < n_items; ++it) {
     const int qs = tile_start<32>(a.mask_t, e0, it);
     if (qs >= a.Nq) continue;
     const int q_hi = min(qs + 32, a.Nq) - 1;
@@ -259,7 +259,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_f32_kernel(const BwdArgs a) 
   const int q_last = min(q0 + 32, a.Nq) - 1;
   const int mrow = q0 / a.mask.block_q;
   const int64_t e0 = a.mask.row_ptr[mrow];
-  const int64_t n_items = (a.mask.row_ptr[mrow + 1] - e0) * (a.mask.block_k / 32);
+  const int n_items = static_cast<int>((a.mask.row_ptr[mrow + 1] - e0) * (a.mask.block_k / 32));
   const float sl2 = a.scale_log2;
   const float* kg = static_cast<const float*>(a.k.data) + b * a.k.sb + h * a.k.sh;
   const float* vg = static_cast<const float*>(a.v.data) + b * a.v.sb + h * a.v.sh;
@@ -276,7 +276,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_f32_kernel(const BwdArgs a) 
 #pragma unroll
   for (int j = 0; j < kJ; ++j) dq[j] = 0.f;
 
-  for (int64_t it = 0; it < n_items; ++it) {
+  for (int it = 0; it < n_items; ++it) {
     const int ks = tile_start<32>(a.mask, e0, it);
     if (ks >= a.Nk || (a.causal && static_cast<int64_t>(ks - q_last) > a.diag)) continue;
     const bool need_mask = tile_partial<32>(a.mask, e0, it) || ks + 32 > a.Nk ||

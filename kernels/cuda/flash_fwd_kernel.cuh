@@ -7,13 +7,13 @@
 
 namespace longattn::cuda::flash {
 
-template <typename T, int D, int MT>
+template <typename T, int D, int MT, int BN = 64>
 struct FwdTraits {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kRowsPerWarp = 16 * MT;
   static constexpr int kBlockM = kRowsPerWarp * kWarps;  // query rows per CTA
-  static constexpr int kBlockN = 64;                     // key rows per tile
+  static constexpr int kBlockN = BN;                     // key rows per tile
   static constexpr int kStride = D + 8;  // smem row stride: 16 bytes of padding, no bank conflicts
   static constexpr int kQElems = kBlockM * kStride;
   static constexpr int kKVElems = kBlockN * kStride;
@@ -22,13 +22,13 @@ struct FwdTraits {
   static constexpr bool kQInRegs = MT * D <= 128;
 };
 
-// For query rows i of this CTA and listed key tiles j (64 keys each), with s = q_i.k_j:
+// For query rows i of this CTA and listed key tiles j (BN keys each), with s = q_i.k_j:
 //   m_i = max_j scale*log2(e)*s_ij (running), l_i = sum_j 2^(scale*log2(e)*s_ij - m_i),
 //   o_i = sum_j 2^(...) v_j / l_i,  lse_i = ln(2) m_i + ln(l_i)  (rows with l_i = 0: o = 0,
 //   lse = -inf).
-template <typename T, int D, int MT>
+template <typename T, int D, int MT, int BN>
 __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
-  using Tr = FwdTraits<T, D, MT>;
+  using Tr = FwdTraits<T, D, MT, BN>;
   constexpr int kN = Tr::kBlockN, kS = Tr::kStride;
   constexpr int kNT = kN / 8, kDT = D / 8, kKS = D / 16;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -39,27 +39,29 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
   const int b = blockIdx.z, h = blockIdx.y;
-  const int q0 = blockIdx.x * Tr::kBlockM;
+  // Last query tiles first: under causality they have the most keys, and starting the longest
+  // CTAs first shortens the tail of the grid.
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * Tr::kBlockM;
   const int q_last = min(q0 + Tr::kBlockM, a.Nq) - 1;
   const int mrow = q0 / a.mask.block_q;
   const int64_t e0 = a.mask.row_ptr[mrow];
-  const int64_t n_items = (a.mask.row_ptr[mrow + 1] - e0) * (a.mask.block_k / kN);
+  const int n_items = static_cast<int>((a.mask.row_ptr[mrow + 1] - e0) * (a.mask.block_k / kN));
   const float sl2 = a.scale_log2;
 
   const T* qg = static_cast<const T*>(a.q.data) + b * a.q.sb + h * a.q.sh;
   const T* kg = static_cast<const T*>(a.k.data) + b * a.k.sb + h * a.k.sh;
   const T* vg = static_cast<const T*>(a.v.data) + b * a.v.sb + h * a.v.sh;
 
-  // First listed tile at or after `it` with a key any row of this CTA may see.
-  auto next_visible = [&](int64_t it) {
+  // First listed tile at or after `it` with a key any row of this CTA may see (its first key
+  // row in ks).
+  auto next_visible = [&](int it, int& ks) {
     for (; it < n_items; ++it) {
-      const int ks = tile_start<kN>(a.mask, e0, it);
+      ks = tile_start<kN>(a.mask, e0, it);
       if (ks < a.Nk && !(a.causal && static_cast<int64_t>(ks - q_last) > a.diag)) break;
     }
     return it;
   };
-  auto load_kv = [&](int64_t it, int buf) {
-    const int ks = tile_start<kN>(a.mask, e0, it);
+  auto load_kv = [&](int ks, int buf) {
     load_tile<kN, D, kS, Tr::kThreads>(sK + buf * Tr::kKVElems, kg + ks * a.k.sn, a.k.sn,
                                         a.Nk - ks, a.vec, tid);
     load_tile<kN, D, kS, Tr::kThreads>(sV + buf * Tr::kKVElems, vg + ks * a.v.sn, a.v.sn,
@@ -68,9 +70,13 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
 
   load_tile<Tr::kBlockM, D, kS, Tr::kThreads>(sQ, qg + static_cast<int64_t>(q0) * a.q.sn,
                                                a.q.sn, a.Nq - q0, a.vec, tid);
-  int64_t it = next_visible(0);
-  if (it < n_items) load_kv(it, 0);
+  int ks = 0;
+  int it = next_visible(0, ks);
+  if (it < n_items) load_kv(ks, 0);
   cp_async_commit();
+  int nks = 0;
+  int nxt = it < n_items ? next_visible(it + 1, nks) : n_items;
+  const int nsub = a.mask.block_k / kN;
 
   float o[MT][kDT][4];
   float m[MT][2], l[MT][2];
@@ -93,16 +99,25 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
   const int bn_row = (lane & 7) + ((lane >> 4) << 3), bn_col = ((lane >> 3) & 1) << 3;
   const int bt_row = (lane & 7) + (((lane >> 3) & 1) << 3), bt_col = (lane >> 4) << 3;
 
+  constexpr uint32_t kEl = sizeof(T);
+  const uint32_t q_addr = smem_addr(sQ) + ((wrow + a_row) * kS + a_col) * kEl;
+  const uint32_t k_addr0 = smem_addr(sK) + (bn_row * kS + bn_col) * kEl;
+  const uint32_t v_addr0 = smem_addr(sV) + (bt_row * kS + bt_col) * kEl;
+
   int buf = 0;
   while (it < n_items) {
-    const int ks = tile_start<kN>(a.mask, e0, it);
+    // One barrier per tile: after it, this tile's K/V are visible to every warp and every warp
+    // is done with the other buffer, which the prefetch below refills.
+    cp_async_wait<0>();
+    __syncthreads();
+    // The next tile streams in while this one is computed. The column of the tile after it is
+    // read now and used at the end of the iteration, so its latency hides behind the math.
+    if (nxt < n_items) load_kv(nks, buf ^ 1);
+    cp_async_commit();
+    const int it2 = nxt + 1;
+    const int col2 = it2 < n_items ? a.mask.col_idx[e0 + it2 / nsub] : 0;
     const bool need_mask = tile_partial<kN>(a.mask, e0, it) || ks + kN > a.Nk ||
                            (a.causal && static_cast<int64_t>(ks + kN - 1 - q0) > a.diag);
-    const int64_t nxt = next_visible(it + 1);
-    if (nxt < n_items) load_kv(nxt, buf ^ 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
 
     if constexpr (Tr::kQInRegs) {
       if (!q_in_regs) {
@@ -110,12 +125,12 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
           for (int kk = 0; kk < kKS; ++kk)
-            ldmatrix_x4(qf[mt][kk], sQ + (wrow + mt * 16 + a_row) * kS + kk * 16 + a_col);
+            ldmatrix_x4(qf[mt][kk], q_addr + (mt * 16 * kS + kk * 16) * kEl);
         q_in_regs = true;
       }
     }
-    const T* k_s = sK + buf * Tr::kKVElems;
-    const T* v_s = sV + buf * Tr::kKVElems;
+    const uint32_t k_addr = k_addr0 + buf * (Tr::kKVElems * kEl);
+    const uint32_t v_addr = v_addr0 + buf * (Tr::kKVElems * kEl);
 
     // S = Q K^T (fp32 accumulators, C layout: rows g and g + 8, columns 2*t4 + {0, 1}).
     float s[MT][kNT][4];
@@ -134,13 +149,13 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) qa[mt][e] = qf[mt][kk][e];
         } else {
-          ldmatrix_x4(qa[mt], sQ + (wrow + mt * 16 + a_row) * kS + kk * 16 + a_col);
+          ldmatrix_x4(qa[mt], q_addr + (mt * 16 * kS + kk * 16) * kEl);
         }
       }
 #pragma unroll
       for (int np = 0; np < kNT / 2; ++np) {
         uint32_t kb[4];
-        ldmatrix_x4(kb, k_s + (np * 16 + bn_row) * kS + kk * 16 + bn_col);
+        ldmatrix_x4(kb, k_addr + (np * 16 * kS + kk * 16) * kEl);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           Elem<T>::mma(s[mt][2 * np], qa[mt], kb[0], kb[1]);
@@ -165,36 +180,50 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
 
     // Online softmax: rescale what was accumulated by 2^(m_old - m_new). A row whose maximum
     // is still -inf uses 0 as its base so that 2^(-inf - base) = 0, never NaN.
+    float alpha[MT][2];
+    bool rescale = false;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        float mx = kNegInf;
+        // Tree reductions: short dependency chains (few warps per scheduler hide little).
+        float t[kNT];
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-          mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hh], s[mt][nt][2 * hh + 1]));
+        for (int nt = 0; nt < kNT; ++nt) t[nt] = fmaxf(s[mt][nt][2 * hh], s[mt][nt][2 * hh + 1]);
+#pragma unroll
+        for (int w = kNT / 2; w > 0; w >>= 1)
+#pragma unroll
+          for (int nt = 0; nt < w; ++nt) t[nt] = fmaxf(t[nt], t[nt + w]);
+        float mx = t[0];
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float m_new = fmaxf(m[mt][hh], mx * sl2);
         const float base = m_new == kNegInf ? 0.f : m_new;
-        const float alpha = fast_exp2(m[mt][hh] - base);
+        alpha[mt][hh] = fast_exp2(m[mt][hh] - base);
         m[mt][hh] = m_new;
-        float rs = 0.f;
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
+        for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float p = fast_exp2(fmaf(s[mt][nt][2 * hh + e], sl2, -base));
-            s[mt][nt][2 * hh + e] = p;
-            rs += p;
-          }
-        l[mt][hh] = l[mt][hh] * alpha + rs;
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt) {
-          o[mt][dt][2 * hh] *= alpha;
-          o[mt][dt][2 * hh + 1] *= alpha;
+          for (int e = 0; e < 2; ++e)
+            s[mt][nt][2 * hh + e] = fast_exp2(fmaf(s[mt][nt][2 * hh + e], sl2, -base));
+          t[nt] = s[mt][nt][2 * hh] + s[mt][nt][2 * hh + 1];
         }
+#pragma unroll
+        for (int w = kNT / 2; w > 0; w >>= 1)
+#pragma unroll
+          for (int nt = 0; nt < w; ++nt) t[nt] += t[nt + w];
+        l[mt][hh] = l[mt][hh] * alpha[mt][hh] + t[0];
+        rescale |= alpha[mt][hh] != 1.f;
       }
+    // Once the running maxima settle, alpha is 1 for every row of the warp: skip the multiply.
+    if (__any_sync(0xffffffffu, rescale)) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[mt][dt][e] *= alpha[mt][e >> 1];
+    }
 
     // O += P V: the C layout of two adjacent 8-column S tiles is the A layout of one k16 step.
 #pragma unroll
@@ -210,7 +239,7 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t vb[4];
-        ldmatrix_x4_trans(vb, v_s + (kk * 16 + bt_row) * kS + dp * 16 + bt_col);
+        ldmatrix_x4_trans(vb, v_addr + (kk * 16 * kS + dp * 16) * kEl);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           Elem<T>::mma(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
@@ -218,8 +247,17 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
         }
       }
     }
-    __syncthreads();  // every warp is done with this buffer before it is refilled
+    int nks2 = col2 * a.mask.block_k + (it2 % nsub) * kN;
+    int nxt2 = it2;
+    if (it2 >= n_items) {
+      nxt2 = n_items;
+    } else if (!(nks2 < a.Nk && !(a.causal && static_cast<int64_t>(nks2 - q_last) > a.diag))) {
+      nxt2 = next_visible(it2 + 1, nks2);
+    }
     it = nxt;
+    ks = nks;
+    nxt = nxt2;
+    nks = nks2;
     buf ^= 1;
   }
   cp_async_wait<0>();
@@ -248,10 +286,10 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
     }
 }
 
-template <typename T, int D, int MT>
+template <typename T, int D, int MT, int BN = 64>
 void launch_fwd_tiles(const FwdArgs& a, cudaStream_t stream) {
-  using Tr = FwdTraits<T, D, MT>;
-  auto kernel = flash_fwd_kernel<T, D, MT>;
+  using Tr = FwdTraits<T, D, MT, BN>;
+  auto kernel = flash_fwd_kernel<T, D, MT, BN>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));
   const dim3 grid((a.Nq + Tr::kBlockM - 1) / Tr::kBlockM, a.H, a.B);

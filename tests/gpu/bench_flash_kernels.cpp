@@ -104,6 +104,13 @@ TEST(FlashBench, DISABLED_DenseBf16) {
   for (int64_t D : {64, 128})
     for (int64_t N : {4096, 8192, 16384})
       for (bool causal : {false, true}) {
+        // LONGATTN_BENCH_ONLY="d,n,causal,mask_block" runs one configuration (for profilers).
+        if (const char* only = std::getenv("LONGATTN_BENCH_ONLY")) {
+          long od = 0, on = 0, oc = 0, ob = 0;
+          if (std::sscanf(only, "%ld,%ld,%ld,%ld", &od, &on, &oc, &ob) == 4 &&
+              (od != D || on != N || oc != (causal ? 1 : 0) || ob != mask_block))
+            continue;
+        }
         const int64_t B = cfg.tokens / N, H = cfg.hidden / D;
         const TensorView qv = make_view(q, DType::BF16, B, N, H, D, DeviceKind::Cuda);
         const TensorView kv = make_view(k, DType::BF16, B, N, H, D, DeviceKind::Cuda);
@@ -150,6 +157,7 @@ TEST(FlashBench, DISABLED_DenseBf16) {
         bp.mask = fp.mask;
         bp.mask_t = put(mt);
         bp.causal = causal;
+        bp.deterministic = std::getenv("LONGATTN_BENCH_DETERMINISTIC") != nullptr;
         const double flops = 4.0 * B * H * static_cast<double>(N) * N * D * (causal ? 0.5 : 1.0);
         const double fwd = median_ms(cfg, [&] { cuda::flash_forward(fp, nullptr); });
         const double bwd = median_ms(cfg, [&] { cuda::flash_backward(bp, nullptr); });

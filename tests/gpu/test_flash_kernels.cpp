@@ -429,7 +429,7 @@ std::vector<Case> all_cases() {
                     Layout::Contiguous, 1.0, false, tag + "_dense"});
       // Causal ring-style chunk (queries after keys) on dilated views, 128-blocks.
       cs.push_back({dt, D, 1, n - 50, n + 20, 2, 128, 128, true, 70, 0, MaskKind::Dense,
-                    Layout::Dilated, 1.0, true, tag + "_causal_dilated_b128"});
+                    Layout::Dilated, 1.0, false, tag + "_causal_dilated_b128"});
       // Block-sparse with empty rows, mixed block sizes, misaligned views (scalar paths).
       cs.push_back({dt, D, 1, n + 100, n + 61, 3, 64, 128, false, 0, 0, MaskKind::Sparse,
                     Layout::Misaligned, 1.0, false, tag + "_sparse_misaligned"});
@@ -446,13 +446,14 @@ std::vector<Case> all_cases() {
 INSTANTIATE_TEST_SUITE_P(Kernels, FlashCase, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
-// Small cases for compute-sanitizer (memcheck, racecheck): one forward and both backward modes
-// per path.
+// Small cases for compute-sanitizer (memcheck, racecheck): forward and both backward modes per
+// path (fp32 FMA; bf16 with 64- and 128-key CTAs, atomic and query-stationary dQ).
 TEST(FlashSmall, SanitizerCases) {
   SKIP_WITHOUT_GPU();
   for (DType dt : {DType::BF16, DType::F32})
+    for (int64_t block : {64, 128})
     for (bool det : {false, true}) {
-      Case c{dt, 64, 1, 150, 130, 1, 64, 64, true, 20, 0, MaskKind::Sparse,
+      Case c{dt, 64, 1, 150, 130, 1, block, block, true, 20, 0, MaskKind::Sparse,
              Layout::Contiguous, 1.0, det, std::string("small_") + dtype_name(dt)};
       FwdRun run;
       run_forward(c, run, 99);
@@ -496,7 +497,7 @@ TEST(FlashSmall, SanitizerCases) {
 TEST(FlashKernels, DeterministicBackwardIsBitwiseReproducible) {
   SKIP_WITHOUT_GPU();
   const int64_t B = 1, N = 333, H = 2, D = 64;
-  Case c{DType::BF16, D, B, N, N, H, 64, 64, true, 0, 0, MaskKind::Dense,
+  Case c{DType::BF16, D, B, N, N, H, 128, 128, true, 0, 0, MaskKind::Dense,
          Layout::Contiguous, 1.0, true, "det"};
   FwdRun run;
   run_forward(c, run, std::random_device{}());
