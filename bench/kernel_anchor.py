@@ -33,14 +33,15 @@ def anchor_rows(shapes, warmup, repeats):
     rows = []
     for (d, n, causal, B, H) in shapes:
         flops = 4.0 * B * H * n * n * d * (0.5 if causal else 1.0)
-        q, k, v, g = (torch.randn(B, H, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+        shape = (B, H, n, d)
+        q, k, v, g = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         for q_ in (q, k, v):
             q_.requires_grad_(True)
         for impl, backend in BACKENDS.items():
             try:
                 with sdpa_kernel(backend):
-                    fwd = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
-                                    warmup, repeats)
+                    attn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                    fwd = median_ms(attn, warmup, repeats)
                     out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
                     bwd = median_ms(lambda: out.backward(g, retain_graph=True), warmup, repeats)
             except RuntimeError as e:  # a backend that does not take this shape
@@ -77,13 +78,12 @@ def main():
         r_fa = round(la / fa, 3) if la and fa else None
         r_cu = round(la / cu, 3) if la and cu else None
         ratios.append({"op": k[0], "d": k[1], "n": k[2], "causal": k[3], "longattn": la,
-                       "longattn_b64": b64,
-                       "sdpa_flash": fa, "sdpa_cudnn": cu, "ratio_flash": r_fa, "ratio_cudnn": r_cu})
+                       "longattn_b64": b64, "sdpa_flash": fa, "sdpa_cudnn": cu,
+                       "ratio_flash": r_fa, "ratio_cudnn": r_cu})
         fmt = lambda x, w: f"{x:>{w}.1f}" if x is not None else f"{'-':>{w}}"
         fmtr = lambda x, w: f"{x:>{w}.2f}" if x is not None else f"{'-':>{w}}"
-        print(f"{k[0]:4} {k[1]:>4} {k[2]:>6} {str(k[3]):>6} {fmt(la, 9)} {fmt(b64, 7)} {fmt(fa, 7)} "
-              f"{fmt(cu, 7)} "
-              f"{fmtr(r_fa, 6)} {fmtr(r_cu, 7)}")
+        print(f"{k[0]:4} {k[1]:>4} {k[2]:>6} {str(k[3]):>6} {fmt(la, 9)} {fmt(b64, 7)} "
+              f"{fmt(fa, 7)} {fmt(cu, 7)} {fmtr(r_fa, 6)} {fmtr(r_cu, 7)}")
     out = {"gpu": ours["gpu"], "torch": torch.__version__,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": args.command, "warmup": ours["warmup"], "repeats": ours["repeats"],

@@ -79,7 +79,8 @@ int out_type(const TensorView& t, DType in, const char* name) {
 void check_common(const TensorView& q, const TensorView& k, const TensorView& lse) {
   LONGATTN_CHECK_ARG(flash_supports(q.dtype, q.D), "dtype/head_dim",
                      std::string(dtype_name(q.dtype)) + "/" + std::to_string(q.D),
-                     "the CUDA kernels support fp32, fp16 and bf16 with head_dim 32, 64, 128 or 256");
+                     "the CUDA kernels support fp32, fp16 and bf16 with head_dim 32, 64, 128 "
+                     "or 256");
   LONGATTN_CHECK_ARG(lse.dtype == DType::F32, "lse", dtype_name(lse.dtype),
                      "must be fp32 for the CUDA kernels");
   LONGATTN_CHECK_ARG(q.N < (int64_t{1} << 30) && k.N < (int64_t{1} << 30), "sequence length",

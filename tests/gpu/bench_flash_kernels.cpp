@@ -127,9 +127,10 @@ TEST(FlashBench, DISABLED_DenseBf16) {
           bck(cudaMalloc(&rp, bm.row_ptr.size() * 8), "malloc");
           bck(cudaMalloc(&ci, bm.col_idx.size() * 4 + 4), "malloc");
           bck(cudaMalloc(&pa, bm.partial.size() + 1), "malloc");
-          bck(cudaMemcpy(rp, bm.row_ptr.data(), bm.row_ptr.size() * 8, cudaMemcpyHostToDevice), "cp");
-          bck(cudaMemcpy(ci, bm.col_idx.data(), bm.col_idx.size() * 4, cudaMemcpyHostToDevice), "cp");
-          bck(cudaMemcpy(pa, bm.partial.data(), bm.partial.size(), cudaMemcpyHostToDevice), "cp");
+          const auto h2d = cudaMemcpyHostToDevice;
+          bck(cudaMemcpy(rp, bm.row_ptr.data(), bm.row_ptr.size() * 8, h2d), "cp");
+          bck(cudaMemcpy(ci, bm.col_idx.data(), bm.col_idx.size() * 4, h2d), "cp");
+          bck(cudaMemcpy(pa, bm.partial.data(), bm.partial.size(), h2d), "cp");
           mem.insert(mem.end(), {rp, ci, pa});
           mv.row_ptr = static_cast<const int64_t*>(rp);
           mv.col_idx = static_cast<const int32_t*>(ci);

@@ -56,8 +56,12 @@ struct Mirrored {
   std::unique_ptr<DevMem> dev;
   TensorView hview, dview;
 
-  void upload() const { ck(cudaMemcpy(dev->p, host.data(), host.bytes(), cudaMemcpyHostToDevice), "upload"); }
-  void download() { ck(cudaMemcpy(host.data(), dev->p, host.bytes(), cudaMemcpyDeviceToHost), "download"); }
+  void upload() const {
+    ck(cudaMemcpy(dev->p, host.data(), host.bytes(), cudaMemcpyHostToDevice), "upload");
+  }
+  void download() {
+    ck(cudaMemcpy(host.data(), dev->p, host.bytes(), cudaMemcpyDeviceToHost), "download");
+  }
 };
 
 // Builds the buffer and view for a layout: Dilated = every second row from row 1 and heads
@@ -260,8 +264,8 @@ void run_forward(const Case& c, FwdRun& run, uint64_t seed) {
   run.geo = MaskGeometry{c.Nq, c.Nk, c.block_q, c.block_k, c.causal, c.q_offset, c.k_offset};
   run.mask = make_mask(c.mask, run.geo, seed + 4);
   Mirrored o = make_mirrored(c.layout, c.dt, c.B, c.Nq, c.H, c.D, 0, 1.0, true);
-  Mirrored lse = make_mirrored(c.layout == Layout::Contiguous ? Layout::Contiguous : Layout::Dilated,
-                               DType::F32, c.B, c.Nq, c.H, 1, 0, 1.0, true);
+  const Layout lse_layout = c.layout == Layout::Contiguous ? Layout::Contiguous : Layout::Dilated;
+  Mirrored lse = make_mirrored(lse_layout, DType::F32, c.B, c.Nq, c.H, 1, 0, 1.0, true);
 
   AttnFwdParams p;
   p.q = run.q.dview;
@@ -565,7 +569,8 @@ TEST(FlashKernels, Fp32OutputForBf16Inputs) {
   ck(cudaDeviceSynchronize(), "flash_forward");
   o.download();
   const Tensor q64 = to_f64(q.hview), k64 = to_f64(k.hview), v64 = to_f64(v.hview);
-  const auto ref = testing::naive_attention(q64.view(), k64.view(), v64.view(), allowed_of(m.host, g));
+  const auto ref =
+      testing::naive_attention(q64.view(), k64.view(), v64.view(), allowed_of(m.host, g));
   const auto naive = testing::naive_attention(q64.view(), k64.view(), v64.view(),
                                               allowed_of(m.host, g), 0.0, DType::BF16);
   const double naive_err = compare(naive.o.view(), ref.o.view()).max_abs;
