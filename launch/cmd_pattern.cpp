@@ -65,7 +65,7 @@ int cmd_pattern(const Args& args, const ProcessGroup& mpi) {
                      "Summarises the block mask a block-sparse pattern (or --preset) gives over "
                      "N tokens:\nkey blocks per query block, pairs, achieved density against the "
                      "requested sparsity ratio.",
-                     args, desc, vm))
+                     args, desc, vm, mpi.rank() == 0))
     return kExitOk;
   if (mpi.rank() != 0) return kExitOk;
 

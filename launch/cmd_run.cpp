@@ -124,7 +124,7 @@ int cmd_run(const Args& args, const ProcessGroup& mpi) {
                      "random from --seed,\nwrites O (Q's dtype) and LSE (fp32; fp64 for fp64 "
                      "runs) as .npy, and prints the time,\nTFLOP/s (forward 4*pairs*D, causal "
                      "pairs only; backward 2.5x) and the block density.",
-                     args, desc, vm))
+                     args, desc, vm, mpi.rank() == 0))
     return kExitOk;
 
   try {

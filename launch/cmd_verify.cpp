@@ -481,7 +481,7 @@ int cmd_verify(const Args& args, const ProcessGroup& mpi) {
                      "--dtype takes a comma list\n(e.g. fp64,bf16). Exit code 3 when an error is "
                      "above its tolerance. Under mpirun each case\nruns distributed over all "
                      "ranks and rank 0 prints the table with the communication counters.",
-                     args, desc, vm))
+                     args, desc, vm, mpi.rank() == 0))
     return kExitOk;
 
   std::vector<Case> cases;

@@ -65,12 +65,13 @@ std::vector<HierarchicalLevel> parse_levels(const std::string& text) {
 
 bool parse_command(const std::string& command, const std::string& summary,
                    const std::vector<std::string>& args, po::options_description& desc,
-                   po::variables_map& vm) {
+                   po::variables_map& vm, bool print_help) {
   desc.add_options()("help,h", "this help");
   try {
     po::store(po::command_line_parser(args).options(desc).run(), vm);
     if (vm.count("help")) {
-      std::cout << "Usage: longattn " << command << " [options]\n\n" << summary << "\n\n"
+      if (print_help)
+        std::cout << "Usage: longattn " << command << " [options]\n\n" << summary << "\n\n"
                 << desc << "\n";
       return false;
     }

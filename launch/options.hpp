@@ -32,12 +32,13 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Parses `args` (the words after the subcommand) into vm. Returns false after printing
+// Parses `args` (the words after the subcommand) into vm. Returns false after printing (when
+// print_help: rank 0 under mpirun)
 // "Usage: longattn <command> [options]", the summary and the options when --help is given.
 // Unknown options and malformed values throw UsageError.
 bool parse_command(const std::string& command, const std::string& summary,
                    const std::vector<std::string>& args, po::options_description& desc,
-                   po::variables_map& vm);
+                   po::variables_map& vm, bool print_help = true);
 
 // The library names an argument as in the spec ("seq_len", "segment_lengths[1]"); on the
 // command line it is an option ("--seq-len"). Rewrites the message of an InvalidArgument
