@@ -68,7 +68,7 @@ std::unique_ptr<Backend> make_backend(const DeviceArgs& a, const ProcessGroup& m
     throw InvalidArgument("--device", "cuda",
                           "no GPU is visible to this process (no device, no driver, or "
                           "CUDA_VISIBLE_DEVICES hides them); use --device cpu");
-  const int gpu = a.gpu >= 0 ? a.gpu : mpi.rank() % count;
+  const int gpu = a.gpu >= 0 ? a.gpu : mpi.local_rank() % count;
   LONGATTN_CHECK_ARG(gpu < count, "--gpu", gpu,
                      "must be below the number of visible GPUs, " + std::to_string(count));
   return make_cuda_backend(gpu);

@@ -26,6 +26,7 @@ ProcessGroup::ProcessGroup(int* argc, char*** argv) {
   const RankInfo info = mpi_rank_info(MPI_COMM_WORLD);  // also sets the log prefix
   rank_ = info.rank;
   world_ = info.world;
+  local_rank_ = info.local_rank;
   local_world_ = info.local_world;
   comm_ = make_mpi_communicator();
 }

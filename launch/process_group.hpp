@@ -21,7 +21,8 @@ class ProcessGroup {
   bool active() const { return active_; }
   int rank() const { return rank_; }
   int world() const { return world_; }
-  // Ranks on this node (they share its cores); 1 without MPI.
+  // This rank's index among the ranks of its node (its GPU), and their number; 0 and 1 without MPI.
+  int local_rank() const { return local_rank_; }
   int local_world() const { return local_world_; }
   // The MPI communicator of the distributed variants; only when active().
   Communicator& comm() const;
@@ -38,7 +39,7 @@ class ProcessGroup {
 
  private:
   bool active_ = false;
-  int rank_ = 0, world_ = 1, local_world_ = 1;
+  int rank_ = 0, world_ = 1, local_rank_ = 0, local_world_ = 1;
   std::unique_ptr<Communicator> comm_;
 };
 
