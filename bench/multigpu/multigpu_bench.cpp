@@ -1,0 +1,361 @@
+// multigpu_bench: scaling of longattn's dense ring attention over one MPI rank per GPU (NCCL),
+// forward and backward, weak (fixed tokens per GPU) and strong (fixed total tokens). For each
+// case it also runs the identical ring with the transfers left out (the same kernels, steps and
+// merges on stale K/V), so the exposed communication time is the difference. Rank 0 writes one
+// JSON line per case; bench/multigpu/run_scaling.sh runs it beside the PyTorch anchors and
+// bench/multigpu/scaling_report.py turns both into the committed JSON and a table.
+//
+//   mpirun -np 4 multigpu_bench --weak 32768,16384 --strong 131072 --out rows.jsonl
+#include <algorithm>
+#include <boost/program_options.hpp>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "attention/distributed.hpp"
+#include "comm/mpi_communicator.hpp"
+#include "comm/nccl/nccl_communicator.hpp"
+#include "kernels/cuda/cuda_backend.hpp"
+#include "runtime/error.hpp"
+
+namespace po = boost::program_options;
+using nlohmann::json;
+
+namespace longattn {
+namespace {
+
+struct Options {
+  std::vector<int64_t> weak{32768};    // tokens per GPU
+  std::vector<int64_t> strong;         // total tokens
+  std::vector<int64_t> strong_fwd_only;  // total tokens, forward only (the longest runs)
+  int64_t heads = 16, head_dim = 128, batch = 1, block = 128;
+  std::string dtype = "bf16";
+  std::string causal = "both";  // both | causal | full
+  int warmup = 1, repeats = 3, null_repeats = 2;
+  double budget_s = 60.0;  // no new case starts after this many seconds
+  std::string out = "multigpu_bench.jsonl";
+  std::string command;
+};
+
+// The same communicator with the transfers left out: every exchange completes at once and
+// moves nothing, so the ring runs exactly its compute. Collectives and the control plane pass
+// through (config agreement still works).
+class NoTransferComm final : public Communicator {
+ public:
+  explicit NoTransferComm(Communicator& real) : real_(real) {}
+  int rank() const override { return real_.rank(); }
+  int world() const override { return real_.world(); }
+  std::string backend() const override { return real_.backend() + " (no transfers)"; }
+  DeviceKind buffer_device() const override { return real_.buffer_device(); }
+  double timeout_seconds() const override { return real_.timeout_seconds(); }
+  void set_timeout_seconds(double s) override { real_.set_timeout_seconds(s); }
+  CommRequest start_exchange(const std::vector<SendSpec>&, const std::vector<RecvSpec>&,
+                             CommOp) override {
+    return CommRequest();
+  }
+  void allreduce(void* buf, size_t count, DType dtype, ReduceOp reduce, CommOp op) override {
+    real_.allreduce(buf, count, dtype, reduce, op);
+  }
+  void broadcast(void* buf, size_t bytes, int root, CommOp op) override {
+    real_.broadcast(buf, bytes, root, op);
+  }
+  void barrier(CommOp op) override { real_.barrier(op); }
+  void allgather_host(const void* send, size_t bytes, void* recv, CommOp op) override {
+    real_.allgather_host(send, bytes, recv, op);
+  }
+  void broadcast_host(void* buf, size_t bytes, int root, CommOp op) override {
+    real_.broadcast_host(buf, bytes, root, op);
+  }
+  void allreduce_host(double* values, size_t count, ReduceOp reduce, CommOp op) override {
+    real_.allreduce_host(values, count, reduce, op);
+  }
+
+ private:
+  Communicator& real_;
+};
+
+struct Case {
+  std::string scaling;  // weak | strong
+  int64_t N = 0;        // total tokens
+  bool causal = false;
+  bool backward = true;
+};
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Forward FLOPs of dense attention over all visible pairs (causal: j <= i, N(N+1)/2 pairs).
+double forward_flops(const Case& c, const Options& o) {
+  const double n = static_cast<double>(c.N);
+  const double pairs = c.causal ? n * (n + 1.0) / 2.0 : n * n;
+  return 4.0 * static_cast<double>(o.batch * o.heads * o.head_dim) * pairs;
+}
+
+struct Timings {
+  double fwd = 0, bwd = 0;  // medians, slowest rank
+  DistCounters fwd_counters;  // of this rank's last forward
+};
+
+// Medians over `repeats` of the slowest rank's forward (and backward) wall time; every rank
+// starts together (barrier after its stream is idle) and stops when its stream is idle.
+Timings time_ring(DistributedAttention& attn, Backend& be, Communicator& comm, int warmup,
+                  int repeats, bool backward, const std::vector<DeviceTensor*>& t) {
+  using clock = std::chrono::steady_clock;
+  const TensorView q = t[0]->view(), k = t[1]->view(), v = t[2]->view(), o = t[3]->view(),
+                   lse = t[4]->view(), d_o = t[5]->view();
+  std::vector<double> fwd, bwd;
+  Timings res;
+  for (int i = 0; i < warmup + repeats; ++i) {
+    be.synchronize();
+    comm.barrier(CommOp{"bench start", -1});
+    const auto t0 = clock::now();
+    attn.forward(be, q, k, v, o, lse);
+    be.synchronize();
+    const auto t1 = clock::now();
+    res.fwd_counters = attn.counters();
+    if (backward) {
+      attn.backward(be, q, k, v, o, lse, d_o, t[6]->view(), t[7]->view(), t[8]->view());
+      be.synchronize();
+    }
+    const auto t2 = clock::now();
+    double s[2] = {std::chrono::duration<double>(t1 - t0).count(),
+                   std::chrono::duration<double>(t2 - t1).count()};
+    comm.allreduce_host(s, 2, ReduceOp::Max, CommOp{"bench timing", -1});
+    if (i < warmup) continue;
+    fwd.push_back(s[0]);
+    bwd.push_back(s[1]);
+  }
+  res.fwd = median(fwd);
+  res.bwd = median(bwd);
+  return res;
+}
+
+json run_case(const Case& c, const Options& o, NcclCommunicator& comm, Backend& be) {
+  const int P = comm.world();
+  const DType dt = parse_dtype(o.dtype);
+  AttentionSpec spec;
+  spec.variant = "dense";
+  spec.causal = c.causal;
+  spec.block_size = o.block;
+  const DistConfig cfg{DistMode::Ring, c.causal ? Sharding::Zigzag : Sharding::Contiguous};
+  json row = {{"impl", "longattn"},
+              {"scaling", c.scaling},
+              {"gpus", P},
+              {"seq_len", c.N},
+              {"tokens_per_gpu", c.N / P},
+              {"causal", c.causal},
+              {"sharding", sharding_name(cfg.sharding)},
+              {"batch", o.batch},
+              {"heads", o.heads},
+              {"head_dim", o.head_dim},
+              {"dtype", o.dtype},
+              {"block", o.block},
+              {"pass", c.backward ? "fwd+bwd" : "fwd"}};
+  const Shape g{o.batch, c.N, o.heads, o.head_dim};
+  be.reset_peak();
+  const size_t base = as_cuda(be).current_bytes();
+  // Allocation may fail on some ranks only: every rank learns it before any collective.
+  std::vector<DeviceTensor> bufs;
+  std::string oom;
+  std::unique_ptr<DistributedAttention> attn;
+  try {
+    validate_distributed(spec, cfg, P, &g);
+    const Shape l{g.B, g.N / P, g.H, g.D};
+    for (int i = 0; i < 9; ++i) {
+      if (!c.backward && i >= 5) break;
+      bufs.emplace_back(be, i == 4 ? DType::F32 : dt, l.B, l.N, l.H, i == 4 ? 1 : l.D);
+    }
+    uint64_t seed = 1000 * static_cast<uint64_t>(comm.rank()) + 1;
+    for (size_t i : {0, 1, 2, 5})
+      if (i < bufs.size()) as_cuda(be).randn(bufs[i].view(), seed++);
+  } catch (const std::exception& e) {
+    oom = e.what();
+  }
+  double failed = oom.empty() ? 0.0 : 1.0;
+  comm.allreduce_host(&failed, 1, ReduceOp::Max, CommOp{"bench allocation", -1});
+  if (failed > 0) {
+    row["status"] = oom.empty() ? "failed on another rank" : "failed: " + oom;
+    return row;
+  }
+  std::vector<DeviceTensor*> t;
+  for (auto& b : bufs) t.push_back(&b);
+  while (t.size() < 9) t.push_back(t[0]);  // forward only: never touched
+
+  // Forward-only cases are the longest sequences: one timed run, no transfer-free twin.
+  const int repeats = c.backward ? o.repeats : 1;
+  const int null_repeats = c.backward ? o.null_repeats : 0;
+  attn = make_distributed_attention(spec, cfg, comm);
+  const Timings real = time_ring(*attn, be, comm, o.warmup, repeats, c.backward, t);
+  const DistCounters& fwd_counters = real.fwd_counters;
+  NoTransferComm none(comm);
+  auto attn_none = make_distributed_attention(spec, cfg, none);
+  Timings compute = real;
+  if (P > 1 && null_repeats > 0)
+    compute = time_ring(*attn_none, be, none, 0, null_repeats, c.backward, t);
+  attn.reset();
+  attn_none.reset();
+  double peak = static_cast<double>(be.peak_bytes() - base);
+  comm.allreduce_host(&peak, 1, ReduceOp::Max, CommOp{"bench peak", -1});
+
+  const double flops = forward_flops(c, o);
+  const double per_gpu = flops / P;
+  row["status"] = "ok";
+  row["fwd_s"] = real.fwd;
+  row["fwd_tflops_per_gpu"] = per_gpu / real.fwd / 1e12;
+  if (P > 1 && null_repeats > 0) {
+    row["fwd_compute_only_s"] = compute.fwd;
+    row["fwd_exposed_comm_s"] = std::max(0.0, real.fwd - compute.fwd);
+  }
+  if (c.backward) {
+    const double total = real.fwd + real.bwd;
+    row["bwd_s"] = real.bwd;
+    row["fwd_bwd_s"] = total;
+    row["fwd_bwd_tflops_per_gpu"] = per_gpu * (1.0 + 2.5) / total / 1e12;
+    if (P > 1 && null_repeats > 0) {
+      row["bwd_compute_only_s"] = compute.bwd;
+      row["fwd_bwd_exposed_comm_s"] = std::max(0.0, total - compute.fwd - compute.bwd);
+    }
+  }
+  row["flops_fwd"] = flops;
+  row["peak_bytes_per_gpu"] = peak;
+  row["kv_bytes_sent_per_rank_fwd"] = fwd_counters.bytes_sent;
+  row["ring_steps"] = fwd_counters.steps;
+  return row;
+}
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) v.push_back(std::stoll(item));
+  return v;
+}
+
+int run(int argc, char** argv, const MpiSession& session) {
+  Options o;
+  std::string weak = "32768", strong, strong_fwd;
+  po::options_description desc("multigpu_bench options");
+  desc.add_options()("help", "this text")(
+      "weak", po::value<std::string>(&weak)->default_value(weak),
+      "tokens per GPU, comma-separated (weak scaling: N = tokens x GPUs)")(
+      "strong", po::value<std::string>(&strong)->default_value(""),
+      "total tokens, comma-separated (strong scaling, causal zigzag, forward and backward)")(
+      "strong-fwd", po::value<std::string>(&strong_fwd)->default_value(""),
+      "total tokens, comma-separated (strong scaling, causal zigzag, forward only)")(
+      "heads", po::value<int64_t>(&o.heads)->default_value(o.heads), "heads")(
+      "head-dim", po::value<int64_t>(&o.head_dim)->default_value(o.head_dim), "head dimension")(
+      "batch", po::value<int64_t>(&o.batch)->default_value(o.batch), "batch")(
+      "block", po::value<int64_t>(&o.block)->default_value(o.block), "mask block size")(
+      "dtype", po::value<std::string>(&o.dtype)->default_value(o.dtype), "bf16 | fp16 | fp32")(
+      "causal", po::value<std::string>(&o.causal)->default_value(o.causal),
+      "weak scaling: both | causal | full")(
+      "warmup", po::value<int>(&o.warmup)->default_value(o.warmup), "untimed runs per case")(
+      "repeats", po::value<int>(&o.repeats)->default_value(o.repeats), "timed runs (median)")(
+      "null-repeats", po::value<int>(&o.null_repeats)->default_value(o.null_repeats),
+      "timed runs without transfers (exposed communication)")(
+      "budget", po::value<double>(&o.budget_s)->default_value(o.budget_s),
+      "seconds after which no new case starts")(
+      "out", po::value<std::string>(&o.out)->default_value(o.out), "JSON lines (rank 0)");
+  po::variables_map vm;
+  po::store(po::parse_command_line(argc, argv, desc), vm);
+  po::notify(vm);
+  if (vm.count("help")) {
+    if (session.info().rank == 0) std::cout << desc << "\n";
+    return 0;
+  }
+  for (int i = 0; i < argc; ++i) o.command += (i ? " " : "") + std::string(argv[i]);
+  o.weak = parse_list(weak);
+  o.strong = parse_list(strong);
+  o.strong_fwd_only = parse_list(strong_fwd);
+
+  GpuRank gpu = make_gpu_rank(comm_options_from_env(), true);
+  NcclCommunicator& comm = *gpu.comm;
+  Backend& be = *gpu.backend;
+  const int P = comm.world();
+  const bool root = comm.rank() == 0;
+  std::ofstream out;
+  if (root) {
+    out.open(o.out, std::ios::app);
+    json header = {{"type", "header"},
+                   {"impl", "longattn"},
+                   {"gpus", P},
+                   {"nccl", NcclCommunicator::nccl_version()},
+                   {"command", o.command}};
+    for (const GpuRankInfo& d : comm.devices())
+      header["devices"].push_back({{"rank", d.rank},
+                                   {"host", d.host},
+                                   {"device", d.device},
+                                   {"name", d.name},
+                                   {"uuid", d.uuid},
+                                   {"memory_bytes", d.total_bytes}});
+    out << header.dump() << "\n" << std::flush;
+  }
+  std::vector<Case> cases;
+  for (int64_t L : o.weak) {
+    if (o.causal != "causal") cases.push_back({"weak", L * P, false, true});
+    if (o.causal != "full") cases.push_back({"weak", L * P, true, true});
+  }
+  for (int64_t N : o.strong) cases.push_back({"strong", N, true, true});
+  for (int64_t N : o.strong_fwd_only) cases.push_back({"strong", N, true, false});
+
+  const auto start = std::chrono::steady_clock::now();
+  for (const Case& c : cases) {
+    double go = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() <
+                        o.budget_s
+                    ? 1.0
+                    : 0.0;
+    comm.broadcast_host(&go, sizeof(go), 0, CommOp{"bench budget", -1});
+    json row;
+    if (go == 0.0) {
+      row = {{"impl", "longattn"}, {"scaling", c.scaling}, {"gpus", P},     {"seq_len", c.N},
+             {"causal", c.causal}, {"pass", c.backward ? "fwd+bwd" : "fwd"},
+             {"status", "skipped: time budget spent"}};
+    } else {
+      row = run_case(c, o, comm, be);
+    }
+    if (root) {
+      out << row.dump() << "\n" << std::flush;
+      std::cout << "longattn " << P << " GPU(s) " << c.scaling << " N=" << c.N
+                << (c.causal ? " causal" : " full") << " " << row.value("pass", "") << ": ";
+      if (row.value("status", "") == "ok") {
+        std::cout << "fwd " << row["fwd_s"].get<double>() * 1e3 << " ms ("
+                  << row["fwd_tflops_per_gpu"].get<double>() << " TFLOP/s/GPU";
+        if (row.contains("fwd_exposed_comm_s"))
+          std::cout << ", exposed comm " << row["fwd_exposed_comm_s"].get<double>() * 1e3
+                    << " ms";
+        std::cout << ")";
+        if (c.backward)
+          std::cout << ", fwd+bwd " << row["fwd_bwd_s"].get<double>() * 1e3 << " ms ("
+                    << row["fwd_bwd_tflops_per_gpu"].get<double>() << " TFLOP/s/GPU)";
+        std::cout << ", peak " << row["peak_bytes_per_gpu"].get<double>() / (1 << 30) << " GiB";
+      } else {
+        std::cout << row.value("status", "");
+      }
+      std::cout << std::endl;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace longattn
+
+int main(int argc, char** argv) {
+  longattn::MpiSession session(&argc, &argv);
+  try {
+    return longattn::run(argc, argv, session);
+  } catch (const std::exception& e) {
+    std::cerr << "multigpu_bench: error: " << e.what() << std::endl;
+    longattn::mpi_abort(1);
+  }
+}
