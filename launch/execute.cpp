@@ -175,7 +175,7 @@ DistributedOutputs execute_distributed(const ProcessGroup& group, Backend& be,
   DistributedOutputs res;
   std::vector<double> fwd, bwd;
   for (int i = 0; i < opt.warmup + opt.repeats; ++i) {
-    DistributedResult r = run_distributed(spec, cfg, group.comm(), be, din, opt.backward);
+    DistributedResult r = run_distributed(spec, cfg, group.comm_for(be), be, din, opt.backward);
     if (i < opt.warmup) continue;
     fwd.push_back(r.forward_seconds);
     bwd.push_back(r.backward_seconds);

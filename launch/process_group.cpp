@@ -8,6 +8,10 @@
 
 #include "comm/mpi_communicator.hpp"
 #include "runtime/error.hpp"
+#ifdef LONGATTN_HAVE_NCCL
+#include "comm/nccl/nccl_communicator.hpp"
+#include "kernels/cuda/cuda_backend.hpp"
+#endif
 
 namespace longattn::cli {
 
@@ -32,6 +36,7 @@ ProcessGroup::ProcessGroup(int* argc, char*** argv) {
 }
 
 ProcessGroup::~ProcessGroup() {
+  device_comm_.reset();
   comm_.reset();
   if (active_) MPI_Finalize();
 }
@@ -39,6 +44,25 @@ ProcessGroup::~ProcessGroup() {
 Communicator& ProcessGroup::comm() const {
   LONGATTN_ASSERT(comm_ != nullptr, "the communicator exists only under a launcher");
   return *comm_;
+}
+
+Communicator& ProcessGroup::comm_for(Backend& be) const {
+  Communicator& host = comm();
+  if (be.device() == host.buffer_device()) return host;
+#ifdef LONGATTN_HAVE_NCCL
+  if (!device_comm_ || device_comm_backend_ != &be) {
+    device_comm_.reset();
+    CommOptions options;
+    options.timeout_seconds = host.timeout_seconds();
+    device_comm_ = std::make_unique<NcclCommunicator>(MPI_COMM_WORLD, as_cuda(be), options);
+    device_comm_backend_ = &be;
+  }
+  return *device_comm_;
+#else
+  throw InvalidArgument("--device", "cuda",
+                        "distributed runs on GPUs need NCCL, and this longattn was built without "
+                        "it (NCCL was not found when it was configured); use --device cpu");
+#endif
 }
 
 std::vector<std::string> ProcessGroup::gather(const std::string& mine) const {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "comm/communicator.hpp"
+#include "kernels/backend.hpp"
 
 namespace longattn::cli {
 
@@ -26,6 +27,10 @@ class ProcessGroup {
   int local_world() const { return local_world_; }
   // The MPI communicator of the distributed variants; only when active().
   Communicator& comm() const;
+  // The communicator that moves `be`'s memory: comm() for the CPU backend, an NCCL
+  // communicator for a CUDA backend (made on first use, collectively, with comm()'s timeout;
+  // rank 0 prints the device table). Only when active().
+  Communicator& comm_for(Backend& be) const;
 
   // Every rank's string, in rank order, on rank 0; an empty vector on the other ranks.
   std::vector<std::string> gather(const std::string& mine) const;
@@ -41,6 +46,8 @@ class ProcessGroup {
   bool active_ = false;
   int rank_ = 0, world_ = 1, local_rank_ = 0, local_world_ = 1;
   std::unique_ptr<Communicator> comm_;
+  mutable std::unique_ptr<Communicator> device_comm_;
+  mutable const Backend* device_comm_backend_ = nullptr;
 };
 
 // True when the environment shows a process launcher (Open MPI, PMI, PMIx), or LONGATTN_MPI=1.

@@ -111,8 +111,10 @@ def main():
                  "", "", "tokens", "tokens", "", "", "ms", "TFLOP/s", "", "", "ms", "TFLOP/s",
                  "ms", "GiB")]
     order = {"longattn": 0, "context_parallel": 1, "torch_ring": 2, "sdpa": 3}
-    for r in sorted(rows, key=lambda r: (r["scaling"], r["seq_len"] // r["gpus"] if r["scaling"] == "weak" else r["seq_len"],
-                                         r["causal"], r["gpus"], r["pass"], order.get(r["impl"], 9))):
+    def sort_key(r):
+        length = r["seq_len"] // r["gpus"] if r["scaling"] == "weak" else r["seq_len"]
+        return (r["scaling"], length, r["causal"], r["gpus"], r["pass"], order.get(r["impl"], 9))
+    for r in sorted(rows, key=sort_key):
         mask = "causal" if r["causal"] else "full"
         head = "%-6s %4d %8d %7d %-7s %-16s" % (r["scaling"], r["gpus"], r["seq_len"],
                                                  r["seq_len"] // r["gpus"], mask, r["impl"])

@@ -253,7 +253,8 @@ TEST(DistributedOnGpus, PeakMemoryPerGpuShrinksWithRanks) {
   spec.block_size = kBlock;
   const auto in = testing::random_inputs(g, DType::BF16, 77);
   DistributedInputs din;
-  if (comm.rank() == 0) din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
+  if (comm.rank() == 0)
+    din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
   be.reset_peak();
   const size_t base = as_cuda(be).current_bytes();
   const DistributedResult r =
