@@ -196,15 +196,16 @@ json run_case(const Case& c, const Options& o, NcclCommunicator& comm, Backend& 
   attn = make_distributed_attention(spec, cfg, comm);
   const Timings real = time_ring(*attn, be, comm, o.warmup, repeats, c.backward, t);
   const DistCounters& fwd_counters = real.fwd_counters;
-  NoTransferComm none(comm);
-  auto attn_none = make_distributed_attention(spec, cfg, none);
-  Timings compute = real;
-  if (P > 1 && null_repeats > 0)
-    compute = time_ring(*attn_none, be, none, 0, null_repeats, c.backward, t);
-  attn.reset();
-  attn_none.reset();
+  // Peak of the real run (inputs, outputs, ring workspace), before the twin takes its own.
   double peak = static_cast<double>(be.peak_bytes() - base);
   comm.allreduce_host(&peak, 1, ReduceOp::Max, CommOp{"bench peak", -1});
+  attn.reset();
+  Timings compute = real;
+  if (P > 1 && null_repeats > 0) {
+    NoTransferComm none(comm);
+    auto attn_none = make_distributed_attention(spec, cfg, none);
+    compute = time_ring(*attn_none, be, none, 0, null_repeats, c.backward, t);
+  }
 
   const double flops = forward_flops(c, o);
   const double per_gpu = flops / P;

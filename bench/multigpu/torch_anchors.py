@@ -216,6 +216,17 @@ def timed(fn_fwd, fn_bwd, warmup, repeats, device):
     return median(fwd), median(bwd)
 
 
+_MESH = {}
+
+
+def world_mesh(world):
+    """One 1-D device mesh over all ranks, made once."""
+    if world not in _MESH:
+        from torch.distributed.device_mesh import init_device_mesh
+        _MESH[world] = init_device_mesh("cuda", (world,))
+    return _MESH[world]
+
+
 def run_case(impl, scaling, N, causal, backward, a, rank, world, device):
     B, H, D = a.batch, a.heads, a.head_dim
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
@@ -243,10 +254,9 @@ def run_case(impl, scaling, N, causal, backward, a, rank, world, device):
             bwd = (lambda out: out.backward(g)) if backward else None
             tf, tb = timed(fwd, bwd, a.warmup, repeats, device)
         elif impl == "context_parallel":
-            from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.tensor.experimental import context_parallel
             from torch.nn.attention import SDPBackend, sdpa_kernel
-            mesh = init_device_mesh("cuda", (world,))
+            mesh = world_mesh(world)
             bufs = [torch.randn(B, H, N, D, device=device, dtype=dtype, generator=gen)
                     for _ in range(4)]
             with context_parallel(mesh, buffers=bufs, buffer_seq_dims=[2, 2, 2, 2],
