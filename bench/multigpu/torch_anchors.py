@@ -256,6 +256,13 @@ def run_case(impl, scaling, N, causal, backward, a, rank, world, device):
         elif impl == "context_parallel":
             from torch.distributed.tensor.experimental import context_parallel
             from torch.nn.attention import SDPBackend, sdpa_kernel
+            # PyTorch load-balances causal runs (its own zigzag) and refuses to for non-causal
+            # ones ("Load balancing requires is_causal=True"): on for causal only.
+            try:
+                from torch.distributed.tensor.experimental import _attention as cp_attention
+                cp_attention._cp_options.enable_load_balance = causal
+            except (ImportError, AttributeError):
+                pass
             mesh = world_mesh(world)
             bufs = [torch.randn(B, H, N, D, device=device, dtype=dtype, generator=gen)
                     for _ in range(4)]
@@ -374,7 +381,9 @@ def main():
     out = open(a.out, "a") if rank == 0 else None
     header = {"type": "header", "impl": "pytorch", "gpus": world, "torch": torch.__version__,
               "nccl": ".".join(map(str, torch.cuda.nccl.version())),
-              "device": torch.cuda.get_device_name(device), "command": " ".join(sys.argv)}
+              "device": torch.cuda.get_device_name(device),
+              "command": "python3 -m torch.distributed.run --nproc_per_node %d "
+                         "bench/multigpu/torch_anchors.py %s" % (world, " ".join(sys.argv[1:]))}
     if a.check and world > 1:
         header["torch_ring_check_max_rel_error_bf16"] = check_ring(rank, world, device,
                                                                    torch.bfloat16)
