@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "launch/bench.hpp"
 #include "launch/commands.hpp"
 #include "launch/process_group.hpp"
 #include "launch/options.hpp"
@@ -35,6 +36,8 @@ const Command kCommands[] = {
      longattn::cli::cmd_pattern},
     {"verify", "check variants against the naive fp64 reference (--all: every variant and preset)",
      longattn::cli::cmd_verify},
+    {"bench", "time variants over the ranks: nccl-tests-style table, suites, --json/--csv",
+     longattn::cli::cmd_bench},
 };
 
 void print_usage(std::ostream& os) {
@@ -44,7 +47,8 @@ void print_usage(std::ostream& os) {
         "Usage: longattn <command> [options]      (longattn <command> --help lists its options)\n\n"
         "Commands:\n";
   for (const auto& c : kCommands) os << "  " << c.name << std::string(10 - std::strlen(c.name), ' ') << c.summary << "\n";
-  os << "\nExit codes: 0 ok, 1 error, 2 invalid argument, 3 verification above tolerance.\n"
+  os << "\nExit codes: 0 ok, 1 error, 2 invalid argument, 3 verification above tolerance\n"
+        "(bench: #wrong > 0), 4 bench regression beyond its threshold.\n"
         "Several CPU ranks: mpirun -np 4 longattn verify --all  (add --oversubscribe with fewer "
         "cores,\n--allow-run-as-root as root).\n";
 }
