@@ -358,6 +358,9 @@ class Runner {
 
   int rank() const { return host_.rank(); }
   int world() const { return host_.world(); }
+  // Decisions that depend on a clock are taken on the slowest rank's value, so that every rank
+  // takes the same branch.
+  double max_all(double x) const { return slowest(x); }
   const std::vector<json>& rows() const { return rows_; }
   std::vector<json>& rows() { return rows_; }
 
@@ -389,7 +392,13 @@ class Runner {
     } catch (const InvalidArgument& e) {
       st = Status::Invalid;
       msg = e.what();
+    } catch (const std::bad_alloc&) {
+      st = Status::Oom;
+      msg = "host memory exhausted (std::bad_alloc) while building the masks";
     }
+    // Every rank built the same plan; a rank short of host memory must not go on alone.
+    st = static_cast<Status>(static_cast<int>(slowest(static_cast<double>(st))));
+    if (st != Status::Ok && msg.empty()) msg = "failed on another rank";
     if (st == Status::Ok) measure(c, lim, *variant, cfg, fwd_flops, row, st, msg);
     row["status"] = status_name(st);
     if (!msg.empty()) row["message"] = msg;
@@ -545,6 +554,9 @@ class Runner {
     } catch (const OutOfMemory& e) {
       failed = 1;
       msg = e.what();
+    } catch (const std::bad_alloc&) {
+      failed = 1;
+      msg = "host memory exhausted (std::bad_alloc) while preparing the inputs";
     } catch (const InvalidArgument& e) {
       failed = 2;
       msg = e.what();
@@ -604,6 +616,9 @@ class Runner {
     } catch (const OutOfMemory& e) {
       code = 1;
       msg = e.what();
+    } catch (const std::bad_alloc&) {
+      code = 1;
+      msg = "host memory exhausted (std::bad_alloc)";
     } catch (const InvalidArgument& e) {
       code = 2;
       msg = e.what();
@@ -816,9 +831,12 @@ json run_maxseq(Runner& runner, const MaxseqEntry& e, const MaxseqParams& mp, Li
   lim.trial_seconds = trial_seconds;
   int64_t lo = 0, hi = 0;  // largest N that passed, smallest that failed
   json best, stop;
+  auto elapsed = [&] { return runner.max_all(prog.elapsed()); };
   auto trial = [&](int64_t n) {
     BenchCase c = e.base;
     c.shape.N = n;
+    // A trial must fit both its own limit and what is left of the budget.
+    if (budget > 0) lim.trial_seconds = std::min(trial_seconds, std::max(1.0, budget - elapsed()));
     const json r = runner.run(c, lim);
     emit(r);
     const std::string s = r["status"].get<std::string>();
@@ -846,7 +864,7 @@ json run_maxseq(Runner& runner, const MaxseqEntry& e, const MaxseqParams& mp, Li
     }
     return passed;
   };
-  auto over_budget = [&] { return budget > 0 && prog.elapsed() > budget; };
+  auto over_budget = [&] { return budget > 0 && elapsed() > budget; };
   bool capped = false;
   for (int64_t n = round_up(std::max<int64_t>(mp.min_n, g)); !over_budget(); n *= 2) {
     if (n > mp.max_n) {
@@ -1255,7 +1273,7 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
   if (maxseq) {
     Progress prog(progress_on, 1.0);
     for (const auto& e : entries) {
-      if (ba.budget > 0 && prog.elapsed() > ba.budget) break;
+      if (ba.budget > 0 && runner.max_all(prog.elapsed()) > ba.budget) break;
       maxseq_summary.push_back(
           run_maxseq(runner, e, mp, lim, trial_seconds, prog, ba.budget, print, emit));
     }
@@ -1265,7 +1283,7 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
     Progress prog(progress_on, total);
     for (size_t i = 0; i < cases.size(); ++i) {
       const BenchCase& c = cases[i];
-      if (ba.budget > 0 && prog.elapsed() > ba.budget) {
+      if (ba.budget > 0 && runner.max_all(prog.elapsed()) > ba.budget) {
         json r = case_json(c, P);
         r["status"] = "skipped";
         r["message"] = "time budget (--budget) spent";
