@@ -181,7 +181,16 @@ CheckResult check_sampled_rows(const AttentionSpec& spec, const CheckLayout& lay
       if (lb < 0) continue;
       const Tensor kh = fetch(be, k.batches(lb, 1).heads(h, 1));
       const Tensor vh = fetch(be, v.batches(lb, 1).heads(h, 1));
-      const TensorView kv = kh.view(), vv = vh.view();
+      // Contiguous [1, n, 1, D] host copies: element (ln, d) at ln * D + d.
+      auto element = [](const Tensor& t) {
+        const bool f64 = t.dtype() == DType::F64;
+        const void* base = t.data();
+        return [f64, base](int64_t idx) {
+          return f64 ? static_cast<const double*>(base)[idx]
+                     : static_cast<double>(static_cast<const float*>(base)[idx]);
+        };
+      };
+      const auto kat = element(kh), vat = element(vh);
       std::vector<int64_t> mine;
       for (int64_t s = 0; s < S; ++s)
         if (smp[s].b == b && smp[s].h == h && obs[static_cast<size_t>(s * stride + 2 * D + 1)] > 0)
@@ -198,7 +207,7 @@ CheckResult check_sampled_rows(const AttentionSpec& spec, const CheckLayout& lay
             double sc = kNegInf;
             if (prob.terms[t].allowed(h, smp[s].i, j)) {
               sc = 0.0;
-              for (int64_t d = 0; d < D; ++d) sc += qs[d] * load(kv, 0, ln, 0, d);
+              for (int64_t d = 0; d < D; ++d) sc += qs[d] * kat(ln * D + d);
               sc *= scale;
             }
             score[static_cast<size_t>(ln)] = sc;
@@ -212,7 +221,7 @@ CheckResult check_sampled_rows(const AttentionSpec& spec, const CheckLayout& lay
             const double e = std::exp(sc - mx);
             acc[0] += e;
             for (int64_t d = 0; d < D; ++d) {
-              const double x = load(vv, 0, ln, 0, d);
+              const double x = vat(ln * D + d);
               acc[1 + d] += e * x;
               acc[1 + D + d] += e * e * x * x;
             }

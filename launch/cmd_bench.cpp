@@ -1014,10 +1014,13 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
   DeviceArgs dev;
   DistArgs d;
   po::options_description own("Bench", kHelpWidth);
-  std::string suites_help = "suite: ";
-  for (const auto& s : suite_infos()) suites_help += "\n  " + s.name + ": " + s.summary;
+  std::string suite_names, suite_list;
+  for (const auto& s : suite_infos()) {
+    suite_names += (suite_names.empty() ? "" : " | ") + s.name;
+    suite_list += "\n  " + s.name + ": " + s.summary;
+  }
   own.add_options()
-      ("suite", po::value(&ba.suite)->default_value("custom"), suites_help.c_str())
+      ("suite", po::value(&ba.suite)->default_value("custom"), suite_names.c_str())
       ("seq-len,n", po::value(&ba.seq_len)->multitoken(),
        "sequence lengths N (list; 128K, 1M accepted; scaling: total tokens of the strong rows)")
       ("batch,b", po::value(&ba.batch)->multitoken(), "batch sizes B (list)")
@@ -1072,7 +1075,8 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
                      "peak memory, communication,\nefficiency and #wrong (sampled rows against "
                      "the fp64 reference). Under mpirun -np P the\ndistributed modes use all P "
                      "ranks (CPU ranks, or one GPU per rank with --device cuda).\n"
-                     "Exit codes: 0 ok, 1 error, 2 invalid argument, 3 #wrong > 0, 4 regression.",
+                     "Exit codes: 0 ok, 1 error, 2 invalid argument, 3 #wrong > 0, 4 regression."
+                     "\n\nSuites (--suite):" + suite_list,
                      args, desc, vm, mpi.rank() == 0))
     return kExitOk;
 
