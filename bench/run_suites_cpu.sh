@@ -4,15 +4,17 @@
 # plots written to one folder. What bench/results/cpu/ holds was made by this script.
 #
 #   bench/run_suites_cpu.sh [--bin DIR] [--out-dir DIR] [--ranks "1 2 4"]
-#   --bin      folder holding longattn (default: build-bench/bin)
-#   --out-dir  default: bench/results/cpu
+#   --bin      folder holding longattn (default: build-bench/bin; relative to the source tree)
+#   --out-dir  default: bench/results/cpu (relative to the source tree)
 #   --ranks    the rank counts of the scaling and maxseq suites
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
-bin="$root/build-bench/bin"
-out="$root/bench/results/cpu"
+# Paths relative to the source tree, so the commands recorded in the results are too.
+cd "$root"
+bin="build-bench/bin"
+out="bench/results/cpu"
 ranks="1 2 4"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -45,6 +47,6 @@ for P in $ranks; do
   run "scaling_np$P" mpirun_np "$P" "$bin/longattn" bench --suite scaling --local-n 256 512 \
     -n 2048 "${shape[@]}" --segment-lengths 64,128,256 --max-seconds 1
   run "maxseq_np$P" mpirun_np "$P" "$bin/longattn" bench --suite maxseq "${shape[@]}" \
-    --max-n 32768 --trial-seconds 10 --budget 150 --segment-lengths 256,512,1024
+    --max-n 32768 --trial-seconds 10 --budget 150 --segment-lengths 512,1024,2048
 done
-"$here/plot" "$out"/*.json --out-dir "$out/plots" --prefix cpu_
+bench/plot "$out"/*.json --out-dir "$out/plots" --prefix cpu_

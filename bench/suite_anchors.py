@@ -185,7 +185,8 @@ def headline(runs):
                     "causal": r["causal"], "pass": r["pass"], "tflops": r["tflops"],
                     "ratio_sdpa_flash": r["ratios"].get("sdpa_flash"),
                     "ratio_sdpa_cudnn": r["ratios"].get("sdpa_cudnn")})
-            if r.get("group") == "weak" and r.get("mode") != "single" and "efficiency" in r:
+            if ("weak" in r.get("group", "").split(",") and r.get("mode") != "single"
+                    and "efficiency" in r):
                 h["weak_efficiency"].append({
                     "variant": v, "mode": r["mode"], "ranks": r["ranks"], "local_n": r.get("local_n"),
                     "causal": r["causal"], "pass": r["pass"], "efficiency": r["efficiency"],

@@ -30,7 +30,9 @@ inline const char* const kModeSingle = "single";
 // One row of a suite: a variant, a mode, a GLOBAL shape, a dtype and a pass.
 struct BenchCase {
   std::string suite;
-  std::string group;  // weak | strong | seed | issue | "" (what the row belongs to in plots)
+  // weak | strong | seed | issue | "" (what the row belongs to in plots); a comma list when
+  // one row serves several (weak scaling at a strong-scaling length: "weak,strong").
+  std::string group;
   std::string label;  // "dense", "dilated/groups", "block_sparse/local_window r=0.1"
   AttentionSpec spec;
   std::string mode = kModeSingle;  // single | ring | block_sparse_ring | dilated | data_parallel

@@ -102,14 +102,21 @@ std::string sparse_label(const std::string& pattern, double ratio) {
 
 std::string dilated_label(DilatedMode m) { return std::string("dilated/") + mode_name(m); }
 
-// Appends one case per pass; duplicates (same row key) are dropped.
+// Appends one case per pass. A case already listed (same row key) runs once; it joins the new
+// case's group ("weak,strong" when weak scaling reaches a strong-scaling length).
 class CaseList {
  public:
   void add(BenchCase c, const std::vector<std::string>& passes) {
     for (const auto& pass : passes) {
       c.pass = pass;
       const std::string k = key(c);
-      if (std::find(keys_.begin(), keys_.end(), k) != keys_.end()) continue;
+      const auto it = std::find(keys_.begin(), keys_.end(), k);
+      if (it != keys_.end()) {
+        std::string& g = cases_[static_cast<size_t>(it - keys_.begin())].group;
+        if (!c.group.empty() && ("," + g + ",").find("," + c.group + ",") == std::string::npos)
+          g += (g.empty() ? "" : ",") + c.group;
+        continue;
+      }
       keys_.push_back(k);
       cases_.push_back(c);
     }
@@ -273,7 +280,12 @@ std::vector<BenchCase> scaling(const SuiteParams& p) {
     for (int64_t L : locals) variants("weak", causal, L, L * P, L, segments_for(L));
     for (int64_t T : totals) variants("strong", causal, T, T, T / P, segments_for(T / P));
   }
-  return list.take();
+  // The single-rank baselines first, so every distributed row's efficiency and speed-up can be
+  // printed when it completes.
+  std::vector<BenchCase> cases = list.take();
+  std::stable_partition(cases.begin(), cases.end(),
+                        [](const BenchCase& c) { return c.mode == kModeSingle; });
+  return cases;
 }
 
 // A fixed small set compared with a committed baseline (tests/test_performance_regression_all.py

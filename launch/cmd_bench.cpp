@@ -252,9 +252,15 @@ std::string shell_quote(const std::string& s) {
 std::string reproduce_command(const Args& args, const ProcessGroup& mpi) {
   std::ostringstream os;
   if (mpi.active()) os << "mpirun -np " << mpi.world() << " ";
+  // The program as it would be typed from the current folder (relative when inside it).
   std::error_code ec;
-  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-  os << (ec ? std::string("longattn") : exe.string()) << " bench";
+  std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const auto cwd = std::filesystem::current_path(ec);
+    const auto rel = ec ? std::filesystem::path() : exe.lexically_relative(cwd);
+    if (!rel.empty() && *rel.begin() != "..") exe = rel;
+  }
+  os << (ec || exe.empty() ? std::string("longattn") : exe.string()) << " bench";
   for (const auto& a : args) os << " " << shell_quote(a);
   return os.str();
 }
@@ -363,6 +369,13 @@ class Runner {
   double max_all(double x) const { return slowest(x); }
   const std::vector<json>& rows() const { return rows_; }
   std::vector<json>& rows() { return rows_; }
+
+  // Efficiency and speed-ups again, against every row of the run (a baseline may have come
+  // after the row it serves).
+  void annotate_all() {
+    const std::vector<json> pool = rows_;
+    for (auto& r : rows_) annotate(r, pool);
+  }
 
   // The row of one case (identical on every rank), appended to rows().
   json run(const BenchCase& c, const Limits& lim) {
@@ -677,7 +690,8 @@ class Runner {
 
   // Speed-up over dense at the same shape and mode; efficiency against a single-rank row at
   // this row's local length; speed-up over a single rank at the same total size.
-  void annotate(json& row) const {
+  void annotate(json& row) const { annotate(row, rows_); }
+  void annotate(json& row, const std::vector<json>& pool) const {
     if (row["status"] != "ok") return;
     const double ms = row["median_ms"].get<double>();
     auto same = [&](const json& r, const char* k) { return r[k] == row[k]; };
@@ -686,7 +700,7 @@ class Runner {
     int64_t lN = row["N"].get<int64_t>(), lB = row["B"].get<int64_t>();
     if (mode == "data_parallel") lB /= P;
     else if (mode != kModeSingle) lN /= P;
-    for (const auto& r : rows_) {
+    for (const auto& r : pool) {
       if (r["status"] != "ok" || !same(r, "dtype") || !same(r, "causal") || !same(r, "pass") ||
           !same(r, "H") || !same(r, "D") || !same(r, "suite"))
         continue;
@@ -1311,6 +1325,7 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
     wrong += r.value("wrong", 0);
     checked += r.value("check_rows", 0);
   }
+  runner.annotate_all();
   RegressionSummary reg;
   int code = kExitOk;
   if (root && !ba.baseline.empty()) {
