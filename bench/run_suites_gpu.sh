@@ -12,12 +12,13 @@
 #   implementation at the seeds' configurations; then bench/suite_anchors.py runs SDPA
 #   (flash, cuDNN), FlexAttention on the identical block masks and per-segment SDPA on the same
 #   GPU and shapes.
-# Several GPUs (--part multi, one MPI rank per GPU): (d) the scaling suite (single GPU vs
-#   data-parallel vs ring vs block-sparse ring vs distributed dilated, weak and strong), (e)
-#   PyTorch context_parallel on the same shapes (bench/multigpu/torch_anchors.py under
-#   torch.distributed.run), (f) maxseq of the dense ring (h=16, d=128) and data-parallel,
-#   (g) maxseq of the block-sparse ring and distributed dilated (the seeds' h=8, d=64),
-#   (h) context_parallel at the longest dense ring length found.
+# Several GPUs (--part multi, one MPI rank per GPU), in this order: (d) the scaling suite
+#   (single GPU vs data-parallel vs ring vs block-sparse ring vs distributed dilated, weak and
+#   strong), (f) maxseq of the dense ring (fwd+bwd, h=16, d=128), (g) maxseq of the block-sparse
+#   ring and distributed dilated (fwd+bwd, the seeds' h=8, d=64), (e) PyTorch context_parallel
+#   on the scaling shapes (bench/multigpu/torch_anchors.py under torch.distributed.run),
+#   (h) context_parallel forward at the longest dense ring length found, (i) maxseq of
+#   data-parallel (forward; each rank holds whole sequences, so it cannot go past one GPU).
 #
 #   bench/run_suites_gpu.sh [--bin DIR] [--out-dir DIR] [--part single|multi|auto]
 #                           [--limit SECONDS] [--quick] [--cpu-smoke]
@@ -47,7 +48,7 @@ while [[ $# -gt 0 ]]; do
     --limit) limit="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --cpu-smoke) cpu=1; quick=1; shift ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "run_suites_gpu.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -162,38 +163,42 @@ if [[ "$part" == multi || "$part" == both ]]; then
     cpw=32768; cps=131072; cph=(--heads 16 --head-dim 128)
   fi
   mpi=(mpirun "${mpiflags[@]}" -np "$P")
-  step "(d) scaling suite on $P ranks" 150 "${mpi[@]}" "${bench[@]}" --suite scaling "${sc[@]}" \
-    --budget "$(budget_of 150)" --comm-timeout 120 --json "$work/scaling.json"
+  # In order of what matters most; a step the limit no longer allows is skipped.
+  step "(d) scaling suite on $P ranks" 120 "${mpi[@]}" "${bench[@]}" --suite scaling "${sc[@]}" \
+    --budget "$(budget_of 120)" --comm-timeout 120 --json "$work/scaling.json"
   inputs+=("$work/scaling.json")
-  if [[ $cpu -eq 0 ]]; then
-    step "(e) PyTorch context_parallel, scaling shapes" 90 python3 -m torch.distributed.run \
-      --standalone --nproc_per_node "$P" "$here/multigpu/torch_anchors.py" --weak "$cpw" \
-      --strong "$cps" --impls context_parallel "${cph[@]}" --budget "$(budget_of 90)" \
-      --out "$cp_jsonl"
-  fi
-  step "(f) maxseq, dense ring fwd+bwd and data-parallel fwd, $P ranks" 160 "${mpi[@]}" \
-    "${bench[@]}" --suite maxseq --modes dense data_parallel:fwd "${md[@]}" \
-    --budget "$(budget_of 160)" --comm-timeout 120 --json "$work/maxseq_dense_multi.json"
-  inputs+=("$work/maxseq_dense_multi.json")
-  step "(g) maxseq, block-sparse ring and distributed dilated, $P ranks" 110 "${mpi[@]}" \
+  step "(f) maxseq, dense ring fwd+bwd, $P ranks" 120 "${mpi[@]}" "${bench[@]}" --suite maxseq \
+    --modes dense "${md[@]}" --budget "$(budget_of 120)" --comm-timeout 120 \
+    --json "$work/maxseq_ring.json"
+  inputs+=("$work/maxseq_ring.json")
+  step "(g) maxseq, block-sparse ring and distributed dilated, $P ranks" 90 "${mpi[@]}" \
     "${bench[@]}" --suite maxseq --modes block_sparse dilated "${mx[@]}" \
-    --budget "$(budget_of 110)" --comm-timeout 120 --json "$work/maxseq_sparse_multi.json"
-  inputs+=("$work/maxseq_sparse_multi.json")
+    --budget "$(budget_of 90)" --comm-timeout 120 --json "$work/maxseq_sparse_dilated.json"
+  inputs+=("$work/maxseq_sparse_dilated.json")
   if [[ $cpu -eq 0 ]]; then
+    step "(e) PyTorch context_parallel, scaling shapes" 70 python3 -m torch.distributed.run \
+      --standalone --nproc_per_node "$P" "$here/multigpu/torch_anchors.py" --weak "$cpw" \
+      --strong "$cps" --impls context_parallel "${cph[@]}" --budget "$(budget_of 70)" \
+      --out "$cp_jsonl"
     longest=$(python3 -c '
 import json, sys
 try:
-    d = json.load(open(sys.argv[1]))
-    print(max([s["largest_n"] for s in d.get("maxseq", []) if s["mode"] == "ring"] or [0]))
+    rows = json.load(open(sys.argv[1])).get("rows", [])
+    print(max([r["N"] for r in rows if r.get("mode") == "ring" and r.get("status") in ("ok", "time")
+               and "median_ms" in r and r.get("wrong", 1) == 0] or [0]))
 except Exception:
-    print(0)' "$work/maxseq_dense_multi.json")
+    print(0)' "$work/maxseq_ring.json")
     if (( longest > 0 )); then
-      step "(h) PyTorch context_parallel forward at N=$longest" 90 python3 -m torch.distributed.run \
+      step "(h) PyTorch context_parallel forward at N=$longest" 60 python3 -m torch.distributed.run \
         --standalone --nproc_per_node "$P" "$here/multigpu/torch_anchors.py" --weak "" \
-        --strong-fwd "$longest" --causal causal --impls context_parallel "${cph[@]}" --repeats 1 \
-        --budget 5 --out "$cp_jsonl"
+        --strong-fwd "$longest" --impls context_parallel "${cph[@]}" --repeats 1 --budget 5 \
+        --out "$cp_jsonl"
     fi
   fi
+  step "(i) maxseq, data-parallel fwd (one whole sequence per rank), $P ranks" 50 "${mpi[@]}" \
+    "${bench[@]}" --suite maxseq --modes data_parallel:fwd "${md[@]}" \
+    --budget "$(budget_of 50)" --comm-timeout 120 --json "$work/maxseq_data_parallel.json"
+  inputs+=("$work/maxseq_data_parallel.json")
 fi
 
 present=()
@@ -207,6 +212,7 @@ anchor_flags=(--flex-min-n "${flex_min:-65536}")
 echo "== merging ${#present[@]} runs$([[ "$part" != multi && $cpu -eq 0 ]] && echo ' and running the single-GPU PyTorch anchors') (at ${SECONDS} s)"
 secs=$(( limit - SECONDS ))
 (( secs < 20 )) && { anchor_flags+=(--no-torch); secs=20; }
+anchor_flags+=(--deadline $(( secs > 40 ? secs - 30 : secs / 2 )))
 timeout --signal=TERM --kill-after=10 "$secs" python3 "$here/suite_anchors.py" --in "${present[@]}" \
   --cp-jsonl "$cp_jsonl" --out "$out_dir/suites_gpu.json" --table "$out_dir/suites_gpu_table.txt" \
   --command "$command_line" "${anchor_flags[@]}" > /dev/null \

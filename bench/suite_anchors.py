@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -42,8 +43,28 @@ def load_runs(paths):
             runs.append({"file": p, "error": "%s: %s" % (type(e).__name__, e), "rows": []})
             continue
         doc["file"] = os.path.basename(p)
+        if "maxseq" not in doc and any(r.get("suite") == "maxseq" for r in doc.get("rows", [])):
+            doc["maxseq"] = maxseq_from_rows(doc)
         runs.append(doc)
     return runs
+
+
+def maxseq_from_rows(run):
+    """A run cut short (killed, or a rank lost) has its trial rows but no maxseq summary: the
+    largest exact passing N per (variant, mode, pass)."""
+    found = {}
+    for r in run.get("rows", []):
+        if r.get("suite") != "maxseq":
+            continue
+        k = (r["variant"], r["mode"], r["pass"])
+        s = found.setdefault(k, {"variant": r["variant"], "mode": r["mode"], "pass": r["pass"],
+                                 "causal": r["causal"], "B": r["B"], "H": r["H"], "D": r["D"],
+                                 "dtype": r["dtype"], "ranks": r["ranks"], "largest_n": 0,
+                                 "stopped_by": "run cut short"})
+        passed = r.get("status") in ("ok", "time") and "median_ms" in r and r.get("wrong", 1) == 0
+        if passed and r["N"] > s["largest_n"]:
+            s.update(largest_n=r["N"], time_ms=r["median_ms"], peak_bytes=r.get("peak_bytes"))
+    return list(found.values())
 
 
 def load_jsonl(path):
@@ -117,18 +138,24 @@ def run_single_anchors(runs, args, out_meta):
     out_meta["torch_cudnn"] = torch.backends.cudnn.version()
     out_meta["torch_gpu"] = torch.cuda.get_device_name(0)
     timer = anchors.Timer(torch, args.warmup, args.repeats, args.max_seconds)
-    for run in runs:
-        for r in run.get("rows", []):
-            for name in anchors_for(r, args.flex_min_n):
-                a = time_anchor(anchors, torch, timer, np, name, r)
-                if "ms_median" in a:
-                    a["tflops"] = r["flops"] / (a["ms_median"] * 1e-3) / 1e12
-                    r.setdefault("ratios", {})[name] = a["ms_median"] / r["median_ms"]
-                r.setdefault("anchors", {})[name] = a
-                print("anchor %-12s %-28s N=%-7d B=%d %-7s %s" % (
-                    name, r["variant"], r["N"], r["B"], r["pass"],
-                    ("%.3f ms (ours %.3f)" % (a["ms_median"], r["median_ms"]))
-                    if "ms_median" in a else a["error"]), file=sys.stderr, flush=True)
+    # The issue's shapes (N >= --flex-min-n) first, in case the deadline comes.
+    work = [(r, name) for run in runs for r in run.get("rows", [])
+            for name in anchors_for(r, args.flex_min_n)]
+    work.sort(key=lambda w: w[0]["N"] < args.flex_min_n)
+    start = time.monotonic()
+    for r, name in work:
+        if args.deadline and time.monotonic() - start > args.deadline:
+            r.setdefault("anchors", {})[name] = {"error": "not run: --deadline reached"}
+            continue
+        a = time_anchor(anchors, torch, timer, np, name, r)
+        if "ms_median" in a:
+            a["tflops"] = r["flops"] / (a["ms_median"] * 1e-3) / 1e12
+            r.setdefault("ratios", {})[name] = a["ms_median"] / r["median_ms"]
+        r.setdefault("anchors", {})[name] = a
+        print("anchor %-12s %-28s N=%-7d B=%d %-7s %s" % (
+            name, r["variant"], r["N"], r["B"], r["pass"],
+            ("%.3f ms (ours %.3f)" % (a["ms_median"], r["median_ms"]))
+            if "ms_median" in a else a["error"]), file=sys.stderr, flush=True)
 
 
 def attach_context_parallel(runs, cp_rows):
@@ -266,6 +293,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--max-seconds", type=float, default=1.0, help="time per anchor row")
     ap.add_argument("--no-torch", action="store_true", help="merge only, run no anchor")
+    ap.add_argument("--deadline", type=float, default=0.0,
+                    help="seconds after which no further anchor starts (0: none)")
     args = ap.parse_args()
 
     runs = load_runs(args.inputs)
