@@ -226,11 +226,18 @@ json versions_json(const ProcessGroup& mpi) {
   return v;
 }
 
-// The variables that change what a run does or how fast it goes.
+// The variables that change what a run does or how fast it goes (not the launcher's own
+// bookkeeping: addresses, session folders, job ids).
 json environment_json() {
   json e = json::object();
-  const char* prefixes[] = {"LONGATTN_", "NCCL_", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_MAX",
-                            "OMP_NUM_THREADS", "OMPI_MCA_", "SLURM_JOB_ID", "SLURM_NNODES"};
+  const char* prefixes[] = {"LONGATTN_",          "NCCL_",
+                            "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_MAX",
+                            "OMP_NUM_THREADS",    "OMPI_COMM_WORLD_SIZE",
+                            "OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_MCA_btl",
+                            "OMPI_MCA_pml",       "OMPI_MCA_osc",
+                            "OMPI_MCA_coll",      "OMPI_MCA_mpi_",
+                            "OMPI_MCA_rmaps_",    "OMPI_MCA_hwloc_",
+                            "SLURM_NNODES",       "SLURM_NTASKS"};
   for (char** p = environ; p && *p; ++p) {
     const std::string kv = *p;
     const size_t eq = kv.find('=');
