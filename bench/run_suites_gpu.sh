@@ -20,12 +20,16 @@
 #   (h) context_parallel forward at the longest dense ring length found, (i) maxseq of
 #   data-parallel (forward; each rank holds whole sequences, so it cannot go past one GPU).
 #
-#   bench/run_suites_gpu.sh [--bin DIR] [--out-dir DIR] [--part single|multi|auto]
-#                           [--limit SECONDS] [--quick] [--cpu-smoke]
+# Long (--part long, several GPUs): one trial of the dense ring fwd+bwd at --long-n (default 4M)
+#   with most of the command's time, and context_parallel's forward at that length.
+#
+#   bench/run_suites_gpu.sh [--bin DIR] [--out-dir DIR] [--part single|multi|long|auto]
+#                           [--limit SECONDS] [--long-n N] [--quick] [--cpu-smoke]
 #   --bin        folder holding longattn built with CUDA (default: build-bench-cuda/bin)
 #   --out-dir    default: $OUT when set, else bench/results/gpu
 #   --part       auto (default): single with one visible GPU, multi with more
 #   --limit      seconds for the whole command (default 540)
+#   --long-n     the length of --part long (default 4194304)
 #   --quick      tiny sizes: checks that every step runs (a minute or two)
 #   --cpu-smoke  the same steps on CPU ranks with tiny sizes and no PyTorch (tests the script)
 set -uo pipefail
@@ -38,6 +42,7 @@ part=auto
 limit=540
 quick=0
 cpu=0
+long_n=4194304
 command_line="bench/run_suites_gpu.sh $*"
 
 while [[ $# -gt 0 ]]; do
@@ -47,8 +52,9 @@ while [[ $# -gt 0 ]]; do
     --part) part="$2"; shift 2 ;;
     --limit) limit="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
+    --long-n) long_n="$2"; shift 2 ;;
     --cpu-smoke) cpu=1; quick=1; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "run_suites_gpu.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -114,6 +120,18 @@ step() {
 }
 # Budget inside a step: bench stops starting rows this many seconds before the step's bound.
 budget_of() { local s; s=$(step_time "$1"); echo $(( s > 40 ? s - 30 : s * 2 / 3 )); }
+# The longest exact N a bench JSON's ring trials passed (0: none).
+longest_ring() {
+  python3 - "$1" <<'PY'
+import json, sys
+try:
+    rows = json.load(open(sys.argv[1])).get("rows", [])
+    print(max([r["N"] for r in rows if r.get("mode") == "ring" and "median_ms" in r
+               and r.get("status") in ("ok", "time") and r.get("wrong", 1) == 0] or [0]))
+except Exception:
+    print(0)
+PY
+}
 
 bench=("$longattn" bench "${device[@]}")
 inputs=()
@@ -157,48 +175,66 @@ if [[ "$part" == multi || "$part" == both ]]; then
                          md=(--heads 3 --head-dim 16 --min-n 1K --max-n 4K --granularity 1K --trial-seconds 5);
                          mx=(--heads 3 --head-dim 16 --min-n 4K --max-n 16K --granularity 4K --trial-seconds 5 --window 128 --segment-lengths 256,512,1024); }
   else
-    sc=(--local-n 32K -n 128K --max-seconds 1 --repeats 10)
-    md=(--heads 16 --head-dim 128 --min-n 256K --max-n 64M --granularity 256K --trial-seconds 90)
-    mx=(--heads 8 --head-dim 64 --min-n 1M --max-n 256M --granularity 1M --trial-seconds 60)
+    sc=(--local-n 32K -n 128K --max-seconds 0.5 --min-repeats 2 --repeats 10)
+    md=(--heads 16 --head-dim 128 --min-n 512K --max-n 64M --granularity 512K --trial-seconds 100)
+    mx=(--heads 8 --head-dim 64 --min-n 2M --max-n 512M --granularity 2M --trial-seconds 30)
     cpw=32768; cps=131072; cph=(--heads 16 --head-dim 128)
   fi
   mpi=(mpirun "${mpiflags[@]}" -np "$P")
   # In order of what matters most; a step the limit no longer allows is skipped.
-  step "(d) scaling suite on $P ranks" 120 "${mpi[@]}" "${bench[@]}" --suite scaling "${sc[@]}" \
-    --budget "$(budget_of 120)" --comm-timeout 120 --json "$work/scaling.json"
+  step "(d) scaling suite on $P ranks" 110 "${mpi[@]}" "${bench[@]}" --suite scaling "${sc[@]}" \
+    --budget "$(budget_of 110)" --comm-timeout 120 --json "$work/scaling.json"
   inputs+=("$work/scaling.json")
-  step "(f) maxseq, dense ring fwd+bwd, $P ranks" 120 "${mpi[@]}" "${bench[@]}" --suite maxseq \
-    --modes dense "${md[@]}" --budget "$(budget_of 120)" --comm-timeout 120 \
+  step "(f) maxseq, dense ring fwd+bwd, $P ranks" 150 "${mpi[@]}" "${bench[@]}" --suite maxseq \
+    --modes dense "${md[@]}" --check-rows 2 --budget "$(budget_of 150)" --comm-timeout 120 \
     --json "$work/maxseq_ring.json"
   inputs+=("$work/maxseq_ring.json")
-  step "(g) maxseq, block-sparse ring and distributed dilated, $P ranks" 90 "${mpi[@]}" \
-    "${bench[@]}" --suite maxseq --modes block_sparse dilated "${mx[@]}" \
-    --budget "$(budget_of 90)" --comm-timeout 120 --json "$work/maxseq_sparse_dilated.json"
-  inputs+=("$work/maxseq_sparse_dilated.json")
+  step "(g1) maxseq, block-sparse ring fwd+bwd, $P ranks" 60 "${mpi[@]}" "${bench[@]}" \
+    --suite maxseq --modes block_sparse "${mx[@]}" --check-rows 2 --budget "$(budget_of 60)" \
+    --comm-timeout 120 --json "$work/maxseq_block_sparse.json"
+  inputs+=("$work/maxseq_block_sparse.json")
+  step "(g2) maxseq, distributed dilated fwd+bwd, $P ranks" 60 "${mpi[@]}" "${bench[@]}" \
+    --suite maxseq --modes dilated "${mx[@]}" --check-rows 2 --budget "$(budget_of 60)" \
+    --comm-timeout 120 --json "$work/maxseq_dilated.json"
+  inputs+=("$work/maxseq_dilated.json")
   if [[ $cpu -eq 0 ]]; then
-    step "(e) PyTorch context_parallel, scaling shapes" 70 python3 -m torch.distributed.run \
+    step "(e) PyTorch context_parallel, scaling shapes" 60 python3 -m torch.distributed.run \
       --standalone --nproc_per_node "$P" "$here/multigpu/torch_anchors.py" --weak "$cpw" \
-      --strong "$cps" --impls context_parallel "${cph[@]}" --budget "$(budget_of 70)" \
+      --strong "$cps" --impls context_parallel "${cph[@]}" --budget "$(budget_of 60)" \
       --out "$cp_jsonl"
-    longest=$(python3 -c '
-import json, sys
-try:
-    rows = json.load(open(sys.argv[1])).get("rows", [])
-    print(max([r["N"] for r in rows if r.get("mode") == "ring" and r.get("status") in ("ok", "time")
-               and "median_ms" in r and r.get("wrong", 1) == 0] or [0]))
-except Exception:
-    print(0)' "$work/maxseq_ring.json")
+    longest=$(longest_ring "$work/maxseq_ring.json")
     if (( longest > 0 )); then
-      step "(h) PyTorch context_parallel forward at N=$longest" 60 python3 -m torch.distributed.run \
+      step "(h) PyTorch context_parallel forward at N=$longest" 50 python3 -m torch.distributed.run \
         --standalone --nproc_per_node "$P" "$here/multigpu/torch_anchors.py" --weak "" \
         --strong-fwd "$longest" --impls context_parallel "${cph[@]}" --repeats 1 --budget 5 \
         --out "$cp_jsonl"
     fi
   fi
-  step "(i) maxseq, data-parallel fwd (one whole sequence per rank), $P ranks" 50 "${mpi[@]}" \
-    "${bench[@]}" --suite maxseq --modes data_parallel:fwd "${md[@]}" \
-    --budget "$(budget_of 50)" --comm-timeout 120 --json "$work/maxseq_data_parallel.json"
+  step "(i) maxseq, data-parallel fwd (one whole sequence per rank), $P ranks" 40 "${mpi[@]}" \
+    "${bench[@]}" --suite maxseq --modes data_parallel:fwd "${md[@]}" --check-rows 2 \
+    --budget "$(budget_of 40)" --comm-timeout 120 --json "$work/maxseq_data_parallel.json"
   inputs+=("$work/maxseq_data_parallel.json")
+fi
+
+# One long trial: the dense ring fwd+bwd at exactly --long-n over every GPU (the 4-GPU goal of
+# 4M tokens takes minutes: it gets a command of its own), with context_parallel's forward at the
+# same length if it passed.
+if [[ "$part" == long ]]; then
+  P=$gpus
+  mpi=(mpirun "${mpiflags[@]}" -np "$P")
+  hd=(--heads 16 --head-dim 128)
+  [[ $cpu -eq 1 ]] && hd=(--heads 3 --head-dim 16)
+  step "(l) dense ring fwd+bwd at N=$long_n on $P ranks" $((limit - 90)) "${mpi[@]}" \
+    "${bench[@]}" --suite maxseq --modes dense "${hd[@]}" --min-n "$long_n" --max-n "$long_n" \
+    --granularity "$long_n" --trial-seconds $((limit - 120)) --check-rows 2 --comm-timeout 300 \
+    --json "$work/maxseq_ring_long.json"
+  inputs+=("$work/maxseq_ring_long.json")
+  if [[ $cpu -eq 0 ]] && (( $(longest_ring "$work/maxseq_ring_long.json") > 0 )); then
+    step "(m) PyTorch context_parallel forward at N=$long_n" 60 python3 -m torch.distributed.run \
+      --standalone --nproc_per_node "$P" "$here/multigpu/torch_anchors.py" --weak "" \
+      --strong-fwd "$long_n" --impls context_parallel "${hd[@]}" --repeats 1 --budget 5 \
+      --out "$cp_jsonl"
+  fi
 fi
 
 present=()
@@ -208,8 +244,8 @@ if (( ${#present[@]} == 0 )); then
   exit 1
 fi
 anchor_flags=(--flex-min-n "${flex_min:-65536}")
-[[ $cpu -eq 1 || "$part" == multi ]] && anchor_flags+=(--no-torch)
-echo "== merging ${#present[@]} runs$([[ "$part" != multi && $cpu -eq 0 ]] && echo ' and running the single-GPU PyTorch anchors') (at ${SECONDS} s)"
+[[ $cpu -eq 1 || "$part" == multi || "$part" == long ]] && anchor_flags+=(--no-torch)
+echo "== merging ${#present[@]} runs$([[ "$part" == single && $cpu -eq 0 ]] && echo ' and running the single-GPU PyTorch anchors') (at ${SECONDS} s)"
 secs=$(( limit - SECONDS ))
 (( secs < 20 )) && { anchor_flags+=(--no-torch); secs=20; }
 anchor_flags+=(--deadline $(( secs > 40 ? secs - 30 : secs / 2 )))

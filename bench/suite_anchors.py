@@ -276,7 +276,41 @@ def table_text(doc):
         lines.append("#   64K %s %s: density %.3f, %.2fx over dense%s" % (
             s["variant"], s["pass"], s["density"] or 0, s["speedup_vs_dense"] or 0,
             (", %.2fx FlexAttention" % s["flex_ratio"]) if s["flex_ratio"] else ""))
+    lines.append("# the issue's goals (met / not met / not measured here)")
+    for text, ok in goals(h):
+        lines.append("#   %-13s %s" % (ok, text))
     return "\n".join(lines) + "\n"
+
+
+def goals(h):
+    """The benchmark issue's targets against what this command measured."""
+    out = []
+
+    def longest(pred):
+        vals = [s["largest_n"] for s in h["maxseq"] if pred(s)]
+        return max(vals) if vals else None
+
+    def verdict(value, goal):
+        return "not measured" if value is None else ("met" if value >= goal else "not met")
+
+    one = longest(lambda s: s["variant"] == "dense" and s["mode"] == "single" and
+                  s["pass"] == "fwd+bwd" and s.get("H") == 16 and s.get("D") == 128)
+    out.append(("dense fwd+bwd on one GPU (h16 d128): %s tokens, goal >= 1M" % one,
+                verdict(one, 1 << 20)))
+    four = longest(lambda s: s["variant"] == "dense" and s["mode"] == "ring" and
+                   s["ranks"] == 4 and s["pass"] == "fwd+bwd")
+    out.append(("dense ring fwd+bwd on 4 GPUs: %s tokens, goal >= 4M" % four,
+                verdict(four, 1 << 22)))
+    for mode in ("block_sparse_ring", "dilated"):
+        v = longest(lambda s, m=mode: s["mode"] == m and s["ranks"] == 4)
+        out.append(("%s on 4 GPUs: %s tokens, goal >= 16M" % (mode, v), verdict(v, 1 << 24)))
+    for s in h["sparse_speedup_64k"]:
+        x = s["speedup_vs_dense"]
+        out.append(("64K %s %s speed-up over dense at density %.3f: %.2fx, goal >= 9.5x" % (
+            s["variant"], s["pass"], s["density"] or 0, x or 0), verdict(x, 9.5)))
+    if not h["sparse_speedup_64k"]:
+        out.append(("64K block-sparse speed-up over dense at 10%: goal >= 9.5x", "not measured"))
+    return out
 
 
 def main():

@@ -104,8 +104,8 @@ struct CheckResult {
   std::string note;      // why nothing was checked, or the worst row
 };
 
-// Recomputes `samples` query rows of O and LSE (two (batch, head) pairs, rows 0, N-1 and random
-// ones) naively in fp64 on the host from this rank's K/V rows, reduces the partial softmax sums
+// Recomputes `samples` query rows of O and LSE (in two (batch, head) pairs, one for fewer than
+// four samples; rows 0, N-1 and random ones) naively in fp64 on the host from this rank's K/V rows, reduces the partial softmax sums
 // over the ranks through `host` (collective), and compares with the device's o and lse rows.
 // Tolerance per element: u * (8 * E + 2 * |O|) + floor, where u is the dtype's unit roundoff
 // (fp32: 2^-20, allowing for approximate exponentials), E = sqrt(sum_j (p_j v_j)^2) is the

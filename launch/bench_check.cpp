@@ -22,7 +22,8 @@ namespace longattn::cli {
 namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
-// (batch, head) pairs whose K/V rows are fetched; the sampled rows are spread over them.
+// (batch, head) pairs whose K/V rows are fetched (the check's main cost at long lengths); the
+// sampled rows are spread over them, at least two rows per pair.
 constexpr int64_t kCheckedPairs = 2;
 // Tolerance factors (bench.hpp): random-walk accumulation and the final rounding of O.
 constexpr double kWalkFactor = 8.0, kOutputFactor = 2.0;
@@ -82,7 +83,8 @@ struct Sample {
 
 std::vector<Sample> draw_samples(const Shape& g, int samples, uint64_t seed) {
   std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ULL + 0x5bd1e995ULL);
-  const int64_t pairs = std::min<int64_t>(kCheckedPairs, g.B * g.H);
+  const int64_t pairs =
+      std::min<int64_t>({kCheckedPairs, g.B * g.H, std::max<int64_t>(1, samples / 2)});
   std::vector<std::pair<int64_t, int64_t>> bh;
   while (static_cast<int64_t>(bh.size()) < pairs) {
     const std::pair<int64_t, int64_t> c{static_cast<int64_t>(rng() % g.B),
