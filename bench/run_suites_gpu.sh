@@ -68,7 +68,8 @@ mkdir -p "$out_dir"
 log="$out_dir/suites_gpu.log"
 work="$(mktemp -d "${TMPDIR:-/tmp}/longattn_suites.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-exec > >(tee "$log") 2>&1
+# Everything below is printed and logged; the log is complete when the command returns.
+main() {
 
 # NVLink multicast stays off on the shared hosts; PyTorch's symmetric memory likewise.
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}" TORCH_SYMM_MEM_DISABLE_MULTICAST=1
@@ -258,3 +259,6 @@ timeout --signal=TERM --kill-after=10 "$secs" python3 "$here/suite_anchors.py" -
          --command "$command_line" > /dev/null; }
 sed -n '/^# headline/,$p' "$out_dir/suites_gpu_table.txt"
 echo "# wrote $out_dir/suites_gpu.json, suites_gpu_table.txt, suites_gpu.log (${SECONDS} s)"
+}
+main 2>&1 | tee "$log"
+exit "${PIPESTATUS[0]}"
