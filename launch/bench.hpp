@@ -37,7 +37,7 @@ struct BenchCase {
   AttentionSpec spec;
   std::string mode = kModeSingle;  // single | ring | block_sparse_ring | dilated | data_parallel
   Sharding sharding = Sharding::Contiguous;
-  Shape shape;        // global
+  Shape shape;  // global
   DType dtype = DType::F32;
   std::string pass = "fwd";  // fwd | bwd (backward alone) | fwd+bwd
   int64_t local_n = 0;       // weak scaling: tokens per rank (0 elsewhere)
@@ -105,13 +105,13 @@ struct CheckResult {
 };
 
 // Recomputes `samples` query rows of O and LSE (in two (batch, head) pairs, one for fewer than
-// four samples; rows 0, N-1 and random ones) naively in fp64 on the host from this rank's K/V rows, reduces the partial softmax sums
-// over the ranks through `host` (collective), and compares with the device's o and lse rows.
-// Tolerance per element: u * (8 * E + 2 * |O|) + floor, where u is the dtype's unit roundoff
-// (fp32: 2^-20, allowing for approximate exponentials), E = sqrt(sum_j (p_j v_j)^2) is the
-// scale of rounding errors that accumulate as a random walk over the keys, and floor is 1e-12
-// (fp64) or 1e-6; the LSE within 1e-10 (fp64) or 1e-4, relative to max(1, |L|).
-// `perturb` (testing the check itself) is added to one element of every observed row.
+// four samples; rows 0, N-1 and random ones) naively in fp64 on the host from this rank's K/V rows,
+// reduces the partial softmax sums over the ranks through `host` (collective), and compares with
+// the device's o and lse rows. Tolerance per element: u * (8 * E + 2 * |O|) + floor, where u is the
+// dtype's unit roundoff (fp32: 2^-20, allowing for approximate exponentials), E = sqrt(sum_j (p_j
+// v_j)^2) is the scale of rounding errors that accumulate as a random walk over the keys, and floor
+// is 1e-12 (fp64) or 1e-6; the LSE within 1e-10 (fp64) or 1e-4, relative to max(1, |L|). `perturb`
+// (testing the check itself) is added to one element of every observed row.
 CheckResult check_sampled_rows(const AttentionSpec& resolved, const CheckLayout& layout,
                                Backend& be, const TensorView& q, const TensorView& k,
                                const TensorView& v, const TensorView& o, const TensorView& lse,

@@ -70,10 +70,14 @@ Problem make_problem(const AttentionSpec& spec, const Shape& g) {
 
 double unit_roundoff(DType t) {
   switch (t) {
-    case DType::F64: return std::ldexp(1.0, -50);
-    case DType::F32: return std::ldexp(1.0, -20);
-    case DType::F16: return std::ldexp(1.0, -10);
-    default: return std::ldexp(1.0, -7);
+    case DType::F64:
+      return std::ldexp(1.0, -50);
+    case DType::F32:
+      return std::ldexp(1.0, -20);
+    case DType::F16:
+      return std::ldexp(1.0, -10);
+    default:
+      return std::ldexp(1.0, -7);
   }
 }
 
@@ -268,7 +272,8 @@ CheckResult check_sampled_rows(const AttentionSpec& spec, const CheckLayout& lay
       acc_t.push_back(acc);
     }
     double L = kNegInf;
-    for (double x : lt) L = L == kNegInf ? x : std::max(L, x) + std::log1p(std::exp(-std::abs(L - x)));
+    for (double x : lt)
+      L = L == kNegInf ? x : std::max(L, x) + std::log1p(std::exp(-std::abs(L - x)));
     if (prob.lse_weighted)
       for (size_t t = 0; t < lt.size(); ++t) ot_w[t] = std::exp(lt[t] - L);
     bool bad = false;
@@ -299,8 +304,8 @@ CheckResult check_sampled_rows(const AttentionSpec& spec, const CheckLayout& lay
     if (row_ratio >= res.max_ratio) {
       res.max_ratio = row_ratio;
       worst.str("");
-      worst << "worst row b=" << smp[s].b << " n=" << smp[s].i << " h=" << smp[s].h
-            << " at " << row_ratio << "x its tolerance";
+      worst << "worst row b=" << smp[s].b << " n=" << smp[s].i << " h=" << smp[s].h << " at "
+            << row_ratio << "x its tolerance";
     }
   }
   res.note = worst.str();

@@ -127,8 +127,8 @@ class CaseList {
   static std::string key(const BenchCase& c) {
     std::ostringstream os;
     os << c.label << '|' << c.mode << '|' << sharding_name(c.sharding) << '|' << c.shape.B << '|'
-       << c.shape.N << '|' << c.shape.H << '|' << c.shape.D << '|' << c.spec.causal << '|'
-       << c.pass << '|' << join_ints(c.spec.dilated.segment_lengths);
+       << c.shape.N << '|' << c.shape.H << '|' << c.shape.D << '|' << c.spec.causal << '|' << c.pass
+       << '|' << join_ints(c.spec.dilated.segment_lengths);
     return os.str();
   }
   std::vector<std::string> keys_;
@@ -161,7 +161,8 @@ std::vector<BenchCase> implementations(const SuiteParams& p) {
     for (int64_t b : {1, 2, 4}) seed.push_back(Shape{b, n, 8, 64});
   const int64_t tile = tile_block(p);
   const int64_t sparse_block = p.block_size > 0 ? p.block_size : 64;
-  const std::vector<double> ratios = p.ratios.empty() ? std::vector<double>{0.1, 0.25, 0.5} : p.ratios;
+  const std::vector<double> ratios =
+      p.ratios.empty() ? std::vector<double>{0.1, 0.25, 0.5} : p.ratios;
   const auto passes = passes_or(p, {"fwd", "bwd"});
   CaseList list;
   for (const Shape& s : shapes_or(p, seed))
@@ -186,8 +187,8 @@ std::vector<BenchCase> implementations(const SuiteParams& p) {
 // 99%) beside dense at the same shape: Small 2048 x B4, Medium 4096 x B2, Large 8192, Extra
 // Large 16384 (H 8, D 64), and the issue's 64K tokens at H 16, D 128.
 std::vector<BenchCase> sparsity(const SuiteParams& p) {
-  const std::vector<Shape> seed{{4, 2048, 8, 64}, {2, 4096, 8, 64}, {1, 8192, 8, 64},
-                                {1, 16384, 8, 64}};
+  const std::vector<Shape> seed{
+      {4, 2048, 8, 64}, {2, 4096, 8, 64}, {1, 8192, 8, 64}, {1, 16384, 8, 64}};
   const Shape issue{1, 65536, 16, 128};
   // The issue's shape first: it matters most when a time budget cuts the suite short.
   std::vector<Shape> shapes{issue};
@@ -204,7 +205,8 @@ std::vector<BenchCase> sparsity(const SuiteParams& p) {
   for (const Shape& s : shapes) {
     const std::string group = s.N == issue.N && s.H == issue.H && s.D == issue.D ? "issue" : "seed";
     for (bool causal : causal_values(p, {false})) {
-      list.add(make_case("sparsity", group, "dense", dense_spec(block, causal), s, p.dtype), passes);
+      list.add(make_case("sparsity", group, "dense", dense_spec(block, causal), s, p.dtype),
+               passes);
       for (const auto& pattern : patterns)
         for (double r : ratios)
           list.add(make_case("sparsity", group, sparse_label(pattern, r),
@@ -222,12 +224,12 @@ Sharding sharding_for(bool causal) { return causal ? Sharding::Zigzag : Sharding
 // fixed N, with single-rank rows at N (speed-up) and at N / ranks (efficiency).
 std::vector<BenchCase> scaling(const SuiteParams& p) {
   const int P = p.world;
-  const std::vector<int64_t> locals =
-      !p.local_lens.empty() ? p.local_lens
-                            : p.cuda ? std::vector<int64_t>{16384, 32768} : std::vector<int64_t>{256};
-  const std::vector<int64_t> totals =
-      !p.seq_lens.empty() ? p.seq_lens
-                          : p.cuda ? std::vector<int64_t>{131072} : std::vector<int64_t>{1024};
+  const std::vector<int64_t> locals = !p.local_lens.empty() ? p.local_lens
+                                      : p.cuda              ? std::vector<int64_t>{16384, 32768}
+                                                            : std::vector<int64_t>{256};
+  const std::vector<int64_t> totals = !p.seq_lens.empty() ? p.seq_lens
+                                      : p.cuda            ? std::vector<int64_t>{131072}
+                                                          : std::vector<int64_t>{1024};
   const int64_t H = p.heads > 0 ? p.heads : p.cuda ? 16 : 4;
   const int64_t D = p.head_dim > 0 ? p.head_dim : p.cuda ? 128 : 32;
   const int64_t tile = tile_block(p);
@@ -240,8 +242,8 @@ std::vector<BenchCase> scaling(const SuiteParams& p) {
     return std::vector<int64_t>{n_smallest / 4, n_smallest / 2, n_smallest};
   };
   CaseList list;
-  auto variants = [&](const std::string& group, bool causal, int64_t n_single,
-                      int64_t n_dist, int64_t local_n, const std::vector<int64_t>& segs) {
+  auto variants = [&](const std::string& group, bool causal, int64_t n_single, int64_t n_dist,
+                      int64_t local_n, const std::vector<int64_t>& segs) {
     const Sharding sh = sharding_for(causal);
     struct V {
       std::string label, mode;
@@ -250,13 +252,13 @@ std::vector<BenchCase> scaling(const SuiteParams& p) {
     };
     const std::vector<V> vs{
         {"dense", "ring", dense_spec(tile, causal), sh},
-        {sparse_label(pattern, ratio), "block_sparse_ring", sparse_spec(pattern, ratio, tile, causal),
-         sh},
+        {sparse_label(pattern, ratio), "block_sparse_ring",
+         sparse_spec(pattern, ratio, tile, causal), sh},
         {dilated_label(DilatedMode::Groups), "dilated",
          dilated_spec(segs, DilatedMode::Groups, tile, causal), Sharding::Contiguous}};
     for (const auto& v : vs) {
-      BenchCase one = make_case("scaling", group, v.label, v.spec, Shape{1, n_single, H, D},
-                                p.dtype);
+      BenchCase one =
+          make_case("scaling", group, v.label, v.spec, Shape{1, n_single, H, D}, p.dtype);
       one.local_n = local_n;
       list.add(one, passes);
       if (group == "strong" && n_dist / P != n_single) {
@@ -264,8 +266,8 @@ std::vector<BenchCase> scaling(const SuiteParams& p) {
         local.shape.N = n_dist / P;
         list.add(local, passes);
       }
-      BenchCase dist = make_case("scaling", group, v.label, v.spec, Shape{1, n_dist, H, D},
-                                 p.dtype, v.mode, v.sharding);
+      BenchCase dist = make_case("scaling", group, v.label, v.spec, Shape{1, n_dist, H, D}, p.dtype,
+                                 v.mode, v.sharding);
       dist.local_n = local_n;
       list.add(dist, passes);
       if (v.label == "dense" && group == "weak") {
@@ -372,10 +374,9 @@ std::vector<MaxseqEntry> maxseq_entries(const SuiteParams& p, const MaxseqParams
   const bool causal = p.causal.empty() || p.causal == "yes";
   LONGATTN_CHECK_ARG(p.causal != "both", "--causal", p.causal,
                      "must be yes or no for maxseq (one search per mode)");
-  const std::vector<int64_t> segs =
-      !p.segments.empty() ? p.segments
-                          : p.cuda ? std::vector<int64_t>{2048, 4096, 8192}
-                                   : std::vector<int64_t>{256, 512, 1024};
+  const std::vector<int64_t> segs = !p.segments.empty() ? p.segments
+                                    : p.cuda            ? std::vector<int64_t>{2048, 4096, 8192}
+                                                        : std::vector<int64_t>{256, 512, 1024};
   const int64_t window = p.window > 0 ? p.window : p.cuda ? 4096 : 256;
   std::vector<std::string> kinds = m.kinds;
   if (kinds.empty())
@@ -393,8 +394,9 @@ std::vector<MaxseqEntry> maxseq_entries(const SuiteParams& p, const MaxseqParams
     int64_t g = m.granularity > 0 ? m.granularity : 1024 * static_cast<int64_t>(P);
     auto require = [&g](int64_t multiple) { g = std::lcm(g, multiple); };
     if (kind == "dense") {
-      e.base = make_case("maxseq", "", "dense", dense_spec(tile, causal), Shape{1, 0, H, D},
-                         p.dtype, P == 1 ? kModeSingle : "ring", P == 1 ? Sharding::Contiguous : sh);
+      e.base =
+          make_case("maxseq", "", "dense", dense_spec(tile, causal), Shape{1, 0, H, D}, p.dtype,
+                    P == 1 ? kModeSingle : "ring", P == 1 ? Sharding::Contiguous : sh);
       require(2 * P * tile);
     } else if (kind == "block_sparse") {
       AttentionSpec s = sparse_spec("local_window", 0.0, tile, causal);

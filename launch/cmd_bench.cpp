@@ -230,14 +230,22 @@ json versions_json(const ProcessGroup& mpi) {
 // bookkeeping: addresses, session folders, job ids).
 json environment_json() {
   json e = json::object();
-  const char* prefixes[] = {"LONGATTN_",          "NCCL_",
-                            "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_MAX",
-                            "OMP_NUM_THREADS",    "OMPI_COMM_WORLD_SIZE",
-                            "OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_MCA_btl",
-                            "OMPI_MCA_pml",       "OMPI_MCA_osc",
-                            "OMPI_MCA_coll",      "OMPI_MCA_mpi_",
-                            "OMPI_MCA_rmaps_",    "OMPI_MCA_hwloc_",
-                            "SLURM_NNODES",       "SLURM_NTASKS"};
+  const char* prefixes[] = {"LONGATTN_",
+                            "NCCL_",
+                            "CUDA_VISIBLE_DEVICES",
+                            "CUDA_DEVICE_MAX",
+                            "OMP_NUM_THREADS",
+                            "OMPI_COMM_WORLD_SIZE",
+                            "OMPI_COMM_WORLD_LOCAL_SIZE",
+                            "OMPI_MCA_btl",
+                            "OMPI_MCA_pml",
+                            "OMPI_MCA_osc",
+                            "OMPI_MCA_coll",
+                            "OMPI_MCA_mpi_",
+                            "OMPI_MCA_rmaps_",
+                            "OMPI_MCA_hwloc_",
+                            "SLURM_NNODES",
+                            "SLURM_NTASKS"};
   for (char** p = environ; p && *p; ++p) {
     const std::string kv = *p;
     const size_t eq = kv.find('=');
@@ -309,12 +317,18 @@ struct Timing {
 enum class Status { Ok = 0, Time = 1, Oom = 2, Invalid = 3, Error = 4, Skipped = 5 };
 const char* status_name(Status s) {
   switch (s) {
-    case Status::Ok: return "ok";
-    case Status::Time: return "time";
-    case Status::Oom: return "oom";
-    case Status::Invalid: return "invalid";
-    case Status::Error: return "error";
-    default: return "skipped";
+    case Status::Ok:
+      return "ok";
+    case Status::Time:
+      return "time";
+    case Status::Oom:
+      return "oom";
+    case Status::Invalid:
+      return "invalid";
+    case Status::Error:
+      return "error";
+    default:
+      return "skipped";
   }
 }
 
@@ -349,8 +363,8 @@ std::string row_key(const json& r) {
   std::ostringstream os;
   os << r["suite"].get<std::string>() << '|' << r["variant"].get<std::string>() << '|'
      << r["mode"].get<std::string>() << '|' << r["sharding"].get<std::string>() << '|'
-     << r["ranks"].get<int>() << '|' << r["N"].get<int64_t>() << '|' << r["B"].get<int64_t>()
-     << '|' << r["H"].get<int64_t>() << '|' << r["D"].get<int64_t>() << '|'
+     << r["ranks"].get<int>() << '|' << r["N"].get<int64_t>() << '|' << r["B"].get<int64_t>() << '|'
+     << r["H"].get<int64_t>() << '|' << r["D"].get<int64_t>() << '|'
      << r["dtype"].get<std::string>() << '|' << r["causal"].get<bool>() << '|'
      << r["pass"].get<std::string>();
   return os.str();
@@ -616,8 +630,7 @@ class Runner {
         attn->backward(be_, q, k, v, o, lse, b.d_o.view(), b.dq.view(), b.dk.view(), b.dv.view());
         bc = attn->counters();
       } else {
-        variant.backward(be_, q, k, v, o, lse, b.d_o.view(), b.dq.view(), b.dk.view(),
-                         b.dv.view());
+        variant.backward(be_, q, k, v, o, lse, b.d_o.view(), b.dq.view(), b.dk.view(), b.dv.view());
       }
     };
     Timing t;
@@ -629,7 +642,12 @@ class Runner {
         forward();
         t = time_fn(backward, lim);
       } else {
-        t = time_fn([&] { forward(); backward(); }, lim);
+        t = time_fn(
+            [&] {
+              forward();
+              backward();
+            },
+            lim);
       }
     } catch (const CommError&) {
       throw;  // a peer is gone or silent: the run cannot go on
@@ -705,8 +723,10 @@ class Runner {
     const std::string mode = row["mode"].get<std::string>();
     const int64_t P = row["ranks"].get<int>();
     int64_t lN = row["N"].get<int64_t>(), lB = row["B"].get<int64_t>();
-    if (mode == "data_parallel") lB /= P;
-    else if (mode != kModeSingle) lN /= P;
+    if (mode == "data_parallel")
+      lB /= P;
+    else if (mode != kModeSingle)
+      lN /= P;
     for (const auto& r : pool) {
       if (r["status"] != "ok" || !same(r, "dtype") || !same(r, "causal") || !same(r, "pass") ||
           !same(r, "H") || !same(r, "D") || !same(r, "suite"))
@@ -772,21 +792,33 @@ std::string table_row(const json& r) {
   std::string mode = r["mode"].get<std::string>();
   if (mode == "ring" || mode == "block_sparse_ring") mode += "/" + r["sharding"].get<std::string>();
   const double tflops = r.value("tflops", -1.0);
-  return bench_table().row(
-      {r["variant"].get<std::string>(), mode, std::to_string(r["ranks"].get<int>()),
-       std::to_string(r["N"].get<int64_t>()), std::to_string(r["B"].get<int64_t>()),
-       std::to_string(r["H"].get<int64_t>()), std::to_string(r["D"].get<int64_t>()),
-       r["dtype"].get<std::string>(), r["causal"].get<bool>() ? "yes" : "no",
-       r["pass"].get<std::string>(), ok ? num(r, "median_ms", 3) : "-",
-       ok ? num(r, "p10_ms", 3) : "-", ok ? num(r, "p90_ms", 3) : "-",
-       tflops < 0 ? "-" : fixed(tflops, tflops < 1 ? 4 : tflops < 100 ? 2 : 1),
-       num(r, "density", 4), ok ? num(r, "peak_bytes", 1, 1.0 / (1 << 20)) : "-",
-       num(r, "comm_bytes", 2, 1.0 / (1 << 20)), num(r, "comm_gbps", 2),
-       num(r, "efficiency", 1, 100.0), num(r, "speedup_vs_dense", 2),
-       r.contains("check_rows") && r["check_rows"].get<int>() > 0
-           ? std::to_string(r["wrong"].get<int>())
-           : "-",
-       r["status"].get<std::string>()});
+  return bench_table().row({r["variant"].get<std::string>(),
+                            mode,
+                            std::to_string(r["ranks"].get<int>()),
+                            std::to_string(r["N"].get<int64_t>()),
+                            std::to_string(r["B"].get<int64_t>()),
+                            std::to_string(r["H"].get<int64_t>()),
+                            std::to_string(r["D"].get<int64_t>()),
+                            r["dtype"].get<std::string>(),
+                            r["causal"].get<bool>() ? "yes" : "no",
+                            r["pass"].get<std::string>(),
+                            ok ? num(r, "median_ms", 3) : "-",
+                            ok ? num(r, "p10_ms", 3) : "-",
+                            ok ? num(r, "p90_ms", 3) : "-",
+                            tflops < 0 ? "-"
+                                       : fixed(tflops, tflops < 1     ? 4
+                                                       : tflops < 100 ? 2
+                                                                      : 1),
+                            num(r, "density", 4),
+                            ok ? num(r, "peak_bytes", 1, 1.0 / (1 << 20)) : "-",
+                            num(r, "comm_bytes", 2, 1.0 / (1 << 20)),
+                            num(r, "comm_gbps", 2),
+                            num(r, "efficiency", 1, 100.0),
+                            num(r, "speedup_vs_dense", 2),
+                            r.contains("check_rows") && r["check_rows"].get<int>() > 0
+                                ? std::to_string(r["wrong"].get<int>())
+                                : "-",
+                            r["status"].get<std::string>()});
 }
 
 // ---- progress ---------------------------------------------------------------------------------
@@ -828,7 +860,8 @@ class Progress {
               << clock_text(std::max(0.0, eta)) << "  " << r["variant"].get<std::string>() << " "
               << r["mode"].get<std::string>() << " N=" << r["N"].get<int64_t>() << " "
               << r["pass"].get<std::string>() << ": " << r["status"].get<std::string>();
-    if (r.contains("median_ms")) std::cerr << " " << fixed(r["median_ms"].get<double>(), 3) << " ms";
+    if (r.contains("median_ms"))
+      std::cerr << " " << fixed(r["median_ms"].get<double>(), 3) << " ms";
     std::cerr << std::endl;
   }
   void line(const std::string& s) const {
@@ -980,12 +1013,43 @@ RegressionSummary compare_baseline(std::vector<json>& rows, const std::string& p
 // ---- output files -----------------------------------------------------------------------------
 
 const std::vector<std::string>& csv_fields() {
-  static const std::vector<std::string> f{
-      "suite", "group", "variant", "config", "mode", "sharding", "ranks", "N", "B", "H", "D",
-      "local_n", "dtype", "causal", "pass", "status", "median_ms", "p10_ms", "p90_ms", "repeats",
-      "flops", "tflops", "density", "peak_bytes", "comm_bytes", "comm_gbps", "steps", "hops",
-      "efficiency", "speedup_vs_dense", "speedup_vs_single", "check_rows", "wrong",
-      "check_max_ratio", "baseline_ms", "change_pct", "message"};
+  static const std::vector<std::string> f{"suite",
+                                          "group",
+                                          "variant",
+                                          "config",
+                                          "mode",
+                                          "sharding",
+                                          "ranks",
+                                          "N",
+                                          "B",
+                                          "H",
+                                          "D",
+                                          "local_n",
+                                          "dtype",
+                                          "causal",
+                                          "pass",
+                                          "status",
+                                          "median_ms",
+                                          "p10_ms",
+                                          "p90_ms",
+                                          "repeats",
+                                          "flops",
+                                          "tflops",
+                                          "density",
+                                          "peak_bytes",
+                                          "comm_bytes",
+                                          "comm_gbps",
+                                          "steps",
+                                          "hops",
+                                          "efficiency",
+                                          "speedup_vs_dense",
+                                          "speedup_vs_single",
+                                          "check_rows",
+                                          "wrong",
+                                          "check_max_ratio",
+                                          "baseline_ms",
+                                          "change_pct",
+                                          "message"};
   return f;
 }
 
@@ -1040,6 +1104,7 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
     suite_names += (suite_names.empty() ? "" : " | ") + s.name;
     suite_list += "\n  " + s.name + ": " + s.summary;
   }
+  // clang-format off
   own.add_options()
       ("suite", po::value(&ba.suite)->default_value("custom"), suite_names.c_str())
       ("seq-len,n", po::value(&ba.seq_len)->multitoken(),
@@ -1048,12 +1113,14 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
       ("local-n", po::value(&ba.local_n)->multitoken(), "scaling: tokens per rank of the weak rows")
       ("heads", po::value(&ba.heads)->default_value(0), "heads H (0: the suite's)")
       ("head-dim", po::value(&ba.head_dim)->default_value(0), "head dimension D (0: the suite's)")
-      ("dtype", po::value(&ba.dtype), "fp64 (CPU), fp32, fp16, bf16 (default: bf16 on cuda, fp32 on cpu)")
+      ("dtype", po::value(&ba.dtype),
+       "fp64 (CPU), fp32, fp16, bf16 (default: bf16 on cuda, fp32 on cpu)")
       ("causal", po::value(&ba.causal), "no | yes | both (default: the suite's)")
       ("pass", po::value(&ba.passes)->multitoken(),
        "passes: fwd, bwd (the backward alone, after one forward), fwd+bwd (default: the suite's)")
       ("ratios", po::value(&ba.ratios)->multitoken(), "block-sparse ratios (fraction KEPT)")
-      ("patterns", po::value(&ba.patterns)->multitoken(), "block-sparse patterns (sparsity, scaling)")
+      ("patterns", po::value(&ba.patterns)->multitoken(),
+       "block-sparse patterns (sparsity, scaling)")
       ("warmup", po::value(&ba.warmup), "warm-up calls per row (default 1; maxseq 0)")
       ("repeats", po::value(&ba.repeats), "timed calls per row at most (default 10; maxseq 1)")
       ("min-repeats", po::value(&ba.min_repeats)->default_value(3), "timed calls per row at least")
@@ -1062,10 +1129,13 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
       ("budget", po::value(&ba.budget)->default_value(0.0),
        "seconds after which no new row or trial starts (0: none); the rest are 'skipped'")
       ("check-rows", po::value(&ba.check_rows),
-       "sampled query rows checked against the fp64 host reference per row (default 8; maxseq 4; 0: off)")
+       "sampled query rows checked against the fp64 host reference per row (default 8; "
+       "maxseq 4; 0: off)")
       ("seed", po::value(&ba.seed)->default_value(0), "seed of the random inputs and row samples")
-      ("json", po::value(&ba.json_path), "write the run (arguments, environment, versions, devices, rows)")
-      ("csv", po::value(&ba.csv_path), "write the rows as CSV ('#' lines: command, versions, devices)")
+      ("json", po::value(&ba.json_path),
+       "write the run (arguments, environment, versions, devices, rows)")
+      ("csv", po::value(&ba.csv_path),
+       "write the rows as CSV ('#' lines: command, versions, devices)")
       ("mask-dir", po::value(&ba.mask_dir),
        "write the block matrix of each non-causal single-rank block-sparse row as .npy here "
        "(for bench/suite_anchors.py)")
@@ -1075,10 +1145,13 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
       ("modes", po::value(&ba.modes)->multitoken(),
        "maxseq: dense, block_sparse, dilated, data_parallel, each optionally :fwd, :bwd or "
        ":fwd+bwd (default fwd+bwd; default modes: dense on one rank, all four on several)")
-      ("min-n", po::value(&ba.min_n)->multitoken(), "maxseq: first N (default 128K on cuda, 1K x ranks on cpu)")
-      ("max-n", po::value(&ba.max_n)->multitoken(), "maxseq: largest N tried (default 128M on cuda, 16K on cpu)")
+      ("min-n", po::value(&ba.min_n)->multitoken(),
+       "maxseq: first N (default 128K on cuda, 1K x ranks on cpu)")
+      ("max-n", po::value(&ba.max_n)->multitoken(),
+       "maxseq: largest N tried (default 128M on cuda, 16K on cpu)")
       ("granularity", po::value(&ba.granularity)->multitoken(),
-       "maxseq: every N a multiple of this (default 1024 x ranks, raised to fit blocks and segments)")
+       "maxseq: every N a multiple of this (default 1024 x ranks, raised to fit blocks and "
+       "segments)")
       ("trial-seconds", po::value(&ba.trial_seconds)->default_value(0.0),
        "maxseq: a trial predicted to take longer is not run, and none longer follows one that did "
        "(default 100 on cuda, 20 on cpu)")
@@ -1087,18 +1160,21 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
       ("perturb-output", po::value(&ba.perturb)->default_value(0.0),
        "testing aid: add this to one element of each sampled output row before the check")
       ("quiet", po::bool_switch(&ba.quiet), "no progress lines on stderr");
+  // clang-format on
   po::options_description desc(kHelpWidth);
   desc.add(own).add(variant_options(a)).add(device_options(dev)).add(dist_options(d));
   po::variables_map vm;
-  if (!parse_command("bench",
-                     "Times attention variants and prints an nccl-tests-style table: one row per "
-                     "(variant, mode,\nshape, pass) with median/p10/p90, TFLOP/s per rank, density, "
-                     "peak memory, communication,\nefficiency and #wrong (sampled rows against "
-                     "the fp64 reference). Under mpirun -np P the\ndistributed modes use all P "
-                     "ranks (CPU ranks, or one GPU per rank with --device cuda).\n"
-                     "Exit codes: 0 ok, 1 error, 2 invalid argument, 3 #wrong > 0, 4 regression."
-                     "\n\nSuites (--suite):" + suite_list,
-                     args, desc, vm, mpi.rank() == 0))
+  if (!parse_command(
+          "bench",
+          "Times attention variants and prints an nccl-tests-style table: one row per "
+          "(variant, mode,\nshape, pass) with median/p10/p90, TFLOP/s per rank, density, "
+          "peak memory, communication,\nefficiency and #wrong (sampled rows against "
+          "the fp64 reference). Under mpirun -np P the\ndistributed modes use all P "
+          "ranks (CPU ranks, or one GPU per rank with --device cuda).\n"
+          "Exit codes: 0 ok, 1 error, 2 invalid argument, 3 #wrong > 0, 4 regression."
+          "\n\nSuites (--suite):" +
+              suite_list,
+          args, desc, vm, mpi.rank() == 0))
     return kExitOk;
 
   const int P = mpi.world();
@@ -1120,9 +1196,9 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
     sp.local_lens = parse_sizes(ba.local_n, "--local-n");
     sp.heads = ba.heads;
     sp.head_dim = ba.head_dim;
-    LONGATTN_CHECK_ARG(ba.causal.empty() || ba.causal == "no" || ba.causal == "yes" ||
-                           ba.causal == "both",
-                       "--causal", ba.causal, "must be no, yes or both");
+    LONGATTN_CHECK_ARG(
+        ba.causal.empty() || ba.causal == "no" || ba.causal == "yes" || ba.causal == "both",
+        "--causal", ba.causal, "must be no, yes or both");
     sp.causal = ba.causal;
     for (const auto& p : split_words(ba.passes)) {
       LONGATTN_CHECK_ARG(p == "fwd" || p == "bwd" || p == "fwd+bwd", "--pass", p,
@@ -1130,7 +1206,8 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
       sp.passes.push_back(p);
     }
     sp.ratios = parse_doubles(ba.ratios, "--ratios");
-    for (double r : sp.ratios) LONGATTN_CHECK_ARG(r > 0 && r <= 1, "--ratios", r, "must be in (0, 1]");
+    for (double r : sp.ratios)
+      LONGATTN_CHECK_ARG(r > 0 && r <= 1, "--ratios", r, "must be in (0, 1]");
     sp.patterns = split_words(ba.patterns);
     if (vm.count("block-size") && !vm["block-size"].defaulted()) sp.block_size = a.block_size;
     if (!a.segment_lengths.empty())
@@ -1143,12 +1220,13 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
       a.causal = ba.causal == "yes";
       sp.custom = make_spec(a, vm);
       sp.custom_label = sp.custom.variant;
-      if (sp.custom.variant == "dilated") sp.custom_label += std::string("/") + mode_name(sp.custom.dilated.mode);
+      if (sp.custom.variant == "dilated")
+        sp.custom_label += std::string("/") + mode_name(sp.custom.dilated.mode);
       if (sp.custom.variant == "block_sparse")
-        sp.custom_label += "/" + sp.custom.sparse.pattern +
-                           (sp.custom.sparse.sparsity_ratio > 0
-                                ? " r=" + fixed(sp.custom.sparse.sparsity_ratio, 3)
-                                : std::string());
+        sp.custom_label +=
+            "/" + sp.custom.sparse.pattern +
+            (sp.custom.sparse.sparsity_ratio > 0 ? " r=" + fixed(sp.custom.sparse.sparsity_ratio, 3)
+                                                 : std::string());
       // Under mpirun the variant's sequence-parallel mode, as `longattn run`; --dist single
       // runs the whole problem on every rank.
       sp.dist = d.dist;
@@ -1209,13 +1287,20 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
   for (const auto& [name, value] : vm) {
     if (value.defaulted() && name != "suite") continue;
     const auto& any = value.value();
-    if (auto* s = boost::any_cast<std::string>(&any)) parsed[name] = *s;
-    else if (auto* v = boost::any_cast<std::vector<std::string>>(&any)) parsed[name] = *v;
-    else if (auto* i = boost::any_cast<int64_t>(&any)) parsed[name] = *i;
-    else if (auto* n = boost::any_cast<int>(&any)) parsed[name] = *n;
-    else if (auto* x = boost::any_cast<double>(&any)) parsed[name] = *x;
-    else if (auto* u = boost::any_cast<uint64_t>(&any)) parsed[name] = *u;
-    else if (auto* b = boost::any_cast<bool>(&any)) parsed[name] = *b;
+    if (auto* s = boost::any_cast<std::string>(&any))
+      parsed[name] = *s;
+    else if (auto* v = boost::any_cast<std::vector<std::string>>(&any))
+      parsed[name] = *v;
+    else if (auto* i = boost::any_cast<int64_t>(&any))
+      parsed[name] = *i;
+    else if (auto* n = boost::any_cast<int>(&any))
+      parsed[name] = *n;
+    else if (auto* x = boost::any_cast<double>(&any))
+      parsed[name] = *x;
+    else if (auto* u = boost::any_cast<uint64_t>(&any))
+      parsed[name] = *u;
+    else if (auto* b = boost::any_cast<bool>(&any))
+      parsed[name] = *b;
   }
   doc["args"] = parsed;
   doc["suite"] = ba.suite;
@@ -1227,24 +1312,30 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
                    {"repeats_max", lim.repeats},
                    {"repeats_min", lim.min_repeats},
                    {"max_seconds_per_row", lim.max_seconds},
-                   {"method", "wall clock around the call with the device synchronised before "
-                              "and after, ranks started together by a barrier; per repeat the "
-                              "slowest rank; median, p10, p90 over the repeats"}};
+                   {"method",
+                    "wall clock around the call with the device synchronised before "
+                    "and after, ranks started together by a barrier; per repeat the "
+                    "slowest rank; median, p10, p90 over the repeats"}};
   doc["flops_convention"] =
       "forward 4*B*H*D*(visible query-key pairs) (causal: the pairs j <= i, about half); "
       "bwd 2.5x, fwd+bwd 3.5x; TFLOP/s per rank = flops / time / ranks (single: / 1)";
   doc["check"] = {{"rows_per_row", lim.check_rows},
-                  {"what", "sampled query rows of O and LSE recomputed in fp64 on the host "
-                           "from the ranks' own K/V rows, combined over ranks by log-sum-exp"},
-                  {"tolerance", "u * (8 * sqrt(sum_j (p_j v_j)^2) + 2 * |O|) + floor; u = 2^-50 "
-                                "fp64, 2^-20 fp32, 2^-10 fp16, 2^-7 bf16; floor 1e-12 fp64 else "
-                                "1e-6; LSE 1e-10 (fp64) or 1e-4 relative"}};
+                  {"what",
+                   "sampled query rows of O and LSE recomputed in fp64 on the host "
+                   "from the ranks' own K/V rows, combined over ranks by log-sum-exp"},
+                  {"tolerance",
+                   "u * (8 * sqrt(sum_j (p_j v_j)^2) + 2 * |O|) + floor; u = 2^-50 "
+                   "fp64, 2^-20 fp32, 2^-10 fp16, 2^-7 bf16; floor 1e-12 fp64 else "
+                   "1e-6; LSE 1e-10 (fp64) or 1e-4 relative"}};
   {
     std::ostringstream mine;
     std::string dev_name = be->name();
-    if (be->device() == DeviceKind::Cpu) dev_name += ", " + std::to_string(cpu_threads(dev, mpi)) + " threads";
-    json dj{{"rank", mpi.rank()},     {"local_rank", mpi.local_rank()},
-            {"host", host_name()},    {"pid", static_cast<int64_t>(getpid())},
+    if (be->device() == DeviceKind::Cpu)
+      dev_name += ", " + std::to_string(cpu_threads(dev, mpi)) + " threads";
+    json dj{{"rank", mpi.rank()},
+            {"local_rank", mpi.local_rank()},
+            {"host", host_name()},
+            {"pid", static_cast<int64_t>(getpid())},
             {"device", dev_name}};
     const std::vector<std::string> all = mpi.gather(dj.dump());
     json devices = json::array();
@@ -1263,8 +1354,8 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
       if (s.name == ba.suite) std::cout << s.summary;
     std::cout << "\n# date " << doc["date"].get<std::string>() << "  ranks " << P << "  device "
               << dev.device << "  dtype " << dtype_name(sp.dtype) << "  warmup " << lim.warmup
-              << "  repeats " << std::min(lim.min_repeats, lim.repeats) << ".." << lim.repeats << " within "
-              << lim.max_seconds << " s per row\n"
+              << "  repeats " << std::min(lim.min_repeats, lim.repeats) << ".." << lim.repeats
+              << " within " << lim.max_seconds << " s per row\n"
               << "# versions: " << doc["versions"].dump() << "\n"
               << "# timing: wall clock, device synchronised, slowest rank per repeat; median, "
                  "p10, p90 over repeats\n"
@@ -1275,11 +1366,11 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
               << "# #wrong: of " << lim.check_rows
               << " sampled query rows (O and LSE) recomputed in fp64 on the host\n#\n";
     for (const auto& dj : doc["devices"])
-      std::cout << "#  Rank " << std::setw(3) << dj["rank"].get<int>() << " Local "
-                << std::setw(2) << dj["local_rank"].get<int>() << " Pid " << std::setw(7)
+      std::cout << "#  Rank " << std::setw(3) << dj["rank"].get<int>() << " Local " << std::setw(2)
+                << dj["local_rank"].get<int>() << " Pid " << std::setw(7)
                 << dj["pid"].get<int64_t>() << " on " << std::setw(12)
-                << dj["host"].get<std::string>() << " device "
-                << dj["device"].get<std::string>() << "\n";
+                << dj["host"].get<std::string>() << " device " << dj["device"].get<std::string>()
+                << "\n";
     std::cout << "#\n" << bench_table().header() << std::flush;
   }
 
@@ -1363,8 +1454,8 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
           std::cout << "#   SLOWER " << r["variant"].get<std::string>() << " "
                     << r["mode"].get<std::string>() << " N=" << r["N"].get<int64_t>() << " "
                     << (r["causal"].get<bool>() ? "causal " : "") << r["pass"].get<std::string>()
-                    << ": " << fixed(r["median_ms"].get<double>(), 3)
-                    << " ms vs " << fixed(r["baseline_ms"].get<double>(), 3) << " ms (+"
+                    << ": " << fixed(r["median_ms"].get<double>(), 3) << " ms vs "
+                    << fixed(r["baseline_ms"].get<double>(), 3) << " ms (+"
                     << fixed(r["change_pct"].get<double>(), 1) << "%)\n";
     }
     std::cout << std::flush;
@@ -1373,16 +1464,21 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
     doc["rows"] = runner.rows();
     if (maxseq) doc["maxseq"] = maxseq_summary;
     if (!ba.baseline.empty())
-      doc["regression"] = {{"baseline", ba.baseline}, {"threshold_pct", ba.threshold},
-                           {"compared", reg.compared}, {"slower", reg.slower},
+      doc["regression"] = {{"baseline", ba.baseline},
+                           {"threshold_pct", ba.threshold},
+                           {"compared", reg.compared},
+                           {"slower", reg.slower},
                            {"without_baseline", reg.fresh}};
     doc["complete"] = true;
     if (!ba.json_path.empty()) write_json(ba.json_path, doc);
     if (!ba.csv_path.empty()) write_csv(ba.csv_path, doc);
     if (code == kExitOk) {
-      if (counts[4] > 0) code = kExitError;
-      else if (wrong > 0) code = kExitVerifyFailed;
-      else if (reg.slower > 0) code = kExitBenchRegression;
+      if (counts[4] > 0)
+        code = kExitError;
+      else if (wrong > 0)
+        code = kExitVerifyFailed;
+      else if (reg.slower > 0)
+        code = kExitBenchRegression;
       else if (ba.suite == "custom" && counts[3] == static_cast<int>(runner.rows().size()))
         code = kExitInvalidArgument;
     }

@@ -50,8 +50,10 @@ Result run_shell(const std::string& cmd) {
 
 Result bench(const std::string& args) {
   // Plain runs: a launcher's environment would make the command initialise MPI.
-  return run_shell("env -u OMPI_COMM_WORLD_SIZE -u PMI_SIZE -u PMI_RANK -u PMIX_RANK "
-                   "LONGATTN_CPU_THREADS=2 '" + cli_path() + "' bench --quiet " + args);
+  return run_shell(
+      "env -u OMPI_COMM_WORLD_SIZE -u PMI_SIZE -u PMI_RANK -u PMIX_RANK "
+      "LONGATTN_CPU_THREADS=2 '" +
+      cli_path() + "' bench --quiet " + args);
 }
 
 bool contains(const std::string& s, const std::string& part) {
@@ -93,16 +95,18 @@ class Bench : public ::testing::Test {
   fs::path dir_;
 };
 
-constexpr const char* kTiny = "--heads 3 --head-dim 16 --max-seconds 0.05 --repeats 3 --min-repeats 2";
+constexpr const char* kTiny =
+    "--heads 3 --head-dim 16 --max-seconds 0.05 --repeats 3 --min-repeats 2";
 
 TEST_F(Bench, TinySuiteTableJsonAndCsv) {
   const fs::path j = dir_ / "b.json", c = dir_ / "b.csv";
-  const Result r = bench(std::string("--suite implementations -n 256 -b 1 --pass fwd bwd ") + kTiny +
-                         " --json " + j.string() + " --csv " + c.string());
+  const Result r = bench(std::string("--suite implementations -n 256 -b 1 --pass fwd bwd ") +
+                         kTiny + " --json " + j.string() + " --csv " + c.string());
   ASSERT_EQ(r.code, 0) << r.output;
   // Header: version, command, arguments, the device table, dtype; a units row.
-  for (const char* part : {"# longattn bench", "# command: ", "bench --quiet --suite implementations",
-                           "# arguments: ", "#  Rank   0", "dtype fp32", "#wrong", "tokens", "ms"})
+  for (const char* part :
+       {"# longattn bench", "# command: ", "bench --quiet --suite implementations",
+        "# arguments: ", "#  Rank   0", "dtype fp32", "#wrong", "tokens", "ms"})
     EXPECT_TRUE(contains(r.output, part)) << part << "\n" << r.output;
   // 6 variants (dense, dilated groups and longnet, block-sparse at 3 ratios) x 2 passes, every
   // sampled row within tolerance: the #wrong column (second to last) reads 0.
@@ -126,9 +130,9 @@ TEST_F(Bench, TinySuiteTableJsonAndCsv) {
   ASSERT_EQ(doc["rows"].size(), 12u);
   int sparse_rows = 0;
   for (const auto& row : doc["rows"]) {
-    for (const char* k : {"variant", "mode", "N", "B", "H", "D", "dtype", "causal", "pass",
-                          "median_ms", "p10_ms", "p90_ms", "tflops", "density", "peak_bytes",
-                          "check_rows", "wrong", "flops", "status"})
+    for (const char* k :
+         {"variant", "mode", "N", "B", "H", "D", "dtype", "causal", "pass", "median_ms", "p10_ms",
+          "p90_ms", "tflops", "density", "peak_bytes", "check_rows", "wrong", "flops", "status"})
       EXPECT_TRUE(row.contains(k)) << k << " in " << row.dump();
     EXPECT_EQ(row["status"], "ok");
     EXPECT_EQ(row["wrong"], 0);
@@ -156,8 +160,10 @@ TEST_F(Bench, TinySuiteTableJsonAndCsv) {
       ++comments;
       continue;
     }
-    if (header.empty()) header = line;
-    else ++lines;
+    if (header.empty())
+      header = line;
+    else
+      ++lines;
   }
   EXPECT_GE(comments, 4);
   EXPECT_EQ(lines, 12);
@@ -232,8 +238,10 @@ TEST_F(Bench, RegressionFailsAgainstAFasterBaseline) {
 
 TEST_F(Bench, MaxseqStopsAtMaxNAndAtTheTimeLimit) {
   const fs::path j = dir_ / "m.json";
-  const Result r = bench("--suite maxseq --modes dense block_sparse:fwd --heads 2 --head-dim 16 "
-                         "--min-n 512 --max-n 2048 --granularity 512 --json " + j.string());
+  const Result r = bench(
+      "--suite maxseq --modes dense block_sparse:fwd --heads 2 --head-dim 16 "
+      "--min-n 512 --max-n 2048 --granularity 512 --json " +
+      j.string());
   ASSERT_EQ(r.code, 0) << r.output;
   const json doc = read_json(j);
   ASSERT_EQ(doc["maxseq"].size(), 2u);
@@ -252,8 +260,10 @@ TEST_F(Bench, MaxseqStopsAtMaxNAndAtTheTimeLimit) {
 
   // A limit far below any trial: the first trial still runs (nothing predicts it), passes and
   // stops the search.
-  const Result t = bench("--suite maxseq --heads 2 --head-dim 16 --min-n 512 --max-n 65536 "
-                         "--granularity 512 --trial-seconds 0.000001 --json " + j.string());
+  const Result t = bench(
+      "--suite maxseq --heads 2 --head-dim 16 --min-n 512 --max-n 65536 "
+      "--granularity 512 --trial-seconds 0.000001 --json " +
+      j.string());
   ASSERT_EQ(t.code, 0) << t.output;
   const json doc2 = read_json(j);
   EXPECT_EQ(doc2["maxseq"][0]["largest_n"], 512) << doc2["maxseq"].dump();
@@ -288,8 +298,8 @@ TEST_F(Bench, ScriptsOfBenchParse) {
   for (const char* script : {"bench/plot", "bench/suite_anchors.py"}) {
     const fs::path p = root / script;
     ASSERT_TRUE(fs::exists(p)) << p;
-    const Result r = run_shell("python3 -c \"import ast,sys; ast.parse(open(sys.argv[1]).read())\" '" +
-                               p.string() + "'");
+    const Result r = run_shell(
+        "python3 -c \"import ast,sys; ast.parse(open(sys.argv[1]).read())\" '" + p.string() + "'");
     EXPECT_EQ(r.code, 0) << script << "\n" << r.output;
   }
   const Result sh = run_shell("bash -n '" + (root / "bench/run_suites_gpu.sh").string() + "'");
