@@ -82,17 +82,9 @@ class BlockSparseAttention final : public AttentionVariant {
     for (int32_t r : hilbert_order(m.num_q_blocks)) {
       const int64_t q0 = static_cast<int64_t>(r) * bs, rows = std::min(bs, q.N - q0);
       auto pm = be.prepare_mask(single_row(m, r));
-      AttnFwdParams p;
-      p.q = q.rows(q0, rows);
-      p.k = k;
-      p.v = v;
-      p.o = o.rows(q0, rows);
-      p.lse = lse.rows(q0, rows);
-      p.mask = pm->view();
-      p.scale = spec_.scale;
-      p.causal = spec_.causal;
-      p.q_offset = q0;
-      be.attention_forward(p);
+      be.attention_forward(make_fwd_params({q.rows(q0, rows), k, v, o.rows(q0, rows),
+                                            lse.rows(q0, rows)},
+                                           pm->view(), {spec_.scale, spec_.causal, q0}));
     }
   }
 
@@ -120,21 +112,8 @@ class BlockSparseAttention final : public AttentionVariant {
       const BlockMask part = select_rows(m, run);
       auto pm = be.prepare_mask(part);
       auto pmt = be.prepare_mask(part.transpose());
-      AttnBwdParams p;
-      p.q = q;
-      p.k = k;
-      p.v = v;
-      p.o = o;
-      p.d_o = d_o;
-      p.lse = lse;
-      p.dq = dq;
-      p.dk = dk;
-      p.dv = dv;
-      p.mask = pm->view();
-      p.mask_t = pmt->view();
-      p.scale = spec_.scale;
-      p.causal = spec_.causal;
-      be.attention_backward(p);
+      be.attention_backward(make_bwd_params({q, k, v, o, lse}, {d_o, dq, dk, dv}, pm->view(),
+                                            pmt->view(), {spec_.scale, spec_.causal}));
     }
   }
 

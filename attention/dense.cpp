@@ -18,16 +18,7 @@ void masked_forward(Backend& be, const AttentionSpec& spec, const BlockMask& mas
                     const TensorView& q, const TensorView& k, const TensorView& v,
                     const TensorView& o, const TensorView& lse) {
   auto pm = be.prepare_mask(mask);
-  AttnFwdParams p;
-  p.q = q;
-  p.k = k;
-  p.v = v;
-  p.o = o;
-  p.lse = lse;
-  p.mask = pm->view();
-  p.scale = spec.scale;
-  p.causal = spec.causal;
-  be.attention_forward(p);
+  be.attention_forward(make_fwd_params({q, k, v, o, lse}, pm->view(), {spec.scale, spec.causal}));
 }
 
 void masked_backward(Backend& be, const AttentionSpec& spec, const BlockMask& mask,
@@ -39,21 +30,8 @@ void masked_backward(Backend& be, const AttentionSpec& spec, const BlockMask& ma
   be.fill(dq, 0.0);
   be.fill(dk, 0.0);
   be.fill(dv, 0.0);
-  AttnBwdParams p;
-  p.q = q;
-  p.k = k;
-  p.v = v;
-  p.o = o;
-  p.d_o = d_o;
-  p.lse = lse;
-  p.dq = dq;
-  p.dk = dk;
-  p.dv = dv;
-  p.mask = pm->view();
-  p.mask_t = pmt->view();
-  p.scale = spec.scale;
-  p.causal = spec.causal;
-  be.attention_backward(p);
+  be.attention_backward(make_bwd_params({q, k, v, o, lse}, {d_o, dq, dk, dv}, pm->view(),
+                                        pmt->view(), {spec.scale, spec.causal}));
 }
 
 double mask_flops(const BlockMask& mask, const Shape& s, bool causal) {

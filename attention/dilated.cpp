@@ -179,37 +179,16 @@ class DilatedAttention final : public AttentionVariant {
   void kernel_forward(Backend& be, const PreparedMask& m, const TensorView& q,
                       const TensorView& k, const TensorView& v, const TensorView& o,
                       const TensorView& lse) const {
-    AttnFwdParams p;
-    p.q = q;
-    p.k = k;
-    p.v = v;
-    p.o = o;
-    p.lse = lse;
-    p.mask = m.view();
-    p.scale = spec_.scale;
-    p.causal = spec_.causal;  // dilated order: positions 0..L-1 of the branch, offsets 0
-    be.attention_forward(p);
+    // Causal in dilated order: positions 0..L-1 of the branch, offsets 0.
+    be.attention_forward(make_fwd_params({q, k, v, o, lse}, m.view(), {spec_.scale, spec_.causal}));
   }
 
   void kernel_backward(Backend& be, const PreparedMask& m, const PreparedMask& mt,
                        const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& o, const TensorView& lse, const TensorView& d_o,
                        const TensorView& dq, const TensorView& dk, const TensorView& dv) const {
-    AttnBwdParams p;
-    p.q = q;
-    p.k = k;
-    p.v = v;
-    p.o = o;
-    p.lse = lse;
-    p.d_o = d_o;
-    p.dq = dq;
-    p.dk = dk;
-    p.dv = dv;
-    p.mask = m.view();
-    p.mask_t = mt.view();
-    p.scale = spec_.scale;
-    p.causal = spec_.causal;
-    be.attention_backward(p);
+    be.attention_backward(make_bwd_params({q, k, v, o, lse}, {d_o, dq, dk, dv}, m.view(),
+                                          mt.view(), {spec_.scale, spec_.causal}));
   }
 
   // groups: each branch writes its rows of its heads; everything is scaled by 1/G after.

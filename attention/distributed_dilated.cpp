@@ -285,39 +285,17 @@ class DilatedDistributed final : public SequenceShardedBase {
   void kernel_forward(Backend& be, const PreparedMask& m, const TensorView& q, const TensorView& k,
                       const TensorView& v, const TensorView& o, const TensorView& lse,
                       int64_t q_offset) const {
-    AttnFwdParams p;
-    p.q = q;
-    p.k = k;
-    p.v = v;
-    p.o = o;
-    p.lse = lse;
-    p.mask = m.view();
-    p.scale = spec_.scale;
-    p.causal = spec_.causal;
-    p.q_offset = q_offset;  // positions in the segment's dilated order
-    be.attention_forward(p);
+    // q_offset: positions in the segment's dilated order.
+    be.attention_forward(
+        make_fwd_params({q, k, v, o, lse}, m.view(), {spec_.scale, spec_.causal, q_offset}));
   }
   void kernel_backward(Backend& be, const PreparedMask& m, const PreparedMask& mt,
                        const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& o, const TensorView& lse, const TensorView& d_o,
                        const TensorView& dq, const TensorView& dk, const TensorView& dv,
                        int64_t q_offset) const {
-    AttnBwdParams p;
-    p.q = q;
-    p.k = k;
-    p.v = v;
-    p.o = o;
-    p.lse = lse;
-    p.d_o = d_o;
-    p.dq = dq;
-    p.dk = dk;
-    p.dv = dv;
-    p.mask = m.view();
-    p.mask_t = mt.view();
-    p.scale = spec_.scale;
-    p.causal = spec_.causal;
-    p.q_offset = q_offset;
-    be.attention_backward(p);
+    be.attention_backward(make_bwd_params({q, k, v, o, lse}, {d_o, dq, dk, dv}, m.view(),
+                                          mt.view(), {spec_.scale, spec_.causal, q_offset}));
   }
 
   // One branch's result for query rows: written in place (groups) or merged by L (longnet).

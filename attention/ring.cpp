@@ -485,17 +485,11 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
       const RingWork& work = st.work[w];
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
-      AttnFwdParams p;
-      p.q = q.rows(qp.local, qp.len);
-      p.k = kv.current().first().rows(kpc.local, kpc.len);
-      p.v = kv.current().second().rows(kpc.local, kpc.len);
-      p.o = o_part.view().rows(0, qp.len);
-      p.lse = l_part.view().rows(0, qp.len);
-      p.mask = pm.fwd[t][w]->view();
-      p.scale = spec_.scale;
-      p.causal = spec_.causal;
-      p.q_offset = qp.global;
-      p.k_offset = kpc.global;
+      const AttnFwdParams p = make_fwd_params(
+          {q.rows(qp.local, qp.len), kv.current().first().rows(kpc.local, kpc.len),
+           kv.current().second().rows(kpc.local, kpc.len), o_part.view().rows(0, qp.len),
+           l_part.view().rows(0, qp.len)},
+          pm.fwd[t][w]->view(), {spec_.scale, spec_.causal, qp.global, kpc.global});
       be.attention_forward(p);
       be.merge(acc.rows(qp.local, qp.len), lse.rows(qp.local, qp.len), p.o, p.lse);
       counters.blocks_computed += work.mask.nnz();
@@ -615,23 +609,14 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
       const RingWork& work = st.work[w];
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
-      AttnBwdParams p;
-      p.q = q.rows(qp.local, qp.len);
-      p.k = kv.current().first().rows(kpc.local, kpc.len);
-      p.v = kv.current().second().rows(kpc.local, kpc.len);
-      p.o = o.rows(qp.local, qp.len);
-      p.lse = lse.rows(qp.local, qp.len);
-      p.d_o = d_o.rows(qp.local, qp.len);
-      p.dq = dq_acc.rows(qp.local, qp.len);
-      p.dk = target->first().rows(kpc.local, kpc.len);
-      p.dv = target->second().rows(kpc.local, kpc.len);
-      p.mask = pm.fwd[t][w]->view();
-      p.mask_t = pm.bwd[t][w]->view();
-      p.scale = spec_.scale;
-      p.causal = spec_.causal;
-      p.q_offset = qp.global;
-      p.k_offset = kpc.global;
-      be.attention_backward(p);
+      be.attention_backward(make_bwd_params(
+          {q.rows(qp.local, qp.len), kv.current().first().rows(kpc.local, kpc.len),
+           kv.current().second().rows(kpc.local, kpc.len), o.rows(qp.local, qp.len),
+           lse.rows(qp.local, qp.len)},
+          {d_o.rows(qp.local, qp.len), dq_acc.rows(qp.local, qp.len),
+           target->first().rows(kpc.local, kpc.len), target->second().rows(kpc.local, kpc.len)},
+          pm.fwd[t][w]->view(), pm.bwd[t][w]->view(),
+          {spec_.scale, spec_.causal, qp.global, kpc.global}));
       counters.blocks_computed += work.mask.nnz();
     }
     if (t >= 2) {

@@ -109,6 +109,44 @@ BlockMaskView host_mask_view(const BlockMask& m) {
   return v;
 }
 
+AttnFwdParams make_fwd_params(const AttnTensors& t, const BlockMaskView& mask,
+                              const AttnPositions& pos) {
+  AttnFwdParams p;
+  p.q = t.q;
+  p.k = t.k;
+  p.v = t.v;
+  p.o = t.o;
+  p.lse = t.lse;
+  p.mask = mask;
+  p.scale = pos.scale;
+  p.causal = pos.causal;
+  p.q_offset = pos.q_offset;
+  p.k_offset = pos.k_offset;
+  return p;
+}
+
+AttnBwdParams make_bwd_params(const AttnTensors& t, const AttnGrads& g,
+                              const BlockMaskView& mask, const BlockMaskView& mask_t,
+                              const AttnPositions& pos) {
+  AttnBwdParams p;
+  p.q = t.q;
+  p.k = t.k;
+  p.v = t.v;
+  p.o = t.o;
+  p.lse = t.lse;
+  p.d_o = g.d_o;
+  p.dq = g.dq;
+  p.dk = g.dk;
+  p.dv = g.dv;
+  p.mask = mask;
+  p.mask_t = mask_t;
+  p.scale = pos.scale;
+  p.causal = pos.causal;
+  p.q_offset = pos.q_offset;
+  p.k_offset = pos.k_offset;
+  return p;
+}
+
 namespace {
 void check_same_bhd(const TensorView& a, const char* an, const TensorView& b, const char* bn) {
   LONGATTN_CHECK_ARG(a.B == b.B && a.H == b.H, an, a.shape_string(),

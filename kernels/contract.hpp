@@ -89,6 +89,24 @@ struct AttnBwdParams {
   bool deterministic = false;
 };
 
+// Shorthand for building one call's parameters: the tensors, the gradients and the positions.
+struct AttnTensors {
+  TensorView q, k, v, o, lse;
+};
+struct AttnGrads {
+  TensorView d_o, dq, dk, dv;
+};
+struct AttnPositions {
+  double scale = 0.0;
+  bool causal = false;
+  int64_t q_offset = 0, k_offset = 0;
+};
+AttnFwdParams make_fwd_params(const AttnTensors& t, const BlockMaskView& mask,
+                              const AttnPositions& pos);
+AttnBwdParams make_bwd_params(const AttnTensors& t, const AttnGrads& g,
+                              const BlockMaskView& mask, const BlockMaskView& mask_t,
+                              const AttnPositions& pos);
+
 inline double effective_scale(double scale, int64_t D) {
   return scale > 0.0 ? scale : 1.0 / std::sqrt(static_cast<double>(D));
 }
