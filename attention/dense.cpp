@@ -70,22 +70,46 @@ class DenseAttention final : public AttentionVariant {
   }
   void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& o, const TensorView& lse) override {
-    const Shape s{q.B, q.N, q.H, q.D};
-    validate(s);
-    masked_forward(be, spec_, mask_for(s), q, k, v, o, lse);
+    validate(Shape{q.B, q.N, q.H, q.D});
+    const Prepared& m = prepared(be, q.N, false);
+    be.attention_forward(
+        make_fwd_params({q, k, v, o, lse}, m.fwd->view(), {spec_.scale, spec_.causal}));
   }
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
                 const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
-    const Shape s{q.B, q.N, q.H, q.D};
-    validate(s);
-    masked_backward(be, spec_, mask_for(s), q, k, v, o, lse, d_o, dq, dk, dv);
+    validate(Shape{q.B, q.N, q.H, q.D});
+    const Prepared& m = prepared(be, q.N, true);
+    be.fill(dq, 0.0);
+    be.fill(dk, 0.0);
+    be.fill(dv, 0.0);
+    be.attention_backward(make_bwd_params({q, k, v, o, lse}, {d_o, dq, dk, dv}, m.fwd->view(),
+                                          m.bwd->view(), {spec_.scale, spec_.causal}));
   }
   double flops(const Shape& s) const override { return mask_flops(mask_for(s), s, spec_.causal); }
   double density(const Shape& s) const override { return mask_for(s).density(); }
 
  private:
+  // The mask depends only on N: built and prepared on the backend once per (backend, N), its
+  // transpose on the first backward, so repeated calls (training steps) upload nothing.
+  struct Prepared {
+    uint64_t backend = 0;
+    int64_t n = -1;
+    std::unique_ptr<PreparedMask> fwd, bwd;
+  };
+  const Prepared& prepared(Backend& be, int64_t n, bool with_transpose) {
+    if (cache_.backend != be.instance_id() || cache_.n != n) {
+      cache_ = Prepared{};
+      cache_.fwd = be.prepare_mask(mask_for(Shape{1, n, 1, 1}));
+      cache_.backend = be.instance_id();
+      cache_.n = n;
+    }
+    if (with_transpose && !cache_.bwd) cache_.bwd = be.prepare_mask(cache_.fwd->host().transpose());
+    return cache_;
+  }
+
   AttentionSpec spec_;
+  Prepared cache_;
 };
 
 }  // namespace

@@ -27,7 +27,11 @@ struct MatrixView {
 
 class Backend {
  public:
+  Backend();
   virtual ~Backend() = default;
+  // Unique per backend object of this process (never reused), so callers can key caches of
+  // prepared masks and buffers by it.
+  uint64_t instance_id() const { return instance_id_; }
   virtual DeviceKind device() const = 0;
   virtual std::string name() const = 0;
 
@@ -58,6 +62,9 @@ class Backend {
   // Peak bytes allocated through this backend since creation (or the last reset).
   virtual size_t peak_bytes() const = 0;
   virtual void reset_peak() = 0;
+
+ private:
+  uint64_t instance_id_;
 };
 
 // The CPU reference backend (host memory, fp64 accumulation, threads over batch x heads).

@@ -1,6 +1,7 @@
 // The CPU reference implementation of the kernel contract (kernels/contract.hpp): fp64
 // accumulation, online softmax per query row, threads over (batch, head). Everything else in
 // longattn is checked against this file.
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -272,6 +273,11 @@ class CpuBackend final : public Backend {
 };
 
 }  // namespace
+
+Backend::Backend() {
+  static std::atomic<uint64_t> next_id{1};
+  instance_id_ = next_id.fetch_add(1);
+}
 
 std::unique_ptr<Backend> make_cpu_backend(int num_threads) {
   return std::make_unique<CpuBackend>(num_threads);

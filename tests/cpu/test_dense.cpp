@@ -173,3 +173,28 @@ TEST(Dense, RejectsMismatchedShapesNamingTheArgument) {
 
 }  // namespace
 }  // namespace longattn
+
+namespace longattn {
+namespace {
+
+// One variant object reused across lengths and backends: the prepared mask follows both.
+TEST(Dense, ReusedVariantFollowsLengthAndBackend) {
+  AttentionSpec spec;
+  spec.causal = true;
+  spec.block_size = 16;
+  auto att = make_dense_attention(spec);
+  for (int64_t N : {40L, 24L, 40L}) {
+    auto be = make_cpu_backend();
+    Tensor q = Tensor::randn(DType::F64, 1, N, 2, 8, 71 + N);
+    Tensor k = Tensor::randn(DType::F64, 1, N, 2, 8, 72 + N);
+    Tensor v = Tensor::randn(DType::F64, 1, N, 2, 8, 73 + N);
+    Tensor o(DType::F64, 1, N, 2, 8), lse(DType::F64, 1, N, 2, 1);
+    att->forward(*be, q.view(), k.view(), v.view(), o.view(), lse.view());
+    auto ref = testing::naive_attention(
+        q.view(), k.view(), v.view(), [](int64_t, int64_t, int64_t i, int64_t j) { return j <= i; });
+    EXPECT_LT(compare(o.view(), ref.o.view()).max_abs, 1e-12) << "N " << N;
+  }
+}
+
+}  // namespace
+}  // namespace longattn
