@@ -12,6 +12,10 @@
 #include "kernels/cuda/flash_common.cuh"
 #include "runtime/error.hpp"
 
+#if LONGATTN_HAVE_SM90
+#include "kernels/cuda/sm90/flash_sm90.hpp"
+#endif
+
 namespace longattn::cuda {
 namespace {
 
@@ -158,7 +162,10 @@ bool flash_supports(DType dtype, int64_t head_dim) {
   return dtype_ok && dim_ok;
 }
 
-void flash_forward(const AttnFwdParams& p, cudaStream_t stream) {
+namespace {
+
+// The kernels' argument struct for one forward call (after the contract's checks).
+FwdArgs make_fwd_args(const AttnFwdParams& p) {
   validate_forward(p);
   check_common(p.q, p.k, p.lse);
   const DType dt = p.q.dtype;
@@ -172,12 +179,12 @@ void flash_forward(const AttnFwdParams& p, cudaStream_t stream) {
   a.lse.sn = p.lse.sn;
   a.lse.sh = p.lse.sh;
   a.o_type = out_type(p.o, dt, "o");
-  if (p.q.N == 0 || p.q.B == 0 || p.q.H == 0) return;
-  a.mask = dev_mask(p.mask, "mask");
   a.B = static_cast<int>(p.q.B);
   a.H = static_cast<int>(p.q.H);
   a.Nq = static_cast<int>(p.q.N);
   a.Nk = static_cast<int>(p.k.N);
+  if (p.q.N == 0 || p.q.B == 0 || p.q.H == 0) return a;
+  a.mask = dev_mask(p.mask, "mask");
   const double scale = effective_scale(p.scale, p.q.D);
   a.scale = static_cast<float>(scale);
   a.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
@@ -185,6 +192,35 @@ void flash_forward(const AttnFwdParams& p, cudaStream_t stream) {
   a.diag = p.q_offset - p.k_offset;
   a.vec = allows_vec(p.q) && allows_vec(p.k) && allows_vec(p.v);
   a.o_pair = allows_pair(p.o);
+  return a;
+}
+
+bool takes_sm90(const FwdArgs& a, DType dt, int64_t D) {
+#if LONGATTN_HAVE_SM90
+  return sm90::fwd_accepts(a, dt, static_cast<int>(D));
+#else
+  (void)a, (void)dt, (void)D;
+  return false;
+#endif
+}
+
+}  // namespace
+
+std::string flash_forward_kernel(const AttnFwdParams& p) {
+  const FwdArgs a = make_fwd_args(p);
+  if (p.q.dtype == DType::F32) return "fp32";
+  return takes_sm90(a, p.q.dtype, p.q.D) ? "sm90" : "portable";
+}
+
+void flash_forward(const AttnFwdParams& p, cudaStream_t stream) {
+  const FwdArgs a = make_fwd_args(p);
+  if (p.q.N == 0 || p.q.B == 0 || p.q.H == 0) return;
+  const DType dt = p.q.dtype;
+#if LONGATTN_HAVE_SM90
+  // Hopper: the warp-specialised TMA + wgmma kernel where it applies (sm_90, fp16/bf16, head dim
+  // 64/128, 128-multiple mask blocks, 16-byte aligned rows); the portable kernels otherwise.
+  if (takes_sm90(a, dt, p.q.D)) return sm90::flash_forward(a, dt, static_cast<int>(p.q.D), stream);
+#endif
   // 128 query rows per CTA when the mask's query blocks allow it (more reuse of each K/V tile).
   const int m_tiles = (a.mask.block_q % 128 == 0 && p.q.D <= 128) ? 2 : 1;
   switch (p.q.D) {

@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 
 #include "kernels/contract.hpp"
 
@@ -27,6 +28,11 @@ bool flash_supports(DType dtype, int64_t head_dim);
 // Forward: writes o and lse for every query row; a row that sees no key gets o = 0 and
 // lse = -inf. Asynchronous on `stream`.
 void flash_forward(const AttnFwdParams& p, cudaStream_t stream);
+
+// Which kernel flash_forward runs for p on the current device: "sm90" (Hopper TMA + wgmma:
+// compute capability 9.0, fp16/bf16, head_dim 64/128, mask blocks multiples of 128, 16-byte
+// aligned rows; LONGATTN_FLASH_KERNELS=portable turns it off), "portable" (mma.sync) or "fp32".
+std::string flash_forward_kernel(const AttnFwdParams& p);
 
 // Backward from the global o and lse: dq += dL/dq, dk += dL/dk, dv += dL/dv (accumulated,
 // never overwritten). dq, dk, dv may be fp32 (the backend's accumulators) or the input dtype.

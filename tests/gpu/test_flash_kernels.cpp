@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -443,6 +444,15 @@ std::vector<Case> all_cases() {
       // Causal block-sparse, 128-row query blocks over 64-key blocks.
       cs.push_back({dt, D, 1, 2 * n + 30, 2 * n + 30, 2, 128, 64, true, 0, 0, MaskKind::Sparse,
                     Layout::Contiguous, 1.0, false, tag + "_causal_sparse_b128x64"});
+      // 128-blocks over many key tiles (the Hopper kernel's stage ring wraps several times):
+      // dense ragged batch 2 with more keys than queries, and causal block-sparse with empty
+      // rows on dilated views with extreme logits (256-row query blocks over 128-key blocks).
+      if (D == 64 || D == 128) {
+        cs.push_back({dt, D, 2, 1100, 1250, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                      Layout::Contiguous, 1.0, false, tag + "_dense_b128_long"});
+        cs.push_back({dt, D, 1, 1000, 1000, 2, 256, 128, true, 0, 0, MaskKind::Sparse,
+                      Layout::Dilated, 5.0, false, tag + "_causal_sparse_b256x128_long"});
+      }
     }
   return cs;
 }
@@ -575,6 +585,45 @@ TEST(FlashKernels, Fp32OutputForBf16Inputs) {
                                               allowed_of(m.host, g), 0.0, DType::BF16);
   const double naive_err = compare(naive.o.view(), ref.o.view()).max_abs;
   EXPECT_LE(compare(o.hview, ref.o.view()).max_abs, testing::tolerance_for(DType::BF16, naive_err));
+}
+
+// On compute capability 9.0 the Hopper kernel takes fp16/bf16, head dim 64/128, 128-blocks and
+// aligned rows (and LONGATTN_FLASH_KERNELS=portable sends everything to the portable kernel,
+// which the ctest entry gpu_kernels_portable uses to run this whole suite through it).
+TEST(FlashKernels, ForwardKernelChoice) {
+  SKIP_WITHOUT_GPU();
+  int dev = 0, major = 0, minor = 0;
+  ck(cudaGetDevice(&dev), "cudaGetDevice");
+  ck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cc");
+  ck(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cc");
+  const char* env = std::getenv("LONGATTN_FLASH_KERNELS");
+  const bool portable_only = env != nullptr && std::string(env) == "portable";
+#if LONGATTN_HAVE_SM90
+  const bool hopper = major == 9 && minor == 0 && !portable_only;
+#else
+  const bool hopper = false;
+#endif
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (int64_t D : {32, 64, 128, 256})
+      for (int64_t block : {64, 128}) {
+        Case c{dt, D, 1, 300, 300, 1, block, block, false, 0, 0, MaskKind::Dense,
+               Layout::Contiguous, 1.0, false, "choice"};
+        Mirrored q = make_mirrored(c.layout, dt, 1, 300, 1, D, 1, 1.0);
+        Mirrored o = make_mirrored(c.layout, dt, 1, 300, 1, D, 0, 1.0, true);
+        Mirrored lse = make_mirrored(c.layout, DType::F32, 1, 300, 1, 1, 0, 1.0, true);
+        const MaskGeometry g{300, 300, block, block, false, 0, 0};
+        MaskPair mp = make_mask(MaskKind::Dense, g, 1);
+        AttnFwdParams p;
+        p.q = p.k = p.v = q.dview;
+        p.o = o.dview;
+        p.lse = lse.dview;
+        p.mask = mp.dev;
+        const std::string want = dt == DType::F32 ? "fp32"
+                                 : (hopper && (D == 64 || D == 128) && block == 128) ? "sm90"
+                                                                                     : "portable";
+        EXPECT_EQ(cuda::flash_forward_kernel(p), want)
+            << dtype_name(dt) << " d=" << D << " block=" << block;
+      }
 }
 
 TEST(FlashKernels, RejectsWhatItCannotRun) {

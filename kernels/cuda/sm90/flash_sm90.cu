@@ -1,0 +1,120 @@
+// Host side of the Hopper kernels: which calls they take, the TMA tensor maps of the strided
+// [B, N, H, D] views (encoded through the driver entry point, no libcuda link), and the dispatch
+// on dtype and head dim to the per-file instantiations.
+#include "kernels/cuda/sm90/flash_sm90.hpp"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "kernels/cuda/cuda_check.hpp"
+#include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
+#include "runtime/error.hpp"
+
+namespace longattn::cuda::sm90 {
+namespace {
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000,
+                                                cudaEnableDefault, &q));
+    if (q != cudaDriverEntryPointSuccess || p == nullptr)
+      throw Error("cuTensorMapEncodeTiled is not available from the driver");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// [B, rows, H, D] 16-bit view as a 4-D tensor map (D innermost), boxes of 64 x box_rows with the
+// 128-byte swizzle. A dimension of extent 1 may carry any stride; TMA wants multiples of 16.
+CUtensorMap make_map(const flash::DevView& v, int B, int rows, int H, int D, bool bf16,
+                     int box_rows, const char* name) {
+  const int64_t es = 2;
+  const int64_t row_bytes = v.sn * es;
+  auto stride = [&](int64_t s, int extent) {
+    return static_cast<cuuint64_t>(extent <= 1 ? (row_bytes > 0 ? row_bytes : 16) : s * es);
+  };
+  cuuint64_t dims[4] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(rows),
+                        static_cast<cuuint64_t>(H), static_cast<cuuint64_t>(B)};
+  cuuint64_t strides[3] = {stride(v.sn, rows), stride(v.sh, H), stride(v.sb, B)};
+  for (auto& s : strides)
+    if (s % 16 != 0 || s == 0) s = 16 * ((s + 15) / 16 > 0 ? (s + 15) / 16 : 1);
+  cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
+  cuuint32_t elem[4] = {1, 1, 1, 1};
+  CUtensorMap m;
+  std::memset(&m, 0, sizeof(m));
+  const CUresult r = encode_fn()(
+      &m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, v.data,
+      dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw Error(std::string("cuTensorMapEncodeTiled failed for ") + name + " (error " +
+                    std::to_string(static_cast<int>(r)) + ")");
+  return m;
+}
+
+bool portable_requested() {
+  const char* e = std::getenv("LONGATTN_FLASH_KERNELS");
+  return e != nullptr && std::string(e) == "portable";
+}
+
+}  // namespace
+
+// Instantiated in kernels/cuda/sm90/flash_fwd_sm90_<dtype>_d<D>.cu, not here.
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64>(const FwdArgs&, cudaStream_t);
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128>(const FwdArgs&, cudaStream_t);
+extern template void launch_fwd_sm90_impl<__half, 64>(const FwdArgs&, cudaStream_t);
+extern template void launch_fwd_sm90_impl<__half, 128>(const FwdArgs&, cudaStream_t);
+
+FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv) {
+  FwdMaps m;
+  m.q = make_map(a.q, a.B, a.Nq, a.H, D, bf16, box_q, "q");
+  m.k = make_map(a.k, a.B, a.Nk, a.H, D, bf16, box_kv, "k");
+  m.v = make_map(a.v, a.B, a.Nk, a.H, D, bf16, box_kv, "v");
+  return m;
+}
+
+bool device_enabled() {
+  if (portable_requested()) return false;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  static std::mutex mu;
+  static int cached[64];
+  static bool known[64] = {};
+  if (dev < 0 || dev >= 64) return false;
+  std::lock_guard<std::mutex> lock(mu);
+  if (!known[dev]) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    cached[dev] = major * 10 + minor;
+    known[dev] = true;
+  }
+  return cached[dev] == 90;
+}
+
+bool fwd_accepts(const FwdArgs& a, DType dtype, int head_dim) {
+  if (dtype != DType::BF16 && dtype != DType::F16) return false;
+  if (head_dim != 64 && head_dim != 128) return false;
+  if (a.mask.block_q % 128 != 0 || a.mask.block_k % 128 != 0) return false;
+  if (!a.vec) return false;  // 16-byte aligned bases and strides: what TMA needs
+  return device_enabled();
+}
+
+void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream) {
+  const bool bf16 = dtype == DType::BF16;
+  if (head_dim == 64) {
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64>(a, stream)
+                : launch_fwd_sm90_impl<__half, 64>(a, stream);
+  }
+  return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128>(a, stream)
+              : launch_fwd_sm90_impl<__half, 128>(a, stream);
+}
+
+}  // namespace longattn::cuda::sm90

@@ -1,0 +1,22 @@
+// Hopper (sm_90a) attention kernels: entry points the portable dispatcher
+// (kernels/cuda/flash_attention.cu) calls when the device is compute capability 9.0, the library
+// was built with the sm_90a kernels (LONGATTN_HAVE_SM90) and the call fits them.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda/flash_common.cuh"
+#include "runtime/dtype.hpp"
+
+namespace longattn::cuda::sm90 {
+
+// Whether the forward kernel takes this call: fp16/bf16, head_dim 64 or 128, mask blocks that
+// are multiples of 128 on both sides, q/k/v rows 16-byte aligned (TMA), running on sm_90, and
+// LONGATTN_FLASH_KERNELS is not "portable".
+bool fwd_accepts(const flash::FwdArgs& a, DType dtype, int head_dim);
+void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
+
+// The current device is compute capability 9.0 and LONGATTN_FLASH_KERNELS does not ask for the
+// portable kernels.
+bool device_enabled();
+
+}  // namespace longattn::cuda::sm90
