@@ -360,7 +360,10 @@ class DataParallelDistributed final : public DistributedBase {
     check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
     counters_ = {};
     counters_.steps = 1;
-    variant_->forward(be, q, k, v, o, lse);
+    // Nothing is exchanged inside; the ranks still agree on the outcome, so a rank out of
+    // memory makes every rank throw here rather than leave its peers waiting in whatever
+    // collective comes next.
+    run_and_agree(comm_, name() + " forward", [&] { variant_->forward(be, q, k, v, o, lse); });
   }
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
@@ -369,7 +372,8 @@ class DataParallelDistributed final : public DistributedBase {
         q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}, lse);
     counters_ = {};
     counters_.steps = 1;
-    variant_->backward(be, q, k, v, o, lse, d_o, dq, dk, dv);
+    run_and_agree(comm_, name() + " backward",
+                  [&] { variant_->backward(be, q, k, v, o, lse, d_o, dq, dk, dv); });
   }
 
  private:

@@ -4,15 +4,20 @@
 // a segment whose dilated rows spread over several ranks all-gathers only those rows (1/rate of
 // the segment, the branch's heads only) among the ranks holding some of them, each rank
 // computes its own query rows against the gathered keys, and in the backward the key
-// gradients are sent back to the rows' owners and summed there.
+// gradients are sent back to the rows' owners and summed there. Every mask and buffer of a call
+// is made before its first exchange (one workspace, reused branch after branch), and the ranks
+// agree that all of them got theirs before any data moves.
 #include <algorithm>
+#include <cstddef>
 #include <limits>
 #include <map>
+#include <optional>
 #include <tuple>
 
 #include "attention/dense.hpp"
 #include "attention/distributed_base.hpp"
 #include "attention/head_groups.hpp"
+#include "runtime/bootstrap.hpp"
 #include "runtime/error.hpp"
 
 namespace longattn {
@@ -66,27 +71,64 @@ struct SegmentRows {
   int64_t count(int i) const { return hi[i] - lo[i]; }
 };
 
-// K and V (or dK and dV) of n rows in one allocation [2B, n, h, D], so one message moves both.
+// A temporary reused by successive kernel calls: `capacity` elements, viewed in each call's
+// contiguous shape.
+struct Scratch {
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t capacity = 0;
+  DeviceKind device = DeviceKind::Cpu;
+  TensorView shaped(int64_t B, int64_t N, int64_t H, int64_t D) const {
+    LONGATTN_ASSERT(B * N * H * D <= capacity, "a kernel call outgrew its sized scratch buffer");
+    return make_view(data, dtype, B, N, H, D, device);
+  }
+};
+
+// Hands out consecutive aligned pieces of one workspace. Without a base it only counts, so the
+// same sequence of requests first sizes the workspace and then lays buffers out over it.
+class Carver {
+ public:
+  Carver(void* base, DeviceKind device) : base_(static_cast<std::byte*>(base)), device_(device) {}
+  TensorView tensor(DType dt, int64_t B, int64_t N, int64_t H, int64_t D) {
+    return make_view(take(static_cast<size_t>(B * N * H * D) * dtype_size(dt)), dt, B, N, H, D,
+                     device_);
+  }
+  Scratch scratch(DType dt, int64_t elements) {
+    return Scratch{take(static_cast<size_t>(elements) * dtype_size(dt)), dt, elements, device_};
+  }
+  size_t used() const { return used_; }
+
+ private:
+  static constexpr size_t kAlign = 256;
+  void* take(size_t bytes) {
+    const size_t at = used_;
+    used_ += (bytes + kAlign - 1) / kAlign * kAlign;
+    return base_ ? base_ + at : nullptr;
+  }
+  std::byte* base_;
+  DeviceKind device_;
+  size_t used_ = 0;
+};
+
+// K and V (or dK and dV) of n rows in one buffer [2B, n, h, D], so one message moves both;
+// n == 0 takes no memory.
 struct PairTensor {
-  DeviceTensor buf;
+  TensorView buf;
   int64_t B = 0;
   PairTensor() = default;
-  PairTensor(Backend& be, DType dt, int64_t B_, int64_t n, int64_t h, int64_t D)
-      : buf(be, dt, 2 * B_, std::max<int64_t>(n, 1), h, D), B(B_) {
-    if (n == 0) buf = DeviceTensor();
+  PairTensor(Carver& c, DType dt, int64_t B_, int64_t n, int64_t h, int64_t D) : B(B_) {
+    if (n > 0) buf = c.tensor(dt, 2 * B_, n, h, D);
   }
   TensorView first(int64_t n) const { return resized(n).batches(0, B); }
   TensorView second(int64_t n) const { return resized(n).batches(B, B); }
   size_t bytes(int64_t n) const {
-    const TensorView v = buf.view();
-    return static_cast<size_t>(2 * B * n * v.H * v.D) * dtype_size(v.dtype);
+    return static_cast<size_t>(2 * B * n * buf.H * buf.D) * dtype_size(buf.dtype);
   }
-  void* data() const { return buf.data(); }
+  void* data() const { return buf.data; }
 
  private:
   TensorView resized(int64_t n) const {
-    const TensorView v = buf.view();
-    return make_view(v.data, v.dtype, v.B, n, v.H, v.D, v.device);
+    return make_view(buf.data, buf.dtype, buf.B, n, buf.H, buf.D, buf.device);
   }
 };
 
@@ -107,17 +149,33 @@ class DilatedDistributed final : public SequenceShardedBase {
     counters_ = {};
     MaskCache masks(be, spec_.block_size, spec_.causal);
     const bool groups = spec_.dilated.mode == DilatedMode::Groups;
+    const std::vector<DilatedBranch> branches = dilated_branches(spec_.dilated, q.H);
+    std::vector<BranchWork> work(branches.size());
     // longnet merges branches into an fp32 accumulator when o is fp16/bf16.
-    DeviceTensor acc_buf;
+    DeviceTensor acc_buf, workspace;
     TensorView acc = o;
-    if (!groups && is_half(o.dtype)) {
-      acc_buf = DeviceTensor(be, DType::F32, o.B, o.N, o.H, o.D);
-      acc = acc_buf.view();
-    }
+    BufferTypes types{k.dtype, k.dtype, false, std::nullopt, std::nullopt};
+    bool foldable = false;
+    run_and_agree(comm_, name() + " forward", [&] {
+      if (!groups && is_half(o.dtype)) {
+        acc_buf = DeviceTensor(be, DType::F32, o.B, o.N, o.H, o.D);
+        acc = acc_buf.view();
+      }
+      if (!groups) {
+        types.o_tmp = acc.dtype;
+        types.lse_tmp = lse.dtype;
+      }
+      foldable = batch_foldable({q, k, v, acc, lse});
+      workspace = prepare(be, masks, branches, q, foldable, types, work);
+    });
     be.fill(acc, 0.0);
     be.fill(lse, kNegInf);
-    for (const DilatedBranch& br : dilated_branches(spec_.dilated, q.H))
-      forward_branch(be, masks, br, q, k, v, acc, lse, groups);
+    for (size_t i = 0; i < branches.size(); ++i) {
+      if (!has_rows(work[i])) continue;
+      Carver c(workspace.data(), be.device());
+      carve(c, branches[i], q, foldable, types, work[i]);
+      forward_branch(be, masks, branches[i], work[i], q, k, v, acc, lse, groups, foldable);
+    }
     if (groups) be.scale(o, 1.0 / num_pairs());
     if (acc_buf.data()) be.copy(o, acc);
   }
@@ -129,19 +187,36 @@ class DilatedDistributed final : public SequenceShardedBase {
         q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}, lse);
     counters_ = {};
     MaskCache masks(be, spec_.block_size, spec_.causal);
+    const std::vector<DilatedBranch> branches = dilated_branches(spec_.dilated, q.H);
+    std::vector<BranchWork> work(branches.size());
     // Several branches add into the same rows: accumulate in fp32 for fp16/bf16 gradients.
     const DType gd = is_half(dq.dtype) ? DType::F32 : dq.dtype;
-    DeviceTensor bufs[3];
+    DeviceTensor bufs[3], workspace;
     TensorView grads[3] = {dq, dk, dv};
-    for (int i = 0; i < 3; ++i) {
-      if (gd != grads[i].dtype) {
-        bufs[i] = DeviceTensor(be, gd, q.B, q.N, q.H, q.D);
-        grads[i] = bufs[i].view();
-      }
-      be.fill(grads[i], 0.0);
+    // The branch's own O (and its LSE, longnet) that the gradient is taken with, unless the
+    // exact longnet gradient uses the merged o.
+    const DilatedConfig& d = spec_.dilated;
+    BufferTypes types{k.dtype, gd, true, std::nullopt, std::nullopt};
+    if (!(d.mode == DilatedMode::LongNet && d.exact_longnet_grad)) types.o_tmp = o.dtype;
+    if (d.mode == DilatedMode::LongNet && !d.exact_longnet_grad) types.lse_tmp = DType::F32;
+    bool foldable = false;
+    run_and_agree(comm_, name() + " backward", [&] {
+      for (int i = 0; i < 3; ++i)
+        if (gd != grads[i].dtype) {
+          bufs[i] = DeviceTensor(be, gd, q.B, q.N, q.H, q.D);
+          grads[i] = bufs[i].view();
+        }
+      foldable = batch_foldable({q, k, v, o, lse, d_o, grads[0], grads[1], grads[2]});
+      workspace = prepare(be, masks, branches, q, foldable, types, work);
+    });
+    for (int i = 0; i < 3; ++i) be.fill(grads[i], 0.0);
+    for (size_t i = 0; i < branches.size(); ++i) {
+      if (!has_rows(work[i])) continue;
+      Carver c(workspace.data(), be.device());
+      carve(c, branches[i], q, foldable, types, work[i]);
+      backward_branch(be, masks, branches[i], work[i], q, k, v, o, lse, d_o, grads[0], grads[1],
+                      grads[2], foldable);
     }
-    for (const DilatedBranch& br : dilated_branches(spec_.dilated, q.H))
-      backward_branch(be, masks, br, q, k, v, o, lse, d_o, grads[0], grads[1], grads[2]);
     const TensorView outs[3] = {dq, dk, dv};
     for (int i = 0; i < 3; ++i) {
       if (spec_.dilated.mode == DilatedMode::Groups) be.scale(grads[i], 1.0 / num_pairs());
@@ -232,27 +307,120 @@ class DilatedDistributed final : public SequenceShardedBase {
     return true;
   }
 
-  // Posts the all-gather of a spanning segment's K/V rows among its members.
+  // A spanning segment's K/V rows: this rank's, every other member's, all of them in dilated
+  // order.
   struct Gather {
     SegmentRows seg;
     PairTensor mine, all;
     std::vector<PairTensor> theirs;  // by member index (own slot unused)
     CommRequest req;
   };
+  // The key gradients of a spanning segment returned to the rows' owners.
+  struct Scatter {
+    PairTensor grads;                 // [2B, L, hc, D]: dK, dV of every gathered row
+    std::vector<PairTensor> out, in;  // by member index
+    CommRequest req;
+  };
+  // One branch on this rank: its local segments, its spanning segments, and its device buffers
+  // (laid out over the call's workspace right before the branch runs).
+  struct BranchWork {
+    std::vector<int64_t> local;
+    std::vector<Gather> gathers;
+    std::vector<Scatter> scatters;  // backward
+    // forward (longnet): one kernel call's O and LSE before the merge; backward: the branch's
+    // own O (and LSE) the gradient is taken with.
+    Scratch o_tmp, lse_tmp;
+  };
+  static bool has_rows(const BranchWork& w) { return !w.local.empty() || !w.gathers.empty(); }
+  // Dtypes of a call's buffers; a scratch without a dtype is not needed.
+  struct BufferTypes {
+    DType kv, grad;
+    bool backward;
+    std::optional<DType> o_tmp, lse_tmp;
+  };
+
+  // Lays out a branch's buffers from `c`, always in the same order.
+  void carve(Carver& c, const DilatedBranch& br, const TensorView& q, bool foldable,
+             const BufferTypes& t, BranchWork& w) const {
+    const int64_t B = q.B, hc = br.head_count, D = q.D;
+    const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+    for (Gather& g : w.gathers) {
+      const SegmentRows& s = g.seg;
+      g.mine = PairTensor(c, t.kv, B, s.count(s.me), hc, D);
+      g.theirs.assign(s.ranks.size(), PairTensor());
+      for (size_t i = 0; i < s.ranks.size(); ++i)
+        if (static_cast<int>(i) != s.me)
+          g.theirs[i] = PairTensor(c, t.kv, B, s.count(static_cast<int>(i)), hc, D);
+      g.all = PairTensor(c, t.kv, B, s.L, hc, D);
+    }
+    if (t.backward) {
+      w.scatters.clear();
+      w.scatters.resize(w.gathers.size());
+      for (size_t gi = 0; gi < w.gathers.size(); ++gi) {
+        const SegmentRows& s = w.gathers[gi].seg;
+        Scatter& sc = w.scatters[gi];
+        sc.grads = PairTensor(c, t.grad, B, s.L, hc, D);
+        sc.out.assign(s.ranks.size(), PairTensor());
+        sc.in.assign(s.ranks.size(), PairTensor());
+        for (size_t i = 0; i < s.ranks.size(); ++i) {
+          if (static_cast<int>(i) == s.me) continue;
+          sc.out[i] = PairTensor(c, t.grad, B, s.count(static_cast<int>(i)), hc, D);
+          sc.in[i] = PairTensor(c, t.grad, B, s.count(s.me), hc, D);
+        }
+      }
+    }
+    // The scratch fits the largest kernel call: a run of local segments folded into the batch
+    // (see for_each_local_run) or this rank's rows of a spanning segment.
+    int64_t rows = 0;
+    for_each_local_run(w.local, br, q, [&](int64_t, int64_t cnt, int64_t, int64_t nb) {
+      rows = std::max(rows, (nb > 1 && !foldable ? 1 : nb) * cnt * L);
+    });
+    for (const Gather& g : w.gathers) rows = std::max(rows, B * g.seg.count(g.seg.me));
+    if (t.o_tmp) w.o_tmp = c.scratch(*t.o_tmp, rows * hc * D);
+    if (t.lse_tmp) w.lse_tmp = c.scratch(*t.lse_tmp, rows * hc);
+  }
+
+  // Before the first exchange: every branch's segments, their masks (and the transposed ones
+  // for the backward) and one workspace that fits the largest branch's buffers.
+  DeviceTensor prepare(Backend& be, MaskCache& masks, const std::vector<DilatedBranch>& branches,
+                       const TensorView& q, bool foldable, const BufferTypes& t,
+                       std::vector<BranchWork>& work) {
+    size_t bytes = 0;
+    for (size_t i = 0; i < branches.size(); ++i) {
+      const DilatedBranch& br = branches[i];
+      BranchWork& w = work[i];
+      std::vector<SegmentRows> spanning;
+      segments(br, q.N, w.local, spanning);
+      if (w.local.empty() && spanning.empty()) continue;
+      const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+      count_work(masks, L, w.local, spanning);
+      if (t.backward) {
+        if (!w.local.empty()) masks.transposed(masks.get(L, L, 0));
+        for (const SegmentRows& s : spanning)
+          masks.transposed(masks.get(s.count(s.me), s.L, s.lo[s.me]));
+      }
+      w.gathers.resize(spanning.size());
+      for (size_t j = 0; j < spanning.size(); ++j) w.gathers[j].seg = std::move(spanning[j]);
+      Carver sizing(nullptr, be.device());
+      carve(sizing, br, q, foldable, t, w);
+      bytes = std::max(bytes, sizing.used());
+    }
+    if (bytes == 0) return DeviceTensor();
+    const int64_t words = static_cast<int64_t>((bytes + sizeof(double) - 1) / sizeof(double));
+    return DeviceTensor(be, DType::F64, 1, words, 1, 1);
+  }
+
+  // Posts the all-gather of a spanning segment's K/V rows among its members.
   void start_gather(Backend& be, const DilatedBranch& br, const TensorView& k, const TensorView& v,
                     Gather& g, int64_t row0_global) {
     const SegmentRows& s = g.seg;
-    const int64_t B = k.B, hc = br.head_count, D = k.D, n = s.count(s.me);
+    const int64_t hc = br.head_count, n = s.count(s.me);
     const int64_t row0 = s.base + s.lo[s.me] * br.rate - row0_global;
-    g.mine = PairTensor(be, k.dtype, B, n, hc, D);
     be.copy(g.mine.first(n), k.heads(br.head_begin, hc).rows(row0, n, br.rate));
     be.copy(g.mine.second(n), v.heads(br.head_begin, hc).rows(row0, n, br.rate));
     std::vector<size_t> bytes;
     std::vector<void*> recv;
-    g.theirs.resize(s.ranks.size());
     for (size_t i = 0; i < s.ranks.size(); ++i) {
-      if (static_cast<int>(i) != s.me)
-        g.theirs[i] = PairTensor(be, k.dtype, B, s.count(static_cast<int>(i)), hc, D);
       bytes.push_back(g.mine.bytes(s.count(static_cast<int>(i))));
       recv.push_back(static_cast<int>(i) == s.me ? nullptr : g.theirs[i].data());
     }
@@ -267,11 +435,9 @@ class DilatedDistributed final : public SequenceShardedBase {
             static_cast<int64_t>(g.mine.bytes(s.count(static_cast<int>(i))));
   }
   // Waits and lays every member's rows out in dilated order: all.first = K [B, L, hc, D].
-  void finish_gather(Backend& be, const DilatedBranch& br, Gather& g, DType dt, int64_t B,
-                     int64_t D) {
+  void finish_gather(Backend& be, Gather& g) {
     g.req.wait();
     const SegmentRows& s = g.seg;
-    g.all = PairTensor(be, dt, B, s.L, br.head_count, D);
     for (size_t i = 0; i < s.ranks.size(); ++i) {
       const int ii = static_cast<int>(i);
       const PairTensor& src = ii == s.me ? g.mine : g.theirs[i];
@@ -279,7 +445,6 @@ class DilatedDistributed final : public SequenceShardedBase {
       be.copy(g.all.first(s.L).rows(s.lo[i], n), src.first(n));
       be.copy(g.all.second(s.L).rows(s.lo[i], n), src.second(n));
     }
-    g.theirs.clear();
   }
 
   void kernel_forward(Backend& be, const PreparedMask& m, const TensorView& q, const TensorView& k,
@@ -299,39 +464,30 @@ class DilatedDistributed final : public SequenceShardedBase {
   }
 
   // One branch's result for query rows: written in place (groups) or merged by L (longnet).
-  void emit(Backend& be, MaskCache::Entry& m, const TensorView& q, const TensorView& k,
-            const TensorView& v, const TensorView& acc, const TensorView& lse, int64_t q_offset,
-            bool groups) {
+  void emit(Backend& be, MaskCache::Entry& m, const BranchWork& w, const TensorView& q,
+            const TensorView& k, const TensorView& v, const TensorView& acc, const TensorView& lse,
+            int64_t q_offset, bool groups) {
     if (groups) {
       kernel_forward(be, *m.fwd, q, k, v, acc, lse, q_offset);
       return;
     }
-    DeviceTensor ob(be, acc.dtype, q.B, q.N, q.H, q.D), lb(be, lse.dtype, q.B, q.N, q.H, 1);
-    kernel_forward(be, *m.fwd, q, k, v, ob.view(), lb.view(), q_offset);
-    be.merge(acc, lse, ob.view(), lb.view());
+    const TensorView ob = w.o_tmp.shaped(q.B, q.N, q.H, q.D),
+                     lb = w.lse_tmp.shaped(q.B, q.N, q.H, 1);
+    kernel_forward(be, *m.fwd, q, k, v, ob, lb, q_offset);
+    be.merge(acc, lse, ob, lb);
   }
-  void forward_branch(Backend& be, MaskCache& masks, const DilatedBranch& br, const TensorView& q,
-                      const TensorView& k, const TensorView& v, const TensorView& acc,
-                      const TensorView& lse, bool groups) {
-    std::vector<int64_t> local;
-    std::vector<SegmentRows> spanning;
+  void forward_branch(Backend& be, MaskCache& masks, const DilatedBranch& br, BranchWork& w,
+                      const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& acc, const TensorView& lse, bool groups, bool foldable) {
     const int64_t c = q.N, row0_global = comm_.rank() * c;
-    segments(br, c, local, spanning);
-    if (local.empty() && spanning.empty()) return;
-    count_work(masks, dilated_length(br.segment, br.rate, br.offset), local, spanning);
-    std::vector<Gather> gathers(spanning.size());
-    for (size_t i = 0; i < spanning.size(); ++i) {
-      gathers[i].seg = std::move(spanning[i]);
-      start_gather(be, br, k, v, gathers[i], row0_global);
-    }
+    for (Gather& g : w.gathers) start_gather(be, br, k, v, g, row0_global);
     // Local segments compute while the gathers are in flight.
     const int64_t L = dilated_length(br.segment, br.rate, br.offset);
-    const bool foldable = batch_foldable({q, k, v, acc, lse});
-    for_each_local_run(local, br, q, [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
+    for_each_local_run(w.local, br, q, [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
       const int64_t row0 = m0 * br.segment + br.offset - row0_global;
       auto run = [&](int64_t bb, int64_t n) {
         auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, n, cnt); };
-        emit(be, masks.get(L, L, 0), f(q), f(k), f(v), f(acc), f(lse), 0, groups);
+        emit(be, masks.get(L, L, 0), w, f(q), f(k), f(v), f(acc), f(lse), 0, groups);
       };
       if (nb > 1 && !foldable) {
         for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
@@ -339,15 +495,15 @@ class DilatedDistributed final : public SequenceShardedBase {
         run(b0, nb);
       }
     });
-    for (Gather& g : gathers) {
-      finish_gather(be, br, g, k.dtype, q.B, q.D);
+    for (Gather& g : w.gathers) {
+      finish_gather(be, g);
       const SegmentRows& s = g.seg;
       const int64_t n = s.count(s.me);
       const int64_t row0 = s.base + s.lo[s.me] * br.rate - row0_global;
       auto mine = [&](const TensorView& x) {
         return x.heads(br.head_begin, br.head_count).rows(row0, n, br.rate);
       };
-      emit(be, masks.get(n, s.L, s.lo[s.me]), mine(q), g.all.first(s.L), g.all.second(s.L),
+      emit(be, masks.get(n, s.L, s.lo[s.me]), w, mine(q), g.all.first(s.L), g.all.second(s.L),
            mine(acc), mine(lse), s.lo[s.me], groups);
     }
   }
@@ -355,46 +511,36 @@ class DilatedDistributed final : public SequenceShardedBase {
   // The O that the branch's gradient is taken with, for query rows x_o (views of o / lse):
   // groups: the branch's own O_b = G * o; longnet: the branch's own O_i recomputed (detached
   // pair weights, torchscale) or the merged o (exact gradient).
-  TensorView branch_output(Backend& be, MaskCache::Entry& m, const TensorView& q,
-                           const TensorView& k, const TensorView& v, const TensorView& o_rows,
-                           int64_t q_offset, DeviceTensor& store, DeviceTensor& lse_store) const {
+  TensorView branch_output(Backend& be, MaskCache::Entry& m, const BranchWork& w,
+                           const TensorView& q, const TensorView& k, const TensorView& v,
+                           const TensorView& o_rows, int64_t q_offset) const {
     const DilatedConfig& d = spec_.dilated;
     if (d.mode == DilatedMode::LongNet && d.exact_longnet_grad) return o_rows;
-    store = DeviceTensor(be, o_rows.dtype, o_rows.B, o_rows.N, o_rows.H, o_rows.D);
+    const TensorView store = w.o_tmp.shaped(o_rows.B, o_rows.N, o_rows.H, o_rows.D);
     if (d.mode == DilatedMode::Groups) {
-      be.copy(store.view(), o_rows);
-      be.scale(store.view(), num_pairs());
+      be.copy(store, o_rows);
+      be.scale(store, num_pairs());
     } else {
-      lse_store = DeviceTensor(be, DType::F32, o_rows.B, o_rows.N, o_rows.H, 1);
-      kernel_forward(be, *m.fwd, q, k, v, store.view(), lse_store.view(), q_offset);
+      kernel_forward(be, *m.fwd, q, k, v, store, w.lse_tmp.shaped(o_rows.B, o_rows.N, o_rows.H, 1),
+                     q_offset);
     }
-    return store.view();
+    return store;
   }
 
-  void backward_branch(Backend& be, MaskCache& masks, const DilatedBranch& br, const TensorView& q,
-                       const TensorView& k, const TensorView& v, const TensorView& o,
-                       const TensorView& lse, const TensorView& d_o, const TensorView& dq,
-                       const TensorView& dk, const TensorView& dv) {
-    std::vector<int64_t> local;
-    std::vector<SegmentRows> spanning;
+  void backward_branch(Backend& be, MaskCache& masks, const DilatedBranch& br, BranchWork& w,
+                       const TensorView& q, const TensorView& k, const TensorView& v,
+                       const TensorView& o, const TensorView& lse, const TensorView& d_o,
+                       const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                       bool foldable) {
     const int64_t c = q.N, row0_global = comm_.rank() * c;
-    segments(br, c, local, spanning);
-    if (local.empty() && spanning.empty()) return;
-    count_work(masks, dilated_length(br.segment, br.rate, br.offset), local, spanning);
-    std::vector<Gather> gathers(spanning.size());
-    for (size_t i = 0; i < spanning.size(); ++i) {
-      gathers[i].seg = std::move(spanning[i]);
-      start_gather(be, br, k, v, gathers[i], row0_global);
-    }
+    for (Gather& g : w.gathers) start_gather(be, br, k, v, g, row0_global);
     const int64_t L = dilated_length(br.segment, br.rate, br.offset);
-    const bool foldable = batch_foldable({q, k, v, o, lse, d_o, dq, dk, dv});
-    for_each_local_run(local, br, q, [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
+    for_each_local_run(w.local, br, q, [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
       const int64_t row0 = m0 * br.segment + br.offset - row0_global;
       auto run = [&](int64_t bb, int64_t n) {
         auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, n, cnt); };
         MaskCache::Entry& m = masks.get(L, L, 0);
-        DeviceTensor store, lse_store;
-        const TensorView ob = branch_output(be, m, f(q), f(k), f(v), f(o), 0, store, lse_store);
+        const TensorView ob = branch_output(be, m, w, f(q), f(k), f(v), f(o), 0);
         kernel_backward(be, *m.fwd, masks.transposed(m), f(q), f(k), f(v), ob, f(lse), f(d_o),
                         f(dq), f(dk), f(dv), 0);
       };
@@ -405,18 +551,13 @@ class DilatedDistributed final : public SequenceShardedBase {
       }
     });
     // Spanning segments: gradients of the gathered keys are summed at the rows' owners.
-    struct Scatter {
-      PairTensor grads;                 // [2B, L, hc, D]: dK, dV of every gathered row
-      std::vector<PairTensor> out, in;  // by member index
-      CommRequest req;
-    };
-    std::vector<Scatter> scatters(gathers.size());
-    const DType gd = dq.dtype;
+    std::vector<Gather>& gathers = w.gathers;
+    std::vector<Scatter>& scatters = w.scatters;
     const int64_t hc = br.head_count;
     for (size_t gi = 0; gi < gathers.size(); ++gi) {
       Gather& g = gathers[gi];
       Scatter& sc = scatters[gi];
-      finish_gather(be, br, g, k.dtype, q.B, q.D);
+      finish_gather(be, g);
       const SegmentRows& s = g.seg;
       const int64_t n = s.count(s.me);
       const int64_t row0 = s.base + s.lo[s.me] * br.rate - row0_global;
@@ -425,26 +566,19 @@ class DilatedDistributed final : public SequenceShardedBase {
       };
       MaskCache::Entry& m = masks.get(n, s.L, s.lo[s.me]);
       const TensorView kg = g.all.first(s.L), vg = g.all.second(s.L);
-      DeviceTensor store, lse_store;
-      const TensorView ob =
-          branch_output(be, m, mine(q), kg, vg, mine(o), s.lo[s.me], store, lse_store);
-      sc.grads = PairTensor(be, gd, q.B, s.L, hc, q.D);
+      const TensorView ob = branch_output(be, m, w, mine(q), kg, vg, mine(o), s.lo[s.me]);
       be.fill(sc.grads.first(s.L), 0.0);
       be.fill(sc.grads.second(s.L), 0.0);
       kernel_backward(be, *m.fwd, masks.transposed(m), mine(q), kg, vg, ob, mine(lse), mine(d_o),
                       mine(dq), sc.grads.first(s.L), sc.grads.second(s.L), s.lo[s.me]);
       std::vector<SendSpec> sends;
       std::vector<RecvSpec> recvs;
-      sc.out.resize(s.ranks.size());
-      sc.in.resize(s.ranks.size());
       for (size_t i = 0; i < s.ranks.size(); ++i) {
         const int ii = static_cast<int>(i);
         if (ii == s.me) continue;
         const int64_t ni = s.count(ii);
-        sc.out[i] = PairTensor(be, gd, q.B, ni, hc, q.D);
         be.copy(sc.out[i].first(ni), sc.grads.first(s.L).rows(s.lo[i], ni));
         be.copy(sc.out[i].second(ni), sc.grads.second(s.L).rows(s.lo[i], ni));
-        sc.in[i] = PairTensor(be, gd, q.B, n, hc, q.D);
         sends.push_back(SendSpec{sc.out[i].data(), sc.out[i].bytes(ni), s.ranks[i]});
         recvs.push_back(RecvSpec{sc.in[i].data(), sc.in[i].bytes(n), s.ranks[i]});
         counters_.bytes_sent += static_cast<int64_t>(sc.out[i].bytes(ni));

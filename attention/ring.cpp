@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
 
+#include "runtime/bootstrap.hpp"
 #include "runtime/error.hpp"
 
 namespace longattn {
@@ -67,6 +69,7 @@ class BufferCache {
     Entry& e = slots_[slot];
     if (e.be != &be || e.dtype != dtype || e.B != B || e.N != N || e.H != H || e.D != D) {
       e.t = DeviceTensor();  // the old buffer goes before the new one is taken
+      e.be = nullptr;        // an allocation that throws leaves the slot empty, not stale
       e.t = DeviceTensor(be, dtype, B, N, H, D);
       e.be = &be;
       e.dtype = dtype;
@@ -430,14 +433,21 @@ RingAttention::Workspace& RingAttention::workspace() {
 
 RingAttention::Masks& RingAttention::masks(Backend& be) {
   if (masks_ && masks_->be == &be) return *masks_;
-  masks_ = std::make_unique<Masks>();
-  masks_->be = &be;
+  masks_.reset();
+  // Built aside and kept only when complete: a failed preparation leaves no partial set.
+  auto m = std::make_unique<Masks>();
+  m->be = &be;
   for (const RingStep& st : plan_.steps) {
-    masks_->fwd.emplace_back();
-    masks_->bwd.emplace_back(st.work.size());
-    for (const RingWork& w : st.work) masks_->fwd.back().push_back(be.prepare_mask(w.mask));
+    m->fwd.emplace_back();
+    m->bwd.emplace_back(st.work.size());
+    for (const RingWork& w : st.work) m->fwd.back().push_back(be.prepare_mask(w.mask));
   }
+  masks_ = std::move(m);
   return *masks_;
+}
+
+std::string RingAttention::op_name(const char* pass) const {
+  return std::string(spec_.variant == "block_sparse" ? "block-sparse ring " : "ring ") + pass;
 }
 
 void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q,
@@ -446,26 +456,33 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
   check_views(plan_, comm, be, q, {{"k", k}, {"v", v}, {"o", o}}, lse);
   const int64_t B = q.B, Nl = plan_.local_rows, H = q.H, D = q.D;
   const int S = static_cast<int>(plan_.steps.size());
-  Masks& pm = masks(be);
   BufferCache& cache = workspace().cache;
 
-  KvBuffers kv(cache, be, plan_, k, v);
+  // Every buffer of the call is taken before the first exchange, and the ranks agree that all
+  // of them got theirs: a rank out of memory stops every rank here, none waits in the loop.
+  Masks* pm = nullptr;
+  std::optional<KvBuffers> kv;
   PairBuffer send_stage, recv_stage;
-  if (const int64_t n =
-          max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.send; }))
-    send_stage = PairBuffer(cache, "kv_send_stage", be, q.dtype, B, n, H, D);
-  if (const int64_t n =
-          max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.recv; }))
-    recv_stage = PairBuffer(cache, "kv_recv_stage", be, q.dtype, B, n, H, D);
-
-  // Partial results merge into an fp32 accumulator when o is fp16/bf16 (no per-step rounding).
   TensorView acc = o;
-  if (is_half(o.dtype)) acc = cache.get("o_acc", be, DType::F32, B, Nl, H, D).view();
+  const DeviceTensor *o_part = nullptr, *l_part = nullptr;
+  run_and_agree(comm, op_name("forward"), [&] {
+    pm = &masks(be);
+    kv.emplace(cache, be, plan_, k, v);
+    if (const int64_t n =
+            max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.send; }))
+      send_stage = PairBuffer(cache, "kv_send_stage", be, q.dtype, B, n, H, D);
+    if (const int64_t n =
+            max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.recv; }))
+      recv_stage = PairBuffer(cache, "kv_recv_stage", be, q.dtype, B, n, H, D);
+    // Partial results merge into an fp32 accumulator when o is fp16/bf16 (no per-step
+    // rounding).
+    if (is_half(o.dtype)) acc = cache.get("o_acc", be, DType::F32, B, Nl, H, D).view();
+    const int64_t pl = max_piece_len(plan_);
+    o_part = &cache.get("o_part", be, o.dtype, B, pl, H, D);
+    l_part = &cache.get("lse_part", be, lse.dtype, B, pl, H, 1);
+  });
   be.fill(acc, 0.0);
   be.fill(lse, kNegInf);
-  const int64_t pl = max_piece_len(plan_);
-  const DeviceTensor& o_part = cache.get("o_part", be, o.dtype, B, pl, H, D);
-  const DeviceTensor& l_part = cache.get("lse_part", be, lse.dtype, B, pl, H, 1);
 
   const auto& my_pieces = plan_.pieces[plan_.rank];
   for (int t = 0; t < S; ++t) {
@@ -473,8 +490,8 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
     CommRequest req;
     if (t + 1 < S) {
       const SendSpec s =
-          outgoing(be, st.send_own ? kv.own() : kv.current(), st.send, send_stage, st.send_peer);
-      const RecvSpec r = incoming(kv.next(), st.recv, recv_stage, st.recv_peer);
+          outgoing(be, st.send_own ? kv->own() : kv->current(), st.send, send_stage, st.send_peer);
+      const RecvSpec r = incoming(kv->next(), st.recv, recv_stage, st.recv_peer);
       req = comm.start_exchange({s}, {r}, CommOp{"ring forward K/V", t});
       counters.hops += s.bytes > 0;
       counters.bytes_sent += static_cast<int64_t>(s.bytes);
@@ -486,18 +503,18 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
       const AttnFwdParams p = make_fwd_params(
-          {q.rows(qp.local, qp.len), kv.current().first().rows(kpc.local, kpc.len),
-           kv.current().second().rows(kpc.local, kpc.len), o_part.view().rows(0, qp.len),
-           l_part.view().rows(0, qp.len)},
-          pm.fwd[t][w]->view(), {spec_.scale, spec_.causal, qp.global, kpc.global});
+          {q.rows(qp.local, qp.len), kv->current().first().rows(kpc.local, kpc.len),
+           kv->current().second().rows(kpc.local, kpc.len), o_part->view().rows(0, qp.len),
+           l_part->view().rows(0, qp.len)},
+          pm->fwd[t][w]->view(), {spec_.scale, spec_.causal, qp.global, kpc.global});
       be.attention_forward(p);
       be.merge(acc.rows(qp.local, qp.len), lse.rows(qp.local, qp.len), p.o, p.lse);
       counters.blocks_computed += work.mask.nnz();
     }
     req.wait();
     if (t + 1 < S) {
-      land(be, recv_stage, st.recv, kv.next(), false);
-      kv.advance();
+      land(be, recv_stage, st.recv, kv->next(), false);
+      kv->advance();
     }
   }
   counters.steps += S;
@@ -514,58 +531,66 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
   const int64_t B = q.B, Nl = plan_.local_rows, H = q.H, D = q.D;
   const int S = static_cast<int>(plan_.steps.size());
   const int rank = plan_.rank;
-  Masks& pm = masks(be);
-  // The transposed masks of the dK/dV pass, prepared before the loop (preparing one copies it
-  // to the device and waits).
-  for (size_t t = 0; t < plan_.steps.size(); ++t)
-    for (size_t w = 0; w < plan_.steps[t].work.size(); ++w)
-      if (!pm.bwd[t][w]) pm.bwd[t][w] = be.prepare_mask(plan_.steps[t].work[w].mask.transpose());
   BufferCache& cache = workspace().cache;
   // Gradients accumulate over steps in fp32 when the inputs are fp16/bf16.
   const DType gd = is_half(dq.dtype) ? DType::F32 : dq.dtype;
   auto pick_send = [](const RingStep& s) -> const RowRuns& { return s.send; };
   auto pick_recv = [](const RingStep& s) -> const RowRuns& { return s.recv; };
   auto pick_retire = [](const RingStep& s) -> const RowRuns& { return s.retire; };
+  const bool travelling = plan_.travelling_grads;
 
-  KvBuffers kv(cache, be, plan_, k, v);
+  // Every mask and buffer of the call is taken before the first exchange, and the ranks agree
+  // that all of them got theirs (see forward).
+  Masks* pm = nullptr;
+  std::optional<KvBuffers> kv;
   PairBuffer kv_send_stage, kv_recv_stage;
-  if (const int64_t n = max_staged_rows(plan_, pick_send))
-    kv_send_stage = PairBuffer(cache, "kv_send_stage", be, q.dtype, B, n, H, D);
-  if (const int64_t n = max_staged_rows(plan_, pick_recv))
-    kv_recv_stage = PairBuffer(cache, "kv_recv_stage", be, q.dtype, B, n, H, D);
-
   TensorView dq_acc = dq;
-  if (gd != dq.dtype) dq_acc = cache.get("dq_acc", be, gd, B, Nl, H, D).view();
-  be.fill(dq_acc, 0.0);
   // home: this rank's own dK/dV (its step-0 contribution plus every accumulator that returns).
-  PairBuffer home(cache, "dkv_home", be, gd, B, Nl, H, D);
-  be.fill(home.first(), 0.0);
-  be.fill(home.second(), 0.0);
   // acc[a]: the visiting origin's dK/dV (ring: the travelling accumulator; direct: this
   // step's partial, sent home); part (ring): a step's contribution computed while the
   // incoming accumulator is still in flight.
-  const bool travelling = plan_.travelling_grads;
-  PairBuffer acc[2], part, fwd_send_stage, fwd_recv_stage, retire_stage, home_stage;
-  if (S > 1) {
+  PairBuffer home, acc[2], part, fwd_send_stage, fwd_recv_stage, retire_stage, home_stage;
+  run_and_agree(comm, op_name("backward"), [&] {
+    pm = &masks(be);
+    // The transposed masks of the dK/dV pass (preparing one copies it to the device and
+    // waits).
+    for (size_t t = 0; t < plan_.steps.size(); ++t)
+      for (size_t w = 0; w < plan_.steps[t].work.size(); ++w)
+        if (!pm->bwd[t][w])
+          pm->bwd[t][w] = be.prepare_mask(plan_.steps[t].work[w].mask.transpose());
+    kv.emplace(cache, be, plan_, k, v);
+    if (const int64_t n = max_staged_rows(plan_, pick_send))
+      kv_send_stage = PairBuffer(cache, "kv_send_stage", be, q.dtype, B, n, H, D);
+    if (const int64_t n = max_staged_rows(plan_, pick_recv))
+      kv_recv_stage = PairBuffer(cache, "kv_recv_stage", be, q.dtype, B, n, H, D);
+    if (gd != dq.dtype) dq_acc = cache.get("dq_acc", be, gd, B, Nl, H, D).view();
+    home = PairBuffer(cache, "dkv_home", be, gd, B, Nl, H, D);
+    if (S > 1) {
+      for (int i = 0; i < 2; ++i)
+        acc[i] = PairBuffer(cache, "dkv_acc" + std::to_string(i), be, gd, B, Nl, H, D);
+      if (travelling) {
+        part = PairBuffer(cache, "dkv_part", be, gd, B, Nl, H, D);
+        if (const int64_t n = max_staged_rows(plan_, pick_send))
+          fwd_send_stage = PairBuffer(cache, "dkv_send_stage", be, gd, B, n, H, D);
+        if (const int64_t n = max_staged_rows(plan_, pick_recv))
+          fwd_recv_stage = PairBuffer(cache, "dkv_recv_stage", be, gd, B, n, H, D);
+      }
+      if (const int64_t n = max_staged_rows(plan_, pick_retire))
+        retire_stage = PairBuffer(cache, "dkv_retire_stage", be, gd, B, n, H, D);
+      // Returning accumulators are added into `home`, so they always land in a buffer first.
+      int64_t hn = 0;
+      for (const RingStep& s : plan_.steps) hn = std::max(hn, total_rows(s.home));
+      if (hn > 0) home_stage = PairBuffer(cache, "dkv_home_stage", be, gd, B, hn, H, D);
+    }
+  });
+  be.fill(dq_acc, 0.0);
+  be.fill(home.first(), 0.0);
+  be.fill(home.second(), 0.0);
+  if (S > 1)
     for (int i = 0; i < 2; ++i) {
-      acc[i] = PairBuffer(cache, "dkv_acc" + std::to_string(i), be, gd, B, Nl, H, D);
       be.fill(acc[i].first(), 0.0);
       be.fill(acc[i].second(), 0.0);
     }
-    if (travelling) {
-      part = PairBuffer(cache, "dkv_part", be, gd, B, Nl, H, D);
-      if (const int64_t n = max_staged_rows(plan_, pick_send))
-        fwd_send_stage = PairBuffer(cache, "dkv_send_stage", be, gd, B, n, H, D);
-      if (const int64_t n = max_staged_rows(plan_, pick_recv))
-        fwd_recv_stage = PairBuffer(cache, "dkv_recv_stage", be, gd, B, n, H, D);
-    }
-    if (const int64_t n = max_staged_rows(plan_, pick_retire))
-      retire_stage = PairBuffer(cache, "dkv_retire_stage", be, gd, B, n, H, D);
-    // Returning accumulators are added into `home`, so they always land in a buffer first.
-    int64_t hn = 0;
-    for (const RingStep& s : plan_.steps) hn = std::max(hn, total_rows(s.home));
-    if (hn > 0) home_stage = PairBuffer(cache, "dkv_home_stage", be, gd, B, hn, H, D);
-  }
 
   const auto& my_pieces = plan_.pieces[rank];
   int a = 0;
@@ -583,9 +608,9 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
     const RingStep& st = plan_.steps[t];
     CommRequest kv_req;
     if (t + 1 < S) {
-      const SendSpec s =
-          outgoing(be, st.send_own ? kv.own() : kv.current(), st.send, kv_send_stage, st.send_peer);
-      const RecvSpec r = incoming(kv.next(), st.recv, kv_recv_stage, st.recv_peer);
+      const SendSpec s = outgoing(be, st.send_own ? kv->own() : kv->current(), st.send,
+                                  kv_send_stage, st.send_peer);
+      const RecvSpec r = incoming(kv->next(), st.recv, kv_recv_stage, st.recv_peer);
       kv_req = comm.start_exchange({s}, {r}, CommOp{"ring backward K/V", t});
       counters.hops += s.bytes > 0;
       counters.bytes_sent += static_cast<int64_t>(s.bytes);
@@ -610,12 +635,12 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
       be.attention_backward(make_bwd_params(
-          {q.rows(qp.local, qp.len), kv.current().first().rows(kpc.local, kpc.len),
-           kv.current().second().rows(kpc.local, kpc.len), o.rows(qp.local, qp.len),
+          {q.rows(qp.local, qp.len), kv->current().first().rows(kpc.local, kpc.len),
+           kv->current().second().rows(kpc.local, kpc.len), o.rows(qp.local, qp.len),
            lse.rows(qp.local, qp.len)},
           {d_o.rows(qp.local, qp.len), dq_acc.rows(qp.local, qp.len),
            target->first().rows(kpc.local, kpc.len), target->second().rows(kpc.local, kpc.len)},
-          pm.fwd[t][w]->view(), pm.bwd[t][w]->view(),
+          pm->fwd[t][w]->view(), pm->bwd[t][w]->view(),
           {spec_.scale, spec_.causal, qp.global, kpc.global}));
       counters.blocks_computed += work.mask.nnz();
     }
@@ -645,8 +670,8 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
     }
     kv_req.wait();
     if (t + 1 < S) {
-      land(be, kv_recv_stage, st.recv, kv.next(), false);
-      kv.advance();
+      land(be, kv_recv_stage, st.recv, kv->next(), false);
+      kv->advance();
     }
   }
   if (S >= 2) finish_dkv(S - 1);

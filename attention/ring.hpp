@@ -113,7 +113,10 @@ RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockM
 // backend's memory (buffer_device() == be.device()). Counters are added to `counters`.
 // Device masks and the K/V, dK/dV and staging buffers are made once and kept across calls of
 // the same backend, dtype and shape, so the step loop allocates, frees and waits for nothing
-// but the exchanges (on a GPU: no host synchronisation inside the ring).
+// but the exchanges (on a GPU: no host synchronisation inside the ring). They are all taken
+// before the first exchange of a call, and the ranks then agree that every rank got them: when
+// one rank runs out of memory, every rank throws the same OutOfMemory naming it (no rank is
+// left waiting in an exchange), and the object stays usable for a later call.
 class RingAttention {
  public:
   RingAttention(RingPlan plan, const AttentionSpec& spec);
@@ -134,6 +137,7 @@ class RingAttention {
   struct Workspace;
   Masks& masks(Backend& be);
   Workspace& workspace();
+  std::string op_name(const char* pass) const;  // "ring forward", "block-sparse ring backward"
   RingPlan plan_;
   AttentionSpec spec_;
   std::unique_ptr<Masks> masks_;

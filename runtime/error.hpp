@@ -1,6 +1,7 @@
 // Errors of longattn and the checking macros' common reporter.
 // Library code throws; only main() turns an error into an exit code (2 for invalid arguments).
 #pragma once
+#include <cstddef>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -30,10 +31,16 @@ class CommError : public Error {
   using Error::Error;
 };
 
-// Device or host memory could not be obtained; the message says how much was needed.
+// Device or host memory could not be obtained; the message says how much was needed, and
+// requested_bytes() gives it as a number when the thrower knew it (0 otherwise).
 class OutOfMemory : public Error {
  public:
-  using Error::Error;
+  explicit OutOfMemory(const std::string& what, size_t requested_bytes = 0)
+      : Error(what), requested_bytes_(requested_bytes) {}
+  size_t requested_bytes() const { return requested_bytes_; }
+
+ private:
+  size_t requested_bytes_ = 0;
 };
 
 template <typename T>

@@ -46,7 +46,8 @@ class CpuBackend final : public Backend {
     void* p = std::malloc(bytes == 0 ? 1 : bytes);
     if (!p)
       throw OutOfMemory("host allocation of " + std::to_string(bytes) + " bytes failed (" +
-                        std::to_string(current_) + " bytes already held by longattn)");
+                            std::to_string(current_) + " bytes already held by longattn)",
+                        bytes);
     std::lock_guard<std::mutex> lock(mu_);
     sizes_[p] = bytes;
     current_ += bytes;
