@@ -231,7 +231,10 @@ void flash_forward(const AttnFwdParams& p, cudaStream_t stream) {
   }
 }
 
-void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
+namespace {
+
+// The kernels' argument struct for one backward call, delta not yet set (after the checks).
+BwdArgs make_bwd_args(const AttnBwdParams& p) {
   validate_backward(p);
   check_common(p.q, p.k, p.lse);
   const DType dt = p.q.dtype;
@@ -254,7 +257,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
   a.lse.sb = p.lse.sb;
   a.lse.sn = p.lse.sn;
   a.lse.sh = p.lse.sh;
-  if (p.q.N == 0 || p.k.N == 0 || p.q.B == 0 || p.q.H == 0) return;
+  if (p.q.N == 0 || p.k.N == 0 || p.q.B == 0 || p.q.H == 0) return a;
   a.mask = dev_mask(p.mask, "mask");
   a.mask_t = dev_mask(p.mask_t, "mask_t");
   LONGATTN_CHECK_ARG(p.mask_t.block_q == p.mask.block_k && p.mask_t.block_k == p.mask.block_q &&
@@ -276,6 +279,35 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
   a.diag = p.q_offset - p.k_offset;
   a.vec = allows_vec(p.q) && allows_vec(p.k) && allows_vec(p.v) && allows_vec(p.d_o);
 
+  return a;
+}
+
+bool atomic_dq_of(const AttnBwdParams& p) {
+  // Atomics need an fp32 dq; the fp32-input path always uses its query-stationary dQ pass.
+  return !p.deterministic && p.dq.dtype == DType::F32 && p.q.dtype != DType::F32;
+}
+
+bool bwd_takes_sm90(const BwdArgs& a, const AttnBwdParams& p) {
+#if LONGATTN_HAVE_SM90
+  return sm90::bwd_accepts(a, p.q.dtype, static_cast<int>(p.q.D), atomic_dq_of(p));
+#else
+  (void)a, (void)p;
+  return false;
+#endif
+}
+
+}  // namespace
+
+std::string flash_backward_kernel(const AttnBwdParams& p) {
+  const BwdArgs a = make_bwd_args(p);
+  if (p.q.dtype == DType::F32) return "fp32";
+  return bwd_takes_sm90(a, p) ? "sm90" : "portable";
+}
+
+void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
+  BwdArgs a = make_bwd_args(p);
+  if (p.q.N == 0 || p.k.N == 0 || p.q.B == 0 || p.q.H == 0) return;
+  const DType dt = p.q.dtype;
   float* scratch = nullptr;
   if (p.delta.data) {
     LONGATTN_CHECK_ARG(p.delta.dtype == DType::F32, "delta", dtype_name(p.delta.dtype),
@@ -293,10 +325,16 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
     a.delta.sh = 1;
     launch_delta(a, dt, scratch, stream);
   }
-  // Atomics need an fp32 dq; the fp32-input path always uses its query-stationary dQ pass.
-  const bool atomic_dq = !p.deterministic && p.dq.dtype == DType::F32 && dt != DType::F32;
+  const bool atomic_dq = atomic_dq_of(p);
   a.dq_pair = atomic_dq && allows_pair(p.dq);  // float2 atomics on 8-byte aligned pairs
   try {
+#if LONGATTN_HAVE_SM90
+    if (bwd_takes_sm90(a, p)) {
+      sm90::flash_backward(a, dt, static_cast<int>(p.q.D), stream);
+      if (scratch) CUDA_CHECK(cudaFreeAsync(scratch, stream));
+      return;
+    }
+#endif
     switch (p.q.D) {
       case 32: dispatch_bwd<32>(a, dt, atomic_dq, stream); break;
       case 64: dispatch_bwd<64>(a, dt, atomic_dq, stream); break;

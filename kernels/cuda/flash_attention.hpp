@@ -46,4 +46,8 @@ std::string flash_forward_kernel(const AttnFwdParams& p);
 // `stream`.
 void flash_backward(const AttnBwdParams& p, cudaStream_t stream);
 
+// Which kernel flash_backward runs for p on the current device: "sm90" (as the forward, plus
+// dq fp32 and not deterministic, key blocks multiples of 128), "portable" or "fp32".
+std::string flash_backward_kernel(const AttnBwdParams& p);
+
 }  // namespace longattn::cuda

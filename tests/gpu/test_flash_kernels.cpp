@@ -590,7 +590,7 @@ TEST(FlashKernels, Fp32OutputForBf16Inputs) {
 // On compute capability 9.0 the Hopper kernel takes fp16/bf16, head dim 64/128, 128-blocks and
 // aligned rows (and LONGATTN_FLASH_KERNELS=portable sends everything to the portable kernel,
 // which the ctest entry gpu_kernels_portable uses to run this whole suite through it).
-TEST(FlashKernels, ForwardKernelChoice) {
+TEST(FlashKernels, KernelChoice) {
   SKIP_WITHOUT_GPU();
   int dev = 0, major = 0, minor = 0;
   ck(cudaGetDevice(&dev), "cudaGetDevice");
@@ -623,6 +623,18 @@ TEST(FlashKernels, ForwardKernelChoice) {
                                                                                      : "portable";
         EXPECT_EQ(cuda::flash_forward_kernel(p), want)
             << dtype_name(dt) << " d=" << D << " block=" << block;
+        // Backward: the same, and only with an fp32 dq accumulated by atomics.
+        Mirrored dq = make_mirrored(c.layout, DType::F32, 1, 300, 1, D, 0, 1.0, true);
+        AttnBwdParams pb;
+        pb.q = pb.k = pb.v = pb.o = pb.d_o = q.dview;
+        pb.lse = lse.dview;
+        pb.dq = pb.dk = pb.dv = dq.dview;
+        pb.mask = mp.dev;
+        pb.mask_t = mp.dev_t;
+        EXPECT_EQ(cuda::flash_backward_kernel(pb), want)
+            << "backward " << dtype_name(dt) << " d=" << D << " block=" << block;
+        pb.deterministic = true;
+        if (dt != DType::F32) EXPECT_EQ(cuda::flash_backward_kernel(pb), "portable");
       }
 }
 

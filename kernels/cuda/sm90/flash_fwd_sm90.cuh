@@ -39,6 +39,13 @@ struct Mma<__nv_bfloat16> {
   static __device__ __forceinline__ void pv(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
     wgmma_rs_n64_bf16(d, a, b, 1);
   }
+  // Backward: m64n64 with both operands K-major (S^T, dP^T) or both transposed (dQ).
+  static __device__ __forceinline__ void ss64(float (&d)[32], uint64_t a, uint64_t b, int acc) {
+    wgmma_ss_n64_bf16(d, a, b, acc);
+  }
+  static __device__ __forceinline__ void ss64_tt(float (&d)[32], uint64_t a, uint64_t b, int acc) {
+    wgmma_ss_n64_tt_bf16(d, a, b, acc);
+  }
 };
 template <>
 struct Mma<__half> {
@@ -50,6 +57,13 @@ struct Mma<__half> {
   }
   static __device__ __forceinline__ void pv(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
     wgmma_rs_n64_f16(d, a, b, 1);
+  }
+  // Backward: m64n64 with both operands K-major (S^T, dP^T) or both transposed (dQ).
+  static __device__ __forceinline__ void ss64(float (&d)[32], uint64_t a, uint64_t b, int acc) {
+    wgmma_ss_n64_f16(d, a, b, acc);
+  }
+  static __device__ __forceinline__ void ss64_tt(float (&d)[32], uint64_t a, uint64_t b, int acc) {
+    wgmma_ss_n64_tt_f16(d, a, b, acc);
   }
 };
 
@@ -127,7 +141,7 @@ __global__ void __launch_bounds__(384, 1)
 
   if (wg == 0) {
     // ---------------- producer ----------------
-    regs_dealloc<24>();
+    regs_dealloc<kProducerRegs>();
     if (threadIdx.x == 0) {
       tma_prefetch_map(&tq);
       tma_prefetch_map(&tk);
@@ -156,7 +170,7 @@ __global__ void __launch_bounds__(384, 1)
   }
 
   // ---------------- consumers ----------------
-  regs_alloc<240>();
+  regs_alloc<kConsumerRegs>();
   const int cw = wg - 1;  // 64 query rows each
   const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
   const int g = lane >> 2, t4 = lane & 3;

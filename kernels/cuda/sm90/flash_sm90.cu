@@ -12,7 +12,7 @@
 #include <string>
 
 #include "kernels/cuda/cuda_check.hpp"
-#include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
+#include "kernels/cuda/sm90/flash_bwd_sm90.cuh"
 #include "runtime/error.hpp"
 
 namespace longattn::cuda::sm90 {
@@ -71,10 +71,23 @@ extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64>(const FwdArgs&, cud
 extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128>(const FwdArgs&, cudaStream_t);
 extern template void launch_fwd_sm90_impl<__half, 64>(const FwdArgs&, cudaStream_t);
 extern template void launch_fwd_sm90_impl<__half, 128>(const FwdArgs&, cudaStream_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64>(const BwdArgs&, cudaStream_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128>(const BwdArgs&, cudaStream_t);
+extern template void launch_bwd_sm90_impl<__half, 64>(const BwdArgs&, cudaStream_t);
+extern template void launch_bwd_sm90_impl<__half, 128>(const BwdArgs&, cudaStream_t);
 
 FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv) {
   FwdMaps m;
   m.q = make_map(a.q, a.B, a.Nq, a.H, D, bf16, box_q, "q");
+  m.k = make_map(a.k, a.B, a.Nk, a.H, D, bf16, box_kv, "k");
+  m.v = make_map(a.v, a.B, a.Nk, a.H, D, bf16, box_kv, "v");
+  return m;
+}
+
+BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv) {
+  BwdMaps m;
+  m.q = make_map(a.q, a.B, a.Nq, a.H, D, bf16, box_q, "q");
+  m.d_o = make_map(a.d_o, a.B, a.Nq, a.H, D, bf16, box_q, "d_o");
   m.k = make_map(a.k, a.B, a.Nk, a.H, D, bf16, box_kv, "k");
   m.v = make_map(a.v, a.B, a.Nk, a.H, D, bf16, box_kv, "v");
   return m;
@@ -115,6 +128,30 @@ void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t str
   }
   return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128>(a, stream)
               : launch_fwd_sm90_impl<__half, 128>(a, stream);
+}
+
+}  // namespace longattn::cuda::sm90
+
+namespace longattn::cuda::sm90 {
+
+bool bwd_accepts(const BwdArgs& a, DType dtype, int head_dim, bool atomic_dq) {
+  if (!atomic_dq) return false;  // the deterministic dQ pass stays portable
+  if (dtype != DType::BF16 && dtype != DType::F16) return false;
+  if (head_dim != 64 && head_dim != 128) return false;
+  // Key blocks (rows of the transposed mask) of 128-multiples, query blocks of 64-multiples.
+  if (a.mask_t.block_q % 128 != 0 || a.mask_t.block_k % 64 != 0) return false;
+  if (!a.vec) return false;
+  return device_enabled();
+}
+
+void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream) {
+  const bool bf16 = dtype == DType::BF16;
+  if (head_dim == 64) {
+    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64>(a, stream)
+                : launch_bwd_sm90_impl<__half, 64>(a, stream);
+  }
+  return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128>(a, stream)
+              : launch_bwd_sm90_impl<__half, 128>(a, stream);
 }
 
 }  // namespace longattn::cuda::sm90

@@ -15,6 +15,12 @@ namespace longattn::cuda::sm90 {
 bool fwd_accepts(const flash::FwdArgs& a, DType dtype, int head_dim);
 void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
 
+// Whether the backward kernel takes this call: as the forward, plus dQ by fp32 atomics (dq fp32,
+// not deterministic), key blocks multiples of 128 and query blocks multiples of 64. Needs
+// a.delta filled.
+bool bwd_accepts(const flash::BwdArgs& a, DType dtype, int head_dim, bool atomic_dq);
+void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
+
 // The current device is compute capability 9.0 and LONGATTN_FLASH_KERNELS does not ask for the
 // portable kernels.
 bool device_enabled();

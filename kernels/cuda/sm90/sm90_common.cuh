@@ -85,6 +85,28 @@ __device__ __forceinline__ void fence_regs(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
+// Shared memory written by ordinary stores and read next by wgmma (the async proxy): each
+// writing thread fences before the barrier that publishes it.
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Barrier among `threads` threads (a multiple of 32) of the CTA; ids 1.. (0 is __syncthreads).
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// p[0] += x, p[1] += y as one 8-byte reduction (p 8-byte aligned).
+__device__ __forceinline__ void red_add_v2(float* p, float x, float y) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(x), "f"(y) : "memory");
+}
+
+// Register split of a 384-thread CTA (one producer and two consumer warpgroups): the CTA
+// owns the per-thread cap the compiler gives 384 threads (65536 / 384 rounded down to 8) times
+// 384; setmaxnreg.inc waits until the producer's setmaxnreg.dec has freed enough of them, so the
+// split must fit or the consumers wait forever.
+constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+static_assert(kProducerRegs * 128 + kConsumerRegs * 256 <= (65536 / 384 / 8 * 8) * 384,
+              "the warpgroup register split must fit the registers the CTA owns");
+
 template <int R>
 __device__ __forceinline__ void regs_dealloc() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));

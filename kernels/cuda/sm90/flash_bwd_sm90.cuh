@@ -1,0 +1,350 @@
+// Backward flash attention for Hopper (sm_90a): key-block-stationary, TMA + wgmma,
+// warp-specialised, dQ accumulated in fp32 with 8-byte reductions.
+//
+// One CTA of three warpgroups per 128 keys of one (batch, head), walking the query tiles (64
+// rows) its row of the transposed mask lists:
+// - warpgroup 0 (producer, few registers): thread 0 loads K and V once and Q, dO of every listed
+//   query tile by TMA into a ring of kStages stages; warp 1 loads the tile's lse (in the exp2
+//   domain, +inf past Nq or for rows that saw nothing) and delta into the same stage;
+// - warpgroups 1 and 2 (consumers, 64 keys each):
+//     S^T = K Q^T, dP^T = V dO^T                       (wgmma, both operands in shared memory)
+//     P^T = 2^(scale log2(e) S^T - lse2), dS^T = P^T o (dP^T - delta)      (registers)
+//     dV += P^T dO, dK += dS^T Q                        (wgmma, P^T / dS^T as register operands)
+//     dS^T -> shared memory, dQ += scale dS K           (wgmma, both operands transposed)
+//   head dim 128: warpgroup w computes dQ columns [64w, 64w + 64) over all 128 keys (both
+//   warpgroups' dS^T, published by a named barrier); head dim 64: each warpgroup its own 64
+//   keys' share of all columns. dQ goes to the fp32 dq by red.global.add.v2.f32.
+// Same contract as the portable key-stationary pass (kernels/cuda/flash_bwd_kernel.cuh):
+// dk += scale dS^T Q, dv += P^T dO, dq += scale dS K.
+#pragma once
+#include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
+
+namespace longattn::cuda::sm90 {
+
+using flash::BwdArgs;
+
+template <int D>
+struct BwdSm90Traits {
+  static constexpr int kBN = 128;  // keys per CTA (two consumer warpgroups of 64)
+  static constexpr int kBM = 64;   // queries per tile
+  static constexpr int kStages = 2;
+  static constexpr int kChunks = D / 64;
+  static constexpr int kThreads = 384;
+  static constexpr bool kSplitDq = D == 128;  // dQ columns split between the warpgroups
+  static constexpr int kKVBytes = kBN * D * 2;  // K or V
+  static constexpr int kQBytes = kBM * D * 2;   // Q or dO tile
+  static constexpr int kDSBytes = kBN * kBM * 2;
+  static constexpr int kStatBytes = 2 * kBM * 4;  // lse2 and delta of one tile
+  static constexpr int kBarBytes = 8 * (1 + 3 * kStages);
+  static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDSBytes +
+                                    kStages * kStatBytes + kBarBytes;
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(384, 1)
+    flash_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
+                          const __grid_constant__ CUtensorMap tk,
+                          const __grid_constant__ CUtensorMap tv,
+                          const __grid_constant__ CUtensorMap tdo, const BwdArgs a) {
+  using Tr = BwdSm90Traits<D>;
+  constexpr int kBN = Tr::kBN, kBM = Tr::kBM, kS = Tr::kStages;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw = saddr(smem_raw);
+  unsigned char* base = smem_raw + (((raw + 1023) & ~1023u) - raw);
+  unsigned char* sK = base;
+  unsigned char* sV = sK + Tr::kKVBytes;
+  unsigned char* sQ = sV + Tr::kKVBytes;        // kS stages
+  unsigned char* sdO = sQ + kS * Tr::kQBytes;   // kS stages
+  unsigned char* sdS = sdO + kS * Tr::kQBytes;  // two buffers [128 keys][64 queries]
+  float* sStat = reinterpret_cast<float*>(sdS + 2 * Tr::kDSBytes);  // kS x (lse2[64], delta[64])
+  uint64_t* bars = reinterpret_cast<uint64_t*>(sStat + kS * 2 * kBM);
+  uint64_t* bar_kv = bars;
+  uint64_t* full_q = bars + 1;   // Q and dO of a stage (TMA)
+  uint64_t* full_st = full_q + kS;  // lse2 and delta of a stage (32 arrivals)
+  uint64_t* empty = full_st + kS;
+
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int k0 = blockIdx.x * kBN;
+  const int mrow = k0 / a.mask_t.block_q;
+  const int64_t e0 = a.mask_t.row_ptr[mrow];
+  const int nsub = a.mask_t.block_k / kBM;
+  const int n_items = static_cast<int>((a.mask_t.row_ptr[mrow + 1] - e0) * nsub);
+
+  // First listed query tile at or after `it` that some key of this CTA may be seen by.
+  auto next_visible = [&](int it, int& qs) {
+    for (; it < n_items; ++it) {
+      qs = a.mask_t.col_idx[e0 + it / nsub] * a.mask_t.block_k + (it % nsub) * kBM;
+      if (qs >= a.Nq) continue;
+      const int q_hi = min(qs + kBM, a.Nq) - 1;
+      if (!(a.causal && static_cast<int64_t>(k0 - q_hi) > a.diag)) break;
+    }
+    return it;
+  };
+
+  const int wg = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    mbar_init(bar_kv, 1);
+    for (int s = 0; s < kS; ++s) {
+      mbar_init(&full_q[s], 1);
+      mbar_init(&full_st[s], 32);
+      mbar_init(&empty[s], 8);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // ---------------- producer ----------------
+    regs_dealloc<kProducerRegs>();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp == 0 && lane == 0) {
+      mbar_arrive_expect_tx(bar_kv, 2 * Tr::kKVBytes);
+#pragma unroll
+      for (int c = 0; c < Tr::kChunks; ++c) {
+        tma_load_4d(sK + c * kBN * 128, &tk, bar_kv, c * 64, k0, h, b);
+        tma_load_4d(sV + c * kBN * 128, &tv, bar_kv, c * 64, k0, h, b);
+      }
+      int qs = 0;
+      int it = next_visible(0, qs);
+      for (int i = 0; it < n_items; ++i) {
+        const int s = i % kS;
+        mbar_wait(&empty[s], ((i / kS) & 1) ^ 1);
+        mbar_arrive_expect_tx(&full_q[s], 2 * Tr::kQBytes);
+#pragma unroll
+        for (int c = 0; c < Tr::kChunks; ++c) {
+          tma_load_4d(sQ + s * Tr::kQBytes + c * kBM * 128, &tq, &full_q[s], c * 64, qs, h, b);
+          tma_load_4d(sdO + s * Tr::kQBytes + c * kBM * 128, &tdo, &full_q[s], c * 64, qs, h, b);
+        }
+        it = next_visible(it + 1, qs);
+      }
+    } else if (warp == 1) {
+      const float* lse = static_cast<const float*>(a.lse.data) + b * a.lse.sb + h * a.lse.sh;
+      const float* dl = static_cast<const float*>(a.delta.data) + b * a.delta.sb + h * a.delta.sh;
+      int qs = 0;
+      int it = next_visible(0, qs);
+      for (int i = 0; it < n_items; ++i) {
+        const int s = i % kS;
+        mbar_wait(&empty[s], ((i / kS) & 1) ^ 1);
+        float* st = sStat + s * 2 * kBM;
+#pragma unroll
+        for (int r = lane; r < kBM; r += 32) {
+          const int q = qs + r;
+          float l2 = flash::kPosInf, dv = 0.f;
+          if (q < a.Nq) {
+            const float l = lse[static_cast<int64_t>(q) * a.lse.sn];
+            l2 = l == flash::kNegInf ? flash::kPosInf : l * flash::kLog2e;
+            dv = dl[static_cast<int64_t>(q) * a.delta.sn];
+          }
+          st[r] = l2;
+          st[kBM + r] = dv;
+        }
+        mbar_arrive(&full_st[s]);
+        it = next_visible(it + 1, qs);
+      }
+    }
+    return;
+  }
+
+  // ---------------- consumers ----------------
+  regs_alloc<kConsumerRegs>();
+  const int cw = wg - 1;
+  const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int key0 = k0 + cw * 64;               // first key of this warpgroup
+  const int my_key = key0 + warp * 16 + g;     // keys my_key and my_key + 8
+  const float sl2 = a.scale_log2;
+  constexpr int kDT = D / 8;
+
+  float dk[D / 2], dv[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+
+  const uint32_t k_base = saddr(sK) + cw * 64 * 128, v_base = saddr(sV) + cw * 64 * 128;
+  const uint32_t q_base = saddr(sQ), do_base = saddr(sdO), ds_base = saddr(sdS);
+  mbar_wait(bar_kv, 0);
+
+  int qs = 0;
+  int it = next_visible(0, qs);
+  for (int i = 0; it < n_items; ++i) {
+    const int s = i % kS;
+    const uint32_t ph = (i / kS) & 1;
+    const uint32_t qb = q_base + s * Tr::kQBytes, dob = do_base + s * Tr::kQBytes;
+    mbar_wait(&full_q[s], ph);
+
+    // S^T = K Q^T and dP^T = V dO^T: 64 keys x 64 queries each, two commit groups.
+    float st[32], dpt[32];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t off = (kk % 4) * 32;
+      Mma<T>::ss64(st, smem_desc(k_base + (kk / 4) * kBN * 128 + off, 16, 1024),
+                   smem_desc(qb + (kk / 4) * kBM * 128 + off, 16, 1024), kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t off = (kk % 4) * 32;
+      Mma<T>::ss64(dpt, smem_desc(v_base + (kk / 4) * kBN * 128 + off, 16, 1024),
+                   smem_desc(dob + (kk / 4) * kBM * 128 + off, 16, 1024), kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    mbar_wait(&full_st[s], ph);
+    const float* l2s = sStat + s * 2 * kBM;
+    const float* dls = l2s + kBM;
+    wgmma_wait<1>();
+    fence_regs(st);
+
+    // P^T, masked where the tile needs it (columns are queries qs + 8 nt + 2 t4 + e).
+    const bool need_mask = a.mask_t.partial[e0 + it / nsub] != 0 || key0 + 64 > a.Nk ||
+                           (a.causal && static_cast<int64_t>(key0 + 63 - qs) > a.diag);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = nt * 8 + 2 * t4 + (e & 1);
+        float sv = st[nt * 4 + e];
+        if (need_mask) {
+          const int j = my_key + ((e >> 1) << 3);
+          const int q = qs + c;
+          if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - q) > a.diag)) sv = flash::kNegInf;
+        }
+        st[nt * 4 + e] = flash::fast_exp2(fmaf(sv, sl2, -l2s[c]));
+      }
+    wgmma_wait<0>();
+    fence_regs(dpt);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        dpt[nt * 4 + e] = st[nt * 4 + e] * (dpt[nt * 4 + e] - dls[nt * 8 + 2 * t4 + (e & 1)]);
+
+    // P^T and dS^T as register operands (k16 steps over the 64 queries).
+    uint32_t pa[4][4], da[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        pa[kk][r] = flash::Elem<T>::pack(st[8 * kk + 2 * r], st[8 * kk + 2 * r + 1]);
+        da[kk][r] = flash::Elem<T>::pack(dpt[8 * kk + 2 * r], dpt[8 * kk + 2 * r + 1]);
+      }
+
+    // dV += P^T dO, dK += dS^T Q: B operands are the [query][d] tiles read transposed.
+    fence_regs(dv);
+    fence_regs(dk);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      Mma<T>::pv(dv, pa[kk], smem_desc(dob + kk * 16 * 128, kBM * 128, 1024));
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      Mma<T>::pv(dk, da[kk], smem_desc(qb + kk * 16 * 128, kBM * 128, 1024));
+    wgmma_commit();
+
+    // dS^T (by key) into shared memory with the 128-byte swizzle the descriptors expect.
+    const int dsb = i & 1;
+    unsigned char* ds = sdS + dsb * Tr::kDSBytes;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int r = cw * 64 + warp * 16 + g + hh * 8;  // key row within the CTA
+        *reinterpret_cast<uint32_t*>(ds + r * 128 + ((nt ^ (r & 7)) << 4) + 4 * t4) =
+            da[nt / 2][(nt & 1) * 2 + hh];
+      }
+    fence_proxy_async();
+    if constexpr (Tr::kSplitDq) {
+      named_barrier(1, 256);
+    } else if (cw == 0) {
+      named_barrier(2, 128);
+    } else {
+      named_barrier(3, 128);
+    }
+
+    // dQ (64 queries x 64 columns) = dS K: A = dS^T read transposed, B = K read transposed.
+    float dq[32];
+    wgmma_fence();
+    if constexpr (Tr::kSplitDq) {
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk)
+        Mma<T>::ss64_tt(dq, smem_desc(ds_base + dsb * Tr::kDSBytes + kk * 16 * 128, 8192, 1024),
+                        smem_desc(saddr(sK) + cw * kBN * 128 + kk * 16 * 128, 8192, 1024),
+                        kk > 0 ? 1 : 0);
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        Mma<T>::ss64_tt(dq,
+                        smem_desc(ds_base + dsb * Tr::kDSBytes + (cw * 64 + kk * 16) * 128, 8192,
+                                  1024),
+                        smem_desc(saddr(sK) + (cw * 64 + kk * 16) * 128, 8192, 1024),
+                        kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(dq);
+    fence_regs(dv);
+    fence_regs(dk);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+
+    // dq rows qs + 16 warp + g (+8), columns col0 + 8 nt + 2 t4 (+1).
+    const int col0 = Tr::kSplitDq ? cw * 64 : 0;
+    float* dqg = static_cast<float*>(a.dq.data) + b * a.dq.sb + h * a.dq.sh + col0;
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int q = qs + warp * 16 + g + hh * 8;
+      if (q >= a.Nq) continue;
+      float* row = dqg + static_cast<int64_t>(q) * a.dq.sn + 2 * t4;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const float x0 = a.scale * dq[nt * 4 + 2 * hh], x1 = a.scale * dq[nt * 4 + 2 * hh + 1];
+        if (a.dq_pair) {
+          red_add_v2(row + nt * 8, x0, x1);
+        } else {
+          atomicAdd(row + nt * 8, x0);
+          atomicAdd(row + nt * 8 + 1, x1);
+        }
+      }
+    }
+    it = next_visible(it + 1, qs);
+  }
+
+  // dk += scale dK, dv += dV for keys my_key (+8) < Nk.
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int j = my_key + hh * 8;
+    if (j >= a.Nk) continue;
+    const int64_t kb = b * a.dk.sb + static_cast<int64_t>(j) * a.dk.sn + h * a.dk.sh;
+    const int64_t vb = b * a.dv.sb + static_cast<int64_t>(j) * a.dv.sn + h * a.dv.sh;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int d = dt * 8 + 2 * t4 + e;
+        flash::store_out<T>(a.dk.data, kb + d, a.dk_type, a.scale * dk[dt * 4 + 2 * hh + e], true);
+        flash::store_out<T>(a.dv.data, vb + d, a.dv_type, dv[dt * 4 + 2 * hh + e], true);
+      }
+  }
+}
+
+struct BwdMaps {
+  CUtensorMap q, k, v, d_o;
+};
+BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv);
+
+template <typename T, int D>
+void launch_bwd_sm90_impl(const BwdArgs& a, cudaStream_t stream) {
+  using Tr = BwdSm90Traits<D>;
+  auto kernel = flash_bwd_sm90_kernel<T, D>;
+  static const bool attr_set = [&] {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    Tr::kSmemBytes));
+    return true;
+  }();
+  (void)attr_set;
+  const BwdMaps maps = make_bwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
+  const dim3 grid((a.Nk + Tr::kBN - 1) / Tr::kBN, a.H, a.B);
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.d_o, a);
+  CUDA_CHECK_LAUNCH("flash_bwd_sm90_kernel");
+}
+
+}  // namespace longattn::cuda::sm90
