@@ -11,7 +11,9 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <iomanip>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -37,7 +39,12 @@ struct Options {
   std::string dtype = "bf16";
   std::string causal = "both";  // both | causal | full
   int warmup = 1, repeats = 3, null_repeats = 2;
-  double budget_s = 60.0;  // no new case starts after this many seconds
+  // Timed runs (and transfer-free runs) shrink so each set takes about this long, judged by the
+  // case's first run; at least one of each. 0: always `repeats` and `null_repeats`.
+  double max_seconds = 0.0;
+  // No new case starts after this many seconds, nor one predicted (from the seconds per FLOP of
+  // the last case that ran) to end after it.
+  double budget_s = 60.0;
   std::string out = "multigpu_bench.jsonl";
   std::string command;
 };
@@ -102,13 +109,24 @@ double forward_flops(const Case& c, const Options& o) {
 
 struct Timings {
   double fwd = 0, bwd = 0;  // medians, slowest rank
+  int runs = 0;             // timed runs behind the medians
   DistCounters fwd_counters;  // of this rank's last forward
 };
 
+// Runs that fit `max_seconds` when one run takes `run_s`, between 1 and `most` (max_seconds 0:
+// `most`). Every rank sees the same slowest-rank time, so every rank picks the same count.
+int runs_within(double max_seconds, double run_s, int most) {
+  if (max_seconds <= 0.0 || most <= 1) return most;
+  const double fit = run_s > 0.0 ? std::floor(max_seconds / run_s) : static_cast<double>(most);
+  return static_cast<int>(std::clamp(fit, 1.0, static_cast<double>(most)));
+}
+
 // Medians over `repeats` of the slowest rank's forward (and backward) wall time; every rank
-// starts together (barrier after its stream is idle) and stops when its stream is idle.
+// starts together (barrier after its stream is idle) and stops when its stream is idle. With
+// max_seconds > 0 the first run (warm-up or timed) decides how many timed runs follow.
 Timings time_ring(DistributedAttention& attn, Backend& be, Communicator& comm, int warmup,
-                  int repeats, bool backward, const std::vector<DeviceTensor*>& t) {
+                  int repeats, double max_seconds, bool backward,
+                  const std::vector<DeviceTensor*>& t) {
   using clock = std::chrono::steady_clock;
   const TensorView q = t[0]->view(), k = t[1]->view(), v = t[2]->view(), o = t[3]->view(),
                    lse = t[4]->view(), d_o = t[5]->view();
@@ -130,12 +148,14 @@ Timings time_ring(DistributedAttention& attn, Backend& be, Communicator& comm, i
     double s[2] = {std::chrono::duration<double>(t1 - t0).count(),
                    std::chrono::duration<double>(t2 - t1).count()};
     comm.allreduce_host(s, 2, ReduceOp::Max, CommOp{"bench timing", -1});
+    if (i == 0) repeats = runs_within(max_seconds, s[0] + s[1], repeats);
     if (i < warmup) continue;
     fwd.push_back(s[0]);
     bwd.push_back(s[1]);
   }
   res.fwd = median(fwd);
   res.bwd = median(bwd);
+  res.runs = static_cast<int>(fwd.size());
   return res;
 }
 
@@ -194,22 +214,27 @@ json run_case(const Case& c, const Options& o, NcclCommunicator& comm, Backend& 
   const int repeats = c.backward ? o.repeats : 1;
   const int null_repeats = c.backward ? o.null_repeats : 0;
   attn = make_distributed_attention(spec, cfg, comm);
-  const Timings real = time_ring(*attn, be, comm, o.warmup, repeats, c.backward, t);
+  const Timings real = time_ring(*attn, be, comm, o.warmup, repeats, o.max_seconds, c.backward, t);
   const DistCounters& fwd_counters = real.fwd_counters;
   // Peak of the real run (inputs, outputs, ring workspace), before the twin takes its own.
   double peak = static_cast<double>(be.peak_bytes() - base);
   comm.allreduce_host(&peak, 1, ReduceOp::Max, CommOp{"bench peak", -1});
   attn.reset();
   Timings compute = real;
+  int null_runs = 0;
   if (P > 1 && null_repeats > 0) {
     NoTransferComm none(comm);
     auto attn_none = make_distributed_attention(spec, cfg, none);
-    compute = time_ring(*attn_none, be, none, 0, null_repeats, c.backward, t);
+    // The twin's count follows from the real run's median: nothing left to decide inside.
+    null_runs = runs_within(o.max_seconds, real.fwd + real.bwd, null_repeats);
+    compute = time_ring(*attn_none, be, none, 0, null_runs, 0.0, c.backward, t);
   }
 
   const double flops = forward_flops(c, o);
   const double per_gpu = flops / P;
   row["status"] = "ok";
+  row["timed_runs"] = real.runs;
+  if (null_runs > 0) row["compute_only_runs"] = null_runs;
   row["fwd_s"] = real.fwd;
   row["fwd_tflops_per_gpu"] = per_gpu / real.fwd / 1e12;
   if (P > 1 && null_repeats > 0) {
@@ -264,8 +289,11 @@ int run(int argc, char** argv, const MpiSession& session) {
       "repeats", po::value<int>(&o.repeats)->default_value(o.repeats), "timed runs (median)")(
       "null-repeats", po::value<int>(&o.null_repeats)->default_value(o.null_repeats),
       "timed runs without transfers (exposed communication)")(
+      "max-seconds", po::value<double>(&o.max_seconds)->default_value(o.max_seconds),
+      "timed runs (and runs without transfers) shrink to about this many seconds each, "
+      "judged by the case's first run; at least one (0: off)")(
       "budget", po::value<double>(&o.budget_s)->default_value(o.budget_s),
-      "seconds after which no new case starts")(
+      "seconds after which no new case starts, nor one predicted to end after them")(
       "out", po::value<std::string>(&o.out)->default_value(o.out), "JSON lines (rank 0)");
   po::variables_map vm;
   po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -278,6 +306,10 @@ int run(int argc, char** argv, const MpiSession& session) {
   o.weak = parse_list(weak);
   o.strong = parse_list(strong);
   o.strong_fwd_only = parse_list(strong_fwd);
+  LONGATTN_CHECK_ARG(o.warmup >= 0, "--warmup", o.warmup, "must be >= 0");
+  LONGATTN_CHECK_ARG(o.repeats >= 1, "--repeats", o.repeats, "must be >= 1");
+  LONGATTN_CHECK_ARG(o.null_repeats >= 0, "--null-repeats", o.null_repeats, "must be >= 0");
+  LONGATTN_CHECK_ARG(o.max_seconds >= 0.0, "--max-seconds", o.max_seconds, "must be >= 0");
 
   GpuRank gpu = make_gpu_rank(comm_options_from_env(), true);
   NcclCommunicator& comm = *gpu.comm;
@@ -310,19 +342,36 @@ int run(int argc, char** argv, const MpiSession& session) {
   for (int64_t N : o.strong_fwd_only) cases.push_back({"strong", N, true, false});
 
   const auto start = std::chrono::steady_clock::now();
+  // Seconds per FLOP of the last case that ran, per scaling and pass (none yet: no prediction); a
+  // forward+backward case's FLOPs count 3.5x its forward's. Rank 0's prediction decides.
+  std::map<std::string, double> s_per_flop;
   for (const Case& c : cases) {
-    double go = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() <
-                        o.budget_s
-                    ? 1.0
-                    : 0.0;
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double flops = forward_flops(c, o) * (c.backward ? 3.5 : 1.0);
+    // The fewest runs the case can take: warm-up, one timed run, one without transfers.
+    const int least_runs = o.warmup + 1 + (c.backward && P > 1 && o.null_repeats > 0 ? 1 : 0);
+    const std::string kind = c.scaling + (c.backward ? " fwd+bwd" : " fwd");
+    const double predicted = s_per_flop.count(kind) ? s_per_flop[kind] * flops * least_runs : 0.0;
+    double go = elapsed >= o.budget_s ? 0.0 : elapsed + predicted > o.budget_s ? -1.0 : 1.0;
     comm.broadcast_host(&go, sizeof(go), 0, CommOp{"bench budget", -1});
     json row;
-    if (go == 0.0) {
+    if (go != 1.0) {
+      std::string why = "skipped: time budget spent";
+      if (go < 0.0) {
+        std::ostringstream os;
+        os << "skipped: predicted " << std::fixed << std::setprecision(0) << predicted
+           << " s, past the time budget";
+        why = os.str();
+      }
       row = {{"impl", "longattn"}, {"scaling", c.scaling}, {"gpus", P},     {"seq_len", c.N},
              {"causal", c.causal}, {"pass", c.backward ? "fwd+bwd" : "fwd"},
-             {"status", "skipped: time budget spent"}};
+             {"status", why}};
     } else {
       row = run_case(c, o, comm, be);
+      if (row.value("status", "") == "ok")
+        s_per_flop[kind] =
+            (c.backward ? row["fwd_bwd_s"].get<double>() : row["fwd_s"].get<double>()) / flops;
     }
     if (root) {
       out << row.dump() << "\n" << std::flush;

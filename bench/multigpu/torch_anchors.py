@@ -8,7 +8,9 @@ Run with torch's launcher (bench/multigpu/run_scaling.sh does), e.g.
 Two implementations, timed on the same shapes as bench/multigpu/multigpu_bench.cpp:
   context_parallel  PyTorch's own context parallelism
                     (torch.distributed.tensor.experimental.context_parallel, default options,
-                    SDPA restricted to the flash backend, causal runs load-balanced by PyTorch);
+                    SDPA restricted to the flash backend, causal runs load-balanced by PyTorch,
+                    non-causal runs with its load balancing off: contiguous shards; each row
+                    records the setting the context saw as cp_load_balance);
   torch_ring        a ring written here: the FlashAttention-2 kernel PyTorch ships
                     (aten._scaled_dot_product_flash_attention and its backward, which take the
                     global output and log-sum-exp) and torch.distributed.batch_isend_irecv, the
@@ -196,9 +198,20 @@ def median(v):
     return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
 
 
-def timed(fn_fwd, fn_bwd, warmup, repeats, device):
+def runs_within(max_seconds, run_s, most):
+    """Runs that fit max_seconds when one takes run_s, between 1 and most (0 seconds: most)."""
+    if max_seconds <= 0 or most <= 1:
+        return most
+    fit = math.floor(max_seconds / run_s) if run_s > 0 else most
+    return int(min(max(fit, 1), most))
+
+
+def timed(fn_fwd, fn_bwd, warmup, repeats, device, max_seconds=0.0):
+    """Medians of the slowest rank's forward and backward times; with max_seconds > 0 the first
+    run (warm-up or timed) decides how many timed runs follow (every rank sees the same times)."""
     fwd, bwd = [], []
-    for i in range(warmup + repeats):
+    i = 0
+    while i < warmup + repeats:
         sync(device)
         dist.barrier()
         t0 = time.perf_counter()
@@ -210,10 +223,13 @@ def timed(fn_fwd, fn_bwd, warmup, repeats, device):
             sync(device)
         t2 = time.perf_counter()
         f, b = slowest(t1 - t0, device), slowest(t2 - t1, device)
+        if i == 0:
+            repeats = runs_within(max_seconds, f + b, repeats)
         if i >= warmup:
             fwd.append(f)
             bwd.append(b)
-    return median(fwd), median(bwd)
+        i += 1
+    return median(fwd), median(bwd), len(fwd)
 
 
 _MESH = {}
@@ -252,17 +268,24 @@ def run_case(impl, scaling, N, causal, backward, a, rank, world, device):
                     return torch.nn.functional.scaled_dot_product_attention(q, k, v,
                                                                             is_causal=causal)
             bwd = (lambda out: out.backward(g)) if backward else None
-            tf, tb = timed(fwd, bwd, a.warmup, repeats, device)
+            tf, tb, runs = timed(fwd, bwd, a.warmup, repeats, device, a.max_seconds)
         elif impl == "context_parallel":
             from torch.distributed.tensor.experimental import context_parallel
             from torch.nn.attention import SDPBackend, sdpa_kernel
             # PyTorch load-balances causal runs (its own zigzag) and refuses to for non-causal
-            # ones ("Load balancing requires is_causal=True"): on for causal only.
+            # ones ("Load balancing requires is_causal=True"): on for causal only. The switch is
+            # the module-level _cp_options object (where the code lives in the package
+            # _context_parallel, the _attention module re-exports that same object, so setting
+            # its field is seen by both). context_parallel() reads it to pick its load balancer
+            # (none when off: contiguous shards) and the ring reads it at every step; the row
+            # records what the context saw.
+            cp_options = None
             try:
                 from torch.distributed.tensor.experimental import _attention as cp_attention
-                cp_attention._cp_options.enable_load_balance = causal
-            except (ImportError, AttributeError):
-                pass
+                cp_options = cp_attention._cp_options
+                cp_options.enable_load_balance = causal
+            except (ImportError, AttributeError) as e:
+                row["cp_load_balance_note"] = "could not set: %s" % e
             mesh = world_mesh(world)
             bufs = [torch.randn(B, H, N, D, device=device, dtype=dtype, generator=gen)
                     for _ in range(4)]
@@ -270,13 +293,15 @@ def run_case(impl, scaling, N, causal, backward, a, rank, world, device):
                                   no_restore_buffers=set(bufs)):
                 q, k, v = (t.detach().requires_grad_(backward) for t in bufs[:3])
                 g = bufs[3]
+                if cp_options is not None:
+                    row["cp_load_balance"] = bool(cp_options.enable_load_balance)
 
                 def fwd():
                     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                         return torch.nn.functional.scaled_dot_product_attention(
                             q, k, v, is_causal=causal)
                 bwd = (lambda out: out.backward(g)) if backward else None
-                tf, tb = timed(fwd, bwd, a.warmup, repeats, device)
+                tf, tb, runs = timed(fwd, bwd, a.warmup, repeats, device, a.max_seconds)
         else:  # torch_ring
             q, k, v, g = (torch.randn(B, H, L, D, device=device, dtype=dtype, generator=gen)
                           for _ in range(4))
@@ -285,7 +310,7 @@ def run_case(impl, scaling, N, causal, backward, a, rank, world, device):
                 return ring_forward(q, k, v, causal, rank, world)
             bwd = (lambda st: ring_backward(g, q, k, v, st[0], st[1], causal, rank, world)) \
                 if backward else None
-            tf, tb = timed(fwd, bwd, a.warmup, repeats, device)
+            tf, tb, runs = timed(fwd, bwd, a.warmup, repeats, device, a.max_seconds)
     except torch.OutOfMemoryError as e:
         row["status"] = "failed: out of memory: " + str(e).split("\n")[0]
         torch.cuda.empty_cache()
@@ -295,7 +320,8 @@ def run_case(impl, scaling, N, causal, backward, a, rank, world, device):
         return row
     flops = forward_flops(N, B, H, D, causal)
     per_gpu = flops / world
-    row.update({"status": "ok", "fwd_s": tf, "fwd_tflops_per_gpu": per_gpu / tf / 1e12,
+    row.update({"status": "ok", "timed_runs": runs, "fwd_s": tf,
+                "fwd_tflops_per_gpu": per_gpu / tf / 1e12,
                 "flops_fwd": flops,
                 "peak_bytes_per_gpu": slowest(torch.cuda.max_memory_allocated(device) - base,
                                               device)})
@@ -353,8 +379,13 @@ def main():
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-seconds", type=float, default=0.0,
+                    help="timed runs shrink to about this many seconds per case, judged by its "
+                         "first run; at least one (0: always --repeats)")
     ap.add_argument("--budget", type=float, default=60.0,
-                    help="seconds after which no new case starts")
+                    help="seconds after which no new case starts, nor one predicted (from the "
+                         "last case of the same implementation, scaling and pass) to end after "
+                         "them")
     ap.add_argument("--out", default="torch_anchors.jsonl")
     ap.add_argument("--check", action="store_true", help="check torch_ring against SDPA first")
     ap.add_argument("--cpu-test", action="store_true",
@@ -402,17 +433,28 @@ def main():
     impls = ["sdpa"] if world == 1 else [i for i in a.impls.split(",") if i]
 
     start = time.perf_counter()
+    s_per_flop = {}  # (impl, scaling, pass) -> seconds per FLOP of its last case that ran
     for scaling, N, causal, backward in cases:
         for impl in impls:
-            go = torch.tensor([1.0 if time.perf_counter() - start < a.budget else 0.0],
-                              device=device)
+            flops = forward_flops(N, a.batch, a.heads, a.head_dim, causal)
+            flops *= 3.5 if backward else 1.0
+            predicted = s_per_flop.get((impl, scaling, backward), 0.0) * flops * (a.warmup + 1)
+            elapsed = time.perf_counter() - start
+            decision = 0.0 if elapsed >= a.budget else -1.0 if elapsed + predicted > a.budget \
+                else 1.0
+            go = torch.tensor([decision], device=device)
             dist.broadcast(go, 0)
-            if go.item() == 0.0:
+            if go.item() != 1.0:
+                why = "skipped: time budget spent" if go.item() == 0.0 else \
+                    "skipped: predicted %.0f s, past the time budget" % predicted
                 row = {"impl": impl, "scaling": scaling, "gpus": world, "seq_len": N,
                        "causal": causal, "pass": "fwd+bwd" if backward else "fwd",
-                       "status": "skipped: time budget spent"}
+                       "status": why}
             else:
                 row = run_case(impl, scaling, N, causal, backward, a, rank, world, device)
+                if row.get("status") == "ok":
+                    taken = row["fwd_bwd_s"] if backward else row["fwd_s"]
+                    s_per_flop[(impl, scaling, backward)] = taken / flops
             if out:
                 out.write(json.dumps(row) + "\n")
                 out.flush()
