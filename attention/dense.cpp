@@ -61,10 +61,10 @@ class DenseAttention final : public AttentionVariant {
   std::string name() const override { return "dense"; }
   const AttentionSpec& spec() const override { return spec_; }
   void validate(const Shape& s) const override { validate_shape(s); }
-  BlockMask mask_for(const Shape& s) const {
+  BlockMask mask_for(const Shape& s, int64_t tile = 0) const {
     MaskGeometry g;
     g.nq = g.nk = s.N;
-    g.block_q = g.block_k = spec_.block_size;
+    g.block_q = g.block_k = std::max(spec_.block_size, tile);
     g.causal = spec_.causal;
     return dense_block_mask(g);
   }
@@ -100,7 +100,7 @@ class DenseAttention final : public AttentionVariant {
   const Prepared& prepared(Backend& be, int64_t n, bool with_transpose) {
     if (cache_.backend != be.instance_id() || cache_.n != n) {
       cache_ = Prepared{};
-      cache_.fwd = be.prepare_mask(mask_for(Shape{1, n, 1, 1}));
+      cache_.fwd = be.prepare_mask(mask_for(Shape{1, n, 1, 1}, be.preferred_tile()));
       cache_.backend = be.instance_id();
       cache_.n = n;
     }

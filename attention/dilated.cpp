@@ -3,6 +3,7 @@
 // allows it. Only Backend operations are used, so the same code runs on every backend.
 #include "attention/dilated.hpp"
 
+#include <algorithm>
 #include <limits>
 #include <map>
 
@@ -117,7 +118,7 @@ class DilatedAttention final : public AttentionVariant {
   void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& o, const TensorView& lse) override {
     check_io(q, k, v, o, lse);
-    MaskCache masks(be, spec_.block_size, spec_.causal);
+    MaskCache masks(be, std::max(spec_.block_size, be.preferred_tile()), spec_.causal);
     const auto branches = dilated_branches(spec_.dilated, q.H);
     if (spec_.dilated.mode == DilatedMode::Groups)
       forward_groups(be, masks, branches, q, k, v, o, lse);
@@ -133,7 +134,7 @@ class DilatedAttention final : public AttentionVariant {
     check_same_shape(dq, "dq", q);
     check_same_shape(dk, "dk", q);
     check_same_shape(dv, "dv", q);
-    MaskCache masks(be, spec_.block_size, spec_.causal);
+    MaskCache masks(be, std::max(spec_.block_size, be.preferred_tile()), spec_.causal);
     const auto branches = dilated_branches(spec_.dilated, q.H);
     GradAccumulator gq(be, dq), gk(be, dk), gv(be, dv);
     if (spec_.dilated.mode == DilatedMode::Groups)

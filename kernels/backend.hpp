@@ -38,6 +38,9 @@ class Backend {
   virtual void* allocate(size_t bytes) = 0;  // throws OutOfMemory saying how much was needed
   virtual void deallocate(void* p) = 0;
   virtual std::unique_ptr<PreparedMask> prepare_mask(const BlockMask& m) = 0;
+  // The mask block (kernel tile) this backend's kernels run fastest with. Variants whose
+  // results do not depend on the tile (dense, dilated) use max(spec.block_size, this).
+  virtual int64_t preferred_tile() const { return 64; }
 
   virtual void attention_forward(const AttnFwdParams& p) = 0;
   virtual void attention_backward(const AttnBwdParams& p) = 0;

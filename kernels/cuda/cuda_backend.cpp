@@ -215,6 +215,8 @@ class CudaBackendImpl final : public CudaBackend {
   }
 
   // ---- masks -----------------------------------------------------------------------------
+  // The Hopper kernels (and the portable kernels' 128-row CTAs) want 128-blocks.
+  int64_t preferred_tile() const override { return 128; }
   std::unique_ptr<PreparedMask> prepare_mask(const BlockMask& m) override {
     m.validate();
     DeviceGuard g(opt_.device);
