@@ -232,6 +232,9 @@ class RingDistributed final : public SequenceShardedBase {
     counters_ = {};
     ring(q.N).backward(be, comm_, q, k, v, o, lse, d_o, dq, dk, dv, counters_);
   }
+  void release_workspace() override {
+    if (ring_) ring_->release_workspace();
+  }
 
  private:
   RingAttention& ring(int64_t local_n) {
@@ -268,6 +271,9 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
         q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}, lse);
     counters_ = {};
     ring(be, q, k).backward(be, comm_, q, k, v, o, lse, d_o, dq, dk, dv, counters_);
+  }
+  void release_workspace() override {
+    if (ring_) ring_->release_workspace();
   }
 
  private:

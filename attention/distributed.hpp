@@ -87,6 +87,9 @@ class DistributedAttention {
                         const TensorView& dq, const TensorView& dk, const TensorView& dv) = 0;
   // What the last forward or backward did on this rank.
   const DistCounters& counters() const { return counters_; }
+  // Frees the device workspace kept between calls (the ring's buffers and masks); the next
+  // call takes it again. Local: no communication.
+  virtual void release_workspace() {}
 
  protected:
   DistCounters counters_;

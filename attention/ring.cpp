@@ -1,12 +1,14 @@
 // Ring plans (dense: full rotation; block-sparse: only needed blocks move, forwarded along the
 // ring or sent directly) and the executor that runs a plan with double-buffered K/V and dK/dV
-// that travel with them or go straight home.
+// that travel with them or go straight home (dense backward: chunk by chunk, K/V and dK/dV in
+// one message), every buffer carved from one workspace allocation.
 #include "attention/ring.hpp"
 
 #include <algorithm>
+#include <cstddef>
 #include <limits>
 #include <map>
-#include <optional>
+#include <memory>
 #include <string>
 
 #include "runtime/bootstrap.hpp"
@@ -60,53 +62,74 @@ RingPlan plan_skeleton(const ShardLayout& layout, int rank) {
   return plan;
 }
 
-// Device buffers kept across calls: a named slot is reallocated only when the backend, dtype or
-// shape changes, so repeated calls (training steps, benchmark repeats) allocate nothing.
-class BufferCache {
+// Offsets of a call's buffers in the workspace, each aligned for vector and TMA loads.
+class Layout {
  public:
-  const DeviceTensor& get(const std::string& slot, Backend& be, DType dtype, int64_t B, int64_t N,
-                          int64_t H, int64_t D) {
-    Entry& e = slots_[slot];
-    if (e.be != &be || e.dtype != dtype || e.B != B || e.N != N || e.H != H || e.D != D) {
-      e.t = DeviceTensor();  // the old buffer goes before the new one is taken
-      e.be = nullptr;        // an allocation that throws leaves the slot empty, not stale
-      e.t = DeviceTensor(be, dtype, B, N, H, D);
-      e.be = &be;
-      e.dtype = dtype;
-      e.B = B, e.N = N, e.H = H, e.D = D;
-    }
-    return e.t;
+  static constexpr size_t kAlign = 256;
+  size_t take(size_t bytes) {
+    const size_t at = end_;
+    end_ += (bytes + kAlign - 1) / kAlign * kAlign;
+    return at;
   }
+  size_t bytes() const { return end_; }
 
  private:
-  struct Entry {
-    Backend* be = nullptr;
-    DType dtype = DType::F32;
-    int64_t B = 0, N = 0, H = 0, D = 0;
-    DeviceTensor t;
-  };
-  std::map<std::string, Entry> slots_;
+  size_t end_ = 0;
 };
 
-// Two [B, n, H, D] tensors in one buffer (a cache slot), the first (K or dK) then the second
-// (V or dV), so one message moves both. Views of n <= capacity rows are laid out compactly from
-// the start; at full capacity they are the full-layout tensors.
+size_t tensor_bytes(DType t, int64_t B, int64_t N, int64_t H, int64_t D) {
+  return static_cast<size_t>(B * N * H * D) * dtype_size(t);
+}
+
+// One allocation on a backend that every call carves its buffers from, kept across calls and
+// replaced only by a larger one (the old one goes first, so the two are never held together;
+// an allocation that throws leaves it empty).
+class Arena {
+ public:
+  Arena() = default;
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  ~Arena() { release(); }
+  std::byte* reserve(Backend& be, size_t bytes) {
+    if (be_ != &be || be_id_ != be.instance_id() || bytes > bytes_) {
+      release();
+      data_ = be.allocate(std::max<size_t>(bytes, 1));
+      be_ = &be;
+      be_id_ = be.instance_id();
+      bytes_ = bytes;
+    }
+    return static_cast<std::byte*>(data_);
+  }
+  void release() {
+    if (be_) be_->deallocate(data_);
+    be_ = nullptr;
+    data_ = nullptr;
+    bytes_ = 0;
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  Backend* be_ = nullptr;
+  uint64_t be_id_ = 0;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Two [B, n, H, D] tensors in one buffer, the first (K or dK) then the second (V or dV), so one
+// message moves both. Views of n <= capacity rows are laid out compactly from the start; at full
+// capacity they are the full-layout tensors.
 class PairBuffer {
  public:
   PairBuffer() = default;
-  PairBuffer(BufferCache& cache, const std::string& slot, Backend& be, DType dtype, int64_t B,
-             int64_t n, int64_t H, int64_t D)
-      : data_(cache.get(slot, be, dtype, 2 * B, std::max<int64_t>(n, 1), H, D).data()),
-        B_(B),
-        n_(n),
-        H_(H),
-        D_(D),
-        dtype_(dtype),
-        device_(be.device()) {}
+  PairBuffer(std::byte* data, DType dtype, int64_t B, int64_t n, int64_t H, int64_t D,
+             DeviceKind device)
+      : data_(data), B_(B), n_(n), H_(H), D_(D), dtype_(dtype), device_(device) {}
+  static size_t capacity_bytes(DType dtype, int64_t B, int64_t n, int64_t H, int64_t D) {
+    return 2 * tensor_bytes(dtype, B, n, H, D);
+  }
   TensorView first(int64_t n) const { return make_view(data_, dtype_, B_, n, H_, D_, device_); }
   TensorView second(int64_t n) const {
-    return make_view(static_cast<std::byte*>(data_) + half_bytes(n), dtype_, B_, n, H_, D_,
-                     device_);
+    return make_view(data_ + half_bytes(n), dtype_, B_, n, H_, D_, device_);
   }
   TensorView first() const { return first(n_); }
   TensorView second() const { return second(n_); }
@@ -115,13 +138,28 @@ class PairBuffer {
   int64_t rows() const { return n_; }
 
  private:
-  size_t half_bytes(int64_t n) const {
-    return static_cast<size_t>(B_ * n * H_ * D_) * dtype_size(dtype_);
-  }
-  void* data_ = nullptr;
+  size_t half_bytes(int64_t n) const { return tensor_bytes(dtype_, B_, n, H_, D_); }
+  std::byte* data_ = nullptr;
   int64_t B_ = 0, n_ = 0, H_ = 0, D_ = 0;
   DType dtype_ = DType::F32;
   DeviceKind device_ = DeviceKind::Cpu;
+};
+
+// A pair of [B, rows, H, D] tensors placed in a layout now and bound to the workspace later.
+struct PairSlot {
+  size_t offset = 0;
+  DType dtype = DType::F32;
+  int64_t rows = 0;
+  bool used = false;
+  void place(Layout& l, DType t, int64_t B, int64_t n, int64_t H, int64_t D) {
+    dtype = t;
+    rows = n;
+    used = true;
+    offset = l.take(PairBuffer::capacity_bytes(t, B, n, H, D));
+  }
+  PairBuffer bind(std::byte* base, int64_t B, int64_t H, int64_t D, DeviceKind dev) const {
+    return used ? PairBuffer(base + offset, dtype, B, rows, H, D, dev) : PairBuffer();
+  }
 };
 
 // Copies the rows `runs` of a full-layout pair into a compact pair (pack), or back (unpack),
@@ -197,17 +235,22 @@ void land(Backend& be, const PairBuffer& stage, const RowRuns& runs, const PairB
 // visitor buffers alternate.
 class KvBuffers {
  public:
-  KvBuffers(BufferCache& cache, Backend& be, const RingPlan& plan, const TensorView& k,
-            const TensorView& v) {
+  static int count(const RingPlan& plan) {
     const int S = static_cast<int>(plan.steps.size());
     const bool direct = !plan.steps.empty() && plan.steps[0].send_own;
-    const int count = S == 1 ? 1 : (direct && S > 2 ? 3 : 2);
-    for (int i = 0; i < count; ++i)
-      bufs_[i] = PairBuffer(cache, "kv" + std::to_string(i), be, k.dtype, k.B, plan.local_rows,
-                            k.H, k.D);
+    return S == 1 ? 1 : (direct && S > 2 ? 3 : 2);
+  }
+  // Places the buffers of `plan` in `l`.
+  void place(Layout& l, const RingPlan& plan, const TensorView& k) {
+    count_ = count(plan);
+    keep_own_ = !plan.steps.empty() && plan.steps[0].send_own;
+    for (int i = 0; i < count_; ++i) slots_[i].place(l, k.dtype, k.B, plan.local_rows, k.H, k.D);
+  }
+  // Binds them to the workspace and copies this rank's K/V into the first.
+  void bind(Backend& be, std::byte* base, const TensorView& k, const TensorView& v) {
+    for (int i = 0; i < count_; ++i) bufs_[i] = slots_[i].bind(base, k.B, k.H, k.D, be.device());
     be.copy(bufs_[0].first(), k);
     be.copy(bufs_[0].second(), v);
-    keep_own_ = direct;
   }
   const PairBuffer& own() const { return bufs_[0]; }
   const PairBuffer& current() const { return bufs_[cur_]; }
@@ -219,7 +262,9 @@ class KvBuffers {
     if (!keep_own_) return 1 - cur_;
     return cur_ == 1 ? 2 : 1;
   }
+  PairSlot slots_[3];
   PairBuffer bufs_[3];
+  int count_ = 0;
   int cur_ = 0;
   bool keep_own_ = false;
 };
@@ -248,13 +293,51 @@ int64_t max_piece_len(const RingPlan& plan) {
   return m;
 }
 
+// Each piece cut into `chunks` parts at multiples of `block` (fewer chunks when a piece has
+// fewer blocks); chunk j holds part j of every piece.
+std::vector<KeyChunk> make_key_chunks(const std::vector<ShardPiece>& pieces, int64_t block,
+                                      int chunks) {
+  int64_t fewest_blocks = std::numeric_limits<int64_t>::max();
+  for (const ShardPiece& p : pieces)
+    fewest_blocks = std::min(fewest_blocks, (p.len + block - 1) / block);
+  const int64_t c = std::max<int64_t>(1, std::min<int64_t>(chunks, fewest_blocks));
+  std::vector<KeyChunk> out(static_cast<size_t>(c));
+  for (int64_t j = 0; j < c; ++j)
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      const int64_t len = pieces[i].len, nb = (len + block - 1) / block;
+      const int64_t begin = std::min(len, j * nb / c * block);
+      const int64_t end = j + 1 == c ? len : std::min(len, (j + 1) * nb / c * block);
+      if (end <= begin) continue;
+      out[j].parts.push_back(ChunkPart{static_cast<int>(i), begin, end - begin});
+      out[j].rows += end - begin;
+    }
+  return out;
+}
+
 }  // namespace
 
-RingPlan make_dense_ring_plan(const ShardLayout& layout, int rank, int64_t block, bool causal) {
+int ring_backward_chunks(int64_t shortest_piece_rows) {
+  const int64_t fit = shortest_piece_rows / kRingChunkMinRows;
+  return static_cast<int>(std::clamp<int64_t>(fit, kRingBackwardChunks, kRingBackwardMaxChunks));
+}
+
+RingPlan make_dense_ring_plan(const ShardLayout& layout, int rank, int64_t block, bool causal,
+                              int backward_chunks) {
   LONGATTN_CHECK_ARG(block > 0, "block_size", block, "must be positive");
+  LONGATTN_CHECK_ARG(backward_chunks >= 0, "backward_chunks", backward_chunks,
+                     "must be 0 (automatic) or a positive count");
   RingPlan plan = plan_skeleton(layout, rank);
   const int P = plan.world;
   const RowRuns all = full_runs(plan.local_rows);
+  if (backward_chunks == 0) {
+    int64_t shortest = plan.local_rows;
+    for (const ShardPiece& p : plan.pieces[rank]) shortest = std::min(shortest, p.len);
+    backward_chunks = ring_backward_chunks(shortest);
+  }
+  plan.key_chunks = make_key_chunks(plan.pieces[rank], block, backward_chunks);
+  auto mask_of = [&](const ShardPiece& q, int64_t k_len, int64_t k_global) {
+    return dense_block_mask(MaskGeometry{q.len, k_len, block, block, causal, q.global, k_global});
+  };
   for (int t = 0; t < P; ++t) {
     RingStep st;
     st.origin = (rank - t + P) % P;
@@ -266,11 +349,21 @@ RingPlan make_dense_ring_plan(const ShardLayout& layout, int rank, int64_t block
     const auto& kp = plan.pieces[st.origin];
     for (size_t i = 0; i < qp.size(); ++i)
       for (size_t j = 0; j < kp.size(); ++j) {
-        BlockMask m = dense_block_mask(
-            MaskGeometry{qp[i].len, kp[j].len, block, block, causal, qp[i].global, kp[j].global});
+        BlockMask m = mask_of(qp[i], kp[j].len, kp[j].global);
         if (m.nnz() > 0)
           st.work.push_back(RingWork{static_cast<int>(i), static_cast<int>(j), std::move(m)});
       }
+    for (const KeyChunk& c : plan.key_chunks) {
+      st.chunk_work.emplace_back();
+      for (size_t i = 0; i < qp.size(); ++i)
+        for (size_t j = 0; j < c.parts.size(); ++j) {
+          const ChunkPart& part = c.parts[j];
+          BlockMask m = mask_of(qp[i], part.len, kp[part.piece].global + part.offset);
+          if (m.nnz() > 0)
+            st.chunk_work.back().push_back(
+                RingWork{static_cast<int>(i), static_cast<int>(j), std::move(m)});
+        }
+    }
     if (t + 1 < P) {
       st.send = all;
       st.recv = all;
@@ -413,13 +506,126 @@ RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockM
   return plan;
 }
 
+namespace {
+
+uint64_t mask_hash(const BlockMask& m) {
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a over the shape and the CSR arrays
+  auto mix = [&h](uint64_t x) {
+    h ^= x;
+    h *= 1099511628211ULL;
+  };
+  for (int64_t x : {m.block_q, m.block_k, m.num_q_blocks, m.num_k_blocks})
+    mix(static_cast<uint64_t>(x));
+  for (int64_t x : m.row_ptr) mix(static_cast<uint64_t>(x));
+  for (int32_t x : m.col_idx) mix(static_cast<uint32_t>(x));
+  for (uint8_t x : m.partial) mix(x);
+  return h;
+}
+
+bool same_mask(const BlockMask& a, const BlockMask& b) {
+  return a.block_q == b.block_q && a.block_k == b.block_k && a.num_q_blocks == b.num_q_blocks &&
+         a.num_k_blocks == b.num_k_blocks && a.row_ptr == b.row_ptr && a.col_idx == b.col_idx &&
+         a.partial == b.partial;
+}
+
+// The buffer of one key chunk in the chunked backward: its K and V (input dtype), then its dK
+// and dV accumulators, each [B, n, H, D] for the chunk's n rows and laid out one after another,
+// so that one message moves the chunk (the dK/dV tail alone on its last hop, home).
+class ChunkBuffer {
+ public:
+  ChunkBuffer(std::byte* data, DType kv, DType grad, int64_t B, int64_t H, int64_t D,
+              DeviceKind device)
+      : data_(data), kv_(kv), grad_(grad), B_(B), H_(H), D_(D), device_(device) {}
+  static size_t capacity(DType kv, DType grad, int64_t B, int64_t n, int64_t H, int64_t D) {
+    return 2 * tensor_bytes(kv, B, n, H, D) + 2 * tensor_bytes(grad, B, n, H, D);
+  }
+  TensorView k(int64_t n) const { return view(0, kv_, n); }
+  TensorView v(int64_t n) const { return view(kv_bytes(n), kv_, n); }
+  TensorView dk(int64_t n) const { return view(2 * kv_bytes(n), grad_, n); }
+  TensorView dv(int64_t n) const { return view(2 * kv_bytes(n) + grad_bytes(n) / 2, grad_, n); }
+  void* data() const { return data_; }
+  size_t bytes(int64_t n) const { return 2 * kv_bytes(n) + grad_bytes(n); }
+  void* grads(int64_t n) const { return data_ + 2 * kv_bytes(n); }
+  size_t grad_bytes(int64_t n) const { return 2 * tensor_bytes(grad_, B_, n, H_, D_); }
+
+ private:
+  size_t kv_bytes(int64_t n) const { return tensor_bytes(kv_, B_, n, H_, D_); }
+  TensorView view(size_t at, DType t, int64_t n) const {
+    return make_view(data_ + at, t, B_, n, H_, D_, device_);
+  }
+  std::byte* data_;
+  DType kv_, grad_;
+  int64_t B_, H_, D_;
+  DeviceKind device_;
+};
+
+}  // namespace
+
+// The plan's masks on the device, each distinct mask prepared once: the steps of a dense ring
+// share a few (all blocks, the causal diagonal), so the device holds those few. Each pass's set
+// is built aside and kept only when complete.
 struct RingAttention::Masks {
+  using Ptr = std::shared_ptr<const PreparedMask>;
   Backend* be = nullptr;
-  std::vector<std::vector<std::unique_ptr<PreparedMask>>> fwd, bwd;
+  uint64_t be_id = 0;
+  std::map<uint64_t, std::vector<Ptr>> by_hash;
+  std::map<const PreparedMask*, Ptr> transposed;
+  std::vector<std::vector<Ptr>> fwd, bwd;                     // [step][work]; bwd transposed
+  std::vector<std::vector<std::vector<Ptr>>> chunk, chunk_t;  // [step][chunk][work]
+
+  Ptr get(const BlockMask& m) {
+    std::vector<Ptr>& same = by_hash[mask_hash(m)];
+    for (const Ptr& p : same)
+      if (same_mask(p->host(), m)) return p;
+    same.push_back(Ptr(be->prepare_mask(m)));
+    return same.back();
+  }
+  Ptr transpose_of(const Ptr& p) {
+    Ptr& t = transposed[p.get()];
+    if (!t) t = get(p->host().transpose());
+    return t;
+  }
+  void prepare_forward(const RingPlan& plan) {
+    if (!fwd.empty()) return;
+    std::vector<std::vector<Ptr>> f;
+    for (const RingStep& st : plan.steps) {
+      f.emplace_back();
+      for (const RingWork& w : st.work) f.back().push_back(get(w.mask));
+    }
+    fwd = std::move(f);
+  }
+  void prepare_stepwise_backward(const RingPlan& plan) {
+    prepare_forward(plan);
+    if (!bwd.empty()) return;
+    std::vector<std::vector<Ptr>> b;
+    for (const auto& step : fwd) {
+      b.emplace_back();
+      for (const Ptr& p : step) b.back().push_back(transpose_of(p));
+    }
+    bwd = std::move(b);
+  }
+  void prepare_chunked_backward(const RingPlan& plan) {
+    if (!chunk.empty()) return;
+    std::vector<std::vector<std::vector<Ptr>>> c, ct;
+    for (const RingStep& st : plan.steps) {
+      c.emplace_back();
+      ct.emplace_back();
+      for (const auto& work : st.chunk_work) {
+        c.back().emplace_back();
+        ct.back().emplace_back();
+        for (const RingWork& w : work) {
+          c.back().back().push_back(get(w.mask));
+          ct.back().back().push_back(transpose_of(c.back().back().back()));
+        }
+      }
+    }
+    chunk = std::move(c);
+    chunk_t = std::move(ct);
+  }
 };
 
 struct RingAttention::Workspace {
-  BufferCache cache;
+  Arena arena;
 };
 
 RingAttention::RingAttention(RingPlan plan, const AttentionSpec& spec)
@@ -431,18 +637,19 @@ RingAttention::Workspace& RingAttention::workspace() {
   return *workspace_;
 }
 
-RingAttention::Masks& RingAttention::masks(Backend& be) {
-  if (masks_ && masks_->be == &be) return *masks_;
+size_t RingAttention::workspace_bytes() const { return workspace_ ? workspace_->arena.bytes() : 0; }
+
+void RingAttention::release_workspace() {
+  workspace_.reset();
   masks_.reset();
-  // Built aside and kept only when complete: a failed preparation leaves no partial set.
-  auto m = std::make_unique<Masks>();
-  m->be = &be;
-  for (const RingStep& st : plan_.steps) {
-    m->fwd.emplace_back();
-    m->bwd.emplace_back(st.work.size());
-    for (const RingWork& w : st.work) m->fwd.back().push_back(be.prepare_mask(w.mask));
-  }
-  masks_ = std::move(m);
+}
+
+RingAttention::Masks& RingAttention::masks(Backend& be) {
+  if (masks_ && masks_->be == &be && masks_->be_id == be.instance_id()) return *masks_;
+  masks_.reset();
+  masks_ = std::make_unique<Masks>();
+  masks_->be = &be;
+  masks_->be_id = be.instance_id();
   return *masks_;
 }
 
@@ -456,31 +663,41 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
   check_views(plan_, comm, be, q, {{"k", k}, {"v", v}, {"o", o}}, lse);
   const int64_t B = q.B, Nl = plan_.local_rows, H = q.H, D = q.D;
   const int S = static_cast<int>(plan_.steps.size());
-  BufferCache& cache = workspace().cache;
+  const DeviceKind dev = be.device();
+
+  // Where every buffer of the call lies in the workspace.
+  Layout layout;
+  KvBuffers kv;
+  kv.place(layout, plan_, k);
+  PairSlot send_slot, recv_slot;
+  if (const int64_t n =
+          max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.send; }))
+    send_slot.place(layout, q.dtype, B, n, H, D);
+  if (const int64_t n =
+          max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.recv; }))
+    recv_slot.place(layout, q.dtype, B, n, H, D);
+  // Partial results merge into an fp32 accumulator when o is fp16/bf16 (no per-step rounding).
+  const bool fp32_acc = is_half(o.dtype);
+  const size_t acc_at = fp32_acc ? layout.take(tensor_bytes(DType::F32, B, Nl, H, D)) : 0;
+  const int64_t pl = max_piece_len(plan_);
+  const size_t o_part_at = layout.take(tensor_bytes(o.dtype, B, pl, H, D));
+  const size_t l_part_at = layout.take(tensor_bytes(lse.dtype, B, pl, H, 1));
 
   // Every buffer of the call is taken before the first exchange, and the ranks agree that all
   // of them got theirs: a rank out of memory stops every rank here, none waits in the loop.
   Masks* pm = nullptr;
-  std::optional<KvBuffers> kv;
-  PairBuffer send_stage, recv_stage;
-  TensorView acc = o;
-  const DeviceTensor *o_part = nullptr, *l_part = nullptr;
+  std::byte* base = nullptr;
   run_and_agree(comm, op_name("forward"), [&] {
     pm = &masks(be);
-    kv.emplace(cache, be, plan_, k, v);
-    if (const int64_t n =
-            max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.send; }))
-      send_stage = PairBuffer(cache, "kv_send_stage", be, q.dtype, B, n, H, D);
-    if (const int64_t n =
-            max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.recv; }))
-      recv_stage = PairBuffer(cache, "kv_recv_stage", be, q.dtype, B, n, H, D);
-    // Partial results merge into an fp32 accumulator when o is fp16/bf16 (no per-step
-    // rounding).
-    if (is_half(o.dtype)) acc = cache.get("o_acc", be, DType::F32, B, Nl, H, D).view();
-    const int64_t pl = max_piece_len(plan_);
-    o_part = &cache.get("o_part", be, o.dtype, B, pl, H, D);
-    l_part = &cache.get("lse_part", be, lse.dtype, B, pl, H, 1);
+    pm->prepare_forward(plan_);
+    base = workspace().arena.reserve(be, layout.bytes());
   });
+  kv.bind(be, base, k, v);
+  const PairBuffer send_stage = send_slot.bind(base, B, H, D, dev);
+  const PairBuffer recv_stage = recv_slot.bind(base, B, H, D, dev);
+  const TensorView acc = fp32_acc ? make_view(base + acc_at, DType::F32, B, Nl, H, D, dev) : o;
+  const TensorView o_part = make_view(base + o_part_at, o.dtype, B, pl, H, D, dev);
+  const TensorView l_part = make_view(base + l_part_at, lse.dtype, B, pl, H, 1, dev);
   be.fill(acc, 0.0);
   be.fill(lse, kNegInf);
 
@@ -490,8 +707,8 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
     CommRequest req;
     if (t + 1 < S) {
       const SendSpec s =
-          outgoing(be, st.send_own ? kv->own() : kv->current(), st.send, send_stage, st.send_peer);
-      const RecvSpec r = incoming(kv->next(), st.recv, recv_stage, st.recv_peer);
+          outgoing(be, st.send_own ? kv.own() : kv.current(), st.send, send_stage, st.send_peer);
+      const RecvSpec r = incoming(kv.next(), st.recv, recv_stage, st.recv_peer);
       req = comm.start_exchange({s}, {r}, CommOp{"ring forward K/V", t});
       counters.hops += s.bytes > 0;
       counters.bytes_sent += static_cast<int64_t>(s.bytes);
@@ -503,9 +720,9 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
       const AttnFwdParams p = make_fwd_params(
-          {q.rows(qp.local, qp.len), kv->current().first().rows(kpc.local, kpc.len),
-           kv->current().second().rows(kpc.local, kpc.len), o_part->view().rows(0, qp.len),
-           l_part->view().rows(0, qp.len)},
+          {q.rows(qp.local, qp.len), kv.current().first().rows(kpc.local, kpc.len),
+           kv.current().second().rows(kpc.local, kpc.len), o_part.rows(0, qp.len),
+           l_part.rows(0, qp.len)},
           pm->fwd[t][w]->view(), {spec_.scale, spec_.causal, qp.global, kpc.global});
       be.attention_forward(p);
       be.merge(acc.rows(qp.local, qp.len), lse.rows(qp.local, qp.len), p.o, p.lse);
@@ -513,8 +730,8 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
     }
     req.wait();
     if (t + 1 < S) {
-      land(be, recv_stage, st.recv, kv->next(), false);
-      kv->advance();
+      land(be, recv_stage, st.recv, kv.next(), false);
+      kv.advance();
     }
   }
   counters.steps += S;
@@ -528,10 +745,182 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
   check_views(plan_, comm, be, q,
               {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}},
               lse);
+  if (!plan_.key_chunks.empty())
+    backward_chunked(be, comm, q, k, v, o, lse, d_o, dq, dk, dv, counters);
+  else
+    backward_stepwise(be, comm, q, k, v, o, lse, d_o, dq, dk, dv, counters);
+}
+
+// The dense backward, chunk by chunk (see ring.hpp). At the compute of chunk c of step t this
+// rank holds: the chunk computed (K/V and the accumulator that arrived for it), the chunk just
+// computed being sent on, the chunk arriving from the predecessor, and the chunks that arrived
+// earlier and wait their turn: C+1 chunk buffers for C chunks. An exchange posted after a chunk
+// is waited after the next chunk is computed, so each transfer runs behind one chunk's compute;
+// the chunk an exchange brings is computed C chunks later.
+void RingAttention::backward_chunked(Backend& be, Communicator& comm, const TensorView& q,
+                                     const TensorView& k, const TensorView& v, const TensorView& o,
+                                     const TensorView& lse, const TensorView& d_o,
+                                     const TensorView& dq, const TensorView& dk,
+                                     const TensorView& dv, DistCounters& counters) {
+  const int64_t B = q.B, Nl = plan_.local_rows, H = q.H, D = q.D;
+  const int S = static_cast<int>(plan_.steps.size());
+  const int C = static_cast<int>(plan_.key_chunks.size());
+  const int rank = plan_.rank;
+  const DeviceKind dev = be.device();
+  // Gradients accumulate over steps in fp32 when the inputs are fp16/bf16.
+  const DType gd = is_half(dq.dtype) ? DType::F32 : dq.dtype;
+  const bool dq_in_place = gd == dq.dtype;
+  int64_t most_rows = 0;
+  std::vector<std::vector<int64_t>> part_at(static_cast<size_t>(C));  // a part's row in its chunk
+  for (int c = 0; c < C; ++c) {
+    const KeyChunk& ch = plan_.key_chunks[c];
+    most_rows = std::max(most_rows, ch.rows);
+    int64_t pos = 0;
+    for (const ChunkPart& part : ch.parts) {
+      part_at[c].push_back(pos);
+      pos += part.len;
+    }
+  }
+  // One rank: each chunk is finished where it is computed.
+  const int buffers = S == 1 ? 1 : C + 1;
+
+  Layout layout;
+  const size_t dq_at = dq_in_place ? 0 : layout.take(tensor_bytes(gd, B, Nl, H, D));
+  std::vector<size_t> buffer_at;
+  for (int i = 0; i < buffers; ++i)
+    buffer_at.push_back(layout.take(ChunkBuffer::capacity(k.dtype, gd, B, most_rows, H, D)));
+
+  // Every mask and buffer of the call is taken before the first exchange, and the ranks agree
+  // that all of them got theirs (see forward).
+  Masks* pm = nullptr;
+  std::byte* base = nullptr;
+  run_and_agree(comm, op_name("backward"), [&] {
+    pm = &masks(be);
+    pm->prepare_chunked_backward(plan_);
+    base = workspace().arena.reserve(be, layout.bytes());
+  });
+  const TensorView dq_acc = dq_in_place ? dq : make_view(base + dq_at, gd, B, Nl, H, D, dev);
+  std::vector<ChunkBuffer> bufs;
+  for (size_t at : buffer_at) bufs.emplace_back(base + at, k.dtype, gd, B, H, D, dev);
+  be.fill(dq_acc, 0.0);
+
+  const auto& my_pieces = plan_.pieces[rank];
+  std::vector<int> free_bufs;
+  for (int i = buffers - 1; i >= 0; --i) free_bufs.push_back(i);
+  auto take = [&] {
+    LONGATTN_ASSERT(!free_bufs.empty(), "ring backward: no free chunk buffer");
+    const int b = free_bufs.back();
+    free_bufs.pop_back();
+    return b;
+  };
+  // This rank's rows of chunk c in the chunk buffer (at) and in its shard (local).
+  auto each_part = [&](int c, auto&& fn) {
+    const KeyChunk& ch = plan_.key_chunks[c];
+    for (size_t i = 0; i < ch.parts.size(); ++i)
+      fn(part_at[c][i], my_pieces[ch.parts[i].piece].local + ch.parts[i].offset, ch.parts[i].len);
+  };
+  // The finished accumulator of this rank's chunk c goes into dk, dv.
+  auto write_home = [&](int b, int c) {
+    const int64_t m = plan_.key_chunks[c].rows;
+    each_part(c, [&](int64_t at, int64_t local, int64_t len) {
+      be.copy(dk.rows(local, len), bufs[b].dk(m).rows(at, len));
+      be.copy(dv.rows(local, len), bufs[b].dv(m).rows(at, len));
+    });
+  };
+  // The exchange posted after the last chunk computed: the buffer it sends and where the
+  // predecessor's chunk lands (`home`: this rank's own finished chunk).
+  struct InFlight {
+    CommRequest req;
+    int sent = -1, landing = -1, chunk = -1;
+    bool home = false;
+  } flight;
+  auto settle = [&] {
+    if (flight.sent < 0) return;
+    flight.req.wait();
+    free_bufs.push_back(flight.sent);
+    if (flight.home) {
+      write_home(flight.landing, flight.chunk);
+      free_bufs.push_back(flight.landing);
+    }
+    flight = InFlight{};
+  };
+
+  std::vector<int> held(static_cast<size_t>(C), -1), arriving(static_cast<size_t>(C), -1);
+  for (int t = 0; t < S; ++t) {
+    const RingStep& st = plan_.steps[t];
+    const auto& kp = plan_.pieces[st.origin];
+    const bool last = t + 1 == S;
+    for (int c = 0; c < C; ++c) {
+      const KeyChunk& ch = plan_.key_chunks[c];
+      const int64_t m = ch.rows;
+      int b = -1;
+      if (t == 0) {  // this rank's own K/V rows and a zero accumulator start the chunk
+        b = take();
+        each_part(c, [&](int64_t at, int64_t local, int64_t len) {
+          be.copy(bufs[b].k(m).rows(at, len), k.rows(local, len));
+          be.copy(bufs[b].v(m).rows(at, len), v.rows(local, len));
+        });
+        be.fill(bufs[b].dk(m), 0.0);
+        be.fill(bufs[b].dv(m), 0.0);
+      } else {
+        b = held[c];
+        if (flight.landing == b) settle();  // one chunk: it is the one still arriving
+      }
+      const ChunkBuffer& buf = bufs[b];
+      for (size_t w = 0; w < st.chunk_work[c].size(); ++w) {
+        const RingWork& work = st.chunk_work[c][w];
+        const ShardPiece& qp = my_pieces[work.q_piece];
+        const ChunkPart& part = ch.parts[work.k_piece];
+        const int64_t at = part_at[c][work.k_piece];
+        be.attention_backward(make_bwd_params(
+            {q.rows(qp.local, qp.len), buf.k(m).rows(at, part.len), buf.v(m).rows(at, part.len),
+             o.rows(qp.local, qp.len), lse.rows(qp.local, qp.len)},
+            {d_o.rows(qp.local, qp.len), dq_acc.rows(qp.local, qp.len),
+             buf.dk(m).rows(at, part.len), buf.dv(m).rows(at, part.len)},
+            pm->chunk[t][c][w]->view(), pm->chunk_t[t][c][w]->view(),
+            {spec_.scale, spec_.causal, qp.global, kp[part.piece].global + part.offset}));
+        counters.blocks_computed += work.mask.nnz();
+      }
+      settle();
+      if (S == 1) {
+        write_home(b, c);
+        free_bufs.push_back(b);
+        continue;
+      }
+      // The chunk moves on to rank+1: K/V with the accumulator, or after the last step the
+      // accumulator alone (rank+1 is its origin). The predecessor's chunk c lands here.
+      const int land = take();
+      const SendSpec s = last ? SendSpec{buf.grads(m), buf.grad_bytes(m), st.send_peer}
+                              : SendSpec{buf.data(), buf.bytes(m), st.send_peer};
+      const RecvSpec r = last
+                             ? RecvSpec{bufs[land].grads(m), bufs[land].grad_bytes(m), st.recv_peer}
+                             : RecvSpec{bufs[land].data(), bufs[land].bytes(m), st.recv_peer};
+      flight.req = comm.start_exchange({s}, {r}, CommOp{"ring backward K/V and dK/dV", t});
+      flight.sent = b;
+      flight.landing = land;
+      flight.chunk = c;
+      flight.home = last;
+      if (!last) arriving[c] = land;
+      counters.bytes_sent += static_cast<int64_t>(s.bytes);
+      counters.bytes_received += static_cast<int64_t>(r.bytes);
+    }
+    counters.hops += !last;
+    std::swap(held, arriving);
+  }
+  settle();
+  counters.steps += S;
+  if (!dq_in_place) be.copy(dq, dq_acc);
+}
+
+void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const TensorView& q,
+                                      const TensorView& k, const TensorView& v, const TensorView& o,
+                                      const TensorView& lse, const TensorView& d_o,
+                                      const TensorView& dq, const TensorView& dk,
+                                      const TensorView& dv, DistCounters& counters) {
   const int64_t B = q.B, Nl = plan_.local_rows, H = q.H, D = q.D;
   const int S = static_cast<int>(plan_.steps.size());
   const int rank = plan_.rank;
-  BufferCache& cache = workspace().cache;
+  const DeviceKind dev = be.device();
   // Gradients accumulate over steps in fp32 when the inputs are fp16/bf16.
   const DType gd = is_half(dq.dtype) ? DType::F32 : dq.dtype;
   auto pick_send = [](const RingStep& s) -> const RowRuns& { return s.send; };
@@ -539,50 +928,56 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
   auto pick_retire = [](const RingStep& s) -> const RowRuns& { return s.retire; };
   const bool travelling = plan_.travelling_grads;
 
-  // Every mask and buffer of the call is taken before the first exchange, and the ranks agree
-  // that all of them got theirs (see forward).
-  Masks* pm = nullptr;
-  std::optional<KvBuffers> kv;
-  PairBuffer kv_send_stage, kv_recv_stage;
-  TensorView dq_acc = dq;
   // home: this rank's own dK/dV (its step-0 contribution plus every accumulator that returns).
   // acc[a]: the visiting origin's dK/dV (ring: the travelling accumulator; direct: this
   // step's partial, sent home); part (ring): a step's contribution computed while the
   // incoming accumulator is still in flight.
-  PairBuffer home, acc[2], part, fwd_send_stage, fwd_recv_stage, retire_stage, home_stage;
+  Layout layout;
+  KvBuffers kv;
+  kv.place(layout, plan_, k);
+  PairSlot kv_send_slot, kv_recv_slot, home_slot, acc_slot[2], part_slot, fwd_send_slot,
+      fwd_recv_slot, retire_slot, home_stage_slot;
+  if (const int64_t n = max_staged_rows(plan_, pick_send))
+    kv_send_slot.place(layout, q.dtype, B, n, H, D);
+  if (const int64_t n = max_staged_rows(plan_, pick_recv))
+    kv_recv_slot.place(layout, q.dtype, B, n, H, D);
+  const bool dq_in_place = gd == dq.dtype;
+  const size_t dq_at = dq_in_place ? 0 : layout.take(tensor_bytes(gd, B, Nl, H, D));
+  home_slot.place(layout, gd, B, Nl, H, D);
+  if (S > 1) {
+    for (PairSlot& a : acc_slot) a.place(layout, gd, B, Nl, H, D);
+    if (travelling) {
+      part_slot.place(layout, gd, B, Nl, H, D);
+      if (const int64_t n = max_staged_rows(plan_, pick_send))
+        fwd_send_slot.place(layout, gd, B, n, H, D);
+      if (const int64_t n = max_staged_rows(plan_, pick_recv))
+        fwd_recv_slot.place(layout, gd, B, n, H, D);
+    }
+    if (const int64_t n = max_staged_rows(plan_, pick_retire))
+      retire_slot.place(layout, gd, B, n, H, D);
+    // Returning accumulators are added into `home`, so they always land in a buffer first.
+    int64_t hn = 0;
+    for (const RingStep& s : plan_.steps) hn = std::max(hn, total_rows(s.home));
+    if (hn > 0) home_stage_slot.place(layout, gd, B, hn, H, D);
+  }
+
+  // Every mask and buffer of the call is taken before the first exchange, and the ranks agree
+  // that all of them got theirs (see forward).
+  Masks* pm = nullptr;
+  std::byte* base = nullptr;
   run_and_agree(comm, op_name("backward"), [&] {
     pm = &masks(be);
-    // The transposed masks of the dK/dV pass (preparing one copies it to the device and
-    // waits).
-    for (size_t t = 0; t < plan_.steps.size(); ++t)
-      for (size_t w = 0; w < plan_.steps[t].work.size(); ++w)
-        if (!pm->bwd[t][w])
-          pm->bwd[t][w] = be.prepare_mask(plan_.steps[t].work[w].mask.transpose());
-    kv.emplace(cache, be, plan_, k, v);
-    if (const int64_t n = max_staged_rows(plan_, pick_send))
-      kv_send_stage = PairBuffer(cache, "kv_send_stage", be, q.dtype, B, n, H, D);
-    if (const int64_t n = max_staged_rows(plan_, pick_recv))
-      kv_recv_stage = PairBuffer(cache, "kv_recv_stage", be, q.dtype, B, n, H, D);
-    if (gd != dq.dtype) dq_acc = cache.get("dq_acc", be, gd, B, Nl, H, D).view();
-    home = PairBuffer(cache, "dkv_home", be, gd, B, Nl, H, D);
-    if (S > 1) {
-      for (int i = 0; i < 2; ++i)
-        acc[i] = PairBuffer(cache, "dkv_acc" + std::to_string(i), be, gd, B, Nl, H, D);
-      if (travelling) {
-        part = PairBuffer(cache, "dkv_part", be, gd, B, Nl, H, D);
-        if (const int64_t n = max_staged_rows(plan_, pick_send))
-          fwd_send_stage = PairBuffer(cache, "dkv_send_stage", be, gd, B, n, H, D);
-        if (const int64_t n = max_staged_rows(plan_, pick_recv))
-          fwd_recv_stage = PairBuffer(cache, "dkv_recv_stage", be, gd, B, n, H, D);
-      }
-      if (const int64_t n = max_staged_rows(plan_, pick_retire))
-        retire_stage = PairBuffer(cache, "dkv_retire_stage", be, gd, B, n, H, D);
-      // Returning accumulators are added into `home`, so they always land in a buffer first.
-      int64_t hn = 0;
-      for (const RingStep& s : plan_.steps) hn = std::max(hn, total_rows(s.home));
-      if (hn > 0) home_stage = PairBuffer(cache, "dkv_home_stage", be, gd, B, hn, H, D);
-    }
+    pm->prepare_stepwise_backward(plan_);
+    base = workspace().arena.reserve(be, layout.bytes());
   });
+  kv.bind(be, base, k, v);
+  auto bind = [&](const PairSlot& s) { return s.bind(base, B, H, D, dev); };
+  const PairBuffer kv_send_stage = bind(kv_send_slot), kv_recv_stage = bind(kv_recv_slot);
+  const PairBuffer home = bind(home_slot), part = bind(part_slot);
+  const PairBuffer acc[2] = {bind(acc_slot[0]), bind(acc_slot[1])};
+  const PairBuffer fwd_send_stage = bind(fwd_send_slot), fwd_recv_stage = bind(fwd_recv_slot);
+  const PairBuffer retire_stage = bind(retire_slot), home_stage = bind(home_stage_slot);
+  const TensorView dq_acc = dq_in_place ? dq : make_view(base + dq_at, gd, B, Nl, H, D, dev);
   be.fill(dq_acc, 0.0);
   be.fill(home.first(), 0.0);
   be.fill(home.second(), 0.0);
@@ -608,9 +1003,9 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
     const RingStep& st = plan_.steps[t];
     CommRequest kv_req;
     if (t + 1 < S) {
-      const SendSpec s = outgoing(be, st.send_own ? kv->own() : kv->current(), st.send,
-                                  kv_send_stage, st.send_peer);
-      const RecvSpec r = incoming(kv->next(), st.recv, kv_recv_stage, st.recv_peer);
+      const SendSpec s =
+          outgoing(be, st.send_own ? kv.own() : kv.current(), st.send, kv_send_stage, st.send_peer);
+      const RecvSpec r = incoming(kv.next(), st.recv, kv_recv_stage, st.recv_peer);
       kv_req = comm.start_exchange({s}, {r}, CommOp{"ring backward K/V", t});
       counters.hops += s.bytes > 0;
       counters.bytes_sent += static_cast<int64_t>(s.bytes);
@@ -635,8 +1030,8 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
       be.attention_backward(make_bwd_params(
-          {q.rows(qp.local, qp.len), kv->current().first().rows(kpc.local, kpc.len),
-           kv->current().second().rows(kpc.local, kpc.len), o.rows(qp.local, qp.len),
+          {q.rows(qp.local, qp.len), kv.current().first().rows(kpc.local, kpc.len),
+           kv.current().second().rows(kpc.local, kpc.len), o.rows(qp.local, qp.len),
            lse.rows(qp.local, qp.len)},
           {d_o.rows(qp.local, qp.len), dq_acc.rows(qp.local, qp.len),
            target->first().rows(kpc.local, kpc.len), target->second().rows(kpc.local, kpc.len)},
@@ -670,13 +1065,13 @@ void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& 
     }
     kv_req.wait();
     if (t + 1 < S) {
-      land(be, kv_recv_stage, st.recv, kv->next(), false);
-      kv->advance();
+      land(be, kv_recv_stage, st.recv, kv.next(), false);
+      kv.advance();
     }
   }
   if (S >= 2) finish_dkv(S - 1);
   counters.steps += S;
-  if (dq_acc.data != dq.data) be.copy(dq, dq_acc);
+  if (!dq_in_place) be.copy(dq, dq_acc);
   be.copy(dk, home.first());
   be.copy(dv, home.second());
 }

@@ -6,10 +6,16 @@
 // exchange for the next step posted before the current step is computed (double buffering).
 // Each step's mask is the global mask restricted to (local Q rows, visiting K rows), causal in
 // GLOBAL positions through q_offset / k_offset; partial results are merged by their LSE.
-// Backward: K/V travel as in the forward; the dK/dV accumulator of an origin's rows follows them
-// one step behind (a step computes into a zeroed partial while the incoming accumulator is in
-// flight, then adds), dQ stays local, and when no rank further along needs a row its
-// accumulator goes straight home. Uses the GLOBAL O and LSE of the forward.
+// Backward (dense): every origin's rows are cut into key chunks (the same share of each shard
+// piece). K/V and the dK/dV accumulator of one chunk travel together as one message, sent to
+// rank+1 as soon as the chunk's step is computed and landing while the next chunk computes; the
+// kernel adds straight into the arrived accumulator. An accumulator starts at its origin (the
+// origin's own contribution) and after P hops arrives home complete; dQ stays local. With C
+// chunks, C+1 chunk buffers are alive at once: (C+1)/C packed K/V and fp32 dK/dV shards.
+// Backward (block-sparse): K/V travel as in the forward; the dK/dV accumulator of an origin's
+// rows follows them one step behind (a step computes into a zeroed partial while the incoming
+// accumulator is in flight, then adds), dQ stays local, and when no rank further along needs a
+// row its accumulator goes straight home. Both use the GLOBAL O and LSE of the forward.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -28,7 +34,8 @@ struct DistCounters {
   // Ring steps run (1: no rotation); dilated: branches with rows on this rank.
   int64_t steps = 0;
   // K/V messages this rank sent: ring, to its successor (direct route: to the rank at the
-  // step's distance); dilated, to the other members of the segments spanning its shard.
+  // step's distance; the dense backward sends a step's K/V in one message per key chunk and
+  // counts it once); dilated, to the other members of the segments spanning its shard.
   int64_t hops = 0;
   // (query block, key block) pairs of the masks computed here (not multiplied by B or H).
   int64_t blocks_computed = 0;
@@ -75,6 +82,8 @@ struct RingStep {
   int origin = 0;              // whose K/V this rank holds during the step
   int distance = 0;            // (rank - origin) mod P
   std::vector<RingWork> work;  // empty: nothing to compute here
+  // Dense backward, by key chunk (RingPlan::key_chunks): k_piece indexes the chunk's parts.
+  std::vector<std::vector<RingWork>> chunk_work;
   // K/V exchanged after (overlapping) this step for the next step: `send` rows go to
   // send_peer, `recv` rows of the next origin come from recv_peer. ring: the held buffer is
   // forwarded to rank+1; direct: this rank's own rows go to rank + next distance.
@@ -88,6 +97,18 @@ struct RingStep {
   int home_peer = 0;
 };
 
+// A share of an origin's rows in the chunked backward: rows [offset, offset + len) of its shard
+// piece `piece` (the same for every origin, whose pieces have equal local layouts).
+struct ChunkPart {
+  int piece = 0;
+  int64_t offset = 0, len = 0;
+};
+// One key chunk: a part of every shard piece, laid out one after another in its buffer.
+struct KeyChunk {
+  std::vector<ChunkPart> parts;
+  int64_t rows = 0;
+};
+
 struct RingPlan {
   int rank = 0, world = 1;
   int64_t local_rows = 0;
@@ -95,11 +116,26 @@ struct RingPlan {
   std::vector<RingStep> steps;                  // at least one (step 0: own K/V)
   bool travelling_grads = true;                 // ring route: dK/dV accumulators travel
   int64_t global_blocks_needed = 0;             // block-sparse: nnz of the global mask
+  // Dense: the key chunks of the chunked backward (empty: the step-wise backward).
+  std::vector<KeyChunk> key_chunks;
 };
 
+// Key chunks per origin in the dense backward. C chunks keep (C+1)/C packed K/V shards and as
+// many fp32 dK/dV shards alive; more chunks hold less but make more, smaller kernel calls and
+// messages. The automatic count is kRingBackwardChunks, raised up to kRingBackwardMaxChunks
+// while every part of a shard piece keeps at least kRingChunkMinRows rows: long shards, where
+// the memory decides the longest sequence, hold less and their kernel calls stay large.
+constexpr int kRingBackwardChunks = 2;
+constexpr int kRingBackwardMaxChunks = 4;
+constexpr int64_t kRingChunkMinRows = 32768;
+int ring_backward_chunks(int64_t shortest_piece_rows);
+
 // Dense ring: every origin visits every rank (P steps, P-1 hops), masks all-blocks with causal
-// trimming in global positions (block = kernel tile).
-RingPlan make_dense_ring_plan(const ShardLayout& layout, int rank, int64_t block, bool causal);
+// trimming in global positions (block = kernel tile). The backward cuts each shard piece into
+// `backward_chunks` parts (0: ring_backward_chunks) at multiples of `block` (fewer when a piece
+// has fewer blocks).
+RingPlan make_dense_ring_plan(const ShardLayout& layout, int rank, int64_t block, bool causal,
+                              int backward_chunks = 0);
 
 // Block-sparse ring from the GLOBAL block mask (block_q == block_k == block size, which must
 // divide every shard piece): only blocks some rank needs are sent (route: see SparseRoute),
@@ -111,17 +147,26 @@ RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockM
 // Runs a plan. Views are this rank's shards [B, N/P, H, D] on the backend; lse is [B, N/P, H, 1]
 // fp32 (fp64 on the CPU). spec.scale and spec.causal are used. The communicator must move the
 // backend's memory (buffer_device() == be.device()). Counters are added to `counters`.
-// Device masks and the K/V, dK/dV and staging buffers are made once and kept across calls of
-// the same backend, dtype and shape, so the step loop allocates, frees and waits for nothing
-// but the exchanges (on a GPU: no host synchronisation inside the ring). They are all taken
+// Every buffer of a call is carved from one workspace allocation kept across calls (grown when
+// a call needs more; the forward's and the backward's buffers share it), and the device masks
+// are prepared once (identical masks once), so the step loop allocates, frees and waits for
+// nothing but the exchanges (on a GPU: no host synchronisation inside the ring). They are taken
 // before the first exchange of a call, and the ranks then agree that every rank got them: when
 // one rank runs out of memory, every rank throws the same OutOfMemory naming it (no rank is
 // left waiting in an exchange), and the object stays usable for a later call.
+// Workspace of a dense ring in local [B, N/P, H, D] tensors of the input dtype (fp16/bf16,
+// fp32 accumulators counting 2), plus the row statistics: forward 7 (K/V double buffer 4, fp32
+// output accumulator 2, partial output 1 or 1/2); backward 2 + 6 (C+1)/C (fp32 dQ, C+1 chunk
+// buffers of K/V and fp32 dK/dV): 11 with 2 key chunks, 9.5 with 4.
 class RingAttention {
  public:
   RingAttention(RingPlan plan, const AttentionSpec& spec);
   ~RingAttention();
   const RingPlan& plan() const { return plan_; }
+  // Bytes of the workspace held between calls (0 before the first call or after a release).
+  size_t workspace_bytes() const;
+  // Frees the workspace and the device masks; the next call takes them again.
+  void release_workspace();
   // o and lse are overwritten with this rank's rows of the global result.
   void forward(Backend& be, Communicator& comm, const TensorView& q, const TensorView& k,
                const TensorView& v, const TensorView& o, const TensorView& lse,
@@ -137,6 +182,14 @@ class RingAttention {
   struct Workspace;
   Masks& masks(Backend& be);
   Workspace& workspace();
+  void backward_chunked(Backend& be, Communicator& comm, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const TensorView& o, const TensorView& lse,
+                        const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                        const TensorView& dv, DistCounters& counters);
+  void backward_stepwise(Backend& be, Communicator& comm, const TensorView& q, const TensorView& k,
+                         const TensorView& v, const TensorView& o, const TensorView& lse,
+                         const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                         const TensorView& dv, DistCounters& counters);
   std::string op_name(const char* pass) const;  // "ring forward", "block-sparse ring backward"
   RingPlan plan_;
   AttentionSpec spec_;

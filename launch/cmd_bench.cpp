@@ -692,7 +692,9 @@ class Runner {
       st = Status::Time;
       msg = "ran, over the trial limit";
     }
-    // The gradients are not checked; their memory goes before the check stages K/V rows.
+    // The gradients are not checked; their memory and the ring's workspace go before the check
+    // stages K/V rows.
+    if (attn) attn->release_workspace();
     b.d_o = DeviceTensor();
     b.dq = DeviceTensor();
     b.dk = DeviceTensor();

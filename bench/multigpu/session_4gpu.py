@@ -10,10 +10,15 @@ and bench/results/gpu/maxseq_dense_4gpu_h200x4_2026-11-26.*):
   kernel), SDPA / context_parallel (FA2) fwd+bwd 290; causal rows at short lengths 10% lower.
   Measured rates replace these as soon as the session has them (part a's rows for part b, parts
   a and b for part c).
-Memory model of the dense ring (fwd+bwd, zigzag, bf16): the inputs, outputs and gradients of the
-benchmark (8 local [N/P, H, D] tensors) and the ring's workspace (K/V double buffer, fp32 output
-accumulator, fp32 dQ, home / travelling / partial fp32 dK,dV pairs, staging): about 36.75 local
-bf16 tensors per rank (measured 37480 MiB at 1M, 75120 at 2M, 94000 at 2.5M tokens on 4 GPUs).
+Memory model of the dense ring (fwd+bwd, zigzag, bf16), in local bf16 [N/P, H, D] tensors per
+rank: the inputs, outputs and gradients of the benchmark (8) and the ring's workspace, which the
+forward shares with the backward: fp32 dQ (2) and C+1 chunk buffers of K/V and fp32 dK/dV
+(6 (C+1)/C), C key chunks per shard (attention/ring.hpp: 2, up to 4 while every part of a
+zigzag piece keeps 32K rows), plus 0.05 for the row statistics, the device masks and
+alignment: 19.05 tensors below 192K tokens per GPU, 17.55 from 256K (CPU ranks count 19.03 with
+2 chunks and the workspace formula exactly, tests/mpi/test_ring_memory.cpp). The step-wise
+backward before it held about 36.75 (measured 37480 MiB at 1M, 75120 at 2M, 94000 at 2.5M
+tokens on 4 GPUs).
 """
 import argparse
 import datetime
@@ -30,7 +35,9 @@ CAUSAL_SHORT_FACTOR = 0.9  # causal rows below 64K tokens per GPU
 LAUNCH_MPI = {1: 4.0, 2: 6.0, 4: 8.0}  # mpirun, MPI, CUDA contexts, NCCL communicator
 LAUNCH_TORCH = 15.0        # torch.distributed.run, import torch, NCCL, device mesh
 CASE_OVERHEAD = 0.5        # allocation and random fill of one case
-RING_TENSORS_PER_RANK = 36.75  # local bf16 [N/P, H, D] tensors at the ring's fwd+bwd peak
+RING_TENSORS_PER_RANK = 17.55  # local bf16 [N/P, H, D] tensors at the ring's fwd+bwd peak (4 chunks)
+RING_CHUNK_MIN_ROWS = 32768    # attention/ring.hpp kRingChunkMinRows
+RING_CHUNKS = (2, 4)           # kRingBackwardChunks, kRingBackwardMaxChunks
 MEM_RESERVED_MIB = 1536    # CUDA context, NCCL buffers, allocator slack
 MEM_USABLE = 0.97          # of what nvidia-smi reports
 LONG_OVERHEAD = 25.0       # part c's launch, input fill and sampled-row check
@@ -115,8 +122,15 @@ def est_strong(P, Ns, H, D, rate):
                                          for N in Ns)
 
 
+def ring_tensors_per_rank(local_n):
+    """Local tensors at the dense ring's fwd+bwd peak with zigzag pieces of local_n / 2 rows."""
+    chunks = min(max((local_n // 2) // RING_CHUNK_MIN_ROWS, RING_CHUNKS[0]), RING_CHUNKS[1])
+    return RING_TENSORS_PER_RANK - 6.0 * (RING_CHUNKS[1] + 1) / RING_CHUNKS[1] \
+        + 6.0 * (chunks + 1) / chunks
+
+
 def ring_peak_mib(N, P, H, D):
-    return RING_TENSORS_PER_RANK * (N / P) * H * D * 2 / 2**20
+    return ring_tensors_per_rank(N // P) * (N / P) * H * D * 2 / 2**20
 
 
 def pick_long(want, P, H, D, mem_mib, limit_s, rate, force=False):
@@ -475,15 +489,21 @@ def cmd_selftest(_):
     # Adaptive repeats as in the programs.
     assert runs_within(0, 10.0, 3) == 3 and runs_within(3, 0.5, 3) == 3
     assert runs_within(3, 2.0, 3) == 1 and runs_within(3, 100.0, 2) == 1
-    # Memory model against the measured peaks (4x H200: 37480 MiB at 1M, 75120 at 2M).
+    # Memory model: 2, 3 and 4 key chunks; under half the step-wise backward's measured peaks
+    # (4x H200: 37480 MiB at 1M, 75120 at 2M, 94000 at 2.5M).
+    for local_n, tensors in ((65536, 19.05), (196608, 18.05), (262144, 17.55), (1 << 20, 17.55)):
+        assert abs(ring_tensors_per_rank(local_n) - tensors) < 1e-9, (local_n, tensors)
     for N, mib in ((1 << 20, 37480), (2 << 20, 75120), (2621440, 94000)):
         got = ring_peak_mib(N, 4, 16, 128)
-        assert abs(got - mib) / mib < 0.03, (N, got)
-    # 4M does not fit 80 GB or 141 GB cards with the present workspace; the fallbacks do.
+        assert got < 0.5 * mib and abs(got - 17.55 * N / 1024) < 1e-6, (N, got)
+    # 4M fits 80 GB cards now (70 GiB per GPU); 8M fits neither 80 GB nor 141 GB cards and the
+    # fallbacks do.
     N, why = pick_long(4194304, 4, 16, 128, 81559, 1000, 240)
-    assert N == 2097152 and "memory" in why, (N, why)
-    N, why = pick_long(4194304, 4, 16, 128, 143771, 1000, 240)
-    assert N == 3670016 and "memory" in why, (N, why)
+    assert N == 4194304 and "as asked" in why, (N, why)
+    N, why = pick_long(8388608, 4, 16, 128, 81559, 5000, 240)
+    assert N == 4456448 and "memory" in why, (N, why)
+    N, why = pick_long(8388608, 4, 16, 128, 143771, 5000, 240)
+    assert N == 7864320 and "memory" in why, (N, why)
     N, why = pick_long(4194304, 4, 16, 128, 143771, 130, 240)  # time: ~2.2M in 100 s at 240
     assert 1 << 21 <= N <= 2621440 and "time" in why, (N, why)
     assert pick_long(4194304, 4, 16, 128, 81559, 10, 240)[0] == 0

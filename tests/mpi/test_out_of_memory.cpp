@@ -192,10 +192,12 @@ TEST_P(OneRankOutOfMemory, EveryRankThrowsTheSameErrorAndTheObjectStaysUsable) {
 
   // A fresh object's first small forward and backward, unarmed: how many allocations each
   // makes on the failing rank and the largest one (the byte limit used below).
+  // A ring's backward reuses the workspace of the forward; released, the backward takes its own.
   Shards small = shards_of(*attn, rank, small_in);
   const int64_t before_fwd = be.allocations();
   forward(*attn, be, small);
   const int64_t fwd_allocs = be.allocations() - before_fwd;
+  attn->release_workspace();
   backward(*attn, be, small);
   const int64_t bwd_allocs = be.allocations() - before_fwd - fwd_allocs;
   expect_exact(*attn, rank, c.spec, small_in, small);
@@ -228,6 +230,7 @@ TEST_P(OneRankOutOfMemory, EveryRankThrowsTheSameErrorAndTheObjectStaysUsable) {
     be.disarm();
   }
   forward(*fresh, be, small);
+  fresh->release_workspace();
   if (fails_here) be.fail_after(bwd_allocs - 1);
   expect_agreed_oom(comm, failing, "backward", [&] { backward(*fresh, be, small); });
   be.disarm();

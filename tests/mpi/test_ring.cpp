@@ -65,10 +65,12 @@ TEST_P(RingVsSingleProcess, ForwardAndBackwardMatchAndKVGoesAround) {
   EXPECT_EQ(r.forward.bytes_sent, (P - 1) * kv_bytes);
   EXPECT_EQ(r.forward.bytes_received, (P - 1) * kv_bytes);
   EXPECT_EQ(r.forward_total.hops, static_cast<int64_t>(P) * (P - 1));
-  // Backward: K/V again, plus the dK/dV accumulators: P-1 transfers each, the last one home.
+  // Backward: K/V again (P-1 hops), each with its dK/dV accumulator, which starts at its origin
+  // and makes a P-th hop home alone.
   const int64_t grad_bytes = kv_bytes;  // fp64/fp32 gradients travel in the input precision
   EXPECT_EQ(r.backward.hops, P - 1);
-  EXPECT_EQ(r.backward.bytes_sent, (P - 1) * (kv_bytes + grad_bytes));
+  EXPECT_EQ(r.backward.bytes_sent, (P - 1) * kv_bytes + (P > 1 ? P : 0) * grad_bytes);
+  EXPECT_EQ(r.backward.bytes_received, r.backward.bytes_sent);
   EXPECT_GT(r.forward.blocks_computed, 0);
 }
 
