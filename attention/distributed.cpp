@@ -262,7 +262,7 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
                const TensorView& o, const TensorView& lse) override {
     check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
     counters_ = {};
-    ring(be, q, k).forward(be, comm_, q, k, v, o, lse, counters_);
+    ring(be, q, k, "forward").forward(be, comm_, q, k, v, o, lse, counters_);
   }
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
@@ -270,7 +270,7 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
     check_and_agree(
         q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}, lse);
     counters_ = {};
-    ring(be, q, k).backward(be, comm_, q, k, v, o, lse, d_o, dq, dk, dv, counters_);
+    ring(be, q, k, "backward").backward(be, comm_, q, k, v, o, lse, d_o, dq, dk, dv, counters_);
   }
   void release_workspace() override {
     if (ring_) ring_->release_workspace();
@@ -279,21 +279,26 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
  private:
   bool adaptive() const { return spec_.sparse.pattern == "content_adaptive"; }
 
-  // content_adaptive: the block-mean scores of the GLOBAL q and k. Each rank averages its own
-  // blocks (rows summed in order, as the single-process scores do), the means are all-gathered
-  // and laid out in global block order; block_mean_scores over those one-row "blocks" then
-  // performs the identical dot products, so every rank and the single-process variant pick
-  // the same top-k blocks.
-  std::vector<double> global_scores(Backend& be, const TensorView& q, const TensorView& k) {
+  // content_adaptive: every rank's block means of q and k, all-gathered (means[t][b][h][local
+  // block][d] of each rank in turn, t = 0 for q, 1 for k). Each rank averages its own blocks
+  // (rows summed in order, as the single-process scores do). The host copies and both buffers
+  // are taken, and agreed on, before the all-gather.
+  std::vector<double> gathered_block_means(Backend& be, const TensorView& q, const TensorView& k,
+                                           const std::string& op) {
     const int64_t B = q.B, H = q.H, D = q.D, n = q.N, bs = spec_.sparse.block_size;
-    const int64_t nlb = n / bs, P = comm_.world(), nb = nlb * P;
-    const ShardLayout lay = layout(n * P);
-    Tensor hq(q.dtype, B, n, H, D), hk(k.dtype, B, n, H, D);
+    const int64_t nlb = n / bs;
+    const size_t per_rank = static_cast<size_t>(2 * B * H * nlb * D);
+    Tensor hq, hk;
+    std::vector<double> mine, all;
+    run_and_agree(comm_, op + ": content_adaptive block means", [&] {
+      hq = Tensor(q.dtype, B, n, H, D);
+      hk = Tensor(k.dtype, B, n, H, D);
+      mine.assign(per_rank, 0.0);
+      all.resize(per_rank * static_cast<size_t>(comm_.world()));
+    });
     be.download(hq.view(), q);
     be.download(hk.view(), k);
     be.synchronize();
-    // means[t][b][h][local block][d], t = 0 for q, 1 for k.
-    std::vector<double> mine(static_cast<size_t>(2 * B * H * nlb * D), 0.0);
     for (int t = 0; t < 2; ++t) {
       const TensorView src = t == 0 ? hq.view() : hk.view();
       for (int64_t b = 0; b < B; ++b)
@@ -304,14 +309,24 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
           }
     }
     for (double& x : mine) x /= static_cast<double>(bs);
-    std::vector<double> all(mine.size() * static_cast<size_t>(P));
     comm_.allgather_host(mine.data(), mine.size() * sizeof(double), all.data(),
                          CommOp{"content_adaptive block means", -1});
+    return all;
+  }
+
+  // The block-mean scores of the GLOBAL q and k from the gathered means, laid out in global
+  // block order: block_mean_scores over those one-row "blocks" performs the identical dot
+  // products, so every rank and the single-process variant pick the same top-k blocks.
+  std::vector<double> global_scores(const std::vector<double>& all, const Shape& local) const {
+    const int64_t B = local.B, H = local.H, D = local.D, bs = spec_.sparse.block_size;
+    const int64_t nlb = local.N / bs, P = comm_.world(), nb = nlb * P;
+    const size_t per_rank = all.size() / static_cast<size_t>(P);
+    const ShardLayout lay = layout(local.N * P);
     Tensor qm(DType::F64, B, nb, H, D), km(DType::F64, B, nb, H, D);
     for (int64_t gb = 0; gb < nb; ++gb) {
       const int owner = lay.owner(gb * bs);
       const int64_t lb = lay.local_row(gb * bs) / bs;
-      const double* base = &all[mine.size() * static_cast<size_t>(owner)];
+      const double* base = &all[per_rank * static_cast<size_t>(owner)];
       for (int t = 0; t < 2; ++t)
         for (int64_t b = 0; b < B; ++b)
           for (int64_t h = 0; h < H; ++h)
@@ -321,17 +336,37 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
     return block_mean_scores(qm.view(), km.view(), 1);
   }
 
-  RingAttention& ring(Backend& be, const TensorView& q, const TensorView& k) {
+  // The ring of this call's plan, rebuilt when the length or (content_adaptive) the scores
+  // changed. Every rank takes the same decision from the same values. The host work before
+  // the ring's first exchange (scores, global mask, plan) is agreed on: a rank that cannot
+  // allocate it stops every rank, and every rank then drops its plan, so the next call
+  // rebuilds it on all of them.
+  RingAttention& ring(Backend& be, const TensorView& q, const TensorView& k, const char* pass) {
     const int64_t N = q.N * comm_.world();
-    std::vector<double> scores;
-    if (adaptive()) scores = global_scores(be, q, k);
-    if (!ring_ || ring_n_ != N || scores != scores_) {
-      const BlockMask global =
-          sparse_block_mask(spec_.sparse, N, spec_.causal, adaptive() ? &scores : nullptr);
-      ring_ = std::make_unique<RingAttention>(
-          make_sparse_ring_plan(layout(N), comm_.rank(), global, cfg_.sparse_route), spec_);
-      ring_n_ = N;
-      scores_ = std::move(scores);
+    if (!adaptive() && ring_ && ring_n_ == N) return *ring_;
+    const std::string op = name() + " " + pass;
+    std::vector<double> means;
+    if (adaptive()) means = gathered_block_means(be, q, k, op);
+    try {
+      run_and_agree(comm_, op + ": block-sparse plan", [&] {
+        std::vector<double> scores;
+        if (adaptive()) scores = global_scores(means, Shape{q.B, q.N, q.H, q.D});
+        if (ring_ && ring_n_ == N && scores == scores_) return;
+        ring_.reset();
+        ring_n_ = -1;
+        scores_.clear();
+        const BlockMask global =
+            sparse_block_mask(spec_.sparse, N, spec_.causal, adaptive() ? &scores : nullptr);
+        ring_ = std::make_unique<RingAttention>(
+            make_sparse_ring_plan(layout(N), comm_.rank(), global, cfg_.sparse_route), spec_);
+        ring_n_ = N;
+        scores_ = std::move(scores);
+      });
+    } catch (...) {
+      ring_.reset();
+      ring_n_ = -1;
+      scores_.clear();
+      throw;
     }
     return *ring_;
   }
@@ -422,61 +457,101 @@ void check_full(const DistributedAttention& attn, const TensorView& full, const 
 
 }  // namespace
 
-void scatter_from_root(const DistributedAttention& attn, Backend& be, const TensorView& full,
-                       const TensorView& local) {
+namespace {
+
+// What moving views of `local`'s shape and dtype between rank 0's full host tensor and every
+// rank's local tensor takes on this rank: rank 0 a host tensor and, with peers, a device stage;
+// another rank a device stage when its view is not contiguous. Taken before the first exchange
+// of a scatter or gather, so the ranks can agree that every one got its part.
+struct Staging {
+  Tensor host;
+  DeviceTensor stage;
+  Staging() = default;
+  Staging(const Communicator& comm, Backend& be, const TensorView& local) {
+    const bool root = comm.rank() == 0;
+    if (root) host = Tensor(local.dtype, local.B, local.N, local.H, local.D);
+    if (root ? comm.world() > 1 : !local.is_contiguous())
+      stage = DeviceTensor(be, local.dtype, local.B, local.N, local.H, local.D);
+  }
+};
+
+size_t bytes_of(const TensorView& t) {
+  return static_cast<size_t>(t.numel()) * dtype_size(t.dtype);
+}
+
+void scatter_staged(const DistributedAttention& attn, Backend& be, const TensorView& full,
+                    const TensorView& local, const Staging& s) {
   Communicator& comm = attn.comm();
-  const size_t bytes = static_cast<size_t>(local.numel()) * dtype_size(local.dtype);
+  const size_t bytes = bytes_of(local);
   if (comm.rank() == 0) {
-    check_full(attn, full, local, "full tensor");
-    Tensor host(local.dtype, local.B, local.N, local.H, local.D);
-    DeviceTensor stage(be, local.dtype, local.B, local.N, local.H, local.D);
     for (int dst = 1; dst < comm.world(); ++dst) {
-      attn.extract_local(dst, full, host.view());
-      be.upload(stage.view(), host.view());
+      attn.extract_local(dst, full, s.host.view());
+      be.upload(s.stage.view(), s.host.view());
       be.synchronize();
-      comm.sendrecv(stage.data(), bytes, dst, nullptr, 0, 0, CommOp{"scatter from rank 0", -1});
+      comm.sendrecv(s.stage.data(), bytes, dst, nullptr, 0, 0, CommOp{"scatter from rank 0", -1});
     }
-    attn.extract_local(0, full, host.view());
-    be.upload(local, host.view());
+    attn.extract_local(0, full, s.host.view());
+    be.upload(local, s.host.view());
     return;
   }
   if (local.is_contiguous()) {
     comm.sendrecv(nullptr, 0, 0, local.data, bytes, 0, CommOp{"scatter from rank 0", -1});
     return;
   }
-  DeviceTensor stage(be, local.dtype, local.B, local.N, local.H, local.D);
-  comm.sendrecv(nullptr, 0, 0, stage.data(), bytes, 0, CommOp{"scatter from rank 0", -1});
-  be.copy(local, stage.view());
+  comm.sendrecv(nullptr, 0, 0, s.stage.data(), bytes, 0, CommOp{"scatter from rank 0", -1});
+  be.copy(local, s.stage.view());
 }
 
-void gather_to_root(const DistributedAttention& attn, Backend& be, const TensorView& local,
-                    const TensorView& full) {
+void gather_staged(const DistributedAttention& attn, Backend& be, const TensorView& local,
+                   const TensorView& full, const Staging& s) {
   Communicator& comm = attn.comm();
-  const size_t bytes = static_cast<size_t>(local.numel()) * dtype_size(local.dtype);
+  const size_t bytes = bytes_of(local);
   if (comm.rank() != 0) {
     if (local.is_contiguous()) {
       be.synchronize();
       comm.sendrecv(local.data, bytes, 0, nullptr, 0, 0, CommOp{"gather to rank 0", -1});
       return;
     }
-    DeviceTensor stage(be, local.dtype, local.B, local.N, local.H, local.D);
-    be.copy(stage.view(), local);
+    be.copy(s.stage.view(), local);
     be.synchronize();
-    comm.sendrecv(stage.data(), bytes, 0, nullptr, 0, 0, CommOp{"gather to rank 0", -1});
+    comm.sendrecv(s.stage.data(), bytes, 0, nullptr, 0, 0, CommOp{"gather to rank 0", -1});
     return;
   }
-  check_full(attn, full, local, "full tensor");
-  Tensor host(local.dtype, local.B, local.N, local.H, local.D);
-  be.download(host.view(), local);
+  be.download(s.host.view(), local);
   be.synchronize();
-  attn.insert_local(0, host.view(), full);
-  DeviceTensor stage(be, local.dtype, local.B, local.N, local.H, local.D);
+  attn.insert_local(0, s.host.view(), full);
   for (int src = 1; src < comm.world(); ++src) {
-    comm.sendrecv(nullptr, 0, 0, stage.data(), bytes, src, CommOp{"gather to rank 0", -1});
-    be.download(host.view(), stage.view());
+    comm.sendrecv(nullptr, 0, 0, s.stage.data(), bytes, src, CommOp{"gather to rank 0", -1});
+    be.download(s.host.view(), s.stage.view());
     be.synchronize();
-    attn.insert_local(src, host.view(), full);
+    attn.insert_local(src, s.host.view(), full);
   }
+}
+
+}  // namespace
+
+void scatter_from_root(const DistributedAttention& attn, Backend& be, const TensorView& full,
+                       const TensorView& local) {
+  Communicator& comm = attn.comm();
+  // Rank 0's check of the full tensor and every rank's staging buffers are agreed on before
+  // the first message: a rank that rejects or cannot allocate stops all of them.
+  Staging s;
+  run_and_agree(comm, "scatter from rank 0", [&] {
+    if (comm.rank() == 0) check_full(attn, full, local, "full tensor");
+    s = Staging(comm, be, local);
+  });
+  scatter_staged(attn, be, full, local, s);
+}
+
+void gather_to_root(const DistributedAttention& attn, Backend& be, const TensorView& local,
+                    const TensorView& full) {
+  Communicator& comm = attn.comm();
+  Staging s;
+  run_and_agree(comm, "gather to rank 0", [&] {
+    if (comm.rank() == 0) check_full(attn, full, local, "full tensor");
+    s = Staging(comm, be, local);
+  });
+  gather_staged(attn, be, local, full, s);
 }
 
 namespace {
@@ -558,12 +633,28 @@ DistributedResult run_distributed(const AttentionSpec& spec, const DistConfig& c
   const Shape l = attn->local_shape(res.shape);
   const DType dt = res.dtype, lse_dt = dt == DType::F64 ? DType::F64 : DType::F32;
   const Shape& g = res.shape;
+  const bool root = comm.rank() == 0;
   auto local = [&](DType t, int64_t d) { return DeviceTensor(be, t, l.B, l.N, l.H, d); };
-  DeviceTensor q = local(dt, l.D), k = local(dt, l.D), v = local(dt, l.D), o = local(dt, l.D),
-               lse = local(lse_dt, 1);
-  scatter_from_root(*attn, be, in.q, q.view());
-  scatter_from_root(*attn, be, in.k, k.view());
-  scatter_from_root(*attn, be, in.v, v.view());
+  auto full = [&](DType t, int64_t d) { return Tensor(t, g.B, g.N, g.H, d); };
+  // Each phase takes every buffer it needs (this rank's tensors, rank 0's results and the
+  // staging of the scatter or gather) before its first exchange, and the ranks agree that all
+  // of them got theirs: a rank out of memory stops every rank at once. The staging buffers are
+  // freed before the attention runs.
+  DeviceTensor q, k, v, o, lse;
+  {
+    Staging s;
+    run_and_agree(comm, "scatter of the inputs from rank 0", [&] {
+      q = local(dt, l.D);
+      k = local(dt, l.D);
+      v = local(dt, l.D);
+      o = local(dt, l.D);
+      lse = local(lse_dt, 1);
+      s = Staging(comm, be, q.view());
+    });
+    scatter_staged(*attn, be, in.q, q.view(), s);
+    scatter_staged(*attn, be, in.k, k.view(), s);
+    scatter_staged(*attn, be, in.v, v.view(), s);
+  }
   be.reset_peak();
 
   comm.barrier(CommOp{"before forward", -1});
@@ -574,18 +665,33 @@ DistributedResult run_distributed(const AttentionSpec& spec, const DistConfig& c
   res.forward = attn->counters();
   res.forward_total = total_over_ranks(comm, res.forward);
 
-  const bool root = comm.rank() == 0;
-  if (root) {
-    res.o = Tensor(dt, g.B, g.N, g.H, g.D);
-    res.lse = Tensor(lse_dt, g.B, g.N, g.H, 1);
+  {
+    Staging so, sl;
+    run_and_agree(comm, "gather of the forward results to rank 0", [&] {
+      if (root) {
+        res.o = full(dt, g.D);
+        res.lse = full(lse_dt, 1);
+      }
+      so = Staging(comm, be, o.view());
+      sl = Staging(comm, be, lse.view());
+    });
+    gather_staged(*attn, be, o.view(), res.o.view(), so);
+    gather_staged(*attn, be, lse.view(), res.lse.view(), sl);
   }
-  gather_to_root(*attn, be, o.view(), res.o.view());
-  gather_to_root(*attn, be, lse.view(), res.lse.view());
 
   if (run_backward) {
-    DeviceTensor d_o = local(dt, l.D), dq = local(dt, l.D), dk = local(dt, l.D),
-                 dv = local(dt, l.D);
-    scatter_from_root(*attn, be, in.d_o, d_o.view());
+    DeviceTensor d_o, dq, dk, dv;
+    {
+      Staging s;
+      run_and_agree(comm, "scatter of d_o from rank 0", [&] {
+        d_o = local(dt, l.D);
+        dq = local(dt, l.D);
+        dk = local(dt, l.D);
+        dv = local(dt, l.D);
+        s = Staging(comm, be, d_o.view());
+      });
+      scatter_staged(*attn, be, in.d_o, d_o.view(), s);
+    }
     comm.barrier(CommOp{"before backward", -1});
     t0 = std::chrono::steady_clock::now();
     attn->backward(be, q.view(), k.view(), v.view(), o.view(), lse.view(), d_o.view(), dq.view(),
@@ -594,14 +700,18 @@ DistributedResult run_distributed(const AttentionSpec& spec, const DistConfig& c
     res.backward_seconds = max_over_ranks(comm, seconds_since(t0));
     res.backward = attn->counters();
     res.backward_total = total_over_ranks(comm, res.backward);
-    if (root) {
-      res.dq = Tensor(dt, g.B, g.N, g.H, g.D);
-      res.dk = Tensor(dt, g.B, g.N, g.H, g.D);
-      res.dv = Tensor(dt, g.B, g.N, g.H, g.D);
-    }
-    gather_to_root(*attn, be, dq.view(), res.dq.view());
-    gather_to_root(*attn, be, dk.view(), res.dk.view());
-    gather_to_root(*attn, be, dv.view(), res.dv.view());
+    Staging s;
+    run_and_agree(comm, "gather of the gradients to rank 0", [&] {
+      if (root) {
+        res.dq = full(dt, g.D);
+        res.dk = full(dt, g.D);
+        res.dv = full(dt, g.D);
+      }
+      s = Staging(comm, be, dq.view());
+    });
+    gather_staged(*attn, be, dq.view(), res.dq.view(), s);
+    gather_staged(*attn, be, dk.view(), res.dk.view(), s);
+    gather_staged(*attn, be, dv.view(), res.dv.view(), s);
   }
   res.peak_bytes = be.peak_bytes();
   return res;

@@ -104,7 +104,9 @@ std::unique_ptr<DistributedAttention> make_distributed_attention(const Attention
 
 // Scatter / gather between rank 0's full host tensor and every rank's local tensor on the
 // backend, in `attn`'s layout. `full` is read (scatter) or written (gather) on rank 0 only; its
-// shape must be attn.global_shape(local). Collective.
+// shape must be attn.global_shape(local). Collective: rank 0's check of `full` and every rank's
+// staging buffers are agreed on before the first message, so a wrong `full` or a rank out of
+// memory makes every rank throw the same Error (OutOfMemory) naming it.
 void scatter_from_root(const DistributedAttention& attn, Backend& be, const TensorView& full,
                        const TensorView& local);
 void gather_to_root(const DistributedAttention& attn, Backend& be, const TensorView& local,
@@ -128,8 +130,10 @@ struct DistributedResult {
 
 // The helper behind `longattn run` and `verify` under mpirun: rank 0's shape and dtype are
 // broadcast, the config agreed, the inputs scattered, the variant run (forward, and backward
-// when `backward`), the results gathered on rank 0. Collective; any rank's failure to answer
-// becomes CommError within the communicator's timeout.
+// when `backward`), the results gathered on rank 0. Collective; each phase (scatter, forward,
+// gather, then the same for the backward) takes its buffers before its first exchange and the
+// ranks agree on them, so a rank out of memory makes every rank throw the same OutOfMemory at
+// once; any rank's failure to answer becomes CommError within the communicator's timeout.
 DistributedResult run_distributed(const AttentionSpec& spec, const DistConfig& cfg,
                                   Communicator& comm, Backend& be, const DistributedInputs& in,
                                   bool backward);

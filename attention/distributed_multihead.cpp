@@ -1,8 +1,12 @@
 // The local-variant adapter of a DistributedAttention and the distributed multihead layer.
 #include "attention/distributed_multihead.hpp"
 
+#include <array>
+#include <functional>
+#include <string>
 #include <vector>
 
+#include "runtime/bootstrap.hpp"
 #include "runtime/error.hpp"
 
 namespace longattn {
@@ -39,16 +43,24 @@ class LocalVariant final : public AttentionVariant {
   std::unique_ptr<AttentionVariant> variant_;
 };
 
-// Sums every element of the non-empty host tensors over all ranks (one all-reduce).
-void sum_over_ranks(Communicator& comm, std::initializer_list<Tensor*> tensors) {
-  std::vector<double> flat;
+std::array<Tensor*, 10> param_tensors(MultiheadParams& p) {
+  return {&p.w_q, &p.w_k, &p.w_v,   &p.w_out,     &p.b_q,
+          &p.b_k, &p.b_v, &p.b_out, &p.ln_weight, &p.ln_bias};
+}
+
+// Sums every element of the non-empty host tensors over all ranks (one all-reduce through
+// `flat`, which holds them all).
+void sum_over_ranks(Communicator& comm, const std::array<Tensor*, 10>& tensors,
+                    std::vector<double>& flat) {
+  size_t pos = 0;
   for (const Tensor* t : tensors) {
     const TensorView v = t->view();
-    for (int64_t i = 0; i < t->numel(); ++i) flat.push_back(load(v, 0, 0, 0, i));
+    for (int64_t i = 0; i < t->numel(); ++i) flat[pos++] = load(v, 0, 0, 0, i);
   }
+  LONGATTN_ASSERT(pos == flat.size(), "the parameter gradients fill the buffer of their sum");
   comm.allreduce_host(flat.data(), flat.size(), ReduceOp::Sum,
                       CommOp{"multihead parameter gradients", -1});
-  size_t pos = 0;
+  pos = 0;
   for (Tensor* t : tensors) {
     const TensorView v = t->view();
     for (int64_t i = 0; i < t->numel(); ++i) store(v, 0, 0, 0, i, flat[pos++]);
@@ -67,7 +79,17 @@ DistributedMultihead::DistributedMultihead(const MultiheadConfig& cfg, const Dis
     : comm_(comm) {
   validate_multihead(cfg);
   attn_ = make_distributed_attention(cfg.attention, dist, comm);
-  layer_ = std::make_unique<MultiheadDilatedAttention>(cfg, as_local_variant(attn_));
+  // The parameters and the buffer of the gradient sum are taken on every rank, then agreed on.
+  run_and_agree(comm_, "distributed multihead parameters", [&] {
+    layer_ = std::make_unique<MultiheadDilatedAttention>(
+        cfg, as_local_variant(attn_),
+        [this](const std::string& op, const std::function<void()>& allocate) {
+          run_and_agree(comm_, "distributed " + op, allocate);
+        });
+    size_t n = 0;
+    for (const Tensor* t : param_tensors(layer_->params())) n += static_cast<size_t>(t->numel());
+    grad_sum_.assign(n, 0.0);
+  });
 }
 
 Shape DistributedMultihead::local_shape(int64_t B, int64_t N) const {
@@ -85,9 +107,10 @@ void DistributedMultihead::backward(Backend& be, const TensorView& x_q, const Te
                                     const TensorView& x_v, const TensorView& d_out,
                                     const TensorView& d_x_q, const TensorView& d_x_k,
                                     const TensorView& d_x_v, MultiheadParams& grads) {
+  // The layer takes every buffer, grads included, before the attention's first exchange and
+  // agrees on it; the sum goes through a buffer taken at construction.
   layer_->backward(be, x_q, x_k, x_v, d_out, d_x_q, d_x_k, d_x_v, grads);
-  sum_over_ranks(comm_, {&grads.w_q, &grads.w_k, &grads.w_v, &grads.w_out, &grads.b_q, &grads.b_k,
-                         &grads.b_v, &grads.b_out, &grads.ln_weight, &grads.ln_bias});
+  sum_over_ranks(comm_, param_tensors(grads), grad_sum_);
 }
 
 }  // namespace longattn

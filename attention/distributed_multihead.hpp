@@ -1,9 +1,13 @@
 // Multihead (dilated by default) attention over the distributed variants: each rank runs the
 // projections, LayerNorm and output projection on its own tokens (they act per token), and the
 // attention in the middle is a DistributedAttention over all ranks. Parameter gradients are
-// summed over ranks, so every rank holds the gradient of the whole sequence / batch.
+// summed over ranks, so every rank holds the gradient of the whole sequence / batch. The
+// construction, each forward and each backward take their buffers (host and device) before
+// their first exchange and the ranks agree on them: a rank out of memory makes every rank throw
+// the same OutOfMemory at once.
 #pragma once
 #include <memory>
+#include <vector>
 
 #include "attention/distributed.hpp"
 #include "attention/multihead.hpp"
@@ -40,6 +44,7 @@ class DistributedMultihead {
   Communicator& comm_;
   std::shared_ptr<DistributedAttention> attn_;
   std::unique_ptr<MultiheadDilatedAttention> layer_;
+  std::vector<double> grad_sum_;  // every parameter gradient, summed over ranks in one call
 };
 
 }  // namespace longattn

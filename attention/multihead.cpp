@@ -4,6 +4,9 @@
 #include "attention/multihead.hpp"
 
 #include <cmath>
+#include <functional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/error.hpp"
@@ -65,31 +68,40 @@ DeviceTensor upload_param(Backend& be, const Tensor& host, DType dtype) {
   return d;
 }
 
-Tensor download_grad(Backend& be, const DeviceTensor& d, DType dtype) {
-  const TensorView& v = d.view();
-  Tensor host(dtype, v.B, v.N, v.H, v.D);
-  be.download(host.view(), v);
-  return host;
-}
-
 }  // namespace
 
-// What the backward needs from the forward, all on the backend except the LayerNorm statistics.
+// What the backward needs from the forward, all on the backend except the LayerNorm statistics
+// and the host rows the LayerNorm works on.
 struct MultiheadDilatedAttention::Activations {
   DType dtype = DType::F32;
   DeviceTensor ones;  // [1, B*N, 1, 1], the left factor of the bias rank-1 updates
   DeviceTensor w_q, w_k, w_v, w_out, b_q, b_k, b_v, b_out;  // parameters in the input dtype
   DeviceTensor q, k, v, attn, lse;  // projections [B, N, H, E/H], attention output and its L
   DeviceTensor normed;              // LayerNorm(attn), when layer_norm
+  Tensor rows;                      // fp64 host rows of the LayerNorm, when layer_norm
   std::vector<double> mean, rstd;   // LayerNorm statistics per row of attn
+};
+
+// What the backward takes besides the forward's activations.
+struct MultiheadDilatedAttention::BackwardBuffers {
+  DeviceTensor out;         // the recomputed forward's output
+  DeviceTensor d_pre;       // gradient of the out_proj input
+  DeviceTensor d_attn;      // gradient of the attention output, when layer_norm
+  DeviceTensor dq, dk, dv;  // gradients of the projections
+  DeviceTensor dw, db;      // one Linear's weight and bias gradients, reused by all four
+  Tensor g;                 // fp64 host rows of the LayerNorm backward, when layer_norm
+  std::vector<double> ln_dw, ln_db, ln_w;
 };
 
 MultiheadDilatedAttention::MultiheadDilatedAttention(const MultiheadConfig& cfg)
     : MultiheadDilatedAttention(cfg, nullptr) {}
 
 MultiheadDilatedAttention::MultiheadDilatedAttention(const MultiheadConfig& cfg,
-                                                     std::unique_ptr<AttentionVariant> attention)
-    : cfg_(cfg) {
+                                                     std::unique_ptr<AttentionVariant> attention,
+                                                     Preparation prepare)
+    : cfg_(cfg), prepare_(std::move(prepare)) {
+  if (!prepare_)
+    prepare_ = [](const std::string&, const std::function<void()>& allocate) { allocate(); };
   validate_multihead(cfg_);
   attention_ = attention ? std::move(attention) : make_attention(cfg_.attention);
   const int64_t E = cfg_.embed_dim;
@@ -130,13 +142,9 @@ void MultiheadDilatedAttention::check_inputs(
   }
 }
 
-void MultiheadDilatedAttention::run_forward(Backend& be, const TensorView& x_q,
-                                            const TensorView& x_k, const TensorView& x_v,
-                                            const TensorView& out, Activations& act) {
-  const int64_t B = x_q.B, N = x_q.N, E = cfg_.embed_dim, H = cfg_.num_heads, Dh = E / H;
-  const int64_t M = B * N;
-  attention_->validate(Shape{B, N, H, Dh});
-  const DType dt = x_q.dtype;
+void MultiheadDilatedAttention::allocate_forward(Backend& be, int64_t B, int64_t N, DType dt,
+                                                 Activations& act) {
+  const int64_t E = cfg_.embed_dim, H = cfg_.num_heads, Dh = E / H, M = B * N;
   act.dtype = dt;
   act.w_q = upload_param(be, params_.w_q, dt);
   act.w_k = upload_param(be, params_.w_k, dt);
@@ -149,6 +157,25 @@ void MultiheadDilatedAttention::run_forward(Backend& be, const TensorView& x_q,
     act.b_out = upload_param(be, params_.b_out, dt);
   }
   act.ones = DeviceTensor(be, dt, 1, M, 1, 1);
+  act.q = DeviceTensor(be, dt, B, N, H, Dh);
+  act.k = DeviceTensor(be, dt, B, N, H, Dh);
+  act.v = DeviceTensor(be, dt, B, N, H, Dh);
+  act.attn = DeviceTensor(be, dt, B, N, H, Dh);
+  act.lse = DeviceTensor(be, dt == DType::F64 ? DType::F64 : DType::F32, B, N, H, 1);
+  if (cfg_.layer_norm) {
+    act.normed = DeviceTensor(be, dt, B, N, H, Dh);
+    act.rows = Tensor(DType::F64, B, N, H, Dh);
+    act.mean.assign(static_cast<size_t>(M), 0.0);
+    act.rstd.assign(static_cast<size_t>(M), 0.0);
+  }
+}
+
+void MultiheadDilatedAttention::run_forward(Backend& be, const TensorView& x_q,
+                                            const TensorView& x_k, const TensorView& x_v,
+                                            const TensorView& out, Activations& act) {
+  const int64_t B = x_q.B, N = x_q.N, E = cfg_.embed_dim;
+  const int64_t M = B * N;
+  const DType dt = act.dtype;
   be.fill(act.ones.view(), 1.0);
   const MatrixView ones{act.ones.data(), dt, M, 1, 1};
 
@@ -158,26 +185,18 @@ void MultiheadDilatedAttention::run_forward(Backend& be, const TensorView& x_q,
     be.gemm(false, true, 1.0, as_matrix(x), param_matrix(w), 0.0, as_matrix(y));
     if (cfg_.bias) be.gemm(false, false, 1.0, ones, param_matrix(b), 1.0, as_matrix(y));
   };
-  act.q = DeviceTensor(be, dt, B, N, H, Dh);
-  act.k = DeviceTensor(be, dt, B, N, H, Dh);
-  act.v = DeviceTensor(be, dt, B, N, H, Dh);
   linear(x_q, act.w_q, act.b_q, act.q.view());
   linear(x_k, act.w_k, act.b_k, act.k.view());
   linear(x_v, act.w_v, act.b_v, act.v.view());
 
-  act.attn = DeviceTensor(be, dt, B, N, H, Dh);
-  act.lse = DeviceTensor(be, dt == DType::F64 ? DType::F64 : DType::F32, B, N, H, 1);
   attention_->forward(be, act.q.view(), act.k.view(), act.v.view(), act.attn.view(),
                       act.lse.view());
 
   const DeviceTensor* pre_out = &act.attn;
   if (cfg_.layer_norm) {
     // Host LayerNorm over the E features of each row: y = (x - mean) * rstd * w + b.
-    Tensor x(DType::F64, B, N, H, Dh);
-    be.download(x.view(), act.attn.view());
-    double* p = static_cast<double*>(x.data());
-    act.mean.assign(static_cast<size_t>(M), 0.0);
-    act.rstd.assign(static_cast<size_t>(M), 0.0);
+    be.download(act.rows.view(), act.attn.view());
+    double* p = static_cast<double*>(act.rows.data());
     for (int64_t r = 0; r < M; ++r) {
       double* row = p + r * E;
       double mean = 0.0, var = 0.0;
@@ -192,8 +211,7 @@ void MultiheadDilatedAttention::run_forward(Backend& be, const TensorView& x_q,
         row[e] = (row[e] - mean) * rstd * params_.ln_weight.at(0, 0, 0, e) +
                  params_.ln_bias.at(0, 0, 0, e);
     }
-    act.normed = DeviceTensor(be, dt, B, N, H, Dh);
-    be.upload(act.normed.view(), x.view());
+    be.upload(act.normed.view(), act.rows.view());
     pre_out = &act.normed;
   }
   linear(pre_out->view(), act.w_out, act.b_out, out);
@@ -203,7 +221,10 @@ void MultiheadDilatedAttention::forward(Backend& be, const TensorView& x_q,
                                         const TensorView& x_k, const TensorView& x_v,
                                         const TensorView& out) {
   check_inputs({{&x_q, "x_q"}, {&x_k, "x_k"}, {&x_v, "x_v"}, {&out, "out"}});
+  const int64_t H = cfg_.num_heads;
+  attention_->validate(Shape{x_q.B, x_q.N, H, cfg_.embed_dim / H});
   Activations act;
+  prepare_("multihead forward", [&] { allocate_forward(be, x_q.B, x_q.N, x_q.dtype, act); });
   run_forward(be, x_q, x_k, x_v, out, act);
 }
 
@@ -216,47 +237,66 @@ void MultiheadDilatedAttention::backward(Backend& be, const TensorView& x_q,
                 {&d_x_q, "d_x_q"}, {&d_x_k, "d_x_k"}, {&d_x_v, "d_x_v"}});
   const int64_t B = x_q.B, N = x_q.N, E = cfg_.embed_dim, H = cfg_.num_heads, Dh = E / H;
   const int64_t M = B * N;
-  Activations act;
-  DeviceTensor out(be, x_q.dtype, B, N, 1, E);
-  run_forward(be, x_q, x_k, x_v, out.view(), act);
-  const DType dt = act.dtype;
+  attention_->validate(Shape{B, N, H, Dh});
+  const DType dt = x_q.dtype;
   const DType gdt = dt == DType::F64 ? DType::F64 : DType::F32;  // parameter gradients
-  const MatrixView ones{act.ones.data(), dt, M, 1, 1};
   const DType pt = cfg_.param_dtype;
+  Activations act;
+  BackwardBuffers buf;
+  prepare_("multihead backward", [&] {
+    allocate_forward(be, B, N, dt, act);
+    buf.out = DeviceTensor(be, dt, B, N, 1, E);
+    buf.d_pre = DeviceTensor(be, dt, B, N, H, Dh);
+    if (cfg_.layer_norm) {
+      buf.d_attn = DeviceTensor(be, dt, B, N, H, Dh);
+      buf.g = Tensor(DType::F64, B, N, H, Dh);
+      buf.ln_dw.assign(static_cast<size_t>(E), 0.0);
+      buf.ln_db.assign(static_cast<size_t>(E), 0.0);
+      buf.ln_w.assign(static_cast<size_t>(E), 0.0);
+    }
+    buf.dq = DeviceTensor(be, dt, B, N, H, Dh);
+    buf.dk = DeviceTensor(be, dt, B, N, H, Dh);
+    buf.dv = DeviceTensor(be, dt, B, N, H, Dh);
+    buf.dw = DeviceTensor(be, gdt, 1, E, 1, E);
+    for (Tensor* w : {&grads.w_q, &grads.w_k, &grads.w_v, &grads.w_out})
+      *w = Tensor(pt, 1, E, 1, E);
+    for (Tensor* b : {&grads.b_q, &grads.b_k, &grads.b_v, &grads.b_out})
+      *b = cfg_.bias ? Tensor(pt, 1, 1, 1, E) : Tensor();
+    if (cfg_.bias) buf.db = DeviceTensor(be, gdt, 1, 1, 1, E);
+    for (Tensor* t : {&grads.ln_weight, &grads.ln_bias})
+      *t = cfg_.layer_norm ? Tensor(pt, 1, 1, 1, E) : Tensor();
+  });
+  run_forward(be, x_q, x_k, x_v, buf.out.view(), act);
+  const MatrixView ones{act.ones.data(), dt, M, 1, 1};
 
   // Linear backward for y = x W^T + b: dx = dy W, dW = dy^T x, db = ones^T dy.
   auto linear_backward = [&](const TensorView& x, const DeviceTensor& w, const TensorView& dy,
                              const TensorView& dx, Tensor& gw, Tensor& gb) {
     be.gemm(false, false, 1.0, as_matrix(dy), param_matrix(w), 0.0, as_matrix(dx));
-    DeviceTensor dw(be, gdt, 1, E, 1, E);
-    be.gemm(true, false, 1.0, as_matrix(dy), as_matrix(x), 0.0, param_matrix(dw));
-    gw = download_grad(be, dw, pt);
+    be.gemm(true, false, 1.0, as_matrix(dy), as_matrix(x), 0.0, param_matrix(buf.dw));
+    be.download(gw.view(), buf.dw.view());
     if (cfg_.bias) {
-      DeviceTensor db(be, gdt, 1, 1, 1, E);
-      be.gemm(true, false, 1.0, ones, as_matrix(dy), 0.0, param_matrix(db));
-      gb = download_grad(be, db, pt);
-    } else {
-      gb = Tensor();
+      be.gemm(true, false, 1.0, ones, as_matrix(dy), 0.0, param_matrix(buf.db));
+      be.download(gb.view(), buf.db.view());
     }
   };
 
-  DeviceTensor d_pre(be, dt, B, N, H, Dh);  // gradient of the out_proj input
   const DeviceTensor& pre_out = cfg_.layer_norm ? act.normed : act.attn;
-  linear_backward(pre_out.view(), act.w_out, d_out, d_pre.view(), grads.w_out, grads.b_out);
+  linear_backward(pre_out.view(), act.w_out, d_out, buf.d_pre.view(), grads.w_out, grads.b_out);
 
-  DeviceTensor d_attn_buf;
-  const DeviceTensor* d_attn = &d_pre;
+  const DeviceTensor* d_attn = &buf.d_pre;
   if (cfg_.layer_norm) {
     // x_hat = (x - mean) rstd, y = x_hat w + b:
     //   dw = sum_rows dy x_hat, db = sum_rows dy, g = dy w,
     //   dx = rstd (g - mean_e(g) - x_hat mean_e(g x_hat)).
-    Tensor x(DType::F64, B, N, H, Dh), g(DType::F64, B, N, H, Dh);
+    Tensor& x = act.rows;
     be.download(x.view(), act.attn.view());
-    be.download(g.view(), d_pre.view());
+    be.download(buf.g.view(), buf.d_pre.view());
     double* px = static_cast<double*>(x.data());
-    double* pg = static_cast<double*>(g.data());
-    std::vector<double> dw(static_cast<size_t>(E), 0.0), db(static_cast<size_t>(E), 0.0);
-    std::vector<double> w(static_cast<size_t>(E));
+    double* pg = static_cast<double*>(buf.g.data());
+    std::vector<double>& dw = buf.ln_dw;
+    std::vector<double>& db = buf.ln_db;
+    std::vector<double>& w = buf.ln_w;
     for (int64_t e = 0; e < E; ++e) w[e] = params_.ln_weight.at(0, 0, 0, e);
     for (int64_t r = 0; r < M; ++r) {
       double* xr = px + r * E;
@@ -276,26 +316,19 @@ void MultiheadDilatedAttention::backward(Backend& be, const TensorView& x_q,
       for (int64_t e = 0; e < E; ++e)
         gr[e] = act.rstd[r] * (gr[e] - mean_g - xr[e] * mean_gx);
     }
-    grads.ln_weight = Tensor(pt, 1, 1, 1, E);
-    grads.ln_bias = Tensor(pt, 1, 1, 1, E);
     for (int64_t e = 0; e < E; ++e) {
       grads.ln_weight.set(0, 0, 0, e, dw[e]);
       grads.ln_bias.set(0, 0, 0, e, db[e]);
     }
-    d_attn_buf = DeviceTensor(be, dt, B, N, H, Dh);
-    be.upload(d_attn_buf.view(), g.view());
-    d_attn = &d_attn_buf;
-  } else {
-    grads.ln_weight = Tensor();
-    grads.ln_bias = Tensor();
+    be.upload(buf.d_attn.view(), buf.g.view());
+    d_attn = &buf.d_attn;
   }
 
-  DeviceTensor dq(be, dt, B, N, H, Dh), dk(be, dt, B, N, H, Dh), dv(be, dt, B, N, H, Dh);
   attention_->backward(be, act.q.view(), act.k.view(), act.v.view(), act.attn.view(),
-                       act.lse.view(), d_attn->view(), dq.view(), dk.view(), dv.view());
-  linear_backward(x_q, act.w_q, dq.view(), d_x_q, grads.w_q, grads.b_q);
-  linear_backward(x_k, act.w_k, dk.view(), d_x_k, grads.w_k, grads.b_k);
-  linear_backward(x_v, act.w_v, dv.view(), d_x_v, grads.w_v, grads.b_v);
+                       act.lse.view(), d_attn->view(), buf.dq.view(), buf.dk.view(), buf.dv.view());
+  linear_backward(x_q, act.w_q, buf.dq.view(), d_x_q, grads.w_q, grads.b_q);
+  linear_backward(x_k, act.w_k, buf.dk.view(), d_x_k, grads.w_k, grads.b_k);
+  linear_backward(x_v, act.w_v, buf.dv.view(), d_x_v, grads.w_v, grads.b_v);
 }
 
 }  // namespace longattn

@@ -3,8 +3,10 @@
 // output projection, forward and backward. Projections run through Backend::gemm.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
+#include <string>
 #include <utility>
 
 #include "attention/variant.hpp"
@@ -45,6 +47,15 @@ struct MultiheadParams {
 
 class MultiheadDilatedAttention {
  public:
+  // How a call takes its buffers: every buffer of a forward or backward (projections,
+  // activations, gradients, host parameter gradients) is taken by `allocate` before the
+  // attention runs; Preparation calls it with the call's name ("multihead forward",
+  // "multihead backward"). The default just calls it; a layer over a distributed attention
+  // (attention/distributed_multihead.hpp) calls it on every rank and agrees on the outcome, so
+  // a rank that cannot allocate stops every rank before the attention's first exchange.
+  using Preparation =
+      std::function<void(const std::string& op, const std::function<void()>& allocate)>;
+
   // Initialises parameters from cfg.seed: xavier-normal (std = gain * sqrt(2 / (E + E))) with
   // gain 1 for q and k and gain gamma_init for v and out (MAGNETO, as the seed package's
   // upstream does), biases 0, LayerNorm weight 1 and bias 0.
@@ -52,8 +63,8 @@ class MultiheadDilatedAttention {
   // The same layer over a given attention (e.g. a distributed variant on this rank's shard,
   // attention/distributed_multihead.hpp) instead of make_attention(cfg.attention); cfg is
   // validated and the parameters initialised as above.
-  MultiheadDilatedAttention(const MultiheadConfig& cfg,
-                            std::unique_ptr<AttentionVariant> attention);
+  MultiheadDilatedAttention(const MultiheadConfig& cfg, std::unique_ptr<AttentionVariant> attention,
+                            Preparation prepare = {});
 
   const MultiheadConfig& config() const { return cfg_; }
   MultiheadParams& params() { return params_; }
@@ -66,13 +77,18 @@ class MultiheadDilatedAttention {
   void forward(Backend& be, const TensorView& x_q, const TensorView& x_k, const TensorView& x_v,
                const TensorView& out);
   // Gradients of sum(d_out * out): d_x_q, d_x_k, d_x_v are OVERWRITTEN, `grads` receives the
-  // parameter gradients (host tensors of param_dtype). The forward is recomputed inside.
+  // parameter gradients (host tensors of param_dtype, taken anew by every call). The forward is
+  // recomputed inside.
   void backward(Backend& be, const TensorView& x_q, const TensorView& x_k, const TensorView& x_v,
                 const TensorView& d_out, const TensorView& d_x_q, const TensorView& d_x_k,
                 const TensorView& d_x_v, MultiheadParams& grads);
 
  private:
   struct Activations;
+  struct BackwardBuffers;
+  // Takes every buffer of a forward over [B, N, E] inputs of dtype dt (parameters uploaded).
+  void allocate_forward(Backend& be, int64_t B, int64_t N, DType dt, Activations& act);
+  // The forward into buffers allocate_forward took; allocates nothing.
   void run_forward(Backend& be, const TensorView& x_q, const TensorView& x_k,
                    const TensorView& x_v, const TensorView& out, Activations& act);
   // Shapes, dtype and layout of named [B, N, E] views; the first is the reference.
@@ -81,6 +97,7 @@ class MultiheadDilatedAttention {
   MultiheadConfig cfg_;
   MultiheadParams params_;
   std::unique_ptr<AttentionVariant> attention_;
+  Preparation prepare_;
 };
 
 }  // namespace longattn

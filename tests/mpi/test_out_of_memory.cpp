@@ -2,19 +2,48 @@
 // rank throw the same OutOfMemory naming that rank, the call and the bytes requested, at once
 // (well under the communication timeout) instead of leaving its peers waiting in an exchange;
 // the same object then gives the exact result (fp64 to 1e-10) for a smaller call, and after a
-// failure half-way through its allocations.
+// failure half-way through its allocations. The same holds for every device allocation of
+// run_distributed (inputs, scatter and gather staging), of scatter_from_root / gather_to_root
+// and of the distributed multihead layer, and for host memory (std::bad_alloc) running out
+// while the block-sparse ring builds its plan (content_adaptive block means and scores, the
+// global mask) or the multihead layer takes its parameters.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <limits>
+#include <new>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "attention/distributed.hpp"
+#include "attention/distributed_multihead.hpp"
 #include "mpi_env.hpp"
 #include "runtime/bootstrap.hpp"
 #include "runtime/error.hpp"
+
+// Host allocations of this process through operator new (std::vector, std::string, Tensor):
+// once armed with a size, the first request of at least that many bytes throws std::bad_alloc,
+// and the refusal disarms itself (so the failing rank can still unwind and agree).
+namespace {
+std::atomic<size_t> g_refuse_at_least{0};  // 0: not armed
+std::atomic<int64_t> g_host_refusals{0};
+}  // namespace
+
+void* operator new(std::size_t bytes) {
+  size_t armed = g_refuse_at_least.load(std::memory_order_relaxed);
+  if (armed != 0 && bytes >= armed && g_refuse_at_least.compare_exchange_strong(armed, 0)) {
+    g_host_refusals.fetch_add(1);
+    throw std::bad_alloc();
+  }
+  if (void* p = std::malloc(bytes == 0 ? 1 : bytes)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 namespace longattn {
 namespace {
@@ -133,11 +162,17 @@ int64_t max_over_ranks(Communicator& comm, int64_t x) {
   return static_cast<int64_t>(v);
 }
 
+// Where the refused memory was: the backend's (the error gives the bytes requested) or the
+// host's (std::bad_alloc).
+enum class Memory { Device, Host };
+
 // Runs `call`, which must throw OutOfMemory on every rank because rank `failing` could not
-// allocate: the message names that rank, `op` and the bytes requested, it is the same on every
-// rank, and it comes at once rather than after the communication timeout.
+// allocate: the message names that rank, `op` and (device memory) the bytes requested or (host
+// memory) std::bad_alloc, it is the same on every rank, and it comes at once rather than after
+// the communication timeout. Returns the message.
 template <typename Call>
-void expect_agreed_oom(Communicator& comm, int failing, const std::string& op, Call&& call) {
+std::string expect_agreed_oom(Communicator& comm, int failing, const std::string& op, Call&& call,
+                              Memory memory = Memory::Device) {
   const auto t0 = std::chrono::steady_clock::now();
   std::string what;
   try {
@@ -145,7 +180,7 @@ void expect_agreed_oom(Communicator& comm, int failing, const std::string& op, C
     ADD_FAILURE() << op << ": rank " << comm.rank() << " did not throw";
   } catch (const OutOfMemory& e) {
     what = e.what();
-    EXPECT_GT(e.requested_bytes(), 0u) << what;
+    if (memory == Memory::Device) EXPECT_GT(e.requested_bytes(), 0u) << what;
   } catch (const std::exception& e) {
     ADD_FAILURE() << op << ": rank " << comm.rank() << " threw another error: " << e.what();
   }
@@ -154,9 +189,42 @@ void expect_agreed_oom(Communicator& comm, int failing, const std::string& op, C
   EXPECT_LT(seconds, comm.timeout_seconds() / 4) << op << " took " << seconds << " s";
   EXPECT_NE(what.find(op), std::string::npos) << what;
   EXPECT_NE(what.find("rank " + std::to_string(failing) + ":"), std::string::npos) << what;
-  EXPECT_NE(what.find("bytes requested"), std::string::npos) << what;
+  EXPECT_NE(what.find(memory == Memory::Device ? "bytes requested" : "std::bad_alloc"),
+            std::string::npos)
+      << what;
   // The same message everywhere: agree_on_config throws when any rank's text differs.
   EXPECT_NO_THROW(agree_on_config(comm, what, op + " error message"));
+  return what;
+}
+
+// A short communication timeout for one test: a rank left waiting fails it quickly, not hangs.
+struct ShortTimeout {
+  explicit ShortTimeout(Communicator& c) : comm(c), saved(c.timeout_seconds()) {
+    comm.set_timeout_seconds(20.0);
+  }
+  ~ShortTimeout() { comm.set_timeout_seconds(saved); }
+  Communicator& comm;
+  double saved;
+};
+
+// Arms the host refusal on this rank for the scope (when `armed`), and says whether it fired.
+class HostRefusal {
+ public:
+  HostRefusal(bool armed, size_t at_least) : before_(g_host_refusals.load()) {
+    if (armed) g_refuse_at_least.store(at_least);
+  }
+  ~HostRefusal() { g_refuse_at_least.store(0); }
+  int64_t refusals() const { return g_host_refusals.load() - before_; }
+
+ private:
+  int64_t before_;
+};
+
+// Whether some message contains `op`.
+bool any_names(const std::vector<std::string>& messages, const std::string& op) {
+  for (const std::string& m : messages)
+    if (m.find(op) != std::string::npos) return true;
+  return false;
 }
 
 struct OomCase {
@@ -178,13 +246,7 @@ TEST_P(OneRankOutOfMemory, EveryRankThrowsTheSameErrorAndTheObjectStaysUsable) {
   Communicator& comm = test_comm();
   const int rank = comm.rank(), failing = comm.world() - 1;
   const bool fails_here = rank == failing;
-  // A short timeout: a rank left waiting would fail this test quickly, not hang it.
-  struct TimeoutGuard {
-    Communicator& comm;
-    double saved;
-    ~TimeoutGuard() { comm.set_timeout_seconds(saved); }
-  } guard{comm, comm.timeout_seconds()};
-  comm.set_timeout_seconds(20.0);
+  const ShortTimeout short_timeout(comm);
   const auto small_in = testing::random_inputs(c.small, DType::F64, 4100);
   const auto big_in = testing::random_inputs(c.big, DType::F64, 4200);
   FailingBackend be;
@@ -284,6 +346,345 @@ std::vector<OomCase> cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, OneRankOutOfMemory, ::testing::ValuesIn(cases()), case_name);
+
+// The ranks that fail in turn: rank 0 (which stages the scatter and gather) and the last.
+std::vector<int> failing_ranks(const Communicator& comm) {
+  return comm.world() > 1 ? std::vector<int>{0, comm.world() - 1} : std::vector<int>{0};
+}
+
+// run_distributed (`longattn run`, `verify`, `bench` under mpirun) with each of its device
+// allocations refused in turn on rank 0, then on the last rank: its own inputs, the staging of
+// the scatter and gather, the attention's buffers. Every rank throws the same error at once,
+// and a run without the failure is exact.
+TEST(RunDistributedOutOfMemory, EveryAllocationFailsEveryRankAtOnceAndALaterRunIsExact) {
+  Communicator& comm = test_comm();
+  const ShortTimeout short_timeout(comm);
+  const int rank = comm.rank();
+  const bool root = rank == 0;
+  AttentionSpec dense;
+  dense.causal = true;
+  dense.block_size = 4;
+  struct RunCase {
+    std::string name;
+    DistConfig cfg;
+    Shape shape;
+  };
+  for (const RunCase& c :
+       {RunCase{"ring", DistConfig{DistMode::Ring, Sharding::Zigzag}, Shape{1, 48, 2, 4}},
+        RunCase{"data_parallel", DistConfig{DistMode::DataParallel}, Shape{12, 16, 2, 4}}}) {
+    SCOPED_TRACE(c.name);
+    const auto in = testing::random_inputs(c.shape, DType::F64, 4300);
+    DistributedInputs din;
+    if (root) din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
+    FailingBackend be;
+    auto run = [&] { return run_distributed(dense, c.cfg, comm, be, din, true); };
+    for (int failing : failing_ranks(comm)) {
+      const bool fails_here = rank == failing;
+      const int64_t before = be.allocations();
+      run();
+      const int64_t allocates = max_over_ranks(comm, fails_here ? be.allocations() - before : 0);
+      ASSERT_GT(allocates, 0);
+      std::vector<std::string> messages;
+      for (int64_t k = 0; k < allocates; ++k) {
+        if (fails_here) be.fail_after(k);
+        messages.push_back(expect_agreed_oom(comm, failing, "failed on rank", run));
+        be.disarm();
+      }
+      // The phases this change guards were among them: the inputs, and with peers rank 0's
+      // staging of the gathers.
+      EXPECT_TRUE(any_names(messages, "scatter of the inputs from rank 0"));
+      EXPECT_TRUE(any_names(messages, "scatter of d_o from rank 0"));
+      if (failing == 0 && comm.world() > 1) {
+        EXPECT_TRUE(any_names(messages, "gather of the forward results to rank 0"));
+        EXPECT_TRUE(any_names(messages, "gather of the gradients to rank 0"));
+      }
+    }
+    const DistributedResult r = run();
+    if (root) {
+      const auto ref = testing::single_process(dense, in, true);
+      EXPECT_LT(max_abs_diff(r.o.view(), ref.o.view()), kDistTolerance);
+      EXPECT_LT(max_abs_diff(r.lse.view(), ref.lse.view()), kDistTolerance);
+      EXPECT_LT(max_abs_diff(r.dq.view(), ref.dq.view()), kDistTolerance);
+      EXPECT_LT(max_abs_diff(r.dk.view(), ref.dk.view()), kDistTolerance);
+      EXPECT_LT(max_abs_diff(r.dv.view(), ref.dv.view()), kDistTolerance);
+    }
+  }
+  comm.barrier(CommOp{"after run_distributed out of memory", -1});
+}
+
+// scatter_from_root / gather_to_root into a local view that is not contiguous (the other
+// ranks stage it too): a refused stage on rank 0 or the last rank, or a full tensor of the
+// wrong shape on rank 0, fails every rank at once; a later round trip is exact.
+TEST(RunDistributedOutOfMemory, ScatterAndGatherAgreeBeforeTheirFirstMessage) {
+  Communicator& comm = test_comm();
+  const ShortTimeout short_timeout(comm);
+  const int rank = comm.rank(), P = comm.world();
+  const bool root = rank == 0;
+  auto attn = make_distributed_attention(AttentionSpec{},
+                                         DistConfig{DistMode::Ring, Sharding::Zigzag}, comm);
+  const Shape g{2, 4 * P, 2, 3};
+  const Tensor full = Tensor::randn(DType::F64, g.B, g.N, g.H, g.D, 98);
+  Tensor back(DType::F64, g.B, g.N, g.H, g.D), wrong(DType::F64, g.B, g.N, g.H + 1, g.D);
+  const Shape l = attn->local_shape(g);
+  FailingBackend be;
+  DeviceTensor wide(be, DType::F64, l.B, l.N, 2 * l.H, l.D);
+  const TensorView local = wide.view().heads(1, l.H);
+  ASSERT_FALSE(local.is_contiguous());
+  auto scatter = [&] { scatter_from_root(*attn, be, root ? full.view() : TensorView{}, local); };
+  auto gather = [&] { gather_to_root(*attn, be, local, root ? back.view() : TensorView{}); };
+  // With one rank nothing is staged on the device.
+  if (P > 1) {
+    for (int failing : failing_ranks(comm)) {
+      if (rank == failing) be.fail_after(0);
+      expect_agreed_oom(comm, failing, "scatter from rank 0", scatter);
+      expect_agreed_oom(comm, failing, "gather to rank 0", gather);
+      be.disarm();
+    }
+  }
+  for (const char* op : {"scatter from rank 0", "gather to rank 0"}) {
+    try {
+      if (std::string(op) == "scatter from rank 0")
+        scatter_from_root(*attn, be, root ? wrong.view() : TensorView{}, local);
+      else
+        gather_to_root(*attn, be, local, root ? wrong.view() : TensorView{});
+      ADD_FAILURE() << op << ": rank " << rank << " did not throw";
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(std::string(op) + " failed on rank 0"), std::string::npos) << what;
+      EXPECT_NE(what.find("full tensor"), std::string::npos) << what;
+    }
+  }
+  scatter();
+  const ShardLayout layout(Sharding::Zigzag, g.N, P);
+  for (int64_t n = 0; n < l.N; ++n)
+    for (int64_t d = 0; d < g.D; ++d)
+      EXPECT_EQ(load(local, 1, n, 1, d), full.at(1, layout.global_row(rank, n), 1, d));
+  gather();
+  if (root) EXPECT_EQ(compare(back.view(), full.view()).max_abs, 0.0);
+  comm.barrier(CommOp{"after scatter and gather out of memory", -1});
+}
+
+struct MultiheadCase {
+  std::string name;
+  AttentionSpec attention;
+  DistConfig dist;
+  int64_t B, N;
+};
+
+std::vector<MultiheadCase> multihead_cases() {
+  AttentionSpec s;
+  s.causal = true;
+  s.block_size = 4;
+  s.dilated.segment_lengths = {8, 24};
+  s.dilated.dilation_rates = {1, 2};
+  s.sparse.block_size = 4;
+  s.sparse.window_size = 8;
+  s.sparse.window_given = true;
+  AttentionSpec dense = s, sparse = s, dilated = s;
+  sparse.variant = "block_sparse";
+  dilated.variant = "dilated";
+  return {{"ring", dense, {DistMode::Ring, Sharding::Zigzag}, 2, 48},
+          {"block_sparse_ring", sparse, {DistMode::BlockSparseRing, Sharding::Contiguous}, 2, 48},
+          {"dilated", dilated, {DistMode::Dilated, Sharding::Contiguous}, 2, 48},
+          {"data_parallel", dilated, {DistMode::DataParallel, Sharding::Contiguous}, 12, 24}};
+}
+
+// The distributed multihead layer with each device allocation of a forward, then of a
+// backward, refused in turn on the last rank (projections, activations, gradients and the
+// attention's own buffers): every rank throws the same error at once, and later calls give the
+// single-process layer's output and gradients.
+TEST(MultiheadOutOfMemory, EveryAllocationFailsEveryRankAtOnceAndLaterCallsAreExact) {
+  Communicator& comm = test_comm();
+  const ShortTimeout short_timeout(comm);
+  const int rank = comm.rank(), failing = comm.world() - 1;
+  const bool fails_here = rank == failing;
+  for (const MultiheadCase& c : multihead_cases()) {
+    SCOPED_TRACE(c.name);
+    MultiheadConfig cfg;
+    cfg.embed_dim = 8;
+    cfg.num_heads = 2;
+    cfg.attention = c.attention;
+    cfg.param_dtype = DType::F64;
+    cfg.seed = 6;
+    const int64_t E = cfg.embed_dim;
+    const Tensor xq = Tensor::randn(DType::F64, c.B, c.N, 1, E, 91);
+    const Tensor xk = Tensor::randn(DType::F64, c.B, c.N, 1, E, 92);
+    const Tensor xv = Tensor::randn(DType::F64, c.B, c.N, 1, E, 93);
+    const Tensor dout = Tensor::randn(DType::F64, c.B, c.N, 1, E, 94);
+    MultiheadDilatedAttention single(cfg);
+    Tensor out_ref(DType::F64, c.B, c.N, 1, E),
+        dxq_ref = out_ref.clone(), dxk_ref = out_ref.clone(), dxv_ref = out_ref.clone();
+    MultiheadParams g_ref;
+    auto cpu = make_cpu_backend(1);
+    single.forward(*cpu, xq.view(), xk.view(), xv.view(), out_ref.view());
+    single.backward(*cpu, xq.view(), xk.view(), xv.view(), dout.view(), dxq_ref.view(),
+                    dxk_ref.view(), dxv_ref.view(), g_ref);
+
+    FailingBackend be;
+    DistributedMultihead dist(cfg, c.dist, comm);
+    const Shape l = dist.local_shape(c.B, c.N);
+    auto local = [&](const Tensor& full) {
+      Tensor t(DType::F64, l.B, l.N, 1, E);
+      dist.attention().extract_local(rank, full.view(), t.view());
+      return t;
+    };
+    const Tensor lq = local(xq), lk = local(xk), lv = local(xv), ld = local(dout);
+    Tensor out(DType::F64, l.B, l.N, 1, E), dxq = out.clone(), dxk = out.clone(), dxv = out.clone();
+    MultiheadParams g;
+    auto forward = [&] { dist.forward(be, lq.view(), lk.view(), lv.view(), out.view()); };
+    auto backward = [&] {
+      dist.backward(be, lq.view(), lk.view(), lv.view(), ld.view(), dxq.view(), dxk.view(),
+                    dxv.view(), g);
+    };
+    // Warm calls (the attention keeps its buffers across calls of one shape): how many
+    // allocations a forward and a backward make on the failing rank.
+    forward();
+    backward();
+    int64_t before = be.allocations();
+    forward();
+    const int64_t fwd_allocs = max_over_ranks(comm, fails_here ? be.allocations() - before : 0);
+    before = be.allocations();
+    backward();
+    const int64_t bwd_allocs = max_over_ranks(comm, fails_here ? be.allocations() - before : 0);
+    ASSERT_GT(fwd_allocs, 0);
+    ASSERT_GT(bwd_allocs, fwd_allocs);
+    std::vector<std::string> messages;
+    for (int64_t k = 0; k < fwd_allocs; ++k) {
+      if (fails_here) be.fail_after(k);
+      messages.push_back(expect_agreed_oom(comm, failing, "forward", forward));
+      be.disarm();
+    }
+    for (int64_t k = 0; k < bwd_allocs; ++k) {
+      if (fails_here) be.fail_after(k);
+      messages.push_back(expect_agreed_oom(comm, failing, "failed on rank", backward));
+      be.disarm();
+    }
+    EXPECT_TRUE(any_names(messages, "distributed multihead forward failed"));
+    EXPECT_TRUE(any_names(messages, "distributed multihead backward failed"));
+
+    forward();
+    EXPECT_LT(max_abs_diff(out.view(), local(out_ref).view()), kDistTolerance);
+    backward();
+    EXPECT_LT(max_abs_diff(dxq.view(), local(dxq_ref).view()), kDistTolerance);
+    EXPECT_LT(max_abs_diff(dxk.view(), local(dxk_ref).view()), kDistTolerance);
+    EXPECT_LT(max_abs_diff(dxv.view(), local(dxv_ref).view()), kDistTolerance);
+    for (const auto& [name, ours, ref] :
+         {std::tuple{"w_q", &g.w_q, &g_ref.w_q}, std::tuple{"w_k", &g.w_k, &g_ref.w_k},
+          std::tuple{"w_v", &g.w_v, &g_ref.w_v}, std::tuple{"w_out", &g.w_out, &g_ref.w_out},
+          std::tuple{"b_q", &g.b_q, &g_ref.b_q}, std::tuple{"b_out", &g.b_out, &g_ref.b_out},
+          std::tuple{"ln_weight", &g.ln_weight, &g_ref.ln_weight},
+          std::tuple{"ln_bias", &g.ln_bias, &g_ref.ln_bias}})
+      EXPECT_LT(max_abs_diff(ours->view(), ref->view()), kDistTolerance) << name;
+  }
+  comm.barrier(CommOp{"after multihead out of memory", -1});
+}
+
+// Host memory running out on the last rank while the layer takes its parameters: every rank
+// throws at once; a later construction works.
+TEST(MultiheadOutOfMemory, HostMemoryForTheParametersFailsEveryRankAtOnce) {
+  Communicator& comm = test_comm();
+  const ShortTimeout short_timeout(comm);
+  const int failing = comm.world() - 1;
+  MultiheadConfig cfg;
+  cfg.embed_dim = 64;
+  cfg.num_heads = 2;
+  cfg.param_dtype = DType::F64;
+  cfg.attention.block_size = 4;
+  cfg.attention.dilated.segment_lengths = {8};
+  cfg.attention.dilated.dilation_rates = {1};
+  const DistConfig dist{DistMode::Dilated, Sharding::Contiguous};
+  {
+    // The first weight is the first host request this large.
+    const size_t weight_bytes = static_cast<size_t>(cfg.embed_dim * cfg.embed_dim) * 8;
+    const HostRefusal refusal(comm.rank() == failing, weight_bytes);
+    expect_agreed_oom(
+        comm, failing, "distributed multihead parameters",
+        [&] { DistributedMultihead layer(cfg, dist, comm); }, Memory::Host);
+    EXPECT_EQ(refusal.refusals(), comm.rank() == failing ? 1 : 0);
+  }
+  DistributedMultihead dist_ok(cfg, dist, comm);
+  EXPECT_EQ(dist_ok.layer().params().w_q.numel(), cfg.embed_dim * cfg.embed_dim);
+  comm.barrier(CommOp{"after multihead host out of memory", -1});
+}
+
+struct PlanCase {
+  std::string name;
+  std::string pattern;
+  Shape shape;
+  // The size of the host request refused: the first this large in the call is the one named.
+  size_t (*refused_bytes)(const Shape& global, int world);
+  std::string op;  // the phase of the call that names it
+};
+
+std::vector<PlanCase> plan_cases() {
+  return {
+      // This rank's host copy of q, the first of the buffers taken before the all-gather of
+      // the block means.
+      {"content_adaptive_block_means", "content_adaptive", Shape{2, 96, 2, 16},
+       [](const Shape& g, int P) { return static_cast<size_t>(g.B * (g.N / P) * g.H * g.D) * 8; },
+       "content_adaptive block means"},
+      // The nb x nb block-mean scores, larger than every earlier request of the call.
+      {"content_adaptive_scores", "content_adaptive", Shape{1, 96, 1, 4},
+       [](const Shape& g, int) { return static_cast<size_t>((g.N / 4) * (g.N / 4)) * 8; },
+       "block-sparse plan"},
+      // The rows of the global mask (one std::vector per block row).
+      {"local_window_mask", "local_window", Shape{1, 384, 1, 4},
+       [](const Shape& g, int) {
+         return static_cast<size_t>(g.N / 4) * sizeof(std::vector<int32_t>);
+       },
+       "block-sparse plan"},
+  };
+}
+
+std::string plan_case_name(const ::testing::TestParamInfo<PlanCase>& i) { return i.param.name; }
+
+class BlockSparsePlanOutOfHostMemory : public ::testing::TestWithParam<PlanCase> {};
+
+// Host memory (std::bad_alloc) running out on the last rank while the block-sparse ring builds
+// its plan, in a forward and then in a backward: every rank throws the same error naming the
+// phase at once, and later calls are exact.
+TEST_P(BlockSparsePlanOutOfHostMemory, EveryRankThrowsAtOnceAndLaterCallsAreExact) {
+  const PlanCase c = GetParam();
+  Communicator& comm = test_comm();
+  const ShortTimeout short_timeout(comm);
+  const int rank = comm.rank(), failing = comm.world() - 1;
+  const bool fails_here = rank == failing;
+  AttentionSpec spec;
+  spec.variant = "block_sparse";
+  spec.causal = true;
+  spec.sparse.pattern = c.pattern;
+  spec.sparse.block_size = 4;
+  spec.sparse.window_size = 8;
+  spec.sparse.window_given = true;
+  spec.sparse.topk = 3;
+  const auto in = testing::random_inputs(c.shape, DType::F64, 4400);
+  FailingBackend be;
+  auto attn = make_distributed_attention(
+      spec, DistConfig{DistMode::BlockSparseRing, Sharding::Contiguous, SparseRoute::Direct}, comm);
+  Shards s = shards_of(*attn, rank, in);
+  const size_t bytes = c.refused_bytes(c.shape, comm.world());
+  {
+    const HostRefusal refusal(fails_here, bytes);
+    expect_agreed_oom(
+        comm, failing, "forward: " + c.op, [&] { forward(*attn, be, s); }, Memory::Host);
+    EXPECT_EQ(refusal.refusals(), fails_here ? 1 : 0);
+  }
+  // The failed forward left no plan on any rank: the backward builds it again (and
+  // content_adaptive recomputes its scores).
+  {
+    const HostRefusal refusal(fails_here, bytes);
+    expect_agreed_oom(
+        comm, failing, "backward: " + c.op, [&] { backward(*attn, be, s); }, Memory::Host);
+    EXPECT_EQ(refusal.refusals(), fails_here ? 1 : 0);
+  }
+  forward(*attn, be, s);
+  backward(*attn, be, s);
+  expect_exact(*attn, rank, spec, in, s);
+  comm.barrier(CommOp{"after block-sparse plan out of host memory", -1});
+}
+
+INSTANTIATE_TEST_SUITE_P(Plans, BlockSparsePlanOutOfHostMemory, ::testing::ValuesIn(plan_cases()),
+                         plan_case_name);
 
 }  // namespace
 }  // namespace longattn
