@@ -335,12 +335,9 @@ template <typename T, int D>
 void launch_bwd_sm90_impl(const BwdArgs& a, cudaStream_t stream) {
   using Tr = BwdSm90Traits<D>;
   auto kernel = flash_bwd_sm90_kernel<T, D>;
-  static const bool attr_set = [&] {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    Tr::kSmemBytes));
-    return true;
-  }();
-  (void)attr_set;
+  // Per launch (cheap), so a process driving several devices gets it on each.
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  Tr::kSmemBytes));
   const BwdMaps maps = make_bwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
   const dim3 grid((a.Nk + Tr::kBN - 1) / Tr::kBN, a.H, a.B);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.d_o, a);

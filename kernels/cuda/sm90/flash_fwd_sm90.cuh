@@ -313,12 +313,9 @@ template <typename T, int D>
 void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
   using Tr = FwdSm90Traits<D>;
   auto kernel = flash_fwd_sm90_kernel<T, D>;
-  static const bool attr_set = [&] {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    Tr::kSmemBytes));
-    return true;
-  }();
-  (void)attr_set;
+  // Per launch (cheap), so a process driving several devices gets it on each.
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  Tr::kSmemBytes));
   const FwdMaps maps =
       make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
   const dim3 grid((a.Nq + Tr::kBM - 1) / Tr::kBM, a.H, a.B);
