@@ -219,6 +219,15 @@ RecvSpec incoming(const PairBuffer& full, const RowRuns& runs, const PairBuffer&
   if (is_full(runs, full.rows())) return RecvSpec{full.data(), full.bytes(full.rows()), peer};
   return RecvSpec{stage.data(), stage.bytes(total_rows(runs)), peer};
 }
+// Starts an exchange and adds its bytes to the counters (hops are counted by the caller: what
+// makes a hop differs between the routes).
+CommRequest counted_exchange(Communicator& comm, const std::vector<SendSpec>& sends,
+                             const std::vector<RecvSpec>& recvs, const CommOp& op,
+                             DistCounters& counters) {
+  for (const auto& x : sends) counters.bytes_sent += static_cast<int64_t>(x.bytes);
+  for (const auto& x : recvs) counters.bytes_received += static_cast<int64_t>(x.bytes);
+  return comm.start_exchange(sends, recvs, op);
+}
 // After the wait: staged rows are copied (or added) into place.
 void land(Backend& be, const PairBuffer& stage, const RowRuns& runs, const PairBuffer& full,
           bool add) {
@@ -268,6 +277,19 @@ class KvBuffers {
   int cur_ = 0;
   bool keep_own_ = false;
 };
+
+// One ring step's K/V move: this rank's (or the current) pair out to st.send_peer, the next
+// pair in from st.recv_peer, staged where only some rows travel; a hop when anything is sent.
+CommRequest start_kv_step(Communicator& comm, Backend& be, const RingStep& st,
+                          const KvBuffers& kv, const PairBuffer& send_stage,
+                          const PairBuffer& recv_stage, const char* what, int t,
+                          DistCounters& counters) {
+  const SendSpec snd =
+      outgoing(be, st.send_own ? kv.own() : kv.current(), st.send, send_stage, st.send_peer);
+  const RecvSpec rcv = incoming(kv.next(), st.recv, recv_stage, st.recv_peer);
+  counters.hops += snd.bytes > 0;
+  return counted_exchange(comm, {snd}, {rcv}, CommOp{what, t}, counters);
+}
 
 void check_views(const RingPlan& plan, Communicator& comm, Backend& be, const TensorView& q,
                  std::initializer_list<std::pair<const char*, TensorView>> same,
@@ -705,15 +727,9 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
   for (int t = 0; t < S; ++t) {
     const RingStep& st = plan_.steps[t];
     CommRequest req;
-    if (t + 1 < S) {
-      const SendSpec s =
-          outgoing(be, st.send_own ? kv.own() : kv.current(), st.send, send_stage, st.send_peer);
-      const RecvSpec r = incoming(kv.next(), st.recv, recv_stage, st.recv_peer);
-      req = comm.start_exchange({s}, {r}, CommOp{"ring forward K/V", t});
-      counters.hops += s.bytes > 0;
-      counters.bytes_sent += static_cast<int64_t>(s.bytes);
-      counters.bytes_received += static_cast<int64_t>(r.bytes);
-    }
+    if (t + 1 < S)
+      req = start_kv_step(comm, be, st, kv, send_stage, recv_stage, "ring forward K/V", t,
+                          counters);
     const auto& kp = plan_.pieces[st.origin];
     for (size_t w = 0; w < st.work.size(); ++w) {
       const RingWork& work = st.work[w];
@@ -895,14 +911,13 @@ void RingAttention::backward_chunked(Backend& be, Communicator& comm, const Tens
       const RecvSpec r = last
                              ? RecvSpec{bufs[land].grads(m), bufs[land].grad_bytes(m), st.recv_peer}
                              : RecvSpec{bufs[land].data(), bufs[land].bytes(m), st.recv_peer};
-      flight.req = comm.start_exchange({s}, {r}, CommOp{"ring backward K/V and dK/dV", t});
+      flight.req =
+          counted_exchange(comm, {s}, {r}, CommOp{"ring backward K/V and dK/dV", t}, counters);
       flight.sent = b;
       flight.landing = land;
       flight.chunk = c;
       flight.home = last;
       if (!last) arriving[c] = land;
-      counters.bytes_sent += static_cast<int64_t>(s.bytes);
-      counters.bytes_received += static_cast<int64_t>(r.bytes);
     }
     counters.hops += !last;
     std::swap(held, arriving);
@@ -1002,15 +1017,9 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   for (int t = 0; t < S; ++t) {
     const RingStep& st = plan_.steps[t];
     CommRequest kv_req;
-    if (t + 1 < S) {
-      const SendSpec s =
-          outgoing(be, st.send_own ? kv.own() : kv.current(), st.send, kv_send_stage, st.send_peer);
-      const RecvSpec r = incoming(kv.next(), st.recv, kv_recv_stage, st.recv_peer);
-      kv_req = comm.start_exchange({s}, {r}, CommOp{"ring backward K/V", t});
-      counters.hops += s.bytes > 0;
-      counters.bytes_sent += static_cast<int64_t>(s.bytes);
-      counters.bytes_received += static_cast<int64_t>(r.bytes);
-    }
+    if (t + 1 < S)
+      kv_req = start_kv_step(comm, be, st, kv, kv_send_stage, kv_recv_stage, "ring backward K/V",
+                             t, counters);
     // Where this step's dK/dV contributions go.
     const PairBuffer* target = &home;
     if (t == 1 || (t >= 2 && !travelling)) {
@@ -1058,9 +1067,7 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
       if (!st.home.empty())
         recvs.push_back(
             RecvSpec{home_stage.data(), home_stage.bytes(total_rows(st.home)), st.home_peer});
-      dkv_req = comm.start_exchange(sends, recvs, CommOp{"ring backward dK/dV", t});
-      for (const auto& s : sends) counters.bytes_sent += static_cast<int64_t>(s.bytes);
-      for (const auto& r : recvs) counters.bytes_received += static_cast<int64_t>(r.bytes);
+      dkv_req = counted_exchange(comm, sends, recvs, CommOp{"ring backward dK/dV", t}, counters);
       a = 1 - a;
     }
     kv_req.wait();
