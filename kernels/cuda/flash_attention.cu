@@ -38,6 +38,16 @@ DevView dev_view(const TensorView& t, const char* name) {
   return v;
 }
 
+// A per-row statistics view (lse, delta: [B, N, H, 1] fp32), any strides.
+DevView stat_view(const TensorView& t) {
+  DevView v;
+  v.data = t.data;
+  v.sb = t.sb;
+  v.sn = t.sn;
+  v.sh = t.sh;
+  return v;
+}
+
 DevMask dev_mask(const BlockMaskView& m, const char* name) {
   LONGATTN_CHECK_ARG(m.block_q % kMaskBlockMultiple == 0 && m.block_k % kMaskBlockMultiple == 0,
                      std::string(name) + " block size",
@@ -174,10 +184,7 @@ FwdArgs make_fwd_args(const AttnFwdParams& p) {
   a.k = dev_view(p.k, "k");
   a.v = dev_view(p.v, "v");
   a.o = dev_view(p.o, "o");
-  a.lse.data = p.lse.data;
-  a.lse.sb = p.lse.sb;
-  a.lse.sn = p.lse.sn;
-  a.lse.sh = p.lse.sh;
+  a.lse = stat_view(p.lse);
   a.o_type = out_type(p.o, dt, "o");
   a.B = static_cast<int>(p.q.B);
   a.H = static_cast<int>(p.q.H);
@@ -253,10 +260,7 @@ BwdArgs make_bwd_args(const AttnBwdParams& p) {
   a.dq_type = out_type(p.dq, dt, "dq");
   a.dk_type = out_type(p.dk, dt, "dk");
   a.dv_type = out_type(p.dv, dt, "dv");
-  a.lse.data = p.lse.data;
-  a.lse.sb = p.lse.sb;
-  a.lse.sn = p.lse.sn;
-  a.lse.sh = p.lse.sh;
+  a.lse = stat_view(p.lse);
   if (p.q.N == 0 || p.k.N == 0 || p.q.B == 0 || p.q.H == 0) return a;
   a.mask = dev_mask(p.mask, "mask");
   a.mask_t = dev_mask(p.mask_t, "mask_t");
@@ -312,10 +316,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
   if (p.delta.data) {
     LONGATTN_CHECK_ARG(p.delta.dtype == DType::F32, "delta", dtype_name(p.delta.dtype),
                        "must be fp32 for the CUDA kernels");
-    a.delta.data = p.delta.data;
-    a.delta.sb = p.delta.sb;
-    a.delta.sn = p.delta.sn;
-    a.delta.sh = p.delta.sh;
+    a.delta = stat_view(p.delta);
   } else {
     const size_t bytes = static_cast<size_t>(a.B) * a.Nq * a.H * sizeof(float);
     CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, stream));

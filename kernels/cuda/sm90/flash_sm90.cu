@@ -59,9 +59,13 @@ CUtensorMap make_map(const flash::DevView& v, int B, int rows, int H, int D, boo
   return m;
 }
 
+// Read once per process (every call asks).
 bool portable_requested() {
-  const char* e = std::getenv("LONGATTN_FLASH_KERNELS");
-  return e != nullptr && std::string(e) == "portable";
+  static const bool portable = [] {
+    const char* e = std::getenv("LONGATTN_FLASH_KERNELS");
+    return e != nullptr && std::string(e) == "portable";
+  }();
+  return portable;
 }
 
 }  // namespace
@@ -112,12 +116,16 @@ bool device_enabled() {
   return cached[dev] == 90;
 }
 
+// What both directions need: fp16/bf16, head dim 64 or 128, 16-byte aligned bases and strides
+// (what TMA needs), an sm_90 device.
+static bool kernels_fit(DType dtype, int head_dim, bool vec) {
+  return (dtype == DType::BF16 || dtype == DType::F16) && (head_dim == 64 || head_dim == 128) &&
+         vec && device_enabled();
+}
+
 bool fwd_accepts(const FwdArgs& a, DType dtype, int head_dim) {
-  if (dtype != DType::BF16 && dtype != DType::F16) return false;
-  if (head_dim != 64 && head_dim != 128) return false;
-  if (a.mask.block_q % 128 != 0 || a.mask.block_k % 128 != 0) return false;
-  if (!a.vec) return false;  // 16-byte aligned bases and strides: what TMA needs
-  return device_enabled();
+  return a.mask.block_q % 128 == 0 && a.mask.block_k % 128 == 0 &&
+         kernels_fit(dtype, head_dim, a.vec != 0);
 }
 
 void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream) {
@@ -130,18 +138,11 @@ void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t str
               : launch_fwd_sm90_impl<__half, 128>(a, stream);
 }
 
-}  // namespace longattn::cuda::sm90
-
-namespace longattn::cuda::sm90 {
-
 bool bwd_accepts(const BwdArgs& a, DType dtype, int head_dim, bool atomic_dq) {
-  if (!atomic_dq) return false;  // the deterministic dQ pass stays portable
-  if (dtype != DType::BF16 && dtype != DType::F16) return false;
-  if (head_dim != 64 && head_dim != 128) return false;
-  // Key blocks (rows of the transposed mask) of 128-multiples, query blocks of 64-multiples.
-  if (a.mask_t.block_q % 128 != 0 || a.mask_t.block_k % 64 != 0) return false;
-  if (!a.vec) return false;
-  return device_enabled();
+  // The deterministic dQ pass stays portable. Key blocks (rows of the transposed mask) of
+  // 128-multiples, query blocks of 64-multiples.
+  return atomic_dq && a.mask_t.block_q % 128 == 0 && a.mask_t.block_k % 64 == 0 &&
+         kernels_fit(dtype, head_dim, a.vec != 0);
 }
 
 void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream) {
