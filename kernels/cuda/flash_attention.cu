@@ -308,6 +308,14 @@ std::string flash_backward_kernel(const AttnBwdParams& p) {
   return bwd_takes_sm90(a, p) ? "sm90" : "portable";
 }
 
+void set_persistent_grid_limit(int ctas) {
+#ifdef LONGATTN_HAVE_SM90
+  sm90::set_grid_limit(ctas);
+#else
+  (void)ctas;
+#endif
+}
+
 void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
   BwdArgs a = make_bwd_args(p);
   if (p.q.N == 0 || p.k.N == 0 || p.q.B == 0 || p.q.H == 0) return;

@@ -50,4 +50,8 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream);
 // dq fp32 and not deterministic, key blocks multiples of 128), "portable" or "fp32".
 std::string flash_backward_kernel(const AttnBwdParams& p);
 
+// The Hopper kernels are persistent: at most one CTA per SM walks the work items. Tests cap the
+// grid (0 = one CTA per SM) so that every CTA walks many items; no effect elsewhere.
+void set_persistent_grid_limit(int ctas);
+
 }  // namespace longattn::cuda

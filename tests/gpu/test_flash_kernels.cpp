@@ -460,6 +460,34 @@ std::vector<Case> all_cases() {
 INSTANTIATE_TEST_SUITE_P(Kernels, FlashCase, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
+// The persistent Hopper kernels with a grid of 3 CTAs: every CTA walks many (tile, head, batch)
+// items, so the item handoff, the Q reload and the stage rings carried across items are
+// exercised (the cases above fit one item per CTA on a full GPU). Elsewhere the same checks run
+// through the portable kernels.
+struct GridLimit {
+  explicit GridLimit(int n) { cuda::set_persistent_grid_limit(n); }
+  ~GridLimit() { cuda::set_persistent_grid_limit(0); }
+};
+TEST(FlashPersistent, ManyItemsPerCta) {
+  SKIP_WITHOUT_GPU();
+  const GridLimit limit(3);
+  for (DType dt : {DType::BF16, DType::F16})
+    for (int64_t D : {64, 128}) {
+      const std::string tag = std::string(dtype_name(dt)) + "_d" + std::to_string(D);
+      // Dense ragged, 3 batches x 3 heads x 6 query tiles; causal block-sparse with empty
+      // rows (some items see no key tile) on dilated views.
+      const Case cs[] = {
+          {dt, D, 3, 700, 650, 3, 128, 128, true, 0, 0, MaskKind::Dense, Layout::Contiguous,
+           1.0, false, tag + "_persistent_dense_causal"},
+          {dt, D, 2, 900, 900, 3, 256, 128, true, 0, 0, MaskKind::Sparse, Layout::Dilated,
+           3.0, false, tag + "_persistent_sparse"}};
+      for (const Case& c : cs) {
+        FwdRun run;
+        run_forward(c, run, std::random_device{}());
+      }
+    }
+}
+
 // Small cases for compute-sanitizer (memcheck, racecheck): forward and both backward modes per
 // path (fp32 FMA; bf16 with 64- and 128-key CTAs, atomic and query-stationary dQ).
 TEST(FlashSmall, SanitizerCases) {

@@ -79,22 +79,34 @@ __device__ __forceinline__ void tree_reduce(float (&t)[N]) {
 
 template <int D>
 struct FwdSm90Traits {
-  static constexpr int kBM = 128;                  // query rows per CTA (two consumer warpgroups)
+  static constexpr int kBM = 128;                  // query rows per tile (two consumer warpgroups)
   static constexpr int kBN = 128;                  // key rows per tile
   static constexpr int kStages = D <= 64 ? 4 : 2;  // K/V ring depth
   static constexpr int kChunks = D / 64;           // 64-element (128-byte) column chunks
   static constexpr int kThreads = 384;
   static constexpr int kQBytes = kBM * D * 2;
   static constexpr int kTileBytes = kBN * D * 2;  // one K or one V tile
-  static constexpr int kBarBytes = 8 * (1 + 3 * kStages);
+  // bar_q, q_empty, tile_full[2], tile_empty[2], then full_k, full_v, empty_k, empty_v per stage;
+  // then the two tile slots.
+  static constexpr int kBarBytes = 8 * (6 + 4 * kStages) + 16;
   static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kTileBytes + kBarBytes;
 };
+
+// Work items of one launch: query tiles of every (batch, head), last query tiles first (the
+// longest rows under causality), handed out by a counter the last CTA to leave resets.
+struct FwdSchedule {
+  int* counter = nullptr;  // [0]: next item - gridDim.x, [1]: CTAs done
+  int n_qtiles = 0;
+  int flags = 0;  // kFwdPingPong
+};
+constexpr int kFwdPingPong = 1;
 
 template <typename T, int D>
 __global__ void __launch_bounds__(384, 1)
     flash_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
-                          const __grid_constant__ CUtensorMap tv, const FwdArgs a) {
+                          const __grid_constant__ CUtensorMap tv, const FwdArgs a,
+                          const FwdSchedule sched) {
   using Tr = FwdSm90Traits<D>;
   constexpr int kBM = Tr::kBM, kBN = Tr::kBN, kS = Tr::kStages;
   extern __shared__ unsigned char smem_raw[];
@@ -105,39 +117,61 @@ __global__ void __launch_bounds__(384, 1)
   unsigned char* sK = sQ + Tr::kQBytes;
   unsigned char* sV = sK + kS * Tr::kTileBytes;
   uint64_t* bars = reinterpret_cast<uint64_t*>(sV + kS * Tr::kTileBytes);
-  uint64_t* bar_q = bars;
-  uint64_t* full_k = bars + 1;
+  uint64_t* bar_q = bars;            // Q of the current item landed (TMA)
+  uint64_t* q_empty = bars + 1;      // consumers are done reading Q (8 warps)
+  uint64_t* tile_full = bars + 2;    // [2] the producer published an item
+  uint64_t* tile_empty = bars + 4;   // [2] the consumers read it (8 warps)
+  uint64_t* full_k = bars + 6;
   uint64_t* full_v = full_k + kS;
-  uint64_t* empty = full_v + kS;
+  uint64_t* empty_k = full_v + kS;   // 8 warps each
+  uint64_t* empty_v = empty_k + kS;
+  int* tile_slot = reinterpret_cast<int*>(empty_v + kS);  // [2]
 
-  const int b = blockIdx.z, h = blockIdx.y;
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kBM;
-  const int q_last = min(q0 + kBM, a.Nq) - 1;
-  const int mrow = q0 / a.mask.block_q;
-  const int64_t e0 = a.mask.row_ptr[mrow];
-  const int nsub = a.mask.block_k / kBN;
-  const int n_items = static_cast<int>((a.mask.row_ptr[mrow + 1] - e0) * nsub);
-
-  // First listed tile at or after `it` that some row of this CTA may see (its first key in ks).
-  auto next_visible = [&](int it, int& ks) {
-    for (; it < n_items; ++it) {
-      ks = a.mask.col_idx[e0 + it / nsub] * a.mask.block_k + (it % nsub) * kBN;
-      if (ks < a.Nk && !(a.causal && static_cast<int64_t>(ks - q_last) > a.diag)) break;
-    }
-    return it;
-  };
-
+  const int n_items_total = sched.n_qtiles * a.H * a.B;
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     mbar_init(bar_q, 1);
+    mbar_init(q_empty, 8);
+    for (int i = 0; i < 2; ++i) {
+      mbar_init(&tile_full[i], 1);
+      mbar_init(&tile_empty[i], 8);
+    }
     for (int s = 0; s < kS; ++s) {
       mbar_init(&full_k[s], 1);
       mbar_init(&full_v[s], 1);
-      mbar_init(&empty[s], 8);  // one arrival per consumer warp
+      mbar_init(&empty_k[s], 8);  // one arrival per consumer warp
+      mbar_init(&empty_v[s], 8);
     }
     mbar_init_fence();
   }
   __syncthreads();
+
+  // Item -> (query tile, head, batch) and its mask row.
+  struct Item {
+    int q0, q_last, h, b, n_items, nsub;
+    int64_t e0;
+  };
+  auto decode = [&](int t) {
+    Item w;
+    const int hb = a.H * a.B;
+    w.q0 = (sched.n_qtiles - 1 - t / hb) * kBM;
+    w.h = (t % hb) % a.H;
+    w.b = (t % hb) / a.H;
+    w.q_last = min(w.q0 + kBM, a.Nq) - 1;
+    const int mrow = w.q0 / a.mask.block_q;
+    w.e0 = a.mask.row_ptr[mrow];
+    w.nsub = a.mask.block_k / kBN;
+    w.n_items = static_cast<int>((a.mask.row_ptr[mrow + 1] - w.e0) * w.nsub);
+    return w;
+  };
+  // First listed key tile at or after `it` that some row of the item may see (first key in ks).
+  auto next_visible = [&](const Item& w, int it, int& ks) {
+    for (; it < w.n_items; ++it) {
+      ks = a.mask.col_idx[w.e0 + it / w.nsub] * a.mask.block_k + (it % w.nsub) * kBN;
+      if (ks < a.Nk && !(a.causal && static_cast<int64_t>(ks - w.q_last) > a.diag)) break;
+    }
+    return it;
+  };
 
   if (wg == 0) {
     // ---------------- producer ----------------
@@ -146,24 +180,47 @@ __global__ void __launch_bounds__(384, 1)
       tma_prefetch_map(&tq);
       tma_prefetch_map(&tk);
       tma_prefetch_map(&tv);
-      mbar_arrive_expect_tx(bar_q, Tr::kQBytes);
-#pragma unroll
-      for (int c = 0; c < Tr::kChunks; ++c)
-        tma_load_4d(sQ + c * kBM * 128, &tq, bar_q, c * 64, q0, h, b);
-      int ks = 0;
-      int it = next_visible(0, ks);
-      for (int i = 0; it < n_items; ++i) {
-        const int s = i % kS;
-        mbar_wait(&empty[s], ((i / kS) & 1) ^ 1);
-        mbar_arrive_expect_tx(&full_k[s], Tr::kTileBytes);
-#pragma unroll
-        for (int c = 0; c < Tr::kChunks; ++c)
-          tma_load_4d(sK + s * Tr::kTileBytes + c * kBN * 128, &tk, &full_k[s], c * 64, ks, h, b);
-        mbar_arrive_expect_tx(&full_v[s], Tr::kTileBytes);
+      int t = blockIdx.x;
+      int kv = 0;  // K/V stage uses so far, over all items
+      for (int n = 0;; ++n) {
+        const int slot = n & 1;
+        mbar_wait(&tile_empty[slot], ((n >> 1) & 1) ^ 1);
+        tile_slot[slot] = t;
+        mbar_arrive(&tile_full[slot]);
+        if (t >= n_items_total) break;
+        const int t_next = atomicAdd(sched.counter, 1) + static_cast<int>(gridDim.x);
+        const Item w = decode(t);
+        mbar_wait(q_empty, (n & 1) ^ 1);
+        mbar_arrive_expect_tx(bar_q, Tr::kQBytes);
 #pragma unroll
         for (int c = 0; c < Tr::kChunks; ++c)
-          tma_load_4d(sV + s * Tr::kTileBytes + c * kBN * 128, &tv, &full_v[s], c * 64, ks, h, b);
-        it = next_visible(it + 1, ks);
+          tma_load_4d(sQ + c * kBM * 128, &tq, bar_q, c * 64, w.q0, w.h, w.b);
+        int ks = 0;
+        for (int it = next_visible(w, 0, ks); it < w.n_items; it = next_visible(w, it + 1, ks)) {
+          const int s = kv % kS;
+          const uint32_t ph = ((kv / kS) & 1) ^ 1;
+          mbar_wait(&empty_k[s], ph);
+          mbar_arrive_expect_tx(&full_k[s], Tr::kTileBytes);
+#pragma unroll
+          for (int c = 0; c < Tr::kChunks; ++c)
+            tma_load_4d(sK + s * Tr::kTileBytes + c * kBN * 128, &tk, &full_k[s], c * 64, ks,
+                        w.h, w.b);
+          mbar_wait(&empty_v[s], ph);
+          mbar_arrive_expect_tx(&full_v[s], Tr::kTileBytes);
+#pragma unroll
+          for (int c = 0; c < Tr::kChunks; ++c)
+            tma_load_4d(sV + s * Tr::kTileBytes + c * kBN * 128, &tv, &full_v[s], c * 64, ks,
+                        w.h, w.b);
+          ++kv;
+        }
+        t = t_next;
+      }
+      // The last CTA to leave resets the counter for the next launch that uses it.
+      __threadfence();
+      if (atomicAdd(sched.counter + 1, 1) == static_cast<int>(gridDim.x) - 1) {
+        sched.counter[0] = 0;
+        sched.counter[1] = 0;
+        __threadfence();
       }
     }
     return;
@@ -174,140 +231,219 @@ __global__ void __launch_bounds__(384, 1)
   const int cw = wg - 1;  // 64 query rows each
   const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
   const int g = lane >> 2, t4 = lane & 3;
-  const int row0 = q0 + cw * 64;                 // first row of this warpgroup
-  const int my_row = row0 + warp * 16 + g;       // rows my_row and my_row + 8
   const float sl2 = a.scale_log2;
+  const bool pingpong = (sched.flags & kFwdPingPong) != 0;
   constexpr int kNT = kBN / 8;  // 8-column groups of S
   constexpr int kDT = D / 8;    // 8-column groups of O
-
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float m[2] = {flash::kNegInf, flash::kNegInf}, l[2] = {0.f, 0.f};
-
   const uint32_t q_base = saddr(sQ) + cw * 64 * 128;
   const uint32_t k_base = saddr(sK), v_base = saddr(sV);
-  mbar_wait(bar_q, 0);
+  // Ping-pong: warpgroup cw issues its GEMMs after named barrier 1 + cw, then lets the other
+  // go, so one warpgroup's softmax runs under the other's tensor-core work. Warpgroup 1 lets
+  // warpgroup 0 start.
+  if (pingpong && cw == 1) named_barrier_arrive(1, 256);
+  auto turn_begin = [&] {
+    if (pingpong) named_barrier(1 + cw, 256);
+  };
+  auto turn_end = [&] {
+    if (pingpong) named_barrier_arrive(2 - cw, 256);
+  };
+  auto warp_arrive = [&](uint64_t* bar) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar);
+  };
 
-  int ks = 0;
-  int it = next_visible(0, ks);
-  for (int i = 0; it < n_items; ++i) {
-    const int s = i % kS;
-    const uint32_t ph = (i / kS) & 1;
+  int kv = 0;
+  for (int n = 0;; ++n) {
+    const int slot = n & 1;
+    mbar_wait(&tile_full[slot], (n >> 1) & 1);
+    const int t = tile_slot[slot];
+    warp_arrive(&tile_empty[slot]);
+    if (t >= n_items_total) break;
+    const Item w = decode(t);
+    const int row0 = w.q0 + cw * 64;            // first row of this warpgroup
+    const int my_row = row0 + warp * 16 + g;    // rows my_row and my_row + 8
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    float m[2] = {flash::kNegInf, flash::kNegInf}, l[2] = {0.f, 0.f};
     float sc[kBN / 2];
-    mbar_wait(&full_k[s], ph);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk % 4) * 32;  // 16 elements = 32 bytes into the 128-byte row
-      const uint64_t da = smem_desc(q_base + (kk / 4) * kBM * 128 + off, 16, 1024);
-      const uint64_t db =
-          smem_desc(k_base + s * Tr::kTileBytes + (kk / 4) * kBN * 128 + off, 16, 1024);
-      Mma<T>::qk(sc, da, db, kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(sc);
+    uint32_t pa[kBN / 16][4];
 
-    const bool need_mask = a.mask.partial[e0 + it / nsub] != 0 || ks + kBN > a.Nk ||
-                           (a.causal && static_cast<int64_t>(ks + kBN - 1 - row0) > a.diag);
-    if (need_mask) {
+    auto issue_qk = [&](int s) {
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t off = (kk % 4) * 32;  // 16 elements = 32 bytes into the 128-byte row
+        const uint64_t da = smem_desc(q_base + (kk / 4) * kBM * 128 + off, 16, 1024);
+        const uint64_t db =
+            smem_desc(k_base + s * Tr::kTileBytes + (kk / 4) * kBN * 128 + off, 16, 1024);
+        Mma<T>::qk(sc, da, db, kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+    };
+    auto issue_pv = [&](int s) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = my_row + ((e >> 1) << 3);
-          const int j = ks + nt * 8 + 2 * t4 + (e & 1);
-          if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - r) > a.diag))
-            sc[nt * 4 + e] = flash::kNegInf;
+      for (int kk = 0; kk < kBN / 16; ++kk) {
+        const uint64_t db =
+            smem_desc(v_base + s * Tr::kTileBytes + kk * 16 * 128, kBN * 128, 1024);
+        Mma<T>::pv(o, pa[kk], db);
+      }
+      wgmma_commit();
+    };
+    // Masks S where the tile needs it, then the online softmax in the exp2 domain (as the
+    // portable kernel): rows my_row (hh = 0) and my_row + 8 (hh = 1), each over a quad.
+    auto softmax = [&](int it, int ks, float (&alpha)[2]) {
+      const bool need_mask = a.mask.partial[w.e0 + it / w.nsub] != 0 || ks + kBN > a.Nk ||
+                             (a.causal && static_cast<int64_t>(ks + kBN - 1 - row0) > a.diag);
+      if (need_mask) {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = my_row + ((e >> 1) << 3);
+            const int j = ks + nt * 8 + 2 * t4 + (e & 1);
+            if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - r) > a.diag))
+              sc[nt * 4 + e] = flash::kNegInf;
+          }
+      }
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        float tr[kNT];
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+          tr[nt] = fmaxf(sc[nt * 4 + 2 * hh], sc[nt * 4 + 2 * hh + 1]);
+        tree_reduce<kNT / 2, true>(tr);
+        float mx = tr[0];
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[hh], mx * sl2);
+        const float base_v = m_new == flash::kNegInf ? 0.f : m_new;
+        alpha[hh] = flash::fast_exp2(m[hh] - base_v);
+        m[hh] = m_new;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            sc[nt * 4 + 2 * hh + e] =
+                flash::fast_exp2(fmaf(sc[nt * 4 + 2 * hh + e], sl2, -base_v));
+          tr[nt] = sc[nt * 4 + 2 * hh] + sc[nt * 4 + 2 * hh + 1];
         }
+        tree_reduce<kNT / 2, false>(tr);
+        l[hh] = l[hh] * alpha[hh] + tr[0];
+      }
+    };
+    // P in registers: two adjacent 8-column groups of S are one k16 step of the A operand.
+    auto pack_p = [&] {
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk) {
+        pa[kk][0] = flash::Elem<T>::pack(sc[8 * kk + 0], sc[8 * kk + 1]);
+        pa[kk][1] = flash::Elem<T>::pack(sc[8 * kk + 2], sc[8 * kk + 3]);
+        pa[kk][2] = flash::Elem<T>::pack(sc[8 * kk + 4], sc[8 * kk + 5]);
+        pa[kk][3] = flash::Elem<T>::pack(sc[8 * kk + 6], sc[8 * kk + 7]);
+      }
+    };
+
+    mbar_wait(bar_q, n & 1);
+    int ks = 0;
+    int it = next_visible(w, 0, ks);
+    if (it >= w.n_items) {
+      warp_arrive(q_empty);
+    } else {
+      // First tile: S_0, its softmax, P_0.
+      int s = kv % kS;
+      mbar_wait(&full_k[s], (kv / kS) & 1);
+      turn_begin();
+      wgmma_fence();
+      issue_qk(s);
+      turn_end();
+      wgmma_wait<0>();
+      fence_regs(sc);
+      warp_arrive(&empty_k[s]);
+      int ks_next = 0;
+      int it_next = next_visible(w, it + 1, ks_next);
+      if (it_next >= w.n_items) warp_arrive(q_empty);
+      float alpha[2];
+      softmax(it, ks, alpha);
+      pack_p();
+      int s_prev = s, kv_prev = kv;
+      ++kv;
+      // Steady state: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the softmax
+      // of S_j runs while the P V product finishes.
+      while (it_next < w.n_items) {
+        it = it_next;
+        ks = ks_next;
+        s = kv % kS;
+        mbar_wait(&full_k[s], (kv / kS) & 1);
+        mbar_wait(&full_v[s_prev], (kv_prev / kS) & 1);
+        turn_begin();
+        fence_regs(o);
+        wgmma_fence();
+        issue_qk(s);
+        issue_pv(s_prev);
+        turn_end();
+        wgmma_wait<1>();
+        fence_regs(sc);
+        warp_arrive(&empty_k[s]);
+        it_next = next_visible(w, it + 1, ks_next);
+        if (it_next >= w.n_items) warp_arrive(q_empty);
+        softmax(it, ks, alpha);
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs(pa);
+        warp_arrive(&empty_v[s_prev]);
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[dt * 4 + e] *= alpha[e >> 1];
+        pack_p();
+        s_prev = s;
+        kv_prev = kv;
+        ++kv;
+      }
+      // Last P V.
+      mbar_wait(&full_v[s_prev], (kv_prev / kS) & 1);
+      turn_begin();
+      fence_regs(o);
+      wgmma_fence();
+      issue_pv(s_prev);
+      turn_end();
+      wgmma_wait<0>();
+      fence_regs(o);
+      fence_regs(pa);
+      warp_arrive(&empty_v[s_prev]);
     }
 
-    // Online softmax in the exp2 domain (as the portable kernel): rows my_row (hh = 0) and
-    // my_row + 8 (hh = 1), each spread over the 4 threads of a quad.
-    float alpha[2];
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
-      float t[kNT];
+      float lt = l[hh];
+      lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+      lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+      const int r = my_row + hh * 8;
+      if (r < a.Nq) {
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+        const int64_t ob = w.b * a.o.sb + static_cast<int64_t>(r) * a.o.sn + w.h * a.o.sh;
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) t[nt] = fmaxf(sc[nt * 4 + 2 * hh], sc[nt * 4 + 2 * hh + 1]);
-      tree_reduce<kNT / 2, true>(t);
-      float mx = t[0];
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[hh], mx * sl2);
-      const float base_v = m_new == flash::kNegInf ? 0.f : m_new;
-      alpha[hh] = flash::fast_exp2(m[hh] - base_v);
-      m[hh] = m_new;
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-          sc[nt * 4 + 2 * hh + e] = flash::fast_exp2(fmaf(sc[nt * 4 + 2 * hh + e], sl2, -base_v));
-        t[nt] = sc[nt * 4 + 2 * hh] + sc[nt * 4 + 2 * hh + 1];
-      }
-      tree_reduce<kNT / 2, false>(t);
-      l[hh] = l[hh] * alpha[hh] + t[0];
-    }
-#pragma unroll
-    for (int dt = 0; dt < kDT; ++dt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[dt * 4 + e] *= alpha[e >> 1];
-
-    // P in registers: two adjacent 8-column groups of S are one k16 step of the A operand.
-    uint32_t pa[kBN / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      pa[kk][0] = flash::Elem<T>::pack(sc[8 * kk + 0], sc[8 * kk + 1]);
-      pa[kk][1] = flash::Elem<T>::pack(sc[8 * kk + 2], sc[8 * kk + 3]);
-      pa[kk][2] = flash::Elem<T>::pack(sc[8 * kk + 4], sc[8 * kk + 5]);
-      pa[kk][3] = flash::Elem<T>::pack(sc[8 * kk + 6], sc[8 * kk + 7]);
-    }
-
-    mbar_wait(&full_v[s], ph);
-    fence_regs(o);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      const uint64_t db =
-          smem_desc(v_base + s * Tr::kTileBytes + kk * 16 * 128, kBN * 128, 1024);
-      Mma<T>::pv(o, pa[kk], db);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(o);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);
-    it = next_visible(it + 1, ks);
-  }
-
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    float lt = l[hh];
-    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-    const int r = my_row + hh * 8;
-    if (r < a.Nq) {
-      const float inv = lt > 0.f ? 1.f / lt : 0.f;
-      const int64_t ob = b * a.o.sb + static_cast<int64_t>(r) * a.o.sn + h * a.o.sh;
-#pragma unroll
-      for (int dt = 0; dt < kDT; ++dt)
-        flash::store_out2<T>(a.o.data, ob + dt * 8 + 2 * t4, a.o_type, o[dt * 4 + 2 * hh] * inv,
-                             o[dt * 4 + 2 * hh + 1] * inv, a.o_pair);
-      if (t4 == 0) {
-        float* lse = static_cast<float*>(a.lse.data);
-        lse[b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + h * a.lse.sh] =
-            lt > 0.f ? m[hh] * flash::kLn2 + logf(lt) : flash::kNegInf;
+        for (int dt = 0; dt < kDT; ++dt)
+          flash::store_out2<T>(a.o.data, ob + dt * 8 + 2 * t4, a.o_type,
+                               o[dt * 4 + 2 * hh] * inv, o[dt * 4 + 2 * hh + 1] * inv, a.o_pair);
+        if (t4 == 0) {
+          float* lse = static_cast<float*>(a.lse.data);
+          lse[w.b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + w.h * a.lse.sh] =
+              lt > 0.f ? m[hh] * flash::kLn2 + logf(lt) : flash::kNegInf;
+        }
       }
     }
   }
 }
 
-// Tensor maps of q, k, v (kernels/cuda/sm90/flash_sm90_host.cpp).
+// Tensor maps of q, k, v (kernels/cuda/sm90/flash_sm90.cu).
 struct FwdMaps {
   CUtensorMap q, k, v;
 };
 FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv);
+// Per-launch scheduler state: a zeroed counter pair from a per-device pool, the grid size (one
+// CTA per SM, at most one per item), the flags (LONGATTN_SM90_PINGPONG=0 turns ping-pong off).
+FwdSchedule make_fwd_schedule(int n_qtiles, int n_items, int& grid);
 
 template <typename T, int D>
 void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
@@ -316,10 +452,13 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));
+  const int n_qtiles = (a.Nq + Tr::kBM - 1) / Tr::kBM;
+  if (n_qtiles == 0 || a.H == 0 || a.B == 0) return;
   const FwdMaps maps =
       make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
-  const dim3 grid((a.Nq + Tr::kBM - 1) / Tr::kBM, a.H, a.B);
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a);
+  int grid = 0;
+  const FwdSchedule sched = make_fwd_schedule(n_qtiles, n_qtiles * a.H * a.B, grid);
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a, sched);
   CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
 }
 

@@ -6,6 +6,7 @@
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -87,6 +88,58 @@ FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv)
   m.v = make_map(a.v, a.B, a.Nk, a.H, D, bf16, box_kv, "v");
   return m;
 }
+
+// Scheduler counters: a ring of zeroed pairs per device, one pair per launch; the kernel's last
+// CTA zeroes its pair again. The ring is long enough that a pair comes back only after its
+// launch has finished (the launch queue holds far fewer kernels).
+namespace {
+constexpr int kCounterPairs = 16384;
+struct DeviceSched {
+  int* pairs = nullptr;
+  int sms = 0;
+  std::atomic<uint32_t> next{0};
+};
+DeviceSched& device_sched() {
+  static std::mutex mu;
+  static DeviceSched per_device[64];
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64) throw Error("device index out of range for the Hopper scheduler");
+  DeviceSched& d = per_device[dev];
+  std::lock_guard<std::mutex> lock(mu);
+  if (d.pairs == nullptr) {
+    int* p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, sizeof(int) * 2 * kCounterPairs));
+    CUDA_CHECK(cudaMemset(p, 0, sizeof(int) * 2 * kCounterPairs));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
+    d.pairs = p;
+  }
+  return d;
+}
+std::atomic<int> g_grid_limit{0};
+bool pingpong_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("LONGATTN_SM90_PINGPONG");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  return on;
+}
+}  // namespace
+
+FwdSchedule make_fwd_schedule(int n_qtiles, int n_items, int& grid) {
+  DeviceSched& d = device_sched();
+  FwdSchedule s;
+  s.counter = d.pairs + 2 * (d.next.fetch_add(1) % kCounterPairs);
+  s.n_qtiles = n_qtiles;
+  s.flags = pingpong_enabled() ? kFwdPingPong : 0;
+  const int limit = g_grid_limit.load();
+  const int ctas = limit > 0 && limit < d.sms ? limit : d.sms;
+  grid = n_items < ctas ? n_items : ctas;
+  return s;
+}
+
+void set_grid_limit(int ctas) { g_grid_limit.store(ctas > 0 ? ctas : 0); }
 
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv) {
   BwdMaps m;

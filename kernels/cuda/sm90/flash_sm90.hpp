@@ -25,4 +25,7 @@ void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStre
 // portable kernels.
 bool device_enabled();
 
+// Caps the persistent kernels' grid (0: one CTA per SM).
+void set_grid_limit(int ctas);
+
 }  // namespace longattn::cuda::sm90
