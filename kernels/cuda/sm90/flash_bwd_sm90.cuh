@@ -13,7 +13,9 @@
 //     dS^T -> shared memory, dQ += scale dS K           (wgmma, both operands transposed)
 //   head dim 128: warpgroup w computes dQ columns [64w, 64w + 64) over all 128 keys (both
 //   warpgroups' dS^T, published by a named barrier); head dim 64: each warpgroup its own 64
-//   keys' share of all columns. dQ goes to the fp32 dq by red.global.add.v2.f32.
+//   keys' share of all columns. dQ (scaled) goes through a swizzled fp32 shared-memory tile
+//   that one thread of the warpgroup adds into dq with a TMA reduce (cp.reduce.async.bulk),
+//   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers.
 // Same contract as the portable key-stationary pass (kernels/cuda/flash_bwd_kernel.cuh):
 // dk += scale dS^T Q, dv += P^T dO, dq += scale dS K.
 #pragma once
@@ -35,9 +37,10 @@ struct BwdSm90Traits {
   static constexpr int kQBytes = kBM * D * 2;   // Q or dO tile
   static constexpr int kDSBytes = kBN * kBM * 2;
   static constexpr int kStatBytes = 2 * kBM * 4;  // lse2 and delta of one tile
+  static constexpr int kDQBytes = kBM * 64 * 4;  // one warpgroup's 64 x 64 fp32 dQ tile
   static constexpr int kBarBytes = 8 * (1 + 3 * kStages);
   static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDSBytes +
-                                    kStages * kStatBytes + kBarBytes;
+                                    2 * kDQBytes + kStages * kStatBytes + kBarBytes;
 };
 
 template <typename T, int D>
@@ -45,7 +48,9 @@ __global__ void __launch_bounds__(384, 1)
     flash_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
                           const __grid_constant__ CUtensorMap tv,
-                          const __grid_constant__ CUtensorMap tdo, const BwdArgs a) {
+                          const __grid_constant__ CUtensorMap tdo,
+                          const __grid_constant__ CUtensorMap tdq, const BwdArgs a,
+                          const int dq_tma) {
   using Tr = BwdSm90Traits<D>;
   constexpr int kBN = Tr::kBN, kBM = Tr::kBM, kS = Tr::kStages;
   extern __shared__ unsigned char smem_raw[];
@@ -56,7 +61,8 @@ __global__ void __launch_bounds__(384, 1)
   unsigned char* sQ = sV + Tr::kKVBytes;        // kS stages
   unsigned char* sdO = sQ + kS * Tr::kQBytes;   // kS stages
   unsigned char* sdS = sdO + kS * Tr::kQBytes;  // two buffers [128 keys][64 queries]
-  float* sStat = reinterpret_cast<float*>(sdS + 2 * Tr::kDSBytes);  // kS x (lse2[64], delta[64])
+  unsigned char* sdQ = sdS + 2 * Tr::kDSBytes;  // per warpgroup: two [64 rows][32 fp32] boxes
+  float* sStat = reinterpret_cast<float*>(sdQ + 2 * Tr::kDQBytes);  // kS x (lse2[64], delta[64])
   uint64_t* bars = reinterpret_cast<uint64_t*>(sStat + kS * 2 * kBM);
   uint64_t* bar_kv = bars;
   uint64_t* full_q = bars + 1;   // Q and dO of a stage (TMA)
@@ -288,25 +294,54 @@ __global__ void __launch_bounds__(384, 1)
 
     // dq rows qs + 16 warp + g (+8), columns col0 + 8 nt + 2 t4 (+1).
     const int col0 = Tr::kSplitDq ? cw * 64 : 0;
-    float* dqg = static_cast<float*>(a.dq.data) + b * a.dq.sb + h * a.dq.sh + col0;
+    if (dq_tma) {
+      // The warpgroup's previous reduce has read the tile (its issuing thread waits, the
+      // barrier tells the others); then the tile in TMA's 128-byte swizzle, two boxes of 32
+      // columns: 16-byte chunk c of row r lives at chunk c ^ (r & 7).
+      if (tid == 0) bulk_wait_read<0>();
+      named_barrier(4 + cw, 128);
+      const uint32_t dqb = saddr(sdQ) + cw * Tr::kDQBytes;
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int q = qs + warp * 16 + g + hh * 8;
-      if (q >= a.Nq) continue;
-      float* row = dqg + static_cast<int64_t>(q) * a.dq.sn + 2 * t4;
+      for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const float x0 = a.scale * dq[nt * 4 + 2 * hh], x1 = a.scale * dq[nt * 4 + 2 * hh + 1];
-        if (a.dq_pair) {
-          red_add_v2(row + nt * 8, x0, x1);
-        } else {
-          atomicAdd(row + nt * 8, x0);
-          atomicAdd(row + nt * 8 + 1, x1);
+        for (int hh = 0; hh < 2; ++hh) {
+          const int r = warp * 16 + g + hh * 8;
+          const int chunk = (nt % 4) * 2 + (t4 >> 1);
+          st_shared_v2(dqb + (nt / 4) * (kBM * 128) + r * 128 + ((chunk ^ (r & 7)) << 4) +
+                           (t4 & 1) * 8,
+                       a.scale * dq[nt * 4 + 2 * hh], a.scale * dq[nt * 4 + 2 * hh + 1]);
+        }
+      fence_proxy_async();
+      named_barrier(4 + cw, 128);
+      if (tid == 0) {
+        tma_reduce_add_4d(&tdq, sdQ + cw * Tr::kDQBytes, col0, qs, h, b);
+        tma_reduce_add_4d(&tdq, sdQ + cw * Tr::kDQBytes + kBM * 128, col0 + 32, qs, h, b);
+        bulk_commit();
+      }
+    } else {
+      float* dqg = static_cast<float*>(a.dq.data) + b * a.dq.sb + h * a.dq.sh + col0;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int q = qs + warp * 16 + g + hh * 8;
+        if (q >= a.Nq) continue;
+        float* row = dqg + static_cast<int64_t>(q) * a.dq.sn + 2 * t4;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          const float x0 = a.scale * dq[nt * 4 + 2 * hh], x1 = a.scale * dq[nt * 4 + 2 * hh + 1];
+          if (a.dq_pair) {
+            red_add_v2(row + nt * 8, x0, x1);
+          } else {
+            atomicAdd(row + nt * 8, x0);
+            atomicAdd(row + nt * 8 + 1, x1);
+          }
         }
       }
     }
     it = next_visible(it + 1, qs);
   }
+
+  // The shared-memory tile must outlive the last reduce's reads.
+  if (dq_tma && tid == 0) bulk_wait_all();
 
   // dk += scale dK, dv += dV for keys my_key (+8) < Nk.
 #pragma unroll
@@ -327,7 +362,8 @@ __global__ void __launch_bounds__(384, 1)
 }
 
 struct BwdMaps {
-  CUtensorMap q, k, v, d_o;
+  CUtensorMap q, k, v, d_o, dq;
+  bool dq_tma = false;  // dq (fp32) allows TMA: 16-byte aligned base and strides
 };
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv);
 
@@ -340,7 +376,8 @@ void launch_bwd_sm90_impl(const BwdArgs& a, cudaStream_t stream) {
                                   Tr::kSmemBytes));
   const BwdMaps maps = make_bwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
   const dim3 grid((a.Nk + Tr::kBN - 1) / Tr::kBN, a.H, a.B);
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.d_o, a);
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.d_o, maps.dq,
+                                                         a, maps.dq_tma ? 1 : 0);
   CUDA_CHECK_LAUNCH("flash_bwd_sm90_kernel");
 }
 

@@ -32,11 +32,12 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   return fn;
 }
 
-// [B, rows, H, D] 16-bit view as a 4-D tensor map (D innermost), boxes of 64 x box_rows with the
-// 128-byte swizzle. A dimension of extent 1 may carry any stride; TMA wants multiples of 16.
-CUtensorMap make_map(const flash::DevView& v, int B, int rows, int H, int D, bool bf16,
-                     int box_rows, const char* name) {
-  const int64_t es = 2;
+// [B, rows, H, D] view as a 4-D tensor map (D innermost), boxes of (128 bytes) x box_rows with
+// the 128-byte swizzle: 64 elements of a 16-bit type, 32 of fp32. A dimension of extent 1 may
+// carry any stride; TMA wants multiples of 16 bytes.
+CUtensorMap make_map(const flash::DevView& v, int B, int rows, int H, int D,
+                     CUtensorMapDataType type, int box_rows, const char* name) {
+  const int64_t es = type == CU_TENSOR_MAP_DATA_TYPE_FLOAT32 ? 4 : 2;
   const int64_t row_bytes = v.sn * es;
   auto stride = [&](int64_t s, int extent) {
     return static_cast<cuuint64_t>(extent <= 1 ? (row_bytes > 0 ? row_bytes : 16) : s * es);
@@ -46,12 +47,13 @@ CUtensorMap make_map(const flash::DevView& v, int B, int rows, int H, int D, boo
   cuuint64_t strides[3] = {stride(v.sn, rows), stride(v.sh, H), stride(v.sb, B)};
   for (auto& s : strides)
     if (s % 16 != 0 || s == 0) s = 16 * ((s + 15) / 16 > 0 ? (s + 15) / 16 : 1);
-  cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
+  cuuint32_t box[4] = {static_cast<cuuint32_t>(128 / es), static_cast<cuuint32_t>(box_rows), 1,
+                       1};
   cuuint32_t elem[4] = {1, 1, 1, 1};
   CUtensorMap m;
   std::memset(&m, 0, sizeof(m));
   const CUresult r = encode_fn()(
-      &m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, v.data,
+      &m, type, 4, v.data,
       dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
       CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
@@ -81,11 +83,23 @@ extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128>(const BwdArgs&, cu
 extern template void launch_bwd_sm90_impl<__half, 64>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__half, 128>(const BwdArgs&, cudaStream_t);
 
+static CUtensorMapDataType half_type(bool bf16) {
+  return bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+}
+
+// An fp32 [B, N, H, D] view TMA can address: 16-byte aligned base, strides of dimensions with
+// more than one index multiples of 16 bytes.
+static bool f32_view_fits_tma(const flash::DevView& v, int B, int N, int H) {
+  auto ok = [](int64_t stride, int extent) { return extent <= 1 || (stride * 4) % 16 == 0; };
+  return reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && ok(v.sn, N) && ok(v.sh, H) &&
+         ok(v.sb, B);
+}
+
 FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv) {
   FwdMaps m;
-  m.q = make_map(a.q, a.B, a.Nq, a.H, D, bf16, box_q, "q");
-  m.k = make_map(a.k, a.B, a.Nk, a.H, D, bf16, box_kv, "k");
-  m.v = make_map(a.v, a.B, a.Nk, a.H, D, bf16, box_kv, "v");
+  m.q = make_map(a.q, a.B, a.Nq, a.H, D, half_type(bf16), box_q, "q");
+  m.k = make_map(a.k, a.B, a.Nk, a.H, D, half_type(bf16), box_kv, "k");
+  m.v = make_map(a.v, a.B, a.Nk, a.H, D, half_type(bf16), box_kv, "v");
   return m;
 }
 
@@ -118,6 +132,13 @@ DeviceSched& device_sched() {
   return d;
 }
 std::atomic<int> g_grid_limit{0};
+bool dq_tma_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("LONGATTN_SM90_DQ_TMA");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  return on;
+}
 bool pingpong_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("LONGATTN_SM90_PINGPONG");
@@ -143,10 +164,17 @@ void set_grid_limit(int ctas) { g_grid_limit.store(ctas > 0 ? ctas : 0); }
 
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv) {
   BwdMaps m;
-  m.q = make_map(a.q, a.B, a.Nq, a.H, D, bf16, box_q, "q");
-  m.d_o = make_map(a.d_o, a.B, a.Nq, a.H, D, bf16, box_q, "d_o");
-  m.k = make_map(a.k, a.B, a.Nk, a.H, D, bf16, box_kv, "k");
-  m.v = make_map(a.v, a.B, a.Nk, a.H, D, bf16, box_kv, "v");
+  m.q = make_map(a.q, a.B, a.Nq, a.H, D, half_type(bf16), box_q, "q");
+  m.d_o = make_map(a.d_o, a.B, a.Nq, a.H, D, half_type(bf16), box_q, "d_o");
+  m.k = make_map(a.k, a.B, a.Nk, a.H, D, half_type(bf16), box_kv, "k");
+  m.v = make_map(a.v, a.B, a.Nk, a.H, D, half_type(bf16), box_kv, "v");
+  // dq by TMA reduce (boxes of 32 fp32 columns x box_q rows) where its layout allows, else the
+  // kernel's red.global path; LONGATTN_SM90_DQ_TMA=0 forces the latter.
+  m.dq_tma = a.dq_type == flash::kOutF32 && dq_tma_enabled() &&
+             f32_view_fits_tma(a.dq, a.B, a.Nq, a.H);
+  if (m.dq_tma) m.dq = make_map(a.dq, a.B, a.Nq, a.H, D, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, box_q,
+                                "dq");
+  else std::memset(&m.dq, 0, sizeof(m.dq));
   return m;
 }
 
