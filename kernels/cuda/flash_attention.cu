@@ -308,11 +308,12 @@ std::string flash_backward_kernel(const AttnBwdParams& p) {
   return bwd_takes_sm90(a, p) ? "sm90" : "portable";
 }
 
-void set_persistent_grid_limit(int ctas) {
+void set_persistent_grid_limit(int ctas, int group) {
 #ifdef LONGATTN_HAVE_SM90
-  sm90::set_grid_limit(ctas);
+  sm90::set_grid_limit(ctas, group);
 #else
   (void)ctas;
+  (void)group;
 #endif
 }
 

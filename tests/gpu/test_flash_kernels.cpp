@@ -470,12 +470,13 @@ INSTANTIATE_TEST_SUITE_P(Kernels, FlashCase, ::testing::ValuesIn(all_cases()),
 // exercised (the cases above fit one item per CTA on a full GPU). Elsewhere the same checks run
 // through the portable kernels.
 struct GridLimit {
-  explicit GridLimit(int n) { cuda::set_persistent_grid_limit(n); }
-  ~GridLimit() { cuda::set_persistent_grid_limit(0); }
+  GridLimit(int n, int group) { cuda::set_persistent_grid_limit(n, group); }
+  ~GridLimit() { cuda::set_persistent_grid_limit(0, 0); }
 };
 TEST(FlashPersistent, ManyItemsPerCta) {
   SKIP_WITHOUT_GPU();
-  const GridLimit limit(3);
+  // Head groups of 4 over 6 or 9 (batch, head) pairs: the last group is partial.
+  const GridLimit limit(3, 4);
   for (DType dt : {DType::BF16, DType::F16})
     for (int64_t D : {64, 128}) {
       const std::string tag = std::string(dtype_name(dt)) + "_d" + std::to_string(D);

@@ -93,10 +93,12 @@ struct FwdSm90Traits {
 };
 
 // Work items of one launch: query tiles of every (batch, head), last query tiles first (the
-// longest rows under causality), handed out by a counter the last CTA to leave resets.
+// longest rows under causality) within groups of heads whose K/V fit in L2, handed out by a
+// counter the last CTA to leave resets.
 struct FwdSchedule {
   int* counter = nullptr;  // [0]: next item - gridDim.x, [1]: CTAs done
   int n_qtiles = 0;
+  int group = 1;  // (batch, head) pairs whose items interleave
   int flags = 0;  // kFwdPingPong
 };
 constexpr int kFwdPingPong = 1;
@@ -153,10 +155,17 @@ __global__ void __launch_bounds__(384, 1)
   };
   auto decode = [&](int t) {
     Item w;
-    const int hb = a.H * a.B;
-    w.q0 = (sched.n_qtiles - 1 - t / hb) * kBM;
-    w.h = (t % hb) % a.H;
-    w.b = (t % hb) / a.H;
+    // Items come in groups of sched.group (batch, head) pairs, sized so that the group's K/V
+    // stay in L2 while the CTAs running at once walk it; within a group the last (longest
+    // under causality) query tiles of every pair come first.
+    const int per_group = sched.n_qtiles * sched.group;
+    const int g0 = t / per_group * sched.group;
+    const int gsize = min(sched.group, a.H * a.B - g0);
+    const int r = t % per_group;
+    const int hb = g0 + r % gsize;
+    w.q0 = (sched.n_qtiles - 1 - r / gsize) * kBM;
+    w.h = hb % a.H;
+    w.b = hb / a.H;
     w.q_last = min(w.q0 + kBM, a.Nq) - 1;
     const int mrow = w.q0 / a.mask.block_q;
     w.e0 = a.mask.row_ptr[mrow];
@@ -443,7 +452,7 @@ struct FwdMaps {
 FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv);
 // Per-launch scheduler state: a zeroed counter pair from a per-device pool, the grid size (one
 // CTA per SM, at most one per item), the flags (LONGATTN_SM90_PINGPONG=0 turns ping-pong off).
-FwdSchedule make_fwd_schedule(int n_qtiles, int n_items, int& grid);
+FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, int& grid);
 
 template <typename T, int D>
 void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
@@ -457,7 +466,8 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
   const FwdMaps maps =
       make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
   int grid = 0;
-  const FwdSchedule sched = make_fwd_schedule(n_qtiles, n_qtiles * a.H * a.B, grid);
+  const FwdSchedule sched =
+      make_fwd_schedule(n_qtiles, a.H * a.B, int64_t{4} * a.Nk * D, grid);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a, sched);
   CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
 }

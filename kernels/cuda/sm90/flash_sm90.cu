@@ -111,6 +111,7 @@ constexpr int kCounterPairs = 16384;
 struct DeviceSched {
   int* pairs = nullptr;
   int sms = 0;
+  int64_t l2_bytes = 0;
   std::atomic<uint32_t> next{0};
 };
 DeviceSched& device_sched() {
@@ -127,11 +128,14 @@ DeviceSched& device_sched() {
     CUDA_CHECK(cudaMemset(p, 0, sizeof(int) * 2 * kCounterPairs));
     CUDA_CHECK(cudaDeviceSynchronize());
     CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
+    int l2 = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+    d.l2_bytes = l2;
     d.pairs = p;
   }
   return d;
 }
-std::atomic<int> g_grid_limit{0};
+std::atomic<int> g_grid_limit{0}, g_group{0};
 bool dq_tma_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("LONGATTN_SM90_DQ_TMA");
@@ -148,19 +152,27 @@ bool pingpong_enabled() {
 }
 }  // namespace
 
-FwdSchedule make_fwd_schedule(int n_qtiles, int n_items, int& grid) {
+FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, int& grid) {
   DeviceSched& d = device_sched();
   FwdSchedule s;
   s.counter = d.pairs + 2 * (d.next.fetch_add(1) % kCounterPairs);
   s.n_qtiles = n_qtiles;
+  // Half of L2 for the K/V of the heads walked together (at least one head).
+  const int64_t per_l2 = kv_bytes_per_pair > 0 ? (d.l2_bytes / 2) / kv_bytes_per_pair : n_pairs;
+  s.group = static_cast<int>(per_l2 < 1 ? 1 : (per_l2 > n_pairs ? n_pairs : per_l2));
+  if (g_group.load() > 0) s.group = g_group.load() < n_pairs ? g_group.load() : n_pairs;
   s.flags = pingpong_enabled() ? kFwdPingPong : 0;
+  const int n_items = n_qtiles * n_pairs;
   const int limit = g_grid_limit.load();
   const int ctas = limit > 0 && limit < d.sms ? limit : d.sms;
   grid = n_items < ctas ? n_items : ctas;
   return s;
 }
 
-void set_grid_limit(int ctas) { g_grid_limit.store(ctas > 0 ? ctas : 0); }
+void set_grid_limit(int ctas, int group) {
+  g_grid_limit.store(ctas > 0 ? ctas : 0);
+  g_group.store(group > 0 ? group : 0);
+}
 
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv) {
   BwdMaps m;

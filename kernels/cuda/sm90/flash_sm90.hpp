@@ -25,7 +25,8 @@ void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStre
 // portable kernels.
 bool device_enabled();
 
-// Caps the persistent kernels' grid (0: one CTA per SM).
-void set_grid_limit(int ctas);
+// Caps the persistent kernels' grid (0: one CTA per SM) and fixes how many (batch, head) pairs
+// interleave (0: as many as half of L2 holds the K/V of).
+void set_grid_limit(int ctas, int group);
 
 }  // namespace longattn::cuda::sm90
