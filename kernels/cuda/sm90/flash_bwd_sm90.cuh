@@ -11,9 +11,8 @@
 //     P^T = 2^(scale log2(e) S^T - lse2), dS^T = P^T o (dP^T - delta)      (registers)
 //     dV += P^T dO, dK += dS^T Q                        (wgmma, P^T / dS^T as register operands)
 //     dS^T -> shared memory, dQ += scale dS K           (wgmma, both operands transposed)
-//   head dim 128: warpgroup w computes dQ columns [64w, 64w + 64) over all 128 keys (both
-//   warpgroups' dS^T, published by a named barrier); head dim 64: each warpgroup its own 64
-//   keys' share of all columns. dQ (scaled) goes through a swizzled fp32 shared-memory tile
+//   warpgroup w computes dQ columns [w D/2, (w + 1) D/2) over all 128 keys (both warpgroups'
+//   dS^T, published by a named barrier). dQ (scaled) goes through a swizzled fp32 shared-memory tile
 //   that one thread of the warpgroup adds into dq with a TMA reduce (cp.reduce.async.bulk),
 //   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers.
 // Same contract as the portable key-stationary pass (kernels/cuda/flash_bwd_kernel.cuh):
@@ -32,12 +31,12 @@ struct BwdSm90Traits {
   static constexpr int kStages = 2;
   static constexpr int kChunks = D / 64;
   static constexpr int kThreads = 384;
-  static constexpr bool kSplitDq = D == 128;  // dQ columns split between the warpgroups
+  static constexpr int kDqCols = D / 2;  // dQ columns per warpgroup (split over all 128 keys)
   static constexpr int kKVBytes = kBN * D * 2;  // K or V
   static constexpr int kQBytes = kBM * D * 2;   // Q or dO tile
   static constexpr int kDSBytes = kBN * kBM * 2;
   static constexpr int kStatBytes = 2 * kBM * 4;  // lse2 and delta of one tile
-  static constexpr int kDQBytes = kBM * 64 * 4;  // one warpgroup's 64 x 64 fp32 dQ tile
+  static constexpr int kDQBytes = kBM * kDqCols * 4;  // one warpgroup's fp32 dQ tile
   static constexpr int kBarBytes = 8 * (1 + 3 * kStages);
   static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDSBytes +
                                     2 * kDQBytes + kStages * kStatBytes + kBarBytes;
@@ -258,32 +257,21 @@ __global__ void __launch_bounds__(384, 1)
             da[nt / 2][(nt & 1) * 2 + hh];
       }
     fence_proxy_async();
-    if constexpr (Tr::kSplitDq) {
-      named_barrier(1, 256);
-    } else if (cw == 0) {
-      named_barrier(2, 128);
-    } else {
-      named_barrier(3, 128);
-    }
+    named_barrier(1, 256);
 
-    // dQ (64 queries x 64 columns) = dS K: A = dS^T read transposed, B = K read transposed.
-    float dq[32];
+    // dQ (64 queries x kDqCols columns from col0) = dS K over all 128 keys: A = dS^T read
+    // transposed, B = K's columns read transposed (at d=64 half of the 128-byte swizzled row).
+    constexpr int kDqCols = Tr::kDqCols;
+    const int col0 = cw * kDqCols;
+    float dq[kDqCols / 2];
     wgmma_fence();
-    if constexpr (Tr::kSplitDq) {
 #pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk)
-        Mma<T>::ss64_tt(dq, smem_desc(ds_base + dsb * Tr::kDSBytes + kk * 16 * 128, 8192, 1024),
-                        smem_desc(saddr(sK) + cw * kBN * 128 + kk * 16 * 128, 8192, 1024),
-                        kk > 0 ? 1 : 0);
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        Mma<T>::ss64_tt(dq,
-                        smem_desc(ds_base + dsb * Tr::kDSBytes + (cw * 64 + kk * 16) * 128, 8192,
-                                  1024),
-                        smem_desc(saddr(sK) + (cw * 64 + kk * 16) * 128, 8192, 1024),
-                        kk > 0 ? 1 : 0);
-    }
+    for (int kk = 0; kk < kBN / 16; ++kk)
+      Mma<T>::ss64_tt(dq, smem_desc(ds_base + dsb * Tr::kDSBytes + kk * 16 * 128, 8192, 1024),
+                      smem_desc(saddr(sK) + (col0 / 64) * kBN * 128 + (col0 % 64) * 2 +
+                                    kk * 16 * 128,
+                                8192, 1024),
+                      kk > 0 ? 1 : 0);
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(dq);
@@ -293,7 +281,6 @@ __global__ void __launch_bounds__(384, 1)
     if (lane == 0) mbar_arrive(&empty[s]);
 
     // dq rows qs + 16 warp + g (+8), columns col0 + 8 nt + 2 t4 (+1).
-    const int col0 = Tr::kSplitDq ? cw * 64 : 0;
     if (dq_tma) {
       // The warpgroup's previous reduce has read the tile (its issuing thread waits, the
       // barrier tells the others); then the tile in TMA's 128-byte swizzle, two boxes of 32
@@ -302,7 +289,7 @@ __global__ void __launch_bounds__(384, 1)
       named_barrier(4 + cw, 128);
       const uint32_t dqb = saddr(sdQ) + cw * Tr::kDQBytes;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
+      for (int nt = 0; nt < kDqCols / 8; ++nt)
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
           const int r = warp * 16 + g + hh * 8;
@@ -314,8 +301,10 @@ __global__ void __launch_bounds__(384, 1)
       fence_proxy_async();
       named_barrier(4 + cw, 128);
       if (tid == 0) {
-        tma_reduce_add_4d(&tdq, sdQ + cw * Tr::kDQBytes, col0, qs, h, b);
-        tma_reduce_add_4d(&tdq, sdQ + cw * Tr::kDQBytes + kBM * 128, col0 + 32, qs, h, b);
+#pragma unroll
+        for (int bx = 0; bx < kDqCols / 32; ++bx)
+          tma_reduce_add_4d(&tdq, sdQ + cw * Tr::kDQBytes + bx * kBM * 128, col0 + 32 * bx, qs, h,
+                            b);
         bulk_commit();
       }
     } else {
@@ -326,7 +315,7 @@ __global__ void __launch_bounds__(384, 1)
         if (q >= a.Nq) continue;
         float* row = dqg + static_cast<int64_t>(q) * a.dq.sn + 2 * t4;
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
+        for (int nt = 0; nt < kDqCols / 8; ++nt) {
           const float x0 = a.scale * dq[nt * 4 + 2 * hh], x1 = a.scale * dq[nt * 4 + 2 * hh + 1];
           if (a.dq_pair) {
             red_add_v2(row + nt * 8, x0, x1);

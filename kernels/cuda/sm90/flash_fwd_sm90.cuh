@@ -50,6 +50,9 @@ struct Mma<__nv_bfloat16> {
   static __device__ __forceinline__ void ss64_tt(float (&d)[32], uint64_t a, uint64_t b, int acc) {
     wgmma_ss_n64_tt_bf16(d, a, b, acc);
   }
+  static __device__ __forceinline__ void ss64_tt(float (&d)[16], uint64_t a, uint64_t b, int acc) {
+    wgmma_ss_n32_tt_bf16(d, a, b, acc);
+  }
 };
 template <>
 struct Mma<__half> {
@@ -72,6 +75,9 @@ struct Mma<__half> {
   }
   static __device__ __forceinline__ void ss64_tt(float (&d)[32], uint64_t a, uint64_t b, int acc) {
     wgmma_ss_n64_tt_f16(d, a, b, acc);
+  }
+  static __device__ __forceinline__ void ss64_tt(float (&d)[16], uint64_t a, uint64_t b, int acc) {
+    wgmma_ss_n32_tt_f16(d, a, b, acc);
   }
 };
 
