@@ -32,6 +32,11 @@ struct BwdSm90Traits {
   static constexpr int kChunks = D / 64;
   static constexpr int kThreads = 384;
   static constexpr int kDqCols = D / 2;  // dQ columns per warpgroup (split over all 128 keys)
+  // Head dim 64: the next tile's S^T/dP^T are issued before this tile's dV/dK/dQ products
+  // retire and before its dQ goes out (64 more live registers; at head dim 128 that spills and
+  // the compiler serialises every wgmma, even when issued only after they retire).
+  static constexpr bool kPipelined = D <= 64;
+  static constexpr bool kIssueEarly = D <= 64;
   static constexpr int kKVBytes = kBN * D * 2;  // K or V
   static constexpr int kQBytes = kBM * D * 2;   // Q or dO tile
   static constexpr int kDSBytes = kBN * kBM * 2;
@@ -168,38 +173,60 @@ __global__ void __launch_bounds__(384, 1)
   const uint32_t q_base = saddr(sQ), do_base = saddr(sdO), ds_base = saddr(sdS);
   mbar_wait(bar_kv, 0);
 
-  int qs = 0;
-  int it = next_visible(0, qs);
-  for (int i = 0; it < n_items; ++i) {
-    const int s = i % kS;
-    const uint32_t ph = (i / kS) & 1;
-    const uint32_t qb = q_base + s * Tr::kQBytes, dob = do_base + s * Tr::kQBytes;
-    mbar_wait(&full_q[s], ph);
-
-    // S^T = K Q^T and dP^T = V dO^T: 64 keys x 64 queries each, two commit groups.
-    float st[32], dpt[32];
+  // S^T = K Q^T and dP^T = V dO^T of the tile in stage s_: 64 keys x 64 queries each, two
+  // commit groups.
+  float st[32], dpt[32];
+  auto issue_sdp = [&](int s_) {
+    const uint32_t qb_ = q_base + s_ * Tr::kQBytes, dob_ = do_base + s_ * Tr::kQBytes;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t off = (kk % 4) * 32;
       Mma<T>::ss64(st, smem_desc(k_base + (kk / 4) * kBN * 128 + off, 16, 1024),
-                   smem_desc(qb + (kk / 4) * kBM * 128 + off, 16, 1024), kk > 0 ? 1 : 0);
+                   smem_desc(qb_ + (kk / 4) * kBM * 128 + off, 16, 1024), kk > 0 ? 1 : 0);
     }
     wgmma_commit();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t off = (kk % 4) * 32;
       Mma<T>::ss64(dpt, smem_desc(v_base + (kk / 4) * kBN * 128 + off, 16, 1024),
-                   smem_desc(dob + (kk / 4) * kBM * 128 + off, 16, 1024), kk > 0 ? 1 : 0);
+                   smem_desc(dob_ + (kk / 4) * kBM * 128 + off, 16, 1024), kk > 0 ? 1 : 0);
     }
     wgmma_commit();
+  };
+
+  int qs = 0;
+  int it = next_visible(0, qs);
+  // Pipelined (head dim 64, where the registers allow): the next tile's S^T and dP^T are issued
+  // before this tile's dV/dK/dQ products are waited for, so the tensor cores have work while
+  // dQ goes out.
+  constexpr bool kPipe = Tr::kPipelined;
+  if (kPipe && it < n_items) {
+    mbar_wait(&full_q[0], 0);
+    issue_sdp(0);
+  }
+  for (int i = 0; it < n_items; ++i) {
+    const int s = i % kS;
+    const uint32_t ph = (i / kS) & 1;
+    const uint32_t qb = q_base + s * Tr::kQBytes, dob = do_base + s * Tr::kQBytes;
+    if constexpr (!kPipe) {
+      mbar_wait(&full_q[s], ph);
+      issue_sdp(s);
+    }
     mbar_wait(&full_st[s], ph);
     const float* l2s = sStat + s * 2 * kBM;
     const float* dls = l2s + kBM;
-    wgmma_wait<1>();
+    // (Pipelined: both products at once; reading S^T while dP^T of a product issued in the
+    // previous iteration is in flight makes the compiler serialise every wgmma.)
+    if constexpr (kPipe) {
+      wgmma_wait<0>();
+    } else {
+      wgmma_wait<1>();
+    }
     fence_regs(st);
 
     // P^T, masked where the tile needs it (columns are queries qs + 8 nt + 2 t4 + e).
+    float pt[32];
     const bool need_mask = a.mask_t.partial[e0 + it / nsub] != 0 || key0 + 64 > a.Nk ||
                            (a.causal && static_cast<int64_t>(key0 + 63 - qs) > a.diag);
 #pragma unroll
@@ -213,15 +240,18 @@ __global__ void __launch_bounds__(384, 1)
           const int q = qs + c;
           if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - q) > a.diag)) sv = flash::kNegInf;
         }
-        st[nt * 4 + e] = flash::fast_exp2(fmaf(sv, sl2, -l2s[c]));
+        pt[nt * 4 + e] = flash::fast_exp2(fmaf(sv, sl2, -l2s[c]));
       }
     wgmma_wait<0>();
     fence_regs(dpt);
+    // (P^T and dS^T in their own registers: instructions that write a wgmma accumulator while
+    // other wgmma are in flight make the compiler serialise them.)
+    float dst[32];
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        dpt[nt * 4 + e] = st[nt * 4 + e] * (dpt[nt * 4 + e] - dls[nt * 8 + 2 * t4 + (e & 1)]);
+        dst[nt * 4 + e] = pt[nt * 4 + e] * (dpt[nt * 4 + e] - dls[nt * 8 + 2 * t4 + (e & 1)]);
 
     // P^T and dS^T as register operands (k16 steps over the 64 queries).
     uint32_t pa[4][4], da[4][4];
@@ -229,8 +259,8 @@ __global__ void __launch_bounds__(384, 1)
     for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        pa[kk][r] = flash::Elem<T>::pack(st[8 * kk + 2 * r], st[8 * kk + 2 * r + 1]);
-        da[kk][r] = flash::Elem<T>::pack(dpt[8 * kk + 2 * r], dpt[8 * kk + 2 * r + 1]);
+        pa[kk][r] = flash::Elem<T>::pack(pt[8 * kk + 2 * r], pt[8 * kk + 2 * r + 1]);
+        da[kk][r] = flash::Elem<T>::pack(dst[8 * kk + 2 * r], dst[8 * kk + 2 * r + 1]);
       }
 
     // dV += P^T dO, dK += dS^T Q: B operands are the [query][d] tiles read transposed.
@@ -273,10 +303,27 @@ __global__ void __launch_bounds__(384, 1)
                                 8192, 1024),
                       kk > 0 ? 1 : 0);
     wgmma_commit();
-    wgmma_wait<0>();
+    int qs_next = 0;
+    const int it_next = next_visible(it + 1, qs_next);
+    if (Tr::kIssueEarly && kPipe && it_next < n_items) {
+      const int s1 = (i + 1) % kS;
+      mbar_wait(&full_q[s1], ((i + 1) / kS) & 1);
+      issue_sdp(s1);
+      wgmma_wait<2>();  // this tile's dV, dK, dQ; the next tile's S^T, dP^T still run
+    } else {
+      wgmma_wait<0>();
+    }
     fence_regs(dq);
     fence_regs(dv);
     fence_regs(dk);
+    fence_regs(pa);  // register operands of dV/dK: live until those products retired
+    fence_regs(da);
+    if (!Tr::kIssueEarly && kPipe && it_next < n_items) {
+      // The next tile's S^T, dP^T run while dQ goes out.
+      const int s1 = (i + 1) % kS;
+      mbar_wait(&full_q[s1], ((i + 1) / kS) & 1);
+      issue_sdp(s1);
+    }
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);
 
@@ -326,8 +373,14 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
     }
-    it = next_visible(it + 1, qs);
+    it = it_next;
+    qs = qs_next;
   }
+  // Nothing is in flight here (the last tile waited for everything); the compiler cannot see
+  // that the pipelined branch never leaves the loop, and says so by serialising every wgmma.
+  wgmma_wait<0>();
+  fence_regs(st);
+  fence_regs(dpt);
 
   // The shared-memory tile must outlive the last reduce's reads.
   if (dq_tma && tid == 0) bulk_wait_all();
