@@ -100,6 +100,11 @@ struct FwdSm90Traits {
   // from shared memory and Q's buffer is free for the next item at once. Measured: +3-5% at
   // d=64, none at d=128 (where Q would take 32 more registers per thread).
   static constexpr bool kQRegs = D <= 64;
+  // QK^T of the next key tile and PV of the previous one in flight while the softmax runs, and
+  // the consumer warpgroups' GEMMs in turns (ping-pong). Measured in one command against one
+  // tile at a time (the version-6 loop): faster at d=64, 2-9% slower at d=128 (ping-pong and
+  // persistence made no difference there), so d=128 takes one tile at a time.
+  static constexpr bool kOverlap = D <= 64;
   static constexpr int kChunks = D / 64;           // 64-element (128-byte) column chunks
   static constexpr int kThreads = 384;
   static constexpr int kQBytes = kBM * D * 2;
@@ -259,7 +264,7 @@ __global__ void __launch_bounds__(384, 1)
   const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
   const int g = lane >> 2, t4 = lane & 3;
   const float sl2 = a.scale_log2;
-  const bool pingpong = (sched.flags & kFwdPingPong) != 0;
+  const bool pingpong = Tr::kOverlap && (sched.flags & kFwdPingPong) != 0;
   constexpr int kNT = kBN / 8;  // 8-column groups of S
   constexpr int kDT = D / 8;    // 8-column groups of O
   const uint32_t q_base = saddr(sQ) + cw * 64 * 128;
@@ -396,6 +401,41 @@ __global__ void __launch_bounds__(384, 1)
     int it = next_visible(w, 0, ks);
     if (it >= w.n_items) {
       if constexpr (!Tr::kQRegs) warp_arrive(q_empty);
+    } else if (!Tr::kOverlap) {
+      // One key tile at a time: S = Q K^T, its softmax, O += P V.
+      for (;;) {
+        const int s = kv % kS;
+        const uint32_t ph = (kv / kS) & 1;
+        mbar_wait(&full_k[s], ph);
+        wgmma_fence();
+        issue_qk(s);
+        wgmma_wait<0>();
+        fence_regs(sc);
+        fence_regs(qa);
+        warp_arrive(&empty_k[s]);
+        int ks_next = 0;
+        const int it_next = next_visible(w, it + 1, ks_next);
+        if (!Tr::kQRegs && it_next >= w.n_items) warp_arrive(q_empty);
+        float alpha[2];
+        softmax(it, ks, alpha);
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[dt * 4 + e] *= alpha[e >> 1];
+        pack_p();
+        mbar_wait(&full_v[s], ph);
+        fence_regs(o);
+        wgmma_fence();
+        issue_pv(s);
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs(pa);
+        warp_arrive(&empty_v[s]);
+        ++kv;
+        if (it_next >= w.n_items) break;
+        it = it_next;
+        ks = ks_next;
+      }
     } else {
       // First tile: S_0, its softmax, P_0.
       int s = kv % kS;

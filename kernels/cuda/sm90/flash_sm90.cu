@@ -143,6 +143,13 @@ bool dq_tma_enabled() {
   }();
   return on;
 }
+bool persistent_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("LONGATTN_SM90_PERSISTENT");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  return on;
+}
 bool pingpong_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("LONGATTN_SM90_PINGPONG");
@@ -164,7 +171,7 @@ FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pa
   s.flags = pingpong_enabled() ? kFwdPingPong : 0;
   const int n_items = n_qtiles * n_pairs;
   const int limit = g_grid_limit.load();
-  const int ctas = limit > 0 && limit < d.sms ? limit : d.sms;
+  const int ctas = limit > 0 && limit < d.sms ? limit : (persistent_enabled() ? d.sms : n_items);
   grid = n_items < ctas ? n_items : ctas;
   return s;
 }
