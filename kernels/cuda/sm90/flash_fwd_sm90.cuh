@@ -1,18 +1,22 @@
-// Forward flash attention for Hopper (sm_90a): warp-specialised, TMA + wgmma.
-//
-// One CTA of three warpgroups per 128 query rows of one (batch, head):
+// Forward flash attention for Hopper (sm_90a): warp-specialised, TMA + wgmma. Two kernels with
+// the same contract and outputs as the portable kernel (kernels/cuda/flash_fwd_kernel.cuh: o
+// normalised, lse = ln(sum exp), -inf for empty rows), both with CTAs of three warpgroups per
+// 128 query rows of one (batch, head):
 // - warpgroup 0 (the producer, registers given back with setmaxnreg) has one thread issue TMA
-//   loads: Q once, then K and V of every listed key tile into a ring of kStages shared-memory
-//   stages, each completing on its own "full" mbarrier and reused once the consumers arrive on
-//   the stage's "empty" mbarrier;
+//   loads: Q, then K and V of every listed key tile into a ring of kStages shared-memory stages,
+//   each completing on its own "full" mbarrier and reused once the consumers release it;
 // - warpgroups 1 and 2 (the consumers, 64 query rows each, registers raised to 240) compute
-//   S = Q K^T with wgmma from shared memory, the online softmax in registers (masking only on
-//   tiles flagged partial, at the sequence edge or on the causal diagonal), and O += P V with P
-//   kept in registers as the wgmma A operand and V read transposed from shared memory.
-// The CSR mask row of the CTA's query block lists the key tiles; tiles no row of the CTA may see
-// under causality are skipped by producer and consumers alike. Query blocks run last-first so
-// the longest causal rows start first. Same contract and outputs as the portable kernel
-// (kernels/cuda/flash_fwd_kernel.cuh): o normalised, lse = ln(sum exp) (-inf for empty rows).
+//   S = Q K^T with wgmma, the online softmax in registers (masking only on tiles flagged
+//   partial, at the sequence edge or on the causal diagonal), and O += P V with P kept in
+//   registers as the wgmma A operand and V read transposed from shared memory.
+// The CSR mask row of the query block lists the key tiles; tiles no row of the CTA may see under
+// causality are skipped by producer and consumers alike; the last (longest) query tiles first.
+//
+// flash_fwd_sm90_kernel (head dim 64) is persistent: one CTA per SM takes (query tile, head)
+// items from a counter; Q is the register operand of QK^T; QK^T of the next key tile and PV of
+// the previous one are in flight while the softmax runs; the consumer warpgroups ping-pong.
+// flash_fwd_sm90_tile_kernel (head dim 128) is one CTA per query tile, one key tile at a time:
+// measured faster there (see launch_fwd_sm90_impl).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -100,11 +104,6 @@ struct FwdSm90Traits {
   // from shared memory and Q's buffer is free for the next item at once. Measured: +3-5% at
   // d=64, none at d=128 (where Q would take 32 more registers per thread).
   static constexpr bool kQRegs = D <= 64;
-  // QK^T of the next key tile and PV of the previous one in flight while the softmax runs, and
-  // the consumer warpgroups' GEMMs in turns (ping-pong). Measured in one command against one
-  // tile at a time (the version-6 loop): faster at d=64, 2-9% slower at d=128 (ping-pong and
-  // persistence made no difference there), so d=128 takes one tile at a time.
-  static constexpr bool kOverlap = D <= 64;
   static constexpr int kChunks = D / 64;           // 64-element (128-byte) column chunks
   static constexpr int kThreads = 384;
   static constexpr int kQBytes = kBM * D * 2;
@@ -264,7 +263,7 @@ __global__ void __launch_bounds__(384, 1)
   const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
   const int g = lane >> 2, t4 = lane & 3;
   const float sl2 = a.scale_log2;
-  const bool pingpong = Tr::kOverlap && (sched.flags & kFwdPingPong) != 0;
+  const bool pingpong = (sched.flags & kFwdPingPong) != 0;
   constexpr int kNT = kBN / 8;  // 8-column groups of S
   constexpr int kDT = D / 8;    // 8-column groups of O
   const uint32_t q_base = saddr(sQ) + cw * 64 * 128;
@@ -401,41 +400,6 @@ __global__ void __launch_bounds__(384, 1)
     int it = next_visible(w, 0, ks);
     if (it >= w.n_items) {
       if constexpr (!Tr::kQRegs) warp_arrive(q_empty);
-    } else if (!Tr::kOverlap) {
-      // One key tile at a time: S = Q K^T, its softmax, O += P V.
-      for (;;) {
-        const int s = kv % kS;
-        const uint32_t ph = (kv / kS) & 1;
-        mbar_wait(&full_k[s], ph);
-        wgmma_fence();
-        issue_qk(s);
-        wgmma_wait<0>();
-        fence_regs(sc);
-        fence_regs(qa);
-        warp_arrive(&empty_k[s]);
-        int ks_next = 0;
-        const int it_next = next_visible(w, it + 1, ks_next);
-        if (!Tr::kQRegs && it_next >= w.n_items) warp_arrive(q_empty);
-        float alpha[2];
-        softmax(it, ks, alpha);
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) o[dt * 4 + e] *= alpha[e >> 1];
-        pack_p();
-        mbar_wait(&full_v[s], ph);
-        fence_regs(o);
-        wgmma_fence();
-        issue_pv(s);
-        wgmma_wait<0>();
-        fence_regs(o);
-        fence_regs(pa);
-        warp_arrive(&empty_v[s]);
-        ++kv;
-        if (it_next >= w.n_items) break;
-        it = it_next;
-        ks = ks_next;
-      }
     } else {
       // First tile: S_0, its softmax, P_0.
       int s = kv % kS;
@@ -526,6 +490,240 @@ __global__ void __launch_bounds__(384, 1)
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The one-CTA-per-query-tile forward (version 6), used at head dim 128: in one command on an H100
+// it ran 2-9% faster there than the persistent kernel above, with or without the overlapped
+// loop, ping-pong or persistence (the cause is not identified). Same contract and outputs.
+// Grid (query tiles, H, B), last query tiles first; one producer warpgroup loads Q once and K/V
+// of each listed tile into a kStages ring (one "empty" barrier per stage); the two consumer
+// warpgroups compute S = Q K^T (both operands from shared memory), the softmax and O += P V,
+// one key tile at a time.
+template <int D>
+struct FwdTileTraits {
+  static constexpr int kBM = 128;                  // query rows per CTA (two consumer warpgroups)
+  static constexpr int kBN = 128;                  // key rows per tile
+  static constexpr int kStages = D <= 64 ? 4 : 2;  // K/V ring depth
+  static constexpr int kChunks = D / 64;           // 64-element (128-byte) column chunks
+  static constexpr int kThreads = 384;
+  static constexpr int kQBytes = kBM * D * 2;
+  static constexpr int kTileBytes = kBN * D * 2;  // one K or one V tile
+  static constexpr int kBarBytes = 8 * (1 + 3 * kStages);
+  static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kTileBytes + kBarBytes;
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(384, 1)
+    flash_fwd_sm90_tile_kernel(const __grid_constant__ CUtensorMap tq,
+                          const __grid_constant__ CUtensorMap tk,
+                          const __grid_constant__ CUtensorMap tv, const FwdArgs a) {
+  using Tr = FwdTileTraits<D>;
+  constexpr int kBM = Tr::kBM, kBN = Tr::kBN, kS = Tr::kStages;
+  extern __shared__ unsigned char smem_raw[];
+  // TMA's 128-byte swizzle repeats every 1024 bytes: tiles start on 1024-byte boundaries.
+  const uint32_t raw = saddr(smem_raw);
+  unsigned char* base = smem_raw + (((raw + 1023) & ~1023u) - raw);
+  unsigned char* sQ = base;
+  unsigned char* sK = sQ + Tr::kQBytes;
+  unsigned char* sV = sK + kS * Tr::kTileBytes;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(sV + kS * Tr::kTileBytes);
+  uint64_t* bar_q = bars;
+  uint64_t* full_k = bars + 1;
+  uint64_t* full_v = full_k + kS;
+  uint64_t* empty = full_v + kS;
+
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kBM;
+  const int q_last = min(q0 + kBM, a.Nq) - 1;
+  const int mrow = q0 / a.mask.block_q;
+  const int64_t e0 = a.mask.row_ptr[mrow];
+  const int nsub = a.mask.block_k / kBN;
+  const int n_items = static_cast<int>((a.mask.row_ptr[mrow + 1] - e0) * nsub);
+
+  // First listed tile at or after `it` that some row of this CTA may see (its first key in ks).
+  auto next_visible = [&](int it, int& ks) {
+    for (; it < n_items; ++it) {
+      ks = a.mask.col_idx[e0 + it / nsub] * a.mask.block_k + (it % nsub) * kBN;
+      if (ks < a.Nk && !(a.causal && static_cast<int64_t>(ks - q_last) > a.diag)) break;
+    }
+    return it;
+  };
+
+  const int wg = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    mbar_init(bar_q, 1);
+    for (int s = 0; s < kS; ++s) {
+      mbar_init(&full_k[s], 1);
+      mbar_init(&full_v[s], 1);
+      mbar_init(&empty[s], 8);  // one arrival per consumer warp
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // ---------------- producer ----------------
+    regs_dealloc<kProducerRegs>();
+    if (threadIdx.x == 0) {
+      tma_prefetch_map(&tq);
+      tma_prefetch_map(&tk);
+      tma_prefetch_map(&tv);
+      mbar_arrive_expect_tx(bar_q, Tr::kQBytes);
+#pragma unroll
+      for (int c = 0; c < Tr::kChunks; ++c)
+        tma_load_4d(sQ + c * kBM * 128, &tq, bar_q, c * 64, q0, h, b);
+      int ks = 0;
+      int it = next_visible(0, ks);
+      for (int i = 0; it < n_items; ++i) {
+        const int s = i % kS;
+        mbar_wait(&empty[s], ((i / kS) & 1) ^ 1);
+        mbar_arrive_expect_tx(&full_k[s], Tr::kTileBytes);
+#pragma unroll
+        for (int c = 0; c < Tr::kChunks; ++c)
+          tma_load_4d(sK + s * Tr::kTileBytes + c * kBN * 128, &tk, &full_k[s], c * 64, ks, h, b);
+        mbar_arrive_expect_tx(&full_v[s], Tr::kTileBytes);
+#pragma unroll
+        for (int c = 0; c < Tr::kChunks; ++c)
+          tma_load_4d(sV + s * Tr::kTileBytes + c * kBN * 128, &tv, &full_v[s], c * 64, ks, h, b);
+        it = next_visible(it + 1, ks);
+      }
+    }
+    return;
+  }
+
+  // ---------------- consumers ----------------
+  regs_alloc<kConsumerRegs>();
+  const int cw = wg - 1;  // 64 query rows each
+  const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int row0 = q0 + cw * 64;                 // first row of this warpgroup
+  const int my_row = row0 + warp * 16 + g;       // rows my_row and my_row + 8
+  const float sl2 = a.scale_log2;
+  constexpr int kNT = kBN / 8;  // 8-column groups of S
+  constexpr int kDT = D / 8;    // 8-column groups of O
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float m[2] = {flash::kNegInf, flash::kNegInf}, l[2] = {0.f, 0.f};
+
+  const uint32_t q_base = saddr(sQ) + cw * 64 * 128;
+  const uint32_t k_base = saddr(sK), v_base = saddr(sV);
+  mbar_wait(bar_q, 0);
+
+  int ks = 0;
+  int it = next_visible(0, ks);
+  for (int i = 0; it < n_items; ++i) {
+    const int s = i % kS;
+    const uint32_t ph = (i / kS) & 1;
+    float sc[kBN / 2];
+    mbar_wait(&full_k[s], ph);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t off = (kk % 4) * 32;  // 16 elements = 32 bytes into the 128-byte row
+      const uint64_t da = smem_desc(q_base + (kk / 4) * kBM * 128 + off, 16, 1024);
+      const uint64_t db =
+          smem_desc(k_base + s * Tr::kTileBytes + (kk / 4) * kBN * 128 + off, 16, 1024);
+      Mma<T>::qk(sc, da, db, kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(sc);
+
+    const bool need_mask = a.mask.partial[e0 + it / nsub] != 0 || ks + kBN > a.Nk ||
+                           (a.causal && static_cast<int64_t>(ks + kBN - 1 - row0) > a.diag);
+    if (need_mask) {
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = my_row + ((e >> 1) << 3);
+          const int j = ks + nt * 8 + 2 * t4 + (e & 1);
+          if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - r) > a.diag))
+            sc[nt * 4 + e] = flash::kNegInf;
+        }
+    }
+
+    // Online softmax in the exp2 domain (as the portable kernel): rows my_row (hh = 0) and
+    // my_row + 8 (hh = 1), each spread over the 4 threads of a quad.
+    float alpha[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      float t[kNT];
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) t[nt] = fmaxf(sc[nt * 4 + 2 * hh], sc[nt * 4 + 2 * hh + 1]);
+      tree_reduce<kNT / 2, true>(t);
+      float mx = t[0];
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[hh], mx * sl2);
+      const float base_v = m_new == flash::kNegInf ? 0.f : m_new;
+      alpha[hh] = flash::fast_exp2(m[hh] - base_v);
+      m[hh] = m_new;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          sc[nt * 4 + 2 * hh + e] = flash::fast_exp2(fmaf(sc[nt * 4 + 2 * hh + e], sl2, -base_v));
+        t[nt] = sc[nt * 4 + 2 * hh] + sc[nt * 4 + 2 * hh + 1];
+      }
+      tree_reduce<kNT / 2, false>(t);
+      l[hh] = l[hh] * alpha[hh] + t[0];
+    }
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[dt * 4 + e] *= alpha[e >> 1];
+
+    // P in registers: two adjacent 8-column groups of S are one k16 step of the A operand.
+    uint32_t pa[kBN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      pa[kk][0] = flash::Elem<T>::pack(sc[8 * kk + 0], sc[8 * kk + 1]);
+      pa[kk][1] = flash::Elem<T>::pack(sc[8 * kk + 2], sc[8 * kk + 3]);
+      pa[kk][2] = flash::Elem<T>::pack(sc[8 * kk + 4], sc[8 * kk + 5]);
+      pa[kk][3] = flash::Elem<T>::pack(sc[8 * kk + 6], sc[8 * kk + 7]);
+    }
+
+    mbar_wait(&full_v[s], ph);
+    fence_regs(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      const uint64_t db =
+          smem_desc(v_base + s * Tr::kTileBytes + kk * 16 * 128, kBN * 128, 1024);
+      Mma<T>::pv(o, pa[kk], db);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+    it = next_visible(it + 1, ks);
+  }
+
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    float lt = l[hh];
+    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    const int r = my_row + hh * 8;
+    if (r < a.Nq) {
+      const float inv = lt > 0.f ? 1.f / lt : 0.f;
+      const int64_t ob = b * a.o.sb + static_cast<int64_t>(r) * a.o.sn + h * a.o.sh;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt)
+        flash::store_out2<T>(a.o.data, ob + dt * 8 + 2 * t4, a.o_type, o[dt * 4 + 2 * hh] * inv,
+                             o[dt * 4 + 2 * hh + 1] * inv, a.o_pair);
+      if (t4 == 0) {
+        float* lse = static_cast<float*>(a.lse.data);
+        lse[b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + h * a.lse.sh] =
+            lt > 0.f ? m[hh] * flash::kLn2 + logf(lt) : flash::kNegInf;
+      }
+    }
+  }
+}
+
 // Tensor maps of q, k, v (kernels/cuda/sm90/flash_sm90.cu).
 struct FwdMaps {
   CUtensorMap q, k, v;
@@ -536,21 +734,39 @@ FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv)
 FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, int& grid);
 
 template <typename T, int D>
-void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
-  using Tr = FwdSm90Traits<D>;
-  auto kernel = flash_fwd_sm90_kernel<T, D>;
+void launch_fwd_sm90_tile(const FwdArgs& a, cudaStream_t stream) {
+  using Tr = FwdTileTraits<D>;
+  auto kernel = flash_fwd_sm90_tile_kernel<T, D>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));
-  const int n_qtiles = (a.Nq + Tr::kBM - 1) / Tr::kBM;
-  if (n_qtiles == 0 || a.H == 0 || a.B == 0) return;
   const FwdMaps maps =
       make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
-  int grid = 0;
-  const FwdSchedule sched =
-      make_fwd_schedule(n_qtiles, a.H * a.B, int64_t{4} * a.Nk * D, grid);
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a, sched);
-  CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
+  const dim3 grid((a.Nq + Tr::kBM - 1) / Tr::kBM, a.H, a.B);
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a);
+  CUDA_CHECK_LAUNCH("flash_fwd_sm90_tile_kernel");
+}
+
+template <typename T, int D>
+void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
+  if constexpr (D == 128) {
+    launch_fwd_sm90_tile<T, D>(a, stream);
+  } else {
+    using Tr = FwdSm90Traits<D>;
+    auto kernel = flash_fwd_sm90_kernel<T, D>;
+    // Per launch (cheap), so a process driving several devices gets it on each.
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    Tr::kSmemBytes));
+    const int n_qtiles = (a.Nq + Tr::kBM - 1) / Tr::kBM;
+    if (n_qtiles == 0 || a.H == 0 || a.B == 0) return;
+    const FwdMaps maps =
+        make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
+    int grid = 0;
+    const FwdSchedule sched =
+        make_fwd_schedule(n_qtiles, a.H * a.B, int64_t{4} * a.Nk * D, grid);
+    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a, sched);
+    CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
+  }
 }
 
 }  // namespace longattn::cuda::sm90
