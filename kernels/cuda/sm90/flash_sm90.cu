@@ -136,25 +136,21 @@ DeviceSched& device_sched() {
   return d;
 }
 std::atomic<int> g_grid_limit{0}, g_group{0};
+// Measurement switches, on unless the variable is "0"; read once per process (each call asks).
+bool switch_on(const char* name) {
+  const char* e = std::getenv(name);
+  return e == nullptr || std::string(e) != "0";
+}
 bool dq_tma_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("LONGATTN_SM90_DQ_TMA");
-    return e == nullptr || std::string(e) != "0";
-  }();
+  static const bool on = switch_on("LONGATTN_SM90_DQ_TMA");
   return on;
 }
 bool persistent_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("LONGATTN_SM90_PERSISTENT");
-    return e == nullptr || std::string(e) != "0";
-  }();
+  static const bool on = switch_on("LONGATTN_SM90_PERSISTENT");
   return on;
 }
 bool pingpong_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("LONGATTN_SM90_PINGPONG");
-    return e == nullptr || std::string(e) != "0";
-  }();
+  static const bool on = switch_on("LONGATTN_SM90_PINGPONG");
   return on;
 }
 }  // namespace
