@@ -30,60 +30,47 @@ namespace longattn::cuda::sm90 {
 
 using flash::FwdArgs;
 
+// The wgmma shapes the kernels use, by element type (wgmma_ops.cuh):
+//   qk: S = Q K^T, m64n128 (Q from shared memory, or Q in registers);
+//   pv: O += P V, P in registers, V read transposed (m64n128, m64n64);
+//   ss64: m64n64, both operands K-major (S^T, dP^T in the backward);
+//   ss64_tt: both operands transposed (dQ in the backward; m64n64, m64n32).
 template <typename T>
 struct Mma;
-template <>
-struct Mma<__nv_bfloat16> {
-  static __device__ __forceinline__ void qk(float (&d)[64], uint64_t a, uint64_t b, int acc) {
-    wgmma_ss_n128_bf16(d, a, b, acc);
-  }
-  static __device__ __forceinline__ void qk(float (&d)[64], const uint32_t (&a)[4], uint64_t b,
-                                            int acc) {
-    wgmma_rs_n128_kb_bf16(d, a, b, acc);
-  }
-  static __device__ __forceinline__ void pv(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
-    wgmma_rs_n128_bf16(d, a, b, 1);
-  }
-  static __device__ __forceinline__ void pv(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
-    wgmma_rs_n64_bf16(d, a, b, 1);
-  }
-  // Backward: m64n64 with both operands K-major (S^T, dP^T) or both transposed (dQ).
-  static __device__ __forceinline__ void ss64(float (&d)[32], uint64_t a, uint64_t b, int acc) {
-    wgmma_ss_n64_bf16(d, a, b, acc);
-  }
-  static __device__ __forceinline__ void ss64_tt(float (&d)[32], uint64_t a, uint64_t b, int acc) {
-    wgmma_ss_n64_tt_bf16(d, a, b, acc);
-  }
-  static __device__ __forceinline__ void ss64_tt(float (&d)[16], uint64_t a, uint64_t b, int acc) {
-    wgmma_ss_n32_tt_bf16(d, a, b, acc);
-  }
-};
-template <>
-struct Mma<__half> {
-  static __device__ __forceinline__ void qk(float (&d)[64], uint64_t a, uint64_t b, int acc) {
-    wgmma_ss_n128_f16(d, a, b, acc);
-  }
-  static __device__ __forceinline__ void qk(float (&d)[64], const uint32_t (&a)[4], uint64_t b,
-                                            int acc) {
-    wgmma_rs_n128_kb_f16(d, a, b, acc);
-  }
-  static __device__ __forceinline__ void pv(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
-    wgmma_rs_n128_f16(d, a, b, 1);
-  }
-  static __device__ __forceinline__ void pv(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
-    wgmma_rs_n64_f16(d, a, b, 1);
-  }
-  // Backward: m64n64 with both operands K-major (S^T, dP^T) or both transposed (dQ).
-  static __device__ __forceinline__ void ss64(float (&d)[32], uint64_t a, uint64_t b, int acc) {
-    wgmma_ss_n64_f16(d, a, b, acc);
-  }
-  static __device__ __forceinline__ void ss64_tt(float (&d)[32], uint64_t a, uint64_t b, int acc) {
-    wgmma_ss_n64_tt_f16(d, a, b, acc);
-  }
-  static __device__ __forceinline__ void ss64_tt(float (&d)[16], uint64_t a, uint64_t b, int acc) {
-    wgmma_ss_n32_tt_f16(d, a, b, acc);
-  }
-};
+#define LONGATTN_MMA(T, TY)                                                                     \
+  template <>                                                                                   \
+  struct Mma<T> {                                                                               \
+    static __device__ __forceinline__ void qk(float (&d)[64], uint64_t a, uint64_t b, int acc) { \
+      wgmma_ss_n128_##TY(d, a, b, acc);                                                         \
+    }                                                                                           \
+    static __device__ __forceinline__ void qk(float (&d)[64], const uint32_t (&a)[4],           \
+                                              uint64_t b, int acc) {                            \
+      wgmma_rs_n128_kb_##TY(d, a, b, acc);                                                      \
+    }                                                                                           \
+    static __device__ __forceinline__ void pv(float (&d)[64], const uint32_t (&a)[4],           \
+                                              uint64_t b) {                                     \
+      wgmma_rs_n128_##TY(d, a, b, 1);                                                           \
+    }                                                                                           \
+    static __device__ __forceinline__ void pv(float (&d)[32], const uint32_t (&a)[4],           \
+                                              uint64_t b) {                                     \
+      wgmma_rs_n64_##TY(d, a, b, 1);                                                            \
+    }                                                                                           \
+    static __device__ __forceinline__ void ss64(float (&d)[32], uint64_t a, uint64_t b,         \
+                                                int acc) {                                      \
+      wgmma_ss_n64_##TY(d, a, b, acc);                                                          \
+    }                                                                                           \
+    static __device__ __forceinline__ void ss64_tt(float (&d)[32], uint64_t a, uint64_t b,      \
+                                                   int acc) {                                   \
+      wgmma_ss_n64_tt_##TY(d, a, b, acc);                                                       \
+    }                                                                                           \
+    static __device__ __forceinline__ void ss64_tt(float (&d)[16], uint64_t a, uint64_t b,      \
+                                                   int acc) {                                   \
+      wgmma_ss_n32_tt_##TY(d, a, b, acc);                                                       \
+    }                                                                                           \
+  };
+LONGATTN_MMA(__nv_bfloat16, bf16)
+LONGATTN_MMA(__half, f16)
+#undef LONGATTN_MMA
 
 // t[0] = max (or sum) of t[0 .. 2W), pairwise: short dependency chains, all indices constant.
 template <int W, bool kMax, int N>
