@@ -176,23 +176,20 @@ __global__ void __launch_bounds__(384, 1)
   // S^T = K Q^T and dP^T = V dO^T of the tile in stage s_: 64 keys x 64 queries each, two
   // commit groups.
   float st[32], dpt[32];
+  // acc = A B^T over the head dim: A the warpgroup's 64 rows of K or V, B a 64-row Q or dO tile.
+  auto ss_over_d = [&](float (&acc)[32], uint32_t a_base, uint32_t b_base) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t off = (kk % 4) * 32;
+      Mma<T>::ss64(acc, smem_desc(a_base + (kk / 4) * kBN * 128 + off, 16, 1024),
+                   smem_desc(b_base + (kk / 4) * kBM * 128 + off, 16, 1024), kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+  };
   auto issue_sdp = [&](int s_) {
-    const uint32_t qb_ = q_base + s_ * Tr::kQBytes, dob_ = do_base + s_ * Tr::kQBytes;
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk % 4) * 32;
-      Mma<T>::ss64(st, smem_desc(k_base + (kk / 4) * kBN * 128 + off, 16, 1024),
-                   smem_desc(qb_ + (kk / 4) * kBM * 128 + off, 16, 1024), kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk % 4) * 32;
-      Mma<T>::ss64(dpt, smem_desc(v_base + (kk / 4) * kBN * 128 + off, 16, 1024),
-                   smem_desc(dob_ + (kk / 4) * kBM * 128 + off, 16, 1024), kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
+    ss_over_d(st, k_base, q_base + s_ * Tr::kQBytes);
+    ss_over_d(dpt, v_base, do_base + s_ * Tr::kQBytes);
   };
 
   int qs = 0;
