@@ -528,29 +528,31 @@ void gather_staged(const DistributedAttention& attn, Backend& be, const TensorVi
   }
 }
 
+
+// Rank 0's check of the full tensor and every rank's staging buffers, agreed on before the first
+// message: a rank that rejects or cannot allocate stops all of them.
+Staging agreed_staging(const DistributedAttention& attn, Backend& be, const TensorView& full,
+                       const TensorView& local, const char* what) {
+  Communicator& comm = attn.comm();
+  Staging s;
+  run_and_agree(comm, what, [&] {
+    if (comm.rank() == 0) check_full(attn, full, local, "full tensor");
+    s = Staging(comm, be, local);
+  });
+  return s;
+}
+
 }  // namespace
 
 void scatter_from_root(const DistributedAttention& attn, Backend& be, const TensorView& full,
                        const TensorView& local) {
-  Communicator& comm = attn.comm();
-  // Rank 0's check of the full tensor and every rank's staging buffers are agreed on before
-  // the first message: a rank that rejects or cannot allocate stops all of them.
-  Staging s;
-  run_and_agree(comm, "scatter from rank 0", [&] {
-    if (comm.rank() == 0) check_full(attn, full, local, "full tensor");
-    s = Staging(comm, be, local);
-  });
+  const Staging s = agreed_staging(attn, be, full, local, "scatter from rank 0");
   scatter_staged(attn, be, full, local, s);
 }
 
 void gather_to_root(const DistributedAttention& attn, Backend& be, const TensorView& local,
                     const TensorView& full) {
-  Communicator& comm = attn.comm();
-  Staging s;
-  run_and_agree(comm, "gather to rank 0", [&] {
-    if (comm.rank() == 0) check_full(attn, full, local, "full tensor");
-    s = Staging(comm, be, local);
-  });
+  const Staging s = agreed_staging(attn, be, full, local, "gather to rank 0");
   gather_staged(attn, be, local, full, s);
 }
 
