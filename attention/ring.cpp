@@ -675,6 +675,18 @@ RingAttention::Masks& RingAttention::masks(Backend& be) {
   return *masks_;
 }
 
+RingAttention::Taken RingAttention::take_agreed(Backend& be, Communicator& comm, const char* pass,
+                                               const std::function<void(Masks&)>& prepare,
+                                               size_t bytes) {
+  Taken t;
+  run_and_agree(comm, op_name(pass), [&] {
+    t.masks = &masks(be);
+    prepare(*t.masks);
+    t.base = workspace().arena.reserve(be, bytes);
+  });
+  return t;
+}
+
 std::string RingAttention::op_name(const char* pass) const {
   return std::string(spec_.variant == "block_sparse" ? "block-sparse ring " : "ring ") + pass;
 }
@@ -707,13 +719,10 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
 
   // Every buffer of the call is taken before the first exchange, and the ranks agree that all
   // of them got theirs: a rank out of memory stops every rank here, none waits in the loop.
-  Masks* pm = nullptr;
-  std::byte* base = nullptr;
-  run_and_agree(comm, op_name("forward"), [&] {
-    pm = &masks(be);
-    pm->prepare_forward(plan_);
-    base = workspace().arena.reserve(be, layout.bytes());
-  });
+  const Taken taken = take_agreed(
+      be, comm, "forward", [&](Masks& m) { m.prepare_forward(plan_); }, layout.bytes());
+  Masks* pm = taken.masks;
+  std::byte* base = taken.base;
   kv.bind(be, base, k, v);
   const PairBuffer send_stage = send_slot.bind(base, B, H, D, dev);
   const PairBuffer recv_stage = recv_slot.bind(base, B, H, D, dev);
@@ -808,13 +817,10 @@ void RingAttention::backward_chunked(Backend& be, Communicator& comm, const Tens
 
   // Every mask and buffer of the call is taken before the first exchange, and the ranks agree
   // that all of them got theirs (see forward).
-  Masks* pm = nullptr;
-  std::byte* base = nullptr;
-  run_and_agree(comm, op_name("backward"), [&] {
-    pm = &masks(be);
-    pm->prepare_chunked_backward(plan_);
-    base = workspace().arena.reserve(be, layout.bytes());
-  });
+  const Taken taken = take_agreed(
+      be, comm, "backward", [&](Masks& m) { m.prepare_chunked_backward(plan_); }, layout.bytes());
+  Masks* pm = taken.masks;
+  std::byte* base = taken.base;
   const TensorView dq_acc = dq_in_place ? dq : make_view(base + dq_at, gd, B, Nl, H, D, dev);
   std::vector<ChunkBuffer> bufs;
   for (size_t at : buffer_at) bufs.emplace_back(base + at, k.dtype, gd, B, H, D, dev);
@@ -978,13 +984,10 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
 
   // Every mask and buffer of the call is taken before the first exchange, and the ranks agree
   // that all of them got theirs (see forward).
-  Masks* pm = nullptr;
-  std::byte* base = nullptr;
-  run_and_agree(comm, op_name("backward"), [&] {
-    pm = &masks(be);
-    pm->prepare_stepwise_backward(plan_);
-    base = workspace().arena.reserve(be, layout.bytes());
-  });
+  const Taken taken = take_agreed(
+      be, comm, "backward", [&](Masks& m) { m.prepare_stepwise_backward(plan_); }, layout.bytes());
+  Masks* pm = taken.masks;
+  std::byte* base = taken.base;
   kv.bind(be, base, k, v);
   auto bind = [&](const PairSlot& s) { return s.bind(base, B, H, D, dev); };
   const PairBuffer kv_send_stage = bind(kv_send_slot), kv_recv_stage = bind(kv_recv_slot);

@@ -17,7 +17,9 @@
 // accumulator is in flight, then adds), dQ stays local, and when no rank further along needs a
 // row its accumulator goes straight home. Both use the GLOBAL O and LSE of the forward.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -191,6 +193,14 @@ class RingAttention {
                          const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                          const TensorView& dv, DistCounters& counters);
   std::string op_name(const char* pass) const;  // "ring forward", "block-sparse ring backward"
+  // The pass's masks (prepared by `prepare`) and `bytes` of workspace, taken before the first
+  // exchange and agreed on by every rank: one rank out of memory stops them all at once.
+  struct Taken {
+    Masks* masks = nullptr;
+    std::byte* base = nullptr;
+  };
+  Taken take_agreed(Backend& be, Communicator& comm, const char* pass,
+                    const std::function<void(Masks&)>& prepare, size_t bytes);
   RingPlan plan_;
   AttentionSpec spec_;
   std::unique_ptr<Masks> masks_;
