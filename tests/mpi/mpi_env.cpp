@@ -47,4 +47,35 @@ double max_abs_diff(const TensorView& a, const TensorView& ref) {
   return m;
 }
 
+MultiheadReference multihead_reference(const AttentionSpec& attention, int64_t B, int64_t N,
+                                       uint64_t param_seed, uint64_t input_seed, Backend& be) {
+  MultiheadReference r;
+  r.cfg.embed_dim = 8;
+  r.cfg.num_heads = 2;
+  r.cfg.attention = attention;
+  r.cfg.param_dtype = DType::F64;
+  r.cfg.seed = param_seed;
+  const int64_t E = r.cfg.embed_dim;
+  r.xq = Tensor::randn(DType::F64, B, N, 1, E, input_seed);
+  r.xk = Tensor::randn(DType::F64, B, N, 1, E, input_seed + 1);
+  r.xv = Tensor::randn(DType::F64, B, N, 1, E, input_seed + 2);
+  r.dout = Tensor::randn(DType::F64, B, N, 1, E, input_seed + 3);
+  MultiheadDilatedAttention single(r.cfg);
+  r.out = Tensor(DType::F64, B, N, 1, E);
+  r.dxq = r.out.clone();
+  r.dxk = r.out.clone();
+  r.dxv = r.out.clone();
+  single.forward(be, r.xq.view(), r.xk.view(), r.xv.view(), r.out.view());
+  single.backward(be, r.xq.view(), r.xk.view(), r.xv.view(), r.dout.view(), r.dxq.view(),
+                  r.dxk.view(), r.dxv.view(), r.g);
+  return r;
+}
+
+Tensor local_part(DistributedMultihead& dist, int rank, int64_t B, int64_t N, const Tensor& full) {
+  const Shape l = dist.local_shape(B, N);
+  Tensor t(full.dtype(), l.B, l.N, 1, full.view().D);
+  dist.attention().extract_local(rank, full.view(), t.view());
+  return t;
+}
+
 }  // namespace longattn::testing

@@ -6,6 +6,8 @@
 #include <string>
 
 #include "attention/distributed.hpp"
+#include "attention/distributed_multihead.hpp"
+#include "attention/multihead.hpp"
 #include "comm/communicator.hpp"
 #include "kernels/backend.hpp"
 #include "runtime/tensor.hpp"
@@ -31,6 +33,20 @@ struct Reference {
 };
 // The single-process variant of `spec` (attention/variant.hpp factory) on the full tensors.
 Reference single_process(const AttentionSpec& spec, const FullInputs& in, bool backward);
+
+// A multihead layer (embed 8, 2 heads, fp64 parameters from param_seed) running `attention`,
+// full random inputs [B, N, 1, 8] from input_seed .. input_seed + 3 (q, k, v, dout), and the
+// single-process layer's output and gradients computed on `be`.
+struct MultiheadReference {
+  MultiheadConfig cfg;
+  Tensor xq, xk, xv, dout;
+  Tensor out, dxq, dxk, dxv;
+  MultiheadParams g;
+};
+MultiheadReference multihead_reference(const AttentionSpec& attention, int64_t B, int64_t N,
+                                       uint64_t param_seed, uint64_t input_seed, Backend& be);
+// The part of the full [B, N, 1, E] tensor `full` that `rank` holds under `dist`.
+Tensor local_part(DistributedMultihead& dist, int rank, int64_t B, int64_t N, const Tensor& full);
 
 // Max |a - ref| over all elements (views of equal shape); -inf == -inf counts as equal.
 double max_abs_diff(const TensorView& a, const TensorView& ref);

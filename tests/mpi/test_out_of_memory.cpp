@@ -49,7 +49,10 @@ namespace longattn {
 namespace {
 
 using testing::kDistTolerance;
+using testing::local_part;
 using testing::max_abs_diff;
+using testing::multihead_reference;
+using testing::MultiheadReference;
 using testing::test_comm;
 
 // The CPU backend, except that allocate() throws OutOfMemory once armed: for a request above
@@ -500,34 +503,17 @@ TEST(MultiheadOutOfMemory, EveryAllocationFailsEveryRankAtOnceAndLaterCallsAreEx
   const bool fails_here = rank == failing;
   for (const MultiheadCase& c : multihead_cases()) {
     SCOPED_TRACE(c.name);
-    MultiheadConfig cfg;
-    cfg.embed_dim = 8;
-    cfg.num_heads = 2;
-    cfg.attention = c.attention;
-    cfg.param_dtype = DType::F64;
-    cfg.seed = 6;
-    const int64_t E = cfg.embed_dim;
-    const Tensor xq = Tensor::randn(DType::F64, c.B, c.N, 1, E, 91);
-    const Tensor xk = Tensor::randn(DType::F64, c.B, c.N, 1, E, 92);
-    const Tensor xv = Tensor::randn(DType::F64, c.B, c.N, 1, E, 93);
-    const Tensor dout = Tensor::randn(DType::F64, c.B, c.N, 1, E, 94);
-    MultiheadDilatedAttention single(cfg);
-    Tensor out_ref(DType::F64, c.B, c.N, 1, E),
-        dxq_ref = out_ref.clone(), dxk_ref = out_ref.clone(), dxv_ref = out_ref.clone();
-    MultiheadParams g_ref;
     auto cpu = make_cpu_backend(1);
-    single.forward(*cpu, xq.view(), xk.view(), xv.view(), out_ref.view());
-    single.backward(*cpu, xq.view(), xk.view(), xv.view(), dout.view(), dxq_ref.view(),
-                    dxk_ref.view(), dxv_ref.view(), g_ref);
+    const MultiheadReference ref = multihead_reference(c.attention, c.B, c.N, 6, 91, *cpu);
+    const int64_t E = ref.cfg.embed_dim;
+    const Tensor &xq = ref.xq, &xk = ref.xk, &xv = ref.xv, &dout = ref.dout;
+    const Tensor &out_ref = ref.out, &dxq_ref = ref.dxq, &dxk_ref = ref.dxk, &dxv_ref = ref.dxv;
+    const MultiheadParams& g_ref = ref.g;
 
     FailingBackend be;
-    DistributedMultihead dist(cfg, c.dist, comm);
+    DistributedMultihead dist(ref.cfg, c.dist, comm);
     const Shape l = dist.local_shape(c.B, c.N);
-    auto local = [&](const Tensor& full) {
-      Tensor t(DType::F64, l.B, l.N, 1, E);
-      dist.attention().extract_local(rank, full.view(), t.view());
-      return t;
-    };
+    auto local = [&](const Tensor& full) { return local_part(dist, rank, c.B, c.N, full); };
     const Tensor lq = local(xq), lk = local(xk), lv = local(xv), ld = local(dout);
     Tensor out(DType::F64, l.B, l.N, 1, E), dxq = out.clone(), dxk = out.clone(), dxv = out.clone();
     MultiheadParams g;

@@ -12,9 +12,10 @@
 //     dV += P^T dO, dK += dS^T Q                        (wgmma, P^T / dS^T as register operands)
 //     dS^T -> shared memory, dQ += scale dS K           (wgmma, both operands transposed)
 //   warpgroup w computes dQ columns [w D/2, (w + 1) D/2) over all 128 keys (both warpgroups'
-//   dS^T, published by a named barrier). dQ (scaled) goes through a swizzled fp32 shared-memory tile
-//   that one thread of the warpgroup adds into dq with a TMA reduce (cp.reduce.async.bulk),
-//   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers.
+//   dS^T, published by a named barrier). dQ (scaled) goes through a swizzled fp32 shared-memory
+//   tile that one thread of the warpgroup adds into dq with a TMA reduce (cp.reduce.async.bulk),
+//   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers. At head
+//   dim 64 the next tile's S^T/dP^T are issued before this tile's products retire.
 // Same contract as the portable key-stationary pass (kernels/cuda/flash_bwd_kernel.cuh):
 // dk += scale dS^T Q, dv += P^T dO, dq += scale dS K.
 #pragma once
