@@ -1,11 +1,12 @@
 // Backward flash attention for Hopper (sm_90a): key-block-stationary, TMA + wgmma,
-// warp-specialised, dQ accumulated in fp32 with 8-byte reductions.
+// warp-specialised, dQ accumulated in fp32 by TMA reduce-add.
 //
 // One CTA of three warpgroups per 128 keys of one (batch, head), walking the query tiles (64
 // rows) its row of the transposed mask lists:
 // - warpgroup 0 (producer, few registers): thread 0 loads K and V once and Q, dO of every listed
 //   query tile by TMA into a ring of kStages stages; warp 1 loads the tile's lse (in the exp2
-//   domain, +inf past Nq or for rows that saw nothing) and delta into the same stage;
+//   domain, +inf past Nq or for rows that saw nothing) and delta into the same stage, with the
+//   tile's TileInfo (first query, partial flag, last tile), so consumers read no mask entries;
 // - warpgroups 1 and 2 (consumers, 64 keys each):
 //     S^T = K Q^T, dP^T = V dO^T                       (wgmma, both operands in shared memory)
 //     P^T = 2^(scale log2(e) S^T - lse2), dS^T = P^T o (dP^T - delta)      (registers)
@@ -14,8 +15,11 @@
 //   warpgroup w computes dQ columns [w D/2, (w + 1) D/2) over all 128 keys (both warpgroups'
 //   dS^T, published by a named barrier). dQ (scaled) goes through a swizzled fp32 shared-memory
 //   tile that one thread of the warpgroup adds into dq with a TMA reduce (cp.reduce.async.bulk),
-//   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers. At head
-//   dim 64 the next tile's S^T/dP^T are issued before this tile's products retire.
+//   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers. The next
+//   tile's S^T (head dim 128) or S^T and dP^T (head dim 64) run while dQ goes out.
+// Instruction count matters here (two consumer warps share each scheduler): wgmma descriptors
+// are made once and offset by constants, the warpgroup index is warp-uniform so they live in
+// uniform registers, and masking uses selects in a loop taken only for tiles that need it.
 // Same contract as the portable key-stationary pass (kernels/cuda/flash_bwd_kernel.cuh):
 // dk += scale dS^T Q, dv += P^T dO, dq += scale dS K.
 #pragma once
@@ -33,15 +37,19 @@ struct BwdSm90Traits {
   static constexpr int kChunks = D / 64;
   static constexpr int kThreads = 384;
   static constexpr int kDqCols = D / 2;  // dQ columns per warpgroup (split over all 128 keys)
-  // Head dim 64: the next tile's S^T/dP^T are issued before this tile's dV/dK/dQ products
-  // retire and before its dQ goes out (64 more live registers; at head dim 128 that spills and
-  // the compiler serialises every wgmma, even when issued only after they retire).
+  // How a consumer warpgroup overlaps one query tile's products with the next tile's:
+  // - head dim 64 (pipelined): the next tile's S^T and dP^T are issued before this tile's
+  //   dV/dK/dQ products retire and before its dQ goes out (64 more live registers);
+  // - head dim 128 (early S^T): only the next tile's S^T, once this tile's products retired,
+  //   so it runs while dQ goes out (32 more live registers; S^T and dP^T both spill there and
+  //   the compiler serialises every wgmma). Its dP^T follows once dQ is out.
   static constexpr bool kPipelined = D <= 64;
-  static constexpr bool kIssueEarly = D <= 64;
   static constexpr int kKVBytes = kBN * D * 2;  // K or V
   static constexpr int kQBytes = kBM * D * 2;   // Q or dO tile
   static constexpr int kDSBytes = kBN * kBM * 2;
-  static constexpr int kStatBytes = 2 * kBM * 4;  // lse2 and delta of one tile
+  // lse2[kBM], delta[kBM] and the tile's TileInfo (first query, partial, last).
+  static constexpr int kStatFloats = 2 * kBM + 4;
+  static constexpr int kStatBytes = kStatFloats * 4;
   static constexpr int kDQBytes = kBM * kDqCols * 4;  // one warpgroup's fp32 dQ tile
   static constexpr int kBarBytes = 8 * (1 + 3 * kStages);
   static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDSBytes +
@@ -67,11 +75,11 @@ __global__ void __launch_bounds__(384, 1)
   unsigned char* sdO = sQ + kS * Tr::kQBytes;   // kS stages
   unsigned char* sdS = sdO + kS * Tr::kQBytes;  // two buffers [128 keys][64 queries]
   unsigned char* sdQ = sdS + 2 * Tr::kDSBytes;  // per warpgroup: two [64 rows][32 fp32] boxes
-  float* sStat = reinterpret_cast<float*>(sdQ + 2 * Tr::kDQBytes);  // kS x (lse2[64], delta[64])
-  uint64_t* bars = reinterpret_cast<uint64_t*>(sStat + kS * 2 * kBM);
+  float* sStat = reinterpret_cast<float*>(sdQ + 2 * Tr::kDQBytes);  // kS x kStatFloats
+  uint64_t* bars = reinterpret_cast<uint64_t*>(sStat + kS * Tr::kStatFloats);
   uint64_t* bar_kv = bars;
   uint64_t* full_q = bars + 1;   // Q and dO of a stage (TMA)
-  uint64_t* full_st = full_q + kS;  // lse2 and delta of a stage (32 arrivals)
+  uint64_t* full_st = full_q + kS;  // lse2, delta and TileInfo of a stage (32 arrivals)
   uint64_t* empty = full_st + kS;
 
   const int b = blockIdx.z, h = blockIdx.y;
@@ -92,7 +100,7 @@ __global__ void __launch_bounds__(384, 1)
     return it;
   };
 
-  const int wg = threadIdx.x / 128;
+  const int wg = warpgroup_index();
   if (threadIdx.x == 0) {
     mbar_init(bar_kv, 1);
     for (int s = 0; s < kS; ++s) {
@@ -136,7 +144,16 @@ __global__ void __launch_bounds__(384, 1)
       for (int i = 0; it < n_items; ++i) {
         const int s = i % kS;
         mbar_wait(&empty[s], ((i / kS) & 1) ^ 1);
-        float* st = sStat + s * 2 * kBM;
+        float* st = sStat + s * Tr::kStatFloats;
+        // The tile's TileInfo, so the consumers read no mask entries.
+        int qs_next = 0;
+        const int it_next = next_visible(it + 1, qs_next);
+        if (lane == 0) {
+          int* info = reinterpret_cast<int*>(st + 2 * kBM);
+          info[0] = qs;
+          info[1] = a.mask_t.partial[e0 + it / nsub] != 0;
+          info[2] = it_next >= n_items;
+        }
 #pragma unroll
         for (int r = lane; r < kBM; r += 32) {
           const int q = qs + r;
@@ -150,7 +167,8 @@ __global__ void __launch_bounds__(384, 1)
           st[kBM + r] = dv;
         }
         mbar_arrive(&full_st[s]);
-        it = next_visible(it + 1, qs);
+        it = it_next;
+        qs = qs_next;
       }
     }
     return;
@@ -178,67 +196,77 @@ __global__ void __launch_bounds__(384, 1)
   // commit groups.
   float st[32], dpt[32];
   // acc = A B^T over the head dim: A the warpgroup's 64 rows of K or V, B a 64-row Q or dO tile.
-  auto ss_over_d = [&](float (&acc)[32], uint32_t a_base, uint32_t b_base) {
+  // Descriptors made once; each wgmma adds a constant (or per-stage) offset.
+  const uint64_t k_desc = smem_desc(k_base, 16, 1024), v_desc = smem_desc(v_base, 16, 1024);
+  const uint64_t q_desc = smem_desc(q_base, 16, 1024), do_desc = smem_desc(do_base, 16, 1024);
+  auto ss_over_d = [&](float (&acc)[32], uint64_t a_desc, uint64_t b_desc) {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t off = (kk % 4) * 32;
-      Mma<T>::ss64(acc, smem_desc(a_base + (kk / 4) * kBN * 128 + off, 16, 1024),
-                   smem_desc(b_base + (kk / 4) * kBM * 128 + off, 16, 1024), kk > 0 ? 1 : 0);
+      Mma<T>::ss64(acc, desc_at(a_desc, (kk / 4) * kBN * 128 + off),
+                   desc_at(b_desc, (kk / 4) * kBM * 128 + off), kk > 0 ? 1 : 0);
     }
     wgmma_commit();
   };
-  auto issue_sdp = [&](int s_) {
+  auto issue_s = [&](int s_) {
     wgmma_fence();
-    ss_over_d(st, k_base, q_base + s_ * Tr::kQBytes);
-    ss_over_d(dpt, v_base, do_base + s_ * Tr::kQBytes);
+    ss_over_d(st, k_desc, desc_at(q_desc, s_ * Tr::kQBytes));
+  };
+  auto issue_dp = [&](int s_) {
+    wgmma_fence();
+    ss_over_d(dpt, v_desc, desc_at(do_desc, s_ * Tr::kQBytes));
+  };
+  auto issue_sdp = [&](int s_) {
+    issue_s(s_);
+    issue_dp(s_);
   };
 
-  int qs = 0;
-  int it = next_visible(0, qs);
-  // Pipelined (head dim 64, where the registers allow): the next tile's S^T and dP^T are issued
-  // before this tile's dV/dK/dQ products are waited for, so the tensor cores have work while
-  // dQ goes out.
-  constexpr bool kPipe = Tr::kPipelined;
-  if (kPipe && it < n_items) {
-    mbar_wait(&full_q[0], 0);
-    issue_sdp(0);
-  }
-  for (int i = 0; it < n_items; ++i) {
-    const int s = i % kS;
-    const uint32_t ph = (i / kS) & 1;
-    const uint32_t qb = q_base + s * Tr::kQBytes, dob = do_base + s * Tr::kQBytes;
-    if constexpr (!kPipe) {
-      mbar_wait(&full_q[s], ph);
-      issue_sdp(s);
-    }
+  // P^T and dS^T of the tile in stage s as the register A operands of dV/dK. Waits for S^T
+  // (S^T and dP^T at once when wait_both) and then dP^T; returns the tile's TileInfo.
+  struct TileInfo {
+    int qs, partial, last;
+  };
+  uint32_t pa[4][4], da[4][4];
+  auto grad_tile = [&](int s, uint32_t ph, bool wait_both) {
     mbar_wait(&full_st[s], ph);
-    const float* l2s = sStat + s * 2 * kBM;
+    const float* l2s = sStat + s * Tr::kStatFloats;
     const float* dls = l2s + kBM;
-    // (Pipelined: both products at once; reading S^T while dP^T of a product issued in the
-    // previous iteration is in flight makes the compiler serialise every wgmma.)
-    if constexpr (kPipe) {
+    const int* info = reinterpret_cast<const int*>(l2s + 2 * kBM);
+    const TileInfo ti{info[0], info[1], info[2]};
+    const int qs_ = ti.qs;
+    if (wait_both) {
       wgmma_wait<0>();
     } else {
       wgmma_wait<1>();
     }
     fence_regs(st);
 
-    // P^T, masked where the tile needs it (columns are queries qs + 8 nt + 2 t4 + e).
+    // P^T, masked where the tile needs it (columns are queries qs_ + 8 nt + 2 t4 + e).
+    // (The mask in its own loop, taken only for tiles that need it: tested per element, the
+    // compiler branches around every element.)
     float pt[32];
-    const bool need_mask = a.mask_t.partial[e0 + it / nsub] != 0 || key0 + 64 > a.Nk ||
-                           (a.causal && static_cast<int64_t>(key0 + 63 - qs) > a.diag);
+#pragma unroll
+    for (int r = 0; r < 32; ++r) pt[r] = st[r];
+    const bool need_mask = ti.partial != 0 || key0 + 64 > a.Nk ||
+                           (a.causal && static_cast<int64_t>(key0 + 63 - qs_) > a.diag);
+    if (need_mask) {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = my_key + ((e >> 1) << 3);
+          const int q = qs_ + nt * 8 + 2 * t4 + (e & 1);
+          // (Selects, not branches: bitwise on the conditions.)
+          const bool out = (j >= a.Nk) | (a.causal & (static_cast<int64_t>(j - q) > a.diag));
+          pt[nt * 4 + e] = out ? flash::kNegInf : pt[nt * 4 + e];
+        }
+    }
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int c = nt * 8 + 2 * t4 + (e & 1);
-        float sv = st[nt * 4 + e];
-        if (need_mask) {
-          const int j = my_key + ((e >> 1) << 3);
-          const int q = qs + c;
-          if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - q) > a.diag)) sv = flash::kNegInf;
-        }
-        pt[nt * 4 + e] = flash::fast_exp2(fmaf(sv, sl2, -l2s[c]));
+        pt[nt * 4 + e] = flash::fast_exp2(fmaf(pt[nt * 4 + e], sl2, -l2s[c]));
       }
     wgmma_wait<0>();
     fence_regs(dpt);
@@ -251,8 +279,7 @@ __global__ void __launch_bounds__(384, 1)
       for (int e = 0; e < 4; ++e)
         dst[nt * 4 + e] = pt[nt * 4 + e] * (dpt[nt * 4 + e] - dls[nt * 8 + 2 * t4 + (e & 1)]);
 
-    // P^T and dS^T as register operands (k16 steps over the 64 queries).
-    uint32_t pa[4][4], da[4][4];
+    // k16 steps over the 64 queries.
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
@@ -260,17 +287,33 @@ __global__ void __launch_bounds__(384, 1)
         pa[kk][r] = flash::Elem<T>::pack(pt[8 * kk + 2 * r], pt[8 * kk + 2 * r + 1]);
         da[kk][r] = flash::Elem<T>::pack(dst[8 * kk + 2 * r], dst[8 * kk + 2 * r + 1]);
       }
+    return ti;
+  };
 
-    // dV += P^T dO, dK += dS^T Q: B operands are the [query][d] tiles read transposed.
+  // dV += P^T dO and dK += dS^T Q (one commit group), dS^T into shared buffer i & 1, then
+  // dQ = dS K over both warpgroups' keys for this warpgroup's columns (another group).
+  constexpr int kDqCols = Tr::kDqCols;
+  const int col0 = cw * kDqCols;
+  float dq[kDqCols / 2];
+  // B operands of dV/dK ([query][d] tiles read transposed) and dQ's operands.
+  const uint64_t qt_desc = smem_desc(q_base, kBM * 128, 1024);
+  const uint64_t dot_desc = smem_desc(do_base, kBM * 128, 1024);
+  const uint64_t ds_desc = smem_desc(ds_base, 8192, 1024);
+  const uint64_t kt_desc =
+      smem_desc(saddr(sK) + (col0 / 64) * kBN * 128 + (col0 % 64) * 2, 8192, 1024);
+  auto issue_products = [&](int s, int i) {
+    const uint64_t qb = desc_at(qt_desc, s * Tr::kQBytes);
+    const uint64_t dob = desc_at(dot_desc, s * Tr::kQBytes);
+    // B operands are the [query][d] tiles read transposed.
     fence_regs(dv);
     fence_regs(dk);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
-      Mma<T>::pv(dv, pa[kk], smem_desc(dob + kk * 16 * 128, kBM * 128, 1024));
+      Mma<T>::pv(dv, pa[kk], desc_at(dob, kk * 16 * 128));
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
-      Mma<T>::pv(dk, da[kk], smem_desc(qb + kk * 16 * 128, kBM * 128, 1024));
+      Mma<T>::pv(dk, da[kk], desc_at(qb, kk * 16 * 128));
     wgmma_commit();
 
     // dS^T (by key) into shared memory with the 128-byte swizzle the descriptors expect.
@@ -289,43 +332,28 @@ __global__ void __launch_bounds__(384, 1)
 
     // dQ (64 queries x kDqCols columns from col0) = dS K over all 128 keys: A = dS^T read
     // transposed, B = K's columns read transposed (at d=64 half of the 128-byte swizzled row).
-    constexpr int kDqCols = Tr::kDqCols;
-    const int col0 = cw * kDqCols;
-    float dq[kDqCols / 2];
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk)
-      Mma<T>::ss64_tt(dq, smem_desc(ds_base + dsb * Tr::kDSBytes + kk * 16 * 128, 8192, 1024),
-                      smem_desc(saddr(sK) + (col0 / 64) * kBN * 128 + (col0 % 64) * 2 +
-                                    kk * 16 * 128,
-                                8192, 1024),
-                      kk > 0 ? 1 : 0);
+      Mma<T>::ss64_tt(dq, desc_at(ds_desc, dsb * Tr::kDSBytes + kk * 16 * 128),
+                      desc_at(kt_desc, kk * 16 * 128), kk > 0 ? 1 : 0);
     wgmma_commit();
-    int qs_next = 0;
-    const int it_next = next_visible(it + 1, qs_next);
-    if (Tr::kIssueEarly && kPipe && it_next < n_items) {
-      const int s1 = (i + 1) % kS;
-      mbar_wait(&full_q[s1], ((i + 1) / kS) & 1);
-      issue_sdp(s1);
-      wgmma_wait<2>();  // this tile's dV, dK, dQ; the next tile's S^T, dP^T still run
-    } else {
-      wgmma_wait<0>();
-    }
+  };
+  // After the products retired: dQ scaled into registers no wgmma writes (with the early S^T
+  // they are written out while the next S^T is in flight).
+  float dqs[kDqCols / 2];
+  auto products_retired = [&] {
     fence_regs(dq);
     fence_regs(dv);
     fence_regs(dk);
     fence_regs(pa);  // register operands of dV/dK: live until those products retired
     fence_regs(da);
-    if (!Tr::kIssueEarly && kPipe && it_next < n_items) {
-      // The next tile's S^T, dP^T run while dQ goes out.
-      const int s1 = (i + 1) % kS;
-      mbar_wait(&full_q[s1], ((i + 1) / kS) & 1);
-      issue_sdp(s1);
-    }
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);
+#pragma unroll
+    for (int j = 0; j < kDqCols / 2; ++j) dqs[j] = a.scale * dq[j];
+  };
 
-    // dq rows qs + 16 warp + g (+8), columns col0 + 8 nt + 2 t4 (+1).
+  // dq rows qs_ + 16 warp + g (+8), columns col0 + 8 nt + 2 t4 (+1), scaled.
+  auto dq_out = [&](int qs_) {
     if (dq_tma) {
       // The warpgroup's previous reduce has read the tile (its issuing thread waits, the
       // barrier tells the others); then the tile in TMA's 128-byte swizzle, two boxes of 32
@@ -341,27 +369,27 @@ __global__ void __launch_bounds__(384, 1)
           const int chunk = (nt % 4) * 2 + (t4 >> 1);
           st_shared_v2(dqb + (nt / 4) * (kBM * 128) + r * 128 + ((chunk ^ (r & 7)) << 4) +
                            (t4 & 1) * 8,
-                       a.scale * dq[nt * 4 + 2 * hh], a.scale * dq[nt * 4 + 2 * hh + 1]);
+                       dqs[nt * 4 + 2 * hh], dqs[nt * 4 + 2 * hh + 1]);
         }
       fence_proxy_async();
       named_barrier(4 + cw, 128);
       if (tid == 0) {
 #pragma unroll
         for (int bx = 0; bx < kDqCols / 32; ++bx)
-          tma_reduce_add_4d(&tdq, sdQ + cw * Tr::kDQBytes + bx * kBM * 128, col0 + 32 * bx, qs, h,
-                            b);
+          tma_reduce_add_4d(&tdq, sdQ + cw * Tr::kDQBytes + bx * kBM * 128, col0 + 32 * bx, qs_,
+                            h, b);
         bulk_commit();
       }
     } else {
       float* dqg = static_cast<float*>(a.dq.data) + b * a.dq.sb + h * a.dq.sh + col0;
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        const int q = qs + warp * 16 + g + hh * 8;
+        const int q = qs_ + warp * 16 + g + hh * 8;
         if (q >= a.Nq) continue;
         float* row = dqg + static_cast<int64_t>(q) * a.dq.sn + 2 * t4;
 #pragma unroll
         for (int nt = 0; nt < kDqCols / 8; ++nt) {
-          const float x0 = a.scale * dq[nt * 4 + 2 * hh], x1 = a.scale * dq[nt * 4 + 2 * hh + 1];
+          const float x0 = dqs[nt * 4 + 2 * hh], x1 = dqs[nt * 4 + 2 * hh + 1];
           if (a.dq_pair) {
             red_add_v2(row + nt * 8, x0, x1);
           } else {
@@ -371,8 +399,71 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
     }
-    it = it_next;
-    qs = qs_next;
+  };
+  auto release = [&](int s) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  };
+
+  int qs0 = 0;
+  bool have = next_visible(0, qs0) < n_items;  // later tiles: the stats warp's TileInfo
+  if constexpr (!Tr::kPipelined) {
+    // Iteration i finishes tile i - 1 and computes tile i. The next tile's S^T is issued as soon
+    // as the current tile's products retired and runs while its dQ goes out; its dP^T follows.
+    // Every wgmma retires within the iteration that issued it (a group in flight across the
+    // loop's back edge makes the compiler serialise every wgmma).
+    int qs_prev = 0;
+    for (int i = 0;; ++i) {
+      const int s = i % kS;
+      const uint32_t ph = (i / kS) & 1;
+      if (!have) {
+        if (i > 0) {
+          release((i - 1) % kS);
+          dq_out(qs_prev);
+        }
+        break;
+      }
+      mbar_wait(&full_q[s], ph);
+      issue_s(s);
+      if (i > 0) {
+        release((i - 1) % kS);
+        dq_out(qs_prev);
+      }
+      issue_dp(s);
+      const TileInfo ti = grad_tile(s, ph, false);
+      issue_products(s, i);
+      wgmma_wait<0>();
+      products_retired();
+      qs_prev = ti.qs;
+      have = !ti.last;
+    }
+  } else {
+    // Pipelined: the next tile's S^T and dP^T are issued before this tile's dV/dK/dQ products
+    // are waited for, so the tensor cores have work while dQ goes out. (Both products are
+    // waited for at once: reading S^T while dP^T of a product issued in the previous iteration
+    // is in flight makes the compiler serialise every wgmma.)
+    if (have) {
+      mbar_wait(&full_q[0], 0);
+      issue_sdp(0);
+    }
+    for (int i = 0; have; ++i) {
+      const int s = i % kS;
+      const uint32_t ph = (i / kS) & 1;
+      const TileInfo ti = grad_tile(s, ph, true);
+      issue_products(s, i);
+      have = !ti.last;
+      if (have) {
+        const int s1 = (i + 1) % kS;
+        mbar_wait(&full_q[s1], ((i + 1) / kS) & 1);
+        issue_sdp(s1);
+        wgmma_wait<2>();  // this tile's dV, dK, dQ; the next tile's S^T, dP^T still run
+      } else {
+        wgmma_wait<0>();
+      }
+      products_retired();
+      release(s);
+      dq_out(ti.qs);
+    }
   }
   // Nothing is in flight here (the last tile waited for everything); the compiler cannot see
   // that the pipelined branch never leaves the loop, and says so by serialising every wgmma.

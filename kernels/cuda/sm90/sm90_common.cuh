@@ -94,6 +94,18 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint3
   d |= uint64_t{1} << 62;  // 128-byte swizzle
   return d;
 }
+// The descriptor of the operand `bytes` further on (the start address is its low field; shared
+// memory addresses stay below 2^18, so the add never carries out of it). With a descriptor made
+// once and constant offsets this is one add per wgmma instead of building each descriptor.
+__device__ __forceinline__ uint64_t desc_at(uint64_t desc, uint32_t bytes) {
+  const uint32_t lo = static_cast<uint32_t>(desc) + (bytes >> 4);
+  return (desc & 0xFFFFFFFF00000000ull) | lo;
+}
+// The warpgroup of this thread, as a value the compiler knows is the same across the warp (a
+// shuffle from lane 0), so what derives from it (descriptors) can live in uniform registers.
+__device__ __forceinline__ int warpgroup_index() {
+  return __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
+}
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
