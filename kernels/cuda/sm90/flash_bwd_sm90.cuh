@@ -242,11 +242,11 @@ __global__ void __launch_bounds__(384, 1)
     fence_regs(st);
 
     // P^T, masked where the tile needs it (columns are queries qs_ + 8 nt + 2 t4 + e).
-    // (The mask in its own loop, taken only for tiles that need it: tested per element, the
-    // compiler branches around every element.)
+    // P^T = 2^(scale log2(e) S^T - lse2), masked where the tile needs it: two loops, so tiles
+    // that need no mask run no mask code (tested per element, the compiler branches around every
+    // element), and neither writes S^T (writing a wgmma accumulator while another wgmma is in
+    // flight makes the compiler serialise them).
     float pt[32];
-#pragma unroll
-    for (int r = 0; r < 32; ++r) pt[r] = st[r];
     const bool need_mask = ti.partial != 0 || key0 + 64 > a.Nk ||
                            (a.causal && static_cast<int64_t>(key0 + 63 - qs_) > a.diag);
     if (need_mask) {
@@ -254,20 +254,22 @@ __global__ void __launch_bounds__(384, 1)
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
+          const int c = nt * 8 + 2 * t4 + (e & 1);
           const int j = my_key + ((e >> 1) << 3);
-          const int q = qs_ + nt * 8 + 2 * t4 + (e & 1);
           // (Selects, not branches: bitwise on the conditions.)
-          const bool out = (j >= a.Nk) | (a.causal & (static_cast<int64_t>(j - q) > a.diag));
-          pt[nt * 4 + e] = out ? flash::kNegInf : pt[nt * 4 + e];
+          const bool out =
+              (j >= a.Nk) | (a.causal & (static_cast<int64_t>(j - (qs_ + c)) > a.diag));
+          const float x = fmaf(st[nt * 4 + e], sl2, -l2s[c]);
+          pt[nt * 4 + e] = flash::fast_exp2(out ? flash::kNegInf : x);
         }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          pt[nt * 4 + e] =
+              flash::fast_exp2(fmaf(st[nt * 4 + e], sl2, -l2s[nt * 8 + 2 * t4 + (e & 1)]));
     }
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int c = nt * 8 + 2 * t4 + (e & 1);
-        pt[nt * 4 + e] = flash::fast_exp2(fmaf(pt[nt * 4 + e], sl2, -l2s[c]));
-      }
     wgmma_wait<0>();
     fence_regs(dpt);
     // (P^T and dS^T in their own registers: instructions that write a wgmma accumulator while
