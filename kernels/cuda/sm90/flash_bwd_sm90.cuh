@@ -241,11 +241,10 @@ __global__ void __launch_bounds__(384, 1)
     }
     fence_regs(st);
 
-    // P^T, masked where the tile needs it (columns are queries qs_ + 8 nt + 2 t4 + e).
-    // P^T = 2^(scale log2(e) S^T - lse2), masked where the tile needs it: two loops, so tiles
-    // that need no mask run no mask code (tested per element, the compiler branches around every
-    // element), and neither writes S^T (writing a wgmma accumulator while another wgmma is in
-    // flight makes the compiler serialise them).
+    // P^T = 2^(scale log2(e) S^T - lse2) (columns are queries qs_ + 8 nt + 2 t4 + e), masked
+    // where the tile needs it: two loops, so tiles that need no mask run no mask code (tested
+    // per element, the compiler branches around every element), and neither writes S^T (writing
+    // a wgmma accumulator while another wgmma is in flight makes the compiler serialise them).
     float pt[32];
     const bool need_mask = ti.partial != 0 || key0 + 64 > a.Nk ||
                            (a.causal && static_cast<int64_t>(key0 + 63 - qs_) > a.diag);
