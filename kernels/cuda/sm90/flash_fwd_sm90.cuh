@@ -82,6 +82,95 @@ __device__ __forceinline__ void tree_reduce(float (&t)[N]) {
   }
 }
 
+// Pieces both forward kernels share. A consumer warpgroup holds S (and P) of its 64 rows x kNT*8
+// key columns in the wgmma accumulator layout: thread (warp, g, t4) has rows my_row (e < 2) and
+// my_row + 8 (e >= 2), columns 8 nt + 2 t4 + (e & 1), element sc[4 nt + e].
+
+// -inf where key ks + column is past Nk or, under causality, not visible from the row.
+template <int kNT>
+__device__ __forceinline__ void mask_scores(float (&sc)[kNT * 4], const FwdArgs& a, int ks,
+                                            int my_row, int t4) {
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = my_row + ((e >> 1) << 3);
+      const int j = ks + nt * 8 + 2 * t4 + (e & 1);
+      if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - r) > a.diag))
+        sc[nt * 4 + e] = flash::kNegInf;
+    }
+}
+
+// Online softmax in the exp2 domain (as the portable kernel) for rows my_row (hh = 0) and
+// my_row + 8 (hh = 1), each spread over the 4 threads of a quad: S becomes P, the running maximum
+// m and sum l advance, alpha is the factor the previous output must be scaled by.
+template <int kNT>
+__device__ __forceinline__ void online_softmax(float (&sc)[kNT * 4], float (&m)[2], float (&l)[2],
+                                               float (&alpha)[2], float sl2) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    float t[kNT];
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) t[nt] = fmaxf(sc[nt * 4 + 2 * hh], sc[nt * 4 + 2 * hh + 1]);
+    tree_reduce<kNT / 2, true>(t);
+    float mx = t[0];
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[hh], mx * sl2);
+    const float base_v = m_new == flash::kNegInf ? 0.f : m_new;
+    alpha[hh] = flash::fast_exp2(m[hh] - base_v);
+    m[hh] = m_new;
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+        sc[nt * 4 + 2 * hh + e] = flash::fast_exp2(fmaf(sc[nt * 4 + 2 * hh + e], sl2, -base_v));
+      t[nt] = sc[nt * 4 + 2 * hh] + sc[nt * 4 + 2 * hh + 1];
+    }
+    tree_reduce<kNT / 2, false>(t);
+    l[hh] = l[hh] * alpha[hh] + t[0];
+  }
+}
+
+// P in registers: two adjacent 8-column groups of S are one k16 step of the A operand.
+template <typename T, int kNT>
+__device__ __forceinline__ void pack_p(uint32_t (&pa)[kNT / 2][4], const float (&sc)[kNT * 4]) {
+#pragma unroll
+  for (int kk = 0; kk < kNT / 2; ++kk) {
+    pa[kk][0] = flash::Elem<T>::pack(sc[8 * kk + 0], sc[8 * kk + 1]);
+    pa[kk][1] = flash::Elem<T>::pack(sc[8 * kk + 2], sc[8 * kk + 3]);
+    pa[kk][2] = flash::Elem<T>::pack(sc[8 * kk + 4], sc[8 * kk + 5]);
+    pa[kk][3] = flash::Elem<T>::pack(sc[8 * kk + 6], sc[8 * kk + 7]);
+  }
+}
+
+// o normalised by the row sums and the rows' lse (-inf for rows that saw nothing) of (b, h).
+template <typename T, int D>
+__device__ __forceinline__ void store_o_lse(const FwdArgs& a, const float (&o)[D / 2],
+                                            const float (&m)[2], const float (&l)[2], int b, int h,
+                                            int my_row, int t4) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    float lt = l[hh];
+    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    const int r = my_row + hh * 8;
+    if (r < a.Nq) {
+      const float inv = lt > 0.f ? 1.f / lt : 0.f;
+      const int64_t ob = b * a.o.sb + static_cast<int64_t>(r) * a.o.sn + h * a.o.sh;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt)
+        flash::store_out2<T>(a.o.data, ob + dt * 8 + 2 * t4, a.o_type, o[dt * 4 + 2 * hh] * inv,
+                             o[dt * 4 + 2 * hh + 1] * inv, a.o_pair);
+      if (t4 == 0) {
+        float* lse = static_cast<float*>(a.lse.data);
+        lse[b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + h * a.lse.sh] =
+            lt > 0.f ? m[hh] * flash::kLn2 + logf(lt) : flash::kNegInf;
+      }
+    }
+  }
+}
+
 template <int D>
 struct FwdSm90Traits {
   static constexpr int kBM = 128;                  // query rows per tile (two consumer warpgroups)
@@ -313,58 +402,14 @@ __global__ void __launch_bounds__(384, 1)
       }
       wgmma_commit();
     };
-    // Masks S where the tile needs it, then the online softmax in the exp2 domain (as the
-    // portable kernel): rows my_row (hh = 0) and my_row + 8 (hh = 1), each over a quad.
+    // Masks S where the tile needs it, then the online softmax.
     auto softmax = [&](int it, int ks, float (&alpha)[2]) {
       const bool need_mask = a.mask.partial[w.e0 + it / w.nsub] != 0 || ks + kBN > a.Nk ||
                              (a.causal && static_cast<int64_t>(ks + kBN - 1 - row0) > a.diag);
-      if (need_mask) {
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = my_row + ((e >> 1) << 3);
-            const int j = ks + nt * 8 + 2 * t4 + (e & 1);
-            if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - r) > a.diag))
-              sc[nt * 4 + e] = flash::kNegInf;
-          }
-      }
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        float tr[kNT];
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-          tr[nt] = fmaxf(sc[nt * 4 + 2 * hh], sc[nt * 4 + 2 * hh + 1]);
-        tree_reduce<kNT / 2, true>(tr);
-        float mx = tr[0];
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m[hh], mx * sl2);
-        const float base_v = m_new == flash::kNegInf ? 0.f : m_new;
-        alpha[hh] = flash::fast_exp2(m[hh] - base_v);
-        m[hh] = m_new;
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            sc[nt * 4 + 2 * hh + e] =
-                flash::fast_exp2(fmaf(sc[nt * 4 + 2 * hh + e], sl2, -base_v));
-          tr[nt] = sc[nt * 4 + 2 * hh] + sc[nt * 4 + 2 * hh + 1];
-        }
-        tree_reduce<kNT / 2, false>(tr);
-        l[hh] = l[hh] * alpha[hh] + tr[0];
-      }
+      if (need_mask) mask_scores<kNT>(sc, a, ks, my_row, t4);
+      online_softmax<kNT>(sc, m, l, alpha, sl2);
     };
-    // P in registers: two adjacent 8-column groups of S are one k16 step of the A operand.
-    auto pack_p = [&] {
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-        pa[kk][0] = flash::Elem<T>::pack(sc[8 * kk + 0], sc[8 * kk + 1]);
-        pa[kk][1] = flash::Elem<T>::pack(sc[8 * kk + 2], sc[8 * kk + 3]);
-        pa[kk][2] = flash::Elem<T>::pack(sc[8 * kk + 4], sc[8 * kk + 5]);
-        pa[kk][3] = flash::Elem<T>::pack(sc[8 * kk + 6], sc[8 * kk + 7]);
-      }
-    };
+    auto pack = [&] { pack_p<T, kNT>(pa, sc); };
 
     mbar_wait(bar_q, n & 1);
     if constexpr (Tr::kQRegs) {
@@ -404,7 +449,7 @@ __global__ void __launch_bounds__(384, 1)
       if (!Tr::kQRegs && it_next >= w.n_items) warp_arrive(q_empty);
       float alpha[2];
       softmax(it, ks, alpha);
-      pack_p();
+      pack();
       int s_prev = s, kv_prev = kv;
       ++kv;
       // Steady state: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the softmax
@@ -436,7 +481,7 @@ __global__ void __launch_bounds__(384, 1)
         for (int dt = 0; dt < kDT; ++dt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) o[dt * 4 + e] *= alpha[e >> 1];
-        pack_p();
+        pack();
         s_prev = s;
         kv_prev = kv;
         ++kv;
@@ -454,26 +499,7 @@ __global__ void __launch_bounds__(384, 1)
       warp_arrive(&empty_v[s_prev]);
     }
 
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      float lt = l[hh];
-      lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-      lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-      const int r = my_row + hh * 8;
-      if (r < a.Nq) {
-        const float inv = lt > 0.f ? 1.f / lt : 0.f;
-        const int64_t ob = w.b * a.o.sb + static_cast<int64_t>(r) * a.o.sn + w.h * a.o.sh;
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt)
-          flash::store_out2<T>(a.o.data, ob + dt * 8 + 2 * t4, a.o_type,
-                               o[dt * 4 + 2 * hh] * inv, o[dt * 4 + 2 * hh + 1] * inv, a.o_pair);
-        if (t4 == 0) {
-          float* lse = static_cast<float*>(a.lse.data);
-          lse[w.b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + w.h * a.lse.sh] =
-              lt > 0.f ? m[hh] * flash::kLn2 + logf(lt) : flash::kNegInf;
-        }
-      }
-    }
+    store_o_lse<T, D>(a, o, m, l, w.b, w.h, my_row, t4);
   }
 }
 
@@ -619,58 +645,15 @@ __global__ void __launch_bounds__(384, 1)
 
     const bool need_mask = a.mask.partial[e0 + it / nsub] != 0 || ks + kBN > a.Nk ||
                            (a.causal && static_cast<int64_t>(ks + kBN - 1 - row0) > a.diag);
-    if (need_mask) {
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = my_row + ((e >> 1) << 3);
-          const int j = ks + nt * 8 + 2 * t4 + (e & 1);
-          if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - r) > a.diag))
-            sc[nt * 4 + e] = flash::kNegInf;
-        }
-    }
-
-    // Online softmax in the exp2 domain (as the portable kernel): rows my_row (hh = 0) and
-    // my_row + 8 (hh = 1), each spread over the 4 threads of a quad.
+    if (need_mask) mask_scores<kNT>(sc, a, ks, my_row, t4);
     float alpha[2];
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      float t[kNT];
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) t[nt] = fmaxf(sc[nt * 4 + 2 * hh], sc[nt * 4 + 2 * hh + 1]);
-      tree_reduce<kNT / 2, true>(t);
-      float mx = t[0];
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[hh], mx * sl2);
-      const float base_v = m_new == flash::kNegInf ? 0.f : m_new;
-      alpha[hh] = flash::fast_exp2(m[hh] - base_v);
-      m[hh] = m_new;
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-          sc[nt * 4 + 2 * hh + e] = flash::fast_exp2(fmaf(sc[nt * 4 + 2 * hh + e], sl2, -base_v));
-        t[nt] = sc[nt * 4 + 2 * hh] + sc[nt * 4 + 2 * hh + 1];
-      }
-      tree_reduce<kNT / 2, false>(t);
-      l[hh] = l[hh] * alpha[hh] + t[0];
-    }
+    online_softmax<kNT>(sc, m, l, alpha, sl2);
 #pragma unroll
     for (int dt = 0; dt < kDT; ++dt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[dt * 4 + e] *= alpha[e >> 1];
-
-    // P in registers: two adjacent 8-column groups of S are one k16 step of the A operand.
     uint32_t pa[kBN / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      pa[kk][0] = flash::Elem<T>::pack(sc[8 * kk + 0], sc[8 * kk + 1]);
-      pa[kk][1] = flash::Elem<T>::pack(sc[8 * kk + 2], sc[8 * kk + 3]);
-      pa[kk][2] = flash::Elem<T>::pack(sc[8 * kk + 4], sc[8 * kk + 5]);
-      pa[kk][3] = flash::Elem<T>::pack(sc[8 * kk + 6], sc[8 * kk + 7]);
-    }
+    pack_p<T, kNT>(pa, sc);
 
     mbar_wait(&full_v[s], ph);
     fence_regs(o);
@@ -689,26 +672,7 @@ __global__ void __launch_bounds__(384, 1)
     it = next_visible(it + 1, ks);
   }
 
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    float lt = l[hh];
-    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-    const int r = my_row + hh * 8;
-    if (r < a.Nq) {
-      const float inv = lt > 0.f ? 1.f / lt : 0.f;
-      const int64_t ob = b * a.o.sb + static_cast<int64_t>(r) * a.o.sn + h * a.o.sh;
-#pragma unroll
-      for (int dt = 0; dt < kDT; ++dt)
-        flash::store_out2<T>(a.o.data, ob + dt * 8 + 2 * t4, a.o_type, o[dt * 4 + 2 * hh] * inv,
-                             o[dt * 4 + 2 * hh + 1] * inv, a.o_pair);
-      if (t4 == 0) {
-        float* lse = static_cast<float*>(a.lse.data);
-        lse[b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + h * a.lse.sh] =
-            lt > 0.f ? m[hh] * flash::kLn2 + logf(lt) : flash::kNegInf;
-      }
-    }
-  }
+  store_o_lse<T, D>(a, o, m, l, b, h, my_row, t4);
 }
 
 // Tensor maps of q, k, v (kernels/cuda/sm90/flash_sm90.cu).
