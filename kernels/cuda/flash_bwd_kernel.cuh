@@ -129,6 +129,46 @@ __global__ void __launch_bounds__(32 * NW) flash_bwd_dkdv_kernel(const BwdArgs a
   // A operand read transposed from a [k][m] tile (dS^T stored by key): rows k, columns m.
   const int at_row = (lane & 7) + ((lane >> 4) << 3), at_col = ((lane >> 3) & 1) << 3;
 
+  // acc = A B^T over the head dim: A this warp's 16 rows of a [key][d] tile (K or V), B the
+  // 64 rows of a [query][d] tile (Q or dO); 16 keys x 64 queries per warp.
+  auto keys_by_queries = [&](float (&acc)[kNT][4], const T* a_s, const T* b_s) {
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kKS; ++kk) {
+      uint32_t fa[4];
+      ldmatrix_x4(fa, a_s + (kw + a_row) * kS + kk * 16 + a_col);
+#pragma unroll
+      for (int np = 0; np < kNT / 2; ++np) {
+        uint32_t fb[4];
+        ldmatrix_x4(fb, b_s + (np * 16 + bn_row) * kS + kk * 16 + bn_col);
+        Elem<T>::mma(acc[2 * np], fa, fb[0], fb[1]);
+        Elem<T>::mma(acc[2 * np + 1], fa, fb[2], fb[3]);
+      }
+    }
+  };
+  // acc += X B over the queries: X (16 keys x 64 queries, fp32, packed to the A operand per k16
+  // step), B a [query][d] tile read transposed (dO for dV, Q for dK).
+  auto add_keys_by_d = [&](float (&acc)[kDT][4], const float (&x)[kNT][4], const T* b_s) {
+#pragma unroll
+    for (int kk = 0; kk < kM / 16; ++kk) {
+      uint32_t fa[4];
+      fa[0] = Elem<T>::pack(x[2 * kk][0], x[2 * kk][1]);
+      fa[1] = Elem<T>::pack(x[2 * kk][2], x[2 * kk][3]);
+      fa[2] = Elem<T>::pack(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+      fa[3] = Elem<T>::pack(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t fb[4];
+        ldmatrix_x4_trans(fb, b_s + (kk * 16 + bt_row) * kS + dp * 16 + bt_col);
+        Elem<T>::mma(acc[2 * dp], fa, fb[0], fb[1]);
+        Elem<T>::mma(acc[2 * dp + 1], fa, fb[2], fb[3]);
+      }
+    }
+  };
+
   int buf = 0;
   while (it < n_items) {
     const int qs = tile_start<kM>(a.mask_t, e0, it);
@@ -146,22 +186,7 @@ __global__ void __launch_bounds__(32 * NW) flash_bwd_dkdv_kernel(const BwdArgs a
 
     // S^T = K Q^T: 16 keys x 64 queries per warp.
     float st[kNT][4];
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) st[nt][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < kKS; ++kk) {
-      uint32_t ka[4];
-      ldmatrix_x4(ka, sK + (kw + a_row) * kS + kk * 16 + a_col);
-#pragma unroll
-      for (int np = 0; np < kNT / 2; ++np) {
-        uint32_t qb[4];
-        ldmatrix_x4(qb, q_s + (np * 16 + bn_row) * kS + kk * 16 + bn_col);
-        Elem<T>::mma(st[2 * np], ka, qb[0], qb[1]);
-        Elem<T>::mma(st[2 * np + 1], ka, qb[2], qb[3]);
-      }
-    }
+    keys_by_queries(st, sK, q_s);
     // P^T = 2^(scale log2(e) s - lse2), zero where masked.
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt)
@@ -180,22 +205,7 @@ __global__ void __launch_bounds__(32 * NW) flash_bwd_dkdv_kernel(const BwdArgs a
     float dpt[kDK ? kNT : 1][4];
     if constexpr (kDK) {
       // dP^T = V dO^T, then dS^T = P^T o (dP^T - delta) in place.
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dpt[nt][e] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < kKS; ++kk) {
-        uint32_t va[4];
-        ldmatrix_x4(va, sV + (kw + a_row) * kS + kk * 16 + a_col);
-#pragma unroll
-        for (int np = 0; np < kNT / 2; ++np) {
-          uint32_t ob[4];
-          ldmatrix_x4(ob, do_s + (np * 16 + bn_row) * kS + kk * 16 + bn_col);
-          Elem<T>::mma(dpt[2 * np], va, ob[0], ob[1]);
-          Elem<T>::mma(dpt[2 * np + 1], va, ob[2], ob[3]);
-        }
-      }
+      keys_by_queries(dpt, sV, do_s);
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
@@ -203,41 +213,8 @@ __global__ void __launch_bounds__(32 * NW) flash_bwd_dkdv_kernel(const BwdArgs a
           dpt[nt][e] = st[nt][e] * (dpt[nt][e] - d_s[nt * 8 + 2 * t4 + (e & 1)]);
     }
 
-    if constexpr (kDV) {  // dV += P^T dO
-#pragma unroll
-      for (int kk = 0; kk < kM / 16; ++kk) {
-        uint32_t pa[4];
-        pa[0] = Elem<T>::pack(st[2 * kk][0], st[2 * kk][1]);
-        pa[1] = Elem<T>::pack(st[2 * kk][2], st[2 * kk][3]);
-        pa[2] = Elem<T>::pack(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-        pa[3] = Elem<T>::pack(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-          uint32_t ob[4];
-          ldmatrix_x4_trans(ob, do_s + (kk * 16 + bt_row) * kS + dp * 16 + bt_col);
-          Elem<T>::mma(dv[2 * dp], pa, ob[0], ob[1]);
-          Elem<T>::mma(dv[2 * dp + 1], pa, ob[2], ob[3]);
-        }
-      }
-    }
-
-    if constexpr (kDK) {  // dK += dS^T Q (scaled at the end)
-#pragma unroll
-      for (int kk = 0; kk < kM / 16; ++kk) {
-        uint32_t da[4];
-        da[0] = Elem<T>::pack(dpt[2 * kk][0], dpt[2 * kk][1]);
-        da[1] = Elem<T>::pack(dpt[2 * kk][2], dpt[2 * kk][3]);
-        da[2] = Elem<T>::pack(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
-        da[3] = Elem<T>::pack(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-          uint32_t qb[4];
-          ldmatrix_x4_trans(qb, q_s + (kk * 16 + bt_row) * kS + dp * 16 + bt_col);
-          Elem<T>::mma(dk[2 * dp], da, qb[0], qb[1]);
-          Elem<T>::mma(dk[2 * dp + 1], da, qb[2], qb[3]);
-        }
-      }
-    }
+    if constexpr (kDV) add_keys_by_d(dv, st, do_s);   // dV += P^T dO
+    if constexpr (kDK) add_keys_by_d(dk, dpt, q_s);   // dK += dS^T Q (scaled at the end)
 
     if constexpr (kDQAtomic) {
       // dS^T to smem (by key), then dQ = scale dS K with warps over queries, added atomically.
