@@ -57,6 +57,29 @@ __device__ __forceinline__ float lse2_of(float lse) {
 // Key-stationary pass. Warp w owns keys k0 + 16w .. +15 and, per listed query tile, computes
 //   S^T = K Q^T,  P^T = 2^(scale log2(e) S^T - lse2),  dP^T = V dO^T,  dS^T = P^T o (dP^T - delta)
 //   dV += P^T dO,  dK += scale dS^T Q,  and (kDQAtomic) dQ += scale dS K via fp32 atomicAdd.
+// acc (16 rows x D, mma accumulator layout) += X B: X 16 rows x kK fp32 values in the same
+// layout, packed to the A operand per k16 step; B a [kK][D] tile in shared memory (row stride kS)
+// read transposed by ldmatrix (bt_row, bt_col: the lane's row and column of the 16x16 step).
+template <typename T, int D, int kK, int kS>
+__device__ __forceinline__ void mma_add_xb(float (&acc)[D / 8][4], const float (&x)[kK / 8][4],
+                                           const T* b_s, int bt_row, int bt_col) {
+#pragma unroll
+  for (int kk = 0; kk < kK / 16; ++kk) {
+    uint32_t fa[4];
+    fa[0] = Elem<T>::pack(x[2 * kk][0], x[2 * kk][1]);
+    fa[1] = Elem<T>::pack(x[2 * kk][2], x[2 * kk][3]);
+    fa[2] = Elem<T>::pack(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+    fa[3] = Elem<T>::pack(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t fb[4];
+      ldmatrix_x4_trans(fb, b_s + (kk * 16 + bt_row) * kS + dp * 16 + bt_col);
+      Elem<T>::mma(acc[2 * dp], fa, fb[0], fb[1]);
+      Elem<T>::mma(acc[2 * dp + 1], fa, fb[2], fb[3]);
+    }
+  }
+}
+
 // kDV / kDK select the accumulators (head dim 256 runs a dV pass and a dK pass).
 template <typename T, int D, int NW, bool kDV, bool kDK, bool kDQAtomic>
 __global__ void __launch_bounds__(32 * NW) flash_bwd_dkdv_kernel(const BwdArgs a) {
@@ -149,24 +172,10 @@ __global__ void __launch_bounds__(32 * NW) flash_bwd_dkdv_kernel(const BwdArgs a
       }
     }
   };
-  // acc += X B over the queries: X (16 keys x 64 queries, fp32, packed to the A operand per k16
-  // step), B a [query][d] tile read transposed (dO for dV, Q for dK).
+  // acc += X B over the queries: X 16 keys x 64 queries, B a [query][d] tile read transposed
+  // (dO for dV, Q for dK).
   auto add_keys_by_d = [&](float (&acc)[kDT][4], const float (&x)[kNT][4], const T* b_s) {
-#pragma unroll
-    for (int kk = 0; kk < kM / 16; ++kk) {
-      uint32_t fa[4];
-      fa[0] = Elem<T>::pack(x[2 * kk][0], x[2 * kk][1]);
-      fa[1] = Elem<T>::pack(x[2 * kk][2], x[2 * kk][3]);
-      fa[2] = Elem<T>::pack(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-      fa[3] = Elem<T>::pack(x[2 * kk + 1][2], x[2 * kk + 1][3]);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t fb[4];
-        ldmatrix_x4_trans(fb, b_s + (kk * 16 + bt_row) * kS + dp * 16 + bt_col);
-        Elem<T>::mma(acc[2 * dp], fa, fb[0], fb[1]);
-        Elem<T>::mma(acc[2 * dp + 1], fa, fb[2], fb[3]);
-      }
-    }
+    mma_add_xb<T, D, kM, kS>(acc, x, b_s, bt_row, bt_col);
   };
 
   int buf = 0;
@@ -415,21 +424,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const BwdArgs a) {
         const float p = fast_exp2(fmaf(sv, sl2, -lse2[hh]));
         s[nt][e] = p * (dp[nt][e] - delta[hh]);  // dS
       }
-#pragma unroll
-    for (int kk = 0; kk < kN / 16; ++kk) {
-      uint32_t da[4];
-      da[0] = Elem<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-      da[1] = Elem<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-      da[2] = Elem<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      da[3] = Elem<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-      for (int dp2 = 0; dp2 < D / 16; ++dp2) {
-        uint32_t kb[4];
-        ldmatrix_x4_trans(kb, k_s + (kk * 16 + bt_row) * kS + dp2 * 16 + bt_col);
-        Elem<T>::mma(dq[2 * dp2], da, kb[0], kb[1]);
-        Elem<T>::mma(dq[2 * dp2 + 1], da, kb[2], kb[3]);
-      }
-    }
+    mma_add_xb<T, D, kN, kS>(dq, s, k_s, bt_row, bt_col);  // dQ += dS K
     __syncthreads();
     it = nxt;
     buf ^= 1;
