@@ -465,10 +465,10 @@ std::vector<Case> all_cases() {
 INSTANTIATE_TEST_SUITE_P(Kernels, FlashCase, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
-// The persistent Hopper forward (head dim 64) with a grid of 3 CTAs: every CTA walks many (tile,
-// head, batch) items, so the item handoff, the Q reload and the stage rings carried across items
-// are exercised (the cases above fit one item per CTA on a full GPU). Head dim 128 runs the
-// one-CTA-per-tile kernel here; elsewhere the same checks run through the portable kernels.
+// The persistent Hopper forward with a grid of 3 CTAs: every CTA walks many (tile, head, batch)
+// items, so the item handoff, the Q reload, the per-tile info and the stage rings carried across
+// items are exercised (the cases above fit one item per CTA on a full GPU); elsewhere the same
+// checks run through the portable kernels.
 struct GridLimit {
   GridLimit(int n, int group) { cuda::set_persistent_grid_limit(n, group); }
   ~GridLimit() { cuda::set_persistent_grid_limit(0, 0); }

@@ -1,22 +1,20 @@
-// Forward flash attention for Hopper (sm_90a): warp-specialised, TMA + wgmma. Two kernels with
-// the same contract and outputs as the portable kernel (kernels/cuda/flash_fwd_kernel.cuh: o
-// normalised, lse = ln(sum exp), -inf for empty rows), both with CTAs of three warpgroups per
-// 128 query rows of one (batch, head):
+// Forward flash attention for Hopper (sm_90a): warp-specialised, TMA + wgmma, with the same
+// contract and outputs as the portable kernel (kernels/cuda/flash_fwd_kernel.cuh: o normalised,
+// lse = ln(sum exp), -inf for empty rows). Persistent: one CTA of three warpgroups per SM takes
+// (query tile of 128 rows, batch, head) items from a counter:
 // - warpgroup 0 (the producer, registers given back with setmaxnreg) has one thread issue TMA
 //   loads: Q, then K and V of every listed key tile into a ring of kStages shared-memory stages,
-//   each completing on its own "full" mbarrier and reused once the consumers release it;
+//   each completing on its own "full" mbarrier and reused once the consumers release it. With
+//   each K tile it publishes the tile's first key, mask flags and last-tile flag, so the
+//   consumers read no mask entries and divide nothing;
 // - warpgroups 1 and 2 (the consumers, 64 query rows each, registers raised to 240) compute
 //   S = Q K^T with wgmma, the online softmax in registers (masking only on tiles flagged
 //   partial, at the sequence edge or on the causal diagonal), and O += P V with P kept in
-//   registers as the wgmma A operand and V read transposed from shared memory.
+//   registers as the wgmma A operand and V read transposed from shared memory. QK^T of the next
+//   key tile and PV of the previous one are in flight while the softmax runs, and the consumer
+//   warpgroups ping-pong; at head dim 64 Q is the register operand of QK^T.
 // The CSR mask row of the query block lists the key tiles; tiles no row of the CTA may see under
-// causality are skipped by producer and consumers alike; the last (longest) query tiles first.
-//
-// flash_fwd_sm90_kernel (head dim 64) is persistent: one CTA per SM takes (query tile, head)
-// items from a counter; Q is the register operand of QK^T; QK^T of the next key tile and PV of
-// the previous one are in flight while the softmax runs; the consumer warpgroups ping-pong.
-// flash_fwd_sm90_tile_kernel (head dim 128) is one CTA per query tile, one key tile at a time:
-// measured faster there (see launch_fwd_sm90_impl).
+// causality are skipped; the last (longest) query tiles first.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -187,7 +185,10 @@ struct FwdSm90Traits {
   // bar_q, q_empty, tile_full[2], tile_empty[2], then full_k, full_v, empty_k, empty_v per stage;
   // then the two tile slots.
   static constexpr int kBarBytes = 8 * (6 + 4 * kStages) + 16;
-  static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kTileBytes + kBarBytes;
+  // Per stage: the tile's first key, mask flags (bit w: warpgroup w masks), last-tile flag.
+  static constexpr int kInfoBytes = 16 * kStages;
+  static constexpr int kSmemBytes =
+      1024 + kQBytes + 2 * kStages * kTileBytes + kInfoBytes + kBarBytes;
 };
 
 // Work items of one launch: query tiles of every (batch, head), last query tiles first (the
@@ -216,7 +217,8 @@ __global__ void __launch_bounds__(384, 1)
   unsigned char* sQ = base;
   unsigned char* sK = sQ + Tr::kQBytes;
   unsigned char* sV = sK + kS * Tr::kTileBytes;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(sV + kS * Tr::kTileBytes);
+  int4* sInfo = reinterpret_cast<int4*>(sV + kS * Tr::kTileBytes);  // kS tile infos
+  uint64_t* bars = reinterpret_cast<uint64_t*>(sInfo + kS);
   uint64_t* bar_q = bars;            // Q of the current item landed (TMA)
   uint64_t* q_empty = bars + 1;      // consumers are done reading Q (8 warps)
   uint64_t* tile_full = bars + 2;    // [2] the producer published an item
@@ -303,10 +305,22 @@ __global__ void __launch_bounds__(384, 1)
         for (int c = 0; c < Tr::kChunks; ++c)
           tma_load_4d(sQ + c * kBM * 128, &tq, bar_q, c * 64, w.q0, w.h, w.b);
         int ks = 0;
-        for (int it = next_visible(w, 0, ks); it < w.n_items; it = next_visible(w, it + 1, ks)) {
+        for (int it = next_visible(w, 0, ks); it < w.n_items;) {
           const int s = kv % kS;
           const uint32_t ph = ((kv / kS) & 1) ^ 1;
+          int ks_next = 0;
+          const int it_next = next_visible(w, it + 1, ks_next);
+          // The tile's info, published with the K tile (the arrive below releases it), so the
+          // consumers read no mask entries and divide nothing.
+          int mask_bits = 0;
+          const bool all = a.mask.partial[w.e0 + it / w.nsub] != 0 || ks + kBN > a.Nk;
+#pragma unroll
+          for (int cw = 0; cw < 2; ++cw)
+            if (all ||
+                (a.causal && static_cast<int64_t>(ks + kBN - 1 - (w.q0 + cw * 64)) > a.diag))
+              mask_bits |= 1 << cw;
           mbar_wait(&empty_k[s], ph);
+          sInfo[s] = make_int4(ks, mask_bits, it_next >= w.n_items, 0);
           mbar_arrive_expect_tx(&full_k[s], Tr::kTileBytes);
 #pragma unroll
           for (int c = 0; c < Tr::kChunks; ++c)
@@ -319,6 +333,8 @@ __global__ void __launch_bounds__(384, 1)
             tma_load_4d(sV + s * Tr::kTileBytes + c * kBN * 128, &tv, &full_v[s], c * 64, ks,
                         w.h, w.b);
           ++kv;
+          it = it_next;
+          ks = ks_next;
         }
         t = t_next;
       }
@@ -358,12 +374,24 @@ __global__ void __launch_bounds__(384, 1)
     __syncwarp();
     if (lane == 0) mbar_arrive(bar);
   };
+  // Shared slots the producer rewrites once a warp_arrive released them are read by lane 0 (the
+  // thread that arrives) and broadcast, so every read is ordered before that arrive in one
+  // thread's program order.
+  auto lane_read = [&](const int& slot) {
+    int v = 0;
+    if (lane == 0) v = slot;
+    return __shfl_sync(0xffffffffu, v, 0);
+  };
+  auto read_info = [&](int s) {
+    const int4& in = sInfo[s];
+    return make_int4(lane_read(in.x), lane_read(in.y), lane_read(in.z), 0);
+  };
 
   int kv = 0;
   for (int n = 0;; ++n) {
     const int slot = n & 1;
     mbar_wait(&tile_full[slot], (n >> 1) & 1);
-    const int t = tile_slot[slot];
+    const int t = lane_read(tile_slot[slot]);
     warp_arrive(&tile_empty[slot]);
     if (t >= n_items_total) break;
     const Item w = decode(t);
@@ -402,11 +430,9 @@ __global__ void __launch_bounds__(384, 1)
       }
       wgmma_commit();
     };
-    // Masks S where the tile needs it, then the online softmax.
-    auto softmax = [&](int it, int ks, float (&alpha)[2]) {
-      const bool need_mask = a.mask.partial[w.e0 + it / w.nsub] != 0 || ks + kBN > a.Nk ||
-                             (a.causal && static_cast<int64_t>(ks + kBN - 1 - row0) > a.diag);
-      if (need_mask) mask_scores<kNT>(sc, a, ks, my_row, t4);
+    // Masks S where the tile needs it (the producer's info), then the online softmax.
+    auto softmax = [&](const int4& info, float (&alpha)[2]) {
+      if ((info.y >> cw) & 1) mask_scores<kNT>(sc, a, info.x, my_row, t4);
       online_softmax<kNT>(sc, m, l, alpha, sl2);
     };
     auto pack = [&] { pack_p<T, kNT>(pa, sc); };
@@ -429,13 +455,13 @@ __global__ void __launch_bounds__(384, 1)
       warp_arrive(q_empty);
     }
     int ks = 0;
-    int it = next_visible(w, 0, ks);
-    if (it >= w.n_items) {
+    if (next_visible(w, 0, ks) >= w.n_items) {  // later tiles: the producer's info
       if constexpr (!Tr::kQRegs) warp_arrive(q_empty);
     } else {
       // First tile: S_0, its softmax, P_0.
       int s = kv % kS;
       mbar_wait(&full_k[s], (kv / kS) & 1);
+      int4 info = read_info(s);
       turn_begin();
       wgmma_fence();
       issue_qk(s);
@@ -444,21 +470,18 @@ __global__ void __launch_bounds__(384, 1)
       fence_regs(sc);
       fence_regs(qa);
       warp_arrive(&empty_k[s]);
-      int ks_next = 0;
-      int it_next = next_visible(w, it + 1, ks_next);
-      if (!Tr::kQRegs && it_next >= w.n_items) warp_arrive(q_empty);
+      if (!Tr::kQRegs && info.z != 0) warp_arrive(q_empty);
       float alpha[2];
-      softmax(it, ks, alpha);
+      softmax(info, alpha);
       pack();
       int s_prev = s, kv_prev = kv;
       ++kv;
       // Steady state: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the softmax
       // of S_j runs while the P V product finishes.
-      while (it_next < w.n_items) {
-        it = it_next;
-        ks = ks_next;
+      while (info.z == 0) {
         s = kv % kS;
         mbar_wait(&full_k[s], (kv / kS) & 1);
+        info = read_info(s);
         mbar_wait(&full_v[s_prev], (kv_prev / kS) & 1);
         turn_begin();
         fence_regs(o);
@@ -470,9 +493,8 @@ __global__ void __launch_bounds__(384, 1)
         fence_regs(sc);
         fence_regs(qa);
         warp_arrive(&empty_k[s]);
-        it_next = next_visible(w, it + 1, ks_next);
-        if (!Tr::kQRegs && it_next >= w.n_items) warp_arrive(q_empty);
-        softmax(it, ks, alpha);
+        if (!Tr::kQRegs && info.z != 0) warp_arrive(q_empty);
+        softmax(info, alpha);
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
@@ -503,178 +525,6 @@ __global__ void __launch_bounds__(384, 1)
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The one-CTA-per-query-tile forward (version 6), used at head dim 128: in one command on an H100
-// it ran 2-9% faster there than the persistent kernel above, with or without the overlapped
-// loop, ping-pong or persistence (the cause is not identified). Same contract and outputs.
-// Grid (query tiles, H, B), last query tiles first; one producer warpgroup loads Q once and K/V
-// of each listed tile into a kStages ring (one "empty" barrier per stage); the two consumer
-// warpgroups compute S = Q K^T (both operands from shared memory), the softmax and O += P V,
-// one key tile at a time.
-template <int D>
-struct FwdTileTraits {
-  static constexpr int kBM = 128;                  // query rows per CTA (two consumer warpgroups)
-  static constexpr int kBN = 128;                  // key rows per tile
-  static constexpr int kStages = D <= 64 ? 4 : 2;  // K/V ring depth
-  static constexpr int kChunks = D / 64;           // 64-element (128-byte) column chunks
-  static constexpr int kThreads = 384;
-  static constexpr int kQBytes = kBM * D * 2;
-  static constexpr int kTileBytes = kBN * D * 2;  // one K or one V tile
-  static constexpr int kBarBytes = 8 * (1 + 3 * kStages);
-  static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kTileBytes + kBarBytes;
-};
-
-template <typename T, int D>
-__global__ void __launch_bounds__(384, 1)
-    flash_fwd_sm90_tile_kernel(const __grid_constant__ CUtensorMap tq,
-                          const __grid_constant__ CUtensorMap tk,
-                          const __grid_constant__ CUtensorMap tv, const FwdArgs a) {
-  using Tr = FwdTileTraits<D>;
-  constexpr int kBM = Tr::kBM, kBN = Tr::kBN, kS = Tr::kStages;
-  extern __shared__ unsigned char smem_raw[];
-  // TMA's 128-byte swizzle repeats every 1024 bytes: tiles start on 1024-byte boundaries.
-  const uint32_t raw = saddr(smem_raw);
-  unsigned char* base = smem_raw + (((raw + 1023) & ~1023u) - raw);
-  unsigned char* sQ = base;
-  unsigned char* sK = sQ + Tr::kQBytes;
-  unsigned char* sV = sK + kS * Tr::kTileBytes;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(sV + kS * Tr::kTileBytes);
-  uint64_t* bar_q = bars;
-  uint64_t* full_k = bars + 1;
-  uint64_t* full_v = full_k + kS;
-  uint64_t* empty = full_v + kS;
-
-  const int b = blockIdx.z, h = blockIdx.y;
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kBM;
-  const int q_last = min(q0 + kBM, a.Nq) - 1;
-  const int mrow = q0 / a.mask.block_q;
-  const int64_t e0 = a.mask.row_ptr[mrow];
-  const int nsub = a.mask.block_k / kBN;
-  const int n_items = static_cast<int>((a.mask.row_ptr[mrow + 1] - e0) * nsub);
-
-  // First listed tile at or after `it` that some row of this CTA may see (its first key in ks).
-  auto next_visible = [&](int it, int& ks) {
-    for (; it < n_items; ++it) {
-      ks = a.mask.col_idx[e0 + it / nsub] * a.mask.block_k + (it % nsub) * kBN;
-      if (ks < a.Nk && !(a.causal && static_cast<int64_t>(ks - q_last) > a.diag)) break;
-    }
-    return it;
-  };
-
-  const int wg = threadIdx.x / 128;
-  if (threadIdx.x == 0) {
-    mbar_init(bar_q, 1);
-    for (int s = 0; s < kS; ++s) {
-      mbar_init(&full_k[s], 1);
-      mbar_init(&full_v[s], 1);
-      mbar_init(&empty[s], 8);  // one arrival per consumer warp
-    }
-    mbar_init_fence();
-  }
-  __syncthreads();
-
-  if (wg == 0) {
-    // ---------------- producer ----------------
-    regs_dealloc<kProducerRegs>();
-    if (threadIdx.x == 0) {
-      tma_prefetch_map(&tq);
-      tma_prefetch_map(&tk);
-      tma_prefetch_map(&tv);
-      mbar_arrive_expect_tx(bar_q, Tr::kQBytes);
-#pragma unroll
-      for (int c = 0; c < Tr::kChunks; ++c)
-        tma_load_4d(sQ + c * kBM * 128, &tq, bar_q, c * 64, q0, h, b);
-      int ks = 0;
-      int it = next_visible(0, ks);
-      for (int i = 0; it < n_items; ++i) {
-        const int s = i % kS;
-        mbar_wait(&empty[s], ((i / kS) & 1) ^ 1);
-        mbar_arrive_expect_tx(&full_k[s], Tr::kTileBytes);
-#pragma unroll
-        for (int c = 0; c < Tr::kChunks; ++c)
-          tma_load_4d(sK + s * Tr::kTileBytes + c * kBN * 128, &tk, &full_k[s], c * 64, ks, h, b);
-        mbar_arrive_expect_tx(&full_v[s], Tr::kTileBytes);
-#pragma unroll
-        for (int c = 0; c < Tr::kChunks; ++c)
-          tma_load_4d(sV + s * Tr::kTileBytes + c * kBN * 128, &tv, &full_v[s], c * 64, ks, h, b);
-        it = next_visible(it + 1, ks);
-      }
-    }
-    return;
-  }
-
-  // ---------------- consumers ----------------
-  regs_alloc<kConsumerRegs>();
-  const int cw = wg - 1;  // 64 query rows each
-  const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
-  const int g = lane >> 2, t4 = lane & 3;
-  const int row0 = q0 + cw * 64;                 // first row of this warpgroup
-  const int my_row = row0 + warp * 16 + g;       // rows my_row and my_row + 8
-  const float sl2 = a.scale_log2;
-  constexpr int kNT = kBN / 8;  // 8-column groups of S
-  constexpr int kDT = D / 8;    // 8-column groups of O
-
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float m[2] = {flash::kNegInf, flash::kNegInf}, l[2] = {0.f, 0.f};
-
-  const uint32_t q_base = saddr(sQ) + cw * 64 * 128;
-  const uint32_t k_base = saddr(sK), v_base = saddr(sV);
-  mbar_wait(bar_q, 0);
-
-  int ks = 0;
-  int it = next_visible(0, ks);
-  for (int i = 0; it < n_items; ++i) {
-    const int s = i % kS;
-    const uint32_t ph = (i / kS) & 1;
-    float sc[kBN / 2];
-    mbar_wait(&full_k[s], ph);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk % 4) * 32;  // 16 elements = 32 bytes into the 128-byte row
-      const uint64_t da = smem_desc(q_base + (kk / 4) * kBM * 128 + off, 16, 1024);
-      const uint64_t db =
-          smem_desc(k_base + s * Tr::kTileBytes + (kk / 4) * kBN * 128 + off, 16, 1024);
-      Mma<T>::qk(sc, da, db, kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(sc);
-
-    const bool need_mask = a.mask.partial[e0 + it / nsub] != 0 || ks + kBN > a.Nk ||
-                           (a.causal && static_cast<int64_t>(ks + kBN - 1 - row0) > a.diag);
-    if (need_mask) mask_scores<kNT>(sc, a, ks, my_row, t4);
-    float alpha[2];
-    online_softmax<kNT>(sc, m, l, alpha, sl2);
-#pragma unroll
-    for (int dt = 0; dt < kDT; ++dt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[dt * 4 + e] *= alpha[e >> 1];
-    uint32_t pa[kBN / 16][4];
-    pack_p<T, kNT>(pa, sc);
-
-    mbar_wait(&full_v[s], ph);
-    fence_regs(o);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      const uint64_t db =
-          smem_desc(v_base + s * Tr::kTileBytes + kk * 16 * 128, kBN * 128, 1024);
-      Mma<T>::pv(o, pa[kk], db);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(o);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);
-    it = next_visible(it + 1, ks);
-  }
-
-  store_o_lse<T, D>(a, o, m, l, b, h, my_row, t4);
-}
-
 // Tensor maps of q, k, v (kernels/cuda/sm90/flash_sm90.cu).
 struct FwdMaps {
   CUtensorMap q, k, v;
@@ -685,39 +535,19 @@ FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv)
 FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, int& grid);
 
 template <typename T, int D>
-void launch_fwd_sm90_tile(const FwdArgs& a, cudaStream_t stream) {
-  using Tr = FwdTileTraits<D>;
-  auto kernel = flash_fwd_sm90_tile_kernel<T, D>;
+void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
+  using Tr = FwdSm90Traits<D>;
+  auto kernel = flash_fwd_sm90_kernel<T, D>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));
-  const FwdMaps maps =
-      make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
-  const dim3 grid((a.Nq + Tr::kBM - 1) / Tr::kBM, a.H, a.B);
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a);
-  CUDA_CHECK_LAUNCH("flash_fwd_sm90_tile_kernel");
-}
-
-template <typename T, int D>
-void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
-  if constexpr (D == 128) {
-    launch_fwd_sm90_tile<T, D>(a, stream);
-  } else {
-    using Tr = FwdSm90Traits<D>;
-    auto kernel = flash_fwd_sm90_kernel<T, D>;
-    // Per launch (cheap), so a process driving several devices gets it on each.
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    Tr::kSmemBytes));
-    const int n_qtiles = (a.Nq + Tr::kBM - 1) / Tr::kBM;
-    if (n_qtiles == 0 || a.H == 0 || a.B == 0) return;
-    const FwdMaps maps =
-        make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
-    int grid = 0;
-    const FwdSchedule sched =
-        make_fwd_schedule(n_qtiles, a.H * a.B, int64_t{4} * a.Nk * D, grid);
-    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a, sched);
-    CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
-  }
+  const int n_qtiles = (a.Nq + Tr::kBM - 1) / Tr::kBM;
+  if (n_qtiles == 0 || a.H == 0 || a.B == 0) return;
+  const FwdMaps maps = make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
+  int grid = 0;
+  const FwdSchedule sched = make_fwd_schedule(n_qtiles, a.H * a.B, int64_t{4} * a.Nk * D, grid);
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a, sched);
+  CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
 }
 
 }  // namespace longattn::cuda::sm90
