@@ -337,6 +337,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
   }
   const bool atomic_dq = atomic_dq_of(p);
   a.dq_pair = atomic_dq && allows_pair(p.dq);  // float2 atomics on 8-byte aligned pairs
+  a.dkv_pair = allows_pair(p.dk) && allows_pair(p.dv);
   try {
 #if LONGATTN_HAVE_SM90
     if (bwd_takes_sm90(a, p)) {

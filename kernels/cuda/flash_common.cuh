@@ -54,6 +54,7 @@ struct BwdArgs {
   int o_type = kOutSame;
   int dq_type = kOutSame, dk_type = kOutSame, dv_type = kOutSame;
   int dq_pair = 0;  // fp32 dq allows 8-byte (float2) atomics
+  int dkv_pair = 0;  // dk and dv allow two adjacent elements as one access
 };
 
 constexpr float kLog2e = 1.4426950408889634f;
