@@ -336,7 +336,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
     launch_delta(a, dt, scratch, stream);
   }
   const bool atomic_dq = atomic_dq_of(p);
-  a.dq_pair = atomic_dq && allows_pair(p.dq);  // float2 atomics on 8-byte aligned pairs
+  a.dq_pair = allows_pair(p.dq);  // float2 atomics, or pairs in the dQ pass's read-modify-write
   a.dkv_pair = allows_pair(p.dk) && allows_pair(p.dv);
   try {
 #if LONGATTN_HAVE_SM90

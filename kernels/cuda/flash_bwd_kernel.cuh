@@ -281,23 +281,21 @@ __global__ void __launch_bounds__(32 * NW) flash_bwd_dkdv_kernel(const BwdArgs a
   }
   cp_async_wait<0>();
 
+  // dk += scale dK, dv += dV for keys j (+8) < Nk, old values loaded before the sums are stored.
+  auto add_out = [&](const DevView& out, int type, const float (&acc)[kDT][4], float mul) {
+    int64_t off[2];
+    bool ok[2];
 #pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int j = k0 + kw + g + hh * 8;
-    if (j >= a.Nk) continue;
-#pragma unroll
-    for (int dt = 0; dt < kDT; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int d = dt * 8 + 2 * t4 + e;
-        if constexpr (kDK)
-          store_out<T>(a.dk.data, b * a.dk.sb + static_cast<int64_t>(j) * a.dk.sn + h * a.dk.sh + d,
-                       a.dk_type, a.scale * dk[dt][2 * hh + e], true);
-        if constexpr (kDV)
-          store_out<T>(a.dv.data, b * a.dv.sb + static_cast<int64_t>(j) * a.dv.sn + h * a.dv.sh + d,
-                       a.dv_type, dv[dt][2 * hh + e], true);
-      }
-  }
+    for (int hh = 0; hh < 2; ++hh) {
+      const int j = k0 + kw + g + hh * 8;
+      ok[hh] = j < a.Nk;
+      off[hh] = b * out.sb + static_cast<int64_t>(j) * out.sn + h * out.sh + 2 * t4;
+    }
+    add_rows_out<T, kDT>(out.data, type, a.dkv_pair != 0, off, ok, mul,
+                         [&](int hh, int dt, int e) { return acc[dt][2 * hh + e]; });
+  };
+  if constexpr (kDK) add_out(a.dk, a.dk_type, dk, a.scale);
+  if constexpr (kDV) add_out(a.dv, a.dv_type, dv, 1.f);
 }
 
 // Query-stationary dQ pass (no atomics, bitwise reproducible). Warp w owns queries q0 + 16w..,
@@ -431,18 +429,17 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const BwdArgs a) {
   }
   cp_async_wait<0>();
 
+  // dq += scale dQ for queries i (+8) < Nq, old values loaded before the sums are stored.
+  int64_t off[2];
+  bool ok[2];
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
     const int i = q0 + wrow + g + hh * 8;
-    if (i >= a.Nq) continue;
-    const int64_t base = b * a.dq.sb + static_cast<int64_t>(i) * a.dq.sn + h * a.dq.sh;
-#pragma unroll
-    for (int dt = 0; dt < kDT; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e)
-        store_out<T>(a.dq.data, base + dt * 8 + 2 * t4 + e, a.dq_type,
-                     a.scale * dq[dt][2 * hh + e], true);
+    ok[hh] = i < a.Nq;
+    off[hh] = b * a.dq.sb + static_cast<int64_t>(i) * a.dq.sn + h * a.dq.sh + 2 * t4;
   }
+  add_rows_out<T, kDT>(a.dq.data, a.dq_type, a.dq_pair != 0, off, ok, a.scale,
+                       [&](int hh, int dt, int e) { return dq[dt][2 * hh + e]; });
 }
 
 template <typename Kernel>

@@ -53,7 +53,7 @@ struct BwdArgs {
   int vec = 0;  // q, k, v, d_o allow 16-byte loads
   int o_type = kOutSame;
   int dq_type = kOutSame, dk_type = kOutSame, dv_type = kOutSame;
-  int dq_pair = 0;  // fp32 dq allows 8-byte (float2) atomics
+  int dq_pair = 0;  // dq allows two adjacent elements as one access (float2 atomics when fp32)
   int dkv_pair = 0;  // dk and dv allow two adjacent elements as one access
 };
 
@@ -225,6 +225,70 @@ __device__ __forceinline__ void store_out2(void* base, int64_t off, int type, fl
     } else {
       p[0] = Elem<T>::from_float(x0);
       p[1] = Elem<T>::from_float(x1);
+    }
+  }
+}
+
+// out[row hh, column dt * 8 + 2 t4 + e] += mul * acc(hh, dt, e) for the two rows of an mma /
+// wgmma accumulator fragment (off[hh]: the row's element offset plus 2 t4), rows with ok[hh]
+// only. The old values are loaded before any sum is stored (both rows at once up to 16 column
+// groups, else row by row): independent loads share one memory latency, where element by
+// element each load waits behind the previous store, which may alias it. pair: two adjacent
+// elements per access (4-byte aligned for 16-bit outputs, 8-byte for fp32).
+template <typename T, int NDT, typename Acc>
+__device__ __forceinline__ void add_rows_out(void* data, int type, bool pair,
+                                             const int64_t (&off)[2], const bool (&ok)[2],
+                                             float mul, Acc acc) {
+  constexpr int kRows = NDT <= 16 ? 2 : 1;  // rows whose old values are held at once
+  if (!pair) {  // odd strides or base (rare): element by element
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+      for (int dt = 0; dt < NDT; ++dt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          if (ok[hh]) store_out<T>(data, off[hh] + dt * 8 + e, type, mul * acc(hh, dt, e), true);
+  } else if (type == kOutF32 || std::is_same_v<T, float>) {
+    float* p = static_cast<float*>(data);
+#pragma unroll
+    for (int h0 = 0; h0 < 2; h0 += kRows) {
+      float2 old[kRows][NDT];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int dt = 0; dt < NDT; ++dt)
+          old[r][dt] = ok[h0 + r] ? *reinterpret_cast<const float2*>(p + off[h0 + r] + dt * 8)
+                                  : make_float2(0.f, 0.f);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int dt = 0; dt < NDT; ++dt)
+          if (ok[h0 + r])
+            *reinterpret_cast<float2*>(p + off[h0 + r] + dt * 8) =
+                make_float2(old[r][dt].x + mul * acc(h0 + r, dt, 0),
+                            old[r][dt].y + mul * acc(h0 + r, dt, 1));
+    }
+  } else if constexpr (!std::is_same_v<T, float>) {
+    T* p = static_cast<T*>(data);
+#pragma unroll
+    for (int h0 = 0; h0 < 2; h0 += kRows) {
+      uint32_t old[kRows][NDT];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int dt = 0; dt < NDT; ++dt)
+          old[r][dt] =
+              ok[h0 + r] ? *reinterpret_cast<const uint32_t*>(p + off[h0 + r] + dt * 8) : 0u;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int dt = 0; dt < NDT; ++dt)
+          if (ok[h0 + r]) {
+            const T* two = reinterpret_cast<const T*>(&old[r][dt]);
+            *reinterpret_cast<uint32_t*>(p + off[h0 + r] + dt * 8) =
+                Elem<T>::pack(Elem<T>::to_float(two[0]) + mul * acc(h0 + r, dt, 0),
+                              Elem<T>::to_float(two[1]) + mul * acc(h0 + r, dt, 1));
+          }
     }
   }
 }

@@ -475,10 +475,8 @@ __global__ void __launch_bounds__(384, 1)
   // The shared-memory tile must outlive the last reduce's reads.
   if (dq_tma && tid == 0) bulk_wait_all();
 
-  // dk += scale dK, dv += dV for keys my_key (+8) < Nk. Every old value of an output is loaded
-  // before any of its sums is stored: the loads are independent, one memory latency for all of
-  // them (a load after a store to dk or dv may alias it, so element by element each load waits
-  // for the previous one; at low density that cost as much as a third of a CTA's time).
+  // dk += scale dK, dv += dV for keys my_key (+8) < Nk; every old value loaded before any sum
+  // is stored (flash::add_rows_out: element by element each load waited a memory latency).
   auto add_out = [&](const flash::DevView& out, int type, const float (&acc)[D / 2], float mul) {
     int64_t off[2];
     bool ok[2];
@@ -488,52 +486,8 @@ __global__ void __launch_bounds__(384, 1)
       ok[hh] = j < a.Nk;
       off[hh] = b * out.sb + static_cast<int64_t>(j) * out.sn + h * out.sh + 2 * t4;
     }
-    if (!a.dkv_pair) {  // odd strides or base (rare): element by element
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            if (ok[hh])
-              flash::store_out<T>(out.data, off[hh] + dt * 8 + e, type,
-                                  mul * acc[dt * 4 + 2 * hh + e], true);
-    } else if (type == flash::kOutF32) {
-      float* p = static_cast<float*>(out.data);
-      float2 old[2][kDT];
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt)
-          old[hh][dt] = ok[hh] ? *reinterpret_cast<const float2*>(p + off[hh] + dt * 8)
-                               : make_float2(0.f, 0.f);
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt)
-          if (ok[hh])
-            *reinterpret_cast<float2*>(p + off[hh] + dt * 8) =
-                make_float2(old[hh][dt].x + mul * acc[dt * 4 + 2 * hh],
-                            old[hh][dt].y + mul * acc[dt * 4 + 2 * hh + 1]);
-    } else {
-      T* p = static_cast<T*>(out.data);
-      uint32_t old[2][kDT];
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt)
-          old[hh][dt] = ok[hh] ? *reinterpret_cast<const uint32_t*>(p + off[hh] + dt * 8) : 0u;
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt)
-          if (ok[hh]) {
-            const T* two = reinterpret_cast<const T*>(&old[hh][dt]);
-            *reinterpret_cast<uint32_t*>(p + off[hh] + dt * 8) = flash::Elem<T>::pack(
-                flash::Elem<T>::to_float(two[0]) + mul * acc[dt * 4 + 2 * hh],
-                flash::Elem<T>::to_float(two[1]) + mul * acc[dt * 4 + 2 * hh + 1]);
-          }
-    }
+    flash::add_rows_out<T, kDT>(out.data, type, a.dkv_pair != 0, off, ok, mul,
+                                [&](int hh, int dt, int e) { return acc[dt * 4 + 2 * hh + e]; });
   };
   add_out(a.dk, a.dk_type, dk, a.scale);
   add_out(a.dv, a.dv_type, dv, 1.f);
