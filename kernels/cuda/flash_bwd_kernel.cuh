@@ -285,12 +285,7 @@ __global__ void __launch_bounds__(32 * NW) flash_bwd_dkdv_kernel(const BwdArgs a
   auto add_out = [&](const DevView& out, int type, const float (&acc)[kDT][4], float mul) {
     int64_t off[2];
     bool ok[2];
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int j = k0 + kw + g + hh * 8;
-      ok[hh] = j < a.Nk;
-      off[hh] = b * out.sb + static_cast<int64_t>(j) * out.sn + h * out.sh + 2 * t4;
-    }
+    fragment_rows(out, b, h, k0 + kw + g, a.Nk, t4, off, ok);
     add_rows_out<T, kDT>(out.data, type, a.dkv_pair != 0, off, ok, mul,
                          [&](int hh, int dt, int e) { return acc[dt][2 * hh + e]; });
   };
@@ -432,12 +427,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const BwdArgs a) {
   // dq += scale dQ for queries i (+8) < Nq, old values loaded before the sums are stored.
   int64_t off[2];
   bool ok[2];
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int i = q0 + wrow + g + hh * 8;
-    ok[hh] = i < a.Nq;
-    off[hh] = b * a.dq.sb + static_cast<int64_t>(i) * a.dq.sn + h * a.dq.sh + 2 * t4;
-  }
+  fragment_rows(a.dq, b, h, q0 + wrow + g, a.Nq, t4, off, ok);
   add_rows_out<T, kDT>(a.dq.data, a.dq_type, a.dq_pair != 0, off, ok, a.scale,
                        [&](int hh, int dt, int e) { return dq[dt][2 * hh + e]; });
 }

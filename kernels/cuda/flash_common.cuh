@@ -229,12 +229,43 @@ __device__ __forceinline__ void store_out2(void* base, int64_t off, int type, fl
   }
 }
 
+// Offsets of rows r0 and r0 + 8 of a [B, N, H, D] view (plus the column 2 t4) and whether they
+// are below n: the two rows of an mma / wgmma accumulator fragment.
+__device__ __forceinline__ void fragment_rows(const DevView& v, int b, int h, int r0, int n, int t4,
+                                              int64_t (&off)[2], bool (&ok)[2]) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int r = r0 + hh * 8;
+    ok[hh] = r < n;
+    off[hh] = b * v.sb + static_cast<int64_t>(r) * v.sn + h * v.sh + 2 * t4;
+  }
+}
+
+// Pairs (two adjacent elements) of rows with ok[r]: old[r][dt] = load(r, dt) for all of them
+// first, then store(r, dt, old[r][dt]); rows kRows at a time.
+template <int kRows, int NDT, typename W, typename Load, typename Store>
+__device__ __forceinline__ void rmw_pairs(const bool (&ok)[2], W zero, Load load, Store store) {
+#pragma unroll
+  for (int h0 = 0; h0 < 2; h0 += kRows) {
+    W old[kRows][NDT];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int dt = 0; dt < NDT; ++dt) old[r][dt] = ok[h0 + r] ? load(h0 + r, dt) : zero;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int dt = 0; dt < NDT; ++dt)
+        if (ok[h0 + r]) store(h0 + r, dt, old[r][dt]);
+  }
+}
+
 // out[row hh, column dt * 8 + 2 t4 + e] += mul * acc(hh, dt, e) for the two rows of an mma /
-// wgmma accumulator fragment (off[hh]: the row's element offset plus 2 t4), rows with ok[hh]
-// only. The old values are loaded before any sum is stored (both rows at once up to 16 column
-// groups, else row by row): independent loads share one memory latency, where element by
-// element each load waits behind the previous store, which may alias it. pair: two adjacent
-// elements per access (4-byte aligned for 16-bit outputs, 8-byte for fp32).
+// wgmma accumulator fragment (off, ok: fragment_rows). The old values are loaded before any sum
+// is stored (both rows at once up to 16 column groups, else row by row): independent loads share
+// one memory latency, where element by element each load waits behind the previous store, which
+// may alias it. pair: two adjacent elements per access (4-byte aligned for 16-bit outputs,
+// 8-byte for fp32).
 template <typename T, int NDT, typename Acc>
 __device__ __forceinline__ void add_rows_out(void* data, int type, bool pair,
                                              const int64_t (&off)[2], const bool (&ok)[2],
@@ -250,46 +281,24 @@ __device__ __forceinline__ void add_rows_out(void* data, int type, bool pair,
           if (ok[hh]) store_out<T>(data, off[hh] + dt * 8 + e, type, mul * acc(hh, dt, e), true);
   } else if (type == kOutF32 || std::is_same_v<T, float>) {
     float* p = static_cast<float*>(data);
-#pragma unroll
-    for (int h0 = 0; h0 < 2; h0 += kRows) {
-      float2 old[kRows][NDT];
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-#pragma unroll
-        for (int dt = 0; dt < NDT; ++dt)
-          old[r][dt] = ok[h0 + r] ? *reinterpret_cast<const float2*>(p + off[h0 + r] + dt * 8)
-                                  : make_float2(0.f, 0.f);
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-#pragma unroll
-        for (int dt = 0; dt < NDT; ++dt)
-          if (ok[h0 + r])
-            *reinterpret_cast<float2*>(p + off[h0 + r] + dt * 8) =
-                make_float2(old[r][dt].x + mul * acc(h0 + r, dt, 0),
-                            old[r][dt].y + mul * acc(h0 + r, dt, 1));
-    }
+    rmw_pairs<kRows, NDT>(
+        ok, make_float2(0.f, 0.f),
+        [&](int r, int dt) { return *reinterpret_cast<const float2*>(p + off[r] + dt * 8); },
+        [&](int r, int dt, float2 old) {
+          *reinterpret_cast<float2*>(p + off[r] + dt * 8) =
+              make_float2(old.x + mul * acc(r, dt, 0), old.y + mul * acc(r, dt, 1));
+        });
   } else if constexpr (!std::is_same_v<T, float>) {
     T* p = static_cast<T*>(data);
-#pragma unroll
-    for (int h0 = 0; h0 < 2; h0 += kRows) {
-      uint32_t old[kRows][NDT];
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-#pragma unroll
-        for (int dt = 0; dt < NDT; ++dt)
-          old[r][dt] =
-              ok[h0 + r] ? *reinterpret_cast<const uint32_t*>(p + off[h0 + r] + dt * 8) : 0u;
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-#pragma unroll
-        for (int dt = 0; dt < NDT; ++dt)
-          if (ok[h0 + r]) {
-            const T* two = reinterpret_cast<const T*>(&old[r][dt]);
-            *reinterpret_cast<uint32_t*>(p + off[h0 + r] + dt * 8) =
-                Elem<T>::pack(Elem<T>::to_float(two[0]) + mul * acc(h0 + r, dt, 0),
-                              Elem<T>::to_float(two[1]) + mul * acc(h0 + r, dt, 1));
-          }
-    }
+    rmw_pairs<kRows, NDT>(
+        ok, 0u,
+        [&](int r, int dt) { return *reinterpret_cast<const uint32_t*>(p + off[r] + dt * 8); },
+        [&](int r, int dt, uint32_t old) {
+          const T* two = reinterpret_cast<const T*>(&old);
+          *reinterpret_cast<uint32_t*>(p + off[r] + dt * 8) =
+              Elem<T>::pack(Elem<T>::to_float(two[0]) + mul * acc(r, dt, 0),
+                            Elem<T>::to_float(two[1]) + mul * acc(r, dt, 1));
+        });
   }
 }
 

@@ -480,12 +480,7 @@ __global__ void __launch_bounds__(384, 1)
   auto add_out = [&](const flash::DevView& out, int type, const float (&acc)[D / 2], float mul) {
     int64_t off[2];
     bool ok[2];
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int j = my_key + hh * 8;
-      ok[hh] = j < a.Nk;
-      off[hh] = b * out.sb + static_cast<int64_t>(j) * out.sn + h * out.sh + 2 * t4;
-    }
+    flash::fragment_rows(out, b, h, my_key, a.Nk, t4, off, ok);
     flash::add_rows_out<T, kDT>(out.data, type, a.dkv_pair != 0, off, ok, mul,
                                 [&](int hh, int dt, int e) { return acc[dt * 4 + 2 * hh + e]; });
   };
