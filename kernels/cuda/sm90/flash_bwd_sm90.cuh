@@ -51,9 +51,12 @@ struct BwdSm90Traits {
   static constexpr int kStatFloats = 2 * kBM + 4;
   static constexpr int kStatBytes = kStatFloats * 4;
   static constexpr int kDQBytes = kBM * kDqCols * 4;  // one warpgroup's fp32 dQ tile
+  // dQ tiles per warpgroup: two at head dim 64, so a tile's write-out does not wait for the
+  // previous tile's reduce to have read its buffer (at 128 a second one does not fit).
+  static constexpr int kDqBufs = D <= 64 ? 2 : 1;
   static constexpr int kBarBytes = 8 * (1 + 3 * kStages);
   static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDSBytes +
-                                    2 * kDQBytes + kStages * kStatBytes + kBarBytes;
+                                    2 * kDqBufs * kDQBytes + kStages * kStatBytes + kBarBytes;
 };
 
 template <typename T, int D>
@@ -75,7 +78,7 @@ __global__ void __launch_bounds__(384, 1)
   unsigned char* sdO = sQ + kS * Tr::kQBytes;   // kS stages
   unsigned char* sdS = sdO + kS * Tr::kQBytes;  // two buffers [128 keys][64 queries]
   unsigned char* sdQ = sdS + 2 * Tr::kDSBytes;  // per warpgroup: two [64 rows][32 fp32] boxes
-  float* sStat = reinterpret_cast<float*>(sdQ + 2 * Tr::kDQBytes);  // kS x kStatFloats
+  float* sStat = reinterpret_cast<float*>(sdQ + 2 * Tr::kDqBufs * Tr::kDQBytes);  // kS stats
   uint64_t* bars = reinterpret_cast<uint64_t*>(sStat + kS * Tr::kStatFloats);
   uint64_t* bar_kv = bars;
   uint64_t* full_q = bars + 1;   // Q and dO of a stage (TMA)
@@ -354,14 +357,15 @@ __global__ void __launch_bounds__(384, 1)
   };
 
   // dq rows qs_ + 16 warp + g (+8), columns col0 + 8 nt + 2 t4 (+1), scaled.
-  auto dq_out = [&](int qs_) {
+  auto dq_out = [&](int qs_, int n) {  // n: the tile's index in this CTA's walk
     if (dq_tma) {
-      // The warpgroup's previous reduce has read the tile (its issuing thread waits, the
+      // The reduce that last used this buffer has read it (its issuing thread waits, the
       // barrier tells the others); then the tile in TMA's 128-byte swizzle, two boxes of 32
       // columns: 16-byte chunk c of row r lives at chunk c ^ (r & 7).
-      if (tid == 0) bulk_wait_read<0>();
+      if (tid == 0) bulk_wait_read<Tr::kDqBufs - 1>();
       named_barrier(4 + cw, 128);
-      const uint32_t dqb = saddr(sdQ) + cw * Tr::kDQBytes;
+      const int buf = (cw * Tr::kDqBufs + n % Tr::kDqBufs) * Tr::kDQBytes;
+      const uint32_t dqb = saddr(sdQ) + buf;
 #pragma unroll
       for (int nt = 0; nt < kDqCols / 8; ++nt)
 #pragma unroll
@@ -377,7 +381,7 @@ __global__ void __launch_bounds__(384, 1)
       if (tid == 0) {
 #pragma unroll
         for (int bx = 0; bx < kDqCols / 32; ++bx)
-          tma_reduce_add_4d(&tdq, sdQ + cw * Tr::kDQBytes + bx * kBM * 128, col0 + 32 * bx, qs_,
+          tma_reduce_add_4d(&tdq, sdQ + buf + bx * kBM * 128, col0 + 32 * bx, qs_,
                             h, b);
         bulk_commit();
       }
@@ -420,7 +424,7 @@ __global__ void __launch_bounds__(384, 1)
       if (!have) {
         if (i > 0) {
           release((i - 1) % kS);
-          dq_out(qs_prev);
+          dq_out(qs_prev, i - 1);
         }
         break;
       }
@@ -428,7 +432,7 @@ __global__ void __launch_bounds__(384, 1)
       issue_s(s);
       if (i > 0) {
         release((i - 1) % kS);
-        dq_out(qs_prev);
+        dq_out(qs_prev, i - 1);
       }
       issue_dp(s);
       const TileInfo ti = grad_tile(s, ph, false);
@@ -463,7 +467,7 @@ __global__ void __launch_bounds__(384, 1)
       }
       products_retired();
       release(s);
-      dq_out(ti.qs);
+      dq_out(ti.qs, i);
     }
   }
   // Nothing is in flight here (the last tile waited for everything); the compiler cannot see
