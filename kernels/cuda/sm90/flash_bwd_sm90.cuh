@@ -77,7 +77,8 @@ __global__ void __launch_bounds__(384, 1)
   unsigned char* sQ = sV + Tr::kKVBytes;        // kS stages
   unsigned char* sdO = sQ + kS * Tr::kQBytes;   // kS stages
   unsigned char* sdS = sdO + kS * Tr::kQBytes;  // two buffers [128 keys][64 queries]
-  unsigned char* sdQ = sdS + 2 * Tr::kDSBytes;  // per warpgroup: two [64 rows][32 fp32] boxes
+  unsigned char* sdQ = sdS + 2 * Tr::kDSBytes;  // per warpgroup: kDqBufs dQ tiles, each
+                                                // kDqCols / 32 boxes of [64 rows][32 fp32]
   float* sStat = reinterpret_cast<float*>(sdQ + 2 * Tr::kDqBufs * Tr::kDQBytes);  // kS stats
   uint64_t* bars = reinterpret_cast<uint64_t*>(sStat + kS * Tr::kStatFloats);
   uint64_t* bar_kv = bars;
