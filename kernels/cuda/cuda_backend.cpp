@@ -133,6 +133,15 @@ class CudaBackendImpl final : public CudaBackend {
     CUBLAS_CHECK(cublasCreate(&cublas_));
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
     CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+    // The pool of a call's temporaries: stream-ordered (no device synchronisation per call) and
+    // caching (freed blocks serve the next call); allocate() trims it when the device runs out.
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = opt_.device;
+    CUDA_CHECK(cudaMemPoolCreate(&pool_, &props));
+    uint64_t keep = UINT64_MAX;
+    CUDA_CHECK(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &keep));
   }
   ~CudaBackendImpl() override {
     // Best effort: a destructor cannot report errors, and a broken context must not abort here.
@@ -142,6 +151,7 @@ class CudaBackendImpl final : public CudaBackend {
     cudaStreamSynchronize(stream_);
     cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
+    cudaMemPoolDestroy(pool_);
     cudaSetDevice(prev);
   }
 
@@ -157,38 +167,24 @@ class CudaBackendImpl final : public CudaBackend {
     DeviceGuard g(opt_.device);
     void* p = nullptr;
     const size_t n = std::max<size_t>(bytes, 1);  // every allocation gets a distinct address
-    const cudaError_t e = cudaMalloc(&p, n);
+    cudaError_t e = cudaMalloc(&p, n);
+    if (e == cudaErrorMemoryAllocation) {  // give the scratch pool's cached blocks back, retry
+      cudaGetLastError();
+      trim_scratch();
+      e = cudaMalloc(&p, n);
+    }
     if (e == cudaErrorMemoryAllocation) {
       cudaGetLastError();  // clear the sticky-free error so later calls are unaffected
-      size_t free_b = 0, total_b = 0;
-      const bool info = cudaMemGetInfo(&free_b, &total_b) == cudaSuccess;
-      std::string msg = name() + ": out of device memory: cudaMalloc asked for " +
-                        human_bytes(static_cast<double>(bytes)) + " (" + std::to_string(bytes) +
-                        " bytes)";
-      if (info)
-        msg += "; " + human_bytes(static_cast<double>(free_b)) + " free of " +
-               human_bytes(static_cast<double>(total_b));
-      msg += "; longattn holds " + human_bytes(static_cast<double>(current_bytes())) +
-             " (peak " + human_bytes(static_cast<double>(peak_bytes())) + ")";
-      throw OutOfMemory(msg);
+      throw OutOfMemory(oom_message("cudaMalloc", bytes));
     }
     if (e != cudaSuccess) cuda::throw_cuda_error(e, "cudaMalloc(&p, n)", __FILE__, __LINE__);
-    std::lock_guard<std::mutex> lock(mu_);
-    sizes_[p] = bytes;
-    current_ += bytes;
-    peak_ = std::max(peak_, current_);
+    account(p, bytes);
     return p;
   }
   void deallocate(void* p) override {
     if (!p) return;
     DeviceGuard g(opt_.device);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = sizes_.find(p);
-      LONGATTN_CHECK_ARG(it != sizes_.end(), "pointer", p, "was not allocated by " + name());
-      current_ -= it->second;
-      sizes_.erase(it);
-    }
+    unaccount(p);
     // Work queued on the stream may still read p; cudaFree must not race it. A failed
     // synchronisation reports the asynchronous error of an earlier kernel, after the free.
     const cudaError_t sync = cudaStreamSynchronize(stream_);
@@ -261,9 +257,11 @@ class CudaBackendImpl final : public CudaBackend {
     CUDA_CHECK_LAUNCH("cuda::flash_forward");
   }
 
-  // Gradients accumulate into dq, dk, dv of any dtype: the kernels accumulate in fp32, so a
-  // gradient that is not fp32 gets a zeroed fp32 accumulator that is added into it afterwards
-  // (one rounding to the gradient's dtype, as the CPU reference does).
+  // Gradients accumulate into dq, dk, dv of any dtype. The kernels add each key row's dK and dV
+  // once per call (one CTA owns a key block), so they add into dk and dv of any dtype directly
+  // (one rounding, as the CPU reference). dQ gets one contribution per key block: a dq that is
+  // not fp32 gets a zeroed fp32 accumulator from the scratch pool, added into it afterwards
+  // (except in the deterministic mode, whose query-stationary dQ pass also adds once).
   void attention_backward(const AttnBwdParams& p) override {
     check_devices({{&p.q, "q"}, {&p.k, "k"}, {&p.v, "v"}, {&p.o, "o"}, {&p.d_o, "d_o"},
                    {&p.lse, "lse"}, {&p.dq, "dq"}, {&p.dk, "dk"}, {&p.dv, "dv"}});
@@ -280,32 +278,24 @@ class CudaBackendImpl final : public CudaBackend {
     DeviceGuard g(opt_.device);
     AttnBwdParams run = p;
     run.deterministic = p.deterministic || opt_.deterministic;
-    struct Acc {
-      TensorView target;
-      void* buf = nullptr;
-    };
-    Acc accs[3];
-    TensorView* grads[3] = {&run.dq, &run.dk, &run.dv};
-    try {
-      for (int i = 0; i < 3; ++i) {
-        const TensorView t = *grads[i];
-        if (t.dtype == DType::F32) continue;
-        accs[i].target = t;
-        accs[i].buf = allocate(static_cast<size_t>(t.numel()) * sizeof(float));
-        *grads[i] = make_view(accs[i].buf, DType::F32, t.B, t.N, t.H, t.D, DeviceKind::Cuda);
-        cuda::fill(*grads[i], 0.0, stream_);
-      }
-      cuda::flash_backward(run, stream_);
+    if (p.dq.dtype == DType::F32 || run.deterministic) {
+      cuda::flash_backward(run, stream_, pool_);
       CUDA_CHECK_LAUNCH("cuda::flash_backward");
-      for (int i = 0; i < 3; ++i)
-        if (accs[i].buf) cuda::axpy(accs[i].target, 1.0, *grads[i], stream_);
+      return;
+    }
+    const size_t bytes = static_cast<size_t>(p.dq.numel()) * sizeof(float);
+    void* buf = scratch_alloc(bytes);
+    try {
+      run.dq = make_view(buf, DType::F32, p.dq.B, p.dq.N, p.dq.H, p.dq.D, DeviceKind::Cuda);
+      cuda::fill(run.dq, 0.0, stream_);
+      cuda::flash_backward(run, stream_, pool_);
+      CUDA_CHECK_LAUNCH("cuda::flash_backward");
+      cuda::axpy(p.dq, 1.0, run.dq, stream_);
     } catch (...) {
-      for (auto& a : accs)
-        if (a.buf) release_quietly(a.buf);
+      scratch_free(buf, bytes);
       throw;
     }
-    for (auto& a : accs)
-      if (a.buf) deallocate(a.buf);
+    scratch_free(buf, bytes);
   }
 
   // ---- element-wise ----------------------------------------------------------------------
@@ -525,6 +515,67 @@ class CudaBackendImpl final : public CudaBackend {
     LONGATTN_CHECK_ARG(on_device, name, "host memory",
                        "must come from prepare_mask of the CUDA backend");
   }
+  std::string oom_message(const char* what, size_t bytes) const {
+    size_t free_b = 0, total_b = 0;
+    const bool info = cudaMemGetInfo(&free_b, &total_b) == cudaSuccess;
+    if (!info) cudaGetLastError();
+    std::string msg = name() + ": out of device memory: " + what + " asked for " +
+                      human_bytes(static_cast<double>(bytes)) + " (" + std::to_string(bytes) +
+                      " bytes)";
+    if (info)
+      msg += "; " + human_bytes(static_cast<double>(free_b)) + " free of " +
+             human_bytes(static_cast<double>(total_b));
+    msg += "; longattn holds " + human_bytes(static_cast<double>(current_bytes())) + " (peak " +
+           human_bytes(static_cast<double>(peak_bytes())) + ")";
+    return msg;
+  }
+  void account(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    sizes_[p] = bytes;
+    current_ += bytes;
+    peak_ = std::max(peak_, current_);
+  }
+  void unaccount(void* p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sizes_.find(p);
+    LONGATTN_CHECK_ARG(it != sizes_.end(), "pointer", p, "was not allocated by " + name());
+    current_ -= it->second;
+    sizes_.erase(it);
+  }
+  // A call's temporary, ordered on the work stream: later work on the stream may use it, and
+  // scratch_free returns it to the pool once that work is done, without a synchronisation.
+  // Counted in current_bytes / peak_bytes while held.
+  void* scratch_alloc(size_t bytes) {
+    void* p = nullptr;
+    const size_t n = std::max<size_t>(bytes, 1);
+    cudaError_t e = cudaMallocFromPoolAsync(&p, n, pool_, stream_);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      trim_scratch();
+      e = cudaMallocFromPoolAsync(&p, n, pool_, stream_);
+    }
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      throw OutOfMemory(oom_message("the scratch pool", bytes));
+    }
+    if (e != cudaSuccess)
+      cuda::throw_cuda_error(e, "cudaMallocFromPoolAsync", __FILE__, __LINE__);
+    account(p, bytes);
+    return p;
+  }
+  void scratch_free(void* p, size_t) noexcept {
+    try {
+      unaccount(p);
+    } catch (...) {
+    }
+    cudaFreeAsync(p, stream_);
+  }
+  // Cached blocks of the scratch pool back to the device (after the work that used them).
+  void trim_scratch() noexcept {
+    cudaStreamSynchronize(stream_);
+    cudaMemPoolTrimTo(pool_, 0);
+    cudaGetLastError();
+  }
   // Frees during error handling, where a second error must not replace the first.
   void release_quietly(void* p) noexcept {
     try {
@@ -537,6 +588,7 @@ class CudaBackendImpl final : public CudaBackend {
   std::string device_name_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  cudaMemPool_t pool_ = nullptr;
   mutable std::mutex mu_;
   std::unordered_map<void*, size_t> sizes_;
   size_t current_ = 0, peak_ = 0;

@@ -31,7 +31,7 @@ class CudaBackend : public Backend {
   virtual int device_index() const = 0;
   // The cudaStream_t every operation of this backend is issued on (as void*).
   virtual void* stream() const = 0;
-  // Bytes currently held through allocate().
+  // Bytes currently held through allocate() and by calls in flight (their scratch).
   virtual size_t current_bytes() const = 0;
   // Fills a device view with stddev * N(0, 1) values drawn from a hash of (seed, logical
   // index): no host transfer, for benchmarks and tests.

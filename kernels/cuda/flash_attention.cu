@@ -317,7 +317,7 @@ void set_persistent_grid_limit(int ctas, int group) {
 #endif
 }
 
-void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
+void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t pool) {
   BwdArgs a = make_bwd_args(p);
   if (p.q.N == 0 || p.k.N == 0 || p.q.B == 0 || p.q.H == 0) return;
   const DType dt = p.q.dtype;
@@ -328,7 +328,10 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream) {
     a.delta = stat_view(p.delta);
   } else {
     const size_t bytes = static_cast<size_t>(a.B) * a.Nq * a.H * sizeof(float);
-    CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, stream));
+    if (pool)
+      CUDA_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&scratch), bytes, pool, stream));
+    else
+      CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, stream));
     a.delta.data = scratch;
     a.delta.sb = static_cast<int64_t>(a.Nq) * a.H;
     a.delta.sn = a.H;

@@ -44,7 +44,8 @@ std::string flash_forward_kernel(const AttnFwdParams& p);
 // blocks are multiples of 128 (128-key CTAs); otherwise a separate query-stationary pass with no
 // atomics, bitwise reproducible run to run (fp32 inputs always take it). Asynchronous on
 // `stream`.
-void flash_backward(const AttnBwdParams& p, cudaStream_t stream);
+// pool: where the delta scratch comes from (stream-ordered); nullptr: the device's default pool.
+void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t pool = nullptr);
 
 // Which kernel flash_backward runs for p on the current device: "sm90" (as the forward, plus
 // dq fp32 and not deterministic, key blocks multiples of 128), "portable" or "fp32".

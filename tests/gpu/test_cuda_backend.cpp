@@ -813,7 +813,7 @@ TEST(CudaAttention, BackwardAccumulatesIntoExistingGradients) {
     f.mask = cm->view();
     f.causal = true;
     cpu->attention_forward(f);
-    Tensor dk_ref = zeros.clone(), dv_ref = zeros.clone();
+    Tensor dk_ref = g0.to(DType::F64), dv_ref = zeros.clone();
     AttnBwdParams bp;
     bp.q = q64.view();
     bp.k = k64.view();
@@ -840,7 +840,7 @@ TEST(CudaAttention, BackwardAccumulatesIntoExistingGradients) {
     gpu->upload(gdo.view(), d_o.view());
     gpu->upload(gl.view(), l64.view());
     gpu->upload(gdq.view(), g0.view());
-    gpu->fill(gdk.view(), 0.0);
+    gpu->upload(gdk.view(), g0.view());
     gpu->fill(gdv.view(), 0.0);
     auto gm = gpu->prepare_mask(mask);
     auto gmt = gpu->prepare_mask(mask.transpose());
@@ -856,14 +856,23 @@ TEST(CudaAttention, BackwardAccumulatesIntoExistingGradients) {
     gb.dv = gdv.view();
     gb.mask = gm->view();
     gb.mask_t = gmt->view();
+    const size_t held = as_cuda(*gpu).current_bytes();
     gpu->attention_backward(gb);
-    Tensor dq(DType::F64, B, N, H, D);
-    gpu->download(dq.view(), gdq.view());
-    const ErrorStats e = compare(dq.view(), dq_ref.view());
-    // A lost or doubled g0 (|g0| ~ 1) is off by ~1; rounding stays far below that.
-    const double tol = dt == DType::F32 ? testing::tolerance_for(dt, 0) * std::max(1.0, e.max_ref)
-                                        : 16 * unit_roundoff(dt) * std::max(1.0, e.max_ref);
-    EXPECT_LE(e.max_abs, tol) << e.max_ref;
+    gpu->synchronize();
+    EXPECT_EQ(as_cuda(*gpu).current_bytes(), held) << "the call's scratch was not given back";
+    const std::pair<const DeviceTensor*, const Tensor*> grads[] = {
+        {&gdq, &dq_ref}, {&gdk, &dk_ref}, {&gdv, &dv_ref}};
+    for (const auto& [got_dev, ref] : grads) {
+      Tensor got(DType::F64, B, N, H, D);
+      gpu->download(got.view(), got_dev->view());
+      const ErrorStats e = compare(got.view(), ref->view());
+      // A lost or doubled g0 (|g0| ~ 1) is off by ~1; rounding stays far below that.
+      const double tol = dt == DType::F32
+                             ? testing::tolerance_for(dt, 0) * std::max(1.0, e.max_ref)
+                             : 16 * unit_roundoff(dt) * std::max(1.0, e.max_ref);
+      EXPECT_LE(e.max_abs, tol) << (got_dev == &gdq ? "dq" : got_dev == &gdk ? "dk" : "dv")
+                                << " max_ref " << e.max_ref;
+    }
     // A host mask is rejected: kernels read device memory.
     gb.mask = cm->view();
     EXPECT_THROW(gpu->attention_backward(gb), InvalidArgument);
