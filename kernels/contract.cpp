@@ -96,6 +96,17 @@ BlockMask dense_block_mask(const MaskGeometry& g) {
   return build_block_mask(g, rows);
 }
 
+double mask_row_fill(const BlockMask& m) {
+  int64_t listed = 0, spanned = 0;
+  for (int64_t r = 0; r < m.num_q_blocks; ++r) {
+    const int64_t b = m.row_ptr[r], e = m.row_ptr[r + 1];
+    if (e == b) continue;
+    listed += e - b;
+    spanned += m.col_idx[e - 1] - m.col_idx[b] + 1;  // columns sorted within a row
+  }
+  return spanned > 0 ? static_cast<double>(listed) / static_cast<double>(spanned) : 1.0;
+}
+
 BlockMaskView host_mask_view(const BlockMask& m) {
   BlockMaskView v;
   v.row_ptr = m.row_ptr.data();
@@ -106,6 +117,7 @@ BlockMaskView host_mask_view(const BlockMask& m) {
   v.num_q_blocks = m.num_q_blocks;
   v.num_k_blocks = m.num_k_blocks;
   v.nnz = m.nnz();
+  v.row_fill = mask_row_fill(m);
   return v;
 }
 

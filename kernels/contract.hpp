@@ -55,7 +55,12 @@ struct BlockMaskView {
   int64_t block_q = 64, block_k = 64;
   int64_t num_q_blocks = 0, num_k_blocks = 0;
   int64_t nnz = 0;
+  // Listed blocks over the blocks their rows span (first to last listed column), over the
+  // non-empty rows: 1 for contiguous rows (dense, causal, windows), about the density for
+  // scattered ones. Kernels use it to plan their walk; 1 when unknown.
+  double row_fill = 1.0;
 };
+double mask_row_fill(const BlockMask& m);
 BlockMaskView host_mask_view(const BlockMask& m);
 
 // Forward: for each batch b, head h, query row i of Q (Nq rows), over the key rows j of the

@@ -90,7 +90,7 @@ class CudaBackendImpl;
 class CudaMask final : public PreparedMask {
  public:
   CudaMask(Backend& be, BlockMask host, cuda::DeviceMaskArrays dev)
-      : be_(be), host_(std::move(host)), dev_(dev) {}
+      : be_(be), host_(std::move(host)), dev_(dev), row_fill_(mask_row_fill(host_)) {}
   ~CudaMask() override {
     if (!dev_.storage) return;
     try {
@@ -109,6 +109,7 @@ class CudaMask final : public PreparedMask {
     v.num_q_blocks = host_.num_q_blocks;
     v.num_k_blocks = host_.num_k_blocks;
     v.nnz = host_.nnz();
+    v.row_fill = row_fill_;
     return v;
   }
   const BlockMask& host() const override { return host_; }
@@ -117,6 +118,7 @@ class CudaMask final : public PreparedMask {
   Backend& be_;
   BlockMask host_;
   cuda::DeviceMaskArrays dev_;
+  double row_fill_ = 1.0;
 };
 
 class CudaBackendImpl final : public CudaBackend {

@@ -344,7 +344,26 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
   try {
 #if LONGATTN_HAVE_SM90
     if (bwd_takes_sm90(a, p)) {
-      sm90::flash_backward(a, dt, static_cast<int>(p.q.D), stream);
+      // Listed 64-query tiles per 128-key block (CTA), for how many parts the query range takes.
+      const double tiles = static_cast<double>(p.mask_t.nnz) * (p.mask_t.block_k / 64) /
+                           std::max<int64_t>(p.mask_t.num_q_blocks, 1);
+      a.q_splits = sm90::bwd_query_splits(a, static_cast<int>(p.q.D), tiles, p.mask_t.row_fill);
+      if (a.q_splits > 1) {
+        const size_t flags = static_cast<size_t>(a.B) * a.H * ((a.Nk + 127) / 128) * sizeof(int);
+        if (pool)
+          CUDA_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&a.split_flags), flags,
+                                             pool, stream));
+        else
+          CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&a.split_flags), flags, stream));
+        CUDA_CHECK(cudaMemsetAsync(a.split_flags, 0, flags, stream));
+      }
+      try {
+        sm90::flash_backward(a, dt, static_cast<int>(p.q.D), stream);
+      } catch (...) {
+        if (a.split_flags) cudaFreeAsync(a.split_flags, stream);
+        throw;
+      }
+      if (a.split_flags) CUDA_CHECK(cudaFreeAsync(a.split_flags, stream));
       if (scratch) CUDA_CHECK(cudaFreeAsync(scratch, stream));
       return;
     }

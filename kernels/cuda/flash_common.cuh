@@ -55,6 +55,11 @@ struct BwdArgs {
   int dq_type = kOutSame, dk_type = kOutSame, dv_type = kOutSame;
   int dq_pair = 0;  // dq allows two adjacent elements as one access (float2 atomics when fp32)
   int dkv_pair = 0;  // dk and dv allow two adjacent elements as one access
+  // Hopper backward: the query range cut into q_splits parts, one CTA per (key block, part);
+  // the parts of a key block add into dk and dv in order, part s after split_flags[...] says
+  // parts 0..s-1 have (one int per batch, head and key block, zeroed before the launch).
+  int q_splits = 1;
+  int* split_flags = nullptr;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;

@@ -92,6 +92,19 @@ TEST(Dense, CausalOutputIgnoresFutureKeys) {
   EXPECT_GT(compare(o1.view().rows(cut, N - cut), o2.view().rows(cut, N - cut)).max_abs, 1e-3);
 }
 
+// Listed blocks over spanned blocks: contiguous rows give 1, scattered rows their fraction,
+// empty rows count for nothing.
+TEST(Dense, MaskRowFill) {
+  const MaskGeometry g3{48, 128, 16, 16, false, 0, 0}, g2{32, 128, 16, 16, false, 0, 0};
+  EXPECT_DOUBLE_EQ(mask_row_fill(dense_block_mask(g3)), 1.0);
+  EXPECT_DOUBLE_EQ(mask_row_fill(build_block_mask(g3, {{2, 3, 4}, {}, {5}})), 1.0);
+  // Rows {0, 7} (2 of 8 spanned) and {1, 3, 5} (3 of 5): 5 of 13.
+  const BlockMask m = build_block_mask(g2, {{0, 7}, {1, 3, 5}});
+  EXPECT_DOUBLE_EQ(mask_row_fill(m), 5.0 / 13.0);
+  EXPECT_DOUBLE_EQ(host_mask_view(m).row_fill, 5.0 / 13.0);
+  EXPECT_DOUBLE_EQ(mask_row_fill(build_block_mask(g2, {{}, {}})), 1.0);
+}
+
 TEST(Dense, EmptyRowsGiveZeroAndMinusInfNeverNaN) {
   auto be = make_cpu_backend();
   const int64_t N = 40, D = 8;

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -334,10 +335,9 @@ TEST_P(FlashCase, ForwardMatchesCpuReference) {
 }
 
 // The reference O and LSE (rounded to what the GPU would hold) feed both backwards.
-TEST_P(FlashCase, BackwardMatchesCpuReference) {
-  SKIP_WITHOUT_GPU();
-  const Case c = GetParam();
-  const uint64_t seed = std::random_device{}();
+// Backward on the GPU into fp32 accumulators holding earlier values vs the CPU reference (and
+// the same-precision naive for fp16/bf16).
+void check_backward(const Case& c, uint64_t seed) {
   FwdRun run;
   run_forward(c, run, seed);
   Mirrored o = make_mirrored(c.layout, c.dt, c.B, c.Nq, c.H, c.D, 0, 1.0);
@@ -425,6 +425,11 @@ TEST_P(FlashCase, BackwardMatchesCpuReference) {
   }
 }
 
+TEST_P(FlashCase, BackwardMatchesCpuReference) {
+  SKIP_WITHOUT_GPU();
+  check_backward(GetParam(), std::random_device{}());
+}
+
 std::vector<Case> all_cases() {
   std::vector<Case> cs;
   for (DType dt : {DType::F32, DType::F16, DType::BF16})
@@ -494,28 +499,66 @@ TEST(FlashPersistent, ManyItemsPerCta) {
     }
 }
 
-// Small cases for compute-sanitizer (memcheck, racecheck): forward and both backward modes per
-// path (fp32 FMA; bf16 with 64- and 128-key CTAs, atomic and query-stationary dQ).
+// The Hopper backward at head dim 128 with the query range cut into parts (one CTA per key
+// block and part, the parts adding into dk and dv in order): 2 and 3 parts, and 7, more parts
+// than the mask has query blocks (empty parts). Elsewhere the portable kernels run the same
+// checks.
+struct QuerySplits {
+  explicit QuerySplits(int n) { setenv("LONGATTN_SM90_QSPLIT", std::to_string(n).c_str(), 1); }
+  ~QuerySplits() { unsetenv("LONGATTN_SM90_QSPLIT"); }
+};
+TEST(FlashSplit, QueryPartsAddInOrder) {
+  SKIP_WITHOUT_GPU();
+  struct Run {
+    int parts;
+    Case c;
+  };
+  const Run runs[] = {
+      {2, {DType::BF16, 128, 2, 1100, 1250, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+           Layout::Contiguous, 1.0, false, "bf16_d128_parts2_dense_ragged"}},
+      {3, {DType::F16, 128, 1, 1000, 1000, 2, 256, 128, true, 0, 0, MaskKind::Sparse,
+           Layout::Dilated, 3.0, false, "f16_d128_parts3_causal_sparse"}},
+      {7, {DType::BF16, 128, 1, 900, 700, 3, 128, 128, false, 0, 0, MaskKind::Sparse,
+           Layout::Contiguous, 1.0, false, "bf16_d128_parts7_sparse"}},
+      {3, {DType::BF16, 128, 1, 700, 650, 2, 128, 128, true, 0, 0, MaskKind::Dense,
+           Layout::Contiguous, 1.0, false, "bf16_d128_parts3_dense_causal"}},
+      {2, {DType::F16, 128, 1, 800, 800, 2, 128, 128, true, 0, 0, MaskKind::Sparse,
+           Layout::Contiguous, 1.0, false, "f16_d128_parts2_causal_sparse"}}};
+  for (const Run& r : runs) {
+    SCOPED_TRACE(r.c.name);
+    const QuerySplits split(r.parts);
+    check_backward(r.c, std::random_device{}());
+  }
+}
+
+// Small cases for compute-sanitizer (memcheck, racecheck): forward and the backward modes per
+// path (fp32 FMA; bf16 with 64- and 128-key CTAs, atomic and query-stationary dQ, query parts).
 TEST(FlashSmall, SanitizerCases) {
   SKIP_WITHOUT_GPU();
   for (DType dt : {DType::BF16, DType::F32})
     for (int64_t block : {64, 128})
-    for (bool det : {false, true}) {
-      Case c{dt, 64, 1, 150, 130, 1, block, block, true, 20, 0, MaskKind::Sparse,
+    for (int variant = 0; variant < 3; ++variant) {
+      // 0: atomic dQ, 1: query-stationary dQ, 2: atomic dQ with the query range in 3 parts
+      // (some of them empty) on the Hopper path (head dim 128).
+      const bool det = variant == 1;
+      const int64_t D = variant == 2 ? 128 : 64;
+      std::unique_ptr<QuerySplits> split;
+      if (variant == 2) split = std::make_unique<QuerySplits>(3);
+      Case c{dt, D, 1, 150, 130, 1, block, block, true, 20, 0, MaskKind::Sparse,
              Layout::Contiguous, 1.0, det, std::string("small_") + dtype_name(dt)};
       FwdRun run;
       run_forward(c, run, 99);
       // A backward on the same inputs, checked for finiteness only (accuracy is above).
-      Mirrored o = make_mirrored(Layout::Contiguous, dt, 1, c.Nq, 1, 64, 5, 1.0);
+      Mirrored o = make_mirrored(Layout::Contiguous, dt, 1, c.Nq, 1, D, 5, 1.0);
       copy_view(o.hview, run.ref_o.view());
       o.upload();
       Mirrored lse = make_mirrored(Layout::Contiguous, DType::F32, 1, c.Nq, 1, 1, 0, 1.0);
       copy_view(lse.hview, run.ref_lse.view());
       lse.upload();
-      Mirrored dout = make_mirrored(Layout::Contiguous, dt, 1, c.Nq, 1, 64, 6, 1.0);
-      Mirrored dq = make_mirrored(Layout::Contiguous, DType::F32, 1, c.Nq, 1, 64, 7, 1.0);
-      Mirrored dk = make_mirrored(Layout::Contiguous, DType::F32, 1, c.Nk, 1, 64, 8, 1.0);
-      Mirrored dv = make_mirrored(Layout::Contiguous, DType::F32, 1, c.Nk, 1, 64, 9, 1.0);
+      Mirrored dout = make_mirrored(Layout::Contiguous, dt, 1, c.Nq, 1, D, 6, 1.0);
+      Mirrored dq = make_mirrored(Layout::Contiguous, DType::F32, 1, c.Nq, 1, D, 7, 1.0);
+      Mirrored dk = make_mirrored(Layout::Contiguous, DType::F32, 1, c.Nk, 1, D, 8, 1.0);
+      Mirrored dv = make_mirrored(Layout::Contiguous, DType::F32, 1, c.Nk, 1, D, 9, 1.0);
       AttnBwdParams p;
       p.q = run.q.dview;
       p.k = run.k.dview;

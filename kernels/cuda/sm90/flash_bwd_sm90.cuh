@@ -87,22 +87,17 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* empty = full_st + kS;
 
   const int b = blockIdx.z, h = blockIdx.y;
-  const int k0 = blockIdx.x * kBN;
+  // blockIdx.x = part * (key blocks) + key block: the CTAs of one part of the query range run
+  // together, so Q, dO and dq of that part are what L2 has to hold.
+  // The query range in parts (a.q_splits) at head dim 128 only: the extra code costs the
+  // head-dim-64 kernel, whose registers are tighter (measured), so it always takes one part.
+  constexpr bool kParts = D >= 128;
+  const int k0 =
+      (kParts ? static_cast<int>(blockIdx.x) % ((a.Nk + kBN - 1) / kBN) : blockIdx.x) * kBN;
   const int mrow = k0 / a.mask_t.block_q;
-  const int64_t e0 = a.mask_t.row_ptr[mrow];
+  int64_t e0 = a.mask_t.row_ptr[mrow], e1 = a.mask_t.row_ptr[mrow + 1];
   const int nsub = a.mask_t.block_k / kBM;
-  const int n_items = static_cast<int>((a.mask_t.row_ptr[mrow + 1] - e0) * nsub);
-
-  // First listed query tile at or after `it` that some key of this CTA may be seen by.
-  auto next_visible = [&](int it, int& qs) {
-    for (; it < n_items; ++it) {
-      qs = a.mask_t.col_idx[e0 + it / nsub] * a.mask_t.block_k + (it % nsub) * kBM;
-      if (qs >= a.Nq) continue;
-      const int q_hi = min(qs + kBM, a.Nq) - 1;
-      if (!(a.causal && static_cast<int64_t>(k0 - q_hi) > a.diag)) break;
-    }
-    return it;
-  };
+  __shared__ int64_t part_range[2];  // this part's entries of the mask row
 
   const int wg = warpgroup_index();
   if (threadIdx.x == 0) {
@@ -114,7 +109,35 @@ __global__ void __launch_bounds__(384, 1)
     }
     mbar_init_fence();
   }
+  if (kParts && a.q_splits > 1 && threadIdx.x < 32) {
+    const int part = static_cast<int>(blockIdx.x) / ((a.Nk + kBN - 1) / kBN);
+    const int nqb = (a.Nq + a.mask_t.block_k - 1) / a.mask_t.block_k;
+    const int64_t lo = warp_lower_bound(a.mask_t.col_idx, e0, e1,
+                                        static_cast<int>(int64_t{part} * nqb / a.q_splits));
+    const int64_t hi = warp_lower_bound(a.mask_t.col_idx, lo, e1,
+                                        static_cast<int>(int64_t{part + 1} * nqb / a.q_splits));
+    if (threadIdx.x == 0) {
+      part_range[0] = lo;
+      part_range[1] = hi;
+    }
+  }
   __syncthreads();
+  if (kParts && a.q_splits > 1) {
+    e0 = part_range[0];
+    e1 = part_range[1];
+  }
+  const int n_items = static_cast<int>((e1 - e0) * nsub);
+
+  // First listed query tile at or after `it` that some key of this CTA may be seen by.
+  auto next_visible = [&](int it, int& qs) {
+    for (; it < n_items; ++it) {
+      qs = a.mask_t.col_idx[e0 + it / nsub] * a.mask_t.block_k + (it % nsub) * kBM;
+      if (qs >= a.Nq) continue;
+      const int q_hi = min(qs + kBM, a.Nq) - 1;
+      if (!(a.causal && static_cast<int64_t>(k0 - q_hi) > a.diag)) break;
+    }
+    return it;
+  };
 
   if (wg == 0) {
     // ---------------- producer ----------------
@@ -489,8 +512,29 @@ __global__ void __launch_bounds__(384, 1)
     flash::add_rows_out<T, kDT>(out.data, type, a.dkv_pair != 0, off, ok, mul,
                                 [&](int hh, int dt, int e) { return acc[dt * 4 + 2 * hh + e]; });
   };
+  // Parts of the query range add into dk and dv one after the other: part p waits for parts
+  // 0..p-1 of its key block. They were launched earlier (lower blockIdx.x, same batch and head),
+  // so they are running or done and the wait ends; it is normally over at once, the earlier
+  // part having started a whole pass over the key blocks before.
+  // (part and the flag recomputed from blockIdx here: values kept live across the tile loop
+  // cost the consumers registers, and the compiler then serialises every wgmma.)
+  int* flag = nullptr;
+  int part = 0;
+  if (kParts && a.q_splits > 1) {
+    const int nkb_ = (a.Nk + kBN - 1) / kBN;
+    part = static_cast<int>(blockIdx.x) / nkb_;
+    flag = a.split_flags + (static_cast<int64_t>(blockIdx.z) * a.H + blockIdx.y) * nkb_ +
+           (static_cast<int>(blockIdx.x) - part * nkb_);
+    if (part > 0)
+      while (ld_acquire_gpu(flag) < part) __nanosleep(256);
+  }
   add_out(a.dk, a.dk_type, dk, a.scale);
   add_out(a.dv, a.dv_type, dv, 1.f);
+  if (kParts && flag != nullptr && part + 1 < a.q_splits) {
+    __threadfence();
+    named_barrier(2, 256);  // every consumer's sums stored
+    if (tid == 0 && cw == 0) st_release_gpu(flag, part + 1);
+  }
 }
 
 struct BwdMaps {
@@ -507,7 +551,11 @@ void launch_bwd_sm90_impl(const BwdArgs& a, cudaStream_t stream) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));
   const BwdMaps maps = make_bwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
-  const dim3 grid((a.Nk + Tr::kBN - 1) / Tr::kBN, a.H, a.B);
+  LONGATTN_CHECK_ARG(a.q_splits >= 1 && (a.q_splits == 1 || a.split_flags != nullptr),
+                     "q_splits", a.q_splits, "must be >= 1, with split_flags when > 1");
+  LONGATTN_CHECK_ARG(a.q_splits == 1 || D >= 128, "q_splits", a.q_splits,
+                     "must be 1 at head dim " + std::to_string(D));
+  const dim3 grid(((a.Nk + Tr::kBN - 1) / Tr::kBN) * a.q_splits, a.H, a.B);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.d_o, maps.dq,
                                                          a, maps.dq_tma ? 1 : 0);
   CUDA_CHECK_LAUNCH("flash_bwd_sm90_kernel");

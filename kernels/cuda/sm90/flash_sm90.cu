@@ -177,6 +177,26 @@ void set_grid_limit(int ctas, int group) {
   g_group.store(group > 0 ? group : 0);
 }
 
+int bwd_query_splits(const BwdArgs& a, int head_dim, double tiles_per_key_block,
+                     double row_fill) {
+  if (head_dim < 128) return 1;  // the head-dim-64 kernel takes one part (see the kernel)
+  if (const char* e = std::getenv("LONGATTN_SM90_QSPLIT")) {
+    const int n = std::atoi(e);
+    if (n >= 1) return n < 16 ? n : 16;
+  }
+  // Rows whose listed blocks are contiguous (dense, causal, local windows) are walked by the
+  // CTAs running together in step, sharing the Q and dO tiles in L2: parts only cost them.
+  if (row_fill >= 0.75) return 1;
+  const DeviceSched& d = device_sched();
+  const double part_bytes = d.l2_bytes / 2.0;
+  // Q and dO (16-bit) and dq (fp32) of one head.
+  const double head_bytes = static_cast<double>(a.Nq) * head_dim * (2 + 2 + 4);
+  int n = static_cast<int>(head_bytes / part_bytes + 0.999);
+  n = n < 1 ? 1 : (n > 4 ? 4 : n);
+  while (n > 1 && tiles_per_key_block / n < 24.0) --n;
+  return n;
+}
+
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv) {
   BwdMaps m;
   m.q = make_map(a.q, a.B, a.Nq, a.H, D, half_type(bf16), box_q, "q");

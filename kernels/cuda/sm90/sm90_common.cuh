@@ -150,6 +150,34 @@ __device__ __forceinline__ void red_add_v2(float* p, float x, float y) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(x), "f"(y) : "memory");
 }
 
+// Flag handoff between CTAs at GPU scope: the writer's earlier stores are visible to a reader
+// whose acquire load saw the value.
+__device__ __forceinline__ int ld_acquire_gpu(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_gpu(int* p, int v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+// First index in [lo, hi) whose sorted value v[i] >= x (hi if none), by the whole warp: each
+// step probes 32 evenly spaced entries, so a row of up to 1024 entries takes two loads.
+__device__ __forceinline__ int64_t warp_lower_bound(const int32_t* v, int64_t lo, int64_t hi,
+                                                    int x) {
+  const int lane = threadIdx.x % 32;
+  while (lo < hi) {
+    const int64_t step = (hi - lo + 31) / 32;
+    const int64_t pos = lo + lane * step;
+    const unsigned less = __ballot_sync(0xffffffffu, pos < hi && v[pos] < x);
+    const int cnt = __popc(less);  // a prefix of the probes (v sorted)
+    if (cnt == 0) break;
+    const int64_t next_hi = lo + cnt * step < hi ? lo + cnt * step : hi;
+    lo = lo + (cnt - 1) * step + 1;
+    hi = next_hi;
+  }
+  return lo;
+}
+
 // Register split of a 384-thread CTA (one producer and two consumer warpgroups): the CTA
 // owns the per-thread cap the compiler gives 384 threads (65536 / 384 rounded down to 8) times
 // 384; setmaxnreg.inc waits until the producer's setmaxnreg.dec has freed enough of them, so the
