@@ -294,10 +294,10 @@ class CudaBackendImpl final : public CudaBackend {
       CUDA_CHECK_LAUNCH("cuda::flash_backward");
       cuda::axpy(p.dq, 1.0, run.dq, stream_);
     } catch (...) {
-      scratch_free(buf, bytes);
+      scratch_free(buf);
       throw;
     }
-    scratch_free(buf, bytes);
+    scratch_free(buf);
   }
 
   // ---- element-wise ----------------------------------------------------------------------
@@ -565,7 +565,7 @@ class CudaBackendImpl final : public CudaBackend {
     account(p, bytes);
     return p;
   }
-  void scratch_free(void* p, size_t) noexcept {
+  void scratch_free(void* p) noexcept {
     try {
       unaccount(p);
     } catch (...) {
