@@ -2,6 +2,7 @@
 #include "kernels/contract.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "runtime/error.hpp"
 
@@ -105,6 +106,17 @@ double mask_row_fill(const BlockMask& m) {
     spanned += m.col_idx[e - 1] - m.col_idx[b] + 1;  // columns sorted within a row
   }
   return spanned > 0 ? static_cast<double>(listed) / static_cast<double>(spanned) : 1.0;
+}
+
+int backward_query_parts(int64_t nq, int64_t head_dim, double tiles_per_key_block,
+                         double row_fill, int64_t l2_bytes) {
+  if (row_fill >= 0.75 || l2_bytes <= 0) return 1;
+  const double part_bytes = static_cast<double>(l2_bytes) / 2.0;
+  const double head_bytes = static_cast<double>(nq) * static_cast<double>(head_dim) * (2 + 2 + 4);
+  int n = static_cast<int>(std::ceil(head_bytes / part_bytes));
+  n = std::clamp(n, 1, 4);
+  while (n > 1 && tiles_per_key_block / n < 24.0) --n;
+  return n;
 }
 
 BlockMaskView host_mask_view(const BlockMask& m) {

@@ -61,6 +61,15 @@ struct BlockMaskView {
   double row_fill = 1.0;
 };
 double mask_row_fill(const BlockMask& m);
+
+// Parts of the query range for a key-stationary backward whose CTAs walk a key block's listed
+// query tiles in order: with scattered rows (row_fill < 0.75) the CTAs running together touch
+// a head's whole query range, so the range is cut until one part's Q and dO (16-bit) and fp32
+// dq of a head fit in half of the L2 (l2_bytes), keeping at least 24 listed query tiles per CTA
+// and part on average, at most 4 parts. Contiguous rows (dense, causal, windows) keep one part:
+// their CTAs walk the same tiles together.
+int backward_query_parts(int64_t nq, int64_t head_dim, double tiles_per_key_block,
+                         double row_fill, int64_t l2_bytes);
 BlockMaskView host_mask_view(const BlockMask& m);
 
 // Forward: for each batch b, head h, query row i of Q (Nq rows), over the key rows j of the

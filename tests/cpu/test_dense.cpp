@@ -105,6 +105,25 @@ TEST(Dense, MaskRowFill) {
   EXPECT_DOUBLE_EQ(mask_row_fill(build_block_mask(g2, {{}, {}})), 1.0);
 }
 
+// The query parts of the key-stationary backward on a 50 MB L2 (half: 25 MB per part).
+TEST(Dense, BackwardQueryParts) {
+  const int64_t l2 = 50 << 20;
+  // Contiguous rows keep one part at any length.
+  EXPECT_EQ(backward_query_parts(65536, 128, 1024, 1.0, l2), 1);
+  EXPECT_EQ(backward_query_parts(65536, 128, 1024, 0.75, l2), 1);
+  // Scattered rows at 64K, d=128 (64 MB per head): 3 parts while each keeps >= 24 tiles.
+  EXPECT_EQ(backward_query_parts(65536, 128, 512, 0.5, l2), 3);
+  EXPECT_EQ(backward_query_parts(65536, 128, 102, 0.1, l2), 3);
+  EXPECT_EQ(backward_query_parts(65536, 128, 51, 0.05, l2), 2);   // 3 parts would be 17 tiles
+  EXPECT_EQ(backward_query_parts(65536, 128, 20, 0.02, l2), 1);   // too few tiles to cut
+  // 32 MB per head: 2 parts; 16 MB fits: 1; very long sequences stop at 4.
+  EXPECT_EQ(backward_query_parts(32768, 128, 200, 0.1, l2), 2);
+  EXPECT_EQ(backward_query_parts(16384, 128, 200, 0.1, l2), 1);
+  EXPECT_EQ(backward_query_parts(1 << 20, 128, 4096, 0.1, l2), 4);
+  // Unknown L2: one part.
+  EXPECT_EQ(backward_query_parts(65536, 128, 512, 0.1, 0), 1);
+}
+
 TEST(Dense, EmptyRowsGiveZeroAndMinusInfNeverNaN) {
   auto be = make_cpu_backend();
   const int64_t N = 40, D = 8;

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <string>
 
+#include "kernels/contract.hpp"
 #include "kernels/cuda/cuda_check.hpp"
 #include "kernels/cuda/sm90/flash_bwd_sm90.cuh"
 #include "runtime/error.hpp"
@@ -184,17 +185,8 @@ int bwd_query_splits(const BwdArgs& a, int head_dim, double tiles_per_key_block,
     const int n = std::atoi(e);
     if (n >= 1) return n < 16 ? n : 16;
   }
-  // Rows whose listed blocks are contiguous (dense, causal, local windows) are walked by the
-  // CTAs running together in step, sharing the Q and dO tiles in L2: parts only cost them.
-  if (row_fill >= 0.75) return 1;
-  const DeviceSched& d = device_sched();
-  const double part_bytes = d.l2_bytes / 2.0;
-  // Q and dO (16-bit) and dq (fp32) of one head.
-  const double head_bytes = static_cast<double>(a.Nq) * head_dim * (2 + 2 + 4);
-  int n = static_cast<int>(head_bytes / part_bytes + 0.999);
-  n = n < 1 ? 1 : (n > 4 ? 4 : n);
-  while (n > 1 && tiles_per_key_block / n < 24.0) --n;
-  return n;
+  return backward_query_parts(a.Nq, head_dim, tiles_per_key_block, row_fill,
+                              device_sched().l2_bytes);
 }
 
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv) {

@@ -20,10 +20,8 @@ void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStrea
 // a.delta filled.
 bool bwd_accepts(const flash::BwdArgs& a, DType dtype, int head_dim, bool atomic_dq);
 void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
-// How many parts the backward cuts the query range into (a.q_splits) at head dim 128, for
-// masks whose rows are scattered (row_fill: listed blocks over the blocks their rows span,
-// below 0.75): enough that one part's Q, dO and fp32 dq of a head fit in half of L2, while a CTA
-// keeps at least 24 query tiles of its key block on average (tiles_per_key_block). Otherwise 1.
+// How many parts the backward cuts the query range into (a.q_splits): backward_query_parts
+// (kernels/contract.hpp) with this device's L2 at head dim 128, 1 at head dim 64.
 // LONGATTN_SM90_QSPLIT=n fixes it at head dim 128 (read on each call).
 int bwd_query_splits(const flash::BwdArgs& a, int head_dim, double tiles_per_key_block,
                      double row_fill);
