@@ -349,7 +349,8 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
                            std::max<int64_t>(p.mask_t.num_q_blocks, 1);
       a.q_splits = sm90::bwd_query_splits(a, static_cast<int>(p.q.D), tiles, p.mask_t.row_fill);
       if (a.q_splits > 1) {
-        const size_t flags = static_cast<size_t>(a.B) * a.H * ((a.Nk + 127) / 128) * sizeof(int);
+        const int nkb = (a.Nk + sm90::kBwdKeysPerCta - 1) / sm90::kBwdKeysPerCta;
+        const size_t flags = static_cast<size_t>(a.B) * a.H * nkb * sizeof(int);
         if (pool)
           CUDA_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&a.split_flags), flags,
                                              pool, stream));

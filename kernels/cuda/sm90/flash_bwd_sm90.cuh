@@ -24,6 +24,7 @@
 // dk += scale dS^T Q, dv += P^T dO, dq += scale dS K.
 #pragma once
 #include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
+#include "kernels/cuda/sm90/flash_sm90.hpp"
 
 namespace longattn::cuda::sm90 {
 
@@ -31,7 +32,7 @@ using flash::BwdArgs;
 
 template <int D>
 struct BwdSm90Traits {
-  static constexpr int kBN = 128;  // keys per CTA (two consumer warpgroups of 64)
+  static constexpr int kBN = kBwdKeysPerCta;  // keys per CTA (two consumer warpgroups of 64)
   static constexpr int kBM = 64;   // queries per tile
   static constexpr int kStages = 2;
   static constexpr int kChunks = D / 64;

@@ -20,6 +20,9 @@ void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStrea
 // a.delta filled.
 bool bwd_accepts(const flash::BwdArgs& a, DType dtype, int head_dim, bool atomic_dq);
 void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
+// Keys per CTA of the backward (one split flag per batch, head and key block of this size).
+constexpr int kBwdKeysPerCta = 128;
+
 // How many parts the backward cuts the query range into (a.q_splits): backward_query_parts
 // (kernels/contract.hpp) with this device's L2 at head dim 128, 1 at head dim 64.
 // LONGATTN_SM90_QSPLIT=n fixes it at head dim 128 (read on each call).
