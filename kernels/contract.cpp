@@ -108,6 +108,25 @@ double mask_row_fill(const BlockMask& m) {
   return spanned > 0 ? static_cast<double>(listed) / static_cast<double>(spanned) : 1.0;
 }
 
+int64_t mask_complete_diag(const BlockMask& m) {
+  int64_t best = kMaskCompleteAll;
+  for (int64_t r = 0; r < m.num_q_blocks; ++r) {
+    // Leading entries 0, 1, 2, ...: the key blocks listed from block 0 on without a gap.
+    int64_t prefix = 0;
+    for (int64_t k = m.row_ptr[r]; k < m.row_ptr[r + 1] && m.col_idx[k] == prefix; ++k) ++prefix;
+    if (prefix >= m.num_k_blocks) continue;
+    // Row i of the block sees keys j <= i + diag; its last row (r + 1) block_q - 1 needs keys
+    // below prefix * block_k: diag <= prefix * block_k - (r + 1) * block_q.
+    best = std::min(best, prefix * m.block_k - (r + 1) * m.block_q);
+  }
+  return best;
+}
+
+bool mask_complete_for(const BlockMaskView& m, bool causal, int64_t diag) {
+  if (!causal) return m.complete_diag == kMaskCompleteAll;
+  return m.complete_diag != kMaskIncomplete && diag <= m.complete_diag;
+}
+
 int backward_query_parts(int64_t nq, int64_t head_dim, double tiles_per_key_block,
                          double row_fill, int64_t l2_bytes) {
   if (row_fill >= 0.75 || l2_bytes <= 0) return 1;
@@ -130,6 +149,7 @@ BlockMaskView host_mask_view(const BlockMask& m) {
   v.num_k_blocks = m.num_k_blocks;
   v.nnz = m.nnz();
   v.row_fill = mask_row_fill(m);
+  v.complete_diag = mask_complete_diag(m);
   return v;
 }
 

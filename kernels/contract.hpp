@@ -59,8 +59,19 @@ struct BlockMaskView {
   // non-empty rows: 1 for contiguous rows (dense, causal, windows), about the density for
   // scattered ones. Kernels use it to plan their walk; 1 when unknown.
   double row_fill = 1.0;
+  // The largest causal diagonal (q_offset - k_offset) up to which every row lists, from key
+  // block 0 on, every key block its rows can see (mask_complete_diag); kMaskCompleteAll when
+  // every row lists every key block, kMaskIncomplete when unknown. A call within it may walk
+  // the visible key blocks arithmetically instead of reading the lists (mask_complete_for).
+  int64_t complete_diag = INT64_MIN;
 };
 double mask_row_fill(const BlockMask& m);
+constexpr int64_t kMaskCompleteAll = INT64_MAX;
+constexpr int64_t kMaskIncomplete = INT64_MIN;
+int64_t mask_complete_diag(const BlockMask& m);
+// Whether the mask lists every key block visible to a call (causal with diagonal diag, or not
+// causal), so that the call's result does not depend on the lists.
+bool mask_complete_for(const BlockMaskView& m, bool causal, int64_t diag);
 
 // Parts of the query range for a key-stationary backward whose CTAs walk a key block's listed
 // query tiles in order: with scattered rows (row_fill < 0.75) the CTAs running together touch

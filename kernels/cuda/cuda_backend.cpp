@@ -90,7 +90,11 @@ class CudaBackendImpl;
 class CudaMask final : public PreparedMask {
  public:
   CudaMask(Backend& be, BlockMask host, cuda::DeviceMaskArrays dev)
-      : be_(be), host_(std::move(host)), dev_(dev), row_fill_(mask_row_fill(host_)) {}
+      : be_(be),
+        host_(std::move(host)),
+        dev_(dev),
+        row_fill_(mask_row_fill(host_)),
+        complete_diag_(mask_complete_diag(host_)) {}
   ~CudaMask() override {
     if (!dev_.storage) return;
     try {
@@ -110,6 +114,7 @@ class CudaMask final : public PreparedMask {
     v.num_k_blocks = host_.num_k_blocks;
     v.nnz = host_.nnz();
     v.row_fill = row_fill_;
+    v.complete_diag = complete_diag_;
     return v;
   }
   const BlockMask& host() const override { return host_; }
@@ -119,6 +124,7 @@ class CudaMask final : public PreparedMask {
   BlockMask host_;
   cuda::DeviceMaskArrays dev_;
   double row_fill_ = 1.0;
+  int64_t complete_diag_ = kMaskIncomplete;
 };
 
 class CudaBackendImpl final : public CudaBackend {

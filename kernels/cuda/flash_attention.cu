@@ -199,6 +199,7 @@ FwdArgs make_fwd_args(const AttnFwdParams& p) {
   a.diag = p.q_offset - p.k_offset;
   a.vec = allows_vec(p.q) && allows_vec(p.k) && allows_vec(p.v);
   a.o_pair = allows_pair(p.o);
+  a.complete = mask_complete_for(p.mask, p.causal, a.diag) ? 1 : 0;
   return a;
 }
 
@@ -216,7 +217,11 @@ bool takes_sm90(const FwdArgs& a, DType dt, int64_t D) {
 std::string flash_forward_kernel(const AttnFwdParams& p) {
   const FwdArgs a = make_fwd_args(p);
   if (p.q.dtype == DType::F32) return "fp32";
-  return takes_sm90(a, p.q.dtype, p.q.D) ? "sm90" : "portable";
+  if (!takes_sm90(a, p.q.dtype, p.q.D)) return "portable";
+#if LONGATTN_HAVE_SM90
+  if (sm90::fwd_wide(a, static_cast<int>(p.q.D))) return "sm90-wide";
+#endif
+  return "sm90";
 }
 
 void flash_forward(const AttnFwdParams& p, cudaStream_t stream) {

@@ -39,6 +39,7 @@ struct FwdArgs {
   int vec = 0;       // q, k, v allow 16-byte loads
   int o_type = kOutSame;
   int o_pair = 0;    // o allows 2-element (4-byte for 16-bit types) stores
+  int complete = 0;  // the mask lists every key block the call can see (mask_complete_for)
 };
 
 struct BwdArgs {

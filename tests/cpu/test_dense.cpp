@@ -230,3 +230,43 @@ TEST(Dense, ReusedVariantFollowsLengthAndBackend) {
 
 }  // namespace
 }  // namespace longattn
+
+namespace longattn {
+namespace {
+
+// A mask is complete for a call when every row lists, from key block 0 on, every key block the
+// call lets it see; the largest causal diagonal for which that holds.
+TEST(Dense, MaskCompleteDiag) {
+  // Every row lists every key block: complete for any call, causal or not.
+  const MaskGeometry full{300, 500, 128, 128, false, 0, 0};
+  const BlockMaskView fv = host_mask_view(dense_block_mask(full));
+  EXPECT_EQ(fv.complete_diag, kMaskCompleteAll);
+  EXPECT_TRUE(mask_complete_for(fv, false, 0));
+  EXPECT_TRUE(mask_complete_for(fv, true, 1 << 20));
+  // The causal dense mask (row r lists blocks 0..r): complete up to diagonal 0, not beyond,
+  // and never for a call without causality.
+  const MaskGeometry causal{512, 512, 128, 128, true, 0, 0};
+  const BlockMaskView cv = host_mask_view(dense_block_mask(causal));
+  EXPECT_EQ(cv.complete_diag, 0);
+  EXPECT_TRUE(mask_complete_for(cv, true, 0));
+  EXPECT_TRUE(mask_complete_for(cv, true, -64));
+  EXPECT_FALSE(mask_complete_for(cv, true, 1));
+  EXPECT_FALSE(mask_complete_for(cv, false, 0));
+  // Query blocks of 256 over key blocks of 128, and a query offset of 100: row r lists blocks
+  // 0..r + 1 (its last query 128 (r + 1) + 99 sees them), so the mask stays complete up to 128.
+  EXPECT_EQ(host_mask_view(dense_block_mask({512, 640, 256, 128, true, 0, 0})).complete_diag, 0);
+  EXPECT_EQ(mask_complete_diag(dense_block_mask({512, 640, 128, 128, true, 100, 0})), 128);
+  // A gap (block 1 missing in row 1) or a row that does not start at block 0 makes the mask
+  // complete only where those rows see nothing.
+  const MaskGeometry g{256, 512, 128, 128, false, 0, 0};
+  EXPECT_EQ(mask_complete_diag(build_block_mask(g, {{0, 1, 2, 3}, {0, 2, 3}})), 128 - 256);
+  EXPECT_EQ(mask_complete_diag(build_block_mask(g, {{1, 2, 3}, {0, 1, 2, 3}})), -128);
+  EXPECT_FALSE(mask_complete_for(host_mask_view(build_block_mask(g, {{1, 2, 3}, {0, 1, 2, 3}})),
+                                 false, 0));
+  // A view of unknown completeness is never complete.
+  EXPECT_FALSE(mask_complete_for(BlockMaskView{}, true, 0));
+  EXPECT_FALSE(mask_complete_for(BlockMaskView{}, false, 0));
+}
+
+}  // namespace
+}  // namespace longattn

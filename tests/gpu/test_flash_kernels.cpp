@@ -470,6 +470,37 @@ std::vector<Case> all_cases() {
 INSTANTIATE_TEST_SUITE_P(Kernels, FlashCase, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
+// The Hopper forward at head dim 64 with 192-row query tiles (three consumer warpgroups), which
+// it takes when the mask lists every key block the call can see: sequence ends inside a tile
+// and a key tile, causal with and without a query offset, query blocks of 256, fewer queries
+// than one tile, strided views; then the same with LONGATTN_SM90_FWD_WIDE=0 (128-row tiles).
+// Elsewhere the portable kernels run the same checks.
+TEST(FlashWide, CompleteMasksMatchReference) {
+  SKIP_WITHOUT_GPU();
+  for (const char* wide : {"1", "0"}) {
+    setenv("LONGATTN_SM90_FWD_WIDE", wide, 1);
+    for (DType dt : {DType::BF16, DType::F16}) {
+      const std::string tag = std::string(dtype_name(dt)) + "_wide" + wide;
+      const std::vector<Case> cs = {
+          {dt, 64, 2, 1000, 900, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
+           1.0, false, tag + "_edges"},
+          {dt, 64, 1, 700, 700, 2, 128, 128, true, 0, 0, MaskKind::Dense, Layout::Dilated, 1.0,
+           false, tag + "_causal"},
+          {dt, 64, 1, 400, 700, 2, 128, 128, true, 300, 0, MaskKind::Dense, Layout::Contiguous,
+           1.0, false, tag + "_causal_offset"},
+          {dt, 64, 1, 1100, 1100, 1, 256, 128, true, 0, 0, MaskKind::Dense, Layout::Contiguous,
+           3.0, false, tag + "_causal_b256x128"},
+          {dt, 64, 2, 100, 300, 3, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous, 1.0,
+           false, tag + "_short"}};
+      for (const Case& c : cs) {
+        FwdRun run;
+        run_forward(c, run, std::random_device{}());
+      }
+    }
+  }
+  unsetenv("LONGATTN_SM90_FWD_WIDE");
+}
+
 // The persistent Hopper forward with a grid of 3 CTAs: every CTA walks many (tile, head, batch)
 // items, so the item handoff, the Q reload, the per-tile info and the stage rings carried across
 // items are exercised (the cases above fit one item per CTA on a full GPU); elsewhere the same
@@ -698,8 +729,28 @@ TEST(FlashKernels, KernelChoice) {
         const std::string want = dt == DType::F32 ? "fp32"
                                  : (hopper && (D == 64 || D == 128) && block == 128) ? "sm90"
                                                                                      : "portable";
-        EXPECT_EQ(cuda::flash_forward_kernel(p), want)
+        // A dense mask lists every visible key block: head dim 64 takes the 192-row tiles.
+        const std::string want_fwd = want == "sm90" && D == 64 ? "sm90-wide" : want;
+        EXPECT_EQ(cuda::flash_forward_kernel(p), want_fwd)
             << dtype_name(dt) << " d=" << D << " block=" << block;
+        if (want_fwd == "sm90-wide") {
+          // Not when asked not to, nor when the call sees blocks the mask does not list: the
+          // mask is causal from diagonal 0 and the call's queries sit 200 positions later.
+          setenv("LONGATTN_SM90_FWD_WIDE", "0", 1);
+          EXPECT_EQ(cuda::flash_forward_kernel(p), "sm90");
+          unsetenv("LONGATTN_SM90_FWD_WIDE");
+          MaskPair causal =
+              make_mask(MaskKind::Dense, MaskGeometry{300, 300, 128, 128, true, 0, 0}, 1);
+          AttnFwdParams pc = p;
+          pc.mask = causal.dev;
+          pc.causal = true;
+          EXPECT_EQ(cuda::flash_forward_kernel(pc), "sm90-wide");
+          pc.q_offset = 200;
+          EXPECT_EQ(cuda::flash_forward_kernel(pc), "sm90");
+          pc.causal = false;
+          pc.q_offset = 0;
+          EXPECT_EQ(cuda::flash_forward_kernel(pc), "sm90");
+        }
         // Backward: the same, and only with an fp32 dq accumulated by atomics.
         Mirrored dq = make_mirrored(c.layout, DType::F32, 1, 300, 1, D, 0, 1.0, true);
         AttnBwdParams pb;

@@ -7,7 +7,9 @@
 //   each completing on its own "full" mbarrier and reused once the consumers release it. With
 //   each K tile it publishes the tile's first key, mask flags and last-tile flag, so the
 //   consumers read no mask entries and divide nothing;
-// - warpgroups 1 and 2 (the consumers, 64 query rows each, registers raised to 240) compute
+// - warpgroups 1 and 2 (the consumers, 64 query rows each, registers raised to 240; at head dim
+//   64, for calls whose mask lists every key block they can see, three consumer warpgroups of
+//   160 registers on 192-row tiles, walking the key tiles by position) compute
 //   S = Q K^T with wgmma, the online softmax in registers (masking only on tiles flagged
 //   partial, at the sequence edge or on the causal diagonal), and O += P V with P kept in
 //   registers as the wgmma A operand and V read transposed from shared memory. QK^T of the next
@@ -169,17 +171,30 @@ __device__ __forceinline__ void store_o_lse(const FwdArgs& a, const float (&o)[D
   }
 }
 
-template <int D>
+// kWG consumer warpgroups of 64 query rows each: 2 (any mask), or 3 at head dim 64 for calls
+// whose mask lists every visible key block (FwdArgs::complete): the key tiles are then walked
+// by position, so a 192-row tile need not sit inside one mask row.
+template <int D, int kWG = 2>
 struct FwdSm90Traits {
-  static constexpr int kBM = 128;                  // query rows per tile (two consumer warpgroups)
+  static_assert(kWG == 2 || (kWG == 3 && D == 64), "three consumer warpgroups at head dim 64");
+  static constexpr int kBM = 64 * kWG;             // query rows per tile
   static constexpr int kBN = 128;                  // key rows per tile
   static constexpr int kStages = D <= 64 ? 4 : 2;  // K/V ring depth (3 at d=128: no faster)
   // Q as the register operand of QK^T (loaded once per item by ldmatrix): QK^T then reads only K
   // from shared memory and Q's buffer is free for the next item at once. Measured: +3-5% at
-  // d=64, none at d=128 (where Q would take 32 more registers per thread).
-  static constexpr bool kQRegs = D <= 64;
+  // d=64, none at d=128 (where Q would take 32 more registers per thread). Not with three
+  // consumer warpgroups (160 registers each).
+  static constexpr bool kQRegs = D <= 64 && kWG == 2;
+  // Key tiles by position, not from the mask's lists.
+  static constexpr bool kByPosition = kWG == 3;
   static constexpr int kChunks = D / 64;           // 64-element (128-byte) column chunks
-  static constexpr int kThreads = 384;
+  static constexpr int kThreads = 128 * (kWG + 1);
+  // Arrivals that release a shared resource: one per consumer warp.
+  static constexpr int kConsumerWarps = 4 * kWG;
+  // setmaxnreg split (sm90_common.cuh): the CTA owns 65536 / kThreads registers a thread.
+  static constexpr int kConsRegs = kWG == 2 ? kConsumerRegs : 160;
+  static_assert(kProducerRegs * 128 + kConsRegs * 128 * kWG <= (65536 / kThreads / 8 * 8) * kThreads,
+                "the warpgroup register split must fit the registers the CTA owns");
   static constexpr int kQBytes = kBM * D * 2;
   static constexpr int kTileBytes = kBN * D * 2;  // one K or one V tile
   // bar_q, q_empty, tile_full[2], tile_empty[2], then full_k, full_v, empty_k, empty_v per stage;
@@ -202,13 +217,13 @@ struct FwdSchedule {
 };
 constexpr int kFwdPingPong = 1;
 
-template <typename T, int D>
-__global__ void __launch_bounds__(384, 1)
+template <typename T, int D, int kWG>
+__global__ void __launch_bounds__(128 * (kWG + 1), 1)
     flash_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
                           const __grid_constant__ CUtensorMap tv, const FwdArgs a,
                           const FwdSchedule sched) {
-  using Tr = FwdSm90Traits<D>;
+  using Tr = FwdSm90Traits<D, kWG>;
   constexpr int kBM = Tr::kBM, kBN = Tr::kBN, kS = Tr::kStages;
   extern __shared__ unsigned char smem_raw[];
   // TMA's 128-byte swizzle repeats every 1024 bytes: tiles start on 1024-byte boundaries.
@@ -233,16 +248,16 @@ __global__ void __launch_bounds__(384, 1)
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     mbar_init(bar_q, 1);
-    mbar_init(q_empty, 8);
+    mbar_init(q_empty, Tr::kConsumerWarps);
     for (int i = 0; i < 2; ++i) {
       mbar_init(&tile_full[i], 1);
-      mbar_init(&tile_empty[i], 8);
+      mbar_init(&tile_empty[i], Tr::kConsumerWarps);
     }
     for (int s = 0; s < kS; ++s) {
       mbar_init(&full_k[s], 1);
       mbar_init(&full_v[s], 1);
-      mbar_init(&empty_k[s], 8);  // one arrival per consumer warp
-      mbar_init(&empty_v[s], 8);
+      mbar_init(&empty_k[s], Tr::kConsumerWarps);  // one arrival per consumer warp
+      mbar_init(&empty_v[s], Tr::kConsumerWarps);
     }
     mbar_init_fence();
   }
@@ -267,17 +282,29 @@ __global__ void __launch_bounds__(384, 1)
     w.h = hb % a.H;
     w.b = hb / a.H;
     w.q_last = min(w.q0 + kBM, a.Nq) - 1;
-    const int mrow = w.q0 / a.mask.block_q;
-    w.e0 = a.mask.row_ptr[mrow];
-    w.nsub = a.mask.block_k / kBN;
-    w.n_items = static_cast<int>((a.mask.row_ptr[mrow + 1] - w.e0) * w.nsub);
+    if constexpr (Tr::kByPosition) {  // every key tile, in order
+      w.e0 = 0;
+      w.nsub = 1;
+      w.n_items = (a.Nk + kBN - 1) / kBN;
+    } else {
+      const int mrow = w.q0 / a.mask.block_q;
+      w.e0 = a.mask.row_ptr[mrow];
+      w.nsub = a.mask.block_k / kBN;
+      w.n_items = static_cast<int>((a.mask.row_ptr[mrow + 1] - w.e0) * w.nsub);
+    }
     return w;
   };
   // First listed key tile at or after `it` that some row of the item may see (first key in ks).
   auto next_visible = [&](const Item& w, int it, int& ks) {
-    for (; it < w.n_items; ++it) {
-      ks = a.mask.col_idx[w.e0 + it / w.nsub] * a.mask.block_k + (it % w.nsub) * kBN;
-      if (ks < a.Nk && !(a.causal && static_cast<int64_t>(ks - w.q_last) > a.diag)) break;
+    if constexpr (Tr::kByPosition) {  // tiles past the causal limit: all later ones are too
+      ks = it * kBN;
+      if (it < w.n_items && a.causal && static_cast<int64_t>(ks - w.q_last) > a.diag)
+        it = w.n_items;
+    } else {
+      for (; it < w.n_items; ++it) {
+        ks = a.mask.col_idx[w.e0 + it / w.nsub] * a.mask.block_k + (it % w.nsub) * kBN;
+        if (ks < a.Nk && !(a.causal && static_cast<int64_t>(ks - w.q_last) > a.diag)) break;
+      }
     }
     return it;
   };
@@ -313,9 +340,10 @@ __global__ void __launch_bounds__(384, 1)
           // The tile's info, published with the K tile (the arrive below releases it), so the
           // consumers read no mask entries and divide nothing.
           int mask_bits = 0;
-          const bool all = a.mask.partial[w.e0 + it / w.nsub] != 0 || ks + kBN > a.Nk;
+          const bool all =
+              (!Tr::kByPosition && a.mask.partial[w.e0 + it / w.nsub] != 0) || ks + kBN > a.Nk;
 #pragma unroll
-          for (int cw = 0; cw < 2; ++cw)
+          for (int cw = 0; cw < kWG; ++cw)
             if (all ||
                 (a.causal && static_cast<int64_t>(ks + kBN - 1 - (w.q0 + cw * 64)) > a.diag))
               mask_bits |= 1 << cw;
@@ -350,7 +378,7 @@ __global__ void __launch_bounds__(384, 1)
   }
 
   // ---------------- consumers ----------------
-  regs_alloc<kConsumerRegs>();
+  regs_alloc<Tr::kConsRegs>();
   const int cw = wg - 1;  // 64 query rows each
   const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
   const int g = lane >> 2, t4 = lane & 3;
@@ -360,15 +388,15 @@ __global__ void __launch_bounds__(384, 1)
   constexpr int kDT = D / 8;    // 8-column groups of O
   const uint32_t q_base = saddr(sQ) + cw * 64 * 128;
   const uint32_t k_base = saddr(sK), v_base = saddr(sV);
-  // Ping-pong: warpgroup cw issues its GEMMs after named barrier 1 + cw, then lets the other
-  // go, so one warpgroup's softmax runs under the other's tensor-core work. Warpgroup 1 lets
-  // warpgroup 0 start.
-  if (pingpong && cw == 1) named_barrier_arrive(1, 256);
+  // Ping-pong: warpgroup cw issues its GEMMs after named barrier 1 + cw, then lets the next
+  // one go (round robin), so one warpgroup's softmax runs under the others' tensor-core work.
+  // The last warpgroup lets warpgroup 0 start.
+  if (pingpong && cw == kWG - 1) named_barrier_arrive(1, 256);
   auto turn_begin = [&] {
     if (pingpong) named_barrier(1 + cw, 256);
   };
   auto turn_end = [&] {
-    if (pingpong) named_barrier_arrive(2 - cw, 256);
+    if (pingpong) named_barrier_arrive(1 + (cw + 1) % kWG, 256);
   };
   auto warp_arrive = [&](uint64_t* bar) {
     __syncwarp();
@@ -534,10 +562,10 @@ FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv)
 // CTA per SM, at most one per item), the flags (LONGATTN_SM90_PINGPONG=0 turns ping-pong off).
 FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, int& grid);
 
-template <typename T, int D>
+template <typename T, int D, int kWG = 2>
 void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
-  using Tr = FwdSm90Traits<D>;
-  auto kernel = flash_fwd_sm90_kernel<T, D>;
+  using Tr = FwdSm90Traits<D, kWG>;
+  auto kernel = flash_fwd_sm90_kernel<T, D, kWG>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));

@@ -79,6 +79,8 @@ extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64>(const FwdArgs&, cud
 extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128>(const FwdArgs&, cudaStream_t);
 extern template void launch_fwd_sm90_impl<__half, 64>(const FwdArgs&, cudaStream_t);
 extern template void launch_fwd_sm90_impl<__half, 128>(const FwdArgs&, cudaStream_t);
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(const FwdArgs&, cudaStream_t);
+extern template void launch_fwd_sm90_impl<__half, 64, 3>(const FwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__half, 64>(const BwdArgs&, cudaStream_t);
@@ -236,8 +238,18 @@ bool fwd_accepts(const FwdArgs& a, DType dtype, int head_dim) {
          kernels_fit(dtype, head_dim, a.vec != 0);
 }
 
+bool fwd_wide(const FwdArgs& a, int head_dim) {
+  if (head_dim != 64 || a.complete == 0) return false;
+  const char* e = std::getenv("LONGATTN_SM90_FWD_WIDE");
+  return e == nullptr || std::string(e) != "0";
+}
+
 void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream) {
   const bool bf16 = dtype == DType::BF16;
+  if (fwd_wide(a, head_dim)) {
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(a, stream)
+                : launch_fwd_sm90_impl<__half, 64, 3>(a, stream);
+  }
   if (head_dim == 64) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64>(a, stream)
                 : launch_fwd_sm90_impl<__half, 64>(a, stream);

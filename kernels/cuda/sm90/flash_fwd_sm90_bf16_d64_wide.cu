@@ -1,0 +1,8 @@
+// Hopper forward attention instantiated for bf16, head dim 64, 192-row query tiles (three
+// consumer warpgroups; calls whose mask lists every visible key block). Kernel:
+// kernels/cuda/sm90/flash_fwd_sm90.cuh.
+#include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
+
+namespace longattn::cuda::sm90 {
+template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(const FwdArgs&, cudaStream_t);
+}  // namespace longattn::cuda::sm90
