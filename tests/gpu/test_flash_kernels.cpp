@@ -470,11 +470,13 @@ std::vector<Case> all_cases() {
 INSTANTIATE_TEST_SUITE_P(Kernels, FlashCase, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
-// The Hopper forward at head dim 64 with 192-row query tiles (three consumer warpgroups), which
-// it takes when the mask lists every key block the call can see: sequence ends inside a tile
-// and a key tile, causal with and without a query offset, query blocks of 256, fewer queries
-// than one tile, strided views; then the same with LONGATTN_SM90_FWD_WIDE=0 (128-row tiles).
-// Elsewhere the portable kernels run the same checks.
+// The Hopper forward's larger tiles, which it takes when the mask lists every key block the call
+// can see: at head dim 64 192-row query tiles (three consumer warpgroups), with sequence ends
+// inside a tile and a key tile, causal with and without a query offset, query blocks of 256,
+// fewer queries than one tile, strided views; at head dim 128 without causality 176-key tiles,
+// with key ends inside a tile, one short tile, strided views, and large logits. Then the same
+// with LONGATTN_SM90_FWD_WIDE=0 (128 x 128 tiles). Elsewhere the portable kernels run the same
+// checks.
 TEST(FlashWide, CompleteMasksMatchReference) {
   SKIP_WITHOUT_GPU();
   for (const char* wide : {"1", "0"}) {
@@ -491,7 +493,13 @@ TEST(FlashWide, CompleteMasksMatchReference) {
           {dt, 64, 1, 1100, 1100, 1, 256, 128, true, 0, 0, MaskKind::Dense, Layout::Contiguous,
            3.0, false, tag + "_causal_b256x128"},
           {dt, 64, 2, 100, 300, 3, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous, 1.0,
-           false, tag + "_short"}};
+           false, tag + "_short"},
+          {dt, 128, 2, 1000, 900, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
+           1.0, false, tag + "_d128_edges"},
+          {dt, 128, 1, 300, 100, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Dilated, 1.0,
+           false, tag + "_d128_short_keys"},
+          {dt, 128, 1, 500, 1100, 1, 256, 256, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
+           3.0, false, tag + "_d128_b256_large"}};
       for (const Case& c : cs) {
         FwdRun run;
         run_forward(c, run, std::random_device{}());
@@ -729,8 +737,9 @@ TEST(FlashKernels, KernelChoice) {
         const std::string want = dt == DType::F32 ? "fp32"
                                  : (hopper && (D == 64 || D == 128) && block == 128) ? "sm90"
                                                                                      : "portable";
-        // A dense mask lists every visible key block: head dim 64 takes the 192-row tiles.
-        const std::string want_fwd = want == "sm90" && D == 64 ? "sm90-wide" : want;
+        // A dense mask lists every visible key block: head dim 64 takes the 192-row tiles, head
+        // dim 128 (no causality here) the 176-key tiles.
+        const std::string want_fwd = want == "sm90" ? "sm90-wide" : want;
         EXPECT_EQ(cuda::flash_forward_kernel(p), want_fwd)
             << dtype_name(dt) << " d=" << D << " block=" << block;
         if (want_fwd == "sm90-wide") {
@@ -744,7 +753,7 @@ TEST(FlashKernels, KernelChoice) {
           AttnFwdParams pc = p;
           pc.mask = causal.dev;
           pc.causal = true;
-          EXPECT_EQ(cuda::flash_forward_kernel(pc), "sm90-wide");
+          EXPECT_EQ(cuda::flash_forward_kernel(pc), D == 64 ? "sm90-wide" : "sm90");
           pc.q_offset = 200;
           EXPECT_EQ(cuda::flash_forward_kernel(pc), "sm90");
           pc.causal = false;

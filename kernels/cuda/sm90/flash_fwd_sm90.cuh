@@ -43,6 +43,9 @@ struct Mma;
     static __device__ __forceinline__ void qk(float (&d)[64], uint64_t a, uint64_t b, int acc) { \
       wgmma_ss_n128_##TY(d, a, b, acc);                                                         \
     }                                                                                           \
+    static __device__ __forceinline__ void qk(float (&d)[88], uint64_t a, uint64_t b, int acc) { \
+      wgmma_ss_n176_##TY(d, a, b, acc);                                                         \
+    }                                                                                           \
     static __device__ __forceinline__ void qk(float (&d)[64], const uint32_t (&a)[4],           \
                                               uint64_t b, int acc) {                            \
       wgmma_rs_n128_kb_##TY(d, a, b, acc);                                                      \
@@ -72,13 +75,16 @@ LONGATTN_MMA(__nv_bfloat16, bf16)
 LONGATTN_MMA(__half, f16)
 #undef LONGATTN_MMA
 
-// t[0] = max (or sum) of t[0 .. 2W), pairwise: short dependency chains, all indices constant.
-template <int W, bool kMax, int N>
+// t[0] = max (or sum) of t[0 .. M), pairwise (the last M / 2 onto the first): short dependency
+// chains, all indices constant, any M.
+template <int M, bool kMax, int N>
 __device__ __forceinline__ void tree_reduce(float (&t)[N]) {
-  if constexpr (W > 0) {
+  if constexpr (M > 1) {
+    constexpr int H = M / 2;
 #pragma unroll
-    for (int i = 0; i < W; ++i) t[i] = kMax ? fmaxf(t[i], t[i + W]) : t[i] + t[i + W];
-    tree_reduce<W / 2, kMax>(t);
+    for (int i = 0; i < H; ++i)
+      t[i] = kMax ? fmaxf(t[i], t[i + M - H]) : t[i] + t[i + M - H];
+    tree_reduce<M - H, kMax>(t);
   }
 }
 
@@ -112,7 +118,7 @@ __device__ __forceinline__ void online_softmax(float (&sc)[kNT * 4], float (&m)[
     float t[kNT];
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) t[nt] = fmaxf(sc[nt * 4 + 2 * hh], sc[nt * 4 + 2 * hh + 1]);
-    tree_reduce<kNT / 2, true>(t);
+    tree_reduce<kNT, true>(t);
     float mx = t[0];
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -127,7 +133,7 @@ __device__ __forceinline__ void online_softmax(float (&sc)[kNT * 4], float (&m)[
         sc[nt * 4 + 2 * hh + e] = flash::fast_exp2(fmaf(sc[nt * 4 + 2 * hh + e], sl2, -base_v));
       t[nt] = sc[nt * 4 + 2 * hh] + sc[nt * 4 + 2 * hh + 1];
     }
-    tree_reduce<kNT / 2, false>(t);
+    tree_reduce<kNT, false>(t);
     l[hh] = l[hh] * alpha[hh] + t[0];
   }
 }
@@ -171,14 +177,16 @@ __device__ __forceinline__ void store_o_lse(const FwdArgs& a, const float (&o)[D
   }
 }
 
-// kWG consumer warpgroups of 64 query rows each: 2 (any mask), or 3 at head dim 64 for calls
-// whose mask lists every visible key block (FwdArgs::complete): the key tiles are then walked
-// by position, so a 192-row tile need not sit inside one mask row.
-template <int D, int kWG = 2>
+// kWG consumer warpgroups of 64 query rows each and key tiles of kBNt rows: 2 and 128 (any
+// mask); for calls whose mask lists every visible key block (FwdArgs::complete) 3 and 128 at head
+// dim 64, 2 and 176 at head dim 128 without causality. The key tiles are then walked by
+// position, so a tile need not sit inside one mask block.
+template <int D, int kWG = 2, int kBNt = 128>
 struct FwdSm90Traits {
   static_assert(kWG == 2 || (kWG == 3 && D == 64), "three consumer warpgroups at head dim 64");
+  static_assert(kBNt == 128 || (kBNt == 176 && D == 128 && kWG == 2), "176-key tiles at d=128");
   static constexpr int kBM = 64 * kWG;             // query rows per tile
-  static constexpr int kBN = 128;                  // key rows per tile
+  static constexpr int kBN = kBNt;                 // key rows per tile
   static constexpr int kStages = D <= 64 ? 4 : 2;  // K/V ring depth (3 at d=128: no faster)
   // Q as the register operand of QK^T (loaded once per item by ldmatrix): QK^T then reads only K
   // from shared memory and Q's buffer is free for the next item at once. Measured: +3-5% at
@@ -186,7 +194,7 @@ struct FwdSm90Traits {
   // consumer warpgroups (160 registers each).
   static constexpr bool kQRegs = D <= 64 && kWG == 2;
   // Key tiles by position, not from the mask's lists.
-  static constexpr bool kByPosition = kWG == 3;
+  static constexpr bool kByPosition = kWG == 3 || kBNt != 128;
   static constexpr int kChunks = D / 64;           // 64-element (128-byte) column chunks
   static constexpr int kThreads = 128 * (kWG + 1);
   // Arrivals that release a shared resource: one per consumer warp.
@@ -217,13 +225,13 @@ struct FwdSchedule {
 };
 constexpr int kFwdPingPong = 1;
 
-template <typename T, int D, int kWG>
+template <typename T, int D, int kWG, int kBNt>
 __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     flash_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
                           const __grid_constant__ CUtensorMap tv, const FwdArgs a,
                           const FwdSchedule sched) {
-  using Tr = FwdSm90Traits<D, kWG>;
+  using Tr = FwdSm90Traits<D, kWG, kBNt>;
   constexpr int kBM = Tr::kBM, kBN = Tr::kBN, kS = Tr::kStages;
   extern __shared__ unsigned char smem_raw[];
   // TMA's 128-byte swizzle repeats every 1024 bytes: tiles start on 1024-byte boundaries.
@@ -562,10 +570,11 @@ FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv)
 // CTA per SM, at most one per item), the flags (LONGATTN_SM90_PINGPONG=0 turns ping-pong off).
 FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, int& grid);
 
-template <typename T, int D, int kWG = 2>
+template <typename T, int D, int kWG = 2, int kBNt = 128>
 void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
-  using Tr = FwdSm90Traits<D, kWG>;
-  auto kernel = flash_fwd_sm90_kernel<T, D, kWG>;
+  using Tr = FwdSm90Traits<D, kWG, kBNt>;
+  static_assert(Tr::kSmemBytes <= 227 * 1024, "shared memory of one CTA");
+  auto kernel = flash_fwd_sm90_kernel<T, D, kWG, kBNt>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));

@@ -81,6 +81,9 @@ extern template void launch_fwd_sm90_impl<__half, 64>(const FwdArgs&, cudaStream
 extern template void launch_fwd_sm90_impl<__half, 128>(const FwdArgs&, cudaStream_t);
 extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(const FwdArgs&, cudaStream_t);
 extern template void launch_fwd_sm90_impl<__half, 64, 3>(const FwdArgs&, cudaStream_t);
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176>(const FwdArgs&,
+                                                                      cudaStream_t);
+extern template void launch_fwd_sm90_impl<__half, 128, 2, 176>(const FwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__half, 64>(const BwdArgs&, cudaStream_t);
@@ -239,16 +242,22 @@ bool fwd_accepts(const FwdArgs& a, DType dtype, int head_dim) {
 }
 
 bool fwd_wide(const FwdArgs& a, int head_dim) {
-  if (head_dim != 64 || a.complete == 0) return false;
+  // Head dim 64: 192-row tiles; head dim 128 without causality: 176-key tiles (under causality
+  // the diagonal tiles' masking costs more than the larger tile gains, as FlashAttention-3 finds).
+  if (a.complete == 0 || !(head_dim == 64 || (head_dim == 128 && a.causal == 0))) return false;
   const char* e = std::getenv("LONGATTN_SM90_FWD_WIDE");
   return e == nullptr || std::string(e) != "0";
 }
 
 void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream) {
   const bool bf16 = dtype == DType::BF16;
-  if (fwd_wide(a, head_dim)) {
+  if (fwd_wide(a, head_dim) && head_dim == 64) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(a, stream)
                 : launch_fwd_sm90_impl<__half, 64, 3>(a, stream);
+  }
+  if (fwd_wide(a, head_dim)) {
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176>(a, stream)
+                : launch_fwd_sm90_impl<__half, 128, 2, 176>(a, stream);
   }
   if (head_dim == 64) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64>(a, stream)

@@ -13,9 +13,10 @@ namespace longattn::cuda::sm90 {
 // are multiples of 128 on both sides, q/k/v rows 16-byte aligned (TMA), running on sm_90, and
 // LONGATTN_FLASH_KERNELS is not "portable".
 bool fwd_accepts(const flash::FwdArgs& a, DType dtype, int head_dim);
-// Whether an accepted forward runs 192-row query tiles (three consumer warpgroups): head dim 64
-// with a mask that lists every key block the call can see (a.complete), unless
-// LONGATTN_SM90_FWD_WIDE=0 (read on each call).
+// Whether an accepted forward runs the larger tiles of calls whose mask lists every key block
+// they can see (a.complete): 192-row query tiles (three consumer warpgroups) at head dim 64,
+// 176-key tiles at head dim 128 without causality; unless LONGATTN_SM90_FWD_WIDE=0 (read on
+// each call).
 bool fwd_wide(const flash::FwdArgs& a, int head_dim);
 void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
 

@@ -1,0 +1,7 @@
+// Hopper forward attention instantiated for bf16, head dim 128, 176-key tiles (calls without
+// causality whose mask lists every key block). Kernel: kernels/cuda/sm90/flash_fwd_sm90.cuh.
+#include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
+
+namespace longattn::cuda::sm90 {
+template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176>(const FwdArgs&, cudaStream_t);
+}  // namespace longattn::cuda::sm90
