@@ -473,8 +473,9 @@ INSTANTIATE_TEST_SUITE_P(Kernels, FlashCase, ::testing::ValuesIn(all_cases()),
 // The Hopper forward's larger tiles, which it takes when the mask lists every key block the call
 // can see: at head dim 64 192-row query tiles (three consumer warpgroups), with sequence ends
 // inside a tile and a key tile, causal with and without a query offset, query blocks of 256,
-// fewer queries than one tile, strided views; at head dim 128 without causality 176-key tiles,
-// with key ends inside a tile, one short tile, strided views, and large logits. Then the same
+// fewer queries than one tile, strided views; at head dim 128 176-key tiles, with key ends
+// inside a tile, one short tile, strided views, large logits, causal with and without a query
+// offset. Then the same
 // with LONGATTN_SM90_FWD_WIDE=0 (128 x 128 tiles). Elsewhere the portable kernels run the same
 // checks.
 TEST(FlashWide, CompleteMasksMatchReference) {
@@ -499,7 +500,11 @@ TEST(FlashWide, CompleteMasksMatchReference) {
           {dt, 128, 1, 300, 100, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Dilated, 1.0,
            false, tag + "_d128_short_keys"},
           {dt, 128, 1, 500, 1100, 1, 256, 256, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
-           3.0, false, tag + "_d128_b256_large"}};
+           3.0, false, tag + "_d128_b256_large"},
+          {dt, 128, 1, 900, 900, 2, 128, 128, true, 0, 0, MaskKind::Dense, Layout::Contiguous, 1.0,
+           false, tag + "_d128_causal"},
+          {dt, 128, 1, 400, 1000, 1, 128, 128, true, 600, 0, MaskKind::Dense, Layout::Dilated, 1.0,
+           false, tag + "_d128_causal_offset"}};
       for (const Case& c : cs) {
         FwdRun run;
         run_forward(c, run, std::random_device{}());
@@ -738,7 +743,7 @@ TEST(FlashKernels, KernelChoice) {
                                  : (hopper && (D == 64 || D == 128) && block == 128) ? "sm90"
                                                                                      : "portable";
         // A dense mask lists every visible key block: head dim 64 takes the 192-row tiles, head
-        // dim 128 (no causality here) the 176-key tiles.
+        // dim 128 the 176-key tiles.
         const std::string want_fwd = want == "sm90" ? "sm90-wide" : want;
         EXPECT_EQ(cuda::flash_forward_kernel(p), want_fwd)
             << dtype_name(dt) << " d=" << D << " block=" << block;
@@ -753,7 +758,7 @@ TEST(FlashKernels, KernelChoice) {
           AttnFwdParams pc = p;
           pc.mask = causal.dev;
           pc.causal = true;
-          EXPECT_EQ(cuda::flash_forward_kernel(pc), D == 64 ? "sm90-wide" : "sm90");
+          EXPECT_EQ(cuda::flash_forward_kernel(pc), "sm90-wide");
           pc.q_offset = 200;
           EXPECT_EQ(cuda::flash_forward_kernel(pc), "sm90");
           pc.causal = false;

@@ -179,7 +179,7 @@ __device__ __forceinline__ void store_o_lse(const FwdArgs& a, const float (&o)[D
 
 // kWG consumer warpgroups of 64 query rows each and key tiles of kBNt rows: 2 and 128 (any
 // mask); for calls whose mask lists every visible key block (FwdArgs::complete) 3 and 128 at head
-// dim 64, 2 and 176 at head dim 128 without causality. The key tiles are then walked by
+// dim 64, 2 and 176 at head dim 128. The key tiles are then walked by
 // position, so a tile need not sit inside one mask block.
 template <int D, int kWG = 2, int kBNt = 128>
 struct FwdSm90Traits {

@@ -15,8 +15,7 @@ namespace longattn::cuda::sm90 {
 bool fwd_accepts(const flash::FwdArgs& a, DType dtype, int head_dim);
 // Whether an accepted forward runs the larger tiles of calls whose mask lists every key block
 // they can see (a.complete): 192-row query tiles (three consumer warpgroups) at head dim 64,
-// 176-key tiles at head dim 128 without causality; unless LONGATTN_SM90_FWD_WIDE=0 (read on
-// each call).
+// 176-key tiles at head dim 128; unless LONGATTN_SM90_FWD_WIDE=0 (read on each call).
 bool fwd_wide(const flash::FwdArgs& a, int head_dim);
 void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
 
