@@ -47,6 +47,10 @@ BlockMask build_block_mask(const MaskGeometry& g, const std::vector<std::vector<
 // The all-blocks (dense) mask, causal-trimmed when g.causal.
 BlockMask dense_block_mask(const MaskGeometry& g);
 
+// BlockMaskView::complete_diag when every row lists every key block, and when unknown.
+constexpr int64_t kMaskCompleteAll = INT64_MAX;
+constexpr int64_t kMaskIncomplete = INT64_MIN;
+
 // Pointer view of a mask (host or device memory), what kernels read.
 struct BlockMaskView {
   const int64_t* row_ptr = nullptr;
@@ -63,11 +67,9 @@ struct BlockMaskView {
   // block 0 on, every key block its rows can see (mask_complete_diag); kMaskCompleteAll when
   // every row lists every key block, kMaskIncomplete when unknown. A call within it may walk
   // the visible key blocks arithmetically instead of reading the lists (mask_complete_for).
-  int64_t complete_diag = INT64_MIN;
+  int64_t complete_diag = kMaskIncomplete;
 };
 double mask_row_fill(const BlockMask& m);
-constexpr int64_t kMaskCompleteAll = INT64_MAX;
-constexpr int64_t kMaskIncomplete = INT64_MIN;
 int64_t mask_complete_diag(const BlockMask& m);
 // Whether the mask lists every key block visible to a call (causal with diagonal diag, or not
 // causal), so that the call's result does not depend on the lists.

@@ -9,7 +9,8 @@
 //   consumers read no mask entries and divide nothing;
 // - warpgroups 1 and 2 (the consumers, 64 query rows each, registers raised to 240; at head dim
 //   64, for calls whose mask lists every key block they can see, three consumer warpgroups of
-//   160 registers on 192-row tiles, walking the key tiles by position) compute
+//   160 registers on 192-row tiles; at head dim 128 for those calls, 176-key tiles; both walk
+//   the key tiles by position) compute
 //   S = Q K^T with wgmma, the online softmax in registers (masking only on tiles flagged
 //   partial, at the sequence edge or on the causal diagonal), and O += P V with P kept in
 //   registers as the wgmma A operand and V read transposed from shared memory. QK^T of the next

@@ -1,5 +1,5 @@
-// Hopper forward attention instantiated for f16, head dim 128, 176-key tiles (calls without
-// causality whose mask lists every key block). Kernel: kernels/cuda/sm90/flash_fwd_sm90.cuh.
+// Hopper forward attention instantiated for f16, head dim 128, 176-key tiles (calls whose mask
+// lists every key block they can see, causal or not). Kernel: kernels/cuda/sm90/flash_fwd_sm90.cuh.
 #include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
 
 namespace longattn::cuda::sm90 {
