@@ -59,6 +59,10 @@ struct Mma;
                                               uint64_t b) {                                     \
       wgmma_rs_n64_##TY(d, a, b, 1);                                                            \
     }                                                                                           \
+    static __device__ __forceinline__ void rs64(float (&d)[32], const uint32_t (&a)[4],         \
+                                                uint64_t b, int acc) {                          \
+      wgmma_rs_n64_kb_##TY(d, a, b, acc);                                                       \
+    }                                                                                           \
     static __device__ __forceinline__ void ss64(float (&d)[32], uint64_t a, uint64_t b,         \
                                                 int acc) {                                      \
       wgmma_ss_n64_##TY(d, a, b, acc);                                                          \

@@ -68,6 +68,14 @@ namespace longattn::cuda::sm90 {
                  : LONGATTN_WGMMA_ACC32(d)  \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));  \
   }  \
+  /* A in registers, B K-major in shared memory, m64n64k16 */  \
+  __device__ __forceinline__ void wgmma_rs_n64_kb_##TY(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {  \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"  \
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." #TY "." #TY " "  \
+                 LONGATTN_WGMMA_D32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"  \
+                 : LONGATTN_WGMMA_ACC32(d)  \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));  \
+  }  \
   /* A in registers, B MN-major in shared memory (transposed descriptor), m64n128k16 */  \
   __device__ __forceinline__ void wgmma_rs_n128_##TY(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {  \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"  \
