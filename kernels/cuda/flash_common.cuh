@@ -61,6 +61,9 @@ struct BwdArgs {
   // parts 0..s-1 have (one int per batch, head and key block, zeroed before the launch).
   int q_splits = 1;
   int* split_flags = nullptr;
+  // Hopper backward: each CTA walks its query tiles starting at an offset that grows with its
+  // key block (wrapping around), so CTAs running together add into different dQ tiles.
+  int rotate = 0;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;

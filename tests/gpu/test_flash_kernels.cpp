@@ -575,6 +575,41 @@ TEST(FlashSplit, QueryPartsAddInOrder) {
   }
 }
 
+// The Hopper backward's staggered walks (each CTA starting at a query tile that grows with its
+// key block, wrapping around): taken by default for head dim 64 without causality on dense rows;
+// forced on here for the other kinds of call (causal, sparse, query parts, head dim 128) and off
+// for one that takes it by default. Elsewhere the portable kernels run the same checks.
+struct WalkRotation {
+  explicit WalkRotation(const char* v) { setenv("LONGATTN_SM90_BWD_ROTATE", v, 1); }
+  ~WalkRotation() { unsetenv("LONGATTN_SM90_BWD_ROTATE"); }
+};
+TEST(FlashRotate, StaggeredWalksMatchReference) {
+  SKIP_WITHOUT_GPU();
+  struct Run {
+    const char* rotate;
+    int parts;
+    Case c;
+  };
+  const Run runs[] = {
+      {"1", 1, {DType::BF16, 128, 2, 1100, 1250, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                Layout::Contiguous, 1.0, false, "bf16_d128_rotate_dense_ragged"}},
+      {"1", 1, {DType::F16, 64, 1, 1000, 900, 2, 128, 128, true, 0, 0, MaskKind::Dense,
+                Layout::Contiguous, 1.0, false, "f16_d64_rotate_dense_causal"}},
+      {"1", 3, {DType::BF16, 128, 1, 1000, 1000, 2, 256, 128, true, 0, 0, MaskKind::Sparse,
+                Layout::Dilated, 3.0, false, "bf16_d128_rotate_parts3_causal_sparse"}},
+      {"1", 1, {DType::BF16, 64, 1, 900, 700, 3, 128, 128, false, 0, 0, MaskKind::Sparse,
+                Layout::Contiguous, 1.0, false, "bf16_d64_rotate_sparse"}},
+      {"0", 1, {DType::BF16, 64, 1, 1100, 1000, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                Layout::Contiguous, 1.0, false, "bf16_d64_norotate_dense"}}};
+  for (const Run& r : runs) {
+    SCOPED_TRACE(r.c.name);
+    const WalkRotation rotation(r.rotate);
+    std::unique_ptr<QuerySplits> split;
+    if (r.parts > 1) split = std::make_unique<QuerySplits>(r.parts);
+    check_backward(r.c, std::random_device{}());
+  }
+}
+
 // Small cases for compute-sanitizer (memcheck, racecheck): forward and the backward modes per
 // path (fp32 FMA; bf16 with 64- and 128-key CTAs, atomic and query-stationary dQ, query parts).
 TEST(FlashSmall, SanitizerCases) {

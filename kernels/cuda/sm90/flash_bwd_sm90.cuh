@@ -135,11 +135,23 @@ __global__ void __launch_bounds__(384, 1)
     e1 = part_range[1];
   }
   const int n_items = static_cast<int>((e1 - e0) * nsub);
+  // Walk step `it` takes item it + rot (mod n_items): with a.rotate the CTAs of neighbouring key
+  // blocks start at different query tiles, so those running together reduce into different dQ
+  // tiles (all starting at the first one, they add into the same lines at the same time).
+  const int nkb = (a.Nk + kBN - 1) / kBN;
+  const int rot = a.rotate && n_items > 0
+                      ? static_cast<int>(int64_t{k0 / kBN} * n_items / nkb % n_items)
+                      : 0;
+  auto item = [&](int it) {
+    const int p = it + rot;
+    return p >= n_items ? p - n_items : p;
+  };
 
-  // First listed query tile at or after `it` that some key of this CTA may be seen by.
+  // First listed query tile at or after walk step `it` that some key of this CTA may be seen by.
   auto next_visible = [&](int it, int& qs) {
     for (; it < n_items; ++it) {
-      qs = a.mask_t.col_idx[e0 + it / nsub] * a.mask_t.block_k + (it % nsub) * kBM;
+      const int p = item(it);
+      qs = a.mask_t.col_idx[e0 + p / nsub] * a.mask_t.block_k + (p % nsub) * kBM;
       if (qs >= a.Nq) continue;
       const int q_hi = min(qs + kBM, a.Nq) - 1;
       if (!(a.causal && static_cast<int64_t>(k0 - q_hi) > a.diag)) break;
@@ -186,7 +198,7 @@ __global__ void __launch_bounds__(384, 1)
         if (lane == 0) {
           int* info = reinterpret_cast<int*>(st + 2 * kBM);
           info[0] = qs;
-          info[1] = a.mask_t.partial[e0 + it / nsub] != 0;
+          info[1] = a.mask_t.partial[e0 + item(it) / nsub] != 0;
           info[2] = it_next >= n_items;
         }
 #pragma unroll

@@ -185,6 +185,14 @@ void set_grid_limit(int ctas, int group) {
   g_group.store(group > 0 ? group : 0);
 }
 
+int bwd_rotate(const BwdArgs& a, int head_dim, double row_fill) {
+  if (const char* e = std::getenv("LONGATTN_SM90_BWD_ROTATE")) {
+    if (std::string(e) == "0") return 0;
+    if (std::string(e) == "1") return 1;
+  }
+  return head_dim == 64 && a.causal == 0 && row_fill >= 0.75 ? 1 : 0;
+}
+
 int bwd_query_splits(const BwdArgs& a, int head_dim, double tiles_per_key_block,
                      double row_fill) {
   if (head_dim < 128) return 1;  // the head-dim-64 kernel takes one part (see the kernel)
