@@ -61,8 +61,9 @@ struct BwdArgs {
   // parts 0..s-1 have (one int per batch, head and key block, zeroed before the launch).
   int q_splits = 1;
   int* split_flags = nullptr;
-  // Hopper backward: each CTA walks its query tiles starting at an offset that grows with its
-  // key block (wrapping around), so CTAs running together add into different dQ tiles.
+  // Hopper backward at head dim 64: each CTA walks its query tiles starting at an offset that
+  // grows with its key block (wrapping around), so CTAs running together add into different dQ
+  // tiles.
   int rotate = 0;
 };
 

@@ -575,10 +575,11 @@ TEST(FlashSplit, QueryPartsAddInOrder) {
   }
 }
 
-// The Hopper backward's staggered walks (each CTA starting at a query tile that grows with its
-// key block, wrapping around): taken by default for head dim 64 without causality on dense rows;
-// forced on here for the other kinds of call (causal, sparse, query parts, head dim 128) and off
-// for one that takes it by default. Elsewhere the portable kernels run the same checks.
+// The Hopper backward's staggered walks at head dim 64 (each CTA starting at a query tile that
+// grows with its key block, wrapping around): taken by default without causality on dense rows;
+// forced on here for the other kinds of call (causal, sparse, ragged, empty rows) and off for one
+// that takes it by default; at head dim 128 the switch must change nothing (query parts too).
+// Elsewhere the portable kernels run the same checks.
 struct WalkRotation {
   explicit WalkRotation(const char* v) { setenv("LONGATTN_SM90_BWD_ROTATE", v, 1); }
   ~WalkRotation() { unsetenv("LONGATTN_SM90_BWD_ROTATE"); }
@@ -591,14 +592,16 @@ TEST(FlashRotate, StaggeredWalksMatchReference) {
     Case c;
   };
   const Run runs[] = {
-      {"1", 1, {DType::BF16, 128, 2, 1100, 1250, 2, 128, 128, false, 0, 0, MaskKind::Dense,
-                Layout::Contiguous, 1.0, false, "bf16_d128_rotate_dense_ragged"}},
+      {"1", 1, {DType::BF16, 64, 2, 1100, 1250, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                Layout::Contiguous, 1.0, false, "bf16_d64_rotate_dense_ragged"}},
       {"1", 1, {DType::F16, 64, 1, 1000, 900, 2, 128, 128, true, 0, 0, MaskKind::Dense,
                 Layout::Contiguous, 1.0, false, "f16_d64_rotate_dense_causal"}},
-      {"1", 3, {DType::BF16, 128, 1, 1000, 1000, 2, 256, 128, true, 0, 0, MaskKind::Sparse,
-                Layout::Dilated, 3.0, false, "bf16_d128_rotate_parts3_causal_sparse"}},
+      {"1", 1, {DType::BF16, 64, 1, 1000, 1000, 2, 256, 128, true, 0, 0, MaskKind::Sparse,
+                Layout::Dilated, 3.0, false, "bf16_d64_rotate_causal_sparse"}},
       {"1", 1, {DType::BF16, 64, 1, 900, 700, 3, 128, 128, false, 0, 0, MaskKind::Sparse,
                 Layout::Contiguous, 1.0, false, "bf16_d64_rotate_sparse"}},
+      {"1", 3, {DType::BF16, 128, 1, 1000, 1000, 2, 256, 128, true, 0, 0, MaskKind::Sparse,
+                Layout::Dilated, 3.0, false, "bf16_d128_rotate_parts3_causal_sparse"}},
       {"0", 1, {DType::BF16, 64, 1, 1100, 1000, 2, 128, 128, false, 0, 0, MaskKind::Dense,
                 Layout::Contiguous, 1.0, false, "bf16_d64_norotate_dense"}}};
   for (const Run& r : runs) {

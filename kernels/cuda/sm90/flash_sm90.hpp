@@ -30,7 +30,7 @@ constexpr int kBwdKeysPerCta = 128;
 // Whether the backward's CTAs start their walks at staggered query tiles (a.rotate): head dim 64
 // calls without causality whose mask rows are dense (row_fill >= 0.75; A/B run 18: +2-10% there,
 // head dim 128 and local-window masks 0 to -8%), unless LONGATTN_SM90_BWD_ROTATE says otherwise
-// ("0" never, "1" always).
+// ("0" never, "1" every head-dim-64 call; the head-dim-128 kernel has no staggered walk).
 int bwd_rotate(const flash::BwdArgs& a, int head_dim, double row_fill);
 // How many parts the backward cuts the query range into (a.q_splits): backward_query_parts
 // (kernels/contract.hpp) with this device's L2 at head dim 128, 1 at head dim 64.
