@@ -138,6 +138,10 @@ int backward_query_parts(int64_t nq, int64_t head_dim, double tiles_per_key_bloc
   return n;
 }
 
+bool backward_staggered_walks(int64_t head_dim, bool causal, double row_fill) {
+  return head_dim == 64 && !causal && row_fill >= 0.75;
+}
+
 BlockMaskView host_mask_view(const BlockMask& m) {
   BlockMaskView v;
   v.row_ptr = m.row_ptr.data();

@@ -105,6 +105,34 @@ TEST(Dense, MaskRowFill) {
   EXPECT_DOUBLE_EQ(mask_row_fill(build_block_mask(g2, {{}, {}})), 1.0);
 }
 
+// Staggered walks of the key-stationary backward: which calls take them, and where each CTA
+// starts (every start inside the walk, neighbouring key blocks apart, spread over the items).
+TEST(Dense, BackwardStaggeredWalks) {
+  EXPECT_TRUE(backward_staggered_walks(64, false, 1.0));
+  EXPECT_TRUE(backward_staggered_walks(64, false, 0.75));
+  EXPECT_FALSE(backward_staggered_walks(64, true, 1.0));     // causal walks start apart already
+  EXPECT_FALSE(backward_staggered_walks(64, false, 0.5));    // scattered rows
+  EXPECT_FALSE(backward_staggered_walks(128, false, 1.0));   // measured slower at 128
+  EXPECT_EQ(backward_walk_start(0, 256, 512), 0);
+  EXPECT_EQ(backward_walk_start(1, 256, 512), 2);
+  EXPECT_EQ(backward_walk_start(255, 256, 512), 510);
+  EXPECT_EQ(backward_walk_start(3, 8, 4), 1);  // fewer items than key blocks: starts repeat
+  EXPECT_EQ(backward_walk_start(5, 8, 0), 0);  // no items
+  EXPECT_EQ(backward_walk_start(5, 0, 7), 0);
+  for (int64_t nkb : {1, 7, 64, 300})
+    for (int64_t n : {1, 5, 64, 1000}) {
+      int64_t prev = -1;
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int64_t s = backward_walk_start(kb, nkb, n);
+        ASSERT_GE(s, 0);
+        ASSERT_LT(s, n);
+        ASSERT_GE(s, prev);  // in key-block order
+        if (n >= nkb) ASSERT_GT(s, prev);  // distinct when there are enough items
+        prev = s;
+      }
+    }
+}
+
 // The query parts of the key-stationary backward on a 50 MB L2 (half: 25 MB per part).
 TEST(Dense, BackwardQueryParts) {
   const int64_t l2 = 50 << 20;

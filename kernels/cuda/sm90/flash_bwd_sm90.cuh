@@ -24,6 +24,7 @@
 // Same contract as the portable key-stationary pass (kernels/cuda/flash_bwd_kernel.cuh):
 // dk += scale dS^T Q, dv += P^T dO, dq += scale dS K.
 #pragma once
+#include "kernels/contract.hpp"
 #include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
 #include "kernels/cuda/sm90/flash_sm90.hpp"
 
@@ -141,9 +142,8 @@ __global__ void __launch_bounds__(384, 1)
   // Head dim 64 only: at 128 it measured 0 to -8% (A/B run 18), and the code is left out there.
   constexpr bool kRotates = D <= 64;
   const int nkb = (a.Nk + kBN - 1) / kBN;
-  const int rot = kRotates && a.rotate && n_items > 0
-                      ? static_cast<int>(int64_t{k0 / kBN} * n_items / nkb % n_items)
-                      : 0;
+  const int rot =
+      kRotates && a.rotate ? static_cast<int>(backward_walk_start(k0 / kBN, nkb, n_items)) : 0;
   auto item = [&](int it) {
     const int p = it + rot;
     return p >= n_items ? p - n_items : p;

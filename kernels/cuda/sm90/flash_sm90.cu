@@ -190,7 +190,7 @@ int bwd_rotate(const BwdArgs& a, int head_dim, double row_fill) {
     if (std::string(e) == "0") return 0;
     if (std::string(e) == "1") return 1;
   }
-  return head_dim == 64 && a.causal == 0 && row_fill >= 0.75 ? 1 : 0;
+  return backward_staggered_walks(head_dim, a.causal != 0, row_fill) ? 1 : 0;
 }
 
 int bwd_query_splits(const BwdArgs& a, int head_dim, double tiles_per_key_block,
