@@ -18,6 +18,9 @@
 //   tile that one thread of the warpgroup adds into dq with a TMA reduce (cp.reduce.async.bulk),
 //   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers. The next
 //   tile's S^T (head dim 128) or S^T and dP^T (head dim 64) run while dQ goes out.
+// At head dim 64, causal calls hold each warpgroup's K rows in registers as the A operand of
+// S^T (kKRegs), and non-causal calls over dense rows start each CTA's walk at a staggered tile
+// (a.rotate, backward_walk_start) so the CTAs running together add into different dQ tiles.
 // Instruction count matters here (two consumer warps share each scheduler): wgmma descriptors
 // are made once and offset by constants, the warpgroup index is warp-uniform so they live in
 // uniform registers, and masking uses selects in a loop taken only for tiles that need it.
