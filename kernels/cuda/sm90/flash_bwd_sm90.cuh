@@ -104,8 +104,8 @@ __global__ void __launch_bounds__(384, 1)
   // The query range in parts (a.q_splits) at head dim 128 only: the extra code costs the
   // head-dim-64 kernel, whose registers are tighter (measured), so it always takes one part.
   constexpr bool kParts = D >= 128;
-  const int k0 =
-      (kParts ? static_cast<int>(blockIdx.x) % ((a.Nk + kBN - 1) / kBN) : blockIdx.x) * kBN;
+  const int nkb = (a.Nk + kBN - 1) / kBN;  // key blocks (CTAs per part)
+  const int k0 = (kParts ? static_cast<int>(blockIdx.x) % nkb : blockIdx.x) * kBN;
   const int mrow = k0 / a.mask_t.block_q;
   int64_t e0 = a.mask_t.row_ptr[mrow], e1 = a.mask_t.row_ptr[mrow + 1];
   const int nsub = a.mask_t.block_k / kBM;
@@ -144,7 +144,6 @@ __global__ void __launch_bounds__(384, 1)
   // tiles (all starting at the first one, they add into the same lines at the same time).
   // Head dim 64 only: at 128 it measured 0 to -8% (A/B run 18), and the code is left out there.
   constexpr bool kRotates = D <= 64;
-  const int nkb = (a.Nk + kBN - 1) / kBN;
   const int rot =
       kRotates && a.rotate ? static_cast<int>(backward_walk_start(k0 / kBN, nkb, n_items)) : 0;
   auto item = [&](int it) {
