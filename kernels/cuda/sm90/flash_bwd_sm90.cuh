@@ -17,7 +17,7 @@
 //   starting on its own keys' half). dQ (scaled) goes through a swizzled fp32 shared-memory
 //   tile that one thread of the warpgroup adds into dq with a TMA reduce (cp.reduce.async.bulk),
 //   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers. The next
-//   tile's S^T (head dim 128) or S^T and dP^T (head dim 64) run while dQ goes out.
+//   tile's S^T and dP^T run while dQ goes out.
 // At head dim 64, causal calls hold each warpgroup's K rows in registers as the A operand of
 // S^T (kKRegs), and non-causal calls over dense rows start each CTA's walk at a staggered tile
 // (a.rotate, backward_walk_start) so the CTAs running together add into different dQ tiles.
@@ -28,6 +28,16 @@
 // dk += scale dS^T Q, dv += P^T dO, dq += scale dS K.
 #pragma once
 #include "kernels/contract.hpp"
+
+// Consumers release a ring stage by one arrival per warp (__syncwarp, then lane 0 arrives): an
+// order the PTX memory model gives but compute-sanitizer racecheck does not follow, so it reports
+// write-after-read hazards on the lse/delta slots once a walk is longer than the ring. Building
+// with LONGATTN_SM90_ARRIVE_PER_THREAD=1 (cmake -DLONGATTN_SM90_RACECHECK=ON) makes every
+// consumer thread arrive: racecheck-clean on those walks, and 3-10% slower at head dim 64 causal,
+// so it is for sanitizer builds only.
+#ifndef LONGATTN_SM90_ARRIVE_PER_THREAD
+#define LONGATTN_SM90_ARRIVE_PER_THREAD 0
+#endif
 #include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
 #include "kernels/cuda/sm90/flash_sm90.hpp"
 
@@ -112,12 +122,13 @@ __global__ void __launch_bounds__(384, 1)
   __shared__ int64_t part_range[2];  // this part's entries of the mask row
 
   const int wg = warpgroup_index();
+  constexpr int kEmptyArrivals = LONGATTN_SM90_ARRIVE_PER_THREAD ? 256 : 8;
   if (threadIdx.x == 0) {
     mbar_init(bar_kv, 1);
     for (int s = 0; s < kS; ++s) {
       mbar_init(&full_q[s], 1);
       mbar_init(&full_st[s], 32);
-      mbar_init(&empty[s], 8);
+      mbar_init(&empty[s], kEmptyArrivals);
     }
     mbar_init_fence();
   }
@@ -500,17 +511,22 @@ __global__ void __launch_bounds__(384, 1)
     }
   };
   auto release = [&](int s) {
+#if LONGATTN_SM90_ARRIVE_PER_THREAD
+    mbar_arrive(&empty[s]);
+#else
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);
+#endif
   };
 
   int qs0 = 0;
   bool have = next_visible(0, qs0) < n_items;  // later tiles: the stats warp's TileInfo
   if constexpr (!Tr::kPipelined) {
-    // Iteration i finishes tile i - 1 and computes tile i. The next tile's S^T is issued as soon
-    // as the current tile's products retired and runs while its dQ goes out; its dP^T follows.
-    // Every wgmma retires within the iteration that issued it (a group in flight across the
-    // loop's back edge makes the compiler serialise every wgmma).
+    // Iteration i finishes tile i - 1 and computes tile i. The next tile's S^T and dP^T are
+    // issued as soon as the current tile's products retired and run while its dQ goes out
+    // (dP^T issued after the write-out instead: 1-3% slower). Every wgmma retires within the
+    // iteration that issued it (a group in flight across the loop's back edge makes the
+    // compiler serialise every wgmma).
     int qs_prev = 0;
     for (int i = 0;; ++i) {
       const int s = i % kS;
@@ -524,11 +540,11 @@ __global__ void __launch_bounds__(384, 1)
       }
       mbar_wait(&full_q[s], ph);
       issue_s(s);
+      issue_dp(s);
       if (i > 0) {
         release((i - 1) % kS);
         dq_out(qs_prev, i - 1);
       }
-      issue_dp(s);
       const TileInfo ti = grad_tile(s, ph, false);
       issue_products(s, i);
       wgmma_wait<0>();
