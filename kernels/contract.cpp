@@ -108,6 +108,26 @@ double mask_row_fill(const BlockMask& m) {
   return spanned > 0 ? static_cast<double>(listed) / static_cast<double>(spanned) : 1.0;
 }
 
+bool mask_contiguous_rows(const BlockMask& m) {
+  for (int64_t r = 0; r < m.num_q_blocks; ++r) {
+    const int64_t b = m.row_ptr[r], e = m.row_ptr[r + 1];
+    if (e > b && m.col_idx[e - 1] - m.col_idx[b] + 1 != e - b) return false;
+  }
+  return true;
+}
+
+double mask_mean_row_keys(const BlockMask& m) {
+  int64_t rows = 0;
+  for (int64_t r = 0; r < m.num_q_blocks; ++r) rows += m.row_ptr[r + 1] > m.row_ptr[r] ? 1 : 0;
+  return rows > 0 ? static_cast<double>(m.nnz()) * static_cast<double>(m.block_k) /
+                        static_cast<double>(rows)
+                  : 0.0;
+}
+
+bool forward_wide_runs(int64_t head_dim, bool contiguous_rows, double mean_row_keys) {
+  return head_dim == 128 && contiguous_rows && mean_row_keys >= kForwardWideRunKeys;
+}
+
 int64_t mask_complete_diag(const BlockMask& m) {
   int64_t best = kMaskCompleteAll;
   for (int64_t r = 0; r < m.num_q_blocks; ++r) {
@@ -154,6 +174,8 @@ BlockMaskView host_mask_view(const BlockMask& m) {
   v.nnz = m.nnz();
   v.row_fill = mask_row_fill(m);
   v.complete_diag = mask_complete_diag(m);
+  v.contiguous_rows = mask_contiguous_rows(m);
+  v.mean_row_keys = mask_mean_row_keys(m);
   return v;
 }
 

@@ -68,12 +68,27 @@ struct BlockMaskView {
   // every row lists every key block, kMaskIncomplete when unknown. A call within it may walk
   // the visible key blocks arithmetically instead of reading the lists (mask_complete_for).
   int64_t complete_diag = kMaskIncomplete;
+  // Every non-empty row lists one run of consecutive key blocks (mask_contiguous_rows), so a
+  // row's keys are the range from its first listed block to its last; false when unknown.
+  bool contiguous_rows = false;
+  // Mean keys a non-empty row lists (listed blocks x block_k); 0 when unknown.
+  double mean_row_keys = 0.0;
 };
 double mask_row_fill(const BlockMask& m);
+bool mask_contiguous_rows(const BlockMask& m);
+double mask_mean_row_keys(const BlockMask& m);
 int64_t mask_complete_diag(const BlockMask& m);
 // Whether the mask lists every key block visible to a call (causal with diagonal diag, or not
 // causal), so that the call's result does not depend on the lists.
 bool mask_complete_for(const BlockMaskView& m, bool causal, int64_t diag);
+
+// Forward over a mask whose rows are runs of consecutive key blocks, not listing every block a
+// call can see: whether the Hopper kernel at head_dim walks each row's key range by position in
+// its wide key tiles (176 keys at head dim 128) instead of the listed blocks one by one (128
+// keys). The range's last tile is masked past the run, so short runs waste part of a tile:
+// taken when a row lists at least kForwardWideRunKeys keys on average.
+constexpr double kForwardWideRunKeys = 2048;
+bool forward_wide_runs(int64_t head_dim, bool contiguous_rows, double mean_row_keys);
 
 // Parts of the query range for a key-stationary backward whose CTAs walk a key block's listed
 // query tiles in order: with scattered rows (row_fill < 0.75) the CTAs running together touch

@@ -94,7 +94,9 @@ class CudaMask final : public PreparedMask {
         host_(std::move(host)),
         dev_(dev),
         row_fill_(mask_row_fill(host_)),
-        complete_diag_(mask_complete_diag(host_)) {}
+        complete_diag_(mask_complete_diag(host_)),
+        contiguous_rows_(mask_contiguous_rows(host_)),
+        mean_row_keys_(mask_mean_row_keys(host_)) {}
   ~CudaMask() override {
     if (!dev_.storage) return;
     try {
@@ -115,6 +117,8 @@ class CudaMask final : public PreparedMask {
     v.nnz = host_.nnz();
     v.row_fill = row_fill_;
     v.complete_diag = complete_diag_;
+    v.contiguous_rows = contiguous_rows_;
+    v.mean_row_keys = mean_row_keys_;
     return v;
   }
   const BlockMask& host() const override { return host_; }
@@ -125,6 +129,8 @@ class CudaMask final : public PreparedMask {
   cuda::DeviceMaskArrays dev_;
   double row_fill_ = 1.0;
   int64_t complete_diag_ = kMaskIncomplete;
+  bool contiguous_rows_ = false;
+  double mean_row_keys_ = 0.0;
 };
 
 class CudaBackendImpl final : public CudaBackend {

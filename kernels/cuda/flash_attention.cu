@@ -200,6 +200,9 @@ FwdArgs make_fwd_args(const AttnFwdParams& p) {
   a.vec = allows_vec(p.q) && allows_vec(p.k) && allows_vec(p.v);
   a.o_pair = allows_pair(p.o);
   a.complete = mask_complete_for(p.mask, p.causal, a.diag) ? 1 : 0;
+#if LONGATTN_HAVE_SM90
+  a.runs = a.complete ? 0 : sm90::fwd_runs(static_cast<int>(p.q.D), p.mask);
+#endif
   return a;
 }
 

@@ -40,6 +40,9 @@ struct FwdArgs {
   int o_type = kOutSame;
   int o_pair = 0;    // o allows 2-element (4-byte for 16-bit types) stores
   int complete = 0;  // the mask lists every key block the call can see (mask_complete_for)
+  // The mask's rows are runs of consecutive key blocks and the Hopper forward walks each row's
+  // key range by position (forward_wide_runs; head dim 128).
+  int runs = 0;
 };
 
 struct BwdArgs {

@@ -105,6 +105,32 @@ TEST(Dense, MaskRowFill) {
   EXPECT_DOUBLE_EQ(mask_row_fill(build_block_mask(g2, {{}, {}})), 1.0);
 }
 
+// Rows that are runs of consecutive key blocks, the keys a row lists on average, and which
+// calls the Hopper forward walks by position over those runs.
+TEST(Dense, MaskRuns) {
+  const MaskGeometry g3{48, 128, 16, 16, false, 0, 0}, g2{32, 128, 16, 16, false, 0, 0};
+  EXPECT_TRUE(mask_contiguous_rows(dense_block_mask(g3)));
+  const BlockMask runs = build_block_mask(g3, {{2, 3, 4}, {}, {5}});
+  EXPECT_TRUE(mask_contiguous_rows(runs));
+  EXPECT_DOUBLE_EQ(mask_mean_row_keys(runs), 4.0 * 16 / 2);  // 4 blocks over 2 non-empty rows
+  const BlockMaskView v = host_mask_view(runs);
+  EXPECT_TRUE(v.contiguous_rows);
+  EXPECT_DOUBLE_EQ(v.mean_row_keys, 32.0);
+  EXPECT_FALSE(mask_contiguous_rows(build_block_mask(g2, {{0, 1, 2}, {1, 3}})));
+  EXPECT_FALSE(host_mask_view(build_block_mask(g2, {{0, 2}, {}})).contiguous_rows);
+  EXPECT_TRUE(mask_contiguous_rows(build_block_mask(g2, {{}, {}})));
+  EXPECT_DOUBLE_EQ(mask_mean_row_keys(build_block_mask(g2, {{}, {}})), 0.0);
+  // Causal trimming keeps a dense causal mask's rows contiguous.
+  EXPECT_TRUE(mask_contiguous_rows(dense_block_mask({48, 128, 16, 16, true, 0, 0})));
+  // A view nobody filled in claims nothing.
+  EXPECT_FALSE(BlockMaskView{}.contiguous_rows);
+
+  EXPECT_TRUE(forward_wide_runs(128, true, kForwardWideRunKeys));
+  EXPECT_FALSE(forward_wide_runs(128, true, kForwardWideRunKeys - 1));
+  EXPECT_FALSE(forward_wide_runs(128, false, 1e9));
+  EXPECT_FALSE(forward_wide_runs(64, true, 1e9));  // 192-row tiles can span two mask rows
+}
+
 // Staggered walks of the key-stationary backward: which calls take them, and where each CTA
 // starts (every start inside the walk, neighbouring key blocks apart, spread over the items).
 TEST(Dense, BackwardStaggeredWalks) {

@@ -139,14 +139,34 @@ BlockMaskView upload_mask(const BlockMask& m, std::vector<std::unique_ptr<DevMem
   return v;
 }
 
-enum class MaskKind { Dense, Sparse };
+enum class MaskKind { Dense, Sparse, Runs };
 
 // Sparse: every third query block sees nothing, the others their diagonal block and a random
-// half of the key blocks.
+// half of the key blocks. Runs: every row one run of consecutive key blocks: every fourth row
+// empty, every other a window of four blocks around the diagonal, the rest a random run.
 MaskPair make_mask(MaskKind kind, const MaskGeometry& g, uint64_t seed) {
   MaskPair mp;
   if (kind == MaskKind::Dense) {
     mp.host = dense_block_mask(g);
+  } else if (kind == MaskKind::Runs) {
+    std::mt19937_64 rng(seed);
+    const int64_t nqb = (g.nq + g.block_q - 1) / g.block_q;
+    const int64_t nkb = (g.nk + g.block_k - 1) / g.block_k;
+    std::vector<std::vector<int32_t>> rows(static_cast<size_t>(nqb));
+    for (int64_t r = 0; r < nqb; ++r) {
+      int64_t lo = 0, hi = -1;
+      if (r % 4 == 2) continue;
+      if (r % 2 == 0) {
+        const int64_t d = std::min(nkb - 1, r * g.block_q / g.block_k);
+        lo = std::max<int64_t>(0, d - 2);
+        hi = std::min(nkb - 1, d + 1);
+      } else {
+        lo = static_cast<int64_t>(rng() % nkb);
+        hi = lo + static_cast<int64_t>(rng() % (nkb - lo));
+      }
+      for (int64_t c = lo; c <= hi; ++c) rows[r].push_back(static_cast<int32_t>(c));
+    }
+    mp.host = build_block_mask(g, rows);
   } else {
     std::mt19937_64 rng(seed);
     const int64_t nqb = (g.nq + g.block_q - 1) / g.block_q;
@@ -258,6 +278,7 @@ struct FwdRun {
   MaskGeometry geo;
   MaskPair mask;
   Tensor q64, k64, v64, ref_o, ref_lse;
+  std::string kernel;  // what flash_forward_kernel said the call runs
 };
 
 void run_forward(const Case& c, FwdRun& run, uint64_t seed) {
@@ -280,6 +301,7 @@ void run_forward(const Case& c, FwdRun& run, uint64_t seed) {
   p.causal = c.causal;
   p.q_offset = c.q_offset;
   p.k_offset = c.k_offset;
+  run.kernel = cuda::flash_forward_kernel(p);
   cuda::flash_forward(p, nullptr);
   ck(cudaDeviceSynchronize(), "flash_forward");
   o.download();
@@ -573,6 +595,41 @@ TEST(FlashSplit, QueryPartsAddInOrder) {
     const QuerySplits split(r.parts);
     check_backward(r.c, std::random_device{}());
   }
+}
+
+// Masks whose rows are runs of key blocks (windows, random runs, empty rows): at head dim 128 the
+// Hopper forward walks each row's key range by position in 176-key tiles, masking past the run
+// (LONGATTN_SM90_FWD_RUNS=1 takes that path for these short rows, "0" the listed blocks), on one
+// CTA per item and on a grid of 3 CTAs that walks many items with different ranges.
+TEST(FlashRuns, ForwardMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  for (const char* on : {"1", "0"}) {
+    setenv("LONGATTN_SM90_FWD_RUNS", on, 1);
+    for (int grid : {0, 3}) {
+      const GridLimit limit(grid, 2);
+      for (DType dt : {DType::BF16, DType::F16}) {
+        const std::string tag = std::string(dtype_name(dt)) + "_runs" + on + "_grid" +
+                                std::to_string(grid);
+        const Case cs[] = {
+            {dt, 128, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Runs,
+             Layout::Contiguous, 1.0, false, tag + "_ragged"},
+            {dt, 128, 1, 1200, 1200, 3, 128, 128, true, 0, 0, MaskKind::Runs, Layout::Dilated,
+             3.0, false, tag + "_causal"},
+            {dt, 128, 1, 700, 1300, 2, 256, 128, true, 500, 0, MaskKind::Runs,
+             Layout::Contiguous, 1.0, false, tag + "_causal_offset_b256x128"},
+            {dt, 128, 1, 900, 1000, 1, 128, 256, false, 0, 0, MaskKind::Runs,
+             Layout::Contiguous, 1.0, false, tag + "_b128x256"}};
+        for (const Case& c : cs) {
+          SCOPED_TRACE(c.name);
+          FwdRun run;
+          run_forward(c, run, std::random_device{}());
+          if (run.kernel.rfind("sm90", 0) == 0)
+            EXPECT_EQ(run.kernel, std::string(on) == "1" ? "sm90-wide" : "sm90");
+        }
+      }
+    }
+  }
+  unsetenv("LONGATTN_SM90_FWD_RUNS");
 }
 
 // The Hopper backward's staggered walks at head dim 64 (each CTA starting at a query tile that

@@ -97,17 +97,18 @@ __device__ __forceinline__ void tree_reduce(float (&t)[N]) {
 // key columns in the wgmma accumulator layout: thread (warp, g, t4) has rows my_row (e < 2) and
 // my_row + 8 (e >= 2), columns 8 nt + 2 t4 + (e & 1), element sc[4 nt + e].
 
-// -inf where key ks + column is past Nk or, under causality, not visible from the row.
+// -inf where key ks + column is at or past kend (Nk, or the end of the row's run of key blocks)
+// or, under causality, not visible from the row.
 template <int kNT>
 __device__ __forceinline__ void mask_scores(float (&sc)[kNT * 4], const FwdArgs& a, int ks,
-                                            int my_row, int t4) {
+                                            int kend, int my_row, int t4) {
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = my_row + ((e >> 1) << 3);
       const int j = ks + nt * 8 + 2 * t4 + (e & 1);
-      if (j >= a.Nk || (a.causal && static_cast<int64_t>(j - r) > a.diag))
+      if (j >= kend || (a.causal && static_cast<int64_t>(j - r) > a.diag))
         sc[nt * 4 + e] = flash::kNegInf;
     }
 }
@@ -279,6 +280,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   // Item -> (query tile, head, batch) and its mask row.
   struct Item {
     int q0, q_last, h, b, n_items, nsub;
+    int k_lo, k_hi;  // by position: the keys walked (a.runs: the row's run, else all)
     int64_t e0;
   };
   auto decode = [&](int t) {
@@ -295,10 +297,21 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     w.h = hb % a.H;
     w.b = hb / a.H;
     w.q_last = min(w.q0 + kBM, a.Nq) - 1;
-    if constexpr (Tr::kByPosition) {  // every key tile, in order
+    w.k_lo = 0;
+    w.k_hi = a.Nk;
+    if constexpr (Tr::kByPosition) {  // key tiles in order over a key range
       w.e0 = 0;
       w.nsub = 1;
-      w.n_items = (a.Nk + kBN - 1) / kBN;
+      if (a.runs) {  // the row's run of key blocks (kBM divides the mask's block_q)
+        const int mrow = w.q0 / a.mask.block_q;
+        const int64_t b0 = a.mask.row_ptr[mrow], b1 = a.mask.row_ptr[mrow + 1];
+        w.k_hi = 0;
+        if (b1 > b0) {
+          w.k_lo = a.mask.col_idx[b0] * a.mask.block_k;
+          w.k_hi = min(a.Nk, (a.mask.col_idx[b1 - 1] + 1) * a.mask.block_k);
+        }
+      }
+      w.n_items = w.k_hi > w.k_lo ? (w.k_hi - w.k_lo + kBN - 1) / kBN : 0;
     } else {
       const int mrow = w.q0 / a.mask.block_q;
       w.e0 = a.mask.row_ptr[mrow];
@@ -310,7 +323,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   // First listed key tile at or after `it` that some row of the item may see (first key in ks).
   auto next_visible = [&](const Item& w, int it, int& ks) {
     if constexpr (Tr::kByPosition) {  // tiles past the causal limit: all later ones are too
-      ks = it * kBN;
+      ks = w.k_lo + it * kBN;
       if (it < w.n_items && a.causal && static_cast<int64_t>(ks - w.q_last) > a.diag)
         it = w.n_items;
     } else {
@@ -354,14 +367,14 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
           // consumers read no mask entries and divide nothing.
           int mask_bits = 0;
           const bool all =
-              (!Tr::kByPosition && a.mask.partial[w.e0 + it / w.nsub] != 0) || ks + kBN > a.Nk;
+              (!Tr::kByPosition && a.mask.partial[w.e0 + it / w.nsub] != 0) || ks + kBN > w.k_hi;
 #pragma unroll
           for (int cw = 0; cw < kWG; ++cw)
             if (all ||
                 (a.causal && static_cast<int64_t>(ks + kBN - 1 - (w.q0 + cw * 64)) > a.diag))
               mask_bits |= 1 << cw;
           mbar_wait(&empty_k[s], ph);
-          sInfo[s] = make_int4(ks, mask_bits, it_next >= w.n_items, 0);
+          sInfo[s] = make_int4(ks, mask_bits, it_next >= w.n_items, w.k_hi);
           mbar_arrive_expect_tx(&full_k[s], Tr::kTileBytes);
 #pragma unroll
           for (int c = 0; c < Tr::kChunks; ++c)
@@ -425,7 +438,9 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   };
   auto read_info = [&](int s) {
     const int4& in = sInfo[s];
-    return make_int4(lane_read(in.x), lane_read(in.y), lane_read(in.z), 0);
+    // (The key limit is Nk but for key ranges walked by position.)
+    return make_int4(lane_read(in.x), lane_read(in.y), lane_read(in.z),
+                     Tr::kByPosition ? lane_read(in.w) : a.Nk);
   };
 
   int kv = 0;
@@ -473,7 +488,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     };
     // Masks S where the tile needs it (the producer's info), then the online softmax.
     auto softmax = [&](const int4& info, float (&alpha)[2]) {
-      if ((info.y >> cw) & 1) mask_scores<kNT>(sc, a, info.x, my_row, t4);
+      if ((info.y >> cw) & 1) mask_scores<kNT>(sc, a, info.x, info.w, my_row, t4);
       online_softmax<kNT>(sc, m, l, alpha, sl2);
     };
     auto pack = [&] { pack_p<T, kNT>(pa, sc); };

@@ -172,6 +172,10 @@ FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pa
   const int64_t per_l2 = kv_bytes_per_pair > 0 ? (d.l2_bytes / 2) / kv_bytes_per_pair : n_pairs;
   s.group = static_cast<int>(per_l2 < 1 ? 1 : (per_l2 > n_pairs ? n_pairs : per_l2));
   if (g_group.load() > 0) s.group = g_group.load() < n_pairs ? g_group.load() : n_pairs;
+  if (const char* e = std::getenv("LONGATTN_SM90_FWD_GROUP")) {  // measurement switch
+    const int g = std::atoi(e);
+    if (g > 0) s.group = g < n_pairs ? g : n_pairs;
+  }
   s.flags = pingpong_enabled() ? kFwdPingPong : 0;
   const int n_items = n_qtiles * n_pairs;
   const int limit = g_grid_limit.load();
@@ -251,10 +255,22 @@ bool fwd_accepts(const FwdArgs& a, DType dtype, int head_dim) {
          kernels_fit(dtype, head_dim, a.vec != 0);
 }
 
+int fwd_runs(int head_dim, const BlockMaskView& mask) {
+  if (const char* e = std::getenv("LONGATTN_SM90_FWD_RUNS")) {
+    if (std::string(e) == "0") return 0;
+    if (std::string(e) == "1") return head_dim == 128 && mask.contiguous_rows ? 1 : 0;
+  }
+  return forward_wide_runs(head_dim, mask.contiguous_rows, mask.mean_row_keys) ? 1 : 0;
+}
+
 bool fwd_wide(const FwdArgs& a, int head_dim) {
-  // Head dim 64: 192-row tiles; head dim 128: 176-key tiles, causal or not (FlashAttention-3
-  // keeps 128 under causality; here 176 measured 5-7% faster there too: A/B run 9).
-  if (a.complete == 0 || !(head_dim == 64 || head_dim == 128)) return false;
+  // Head dim 64: 192-row tiles, for complete masks; head dim 128: 176-key tiles, causal or not
+  // (FlashAttention-3 keeps 128 under causality; here 176 measured 5-7% faster there too: A/B
+  // run 9), for complete masks and masks whose rows are runs walked by position (a.runs; the
+  // 128-row tiles sit inside one mask row, which 192-row tiles would not).
+  const bool fits = head_dim == 128 ? (a.complete != 0 || a.runs != 0)
+                                    : head_dim == 64 && a.complete != 0;
+  if (!fits) return false;
   const char* e = std::getenv("LONGATTN_SM90_FWD_WIDE");
   return e == nullptr || std::string(e) != "0";
 }

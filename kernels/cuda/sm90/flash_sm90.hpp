@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include "kernels/contract.hpp"
 #include "kernels/cuda/flash_common.cuh"
 #include "runtime/dtype.hpp"
 
@@ -15,8 +16,13 @@ namespace longattn::cuda::sm90 {
 bool fwd_accepts(const flash::FwdArgs& a, DType dtype, int head_dim);
 // Whether an accepted forward runs the larger tiles of calls whose mask lists every key block
 // they can see (a.complete): 192-row query tiles (three consumer warpgroups) at head dim 64,
-// 176-key tiles at head dim 128; unless LONGATTN_SM90_FWD_WIDE=0 (read on each call).
+// 176-key tiles at head dim 128, there also for masks whose rows are runs of key blocks
+// (a.runs); unless LONGATTN_SM90_FWD_WIDE=0 (read on each call).
 bool fwd_wide(const flash::FwdArgs& a, int head_dim);
+// FwdArgs::runs for a call whose mask is not complete: forward_wide_runs (kernels/contract.hpp)
+// unless LONGATTN_SM90_FWD_RUNS says otherwise ("0" never, "1" whenever the rows are runs, at
+// head dim 128).
+int fwd_runs(int head_dim, const BlockMaskView& mask);
 void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
 
 // Whether the backward kernel takes this call: as the forward, plus dQ by fp32 atomics (dq fp32,
