@@ -7,7 +7,8 @@ Reads the JSON kernel_bench wrote, runs on the same GPU and the same shapes:
     .npy block matrix kernel_bench saved, every kept block a full block as in longattn;
   - dilated rows (groups mode): the seed package's DilatedAttention written as per-segment SDPA
     (head groups, offset i mod r_i, rows offset::r of each segment, scatter, divide by G).
-Timing as kernel_bench: CUDA events on the current stream, warm-up, median/p10/p90 of up to
+Timing as kernel_bench: CUDA events on the current stream, warm-up (calls and GPU time, as kernel_bench
+used), median/p10/p90 of up to
 --repeats calls within --max-seconds per row (at least 5). Backward anchors time autograd.grad of
 a retained graph (the backward alone). Writes one merged JSON (rows with "anchors" and "ratios" =
 anchor time / longattn time, > 1 means longattn is faster) and prints a table.
@@ -28,8 +29,9 @@ def percentile(values, p):
 
 
 class Timer:
-    def __init__(self, torch, warmup, repeats, max_seconds):
+    def __init__(self, torch, warmup, repeats, max_seconds, warm_ms=0.0):
         self.torch, self.warmup, self.repeats, self.max_seconds = torch, warmup, repeats, max_seconds
+        self.warm_ms = warm_ms
 
     def __call__(self, fn):
         torch = self.torch
@@ -43,11 +45,16 @@ class Timer:
             stop.synchronize()
             return start.elapsed_time(stop)
 
-        first, warm_ms = 0.0, 0.0
-        for _ in range(max(1, self.warmup)):  # stops early on slow rows, as kernel_bench does
+        # At least `warmup` calls and warm_ms of GPU time, stopping early on slow rows, as
+        # kernel_bench does.
+        first, warm_ms, i = 0.0, 0.0, 0
+        while True:
             first = once()
             warm_ms += first
+            i += 1
             if warm_ms > self.max_seconds * 1e3 / 3:
+                break
+            if i >= max(1, self.warmup) and warm_ms >= self.warm_ms:
                 break
         reps = self.repeats
         if first > 0:
@@ -255,6 +262,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--max-seconds", type=float, default=3.0)
+    ap.add_argument("--warm-ms", type=float, default=None,
+                    help="warm-up GPU time per row (default: what kernel_bench used)")
     args = ap.parse_args()
 
     with open(args.ours) as f:
@@ -277,7 +286,10 @@ def main():
         print(f"anchors: skipped ({result['anchors_error']})", file=sys.stderr)
         torch = None
     if torch is not None:
-        timer = Timer(torch, args.warmup, args.repeats, args.max_seconds)
+        warm_ms = args.warm_ms
+        if warm_ms is None:
+            warm_ms = float(result.get("timing", {}).get("warm_ms", 0.0))
+        timer = Timer(torch, args.warmup, args.repeats, args.max_seconds, warm_ms)
         for r in result["rows"]:
             for name in anchors_for(r):
                 try:

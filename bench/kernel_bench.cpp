@@ -53,6 +53,9 @@ struct Options {
   int warmup = 3;
   int repeats = 20;
   double max_seconds = 3.0;  // per row: fewer repeats (at least 5) for slow rows
+  // Warm-up time per row: under the board's power limit the clocks settle within ~0.1-0.3 s of
+  // sustained work, so rows of ~0.1 s would otherwise be timed half boosted, half capped.
+  double warm_ms = 300.0;
   int device = 0;
   std::string command;
 };
@@ -92,13 +95,14 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
     BENCH_CUDA(cudaEventElapsedTime(&ms, start, stop));
     return static_cast<double>(ms);
   };
-  // Warm-up: at least one call, at most `warmup`, stopping early once a third of the row's
-  // time budget is spent (slow rows at 64K would otherwise dominate the run).
+  // Warm-up: at least `warmup` calls (one at least) and warm_ms of GPU time, stopping early once
+  // a third of the row's time budget is spent (slow rows at 64K would otherwise dominate the run).
   double first = 0, warm_ms = 0;
-  for (int i = 0; i < std::max(1, opt.warmup); ++i) {
+  for (int i = 0;; ++i) {
     first = once();
     warm_ms += first;
     if (warm_ms > opt.max_seconds * 1e3 / 3) break;
+    if (i + 1 >= std::max(1, opt.warmup) && warm_ms >= opt.warm_ms) break;
   }
   int reps = opt.repeats;
   if (first > 0) reps = std::min(reps, static_cast<int>(opt.max_seconds * 1e3 / first));
@@ -365,10 +369,10 @@ class Bench {
     std::printf("# longattn kernel_bench on %s (CUDA runtime %d, driver %d), dtype %s\n",
                 be_->name().c_str(), rt, drv, opt_.dtype.c_str());
     std::printf("# %s\n", opt_.command.c_str());
-    std::printf("# timing: CUDA events on the work stream, up to %d warm-up, median of up to %d "
-                "repeats (<= %.1f s per row, >= 5), p10/p90; FLOPs fwd 4*B*H*pairs*D (causal "
-                "half), bwd 2.5x\n",
-                opt_.warmup, opt_.repeats, opt_.max_seconds);
+    std::printf("# timing: CUDA events on the work stream, at least %d warm-up calls and %.0f ms, "
+                "median of up to %d repeats (<= %.1f s per row, >= 5), p10/p90; FLOPs fwd "
+                "4*B*H*pairs*D (causal half), bwd 2.5x\n",
+                opt_.warmup, opt_.warm_ms, opt_.repeats, opt_.max_seconds);
   }
 
   void write_json() {
@@ -389,6 +393,7 @@ class Bench {
            {"dtype", opt_.dtype},
            {"timing",
             {{"warmup", opt_.warmup},
+             {"warm_ms", opt_.warm_ms},
              {"repeats_max", opt_.repeats},
              {"max_seconds_per_row", opt_.max_seconds},
              {"method", "CUDA events on the backend work stream"}}},
@@ -439,7 +444,9 @@ int main(int argc, char** argv) {
       "dilated-heads", po::value(&opt.dilated_heads)->default_value(opt.dilated_heads),
       "dilated heads")(
       "dilated-d", po::value(&opt.dilated_d)->default_value(opt.dilated_d), "dilated head dim")(
-      "warmup", po::value(&opt.warmup)->default_value(opt.warmup), "warm-up calls per row")(
+      "warmup", po::value(&opt.warmup)->default_value(opt.warmup), "warm-up calls per row (min)")(
+      "warm-ms", po::value(&opt.warm_ms)->default_value(opt.warm_ms),
+      "warm-up GPU time per row in ms (min; clocks settle under the power limit)")(
       "repeats", po::value(&opt.repeats)->default_value(opt.repeats), "timed calls per row (max)")(
       "max-seconds", po::value(&opt.max_seconds)->default_value(opt.max_seconds),
       "time budget per row (repeats shrink, at least 5)")(
@@ -453,6 +460,7 @@ int main(int argc, char** argv) {
     }
     po::notify(vm);
     LONGATTN_CHECK_ARG(opt.warmup >= 0, "--warmup", opt.warmup, "must be >= 0");
+    LONGATTN_CHECK_ARG(opt.warm_ms >= 0, "--warm-ms", opt.warm_ms, "must be >= 0");
     LONGATTN_CHECK_ARG(opt.repeats >= 1, "--repeats", opt.repeats, "must be >= 1");
     if (cuda_device_count() == 0) {
       std::cerr << "kernel_bench: no CUDA device visible\n";
