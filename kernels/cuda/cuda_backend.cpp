@@ -90,13 +90,7 @@ class CudaBackendImpl;
 class CudaMask final : public PreparedMask {
  public:
   CudaMask(Backend& be, BlockMask host, cuda::DeviceMaskArrays dev)
-      : be_(be),
-        host_(std::move(host)),
-        dev_(dev),
-        row_fill_(mask_row_fill(host_)),
-        complete_diag_(mask_complete_diag(host_)),
-        contiguous_rows_(mask_contiguous_rows(host_)),
-        mean_row_keys_(mask_mean_row_keys(host_)) {}
+      : be_(be), host_(std::move(host)), dev_(dev), meta_(host_mask_view(host_)) {}
   ~CudaMask() override {
     if (!dev_.storage) return;
     try {
@@ -106,19 +100,11 @@ class CudaMask final : public PreparedMask {
     }
   }
   BlockMaskView view() const override {
-    BlockMaskView v;
+    // The host view's sizes and planning metadata, with the device arrays.
+    BlockMaskView v = meta_;
     v.row_ptr = dev_.row_ptr;
     v.col_idx = dev_.col_idx;
     v.partial = dev_.partial;
-    v.block_q = host_.block_q;
-    v.block_k = host_.block_k;
-    v.num_q_blocks = host_.num_q_blocks;
-    v.num_k_blocks = host_.num_k_blocks;
-    v.nnz = host_.nnz();
-    v.row_fill = row_fill_;
-    v.complete_diag = complete_diag_;
-    v.contiguous_rows = contiguous_rows_;
-    v.mean_row_keys = mean_row_keys_;
     return v;
   }
   const BlockMask& host() const override { return host_; }
@@ -127,10 +113,7 @@ class CudaMask final : public PreparedMask {
   Backend& be_;
   BlockMask host_;
   cuda::DeviceMaskArrays dev_;
-  double row_fill_ = 1.0;
-  int64_t complete_diag_ = kMaskIncomplete;
-  bool contiguous_rows_ = false;
-  double mean_row_keys_ = 0.0;
+  BlockMaskView meta_;  // host_mask_view(host_), computed once
 };
 
 class CudaBackendImpl final : public CudaBackend {
