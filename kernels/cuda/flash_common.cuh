@@ -39,6 +39,9 @@ struct FwdArgs {
   int vec = 0;       // q, k, v allow 16-byte loads
   int o_type = kOutSame;
   int o_pair = 0;    // o allows 2-element (4-byte for 16-bit types) stores
+  // o is of the input dtype and allows 16-byte stores (the Hopper forward then stores whole
+  // 8-column groups: LONGATTN_SM90_O_VEC=0 turns that off).
+  int o_vec = 0;
   int complete = 0;  // the mask lists every key block the call can see (mask_complete_for)
   // The mask's rows are runs of consecutive key blocks and the Hopper forward walks each row's
   // key range by position (forward_wide_runs; head dim 128).

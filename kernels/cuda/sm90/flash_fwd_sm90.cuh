@@ -22,6 +22,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "kernels/cuda/cuda_check.hpp"
 #include "kernels/cuda/flash_common.cuh"
 #include "kernels/cuda/sm90/sm90_common.cuh"
@@ -30,6 +33,35 @@
 namespace longattn::cuda::sm90 {
 
 using flash::FwdArgs;
+
+// Measurement builds only (cmake -DLONGATTN_SM90_FWD_TRACE=ON): CTA 0 records clock64() at
+// points of its first 64 items, g_fwd_trace[item][row][event]. Row 0, the producer: 0 item
+// published, 1 Q load issued, 2 first K tile issued, 7 the item's key tiles. Row 1 + w, consumer
+// warpgroup w: 0 item read, 1 Q ready, 2 first K tile ready, 3 first turn, 4 S_0 done, 5 last
+// P V done, 6 o stored. Each launch clears it, synchronises and writes it to
+// $LONGATTN_SM90_FWD_TRACE_OUT_d<D>_bn<keys>_n<Nq>_c<causal>_r<runs>.txt (the last launch of each
+// shape stays); bench/fwd_trace_summary.py summarises such files.
+#ifndef LONGATTN_SM90_FWD_TRACE
+#define LONGATTN_SM90_FWD_TRACE 0
+#endif
+#if LONGATTN_SM90_FWD_TRACE
+static __device__ long long g_fwd_trace[64][4][8];
+#define FWD_TRACE(n, role, ev)                                                     \
+  do {                                                                             \
+    if (blockIdx.x == 0 && (n) < 64) g_fwd_trace[n][role][ev] = clock64();         \
+  } while (0)
+#define FWD_TRACE_VAL(n, role, ev, v)                                              \
+  do {                                                                             \
+    if (blockIdx.x == 0 && (n) < 64) g_fwd_trace[n][role][ev] = (v);               \
+  } while (0)
+#else
+#define FWD_TRACE(n, role, ev) \
+  do {                         \
+  } while (0)
+#define FWD_TRACE_VAL(n, role, ev, v) \
+  do {                                \
+  } while (0)
+#endif
 
 // The wgmma shapes the kernels use, by element type (wgmma_ops.cuh):
 //   qk: S = Q K^T, m64n128 (Q from shared memory, or Q in registers);
@@ -156,7 +188,28 @@ __device__ __forceinline__ void pack_p(uint32_t (&pa)[kNT / 2][4], const float (
   }
 }
 
+// The four lanes of a quad each hold one 32-bit word of four 8-column groups (v[q]: group q,
+// columns 2 t4, 2 t4 + 1); afterwards lane t4 holds all four words of group t4 (columns 0..7 in
+// order): a 4 x 4 transpose in two exchange stages (lane bit 1, then bit 0), two shuffles each.
+__device__ __forceinline__ void quad_transpose(uint32_t (&v)[4], int t4) {
+  const bool hi = (t4 & 2) != 0;
+  const uint32_t x0 = __shfl_xor_sync(0xffffffffu, hi ? v[0] : v[2], 2);
+  const uint32_t x1 = __shfl_xor_sync(0xffffffffu, hi ? v[1] : v[3], 2);
+  // w[i][j]: word of lane (t4 & 1) | 2 i, group 2 (t4 >> 1) + j.
+  const uint32_t w00 = hi ? x0 : v[0], w01 = hi ? x1 : v[1];
+  const uint32_t w10 = hi ? v[2] : x0, w11 = hi ? v[3] : x1;
+  const bool odd = (t4 & 1) != 0;
+  const uint32_t y0 = __shfl_xor_sync(0xffffffffu, odd ? w00 : w01, 1);
+  const uint32_t y1 = __shfl_xor_sync(0xffffffffu, odd ? w10 : w11, 1);
+  v[0] = odd ? y0 : w00;
+  v[1] = odd ? w01 : y0;
+  v[2] = odd ? y1 : w10;
+  v[3] = odd ? w11 : y1;
+}
+
 // o normalised by the row sums and the rows' lse (-inf for rows that saw nothing) of (b, h).
+// With a.o_vec each lane stores whole 8-column groups (16 bytes) after a quad transpose: a
+// quarter of the store instructions, each writing full 32-byte sectors.
 template <typename T, int D>
 __device__ __forceinline__ void store_o_lse(const FwdArgs& a, const float (&o)[D / 2],
                                             const float (&m)[2], const float (&l)[2], int b, int h,
@@ -167,13 +220,31 @@ __device__ __forceinline__ void store_o_lse(const FwdArgs& a, const float (&o)[D
     lt += __shfl_xor_sync(0xffffffffu, lt, 1);
     lt += __shfl_xor_sync(0xffffffffu, lt, 2);
     const int r = my_row + hh * 8;
-    if (r < a.Nq) {
-      const float inv = lt > 0.f ? 1.f / lt : 0.f;
-      const int64_t ob = b * a.o.sb + static_cast<int64_t>(r) * a.o.sn + h * a.o.sh;
+    const float inv = lt > 0.f ? 1.f / lt : 0.f;
+    const int64_t ob = b * a.o.sb + static_cast<int64_t>(r) * a.o.sn + h * a.o.sh;
+    if (a.o_vec) {
+      // (Every lane of the quad takes part in the shuffles, whatever its row.)
 #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt)
-        flash::store_out2<T>(a.o.data, ob + dt * 8 + 2 * t4, a.o_type, o[dt * 4 + 2 * hh] * inv,
-                             o[dt * 4 + 2 * hh + 1] * inv, a.o_pair);
+      for (int gq = 0; gq < D / 32; ++gq) {
+        uint32_t v[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int dt = 4 * gq + q;
+          v[q] = flash::Elem<T>::pack(o[dt * 4 + 2 * hh] * inv, o[dt * 4 + 2 * hh + 1] * inv);
+        }
+        quad_transpose(v, t4);
+        if (r < a.Nq)
+          *reinterpret_cast<uint4*>(static_cast<T*>(a.o.data) + ob + (4 * gq + t4) * 8) =
+              make_uint4(v[0], v[1], v[2], v[3]);
+      }
+    }
+    if (r < a.Nq) {
+      if (!a.o_vec) {
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt)
+          flash::store_out2<T>(a.o.data, ob + dt * 8 + 2 * t4, a.o_type,
+                               o[dt * 4 + 2 * hh] * inv, o[dt * 4 + 2 * hh + 1] * inv, a.o_pair);
+      }
       if (t4 == 0) {
         float* lse = static_cast<float*>(a.lse.data);
         lse[b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + h * a.lse.sh] =
@@ -349,10 +420,14 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         mbar_wait(&tile_empty[slot], ((n >> 1) & 1) ^ 1);
         tile_slot[slot] = t;
         mbar_arrive(&tile_full[slot]);
+        FWD_TRACE(n, 0, 0);
         if (t >= n_items_total) break;
         const int t_next = atomicAdd(sched.counter, 1) + static_cast<int>(gridDim.x);
         const Item w = decode(t);
         mbar_wait(q_empty, (n & 1) ^ 1);
+        FWD_TRACE(n, 0, 1);
+        FWD_TRACE_VAL(n, 0, 7, w.n_items);
+        int traced_k = 0;
         mbar_arrive_expect_tx(bar_q, Tr::kQBytes);
 #pragma unroll
         for (int c = 0; c < Tr::kChunks; ++c)
@@ -374,6 +449,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
                 (a.causal && static_cast<int64_t>(ks + kBN - 1 - (w.q0 + cw * 64)) > a.diag))
               mask_bits |= 1 << cw;
           mbar_wait(&empty_k[s], ph);
+          if (traced_k++ == 0) FWD_TRACE(n, 0, 2);
           sInfo[s] = make_int4(ks, mask_bits, it_next >= w.n_items, w.k_hi);
           mbar_arrive_expect_tx(&full_k[s], Tr::kTileBytes);
 #pragma unroll
@@ -449,6 +525,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     mbar_wait(&tile_full[slot], (n >> 1) & 1);
     const int t = lane_read(tile_slot[slot]);
     warp_arrive(&tile_empty[slot]);
+    if (tid == 0) FWD_TRACE(n, 1 + cw, 0);
     if (t >= n_items_total) break;
     const Item w = decode(t);
     const int row0 = w.q0 + cw * 64;            // first row of this warpgroup
@@ -494,6 +571,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     auto pack = [&] { pack_p<T, kNT>(pa, sc); };
 
     mbar_wait(bar_q, n & 1);
+    if (tid == 0) FWD_TRACE(n, 1 + cw, 1);
     if constexpr (Tr::kQRegs) {
       // ldmatrix.x4 per k16 step: lane L addresses row (L % 8) + 8 (L / 8 % 2) of the warp's 16
       // and the 16-byte chunk (L / 16) of the step, in TMA's 128-byte swizzle.
@@ -517,12 +595,15 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       // First tile: S_0, its softmax, P_0.
       int s = kv % kS;
       mbar_wait(&full_k[s], (kv / kS) & 1);
+      if (tid == 0) FWD_TRACE(n, 1 + cw, 2);
       int4 info = read_info(s);
       turn_begin();
+      if (tid == 0) FWD_TRACE(n, 1 + cw, 3);
       wgmma_fence();
       issue_qk(s);
       turn_end();
       wgmma_wait<0>();
+      if (tid == 0) FWD_TRACE(n, 1 + cw, 4);
       fence_regs(sc);
       fence_regs(qa);
       warp_arrive(&empty_k[s]);
@@ -575,9 +656,11 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       fence_regs(o);
       fence_regs(pa);
       warp_arrive(&empty_v[s_prev]);
+      if (tid == 0) FWD_TRACE(n, 1 + cw, 5);
     }
 
     store_o_lse<T, D>(a, o, m, l, w.b, w.h, my_row, t4);
+    if (tid == 0) FWD_TRACE(n, 1 + cw, 6);
   }
 }
 
@@ -603,8 +686,33 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
   const FwdMaps maps = make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
   int grid = 0;
   const FwdSchedule sched = make_fwd_schedule(n_qtiles, a.H * a.B, int64_t{4} * a.Nk * D, grid);
+#if LONGATTN_SM90_FWD_TRACE
+  void* trace = nullptr;
+  CUDA_CHECK(cudaGetSymbolAddress(&trace, g_fwd_trace));
+  CUDA_CHECK(cudaMemsetAsync(trace, 0, sizeof(g_fwd_trace), stream));
+#endif
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a, sched);
   CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
+#if LONGATTN_SM90_FWD_TRACE
+  if (const char* path = std::getenv("LONGATTN_SM90_FWD_TRACE_OUT")) {
+    static long long host[64][4][8];
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    CUDA_CHECK(cudaMemcpyFromSymbol(host, g_fwd_trace, sizeof(host)));
+    char name[512];
+    std::snprintf(name, sizeof(name), "%s_d%d_bn%d_n%d_c%d_r%d.txt", path, D, kBNt, a.Nq, a.causal,
+                  a.runs);
+    if (FILE* f = std::fopen(name, "w")) {
+      std::fprintf(f, "# D=%d kWG=%d kBN=%d Nq=%d Nk=%d grid=%d\n", D, kWG, kBNt, a.Nq, a.Nk, grid);
+      for (int n = 0; n < 64; ++n)
+        for (int r = 0; r < 4; ++r) {
+          std::fprintf(f, "%d %d", n, r);
+          for (int e = 0; e < 8; ++e) std::fprintf(f, " %lld", host[n][r][e]);
+          std::fprintf(f, "\n");
+        }
+      std::fclose(f);
+    }
+  }
+#endif
 }
 
 }  // namespace longattn::cuda::sm90

@@ -189,6 +189,8 @@ void set_grid_limit(int ctas, int group) {
   g_group.store(group > 0 ? group : 0);
 }
 
+bool o_vec_enabled() { return switch_on("LONGATTN_SM90_O_VEC"); }
+
 int bwd_rotate(const BwdArgs& a, int head_dim, double row_fill) {
   if (const char* e = std::getenv("LONGATTN_SM90_BWD_ROTATE")) {
     if (std::string(e) == "0") return 0;

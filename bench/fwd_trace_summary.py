@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Summarise Hopper forward timelines (cmake -DLONGATTN_SM90_FWD_TRACE=ON builds; see
+kernels/cuda/sm90/flash_fwd_sm90.cuh): per file, the mean over CTA 0's items of the steady
+cycles per key tile, the o store, the Q latency, the first S tile and the gap from one item's
+last P V to the next item's first S, in cycles and in key tiles.
+
+usage: fwd_trace_summary.py TRACE_FILE...
+"""
+import sys
+
+
+def load(path):
+    rows = {}
+    with open(path) as f:
+        header = f.readline().strip()
+        for line in f:
+            v = [int(x) for x in line.split()]
+            if len(v) == 10:
+                rows[(v[0], v[1])] = v[2:]
+    return header, rows
+
+
+def summarise(path):
+    header, rows = load(path)
+    keys = ("steady", "store", "q_latency", "s0", "gap")
+    acc = {k: [] for k in keys}
+    tiles = []
+    for n in range(63):
+        p, c, pn, cn = (rows.get((n, 0)), rows.get((n, 1)), rows.get((n + 1, 0)),
+                        rows.get((n + 1, 1)))
+        if not (p and c and pn and cn) or min(c[4:7]) == 0 or min(cn[:7]) == 0 or p[7] < 2:
+            continue
+        if not c[0] <= c[6] <= cn[0] <= cn[6]:  # rows of another launch (files before clearing)
+            continue
+        acc["steady"].append((c[5] - c[4]) / (p[7] - 1))
+        acc["store"].append(c[6] - c[5])
+        acc["q_latency"].append(cn[1] - pn[1])
+        acc["s0"].append(cn[4] - cn[3])
+        acc["gap"].append(cn[4] - c[5])
+        tiles.append(p[7])
+    print(f"{path}: {header}")
+    if not tiles:
+        print("  no complete item pairs")
+        return
+    mean = {k: sum(v) / len(v) for k, v in acc.items()}
+    tile = mean["steady"]
+    print(f"  {len(tiles)} items, {sum(tiles) / len(tiles):.1f} key tiles each, "
+          f"{tile:.0f} cycles per steady tile")
+    for k in keys[1:]:
+        print(f"  {k:10s} {mean[k]:8.0f} cycles = {mean[k] / tile:5.2f} tiles")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    for path in sys.argv[1:]:
+        summarise(path)
