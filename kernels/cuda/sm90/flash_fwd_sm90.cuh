@@ -46,22 +46,16 @@ using flash::FwdArgs;
 #endif
 #if LONGATTN_SM90_FWD_TRACE
 static __device__ long long g_fwd_trace[64][4][8];
-#define FWD_TRACE(n, role, ev)                                                     \
-  do {                                                                             \
-    if (blockIdx.x == 0 && (n) < 64) g_fwd_trace[n][role][ev] = clock64();         \
-  } while (0)
 #define FWD_TRACE_VAL(n, role, ev, v)                                              \
   do {                                                                             \
     if (blockIdx.x == 0 && (n) < 64) g_fwd_trace[n][role][ev] = (v);               \
   } while (0)
 #else
-#define FWD_TRACE(n, role, ev) \
-  do {                         \
-  } while (0)
 #define FWD_TRACE_VAL(n, role, ev, v) \
   do {                                \
   } while (0)
 #endif
+#define FWD_TRACE(n, role, ev) FWD_TRACE_VAL(n, role, ev, clock64())
 
 // The wgmma shapes the kernels use, by element type (wgmma_ops.cuh):
 //   qk: S = Q K^T, m64n128 (Q from shared memory, or Q in registers);
