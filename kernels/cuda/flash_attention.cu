@@ -350,6 +350,9 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
   const bool atomic_dq = atomic_dq_of(p);
   a.dq_pair = allows_pair(p.dq);  // float2 atomics, or pairs in the dQ pass's read-modify-write
   a.dkv_pair = allows_pair(p.dk) && allows_pair(p.dv);
+#if LONGATTN_HAVE_SM90
+  a.dkv_vec = allows_vec(p.dk) && allows_vec(p.dv) && sm90::dkv_vec_enabled() ? 1 : 0;
+#endif
   try {
 #if LONGATTN_HAVE_SM90
     if (bwd_takes_sm90(a, p)) {

@@ -62,6 +62,9 @@ struct BwdArgs {
   int dq_type = kOutSame, dk_type = kOutSame, dv_type = kOutSame;
   int dq_pair = 0;  // dq allows two adjacent elements as one access (float2 atomics when fp32)
   int dkv_pair = 0;  // dk and dv allow two adjacent elements as one access
+  // dk and dv allow 16-byte accesses (the Hopper backward then adds whole 8-column groups:
+  // LONGATTN_SM90_DKV_VEC=0 turns that off).
+  int dkv_vec = 0;
   // Hopper backward: the query range cut into q_splits parts, one CTA per (key block, part);
   // the parts of a key block add into dk and dv in order, part s after split_flags[...] says
   // parts 0..s-1 have (one int per batch, head and key block, zeroed before the launch).

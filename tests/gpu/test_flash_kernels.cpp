@@ -396,8 +396,13 @@ TEST(FlashOVec, SameBitsAsPairStores) {
 
 // The reference O and LSE (rounded to what the GPU would hold) feed both backwards.
 // Backward on the GPU into fp32 accumulators holding earlier values vs the CPU reference (and
-// the same-precision naive for fp16/bf16).
-void check_backward(const Case& c, uint64_t seed) {
+// the same-precision naive for fp16/bf16); with dkv_input_dtype dk and dv are of the input dtype
+// and start at zero. kept: what the kernels left in dk and dv (all of both buffers, as fp64).
+struct KeptGrads {
+  Tensor dk, dv;
+};
+void check_backward(const Case& c, uint64_t seed, KeptGrads* kept = nullptr,
+                    bool dkv_input_dtype = false) {
   FwdRun run;
   run_forward(c, run, seed);
   Mirrored o = make_mirrored(c.layout, c.dt, c.B, c.Nq, c.H, c.D, 0, 1.0);
@@ -410,8 +415,15 @@ void check_backward(const Case& c, uint64_t seed) {
   // fp32 accumulators holding earlier values: the kernels must add, not overwrite.
   Mirrored dq = make_mirrored(c.dq_misaligned ? Layout::Misaligned : c.layout, DType::F32, c.B,
                               c.Nq, c.H, c.D, seed + 6, 1.0);
-  Mirrored dk = make_mirrored(c.layout, DType::F32, c.B, c.Nk, c.H, c.D, seed + 7, 1.0);
-  Mirrored dv = make_mirrored(c.layout, DType::F32, c.B, c.Nk, c.H, c.D, seed + 8, 1.0);
+  const DType dkv_dt = dkv_input_dtype ? c.dt : DType::F32;
+  Mirrored dk = make_mirrored(c.layout, dkv_dt, c.B, c.Nk, c.H, c.D, seed + 7, 1.0);
+  Mirrored dv = make_mirrored(c.layout, dkv_dt, c.B, c.Nk, c.H, c.D, seed + 8, 1.0);
+  if (dkv_input_dtype) {
+    for (Mirrored* m : {&dk, &dv}) {
+      std::memset(m->host.data(), 0, m->host.bytes());
+      m->upload();
+    }
+  }
   const Tensor dq0 = to_f64(dq.hview), dk0 = to_f64(dk.hview), dv0 = to_f64(dv.hview);
 
   AttnBwdParams p;
@@ -435,6 +447,10 @@ void check_backward(const Case& c, uint64_t seed) {
   dq.download();
   dk.download();
   dv.download();
+  if (kept != nullptr) {
+    kept->dk = to_f64(dk.host.view());
+    kept->dv = to_f64(dv.host.view());
+  }
 
   const Tensor o64 = to_f64(o.hview), lse64 = to_f64(lse.hview), do64 = to_f64(dout.hview);
   Tensor rdq(DType::F64, c.B, c.Nq, c.H, c.D), rdk(DType::F64, c.B, c.Nk, c.H, c.D),
@@ -572,6 +588,51 @@ TEST(FlashWide, CompleteMasksMatchReference) {
     }
   }
   unsetenv("LONGATTN_SM90_FWD_WIDE");
+}
+
+// The Hopper backward's two ways of adding into dk and dv (whole 8-column groups after a quad
+// transpose, where both allow 16-byte accesses; pairs otherwise) leave the same bits, both within
+// the reference bound (check_backward), into fp32 accumulators and into dk, dv of the input
+// dtype, with key rows past Nk, strided views and query parts.
+struct DkvVec {
+  explicit DkvVec(const char* v) { setenv("LONGATTN_SM90_DKV_VEC", v, 1); }
+  ~DkvVec() { unsetenv("LONGATTN_SM90_DKV_VEC"); }
+};
+TEST(FlashDkvVec, SameBitsAsPairs) {
+  SKIP_WITHOUT_GPU();
+  struct Run {
+    bool input_dtype;  // dk, dv of the input dtype (else fp32 accumulators)
+    int parts;         // LONGATTN_SM90_QSPLIT (0: the dispatch's choice)
+    Case c;
+  };
+  const Run runs[] = {
+      {false, 0, {DType::BF16, 128, 2, 1100, 1250, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                  Layout::Contiguous, 1.0, false, "bf16_d128_dense_ragged_f32acc"}},
+      {false, 0, {DType::F16, 64, 1, 700, 900, 3, 128, 128, true, 0, 0, MaskKind::Dense,
+                  Layout::Dilated, 1.0, false, "f16_d64_causal_dilated_f32acc"}},
+      {true, 0, {DType::BF16, 128, 1, 900, 1000, 2, 256, 128, true, 0, 0, MaskKind::Sparse,
+                 Layout::Contiguous, 1.0, false, "bf16_d128_causal_sparse_bf16"}},
+      {true, 0, {DType::F16, 64, 2, 600, 650, 2, 128, 128, false, 0, 0, MaskKind::Sparse,
+                 Layout::Dilated, 1.0, false, "f16_d64_sparse_dilated_f16"}},
+      {false, 3, {DType::F16, 128, 1, 1000, 1000, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                  Layout::Contiguous, 1.0, false, "f16_d128_parts3_f32acc"}}};
+  for (const Run& r : runs) {
+    SCOPED_TRACE(r.c.name);
+    if (r.parts > 0) setenv("LONGATTN_SM90_QSPLIT", std::to_string(r.parts).c_str(), 1);
+    const uint64_t seed = std::random_device{}();
+    KeptGrads pairs, groups;
+    {
+      const DkvVec off("0");
+      check_backward(r.c, seed, &pairs, r.input_dtype);
+    }
+    {
+      const DkvVec on("1");
+      check_backward(r.c, seed, &groups, r.input_dtype);
+    }
+    unsetenv("LONGATTN_SM90_QSPLIT");
+    EXPECT_EQ(compare(groups.dk.view(), pairs.dk.view()).max_abs, 0.0) << "dk";
+    EXPECT_EQ(compare(groups.dv.view(), pairs.dv.view()).max_abs, 0.0) << "dv";
+  }
 }
 
 // The persistent Hopper forward with a grid of 3 CTAs: every CTA walks many (tile, head, batch)

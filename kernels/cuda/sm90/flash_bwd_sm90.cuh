@@ -78,6 +78,85 @@ struct BwdSm90Traits {
                                     2 * kDqBufs * kDQBytes + kStages * kStatBytes + kBarBytes;
 };
 
+// out[row r_hh, column c] += mul * acc for the two rows of a wgmma accumulator fragment (row:
+// offsets of their column 0, ok: below Nk; column dt * 8 + 2 t4 + e in acc[dt * 4 + 2 hh + e])
+// in whole 8-column groups: the even and the odd columns are transposed across the quad
+// (quad_transpose), so lane t4 holds columns 0..7 of group 4 gq + t4, and 16-bit outputs take one
+// 16-byte load and store per group and row, fp32 outputs two. The old values are loaded before
+// any sum is stored (both rows for 16-bit outputs, row by row for fp32). Needs 16-byte aligned
+// base and strides (BwdArgs::dkv_vec); every lane of the quad takes part, whatever its rows.
+template <typename T, int D>
+__device__ __forceinline__ void add_rows_out_vec(void* data, int type, const int64_t (&row)[2],
+                                                 const bool (&ok)[2], float mul,
+                                                 const float (&acc)[D / 2], int t4) {
+  constexpr int NG = D / 32;  // sets of four 8-column groups
+  float x[2][NG][8];          // x[hh][gq][c]: column (4 gq + t4) * 8 + c
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+    for (int gq = 0; gq < NG; ++gq) {
+      uint32_t ev[4], od[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        ev[q] = __float_as_uint(acc[(4 * gq + q) * 4 + 2 * hh]);
+        od[q] = __float_as_uint(acc[(4 * gq + q) * 4 + 2 * hh + 1]);
+      }
+      quad_transpose(ev, t4);
+      quad_transpose(od, t4);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        x[hh][gq][2 * j] = __uint_as_float(ev[j]);
+        x[hh][gq][2 * j + 1] = __uint_as_float(od[j]);
+      }
+    }
+  if (type == flash::kOutF32) {
+    float* p = static_cast<float*>(data);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      if (!ok[hh]) continue;
+      float4 old[NG][2];
+#pragma unroll
+      for (int gq = 0; gq < NG; ++gq)
+#pragma unroll
+        for (int u = 0; u < 2; ++u)
+          old[gq][u] = *reinterpret_cast<const float4*>(p + row[hh] + (4 * gq + t4) * 8 + 4 * u);
+#pragma unroll
+      for (int gq = 0; gq < NG; ++gq)
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const float* xs = &x[hh][gq][4 * u];
+          *reinterpret_cast<float4*>(p + row[hh] + (4 * gq + t4) * 8 + 4 * u) =
+              make_float4(old[gq][u].x + mul * xs[0], old[gq][u].y + mul * xs[1],
+                          old[gq][u].z + mul * xs[2], old[gq][u].w + mul * xs[3]);
+        }
+    }
+  } else {
+    T* p = static_cast<T*>(data);
+    uint4 old[2][NG];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+      for (int gq = 0; gq < NG; ++gq)
+        old[hh][gq] = ok[hh] ? *reinterpret_cast<const uint4*>(p + row[hh] + (4 * gq + t4) * 8)
+                             : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      if (!ok[hh]) continue;
+#pragma unroll
+      for (int gq = 0; gq < NG; ++gq) {
+        const T* o = reinterpret_cast<const T*>(&old[hh][gq]);
+        const float* xs = x[hh][gq];
+        using E = flash::Elem<T>;
+        *reinterpret_cast<uint4*>(p + row[hh] + (4 * gq + t4) * 8) =
+            make_uint4(E::pack(E::to_float(o[0]) + mul * xs[0], E::to_float(o[1]) + mul * xs[1]),
+                       E::pack(E::to_float(o[2]) + mul * xs[2], E::to_float(o[3]) + mul * xs[3]),
+                       E::pack(E::to_float(o[4]) + mul * xs[4], E::to_float(o[5]) + mul * xs[5]),
+                       E::pack(E::to_float(o[6]) + mul * xs[6], E::to_float(o[7]) + mul * xs[7]));
+      }
+    }
+  }
+}
+
 // kKRegs (head dim 64): the warpgroup's K rows kept in registers as the A operand of S^T, so
 // that product reads only Q from shared memory (A/B runs 14-15: causal +0-4%, non-causal -8-12%,
 // so the dispatch takes it for causal calls only).
@@ -594,6 +673,11 @@ __global__ void __launch_bounds__(384, 1)
   auto add_out = [&](const flash::DevView& out, int type, const float (&acc)[D / 2], float mul) {
     int64_t off[2];
     bool ok[2];
+    if (a.dkv_vec) {
+      flash::fragment_rows(out, b, h, my_key, a.Nk, 0, off, ok);
+      add_rows_out_vec<T, D>(out.data, type, off, ok, mul, acc, t4);
+      return;
+    }
     flash::fragment_rows(out, b, h, my_key, a.Nk, t4, off, ok);
     flash::add_rows_out<T, kDT>(out.data, type, a.dkv_pair != 0, off, ok, mul,
                                 [&](int hh, int dt, int e) { return acc[dt * 4 + 2 * hh + e]; });

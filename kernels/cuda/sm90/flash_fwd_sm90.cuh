@@ -182,25 +182,6 @@ __device__ __forceinline__ void pack_p(uint32_t (&pa)[kNT / 2][4], const float (
   }
 }
 
-// The four lanes of a quad each hold one 32-bit word of four 8-column groups (v[q]: group q,
-// columns 2 t4, 2 t4 + 1); afterwards lane t4 holds all four words of group t4 (columns 0..7 in
-// order): a 4 x 4 transpose in two exchange stages (lane bit 1, then bit 0), two shuffles each.
-__device__ __forceinline__ void quad_transpose(uint32_t (&v)[4], int t4) {
-  const bool hi = (t4 & 2) != 0;
-  const uint32_t x0 = __shfl_xor_sync(0xffffffffu, hi ? v[0] : v[2], 2);
-  const uint32_t x1 = __shfl_xor_sync(0xffffffffu, hi ? v[1] : v[3], 2);
-  // w[i][j]: word of lane (t4 & 1) | 2 i, group 2 (t4 >> 1) + j.
-  const uint32_t w00 = hi ? x0 : v[0], w01 = hi ? x1 : v[1];
-  const uint32_t w10 = hi ? v[2] : x0, w11 = hi ? v[3] : x1;
-  const bool odd = (t4 & 1) != 0;
-  const uint32_t y0 = __shfl_xor_sync(0xffffffffu, odd ? w00 : w01, 1);
-  const uint32_t y1 = __shfl_xor_sync(0xffffffffu, odd ? w10 : w11, 1);
-  v[0] = odd ? y0 : w00;
-  v[1] = odd ? w01 : y0;
-  v[2] = odd ? y1 : w10;
-  v[3] = odd ? w11 : y1;
-}
-
 // o normalised by the row sums and the rows' lse (-inf for rows that saw nothing) of (b, h).
 // With a.o_vec each lane stores whole 8-column groups (16 bytes) after a quad transpose: a
 // quarter of the store instructions, each writing full 32-byte sectors.

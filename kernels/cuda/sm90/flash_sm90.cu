@@ -190,6 +190,7 @@ void set_grid_limit(int ctas, int group) {
 }
 
 bool o_vec_enabled() { return switch_on("LONGATTN_SM90_O_VEC"); }
+bool dkv_vec_enabled() { return switch_on("LONGATTN_SM90_DKV_VEC"); }
 
 int bwd_rotate(const BwdArgs& a, int head_dim, double row_fill) {
   if (const char* e = std::getenv("LONGATTN_SM90_BWD_ROTATE")) {

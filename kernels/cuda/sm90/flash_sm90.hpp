@@ -41,6 +41,9 @@ int bwd_rotate(const flash::BwdArgs& a, int head_dim, double row_fill);
 // Whether the forward may store o in 16-byte groups (FwdArgs::o_vec where o allows it):
 // LONGATTN_SM90_O_VEC=0 turns it off (read on each call).
 bool o_vec_enabled();
+// Whether the backward may add into dk and dv in 16-byte groups (BwdArgs::dkv_vec where both
+// allow it): LONGATTN_SM90_DKV_VEC=0 turns it off (read on each call).
+bool dkv_vec_enabled();
 // How many parts the backward cuts the query range into (a.q_splits): backward_query_parts
 // (kernels/contract.hpp) with this device's L2 at head dim 128, 1 at head dim 64.
 // LONGATTN_SM90_QSPLIT=n fixes it at head dim 128 (read on each call).
