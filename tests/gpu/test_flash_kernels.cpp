@@ -664,6 +664,39 @@ TEST(FlashPersistent, ManyItemsPerCta) {
     }
 }
 
+// The persistent Hopper backward with a grid of 3 CTAs: every CTA takes many (key block, part,
+// head, batch) works, so the work handoff, the K/V reload while the last work's dK and dV go
+// out, the stage ring, dS and dQ buffers carried across works, works without tiles and query
+// parts waiting on parts another CTA holds are exercised; elsewhere the portable kernels run the
+// same checks.
+TEST(FlashPersistent, BackwardManyWorksPerCta) {
+  SKIP_WITHOUT_GPU();
+  const GridLimit limit(3, 0);
+  struct Run {
+    int parts;  // LONGATTN_SM90_QSPLIT (0: the dispatch's choice)
+    Case c;
+  };
+  std::vector<Run> runs;
+  for (DType dt : {DType::BF16, DType::F16})
+    for (int64_t D : {64, 128}) {
+      const std::string tag = std::string(dtype_name(dt)) + "_d" + std::to_string(D);
+      runs.push_back({0, {dt, D, 3, 700, 650, 3, 128, 128, true, 0, 0, MaskKind::Dense,
+                          Layout::Contiguous, 1.0, false, tag + "_bwd_persistent_dense_causal"}});
+      runs.push_back({0, {dt, D, 2, 900, 900, 3, 256, 128, true, 0, 0, MaskKind::Sparse,
+                          Layout::Dilated, 3.0, false, tag + "_bwd_persistent_sparse"}});
+    }
+  runs.push_back({3, {DType::BF16, 128, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                      Layout::Contiguous, 1.0, false, "bf16_d128_bwd_persistent_parts3"}});
+  runs.push_back({2, {DType::F16, 128, 1, 900, 900, 3, 128, 128, true, 0, 0, MaskKind::Sparse,
+                      Layout::Contiguous, 1.0, false, "f16_d128_bwd_persistent_parts2_sparse"}});
+  for (const Run& r : runs) {
+    SCOPED_TRACE(r.c.name);
+    if (r.parts > 0) setenv("LONGATTN_SM90_QSPLIT", std::to_string(r.parts).c_str(), 1);
+    check_backward(r.c, std::random_device{}());
+    unsetenv("LONGATTN_SM90_QSPLIT");
+  }
+}
+
 // The Hopper backward at head dim 128 with the query range cut into parts (one CTA per key
 // block and part, the parts adding into dk and dv in order): 2 and 3 parts, and 7, more parts
 // than the mask has query blocks (empty parts). Elsewhere the portable kernels run the same

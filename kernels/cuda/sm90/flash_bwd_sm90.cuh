@@ -73,9 +73,12 @@ struct BwdSm90Traits {
   // dQ tiles per warpgroup: two at head dim 64, so a tile's write-out does not wait for the
   // previous tile's reduce to have read its buffer (at 128 a second one does not fit).
   static constexpr int kDqBufs = D <= 64 ? 2 : 1;
-  static constexpr int kBarBytes = 8 * (1 + 3 * kStages);
+  // bar_kv, kv_empty, work_full[2], work_empty[2], and full_q, full_st, empty per stage.
+  static constexpr int kBarBytes = 8 * (6 + 3 * kStages);
+  static constexpr int kWorkBytes = 2 * 8 * 8;  // two slots of the published work (int64 x 8)
   static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDSBytes +
-                                    2 * kDqBufs * kDQBytes + kStages * kStatBytes + kBarBytes;
+                                    2 * kDqBufs * kDQBytes + kStages * kStatBytes + kBarBytes +
+                                    kWorkBytes;
 };
 
 // out[row r_hh, column c] += mul * acc for the two rows of a wgmma accumulator fragment (row:
@@ -167,7 +170,7 @@ __global__ void __launch_bounds__(384, 1)
                           const __grid_constant__ CUtensorMap tv,
                           const __grid_constant__ CUtensorMap tdo,
                           const __grid_constant__ CUtensorMap tdq, const BwdArgs a,
-                          const int dq_tma) {
+                          const int dq_tma, int* const counter) {
   using Tr = BwdSm90Traits<D>;
   constexpr int kBN = Tr::kBN, kBM = Tr::kBM, kS = Tr::kStages;
   extern __shared__ unsigned char smem_raw[];
@@ -182,28 +185,49 @@ __global__ void __launch_bounds__(384, 1)
                                                 // kDqCols / 32 boxes of [64 rows][32 fp32]
   float* sStat = reinterpret_cast<float*>(sdQ + 2 * Tr::kDqBufs * Tr::kDQBytes);  // kS stats
   uint64_t* bars = reinterpret_cast<uint64_t*>(sStat + kS * Tr::kStatFloats);
-  uint64_t* bar_kv = bars;
-  uint64_t* full_q = bars + 1;   // Q and dO of a stage (TMA)
+  uint64_t* bar_kv = bars;         // K and V of the current work landed (TMA)
+  uint64_t* kv_empty = bars + 1;   // the consumers' products no longer read K, V (8 warps)
+  uint64_t* work_full = bars + 2;  // [2] the producer published a work
+  uint64_t* work_empty = bars + 4;  // [2] the stats warp and the consumers are done with it
+  uint64_t* full_q = bars + 6;   // Q and dO of a stage (TMA)
   uint64_t* full_st = full_q + kS;  // lse2, delta and TileInfo of a stage (32 arrivals)
   uint64_t* empty = full_st + kS;
+  // Two slots of [first entry, end entry, work index, first key, head, batch, -, -]: the work
+  // the producer took.
+  int64_t* sWork = reinterpret_cast<int64_t*>(empty + kS);
 
-  const int b = blockIdx.z, h = blockIdx.y;
-  // blockIdx.x = part * (key blocks) + key block: the CTAs of one part of the query range run
-  // together, so Q, dO and dq of that part are what L2 has to hold.
+  // Works (key block, part, head, batch) in the order the hardware would launch them, part *
+  // (key blocks) + key block fastest: the CTAs of one part of the query range run together, so
+  // Q, dO and dq of that part are what L2 has to hold. CTA c takes work c first, then the next
+  // untaken one from the counter (the persistent grid has one CTA per SM; the K and V of its
+  // next work load while its consumers add the last one's dK and dV).
   // The query range in parts (a.q_splits) at head dim 128 only: the extra code costs the
   // head-dim-64 kernel, whose registers are tighter (measured), so it always takes one part.
   constexpr bool kParts = D >= 128;
-  const int nkb = (a.Nk + kBN - 1) / kBN;  // key blocks (CTAs per part)
-  const int k0 = (kParts ? static_cast<int>(blockIdx.x) % nkb : blockIdx.x) * kBN;
-  const int mrow = k0 / a.mask_t.block_q;
-  int64_t e0 = a.mask_t.row_ptr[mrow], e1 = a.mask_t.row_ptr[mrow + 1];
+  const int nkb = (a.Nk + kBN - 1) / kBN;  // key blocks (works per part)
+  const int nx = nkb * (kParts ? a.q_splits : 1);
+  const int n_works = nx * a.H * a.B;
   const int nsub = a.mask_t.block_k / kBM;
-  __shared__ int64_t part_range[2];  // this part's entries of the mask row
+  // This work's key block, head, batch and mask row entries [e0, e1), set per work.
+  int k0 = 0, h = 0, b = 0, n_items = 0, rot = 0;
+  int64_t e0 = 0;
+  auto decode = [&](const int64_t* slot) {
+    k0 = static_cast<int>(slot[3]);
+    h = static_cast<int>(slot[4]);
+    b = static_cast<int>(slot[5]);
+    e0 = slot[0];
+    n_items = static_cast<int>((slot[1] - e0) * nsub);
+  };
 
   const int wg = warpgroup_index();
   constexpr int kEmptyArrivals = LONGATTN_SM90_ARRIVE_PER_THREAD ? 256 : 8;
   if (threadIdx.x == 0) {
     mbar_init(bar_kv, 1);
+    mbar_init(kv_empty, 8);
+    for (int j = 0; j < 2; ++j) {
+      mbar_init(&work_full[j], 1);
+      mbar_init(&work_empty[j], 9);
+    }
     for (int s = 0; s < kS; ++s) {
       mbar_init(&full_q[s], 1);
       mbar_init(&full_st[s], 32);
@@ -211,31 +235,16 @@ __global__ void __launch_bounds__(384, 1)
     }
     mbar_init_fence();
   }
-  if (kParts && a.q_splits > 1 && threadIdx.x < 32) {
-    const int part = static_cast<int>(blockIdx.x) / ((a.Nk + kBN - 1) / kBN);
-    const int nqb = (a.Nq + a.mask_t.block_k - 1) / a.mask_t.block_k;
-    const int64_t lo = warp_lower_bound(a.mask_t.col_idx, e0, e1,
-                                        static_cast<int>(int64_t{part} * nqb / a.q_splits));
-    const int64_t hi = warp_lower_bound(a.mask_t.col_idx, lo, e1,
-                                        static_cast<int>(int64_t{part + 1} * nqb / a.q_splits));
-    if (threadIdx.x == 0) {
-      part_range[0] = lo;
-      part_range[1] = hi;
-    }
-  }
   __syncthreads();
-  if (kParts && a.q_splits > 1) {
-    e0 = part_range[0];
-    e1 = part_range[1];
-  }
-  const int n_items = static_cast<int>((e1 - e0) * nsub);
   // Walk step `it` takes item it + rot (mod n_items): with a.rotate the CTAs of neighbouring key
   // blocks start at different query tiles, so those running together reduce into different dQ
   // tiles (all starting at the first one, they add into the same lines at the same time).
   // Head dim 64 only: at 128 it measured 0 to -8% (A/B run 18), and the code is left out there.
   constexpr bool kRotates = D <= 64;
-  const int rot =
-      kRotates && a.rotate ? static_cast<int>(backward_walk_start(k0 / kBN, nkb, n_items)) : 0;
+  auto set_rot = [&] {
+    rot = kRotates && a.rotate ? static_cast<int>(backward_walk_start(k0 / kBN, nkb, n_items))
+                               : 0;
+  };
   auto item = [&](int it) {
     const int p = it + rot;
     return p >= n_items ? p - n_items : p;
@@ -257,59 +266,130 @@ __global__ void __launch_bounds__(384, 1)
     // ---------------- producer ----------------
     regs_dealloc<kProducerRegs>();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (warp == 0 && lane == 0) {
-      mbar_arrive_expect_tx(bar_kv, 2 * Tr::kKVBytes);
-#pragma unroll
-      for (int c = 0; c < Tr::kChunks; ++c) {
-        tma_load_4d(sK + c * kBN * 128, &tk, bar_kv, c * 64, k0, h, b);
-        tma_load_4d(sV + c * kBN * 128, &tv, bar_kv, c * 64, k0, h, b);
-      }
-      int qs = 0;
-      int it = next_visible(0, qs);
-      for (int i = 0; it < n_items; ++i) {
-        const int s = i % kS;
-        mbar_wait(&empty[s], ((i / kS) & 1) ^ 1);
-        mbar_arrive_expect_tx(&full_q[s], 2 * Tr::kQBytes);
-#pragma unroll
-        for (int c = 0; c < Tr::kChunks; ++c) {
-          tma_load_4d(sQ + s * Tr::kQBytes + c * kBM * 128, &tq, &full_q[s], c * 64, qs, h, b);
-          tma_load_4d(sdO + s * Tr::kQBytes + c * kBM * 128, &tdo, &full_q[s], c * 64, qs, h, b);
+    if (warp == 0) {
+      // Takes the works, publishes each with its mask entries (this part's, found by the whole
+      // warp), and loads K, V (once the consumers' products of the last work are done with them)
+      // and Q, dO of every tile. The tile count runs over all works of the CTA.
+      int w = blockIdx.x;
+      int i = 0;
+      for (int n = 0;; ++n) {
+        const int slot = n & 1;
+        int64_t w0 = 0, w1 = 0;
+        if (w < n_works) {
+          const int x = w % nx;
+          const int mrow = (kParts ? x % nkb : x) * kBN / a.mask_t.block_q;  // (lane 0 only)
+          w0 = a.mask_t.row_ptr[mrow];
+          w1 = a.mask_t.row_ptr[mrow + 1];
+          k0 = (kParts ? x % nkb : x) * kBN;
+          h = (w / nx) % a.H;
+          b = (w / nx) / a.H;
+          if (kParts && a.q_splits > 1) {
+            const int part = x / nkb;
+            const int nqb = (a.Nq + a.mask_t.block_k - 1) / a.mask_t.block_k;
+            w0 = warp_lower_bound(a.mask_t.col_idx, w0, w1,
+                                  static_cast<int>(int64_t{part} * nqb / a.q_splits));
+            w1 = warp_lower_bound(a.mask_t.col_idx, w0, w1,
+                                  static_cast<int>(int64_t{part + 1} * nqb / a.q_splits));
+          }
         }
-        it = next_visible(it + 1, qs);
+        int w_next = 0;
+        if (lane == 0) {
+          int64_t* sw = sWork + 8 * slot;
+          mbar_wait(&work_empty[slot], ((n >> 1) & 1) ^ 1);
+          sw[0] = w0;
+          sw[1] = w1;
+          sw[2] = w;
+          sw[3] = k0;
+          sw[4] = h;
+          sw[5] = b;
+          mbar_arrive(&work_full[slot]);
+          if (w < n_works) {
+            w_next = atomicAdd(counter, 1) + static_cast<int>(gridDim.x);
+            decode(sw);
+            set_rot();
+            // (Also for works without tiles: the consumers then take K/V and give them back.)
+            mbar_wait(kv_empty, (n & 1) ^ 1);
+            mbar_arrive_expect_tx(bar_kv, 2 * Tr::kKVBytes);
+#pragma unroll
+            for (int c = 0; c < Tr::kChunks; ++c) {
+              tma_load_4d(sK + c * kBN * 128, &tk, bar_kv, c * 64, k0, h, b);
+              tma_load_4d(sV + c * kBN * 128, &tv, bar_kv, c * 64, k0, h, b);
+            }
+            int qs = 0;
+            int it = next_visible(0, qs);
+            for (; it < n_items; ++i) {
+              const int s = i % kS;
+              mbar_wait(&empty[s], ((i / kS) & 1) ^ 1);
+              mbar_arrive_expect_tx(&full_q[s], 2 * Tr::kQBytes);
+#pragma unroll
+              for (int c = 0; c < Tr::kChunks; ++c) {
+                tma_load_4d(sQ + s * Tr::kQBytes + c * kBM * 128, &tq, &full_q[s], c * 64, qs,
+                            h, b);
+                tma_load_4d(sdO + s * Tr::kQBytes + c * kBM * 128, &tdo, &full_q[s], c * 64,
+                            qs, h, b);
+              }
+              it = next_visible(it + 1, qs);
+            }
+          }
+        }
+        if (w >= n_works) break;
+        w = __shfl_sync(0xffffffffu, w_next, 0);
+      }
+      // The last CTA to leave resets the counter for the next launch that uses it.
+      if (lane == 0) {
+        __threadfence();
+        if (atomicAdd(counter + 1, 1) == static_cast<int>(gridDim.x) - 1) {
+          counter[0] = 0;
+          counter[1] = 0;
+          __threadfence();
+        }
       }
     } else if (warp == 1) {
-      const float* lse = static_cast<const float*>(a.lse.data) + b * a.lse.sb + h * a.lse.sh;
-      const float* dl = static_cast<const float*>(a.delta.data) + b * a.delta.sb + h * a.delta.sh;
-      int qs = 0;
-      int it = next_visible(0, qs);
-      for (int i = 0; it < n_items; ++i) {
-        const int s = i % kS;
-        mbar_wait(&empty[s], ((i / kS) & 1) ^ 1);
-        float* st = sStat + s * Tr::kStatFloats;
-        // The tile's TileInfo, so the consumers read no mask entries.
-        int qs_next = 0;
-        const int it_next = next_visible(it + 1, qs_next);
-        if (lane == 0) {
-          int* info = reinterpret_cast<int*>(st + 2 * kBM);
-          info[0] = qs;
-          info[1] = a.mask_t.partial[e0 + item(it) / nsub] != 0;
-          info[2] = it_next >= n_items;
-        }
-#pragma unroll
-        for (int r = lane; r < kBM; r += 32) {
-          const int q = qs + r;
-          float l2 = flash::kPosInf, dv = 0.f;
-          if (q < a.Nq) {
-            const float l = lse[static_cast<int64_t>(q) * a.lse.sn];
-            l2 = l == flash::kNegInf ? flash::kPosInf : l * flash::kLog2e;
-            dv = dl[static_cast<int64_t>(q) * a.delta.sn];
+      int i = 0;
+      for (int n = 0;; ++n) {
+        const int slot = n & 1;
+        mbar_wait(&work_full[slot], (n >> 1) & 1);
+        const int64_t* sw = sWork + 8 * slot;
+        const int64_t w = sw[2];
+        if (w < n_works) decode(sw);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&work_empty[slot]);
+        if (w >= n_works) break;
+        set_rot();
+        const float* lse = static_cast<const float*>(a.lse.data) + b * a.lse.sb + h * a.lse.sh;
+        const float* dl =
+            static_cast<const float*>(a.delta.data) + b * a.delta.sb + h * a.delta.sh;
+        int qs = 0;
+        int it = next_visible(0, qs);
+        for (; it < n_items; ++i) {
+          const int s = i % kS;
+          mbar_wait(&empty[s], ((i / kS) & 1) ^ 1);
+          float* st = sStat + s * Tr::kStatFloats;
+          // The tile's TileInfo, so the consumers read no mask entries.
+          int qs_next = 0;
+          const int it_next = next_visible(it + 1, qs_next);
+          if (lane == 0) {
+            int* info = reinterpret_cast<int*>(st + 2 * kBM);
+            info[0] = qs;
+            info[1] = a.mask_t.partial[e0 + item(it) / nsub] != 0;
+            info[2] = it_next >= n_items;
           }
-          st[r] = l2;
-          st[kBM + r] = dv;
+#pragma unroll
+          for (int r = lane; r < kBM; r += 32) {
+            const int q = qs + r;
+            float l2 = flash::kPosInf, dv = 0.f;
+            if (q < a.Nq) {
+              const float l = lse[static_cast<int64_t>(q) * a.lse.sn];
+              l2 = l == flash::kNegInf ? flash::kPosInf : l * flash::kLog2e;
+              dv = dl[static_cast<int64_t>(q) * a.delta.sn];
+            }
+            st[r] = l2;
+            st[kBM + r] = dv;
+          }
+          mbar_arrive(&full_st[s]);
+          it = it_next;
+          qs = qs_next;
         }
-        mbar_arrive(&full_st[s]);
-        it = it_next;
-        qs = qs_next;
       }
     }
     return;
@@ -320,18 +400,21 @@ __global__ void __launch_bounds__(384, 1)
   const int cw = wg - 1;
   const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
   const int g = lane >> 2, t4 = lane & 3;
-  const int key0 = k0 + cw * 64;               // first key of this warpgroup
-  const int my_key = key0 + warp * 16 + g;     // keys my_key and my_key + 8
+  // The current work's first key, head and batch, read from its slot where used (held in
+  // registers across the tile loop they cost the consumers spills).
+  int n = 0;  // works so far
+  auto cur_work = [&] { return sWork + 8 * (n & 1); };
+  auto key0_ = [&] { return ld_shared_volatile(cur_work() + 3) + cw * 64; };  // this warpgroup's first
+  auto my_key_ = [&] { return key0_() + warp * 16 + g; };  // keys my_key and my_key + 8
+  auto h_ = [&] { return ld_shared_volatile(cur_work() + 4); };
+  auto b_ = [&] { return ld_shared_volatile(cur_work() + 5); };
   const float sl2 = a.scale_log2;
   constexpr int kDT = D / 8;
 
   float dk[D / 2], dv[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
 
   const uint32_t k_base = saddr(sK) + cw * 64 * 128, v_base = saddr(sV) + cw * 64 * 128;
   const uint32_t q_base = saddr(sQ), do_base = saddr(sdO), ds_base = saddr(sdS);
-  mbar_wait(bar_kv, 0);
 
   // S^T = K Q^T and dP^T = V dO^T of the tile in stage s_: 64 keys x 64 queries each, two
   // commit groups.
@@ -353,7 +436,7 @@ __global__ void __launch_bounds__(384, 1)
   // warp: rows 16 warp + g (+8), columns 16 kk + 2 t4 (+8)), read once from the swizzled tile.
   static_assert(!kKRegs || D == 64, "K in registers at head dim 64 only");
   uint32_t kfr[kKRegs ? D / 16 : 1][4];
-  if constexpr (kKRegs) {
+  auto load_kregs = [&] {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
 #pragma unroll
@@ -363,7 +446,7 @@ __global__ void __launch_bounds__(384, 1)
         kfr[kk][r] = *reinterpret_cast<const uint32_t*>(sK + (kk / 4) * kBN * 128 + row * 128 +
                                                         ((j ^ (row & 7)) << 4) + 4 * t4);
       }
-  }
+  };
   auto issue_s = [&](int s_) {
     wgmma_fence();
     if constexpr (kKRegs) {
@@ -411,6 +494,7 @@ __global__ void __launch_bounds__(384, 1)
     // per element, the compiler branches around every element), and neither writes S^T (writing
     // a wgmma accumulator while another wgmma is in flight makes the compiler serialise them).
     float pt[32];
+    const int key0 = key0_();
     const bool need_mask = ti.partial != 0 || key0 + 64 > a.Nk ||
                            (a.causal && static_cast<int64_t>(key0 + 63 - qs_) > a.diag);
     if (need_mask) {
@@ -419,7 +503,7 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int c = nt * 8 + 2 * t4 + (e & 1);
-          const int j = my_key + ((e >> 1) << 3);
+          const int j = key0 + warp * 16 + g + ((e >> 1) << 3);
           // (Selects, not branches: bitwise on the conditions.)
           const bool out =
               (j >= a.Nk) | (a.causal & (static_cast<int64_t>(j - (qs_ + c)) > a.diag));
@@ -566,11 +650,11 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int bx = 0; bx < kDqCols / 32; ++bx)
           tma_reduce_add_4d(&tdq, sdQ + buf + bx * kBM * 128, col0 + 32 * bx, qs_,
-                            h, b);
+                            h_(), b_());
         bulk_commit();
       }
     } else {
-      float* dqg = static_cast<float*>(a.dq.data) + b * a.dq.sb + h * a.dq.sh + col0;
+      float* dqg = static_cast<float*>(a.dq.data) + b_() * a.dq.sb + h_() * a.dq.sh + col0;
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int q = qs_ + warp * 16 + g + hh * 8;
@@ -598,113 +682,135 @@ __global__ void __launch_bounds__(384, 1)
 #endif
   };
 
-  int qs0 = 0;
-  bool have = next_visible(0, qs0) < n_items;  // later tiles: the stats warp's TileInfo
-  if constexpr (!Tr::kPipelined) {
-    // Iteration i finishes tile i - 1 and computes tile i. The next tile's S^T and dP^T are
-    // issued as soon as the current tile's products retired and run while its dQ goes out
-    // (dP^T issued after the write-out instead: 1-3% slower). Every wgmma retires within the
-    // iteration that issued it (a group in flight across the loop's back edge makes the
-    // compiler serialise every wgmma).
-    int qs_prev = 0;
-    for (int i = 0;; ++i) {
-      const int s = i % kS;
-      const uint32_t ph = (i / kS) & 1;
-      if (!have) {
-        if (i > 0) {
-          release((i - 1) % kS);
-          dq_out(qs_prev, i - 1);
-        }
-        break;
-      }
-      mbar_wait(&full_q[s], ph);
-      issue_s(s);
-      issue_dp(s);
-      if (i > 0) {
-        release((i - 1) % kS);
-        dq_out(qs_prev, i - 1);
-      }
-      const TileInfo ti = grad_tile(s, ph, false);
-      issue_products(s, i);
-      wgmma_wait<0>();
-      products_retired();
-      qs_prev = ti.qs;
-      have = !ti.last;
-    }
-  } else {
-    // Pipelined: the next tile's S^T and dP^T are issued before this tile's dV/dK/dQ products
-    // are waited for, so the tensor cores have work while dQ goes out. (Both products are
-    // waited for at once: reading S^T while dP^T of a product issued in the previous iteration
-    // is in flight makes the compiler serialise every wgmma.)
-    if (have) {
-      mbar_wait(&full_q[0], 0);
-      issue_sdp(0);
-    }
-    for (int i = 0; have; ++i) {
-      const int s = i % kS;
-      const uint32_t ph = (i / kS) & 1;
-      const TileInfo ti = grad_tile(s, ph, true);
-      issue_products(s, i);
-      have = !ti.last;
-      if (have) {
-        const int s1 = (i + 1) % kS;
-        mbar_wait(&full_q[s1], ((i + 1) / kS) & 1);
-        issue_sdp(s1);
-        wgmma_wait<2>();  // this tile's dV, dK, dQ; the next tile's S^T, dP^T still run
-      } else {
-        wgmma_wait<0>();
-      }
-      products_retired();
-      release(s);
-      dq_out(ti.qs, i);
-    }
-  }
-  // Nothing is in flight here (the last tile waited for everything); the compiler cannot see
-  // that the pipelined branch never leaves the loop, and says so by serialising every wgmma.
-  wgmma_wait<0>();
-  fence_regs(st);
-  fence_regs(dpt);
-
-  // The shared-memory tile must outlive the last reduce's reads.
-  if (dq_tma && tid == 0) bulk_wait_all();
-
   // dk += scale dK, dv += dV for keys my_key (+8) < Nk; every old value loaded before any sum
   // is stored (flash::add_rows_out: element by element each load waited a memory latency).
   auto add_out = [&](const flash::DevView& out, int type, const float (&acc)[D / 2], float mul) {
     int64_t off[2];
     bool ok[2];
     if (a.dkv_vec) {
-      flash::fragment_rows(out, b, h, my_key, a.Nk, 0, off, ok);
+      flash::fragment_rows(out, b_(), h_(), my_key_(), a.Nk, 0, off, ok);
       add_rows_out_vec<T, D>(out.data, type, off, ok, mul, acc, t4);
       return;
     }
-    flash::fragment_rows(out, b, h, my_key, a.Nk, t4, off, ok);
+    flash::fragment_rows(out, b_(), h_(), my_key_(), a.Nk, t4, off, ok);
     flash::add_rows_out<T, kDT>(out.data, type, a.dkv_pair != 0, off, ok, mul,
                                 [&](int hh, int dt, int e) { return acc[dt * 4 + 2 * hh + e]; });
   };
-  // Parts of the query range add into dk and dv one after the other: part p waits for parts
-  // 0..p-1 of its key block. They were launched earlier (lower blockIdx.x, same batch and head),
-  // so they are running or done and the wait ends; it is normally over at once, the earlier
-  // part having started a whole pass over the key blocks before.
-  // (part and the flag recomputed from blockIdx here: values kept live across the tile loop
-  // cost the consumers registers, and the compiler then serialises every wgmma.)
-  int* flag = nullptr;
-  int part = 0;
-  if (kParts && a.q_splits > 1) {
-    const int nkb_ = (a.Nk + kBN - 1) / kBN;
-    part = static_cast<int>(blockIdx.x) / nkb_;
-    flag = a.split_flags + (static_cast<int64_t>(blockIdx.z) * a.H + blockIdx.y) * nkb_ +
-           (static_cast<int>(blockIdx.x) - part * nkb_);
-    if (part > 0)
-      while (ld_acquire_gpu(flag) < part) __nanosleep(256);
+
+  // The works the producer publishes; tile index i runs over all of them (stage ring, dS and
+  // dQ buffers, barrier parities).
+  int i = 0;
+  for (;; ++n) {
+    const int slot = n & 1;
+    mbar_wait(&work_full[slot], (n >> 1) & 1);
+    const int64_t* sw = sWork + 8 * slot;
+    if (sw[2] >= n_works) break;
+    decode(sw);
+    set_rot();
+#pragma unroll
+    for (int j = 0; j < D / 2; ++j) dk[j] = dv[j] = 0.f;
+    int qs0 = 0;
+    bool have = next_visible(0, qs0) < n_items;  // later tiles: the stats warp's TileInfo
+    mbar_wait(bar_kv, n & 1);
+    if (have) {
+      if constexpr (kKRegs) load_kregs();
+      if constexpr (!Tr::kPipelined) {
+        // Iteration i finishes tile i - 1 and computes tile i. The next tile's S^T and dP^T are
+        // issued as soon as the current tile's products retired and run while its dQ goes out
+        // (dP^T issued after the write-out instead: 1-3% slower). Every wgmma retires within the
+        // iteration that issued it (a group in flight across the loop's back edge makes the
+        // compiler serialise every wgmma).
+        int qs_prev = -1;  // none yet
+        for (;; ++i) {
+          const int s = i % kS;
+          const uint32_t ph = (i / kS) & 1;
+          if (!have) {
+            if (qs_prev >= 0) {
+              release((i - 1) % kS);
+              dq_out(qs_prev, i - 1);
+            }
+            break;
+          }
+          mbar_wait(&full_q[s], ph);
+          issue_s(s);
+          issue_dp(s);
+          if (qs_prev >= 0) {
+            release((i - 1) % kS);
+            dq_out(qs_prev, i - 1);
+          }
+          const TileInfo ti = grad_tile(s, ph, false);
+          issue_products(s, i);
+          wgmma_wait<0>();
+          products_retired();
+          qs_prev = ti.qs;
+          have = !ti.last;
+        }
+      } else {
+        // Pipelined: the next tile's S^T and dP^T are issued before this tile's dV/dK/dQ products
+        // are waited for, so the tensor cores have work while dQ goes out. (Both products are
+        // waited for at once: reading S^T while dP^T of a product issued in the previous iteration
+        // is in flight makes the compiler serialise every wgmma.)
+        mbar_wait(&full_q[i % kS], (i / kS) & 1);
+        issue_sdp(i % kS);
+        for (; have; ++i) {
+          const int s = i % kS;
+          const uint32_t ph = (i / kS) & 1;
+          const TileInfo ti = grad_tile(s, ph, true);
+          issue_products(s, i);
+          have = !ti.last;
+          if (have) {
+            const int s1 = (i + 1) % kS;
+            mbar_wait(&full_q[s1], ((i + 1) / kS) & 1);
+            issue_sdp(s1);
+            wgmma_wait<2>();  // this tile's dV, dK, dQ; the next tile's S^T, dP^T still run
+          } else {
+            wgmma_wait<0>();
+          }
+          products_retired();
+          release(s);
+          dq_out(ti.qs, i);
+        }
+      }
+      // Nothing is in flight here (the last tile waited for everything); the compiler cannot see
+      // that the pipelined branch never leaves the loop, and says so by serialising every wgmma.
+      // Nothing is in flight here (the last tile waited for everything); the compiler cannot see
+      // that the pipelined branch never leaves the loop, and says so by serialising every wgmma.
+      wgmma_wait<0>();
+      fence_regs(st);
+      fence_regs(dpt);
+    }
+    // K and V are free for the next work's loads, which run while dK and dV go out.
+    __syncwarp();
+    if (lane == 0) mbar_arrive(kv_empty);
+
+    // Parts of the query range add into dk and dv one after the other: part p waits for parts
+    // 0..p-1 of its key block. Their works come earlier in the order the CTAs take them, so they
+    // are running or done and the wait ends; it is normally over at once, the earlier part
+    // having started a whole pass over the key blocks before.
+    // (part and the flag recomputed from the published work here: values kept live across the
+    // tile loop cost the consumers registers, and the compiler then serialises every wgmma.)
+    int* flag = nullptr;
+    int part = 0;
+    if (kParts && a.q_splits > 1) {
+      const int64_t w = sw[2];
+      const int x = static_cast<int>(w % nx);
+      part = x / nkb;
+      flag = a.split_flags + (w / nx) * nkb + (x - part * nkb);
+      if (part > 0)
+        while (ld_acquire_gpu(flag) < part) __nanosleep(256);
+    }
+    add_out(a.dk, a.dk_type, dk, a.scale);
+    add_out(a.dv, a.dv_type, dv, 1.f);
+    if (kParts && flag != nullptr && part + 1 < a.q_splits) {
+      __threadfence();
+      named_barrier(2, 256);  // every consumer's sums stored
+      if (tid == 0 && cw == 0) st_release_gpu(flag, part + 1);
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&work_empty[slot]);
   }
-  add_out(a.dk, a.dk_type, dk, a.scale);
-  add_out(a.dv, a.dv_type, dv, 1.f);
-  if (kParts && flag != nullptr && part + 1 < a.q_splits) {
-    __threadfence();
-    named_barrier(2, 256);  // every consumer's sums stored
-    if (tid == 0 && cw == 0) st_release_gpu(flag, part + 1);
-  }
+  // The shared-memory dQ tiles must outlive the last reduce's reads.
+  if (dq_tma && tid == 0) bulk_wait_all();
 }
 
 struct BwdMaps {
@@ -725,9 +831,14 @@ void launch_bwd_sm90_impl(const BwdArgs& a, cudaStream_t stream) {
                      "q_splits", a.q_splits, "must be >= 1, with split_flags when > 1");
   LONGATTN_CHECK_ARG(a.q_splits == 1 || D >= 128, "q_splits", a.q_splits,
                      "must be 1 at head dim " + std::to_string(D));
-  const dim3 grid(((a.Nk + Tr::kBN - 1) / Tr::kBN) * a.q_splits, a.H, a.B);
+  const int64_t works = int64_t{(a.Nk + Tr::kBN - 1) / Tr::kBN} * a.q_splits * a.H * a.B;
+  LONGATTN_CHECK_ARG(works < (int64_t{1} << 31) - (int64_t{1} << 20), "k",
+                     std::to_string(works) + " key blocks over batch and heads",
+                     "must be fewer than 2^31 - 2^20");
+  int grid = 0;
+  int* const counter = make_bwd_schedule(static_cast<int>(works), grid);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.d_o, maps.dq,
-                                                         a, maps.dq_tma ? 1 : 0);
+                                                         a, maps.dq_tma ? 1 : 0, counter);
   CUDA_CHECK_LAUNCH("flash_bwd_sm90_kernel");
 }
 

@@ -184,6 +184,16 @@ FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pa
   return s;
 }
 
+int* make_bwd_schedule(int n_works, int& grid) {
+  DeviceSched& d = device_sched();
+  int* counter = d.pairs + 2 * (d.next.fetch_add(1) % kCounterPairs);
+  static const bool persistent = switch_on("LONGATTN_SM90_BWD_PERSISTENT");
+  const int limit = g_grid_limit.load();
+  const int ctas = limit > 0 && limit < d.sms ? limit : (persistent ? d.sms : n_works);
+  grid = n_works < ctas ? n_works : ctas;
+  return counter;
+}
+
 void set_grid_limit(int ctas, int group) {
   g_grid_limit.store(ctas > 0 ? ctas : 0);
   g_group.store(group > 0 ? group : 0);

@@ -38,6 +38,10 @@ constexpr int kBwdKeysPerCta = 128;
 // head dim 128 and local-window masks 0 to -8%), unless LONGATTN_SM90_BWD_ROTATE says otherwise
 // ("0" never, "1" every head-dim-64 call; the head-dim-128 kernel has no staggered walk).
 int bwd_rotate(const flash::BwdArgs& a, int head_dim, double row_fill);
+// The backward's scheduler for one launch over n_works (key block, part, head, batch) works: a
+// zeroed counter pair (flash_bwd_sm90_kernel resets it) and the grid, one CTA per SM (the
+// set_grid_limit limit where set) or one per work with LONGATTN_SM90_BWD_PERSISTENT=0.
+int* make_bwd_schedule(int n_works, int& grid);
 // Whether the forward may store o in 16-byte groups (FwdArgs::o_vec where o allows it):
 // LONGATTN_SM90_O_VEC=0 turns it off (read on each call).
 bool o_vec_enabled();

@@ -75,6 +75,13 @@ __device__ __forceinline__ void bulk_wait_read() {
 __device__ __forceinline__ void bulk_wait_all() {
   asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
+// A 32-bit shared-memory load the compiler may neither hoist nor merge: values read where they
+// are used instead of held in registers across a loop.
+__device__ __forceinline__ int ld_shared_volatile(const void* p) {
+  int v;
+  asm volatile("ld.volatile.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(saddr(p)));
+  return v;
+}
 __device__ __forceinline__ void st_shared_v2(uint32_t addr, float x, float y) {
   asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(x), "f"(y) : "memory");
 }
