@@ -35,6 +35,11 @@
 // with LONGATTN_SM90_ARRIVE_PER_THREAD=1 (cmake -DLONGATTN_SM90_RACECHECK=ON) makes every
 // consumer thread arrive: racecheck-clean on those walks, and 3-10% slower at head dim 64 causal,
 // so it is for sanitizer builds only.
+// Measurement switch: the producer claims its next work once the current one's tiles are issued
+// (1) instead of when it starts the current one (0).
+#ifndef LONGATTN_SM90_BWD_LATE_CLAIM
+#define LONGATTN_SM90_BWD_LATE_CLAIM 0
+#endif
 #ifndef LONGATTN_SM90_ARRIVE_PER_THREAD
 #define LONGATTN_SM90_ARRIVE_PER_THREAD 0
 #endif
@@ -304,7 +309,9 @@ __global__ void __launch_bounds__(384, 1)
           sw[5] = b;
           mbar_arrive(&work_full[slot]);
           if (w < n_works) {
+#if !LONGATTN_SM90_BWD_LATE_CLAIM
             w_next = atomicAdd(counter, 1) + static_cast<int>(gridDim.x);
+#endif
             decode(sw);
             set_rot();
             // (Also for works without tiles: the consumers then take K/V and give them back.)
@@ -330,6 +337,9 @@ __global__ void __launch_bounds__(384, 1)
               }
               it = next_visible(it + 1, qs);
             }
+#if LONGATTN_SM90_BWD_LATE_CLAIM
+            w_next = atomicAdd(counter, 1) + static_cast<int>(gridDim.x);
+#endif
           }
         }
         if (w >= n_works) break;
