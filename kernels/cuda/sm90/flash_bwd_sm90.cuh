@@ -45,6 +45,33 @@ namespace longattn::cuda::sm90 {
 
 using flash::BwdArgs;
 
+// Measurement builds only (-DLONGATTN_SM90_BWD_TRACE=1): the CTAs of key blocks 0..63 of batch 0,
+// head 0 (part 0) record, per consumer warpgroup (thread 0), g_bwd_trace[key block][warpgroup]:
+// 0 globaltimer at the consumers' start, 1 clock64 there, 2 K/V ready, 3 first Q/dO tile ready,
+// 4 first tile's products retired, 5 walk done, 6 last dQ reduce read, 7 dk/dv added, 8 the
+// walk's tiles, 9 globaltimer at the end. Cleared before each launch and written after it to
+// $LONGATTN_SM90_BWD_TRACE_OUT_d<D>_n<Nq>_c<causal>_p<parts>.txt (each launch synchronises).
+#ifndef LONGATTN_SM90_BWD_TRACE
+#define LONGATTN_SM90_BWD_TRACE 0
+#endif
+#if LONGATTN_SM90_BWD_TRACE
+static __device__ long long g_bwd_trace[64][2][10];
+__device__ __forceinline__ long long global_ns() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+#define BWD_TRACE(ev, value)                                                              \
+  do {                                                                                    \
+    if (tid == 0 && blockIdx.x < 64 && blockIdx.y == 0 && blockIdx.z == 0)                \
+      g_bwd_trace[blockIdx.x][cw][ev] = (value);                                          \
+  } while (0)
+#else
+#define BWD_TRACE(ev, value) \
+  do {                       \
+  } while (0)
+#endif
+
 template <int D>
 struct BwdSm90Traits {
   static constexpr int kBN = kBwdKeysPerCta;  // keys per CTA (two consumer warpgroups of 64)
@@ -331,7 +358,10 @@ __global__ void __launch_bounds__(384, 1)
 
   const uint32_t k_base = saddr(sK) + cw * 64 * 128, v_base = saddr(sV) + cw * 64 * 128;
   const uint32_t q_base = saddr(sQ), do_base = saddr(sdO), ds_base = saddr(sdS);
+  BWD_TRACE(0, global_ns());
+  BWD_TRACE(1, clock64());
   mbar_wait(bar_kv, 0);
+  BWD_TRACE(2, clock64());
 
   // S^T = K Q^T and dP^T = V dO^T of the tile in stage s_: 64 keys x 64 queries each, two
   // commit groups.
@@ -618,6 +648,7 @@ __global__ void __launch_bounds__(384, 1)
         break;
       }
       mbar_wait(&full_q[s], ph);
+      if (i == 0) BWD_TRACE(3, clock64());
       issue_s(s);
       issue_dp(s);
       if (i > 0) {
@@ -628,6 +659,8 @@ __global__ void __launch_bounds__(384, 1)
       issue_products(s, i);
       wgmma_wait<0>();
       products_retired();
+      if (i == 0) BWD_TRACE(4, clock64());
+      BWD_TRACE(8, i + 1);
       qs_prev = ti.qs;
       have = !ti.last;
     }
@@ -638,6 +671,7 @@ __global__ void __launch_bounds__(384, 1)
     // is in flight makes the compiler serialise every wgmma.)
     if (have) {
       mbar_wait(&full_q[0], 0);
+      BWD_TRACE(3, clock64());
       issue_sdp(0);
     }
     for (int i = 0; have; ++i) {
@@ -655,6 +689,8 @@ __global__ void __launch_bounds__(384, 1)
         wgmma_wait<0>();
       }
       products_retired();
+      if (i == 0) BWD_TRACE(4, clock64());
+      BWD_TRACE(8, i + 1);
       release(s);
       dq_out(ti.qs, i);
     }
@@ -664,9 +700,11 @@ __global__ void __launch_bounds__(384, 1)
   wgmma_wait<0>();
   fence_regs(st);
   fence_regs(dpt);
+  BWD_TRACE(5, clock64());
 
   // The shared-memory tile must outlive the last reduce's reads.
   if (dq_tma && tid == 0) bulk_wait_all();
+  BWD_TRACE(6, clock64());
 
   // dk += scale dK, dv += dV for keys my_key (+8) < Nk; every old value loaded before any sum
   // is stored (flash::add_rows_out: element by element each load waited a memory latency).
@@ -700,6 +738,8 @@ __global__ void __launch_bounds__(384, 1)
   }
   add_out(a.dk, a.dk_type, dk, a.scale);
   add_out(a.dv, a.dv_type, dv, 1.f);
+  BWD_TRACE(7, clock64());
+  BWD_TRACE(9, global_ns());
   if (kParts && flag != nullptr && part + 1 < a.q_splits) {
     __threadfence();
     named_barrier(2, 256);  // every consumer's sums stored
@@ -726,9 +766,35 @@ void launch_bwd_sm90_impl(const BwdArgs& a, cudaStream_t stream) {
   LONGATTN_CHECK_ARG(a.q_splits == 1 || D >= 128, "q_splits", a.q_splits,
                      "must be 1 at head dim " + std::to_string(D));
   const dim3 grid(((a.Nk + Tr::kBN - 1) / Tr::kBN) * a.q_splits, a.H, a.B);
+#if LONGATTN_SM90_BWD_TRACE
+  void* trace = nullptr;
+  CUDA_CHECK(cudaGetSymbolAddress(&trace, g_bwd_trace));
+  CUDA_CHECK(cudaMemsetAsync(trace, 0, sizeof(g_bwd_trace), stream));
+#endif
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.d_o, maps.dq,
                                                          a, maps.dq_tma ? 1 : 0);
   CUDA_CHECK_LAUNCH("flash_bwd_sm90_kernel");
+#if LONGATTN_SM90_BWD_TRACE
+  if (const char* path = std::getenv("LONGATTN_SM90_BWD_TRACE_OUT")) {
+    static long long host[64][2][10];
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    CUDA_CHECK(cudaMemcpyFromSymbol(host, g_bwd_trace, sizeof(host)));
+    char name[512];
+    std::snprintf(name, sizeof(name), "%s_d%d_n%d_c%d_p%d.txt", path, D, a.Nq, a.causal,
+                  a.q_splits);
+    if (FILE* f = std::fopen(name, "w")) {
+      std::fprintf(f, "# D=%d Nq=%d Nk=%d causal=%d parts=%d rotate=%d grid=%d\n", D, a.Nq, a.Nk,
+                   a.causal, a.q_splits, a.rotate, static_cast<int>(grid.x * grid.y * grid.z));
+      for (int kb = 0; kb < 64; ++kb)
+        for (int w = 0; w < 2; ++w) {
+          std::fprintf(f, "%d %d", kb, w);
+          for (int e = 0; e < 10; ++e) std::fprintf(f, " %lld", host[kb][w][e]);
+          std::fprintf(f, "\n");
+        }
+      std::fclose(f);
+    }
+  }
+#endif
 }
 
 }  // namespace longattn::cuda::sm90
