@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Summarise Hopper backward timelines (a build with -DLONGATTN_SM90_BWD_TRACE=1; the events are
+"""Summarise Hopper backward timelines (cmake -DLONGATTN_SM90_BWD_TRACE=ON; the events are
 listed in kernels/cuda/sm90/flash_bwd_sm90.cuh): per file, the mean over the traced CTAs (key
 blocks 0..63 of head 0) and their two consumer warpgroups of the steady cycles per query tile and
 of each fixed piece of a CTA (K/V load, first Q/dO tile, first tile's excess over a steady one,
