@@ -49,8 +49,9 @@ using flash::BwdArgs;
 // batch 0, head 0 (part 0) record, per consumer warpgroup (thread 0),
 // g_bwd_trace[key block][warpgroup]: 0 globaltimer at the consumers' start, 1 clock64 there,
 // 2 K/V ready, 3 first Q/dO tile ready, 4 first tile's products retired, 5 walk done, 6 last dQ
-// reduce read, 7 dk/dv added, 8 the walk's tiles, 9 globaltimer at the end. Cleared before each launch and written after it to
-// $LONGATTN_SM90_BWD_TRACE_OUT_d<D>_n<Nq>_c<causal>_p<parts>.txt (each launch synchronises).
+// reduce read, 7 dk/dv added, 8 the walk's tiles, 9 globaltimer at the end. Cleared before each
+// launch and written after it to $LONGATTN_SM90_BWD_TRACE_OUT_d<D>_n<Nq>_c<causal>_p<parts>.txt
+// (each launch synchronises).
 #ifndef LONGATTN_SM90_BWD_TRACE
 #define LONGATTN_SM90_BWD_TRACE 0
 #endif
