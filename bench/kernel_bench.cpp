@@ -145,8 +145,6 @@ class Bench {
  public:
   Bench(const Options& opt) : opt_(opt), be_(make_cuda_backend(opt.device)), cuda_(as_cuda(*be_)) {
     dtype_ = parse_dtype(opt.dtype, "--dtype");
-    if (opt.kv_grads != "fp32" && opt.kv_grads != "input")
-      throw InvalidArgument("--kv-grads", opt.kv_grads, "must be fp32 or input");
     kv_grad_dtype_ = opt.kv_grads == "input" ? dtype_ : DType::F32;
   }
 
@@ -474,6 +472,8 @@ int main(int argc, char** argv) {
     LONGATTN_CHECK_ARG(opt.warmup >= 0, "--warmup", opt.warmup, "must be >= 0");
     LONGATTN_CHECK_ARG(opt.warm_ms >= 0, "--warm-ms", opt.warm_ms, "must be >= 0");
     LONGATTN_CHECK_ARG(opt.repeats >= 1, "--repeats", opt.repeats, "must be >= 1");
+    if (opt.kv_grads != "fp32" && opt.kv_grads != "input")
+      throw InvalidArgument("--kv-grads", opt.kv_grads, "must be fp32 or input");
     if (cuda_device_count() == 0) {
       std::cerr << "kernel_bench: no CUDA device visible\n";
       return 1;
