@@ -783,17 +783,11 @@ void launch_bwd_sm90_impl(const BwdArgs& a, cudaStream_t stream) {
     char name[512];
     std::snprintf(name, sizeof(name), "%s_d%d_n%d_c%d_p%d.txt", path, D, a.Nq, a.causal,
                   a.q_splits);
-    if (FILE* f = std::fopen(name, "w")) {
-      std::fprintf(f, "# D=%d Nq=%d Nk=%d causal=%d parts=%d rotate=%d grid=%d\n", D, a.Nq, a.Nk,
-                   a.causal, a.q_splits, a.rotate, static_cast<int>(grid.x * grid.y * grid.z));
-      for (int kb = 0; kb < 64; ++kb)
-        for (int w = 0; w < 2; ++w) {
-          std::fprintf(f, "%d %d", kb, w);
-          for (int e = 0; e < 10; ++e) std::fprintf(f, " %lld", host[kb][w][e]);
-          std::fprintf(f, "\n");
-        }
-      std::fclose(f);
-    }
+    char header[256];
+    std::snprintf(header, sizeof(header), "# D=%d Nq=%d Nk=%d causal=%d parts=%d rotate=%d grid=%d",
+                  D, a.Nq, a.Nk, a.causal, a.q_splits, a.rotate,
+                  static_cast<int>(grid.x * grid.y * grid.z));
+    write_trace(name, header, &host[0][0][0], 64, 2, 10);
   }
 #endif
 }

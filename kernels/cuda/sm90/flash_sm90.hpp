@@ -38,6 +38,11 @@ constexpr int kBwdKeysPerCta = 128;
 // head dim 128 and local-window masks 0 to -8%), unless LONGATTN_SM90_BWD_ROTATE says otherwise
 // ("0" never, "1" every head-dim-64 call; the head-dim-128 kernel has no staggered walk).
 int bwd_rotate(const flash::BwdArgs& a, int head_dim, double row_fill);
+// Measurement builds (LONGATTN_SM90_FWD_TRACE, LONGATTN_SM90_BWD_TRACE): a launch's timeline to
+// the file `name`: the header line, then one line per [n0][n1] entry of v ([n0][n1][events]
+// clock values): its two indices and its events.
+void write_trace(const char* name, const char* header, const long long* v, int n0, int n1,
+                 int events);
 // Whether the forward may store o in 16-byte groups (FwdArgs::o_vec where o allows it):
 // LONGATTN_SM90_O_VEC=0 turns it off (read on each call).
 bool o_vec_enabled();
