@@ -38,6 +38,9 @@ struct Options {
   std::string out = "kernel_bench.json";
   std::string mask_dir = "kernel_bench_masks";
   std::string dtype = "bf16";
+  // dk, dv of the dense and block-sparse backward rows: "fp32" accumulators or the "input" dtype
+  // (zeroed once; the kernels add into them either way).
+  std::string kv_grads = "fp32";
   std::vector<int64_t> dense_n{4096, 8192, 16384, 32768, 65536};
   std::vector<int64_t> dense_d{64, 128};
   int64_t heads = 16;
@@ -142,6 +145,7 @@ class Bench {
  public:
   Bench(const Options& opt) : opt_(opt), be_(make_cuda_backend(opt.device)), cuda_(as_cuda(*be_)) {
     dtype_ = parse_dtype(opt.dtype, "--dtype");
+    kv_grad_dtype_ = opt.kv_grads == "input" ? dtype_ : DType::F32;
   }
 
   void run() {
@@ -155,7 +159,8 @@ class Bench {
 
  private:
   // Inputs of one shape, drawn on the device; gradients are the fp32 accumulators the
-  // kernels write (the ring and the variants accumulate in fp32 too).
+  // kernels write (the ring and the variants accumulate in fp32 too), dk and dv in the input
+  // dtype with --kv-grads input.
   struct Buffers {
     DeviceTensor q, k, v, o, lse, d_o, dq, dk, dv;
   };
@@ -172,8 +177,8 @@ class Bench {
     if (grads) {
       b.d_o = DeviceTensor(*be_, dtype_, B, N, H, D);
       b.dq = DeviceTensor(*be_, DType::F32, B, N, H, D);
-      b.dk = DeviceTensor(*be_, DType::F32, B, N, H, D);
-      b.dv = DeviceTensor(*be_, DType::F32, B, N, H, D);
+      b.dk = DeviceTensor(*be_, kv_grad_dtype_, B, N, H, D);
+      b.dv = DeviceTensor(*be_, kv_grad_dtype_, B, N, H, D);
       cuda_.randn(b.d_o.view(), 4);
       be_->fill(b.dq.view(), 0.0);
       be_->fill(b.dk.view(), 0.0);
@@ -400,7 +405,9 @@ class Bench {
            {"flops_convention",
             "fwd 4*B*H*(visible pairs)*D; dense causal counts half (4*B*H*N^2*D/2); bwd 2.5x fwd"},
            {"grad_dtype",
-            {{"dense_sparse", "fp32 accumulators (kernel call)"},
+            {{"dense_sparse", opt_.kv_grads == "input"
+                                  ? "dq fp32, dk and dv " + opt_.dtype + " (kernel call, adding)"
+                                  : "fp32 accumulators (kernel call)"},
              {"dilated", opt_.dtype + " (variant backward)"}}},
            {"rows", rows_}};
     std::ofstream f(opt_.out);
@@ -413,6 +420,7 @@ class Bench {
   std::unique_ptr<Backend> be_;
   CudaBackend& cuda_;
   DType dtype_ = DType::BF16;
+  DType kv_grad_dtype_ = DType::F32;
   std::vector<json> rows_;
 };
 
@@ -430,6 +438,8 @@ int main(int argc, char** argv) {
       "mask-dir", po::value(&opt.mask_dir)->default_value(opt.mask_dir),
       "folder for the block masks (.npy) of the sparse rows")(
       "dtype", po::value(&opt.dtype)->default_value(opt.dtype), "bf16 | fp16 | fp32")(
+      "kv-grads", po::value(&opt.kv_grads)->default_value(opt.kv_grads),
+      "dk, dv of the dense and sparse backward: fp32 (accumulators) | input (the dtype)")(
       "dense-n", po::value(&opt.dense_n)->multitoken(), "dense sequence lengths")(
       "dense-d", po::value(&opt.dense_d)->multitoken(), "dense head dims")(
       "heads", po::value(&opt.heads)->default_value(opt.heads), "heads (dense, sparse)")(
@@ -462,6 +472,8 @@ int main(int argc, char** argv) {
     LONGATTN_CHECK_ARG(opt.warmup >= 0, "--warmup", opt.warmup, "must be >= 0");
     LONGATTN_CHECK_ARG(opt.warm_ms >= 0, "--warm-ms", opt.warm_ms, "must be >= 0");
     LONGATTN_CHECK_ARG(opt.repeats >= 1, "--repeats", opt.repeats, "must be >= 1");
+    if (opt.kv_grads != "fp32" && opt.kv_grads != "input")
+      throw InvalidArgument("--kv-grads", opt.kv_grads, "must be fp32 or input");
     if (cuda_device_count() == 0) {
       std::cerr << "kernel_bench: no CUDA device visible\n";
       return 1;

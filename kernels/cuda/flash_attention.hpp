@@ -53,7 +53,7 @@ std::string flash_backward_kernel(const AttnBwdParams& p);
 
 // The Hopper kernels are persistent: at most one CTA per SM walks the work items. Tests cap the
 // grid (0 = one CTA per SM) so that every CTA walks many items, and may fix how many (batch,
-// head) pairs interleave (0 = by the L2 size); no effect elsewhere.
+// head) pairs the forward interleaves (0 = by the L2 size); no effect elsewhere.
 void set_persistent_grid_limit(int ctas, int group = 0);
 
 }  // namespace longattn::cuda

@@ -1,12 +1,15 @@
 // Backward flash attention for Hopper (sm_90a): key-block-stationary, TMA + wgmma,
 // warp-specialised, dQ accumulated in fp32 by TMA reduce-add.
 //
-// One CTA of three warpgroups per 128 keys of one (batch, head), walking the query tiles (64
-// rows) its row of the transposed mask lists:
-// - warpgroup 0 (producer, few registers): thread 0 loads K and V once and Q, dO of every listed
-//   query tile by TMA into a ring of kStages stages; warp 1 loads the tile's lse (in the exp2
-//   domain, +inf past Nq or for rows that saw nothing) and delta into the same stage, with the
-//   tile's TileInfo (first query, partial flag, last tile), so consumers read no mask entries;
+// Works of 128 keys of one (batch, head) (and one part of the query range), each walking the
+// query tiles (64 rows) its row of the transposed mask lists; persistent CTAs of three
+// warpgroups (one per SM) take the works from a counter:
+// - warpgroup 0 (producer, few registers): thread 0 takes the works and publishes them, loads a
+//   work's K and V once (while the consumers add the previous work's dK and dV) and Q, dO of
+//   every listed query tile by TMA into a ring of kStages stages; warp 1 loads the tile's lse
+//   (in the exp2 domain, +inf past Nq or for rows that saw nothing) and delta into the same
+//   stage, with the tile's TileInfo (first query, partial flag, last tile), so consumers read no
+//   mask entries;
 // - warpgroups 1 and 2 (consumers, 64 keys each):
 //     S^T = K Q^T, dP^T = V dO^T                       (wgmma, both operands in shared memory)
 //     P^T = 2^(scale log2(e) S^T - lse2), dS^T = P^T o (dP^T - delta)      (registers)
@@ -35,11 +38,6 @@
 // with LONGATTN_SM90_ARRIVE_PER_THREAD=1 (cmake -DLONGATTN_SM90_RACECHECK=ON) makes every
 // consumer thread arrive: racecheck-clean on those walks, and 3-10% slower at head dim 64 causal,
 // so it is for sanitizer builds only.
-// Measurement switch: the producer claims its next work once the current one's tiles are issued
-// (1) instead of when it starts the current one (0).
-#ifndef LONGATTN_SM90_BWD_LATE_CLAIM
-#define LONGATTN_SM90_BWD_LATE_CLAIM 0
-#endif
 #ifndef LONGATTN_SM90_ARRIVE_PER_THREAD
 #define LONGATTN_SM90_ARRIVE_PER_THREAD 0
 #endif
@@ -49,6 +47,56 @@
 namespace longattn::cuda::sm90 {
 
 using flash::BwdArgs;
+
+// Measurement builds only (cmake -DLONGATTN_SM90_BWD_TRACE=ON): the works of key blocks 0..63 of
+// batch 0, head 0 (part 0) record, per consumer warpgroup (thread 0),
+// g_bwd_trace[key block][warpgroup]: 0 globaltimer when the work was taken, 1 clock64 there,
+// 2 K/V ready, 3 first Q/dO tile ready, 4 first tile's products retired, 5 walk done, 6 K/V
+// given back, 7 dk/dv added, 8 the walk's tiles, 9 globaltimer at the end. Cleared before each
+// launch and written after it to $LONGATTN_SM90_BWD_TRACE_OUT_d<D>_n<Nq>_c<causal>_p<parts>.txt
+// (each launch synchronises).
+#ifndef LONGATTN_SM90_BWD_TRACE
+#define LONGATTN_SM90_BWD_TRACE 0
+#endif
+#if LONGATTN_SM90_BWD_TRACE
+static __device__ long long g_bwd_trace[64][2][10];
+__device__ __forceinline__ long long global_ns() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// The current work (w: its index, below nkb for head 0, batch 0, part 0) and its tiles so far.
+#define BWD_TRACE_WORK(w)                   \
+  const int trace_w = static_cast<int>(w); \
+  int trace_tiles = 0
+#define BWD_TRACE(ev, value)                                      \
+  do {                                                            \
+    if (tid == 0 && trace_w < 64 && trace_w < nkb)                \
+      g_bwd_trace[trace_w][cw][ev] = (value);                     \
+  } while (0)
+#define BWD_TRACE_FIRST(ev)                       \
+  do {                                            \
+    if (trace_tiles == 0) BWD_TRACE(ev, clock64()); \
+  } while (0)
+#define BWD_TRACE_TILE()             \
+  do {                               \
+    ++trace_tiles;                   \
+    BWD_TRACE(8, trace_tiles);       \
+  } while (0)
+#else
+#define BWD_TRACE_WORK(w) \
+  do {                    \
+  } while (0)
+#define BWD_TRACE(ev, value) \
+  do {                       \
+  } while (0)
+#define BWD_TRACE_FIRST(ev) \
+  do {                      \
+  } while (0)
+#define BWD_TRACE_TILE() \
+  do {                   \
+  } while (0)
+#endif
 
 template <int D>
 struct BwdSm90Traits {
@@ -309,9 +357,6 @@ __global__ void __launch_bounds__(384, 1)
           sw[5] = b;
           mbar_arrive(&work_full[slot]);
           if (w < n_works) {
-#if !LONGATTN_SM90_BWD_LATE_CLAIM
-            w_next = atomicAdd(counter, 1) + static_cast<int>(gridDim.x);
-#endif
             decode(sw);
             set_rot();
             // (Also for works without tiles: the consumers then take K/V and give them back.)
@@ -337,9 +382,10 @@ __global__ void __launch_bounds__(384, 1)
               }
               it = next_visible(it + 1, qs);
             }
-#if LONGATTN_SM90_BWD_LATE_CLAIM
+            // The next work is claimed only now, once this one's tiles are issued: claimed when
+            // this one starts, the counter handed out works a whole work ahead and uneven (causal)
+            // works lost their balance (A/B run 39: 4K/8K causal 5-8% slower than claiming here).
             w_next = atomicAdd(counter, 1) + static_cast<int>(gridDim.x);
-#endif
           }
         }
         if (w >= n_works) break;
@@ -414,8 +460,9 @@ __global__ void __launch_bounds__(384, 1)
   // registers across the tile loop they cost the consumers spills).
   int n = 0;  // works so far
   auto cur_work = [&] { return sWork + 8 * (n & 1); };
-  auto key0_ = [&] { return ld_shared_volatile(cur_work() + 3) + cw * 64; };  // this warpgroup's first
-  auto my_key_ = [&] { return key0_() + warp * 16 + g; };  // keys my_key and my_key + 8
+  // This warpgroup's first key; this thread's keys my_key and my_key + 8.
+  auto key0_ = [&] { return ld_shared_volatile(cur_work() + 3) + cw * 64; };
+  auto my_key_ = [&] { return key0_() + warp * 16 + g; };
   auto h_ = [&] { return ld_shared_volatile(cur_work() + 4); };
   auto b_ = [&] { return ld_shared_volatile(cur_work() + 5); };
   const float sl2 = a.scale_log2;
@@ -717,11 +764,15 @@ __global__ void __launch_bounds__(384, 1)
     if (sw[2] >= n_works) break;
     decode(sw);
     set_rot();
+    BWD_TRACE_WORK(sw[2]);
+    BWD_TRACE(0, global_ns());
+    BWD_TRACE(1, clock64());
 #pragma unroll
     for (int j = 0; j < D / 2; ++j) dk[j] = dv[j] = 0.f;
     int qs0 = 0;
     bool have = next_visible(0, qs0) < n_items;  // later tiles: the stats warp's TileInfo
     mbar_wait(bar_kv, n & 1);
+    BWD_TRACE(2, clock64());
     if (have) {
       if constexpr (kKRegs) load_kregs();
       if constexpr (!Tr::kPipelined) {
@@ -742,6 +793,7 @@ __global__ void __launch_bounds__(384, 1)
             break;
           }
           mbar_wait(&full_q[s], ph);
+          BWD_TRACE_FIRST(3);
           issue_s(s);
           issue_dp(s);
           if (qs_prev >= 0) {
@@ -752,6 +804,8 @@ __global__ void __launch_bounds__(384, 1)
           issue_products(s, i);
           wgmma_wait<0>();
           products_retired();
+          BWD_TRACE_FIRST(4);
+          BWD_TRACE_TILE();
           qs_prev = ti.qs;
           have = !ti.last;
         }
@@ -761,6 +815,7 @@ __global__ void __launch_bounds__(384, 1)
         // waited for at once: reading S^T while dP^T of a product issued in the previous iteration
         // is in flight makes the compiler serialise every wgmma.)
         mbar_wait(&full_q[i % kS], (i / kS) & 1);
+        BWD_TRACE(3, clock64());
         issue_sdp(i % kS);
         for (; have; ++i) {
           const int s = i % kS;
@@ -777,6 +832,8 @@ __global__ void __launch_bounds__(384, 1)
             wgmma_wait<0>();
           }
           products_retired();
+          BWD_TRACE_FIRST(4);
+          BWD_TRACE_TILE();
           release(s);
           dq_out(ti.qs, i);
         }
@@ -788,10 +845,12 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_wait<0>();
       fence_regs(st);
       fence_regs(dpt);
+      BWD_TRACE(5, clock64());
     }
     // K and V are free for the next work's loads, which run while dK and dV go out.
     __syncwarp();
     if (lane == 0) mbar_arrive(kv_empty);
+    BWD_TRACE(6, clock64());
 
     // Parts of the query range add into dk and dv one after the other: part p waits for parts
     // 0..p-1 of its key block. Their works come earlier in the order the CTAs take them, so they
@@ -811,6 +870,8 @@ __global__ void __launch_bounds__(384, 1)
     }
     add_out(a.dk, a.dk_type, dk, a.scale);
     add_out(a.dv, a.dv_type, dv, 1.f);
+    BWD_TRACE(7, clock64());
+    BWD_TRACE(9, global_ns());
     if (kParts && flag != nullptr && part + 1 < a.q_splits) {
       __threadfence();
       named_barrier(2, 256);  // every consumer's sums stored
@@ -847,9 +908,28 @@ void launch_bwd_sm90_impl(const BwdArgs& a, cudaStream_t stream) {
                      "must be fewer than 2^31 - 2^20");
   int grid = 0;
   int* const counter = make_bwd_schedule(static_cast<int>(works), grid);
+#if LONGATTN_SM90_BWD_TRACE
+  void* trace = nullptr;
+  CUDA_CHECK(cudaGetSymbolAddress(&trace, g_bwd_trace));
+  CUDA_CHECK(cudaMemsetAsync(trace, 0, sizeof(g_bwd_trace), stream));
+#endif
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.d_o, maps.dq,
                                                          a, maps.dq_tma ? 1 : 0, counter);
   CUDA_CHECK_LAUNCH("flash_bwd_sm90_kernel");
+#if LONGATTN_SM90_BWD_TRACE
+  if (const char* path = std::getenv("LONGATTN_SM90_BWD_TRACE_OUT")) {
+    static long long host[64][2][10];
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    CUDA_CHECK(cudaMemcpyFromSymbol(host, g_bwd_trace, sizeof(host)));
+    char name[512];
+    std::snprintf(name, sizeof(name), "%s_d%d_n%d_c%d_p%d.txt", path, D, a.Nq, a.causal,
+                  a.q_splits);
+    char header[256];
+    std::snprintf(header, sizeof(header), "# D=%d Nq=%d Nk=%d causal=%d parts=%d rotate=%d grid=%d",
+                  D, a.Nq, a.Nk, a.causal, a.q_splits, a.rotate, grid);
+    write_trace(name, header, &host[0][0][0], 64, 2, 10);
+  }
+#endif
 }
 
 }  // namespace longattn::cuda::sm90

@@ -27,6 +27,7 @@
 
 #include "kernels/cuda/cuda_check.hpp"
 #include "kernels/cuda/flash_common.cuh"
+#include "kernels/cuda/sm90/flash_sm90.hpp"
 #include "kernels/cuda/sm90/sm90_common.cuh"
 #include "kernels/cuda/sm90/wgmma_ops.cuh"
 
@@ -676,16 +677,10 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
     char name[512];
     std::snprintf(name, sizeof(name), "%s_d%d_bn%d_n%d_c%d_r%d.txt", path, D, kBNt, a.Nq, a.causal,
                   a.runs);
-    if (FILE* f = std::fopen(name, "w")) {
-      std::fprintf(f, "# D=%d kWG=%d kBN=%d Nq=%d Nk=%d grid=%d\n", D, kWG, kBNt, a.Nq, a.Nk, grid);
-      for (int n = 0; n < 64; ++n)
-        for (int r = 0; r < 4; ++r) {
-          std::fprintf(f, "%d %d", n, r);
-          for (int e = 0; e < 8; ++e) std::fprintf(f, " %lld", host[n][r][e]);
-          std::fprintf(f, "\n");
-        }
-      std::fclose(f);
-    }
+    char header[256];
+    std::snprintf(header, sizeof(header), "# D=%d kWG=%d kBN=%d Nq=%d Nk=%d grid=%d", D, kWG, kBNt,
+                  a.Nq, a.Nk, grid);
+    write_trace(name, header, &host[0][0][0], 64, 4, 8);
   }
 #endif
 }

@@ -7,6 +7,8 @@
 #include <cudaTypedefs.h>
 
 #include <atomic>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -197,6 +199,21 @@ int* make_bwd_schedule(int n_works, int& grid) {
 void set_grid_limit(int ctas, int group) {
   g_grid_limit.store(ctas > 0 ? ctas : 0);
   g_group.store(group > 0 ? group : 0);
+}
+
+void write_trace(const char* name, const char* header, const long long* v, int n0, int n1,
+                 int events) {
+  FILE* f = std::fopen(name, "w");
+  if (f == nullptr) return;
+  std::fprintf(f, "%s\n", header);
+  for (int i = 0; i < n0; ++i)
+    for (int j = 0; j < n1; ++j) {
+      std::fprintf(f, "%d %d", i, j);
+      for (int e = 0; e < events; ++e)
+        std::fprintf(f, " %lld", v[(static_cast<int64_t>(i) * n1 + j) * events + e]);
+      std::fprintf(f, "\n");
+    }
+  std::fclose(f);
 }
 
 bool o_vec_enabled() { return switch_on("LONGATTN_SM90_O_VEC"); }

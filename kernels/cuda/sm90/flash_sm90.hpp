@@ -42,6 +42,11 @@ int bwd_rotate(const flash::BwdArgs& a, int head_dim, double row_fill);
 // zeroed counter pair (flash_bwd_sm90_kernel resets it) and the grid, one CTA per SM (the
 // set_grid_limit limit where set) or one per work with LONGATTN_SM90_BWD_PERSISTENT=0.
 int* make_bwd_schedule(int n_works, int& grid);
+// Measurement builds (LONGATTN_SM90_FWD_TRACE, LONGATTN_SM90_BWD_TRACE): a launch's timeline to
+// the file `name`: the header line, then one line per [n0][n1] entry of v ([n0][n1][events]
+// clock values): its two indices and its events.
+void write_trace(const char* name, const char* header, const long long* v, int n0, int n1,
+                 int events);
 // Whether the forward may store o in 16-byte groups (FwdArgs::o_vec where o allows it):
 // LONGATTN_SM90_O_VEC=0 turns it off (read on each call).
 bool o_vec_enabled();
