@@ -359,13 +359,24 @@ TEST_P(FlashCase, ForwardMatchesCpuReference) {
   run_forward(c, run, std::random_device{}());
 }
 
+// A measurement switch set for one scope (empty value: left unset), unset again on exit.
+struct ScopedEnv {
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (!value.empty()) setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
+// LONGATTN_SM90_QSPLIT for a run (0: the dispatch's choice).
+std::string parts_value(int parts) { return parts > 0 ? std::to_string(parts) : std::string(); }
+
 // The Hopper forward's two ways of storing o (whole 16-byte groups after a quad transpose, where
 // o allows it; 4-byte pairs otherwise) write the same bits, both within the reference bound
 // (run_forward), rows past Nq and the padding of strided views untouched.
-struct OVec {
-  explicit OVec(const char* v) { setenv("LONGATTN_SM90_O_VEC", v, 1); }
-  ~OVec() { unsetenv("LONGATTN_SM90_O_VEC"); }
-};
 TEST(FlashOVec, SameBitsAsPairStores) {
   SKIP_WITHOUT_GPU();
   const Case cases[] = {
@@ -382,11 +393,11 @@ TEST(FlashOVec, SameBitsAsPairStores) {
     const uint64_t seed = std::random_device{}();
     FwdRun pairs, groups;
     {
-      const OVec off("0");
+      const ScopedEnv off("LONGATTN_SM90_O_VEC", "0");
       run_forward(c, pairs, seed);
     }
     {
-      const OVec on("1");
+      const ScopedEnv on("LONGATTN_SM90_O_VEC", "1");
       run_forward(c, groups, seed);
     }
     EXPECT_EQ(compare(groups.o.view(), pairs.o.view()).max_abs, 0.0) << "o";
@@ -594,10 +605,6 @@ TEST(FlashWide, CompleteMasksMatchReference) {
 // transpose, where both allow 16-byte accesses; pairs otherwise) leave the same bits, both within
 // the reference bound (check_backward), into fp32 accumulators and into dk, dv of the input
 // dtype, with key rows past Nk, strided views and query parts.
-struct DkvVec {
-  explicit DkvVec(const char* v) { setenv("LONGATTN_SM90_DKV_VEC", v, 1); }
-  ~DkvVec() { unsetenv("LONGATTN_SM90_DKV_VEC"); }
-};
 TEST(FlashDkvVec, SameBitsAsPairs) {
   SKIP_WITHOUT_GPU();
   struct Run {
@@ -618,18 +625,17 @@ TEST(FlashDkvVec, SameBitsAsPairs) {
                   Layout::Contiguous, 1.0, false, "f16_d128_parts3_f32acc"}}};
   for (const Run& r : runs) {
     SCOPED_TRACE(r.c.name);
-    if (r.parts > 0) setenv("LONGATTN_SM90_QSPLIT", std::to_string(r.parts).c_str(), 1);
+    const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts));
     const uint64_t seed = std::random_device{}();
     KeptGrads pairs, groups;
     {
-      const DkvVec off("0");
+      const ScopedEnv off("LONGATTN_SM90_DKV_VEC", "0");
       check_backward(r.c, seed, &pairs, r.input_dtype);
     }
     {
-      const DkvVec on("1");
+      const ScopedEnv on("LONGATTN_SM90_DKV_VEC", "1");
       check_backward(r.c, seed, &groups, r.input_dtype);
     }
-    unsetenv("LONGATTN_SM90_QSPLIT");
     EXPECT_EQ(compare(groups.dk.view(), pairs.dk.view()).max_abs, 0.0) << "dk";
     EXPECT_EQ(compare(groups.dv.view(), pairs.dv.view()).max_abs, 0.0) << "dv";
   }
@@ -691,9 +697,8 @@ TEST(FlashPersistent, BackwardManyWorksPerCta) {
                       Layout::Contiguous, 1.0, false, "f16_d128_bwd_persistent_parts2_sparse"}});
   for (const Run& r : runs) {
     SCOPED_TRACE(r.c.name);
-    if (r.parts > 0) setenv("LONGATTN_SM90_QSPLIT", std::to_string(r.parts).c_str(), 1);
+    const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts));
     check_backward(r.c, std::random_device{}());
-    unsetenv("LONGATTN_SM90_QSPLIT");
   }
 }
 
@@ -701,10 +706,6 @@ TEST(FlashPersistent, BackwardManyWorksPerCta) {
 // block and part, the parts adding into dk and dv in order): 2 and 3 parts, and 7, more parts
 // than the mask has query blocks (empty parts). Elsewhere the portable kernels run the same
 // checks.
-struct QuerySplits {
-  explicit QuerySplits(int n) { setenv("LONGATTN_SM90_QSPLIT", std::to_string(n).c_str(), 1); }
-  ~QuerySplits() { unsetenv("LONGATTN_SM90_QSPLIT"); }
-};
 TEST(FlashSplit, QueryPartsAddInOrder) {
   SKIP_WITHOUT_GPU();
   struct Run {
@@ -724,7 +725,7 @@ TEST(FlashSplit, QueryPartsAddInOrder) {
            Layout::Contiguous, 1.0, false, "f16_d128_parts2_causal_sparse"}}};
   for (const Run& r : runs) {
     SCOPED_TRACE(r.c.name);
-    const QuerySplits split(r.parts);
+    const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts));
     check_backward(r.c, std::random_device{}());
   }
 }
@@ -769,10 +770,6 @@ TEST(FlashRuns, ForwardMatchesReference) {
 // forced on here for the other kinds of call (causal, sparse, ragged, empty rows) and off for one
 // that takes it by default; at head dim 128 the switch must change nothing (query parts too).
 // Elsewhere the portable kernels run the same checks.
-struct WalkRotation {
-  explicit WalkRotation(const char* v) { setenv("LONGATTN_SM90_BWD_ROTATE", v, 1); }
-  ~WalkRotation() { unsetenv("LONGATTN_SM90_BWD_ROTATE"); }
-};
 TEST(FlashRotate, StaggeredWalksMatchReference) {
   SKIP_WITHOUT_GPU();
   struct Run {
@@ -795,9 +792,8 @@ TEST(FlashRotate, StaggeredWalksMatchReference) {
                 Layout::Contiguous, 1.0, false, "bf16_d64_norotate_dense"}}};
   for (const Run& r : runs) {
     SCOPED_TRACE(r.c.name);
-    const WalkRotation rotation(r.rotate);
-    std::unique_ptr<QuerySplits> split;
-    if (r.parts > 1) split = std::make_unique<QuerySplits>(r.parts);
+    const ScopedEnv rotation("LONGATTN_SM90_BWD_ROTATE", r.rotate);
+    const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts > 1 ? r.parts : 0));
     check_backward(r.c, std::random_device{}());
   }
 }
@@ -813,8 +809,7 @@ TEST(FlashSmall, SanitizerCases) {
       // (some of them empty) on the Hopper path (head dim 128).
       const bool det = variant == 1;
       const int64_t D = variant == 2 ? 128 : 64;
-      std::unique_ptr<QuerySplits> split;
-      if (variant == 2) split = std::make_unique<QuerySplits>(3);
+      const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(variant == 2 ? 3 : 0));
       Case c{dt, D, 1, 150, 130, 1, block, block, true, 20, 0, MaskKind::Sparse,
              Layout::Contiguous, 1.0, det, std::string("small_") + dtype_name(dt)};
       FwdRun run;

@@ -330,10 +330,10 @@ __global__ void __launch_bounds__(384, 1)
         int64_t w0 = 0, w1 = 0;
         if (w < n_works) {
           const int x = w % nx;
-          const int mrow = (kParts ? x % nkb : x) * kBN / a.mask_t.block_q;  // (lane 0 only)
+          k0 = (kParts ? x % nkb : x) * kBN;
+          const int mrow = k0 / a.mask_t.block_q;
           w0 = a.mask_t.row_ptr[mrow];
           w1 = a.mask_t.row_ptr[mrow + 1];
-          k0 = (kParts ? x % nkb : x) * kBN;
           h = (w / nx) % a.H;
           b = (w / nx) / a.H;
           if (kParts && a.q_splits > 1) {

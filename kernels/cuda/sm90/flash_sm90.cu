@@ -163,12 +163,20 @@ bool pingpong_enabled() {
   static const bool on = switch_on("LONGATTN_SM90_PINGPONG");
   return on;
 }
+// A launch's counter pair from the ring, and its grid over n_items items: one CTA per SM when
+// persistent (the set_grid_limit limit where set), else one per item.
+int* take_counter(DeviceSched& d) { return d.pairs + 2 * (d.next.fetch_add(1) % kCounterPairs); }
+int grid_for(const DeviceSched& d, int n_items, bool persistent) {
+  const int limit = g_grid_limit.load();
+  const int ctas = limit > 0 && limit < d.sms ? limit : (persistent ? d.sms : n_items);
+  return n_items < ctas ? n_items : ctas;
+}
 }  // namespace
 
 FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, int& grid) {
   DeviceSched& d = device_sched();
   FwdSchedule s;
-  s.counter = d.pairs + 2 * (d.next.fetch_add(1) % kCounterPairs);
+  s.counter = take_counter(d);
   s.n_qtiles = n_qtiles;
   // Half of L2 for the K/V of the heads walked together (at least one head).
   const int64_t per_l2 = kv_bytes_per_pair > 0 ? (d.l2_bytes / 2) / kv_bytes_per_pair : n_pairs;
@@ -179,21 +187,15 @@ FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pa
     if (g > 0) s.group = g < n_pairs ? g : n_pairs;
   }
   s.flags = pingpong_enabled() ? kFwdPingPong : 0;
-  const int n_items = n_qtiles * n_pairs;
-  const int limit = g_grid_limit.load();
-  const int ctas = limit > 0 && limit < d.sms ? limit : (persistent_enabled() ? d.sms : n_items);
-  grid = n_items < ctas ? n_items : ctas;
+  grid = grid_for(d, n_qtiles * n_pairs, persistent_enabled());
   return s;
 }
 
 int* make_bwd_schedule(int n_works, int& grid) {
   DeviceSched& d = device_sched();
-  int* counter = d.pairs + 2 * (d.next.fetch_add(1) % kCounterPairs);
   static const bool persistent = switch_on("LONGATTN_SM90_BWD_PERSISTENT");
-  const int limit = g_grid_limit.load();
-  const int ctas = limit > 0 && limit < d.sms ? limit : (persistent ? d.sms : n_works);
-  grid = n_works < ctas ? n_works : ctas;
-  return counter;
+  grid = grid_for(d, n_works, persistent);
+  return take_counter(d);
 }
 
 void set_grid_limit(int ctas, int group) {
