@@ -59,6 +59,12 @@ struct Options {
   // Warm-up time per row: under the board's power limit the clocks settle within ~0.1-0.3 s of
   // sustained work, so rows of ~0.1 s would otherwise be timed half boosted, half capped.
   double warm_ms = 300.0;
+  // "queued" (default): the timed calls go back to back, timed by an event between each two, and
+  // the warm-up runs in batches of ~10 ms: what the GPU spends per call under a training loop.
+  // "sync" (every anchored run up to version 20): each call is waited for before the next is
+  // launched, so a call's time includes its host launch latency (some 60-130 us per call for
+  // the PyTorch cuDNN path at 4K against a few us here: the anchors lose at short rows).
+  std::string timing = "queued";
   int device = 0;
   std::string command;
 };
@@ -98,20 +104,54 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
     BENCH_CUDA(cudaEventElapsedTime(&ms, start, stop));
     return static_cast<double>(ms);
   };
+  const bool queued = opt.timing == "queued";
   // Warm-up: at least `warmup` calls (one at least) and warm_ms of GPU time, stopping early once
   // a third of the row's time budget is spent (slow rows at 64K would otherwise dominate the run).
+  // Queued: after the first call, batches of ~10 ms of calls between two events.
   double first = 0, warm_ms = 0;
-  for (int i = 0;; ++i) {
-    first = once();
-    warm_ms += first;
+  for (int i = 0;;) {
+    if (queued && i > 0) {
+      const int k = std::clamp(static_cast<int>(10.0 / std::max(first, 1e-3)), 1, 1000);
+      BENCH_CUDA(cudaEventRecord(start, stream));
+      for (int c = 0; c < k; ++c) fn();
+      BENCH_CUDA(cudaEventRecord(stop, stream));
+      BENCH_CUDA(cudaEventSynchronize(stop));
+      float ms = 0;
+      BENCH_CUDA(cudaEventElapsedTime(&ms, start, stop));
+      first = ms / k;
+      warm_ms += ms;
+      i += k;
+    } else {
+      first = once();
+      warm_ms += first;
+      i += 1;
+    }
     if (warm_ms > opt.max_seconds * 1e3 / 3) break;
-    if (i + 1 >= std::max(1, opt.warmup) && warm_ms >= opt.warm_ms) break;
+    if (i >= std::max(1, opt.warmup) && warm_ms >= opt.warm_ms) break;
   }
   int reps = opt.repeats;
   if (first > 0) reps = std::min(reps, static_cast<int>(opt.max_seconds * 1e3 / first));
   reps = std::max(reps, 5);
   std::vector<double> ms;
-  for (int i = 0; i < reps; ++i) ms.push_back(once());
+  if (queued) {
+    // One event between consecutive calls, all launched before the first wait.
+    std::vector<cudaEvent_t> ev(static_cast<size_t>(reps) + 1);
+    for (auto& e : ev) BENCH_CUDA(cudaEventCreate(&e));
+    BENCH_CUDA(cudaEventRecord(ev[0], stream));
+    for (int i = 0; i < reps; ++i) {
+      fn();
+      BENCH_CUDA(cudaEventRecord(ev[static_cast<size_t>(i) + 1], stream));
+    }
+    BENCH_CUDA(cudaEventSynchronize(ev.back()));
+    for (int i = 0; i < reps; ++i) {
+      float t = 0;
+      BENCH_CUDA(cudaEventElapsedTime(&t, ev[static_cast<size_t>(i)], ev[static_cast<size_t>(i) + 1]));
+      ms.push_back(t);
+    }
+    for (auto& e : ev) BENCH_CUDA(cudaEventDestroy(e));
+  } else {
+    for (int i = 0; i < reps; ++i) ms.push_back(once());
+  }
   BENCH_CUDA(cudaEventDestroy(start));
   BENCH_CUDA(cudaEventDestroy(stop));
   return {percentile(ms, 0.5), percentile(ms, 0.1), percentile(ms, 0.9), reps};
@@ -374,9 +414,10 @@ class Bench {
     std::printf("# longattn kernel_bench on %s (CUDA runtime %d, driver %d), dtype %s\n",
                 be_->name().c_str(), rt, drv, opt_.dtype.c_str());
     std::printf("# %s\n", opt_.command.c_str());
-    std::printf("# timing: CUDA events on the work stream, at least %d warm-up calls and %.0f ms, "
-                "median of up to %d repeats (<= %.1f s per row, >= 5), p10/p90; FLOPs fwd "
-                "4*B*H*pairs*D (causal half), bwd 2.5x\n",
+    std::printf("# timing: CUDA events on the work stream (%s), at least %d warm-up calls and "
+                "%.0f ms, median of up to %d repeats (<= %.1f s per row, >= 5), p10/p90; FLOPs "
+                "fwd 4*B*H*pairs*D (causal half), bwd 2.5x\n",
+                opt_.timing == "queued" ? "calls queued back to back" : "each call waited for",
                 opt_.warmup, opt_.warm_ms, opt_.repeats, opt_.max_seconds);
   }
 
@@ -401,7 +442,10 @@ class Bench {
              {"warm_ms", opt_.warm_ms},
              {"repeats_max", opt_.repeats},
              {"max_seconds_per_row", opt_.max_seconds},
-             {"method", "CUDA events on the backend work stream"}}},
+             {"mode", opt_.timing},
+             {"method", opt_.timing == "queued"
+                            ? "CUDA events on the backend work stream, calls queued back to back"
+                            : "CUDA events on the backend work stream, each call waited for"}}},
            {"flops_convention",
             "fwd 4*B*H*(visible pairs)*D; dense causal counts half (4*B*H*N^2*D/2); bwd 2.5x fwd"},
            {"grad_dtype",
@@ -460,6 +504,8 @@ int main(int argc, char** argv) {
       "repeats", po::value(&opt.repeats)->default_value(opt.repeats), "timed calls per row (max)")(
       "max-seconds", po::value(&opt.max_seconds)->default_value(opt.max_seconds),
       "time budget per row (repeats shrink, at least 5)")(
+      "timing", po::value(&opt.timing)->default_value(opt.timing),
+      "queued (calls back to back, events between them) | sync (wait for each timed call)")(
       "device", po::value(&opt.device)->default_value(opt.device), "CUDA device");
   try {
     po::variables_map vm;
@@ -472,6 +518,8 @@ int main(int argc, char** argv) {
     LONGATTN_CHECK_ARG(opt.warmup >= 0, "--warmup", opt.warmup, "must be >= 0");
     LONGATTN_CHECK_ARG(opt.warm_ms >= 0, "--warm-ms", opt.warm_ms, "must be >= 0");
     LONGATTN_CHECK_ARG(opt.repeats >= 1, "--repeats", opt.repeats, "must be >= 1");
+    if (opt.timing != "sync" && opt.timing != "queued")
+      throw InvalidArgument("--timing", opt.timing, "must be sync or queued");
     if (opt.kv_grads != "fp32" && opt.kv_grads != "input")
       throw InvalidArgument("--kv-grads", opt.kv_grads, "must be fp32 or input");
     if (cuda_device_count() == 0) {
