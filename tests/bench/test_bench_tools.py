@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""CPU tests of the benchmark's Python tools: anchors.Timer's two timing modes (with a fake torch
+whose GPU clock runs only inside the timed calls, and a host that takes time between them) and
+bench/ab_compare.py's paired comparison."""
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import anchors  # noqa: E402
+
+
+class FakeGpu:
+    """One stream: work runs in launch order; events take the stream's time when it reaches them.
+    The host spends `host_ms` launching each call; the GPU is idle when the host is behind."""
+
+    def __init__(self, call_ms, host_ms):
+        self.call_ms, self.host_ms = call_ms, host_ms
+        self.host = 0.0    # host clock (ms)
+        self.stream = 0.0  # when the stream's queued work ends
+        self.calls = 0
+
+    def launch(self):
+        self.host += self.host_ms
+        self.stream = max(self.stream, self.host) + self.call_ms
+        self.calls += 1
+
+
+class FakeTorch:
+    def __init__(self, gpu):
+        gpu_ = gpu
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                self.t = None
+
+            def record(self):
+                self.t = max(gpu_.stream, gpu_.host)
+                gpu_.stream = self.t
+
+            def synchronize(self):
+                gpu_.host = max(gpu_.host, self.t)
+
+            def elapsed_time(self, other):
+                return other.t - self.t
+
+        class Cuda:
+            pass
+
+        self.cuda = Cuda()
+        self.cuda.Event = Event
+
+
+class TimerModes(unittest.TestCase):
+    def run_mode(self, mode, call_ms, host_ms, **kw):
+        gpu = FakeGpu(call_ms, host_ms)
+        timer = anchors.Timer(FakeTorch(gpu), warmup=3, repeats=20, max_seconds=3.0,
+                              warm_ms=kw.get("warm_ms", 50.0), mode=mode)
+        return timer(gpu.launch), gpu
+
+    def test_sync_holds_host_latency(self):
+        r, _ = self.run_mode("sync", call_ms=0.2, host_ms=0.1)
+        self.assertAlmostEqual(r["ms_median"], 0.3, places=6)
+
+    def test_queued_is_gpu_time_per_call(self):
+        r, _ = self.run_mode("queued", call_ms=0.2, host_ms=0.1)
+        self.assertAlmostEqual(r["ms_median"], 0.2, places=6)
+        self.assertAlmostEqual(r["ms_p90"], 0.2, places=6)
+
+    def test_queued_shows_a_host_bound_call(self):
+        # A host slower than the GPU leaves gaps even when queued: they are part of each call.
+        r, _ = self.run_mode("queued", call_ms=0.2, host_ms=0.5)
+        self.assertAlmostEqual(r["ms_median"], 0.5, places=6)
+
+    def test_queued_warm_up_reaches_its_time(self):
+        r, gpu = self.run_mode("queued", call_ms=0.2, host_ms=0.01, warm_ms=300.0)
+        warm_calls = gpu.calls - r["repeats"]
+        self.assertGreaterEqual(warm_calls * 0.2, 300.0 - 1e-9)
+        self.assertLess(warm_calls * 0.2, 300.0 + 10.0 + 0.2 + 1e-9)  # at most one ~10 ms batch over
+
+    def test_rejects_unknown_mode(self):
+        with self.assertRaises(ValueError):
+            anchors.Timer(FakeTorch(FakeGpu(1, 1)), 3, 20, 3.0, 0.0, mode="async")
+
+
+LOG = """\
+a 1 sparse   bwd  random             N=65536  H=16  D=128  full    dens=0.100     20.000 ms [  1, 2]    1 TFLOP/s
+b 1 sparse   bwd  random             N=65536  H=16  D=128  full    dens=0.100     19.000 ms [  1, 2]    1 TFLOP/s
+b 2 sparse   bwd  random             N=65536  H=16  D=128  full    dens=0.100     21.000 ms [  1, 2]    1 TFLOP/s
+a 2 sparse   bwd  random             N=65536  H=16  D=128  full    dens=0.100     22.000 ms [  1, 2]    1 TFLOP/s
+a 3 dense    fwd                     N=4096   H=16  D=64   causal  dens=0.500      1.000 ms [  1, 2]    1 TFLOP/s
+b 3 dense    fwd                     N=4096   H=16  D=64   causal  dens=0.500      0.800 ms [  1, 2]    1 TFLOP/s
+"""
+
+
+class AbCompare(unittest.TestCase):
+    def compare(self, *args):
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write(LOG)
+        try:
+            return subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ab_compare.py"),
+                                   f.name, *args], capture_output=True, text=True)
+        finally:
+            os.unlink(f.name)
+
+    def test_paired_median_and_best(self):
+        p = self.compare()
+        self.assertEqual(p.returncode, 0, p.stderr)
+        rows = {l.split()[0] + " " + l.split()[1]: l for l in p.stdout.splitlines()[2:]}
+        # random: rounds 1 and 2 pair 20/19 - 1 = +5.26% and 22/21 - 1 = +4.76%: median +5.0%;
+        # best times 20.000 (a) and 19.000 (b).
+        r = rows["sparse bwd"]
+        self.assertIn("20.000", r)
+        self.assertIn("19.000", r)
+        self.assertIn("+5.0%", r)
+        self.assertIn("+25.0%", rows["dense fwd"])
+
+    def test_base_must_be_a_variant(self):
+        p = self.compare("--base", "c")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("--base c", p.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
