@@ -62,8 +62,8 @@ struct Options {
   // "queued" (default): the timed calls go back to back, timed by an event between each two, and
   // the warm-up runs in batches of ~10 ms: what the GPU spends per call under a training loop.
   // "sync" (every anchored run up to version 20): each call is waited for before the next is
-  // launched, so a call's time includes its host launch latency (some 60-130 us per call for
-  // the PyTorch cuDNN path at 4K against a few us here: the anchors lose at short rows).
+  // launched, so a call's time includes its host launch latency (37-168 us per call for the
+  // PyTorch anchors at 4K against a few us here: the anchors lose at short rows).
   std::string timing = "queued";
   int device = 0;
   std::string command;
@@ -145,7 +145,8 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
     BENCH_CUDA(cudaEventSynchronize(ev.back()));
     for (int i = 0; i < reps; ++i) {
       float t = 0;
-      BENCH_CUDA(cudaEventElapsedTime(&t, ev[static_cast<size_t>(i)], ev[static_cast<size_t>(i) + 1]));
+      const auto k = static_cast<size_t>(i);
+      BENCH_CUDA(cudaEventElapsedTime(&t, ev[k], ev[k + 1]));
       ms.push_back(t);
     }
     for (auto& e : ev) BENCH_CUDA(cudaEventDestroy(e));

@@ -79,7 +79,8 @@ class TimerModes(unittest.TestCase):
         r, gpu = self.run_mode("queued", call_ms=0.2, host_ms=0.01, warm_ms=300.0)
         warm_calls = gpu.calls - r["repeats"]
         self.assertGreaterEqual(warm_calls * 0.2, 300.0 - 1e-9)
-        self.assertLess(warm_calls * 0.2, 300.0 + 10.0 + 0.2 + 1e-9)  # at most one ~10 ms batch over
+        # At most one ~10 ms batch past the warm-up time.
+        self.assertLess(warm_calls * 0.2, 300.0 + 10.0 + 0.2 + 1e-9)
 
     def test_rejects_unknown_mode(self):
         with self.assertRaises(ValueError):
