@@ -43,13 +43,6 @@ class Timer:
         start = torch.cuda.Event(enable_timing=True)
         stop = torch.cuda.Event(enable_timing=True)
 
-        def once():
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            return start.elapsed_time(stop)
-
         def batch(k):
             start.record()
             for _ in range(k):
@@ -63,14 +56,9 @@ class Timer:
         # kernel_bench does.
         first, warm_ms, i = 0.0, 0.0, 0
         while True:
-            if queued and i > 0:
-                k = min(max(int(10.0 / max(first, 1e-3)), 1), 1000)
-                t = batch(k)
-                first, warm_ms, i = t / k, warm_ms + t, i + k
-            else:
-                first = once()
-                warm_ms += first
-                i += 1
+            k = min(max(int(10.0 / max(first, 1e-3)), 1), 1000) if queued and i > 0 else 1
+            t = batch(k)
+            first, warm_ms, i = t / k, warm_ms + t, i + k
             if warm_ms > self.max_seconds * 1e3 / 3:
                 break
             if i >= max(1, self.warmup) and warm_ms >= self.warm_ms:
@@ -88,7 +76,7 @@ class Timer:
             ev[-1].synchronize()
             ms = [ev[j].elapsed_time(ev[j + 1]) for j in range(reps)]
         else:
-            ms = [once() for _ in range(reps)]
+            ms = [batch(1) for _ in range(reps)]
         return {"ms_median": percentile(ms, 0.5), "ms_p10": percentile(ms, 0.1),
                 "ms_p90": percentile(ms, 0.9), "repeats": reps}
 

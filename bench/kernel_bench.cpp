@@ -95,9 +95,10 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
   cudaEvent_t start, stop;
   BENCH_CUDA(cudaEventCreate(&start));
   BENCH_CUDA(cudaEventCreate(&stop));
-  auto once = [&] {
+  // k calls between two events, waited for: the GPU time of the k calls.
+  auto batch = [&](int k) {
     BENCH_CUDA(cudaEventRecord(start, stream));
-    fn();
+    for (int c = 0; c < k; ++c) fn();
     BENCH_CUDA(cudaEventRecord(stop, stream));
     BENCH_CUDA(cudaEventSynchronize(stop));
     float ms = 0;
@@ -110,22 +111,12 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
   // Queued: after the first call, batches of ~10 ms of calls between two events.
   double first = 0, warm_ms = 0;
   for (int i = 0;;) {
-    if (queued && i > 0) {
-      const int k = std::clamp(static_cast<int>(10.0 / std::max(first, 1e-3)), 1, 1000);
-      BENCH_CUDA(cudaEventRecord(start, stream));
-      for (int c = 0; c < k; ++c) fn();
-      BENCH_CUDA(cudaEventRecord(stop, stream));
-      BENCH_CUDA(cudaEventSynchronize(stop));
-      float ms = 0;
-      BENCH_CUDA(cudaEventElapsedTime(&ms, start, stop));
-      first = ms / k;
-      warm_ms += ms;
-      i += k;
-    } else {
-      first = once();
-      warm_ms += first;
-      i += 1;
-    }
+    const int k =
+        queued && i > 0 ? std::clamp(static_cast<int>(10.0 / std::max(first, 1e-3)), 1, 1000) : 1;
+    const double ms = batch(k);
+    first = ms / k;
+    warm_ms += ms;
+    i += k;
     if (warm_ms > opt.max_seconds * 1e3 / 3) break;
     if (i >= std::max(1, opt.warmup) && warm_ms >= opt.warm_ms) break;
   }
@@ -151,7 +142,7 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
     }
     for (auto& e : ev) BENCH_CUDA(cudaEventDestroy(e));
   } else {
-    for (int i = 0; i < reps; ++i) ms.push_back(once());
+    for (int i = 0; i < reps; ++i) ms.push_back(batch(1));
   }
   BENCH_CUDA(cudaEventDestroy(start));
   BENCH_CUDA(cudaEventDestroy(stop));
