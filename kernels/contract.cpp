@@ -128,6 +128,33 @@ bool forward_wide_runs(int64_t head_dim, bool contiguous_rows, double mean_row_k
   return head_dim == 128 && contiguous_rows && mean_row_keys >= kForwardWideRunKeys;
 }
 
+ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_tiles,
+                                    int64_t max_pieces) {
+  ForwardTailSplit best;
+  if (items <= 0 || ctas <= 0 || key_tiles < 4) return best;
+  const int64_t tail = items % ctas == 0 ? 0 : (items < ctas ? items : items % ctas);
+  if (tail == 0) return best;
+  const double one = static_cast<double>(key_tiles) + kForwardItemOverheadTiles;
+  double best_cost = 1.0;
+  for (int64_t s = 2; s <= max_pieces && 2 * s <= key_tiles; ++s) {
+    const int64_t per = (key_tiles + s - 1) / s;
+    const int64_t pieces = (key_tiles + per - 1) / per;  // every piece non-empty
+    const int64_t waves = (tail * pieces + ctas - 1) / ctas;
+    const double cost =
+        static_cast<double>(waves) * (static_cast<double>(per) + kForwardItemOverheadTiles) / one;
+    if (cost < best_cost - 1e-12) {
+      best_cost = cost;
+      best.pieces = pieces;
+      best.tiles_per_piece = per;
+    }
+  }
+  if (best.pieces == 0 || best_cost > 0.9) return ForwardTailSplit{};
+  best.first = items - tail;
+  best.items = tail;
+  best.tail_cost = best_cost;
+  return best;
+}
+
 int64_t mask_complete_diag(const BlockMask& m) {
   int64_t best = kMaskCompleteAll;
   for (int64_t r = 0; r < m.num_q_blocks; ++r) {

@@ -90,6 +90,24 @@ bool mask_complete_for(const BlockMaskView& m, bool causal, int64_t diag);
 constexpr double kForwardWideRunKeys = 2048;
 bool forward_wide_runs(int64_t head_dim, bool contiguous_rows, double mean_row_keys);
 
+// Tail splitting for a persistent forward over equal items (non-causal calls whose mask lists
+// every key block): `items` items of `key_tiles` key tiles each on `ctas` CTAs leave a last,
+// partial wave of items % ctas items (all items when fewer than ctas), during which the other
+// CTAs idle. Each of those last items is cut into `pieces` ranges of `tiles_per_piece` key
+// tiles, processed as separate items and merged (log-sum-exp) after the kernel. Chosen to
+// minimise the last wave's time, counting kForwardItemOverheadTiles of fixed work per item or
+// piece, and taken only when it saves at least a tenth of an item; pieces = 0 when not taken.
+constexpr double kForwardItemOverheadTiles = 2.0;
+struct ForwardTailSplit {
+  int64_t first = 0;          // items [first, first + items) are split
+  int64_t items = 0;
+  int64_t pieces = 0;         // pieces per split item (every one non-empty)
+  int64_t tiles_per_piece = 0;
+  double tail_cost = 1.0;     // the split last wave's time, in items
+};
+ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_tiles,
+                                    int64_t max_pieces = 8);
+
 // Parts of the query range for a key-stationary backward whose CTAs walk a key block's listed
 // query tiles in order: with scattered rows (row_fill < 0.75) the CTAs running together touch
 // a head's whole query range, so the range is cut until one part's Q and dO (16-bit) and fp32

@@ -250,7 +250,7 @@ class CudaBackendImpl final : public CudaBackend {
     check_mask_on_device(p.mask, "mask");
     if (p.q.numel() == 0) return;
     DeviceGuard g(opt_.device);
-    cuda::flash_forward(p, stream_);
+    cuda::flash_forward(p, stream_, pool_);
     CUDA_CHECK_LAUNCH("cuda::flash_forward");
   }
 

@@ -228,14 +228,15 @@ std::string flash_forward_kernel(const AttnFwdParams& p) {
   return "sm90";
 }
 
-void flash_forward(const AttnFwdParams& p, cudaStream_t stream) {
+void flash_forward(const AttnFwdParams& p, cudaStream_t stream, cudaMemPool_t pool) {
   const FwdArgs a = make_fwd_args(p);
   if (p.q.N == 0 || p.q.B == 0 || p.q.H == 0) return;
   const DType dt = p.q.dtype;
 #if LONGATTN_HAVE_SM90
   // Hopper: the warp-specialised TMA + wgmma kernel where it applies (sm_90, fp16/bf16, head dim
   // 64/128, 128-multiple mask blocks, 16-byte aligned rows); the portable kernels otherwise.
-  if (takes_sm90(a, dt, p.q.D)) return sm90::flash_forward(a, dt, static_cast<int>(p.q.D), stream);
+  if (takes_sm90(a, dt, p.q.D))
+    return sm90::flash_forward(a, dt, static_cast<int>(p.q.D), stream, pool);
 #endif
   // 128 query rows per CTA when the mask's query blocks allow it (more reuse of each K/V tile).
   const int m_tiles = (a.mask.block_q % 128 == 0 && p.q.D <= 128) ? 2 : 1;
@@ -315,6 +316,14 @@ std::string flash_backward_kernel(const AttnBwdParams& p) {
   const BwdArgs a = make_bwd_args(p);
   if (p.q.dtype == DType::F32) return "fp32";
   return bwd_takes_sm90(a, p) ? "sm90" : "portable";
+}
+
+int forward_last_split_pieces() {
+#ifdef LONGATTN_HAVE_SM90
+  return sm90::last_fwd_split_pieces();
+#else
+  return 0;
+#endif
 }
 
 void set_persistent_grid_limit(int ctas, int group) {

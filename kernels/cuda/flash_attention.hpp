@@ -26,8 +26,9 @@ namespace longattn::cuda {
 bool flash_supports(DType dtype, int64_t head_dim);
 
 // Forward: writes o and lse for every query row; a row that sees no key gets o = 0 and
-// lse = -inf. Asynchronous on `stream`.
-void flash_forward(const AttnFwdParams& p, cudaStream_t stream);
+// lse = -inf. Asynchronous on `stream`; temporaries (the Hopper forward's split pieces) come
+// from `pool` when given, else from the device's default pool, stream-ordered.
+void flash_forward(const AttnFwdParams& p, cudaStream_t stream, cudaMemPool_t pool = nullptr);
 
 // Which kernel flash_forward runs for p on the current device: "sm90" (Hopper TMA + wgmma:
 // compute capability 9.0, fp16/bf16, head_dim 64/128, mask blocks multiples of 128, 16-byte
@@ -55,5 +56,8 @@ std::string flash_backward_kernel(const AttnBwdParams& p);
 // grid (0 = one CTA per SM) so that every CTA walks many items, and may fix how many (batch,
 // head) pairs the forward interleaves (0 = by the L2 size); no effect elsewhere.
 void set_persistent_grid_limit(int ctas, int group = 0);
+// Pieces the last Hopper forward launch cut its last wave's items into (forward_tail_split in
+// kernels/contract.hpp; 0: none, or no Hopper launch), for tests.
+int forward_last_split_pieces();
 
 }  // namespace longattn::cuda

@@ -131,6 +131,56 @@ TEST(Dense, MaskRuns) {
   EXPECT_FALSE(forward_wide_runs(64, true, 1e9));  // 192-row tiles can span two mask rows
 }
 
+// Tail splitting of the persistent forward: the last partial wave's items cut along the keys.
+TEST(Dense, ForwardTailSplit) {
+  // 8K at head dim 64 (192-row items): 688 items on 132 CTAs, a last wave of 28 items of 64 key
+  // tiles: four pieces of 16 tiles fill 112 CTAs at once.
+  ForwardTailSplit t = forward_tail_split(688, 132, 64);
+  EXPECT_EQ(t.first, 660);
+  EXPECT_EQ(t.items, 28);
+  EXPECT_EQ(t.pieces, 4);
+  EXPECT_EQ(t.tiles_per_piece, 16);
+  EXPECT_NEAR(t.tail_cost, 18.0 / 66.0, 1e-12);
+  // 4K at head dim 64: 352 items, a last wave of 88: three pieces of 11 tiles take two waves of
+  // 132 (2 x 13 / 34 of an item), better than one whole item, two pieces (2 x 18 / 34) or four.
+  t = forward_tail_split(352, 132, 32);
+  EXPECT_EQ(t.first, 264);
+  EXPECT_EQ(t.items, 88);
+  EXPECT_EQ(t.pieces, 3);
+  EXPECT_EQ(t.tiles_per_piece, 11);
+  // 4K at head dim 128: 512 items leave 116 of 132 CTAs busy in the last wave; no split helps.
+  EXPECT_EQ(forward_tail_split(512, 132, 24).pieces, 0);
+  // Whole waves: nothing to split.
+  EXPECT_EQ(forward_tail_split(264, 132, 64).pieces, 0);
+  // Fewer items than CTAs: every item is the tail.
+  t = forward_tail_split(24, 132, 8);
+  EXPECT_EQ(t.first, 0);
+  EXPECT_EQ(t.items, 24);
+  EXPECT_EQ(t.pieces, 4);
+  EXPECT_EQ(t.tiles_per_piece, 2);
+  // Uneven key tiles: at most 3 pieces (2 tiles each would leave 4 pieces, 3 needs 2 x 3 <= 7);
+  // pieces of 3, 3 and 1 tiles, one wave of (3 + 2) / (7 + 2) of an item.
+  t = forward_tail_split(3, 132, 7);
+  EXPECT_EQ(t.pieces, 3);
+  EXPECT_EQ(t.tiles_per_piece, 3);
+  EXPECT_NEAR(t.tail_cost, 5.0 / 9.0, 1e-12);
+  EXPECT_LE((t.pieces - 1) * t.tiles_per_piece, 6);
+  // Too few key tiles to cut, bad arguments.
+  EXPECT_EQ(forward_tail_split(10, 132, 3).pieces, 0);
+  EXPECT_EQ(forward_tail_split(0, 132, 64).pieces, 0);
+  EXPECT_EQ(forward_tail_split(10, 0, 64).pieces, 0);
+  for (int64_t items : {1, 5, 131, 133, 300, 1000, 5000})
+    for (int64_t tiles : {4, 9, 24, 64, 512}) {
+      const ForwardTailSplit s = forward_tail_split(items, 132, tiles);
+      if (s.pieces == 0) continue;
+      EXPECT_GE(s.pieces, 2);
+      EXPECT_LT((s.pieces - 1) * s.tiles_per_piece, tiles);  // no empty piece
+      EXPECT_GE(s.pieces * s.tiles_per_piece, tiles);        // every tile in a piece
+      EXPECT_EQ(s.first + s.items, items);
+      EXPECT_LE(s.tail_cost, 0.9);
+    }
+}
+
 // Staggered walks of the key-stationary backward: which calls take them, and where each CTA
 // starts (every start inside the walk, neighbouring key blocks apart, spread over the items).
 TEST(Dense, BackwardStaggeredWalks) {

@@ -670,6 +670,56 @@ TEST(FlashPersistent, ManyItemsPerCta) {
     }
 }
 
+// Tail splitting of the Hopper forward (non-causal calls over complete masks): the items of the
+// last, partial wave are cut along the keys into pieces and merged after the kernel. On a full
+// GPU small calls are all tail (fewer items than CTAs); with a grid of 5 CTAs the split items
+// follow whole ones in the same CTAs. Sequence ends inside a query tile and a key tile, batches
+// and heads, strided views; each case against the reference with the split taken
+// (forward_last_split_pieces > 0 on sm90) and with LONGATTN_SM90_FWD_TAIL=0 (none taken).
+// Elsewhere the portable kernels run the same checks.
+TEST(FlashTailSplit, PiecesMergeToReference) {
+  SKIP_WITHOUT_GPU();
+  int dev = 0, sms = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
+  int split_cases = 0, hopper_cases = 0;
+  for (int limit : {0, 5}) {
+    const GridLimit grid(limit, 0);
+    for (DType dt : {DType::BF16, DType::F16})
+      for (int64_t D : {64, 128}) {
+        const std::string tag = std::string(dtype_name(dt)) + "_d" + std::to_string(D) +
+                                "_grid" + std::to_string(limit);
+        const Case cs[] = {
+            {dt, D, 2, 1000, 900, 3, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
+             1.0, false, tag + "_edges"},
+            {dt, D, 1, 1400, 2000, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Dilated,
+             1.0, false, tag + "_long_keys"},
+            {dt, D, 3, 300, 1500, 1, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
+             3.0, false, tag + "_large_logits"}};
+        for (const Case& c : cs) {
+          // The wide kernels' items: 192 x 128 at d=64, 128 x 176 at d=128.
+          const int64_t bm = D == 64 ? 192 : 128, bn = D == 64 ? 128 : 176;
+          const int64_t items = (c.Nq + bm - 1) / bm * c.B * c.H;
+          const ForwardTailSplit want =
+              forward_tail_split(items, limit > 0 ? limit : sms, (c.Nk + bn - 1) / bn);
+          for (const char* tail : {"1", "0"}) {
+            const ScopedEnv env("LONGATTN_SM90_FWD_TAIL", tail);
+            SCOPED_TRACE(c.name + "_tail" + tail);
+            FwdRun run;
+            run_forward(c, run, std::random_device{}());
+            if (run.kernel != "sm90-wide") continue;  // elsewhere: the portable kernels
+            ++hopper_cases;
+            const int64_t pieces = tail[0] == '1' ? want.items * want.pieces : 0;
+            EXPECT_EQ(cuda::forward_last_split_pieces(), pieces);
+            if (pieces > 0) ++split_cases;
+          }
+        }
+      }
+  }
+  // On a Hopper device most cases take the split path (each checked above against the rule).
+  if (hopper_cases > 0) EXPECT_GT(split_cases, hopper_cases / 4);
+}
+
 // The persistent Hopper backward with a grid of 3 CTAs: every CTA takes many (key block, part,
 // head, batch) works, so the work handoff, the K/V reload while the last work's dK and dV go
 // out, the stage ring, dS and dQ buffers carried across works, works without tiles and query

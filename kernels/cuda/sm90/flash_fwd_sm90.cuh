@@ -230,6 +230,27 @@ __device__ __forceinline__ void store_o_lse(const FwdArgs& a, const float (&o)[D
   }
 }
 
+// A piece of a split item: o normalised by the row sums and the rows' lse, fp32, rows relative
+// to the item's first (rows past Nq are written too; the merge skips them).
+template <int D>
+__device__ __forceinline__ void store_piece(float* so, float* slse, const float (&o)[D / 2],
+                                            const float (&m)[2], const float (&l)[2], int row,
+                                            int t4) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    float lt = l[hh];
+    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    const int r = row + hh * 8;
+    const float inv = lt > 0.f ? 1.f / lt : 0.f;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+      *reinterpret_cast<float2*>(so + static_cast<int64_t>(r) * D + dt * 8 + 2 * t4) =
+          make_float2(o[dt * 4 + 2 * hh] * inv, o[dt * 4 + 2 * hh + 1] * inv);
+    if (t4 == 0) slse[r] = lt > 0.f ? m[hh] * flash::kLn2 + logf(lt) : flash::kNegInf;
+  }
+}
+
 // kWG consumer warpgroups of 64 query rows each and key tiles of kBNt rows: 2 and 128 (any
 // mask); for calls whose mask lists every visible key block (FwdArgs::complete) 3 and 128 at head
 // dim 64, 2 and 176 at head dim 128. The key tiles are then walked by
@@ -275,7 +296,67 @@ struct FwdSchedule {
   int n_qtiles = 0;
   int group = 1;  // (batch, head) pairs whose items interleave
   int flags = 0;  // kFwdPingPong
+  // Items of the launch: items 0 .. split_first - 1 whole, then split_items items cut along the
+  // keys into split_pieces pieces of split_keys keys each (forward_tail_split), each piece an
+  // item of its own whose normalised o and lse go to split_o / split_lse (fp32, piece-major,
+  // [piece][kBM][D] and [piece][kBM]) for fwd_split_merge_kernel.
+  int n_items = 0;
+  int split_first = 0, split_items = 0, split_pieces = 0, split_keys = 0;
+  float* split_o = nullptr;
+  float* split_lse = nullptr;
 };
+
+// Query tile, head and batch of item t (whole items; a split item's pieces share its t).
+struct FwdItemPos {
+  int q0, h, b;
+};
+__device__ __forceinline__ FwdItemPos fwd_item_pos(int t, const FwdSchedule& sched, int H, int B,
+                                                   int kBM) {
+  // Items come in groups of sched.group (batch, head) pairs, sized so that the group's K/V stay
+  // in L2 while the CTAs running at once walk it; within a group the last (longest under
+  // causality) query tiles of every pair come first.
+  const int per_group = sched.n_qtiles * sched.group;
+  const int g0 = t / per_group * sched.group;
+  const int gsize = min(sched.group, H * B - g0);
+  const int r = t % per_group;
+  const int hb = g0 + r % gsize;
+  return {(sched.n_qtiles - 1 - r / gsize) * kBM, hb % H, hb / H};
+}
+
+// o and lse of the split items from their pieces: lse = log sum_p exp(lse_p), o = sum_p
+// exp(lse_p - lse) o_p. One block per (split item, row), D / 2 threads of two columns each.
+template <typename T, int D, int kBM>
+__global__ void __launch_bounds__(D / 2)
+    fwd_split_merge_kernel(const FwdArgs a, const FwdSchedule sched) {
+  const int j = blockIdx.x / kBM, row = blockIdx.x % kBM;
+  const FwdItemPos pos = fwd_item_pos(sched.split_first + j, sched, a.H, a.B, kBM);
+  const int r = pos.q0 + row;
+  if (r >= a.Nq) return;
+  const int np = sched.split_pieces;
+  const float* lse = sched.split_lse + static_cast<int64_t>(j) * np * kBM + row;
+  float mx = flash::kNegInf;
+  for (int p = 0; p < np; ++p) mx = fmaxf(mx, lse[static_cast<int64_t>(p) * kBM]);
+  const int c = 2 * threadIdx.x;
+  float acc0 = 0.f, acc1 = 0.f, wsum = 0.f;
+  if (mx != flash::kNegInf) {
+    for (int p = 0; p < np; ++p) {
+      const float wgt = expf(lse[static_cast<int64_t>(p) * kBM] - mx);
+      const float* op =
+          sched.split_o + (static_cast<int64_t>(j * np + p) * kBM + row) * D + c;
+      wsum += wgt;
+      acc0 += wgt * op[0];
+      acc1 += wgt * op[1];
+    }
+  }
+  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+  const int64_t ob = pos.b * a.o.sb + static_cast<int64_t>(r) * a.o.sn + pos.h * a.o.sh;
+  flash::store_out2<T>(a.o.data, ob + c, a.o_type, acc0 * inv, acc1 * inv, a.o_pair);
+  if (threadIdx.x == 0) {
+    float* out = static_cast<float*>(a.lse.data);
+    out[pos.b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + pos.h * a.lse.sh] =
+        wsum > 0.f ? mx + logf(wsum) : flash::kNegInf;
+  }
+}
 constexpr int kFwdPingPong = 1;
 
 template <typename T, int D, int kWG, int kBNt>
@@ -305,7 +386,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   uint64_t* empty_v = empty_k + kS;
   int* tile_slot = reinterpret_cast<int*>(empty_v + kS);  // [2]
 
-  const int n_items_total = sched.n_qtiles * a.H * a.B;
+  const int n_items_total = sched.n_items;
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     mbar_init(bar_q, 1);
@@ -329,27 +410,29 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     int q0, q_last, h, b, n_items, nsub;
     int k_lo, k_hi;  // by position: the keys walked (a.runs: the row's run, else all)
     int64_t e0;
+    int piece;  // >= 0: this item is piece `piece` of the split ones (its slot in split_o)
   };
   auto decode = [&](int t) {
     Item w;
-    // Items come in groups of sched.group (batch, head) pairs, sized so that the group's K/V
-    // stay in L2 while the CTAs running at once walk it; within a group the last (longest
-    // under causality) query tiles of every pair come first.
-    const int per_group = sched.n_qtiles * sched.group;
-    const int g0 = t / per_group * sched.group;
-    const int gsize = min(sched.group, a.H * a.B - g0);
-    const int r = t % per_group;
-    const int hb = g0 + r % gsize;
-    w.q0 = (sched.n_qtiles - 1 - r / gsize) * kBM;
-    w.h = hb % a.H;
-    w.b = hb / a.H;
+    w.piece = -1;
+    if (Tr::kByPosition && sched.split_pieces > 0 && t >= sched.split_first) {  // a piece
+      w.piece = t - sched.split_first;
+      t = sched.split_first + w.piece / sched.split_pieces;
+    }
+    const FwdItemPos pos = fwd_item_pos(t, sched, a.H, a.B, kBM);
+    w.q0 = pos.q0;
+    w.h = pos.h;
+    w.b = pos.b;
     w.q_last = min(w.q0 + kBM, a.Nq) - 1;
     w.k_lo = 0;
     w.k_hi = a.Nk;
     if constexpr (Tr::kByPosition) {  // key tiles in order over a key range
       w.e0 = 0;
       w.nsub = 1;
-      if (a.runs) {  // the row's run of key blocks (kBM divides the mask's block_q)
+      if (w.piece >= 0) {  // the piece's key range (split items are non-causal, complete)
+        w.k_lo = (w.piece % sched.split_pieces) * sched.split_keys;
+        w.k_hi = min(a.Nk, w.k_lo + sched.split_keys);
+      } else if (a.runs) {  // the row's run of key blocks (kBM divides the mask's block_q)
         const int mrow = w.q0 / a.mask.block_q;
         const int64_t b0 = a.mask.row_ptr[mrow], b1 = a.mask.row_ptr[mrow + 1];
         w.k_hi = 0;
@@ -504,6 +587,9 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     if (tid == 0) FWD_TRACE(n, 1 + cw, 0);
     if (t >= n_items_total) break;
     const Item w = decode(t);
+    // Where o goes: batch w.b, or piece -1 - out_b of the split items (one value kept live
+    // across the walk, not two).
+    const int out_b = w.piece >= 0 ? -1 - w.piece : w.b;
     const int row0 = w.q0 + cw * 64;            // first row of this warpgroup
     const int my_row = row0 + warp * 16 + g;    // rows my_row and my_row + 8
 
@@ -635,7 +721,13 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       if (tid == 0) FWD_TRACE(n, 1 + cw, 5);
     }
 
-    store_o_lse<T, D>(a, o, m, l, w.b, w.h, my_row, t4);
+    if (out_b < 0) {
+      const int64_t piece = -1 - out_b;
+      store_piece<D>(sched.split_o + piece * kBM * D, sched.split_lse + piece * kBM, o, m, l,
+                     cw * 64 + warp * 16 + g, t4);
+    } else {
+      store_o_lse<T, D>(a, o, m, l, out_b, w.h, my_row, t4);
+    }
     if (tid == 0) FWD_TRACE(n, 1 + cw, 6);
   }
 }
@@ -648,9 +740,13 @@ FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv)
 // Per-launch scheduler state: a zeroed counter pair from a per-device pool, the grid size (one
 // CTA per SM, at most one per item), the flags (LONGATTN_SM90_PINGPONG=0 turns ping-pong off).
 FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, int& grid);
+// Tail splitting (kernels/contract.hpp forward_tail_split) for a persistent launch of s.n_items
+// equal items of key_tiles key tiles each: sets the split fields of s, its item count and the
+// grid, and returns the number of pieces (0: none). LONGATTN_SM90_FWD_TAIL=0 turns it off.
+int64_t plan_fwd_tail_split(FwdSchedule& s, int& grid, int key_tiles, int key_tile);
 
 template <typename T, int D, int kWG = 2, int kBNt = 128>
-void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
+void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t pool) {
   using Tr = FwdSm90Traits<D, kWG, kBNt>;
   static_assert(Tr::kSmemBytes <= 227 * 1024, "shared memory of one CTA");
   auto kernel = flash_fwd_sm90_kernel<T, D, kWG, kBNt>;
@@ -661,7 +757,24 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
   if (n_qtiles == 0 || a.H == 0 || a.B == 0) return;
   const FwdMaps maps = make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
   int grid = 0;
-  const FwdSchedule sched = make_fwd_schedule(n_qtiles, a.H * a.B, int64_t{4} * a.Nk * D, grid);
+  FwdSchedule sched = make_fwd_schedule(n_qtiles, a.H * a.B, int64_t{4} * a.Nk * D, grid);
+  // Non-causal calls over complete masks have equal items: their last, partial wave is cut
+  // along the keys, its pieces merged after the kernel.
+  float* split = nullptr;
+  int64_t pieces = 0;
+  if (Tr::kByPosition && a.complete != 0 && a.runs == 0 && a.causal == 0) {
+    pieces = plan_fwd_tail_split(sched, grid, (a.Nk + Tr::kBN - 1) / Tr::kBN, Tr::kBN);
+    if (pieces > 0) {
+      const int64_t floats = pieces * Tr::kBM * (D + 1);
+      void** at = reinterpret_cast<void**>(&split);
+      if (pool)
+        CUDA_CHECK(cudaMallocFromPoolAsync(at, sizeof(float) * floats, pool, stream));
+      else
+        CUDA_CHECK(cudaMallocAsync(at, sizeof(float) * floats, stream));
+      sched.split_o = split;
+      sched.split_lse = split + pieces * Tr::kBM * D;
+    }
+  }
 #if LONGATTN_SM90_FWD_TRACE
   void* trace = nullptr;
   CUDA_CHECK(cudaGetSymbolAddress(&trace, g_fwd_trace));
@@ -669,6 +782,12 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream) {
 #endif
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a, sched);
   CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
+  if (pieces > 0) {
+    fwd_split_merge_kernel<T, D, Tr::kBM>
+        <<<sched.split_items * Tr::kBM, D / 2, 0, stream>>>(a, sched);
+    CUDA_CHECK_LAUNCH("fwd_split_merge_kernel");
+    CUDA_CHECK(cudaFreeAsync(split, stream));
+  }
 #if LONGATTN_SM90_FWD_TRACE
   if (const char* path = std::getenv("LONGATTN_SM90_FWD_TRACE_OUT")) {
     static long long host[64][4][8];

@@ -77,15 +77,21 @@ bool portable_requested() {
 }  // namespace
 
 // Instantiated in kernels/cuda/sm90/flash_fwd_sm90_<dtype>_d<D>.cu, not here.
-extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64>(const FwdArgs&, cudaStream_t);
-extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128>(const FwdArgs&, cudaStream_t);
-extern template void launch_fwd_sm90_impl<__half, 64>(const FwdArgs&, cudaStream_t);
-extern template void launch_fwd_sm90_impl<__half, 128>(const FwdArgs&, cudaStream_t);
-extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(const FwdArgs&, cudaStream_t);
-extern template void launch_fwd_sm90_impl<__half, 64, 3>(const FwdArgs&, cudaStream_t);
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64>(const FwdArgs&, cudaStream_t,
+                                                             cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128>(const FwdArgs&, cudaStream_t,
+                                                              cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__half, 64>(const FwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__half, 128>(const FwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(const FwdArgs&, cudaStream_t,
+                                                                cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__half, 64, 3>(const FwdArgs&, cudaStream_t,
+                                                         cudaMemPool_t);
 extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176>(const FwdArgs&,
-                                                                      cudaStream_t);
-extern template void launch_fwd_sm90_impl<__half, 128, 2, 176>(const FwdArgs&, cudaStream_t);
+                                                                      cudaStream_t,
+                                                                      cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__half, 128, 2, 176>(const FwdArgs&, cudaStream_t,
+                                                               cudaMemPool_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__half, 64>(const BwdArgs&, cudaStream_t);
@@ -145,7 +151,7 @@ DeviceSched& device_sched() {
   }
   return d;
 }
-std::atomic<int> g_grid_limit{0}, g_group{0};
+std::atomic<int> g_grid_limit{0}, g_group{0}, g_last_split{0};
 // Measurement switches, on unless the variable is "0"; read once per process (each call asks).
 bool switch_on(const char* name) {
   const char* e = std::getenv(name);
@@ -187,8 +193,30 @@ FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pa
     if (g > 0) s.group = g < n_pairs ? g : n_pairs;
   }
   s.flags = pingpong_enabled() ? kFwdPingPong : 0;
-  grid = grid_for(d, n_qtiles * n_pairs, persistent_enabled());
+  s.n_items = n_qtiles * n_pairs;
+  g_last_split.store(0);
+  grid = grid_for(d, s.n_items, persistent_enabled());
   return s;
+}
+
+int last_fwd_split_pieces() { return g_last_split.load(); }
+
+int64_t plan_fwd_tail_split(FwdSchedule& s, int& grid, int key_tiles, int key_tile) {
+  // (Read on each call: the tests compare a call with and without.)
+  if (!switch_on("LONGATTN_SM90_FWD_TAIL") || !persistent_enabled()) return 0;
+  const DeviceSched& d = device_sched();
+  const int limit = g_grid_limit.load();
+  const int ctas = limit > 0 && limit < d.sms ? limit : d.sms;
+  const ForwardTailSplit t = forward_tail_split(s.n_items, ctas, key_tiles);
+  if (t.pieces < 2) return 0;
+  s.split_first = static_cast<int>(t.first);
+  s.split_items = static_cast<int>(t.items);
+  s.split_pieces = static_cast<int>(t.pieces);
+  s.split_keys = static_cast<int>(t.tiles_per_piece) * key_tile;
+  s.n_items = static_cast<int>(t.first + t.items * t.pieces);
+  grid = grid_for(d, s.n_items, true);
+  g_last_split.store(static_cast<int>(t.items * t.pieces));
+  return t.items * t.pieces;
 }
 
 int* make_bwd_schedule(int n_works, int& grid) {
@@ -307,23 +335,24 @@ bool fwd_wide(const FwdArgs& a, int head_dim) {
   return e == nullptr || std::string(e) != "0";
 }
 
-void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream) {
+void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream,
+                   cudaMemPool_t pool) {
   const bool bf16 = dtype == DType::BF16;
   const bool wide = fwd_wide(a, head_dim);
   if (wide && head_dim == 64) {
-    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(a, stream)
-                : launch_fwd_sm90_impl<__half, 64, 3>(a, stream);
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(a, stream, pool)
+                : launch_fwd_sm90_impl<__half, 64, 3>(a, stream, pool);
   }
   if (wide) {
-    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176>(a, stream)
-                : launch_fwd_sm90_impl<__half, 128, 2, 176>(a, stream);
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176>(a, stream, pool)
+                : launch_fwd_sm90_impl<__half, 128, 2, 176>(a, stream, pool);
   }
   if (head_dim == 64) {
-    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64>(a, stream)
-                : launch_fwd_sm90_impl<__half, 64>(a, stream);
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64>(a, stream, pool)
+                : launch_fwd_sm90_impl<__half, 64>(a, stream, pool);
   }
-  return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128>(a, stream)
-              : launch_fwd_sm90_impl<__half, 128>(a, stream);
+  return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128>(a, stream, pool)
+              : launch_fwd_sm90_impl<__half, 128>(a, stream, pool);
 }
 
 bool bwd_accepts(const BwdArgs& a, DType dtype, int head_dim, bool atomic_dq) {

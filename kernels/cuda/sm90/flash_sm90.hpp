@@ -23,7 +23,9 @@ bool fwd_wide(const flash::FwdArgs& a, int head_dim);
 // unless LONGATTN_SM90_FWD_RUNS says otherwise ("0" never, "1" whenever the rows are runs, at
 // head dim 128).
 int fwd_runs(int head_dim, const BlockMaskView& mask);
-void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
+// Temporaries (the split items' pieces) come from pool when given, else the device's default.
+void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream,
+                   cudaMemPool_t pool = nullptr);
 
 // Whether the backward kernel takes this call: as the forward, plus dQ by fp32 atomics (dq fp32,
 // not deterministic), key blocks multiples of 128 and query blocks multiples of 64. Needs
@@ -66,5 +68,7 @@ bool device_enabled();
 // Caps the persistent kernels' grid (0: one CTA per SM) and fixes how many (batch, head) pairs
 // interleave (0: as many as half of L2 holds the K/V of).
 void set_grid_limit(int ctas, int group);
+// Pieces of split items in the last forward launch of this process (0: none), for tests.
+int last_fwd_split_pieces();
 
 }  // namespace longattn::cuda::sm90
