@@ -129,9 +129,9 @@ bool forward_wide_runs(int64_t head_dim, bool contiguous_rows, double mean_row_k
 }
 
 ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_tiles,
-                                    int64_t max_pieces) {
+                                    int64_t key_tile, int64_t max_pieces) {
   ForwardTailSplit best;
-  if (items <= 0 || ctas <= 0 || key_tiles < 4) return best;
+  if (items <= 0 || ctas <= 0 || key_tiles < 4 || key_tile <= 0) return best;
   const int64_t tail = items % ctas == 0 ? 0 : (items < ctas ? items : items % ctas);
   if (tail == 0) return best;
   const double one = static_cast<double>(key_tiles) + kForwardItemOverheadTiles;
@@ -140,8 +140,13 @@ ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_til
     const int64_t per = (key_tiles + s - 1) / s;
     const int64_t pieces = (key_tiles + per - 1) / per;  // every piece non-empty
     const int64_t waves = (tail * pieces + ctas - 1) / ctas;
+    const double merge = kForwardMergeFixedTiles + static_cast<double>(tail * pieces) *
+                                                       kForwardMergePieceKeys /
+                                                       static_cast<double>(key_tile);
     const double cost =
-        static_cast<double>(waves) * (static_cast<double>(per) + kForwardItemOverheadTiles) / one;
+        (static_cast<double>(waves) * (static_cast<double>(per) + kForwardItemOverheadTiles) +
+         merge) /
+        one;
     if (cost < best_cost - 1e-12) {
       best_cost = cost;
       best.pieces = pieces;

@@ -36,11 +36,14 @@ NaiveResult naive_attention(const TensorView& q, const TensorView& k, const Tens
         for (int64_t j = 0; j < Nk; ++j)
           if (s[j] != -std::numeric_limits<double>::infinity()) sum += std::exp(s[j] - mx);
         res.lse.set(b, i, h, 0, mx + std::log(sum));
+        // The rounded probabilities once per row (p = 0 where masked adds nothing).
+        for (int64_t j = 0; j < Nk; ++j)
+          s[j] = s[j] != -std::numeric_limits<double>::infinity() ? r(r(std::exp(s[j] - mx)) / r(sum))
+                                                                 : 0.0;
         for (int64_t d = 0; d < D; ++d) {
           double acc = 0.0;
           for (int64_t j = 0; j < Nk; ++j)
-            if (s[j] != -std::numeric_limits<double>::infinity())
-              acc += r(r(std::exp(s[j] - mx)) / r(sum)) * load(v, b, j, h, d);
+            if (s[j] != 0.0) acc += s[j] * load(v, b, j, h, d);
           res.o.set(b, i, h, d, r(acc));
         }
       }

@@ -134,20 +134,25 @@ TEST(Dense, MaskRuns) {
 // Tail splitting of the persistent forward: the last partial wave's items cut along the keys.
 TEST(Dense, ForwardTailSplit) {
   // 8K at head dim 64 (192-row items): 688 items on 132 CTAs, a last wave of 28 items of 64 key
-  // tiles: four pieces of 16 tiles fill 112 CTAs at once.
+  // tiles: four pieces of 16 tiles fill 112 CTAs at once; with the merge (2 tiles, and 1.5 keys
+  // of 128 per piece) 21.3 / 66 of an item.
   ForwardTailSplit t = forward_tail_split(688, 132, 64);
   EXPECT_EQ(t.first, 660);
   EXPECT_EQ(t.items, 28);
   EXPECT_EQ(t.pieces, 4);
   EXPECT_EQ(t.tiles_per_piece, 16);
-  EXPECT_NEAR(t.tail_cost, 18.0 / 66.0, 1e-12);
-  // 4K at head dim 64: 352 items, a last wave of 88: three pieces of 11 tiles take two waves of
-  // 132 (2 x 13 / 34 of an item), better than one whole item, two pieces (2 x 18 / 34) or four.
-  t = forward_tail_split(352, 132, 32);
+  EXPECT_NEAR(t.tail_cost, (18.0 + 2.0 + 112 * 1.5 / 128) / 66.0, 1e-12);
+  // 4K at head dim 64: 352 items, a last wave of 88. Its best split, three pieces of 11 tiles in
+  // two waves of 132, costs (2 x 13 + 2 + 264 x 1.5 / 128) / 34 = 0.91 of an item with the
+  // merge: not taken.
+  EXPECT_EQ(forward_tail_split(352, 132, 32).pieces, 0);
+  // Without the merge's per-piece reads (a tile of many keys) the same call is split in three.
+  t = forward_tail_split(352, 132, 32, 1 << 30);
   EXPECT_EQ(t.first, 264);
   EXPECT_EQ(t.items, 88);
   EXPECT_EQ(t.pieces, 3);
   EXPECT_EQ(t.tiles_per_piece, 11);
+  EXPECT_NEAR(t.tail_cost, (26.0 + 2.0) / 34.0, 1e-6);
   // 4K at head dim 128: 512 items leave 116 of 132 CTAs busy in the last wave; no split helps.
   EXPECT_EQ(forward_tail_split(512, 132, 24).pieces, 0);
   // Whole waves: nothing to split.
@@ -159,16 +164,17 @@ TEST(Dense, ForwardTailSplit) {
   EXPECT_EQ(t.pieces, 4);
   EXPECT_EQ(t.tiles_per_piece, 2);
   // Uneven key tiles: at most 3 pieces (2 tiles each would leave 4 pieces, 3 needs 2 x 3 <= 7);
-  // pieces of 3, 3 and 1 tiles, one wave of (3 + 2) / (7 + 2) of an item.
+  // pieces of 3, 3 and 1 tiles, one wave of (3 + 2) / (7 + 2) of an item and the merge.
   t = forward_tail_split(3, 132, 7);
   EXPECT_EQ(t.pieces, 3);
   EXPECT_EQ(t.tiles_per_piece, 3);
-  EXPECT_NEAR(t.tail_cost, 5.0 / 9.0, 1e-12);
+  EXPECT_NEAR(t.tail_cost, (5.0 + 2.0 + 9 * 1.5 / 128) / 9.0, 1e-12);
   EXPECT_LE((t.pieces - 1) * t.tiles_per_piece, 6);
   // Too few key tiles to cut, bad arguments.
   EXPECT_EQ(forward_tail_split(10, 132, 3).pieces, 0);
   EXPECT_EQ(forward_tail_split(0, 132, 64).pieces, 0);
   EXPECT_EQ(forward_tail_split(10, 0, 64).pieces, 0);
+  EXPECT_EQ(forward_tail_split(10, 132, 64, 0).pieces, 0);
   for (int64_t items : {1, 5, 131, 133, 300, 1000, 5000})
     for (int64_t tiles : {4, 9, 24, 64, 512}) {
       const ForwardTailSplit s = forward_tail_split(items, 132, tiles);

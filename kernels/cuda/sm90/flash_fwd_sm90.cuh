@@ -324,11 +324,16 @@ __device__ __forceinline__ FwdItemPos fwd_item_pos(int t, const FwdSchedule& sch
 }
 
 // o and lse of the split items from their pieces: lse = log sum_p exp(lse_p), o = sum_p
-// exp(lse_p - lse) o_p. One block per (split item, row), D / 2 threads of two columns each.
+// exp(lse_p - lse) o_p. One warp per (split item, row), kMergeRows rows a block; each lane
+// takes D / 32 neighbouring columns (one 8- or 16-byte load per piece).
+constexpr int kMergeRows = 8;
 template <typename T, int D, int kBM>
-__global__ void __launch_bounds__(D / 2)
+__global__ void __launch_bounds__(32 * kMergeRows)
     fwd_split_merge_kernel(const FwdArgs a, const FwdSchedule sched) {
-  const int j = blockIdx.x / kBM, row = blockIdx.x % kBM;
+  constexpr int kC = D / 32;  // columns per lane
+  const int task = blockIdx.x * kMergeRows + threadIdx.x / 32;
+  if (task >= sched.split_items * kBM) return;
+  const int j = task / kBM, row = task % kBM;
   const FwdItemPos pos = fwd_item_pos(sched.split_first + j, sched, a.H, a.B, kBM);
   const int r = pos.q0 + row;
   if (r >= a.Nq) return;
@@ -336,22 +341,33 @@ __global__ void __launch_bounds__(D / 2)
   const float* lse = sched.split_lse + static_cast<int64_t>(j) * np * kBM + row;
   float mx = flash::kNegInf;
   for (int p = 0; p < np; ++p) mx = fmaxf(mx, lse[static_cast<int64_t>(p) * kBM]);
-  const int c = 2 * threadIdx.x;
-  float acc0 = 0.f, acc1 = 0.f, wsum = 0.f;
+  const int c = kC * (threadIdx.x % 32);
+  float acc[kC] = {}, wsum = 0.f;
   if (mx != flash::kNegInf) {
     for (int p = 0; p < np; ++p) {
       const float wgt = expf(lse[static_cast<int64_t>(p) * kBM] - mx);
       const float* op =
           sched.split_o + (static_cast<int64_t>(j * np + p) * kBM + row) * D + c;
+      float x[kC];
+      if constexpr (kC == 4) {
+        const float4 v = *reinterpret_cast<const float4*>(op);
+        x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+      } else {
+        const float2 v = *reinterpret_cast<const float2*>(op);
+        x[0] = v.x, x[1] = v.y;
+      }
       wsum += wgt;
-      acc0 += wgt * op[0];
-      acc1 += wgt * op[1];
+#pragma unroll
+      for (int e = 0; e < kC; ++e) acc[e] += wgt * x[e];
     }
   }
   const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
   const int64_t ob = pos.b * a.o.sb + static_cast<int64_t>(r) * a.o.sn + pos.h * a.o.sh;
-  flash::store_out2<T>(a.o.data, ob + c, a.o_type, acc0 * inv, acc1 * inv, a.o_pair);
-  if (threadIdx.x == 0) {
+#pragma unroll
+  for (int e = 0; e < kC; e += 2)
+    flash::store_out2<T>(a.o.data, ob + c + e, a.o_type, acc[e] * inv, acc[e + 1] * inv,
+                         a.o_pair);
+  if (threadIdx.x % 32 == 0) {
     float* out = static_cast<float*>(a.lse.data);
     out[pos.b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + pos.h * a.lse.sh] =
         wsum > 0.f ? mx + logf(wsum) : flash::kNegInf;
@@ -784,7 +800,8 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
   CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
   if (pieces > 0) {
     fwd_split_merge_kernel<T, D, Tr::kBM>
-        <<<sched.split_items * Tr::kBM, D / 2, 0, stream>>>(a, sched);
+        <<<(sched.split_items * Tr::kBM + kMergeRows - 1) / kMergeRows, 32 * kMergeRows, 0,
+           stream>>>(a, sched);
     CUDA_CHECK_LAUNCH("fwd_split_merge_kernel");
     CUDA_CHECK(cudaFreeAsync(split, stream));
   }

@@ -207,7 +207,7 @@ int64_t plan_fwd_tail_split(FwdSchedule& s, int& grid, int key_tiles, int key_ti
   const DeviceSched& d = device_sched();
   const int limit = g_grid_limit.load();
   const int ctas = limit > 0 && limit < d.sms ? limit : d.sms;
-  const ForwardTailSplit t = forward_tail_split(s.n_items, ctas, key_tiles);
+  const ForwardTailSplit t = forward_tail_split(s.n_items, ctas, key_tiles, key_tile);
   if (t.pieces < 2) return 0;
   s.split_first = static_cast<int>(t.first);
   s.split_items = static_cast<int>(t.items);
