@@ -18,6 +18,7 @@ import json
 import math
 import platform
 import sys
+import time
 
 
 def percentile(values, p):
@@ -28,15 +29,67 @@ def percentile(values, p):
     return v[lo] + (pos - lo) * (v[hi] - v[lo])
 
 
+class EnergyMeter:
+    """The GPU's cumulative energy counter (NVML's nvmlDeviceGetTotalEnergyConsumption, in mJ),
+    read through ctypes from the driver's libnvidia-ml.so.1 (`lib`: a stand-in for tests). Where
+    NVML, the device or the counter is missing, available() is False and `reason` says why."""
+
+    def __init__(self, pci_bus_id, lib=None):
+        self.reason, self._read = None, None
+        try:
+            import ctypes
+            nvml = lib if lib is not None else ctypes.CDLL("libnvidia-ml.so.1")
+            rc = nvml.nvmlInit_v2()
+            if rc != 0:
+                raise RuntimeError(f"nvmlInit_v2 returned {rc}")
+            handle = ctypes.c_void_p()
+            rc = nvml.nvmlDeviceGetHandleByPciBusId_v2(pci_bus_id.encode(), ctypes.byref(handle))
+            if rc != 0:
+                raise RuntimeError(f"no NVML device at PCI bus id {pci_bus_id!r} ({rc})")
+            value = ctypes.c_ulonglong()
+
+            def read():
+                rc = nvml.nvmlDeviceGetTotalEnergyConsumption(handle, ctypes.byref(value))
+                if rc != 0:
+                    raise RuntimeError(f"nvmlDeviceGetTotalEnergyConsumption returned {rc}")
+                return int(value.value)
+
+            read()
+            self._read = read
+        except Exception as e:  # energy is optional: the times are still measured
+            self.reason = f"{type(e).__name__}: {e}"
+
+    def available(self):
+        return self._read is not None
+
+    def millijoules(self):
+        return self._read()
+
+
+def energy_summary(mj0, mj1, calls, wall_ms):
+    """Energy per call and mean power of `calls` calls that took wall_ms between two readings
+    of the energy counter (mJ)."""
+    if calls <= 0 or wall_ms <= 0 or mj1 < mj0:
+        raise ValueError(f"energy window: {calls} calls, {wall_ms} ms, {mj0}..{mj1} mJ")
+    joules = (mj1 - mj0) / 1e3
+    return {"energy_j_per_call": joules / calls, "watts": joules / (wall_ms / 1e3),
+            "energy_calls": calls, "energy_ms": wall_ms}
+
+
 class Timer:
     """kernel_bench's timing: mode "sync" waits for each timed call, "queued" launches the calls
-    back to back with an event between each two (and warms up in batches of ~10 ms)."""
+    back to back with an event between each two (and warms up in batches of ~10 ms). With
+    energy_ms > 0 and a working meter, the calls then run back to back for at least energy_ms
+    of wall time between two readings of the GPU's energy counter (energy per call, mean
+    power), as kernel_bench's --energy-ms."""
 
-    def __init__(self, torch, warmup, repeats, max_seconds, warm_ms=0.0, mode="sync"):
+    def __init__(self, torch, warmup, repeats, max_seconds, warm_ms=0.0, mode="sync",
+                 energy_ms=0.0, meter=None, clock=time.perf_counter):
         if mode not in ("sync", "queued"):
             raise ValueError(f"timing mode {mode!r}: must be sync or queued")
         self.torch, self.warmup, self.repeats, self.max_seconds = torch, warmup, repeats, max_seconds
         self.warm_ms, self.mode = warm_ms, mode
+        self.energy_ms, self.meter, self.clock = energy_ms, meter, clock
 
     def __call__(self, fn):
         torch = self.torch
@@ -77,8 +130,22 @@ class Timer:
             ms = [ev[j].elapsed_time(ev[j + 1]) for j in range(reps)]
         else:
             ms = [batch(1) for _ in range(reps)]
-        return {"ms_median": percentile(ms, 0.5), "ms_p10": percentile(ms, 0.1),
-                "ms_p90": percentile(ms, 0.9), "repeats": reps}
+        result = {"ms_median": percentile(ms, 0.5), "ms_p10": percentile(ms, 0.1),
+                  "ms_p90": percentile(ms, 0.9), "repeats": reps}
+        if self.energy_ms > 0 and self.meter is not None and self.meter.available():
+            # Batches of ~50 ms of calls, each waited for (the gaps are a few us in 50 ms).
+            k = min(max(int(50.0 / max(percentile(ms, 0.5), 1e-3)), 1), 10000)
+            done = torch.cuda.Event()
+            mj0, t0, calls = self.meter.millijoules(), self.clock(), 0
+            while (self.clock() - t0) * 1e3 < self.energy_ms:
+                for _ in range(k):
+                    fn()
+                done.record()
+                done.synchronize()
+                calls += k
+            result.update(energy_summary(mj0, self.meter.millijoules(), calls,
+                                         (self.clock() - t0) * 1e3))
+        return result
 
 
 def dtype_of(torch, name):
@@ -262,6 +329,25 @@ def print_table(result, out):
             else:
                 base += f"{a['ms_median']:>16.3f}{r['ratios'][n]:>7.2f}"
         lines.append(base)
+    energy = [r for r in result["rows"] if "energy_j_per_call" in r]
+    if energy:
+        lines += ["", f"# energy per call and mean power over at least "
+                      f"{result['timing'].get('energy_ms', 0):g} ms of calls back to back (NVML "
+                      "energy counter); ratio = anchor J / longattn J (> 1: longattn spends less)",
+                  f"{'suite':<8}{'pass':<8}{'what':<16}{'N':>7}{'D':>5}{'causal':>7}{'dens':>7}"
+                  f"{'J':>10}{'W':>7}" + "".join(f"{n + ' J':>16}{'W':>7}{'ratio':>7}" for n in names)]
+        for r in energy:
+            line = (f"{r['suite']:<8}{r.get('pass', ''):<8}{describe(r):<16}{r['N']:>7}{r['D']:>5}"
+                    f"{('yes' if r['causal'] else 'no'):>7}{r.get('density', 1.0):>7.3f}"
+                    f"{r['energy_j_per_call']:>10.4f}{r['watts']:>7.0f}")
+            for n in names:
+                a = r.get("anchors", {}).get(n, {})
+                if "energy_j_per_call" in a:
+                    line += (f"{a['energy_j_per_call']:>16.4f}{a['watts']:>7.0f}"
+                             f"{r['energy_ratios'][n]:>7.2f}")
+                else:
+                    line += f"{'-':>16}{'-':>7}{'-':>7}"
+            lines.append(line)
     text = "\n".join(lines)
     print(text)
     if out:
@@ -282,6 +368,9 @@ def main():
                     help="timing mode (default: what kernel_bench used)")
     ap.add_argument("--warm-ms", type=float, default=None,
                     help="warm-up GPU time per row (default: what kernel_bench used)")
+    ap.add_argument("--energy-ms", type=float, default=None,
+                    help="energy window per row, ms of calls back to back (default: what "
+                         "kernel_bench used; 0: none)")
     args = ap.parse_args()
 
     with open(args.ours) as f:
@@ -308,8 +397,18 @@ def main():
         if warm_ms is None:
             warm_ms = float(result.get("timing", {}).get("warm_ms", 0.0))
         mode = args.timing or result.get("timing", {}).get("mode", "sync")
-        timer = Timer(torch, args.warmup, args.repeats, args.max_seconds, warm_ms, mode)
-        result.setdefault("timing", {})["anchor_mode"] = mode
+        timing = result.setdefault("timing", {})
+        energy_ms = args.energy_ms
+        if energy_ms is None:
+            energy_ms = float(timing.get("energy_ms", 0.0))
+        meter = None
+        if energy_ms > 0:
+            meter = EnergyMeter(timing.get("pci_bus_id", ""))
+            timing["anchor_energy"] = "nvml" if meter.available() else meter.reason
+            timing["anchor_energy_ms"] = energy_ms
+        timer = Timer(torch, args.warmup, args.repeats, args.max_seconds, warm_ms, mode,
+                      energy_ms, meter)
+        timing["anchor_mode"] = mode
         for r in result["rows"]:
             for name in anchors_for(r):
                 try:
@@ -321,6 +420,9 @@ def main():
                 r.setdefault("anchors", {})[name] = a
                 if "ms_median" in a:
                     r.setdefault("ratios", {})[name] = a["ms_median"] / r["ms_median"]
+                if "energy_j_per_call" in a and "energy_j_per_call" in r:
+                    r.setdefault("energy_ratios", {})[name] = (a["energy_j_per_call"] /
+                                                              r["energy_j_per_call"])
                 print(f"anchor {name:<13} {r['suite']:<8}{r.get('pass', ''):<5}N={r['N']:<7}"
                       f"D={r['D']:<4}{'causal' if r['causal'] else 'full':<7} "
                       + (f"{a['ms_median']:.3f} ms" if "ms_median" in a else a["error"]),

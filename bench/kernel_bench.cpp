@@ -4,6 +4,7 @@
 // Writes a JSON of rows (and the block masks as .npy for the FlexAttention anchor, which
 // bench/anchors.py runs on the same shapes; bench/run_kernel_bench.sh runs both in one command).
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <boost/program_options.hpp>
@@ -65,6 +66,7 @@ struct Options {
   // launched, so a call's time includes its host launch latency (37-168 us per call for the
   // PyTorch anchors at 4K against a few us here: the anchors lose at short rows).
   std::string timing = "queued";
+  double energy_ms = 0.0;  // > 0: energy per call over this much wall time of calls (NVML)
   int device = 0;
   std::string command;
 };
@@ -72,6 +74,61 @@ struct Options {
 struct Timing {
   double median = 0, p10 = 0, p90 = 0;
   int repeats = 0;
+  // --energy-ms: energy per call (J) and mean power (W) over energy_calls calls back to back
+  // that took energy_ms of wall time; energy_j < 0 when not measured.
+  double energy_j = -1, watts = 0, energy_ms = 0;
+  int energy_calls = 0;
+};
+
+// The GPU's cumulative energy counter (NVML's nvmlDeviceGetTotalEnergyConsumption, mJ), from
+// the driver's libnvidia-ml.so.1 opened at run time (no build dependency). reason() says why
+// not where the library, the device or the counter is missing.
+class EnergyMeter {
+ public:
+  explicit EnergyMeter(const std::string& pci_bus_id) {
+    lib_ = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (lib_ == nullptr) {
+      reason_ = "libnvidia-ml.so.1 not found";
+      return;
+    }
+    using Init = int (*)();
+    using ByBus = int (*)(const char*, void**);
+    auto init = reinterpret_cast<Init>(dlsym(lib_, "nvmlInit_v2"));
+    auto by_bus = reinterpret_cast<ByBus>(dlsym(lib_, "nvmlDeviceGetHandleByPciBusId_v2"));
+    read_ = reinterpret_cast<Read>(dlsym(lib_, "nvmlDeviceGetTotalEnergyConsumption"));
+    unsigned long long mj = 0;
+    if (init == nullptr || by_bus == nullptr || read_ == nullptr) {
+      reason_ = "NVML lacks the energy functions";
+    } else if (const int rc = init(); rc != 0) {
+      reason_ = "nvmlInit_v2 returned " + std::to_string(rc);
+    } else if (const int rb = by_bus(pci_bus_id.c_str(), &device_); rb != 0) {
+      reason_ = "no NVML device at PCI bus id " + pci_bus_id + " (" + std::to_string(rb) + ")";
+    } else if (const int re = read_(device_, &mj); re != 0) {
+      reason_ = "nvmlDeviceGetTotalEnergyConsumption returned " + std::to_string(re);
+    } else {
+      ok_ = true;
+    }
+  }
+  ~EnergyMeter() {
+    if (lib_ != nullptr) dlclose(lib_);
+  }
+  EnergyMeter(const EnergyMeter&) = delete;
+  EnergyMeter& operator=(const EnergyMeter&) = delete;
+  bool available() const { return ok_; }
+  const std::string& reason() const { return reason_; }
+  double millijoules() const {
+    unsigned long long mj = 0;
+    if (!ok_ || read_(device_, &mj) != 0) throw Error("the GPU's energy counter could not be read");
+    return static_cast<double>(mj);
+  }
+
+ private:
+  using Read = int (*)(void*, unsigned long long*);
+  void* lib_ = nullptr;
+  void* device_ = nullptr;
+  Read read_ = nullptr;
+  bool ok_ = false;
+  std::string reason_;
 };
 
 double percentile(std::vector<double> v, double p) {
@@ -90,7 +147,8 @@ double percentile(std::vector<double> v, double p) {
   } while (0)
 
 // Times fn on the backend's stream: warm-up calls, then repeats bracketed by CUDA events.
-Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<void()>& fn) {
+Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<void()>& fn,
+                      const EnergyMeter* meter) {
   auto stream = static_cast<cudaStream_t>(be.stream());
   cudaEvent_t start, stop;
   BENCH_CUDA(cudaEventCreate(&start));
@@ -144,9 +202,31 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
   } else {
     for (int i = 0; i < reps; ++i) ms.push_back(batch(1));
   }
+  Timing t{percentile(ms, 0.5), percentile(ms, 0.1), percentile(ms, 0.9), reps};
+  if (opt.energy_ms > 0 && meter != nullptr && meter->available()) {
+    // Batches of ~50 ms of calls, each waited for (the gaps are a few us in 50 ms), until
+    // energy_ms of wall time has passed between two readings of the energy counter.
+    const int k = std::clamp(static_cast<int>(50.0 / std::max(t.median, 1e-3)), 1, 10000);
+    const double mj0 = meter->millijoules();
+    const auto t0 = std::chrono::steady_clock::now();
+    auto wall_ms = [&] {
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+          .count();
+    };
+    int calls = 0;
+    while (wall_ms() < opt.energy_ms) {
+      batch(k);
+      calls += k;
+    }
+    const double joules = (meter->millijoules() - mj0) / 1e3;
+    t.energy_ms = wall_ms();
+    t.energy_calls = calls;
+    t.energy_j = joules / calls;
+    t.watts = joules / (t.energy_ms / 1e3);
+  }
   BENCH_CUDA(cudaEventDestroy(start));
   BENCH_CUDA(cudaEventDestroy(stop));
-  return {percentile(ms, 0.5), percentile(ms, 0.1), percentile(ms, 0.9), reps};
+  return t;
 }
 
 // A dense [nb, nb] uint8 block matrix as .npy (format 1.0), what anchors.py turns into a
@@ -178,6 +258,15 @@ class Bench {
   Bench(const Options& opt) : opt_(opt), be_(make_cuda_backend(opt.device)), cuda_(as_cuda(*be_)) {
     dtype_ = parse_dtype(opt.dtype, "--dtype");
     kv_grad_dtype_ = opt.kv_grads == "input" ? dtype_ : DType::F32;
+    char bus[32] = {};
+    BENCH_CUDA(cudaDeviceGetPCIBusId(bus, sizeof(bus), opt.device));
+    pci_bus_id_ = bus;
+    if (opt.energy_ms > 0) {
+      meter_ = std::make_unique<EnergyMeter>(pci_bus_id_);
+      if (!meter_->available())
+        std::fprintf(stderr, "kernel_bench: no energy measurement (%s)\n",
+                     meter_->reason().c_str());
+    }
   }
 
   void run() {
@@ -233,7 +322,7 @@ class Bench {
     f.lse = b.lse.view();
     f.mask = pm->view();
     f.causal = causal;
-    const Timing tf = time_on_stream(cuda_, opt_, [&] { be_->attention_forward(f); });
+    const Timing tf = time_on_stream(cuda_, opt_, [&] { be_->attention_forward(f); }, meter_.get());
     AttnBwdParams p;
     p.q = f.q;
     p.k = f.k;
@@ -247,7 +336,7 @@ class Bench {
     p.mask = pm->view();
     p.mask_t = pmt->view();
     p.causal = causal;
-    const Timing tb = time_on_stream(cuda_, opt_, [&] { be_->attention_backward(p); });
+    const Timing tb = time_on_stream(cuda_, opt_, [&] { be_->attention_backward(p); }, meter_.get());
     add_row(row, "fwd", tf, fwd_flops);
     add_row(row, "bwd", tb, 2.5 * fwd_flops);
   }
@@ -347,11 +436,11 @@ class Bench {
                 variant->forward(*be_, b.q.view(), b.k.view(), b.v.view(), b.o.view(),
                                  b.lse.view());
               };
-              const Timing tf = time_on_stream(cuda_, opt_, fwd);
+              const Timing tf = time_on_stream(cuda_, opt_, fwd, meter_.get());
               const Timing tb = time_on_stream(cuda_, opt_, [&] {
                 variant->backward(*be_, b.q.view(), b.k.view(), b.v.view(), b.o.view(),
                                   b.lse.view(), b.d_o.view(), dq.view(), dk.view(), dv.view());
-              });
+              }, meter_.get());
               add_row(row, "fwd", tf, flops);
               add_row(row, "bwd", tb, 2.5 * flops);
             });
@@ -384,6 +473,12 @@ class Bench {
     row["repeats"] = t.repeats;
     row["tflops"] = flops / (t.median * 1e-3) / 1e12;
     row["peak_bytes"] = be_->peak_bytes();
+    if (t.energy_j >= 0) {
+      row["energy_j_per_call"] = t.energy_j;
+      row["watts"] = t.watts;
+      row["energy_calls"] = t.energy_calls;
+      row["energy_ms"] = t.energy_ms;
+    }
     row["id"] = rows_.size();
     rows_.push_back(row);
     std::string what = row.value("pattern", row.value("mode", std::string("")));
@@ -396,6 +491,9 @@ class Bench {
                 static_cast<long long>(row["D"].get<int64_t>()),
                 row["causal"].get<bool>() ? "causal" : "full", row.value("density", 1.0), t.median,
                 t.p10, t.p90, row["tflops"].get<double>());
+    if (t.energy_j >= 0)
+      std::printf("  energy %.4f J a call, %.0f W over %d calls (%.0f ms)\n", t.energy_j, t.watts,
+                  t.energy_calls, t.energy_ms);
     std::fflush(stdout);
   }
 
@@ -435,6 +533,12 @@ class Bench {
              {"repeats_max", opt_.repeats},
              {"max_seconds_per_row", opt_.max_seconds},
              {"mode", opt_.timing},
+             {"energy_ms", opt_.energy_ms},
+             {"pci_bus_id", pci_bus_id_},
+             {"energy", opt_.energy_ms <= 0 ? std::string("off")
+                        : meter_ && meter_->available()
+                            ? std::string("NVML energy counter over calls back to back")
+                            : "unavailable: " + (meter_ ? meter_->reason() : std::string())},
              {"method", opt_.timing == "queued"
                             ? "CUDA events on the backend work stream, calls queued back to back"
                             : "CUDA events on the backend work stream, each call waited for"}}},
@@ -455,6 +559,8 @@ class Bench {
   Options opt_;
   std::unique_ptr<Backend> be_;
   CudaBackend& cuda_;
+  std::string pci_bus_id_;
+  std::unique_ptr<EnergyMeter> meter_;
   DType dtype_ = DType::BF16;
   DType kv_grad_dtype_ = DType::F32;
   std::vector<json> rows_;
@@ -498,6 +604,9 @@ int main(int argc, char** argv) {
       "time budget per row (repeats shrink, at least 5)")(
       "timing", po::value(&opt.timing)->default_value(opt.timing),
       "queued (calls back to back, events between them) | sync (wait for each timed call)")(
+      "energy-ms", po::value(&opt.energy_ms)->default_value(opt.energy_ms),
+      "after each row's timing, run its calls back to back for this many ms between two "
+      "readings of the GPU's energy counter (NVML): J a call, mean W (0: off)")(
       "device", po::value(&opt.device)->default_value(opt.device), "CUDA device");
   try {
     po::variables_map vm;
@@ -510,6 +619,7 @@ int main(int argc, char** argv) {
     LONGATTN_CHECK_ARG(opt.warmup >= 0, "--warmup", opt.warmup, "must be >= 0");
     LONGATTN_CHECK_ARG(opt.warm_ms >= 0, "--warm-ms", opt.warm_ms, "must be >= 0");
     LONGATTN_CHECK_ARG(opt.repeats >= 1, "--repeats", opt.repeats, "must be >= 1");
+    LONGATTN_CHECK_ARG(opt.energy_ms >= 0, "--energy-ms", opt.energy_ms, "must be >= 0");
     if (opt.timing != "sync" && opt.timing != "queued")
       throw InvalidArgument("--timing", opt.timing, "must be sync or queued");
     if (opt.kv_grads != "fp32" && opt.kv_grads != "input")

@@ -87,6 +87,61 @@ class TimerModes(unittest.TestCase):
             anchors.Timer(FakeTorch(FakeGpu(1, 1)), 3, 20, 3.0, 0.0, mode="async")
 
 
+class FakeNvml:
+    """libnvidia-ml.so.1 for EnergyMeter: one device at bus `bus`, its counter from `energy()`."""
+
+    def __init__(self, bus, energy, init_rc=0):
+        self.bus, self.energy, self.init_rc = bus, energy, init_rc
+
+    def nvmlInit_v2(self):
+        return self.init_rc
+
+    def nvmlDeviceGetHandleByPciBusId_v2(self, bus, handle):
+        return 0 if bus.decode() == self.bus else 2
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle, value):
+        value._obj.value = int(self.energy())
+        return 0
+
+
+class Energy(unittest.TestCase):
+    def test_summary(self):
+        e = anchors.energy_summary(1000, 61000, 300, 200.0)
+        self.assertAlmostEqual(e["energy_j_per_call"], 0.2)
+        self.assertAlmostEqual(e["watts"], 300.0)
+        self.assertEqual(e["energy_calls"], 300)
+        for bad in ((1000, 900, 10, 1.0), (0, 10, 0, 1.0), (0, 10, 1, 0.0)):
+            with self.assertRaises(ValueError):
+                anchors.energy_summary(*bad)
+
+    def test_meter_finds_the_device_or_says_why(self):
+        m = anchors.EnergyMeter("0000:19:00.0", lib=FakeNvml("0000:19:00.0", lambda: 5))
+        self.assertTrue(m.available())
+        self.assertEqual(m.millijoules(), 5)
+        m = anchors.EnergyMeter("0000:1a:00.0", lib=FakeNvml("0000:19:00.0", lambda: 5))
+        self.assertFalse(m.available())
+        self.assertIn("0000:1a:00.0", m.reason)
+        m = anchors.EnergyMeter("0000:19:00.0", lib=FakeNvml("0000:19:00.0", lambda: 5, 9))
+        self.assertFalse(m.available())
+        self.assertIn("nvmlInit_v2", m.reason)
+
+    def test_timer_energy_per_call(self):
+        # 300 W while the host clock runs; GPU-bound calls of 0.2 ms: 0.06 J a call.
+        gpu = FakeGpu(0.2, 0.01)
+        meter = anchors.EnergyMeter("b", lib=FakeNvml("b", lambda: 300.0 * gpu.host))
+        timer = anchors.Timer(FakeTorch(gpu), 3, 20, 3.0, 10.0, "queued", energy_ms=500.0,
+                              meter=meter, clock=lambda: gpu.host / 1e3)
+        r = timer(gpu.launch)
+        self.assertAlmostEqual(r["ms_median"], 0.2, places=6)
+        self.assertGreaterEqual(r["energy_ms"], 500.0)
+        self.assertAlmostEqual(r["watts"], 300.0, delta=1.0)
+        self.assertAlmostEqual(r["energy_j_per_call"], 0.06, delta=0.001)
+        # Without a meter (or with energy_ms 0) there are no energy keys.
+        plain = FakeGpu(0.2, 0.01)
+        r = anchors.Timer(FakeTorch(plain), 3, 20, 3.0, 10.0, "queued")(plain.launch)
+        self.assertNotIn("energy_j_per_call", r)
+
+
 LOG = """\
 a 1 sparse   bwd  random             N=65536  H=16  D=128  full    dens=0.100     20.000 ms [  1, 2]    1 TFLOP/s
 b 1 sparse   bwd  random             N=65536  H=16  D=128  full    dens=0.100     19.000 ms [  1, 2]    1 TFLOP/s
