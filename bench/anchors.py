@@ -361,9 +361,12 @@ def main():
     ap.add_argument("--out", required=True, help="merged JSON to write")
     ap.add_argument("--table", default=None, help="also write the printed table here")
     ap.add_argument("--command", default=None, help="the command to record (default: kernel_bench's)")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--max-seconds", type=float, default=3.0)
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="warm-up calls per row (default: what kernel_bench used)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed calls per row, at most (default: what kernel_bench used)")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="time budget per row (default: what kernel_bench used)")
     ap.add_argument("--timing", choices=("sync", "queued"), default=None,
                     help="timing mode (default: what kernel_bench used)")
     ap.add_argument("--warm-ms", type=float, default=None,
@@ -406,8 +409,14 @@ def main():
             meter = EnergyMeter(timing.get("pci_bus_id", ""))
             timing["anchor_energy"] = "nvml" if meter.available() else meter.reason
             timing["anchor_energy_ms"] = energy_ms
-        timer = Timer(torch, args.warmup, args.repeats, args.max_seconds, warm_ms, mode,
+        # The row budget, warm-up and repeats of kernel_bench unless given: the warm-up stops
+        # at a third of the budget, so a long --warm-ms needs the same --max-seconds on both.
+        def same(arg, key, default):
+            return arg if arg is not None else type(default)(timing.get(key, default))
+        timer = Timer(torch, same(args.warmup, "warmup", 3), same(args.repeats, "repeats_max", 20),
+                      same(args.max_seconds, "max_seconds_per_row", 3.0), warm_ms, mode,
                       energy_ms, meter)
+        timing["anchor_warmup"], timing["anchor_max_seconds"] = timer.warmup, timer.max_seconds
         timing["anchor_mode"] = mode
         for r in result["rows"]:
             for name in anchors_for(r):
