@@ -56,10 +56,14 @@ struct Options {
   int64_t dilated_d = 64;
   int warmup = 3;
   int repeats = 20;
-  double max_seconds = 3.0;  // per row: fewer repeats (at least 5) for slow rows
-  // Warm-up time per row: under the board's power limit the clocks settle within ~0.1-0.3 s of
-  // sustained work, so rows of ~0.1 s would otherwise be timed half boosted, half capped.
-  double warm_ms = 300.0;
+  // Per row: fewer repeats (at least 5) for slow rows; the warm-up stops at a third of it.
+  double max_seconds = 6.0;
+  // Warm-up time per row: the board's power reaches its limit over ~1 s of sustained work after
+  // any idle (A/B runs 46-49), and a process that idles before a row (PyTorch building a cuDNN
+  // plan) is timed partly boosted after a short warm-up. 2 s puts every row, ours and the
+  // anchors', in the capped steady state a training loop runs in (A/B run 57; 300 ms up to the
+  // version-21 run).
+  double warm_ms = 2000.0;
   // "queued" (default): the timed calls go back to back, timed by an event between each two, and
   // the warm-up runs in batches of ~10 ms: what the GPU spends per call under a training loop.
   // "sync" (every anchored run up to version 20): each call is waited for before the next is
