@@ -183,6 +183,17 @@ __device__ __forceinline__ void pack_p(uint32_t (&pa)[kNT / 2][4], const float (
   }
 }
 
+// A row's l summed over its quad (the four lanes holding its columns), and the row's lse from it
+// (-inf for a row that saw nothing).
+__device__ __forceinline__ float quad_row_sum(float l) {
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  return l;
+}
+__device__ __forceinline__ float row_lse(float m, float row_sum) {
+  return row_sum > 0.f ? m * flash::kLn2 + logf(row_sum) : flash::kNegInf;
+}
+
 // o normalised by the row sums and the rows' lse (-inf for rows that saw nothing) of (b, h).
 // With a.o_vec each lane stores whole 8-column groups (16 bytes) after a quad transpose: a
 // quarter of the store instructions, each writing full 32-byte sectors.
@@ -192,9 +203,7 @@ __device__ __forceinline__ void store_o_lse(const FwdArgs& a, const float (&o)[D
                                             int my_row, int t4) {
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
-    float lt = l[hh];
-    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    const float lt = quad_row_sum(l[hh]);
     const int r = my_row + hh * 8;
     const float inv = lt > 0.f ? 1.f / lt : 0.f;
     const int64_t ob = b * a.o.sb + static_cast<int64_t>(r) * a.o.sn + h * a.o.sh;
@@ -223,8 +232,7 @@ __device__ __forceinline__ void store_o_lse(const FwdArgs& a, const float (&o)[D
       }
       if (t4 == 0) {
         float* lse = static_cast<float*>(a.lse.data);
-        lse[b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + h * a.lse.sh] =
-            lt > 0.f ? m[hh] * flash::kLn2 + logf(lt) : flash::kNegInf;
+        lse[b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + h * a.lse.sh] = row_lse(m[hh], lt);
       }
     }
   }
@@ -238,16 +246,14 @@ __device__ __forceinline__ void store_piece(float* so, float* slse, const float 
                                             int t4) {
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
-    float lt = l[hh];
-    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    const float lt = quad_row_sum(l[hh]);
     const int r = row + hh * 8;
     const float inv = lt > 0.f ? 1.f / lt : 0.f;
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt)
       *reinterpret_cast<float2*>(so + static_cast<int64_t>(r) * D + dt * 8 + 2 * t4) =
           make_float2(o[dt * 4 + 2 * hh] * inv, o[dt * 4 + 2 * hh + 1] * inv);
-    if (t4 == 0) slse[r] = lt > 0.f ? m[hh] * flash::kLn2 + logf(lt) : flash::kNegInf;
+    if (t4 == 0) slse[r] = row_lse(m[hh], lt);
   }
 }
 
