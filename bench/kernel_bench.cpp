@@ -100,20 +100,28 @@ class EnergyMeter {
     auto init = reinterpret_cast<Init>(dlsym(lib_, "nvmlInit_v2"));
     auto by_bus = reinterpret_cast<ByBus>(dlsym(lib_, "nvmlDeviceGetHandleByPciBusId_v2"));
     read_ = reinterpret_cast<Read>(dlsym(lib_, "nvmlDeviceGetTotalEnergyConsumption"));
-    unsigned long long mj = 0;
     if (init == nullptr || by_bus == nullptr || read_ == nullptr) {
       reason_ = "NVML lacks the energy functions";
-    } else if (const int rc = init(); rc != 0) {
-      reason_ = "nvmlInit_v2 returned " + std::to_string(rc);
-    } else if (const int rb = by_bus(pci_bus_id.c_str(), &device_); rb != 0) {
-      reason_ = "no NVML device at PCI bus id " + pci_bus_id + " (" + std::to_string(rb) + ")";
-    } else if (const int re = read_(device_, &mj); re != 0) {
-      reason_ = "nvmlDeviceGetTotalEnergyConsumption returned " + std::to_string(re);
-    } else {
-      ok_ = true;
+      return;
     }
+    if (const int rc = init(); rc != 0) {
+      reason_ = "nvmlInit_v2 returned " + std::to_string(rc);
+      return;
+    }
+    shutdown_ = reinterpret_cast<Shutdown>(dlsym(lib_, "nvmlShutdown"));
+    unsigned long long mj = 0;
+    if (const int rb = by_bus(pci_bus_id.c_str(), &device_); rb != 0) {
+      reason_ = "no NVML device at PCI bus id " + pci_bus_id + " (" + std::to_string(rb) + ")";
+      return;
+    }
+    if (const int re = read_(device_, &mj); re != 0) {
+      reason_ = "nvmlDeviceGetTotalEnergyConsumption returned " + std::to_string(re);
+      return;
+    }
+    ok_ = true;
   }
   ~EnergyMeter() {
+    if (shutdown_ != nullptr) shutdown_();  // (set once nvmlInit_v2 succeeded)
     if (lib_ != nullptr) dlclose(lib_);
   }
   EnergyMeter(const EnergyMeter&) = delete;
@@ -128,7 +136,9 @@ class EnergyMeter {
 
  private:
   using Read = int (*)(void*, unsigned long long*);
+  using Shutdown = int (*)();
   void* lib_ = nullptr;
+  Shutdown shutdown_ = nullptr;
   void* device_ = nullptr;
   Read read_ = nullptr;
   bool ok_ = false;
