@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """CPU tests of the benchmark's Python tools: anchors.Timer's two timing modes (with a fake torch
-whose GPU clock runs only inside the timed calls, and a host that takes time between them) and
-bench/ab_compare.py's paired comparison."""
+whose GPU clock runs only inside the timed calls, and a host that takes time between them), its
+energy window (a fake NVML), bench/kernel_summary.py's target summary and bench/ab_compare.py's
+paired comparison."""
+import json
 import os
 import subprocess
 import sys
@@ -140,6 +142,72 @@ class Energy(unittest.TestCase):
         plain = FakeGpu(0.2, 0.01)
         r = anchors.Timer(FakeTorch(plain), 3, 20, 3.0, 10.0, "queued")(plain.launch)
         self.assertNotIn("energy_j_per_call", r)
+
+
+def row(suite, p, n, d, causal, ms, ratios, density=1.0, pattern=None, spread=0.0, anchors=None):
+    r = {"suite": suite, "pass": p, "N": n, "D": d, "causal": causal, "density": density,
+         "ms_median": ms, "ms_p10": ms * (1 - spread / 2), "ms_p90": ms * (1 + spread / 2),
+         "tflops": 100.0 / ms, "ratios": ratios, "anchors": anchors or {}}
+    if pattern:
+        r["pattern"] = pattern
+    return r
+
+
+class KernelSummary(unittest.TestCase):
+    def setUp(self):
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+        import kernel_summary
+        self.ks = kernel_summary
+        self.rows = [
+            row("dense", "fwd", 4096, 128, False, 1.0, {"sdpa_cudnn": 0.9}),
+            row("dense", "fwd", 65536, 128, False, 100.0, {"sdpa_cudnn": 1.1}),
+            row("dense", "bwd", 65536, 128, False, 300.0, {"sdpa_cudnn": 0.95},
+                anchors={"sdpa_cudnn": {"ms_median": 285.0, "ms_p10": 200.0, "ms_p90": 300.0}}),
+            row("sparse", "fwd", 65536, 128, False, 10.0, {"flex": 1.4}, 0.1008, "local_window"),
+            row("sparse", "bwd", 65536, 128, False, 31.0, {"flex": 1.2}, 0.1008, "local_window",
+                spread=0.3),
+            row("sparse", "fwd", 65536, 128, False, 5.0, {"flex": 1.3}, 0.05, "random"),
+        ]
+
+    def test_dense_counts_and_rows_under(self):
+        s = {(x["pass"], x["D"]): x for x in self.ks.dense_summary(self.rows)}
+        self.assertEqual(s[("fwd", 128)]["met"], 1)
+        self.assertEqual(s[("fwd", 128)]["rows"], 2)
+        self.assertEqual(s[("fwd", 128)]["under"], ["non-causal 4K 0.900"])
+        self.assertEqual(s[("bwd", 128)]["met"], 0)
+        self.assertEqual(s[("fwd", 128)]["ratio"], (0.9, 1.1))
+
+    def test_speedup_over_dense_at_the_target_density(self):
+        got = self.ks.speedup_over_dense(self.rows)
+        self.assertEqual([(p, pat) for p, pat, _, _ in got],
+                         [("fwd", "local_window"), ("bwd", "local_window")])
+        self.assertAlmostEqual(got[0][3], 10.0)
+        self.assertAlmostEqual(got[1][3], 300.0 / 31.0)
+
+    def test_spreads_name_ours_and_anchors(self):
+        names = [(x[0], x[1], x[2]) for x in self.ks.spreads(self.rows)]
+        self.assertIn(("longattn", "sparse", "bwd"), names)
+        self.assertIn(("sdpa_cudnn", "dense", "bwd"), names)
+        self.assertEqual(len(names), 2)
+
+    def test_render_and_command_line(self):
+        text = self.ks.render({"gpu": "NVIDIA H100 80GB HBM3", "rows": self.rows})
+        self.assertIn("| dense fwd d=128 | 1.0-100.0 TFLOP/s; / SDPA cuDNN 0.90-1.10 (at least 1.0 "
+                      "in 1 of 2) | H100 |", text)
+        self.assertIn("/ FlexAttention 10%: 1.40", text)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "r.json")
+            with open(path, "w") as f:
+                json.dump({"rows": self.rows}, f)
+            out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "kernel_summary.py"),
+                                  path], capture_output=True, text=True)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertIn("block-sparse over our dense, fwd, local_window (0.1008) | 10.00x", out.stdout)
+            with open(path, "w") as f:
+                json.dump({"gpu": "x"}, f)
+            out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "kernel_summary.py"),
+                                  path], capture_output=True, text=True)
+            self.assertEqual(out.returncode, 2)
 
 
 LOG = """\
