@@ -56,6 +56,20 @@ inline std::string describe_cublas_error(cublasStatus_t s) {
                                          __FILE__, __LINE__);                           \
   } while (0)
 
+namespace longattn::cuda {
+// `bytes` of stream-ordered scratch on `stream`: from `pool` when given, else from the device's
+// default pool (release with cudaFreeAsync on the same stream).
+template <typename T>
+T* scratch_async(size_t bytes, cudaMemPool_t pool, cudaStream_t stream) {
+  void* p = nullptr;
+  if (pool)
+    CUDA_CHECK(cudaMallocFromPoolAsync(&p, bytes, pool, stream));
+  else
+    CUDA_CHECK(cudaMallocAsync(&p, bytes, stream));
+  return static_cast<T*>(p);
+}
+}  // namespace longattn::cuda
+
 #define CUBLAS_CHECK(call)                                                               \
   do {                                                                                   \
     const cublasStatus_t longattn_cublas_st_ = (call);                                   \

@@ -345,11 +345,8 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
                        "must be fp32 for the CUDA kernels");
     a.delta = stat_view(p.delta);
   } else {
-    const size_t bytes = static_cast<size_t>(a.B) * a.Nq * a.H * sizeof(float);
-    if (pool)
-      CUDA_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&scratch), bytes, pool, stream));
-    else
-      CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes, stream));
+    scratch = scratch_async<float>(static_cast<size_t>(a.B) * a.Nq * a.H * sizeof(float), pool,
+                                   stream);
     a.delta.data = scratch;
     a.delta.sb = static_cast<int64_t>(a.Nq) * a.H;
     a.delta.sn = a.H;
@@ -373,11 +370,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
       if (a.q_splits > 1) {
         const int nkb = (a.Nk + sm90::kBwdKeysPerCta - 1) / sm90::kBwdKeysPerCta;
         const size_t flags = static_cast<size_t>(a.B) * a.H * nkb * sizeof(int);
-        if (pool)
-          CUDA_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&a.split_flags), flags,
-                                             pool, stream));
-        else
-          CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&a.split_flags), flags, stream));
+        a.split_flags = scratch_async<int>(flags, pool, stream);
         CUDA_CHECK(cudaMemsetAsync(a.split_flags, 0, flags, stream));
       }
       try {

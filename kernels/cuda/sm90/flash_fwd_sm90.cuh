@@ -787,12 +787,7 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
   if (Tr::kByPosition && a.complete != 0 && a.runs == 0 && a.causal == 0) {
     pieces = plan_fwd_tail_split(sched, grid, (a.Nk + Tr::kBN - 1) / Tr::kBN, Tr::kBN);
     if (pieces > 0) {
-      const int64_t floats = pieces * Tr::kBM * (D + 1);
-      void** at = reinterpret_cast<void**>(&split);
-      if (pool)
-        CUDA_CHECK(cudaMallocFromPoolAsync(at, sizeof(float) * floats, pool, stream));
-      else
-        CUDA_CHECK(cudaMallocAsync(at, sizeof(float) * floats, stream));
+      split = scratch_async<float>(sizeof(float) * pieces * Tr::kBM * (D + 1), pool, stream);
       sched.split_o = split;
       sched.split_lse = split + pieces * Tr::kBM * D;
     }
@@ -802,15 +797,20 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
   CUDA_CHECK(cudaGetSymbolAddress(&trace, g_fwd_trace));
   CUDA_CHECK(cudaMemsetAsync(trace, 0, sizeof(g_fwd_trace), stream));
 #endif
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a, sched);
-  CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
-  if (pieces > 0) {
-    fwd_split_merge_kernel<T, D, Tr::kBM>
-        <<<(sched.split_items * Tr::kBM + kMergeRows - 1) / kMergeRows, 32 * kMergeRows, 0,
-           stream>>>(a, sched);
-    CUDA_CHECK_LAUNCH("fwd_split_merge_kernel");
-    CUDA_CHECK(cudaFreeAsync(split, stream));
+  try {
+    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a, sched);
+    CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
+    if (pieces > 0) {
+      fwd_split_merge_kernel<T, D, Tr::kBM>
+          <<<(sched.split_items * Tr::kBM + kMergeRows - 1) / kMergeRows, 32 * kMergeRows, 0,
+             stream>>>(a, sched);
+      CUDA_CHECK_LAUNCH("fwd_split_merge_kernel");
+    }
+  } catch (...) {
+    if (split) cudaFreeAsync(split, stream);  // (the launch failed: nothing reads the pieces)
+    throw;
   }
+  if (split) CUDA_CHECK(cudaFreeAsync(split, stream));
 #if LONGATTN_SM90_FWD_TRACE
   if (const char* path = std::getenv("LONGATTN_SM90_FWD_TRACE_OUT")) {
     static long long host[64][4][8];

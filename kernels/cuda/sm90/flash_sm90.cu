@@ -172,9 +172,15 @@ bool pingpong_enabled() {
 // A launch's counter pair from the ring, and its grid over n_items items: one CTA per SM when
 // persistent (the set_grid_limit limit where set), else one per item.
 int* take_counter(DeviceSched& d) { return d.pairs + 2 * (d.next.fetch_add(1) % kCounterPairs); }
+// CTAs of a persistent launch: one per SM, or the set_grid_limit limit where set.
+int persistent_ctas(const DeviceSched& d) {
+  const int limit = g_grid_limit.load();
+  return limit > 0 && limit < d.sms ? limit : d.sms;
+}
 int grid_for(const DeviceSched& d, int n_items, bool persistent) {
   const int limit = g_grid_limit.load();
-  const int ctas = limit > 0 && limit < d.sms ? limit : (persistent ? d.sms : n_items);
+  const bool capped = limit > 0 && limit < d.sms;
+  const int ctas = persistent || capped ? persistent_ctas(d) : n_items;
   return n_items < ctas ? n_items : ctas;
 }
 }  // namespace
@@ -205,9 +211,7 @@ int64_t plan_fwd_tail_split(FwdSchedule& s, int& grid, int key_tiles, int key_ti
   // (Read on each call: the tests compare a call with and without.)
   if (!switch_on("LONGATTN_SM90_FWD_TAIL") || !persistent_enabled()) return 0;
   const DeviceSched& d = device_sched();
-  const int limit = g_grid_limit.load();
-  const int ctas = limit > 0 && limit < d.sms ? limit : d.sms;
-  const ForwardTailSplit t = forward_tail_split(s.n_items, ctas, key_tiles, key_tile);
+  const ForwardTailSplit t = forward_tail_split(s.n_items, persistent_ctas(d), key_tiles, key_tile);
   if (t.pieces < 2) return 0;
   s.split_first = static_cast<int>(t.first);
   s.split_items = static_cast<int>(t.items);
