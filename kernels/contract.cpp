@@ -180,14 +180,18 @@ bool mask_complete_for(const BlockMaskView& m, bool causal, int64_t diag) {
 }
 
 int backward_query_parts(int64_t nq, int64_t head_dim, double tiles_per_key_block,
-                         double row_fill, int64_t l2_bytes) {
+                         double row_fill, int64_t l2_bytes, bool phased_walks) {
   if (row_fill >= 0.75 || l2_bytes <= 0) return 1;
-  const double part_bytes = static_cast<double>(l2_bytes) / 2.0;
+  const double part_bytes = static_cast<double>(l2_bytes) / 2.0 * (phased_walks ? 4.0 : 1.0);
   const double head_bytes = static_cast<double>(nq) * static_cast<double>(head_dim) * (2 + 2 + 4);
   int n = static_cast<int>(std::ceil(head_bytes / part_bytes));
   n = std::clamp(n, 1, 4);
   while (n > 1 && tiles_per_key_block / n < 24.0) --n;
   return n;
+}
+
+bool backward_phased_walks(int64_t head_dim, double row_fill) {
+  return head_dim == 128 && row_fill < 0.75;
 }
 
 bool backward_staggered_walks(int64_t head_dim, bool causal, double row_fill) {

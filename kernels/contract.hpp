@@ -119,9 +119,12 @@ ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_til
 // a head's whole query range, so the range is cut until one part's Q and dO (16-bit) and fp32
 // dq of a head fit in half of the L2 (l2_bytes), keeping at least 24 listed query tiles per CTA
 // and part on average, at most 4 parts. Contiguous rows (dense, causal, windows) keep one part:
-// their CTAs walk the same tiles together.
+// their CTAs walk the same tiles together. With phased walks (backward_phased_walks) the CTAs
+// running together touch a window of the range rather than all of it, taken as a quarter: a
+// part's range may then be 4x half of the L2 (at 64K, d=128: one part; A/B run 61 measured one
+// part 1-4% faster than the unphased rule's 2-3 at 5-25% density).
 int backward_query_parts(int64_t nq, int64_t head_dim, double tiles_per_key_block,
-                         double row_fill, int64_t l2_bytes);
+                         double row_fill, int64_t l2_bytes, bool phased_walks = false);
 // Staggered walks for that backward: each CTA starts its walk at backward_walk_start (wrapping
 // around), so the CTAs running together reduce into different dQ tiles rather than all into the
 // first one. Taken at head dim 64 without causality on contiguous rows (row_fill >= 0.75):
@@ -131,6 +134,20 @@ bool backward_staggered_walks(int64_t head_dim, bool causal, double row_fill);
 // starts spread evenly over the items, in key-block order.
 constexpr int64_t backward_walk_start(int64_t kb, int64_t nkb, int64_t n_items) {
   return n_items > 0 && nkb > 0 ? kb * n_items / nkb % n_items : 0;
+}
+// Phased walks, the opposite aim, for scattered mask rows (row_fill < 0.75): their works differ
+// in length, so CTAs that all started at their first query tile drift apart, and those running
+// together read (and add dQ into) the whole query range at once, more than L2 holds at long
+// lengths. Work w of a persistent launch of `ctas` CTAs starts about w / ctas work-times after
+// the first; starting its walk at the fraction (w mod ctas) / ctas of its items puts every CTA
+// near the same fraction of the query range at any moment (wrapping around), so the CTAs running
+// together walk one window of it. Taken at head dim 128 (measured: A/B runs 60-61); head dim 64
+// has no scattered-row measurement yet.
+bool backward_phased_walks(int64_t head_dim, double row_fill);
+// (Any integer type: the kernel takes it in 32 bits, where (ctas - 1) * n_items fits.)
+template <class I>
+constexpr I backward_phase_start(I work, I ctas, I n_items) {
+  return n_items > 0 && ctas > 0 ? work % ctas * n_items / ctas : 0;  // work >= 0
 }
 BlockMaskView host_mask_view(const BlockMask& m);
 

@@ -365,8 +365,8 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
       // Listed 64-query tiles per 128-key block (CTA), for how many parts the query range takes.
       const double tiles = static_cast<double>(p.mask_t.nnz) * (p.mask_t.block_k / 64) /
                            std::max<int64_t>(p.mask_t.num_q_blocks, 1);
-      a.q_splits = sm90::bwd_query_splits(a, static_cast<int>(p.q.D), tiles, p.mask_t.row_fill);
       a.rotate = sm90::bwd_rotate(a, static_cast<int>(p.q.D), p.mask_t.row_fill);
+      a.q_splits = sm90::bwd_query_splits(a, static_cast<int>(p.q.D), tiles, p.mask_t.row_fill);
       if (a.q_splits > 1) {
         const int nkb = (a.Nk + sm90::kBwdKeysPerCta - 1) / sm90::kBwdKeysPerCta;
         const size_t flags = static_cast<size_t>(a.B) * a.H * nkb * sizeof(int);

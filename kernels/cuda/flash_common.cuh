@@ -70,9 +70,11 @@ struct BwdArgs {
   // parts 0..s-1 have (one int per batch, head and key block, zeroed before the launch).
   int q_splits = 1;
   int* split_flags = nullptr;
-  // Hopper backward at head dim 64: each CTA walks its query tiles starting at an offset that
-  // grows with its key block (wrapping around), so CTAs running together add into different dQ
-  // tiles.
+  // Hopper backward: where each work's walk over its query tiles starts (wrapping around).
+  // 1 (head dim 64, dense rows): at an offset that grows with its key block, so CTAs running
+  // together add into different dQ tiles; 2 (head dim 128, scattered rows): at a phase from the
+  // work's index (backward_phase_start), so CTAs running together walk one window of the query
+  // range; 0: at the first tile.
   int rotate = 0;
 };
 

@@ -215,6 +215,37 @@ TEST(Dense, BackwardStaggeredWalks) {
     }
 }
 
+// Phased walks over scattered rows: which calls take them, and where each work starts (inside
+// its walk; the works of one round of the grid spread over the walk in work order; the same
+// phase one grid later).
+TEST(Dense, BackwardPhasedWalks) {
+  EXPECT_TRUE(backward_phased_walks(128, 0.1));
+  EXPECT_TRUE(backward_phased_walks(128, 0.74));
+  EXPECT_FALSE(backward_phased_walks(128, 0.75));  // dense, causal and windowed rows walk together
+  EXPECT_FALSE(backward_phased_walks(128, 1.0));
+  EXPECT_FALSE(backward_phased_walks(64, 0.1));    // not measured at head dim 64
+  EXPECT_EQ(backward_phase_start<int64_t>(0, 132, 52), 0);
+  EXPECT_EQ(backward_phase_start<int64_t>(66, 132, 52), 26);
+  EXPECT_EQ(backward_phase_start<int64_t>(131, 132, 52), 51);
+  EXPECT_EQ(backward_phase_start<int64_t>(132 + 66, 132, 52), 26);
+  EXPECT_EQ(backward_phase_start<unsigned>(66, 132, 52), 26u);
+  EXPECT_EQ(backward_phase_start<int64_t>(5, 132, 0), 0);   // no items
+  EXPECT_EQ(backward_phase_start<int64_t>(5, 0, 10), 0);    // no grid
+  for (int64_t ctas : {1, 3, 132})
+    for (int64_t n : {1, 7, 52, 1024}) {
+      int64_t prev = -1;
+      for (int64_t w = 0; w < 3 * ctas; ++w) {
+        const int64_t s = backward_phase_start(w, ctas, n);
+        ASSERT_GE(s, 0);
+        ASSERT_LT(s, n);
+        if (w % ctas == 0) prev = -1;
+        ASSERT_GE(s, prev);  // in work order within a round of the grid
+        prev = s;
+        ASSERT_EQ(s, backward_phase_start(w % ctas, ctas, n));
+      }
+    }
+}
+
 // The query parts of the key-stationary backward on a 50 MB L2 (half: 25 MB per part).
 TEST(Dense, BackwardQueryParts) {
   const int64_t l2 = 50 << 20;
@@ -232,6 +263,13 @@ TEST(Dense, BackwardQueryParts) {
   EXPECT_EQ(backward_query_parts(1 << 20, 128, 4096, 0.1, l2), 4);
   // Unknown L2: one part.
   EXPECT_EQ(backward_query_parts(65536, 128, 512, 0.1, 0), 1);
+  // Phased walks: a part's range may be 4x half of the L2 (100 MB here).
+  EXPECT_EQ(backward_query_parts(65536, 128, 512, 0.5, l2, true), 1);
+  EXPECT_EQ(backward_query_parts(65536, 128, 102, 0.1, l2, true), 1);
+  EXPECT_EQ(backward_query_parts(131072, 128, 204, 0.1, l2, true), 2);
+  EXPECT_EQ(backward_query_parts(262144, 128, 408, 0.1, l2, true), 3);
+  EXPECT_EQ(backward_query_parts(262144, 128, 40, 0.01, l2, true), 1);  // too few tiles to cut
+  EXPECT_EQ(backward_query_parts(65536, 128, 512, 1.0, l2, true), 1);
 }
 
 TEST(Dense, EmptyRowsGiveZeroAndMinusInfNeverNaN) {

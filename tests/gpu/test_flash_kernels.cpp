@@ -831,7 +831,9 @@ TEST(FlashRuns, ForwardMatchesReference) {
 // The Hopper backward's staggered walks at head dim 64 (each CTA starting at a query tile that
 // grows with its key block, wrapping around): taken by default without causality on dense rows;
 // forced on here for the other kinds of call (causal, sparse, ragged, empty rows) and off for one
-// that takes it by default; at head dim 128 the switch must change nothing (query parts too).
+// that takes it by default; at head dim 128 mode 1 must change nothing (query parts too). The
+// phased walks (mode 2: each work starting at a phase from its index) at both head dims, with
+// query parts, causality and ragged lengths.
 // Elsewhere the portable kernels run the same checks.
 TEST(FlashRotate, StaggeredWalksMatchReference) {
   SKIP_WITHOUT_GPU();
@@ -852,9 +854,30 @@ TEST(FlashRotate, StaggeredWalksMatchReference) {
       {"1", 3, {DType::BF16, 128, 1, 1000, 1000, 2, 256, 128, true, 0, 0, MaskKind::Sparse,
                 Layout::Dilated, 3.0, false, "bf16_d128_rotate_parts3_causal_sparse"}},
       {"0", 1, {DType::BF16, 64, 1, 1100, 1000, 2, 128, 128, false, 0, 0, MaskKind::Dense,
-                Layout::Contiguous, 1.0, false, "bf16_d64_norotate_dense"}}};
+                Layout::Contiguous, 1.0, false, "bf16_d64_norotate_dense"}},
+      // Phased walks (mode 2, taken by default over scattered rows), forced on for the others.
+      {"2", 1, {DType::BF16, 128, 1, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Sparse,
+                Layout::Contiguous, 1.0, false, "bf16_d128_phase_sparse_ragged"}},
+      {"2", 3, {DType::F16, 128, 2, 1000, 1000, 2, 256, 128, true, 0, 0, MaskKind::Sparse,
+                Layout::Dilated, 3.0, false, "f16_d128_phase_parts3_causal_sparse"}},
+      {"2", 1, {DType::BF16, 64, 1, 900, 700, 3, 128, 128, false, 0, 0, MaskKind::Sparse,
+                Layout::Contiguous, 1.0, false, "bf16_d64_phase_sparse"}},
+      {"2", 1, {DType::BF16, 128, 1, 1100, 1250, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                Layout::Contiguous, 1.0, false, "bf16_d128_phase_dense_ragged"}},
+      {"2", 1, {DType::F16, 64, 1, 1000, 900, 2, 128, 128, true, 0, 0, MaskKind::Dense,
+                Layout::Contiguous, 1.0, false, "f16_d64_phase_dense_causal"}}};
   for (const Run& r : runs) {
     SCOPED_TRACE(r.c.name);
+    const ScopedEnv rotation("LONGATTN_SM90_BWD_ROTATE", r.rotate);
+    const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts > 1 ? r.parts : 0));
+    check_backward(r.c, std::random_device{}());
+  }
+  // Phased walks on a grid of 5 persistent CTAs: many works per CTA, phases repeating each
+  // round of the grid, query parts waiting on parts other CTAs hold.
+  const GridLimit limit(5, 0);
+  for (const Run& r : runs) {
+    if (std::string(r.rotate) != "2" || r.c.mask != MaskKind::Sparse) continue;
+    SCOPED_TRACE(r.c.name + "_grid5");
     const ScopedEnv rotation("LONGATTN_SM90_BWD_ROTATE", r.rotate);
     const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts > 1 ? r.parts : 0));
     check_backward(r.c, std::random_device{}());

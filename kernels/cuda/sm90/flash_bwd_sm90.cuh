@@ -23,7 +23,10 @@
 //   tile's S^T and dP^T run while dQ goes out.
 // At head dim 64, causal calls hold each warpgroup's K rows in registers as the A operand of
 // S^T (kKRegs), and non-causal calls over dense rows start each CTA's walk at a staggered tile
-// (a.rotate, backward_walk_start) so the CTAs running together add into different dQ tiles.
+// (a.rotate 1, backward_walk_start) so the CTAs running together add into different dQ tiles.
+// Over scattered rows (by default at head dim 128; at either with LONGATTN_SM90_BWD_ROTATE=2)
+// each work starts its walk at a phase from its index (a.rotate 2, backward_phase_start) so the
+// CTAs running together walk one window of the query range, which keeps its Q, dO and dq in L2.
 // Instruction count matters here (two consumer warps share each scheduler): wgmma descriptors
 // are made once and offset by constants, the warpgroup index is warp-uniform so they live in
 // uniform registers, and masking uses selects in a loop taken only for tiles that need it.
@@ -289,14 +292,17 @@ __global__ void __launch_bounds__(384, 1)
     mbar_init_fence();
   }
   __syncthreads();
-  // Walk step `it` takes item it + rot (mod n_items): with a.rotate the CTAs of neighbouring key
-  // blocks start at different query tiles, so those running together reduce into different dQ
-  // tiles (all starting at the first one, they add into the same lines at the same time).
-  // Head dim 64 only: at 128 it measured 0 to -8% (A/B run 18), and the code is left out there.
-  constexpr bool kRotates = D <= 64;
-  auto set_rot = [&] {
-    rot = kRotates && a.rotate ? static_cast<int>(backward_walk_start(k0 / kBN, nkb, n_items))
-                               : 0;
+  // Walk step `it` takes item it + rot (mod n_items). a.rotate 1 (head dim 64, dense rows): the
+  // CTAs of neighbouring key blocks start at different query tiles, so those running together
+  // reduce into different dQ tiles (all starting at the first one, they add into the same lines
+  // at the same time; at head dim 128 it measured 0 to -8%, A/B run 18). a.rotate 2 (scattered
+  // rows): work `work` starts at the fraction (work mod grid) / grid of its walk, so the CTAs
+  // running together walk one window of the query range (backward_phase_start).
+  auto set_rot = [&](int64_t work) {
+    rot = a.rotate == 1   ? static_cast<int>(backward_walk_start(k0 / kBN, nkb, n_items))
+          : a.rotate == 2 ? static_cast<int>(backward_phase_start<unsigned>(
+                                static_cast<unsigned>(work), gridDim.x, n_items))
+                          : 0;
   };
   auto item = [&](int it) {
     const int p = it + rot;
@@ -358,7 +364,7 @@ __global__ void __launch_bounds__(384, 1)
           mbar_arrive(&work_full[slot]);
           if (w < n_works) {
             decode(sw);
-            set_rot();
+            set_rot(w);
             // (Also for works without tiles: the consumers then take K/V and give them back.)
             mbar_wait(kv_empty, (n & 1) ^ 1);
             mbar_arrive_expect_tx(bar_kv, 2 * Tr::kKVBytes);
@@ -411,7 +417,7 @@ __global__ void __launch_bounds__(384, 1)
         __syncwarp();
         if (lane == 0) mbar_arrive(&work_empty[slot]);
         if (w >= n_works) break;
-        set_rot();
+        set_rot(w);
         const float* lse = static_cast<const float*>(a.lse.data) + b * a.lse.sb + h * a.lse.sh;
         const float* dl =
             static_cast<const float*>(a.delta.data) + b * a.delta.sb + h * a.delta.sh;
@@ -762,8 +768,7 @@ __global__ void __launch_bounds__(384, 1)
     mbar_wait(&work_full[slot], (n >> 1) & 1);
     const int64_t* sw = sWork + 8 * slot;
     if (sw[2] >= n_works) break;
-    decode(sw);
-    set_rot();
+    decode(sw);  // (rot stays 0 here: whether a work has a visible tile is the same from any start)
     BWD_TRACE_WORK(sw[2]);
     BWD_TRACE(0, global_ns());
     BWD_TRACE(1, clock64());

@@ -257,8 +257,10 @@ int bwd_rotate(const BwdArgs& a, int head_dim, double row_fill) {
   if (const char* e = std::getenv("LONGATTN_SM90_BWD_ROTATE")) {
     if (std::string(e) == "0") return 0;
     if (std::string(e) == "1") return 1;
+    if (std::string(e) == "2") return 2;
   }
-  return backward_staggered_walks(head_dim, a.causal != 0, row_fill) ? 1 : 0;
+  if (backward_staggered_walks(head_dim, a.causal != 0, row_fill)) return 1;
+  return backward_phased_walks(head_dim, row_fill) ? 2 : 0;
 }
 
 int bwd_query_splits(const BwdArgs& a, int head_dim, double tiles_per_key_block,
@@ -269,7 +271,7 @@ int bwd_query_splits(const BwdArgs& a, int head_dim, double tiles_per_key_block,
     if (n >= 1) return n < 16 ? n : 16;
   }
   return backward_query_parts(a.Nq, head_dim, tiles_per_key_block, row_fill,
-                              device_sched().l2_bytes);
+                              device_sched().l2_bytes, a.rotate == 2);
 }
 
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv) {

@@ -35,10 +35,11 @@ void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStre
 // Keys per CTA of the backward (one split flag per batch, head and key block of this size).
 constexpr int kBwdKeysPerCta = 128;
 
-// Whether the backward's CTAs start their walks at staggered query tiles (a.rotate): head dim 64
-// calls without causality whose mask rows are dense (row_fill >= 0.75; A/B run 18: +2-10% there,
-// head dim 128 and local-window masks 0 to -8%), unless LONGATTN_SM90_BWD_ROTATE says otherwise
-// ("0" never, "1" every head-dim-64 call; the head-dim-128 kernel has no staggered walk).
+// Where the backward's CTAs start their walks (a.rotate): 1, staggered query tiles, for head dim
+// 64 calls without causality whose mask rows are dense (row_fill >= 0.75; A/B run 18: +2-10%
+// there, head dim 128 and local-window masks 0 to -8%); 2, phased walks (backward_phased_walks)
+// for head dim 128 over scattered mask rows; else 0, every walk from its first tile.
+// LONGATTN_SM90_BWD_ROTATE ("0", "1", "2") fixes the mode for every call.
 int bwd_rotate(const flash::BwdArgs& a, int head_dim, double row_fill);
 // The backward's scheduler for one launch over n_works (key block, part, head, batch) works: a
 // zeroed counter pair (flash_bwd_sm90_kernel resets it) and the grid, one CTA per SM (the
@@ -56,7 +57,8 @@ bool o_vec_enabled();
 // allow it): LONGATTN_SM90_DKV_VEC=0 turns it off (read on each call).
 bool dkv_vec_enabled();
 // How many parts the backward cuts the query range into (a.q_splits): backward_query_parts
-// (kernels/contract.hpp) with this device's L2 at head dim 128, 1 at head dim 64.
+// (kernels/contract.hpp) with this device's L2 at head dim 128, 1 at head dim 64; a.rotate must
+// be set first (phased walks need fewer parts).
 // LONGATTN_SM90_QSPLIT=n fixes it at head dim 128 (read on each call).
 int bwd_query_splits(const flash::BwdArgs& a, int head_dim, double tiles_per_key_block,
                      double row_fill);
