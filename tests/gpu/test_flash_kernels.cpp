@@ -831,9 +831,9 @@ TEST(FlashRuns, ForwardMatchesReference) {
 // The Hopper backward's staggered walks at head dim 64 (each CTA starting at a query tile that
 // grows with its key block, wrapping around): taken by default without causality on dense rows;
 // forced on here for the other kinds of call (causal, sparse, ragged, empty rows) and off for one
-// that takes it by default; at head dim 128 mode 1 must change nothing (query parts too). The
-// phased walks (mode 2: each work starting at a phase from its index) at both head dims, with
-// query parts, causality and ragged lengths.
+// that takes it by default, and at head dim 128 with query parts. The phased walks (mode 2: each
+// work starting at a phase from its index) at both head dims, with query parts, causality and
+// ragged lengths, also on a grid of 5 CTAs.
 // Elsewhere the portable kernels run the same checks.
 TEST(FlashRotate, StaggeredWalksMatchReference) {
   SKIP_WITHOUT_GPU();
