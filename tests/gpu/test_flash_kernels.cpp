@@ -866,11 +866,14 @@ TEST(FlashRotate, StaggeredWalksMatchReference) {
                 Layout::Contiguous, 1.0, false, "bf16_d128_phase_dense_ragged"}},
       {"2", 1, {DType::F16, 64, 1, 1000, 900, 2, 128, 128, true, 0, 0, MaskKind::Dense,
                 Layout::Contiguous, 1.0, false, "f16_d64_phase_dense_causal"}}};
-  for (const Run& r : runs) {
-    SCOPED_TRACE(r.c.name);
+  auto check = [](const Run& r) {
     const ScopedEnv rotation("LONGATTN_SM90_BWD_ROTATE", r.rotate);
     const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts > 1 ? r.parts : 0));
     check_backward(r.c, std::random_device{}());
+  };
+  for (const Run& r : runs) {
+    SCOPED_TRACE(r.c.name);
+    check(r);
   }
   // Phased walks on a grid of 5 persistent CTAs: many works per CTA, phases repeating each
   // round of the grid, query parts waiting on parts other CTAs hold.
@@ -878,9 +881,7 @@ TEST(FlashRotate, StaggeredWalksMatchReference) {
   for (const Run& r : runs) {
     if (std::string(r.rotate) != "2" || r.c.mask != MaskKind::Sparse) continue;
     SCOPED_TRACE(r.c.name + "_grid5");
-    const ScopedEnv rotation("LONGATTN_SM90_BWD_ROTATE", r.rotate);
-    const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts > 1 ? r.parts : 0));
-    check_backward(r.c, std::random_device{}());
+    check(r);
   }
 }
 
