@@ -190,12 +190,9 @@ int backward_query_parts(int64_t nq, int64_t head_dim, double tiles_per_key_bloc
   return n;
 }
 
-bool backward_phased_walks(int64_t head_dim, double row_fill) {
-  return head_dim == 128 && row_fill < 0.75;
-}
-
-bool backward_staggered_walks(int64_t head_dim, bool causal, double row_fill) {
-  return head_dim == 64 && !causal && row_fill >= 0.75;
+bool backward_phased_walks(int64_t head_dim, bool causal, double row_fill) {
+  if (head_dim != 64 && head_dim != 128) return false;
+  return row_fill < 0.75 || (head_dim == 64 && !causal);
 }
 
 BlockMaskView host_mask_view(const BlockMask& m) {

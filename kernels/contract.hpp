@@ -122,28 +122,32 @@ ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_til
 // their CTAs walk the same tiles together. With phased walks (backward_phased_walks) the CTAs
 // running together touch a window of the range rather than all of it, taken as a quarter: a
 // part's range may then be 4x half of the L2 (at 64K, d=128: one part; A/B run 61 measured one
-// part 1-4% faster than the unphased rule's 2-3 at 5-25% density).
+// part 1-4% faster than the unphased rule's 2-3 at 5-25% density; at 50%, two parts measured
+// +1.9% and +0.3% against one in A/B runs 63 and 64: not taken).
 int backward_query_parts(int64_t nq, int64_t head_dim, double tiles_per_key_block,
                          double row_fill, int64_t l2_bytes, bool phased_walks = false);
-// Staggered walks for that backward: each CTA starts its walk at backward_walk_start (wrapping
-// around), so the CTAs running together reduce into different dQ tiles rather than all into the
-// first one. Taken at head dim 64 without causality on contiguous rows (row_fill >= 0.75):
-// measured +2-10% there, 0 to -8% at head dim 128 and on local windows.
-bool backward_staggered_walks(int64_t head_dim, bool causal, double row_fill);
-// First walk step of the CTA of key block kb (of nkb) over its n_items listed query tiles: the
-// starts spread evenly over the items, in key-block order.
+// Staggered walks (LONGATTN_SM90_BWD_ROTATE=1, measurements only): the first walk step of the
+// CTA of key block kb (of nkb) over its n_items listed query tiles, the starts spread evenly over
+// the items in key-block order, so the CTAs running together reduce into different dQ tiles
+// rather than all into the first one. The default for head dim 64 non-causal calls until phased
+// walks replaced it there (below); 0 to -8% at head dim 128 (A/B run 18).
 constexpr int64_t backward_walk_start(int64_t kb, int64_t nkb, int64_t n_items) {
   return n_items > 0 && nkb > 0 ? kb * n_items / nkb % n_items : 0;
 }
-// Phased walks, the opposite aim, for scattered mask rows (row_fill < 0.75): their works differ
+// Phased walks for scattered mask rows (row_fill < 0.75): their works differ
 // in length, so CTAs that all started at their first query tile drift apart, and those running
 // together read (and add dQ into) the whole query range at once, more than L2 holds at long
 // lengths. Work w of a persistent launch of `ctas` CTAs starts about w / ctas work-times after
 // the first; starting its walk at the fraction (w mod ctas) / ctas of its items puts every CTA
 // near the same fraction of the query range at any moment (wrapping around), so the CTAs running
-// together walk one window of it. Taken at head dim 128 (measured: A/B runs 60-61); head dim 64
-// has no scattered-row measurement yet.
-bool backward_phased_walks(int64_t head_dim, double row_fill);
+// together walk one window of it. Taken at both head dims (A/B runs 60-62 at 128: random 64K
+// 2-10% +4-6.5%; runs 63-64 at 64: 2% +2%, 5% +10%, 10% +12%, 25% +9-12%). Also taken at head
+// dim 64 without causality on any rows: equal works then keep their phases, so the CTAs running
+// together spread over the whole query range and add into different dQ tiles, as staggered
+// walks did (A/B runs 64-65 against staggered walks: 4K-16K
+// +0-0.8%, 32K +1.6%, 64K +2.1-3.4%). Not at head dim 128 on contiguous rows (64K dense -4.5%,
+// run 65: Q, dO and dq of the whole range do not fit in L2), nor causal ones (run 64: -3.9%).
+bool backward_phased_walks(int64_t head_dim, bool causal, double row_fill);
 // (Any integer type: the kernel takes it in 32 bits, where (ctas - 1) * n_items fits.)
 template <class I>
 constexpr I backward_phase_start(I work, I ctas, I n_items) {

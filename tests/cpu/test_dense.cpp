@@ -187,14 +187,9 @@ TEST(Dense, ForwardTailSplit) {
     }
 }
 
-// Staggered walks of the key-stationary backward: which calls take them, and where each CTA
-// starts (every start inside the walk, neighbouring key blocks apart, spread over the items).
+// Staggered walks of the key-stationary backward (a measurement mode now): where each CTA starts
+// (every start inside the walk, neighbouring key blocks apart, spread over the items).
 TEST(Dense, BackwardStaggeredWalks) {
-  EXPECT_TRUE(backward_staggered_walks(64, false, 1.0));
-  EXPECT_TRUE(backward_staggered_walks(64, false, 0.75));
-  EXPECT_FALSE(backward_staggered_walks(64, true, 1.0));     // causal walks start apart already
-  EXPECT_FALSE(backward_staggered_walks(64, false, 0.5));    // scattered rows
-  EXPECT_FALSE(backward_staggered_walks(128, false, 1.0));   // measured slower at 128
   EXPECT_EQ(backward_walk_start(0, 256, 512), 0);
   EXPECT_EQ(backward_walk_start(1, 256, 512), 2);
   EXPECT_EQ(backward_walk_start(255, 256, 512), 510);
@@ -219,11 +214,18 @@ TEST(Dense, BackwardStaggeredWalks) {
 // its walk; the works of one round of the grid spread over the walk in work order; the same
 // phase one grid later).
 TEST(Dense, BackwardPhasedWalks) {
-  EXPECT_TRUE(backward_phased_walks(128, 0.1));
-  EXPECT_TRUE(backward_phased_walks(128, 0.74));
-  EXPECT_FALSE(backward_phased_walks(128, 0.75));  // dense, causal and windowed rows walk together
-  EXPECT_FALSE(backward_phased_walks(128, 1.0));
-  EXPECT_FALSE(backward_phased_walks(64, 0.1));    // not measured at head dim 64
+  EXPECT_TRUE(backward_phased_walks(128, false, 0.1));
+  EXPECT_TRUE(backward_phased_walks(128, true, 0.74));
+  EXPECT_FALSE(backward_phased_walks(128, false, 0.75));  // dense, causal and windowed rows walk
+  EXPECT_FALSE(backward_phased_walks(128, false, 1.0));   // together at head dim 128
+  EXPECT_FALSE(backward_phased_walks(128, true, 1.0));
+  EXPECT_TRUE(backward_phased_walks(64, false, 0.1));
+  EXPECT_TRUE(backward_phased_walks(64, true, 0.1));
+  EXPECT_TRUE(backward_phased_walks(64, false, 1.0));     // non-causal at 64: any rows
+  EXPECT_TRUE(backward_phased_walks(64, false, 0.75));
+  EXPECT_FALSE(backward_phased_walks(64, true, 1.0));     // causal walks start apart already
+  EXPECT_FALSE(backward_phased_walks(64, true, 0.75));
+  EXPECT_FALSE(backward_phased_walks(96, false, 0.1));    // no Hopper backward at other head dims
   EXPECT_EQ(backward_phase_start<int64_t>(0, 132, 52), 0);
   EXPECT_EQ(backward_phase_start<int64_t>(66, 132, 52), 26);
   EXPECT_EQ(backward_phase_start<int64_t>(131, 132, 52), 51);

@@ -22,11 +22,12 @@
 //   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers. The next
 //   tile's S^T and dP^T run while dQ goes out.
 // At head dim 64, causal calls hold each warpgroup's K rows in registers as the A operand of
-// S^T (kKRegs), and non-causal calls over dense rows start each CTA's walk at a staggered tile
-// (a.rotate 1, backward_walk_start) so the CTAs running together add into different dQ tiles.
-// Over scattered rows (by default at head dim 128; at either with LONGATTN_SM90_BWD_ROTATE=2)
-// each work starts its walk at a phase from its index (a.rotate 2, backward_phase_start) so the
-// CTAs running together walk one window of the query range, which keeps its Q, dO and dq in L2.
+// S^T (kKRegs). Over scattered rows (row_fill < 0.75), and at head dim 64 non-causal over any
+// rows, each work starts its walk at a phase from its index (a.rotate 2, backward_phase_start):
+// over scattered rows the CTAs running together then walk one window of the query range, which
+// keeps its Q, dO and dq in L2; over dense rows they spread over the range and add into
+// different dQ tiles. a.rotate 1 (staggered starts by key block, backward_walk_start) is for
+// measurements (LONGATTN_SM90_BWD_ROTATE=0|1|2 fixes the start).
 // Instruction count matters here (two consumer warps share each scheduler): wgmma descriptors
 // are made once and offset by constants, the warpgroup index is warp-uniform so they live in
 // uniform registers, and masking uses selects in a loop taken only for tiles that need it.
@@ -292,12 +293,12 @@ __global__ void __launch_bounds__(384, 1)
     mbar_init_fence();
   }
   __syncthreads();
-  // Walk step `it` takes item it + rot (mod n_items). a.rotate 1 (head dim 64, dense rows): the
+  // Walk step `it` takes item it + rot (mod n_items). a.rotate 1 (staggered, measurements): the
   // CTAs of neighbouring key blocks start at different query tiles, so those running together
   // reduce into different dQ tiles (all starting at the first one, they add into the same lines
-  // at the same time; at head dim 128 it measured 0 to -8%, A/B run 18). a.rotate 2 (scattered
-  // rows): work `work` starts at the fraction (work mod grid) / grid of its walk, so the CTAs
-  // running together walk one window of the query range (backward_phase_start).
+  // at the same time; at head dim 128 it measured 0 to -8%, A/B run 18). a.rotate 2 (phased:
+  // scattered rows, and head dim 64 non-causal): work `work` starts at the fraction
+  // (work mod grid) / grid of its walk (backward_phase_start).
   auto set_rot = [&](int64_t work) {
     rot = a.rotate == 1   ? static_cast<int>(backward_walk_start(k0 / kBN, nkb, n_items))
           : a.rotate == 2 ? static_cast<int>(backward_phase_start<unsigned>(

@@ -259,8 +259,7 @@ int bwd_rotate(const BwdArgs& a, int head_dim, double row_fill) {
     if (std::string(e) == "1") return 1;
     if (std::string(e) == "2") return 2;
   }
-  if (backward_staggered_walks(head_dim, a.causal != 0, row_fill)) return 1;
-  return backward_phased_walks(head_dim, row_fill) ? 2 : 0;
+  return backward_phased_walks(head_dim, a.causal != 0, row_fill) ? 2 : 0;
 }
 
 int bwd_query_splits(const BwdArgs& a, int head_dim, double tiles_per_key_block,
