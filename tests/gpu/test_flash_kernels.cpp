@@ -828,12 +828,13 @@ TEST(FlashRuns, ForwardMatchesReference) {
   unsetenv("LONGATTN_SM90_FWD_RUNS");
 }
 
-// The Hopper backward's staggered walks at head dim 64 (each CTA starting at a query tile that
-// grows with its key block, wrapping around): taken by default without causality on dense rows;
-// forced on here for the other kinds of call (causal, sparse, ragged, empty rows) and off for one
-// that takes it by default, and at head dim 128 with query parts. The phased walks (mode 2: each
-// work starting at a phase from its index) at both head dims, with query parts, causality and
-// ragged lengths, also on a grid of 5 CTAs.
+// The Hopper backward's walk starts. Staggered walks (mode 1: each CTA starting at a query tile
+// that grows with its key block, wrapping around; a measurement mode now) forced on for every
+// kind of call (dense, causal, sparse, ragged, empty rows), and at head dim 128 with query parts.
+// The first tile (mode 0) forced on a head-dim-64 non-causal call, which takes phased walks by
+// default. The phased walks (mode 2: each work starting at a phase from its index; the default
+// over scattered rows and at head dim 64 without causality) at both head dims, with query parts,
+// causality and ragged lengths, also on a grid of 5 CTAs.
 // Elsewhere the portable kernels run the same checks.
 TEST(FlashRotate, StaggeredWalksMatchReference) {
   SKIP_WITHOUT_GPU();
