@@ -134,19 +134,19 @@ int backward_query_parts(int64_t nq, int64_t head_dim, double tiles_per_key_bloc
 constexpr int64_t backward_walk_start(int64_t kb, int64_t nkb, int64_t n_items) {
   return n_items > 0 && nkb > 0 ? kb * n_items / nkb % n_items : 0;
 }
-// Phased walks for scattered mask rows (row_fill < 0.75): their works differ
-// in length, so CTAs that all started at their first query tile drift apart, and those running
-// together read (and add dQ into) the whole query range at once, more than L2 holds at long
-// lengths. Work w of a persistent launch of `ctas` CTAs starts about w / ctas work-times after
-// the first; starting its walk at the fraction (w mod ctas) / ctas of its items puts every CTA
-// near the same fraction of the query range at any moment (wrapping around), so the CTAs running
-// together walk one window of it. Taken at both head dims (A/B runs 60-62 at 128: random 64K
-// 2-10% +4-6.5%; runs 63-64 at 64: 2% +2%, 5% +10%, 10% +12%, 25% +9-12%). Also taken at head
-// dim 64 without causality on any rows: equal works then keep their phases, so the CTAs running
+// Phased walks for scattered mask rows (row_fill < 0.75): their works differ in length, so CTAs
+// that all started at their first query tile drift apart, and those running together read (and
+// add dQ into) the whole query range at once, more than L2 holds at long lengths. Work w of a
+// persistent launch of `ctas` CTAs starts about w / ctas work-times after the first; starting
+// its walk at the fraction (w mod ctas) / ctas of its items puts every CTA near the same
+// fraction of the query range at any moment (wrapping around), so the CTAs running together
+// walk one window of it. Taken at both head dims (A/B runs 60-62 at 128: random 64K 2-10%
+// +4-6.5%; runs 63-64 at 64: 2% +2%, 5% +10%, 10% +12%, 25% +9-12%). Also taken at head dim 64
+// without causality on any rows: equal works then keep their phases, so the CTAs running
 // together spread over the whole query range and add into different dQ tiles, as staggered
-// walks did (A/B runs 64-65 against staggered walks: 4K-16K
-// +0-0.8%, 32K +1.6%, 64K +2.1-3.4%). Not at head dim 128 on contiguous rows (64K dense -4.5%,
-// run 65: Q, dO and dq of the whole range do not fit in L2), nor causal ones (run 64: -3.9%).
+// walks did (A/B runs 64-65 against staggered walks: 4K-16K +0-0.8%, 32K +1.6%, 64K
+// +2.1-3.4%). Not at head dim 128 on contiguous rows (64K dense -4.5%, run 65: Q, dO and dq of
+// the whole range do not fit in L2), nor causal ones (run 64: -3.9%).
 bool backward_phased_walks(int64_t head_dim, bool causal, double row_fill);
 // (Any integer type: the kernel takes it in 32 bits, where (ctas - 1) * n_items fits.)
 template <class I>
