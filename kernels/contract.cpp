@@ -125,7 +125,8 @@ double mask_mean_row_keys(const BlockMask& m) {
 }
 
 bool forward_wide_runs(int64_t head_dim, bool contiguous_rows, double mean_row_keys) {
-  return head_dim == 128 && contiguous_rows && mean_row_keys >= kForwardWideRunKeys;
+  return (head_dim == 64 || head_dim == 128) && contiguous_rows &&
+         mean_row_keys >= kForwardWideRunKeys;
 }
 
 ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_tiles,

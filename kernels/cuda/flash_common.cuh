@@ -44,7 +44,7 @@ struct FwdArgs {
   int o_vec = 0;
   int complete = 0;  // the mask lists every key block the call can see (mask_complete_for)
   // The mask's rows are runs of consecutive key blocks and the Hopper forward walks each row's
-  // key range by position (forward_wide_runs; head dim 128).
+  // key range by position (forward_wide_runs).
   int runs = 0;
 };
 

@@ -128,7 +128,10 @@ TEST(Dense, MaskRuns) {
   EXPECT_TRUE(forward_wide_runs(128, true, kForwardWideRunKeys));
   EXPECT_FALSE(forward_wide_runs(128, true, kForwardWideRunKeys - 1));
   EXPECT_FALSE(forward_wide_runs(128, false, 1e9));
-  EXPECT_FALSE(forward_wide_runs(64, true, 1e9));  // 192-row tiles can span two mask rows
+  EXPECT_TRUE(forward_wide_runs(64, true, kForwardWideRunKeys));  // the union of two rows' runs
+  EXPECT_FALSE(forward_wide_runs(64, true, kForwardWideRunKeys - 1));
+  EXPECT_FALSE(forward_wide_runs(64, false, 1e9));
+  EXPECT_FALSE(forward_wide_runs(96, true, 1e9));
 }
 
 // Tail splitting of the persistent forward: the last partial wave's items cut along the keys.

@@ -793,8 +793,10 @@ TEST(FlashSplit, QueryPartsAddInOrder) {
   }
 }
 
-// Masks whose rows are runs of key blocks (windows, random runs, empty rows): at head dim 128 the
-// Hopper forward walks each row's key range by position in 176-key tiles, masking past the run
+// Masks whose rows are runs of key blocks (windows, random runs, empty rows): the Hopper forward
+// walks each row's key range by position, at head dim 128 in 176-key tiles, at head dim 64 in
+// 192-row tiles over the union of the runs of the two mask rows a tile may span (disjoint runs,
+// an empty row next to a window, rows past Nq), each warpgroup masking outside its own
 // (LONGATTN_SM90_FWD_RUNS=1 takes that path for these short rows, "0" the listed blocks), on one
 // CTA per item and on a grid of 3 CTAs that walks many items with different ranges.
 TEST(FlashRuns, ForwardMatchesReference) {
@@ -804,23 +806,27 @@ TEST(FlashRuns, ForwardMatchesReference) {
     for (int grid : {0, 3}) {
       const GridLimit limit(grid, 2);
       for (DType dt : {DType::BF16, DType::F16}) {
-        const std::string tag = std::string(dtype_name(dt)) + "_runs" + on + "_grid" +
-                                std::to_string(grid);
-        const Case cs[] = {
-            {dt, 128, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Runs,
-             Layout::Contiguous, 1.0, false, tag + "_ragged"},
-            {dt, 128, 1, 1200, 1200, 3, 128, 128, true, 0, 0, MaskKind::Runs, Layout::Dilated,
-             3.0, false, tag + "_causal"},
-            {dt, 128, 1, 700, 1300, 2, 256, 128, true, 500, 0, MaskKind::Runs,
-             Layout::Contiguous, 1.0, false, tag + "_causal_offset_b256x128"},
-            {dt, 128, 1, 900, 1000, 1, 128, 256, false, 0, 0, MaskKind::Runs,
-             Layout::Contiguous, 1.0, false, tag + "_b128x256"}};
-        for (const Case& c : cs) {
-          SCOPED_TRACE(c.name);
-          FwdRun run;
-          run_forward(c, run, std::random_device{}());
-          if (run.kernel.rfind("sm90", 0) == 0)
-            EXPECT_EQ(run.kernel, std::string(on) == "1" ? "sm90-wide" : "sm90");
+        for (int64_t d : {128, 64}) {
+          const std::string tag = std::string(dtype_name(dt)) + "_d" + std::to_string(d) +
+                                  "_runs" + on + "_grid" + std::to_string(grid);
+          const Case cs[] = {
+              {dt, d, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Runs,
+               Layout::Contiguous, 1.0, false, tag + "_ragged"},
+              {dt, d, 1, 1200, 1200, 3, 128, 128, true, 0, 0, MaskKind::Runs, Layout::Dilated,
+               3.0, false, tag + "_causal"},
+              {dt, d, 1, 700, 1300, 2, 256, 128, true, 500, 0, MaskKind::Runs,
+               Layout::Contiguous, 1.0, false, tag + "_causal_offset_b256x128"},
+              {dt, d, 1, 900, 1000, 1, 128, 256, false, 0, 0, MaskKind::Runs,
+               Layout::Contiguous, 1.0, false, tag + "_b128x256"},
+              {dt, d, 1, 1536, 1400, 2, 128, 128, true, 0, 0, MaskKind::Runs,
+               Layout::Contiguous, 1.0, false, tag + "_causal_whole_tiles"}};
+          for (const Case& c : cs) {
+            SCOPED_TRACE(c.name);
+            FwdRun run;
+            run_forward(c, run, std::random_device{}());
+            if (run.kernel.rfind("sm90", 0) == 0)
+              EXPECT_EQ(run.kernel, std::string(on) == "1" ? "sm90-wide" : "sm90");
+          }
         }
       }
     }

@@ -8,9 +8,11 @@
 //   each K tile it publishes the tile's first key, mask flags and last-tile flag, so the
 //   consumers read no mask entries and divide nothing;
 // - warpgroups 1 and 2 (the consumers, 64 query rows each, registers raised to 240; at head dim
-//   64, for calls whose mask lists every key block they can see, three consumer warpgroups of
-//   160 registers on 192-row tiles; at head dim 128 for those calls, 176-key tiles; both walk
-//   the key tiles by position) compute
+//   64, for calls whose mask lists every key block they can see or whose rows are runs of key
+//   blocks, three consumer warpgroups of 160 registers on 192-row tiles; at head dim 128 for
+//   those calls, 176-key tiles; both walk the key tiles by position, a 192-row tile over the
+//   union of the runs of the two mask rows it may span, each warpgroup masking outside its own
+//   as the producer's per-tile info says) compute
 //   S = Q K^T with wgmma, the online softmax in registers (masking only on tiles flagged
 //   partial, at the sequence edge or on the causal diagonal), and O += P V with P kept in
 //   registers as the wgmma A operand and V read transposed from shared memory. QK^T of the next
@@ -124,18 +126,19 @@ __device__ __forceinline__ void tree_reduce(float (&t)[N]) {
 // key columns in the wgmma accumulator layout: thread (warp, g, t4) has rows my_row (e < 2) and
 // my_row + 8 (e >= 2), columns 8 nt + 2 t4 + (e & 1), element sc[4 nt + e].
 
-// -inf where key ks + column is at or past kend (Nk, or the end of the row's run of key blocks)
-// or, under causality, not visible from the row.
-template <int kNT>
+// -inf where key ks + column is before klo (kLo: the start of the warpgroup's run of key blocks)
+// or at or past kend (Nk, the end of a split piece or of the warpgroup's run) or, under
+// causality, not visible from the row.
+template <int kNT, bool kLo>
 __device__ __forceinline__ void mask_scores(float (&sc)[kNT * 4], const FwdArgs& a, int ks,
-                                            int kend, int my_row, int t4) {
+                                            int klo, int kend, int my_row, int t4) {
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = my_row + ((e >> 1) << 3);
       const int j = ks + nt * 8 + 2 * t4 + (e & 1);
-      if (j >= kend || (a.causal && static_cast<int64_t>(j - r) > a.diag))
+      if ((kLo && j < klo) || j >= kend || (a.causal && static_cast<int64_t>(j - r) > a.diag))
         sc[nt * 4 + e] = flash::kNegInf;
     }
 }
@@ -258,10 +261,11 @@ __device__ __forceinline__ void store_piece(float* so, float* slse, const float 
 }
 
 // kWG consumer warpgroups of 64 query rows each and key tiles of kBNt rows: 2 and 128 (any
-// mask); for calls whose mask lists every visible key block (FwdArgs::complete) 3 and 128 at head
-// dim 64, 2 and 176 at head dim 128. The key tiles are then walked by
-// position, so a tile need not sit inside one mask block.
-template <int D, int kWG = 2, int kBNt = 128>
+// mask); for calls whose mask lists every visible key block (FwdArgs::complete) or whose rows
+// are runs (FwdArgs::runs, the kRuns instantiations) 3 and 128 at head dim 64, 2 and 176 at head
+// dim 128. The key tiles are then walked by position, so a tile need not sit inside one mask
+// block.
+template <int D, int kWG = 2, int kBNt = 128, bool kRuns = false>
 struct FwdSm90Traits {
   static_assert(kWG == 2 || (kWG == 3 && D == 64), "three consumer warpgroups at head dim 64");
   static_assert(kBNt == 128 || (kBNt == 176 && D == 128 && kWG == 2), "176-key tiles at d=128");
@@ -275,21 +279,31 @@ struct FwdSm90Traits {
   static constexpr bool kQRegs = D <= 64 && kWG == 2;
   // Key tiles by position, not from the mask's lists.
   static constexpr bool kByPosition = kWG == 3 || kBNt != 128;
+  static_assert(kByPosition || !kRuns, "masks of runs are walked by position");
   static constexpr int kChunks = D / 64;           // 64-element (128-byte) column chunks
   static constexpr int kThreads = 128 * (kWG + 1);
   // Arrivals that release a shared resource: one per consumer warp.
   static constexpr int kConsumerWarps = 4 * kWG;
   // setmaxnreg split (sm90_common.cuh): the CTA owns 65536 / kThreads registers a thread.
+  // Over masks of runs with three consumer warpgroups the producer has 32 (its walk holds each
+  // warpgroup's key range): 32 x 128 + 160 x 384 = 65536.
   static constexpr int kConsRegs = kWG == 2 ? kConsumerRegs : 160;
-  static_assert(kProducerRegs * 128 + kConsRegs * 128 * kWG <= (65536 / kThreads / 8 * 8) * kThreads,
+  static constexpr int kProdRegs = kWG == 3 && kRuns ? 32 : kProducerRegs;
+  static_assert(kProdRegs * 128 + kConsRegs * 128 * kWG <= (65536 / kThreads / 8 * 8) * kThreads,
                 "the warpgroup register split must fit the registers the CTA owns");
   static constexpr int kQBytes = kBM * D * 2;
   static constexpr int kTileBytes = kBN * D * 2;  // one K or one V tile
   // bar_q, q_empty, tile_full[2], tile_empty[2], then full_k, full_v, empty_k, empty_v per stage;
   // then the two tile slots.
   static constexpr int kBarBytes = 8 * (6 + 4 * kStages) + 16;
-  // Per stage: the tile's first key, mask flags (bit w: warpgroup w masks), last-tile flag.
-  static constexpr int kInfoBytes = 16 * kStages;
+  // Per stage (kInfoInts int4): the tile's first key, mask flags (bit w: warpgroup w masks),
+  // last-tile flag and the end of the keys it may show (Nk, or the end of the key range walked
+  // by position). Over masks of runs instead of that end the keys of the tile warpgroup 0 may
+  // see (first | one past the last << 16, relative to the first key; all warpgroups' on 128-row
+  // tiles), then those of warpgroups 1 and 2 on 192-row tiles; and after the stages the
+  // producer's copy of the current item's key range per warpgroup (two int4).
+  static constexpr int kInfoInts = kRuns ? 2 : 1;
+  static constexpr int kInfoBytes = 16 * kInfoInts * kStages + (kRuns ? 32 : 0);
   static constexpr int kSmemBytes =
       1024 + kQBytes + 2 * kStages * kTileBytes + kInfoBytes + kBarBytes;
 };
@@ -381,14 +395,14 @@ __global__ void __launch_bounds__(32 * kMergeRows)
 }
 constexpr int kFwdPingPong = 1;
 
-template <typename T, int D, int kWG, int kBNt>
+template <typename T, int D, int kWG, int kBNt, bool kRuns>
 __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     flash_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
                           const __grid_constant__ CUtensorMap tv, const FwdArgs a,
                           const FwdSchedule sched) {
-  using Tr = FwdSm90Traits<D, kWG, kBNt>;
-  constexpr int kBM = Tr::kBM, kBN = Tr::kBN, kS = Tr::kStages;
+  using Tr = FwdSm90Traits<D, kWG, kBNt, kRuns>;
+  constexpr int kBM = Tr::kBM, kBN = Tr::kBN, kS = Tr::kStages, kII = Tr::kInfoInts;
   extern __shared__ unsigned char smem_raw[];
   // TMA's 128-byte swizzle repeats every 1024 bytes: tiles start on 1024-byte boundaries.
   const uint32_t raw = saddr(smem_raw);
@@ -397,7 +411,10 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   unsigned char* sK = sQ + Tr::kQBytes;
   unsigned char* sV = sK + kS * Tr::kTileBytes;
   int4* sInfo = reinterpret_cast<int4*>(sV + kS * Tr::kTileBytes);  // kS tile infos
-  uint64_t* bars = reinterpret_cast<uint64_t*>(sInfo + kS);
+  // kRuns: the producer's key ranges by warpgroup, lo[3] | hi[3] (in shared memory: its 32
+  // registers do not hold them with the rest of its walk).
+  int* sRun = reinterpret_cast<int*>(sInfo + kII * kS);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(sInfo + kII * kS + (kRuns ? 2 : 0));
   uint64_t* bar_q = bars;            // Q of the current item landed (TMA)
   uint64_t* q_empty = bars + 1;      // consumers are done reading Q (8 warps)
   uint64_t* tile_full = bars + 2;    // [2] the producer published an item
@@ -430,7 +447,10 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   // Item -> (query tile, head, batch) and its mask row.
   struct Item {
     int q0, q_last, h, b, n_items, nsub;
-    int k_lo, k_hi;  // by position: the keys walked (a.runs: the row's run, else all)
+    // By position: the keys walked (kRuns: the union of the warpgroups' runs, else all or the
+    // piece's) and with kRuns the keys each warpgroup may see (its mask row's run, none past Nq).
+    int k_lo, k_hi;
+    int lo[kWG], hi[kWG];
     int64_t e0;
     int piece;  // >= 0: this item is piece `piece` of the split ones (its slot in split_o)
   };
@@ -454,14 +474,36 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       if (w.piece >= 0) {  // the piece's key range (split items are non-causal, complete)
         w.k_lo = (w.piece % sched.split_pieces) * sched.split_keys;
         w.k_hi = min(a.Nk, w.k_lo + sched.split_keys);
-      } else if (a.runs) {  // the row's run of key blocks (kBM divides the mask's block_q)
-        const int mrow = w.q0 / a.mask.block_q;
-        const int64_t b0 = a.mask.row_ptr[mrow], b1 = a.mask.row_ptr[mrow + 1];
+      }
+      if constexpr (kRuns) {  // (never split)
+        // Each warpgroup's 64 rows lie in one mask row (64 divides block_q); 128-row tiles in
+        // one for both, 192-row ones may span two. The tile walks the union of their runs.
+        w.k_lo = a.Nk;
         w.k_hi = 0;
-        if (b1 > b0) {
-          w.k_lo = a.mask.col_idx[b0] * a.mask.block_k;
-          w.k_hi = min(a.Nk, (a.mask.col_idx[b1 - 1] + 1) * a.mask.block_k);
+#pragma unroll
+        for (int c = 0; c < kWG; ++c) {
+          const int r0 = w.q0 + 64 * c;
+          int lo = 0, hi = 0;
+          if (c > 0 && kBM <= 128) {
+            lo = w.lo[0];
+            hi = w.hi[0];
+          } else if (r0 < a.Nq) {
+            const int mrow = r0 / a.mask.block_q;
+            const int64_t b0 = a.mask.row_ptr[mrow], b1 = a.mask.row_ptr[mrow + 1];
+            if (b1 > b0) {
+              lo = a.mask.col_idx[b0] * a.mask.block_k;
+              hi = min(a.Nk, (a.mask.col_idx[b1 - 1] + 1) * a.mask.block_k);
+            }
+          }
+          if (hi <= lo) lo = hi = 0;
+          w.lo[c] = lo;
+          w.hi[c] = hi;
+          if (hi > lo) {
+            w.k_lo = min(w.k_lo, lo);
+            w.k_hi = max(w.k_hi, hi);
+          }
         }
+        if (w.k_hi == 0) w.k_lo = 0;
       }
       w.n_items = w.k_hi > w.k_lo ? (w.k_hi - w.k_lo + kBN - 1) / kBN : 0;
     } else {
@@ -489,7 +531,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
 
   if (wg == 0) {
     // ---------------- producer ----------------
-    regs_dealloc<kProducerRegs>();
+    regs_dealloc<Tr::kProdRegs>();
     if (threadIdx.x == 0) {
       tma_prefetch_map(&tq);
       tma_prefetch_map(&tk);
@@ -505,6 +547,13 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         if (t >= n_items_total) break;
         const int t_next = atomicAdd(sched.counter, 1) + static_cast<int>(gridDim.x);
         const Item w = decode(t);
+        if constexpr (kRuns) {
+#pragma unroll
+          for (int c = 0; c < kWG; ++c) {
+            sRun[c] = w.lo[c];
+            sRun[4 + c] = w.hi[c];
+          }
+        }
         mbar_wait(q_empty, (n & 1) ^ 1);
         FWD_TRACE(n, 0, 1);
         FWD_TRACE_VAL(n, 0, 7, w.n_items);
@@ -522,16 +571,32 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
           // The tile's info, published with the K tile (the arrive below releases it), so the
           // consumers read no mask entries and divide nothing.
           int mask_bits = 0;
-          const bool all =
-              (!Tr::kByPosition && a.mask.partial[w.e0 + it / w.nsub] != 0) || ks + kBN > w.k_hi;
+          int see[kRuns && kBM > 128 ? kWG : 1] = {};
+          if constexpr (kRuns) {
+            // Per warpgroup the columns it may see and whether it masks (a column outside them
+            // or the diagonal). Two warpgroups on 128-row tiles share one mask row, one range.
+            constexpr int kRanges = kBM > 128 ? kWG : 1;
+#pragma unroll
+            for (int c = 0; c < kRanges; ++c) {
+              const volatile int* run = sRun;
+              const int lo = max(0, min(kBN, run[c] - ks));
+              const int hi = max(0, min(kBN, run[4 + c] - ks));
+              see[c] = lo | (hi << 16);
+              if (lo > 0 || hi < kBN) mask_bits |= kRanges == 1 ? (1 << kWG) - 1 : 1 << c;
+            }
+          } else if ((!Tr::kByPosition && a.mask.partial[w.e0 + it / w.nsub] != 0) ||
+                     ks + kBN > w.k_hi) {
+            mask_bits = (1 << kWG) - 1;
+          }
 #pragma unroll
           for (int cw = 0; cw < kWG; ++cw)
-            if (all ||
-                (a.causal && static_cast<int64_t>(ks + kBN - 1 - (w.q0 + cw * 64)) > a.diag))
+            if (a.causal && static_cast<int64_t>(ks + kBN - 1 - (w.q0 + cw * 64)) > a.diag)
               mask_bits |= 1 << cw;
           mbar_wait(&empty_k[s], ph);
           if (traced_k++ == 0) FWD_TRACE(n, 0, 2);
-          sInfo[s] = make_int4(ks, mask_bits, it_next >= w.n_items, w.k_hi);
+          sInfo[kII * s] = make_int4(ks, mask_bits, it_next >= w.n_items, kRuns ? see[0] : w.k_hi);
+          if constexpr (kRuns && kBM > 128)
+            sInfo[2 * s + 1] = make_int4(see[1], see[kWG - 1], 0, 0);
           mbar_arrive_expect_tx(&full_k[s], Tr::kTileBytes);
 #pragma unroll
           for (int c = 0; c < Tr::kChunks; ++c)
@@ -593,9 +658,15 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     if (lane == 0) v = slot;
     return __shfl_sync(0xffffffffu, v, 0);
   };
+  // The tile's first key, mask flags, last-tile flag and the end of its keys (Nk but for key
+  // ranges walked by position); kRuns: this warpgroup's visible columns instead of that end.
   auto read_info = [&](int s) {
-    const int4& in = sInfo[s];
-    // (The key limit is Nk but for key ranges walked by position.)
+    const int4& in = sInfo[kII * s];
+    if constexpr (kRuns && kBM > 128) {
+      const int* see = reinterpret_cast<const int*>(&sInfo[2 * s + 1]);
+      return make_int4(lane_read(in.x), lane_read(in.y), lane_read(in.z),
+                       lane_read(cw > 0 ? see[cw - 1] : in.w));
+    }
     return make_int4(lane_read(in.x), lane_read(in.y), lane_read(in.z),
                      Tr::kByPosition ? lane_read(in.w) : a.Nk);
   };
@@ -649,7 +720,13 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     };
     // Masks S where the tile needs it (the producer's info), then the online softmax.
     auto softmax = [&](const int4& info, float (&alpha)[2]) {
-      if ((info.y >> cw) & 1) mask_scores<kNT>(sc, a, info.x, info.w, my_row, t4);
+      if ((info.y >> cw) & 1) {
+        if constexpr (kRuns)
+          mask_scores<kNT, true>(sc, a, info.x, info.x + (info.w & 0xffff), info.x + (info.w >> 16),
+                                 my_row, t4);
+        else
+          mask_scores<kNT, false>(sc, a, info.x, 0, info.w, my_row, t4);
+      }
       online_softmax<kNT>(sc, m, l, alpha, sl2);
     };
     auto pack = [&] { pack_p<T, kNT>(pa, sc); };
@@ -767,11 +844,12 @@ FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pa
 // grid, and returns the number of pieces (0: none). LONGATTN_SM90_FWD_TAIL=0 turns it off.
 int64_t plan_fwd_tail_split(FwdSchedule& s, int& grid, int key_tiles, int key_tile);
 
-template <typename T, int D, int kWG = 2, int kBNt = 128>
+// kRuns: the instantiation for calls over masks of runs (a.runs), which the others ignore.
+template <typename T, int D, int kWG = 2, int kBNt = 128, bool kRuns = false>
 void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t pool) {
-  using Tr = FwdSm90Traits<D, kWG, kBNt>;
+  using Tr = FwdSm90Traits<D, kWG, kBNt, kRuns>;
   static_assert(Tr::kSmemBytes <= 227 * 1024, "shared memory of one CTA");
-  auto kernel = flash_fwd_sm90_kernel<T, D, kWG, kBNt>;
+  auto kernel = flash_fwd_sm90_kernel<T, D, kWG, kBNt, kRuns>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));

@@ -92,6 +92,18 @@ extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176>(const FwdA
                                                                       cudaMemPool_t);
 extern template void launch_fwd_sm90_impl<__half, 128, 2, 176>(const FwdArgs&, cudaStream_t,
                                                                cudaMemPool_t);
+// Over masks of runs: kernels/cuda/sm90/flash_fwd_sm90_<dtype>_d<D>_runs.cu.
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3, 128, true>(const FwdArgs&,
+                                                                           cudaStream_t,
+                                                                           cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__half, 64, 3, 128, true>(const FwdArgs&, cudaStream_t,
+                                                                    cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176, true>(const FwdArgs&,
+                                                                            cudaStream_t,
+                                                                            cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__half, 128, 2, 176, true>(const FwdArgs&,
+                                                                     cudaStream_t,
+                                                                     cudaMemPool_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__half, 64>(const BwdArgs&, cudaStream_t);
@@ -323,18 +335,19 @@ bool fwd_accepts(const FwdArgs& a, DType dtype, int head_dim) {
 int fwd_runs(int head_dim, const BlockMaskView& mask) {
   if (const char* e = std::getenv("LONGATTN_SM90_FWD_RUNS")) {
     if (std::string(e) == "0") return 0;
-    if (std::string(e) == "1") return head_dim == 128 && mask.contiguous_rows ? 1 : 0;
+    if (std::string(e) == "1")
+      return (head_dim == 64 || head_dim == 128) && mask.contiguous_rows ? 1 : 0;
   }
   return forward_wide_runs(head_dim, mask.contiguous_rows, mask.mean_row_keys) ? 1 : 0;
 }
 
 bool fwd_wide(const FwdArgs& a, int head_dim) {
-  // Head dim 64: 192-row tiles, for complete masks; head dim 128: 176-key tiles, causal or not
-  // (FlashAttention-3 keeps 128 under causality; here 176 measured 5-7% faster there too: A/B
-  // run 9), for complete masks and masks whose rows are runs walked by position (a.runs; the
-  // 128-row tiles sit inside one mask row, which 192-row tiles would not).
-  const bool fits = head_dim == 128 ? (a.complete != 0 || a.runs != 0)
-                                    : head_dim == 64 && a.complete != 0;
+  // Head dim 64: 192-row tiles; head dim 128: 176-key tiles, causal or not (FlashAttention-3
+  // keeps 128 under causality; here 176 measured 5-7% faster there too: A/B run 9). Both for
+  // complete masks and masks whose rows are runs walked by position (a.runs; a 192-row tile
+  // walks the union of the runs of the two mask rows it may span, each warpgroup masking the
+  // keys outside its own).
+  const bool fits = (head_dim == 64 || head_dim == 128) && (a.complete != 0 || a.runs != 0);
   if (!fits) return false;
   const char* e = std::getenv("LONGATTN_SM90_FWD_WIDE");
   return e == nullptr || std::string(e) != "0";
@@ -344,6 +357,14 @@ void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t str
                    cudaMemPool_t pool) {
   const bool bf16 = dtype == DType::BF16;
   const bool wide = fwd_wide(a, head_dim);
+  if (wide && a.runs != 0 && head_dim == 64) {
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64, 3, 128, true>(a, stream, pool)
+                : launch_fwd_sm90_impl<__half, 64, 3, 128, true>(a, stream, pool);
+  }
+  if (wide && a.runs != 0) {
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176, true>(a, stream, pool)
+                : launch_fwd_sm90_impl<__half, 128, 2, 176, true>(a, stream, pool);
+  }
   if (wide && head_dim == 64) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(a, stream, pool)
                 : launch_fwd_sm90_impl<__half, 64, 3>(a, stream, pool);

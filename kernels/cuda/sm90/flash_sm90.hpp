@@ -15,13 +15,12 @@ namespace longattn::cuda::sm90 {
 // LONGATTN_FLASH_KERNELS is not "portable".
 bool fwd_accepts(const flash::FwdArgs& a, DType dtype, int head_dim);
 // Whether an accepted forward runs the larger tiles of calls whose mask lists every key block
-// they can see (a.complete): 192-row query tiles (three consumer warpgroups) at head dim 64,
-// 176-key tiles at head dim 128, there also for masks whose rows are runs of key blocks
-// (a.runs); unless LONGATTN_SM90_FWD_WIDE=0 (read on each call).
+// they can see (a.complete) or whose rows are runs of key blocks (a.runs): 192-row query tiles
+// (three consumer warpgroups) at head dim 64, 176-key tiles at head dim 128; unless
+// LONGATTN_SM90_FWD_WIDE=0 (read on each call).
 bool fwd_wide(const flash::FwdArgs& a, int head_dim);
 // FwdArgs::runs for a call whose mask is not complete: forward_wide_runs (kernels/contract.hpp)
-// unless LONGATTN_SM90_FWD_RUNS says otherwise ("0" never, "1" whenever the rows are runs, at
-// head dim 128).
+// unless LONGATTN_SM90_FWD_RUNS says otherwise ("0" never, "1" whenever the rows are runs).
 int fwd_runs(int head_dim, const BlockMaskView& mask);
 // Temporaries (the split items' pieces) come from pool when given, else the device's default.
 void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream,

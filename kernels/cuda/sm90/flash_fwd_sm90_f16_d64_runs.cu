@@ -1,0 +1,9 @@
+// Hopper forward attention instantiated for f16, head dim 64, 192-row query tiles (three consumer
+// warpgroups), for calls whose mask rows are runs of key blocks (FwdArgs::runs). Kernel:
+// kernels/cuda/sm90/flash_fwd_sm90.cuh.
+#include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
+
+namespace longattn::cuda::sm90 {
+template void launch_fwd_sm90_impl<__half, 64, 3, 128, true>(const FwdArgs&, cudaStream_t,
+                                                             cudaMemPool_t);
+}  // namespace longattn::cuda::sm90
