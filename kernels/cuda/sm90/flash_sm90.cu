@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <string>
 
@@ -335,8 +336,11 @@ bool fwd_accepts(const FwdArgs& a, DType dtype, int head_dim) {
 int fwd_runs(int head_dim, const BlockMaskView& mask) {
   if (const char* e = std::getenv("LONGATTN_SM90_FWD_RUNS")) {
     if (std::string(e) == "0") return 0;
-    if (std::string(e) == "1")
-      return (head_dim == 64 || head_dim == 128) && mask.contiguous_rows ? 1 : 0;
+    if (std::string(e) == "1")  // whatever the rows' length
+      return forward_wide_runs(head_dim, mask.contiguous_rows,
+                               std::numeric_limits<double>::infinity())
+                 ? 1
+                 : 0;
   }
   return forward_wide_runs(head_dim, mask.contiguous_rows, mask.mean_row_keys) ? 1 : 0;
 }
