@@ -84,7 +84,7 @@ bool mask_complete_for(const BlockMaskView& m, bool causal, int64_t diag);
 
 // Forward over a mask whose rows are runs of consecutive key blocks, not listing every block a
 // call can see: whether the Hopper kernel at head_dim walks each row's key range by position in
-// its wide tiles (176 keys at head dim 128; 192 query rows at head dim 64, a tile walking the
+// its wide tiles (192 keys at head dim 128; 192 query rows at head dim 64, a tile walking the
 // union of the runs of the two mask rows it may span) instead of the listed blocks one by one
 // (128 x 128 tiles). The range's ends are masked, so short runs waste part of a tile: taken at
 // head dims 64 and 128 when a row lists at least kForwardWideRunKeys keys on average.

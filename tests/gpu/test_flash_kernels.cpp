@@ -566,9 +566,9 @@ INSTANTIATE_TEST_SUITE_P(Kernels, FlashCase, ::testing::ValuesIn(all_cases()),
 // The Hopper forward's larger tiles, which it takes when the mask lists every key block the call
 // can see: at head dim 64 192-row query tiles (three consumer warpgroups), with sequence ends
 // inside a tile and a key tile, causal with and without a query offset, query blocks of 256,
-// fewer queries than one tile, strided views; at head dim 128 176-key tiles, with key ends
-// inside a tile, one short tile, strided views, large logits, causal with and without a query
-// offset. Then the same
+// fewer queries than one tile, strided views; at head dim 128 192-key tiles, with key ends
+// inside a tile and at one, one short tile, strided views, large logits, causal with and without
+// a query offset. Then the same
 // with LONGATTN_SM90_FWD_WIDE=0 (128 x 128 tiles). Elsewhere the portable kernels run the same
 // checks.
 TEST(FlashWide, CompleteMasksMatchReference) {
@@ -592,6 +592,8 @@ TEST(FlashWide, CompleteMasksMatchReference) {
            1.0, false, tag + "_d128_edges"},
           {dt, 128, 1, 300, 100, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Dilated, 1.0,
            false, tag + "_d128_short_keys"},
+          {dt, 128, 1, 500, 768, 2, 128, 128, true, 0, 0, MaskKind::Dense, Layout::Contiguous,
+           1.0, false, tag + "_d128_causal_whole_key_tiles"},
           {dt, 128, 1, 500, 1100, 1, 256, 256, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
            3.0, false, tag + "_d128_b256_large"},
           {dt, 128, 1, 900, 900, 2, 128, 128, true, 0, 0, MaskKind::Dense, Layout::Contiguous, 1.0,
@@ -703,8 +705,8 @@ TEST(FlashTailSplit, PiecesMergeToReference) {
             {dt, D, 2, 200, 1500, 1, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
              3.0, false, tag + "_large_logits"}};
         for (const Case& c : cs) {
-          // The wide kernels' items: 192 x 128 at d=64, 128 x 176 at d=128.
-          const int64_t bm = D == 64 ? 192 : 128, bn = D == 64 ? 128 : 176;
+          // The wide kernels' items: 192 x 128 at d=64, 128 x 192 at d=128.
+          const int64_t bm = D == 64 ? 192 : 128, bn = D == 64 ? 128 : 192;
           const int64_t items = (c.Nq + bm - 1) / bm * c.B * c.H;
           const ForwardTailSplit want =
               forward_tail_split(items, limit > 0 ? limit : sms, (c.Nk + bn - 1) / bn, bn);
@@ -1059,7 +1061,7 @@ TEST(FlashKernels, KernelChoice) {
                                  : (hopper && (D == 64 || D == 128) && block == 128) ? "sm90"
                                                                                      : "portable";
         // A dense mask lists every visible key block: head dim 64 takes the 192-row tiles, head
-        // dim 128 the 176-key tiles.
+        // dim 128 the 192-key tiles.
         const std::string want_fwd = want == "sm90" ? "sm90-wide" : want;
         EXPECT_EQ(cuda::flash_forward_kernel(p), want_fwd)
             << dtype_name(dt) << " d=" << D << " block=" << block;

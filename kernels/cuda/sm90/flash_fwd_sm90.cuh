@@ -10,7 +10,7 @@
 // - warpgroups 1 and 2 (the consumers, 64 query rows each, registers raised to 240; at head dim
 //   64, for calls whose mask lists every key block they can see or whose rows are runs of key
 //   blocks, three consumer warpgroups of 160 registers on 192-row tiles; at head dim 128 for
-//   those calls, 176-key tiles; both walk the key tiles by position, a 192-row tile over the
+//   those calls, 192-key tiles; both walk the key tiles by position, a 192-row tile over the
 //   union of the runs of the two mask rows it may span, each warpgroup masking outside its own
 //   as the producer's per-tile info says) compute
 //   S = Q K^T with wgmma, the online softmax in registers (masking only on tiles flagged
@@ -74,8 +74,8 @@ struct Mma;
     static __device__ __forceinline__ void qk(float (&d)[64], uint64_t a, uint64_t b, int acc) { \
       wgmma_ss_n128_##TY(d, a, b, acc);                                                         \
     }                                                                                           \
-    static __device__ __forceinline__ void qk(float (&d)[88], uint64_t a, uint64_t b, int acc) { \
-      wgmma_ss_n176_##TY(d, a, b, acc);                                                         \
+    static __device__ __forceinline__ void qk(float (&d)[96], uint64_t a, uint64_t b, int acc) { \
+      wgmma_ss_n192_##TY(d, a, b, acc);                                                         \
     }                                                                                           \
     static __device__ __forceinline__ void qk(float (&d)[64], const uint32_t (&a)[4],           \
                                               uint64_t b, int acc) {                            \
@@ -263,13 +263,13 @@ __device__ __forceinline__ void store_piece(float* so, float* slse, const float 
 
 // kWG consumer warpgroups of 64 query rows each and key tiles of kBNt rows: 2 and 128 (any
 // mask); for calls whose mask lists every visible key block (FwdArgs::complete) or whose rows
-// are runs (FwdArgs::runs, the kRuns instantiations) 3 and 128 at head dim 64, 2 and 176 at head
+// are runs (FwdArgs::runs, the kRuns instantiations) 3 and 128 at head dim 64, 2 and 192 at head
 // dim 128. The key tiles are then walked by position, so a tile need not sit inside one mask
 // block.
 template <int D, int kWG = 2, int kBNt = 128, bool kRuns = false>
 struct FwdSm90Traits {
   static_assert(kWG == 2 || (kWG == 3 && D == 64), "three consumer warpgroups at head dim 64");
-  static_assert(kBNt == 128 || (kBNt == 176 && D == 128 && kWG == 2), "176-key tiles at d=128");
+  static_assert(kBNt == 128 || (kBNt == 192 && D == 128 && kWG == 2), "192-key tiles at d=128");
   static constexpr int kBM = 64 * kWG;             // query rows per tile
   static constexpr int kBN = kBNt;                 // key rows per tile
   static constexpr int kStages = D <= 64 ? 4 : 2;  // K/V ring depth (3 at d=128: no faster)

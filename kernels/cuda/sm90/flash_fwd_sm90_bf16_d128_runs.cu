@@ -1,8 +1,8 @@
-// Hopper forward attention instantiated for bf16, head dim 128, 176-key tiles, for calls whose mask
+// Hopper forward attention instantiated for bf16, head dim 128, 192-key tiles, for calls whose mask
 // rows are runs of key blocks (FwdArgs::runs). Kernel: kernels/cuda/sm90/flash_fwd_sm90.cuh.
 #include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
 
 namespace longattn::cuda::sm90 {
-template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176, true>(const FwdArgs&, cudaStream_t,
+template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, true>(const FwdArgs&, cudaStream_t,
                                                                      cudaMemPool_t);
 }  // namespace longattn::cuda::sm90

@@ -88,10 +88,10 @@ extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(const FwdArgs&, 
                                                                 cudaMemPool_t);
 extern template void launch_fwd_sm90_impl<__half, 64, 3>(const FwdArgs&, cudaStream_t,
                                                          cudaMemPool_t);
-extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176>(const FwdArgs&,
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192>(const FwdArgs&,
                                                                       cudaStream_t,
                                                                       cudaMemPool_t);
-extern template void launch_fwd_sm90_impl<__half, 128, 2, 176>(const FwdArgs&, cudaStream_t,
+extern template void launch_fwd_sm90_impl<__half, 128, 2, 192>(const FwdArgs&, cudaStream_t,
                                                                cudaMemPool_t);
 // Over masks of runs: kernels/cuda/sm90/flash_fwd_sm90_<dtype>_d<D>_runs.cu.
 extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3, 128, true>(const FwdArgs&,
@@ -99,10 +99,10 @@ extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3, 128, true>(const
                                                                            cudaMemPool_t);
 extern template void launch_fwd_sm90_impl<__half, 64, 3, 128, true>(const FwdArgs&, cudaStream_t,
                                                                     cudaMemPool_t);
-extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176, true>(const FwdArgs&,
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, true>(const FwdArgs&,
                                                                             cudaStream_t,
                                                                             cudaMemPool_t);
-extern template void launch_fwd_sm90_impl<__half, 128, 2, 176, true>(const FwdArgs&,
+extern template void launch_fwd_sm90_impl<__half, 128, 2, 192, true>(const FwdArgs&,
                                                                      cudaStream_t,
                                                                      cudaMemPool_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64>(const BwdArgs&, cudaStream_t);
@@ -346,8 +346,9 @@ int fwd_runs(int head_dim, const BlockMaskView& mask) {
 }
 
 bool fwd_wide(const FwdArgs& a, int head_dim) {
-  // Head dim 64: 192-row tiles; head dim 128: 176-key tiles, causal or not (FlashAttention-3
-  // keeps 128 under causality; here 176 measured 5-7% faster there too: A/B run 9). Both for
+  // Head dim 64: 192-row tiles; head dim 128: 192-key tiles, causal or not (FlashAttention-3
+  // has 176 without causality and 128 with it; here 176 measured 5-7% faster than 128 under
+  // causality too, A/B run 9, and 192 +1-5% over 176, run 78). Both for
   // complete masks and masks whose rows are runs walked by position (a.runs; a 192-row tile
   // walks the union of the runs of the two mask rows it may span, each warpgroup masking the
   // keys outside its own).
@@ -366,16 +367,16 @@ void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t str
                 : launch_fwd_sm90_impl<__half, 64, 3, 128, true>(a, stream, pool);
   }
   if (wide && a.runs != 0) {
-    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176, true>(a, stream, pool)
-                : launch_fwd_sm90_impl<__half, 128, 2, 176, true>(a, stream, pool);
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, true>(a, stream, pool)
+                : launch_fwd_sm90_impl<__half, 128, 2, 192, true>(a, stream, pool);
   }
   if (wide && head_dim == 64) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(a, stream, pool)
                 : launch_fwd_sm90_impl<__half, 64, 3>(a, stream, pool);
   }
   if (wide) {
-    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 176>(a, stream, pool)
-                : launch_fwd_sm90_impl<__half, 128, 2, 176>(a, stream, pool);
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192>(a, stream, pool)
+                : launch_fwd_sm90_impl<__half, 128, 2, 192>(a, stream, pool);
   }
   if (head_dim == 64) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64>(a, stream, pool)

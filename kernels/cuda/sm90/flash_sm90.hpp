@@ -16,7 +16,7 @@ namespace longattn::cuda::sm90 {
 bool fwd_accepts(const flash::FwdArgs& a, DType dtype, int head_dim);
 // Whether an accepted forward runs the larger tiles of calls whose mask lists every key block
 // they can see (a.complete) or whose rows are runs of key blocks (a.runs): 192-row query tiles
-// (three consumer warpgroups) at head dim 64, 176-key tiles at head dim 128; unless
+// (three consumer warpgroups) at head dim 64, 192-key tiles at head dim 128; unless
 // LONGATTN_SM90_FWD_WIDE=0 (read on each call).
 bool fwd_wide(const flash::FwdArgs& a, int head_dim);
 // FwdArgs::runs for a call whose mask is not complete: forward_wide_runs (kernels/contract.hpp)

@@ -11,7 +11,7 @@ namespace longattn::cuda::sm90 {
 #define LONGATTN_WGMMA_D16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
 #define LONGATTN_WGMMA_D32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 #define LONGATTN_WGMMA_D64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
-#define LONGATTN_WGMMA_D88 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}"
+#define LONGATTN_WGMMA_D96 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}"
 #define LONGATTN_WGMMA_ACC16(d)  \
     "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
     "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
@@ -31,6 +31,10 @@ namespace longattn::cuda::sm90 {
     "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
     "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
 
+#define LONGATTN_WGMMA_ACC96(d)  \
+    LONGATTN_WGMMA_ACC88(d), \
+    "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+
 // The wrappers for element type TY (bf16 or f16).
 #define LONGATTN_WGMMA_WRAPPERS(TY)  \
   /* A and B K-major in shared memory (descriptors), m64n128k16 */  \
@@ -41,12 +45,12 @@ namespace longattn::cuda::sm90 {
                  : LONGATTN_WGMMA_ACC64(d)  \
                  : "l"(desc_a), "l"(desc_b), "r"(accumulate));  \
   }  \
-  /* A and B K-major in shared memory, m64n176k16 (176-key tiles of the forward at head dim 128) */  \
-  __device__ __forceinline__ void wgmma_ss_n176_##TY(float (&d)[88], uint64_t desc_a, uint64_t desc_b, int accumulate) {  \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %90, 0;\n"  \
-                 "wgmma.mma_async.sync.aligned.m64n176k16.f32." #TY "." #TY " "  \
-                 LONGATTN_WGMMA_D88 ", %88, %89, p, 1, 1, 0, 0;\n}\n"  \
-                 : LONGATTN_WGMMA_ACC88(d)  \
+  /* A and B K-major in shared memory, m64n192k16 (192-key tiles of the forward at head dim 128) */  \
+  __device__ __forceinline__ void wgmma_ss_n192_##TY(float (&d)[96], uint64_t desc_a, uint64_t desc_b, int accumulate) {  \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"  \
+                 "wgmma.mma_async.sync.aligned.m64n192k16.f32." #TY "." #TY " "  \
+                 LONGATTN_WGMMA_D96 ", %96, %97, p, 1, 1, 0, 0;\n}\n"  \
+                 : LONGATTN_WGMMA_ACC96(d)  \
                  : "l"(desc_a), "l"(desc_b), "r"(accumulate));  \
   }  \
   /* A in registers (the m16n8k16 A layout per warp), B MN-major in shared memory (transposed descriptor), m64n64k16 */  \
@@ -116,7 +120,8 @@ LONGATTN_WGMMA_WRAPPERS(f16)
 #undef LONGATTN_WGMMA_ACC16
 #undef LONGATTN_WGMMA_ACC32
 #undef LONGATTN_WGMMA_ACC64
-#undef LONGATTN_WGMMA_D88
 #undef LONGATTN_WGMMA_ACC88
+#undef LONGATTN_WGMMA_D96
+#undef LONGATTN_WGMMA_ACC96
 
 }  // namespace longattn::cuda::sm90
