@@ -133,9 +133,16 @@ struct BwdSm90Traits {
   // bar_kv, kv_empty, work_full[2], work_empty[2], and full_q, full_st, empty per stage.
   static constexpr int kBarBytes = 8 * (6 + 3 * kStages);
   static constexpr int kWorkBytes = 2 * 8 * 8;  // two slots of the published work (int64 x 8)
+  // Head dim 64: dK and dV go out through shared memory by TMA reduce-adds into fp32 dk and dv
+  // (BwdMaps::dkv_tma), so the consumers start the next work once their sums are staged
+  // instead of after a load-add-store round trip through L2. Per warpgroup [64 keys][D] fp32 for
+  // each, as D / 32 boxes of [64 rows][32 columns] in TMA's 128-byte swizzle (at head dim 128
+  // the 128 KB do not fit).
+  static constexpr bool kDkvStage = D <= 64;
+  static constexpr int kDkvBytes = kDkvStage ? 64 * D * 4 : 0;  // one warpgroup's dK or dV
   static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDSBytes +
-                                    2 * kDqBufs * kDQBytes + kStages * kStatBytes + kBarBytes +
-                                    kWorkBytes;
+                                    2 * kDqBufs * kDQBytes + 4 * kDkvBytes +
+                                    kStages * kStatBytes + kBarBytes + kWorkBytes;
 };
 
 // out[row r_hh, column c] += mul * acc for the two rows of a wgmma accumulator fragment (row:
@@ -226,8 +233,10 @@ __global__ void __launch_bounds__(384, 1)
                           const __grid_constant__ CUtensorMap tk,
                           const __grid_constant__ CUtensorMap tv,
                           const __grid_constant__ CUtensorMap tdo,
-                          const __grid_constant__ CUtensorMap tdq, const BwdArgs a,
-                          const int dq_tma, int* const counter) {
+                          const __grid_constant__ CUtensorMap tdq,
+                          const __grid_constant__ CUtensorMap tdk,
+                          const __grid_constant__ CUtensorMap tdv, const BwdArgs a,
+                          const int dq_tma, const int dkv_tma, int* const counter) {
   using Tr = BwdSm90Traits<D>;
   constexpr int kBN = Tr::kBN, kBM = Tr::kBM, kS = Tr::kStages;
   extern __shared__ unsigned char smem_raw[];
@@ -240,7 +249,8 @@ __global__ void __launch_bounds__(384, 1)
   unsigned char* sdS = sdO + kS * Tr::kQBytes;  // two buffers [128 keys][64 queries]
   unsigned char* sdQ = sdS + 2 * Tr::kDSBytes;  // per warpgroup: kDqBufs dQ tiles, each
                                                 // kDqCols / 32 boxes of [64 rows][32 fp32]
-  float* sStat = reinterpret_cast<float*>(sdQ + 2 * Tr::kDqBufs * Tr::kDQBytes);  // kS stats
+  unsigned char* sDkv = sdQ + 2 * Tr::kDqBufs * Tr::kDQBytes;  // per warpgroup: dK, dV stages
+  float* sStat = reinterpret_cast<float*>(sDkv + 4 * Tr::kDkvBytes);  // kS stats
   uint64_t* bars = reinterpret_cast<uint64_t*>(sStat + kS * Tr::kStatFloats);
   uint64_t* bar_kv = bars;         // K and V of the current work landed (TMA)
   uint64_t* kv_empty = bars + 1;   // the consumers' products no longer read K, V (8 warps)
@@ -874,8 +884,43 @@ __global__ void __launch_bounds__(384, 1)
       if (part > 0)
         while (ld_acquire_gpu(flag) < part) __nanosleep(256);
     }
-    add_out(a.dk, a.dk_type, dk, a.scale);
-    add_out(a.dv, a.dv_type, dv, 1.f);
+    if (Tr::kDkvStage && dkv_tma) {
+      // Staged in shared memory once the previous work's reduces have read it (their issuing
+      // thread waits, the barrier tells the others), then added by two TMA reduces per box.
+      if (tid == 0) bulk_wait_read<0>();
+      named_barrier(4 + cw, 128);
+      const uint32_t sb = saddr(sDkv) + cw * 2 * Tr::kDkvBytes;
+      auto stage = [&](uint32_t dst, const float(&acc)[D / 2], float mul) {
+#pragma unroll
+        for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int r = warp * 16 + g + hh * 8;
+            const int chunk = (nt % 4) * 2 + (t4 >> 1);
+            st_shared_v2(dst + (nt / 4) * (64 * 128) + r * 128 + ((chunk ^ (r & 7)) << 4) +
+                             (t4 & 1) * 8,
+                         mul * acc[nt * 4 + 2 * hh], mul * acc[nt * 4 + 2 * hh + 1]);
+          }
+      };
+      stage(sb, dk, a.scale);
+      stage(sb + Tr::kDkvBytes, dv, 1.f);
+      fence_proxy_async();
+      named_barrier(4 + cw, 128);
+      if (tid == 0) {
+        const int key0 = key0_(), hh = h_(), bb = b_();
+#pragma unroll
+        for (int bx = 0; bx < D / 32; ++bx) {
+          tma_reduce_add_4d(&tdk, sDkv + cw * 2 * Tr::kDkvBytes + bx * 64 * 128, 32 * bx, key0,
+                            hh, bb);
+          tma_reduce_add_4d(&tdv, sDkv + (cw * 2 + 1) * Tr::kDkvBytes + bx * 64 * 128, 32 * bx,
+                            key0, hh, bb);
+        }
+        bulk_commit();
+      }
+    } else {
+      add_out(a.dk, a.dk_type, dk, a.scale);
+      add_out(a.dv, a.dv_type, dv, 1.f);
+    }
     BWD_TRACE(7, clock64());
     BWD_TRACE(9, global_ns());
     if (kParts && flag != nullptr && part + 1 < a.q_splits) {
@@ -886,13 +931,15 @@ __global__ void __launch_bounds__(384, 1)
     __syncwarp();
     if (lane == 0) mbar_arrive(&work_empty[slot]);
   }
-  // The shared-memory dQ tiles must outlive the last reduce's reads.
-  if (dq_tma && tid == 0) bulk_wait_all();
+  // The shared-memory dQ (and dK, dV) tiles must outlive the last reduce's reads.
+  if ((dq_tma || dkv_tma) && tid == 0) bulk_wait_all();
 }
 
 struct BwdMaps {
-  CUtensorMap q, k, v, d_o, dq;
+  CUtensorMap q, k, v, d_o, dq, dk, dv;
   bool dq_tma = false;  // dq (fp32) allows TMA: 16-byte aligned base and strides
+  // dK and dV by TMA reduce (head dim 64, one query part, dk and dv fp32 that allow TMA).
+  bool dkv_tma = false;
 };
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv);
 
@@ -919,8 +966,9 @@ void launch_bwd_sm90_impl(const BwdArgs& a, cudaStream_t stream) {
   CUDA_CHECK(cudaGetSymbolAddress(&trace, g_bwd_trace));
   CUDA_CHECK(cudaMemsetAsync(trace, 0, sizeof(g_bwd_trace), stream));
 #endif
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.d_o, maps.dq,
-                                                         a, maps.dq_tma ? 1 : 0, counter);
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
+      maps.q, maps.k, maps.v, maps.d_o, maps.dq, maps.dk, maps.dv, a, maps.dq_tma ? 1 : 0,
+      Tr::kDkvStage && maps.dkv_tma ? 1 : 0, counter);
   CUDA_CHECK_LAUNCH("flash_bwd_sm90_kernel");
 #if LONGATTN_SM90_BWD_TRACE
   if (const char* path = std::getenv("LONGATTN_SM90_BWD_TRACE_OUT")) {

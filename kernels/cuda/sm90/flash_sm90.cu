@@ -299,6 +299,19 @@ BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv)
   if (m.dq_tma) m.dq = make_map(a.dq, a.B, a.Nq, a.H, D, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, box_q,
                                 "dq");
   else std::memset(&m.dq, 0, sizeof(m.dq));
+  // dk and dv by TMA reduce at head dim 64 (boxes of 32 fp32 columns x 64 keys, a consumer
+  // warpgroup's rows) when both are fp32 and TMA-able and the query range is one part (no
+  // order between parts to keep); LONGATTN_SM90_DKV_TMA=0 forces the load-add-store path.
+  m.dkv_tma = D == 64 && a.q_splits == 1 && a.dk_type == flash::kOutF32 &&
+              a.dv_type == flash::kOutF32 && switch_on("LONGATTN_SM90_DKV_TMA") &&
+              f32_view_fits_tma(a.dk, a.B, a.Nk, a.H) && f32_view_fits_tma(a.dv, a.B, a.Nk, a.H);
+  if (m.dkv_tma) {
+    m.dk = make_map(a.dk, a.B, a.Nk, a.H, D, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 64, "dk");
+    m.dv = make_map(a.dv, a.B, a.Nk, a.H, D, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 64, "dv");
+  } else {
+    std::memset(&m.dk, 0, sizeof(m.dk));
+    std::memset(&m.dv, 0, sizeof(m.dv));
+  }
   return m;
 }
 
