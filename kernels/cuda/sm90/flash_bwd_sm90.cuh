@@ -224,6 +224,24 @@ __device__ __forceinline__ void add_rows_out_vec(void* data, int type, const int
   }
 }
 
+// A consumer warpgroup's fp32 accumulator fragment (rows 16 warp + g and + 8, columns 8 nt + 2 t4
+// and + 1, in acc[4 nt + 2 hh + e]) times mul into shared memory at dst, as kCols / 32 boxes of
+// [64 rows][32 columns] in TMA's 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r & 7)):
+// the source of the fp32 TMA reduces.
+template <int kCols>
+__device__ __forceinline__ void stage_f32_boxes(uint32_t dst, const float (&acc)[kCols / 2],
+                                                float mul, int warp, int g, int t4) {
+#pragma unroll
+  for (int nt = 0; nt < kCols / 8; ++nt)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int r = warp * 16 + g + hh * 8;
+      const int chunk = (nt % 4) * 2 + (t4 >> 1);
+      st_shared_v2(dst + (nt / 4) * (64 * 128) + r * 128 + ((chunk ^ (r & 7)) << 4) + (t4 & 1) * 8,
+                   mul * acc[nt * 4 + 2 * hh], mul * acc[nt * 4 + 2 * hh + 1]);
+    }
+}
+
 // kKRegs (head dim 64): the warpgroup's K rows kept in registers as the A operand of S^T, so
 // that product reads only Q from shared memory (A/B runs 14-15: causal +0-4%, non-causal -8-12%,
 // so the dispatch takes it for causal calls only).
@@ -707,17 +725,8 @@ __global__ void __launch_bounds__(384, 1)
       if (tid == 0) bulk_wait_read<Tr::kDqBufs - 1>();
       named_barrier(4 + cw, 128);
       const int buf = (cw * Tr::kDqBufs + n % Tr::kDqBufs) * Tr::kDQBytes;
-      const uint32_t dqb = saddr(sdQ) + buf;
-#pragma unroll
-      for (int nt = 0; nt < kDqCols / 8; ++nt)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int r = warp * 16 + g + hh * 8;
-          const int chunk = (nt % 4) * 2 + (t4 >> 1);
-          st_shared_v2(dqb + (nt / 4) * (kBM * 128) + r * 128 + ((chunk ^ (r & 7)) << 4) +
-                           (t4 & 1) * 8,
-                       dqs[nt * 4 + 2 * hh], dqs[nt * 4 + 2 * hh + 1]);
-        }
+      static_assert(kBM == 64, "dQ tiles of 64 query rows");
+      stage_f32_boxes<kDqCols>(saddr(sdQ) + buf, dqs, 1.f, warp, g, t4);
       fence_proxy_async();
       named_barrier(4 + cw, 128);
       if (tid == 0) {
@@ -890,20 +899,8 @@ __global__ void __launch_bounds__(384, 1)
       if (tid == 0) bulk_wait_read<0>();
       named_barrier(4 + cw, 128);
       const uint32_t sb = saddr(sDkv) + cw * 2 * Tr::kDkvBytes;
-      auto stage = [&](uint32_t dst, const float(&acc)[D / 2], float mul) {
-#pragma unroll
-        for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const int r = warp * 16 + g + hh * 8;
-            const int chunk = (nt % 4) * 2 + (t4 >> 1);
-            st_shared_v2(dst + (nt / 4) * (64 * 128) + r * 128 + ((chunk ^ (r & 7)) << 4) +
-                             (t4 & 1) * 8,
-                         mul * acc[nt * 4 + 2 * hh], mul * acc[nt * 4 + 2 * hh + 1]);
-          }
-      };
-      stage(sb, dk, a.scale);
-      stage(sb + Tr::kDkvBytes, dv, 1.f);
+      stage_f32_boxes<D>(sb, dk, a.scale, warp, g, t4);
+      stage_f32_boxes<D>(sb + Tr::kDkvBytes, dv, 1.f, warp, g, t4);
       fence_proxy_async();
       named_barrier(4 + cw, 128);
       if (tid == 0) {
