@@ -196,6 +196,11 @@ bool backward_phased_walks(int64_t head_dim, bool causal, double row_fill) {
   return row_fill < 0.75 || (head_dim == 64 && !causal);
 }
 
+bool backward_dkv_reduce(int64_t head_dim, double row_fill) {
+  if (head_dim == 64) return true;
+  return head_dim == 128 && row_fill < 0.75;
+}
+
 BlockMaskView host_mask_view(const BlockMask& m) {
   BlockMaskView v;
   v.row_ptr = m.row_ptr.data();

@@ -149,6 +149,16 @@ constexpr int64_t backward_walk_start(int64_t kb, int64_t nkb, int64_t n_items) 
 // +2.1-3.4%). Not at head dim 128 on contiguous rows (64K dense -4.5%, run 65: Q, dO and dq of
 // the whole range do not fit in L2), nor causal ones (run 64: -3.9%).
 bool backward_phased_walks(int64_t head_dim, bool causal, double row_fill);
+// Whether the Hopper backward adds its dK and dV sums by TMA reduces from shared memory (where
+// dk and dv are fp32 that TMA can address) instead of loading, adding and storing them from
+// registers. Head dim 64: always (A/B run 81: +0.4 to +1.2% dense and block-sparse). Head dim
+// 128 stages them in four rounds through smaller buffers; taken over scattered rows (row_fill
+// < 0.75), where works are short and the reduces also free the query parts from adding in order
+// (A/B run 87, medians of three rounds: random 10% / 5% +1.2% / +1.0%, every round faster),
+// not over contiguous rows (dense 16K / 64K -0.1% / -0.2%, causal 16K -0.4 to -1.2% in every
+// round; local_window 10% / 5% +0.5% / +1.7%, rounds +0.2 to +0.5% / +0.1 to +2.1%, left out
+// with the causal rows, whose works it cannot tell from theirs by row_fill).
+bool backward_dkv_reduce(int64_t head_dim, double row_fill);
 // (Any integer type: the kernel takes it in 32 bits, where (ctas - 1) * n_items fits.)
 template <class I>
 constexpr I backward_phase_start(I work, I ctas, I n_items) {

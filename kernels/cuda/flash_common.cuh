@@ -67,9 +67,13 @@ struct BwdArgs {
   int dkv_vec = 0;
   // Hopper backward: the query range cut into q_splits parts, one CTA per (key block, part);
   // the parts of a key block add into dk and dv in order, part s after split_flags[...] says
-  // parts 0..s-1 have (one int per batch, head and key block, zeroed before the launch).
+  // parts 0..s-1 have (one int per batch, head and key block, zeroed before the launch), but
+  // where dK and dV go out by TMA reduces (dkv_reduce), which add in any order.
   int q_splits = 1;
   int* split_flags = nullptr;
+  // Hopper backward: dK and dV added by TMA reduces (backward_dkv_reduce) where dk and dv are
+  // fp32 that TMA can address; the parts of a query range then add in any order.
+  int dkv_reduce = 0;
   // Hopper backward: where each work's walk over its query tiles starts (wrapping around).
   // 1 (head dim 64, dense rows): at an offset that grows with its key block, so CTAs running
   // together add into different dQ tiles; 2 (head dim 128, scattered rows): at a phase from the

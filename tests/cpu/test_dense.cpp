@@ -216,6 +216,19 @@ TEST(Dense, BackwardStaggeredWalks) {
 // Phased walks over scattered rows: which calls take them, and where each work starts (inside
 // its walk; the works of one round of the grid spread over the walk in work order; the same
 // phase one grid later).
+// Which Hopper backward calls add dK and dV by TMA reduces: every head-dim-64 call, head dim 128
+// over scattered rows only.
+TEST(Dense, BackwardDkvReduce) {
+  EXPECT_TRUE(backward_dkv_reduce(64, 1.0));
+  EXPECT_TRUE(backward_dkv_reduce(64, 0.1));
+  EXPECT_TRUE(backward_dkv_reduce(128, 0.1));
+  EXPECT_TRUE(backward_dkv_reduce(128, 0.74));
+  EXPECT_FALSE(backward_dkv_reduce(128, 0.75));
+  EXPECT_FALSE(backward_dkv_reduce(128, 1.0));
+  EXPECT_FALSE(backward_dkv_reduce(32, 0.1));  // no Hopper backward there
+  EXPECT_FALSE(backward_dkv_reduce(256, 0.1));
+}
+
 TEST(Dense, BackwardPhasedWalks) {
   EXPECT_TRUE(backward_phased_walks(128, false, 0.1));
   EXPECT_TRUE(backward_phased_walks(128, true, 0.74));

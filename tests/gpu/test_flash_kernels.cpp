@@ -836,12 +836,14 @@ TEST(FlashRuns, ForwardMatchesReference) {
   unsetenv("LONGATTN_SM90_FWD_RUNS");
 }
 
-// The Hopper backward at head dim 64 adds dK and dV into fp32 dk, dv by TMA reduces from shared
-// memory (LONGATTN_SM90_DKV_TMA=0: loads, adds and stores from registers): both within the
-// reference bound (check_backward, dk and dv starting from random values), with key rows past Nk
-// inside a warpgroup's 64 keys, causality with an offset, key blocks no query sees, several
-// batches and heads; on one CTA per work and on a grid of 3 CTAs, whose CTAs stage many works'
-// sums in the same buffers.
+// The Hopper backward adds dK and dV into fp32 dk, dv by TMA reduces from shared memory
+// (LONGATTN_SM90_DKV_TMA=0: loads, adds and stores from registers; head dim 64 stages both sums
+// at once, head dim 128 in four 64-column rounds through two buffers per warpgroup, one of them
+// the dQ staging tile): both within the reference bound (check_backward, dk and dv starting from
+// random values), with key rows past Nk inside a warpgroup's 64 keys, causality with an offset,
+// key blocks no query sees, several batches and heads, and at head dim 128 the query range in 3
+// parts (which then add in any order); on one CTA per work and on a grid of 3 CTAs, whose CTAs
+// stage many works' sums in the same buffers.
 TEST(FlashDkvTma, BackwardMatchesReference) {
   SKIP_WITHOUT_GPU();
   for (const char* on : {"1", "0"}) {
@@ -849,7 +851,25 @@ TEST(FlashDkvTma, BackwardMatchesReference) {
     for (int grid : {0, 3}) {
       const GridLimit limit(grid, 0);
       const std::string tag = std::string("dkv_tma") + on + "_grid" + std::to_string(grid);
+      {
+        const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(3));
+        const Case cs[] = {
+            {DType::BF16, 128, 1, 1000, 1000, 2, 256, 128, true, 0, 0, MaskKind::Sparse,
+             Layout::Dilated, 3.0, false, tag + "_bf16_d128_parts3_causal_sparse"},
+            {DType::F16, 128, 2, 900, 1000, 2, 128, 128, false, 0, 0, MaskKind::Sparse,
+             Layout::Contiguous, 1.0, false, tag + "_f16_d128_parts3_sparse_ragged"}};
+        for (const Case& c : cs) {
+          SCOPED_TRACE(c.name);
+          check_backward(c, std::random_device{}());
+        }
+      }
       const Case cs[] = {
+          {DType::BF16, 128, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+           Layout::Contiguous, 1.0, false, tag + "_bf16_d128_dense_ragged"},
+          {DType::F16, 128, 1, 900, 1000, 3, 128, 128, true, 0, 0, MaskKind::Dense,
+           Layout::Contiguous, 1.0, false, tag + "_f16_d128_dense_causal"},
+          {DType::BF16, 128, 1, 1000, 1000, 2, 256, 128, true, 300, 0, MaskKind::Sparse,
+           Layout::Contiguous, 3.0, false, tag + "_bf16_d128_sparse_causal_offset_b256"},
           {DType::BF16, 64, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Dense,
            Layout::Contiguous, 1.0, false, tag + "_bf16_dense_ragged"},
           {DType::F16, 64, 1, 900, 1000, 3, 128, 128, true, 0, 0, MaskKind::Dense,

@@ -20,7 +20,9 @@
 //   starting on its own keys' half). dQ (scaled) goes through a swizzled fp32 shared-memory
 //   tile that one thread of the warpgroup adds into dq with a TMA reduce (cp.reduce.async.bulk),
 //   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers. The next
-//   tile's S^T and dP^T run while dQ goes out.
+//   tile's S^T and dP^T run while dQ goes out. At the end of a work dK and dV are added into dk
+//   and dv the same way (staged in shared memory, TMA reduces) where a.dkv_reduce and fp32
+//   dk/dv allow it, else loaded, added and stored from registers.
 // At head dim 64, causal calls hold each warpgroup's K rows in registers as the A operand of
 // S^T (kKRegs). Over scattered rows (row_fill < 0.75), and at head dim 64 non-causal over any
 // rows, each work starts its walk at a phase from its index (a.rotate 2, backward_phase_start):
@@ -133,16 +135,23 @@ struct BwdSm90Traits {
   // bar_kv, kv_empty, work_full[2], work_empty[2], and full_q, full_st, empty per stage.
   static constexpr int kBarBytes = 8 * (6 + 3 * kStages);
   static constexpr int kWorkBytes = 2 * 8 * 8;  // two slots of the published work (int64 x 8)
-  // Head dim 64: dK and dV go out through shared memory by TMA reduce-adds into fp32 dk and dv
+  // dK and dV go out through shared memory by TMA reduce-adds into fp32 dk and dv
   // (BwdMaps::dkv_tma), so the consumers start the next work once their sums are staged
-  // instead of after a load-add-store round trip through L2. Per warpgroup [64 keys][D] fp32 for
-  // each, as D / 32 boxes of [64 rows][32 columns] in TMA's 128-byte swizzle (at head dim 128
-  // the 128 KB do not fit).
-  static constexpr bool kDkvStage = D <= 64;
-  static constexpr int kDkvBytes = kDkvStage ? 64 * D * 4 : 0;  // one warpgroup's dK or dV
+  // instead of after a load-add-store round trip through L2, as D / 32 boxes of [64 rows][32
+  // columns] in TMA's 128-byte swizzle. Head dim 64: per warpgroup [64 keys][64] fp32 for each
+  // (64 KB in all). Head dim 128 (kDkvHalves): the 128 KB do not fit; each warpgroup stages
+  // 64-column halves in turn through one buffer of its own (16 KB) and its dQ staging tile,
+  // four rounds (dV low, dV high, dK low, dK high), each waiting only for the reduce two rounds
+  // back to have read its buffer.
+  static constexpr bool kDkvHalves = D >= 128;
+  static_assert(!kDkvHalves || (kDqBufs == 1 && kDQBytes == 64 * 64 * 4),
+                "the dK/dV halves reuse a warpgroup's one dQ staging tile");
+  static constexpr int kDkvBytes = 64 * 64 * 4;  // one box pair: a warpgroup's 64 x 64 fp32
+  static constexpr int kDkvSmem = kDkvHalves ? 2 * kDkvBytes : 4 * 64 * D * 4;
   static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDSBytes +
-                                    2 * kDqBufs * kDQBytes + 4 * kDkvBytes +
-                                    kStages * kStatBytes + kBarBytes + kWorkBytes;
+                                    2 * kDqBufs * kDQBytes + kDkvSmem + kStages * kStatBytes +
+                                    kBarBytes + kWorkBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
 };
 
 // out[row r_hh, column c] += mul * acc for the two rows of a wgmma accumulator fragment (row:
@@ -228,9 +237,12 @@ __device__ __forceinline__ void add_rows_out_vec(void* data, int type, const int
 // and + 1, in acc[4 nt + 2 hh + e]) times mul into shared memory at dst, as kCols / 32 boxes of
 // [64 rows][32 columns] in TMA's 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r & 7)):
 // the source of the fp32 TMA reduces.
-template <int kCols>
-__device__ __forceinline__ void stage_f32_boxes(uint32_t dst, const float (&acc)[kCols / 2],
-                                                float mul, int warp, int g, int t4) {
+// kCols columns starting at fragment column kFirst (a multiple of 8) of an accumulator of N.
+template <int kCols, int kFirst = 0, int N>
+__device__ __forceinline__ void stage_f32_boxes(uint32_t dst, const float (&acc)[N], float mul,
+                                                int warp, int g, int t4) {
+  static_assert(kFirst % 8 == 0 && (kFirst + kCols) / 2 <= N, "columns inside the fragment");
+  constexpr int o = kFirst / 2;
 #pragma unroll
   for (int nt = 0; nt < kCols / 8; ++nt)
 #pragma unroll
@@ -238,7 +250,7 @@ __device__ __forceinline__ void stage_f32_boxes(uint32_t dst, const float (&acc)
       const int r = warp * 16 + g + hh * 8;
       const int chunk = (nt % 4) * 2 + (t4 >> 1);
       st_shared_v2(dst + (nt / 4) * (64 * 128) + r * 128 + ((chunk ^ (r & 7)) << 4) + (t4 & 1) * 8,
-                   mul * acc[nt * 4 + 2 * hh], mul * acc[nt * 4 + 2 * hh + 1]);
+                   mul * acc[o + nt * 4 + 2 * hh], mul * acc[o + nt * 4 + 2 * hh + 1]);
     }
 }
 
@@ -268,7 +280,7 @@ __global__ void __launch_bounds__(384, 1)
   unsigned char* sdQ = sdS + 2 * Tr::kDSBytes;  // per warpgroup: kDqBufs dQ tiles, each
                                                 // kDqCols / 32 boxes of [64 rows][32 fp32]
   unsigned char* sDkv = sdQ + 2 * Tr::kDqBufs * Tr::kDQBytes;  // per warpgroup: dK, dV stages
-  float* sStat = reinterpret_cast<float*>(sDkv + 4 * Tr::kDkvBytes);  // kS stats
+  float* sStat = reinterpret_cast<float*>(sDkv + Tr::kDkvSmem);  // kS stats
   uint64_t* bars = reinterpret_cast<uint64_t*>(sStat + kS * Tr::kStatFloats);
   uint64_t* bar_kv = bars;         // K and V of the current work landed (TMA)
   uint64_t* kv_empty = bars + 1;   // the consumers' products no longer read K, V (8 warps)
@@ -883,9 +895,10 @@ __global__ void __launch_bounds__(384, 1)
     // having started a whole pass over the key blocks before.
     // (part and the flag recomputed from the published work here: values kept live across the
     // tile loop cost the consumers registers, and the compiler then serialises every wgmma.)
+    // (Not with dkv_tma: the reduces add atomically, in any order.)
     int* flag = nullptr;
     int part = 0;
-    if (kParts && a.q_splits > 1) {
+    if (kParts && a.q_splits > 1 && !dkv_tma) {
       const int64_t w = sw[2];
       const int x = static_cast<int>(w % nx);
       part = x / nkb;
@@ -893,26 +906,68 @@ __global__ void __launch_bounds__(384, 1)
       if (part > 0)
         while (ld_acquire_gpu(flag) < part) __nanosleep(256);
     }
-    if (Tr::kDkvStage && dkv_tma) {
-      // Staged in shared memory once the previous work's reduces have read it (their issuing
-      // thread waits, the barrier tells the others), then added by two TMA reduces per box.
-      if (tid == 0) bulk_wait_read<0>();
-      named_barrier(4 + cw, 128);
-      const uint32_t sb = saddr(sDkv) + cw * 2 * Tr::kDkvBytes;
-      stage_f32_boxes<D>(sb, dk, a.scale, warp, g, t4);
-      stage_f32_boxes<D>(sb + Tr::kDkvBytes, dv, 1.f, warp, g, t4);
-      fence_proxy_async();
-      named_barrier(4 + cw, 128);
-      if (tid == 0) {
+    if (dkv_tma) {
+      if constexpr (Tr::kDkvHalves) {
+        // Four rounds of 64 columns (dV low, dV high, dK low, dK high) alternating between this
+        // warpgroup's own buffer b0 and its dQ staging tile b1. Before a round's stores, the
+        // reduce that last used its buffer has read it (its issuing thread, tid 0, waits for all
+        // but its latest group; the barrier tells the others): for the first round the previous
+        // work's, for the second the last dQ tile's, then the round two back.
+        unsigned char* const b0 = sDkv + cw * Tr::kDkvBytes;
+        unsigned char* const b1 = sdQ + cw * Tr::kDQBytes;
         const int key0 = key0_(), hh = h_(), bb = b_();
-#pragma unroll
-        for (int bx = 0; bx < D / 32; ++bx) {
-          tma_reduce_add_4d(&tdk, sDkv + cw * 2 * Tr::kDkvBytes + bx * 64 * 128, 32 * bx, key0,
-                            hh, bb);
-          tma_reduce_add_4d(&tdv, sDkv + (cw * 2 + 1) * Tr::kDkvBytes + bx * 64 * 128, 32 * bx,
-                            key0, hh, bb);
+        auto reduce = [&](const CUtensorMap* map, unsigned char* src, int col) {
+          if (tid == 0) {
+            tma_reduce_add_4d(map, src, col, key0, hh, bb);
+            tma_reduce_add_4d(map, src + 64 * 128, col + 32, key0, hh, bb);
+            bulk_commit();
+            bulk_wait_read<1>();
+          }
+          named_barrier(4 + cw, 128);
+        };
+        if (tid == 0) bulk_wait_read<1>();
+        named_barrier(4 + cw, 128);
+        stage_f32_boxes<64, 0>(saddr(b0), dv, 1.f, warp, g, t4);
+        fence_proxy_async();
+        named_barrier(4 + cw, 128);
+        reduce(&tdv, b0, 0);
+        stage_f32_boxes<64, 64>(saddr(b1), dv, 1.f, warp, g, t4);
+        fence_proxy_async();
+        named_barrier(4 + cw, 128);
+        reduce(&tdv, b1, 64);
+        stage_f32_boxes<64, 0>(saddr(b0), dk, a.scale, warp, g, t4);
+        fence_proxy_async();
+        named_barrier(4 + cw, 128);
+        reduce(&tdk, b0, 0);
+        stage_f32_boxes<64, 64>(saddr(b1), dk, a.scale, warp, g, t4);
+        fence_proxy_async();
+        named_barrier(4 + cw, 128);
+        if (tid == 0) {
+          tma_reduce_add_4d(&tdk, b1, 64, key0, hh, bb);
+          tma_reduce_add_4d(&tdk, b1 + 64 * 128, 96, key0, hh, bb);
+          bulk_commit();
         }
-        bulk_commit();
+      } else {
+        // Staged in shared memory once the previous work's reduces have read it (their issuing
+        // thread waits, the barrier tells the others), then added by two TMA reduces per box.
+        if (tid == 0) bulk_wait_read<0>();
+        named_barrier(4 + cw, 128);
+        const uint32_t sb = saddr(sDkv) + cw * 2 * Tr::kDkvBytes;
+        stage_f32_boxes<D>(sb, dk, a.scale, warp, g, t4);
+        stage_f32_boxes<D>(sb + Tr::kDkvBytes, dv, 1.f, warp, g, t4);
+        fence_proxy_async();
+        named_barrier(4 + cw, 128);
+        if (tid == 0) {
+          const int key0 = key0_(), hh = h_(), bb = b_();
+#pragma unroll
+          for (int bx = 0; bx < D / 32; ++bx) {
+            tma_reduce_add_4d(&tdk, sDkv + cw * 2 * Tr::kDkvBytes + bx * 64 * 128, 32 * bx, key0,
+                              hh, bb);
+            tma_reduce_add_4d(&tdv, sDkv + (cw * 2 + 1) * Tr::kDkvBytes + bx * 64 * 128, 32 * bx,
+                              key0, hh, bb);
+          }
+          bulk_commit();
+        }
       }
     } else {
       add_out(a.dk, a.dk_type, dk, a.scale);
@@ -965,7 +1020,7 @@ void launch_bwd_sm90_impl(const BwdArgs& a, cudaStream_t stream) {
 #endif
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
       maps.q, maps.k, maps.v, maps.d_o, maps.dq, maps.dk, maps.dv, a, maps.dq_tma ? 1 : 0,
-      Tr::kDkvStage && maps.dkv_tma ? 1 : 0, counter);
+      maps.dkv_tma ? 1 : 0, counter);
   CUDA_CHECK_LAUNCH("flash_bwd_sm90_kernel");
 #if LONGATTN_SM90_BWD_TRACE
   if (const char* path = std::getenv("LONGATTN_SM90_BWD_TRACE_OUT")) {

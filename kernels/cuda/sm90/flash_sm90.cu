@@ -275,6 +275,14 @@ int bwd_rotate(const BwdArgs& a, int head_dim, double row_fill) {
   return backward_phased_walks(head_dim, a.causal != 0, row_fill) ? 2 : 0;
 }
 
+int bwd_dkv_reduce(int head_dim, double row_fill) {
+  if (const char* e = std::getenv("LONGATTN_SM90_DKV_TMA")) {
+    if (std::string(e) == "0") return 0;
+    if (std::string(e) == "1") return 1;
+  }
+  return backward_dkv_reduce(head_dim, row_fill) ? 1 : 0;
+}
+
 int bwd_query_splits(const BwdArgs& a, int head_dim, double tiles_per_key_block,
                      double row_fill) {
   if (head_dim < 128) return 1;  // the head-dim-64 kernel takes one part (see the kernel)
@@ -299,11 +307,11 @@ BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv)
   if (m.dq_tma) m.dq = make_map(a.dq, a.B, a.Nq, a.H, D, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, box_q,
                                 "dq");
   else std::memset(&m.dq, 0, sizeof(m.dq));
-  // dk and dv by TMA reduce at head dim 64 (boxes of 32 fp32 columns x 64 keys, a consumer
-  // warpgroup's rows) when both are fp32 and TMA-able and the query range is one part (no
-  // order between parts to keep); LONGATTN_SM90_DKV_TMA=0 forces the load-add-store path.
-  m.dkv_tma = D == 64 && a.q_splits == 1 && a.dk_type == flash::kOutF32 &&
-              a.dv_type == flash::kOutF32 && switch_on("LONGATTN_SM90_DKV_TMA") &&
+  // dk and dv by TMA reduce (boxes of 32 fp32 columns x 64 keys, a consumer warpgroup's rows)
+  // where the call takes them (a.dkv_reduce) and both are fp32 and TMA-able; the parts of a
+  // query range then add in any order, as dq's tiles do.
+  m.dkv_tma = a.dkv_reduce != 0 && a.dk_type == flash::kOutF32 &&
+              a.dv_type == flash::kOutF32 &&
               f32_view_fits_tma(a.dk, a.B, a.Nk, a.H) && f32_view_fits_tma(a.dv, a.B, a.Nk, a.H);
   if (m.dkv_tma) {
     m.dk = make_map(a.dk, a.B, a.Nk, a.H, D, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 64, "dk");
