@@ -196,9 +196,10 @@ bool backward_phased_walks(int64_t head_dim, bool causal, double row_fill) {
   return row_fill < 0.75 || (head_dim == 64 && !causal);
 }
 
-bool backward_dkv_reduce(int64_t head_dim, double row_fill) {
+bool backward_dkv_reduce(int64_t head_dim, double tiles_per_key_block, double row_fill) {
   if (head_dim == 64) return true;
-  return head_dim == 128 && row_fill < 0.75;
+  if (head_dim != 128 || tiles_per_key_block >= 112.0) return false;
+  return row_fill >= 0.75 || tiles_per_key_block >= 32.0;
 }
 
 BlockMaskView host_mask_view(const BlockMask& m) {

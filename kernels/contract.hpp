@@ -151,14 +151,16 @@ constexpr int64_t backward_walk_start(int64_t kb, int64_t nkb, int64_t n_items) 
 bool backward_phased_walks(int64_t head_dim, bool causal, double row_fill);
 // Whether the Hopper backward adds its dK and dV sums by TMA reduces from shared memory (where
 // dk and dv are fp32 that TMA can address) instead of loading, adding and storing them from
-// registers. Head dim 64: always (A/B run 81: +0.4 to +1.2% dense and block-sparse). Head dim
-// 128 stages them in four rounds through smaller buffers; taken over scattered rows (row_fill
-// < 0.75), where works are short and the reduces also free the query parts from adding in order
-// (A/B run 87, medians of three rounds: random 10% / 5% +1.2% / +1.0%, every round faster),
-// not over contiguous rows (dense 16K / 64K -0.1% / -0.2%, causal 16K -0.4 to -1.2% in every
-// round; local_window 10% / 5% +0.5% / +1.7%, rounds +0.2 to +0.5% / +0.1 to +2.1%, left out
-// with the causal rows, whose works it cannot tell from theirs by row_fill).
-bool backward_dkv_reduce(int64_t head_dim, double row_fill);
+// registers; tiles_per_key_block: listed 64-query tiles per 128-key block on average (a work's
+// length). Head dim 64: always (A/B run 81: +0.4 to +1.2% dense and block-sparse). Head dim 128
+// stages them in four rounds through smaller buffers, each waiting for the reduce two rounds
+// back to have read its buffer; taken for works under 112 tiles, where the epilogue is a larger
+// share (A/B runs 87, 90, 91, medians of three rounds: dense 4K +1.1%, causal 4K +3.5%, causal
+// 8K +2.3%, local_window 10% / 5% / 2% +0.5% / +1.3-1.7% / +2.6%, random 10% / 5% +1.2% /
+// +1.0-1.5%; the query parts then also add in any order), but not for scattered rows under 32
+// tiles (random 2%: -3.9%, its Q/dO loads mostly from DRAM, so the rounds' reads wait behind
+// them), nor longer works (dense 8K -0.3%, 16K / 64K -0.1% / -0.2%, causal 16K -0.6%).
+bool backward_dkv_reduce(int64_t head_dim, double tiles_per_key_block, double row_fill);
 // (Any integer type: the kernel takes it in 32 bits, where (ctas - 1) * n_items fits.)
 template <class I>
 constexpr I backward_phase_start(I work, I ctas, I n_items) {

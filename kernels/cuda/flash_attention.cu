@@ -366,7 +366,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
       const double tiles = static_cast<double>(p.mask_t.nnz) * (p.mask_t.block_k / 64) /
                            std::max<int64_t>(p.mask_t.num_q_blocks, 1);
       a.rotate = sm90::bwd_rotate(a, static_cast<int>(p.q.D), p.mask_t.row_fill);
-      a.dkv_reduce = sm90::bwd_dkv_reduce(static_cast<int>(p.q.D), p.mask_t.row_fill);
+      a.dkv_reduce = sm90::bwd_dkv_reduce(static_cast<int>(p.q.D), tiles, p.mask_t.row_fill);
       a.q_splits = sm90::bwd_query_splits(a, static_cast<int>(p.q.D), tiles, p.mask_t.row_fill);
       if (a.q_splits > 1) {
         const int nkb = (a.Nk + sm90::kBwdKeysPerCta - 1) / sm90::kBwdKeysPerCta;

@@ -216,17 +216,23 @@ TEST(Dense, BackwardStaggeredWalks) {
 // Phased walks over scattered rows: which calls take them, and where each work starts (inside
 // its walk; the works of one round of the grid spread over the walk in work order; the same
 // phase one grid later).
-// Which Hopper backward calls add dK and dV by TMA reduces: every head-dim-64 call, head dim 128
-// over scattered rows only.
+// Which Hopper backward calls add dK and dV by TMA reduces: every head-dim-64 call; at head dim
+// 128 works under 112 tiles, but scattered rows under 32.
 TEST(Dense, BackwardDkvReduce) {
-  EXPECT_TRUE(backward_dkv_reduce(64, 1.0));
-  EXPECT_TRUE(backward_dkv_reduce(64, 0.1));
-  EXPECT_TRUE(backward_dkv_reduce(128, 0.1));
-  EXPECT_TRUE(backward_dkv_reduce(128, 0.74));
-  EXPECT_FALSE(backward_dkv_reduce(128, 0.75));
-  EXPECT_FALSE(backward_dkv_reduce(128, 1.0));
-  EXPECT_FALSE(backward_dkv_reduce(32, 0.1));  // no Hopper backward there
-  EXPECT_FALSE(backward_dkv_reduce(256, 0.1));
+  EXPECT_TRUE(backward_dkv_reduce(64, 1024.0, 1.0));
+  EXPECT_TRUE(backward_dkv_reduce(64, 20.0, 0.1));
+  EXPECT_TRUE(backward_dkv_reduce(128, 64.0, 1.0));    // dense 4K
+  EXPECT_TRUE(backward_dkv_reduce(128, 33.0, 1.0));    // causal 4K
+  EXPECT_TRUE(backward_dkv_reduce(128, 20.0, 1.0));    // local_window 2%
+  EXPECT_TRUE(backward_dkv_reduce(128, 102.0, 0.1));   // random 10%
+  EXPECT_TRUE(backward_dkv_reduce(128, 32.0, 0.74));
+  EXPECT_FALSE(backward_dkv_reduce(128, 20.0, 0.1));   // random 2%
+  EXPECT_FALSE(backward_dkv_reduce(128, 31.9, 0.74));
+  EXPECT_FALSE(backward_dkv_reduce(128, 112.0, 1.0));
+  EXPECT_FALSE(backward_dkv_reduce(128, 129.0, 1.0));  // causal 16K
+  EXPECT_FALSE(backward_dkv_reduce(128, 1024.0, 1.0)); // dense 64K
+  EXPECT_FALSE(backward_dkv_reduce(32, 20.0, 0.1));    // no Hopper backward there
+  EXPECT_FALSE(backward_dkv_reduce(256, 20.0, 0.1));
 }
 
 TEST(Dense, BackwardPhasedWalks) {

@@ -275,12 +275,12 @@ int bwd_rotate(const BwdArgs& a, int head_dim, double row_fill) {
   return backward_phased_walks(head_dim, a.causal != 0, row_fill) ? 2 : 0;
 }
 
-int bwd_dkv_reduce(int head_dim, double row_fill) {
+int bwd_dkv_reduce(int head_dim, double tiles_per_key_block, double row_fill) {
   if (const char* e = std::getenv("LONGATTN_SM90_DKV_TMA")) {
     if (std::string(e) == "0") return 0;
     if (std::string(e) == "1") return 1;
   }
-  return backward_dkv_reduce(head_dim, row_fill) ? 1 : 0;
+  return backward_dkv_reduce(head_dim, tiles_per_key_block, row_fill) ? 1 : 0;
 }
 
 int bwd_query_splits(const BwdArgs& a, int head_dim, double tiles_per_key_block,

@@ -43,7 +43,7 @@ int bwd_rotate(const flash::BwdArgs& a, int head_dim, double row_fill);
 // Whether the backward adds dK and dV by TMA reduces (a.dkv_reduce): backward_dkv_reduce
 // (kernels/contract.hpp); LONGATTN_SM90_DKV_TMA "0" never, "1" wherever dk and dv allow it
 // (read on each call).
-int bwd_dkv_reduce(int head_dim, double row_fill);
+int bwd_dkv_reduce(int head_dim, double tiles_per_key_block, double row_fill);
 // The backward's scheduler for one launch over n_works (key block, part, head, batch) works: a
 // zeroed counter pair (flash_bwd_sm90_kernel resets it) and the grid, one CTA per SM (the
 // set_grid_limit limit where set) or one per work with LONGATTN_SM90_BWD_PERSISTENT=0.
