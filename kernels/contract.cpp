@@ -183,11 +183,14 @@ bool mask_complete_for(const BlockMaskView& m, bool causal, int64_t diag) {
 int backward_query_parts(int64_t nq, int64_t head_dim, double tiles_per_key_block,
                          double row_fill, int64_t l2_bytes, bool phased_walks) {
   if (row_fill >= 0.75 || l2_bytes <= 0) return 1;
-  const double part_bytes = static_cast<double>(l2_bytes) / 2.0 * (phased_walks ? 4.0 : 1.0);
+  const bool wide = head_dim >= 128;
+  const double part_bytes =
+      static_cast<double>(l2_bytes) / 2.0 * (phased_walks && wide ? 4.0 : 1.0);
   const double head_bytes = static_cast<double>(nq) * static_cast<double>(head_dim) * (2 + 2 + 4);
+  const double min_tiles = wide ? 24.0 : 48.0;
   int n = static_cast<int>(std::ceil(head_bytes / part_bytes));
   n = std::clamp(n, 1, 4);
-  while (n > 1 && tiles_per_key_block / n < 24.0) --n;
+  while (n > 1 && tiles_per_key_block / n < min_tiles) --n;
   return n;
 }
 

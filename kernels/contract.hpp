@@ -124,7 +124,10 @@ ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_til
 // running together touch a window of the range rather than all of it, taken as a quarter: a
 // part's range may then be 4x half of the L2 (at 64K, d=128: one part; A/B run 61 measured one
 // part 1-4% faster than the unphased rule's 2-3 at 5-25% density; at 50%, two parts measured
-// +1.9% and +0.3% against one in A/B runs 63 and 64: not taken).
+// +1.9% and +0.3% against one in A/B runs 63 and 64: not taken). Below head dim 128 the window
+// is not taken as a quarter and a part keeps at least 48 tiles (A/B run 98, random 64K, d=64,
+// 32 MB per head: 2 parts +3.3% at 10% (51 tiles a part), +0.5% at 25%, -1.2% at 5% (25 tiles
+// a part), 4 parts -1 to -18%); the Hopper kernel takes parts there only with its dK/dV reduces.
 int backward_query_parts(int64_t nq, int64_t head_dim, double tiles_per_key_block,
                          double row_fill, int64_t l2_bytes, bool phased_walks = false);
 // Staggered walks (LONGATTN_SM90_BWD_ROTATE=1, measurements only): the first walk step of the

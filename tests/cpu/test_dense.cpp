@@ -294,6 +294,14 @@ TEST(Dense, BackwardQueryParts) {
   EXPECT_EQ(backward_query_parts(262144, 128, 408, 0.1, l2, true), 3);
   EXPECT_EQ(backward_query_parts(262144, 128, 40, 0.01, l2, true), 1);  // too few tiles to cut
   EXPECT_EQ(backward_query_parts(65536, 128, 512, 1.0, l2, true), 1);
+  // Head dim 64 (32 MB per head at 64K): the phased window is not a quarter, and a part keeps
+  // at least 48 tiles.
+  EXPECT_EQ(backward_query_parts(65536, 64, 102, 0.1, l2, true), 2);
+  EXPECT_EQ(backward_query_parts(65536, 64, 256, 0.25, l2, true), 2);
+  EXPECT_EQ(backward_query_parts(65536, 64, 51, 0.05, l2, true), 1);  // 25 tiles a part
+  EXPECT_EQ(backward_query_parts(65536, 64, 20, 0.02, l2, true), 1);
+  EXPECT_EQ(backward_query_parts(32768, 64, 102, 0.1, l2, true), 1);  // 16 MB fits
+  EXPECT_EQ(backward_query_parts(65536, 64, 1024, 1.0, l2, true), 1);  // contiguous rows
 }
 
 TEST(Dense, EmptyRowsGiveZeroAndMinusInfNeverNaN) {

@@ -843,9 +843,9 @@ TEST(FlashRuns, ForwardMatchesReference) {
 // at once, head dim 128 in four 64-column rounds through two buffers per warpgroup, one of them
 // the dQ staging tile): both within the reference bound (check_backward, dk and dv starting from
 // random values), with key rows past Nk inside a warpgroup's 64 keys, causality with an offset,
-// key blocks no query sees, several batches and heads, and at head dim 128 the query range in 3
-// parts (which then add in any order); on one CTA per work and on a grid of 3 CTAs, whose CTAs
-// stage many works' sums in the same buffers.
+// key blocks no query sees, several batches and heads, and the query range in 3 parts (which then
+// add in any order; at head dim 64 only with the reduces); on one CTA per work and on a grid of 3
+// CTAs, whose CTAs stage many works' sums in the same buffers.
 TEST(FlashDkvTma, BackwardMatchesReference) {
   SKIP_WITHOUT_GPU();
   for (const char* on : {"1", "0"}) {
@@ -859,7 +859,12 @@ TEST(FlashDkvTma, BackwardMatchesReference) {
             {DType::BF16, 128, 1, 1000, 1000, 2, 256, 128, true, 0, 0, MaskKind::Sparse,
              Layout::Dilated, 3.0, false, tag + "_bf16_d128_parts3_causal_sparse"},
             {DType::F16, 128, 2, 900, 1000, 2, 128, 128, false, 0, 0, MaskKind::Sparse,
-             Layout::Contiguous, 1.0, false, tag + "_f16_d128_parts3_sparse_ragged"}};
+             Layout::Contiguous, 1.0, false, tag + "_f16_d128_parts3_sparse_ragged"},
+            // Head dim 64 takes parts only with the reduces (else one part, the same sums).
+            {DType::BF16, 64, 2, 1100, 1000, 2, 128, 128, false, 0, 0, MaskKind::Sparse,
+             Layout::Contiguous, 1.0, false, tag + "_bf16_d64_parts3_sparse_ragged"},
+            {DType::F16, 64, 1, 1000, 1000, 3, 256, 128, true, 0, 0, MaskKind::Sparse,
+             Layout::Dilated, 3.0, false, tag + "_f16_d64_parts3_causal_sparse"}};
         for (const Case& c : cs) {
           SCOPED_TRACE(c.name);
           check_backward(c, std::random_device{}());

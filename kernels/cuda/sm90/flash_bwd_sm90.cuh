@@ -298,9 +298,11 @@ __global__ void __launch_bounds__(384, 1)
   // Q, dO and dq of that part are what L2 has to hold. CTA c takes work c first, then the next
   // untaken one from the counter (the persistent grid has one CTA per SM; the K and V of its
   // next work load while its consumers add the last one's dK and dV).
-  // The query range in parts (a.q_splits) at head dim 128 only: the extra code costs the
-  // head-dim-64 kernel, whose registers are tighter (measured), so it always takes one part.
-  constexpr bool kParts = D >= 128;
+  // The query range in parts (a.q_splits). Parts that add into dk/dv one after the other (the
+  // flags, without dkv_tma) at head dim 128 only: that code cost the head-dim-64 kernel, whose
+  // registers are tighter, 5-7% (measured); there parts need the reduces (the launch checks).
+  constexpr bool kParts = true;
+  constexpr bool kFlags = D >= 128;
   const int nkb = (a.Nk + kBN - 1) / kBN;  // key blocks (works per part)
   const int nx = nkb * (kParts ? a.q_splits : 1);
   const int n_works = nx * a.H * a.B;
@@ -898,7 +900,7 @@ __global__ void __launch_bounds__(384, 1)
     // (Not with dkv_tma: the reduces add atomically, in any order.)
     int* flag = nullptr;
     int part = 0;
-    if (kParts && a.q_splits > 1 && !dkv_tma) {
+    if (kFlags && a.q_splits > 1 && !dkv_tma) {
       const int64_t w = sw[2];
       const int x = static_cast<int>(w % nx);
       part = x / nkb;
@@ -975,7 +977,7 @@ __global__ void __launch_bounds__(384, 1)
     }
     BWD_TRACE(7, clock64());
     BWD_TRACE(9, global_ns());
-    if (kParts && flag != nullptr && part + 1 < a.q_splits) {
+    if (kFlags && flag != nullptr && part + 1 < a.q_splits) {
       __threadfence();
       named_barrier(2, 256);  // every consumer's sums stored
       if (tid == 0 && cw == 0) st_release_gpu(flag, part + 1);
@@ -996,17 +998,20 @@ struct BwdMaps {
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv);
 
 template <typename T, int D, bool kKRegs = false>
-void launch_bwd_sm90_impl(const BwdArgs& a, cudaStream_t stream) {
+void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
   using Tr = BwdSm90Traits<D>;
   auto kernel = flash_bwd_sm90_kernel<T, D, kKRegs>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));
-  const BwdMaps maps = make_bwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
-  LONGATTN_CHECK_ARG(a.q_splits >= 1 && (a.q_splits == 1 || a.split_flags != nullptr),
-                     "q_splits", a.q_splits, "must be >= 1, with split_flags when > 1");
-  LONGATTN_CHECK_ARG(a.q_splits == 1 || D >= 128, "q_splits", a.q_splits,
-                     "must be 1 at head dim " + std::to_string(D));
+  const BwdMaps maps =
+      make_bwd_maps(args, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
+  LONGATTN_CHECK_ARG(args.q_splits >= 1 && (args.q_splits == 1 || args.split_flags != nullptr),
+                     "q_splits", args.q_splits, "must be >= 1, with split_flags when > 1");
+  // Below head dim 128 the parts need the dK/dV reduces (no ordering flags there); without them
+  // the call takes one part, which gives the same sums.
+  BwdArgs a = args;
+  if (D < 128 && !maps.dkv_tma) a.q_splits = 1;
   const int64_t works = int64_t{(a.Nk + Tr::kBN - 1) / Tr::kBN} * a.q_splits * a.H * a.B;
   LONGATTN_CHECK_ARG(works < (int64_t{1} << 31) - (int64_t{1} << 20), "k",
                      std::to_string(works) + " key blocks over batch and heads",

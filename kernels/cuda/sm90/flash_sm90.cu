@@ -285,7 +285,6 @@ int bwd_dkv_reduce(int head_dim, double tiles_per_key_block, double row_fill) {
 
 int bwd_query_splits(const BwdArgs& a, int head_dim, double tiles_per_key_block,
                      double row_fill) {
-  if (head_dim < 128) return 1;  // the head-dim-64 kernel takes one part (see the kernel)
   if (const char* e = std::getenv("LONGATTN_SM90_QSPLIT")) {
     const int n = std::atoi(e);
     if (n >= 1) return n < 16 ? n : 16;

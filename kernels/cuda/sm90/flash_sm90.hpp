@@ -60,9 +60,9 @@ bool o_vec_enabled();
 // allow it): LONGATTN_SM90_DKV_VEC=0 turns it off (read on each call).
 bool dkv_vec_enabled();
 // How many parts the backward cuts the query range into (a.q_splits): backward_query_parts
-// (kernels/contract.hpp) with this device's L2 at head dim 128, 1 at head dim 64; a.rotate must
-// be set first (phased walks need fewer parts).
-// LONGATTN_SM90_QSPLIT=n fixes it at head dim 128 (read on each call).
+// (kernels/contract.hpp) with this device's L2; a.rotate must be set first (phased walks need
+// fewer parts). At head dim 64 the kernel takes them only with its dK/dV reduces.
+// LONGATTN_SM90_QSPLIT=n fixes it (read on each call).
 int bwd_query_splits(const flash::BwdArgs& a, int head_dim, double tiles_per_key_block,
                      double row_fill);
 
