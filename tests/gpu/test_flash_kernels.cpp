@@ -848,6 +848,12 @@ TEST(FlashRuns, ForwardMatchesReference) {
 // on a grid of 3 CTAs, whose CTAs stage many works' sums in the same buffers.
 TEST(FlashDkvTma, BackwardMatchesReference) {
   SKIP_WITHOUT_GPU();
+  auto check_all = [](const auto& cases) {
+    for (const Case& c : cases) {
+      SCOPED_TRACE(c.name);
+      check_backward(c, std::random_device{}());
+    }
+  };
   for (const char* on : {"1", "0"}) {
     const ScopedEnv env("LONGATTN_SM90_DKV_TMA", on);
     const bool reduces = std::string(on) == "1";
@@ -868,10 +874,7 @@ TEST(FlashDkvTma, BackwardMatchesReference) {
              Layout::Contiguous, 1.0, false, tag + "_bf16_d64_parts3_sparse_ragged"},
             {DType::F16, 64, 1, 1000, 1000, 3, 256, 128, true, 0, 0, MaskKind::Sparse,
              Layout::Dilated, 3.0, false, tag + "_f16_d64_parts3_causal_sparse"}};
-        for (const Case& c : cs) {
-          SCOPED_TRACE(c.name);
-          check_backward(c, std::random_device{}());
-        }
+        check_all(cs);
       }
       const Case cs[] = {
           {DType::BF16, 128, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Dense,
@@ -888,10 +891,7 @@ TEST(FlashDkvTma, BackwardMatchesReference) {
            Layout::Contiguous, 3.0, false, tag + "_bf16_sparse_causal_offset_b256"},
           {DType::F16, 64, 2, 700, 860, 2, 128, 128, false, 0, 0, MaskKind::Sparse,
            Layout::Dilated, 1.0, false, tag + "_f16_sparse_dilated"}};
-      for (const Case& c : cs) {
-        SCOPED_TRACE(c.name);
-        check_backward(c, std::random_device{}());
-      }
+      check_all(cs);
     }
   }
 }
