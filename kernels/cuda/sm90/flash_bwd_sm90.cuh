@@ -36,6 +36,8 @@
 // Same contract as the portable key-stationary pass (kernels/cuda/flash_bwd_kernel.cuh):
 // dk += scale dS^T Q, dv += P^T dO, dq += scale dS K.
 #pragma once
+#include <type_traits>
+
 #include "kernels/contract.hpp"
 
 // Consumers release a ring stage by one arrival per warp (__syncwarp, then lane 0 arrives): an
@@ -236,8 +238,8 @@ __device__ __forceinline__ void add_rows_out_vec(void* data, int type, const int
 // A consumer warpgroup's fp32 accumulator fragment (rows 16 warp + g and + 8, columns 8 nt + 2 t4
 // and + 1, in acc[4 nt + 2 hh + e]) times mul into shared memory at dst, as kCols / 32 boxes of
 // [64 rows][32 columns] in TMA's 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r & 7)):
-// the source of the fp32 TMA reduces.
-// kCols columns starting at fragment column kFirst (a multiple of 8) of an accumulator of N.
+// the source of the fp32 TMA reduces: kCols columns from fragment column kFirst (a multiple of 8)
+// of an accumulator of N values.
 template <int kCols, int kFirst = 0, int N>
 __device__ __forceinline__ void stage_f32_boxes(uint32_t dst, const float (&acc)[N], float mul,
                                                 int warp, int g, int t4) {
@@ -301,10 +303,9 @@ __global__ void __launch_bounds__(384, 1)
   // The query range in parts (a.q_splits). Parts that add into dk/dv one after the other (the
   // flags, without dkv_tma) at head dim 128 only: that code cost the head-dim-64 kernel, whose
   // registers are tighter, 5-7% (measured); there parts need the reduces (the launch checks).
-  constexpr bool kParts = true;
   constexpr bool kFlags = D >= 128;
   const int nkb = (a.Nk + kBN - 1) / kBN;  // key blocks (works per part)
-  const int nx = nkb * (kParts ? a.q_splits : 1);
+  const int nx = nkb * a.q_splits;
   const int n_works = nx * a.H * a.B;
   const int nsub = a.mask_t.block_k / kBM;
   // This work's key block, head, batch and mask row entries [e0, e1), set per work.
@@ -379,13 +380,13 @@ __global__ void __launch_bounds__(384, 1)
         int64_t w0 = 0, w1 = 0;
         if (w < n_works) {
           const int x = w % nx;
-          k0 = (kParts ? x % nkb : x) * kBN;
+          k0 = x % nkb * kBN;
           const int mrow = k0 / a.mask_t.block_q;
           w0 = a.mask_t.row_ptr[mrow];
           w1 = a.mask_t.row_ptr[mrow + 1];
           h = (w / nx) % a.H;
           b = (w / nx) / a.H;
-          if (kParts && a.q_splits > 1) {
+          if (a.q_splits > 1) {
             const int part = x / nkb;
             const int nqb = (a.Nq + a.mask_t.block_k - 1) / a.mask_t.block_k;
             w0 = warp_lower_bound(a.mask_t.col_idx, w0, w1,
@@ -918,37 +919,29 @@ __global__ void __launch_bounds__(384, 1)
         unsigned char* const b0 = sDkv + cw * Tr::kDkvBytes;
         unsigned char* const b1 = sdQ + cw * Tr::kDQBytes;
         const int key0 = key0_(), hh = h_(), bb = b_();
-        auto reduce = [&](const CUtensorMap* map, unsigned char* src, int col) {
-          if (tid == 0) {
-            tma_reduce_add_4d(map, src, col, key0, hh, bb);
-            tma_reduce_add_4d(map, src + 64 * 128, col + 32, key0, hh, bb);
-            bulk_commit();
-            bulk_wait_read<1>();
-          }
+        // One round: columns [first, first + 64) of acc into buf, added by two reduces; but for
+        // the last round, tid 0 then waits for the round before to have read its buffer.
+        auto round = [&](auto first, const float (&acc)[D / 2], float mul, const CUtensorMap* map,
+                         unsigned char* buf, bool last) {
+          stage_f32_boxes<64, decltype(first)::value>(saddr(buf), acc, mul, warp, g, t4);
+          fence_proxy_async();
           named_barrier(4 + cw, 128);
+          if (tid == 0) {
+            tma_reduce_add_4d(map, buf, first, key0, hh, bb);
+            tma_reduce_add_4d(map, buf + 64 * 128, first + 32, key0, hh, bb);
+            bulk_commit();
+            if (!last) bulk_wait_read<1>();
+          }
+          if (!last) named_barrier(4 + cw, 128);
         };
+        using Lo = std::integral_constant<int, 0>;
+        using Hi = std::integral_constant<int, 64>;
         if (tid == 0) bulk_wait_read<1>();
         named_barrier(4 + cw, 128);
-        stage_f32_boxes<64, 0>(saddr(b0), dv, 1.f, warp, g, t4);
-        fence_proxy_async();
-        named_barrier(4 + cw, 128);
-        reduce(&tdv, b0, 0);
-        stage_f32_boxes<64, 64>(saddr(b1), dv, 1.f, warp, g, t4);
-        fence_proxy_async();
-        named_barrier(4 + cw, 128);
-        reduce(&tdv, b1, 64);
-        stage_f32_boxes<64, 0>(saddr(b0), dk, a.scale, warp, g, t4);
-        fence_proxy_async();
-        named_barrier(4 + cw, 128);
-        reduce(&tdk, b0, 0);
-        stage_f32_boxes<64, 64>(saddr(b1), dk, a.scale, warp, g, t4);
-        fence_proxy_async();
-        named_barrier(4 + cw, 128);
-        if (tid == 0) {
-          tma_reduce_add_4d(&tdk, b1, 64, key0, hh, bb);
-          tma_reduce_add_4d(&tdk, b1 + 64 * 128, 96, key0, hh, bb);
-          bulk_commit();
-        }
+        round(Lo{}, dv, 1.f, &tdv, b0, false);
+        round(Hi{}, dv, 1.f, &tdv, b1, false);
+        round(Lo{}, dk, a.scale, &tdk, b0, false);
+        round(Hi{}, dk, a.scale, &tdk, b1, true);
       } else {
         // Staged in shared memory once the previous work's reduces have read it (their issuing
         // thread waits, the barrier tells the others), then added by two TMA reduces per box.
@@ -992,7 +985,7 @@ __global__ void __launch_bounds__(384, 1)
 struct BwdMaps {
   CUtensorMap q, k, v, d_o, dq, dk, dv;
   bool dq_tma = false;  // dq (fp32) allows TMA: 16-byte aligned base and strides
-  // dK and dV by TMA reduce (head dim 64, one query part, dk and dv fp32 that allow TMA).
+  // dK and dV by TMA reduce (a.dkv_reduce, dk and dv fp32 that allow TMA).
   bool dkv_tma = false;
 };
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv);
