@@ -671,6 +671,19 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     return make_int4(lane_read(in.x), lane_read(in.y), lane_read(in.z),
                      Tr::kByPosition ? lane_read(in.w) : a.Nk);
   };
+  // 192-row tiles over masks of runs: a warpgroup's run is one range of the keys the tile walks
+  // (the union of two rows' runs), so the tiles it sees none of come first or last. It skips
+  // those: no products, only its ring arrivals and a turn each (kSkip).
+  constexpr bool kSkip = kRuns && kBM > 128;
+  auto blank = [&](const int4& info) { return kSkip && (info.w & 0xffff) >= (info.w >> 16); };
+  // A tile this warpgroup skips, from its stage's K having landed: one turn, its ring arrivals.
+  auto skip_tile = [&](int s, int kv_s) {
+    turn_begin();
+    turn_end();
+    warp_arrive(&empty_k[s]);
+    mbar_wait(&full_v[s], (kv_s / kS) & 1);
+    warp_arrive(&empty_v[s]);
+  };
 
   int kv = 0;
   for (int n = 0;; ++n) {
@@ -759,6 +772,29 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       mbar_wait(&full_k[s], (kv / kS) & 1);
       if (tid == 0) FWD_TRACE(n, 1 + cw, 2);
       int4 info = read_info(s);
+      bool none = false;  // kSkip: every tile of the walk blank for this warpgroup
+      if constexpr (kSkip) {
+        while (blank(info)) {
+          if (info.z != 0) {
+            none = true;
+            break;
+          }
+          skip_tile(s, kv);
+          ++kv;
+          s = kv % kS;
+          mbar_wait(&full_k[s], (kv / kS) & 1);
+          info = read_info(s);
+        }
+      }
+      if (kSkip && none) {
+        // Nothing to compute: the last tile, and the turn of the last P V; o stays zero and
+        // the rows' lse -inf.
+        skip_tile(s, kv);
+        ++kv;
+        warp_arrive(q_empty);
+        turn_begin();
+        turn_end();
+      } else {
       turn_begin();
       if (tid == 0) FWD_TRACE(n, 1 + cw, 3);
       wgmma_fence();
@@ -777,10 +813,15 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       ++kv;
       // Steady state: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the softmax
       // of S_j runs while the P V product finishes.
+      bool tail = false;  // kSkip: the walk's remaining tiles, from stage s on, are blank
       while (info.z == 0) {
         s = kv % kS;
         mbar_wait(&full_k[s], (kv / kS) & 1);
         info = read_info(s);
+        if (blank(info)) {
+          tail = true;
+          break;
+        }
         mbar_wait(&full_v[s_prev], (kv_prev / kS) & 1);
         turn_begin();
         fence_regs(o);
@@ -818,6 +859,22 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       fence_regs(o);
       fence_regs(pa);
       warp_arrive(&empty_v[s_prev]);
+      if constexpr (kSkip) {
+        if (tail) {
+          // The blank tiles after this warpgroup's run (stage s's K has landed), the Q reads
+          // done with its last QK^T.
+          warp_arrive(q_empty);
+          for (;;) {
+            skip_tile(s, kv);
+            ++kv;
+            if (info.z != 0) break;
+            s = kv % kS;
+            mbar_wait(&full_k[s], (kv / kS) & 1);
+            info = read_info(s);
+          }
+        }
+      }
+      }
       if (tid == 0) FWD_TRACE(n, 1 + cw, 5);
     }
 
