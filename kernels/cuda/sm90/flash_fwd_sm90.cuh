@@ -12,7 +12,7 @@
 //   blocks, three consumer warpgroups of 160 registers on 192-row tiles; at head dim 128 for
 //   those calls, 192-key tiles; both walk the key tiles by position, a 192-row tile over the
 //   union of the runs of the two mask rows it may span, each warpgroup masking outside its own
-//   as the producer's per-tile info says) compute
+//   as the producer's per-tile info says and skipping the tiles it sees none of) compute
 //   S = Q K^T with wgmma, the online softmax in registers (masking only on tiles flagged
 //   partial, at the sequence edge or on the causal diagonal), and O += P V with P kept in
 //   registers as the wgmma A operand and V read transposed from shared memory. QK^T of the next
