@@ -287,7 +287,8 @@ struct FwdSm90Traits {
   static constexpr int kConsumerWarps = 4 * kWG;
   // setmaxnreg split (sm90_common.cuh): the CTA owns 65536 / kThreads registers a thread.
   // Over masks of runs with three consumer warpgroups the producer has 32 (its walk holds each
-  // warpgroup's key range): 32 x 128 + 160 x 384 = 65536.
+  // warpgroup's key range and tests whether each sees the next tile): 32 x 128 + 160 x 384 =
+  // 65536.
   static constexpr int kConsRegs = kWG == 2 ? kConsumerRegs : 160;
   static constexpr int kProdRegs = kWG == 3 && kRuns ? 32 : kProducerRegs;
   static_assert(kProdRegs * 128 + kConsRegs * 128 * kWG <= (65536 / kThreads / 8 * 8) * kThreads,
@@ -395,6 +396,15 @@ __global__ void __launch_bounds__(32 * kMergeRows)
   }
 }
 constexpr int kFwdPingPong = 1;
+
+// Whether warpgroup c of a 192-row tile over a mask of runs sees none of the key tile from ks:
+// ks outside its run (run[c] .. run[4 + c], the producer's copy).
+template <int kBN>
+__device__ __forceinline__ bool fwd_blank(const volatile int* run, int c, int ks) {
+  const int lo = max(0, min(kBN, run[c] - ks));
+  const int hi = max(0, min(kBN, run[4 + c] - ks));
+  return lo >= hi;
+}
 
 template <typename T, int D, int kWG, int kBNt, bool kRuns>
 __global__ void __launch_bounds__(128 * (kWG + 1), 1)
@@ -593,9 +603,19 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
           for (int cw = 0; cw < kWG; ++cw)
             if (a.causal && static_cast<int64_t>(ks + kBN - 1 - (w.q0 + cw * 64)) > a.diag)
               mask_bits |= 1 << cw;
+          // The last-tile flag (bit 0), and on 192-row tiles bit 1 + c on the last tile warpgroup c
+          // sees: the next one, if any, is blank for it (fwd_blank).
+          int last_bits = it_next >= w.n_items ? 1 : 0;
+          if constexpr (kRuns && kBM > 128) {
+#pragma unroll
+            for (int c = 0; c < kWG; ++c)
+              if (!fwd_blank<kBN>(sRun, c, ks) &&
+                  (it_next >= w.n_items || fwd_blank<kBN>(sRun, c, ks_next)))
+                last_bits |= 2 << c;
+          }
           mbar_wait(&empty_k[s], ph);
           if (traced_k++ == 0) FWD_TRACE(n, 0, 2);
-          sInfo[kII * s] = make_int4(ks, mask_bits, it_next >= w.n_items, kRuns ? see[0] : w.k_hi);
+          sInfo[kII * s] = make_int4(ks, mask_bits, last_bits, kRuns ? see[0] : w.k_hi);
           if constexpr (kRuns && kBM > 128)
             sInfo[2 * s + 1] = make_int4(see[1], see[kWG - 1], 0, 0);
           mbar_arrive_expect_tx(&full_k[s], Tr::kTileBytes);
@@ -674,8 +694,20 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   // 192-row tiles over masks of runs: a warpgroup's run is one range of the keys the tile walks
   // (the union of two rows' runs), so the tiles it sees none of come first or last. It skips
   // those: no products, only its ring arrivals and a turn each (kSkip).
+  // The producer flags on each tile whether it is the last one this warpgroup sees (bit 1 + cw
+  // of the tile's last-tile word; bit 0: the walk's last), so the steady loop tests one bit, as
+  // it tested the last-tile flag, and the tiles after it are walked without products.
   constexpr bool kSkip = kRuns && kBM > 128;
-  auto blank = [&](const int4& info) { return kSkip && (info.w & 0xffff) >= (info.w >> 16); };
+  auto blank = [&](const int4& info) {
+    if constexpr (!kSkip) return false;
+    return (info.w & 0xffff) >= (info.w >> 16);
+  };
+  // (Broadcast from lane 0: tested on cw directly, the consumer loop lost its uniform registers.)
+  const int my_last_bit = kSkip ? __shfl_sync(0xffffffffu, 2 << cw, 0) : 1;
+  auto mine_last = [&](const int4& info) {
+    if constexpr (kSkip) return (info.z & my_last_bit) != 0;
+    return info.z != 0;
+  };
   // A tile this warpgroup skips, from its stage's K having landed: one turn, its ring arrivals.
   auto skip_tile = [&](int s, int kv_s) {
     turn_begin();
@@ -775,7 +807,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       bool none = false;  // kSkip: every tile of the walk blank for this warpgroup
       if constexpr (kSkip) {
         while (blank(info)) {
-          if (info.z != 0) {
+          if ((info.z & 1) != 0) {
             none = true;
             break;
           }
@@ -805,7 +837,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       fence_regs(sc);
       fence_regs(qa);
       warp_arrive(&empty_k[s]);
-      if (!Tr::kQRegs && info.z != 0) warp_arrive(q_empty);
+      if (!Tr::kQRegs && mine_last(info)) warp_arrive(q_empty);
       float alpha[2];
       softmax(info, alpha);
       pack();
@@ -813,15 +845,10 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       ++kv;
       // Steady state: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the softmax
       // of S_j runs while the P V product finishes.
-      bool tail = false;  // kSkip: the walk's remaining tiles, from stage s on, are blank
-      while (info.z == 0) {
+      while (!mine_last(info)) {
         s = kv % kS;
         mbar_wait(&full_k[s], (kv / kS) & 1);
         info = read_info(s);
-        if (blank(info)) {
-          tail = true;
-          break;
-        }
         mbar_wait(&full_v[s_prev], (kv_prev / kS) & 1);
         turn_begin();
         fence_regs(o);
@@ -833,7 +860,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         fence_regs(sc);
         fence_regs(qa);
         warp_arrive(&empty_k[s]);
-        if (!Tr::kQRegs && info.z != 0) warp_arrive(q_empty);
+        if (!Tr::kQRegs && mine_last(info)) warp_arrive(q_empty);
         softmax(info, alpha);
         wgmma_wait<0>();
         fence_regs(o);
@@ -860,18 +887,13 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       fence_regs(pa);
       warp_arrive(&empty_v[s_prev]);
       if constexpr (kSkip) {
-        if (tail) {
-          // The blank tiles after this warpgroup's run (stage s's K has landed), the Q reads
-          // done with its last QK^T.
-          warp_arrive(q_empty);
-          for (;;) {
-            skip_tile(s, kv);
-            ++kv;
-            if (info.z != 0) break;
-            s = kv % kS;
-            mbar_wait(&full_k[s], (kv / kS) & 1);
-            info = read_info(s);
-          }
+        // The tiles after the last one this warpgroup sees (its Q reads are done).
+        while ((info.z & 1) == 0) {
+          s = kv % kS;
+          mbar_wait(&full_k[s], (kv / kS) & 1);
+          info = read_info(s);
+          skip_tile(s, kv);
+          ++kv;
         }
       }
       }
