@@ -693,10 +693,10 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   };
   // 192-row tiles over masks of runs: a warpgroup's run is one range of the keys the tile walks
   // (the union of two rows' runs), so the tiles it sees none of come first or last. It skips
-  // those: no products, only its ring arrivals and a turn each (kSkip).
-  // The producer flags on each tile whether it is the last one this warpgroup sees (bit 1 + cw
-  // of the tile's last-tile word; bit 0: the walk's last), so the steady loop tests one bit, as
-  // it tested the last-tile flag, and the tiles after it are walked without products.
+  // those: no products, only its ring arrivals and a turn each (kSkip). The producer flags on
+  // each tile whether it is the last one this warpgroup sees (bit 1 + cw of the tile's last-tile
+  // word; bit 0: the walk's last), so the steady loop tests one bit, as it tested the last-tile
+  // flag, and the tiles after it are walked without products.
   constexpr bool kSkip = kRuns && kBM > 128;
   auto blank = [&](const int4& info) {
     if constexpr (!kSkip) return false;
@@ -827,75 +827,75 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         turn_begin();
         turn_end();
       } else {
-      turn_begin();
-      if (tid == 0) FWD_TRACE(n, 1 + cw, 3);
-      wgmma_fence();
-      issue_qk(s);
-      turn_end();
-      wgmma_wait<0>();
-      if (tid == 0) FWD_TRACE(n, 1 + cw, 4);
-      fence_regs(sc);
-      fence_regs(qa);
-      warp_arrive(&empty_k[s]);
-      if (!Tr::kQRegs && mine_last(info)) warp_arrive(q_empty);
-      float alpha[2];
-      softmax(info, alpha);
-      pack();
-      int s_prev = s, kv_prev = kv;
-      ++kv;
-      // Steady state: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the softmax
-      // of S_j runs while the P V product finishes.
-      while (!mine_last(info)) {
-        s = kv % kS;
-        mbar_wait(&full_k[s], (kv / kS) & 1);
-        info = read_info(s);
-        mbar_wait(&full_v[s_prev], (kv_prev / kS) & 1);
         turn_begin();
-        fence_regs(o);
+        if (tid == 0) FWD_TRACE(n, 1 + cw, 3);
         wgmma_fence();
         issue_qk(s);
-        issue_pv(s_prev);
         turn_end();
-        wgmma_wait<1>();
+        wgmma_wait<0>();
+        if (tid == 0) FWD_TRACE(n, 1 + cw, 4);
         fence_regs(sc);
         fence_regs(qa);
         warp_arrive(&empty_k[s]);
         if (!Tr::kQRegs && mine_last(info)) warp_arrive(q_empty);
+        float alpha[2];
         softmax(info, alpha);
+        pack();
+        int s_prev = s, kv_prev = kv;
+        ++kv;
+        // Steady state: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the softmax
+        // of S_j runs while the P V product finishes.
+        while (!mine_last(info)) {
+          s = kv % kS;
+          mbar_wait(&full_k[s], (kv / kS) & 1);
+          info = read_info(s);
+          mbar_wait(&full_v[s_prev], (kv_prev / kS) & 1);
+          turn_begin();
+          fence_regs(o);
+          wgmma_fence();
+          issue_qk(s);
+          issue_pv(s_prev);
+          turn_end();
+          wgmma_wait<1>();
+          fence_regs(sc);
+          fence_regs(qa);
+          warp_arrive(&empty_k[s]);
+          if (!Tr::kQRegs && mine_last(info)) warp_arrive(q_empty);
+          softmax(info, alpha);
+          wgmma_wait<0>();
+          fence_regs(o);
+          fence_regs(pa);
+          warp_arrive(&empty_v[s_prev]);
+#pragma unroll
+          for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[dt * 4 + e] *= alpha[e >> 1];
+          pack();
+          s_prev = s;
+          kv_prev = kv;
+          ++kv;
+        }
+        // Last P V.
+        mbar_wait(&full_v[s_prev], (kv_prev / kS) & 1);
+        turn_begin();
+        fence_regs(o);
+        wgmma_fence();
+        issue_pv(s_prev);
+        turn_end();
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
         warp_arrive(&empty_v[s_prev]);
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) o[dt * 4 + e] *= alpha[e >> 1];
-        pack();
-        s_prev = s;
-        kv_prev = kv;
-        ++kv;
-      }
-      // Last P V.
-      mbar_wait(&full_v[s_prev], (kv_prev / kS) & 1);
-      turn_begin();
-      fence_regs(o);
-      wgmma_fence();
-      issue_pv(s_prev);
-      turn_end();
-      wgmma_wait<0>();
-      fence_regs(o);
-      fence_regs(pa);
-      warp_arrive(&empty_v[s_prev]);
-      if constexpr (kSkip) {
-        // The tiles after the last one this warpgroup sees (its Q reads are done).
-        while ((info.z & 1) == 0) {
-          s = kv % kS;
-          mbar_wait(&full_k[s], (kv / kS) & 1);
-          info = read_info(s);
-          skip_tile(s, kv);
-          ++kv;
+        if constexpr (kSkip) {
+          // The tiles after the last one this warpgroup sees (its Q reads are done).
+          while ((info.z & 1) == 0) {
+            s = kv % kS;
+            mbar_wait(&full_k[s], (kv / kS) & 1);
+            info = read_info(s);
+            skip_tile(s, kv);
+            ++kv;
+          }
         }
-      }
       }
       if (tid == 0) FWD_TRACE(n, 1 + cw, 5);
     }
