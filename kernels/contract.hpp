@@ -169,6 +169,16 @@ template <class I>
 constexpr I backward_phase_start(I work, I ctas, I n_items) {
   return n_items > 0 && ctas > 0 ? work % ctas * n_items / ctas : 0;  // work >= 0
 }
+// The first query tile (of `tile` rows from query 0, nq queries) that some key of a causal key
+// block starting at key k0 sees (key j visible from query q iff j - q <= diag): the tile of
+// query k0 - diag; ceil(nq / tile) when no query below nq sees the block.
+template <class I>
+constexpr I backward_first_tile(I k0, I diag, I nq, I tile) {
+  const I q = k0 - diag;
+  if (q <= 0) return 0;
+  if (q >= nq) return (nq + tile - 1) / tile;
+  return q / tile;
+}
 BlockMaskView host_mask_view(const BlockMask& m);
 
 // Forward: for each batch b, head h, query row i of Q (Nq rows), over the key rows j of the

@@ -292,7 +292,7 @@ BwdArgs make_bwd_args(const AttnBwdParams& p) {
   a.causal = p.causal ? 1 : 0;
   a.diag = p.q_offset - p.k_offset;
   a.vec = allows_vec(p.q) && allows_vec(p.k) && allows_vec(p.v) && allows_vec(p.d_o);
-
+  a.complete = mask_complete_for(p.mask, p.causal, a.diag) ? 1 : 0;
   return a;
 }
 
@@ -315,7 +315,11 @@ bool bwd_takes_sm90(const BwdArgs& a, const AttnBwdParams& p) {
 std::string flash_backward_kernel(const AttnBwdParams& p) {
   const BwdArgs a = make_bwd_args(p);
   if (p.q.dtype == DType::F32) return "fp32";
-  return bwd_takes_sm90(a, p) ? "sm90" : "portable";
+  if (!bwd_takes_sm90(a, p)) return "portable";
+#if LONGATTN_HAVE_SM90
+  if (sm90::bwd_m80(a, static_cast<int>(p.q.D))) return "sm90-m80";
+#endif
+  return "sm90";
 }
 
 int forward_last_split_pieces() {

@@ -80,6 +80,9 @@ struct BwdArgs {
   // work's index (backward_phase_start), so CTAs running together walk one window of the query
   // range; 0: at the first tile.
   int rotate = 0;
+  // The mask lists every key block the call can see (mask_complete_for): the Hopper backward at
+  // head dim 128 then walks 80-query tiles by position.
+  int complete = 0;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;

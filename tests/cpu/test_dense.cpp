@@ -3,6 +3,7 @@
 // ragged block edges, empty rows, gradients against finite differences.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "attention/dense.hpp"
@@ -268,6 +269,31 @@ TEST(Dense, BackwardPhasedWalks) {
         ASSERT_EQ(s, backward_phase_start(w % ctas, ctas, n));
       }
     }
+}
+
+// The first query tile a causal key block sees, against a brute-force scan of every tile's
+// queries.
+TEST(Dense, BackwardFirstTile) {
+  EXPECT_EQ(backward_first_tile<int64_t>(0, 0, 4096, 80), 0);
+  EXPECT_EQ(backward_first_tile<int64_t>(128, 0, 4096, 80), 1);   // query 128 in tile 1
+  EXPECT_EQ(backward_first_tile<int64_t>(160, 0, 4096, 80), 2);   // tile 2 starts at 160
+  EXPECT_EQ(backward_first_tile<int64_t>(4096, 0, 4096, 80), 52); // no query sees it
+  EXPECT_EQ(backward_first_tile<int64_t>(256, 300, 4096, 80), 0); // diag past the block
+  for (int64_t nq : {1, 79, 80, 81, 250, 1000})
+    for (int64_t tile : {64, 80})
+      for (int64_t diag : {-200, -1, 0, 5, 130})
+        for (int64_t k0 = 0; k0 < 1400; k0 += 37) {
+          const int64_t nt = (nq + tile - 1) / tile;
+          int64_t want = nt;
+          for (int64_t t = 0; t < nt && want == nt; ++t)
+            for (int64_t q = t * tile; q < std::min(nq, (t + 1) * tile); ++q)
+              if (k0 - q <= diag) {
+                want = t;
+                break;
+              }
+          ASSERT_EQ(backward_first_tile(k0, diag, nq, tile), want)
+              << "k0 " << k0 << " diag " << diag << " nq " << nq << " tile " << tile;
+        }
 }
 
 // The query parts of the key-stationary backward on a 50 MB L2 (half: 25 MB per part).

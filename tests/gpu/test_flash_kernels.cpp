@@ -797,6 +797,45 @@ TEST(FlashSplit, QueryPartsAddInOrder) {
   }
 }
 
+// The Hopper backward's 80-query tiles (head dim 128 over complete masks, walked by position,
+// dQ computed transposed): query counts that are not multiples of 80 (and one under 80), more
+// keys than queries and the reverse, causality with queries after the keys (a ring step) and
+// with keys after the first queries (rows that see nothing), several batches and heads; the
+// query range in 3 parts, dK and dV by TMA reduces (eight 32-column rounds through the dQ
+// staging tile) and from registers, and on a grid of 3 CTAs (many works per CTA). The other
+// backward tests take these tiles for their complete masks at head dim 128 as well.
+TEST(FlashM80, BackwardMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  struct Run {
+    int parts;        // LONGATTN_SM90_QSPLIT (0: the dispatch's choice)
+    const char* dkv;  // LONGATTN_SM90_DKV_TMA ("": the dispatch's choice)
+    int grid;         // persistent CTAs (0: one per SM)
+    Case c;
+  };
+  const Run runs[] = {
+      {0, "1", 0, {DType::BF16, 128, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                   Layout::Contiguous, 1.0, false, "bf16_m80_dense_ragged"}},
+      {3, "1", 0, {DType::F16, 128, 1, 930, 1000, 3, 128, 128, false, 0, 0, MaskKind::Dense,
+                   Layout::Contiguous, 1.0, false, "f16_m80_dense_parts3"}},
+      {3, "0", 0, {DType::BF16, 128, 1, 900, 1000, 2, 128, 128, true, 100, 0, MaskKind::Dense,
+                   Layout::Contiguous, 3.0, false, "bf16_m80_causal_offset_parts3_flags"}},
+      {0, "0", 0, {DType::F16, 128, 1, 700, 650, 2, 128, 128, true, 0, 40, MaskKind::Dense,
+                   Layout::Contiguous, 1.0, false, "f16_m80_causal_empty_rows"}},
+      {0, "1", 0, {DType::BF16, 128, 1, 50, 300, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                   Layout::Contiguous, 1.0, false, "bf16_m80_short_queries"}},
+      {0, "", 3, {DType::BF16, 128, 2, 1100, 900, 3, 128, 128, true, 0, 0, MaskKind::Dense,
+                  Layout::Dilated, 1.0, false, "bf16_m80_grid3_causal_dilated"}},
+      {2, "1", 3, {DType::F16, 128, 2, 1000, 1000, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                   Layout::Contiguous, 1.0, false, "f16_m80_grid3_parts2"}}};
+  for (const Run& r : runs) {
+    SCOPED_TRACE(r.c.name);
+    const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts));
+    const ScopedEnv dkv("LONGATTN_SM90_DKV_TMA", r.dkv);
+    const GridLimit limit(r.grid, 0);
+    check_backward(r.c, std::random_device{}());
+  }
+}
+
 // Masks whose rows are runs of key blocks (windows, random runs, empty rows): the Hopper forward
 // walks each row's key range by position, at head dim 128 in 176-key tiles, at head dim 64 in
 // 192-row tiles over the union of the runs of the two mask rows a tile may span (disjoint runs,
@@ -1151,8 +1190,29 @@ TEST(FlashKernels, KernelChoice) {
         pb.dq = pb.dk = pb.dv = dq.dview;
         pb.mask = mp.dev;
         pb.mask_t = mp.dev_t;
-        EXPECT_EQ(cuda::flash_backward_kernel(pb), want)
+        // A dense mask lists every visible key block: head dim 128 takes the 80-query tiles.
+        const std::string want_bwd = want == "sm90" && D == 128 ? "sm90-m80" : want;
+        EXPECT_EQ(cuda::flash_backward_kernel(pb), want_bwd)
             << "backward " << dtype_name(dt) << " d=" << D << " block=" << block;
+        if (want_bwd == "sm90-m80") {
+          // Not when asked not to, nor when the call sees blocks the mask does not list.
+          {
+            const ScopedEnv off("LONGATTN_SM90_BWD_M80", "0");
+            EXPECT_EQ(cuda::flash_backward_kernel(pb), "sm90");
+          }
+          MaskPair causal =
+              make_mask(MaskKind::Dense, MaskGeometry{300, 300, 128, 128, true, 0, 0}, 1);
+          AttnBwdParams pc = pb;
+          pc.mask = causal.dev;
+          pc.mask_t = causal.dev_t;
+          pc.causal = true;
+          EXPECT_EQ(cuda::flash_backward_kernel(pc), "sm90-m80");
+          pc.q_offset = 200;
+          EXPECT_EQ(cuda::flash_backward_kernel(pc), "sm90");
+          pc.causal = false;
+          pc.q_offset = 0;
+          EXPECT_EQ(cuda::flash_backward_kernel(pc), "sm90");
+        }
         pb.deterministic = true;
         if (dt != DType::F32) EXPECT_EQ(cuda::flash_backward_kernel(pb), "portable");
       }

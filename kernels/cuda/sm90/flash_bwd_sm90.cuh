@@ -49,8 +49,20 @@
 #ifndef LONGATTN_SM90_ARRIVE_PER_THREAD
 #define LONGATTN_SM90_ARRIVE_PER_THREAD 0
 #endif
+// Measurement builds: the 80-query backward issues a tile's dP^T before the last tile's dQ
+// write-out, as the 64-query one does.
+#ifndef LONGATTN_SM90_BWD_M80_DP_EARLY
+#define LONGATTN_SM90_BWD_M80_DP_EARLY 0
+#endif
+#ifndef LONGATTN_SM90_BWD_M80_STAGE_EARLY
+#define LONGATTN_SM90_BWD_M80_STAGE_EARLY 1
+#endif
+#ifndef LONGATTN_SM90_BWD_M80_OWN_PT
+#define LONGATTN_SM90_BWD_M80_OWN_PT 0
+#endif
 #include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
 #include "kernels/cuda/sm90/flash_sm90.hpp"
+#include "kernels/cuda/sm90/wgmma_ops_m80.cuh"
 
 namespace longattn::cuda::sm90 {
 
@@ -106,10 +118,16 @@ __device__ __forceinline__ long long global_ns() {
   } while (0)
 #endif
 
-template <int D>
+template <int D, int kM = 64>
 struct BwdSm90Traits {
   static constexpr int kBN = kBwdKeysPerCta;  // keys per CTA (two consumer warpgroups of 64)
-  static constexpr int kBM = 64;   // queries per tile
+  static constexpr int kBM = kM;   // queries per tile
+  // 80-query tiles (head dim 128, complete masks, walked by position): S^T and dP^T are
+  // m64n80, dQ is computed transposed (dQ^T = K^T dS^T, m64n80: a warpgroup's 64 columns of
+  // dQ over the tile's 80 queries) from dS^T in the 32-byte swizzle, and dK/dV go out in
+  // rounds of 32 columns through the dQ staging tile.
+  static constexpr bool kM80 = kM == 80;
+  static_assert(kM == 64 || (kM == 80 && D == 128), "80-query tiles at head dim 128 only");
   static constexpr int kStages = 2;
   static constexpr int kChunks = D / 64;
   static constexpr int kThreads = 384;
@@ -146,10 +164,12 @@ struct BwdSm90Traits {
   // four rounds (dV low, dV high, dK low, dK high), each waiting only for the reduce two rounds
   // back to have read its buffer.
   static constexpr bool kDkvHalves = D >= 128;
-  static_assert(!kDkvHalves || (kDqBufs == 1 && kDQBytes == 64 * 64 * 4),
+  static_assert(!kDkvHalves || (kDqBufs == 1 && kDQBytes >= 64 * 64 * 4),
                 "the dK/dV halves reuse a warpgroup's one dQ staging tile");
   static constexpr int kDkvBytes = 64 * 64 * 4;  // one box pair: a warpgroup's 64 x 64 fp32
-  static constexpr int kDkvSmem = kDkvHalves ? 2 * kDkvBytes : 4 * 64 * D * 4;
+  // (80-query tiles: none of its own; rounds of 32 columns alternate between the two halves of
+  // the warpgroup's dQ staging tile.)
+  static constexpr int kDkvSmem = kM80 ? 0 : kDkvHalves ? 2 * kDkvBytes : 4 * 64 * D * 4;
   static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDSBytes +
                                     2 * kDqBufs * kDQBytes + kDkvSmem + kStages * kStatBytes +
                                     kBarBytes + kWorkBytes;
@@ -256,10 +276,24 @@ __device__ __forceinline__ void stage_f32_boxes(uint32_t dst, const float (&acc)
     }
 }
 
+// x where B, else y (arrays of different sizes: the one not taken is a placeholder).
+template <bool B, class X, class Y>
+__device__ __forceinline__ auto& pick_ref(X& x, Y& y) {
+  if constexpr (B) {
+    return x;
+  } else {
+    return y;
+  }
+}
+
+__device__ __forceinline__ void st_shared_f32(uint32_t addr, float x) {
+  asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(x) : "memory");
+}
+
 // kKRegs (head dim 64): the warpgroup's K rows kept in registers as the A operand of S^T, so
 // that product reads only Q from shared memory (A/B runs 14-15: causal +0-4%, non-causal -8-12%,
 // so the dispatch takes it for causal calls only).
-template <typename T, int D, bool kKRegs>
+template <typename T, int D, bool kKRegs, int kM>
 __global__ void __launch_bounds__(384, 1)
     flash_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
@@ -269,8 +303,9 @@ __global__ void __launch_bounds__(384, 1)
                           const __grid_constant__ CUtensorMap tdk,
                           const __grid_constant__ CUtensorMap tdv, const BwdArgs a,
                           const int dq_tma, const int dkv_tma, int* const counter) {
-  using Tr = BwdSm90Traits<D>;
+  using Tr = BwdSm90Traits<D, kM>;
   constexpr int kBN = Tr::kBN, kBM = Tr::kBM, kS = Tr::kStages;
+  constexpr bool kM80 = Tr::kM80;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = saddr(smem_raw);
   unsigned char* base = smem_raw + (((raw + 1023) & ~1023u) - raw);
@@ -278,7 +313,9 @@ __global__ void __launch_bounds__(384, 1)
   unsigned char* sV = sK + Tr::kKVBytes;
   unsigned char* sQ = sV + Tr::kKVBytes;        // kS stages
   unsigned char* sdO = sQ + kS * Tr::kQBytes;   // kS stages
-  unsigned char* sdS = sdO + kS * Tr::kQBytes;  // two buffers [128 keys][64 queries]
+  // Two dS^T buffers: [128 keys][64 queries] in the 128-byte swizzle, or with 80-query tiles
+  // [16 groups of 8 keys][5 atoms of 16 queries][8 keys][32 bytes] in the 32-byte swizzle.
+  unsigned char* sdS = sdO + kS * Tr::kQBytes;
   unsigned char* sdQ = sdS + 2 * Tr::kDSBytes;  // per warpgroup: kDqBufs dQ tiles, each
                                                 // kDqCols / 32 boxes of [64 rows][32 fp32]
   unsigned char* sDkv = sdQ + 2 * Tr::kDqBufs * Tr::kDQBytes;  // per warpgroup: dK, dV stages
@@ -308,7 +345,8 @@ __global__ void __launch_bounds__(384, 1)
   const int nx = nkb * a.q_splits;
   const int n_works = nx * a.H * a.B;
   const int nsub = a.mask_t.block_k / kBM;
-  // This work's key block, head, batch and mask row entries [e0, e1), set per work.
+  // This work's key block, head, batch and mask row entries [e0, e1), set per work (80-query
+  // tiles: its query tiles [e0, e1), all visible).
   int k0 = 0, h = 0, b = 0, n_items = 0, rot = 0;
   int64_t e0 = 0;
   auto decode = [&](const int64_t* slot) {
@@ -316,7 +354,7 @@ __global__ void __launch_bounds__(384, 1)
     h = static_cast<int>(slot[4]);
     b = static_cast<int>(slot[5]);
     e0 = slot[0];
-    n_items = static_cast<int>((slot[1] - e0) * nsub);
+    n_items = static_cast<int>((slot[1] - e0) * (kM80 ? 1 : nsub));
   };
 
   const int wg = warpgroup_index();
@@ -355,12 +393,16 @@ __global__ void __launch_bounds__(384, 1)
 
   // First listed query tile at or after walk step `it` that some key of this CTA may be seen by.
   auto next_visible = [&](int it, int& qs) {
-    for (; it < n_items; ++it) {
-      const int p = item(it);
-      qs = a.mask_t.col_idx[e0 + p / nsub] * a.mask_t.block_k + (p % nsub) * kBM;
-      if (qs >= a.Nq) continue;
-      const int q_hi = min(qs + kBM, a.Nq) - 1;
-      if (!(a.causal && static_cast<int64_t>(k0 - q_hi) > a.diag)) break;
+    if constexpr (kM80) {
+      if (it < n_items) qs = static_cast<int>(e0 + item(it)) * kBM;
+    } else {
+      for (; it < n_items; ++it) {
+        const int p = item(it);
+        qs = a.mask_t.col_idx[e0 + p / nsub] * a.mask_t.block_k + (p % nsub) * kBM;
+        if (qs >= a.Nq) continue;
+        const int q_hi = min(qs + kBM, a.Nq) - 1;
+        if (!(a.causal && static_cast<int64_t>(k0 - q_hi) > a.diag)) break;
+      }
     }
     return it;
   };
@@ -378,7 +420,20 @@ __global__ void __launch_bounds__(384, 1)
       for (int n = 0;; ++n) {
         const int slot = n & 1;
         int64_t w0 = 0, w1 = 0;
-        if (w < n_works) {
+        if (kM80 && w < n_works) {
+          // The work's query tiles: its part's, from the first one a key of the block sees.
+          const int x = w % nx;
+          k0 = x % nkb * kBN;
+          h = (w / nx) % a.H;
+          b = (w / nx) / a.H;
+          const int part = x / nkb;
+          const int nt = (a.Nq + kBM - 1) / kBM;
+          w0 = int64_t{part} * nt / a.q_splits;
+          w1 = int64_t{part + 1} * nt / a.q_splits;
+          if (a.causal)
+            w0 = max(w0, backward_first_tile<int64_t>(k0, a.diag, a.Nq, kBM));
+          if (w1 < w0) w1 = w0;
+        } else if (w < n_works) {
           const int x = w % nx;
           k0 = x % nkb * kBN;
           const int mrow = k0 / a.mask_t.block_q;
@@ -477,7 +532,7 @@ __global__ void __launch_bounds__(384, 1)
           if (lane == 0) {
             int* info = reinterpret_cast<int*>(st + 2 * kBM);
             info[0] = qs;
-            info[1] = a.mask_t.partial[e0 + item(it) / nsub] != 0;
+            info[1] = kM80 ? 0 : a.mask_t.partial[e0 + item(it) / nsub] != 0;
             info[2] = it_next >= n_items;
           }
 #pragma unroll
@@ -517,25 +572,32 @@ __global__ void __launch_bounds__(384, 1)
   auto b_ = [&] { return ld_shared_volatile(cur_work() + 5); };
   const float sl2 = a.scale_log2;
   constexpr int kDT = D / 8;
+  constexpr bool kStageEarly = kM80 && LONGATTN_SM90_BWD_M80_STAGE_EARLY;
 
   float dk[D / 2], dv[D / 2];
 
   const uint32_t k_base = saddr(sK) + cw * 64 * 128, v_base = saddr(sV) + cw * 64 * 128;
   const uint32_t q_base = saddr(sQ), do_base = saddr(sdO), ds_base = saddr(sdS);
 
-  // S^T = K Q^T and dP^T = V dO^T of the tile in stage s_: 64 keys x 64 queries each, two
+  // S^T = K Q^T and dP^T = V dO^T of the tile in stage s_: 64 keys x kBM queries each, two
   // commit groups.
-  float st[32], dpt[32];
+  constexpr int kSR = kBM / 2;  // their registers
+  float st[kSR], dpt[kSR];
   // acc = A B^T over the head dim: A the warpgroup's 64 rows of K or V, B a 64-row Q or dO tile.
   // Descriptors made once; each wgmma adds a constant (or per-stage) offset.
   const uint64_t k_desc = smem_desc(k_base, 16, 1024), v_desc = smem_desc(v_base, 16, 1024);
   const uint64_t q_desc = smem_desc(q_base, 16, 1024), do_desc = smem_desc(do_base, 16, 1024);
-  auto ss_over_d = [&](float (&acc)[32], uint64_t a_desc, uint64_t b_desc) {
+  auto ss_over_d = [&](float (&acc)[kSR], uint64_t a_desc, uint64_t b_desc) {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t off = (kk % 4) * 32;
-      Mma<T>::ss64(acc, desc_at(a_desc, (kk / 4) * kBN * 128 + off),
-                   desc_at(b_desc, (kk / 4) * kBM * 128 + off), kk > 0 ? 1 : 0);
+      if constexpr (kM80) {
+        Mma80<T>::ss(acc, desc_at(a_desc, (kk / 4) * kBN * 128 + off),
+                     desc_at(b_desc, (kk / 4) * kBM * 128 + off), kk > 0 ? 1 : 0);
+      } else {
+        Mma<T>::ss64(acc, desc_at(a_desc, (kk / 4) * kBN * 128 + off),
+                     desc_at(b_desc, (kk / 4) * kBM * 128 + off), kk > 0 ? 1 : 0);
+      }
     }
     wgmma_commit();
   };
@@ -581,7 +643,8 @@ __global__ void __launch_bounds__(384, 1)
   struct TileInfo {
     int qs, partial, last;
   };
-  uint32_t pa[4][4], da[4][4];
+  constexpr int kKQ = kBM / 16;  // k16 steps over the tile's queries
+  uint32_t pa[kKQ][4], da[kKQ][4];
   auto grad_tile = [&](int s, uint32_t ph, bool wait_both) {
     mbar_wait(&full_st[s], ph);
     const float* l2s = sStat + s * Tr::kStatFloats;
@@ -600,13 +663,18 @@ __global__ void __launch_bounds__(384, 1)
     // where the tile needs it: two loops, so tiles that need no mask run no mask code (tested
     // per element, the compiler branches around every element), and neither writes S^T (writing
     // a wgmma accumulator while another wgmma is in flight makes the compiler serialise them).
-    float pt[32];
+    // (80-query tiles, where dK/dV's 128 registers beside S^T, dP^T and P^T at 40 each do not
+    // fit: P^T overwrites S^T and dS^T dP^T, FlashAttention-3's order; LONGATTN_SM90_BWD_M80_
+    // OWN_PT=1 keeps them apart.)
+    constexpr bool kInPlace = kM80 && !LONGATTN_SM90_BWD_M80_OWN_PT;
+    float pt_own[kInPlace ? 1 : kSR];
+    auto& pt = pick_ref<kInPlace>(st, pt_own);
     const int key0 = key0_();
     const bool need_mask = ti.partial != 0 || key0 + 64 > a.Nk ||
                            (a.causal && static_cast<int64_t>(key0 + 63 - qs_) > a.diag);
     if (need_mask) {
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
+      for (int nt = 0; nt < kBM / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int c = nt * 8 + 2 * t4 + (e & 1);
@@ -619,7 +687,7 @@ __global__ void __launch_bounds__(384, 1)
         }
     } else {
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
+      for (int nt = 0; nt < kBM / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e)
           pt[nt * 4 + e] =
@@ -629,16 +697,17 @@ __global__ void __launch_bounds__(384, 1)
     fence_regs(dpt);
     // (P^T and dS^T in their own registers: instructions that write a wgmma accumulator while
     // other wgmma are in flight make the compiler serialise them.)
-    float dst[32];
+    float dst_own[kInPlace ? 1 : kSR];
+    auto& dst = pick_ref<kInPlace>(dpt, dst_own);
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+    for (int nt = 0; nt < kBM / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         dst[nt * 4 + e] = pt[nt * 4 + e] * (dpt[nt * 4 + e] - dls[nt * 8 + 2 * t4 + (e & 1)]);
 
-    // k16 steps over the 64 queries.
+    // k16 steps over the tile's queries.
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
+    for (int kk = 0; kk < kKQ; ++kk)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         pa[kk][r] = flash::Elem<T>::pack(pt[8 * kk + 2 * r], pt[8 * kk + 2 * r + 1]);
@@ -651,13 +720,20 @@ __global__ void __launch_bounds__(384, 1)
   // dQ = dS K over both warpgroups' keys for this warpgroup's columns (another group).
   constexpr int kDqCols = Tr::kDqCols;
   const int col0 = cw * kDqCols;
-  float dq[kDqCols / 2];
+  // dQ's registers: 64 queries x kDqCols columns, or with 80-query tiles dQ^T, kDqCols (64)
+  // columns x 80 queries (rows 16 warp + g (+8) are columns col0 + ..., columns 8 nt + 2 t4 (+1)
+  // queries).
+  constexpr int kDqR = kM80 ? kBM / 2 : kDqCols / 2;
+  float dq[kDqR];
   // B operands of dV/dK ([query][d] tiles read transposed) and dQ's operands.
   const uint64_t qt_desc = smem_desc(q_base, kBM * 128, 1024);
   const uint64_t dot_desc = smem_desc(do_base, kBM * 128, 1024);
   const uint64_t ds_desc = smem_desc(ds_base, 8192, 1024);
   const uint64_t kt_desc =
       smem_desc(saddr(sK) + (col0 / 64) * kBN * 128 + (col0 % 64) * 2, 8192, 1024);
+  // 80-query tiles: dS^T as the MN-major B operand of dQ^T (atoms of 16 queries 256 bytes apart,
+  // groups of 8 keys 1280 apart); K's columns col0.. as its MN-major A operand.
+  const uint64_t ds80_desc = smem_desc_sw32(ds_base, 256, 1280);
   auto issue_products = [&](int s, int i) {
     const uint64_t qb = desc_at(qt_desc, s * Tr::kQBytes);
     const uint64_t dob = desc_at(dot_desc, s * Tr::kQBytes);
@@ -666,23 +742,30 @@ __global__ void __launch_bounds__(384, 1)
     fence_regs(dk);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
+    for (int kk = 0; kk < kKQ; ++kk)
       Mma<T>::pv(dv, pa[kk], desc_at(dob, kk * 16 * 128));
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
+    for (int kk = 0; kk < kKQ; ++kk)
       Mma<T>::pv(dk, da[kk], desc_at(qb, kk * 16 * 128));
     wgmma_commit();
 
-    // dS^T (by key) into shared memory with the 128-byte swizzle the descriptors expect.
+    // dS^T (by key) into shared memory with the swizzle the descriptors expect.
     const int dsb = i & 1;
     unsigned char* ds = sdS + dsb * Tr::kDSBytes;
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+    for (int nt = 0; nt < kBM / 8; ++nt)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int r = cw * 64 + warp * 16 + g + hh * 8;  // key row within the CTA
-        *reinterpret_cast<uint32_t*>(ds + r * 128 + ((nt ^ (r & 7)) << 4) + 4 * t4) =
-            da[nt / 2][(nt & 1) * 2 + hh];
+        if constexpr (kM80) {
+          // Queries 8 nt.. are 16-byte chunk nt & 1 of atom nt / 2; r & 7 == g.
+          *reinterpret_cast<uint32_t*>(ds + (r >> 3) * 1280 + (nt >> 1) * 256 + g * 32 +
+                                       (((nt & 1) ^ (g >> 2)) << 4) + 4 * t4) =
+              da[nt / 2][(nt & 1) * 2 + hh];
+        } else {
+          *reinterpret_cast<uint32_t*>(ds + r * 128 + ((nt ^ (r & 7)) << 4) + 4 * t4) =
+              da[nt / 2][(nt & 1) * 2 + hh];
+        }
       }
     fence_proxy_async();
 
@@ -697,15 +780,23 @@ __global__ void __launch_bounds__(384, 1)
       const int bar_me = 6 + 2 * dsb + cw, bar_other = 6 + 2 * dsb + (1 - cw);
       named_barrier_arrive(bar_me, 256);
       wgmma_fence();
-      const uint64_t ds_t = desc_at(ds_desc, dsb * Tr::kDSBytes);
+      const uint64_t ds_t = desc_at(kM80 ? ds80_desc : ds_desc, dsb * Tr::kDSBytes);
 #pragma unroll
       for (int h2 = 0; h2 < 2; ++h2) {
         if (h2 == 1) named_barrier(bar_other, 256);
         const int half = h2 == 0 ? cw : 1 - cw;
 #pragma unroll
         for (int kk = 0; kk < kBN / 32; ++kk) {
-          const uint32_t off = (half * (kBN / 32) + kk) * 16 * 128;
-          Mma<T>::ss64_tt(dq, desc_at(ds_t, off), desc_at(kt_desc, off), h2 + kk > 0 ? 1 : 0);
+          const int step = half * (kBN / 32) + kk;  // 16 keys from 16 step
+          const uint32_t off = step * 16 * 128;
+          if constexpr (kM80) {
+            // dQ^T = K^T dS^T: A = K's columns read transposed, B = dS^T read transposed.
+            Mma80<T>::ss_tt(dq, desc_at(kt_desc, off), desc_at(ds_t, step * 2 * 1280),
+                            h2 + kk > 0 ? 1 : 0);
+          } else {
+            Mma<T>::ss64_tt(dq, desc_at(ds_t, off), desc_at(kt_desc, off),
+                            h2 + kk > 0 ? 1 : 0);
+          }
         }
       }
     } else {
@@ -720,7 +811,7 @@ __global__ void __launch_bounds__(384, 1)
   };
   // After the products retired: dQ scaled into registers no wgmma writes (with the early S^T
   // they are written out while the next S^T is in flight).
-  float dqs[kDqCols / 2];
+  float dqs[kDqR];
   auto products_retired = [&] {
     fence_regs(dq);
     fence_regs(dv);
@@ -728,21 +819,43 @@ __global__ void __launch_bounds__(384, 1)
     fence_regs(pa);  // register operands of dV/dK: live until those products retired
     fence_regs(da);
 #pragma unroll
-    for (int j = 0; j < kDqCols / 2; ++j) dqs[j] = a.scale * dq[j];
+    for (int j = 0; j < kDqR; ++j) dqs[j] = a.scale * dq[j];
   };
 
   // dq rows qs_ + 16 warp + g (+8), columns col0 + 8 nt + 2 t4 (+1), scaled.
-  auto dq_out = [&](int qs_, int n) {  // n: the tile's index in this CTA's walk
+  // part 1: the staging stores (or the red.global adds), part 2: the reduce, 3: both.
+  auto dq_out = [&](int qs_, int n, int part = 3) {  // n: the tile's index in this CTA's walk
     if (dq_tma) {
+      const int buf = (cw * Tr::kDqBufs + n % Tr::kDqBufs) * Tr::kDQBytes;
+      if (part & 1) {
       // The reduce that last used this buffer has read it (its issuing thread waits, the
       // barrier tells the others); then the tile in TMA's 128-byte swizzle, two boxes of 32
       // columns: 16-byte chunk c of row r lives at chunk c ^ (r & 7).
       if (tid == 0) bulk_wait_read<Tr::kDqBufs - 1>();
       named_barrier(4 + cw, 128);
-      const int buf = (cw * Tr::kDqBufs + n % Tr::kDqBufs) * Tr::kDQBytes;
-      static_assert(kBM == 64, "dQ tiles of 64 query rows");
-      stage_f32_boxes<kDqCols>(saddr(sdQ) + buf, dqs, 1.f, warp, g, t4);
+      if constexpr (kM80) {
+        // dQ^T transposed into boxes of [80 queries][32 columns]: column c = 16 warp + g (+8),
+        // query q = 8 nt + 2 t4 (+1), at chunk (c % 32) / 4 ^ (q & 7) of row q.
+        static_assert(kDqCols == 64, "two boxes of 32 columns per warpgroup");
+        const uint32_t dst = saddr(sdQ) + buf;
+#pragma unroll
+        for (int nt = 0; nt < kBM / 8; ++nt)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int c = warp * 16 + g + hh * 8, q = nt * 8 + 2 * t4 + e;
+              st_shared_f32(dst + (c / 32) * (kBM * 128) + q * 128 +
+                                ((((c % 32) >> 2) ^ (q & 7)) << 4) + (c & 3) * 4,
+                            dqs[nt * 4 + 2 * hh + e]);
+            }
+      } else {
+        static_assert(kBM == 64, "dQ tiles of 64 query rows");
+        stage_f32_boxes<kDqCols>(saddr(sdQ) + buf, dqs, 1.f, warp, g, t4);
+      }
       fence_proxy_async();
+      }
+      if (!(part & 2)) return;
       named_barrier(4 + cw, 128);
       if (tid == 0) {
 #pragma unroll
@@ -751,6 +864,21 @@ __global__ void __launch_bounds__(384, 1)
                             h_(), b_());
         bulk_commit();
       }
+    } else if (!(part & 1)) {
+      return;
+    } else if constexpr (kM80) {
+      // dQ^T by element: its fragment's neighbours are queries, a row apart in dq.
+      float* dqg = static_cast<float*>(a.dq.data) + b_() * a.dq.sb + h_() * a.dq.sh + col0;
+#pragma unroll
+      for (int nt = 0; nt < kBM / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int q = qs_ + nt * 8 + 2 * t4 + e;
+          if (q >= a.Nq) continue;
+          float* row = dqg + static_cast<int64_t>(q) * a.dq.sn + warp * 16 + g;
+          atomicAdd(row, dqs[nt * 4 + e]);
+          atomicAdd(row + 8, dqs[nt * 4 + 2 + e]);
+        }
     } else {
       float* dqg = static_cast<float*>(a.dq.data) + b_() * a.dq.sb + h_() * a.dq.sh + col0;
 #pragma unroll
@@ -828,22 +956,28 @@ __global__ void __launch_bounds__(384, 1)
           if (!have) {
             if (qs_prev >= 0) {
               release((i - 1) % kS);
-              dq_out(qs_prev, i - 1);
+              dq_out(qs_prev, i - 1, kStageEarly ? 2 : 3);
             }
             break;
           }
           mbar_wait(&full_q[s], ph);
           BWD_TRACE_FIRST(3);
           issue_s(s);
-          issue_dp(s);
+          // (80-query tiles: the last tile's dQ is staged before this tile's S^T and dP^T are
+          // issued, and only its reduce follows them (kStageEarly); or dP^T after the write-out
+          // (LONGATTN_SM90_BWD_M80_STAGE_EARLY=0), unless LONGATTN_SM90_BWD_M80_DP_EARLY: both
+          // products' 80 registers beside dQ's 40 and dK/dV's 128 do not fit.)
+          if constexpr (!kM80 || kStageEarly || LONGATTN_SM90_BWD_M80_DP_EARLY) issue_dp(s);
           if (qs_prev >= 0) {
             release((i - 1) % kS);
-            dq_out(qs_prev, i - 1);
+            dq_out(qs_prev, i - 1, kStageEarly ? 2 : 3);
           }
+          if constexpr (kM80 && !kStageEarly && !LONGATTN_SM90_BWD_M80_DP_EARLY) issue_dp(s);
           const TileInfo ti = grad_tile(s, ph, false);
           issue_products(s, i);
           wgmma_wait<0>();
           products_retired();
+          if constexpr (kStageEarly) dq_out(ti.qs, i, 1);
           BWD_TRACE_FIRST(4);
           BWD_TRACE_TILE();
           qs_prev = ti.qs;
@@ -910,7 +1044,37 @@ __global__ void __launch_bounds__(384, 1)
         while (ld_acquire_gpu(flag) < part) __nanosleep(256);
     }
     if (dkv_tma) {
-      if constexpr (Tr::kDkvHalves) {
+      if constexpr (kM80) {
+        // Eight rounds of 32 columns (dV, then dK) alternating between the two 8 KB halves of
+        // this warpgroup's dQ staging tile, each waiting for the reduce two rounds back to have
+        // read its half (the first two: the last dQ tile's reduce).
+        const uint32_t b0 = saddr(sdQ) + cw * Tr::kDQBytes;
+        unsigned char* const p0 = sdQ + cw * Tr::kDQBytes;
+        const int key0 = key0_(), hh = h_(), bb = b_();
+        auto round = [&](auto first, const float (&acc)[D / 2], float mul, const CUtensorMap* map,
+                         int r) {
+          const int half = r & 1;
+          stage_f32_boxes<32, decltype(first)::value>(b0 + half * 8192, acc, mul, warp, g, t4);
+          fence_proxy_async();
+          named_barrier(4 + cw, 128);
+          if (tid == 0) {
+            tma_reduce_add_4d(map, p0 + half * 8192, first, key0, hh, bb);
+            bulk_commit();
+            if (r < 7) bulk_wait_read<1>();
+          }
+          if (r < 7) named_barrier(4 + cw, 128);
+        };
+        if (tid == 0) bulk_wait_read<0>();
+        named_barrier(4 + cw, 128);
+        round(std::integral_constant<int, 0>{}, dv, 1.f, &tdv, 0);
+        round(std::integral_constant<int, 32>{}, dv, 1.f, &tdv, 1);
+        round(std::integral_constant<int, 64>{}, dv, 1.f, &tdv, 2);
+        round(std::integral_constant<int, 96>{}, dv, 1.f, &tdv, 3);
+        round(std::integral_constant<int, 0>{}, dk, a.scale, &tdk, 4);
+        round(std::integral_constant<int, 32>{}, dk, a.scale, &tdk, 5);
+        round(std::integral_constant<int, 64>{}, dk, a.scale, &tdk, 6);
+        round(std::integral_constant<int, 96>{}, dk, a.scale, &tdk, 7);
+      } else if constexpr (Tr::kDkvHalves) {
         // Four rounds of 64 columns (dV low, dV high, dK low, dK high) alternating between this
         // warpgroup's own buffer b0 and its dQ staging tile b1. Before a round's stores, the
         // reduce that last used its buffer has read it (its issuing thread, tid 0, waits for all
@@ -990,10 +1154,10 @@ struct BwdMaps {
 };
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv);
 
-template <typename T, int D, bool kKRegs = false>
+template <typename T, int D, bool kKRegs = false, int kM = 64>
 void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
-  using Tr = BwdSm90Traits<D>;
-  auto kernel = flash_bwd_sm90_kernel<T, D, kKRegs>;
+  using Tr = BwdSm90Traits<D, kM>;
+  auto kernel = flash_bwd_sm90_kernel<T, D, kKRegs, kM>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));

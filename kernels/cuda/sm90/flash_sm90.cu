@@ -111,6 +111,9 @@ extern template void launch_bwd_sm90_impl<__half, 64>(const BwdArgs&, cudaStream
 extern template void launch_bwd_sm90_impl<__half, 128>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, true>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__half, 64, true>(const BwdArgs&, cudaStream_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80>(const BwdArgs&,
+                                                                        cudaStream_t);
+extern template void launch_bwd_sm90_impl<__half, 128, false, 80>(const BwdArgs&, cudaStream_t);
 
 static CUtensorMapDataType half_type(bool bf16) {
   return bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
@@ -413,6 +416,10 @@ bool bwd_accepts(const BwdArgs& a, DType dtype, int head_dim, bool atomic_dq) {
          kernels_fit(dtype, head_dim, a.vec != 0);
 }
 
+bool bwd_m80(const BwdArgs& a, int head_dim) {
+  return head_dim == 128 && a.complete != 0 && switch_on("LONGATTN_SM90_BWD_M80");
+}
+
 void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream) {
   const bool bf16 = dtype == DType::BF16;
   // Head dim 64, causal: K in registers (A/B runs 14-15: causal +0-4%, non-causal -8-12%).
@@ -424,6 +431,10 @@ void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t st
   if (head_dim == 64) {
     return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64>(a, stream)
                 : launch_bwd_sm90_impl<__half, 64>(a, stream);
+  }
+  if (bwd_m80(a, head_dim)) {
+    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80>(a, stream)
+                : launch_bwd_sm90_impl<__half, 128, false, 80>(a, stream);
   }
   return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128>(a, stream)
               : launch_bwd_sm90_impl<__half, 128>(a, stream);

@@ -30,6 +30,9 @@ void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStrea
 // not deterministic), key blocks multiples of 128 and query blocks multiples of 64. Needs
 // a.delta filled.
 bool bwd_accepts(const flash::BwdArgs& a, DType dtype, int head_dim, bool atomic_dq);
+// Whether an accepted backward takes the 80-query tiles: head dim 128 over a complete mask
+// (LONGATTN_SM90_BWD_M80=0: the 64-query tiles of the mask's lists).
+bool bwd_m80(const flash::BwdArgs& a, int head_dim);
 void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
 // Keys per CTA of the backward (one split flag per batch, head and key block of this size).
 constexpr int kBwdKeysPerCta = 128;
