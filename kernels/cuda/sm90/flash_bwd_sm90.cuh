@@ -2,8 +2,11 @@
 // warp-specialised, dQ accumulated in fp32 by TMA reduce-add.
 //
 // Works of 128 keys of one (batch, head) (and one part of the query range), each walking the
-// query tiles (64 rows) its row of the transposed mask lists; persistent CTAs of three
-// warpgroups (one per SM) take the works from a counter:
+// query tiles (64 rows) its row of the transposed mask lists, or at head dim 128 over a complete
+// mask the 80-row query tiles of its range by position (kM 80, FlashAttention-3's tile for this
+// head dim: S^T and dP^T are m64n80, dQ is computed transposed, dQ^T = K^T dS^T, from dS^T in the
+// 32-byte swizzle, and staged before the next tile's products; see BwdSm90Traits); persistent
+// CTAs of three warpgroups (one per SM) take the works from a counter:
 // - warpgroup 0 (producer, few registers): thread 0 takes the works and publishes them, loads a
 //   work's K and V once (while the consumers add the previous work's dK and dV) and Q, dO of
 //   every listed query tile by TMA into a ring of kStages stages; warp 1 loads the tile's lse
@@ -49,16 +52,29 @@
 #ifndef LONGATTN_SM90_ARRIVE_PER_THREAD
 #define LONGATTN_SM90_ARRIVE_PER_THREAD 0
 #endif
-// Measurement builds: the 80-query backward issues a tile's dP^T before the last tile's dQ
-// write-out, as the 64-query one does.
-#ifndef LONGATTN_SM90_BWD_M80_DP_EARLY
-#define LONGATTN_SM90_BWD_M80_DP_EARLY 0
-#endif
+// Measurement builds, the head-dim-128 loop's order (defaults are the measured best):
+// - LONGATTN_SM90_BWD_M80_STAGE_EARLY (1): the 80-query tiles stage the last tile's dQ in shared
+//   memory as soon as its products retired, before the next tile's S^T and dP^T are issued, and
+//   only its reduce follows them (A/B run 122: +3.8 to +8.7% over the 64-query tiles on dense
+//   4K-64K; with 0, dQ is staged while S^T runs and dP^T waits for it: -0.2 to -7.7%);
+// - LONGATTN_SM90_BWD_M80_DP_EARLY (0): with STAGE_EARLY 0, dP^T before the write-out as well
+//   (spills: S^T, dP^T and dQ's 120 registers beside dK/dV's 128 do not fit);
+// - LONGATTN_SM90_BWD_M80_OWN_PT (0): P^T and dS^T in registers of their own instead of
+//   overwriting S^T and dP^T (more spills);
+// - LONGATTN_SM90_BWD_STAGE_EARLY (0): the 64-query tiles (incomplete masks) staged early as
+//   well (A/B run 123: block-sparse 64K 10/5/50% -0.4 to -2.2%, so they overlap the staging
+//   with the next tile's S^T and dP^T, as before).
 #ifndef LONGATTN_SM90_BWD_M80_STAGE_EARLY
 #define LONGATTN_SM90_BWD_M80_STAGE_EARLY 1
 #endif
+#ifndef LONGATTN_SM90_BWD_M80_DP_EARLY
+#define LONGATTN_SM90_BWD_M80_DP_EARLY 0
+#endif
 #ifndef LONGATTN_SM90_BWD_M80_OWN_PT
 #define LONGATTN_SM90_BWD_M80_OWN_PT 0
+#endif
+#ifndef LONGATTN_SM90_BWD_STAGE_EARLY
+#define LONGATTN_SM90_BWD_STAGE_EARLY 0
 #endif
 #include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
 #include "kernels/cuda/sm90/flash_sm90.hpp"
@@ -572,7 +588,8 @@ __global__ void __launch_bounds__(384, 1)
   auto b_ = [&] { return ld_shared_volatile(cur_work() + 5); };
   const float sl2 = a.scale_log2;
   constexpr int kDT = D / 8;
-  constexpr bool kStageEarly = kM80 && LONGATTN_SM90_BWD_M80_STAGE_EARLY;
+  constexpr bool kStageEarly = kM80 ? LONGATTN_SM90_BWD_M80_STAGE_EARLY != 0
+                                    : D == 128 && LONGATTN_SM90_BWD_STAGE_EARLY != 0;
 
   float dk[D / 2], dv[D / 2];
 
