@@ -199,6 +199,10 @@ bool backward_phased_walks(int64_t head_dim, bool causal, double row_fill) {
   return row_fill < 0.75 || (head_dim == 64 && !causal);
 }
 
+bool backward_m80_runs(int64_t head_dim, bool contiguous_rows, double mean_row_keys) {
+  return head_dim == 128 && contiguous_rows && mean_row_keys >= kBackwardM80RunQueries;
+}
+
 bool backward_dkv_reduce(int64_t head_dim, double tiles_per_key_block, double row_fill) {
   if (head_dim == 64) return true;
   if (head_dim != 128 || tiles_per_key_block >= 112.0) return false;

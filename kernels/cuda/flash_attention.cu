@@ -293,6 +293,9 @@ BwdArgs make_bwd_args(const AttnBwdParams& p) {
   a.diag = p.q_offset - p.k_offset;
   a.vec = allows_vec(p.q) && allows_vec(p.k) && allows_vec(p.v) && allows_vec(p.d_o);
   a.complete = mask_complete_for(p.mask, p.causal, a.diag) ? 1 : 0;
+#if LONGATTN_HAVE_SM90
+  a.runs = a.complete ? 0 : sm90::bwd_runs(static_cast<int>(p.q.D), p.mask_t);
+#endif
   return a;
 }
 

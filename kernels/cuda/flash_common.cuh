@@ -83,6 +83,9 @@ struct BwdArgs {
   // The mask lists every key block the call can see (mask_complete_for): the Hopper backward at
   // head dim 128 then walks 80-query tiles by position.
   int complete = 0;
+  // Not complete, but every row of mask_t is one run of query blocks (backward_m80_runs): the
+  // Hopper backward at head dim 128 walks 80-query tiles over each row's range.
+  int runs = 0;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;

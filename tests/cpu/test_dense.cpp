@@ -271,6 +271,17 @@ TEST(Dense, BackwardPhasedWalks) {
     }
 }
 
+// The backward's 80-query tiles over masks of runs: head dim 128, contiguous transposed rows of
+// at least 1024 queries on average.
+TEST(Dense, BackwardM80Runs) {
+  EXPECT_TRUE(backward_m80_runs(128, true, 1024.0));
+  EXPECT_TRUE(backward_m80_runs(128, true, 1310.72));  // local_window 2% at 64K
+  EXPECT_TRUE(backward_m80_runs(128, true, 6553.6));
+  EXPECT_FALSE(backward_m80_runs(128, true, 1023.0));  // short runs: up to 79 wasted queries
+  EXPECT_FALSE(backward_m80_runs(128, false, 1e9));    // scattered rows
+  EXPECT_FALSE(backward_m80_runs(64, true, 1e9));      // head dim 64 keeps its tiles
+}
+
 // The first query tile a causal key block sees, against a brute-force scan of every tile's
 // queries.
 TEST(Dense, BackwardFirstTile) {

@@ -139,15 +139,27 @@ BlockMaskView upload_mask(const BlockMask& m, std::vector<std::unique_ptr<DevMem
   return v;
 }
 
-enum class MaskKind { Dense, Sparse, Runs };
+enum class MaskKind { Dense, Sparse, Runs, Window };
 
 // Sparse: every third query block sees nothing, the others their diagonal block and a random
 // half of the key blocks. Runs: every row one run of consecutive key blocks: every fourth row
 // empty, every other a window of four blocks around the diagonal, the rest a random run.
+// Window: every row the key blocks from 3 before to 2 after its diagonal block, so the rows of
+// the transposed mask are runs as well (key blocks past the last window: empty rows).
 MaskPair make_mask(MaskKind kind, const MaskGeometry& g, uint64_t seed) {
   MaskPair mp;
   if (kind == MaskKind::Dense) {
     mp.host = dense_block_mask(g);
+  } else if (kind == MaskKind::Window) {
+    const int64_t nqb = (g.nq + g.block_q - 1) / g.block_q;
+    const int64_t nkb = (g.nk + g.block_k - 1) / g.block_k;
+    std::vector<std::vector<int32_t>> rows(static_cast<size_t>(nqb));
+    for (int64_t r = 0; r < nqb; ++r) {
+      const int64_t d = std::min(nkb - 1, r * g.block_q / g.block_k);
+      for (int64_t c = std::max<int64_t>(0, d - 3); c <= std::min(nkb - 1, d + 2); ++c)
+        rows[r].push_back(static_cast<int32_t>(c));
+    }
+    mp.host = build_block_mask(g, rows);
   } else if (kind == MaskKind::Runs) {
     std::mt19937_64 rng(seed);
     const int64_t nqb = (g.nq + g.block_q - 1) / g.block_q;
@@ -366,16 +378,30 @@ TEST_P(FlashCase, ForwardMatchesCpuReference) {
 }
 
 // A measurement switch set for one scope (empty value: left unset), unset again on exit.
+// Sets an environment variable for a scope (an empty value leaves it as it is) and puts back
+// what it was, so scopes nest.
 struct ScopedEnv {
   ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name)) {
+      had_ = true;
+      old_ = old;
+    }
     if (!value.empty()) setenv(name, value.c_str(), 1);
   }
-  ~ScopedEnv() { unsetenv(name_); }
+  ~ScopedEnv() {
+    if (had_) {
+      setenv(name_, old_.c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
   ScopedEnv(const ScopedEnv&) = delete;
   ScopedEnv& operator=(const ScopedEnv&) = delete;
 
  private:
   const char* name_;
+  bool had_ = false;
+  std::string old_;
 };
 // LONGATTN_SM90_QSPLIT for a run (0: the dispatch's choice).
 std::string parts_value(int parts) { return parts > 0 ? std::to_string(parts) : std::string(); }
@@ -831,6 +857,65 @@ TEST(FlashM80, BackwardMatchesReference) {
     SCOPED_TRACE(r.c.name);
     const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts));
     const ScopedEnv dkv("LONGATTN_SM90_DKV_TMA", r.dkv);
+    const GridLimit limit(r.grid, 0);
+    check_backward(r.c, std::random_device{}());
+  }
+}
+
+// The same tiles over masks whose transposed rows are runs (windows: each key block's query
+// range from its run's first block, the queries past its last block masked), forced on for
+// these short rows (LONGATTN_SM90_BWD_M80_RUNS=1; by default from 1024 queries a row): ragged
+// lengths, key blocks no query sees (empty rows), causality with an offset, 256-query and
+// 256-key mask blocks, query parts with the ordering flags, a grid of 3 CTAs on dilated views.
+TEST(FlashM80, WindowMasksMatchReference) {
+  SKIP_WITHOUT_GPU();
+  struct Run {
+    int parts;
+    const char* dkv;
+    int grid;
+    Case c;
+  };
+  const Run runs[] = {
+      {0, "1", 0, {DType::BF16, 128, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Window,
+                   Layout::Contiguous, 1.0, false, "bf16_m80_window_ragged"}},
+      {3, "0", 0, {DType::F16, 128, 1, 1200, 1200, 3, 128, 128, true, 0, 0, MaskKind::Window,
+                   Layout::Contiguous, 3.0, false, "f16_m80_window_causal_parts3_flags"}},
+      {0, "", 3, {DType::BF16, 128, 1, 700, 1300, 2, 128, 128, false, 0, 0, MaskKind::Window,
+                  Layout::Dilated, 1.0, false, "bf16_m80_window_empty_rows_grid3"}},
+      {0, "1", 0, {DType::F16, 128, 1, 1000, 1300, 2, 256, 128, true, 300, 0, MaskKind::Window,
+                   Layout::Contiguous, 1.0, false, "f16_m80_window_causal_offset_b256x128"}},
+      {2, "1", 0, {DType::BF16, 128, 1, 900, 1000, 2, 128, 256, false, 0, 0, MaskKind::Window,
+                   Layout::Contiguous, 1.0, false, "bf16_m80_window_b128x256_parts2"}}};
+  const ScopedEnv force("LONGATTN_SM90_BWD_M80_RUNS", "1");
+  for (const Run& r : runs) {
+    SCOPED_TRACE(r.c.name);
+    // The call takes the 80-query tiles.
+    const MaskGeometry g{r.c.Nq, r.c.Nk, r.c.block_q, r.c.block_k, r.c.causal, r.c.q_offset,
+                         r.c.k_offset};
+    MaskPair mp = make_mask(r.c.mask, g, 1);
+    Mirrored q = make_mirrored(Layout::Contiguous, r.c.dt, 1, r.c.Nq, 1, 128, 1, 1.0);
+    Mirrored kv = make_mirrored(Layout::Contiguous, r.c.dt, 1, r.c.Nk, 1, 128, 1, 1.0);
+    Mirrored lse = make_mirrored(Layout::Contiguous, DType::F32, 1, r.c.Nq, 1, 1, 0, 1.0, true);
+    Mirrored dq = make_mirrored(Layout::Contiguous, DType::F32, 1, r.c.Nq, 1, 128, 0, 1.0, true);
+    Mirrored dkv = make_mirrored(Layout::Contiguous, DType::F32, 1, r.c.Nk, 1, 128, 0, 1.0, true);
+    AttnBwdParams pb;
+    pb.q = pb.o = pb.d_o = q.dview;
+    pb.k = pb.v = kv.dview;
+    pb.lse = lse.dview;
+    pb.dq = dq.dview;
+    pb.dk = pb.dv = dkv.dview;
+    pb.mask = mp.dev;
+    pb.mask_t = mp.dev_t;
+    pb.causal = r.c.causal;
+    pb.q_offset = r.c.q_offset;
+    pb.k_offset = r.c.k_offset;
+    if (cuda::flash_backward_kernel(pb).rfind("sm90", 0) == 0) {
+      EXPECT_EQ(cuda::flash_backward_kernel(pb), "sm90-m80");
+      const ScopedEnv off("LONGATTN_SM90_BWD_M80_RUNS", "0");
+      EXPECT_EQ(cuda::flash_backward_kernel(pb), "sm90");
+    }
+    const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts));
+    const ScopedEnv dkv_env("LONGATTN_SM90_DKV_TMA", r.dkv);
     const GridLimit limit(r.grid, 0);
     check_backward(r.c, std::random_device{}());
   }

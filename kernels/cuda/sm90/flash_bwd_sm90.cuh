@@ -3,7 +3,9 @@
 //
 // Works of 128 keys of one (batch, head) (and one part of the query range), each walking the
 // query tiles (64 rows) its row of the transposed mask lists, or at head dim 128 over a complete
-// mask the 80-row query tiles of its range by position (kM 80, FlashAttention-3's tile for this
+// mask, or one whose transposed rows are runs of query blocks (windows, BwdArgs::runs), the
+// 80-row query tiles of its row's query range by position, the queries past the range masked
+// through their lse (kM 80, FlashAttention-3's tile for this
 // head dim: S^T and dP^T are m64n80, dQ is computed transposed, dQ^T = K^T dS^T, from dS^T in the
 // 32-byte swizzle, and staged before the next tile's products; see BwdSm90Traits); persistent
 // CTAs of three warpgroups (one per SM) take the works from a counter:
@@ -344,8 +346,8 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* full_q = bars + 6;   // Q and dO of a stage (TMA)
   uint64_t* full_st = full_q + kS;  // lse2, delta and TileInfo of a stage (32 arrivals)
   uint64_t* empty = full_st + kS;
-  // Two slots of [first entry, end entry, work index, first key, head, batch, -, -]: the work
-  // the producer took.
+  // Two slots of [first entry, end entry, work index, first key, head, batch, q_begin, q_end]:
+  // the work the producer took (entries: its query tiles with 80-query tiles).
   int64_t* sWork = reinterpret_cast<int64_t*>(empty + kS);
 
   // Works (key block, part, head, batch) in the order the hardware would launch them, part *
@@ -362,8 +364,10 @@ __global__ void __launch_bounds__(384, 1)
   const int n_works = nx * a.H * a.B;
   const int nsub = a.mask_t.block_k / kBM;
   // This work's key block, head, batch and mask row entries [e0, e1), set per work (80-query
-  // tiles: its query tiles [e0, e1), all visible).
-  int k0 = 0, h = 0, b = 0, n_items = 0, rot = 0;
+  // tiles: its query tiles [e0, e1) from query q_begin, all visible, the queries from q_end on
+  // outside the row: its whole range [0, Nq) over a complete mask, its run's over a mask of
+  // runs).
+  int k0 = 0, h = 0, b = 0, n_items = 0, rot = 0, q_begin = 0, q_end = 0;
   int64_t e0 = 0;
   auto decode = [&](const int64_t* slot) {
     k0 = static_cast<int>(slot[3]);
@@ -371,6 +375,10 @@ __global__ void __launch_bounds__(384, 1)
     b = static_cast<int>(slot[5]);
     e0 = slot[0];
     n_items = static_cast<int>((slot[1] - e0) * (kM80 ? 1 : nsub));
+    if constexpr (kM80) {
+      q_begin = static_cast<int>(slot[6]);
+      q_end = static_cast<int>(slot[7]);
+    }
   };
 
   const int wg = warpgroup_index();
@@ -410,7 +418,7 @@ __global__ void __launch_bounds__(384, 1)
   // First listed query tile at or after walk step `it` that some key of this CTA may be seen by.
   auto next_visible = [&](int it, int& qs) {
     if constexpr (kM80) {
-      if (it < n_items) qs = static_cast<int>(e0 + item(it)) * kBM;
+      if (it < n_items) qs = q_begin + static_cast<int>(e0 + item(it)) * kBM;
     } else {
       for (; it < n_items; ++it) {
         const int p = item(it);
@@ -437,17 +445,28 @@ __global__ void __launch_bounds__(384, 1)
         const int slot = n & 1;
         int64_t w0 = 0, w1 = 0;
         if (kM80 && w < n_works) {
-          // The work's query tiles: its part's, from the first one a key of the block sees.
+          // The work's query tiles: its part's of its row's query range, from the first one a
+          // key of the block sees.
           const int x = w % nx;
           k0 = x % nkb * kBN;
           h = (w / nx) % a.H;
           b = (w / nx) / a.H;
+          q_begin = 0;
+          q_end = a.Nq;
+          if (!a.complete) {  // a run of query blocks (a.runs), or none
+            const int mrow = k0 / a.mask_t.block_q;
+            const int64_t r0 = a.mask_t.row_ptr[mrow], r1 = a.mask_t.row_ptr[mrow + 1];
+            q_begin = r1 > r0 ? a.mask_t.col_idx[r0] * a.mask_t.block_k : 0;
+            q_end = r1 > r0 ? min((a.mask_t.col_idx[r1 - 1] + 1) * a.mask_t.block_k, a.Nq) : 0;
+            if (q_end < q_begin) q_end = q_begin;
+          }
           const int part = x / nkb;
-          const int nt = (a.Nq + kBM - 1) / kBM;
+          const int nt = (q_end - q_begin + kBM - 1) / kBM;
           w0 = int64_t{part} * nt / a.q_splits;
           w1 = int64_t{part + 1} * nt / a.q_splits;
           if (a.causal)
-            w0 = max(w0, backward_first_tile<int64_t>(k0, a.diag, a.Nq, kBM));
+            w0 = max(w0, backward_first_tile<int64_t>(k0 - q_begin, a.diag, q_end - q_begin,
+                                                      kBM));
           if (w1 < w0) w1 = w0;
         } else if (w < n_works) {
           const int x = w % nx;
@@ -476,6 +495,8 @@ __global__ void __launch_bounds__(384, 1)
           sw[3] = k0;
           sw[4] = h;
           sw[5] = b;
+          sw[6] = q_begin;
+          sw[7] = q_end;
           mbar_arrive(&work_full[slot]);
           if (w < n_works) {
             decode(sw);
@@ -555,7 +576,9 @@ __global__ void __launch_bounds__(384, 1)
           for (int r = lane; r < kBM; r += 32) {
             const int q = qs + r;
             float l2 = flash::kPosInf, dv = 0.f;
-            if (q < a.Nq) {
+            // (80-query tiles: the queries past the row's range see none of the block's keys,
+            // so their P^T and dS^T are 0 and they add 0 into dq.)
+            if (q < (kM80 ? q_end : a.Nq)) {
               const float l = lse[static_cast<int64_t>(q) * a.lse.sn];
               l2 = l == flash::kNegInf ? flash::kPosInf : l * flash::kLog2e;
               dv = dl[static_cast<int64_t>(q) * a.delta.sn];

@@ -417,7 +417,19 @@ bool bwd_accepts(const BwdArgs& a, DType dtype, int head_dim, bool atomic_dq) {
 }
 
 bool bwd_m80(const BwdArgs& a, int head_dim) {
-  return head_dim == 128 && a.complete != 0 && switch_on("LONGATTN_SM90_BWD_M80");
+  return head_dim == 128 && (a.complete != 0 || a.runs != 0) && switch_on("LONGATTN_SM90_BWD_M80");
+}
+
+int bwd_runs(int head_dim, const BlockMaskView& mask_t) {
+  if (const char* e = std::getenv("LONGATTN_SM90_BWD_M80_RUNS")) {
+    if (std::string(e) == "0") return 0;
+    if (std::string(e) == "1")
+      return backward_m80_runs(head_dim, mask_t.contiguous_rows,
+                               std::numeric_limits<double>::infinity())
+                 ? 1
+                 : 0;
+  }
+  return backward_m80_runs(head_dim, mask_t.contiguous_rows, mask_t.mean_row_keys) ? 1 : 0;
 }
 
 void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream) {

@@ -33,6 +33,9 @@ bool bwd_accepts(const flash::BwdArgs& a, DType dtype, int head_dim, bool atomic
 // Whether an accepted backward takes the 80-query tiles: head dim 128 over a complete mask
 // (LONGATTN_SM90_BWD_M80=0: the 64-query tiles of the mask's lists).
 bool bwd_m80(const flash::BwdArgs& a, int head_dim);
+// BwdArgs::runs for a call over mask_t (backward_m80_runs; LONGATTN_SM90_BWD_M80_RUNS=0 never,
+// =1 for contiguous rows of any length).
+int bwd_runs(int head_dim, const BlockMaskView& mask_t);
 void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
 // Keys per CTA of the backward (one split flag per batch, head and key block of this size).
 constexpr int kBwdKeysPerCta = 128;
