@@ -830,15 +830,22 @@ TEST(FlashSplit, QueryPartsAddInOrder) {
 // query range in 3 parts, dK and dV by TMA reduces (eight 32-column rounds through the dQ
 // staging tile) and from registers, and on a grid of 3 CTAs (many works per CTA). The other
 // backward tests take these tiles for their complete masks at head dim 128 as well.
+struct M80Run {
+  int parts;        // LONGATTN_SM90_QSPLIT (0: the dispatch's choice)
+  const char* dkv;  // LONGATTN_SM90_DKV_TMA ("": the dispatch's choice)
+  int grid;         // persistent CTAs (0: one per SM)
+  Case c;
+};
+void check_m80_run(const M80Run& r) {
+  const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts));
+  const ScopedEnv dkv("LONGATTN_SM90_DKV_TMA", r.dkv);
+  const GridLimit limit(r.grid, 0);
+  check_backward(r.c, std::random_device{}());
+}
+
 TEST(FlashM80, BackwardMatchesReference) {
   SKIP_WITHOUT_GPU();
-  struct Run {
-    int parts;        // LONGATTN_SM90_QSPLIT (0: the dispatch's choice)
-    const char* dkv;  // LONGATTN_SM90_DKV_TMA ("": the dispatch's choice)
-    int grid;         // persistent CTAs (0: one per SM)
-    Case c;
-  };
-  const Run runs[] = {
+  const M80Run runs[] = {
       {0, "1", 0, {DType::BF16, 128, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Dense,
                    Layout::Contiguous, 1.0, false, "bf16_m80_dense_ragged"}},
       {3, "1", 0, {DType::F16, 128, 1, 930, 1000, 3, 128, 128, false, 0, 0, MaskKind::Dense,
@@ -853,12 +860,9 @@ TEST(FlashM80, BackwardMatchesReference) {
                   Layout::Dilated, 1.0, false, "bf16_m80_grid3_causal_dilated"}},
       {2, "1", 3, {DType::F16, 128, 2, 1000, 1000, 2, 128, 128, false, 0, 0, MaskKind::Dense,
                    Layout::Contiguous, 1.0, false, "f16_m80_grid3_parts2"}}};
-  for (const Run& r : runs) {
+  for (const M80Run& r : runs) {
     SCOPED_TRACE(r.c.name);
-    const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts));
-    const ScopedEnv dkv("LONGATTN_SM90_DKV_TMA", r.dkv);
-    const GridLimit limit(r.grid, 0);
-    check_backward(r.c, std::random_device{}());
+    check_m80_run(r);
   }
 }
 
@@ -869,13 +873,7 @@ TEST(FlashM80, BackwardMatchesReference) {
 // 256-key mask blocks, query parts with the ordering flags, a grid of 3 CTAs on dilated views.
 TEST(FlashM80, WindowMasksMatchReference) {
   SKIP_WITHOUT_GPU();
-  struct Run {
-    int parts;
-    const char* dkv;
-    int grid;
-    Case c;
-  };
-  const Run runs[] = {
+  const M80Run runs[] = {
       {0, "1", 0, {DType::BF16, 128, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Window,
                    Layout::Contiguous, 1.0, false, "bf16_m80_window_ragged"}},
       {3, "0", 0, {DType::F16, 128, 1, 1200, 1200, 3, 128, 128, true, 0, 0, MaskKind::Window,
@@ -887,7 +885,7 @@ TEST(FlashM80, WindowMasksMatchReference) {
       {2, "1", 0, {DType::BF16, 128, 1, 900, 1000, 2, 128, 256, false, 0, 0, MaskKind::Window,
                    Layout::Contiguous, 1.0, false, "bf16_m80_window_b128x256_parts2"}}};
   const ScopedEnv force("LONGATTN_SM90_BWD_M80_RUNS", "1");
-  for (const Run& r : runs) {
+  for (const M80Run& r : runs) {
     SCOPED_TRACE(r.c.name);
     // The call takes the 80-query tiles.
     const MaskGeometry g{r.c.Nq, r.c.Nk, r.c.block_q, r.c.block_k, r.c.causal, r.c.q_offset,
@@ -914,10 +912,7 @@ TEST(FlashM80, WindowMasksMatchReference) {
       const ScopedEnv off("LONGATTN_SM90_BWD_M80_RUNS", "0");
       EXPECT_EQ(cuda::flash_backward_kernel(pb), "sm90");
     }
-    const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts_value(r.parts));
-    const ScopedEnv dkv_env("LONGATTN_SM90_DKV_TMA", r.dkv);
-    const GridLimit limit(r.grid, 0);
-    check_backward(r.c, std::random_device{}());
+    check_m80_run(r);
   }
 }
 

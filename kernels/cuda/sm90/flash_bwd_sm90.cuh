@@ -773,7 +773,7 @@ __global__ void __launch_bounds__(384, 1)
       smem_desc(saddr(sK) + (col0 / 64) * kBN * 128 + (col0 % 64) * 2, 8192, 1024);
   // 80-query tiles: dS^T as the MN-major B operand of dQ^T (atoms of 16 queries 256 bytes apart,
   // groups of 8 keys 1280 apart); K's columns col0.. as its MN-major A operand.
-  const uint64_t ds80_desc = smem_desc_sw32(ds_base, 256, 1280);
+  const uint64_t ds80_desc = smem_desc<3>(ds_base, 256, 1280);
   auto issue_products = [&](int s, int i) {
     const uint64_t qb = desc_at(qt_desc, s * Tr::kQBytes);
     const uint64_t dob = desc_at(dot_desc, s * Tr::kQBytes);

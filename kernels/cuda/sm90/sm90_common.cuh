@@ -94,11 +94,16 @@ __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
 // CU_TENSOR_MAP_SWIZZLE_128B into a 1024-byte aligned buffer). Byte offsets: lbo between
 // 64-element column blocks of an MN-major operand (unused for K-major), sbo between groups of 8
 // rows (1024 for dense 128-byte rows).
+// kSwizzle: the descriptor's layout type, 1 the 128-byte swizzle, 3 the 32-byte one (16-byte
+// chunk c of the 32-byte row r of a 256-byte atom at chunk c ^ ((r >> 2) & 1); lbo then between
+// atoms along MN).
+template <int kSwizzle = 1>
 __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  static_assert(kSwizzle == 1 || kSwizzle == 3, "128- or 32-byte swizzle");
   uint64_t d = static_cast<uint64_t>((addr & 0x3FFFF) >> 4);
   d |= static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16;
   d |= static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32;
-  d |= uint64_t{1} << 62;  // 128-byte swizzle
+  d |= uint64_t{kSwizzle} << 62;
   return d;
 }
 // The descriptor of the operand `bytes` further on (the start address is its low field; shared

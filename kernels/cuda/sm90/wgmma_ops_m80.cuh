@@ -3,7 +3,7 @@
 // between them. Kept apart from wgmma_ops.cuh so that only the backward's files include them.
 //   ss80: S^T = K Q^T and dP^T = V dO^T, both operands K-major (128-byte swizzle);
 //   ss80_tt: dQ^T = K^T dS^T, both operands MN-major (K read transposed, dS^T in the 32-byte
-//            swizzle: 80 queries are five 16-element atoms).
+//            swizzle, smem_desc<3>: 80 queries are five 16-element atoms).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -72,16 +72,5 @@ struct Mma80<__half> {
     wgmma_ss_n80_tt_f16(d, a, b, acc);
   }
 };
-
-// Shared-memory matrix descriptor with the 32-byte swizzle (16-byte chunk c of the 32-byte row r
-// of a 256-byte atom at chunk c ^ ((r >> 2) & 1)): lbo between atoms along MN, sbo between groups
-// of 8 rows along K, for an MN-major operand.
-__device__ __forceinline__ uint64_t smem_desc_sw32(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-  uint64_t d = static_cast<uint64_t>((addr & 0x3FFFF) >> 4);
-  d |= static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16;
-  d |= static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32;
-  d |= uint64_t{3} << 62;  // 32-byte swizzle
-  return d;
-}
 
 }  // namespace longattn::cuda::sm90
