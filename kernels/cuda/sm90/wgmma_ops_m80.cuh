@@ -1,6 +1,7 @@
-// wgmma shapes of the backward's 80-query tiles (head dim 128, complete masks): n = 80 queries,
-// fp32 accumulators, one wrapper per element type (suffix _bf16 or _f16), and Mma80<T> choosing
-// between them. Kept apart from wgmma_ops.cuh so that only the backward's files include them.
+// wgmma shapes of the backward's 80-query tiles (head dim 128, complete masks and masks of runs):
+// n = 80 queries, fp32 accumulators, one wrapper per element type (suffix _bf16 or _f16) and
+// operand order, and Mma80<T> choosing between them. Kept apart from wgmma_ops.cuh so that only
+// the backward's files include them.
 //   ss80: S^T = K Q^T and dP^T = V dO^T, both operands K-major (128-byte swizzle);
 //   ss80_tt: dQ^T = K^T dS^T, both operands MN-major (K read transposed, dS^T in the 32-byte
 //            swizzle, smem_desc<3>: 80 queries are five 16-element atoms).
@@ -9,6 +10,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace longattn::cuda::sm90 {
 
@@ -25,51 +27,43 @@ namespace longattn::cuda::sm90 {
       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]),            \
       "+f"(d[38]), "+f"(d[39])
 
-#define LONGATTN_WGMMA80_WRAPPERS(TY)                                                          \
-  /* A and B K-major in shared memory, m64n80k16 */                                            \
-  __device__ __forceinline__ void wgmma_ss_n80_##TY(float (&d)[40], uint64_t desc_a,           \
-                                                    uint64_t desc_b, int accumulate) {         \
+// One m64n80k16 wrapper, A and B in shared memory: TRANS "0, 0" K-major, "1, 1" both MN-major.
+#define LONGATTN_WGMMA80_SS(NAME, TY, TRANS)                                                   \
+  __device__ __forceinline__ void NAME##_##TY(float (&d)[40], uint64_t desc_a, uint64_t desc_b, \
+                                              int accumulate) {                                \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %42, 0;\n"                                  \
                  "wgmma.mma_async.sync.aligned.m64n80k16.f32." #TY "." #TY " "                 \
-                 LONGATTN_WGMMA80_D40 ", %40, %41, p, 1, 1, 0, 0;\n}\n"                        \
-                 : LONGATTN_WGMMA80_ACC40(d)                                                   \
-                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                 \
-  }                                                                                            \
-  /* A and B both MN-major (transposed) in shared memory, m64n80k16 */                         \
-  __device__ __forceinline__ void wgmma_ss_n80_tt_##TY(float (&d)[40], uint64_t desc_a,        \
-                                                       uint64_t desc_b, int accumulate) {      \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %42, 0;\n"                                  \
-                 "wgmma.mma_async.sync.aligned.m64n80k16.f32." #TY "." #TY " "                 \
-                 LONGATTN_WGMMA80_D40 ", %40, %41, p, 1, 1, 1, 1;\n}\n"                        \
+                 LONGATTN_WGMMA80_D40 ", %40, %41, p, 1, 1, " TRANS ";\n}\n"                   \
                  : LONGATTN_WGMMA80_ACC40(d)                                                   \
                  : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                 \
   }
 
-LONGATTN_WGMMA80_WRAPPERS(bf16)
-LONGATTN_WGMMA80_WRAPPERS(f16)
+LONGATTN_WGMMA80_SS(wgmma_ss_n80, bf16, "0, 0")
+LONGATTN_WGMMA80_SS(wgmma_ss_n80, f16, "0, 0")
+LONGATTN_WGMMA80_SS(wgmma_ss_n80_tt, bf16, "1, 1")
+LONGATTN_WGMMA80_SS(wgmma_ss_n80_tt, f16, "1, 1")
 
-#undef LONGATTN_WGMMA80_WRAPPERS
+#undef LONGATTN_WGMMA80_SS
 #undef LONGATTN_WGMMA80_D40
 #undef LONGATTN_WGMMA80_ACC40
 
 template <typename T>
-struct Mma80;
-template <>
-struct Mma80<__nv_bfloat16> {
+struct Mma80 {
+  static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "bf16 or fp16");
+  static constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   static __device__ __forceinline__ void ss(float (&d)[40], uint64_t a, uint64_t b, int acc) {
-    wgmma_ss_n80_bf16(d, a, b, acc);
+    if constexpr (kBf16) {
+      wgmma_ss_n80_bf16(d, a, b, acc);
+    } else {
+      wgmma_ss_n80_f16(d, a, b, acc);
+    }
   }
   static __device__ __forceinline__ void ss_tt(float (&d)[40], uint64_t a, uint64_t b, int acc) {
-    wgmma_ss_n80_tt_bf16(d, a, b, acc);
-  }
-};
-template <>
-struct Mma80<__half> {
-  static __device__ __forceinline__ void ss(float (&d)[40], uint64_t a, uint64_t b, int acc) {
-    wgmma_ss_n80_f16(d, a, b, acc);
-  }
-  static __device__ __forceinline__ void ss_tt(float (&d)[40], uint64_t a, uint64_t b, int acc) {
-    wgmma_ss_n80_tt_f16(d, a, b, acc);
+    if constexpr (kBf16) {
+      wgmma_ss_n80_tt_bf16(d, a, b, acc);
+    } else {
+      wgmma_ss_n80_tt_f16(d, a, b, acc);
+    }
   }
 };
 
