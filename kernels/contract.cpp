@@ -199,8 +199,9 @@ bool backward_phased_walks(int64_t head_dim, bool causal, double row_fill) {
   return row_fill < 0.75 || (head_dim == 64 && !causal);
 }
 
-bool backward_m80_runs(int64_t head_dim, bool contiguous_rows, double mean_row_keys) {
-  return head_dim == 128 && contiguous_rows && mean_row_keys >= kBackwardM80RunQueries;
+bool backward_runs_by_position(int64_t head_dim, bool contiguous_rows, double mean_row_keys) {
+  return (head_dim == 128 || head_dim == 64) && contiguous_rows &&
+         mean_row_keys >= kBackwardRunQueries;
 }
 
 bool backward_dkv_reduce(int64_t head_dim, double tiles_per_key_block, double row_fill) {

@@ -169,14 +169,15 @@ template <class I>
 constexpr I backward_phase_start(I work, I ctas, I n_items) {
   return n_items > 0 && ctas > 0 ? work % ctas * n_items / ctas : 0;  // work >= 0
 }
-// Whether the Hopper backward at head dim 128 walks the 80-query tiles of each key block's query
-// range by position over a mask that is not complete: every row of the transposed mask one run
-// of query blocks (contiguous_rows, windows) of at least kBackwardM80RunQueries queries on
-// average (mean_row_keys), where the tiles past a run's end (at most 79 queries a work, masked)
-// cost little. A/B run 125 (local_window 64K against the 64-query tiles): 50-5% +5.4 to +6.2%,
-// 2% (1310 queries a row) +4.7%; shorter rows not measured.
-constexpr double kBackwardM80RunQueries = 1024;
-bool backward_m80_runs(int64_t head_dim, bool contiguous_rows, double mean_row_keys);
+// Whether the Hopper backward walks the tiles of each key block's query range by position (80
+// queries at head dim 128, 128 at head dim 64) over a mask that is not complete: every row of
+// the transposed mask one run of query blocks (contiguous_rows, windows) of at least
+// kBackwardRunQueries queries on average (mean_row_keys), where the tiles past a run's end (at
+// most 79 or 127 queries a work, masked) cost little. A/B run 125 (head dim 128, local_window
+// 64K against the 64-query tiles): 50-5% +5.4 to +6.2%, 2% (1310 queries a row) +4.7%; shorter
+// rows not measured. Head dim 64: A/B run 130.
+constexpr double kBackwardRunQueries = 1024;
+bool backward_runs_by_position(int64_t head_dim, bool contiguous_rows, double mean_row_keys);
 // The first query tile (of `tile` rows from query 0, nq queries) that some key of a causal key
 // block starting at key k0 sees (key j visible from query q iff j - q <= diag): the tile of
 // query k0 - diag; ceil(nq / tile) when no query below nq sees the block.

@@ -80,11 +80,12 @@ struct BwdArgs {
   // work's index (backward_phase_start), so CTAs running together walk one window of the query
   // range; 0: at the first tile.
   int rotate = 0;
-  // The mask lists every key block the call can see (mask_complete_for): the Hopper backward at
-  // head dim 128 then walks 80-query tiles by position.
+  // The mask lists every key block the call can see (mask_complete_for): the Hopper backward then
+  // walks its tiles by position (80 queries at head dim 128, 128 at 64).
   int complete = 0;
-  // Not complete, but every row of mask_t is one run of query blocks (backward_m80_runs): the
-  // Hopper backward at head dim 128 walks 80-query tiles over each row's range.
+  // Not complete, but every row of mask_t is one run of query blocks (backward_runs_by_position):
+  // the Hopper backward walks its tiles by position over each row's range (80 queries at head
+  // dim 128, 128 at 64).
   int runs = 0;
 };
 

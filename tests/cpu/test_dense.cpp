@@ -271,15 +271,18 @@ TEST(Dense, BackwardPhasedWalks) {
     }
 }
 
-// The backward's 80-query tiles over masks of runs: head dim 128, contiguous transposed rows of
-// at least 1024 queries on average.
-TEST(Dense, BackwardM80Runs) {
-  EXPECT_TRUE(backward_m80_runs(128, true, 1024.0));
-  EXPECT_TRUE(backward_m80_runs(128, true, 1310.72));  // local_window 2% at 64K
-  EXPECT_TRUE(backward_m80_runs(128, true, 6553.6));
-  EXPECT_FALSE(backward_m80_runs(128, true, 1023.0));  // short runs: up to 79 wasted queries
-  EXPECT_FALSE(backward_m80_runs(128, false, 1e9));    // scattered rows
-  EXPECT_FALSE(backward_m80_runs(64, true, 1e9));      // head dim 64 keeps its tiles
+// The backward's tiles by position over masks of runs (80 queries at head dim 128, 128 at 64):
+// contiguous transposed rows of at least 1024 queries on average.
+TEST(Dense, BackwardRunsByPosition) {
+  EXPECT_TRUE(backward_runs_by_position(128, true, 1024.0));
+  EXPECT_TRUE(backward_runs_by_position(128, true, 1310.72));  // local_window 2% at 64K
+  EXPECT_TRUE(backward_runs_by_position(128, true, 6553.6));
+  EXPECT_FALSE(backward_runs_by_position(128, true, 1023.0));  // short runs: up to 79 wasted queries
+  EXPECT_FALSE(backward_runs_by_position(128, false, 1e9));    // scattered rows
+  EXPECT_TRUE(backward_runs_by_position(64, true, 1310.72));
+  EXPECT_FALSE(backward_runs_by_position(64, true, 1023.0));
+  EXPECT_FALSE(backward_runs_by_position(64, false, 1e9));
+  EXPECT_FALSE(backward_runs_by_position(256, true, 1e9));  // no such tiles at head dim 256
 }
 
 // The first query tile a causal key block sees, against a brute-force scan of every tile's

@@ -866,36 +866,22 @@ TEST(FlashM80, BackwardMatchesReference) {
   }
 }
 
-// The same tiles over masks whose transposed rows are runs (windows: each key block's query
-// range from its run's first block, the queries past its last block masked), forced on for
-// these short rows (LONGATTN_SM90_BWD_M80_RUNS=1; by default from 1024 queries a row): ragged
-// lengths, key blocks no query sees (empty rows), causality with an offset, 256-query and
-// 256-key mask blocks, query parts with the ordering flags, a grid of 3 CTAs on dilated views.
-TEST(FlashM80, WindowMasksMatchReference) {
-  SKIP_WITHOUT_GPU();
-  const M80Run runs[] = {
-      {0, "1", 0, {DType::BF16, 128, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Window,
-                   Layout::Contiguous, 1.0, false, "bf16_m80_window_ragged"}},
-      {3, "0", 0, {DType::F16, 128, 1, 1200, 1200, 3, 128, 128, true, 0, 0, MaskKind::Window,
-                   Layout::Contiguous, 3.0, false, "f16_m80_window_causal_parts3_flags"}},
-      {0, "", 3, {DType::BF16, 128, 1, 700, 1300, 2, 128, 128, false, 0, 0, MaskKind::Window,
-                  Layout::Dilated, 1.0, false, "bf16_m80_window_empty_rows_grid3"}},
-      {0, "1", 0, {DType::F16, 128, 1, 1000, 1300, 2, 256, 128, true, 300, 0, MaskKind::Window,
-                   Layout::Contiguous, 1.0, false, "f16_m80_window_causal_offset_b256x128"}},
-      {2, "1", 0, {DType::BF16, 128, 1, 900, 1000, 2, 128, 256, false, 0, 0, MaskKind::Window,
-                   Layout::Contiguous, 1.0, false, "bf16_m80_window_b128x256_parts2"}}};
-  const ScopedEnv force("LONGATTN_SM90_BWD_M80_RUNS", "1");
+// Each case over its window mask with the tiles by position forced on (LONGATTN_SM90_BWD_RUNS=1;
+// by default from 1024 queries a row): the call takes kernel `want` (and the 64-query tiles with
+// =0), and its gradients match the reference.
+void check_window_runs(const std::vector<M80Run>& runs, const std::string& want) {
+  const ScopedEnv force("LONGATTN_SM90_BWD_RUNS", "1");
   for (const M80Run& r : runs) {
     SCOPED_TRACE(r.c.name);
-    // The call takes the 80-query tiles.
     const MaskGeometry g{r.c.Nq, r.c.Nk, r.c.block_q, r.c.block_k, r.c.causal, r.c.q_offset,
                          r.c.k_offset};
     MaskPair mp = make_mask(r.c.mask, g, 1);
-    Mirrored q = make_mirrored(Layout::Contiguous, r.c.dt, 1, r.c.Nq, 1, 128, 1, 1.0);
-    Mirrored kv = make_mirrored(Layout::Contiguous, r.c.dt, 1, r.c.Nk, 1, 128, 1, 1.0);
+    const int64_t D = r.c.D;
+    Mirrored q = make_mirrored(Layout::Contiguous, r.c.dt, 1, r.c.Nq, 1, D, 1, 1.0);
+    Mirrored kv = make_mirrored(Layout::Contiguous, r.c.dt, 1, r.c.Nk, 1, D, 1, 1.0);
     Mirrored lse = make_mirrored(Layout::Contiguous, DType::F32, 1, r.c.Nq, 1, 1, 0, 1.0, true);
-    Mirrored dq = make_mirrored(Layout::Contiguous, DType::F32, 1, r.c.Nq, 1, 128, 0, 1.0, true);
-    Mirrored dkv = make_mirrored(Layout::Contiguous, DType::F32, 1, r.c.Nk, 1, 128, 0, 1.0, true);
+    Mirrored dq = make_mirrored(Layout::Contiguous, DType::F32, 1, r.c.Nq, 1, D, 0, 1.0, true);
+    Mirrored dkv = make_mirrored(Layout::Contiguous, DType::F32, 1, r.c.Nk, 1, D, 0, 1.0, true);
     AttnBwdParams pb;
     pb.q = pb.o = pb.d_o = q.dview;
     pb.k = pb.v = kv.dview;
@@ -908,12 +894,86 @@ TEST(FlashM80, WindowMasksMatchReference) {
     pb.q_offset = r.c.q_offset;
     pb.k_offset = r.c.k_offset;
     if (cuda::flash_backward_kernel(pb).rfind("sm90", 0) == 0) {
-      EXPECT_EQ(cuda::flash_backward_kernel(pb), "sm90-m80");
-      const ScopedEnv off("LONGATTN_SM90_BWD_M80_RUNS", "0");
+      EXPECT_EQ(cuda::flash_backward_kernel(pb), want);
+      const ScopedEnv off("LONGATTN_SM90_BWD_RUNS", "0");
       EXPECT_EQ(cuda::flash_backward_kernel(pb), "sm90");
     }
     check_m80_run(r);
   }
+}
+
+// The 80-query tiles over masks whose transposed rows are runs (windows: each key block's query
+// range from its run's first block, the queries past its last block masked), forced on for these
+// short rows: ragged lengths, key blocks no query sees (empty rows), causality with an offset,
+// 256-query and 256-key mask blocks, query parts with the ordering flags, a grid of 3 CTAs on
+// dilated views.
+TEST(FlashM80, WindowMasksMatchReference) {
+  SKIP_WITHOUT_GPU();
+  check_window_runs(
+      {{0, "1", 0, {DType::BF16, 128, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Window,
+                    Layout::Contiguous, 1.0, false, "bf16_m80_window_ragged"}},
+       {3, "0", 0, {DType::F16, 128, 1, 1200, 1200, 3, 128, 128, true, 0, 0, MaskKind::Window,
+                    Layout::Contiguous, 3.0, false, "f16_m80_window_causal_parts3_flags"}},
+       {0, "", 3, {DType::BF16, 128, 1, 700, 1300, 2, 128, 128, false, 0, 0, MaskKind::Window,
+                   Layout::Dilated, 1.0, false, "bf16_m80_window_empty_rows_grid3"}},
+       {0, "1", 0, {DType::F16, 128, 1, 1000, 1300, 2, 256, 128, true, 300, 0, MaskKind::Window,
+                    Layout::Contiguous, 1.0, false, "f16_m80_window_causal_offset_b256x128"}},
+       {2, "1", 0, {DType::BF16, 128, 1, 900, 1000, 2, 128, 256, false, 0, 0, MaskKind::Window,
+                    Layout::Contiguous, 1.0, false, "bf16_m80_window_b128x256_parts2"}}},
+      "sm90-m80");
+}
+
+// The Hopper backward's 128-query tiles (head dim 64 over complete masks, walked by position,
+// P^T and dS^T as register operands over eight k16 steps, each warpgroup's dQ the tile's rows
+// 64 w..): query counts that are not multiples of 128, under 128 and under 64 (the second
+// warpgroup's dQ rows all past the end), causality with queries after the keys and with rows
+// that see nothing, several batches and heads; the query range in 3 parts, dK and dV by TMA
+// reduces (four 32-column rounds through the dQ staging tile) and from registers, and on a grid
+// of 3 CTAs; dq by atomics where its rows do not allow TMA. The other backward tests take these
+// tiles for their complete masks at head dim 64.
+TEST(FlashM128, BackwardMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  const M80Run runs[] = {
+      {0, "1", 0, {DType::BF16, 64, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                   Layout::Contiguous, 1.0, false, "bf16_m128_dense_ragged"}},
+      {3, "1", 0, {DType::F16, 64, 1, 930, 1000, 3, 128, 128, false, 0, 0, MaskKind::Dense,
+                   Layout::Contiguous, 1.0, false, "f16_m128_dense_parts3"}},
+      {0, "0", 0, {DType::BF16, 64, 1, 900, 1000, 2, 128, 128, true, 100, 0, MaskKind::Dense,
+                   Layout::Contiguous, 3.0, false, "bf16_m128_causal_offset_registers"}},
+      {0, "1", 0, {DType::F16, 64, 1, 700, 650, 2, 128, 128, true, 0, 40, MaskKind::Dense,
+                   Layout::Contiguous, 1.0, false, "f16_m128_causal_empty_rows"}},
+      {0, "1", 0, {DType::BF16, 64, 1, 50, 300, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                   Layout::Contiguous, 1.0, false, "bf16_m128_short_queries"}},
+      {0, "0", 0, {DType::F16, 64, 2, 100, 260, 1, 128, 128, true, 200, 0, MaskKind::Dense,
+                   Layout::Contiguous, 1.0, false, "f16_m128_short_causal_registers"}},
+      {0, "", 3, {DType::BF16, 64, 2, 1100, 900, 3, 128, 128, true, 0, 0, MaskKind::Dense,
+                  Layout::Dilated, 1.0, false, "bf16_m128_grid3_causal_dilated"}},
+      {2, "1", 3, {DType::F16, 64, 2, 1000, 1000, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+                   Layout::Contiguous, 1.0, false, "f16_m128_grid3_parts2"}},
+      {0, "1", 0, {DType::BF16, 64, 1, 600, 700, 2, 128, 128, true, 0, 0, MaskKind::Dense,
+                   Layout::Contiguous, 1.0, false, "bf16_m128_causal_dq_atomics", true}}};
+  for (const M80Run& r : runs) {
+    SCOPED_TRACE(r.c.name);
+    check_m80_run(r);
+  }
+}
+
+// The 128-query tiles over window masks (as above, head dim 64): the second warpgroup's dQ rows
+// past a run's end, dK and dV by reduces and from registers, 3 parts with reduces.
+TEST(FlashM128, WindowMasksMatchReference) {
+  SKIP_WITHOUT_GPU();
+  check_window_runs(
+      {{0, "1", 0, {DType::BF16, 64, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Window,
+                    Layout::Contiguous, 1.0, false, "bf16_m128_window_ragged"}},
+       {3, "1", 0, {DType::F16, 64, 1, 1200, 1200, 3, 128, 128, true, 0, 0, MaskKind::Window,
+                    Layout::Contiguous, 3.0, false, "f16_m128_window_causal_parts3"}},
+       {0, "", 3, {DType::BF16, 64, 1, 700, 1300, 2, 128, 128, false, 0, 0, MaskKind::Window,
+                   Layout::Dilated, 1.0, false, "bf16_m128_window_empty_rows_grid3"}},
+       {0, "0", 0, {DType::F16, 64, 1, 1000, 1300, 2, 256, 128, true, 300, 0, MaskKind::Window,
+                    Layout::Contiguous, 1.0, false, "f16_m128_window_causal_offset_registers"}},
+       {2, "1", 0, {DType::BF16, 64, 1, 900, 1000, 2, 128, 256, false, 0, 0, MaskKind::Window,
+                    Layout::Contiguous, 1.0, false, "bf16_m128_window_b128x256_parts2"}}},
+      "sm90-m128");
 }
 
 // Masks whose rows are runs of key blocks (windows, random runs, empty rows): the Hopper forward
@@ -1270,14 +1330,19 @@ TEST(FlashKernels, KernelChoice) {
         pb.dq = pb.dk = pb.dv = dq.dview;
         pb.mask = mp.dev;
         pb.mask_t = mp.dev_t;
-        // A dense mask lists every visible key block: head dim 128 takes the 80-query tiles.
-        const std::string want_bwd = want == "sm90" && D == 128 ? "sm90-m80" : want;
+        // A dense mask lists every visible key block: head dim 128 takes the 80-query tiles,
+        // head dim 64 the 128-query tiles.
+        const std::string want_bwd = want != "sm90" ? want
+                                     : D == 128     ? "sm90-m80"
+                                     : D == 64      ? "sm90-m128"
+                                                    : want;
         EXPECT_EQ(cuda::flash_backward_kernel(pb), want_bwd)
             << "backward " << dtype_name(dt) << " d=" << D << " block=" << block;
-        if (want_bwd == "sm90-m80") {
+        if (want_bwd == "sm90-m80" || want_bwd == "sm90-m128") {
           // Not when asked not to, nor when the call sees blocks the mask does not list.
           {
-            const ScopedEnv off("LONGATTN_SM90_BWD_M80", "0");
+            const ScopedEnv off(D == 128 ? "LONGATTN_SM90_BWD_M80" : "LONGATTN_SM90_BWD_M128",
+                                "0");
             EXPECT_EQ(cuda::flash_backward_kernel(pb), "sm90");
           }
           MaskPair causal =
@@ -1286,7 +1351,7 @@ TEST(FlashKernels, KernelChoice) {
           pc.mask = causal.dev;
           pc.mask_t = causal.dev_t;
           pc.causal = true;
-          EXPECT_EQ(cuda::flash_backward_kernel(pc), "sm90-m80");
+          EXPECT_EQ(cuda::flash_backward_kernel(pc), want_bwd);
           pc.q_offset = 200;
           EXPECT_EQ(cuda::flash_backward_kernel(pc), "sm90");
           pc.causal = false;

@@ -42,6 +42,7 @@
 // dk += scale dS^T Q, dv += P^T dO, dq += scale dS K.
 #pragma once
 #include <type_traits>
+#include <utility>
 
 #include "kernels/contract.hpp"
 
@@ -145,18 +146,31 @@ struct BwdSm90Traits {
   // dQ over the tile's 80 queries) from dS^T in the 32-byte swizzle, and dK/dV go out in
   // rounds of 32 columns through the dQ staging tile.
   static constexpr bool kM80 = kM == 80;
-  static_assert(kM == 64 || (kM == 80 && D == 128), "80-query tiles at head dim 128 only");
+  // 128-query tiles (head dim 64, complete masks, walked by position; FlashAttention-3's tile
+  // for this head dim): S^T and dP^T are m64n128, P^T and dS^T stay the register A operands of
+  // dV/dK (eight k16 steps), dS^T goes to shared memory as two [128 keys][64 queries] halves, and
+  // warpgroup w computes dQ rows [64 w, 64 w + 64) (all D columns) from half w over all 128 keys.
+  // Per 128-query tile the shared-memory traffic is ~350 KB for 10.5 MFLOP, against 2 x 208 KB
+  // on 64-query tiles (their m64n64 SS products read as many operand bytes per clock as shared
+  // memory delivers, the m64n32 dQ product more).
+  static constexpr bool kM128 = kM == 128;
+  // Tiles walked by position over the row's query range (no mask entries per tile).
+  static constexpr bool kPos = kM != 64;
+  static_assert(kM == 64 || (kM == 80 && D == 128) || (kM == 128 && D == 64),
+                "80-query tiles at head dim 128, 128-query tiles at head dim 64");
   static constexpr int kStages = 2;
   static constexpr int kChunks = D / 64;
   static constexpr int kThreads = 384;
-  static constexpr int kDqCols = D / 2;  // dQ columns per warpgroup (split over all 128 keys)
+  // dQ columns per warpgroup (split over all 128 keys; 128-query tiles: all, rows split).
+  static constexpr int kDqCols = kM128 ? D : D / 2;
+  static constexpr int kDqRows = kM128 ? 64 : kBM;  // dQ rows per warpgroup
   // How a consumer warpgroup overlaps one query tile's products with the next tile's:
   // - head dim 64 (pipelined): the next tile's S^T and dP^T are issued before this tile's
   //   dV/dK/dQ products retire and before its dQ goes out (64 more live registers);
   // - head dim 128 (early S^T): only the next tile's S^T, once this tile's products retired,
   //   so it runs while dQ goes out (32 more live registers; S^T and dP^T both spill there and
   //   the compiler serialises every wgmma). Its dP^T follows once dQ is out.
-  static constexpr bool kPipelined = D <= 64;
+  static constexpr bool kPipelined = D <= 64 && kM == 64;
   // Head dim 128: the warpgroups share dS^T by two one-way barriers, each starting dQ over its
   // own keys before it waits for the other's half (A/B run 15: +1-4%; at 64 -1%).
   static constexpr bool kSplitBar = D >= 128;
@@ -166,10 +180,11 @@ struct BwdSm90Traits {
   // lse2[kBM], delta[kBM] and the tile's TileInfo (first query, partial, last).
   static constexpr int kStatFloats = 2 * kBM + 4;
   static constexpr int kStatBytes = kStatFloats * 4;
-  static constexpr int kDQBytes = kBM * kDqCols * 4;  // one warpgroup's fp32 dQ tile
+  static constexpr int kDQBytes = kDqRows * kDqCols * 4;  // one warpgroup's fp32 dQ tile
   // dQ tiles per warpgroup: two at head dim 64, so a tile's write-out does not wait for the
   // previous tile's reduce to have read its buffer (at 128 a second one does not fit).
-  static constexpr int kDqBufs = D <= 64 ? 2 : 1;
+  // (128-query tiles: one; a second does not fit.)
+  static constexpr int kDqBufs = D <= 64 && !kM128 ? 2 : 1;
   // bar_kv, kv_empty, work_full[2], work_empty[2], and full_q, full_st, empty per stage.
   static constexpr int kBarBytes = 8 * (6 + 3 * kStages);
   static constexpr int kWorkBytes = 2 * 8 * 8;  // two slots of the published work (int64 x 8)
@@ -187,7 +202,8 @@ struct BwdSm90Traits {
   static constexpr int kDkvBytes = 64 * 64 * 4;  // one box pair: a warpgroup's 64 x 64 fp32
   // (80-query tiles: none of its own; rounds of 32 columns alternate between the two halves of
   // the warpgroup's dQ staging tile.)
-  static constexpr int kDkvSmem = kM80 ? 0 : kDkvHalves ? 2 * kDkvBytes : 4 * 64 * D * 4;
+  // (128-query tiles likewise: four rounds.)
+  static constexpr int kDkvSmem = kPos ? 0 : kDkvHalves ? 2 * kDkvBytes : 4 * 64 * D * 4;
   static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDSBytes +
                                     2 * kDqBufs * kDQBytes + kDkvSmem + kStages * kStatBytes +
                                     kBarBytes + kWorkBytes;
@@ -323,7 +339,7 @@ __global__ void __launch_bounds__(384, 1)
                           const int dq_tma, const int dkv_tma, int* const counter) {
   using Tr = BwdSm90Traits<D, kM>;
   constexpr int kBN = Tr::kBN, kBM = Tr::kBM, kS = Tr::kStages;
-  constexpr bool kM80 = Tr::kM80;
+  constexpr bool kM80 = Tr::kM80, kM128 = Tr::kM128, kPos = Tr::kPos;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = saddr(smem_raw);
   unsigned char* base = smem_raw + (((raw + 1023) & ~1023u) - raw);
@@ -374,8 +390,8 @@ __global__ void __launch_bounds__(384, 1)
     h = static_cast<int>(slot[4]);
     b = static_cast<int>(slot[5]);
     e0 = slot[0];
-    n_items = static_cast<int>((slot[1] - e0) * (kM80 ? 1 : nsub));
-    if constexpr (kM80) {
+    n_items = static_cast<int>((slot[1] - e0) * (kPos ? 1 : nsub));
+    if constexpr (kPos) {
       q_begin = static_cast<int>(slot[6]);
       q_end = static_cast<int>(slot[7]);
     }
@@ -417,7 +433,7 @@ __global__ void __launch_bounds__(384, 1)
 
   // First listed query tile at or after walk step `it` that some key of this CTA may be seen by.
   auto next_visible = [&](int it, int& qs) {
-    if constexpr (kM80) {
+    if constexpr (kPos) {
       if (it < n_items) qs = q_begin + static_cast<int>(e0 + item(it)) * kBM;
     } else {
       for (; it < n_items; ++it) {
@@ -444,7 +460,7 @@ __global__ void __launch_bounds__(384, 1)
       for (int n = 0;; ++n) {
         const int slot = n & 1;
         int64_t w0 = 0, w1 = 0;
-        if (kM80 && w < n_works) {
+        if (kPos && w < n_works) {
           // The work's query tiles: its part's of its row's query range, from the first one a
           // key of the block sees.
           const int x = w % nx;
@@ -569,7 +585,7 @@ __global__ void __launch_bounds__(384, 1)
           if (lane == 0) {
             int* info = reinterpret_cast<int*>(st + 2 * kBM);
             info[0] = qs;
-            info[1] = kM80 ? 0 : a.mask_t.partial[e0 + item(it) / nsub] != 0;
+            info[1] = kPos ? 0 : a.mask_t.partial[e0 + item(it) / nsub] != 0;
             info[2] = it_next >= n_items;
           }
 #pragma unroll
@@ -578,7 +594,7 @@ __global__ void __launch_bounds__(384, 1)
             float l2 = flash::kPosInf, dv = 0.f;
             // (80-query tiles: the queries past the row's range see none of the block's keys,
             // so their P^T and dS^T are 0 and they add 0 into dq.)
-            if (q < (kM80 ? q_end : a.Nq)) {
+            if (q < (kPos ? q_end : a.Nq)) {
               const float l = lse[static_cast<int64_t>(q) * a.lse.sn];
               l2 = l == flash::kNegInf ? flash::kPosInf : l * flash::kLog2e;
               dv = dl[static_cast<int64_t>(q) * a.delta.sn];
@@ -611,7 +627,7 @@ __global__ void __launch_bounds__(384, 1)
   auto b_ = [&] { return ld_shared_volatile(cur_work() + 5); };
   const float sl2 = a.scale_log2;
   constexpr int kDT = D / 8;
-  constexpr bool kStageEarly = kM80 ? LONGATTN_SM90_BWD_M80_STAGE_EARLY != 0
+  constexpr bool kStageEarly = kPos ? LONGATTN_SM90_BWD_M80_STAGE_EARLY != 0
                                     : D == 128 && LONGATTN_SM90_BWD_STAGE_EARLY != 0;
 
   float dk[D / 2], dv[D / 2];
@@ -634,6 +650,8 @@ __global__ void __launch_bounds__(384, 1)
       if constexpr (kM80) {
         Mma80<T>::ss(acc, desc_at(a_desc, (kk / 4) * kBN * 128 + off),
                      desc_at(b_desc, (kk / 4) * kBM * 128 + off), kk > 0 ? 1 : 0);
+      } else if constexpr (kM128) {
+        Mma<T>::qk(acc, desc_at(a_desc, off), desc_at(b_desc, off), kk > 0 ? 1 : 0);
       } else {
         Mma<T>::ss64(acc, desc_at(a_desc, (kk / 4) * kBN * 128 + off),
                      desc_at(b_desc, (kk / 4) * kBM * 128 + off), kk > 0 ? 1 : 0);
@@ -643,7 +661,7 @@ __global__ void __launch_bounds__(384, 1)
   };
   // With kKRegs, the warpgroup's 64 rows of K as wgmma A fragments (the m16n8k16 A layout per
   // warp: rows 16 warp + g (+8), columns 16 kk + 2 t4 (+8)), read once from the swizzled tile.
-  static_assert(!kKRegs || D == 64, "K in registers at head dim 64 only");
+  static_assert(!kKRegs || (D == 64 && kM == 64), "K in registers at head dim 64, 64-query tiles");
   uint32_t kfr[kKRegs ? D / 16 : 1][4];
   auto load_kregs = [&] {
 #pragma unroll
@@ -706,7 +724,7 @@ __global__ void __launch_bounds__(384, 1)
     // (80-query tiles, where dK/dV's 128 registers beside S^T, dP^T and P^T at 40 each do not
     // fit: P^T overwrites S^T and dS^T dP^T, FlashAttention-3's order; LONGATTN_SM90_BWD_M80_
     // OWN_PT=1 keeps them apart.)
-    constexpr bool kInPlace = kM80 && !LONGATTN_SM90_BWD_M80_OWN_PT;
+    constexpr bool kInPlace = kPos && !LONGATTN_SM90_BWD_M80_OWN_PT;
     float pt_own[kInPlace ? 1 : kSR];
     auto& pt = pick_ref<kInPlace>(st, pt_own);
     const int key0 = key0_();
@@ -759,8 +777,10 @@ __global__ void __launch_bounds__(384, 1)
   // dV += P^T dO and dK += dS^T Q (one commit group), dS^T into shared buffer i & 1, then
   // dQ = dS K over both warpgroups' keys for this warpgroup's columns (another group).
   constexpr int kDqCols = Tr::kDqCols;
-  const int col0 = cw * kDqCols;
-  // dQ's registers: 64 queries x kDqCols columns, or with 80-query tiles dQ^T, kDqCols (64)
+  const int col0 = kM128 ? 0 : cw * kDqCols;
+  const int row0 = kM128 ? cw * 64 : 0;  // this warpgroup's first dQ row in the tile
+  // dQ's registers: 64 queries x kDqCols columns (128-query tiles: rows row0..), or with 80-query
+  // tiles dQ^T, kDqCols (64)
   // columns x 80 queries (rows 16 warp + g (+8) are columns col0 + ..., columns 8 nt + 2 t4 (+1)
   // queries).
   constexpr int kDqR = kM80 ? kBM / 2 : kDqCols / 2;
@@ -803,7 +823,9 @@ __global__ void __launch_bounds__(384, 1)
                                        (((nt & 1) ^ (g >> 2)) << 4) + 4 * t4) =
               da[nt / 2][(nt & 1) * 2 + hh];
         } else {
-          *reinterpret_cast<uint32_t*>(ds + r * 128 + ((nt ^ (r & 7)) << 4) + 4 * t4) =
+          // (128-query tiles: queries 64.. in the second [128 keys][64 queries] half.)
+          *reinterpret_cast<uint32_t*>(ds + (nt / 8) * (kBN * 128) + r * 128 +
+                                       (((nt % 8) ^ (r & 7)) << 4) + 4 * t4) =
               da[nt / 2][(nt & 1) * 2 + hh];
         }
       }
@@ -844,7 +866,7 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBN / 16; ++kk)
-        Mma<T>::ss64_tt(dq, desc_at(ds_desc, dsb * Tr::kDSBytes + kk * 16 * 128),
+        Mma<T>::ss64_tt(dq, desc_at(ds_desc, dsb * Tr::kDSBytes + row0 * 2 * kBN + kk * 16 * 128),
                         desc_at(kt_desc, kk * 16 * 128), kk > 0 ? 1 : 0);
     }
     wgmma_commit();
@@ -890,7 +912,7 @@ __global__ void __launch_bounds__(384, 1)
                             dqs[nt * 4 + 2 * hh + e]);
             }
       } else {
-        static_assert(kBM == 64, "dQ tiles of 64 query rows");
+        static_assert(Tr::kDqRows == 64, "dQ tiles of 64 query rows");
         stage_f32_boxes<kDqCols>(saddr(sdQ) + buf, dqs, 1.f, warp, g, t4);
       }
       fence_proxy_async();
@@ -900,8 +922,8 @@ __global__ void __launch_bounds__(384, 1)
       if (tid == 0) {
 #pragma unroll
         for (int bx = 0; bx < kDqCols / 32; ++bx)
-          tma_reduce_add_4d(&tdq, sdQ + buf + bx * kBM * 128, col0 + 32 * bx, qs_,
-                            h_(), b_());
+          tma_reduce_add_4d(&tdq, sdQ + buf + bx * Tr::kDqRows * 128, col0 + 32 * bx,
+                            qs_ + row0, h_(), b_());
         bulk_commit();
       }
     } else if (!(part & 1)) {
@@ -923,7 +945,7 @@ __global__ void __launch_bounds__(384, 1)
       float* dqg = static_cast<float*>(a.dq.data) + b_() * a.dq.sb + h_() * a.dq.sh + col0;
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        const int q = qs_ + warp * 16 + g + hh * 8;
+        const int q = qs_ + row0 + warp * 16 + g + hh * 8;
         if (q >= a.Nq) continue;
         float* row = dqg + static_cast<int64_t>(q) * a.dq.sn + 2 * t4;
 #pragma unroll
@@ -1084,36 +1106,34 @@ __global__ void __launch_bounds__(384, 1)
         while (ld_acquire_gpu(flag) < part) __nanosleep(256);
     }
     if (dkv_tma) {
-      if constexpr (kM80) {
-        // Eight rounds of 32 columns (dV, then dK) alternating between the two 8 KB halves of
+      if constexpr (kPos) {
+        // D / 16 rounds of 32 columns (dV, then dK) alternating between the two 8 KB halves of
         // this warpgroup's dQ staging tile, each waiting for the reduce two rounds back to have
         // read its half (the first two: the last dQ tile's reduce).
         const uint32_t b0 = saddr(sdQ) + cw * Tr::kDQBytes;
         unsigned char* const p0 = sdQ + cw * Tr::kDQBytes;
         const int key0 = key0_(), hh = h_(), bb = b_();
-        auto round = [&](auto first, const float (&acc)[D / 2], float mul, const CUtensorMap* map,
-                         int r) {
+        constexpr int kRounds = D / 16;  // D / 32 for dV, then as many for dK
+        auto round = [&](auto r_) {
+          constexpr int r = decltype(r_)::value, first = (r % (kRounds / 2)) * 32;
+          constexpr bool is_dv = r < kRounds / 2;
           const int half = r & 1;
-          stage_f32_boxes<32, decltype(first)::value>(b0 + half * 8192, acc, mul, warp, g, t4);
+          stage_f32_boxes<32, first>(b0 + half * 8192, is_dv ? dv : dk, is_dv ? 1.f : a.scale,
+                                     warp, g, t4);
           fence_proxy_async();
           named_barrier(4 + cw, 128);
           if (tid == 0) {
-            tma_reduce_add_4d(map, p0 + half * 8192, first, key0, hh, bb);
+            tma_reduce_add_4d(is_dv ? &tdv : &tdk, p0 + half * 8192, first, key0, hh, bb);
             bulk_commit();
-            if (r < 7) bulk_wait_read<1>();
+            if (r < kRounds - 1) bulk_wait_read<1>();
           }
-          if (r < 7) named_barrier(4 + cw, 128);
+          if (r < kRounds - 1) named_barrier(4 + cw, 128);
         };
         if (tid == 0) bulk_wait_read<0>();
         named_barrier(4 + cw, 128);
-        round(std::integral_constant<int, 0>{}, dv, 1.f, &tdv, 0);
-        round(std::integral_constant<int, 32>{}, dv, 1.f, &tdv, 1);
-        round(std::integral_constant<int, 64>{}, dv, 1.f, &tdv, 2);
-        round(std::integral_constant<int, 96>{}, dv, 1.f, &tdv, 3);
-        round(std::integral_constant<int, 0>{}, dk, a.scale, &tdk, 4);
-        round(std::integral_constant<int, 32>{}, dk, a.scale, &tdk, 5);
-        round(std::integral_constant<int, 64>{}, dk, a.scale, &tdk, 6);
-        round(std::integral_constant<int, 96>{}, dk, a.scale, &tdk, 7);
+        [&]<int... R>(std::integer_sequence<int, R...>) {
+          (round(std::integral_constant<int, R>{}), ...);
+        }(std::make_integer_sequence<int, kRounds>{});
       } else if constexpr (Tr::kDkvHalves) {
         // Four rounds of 64 columns (dV low, dV high, dK low, dK high) alternating between this
         // warpgroup's own buffer b0 and its dQ staging tile b1. Before a round's stores, the
@@ -1192,7 +1212,7 @@ struct BwdMaps {
   // dK and dV by TMA reduce (a.dkv_reduce, dk and dv fp32 that allow TMA).
   bool dkv_tma = false;
 };
-BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv);
+BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv, int box_dq);
 
 template <typename T, int D, bool kKRegs = false, int kM = 64>
 void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
@@ -1202,7 +1222,7 @@ void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));
   const BwdMaps maps =
-      make_bwd_maps(args, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
+      make_bwd_maps(args, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN, Tr::kDqRows);
   LONGATTN_CHECK_ARG(args.q_splits >= 1 && (args.q_splits == 1 || args.split_flags != nullptr),
                      "q_splits", args.q_splits, "must be >= 1, with split_flags when > 1");
   // Below head dim 128 the parts need the dK/dV reduces (no ordering flags there); without them

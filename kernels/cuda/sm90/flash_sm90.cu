@@ -114,6 +114,9 @@ extern template void launch_bwd_sm90_impl<__half, 64, true>(const BwdArgs&, cuda
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80>(const BwdArgs&,
                                                                         cudaStream_t);
 extern template void launch_bwd_sm90_impl<__half, 128, false, 80>(const BwdArgs&, cudaStream_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128>(const BwdArgs&,
+                                                                        cudaStream_t);
+extern template void launch_bwd_sm90_impl<__half, 64, false, 128>(const BwdArgs&, cudaStream_t);
 
 static CUtensorMapDataType half_type(bool bf16) {
   return bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
@@ -296,17 +299,17 @@ int bwd_query_splits(const BwdArgs& a, int head_dim, double tiles_per_key_block,
                               device_sched().l2_bytes, a.rotate == 2);
 }
 
-BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv) {
+BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv, int box_dq) {
   BwdMaps m;
   m.q = make_map(a.q, a.B, a.Nq, a.H, D, half_type(bf16), box_q, "q");
   m.d_o = make_map(a.d_o, a.B, a.Nq, a.H, D, half_type(bf16), box_q, "d_o");
   m.k = make_map(a.k, a.B, a.Nk, a.H, D, half_type(bf16), box_kv, "k");
   m.v = make_map(a.v, a.B, a.Nk, a.H, D, half_type(bf16), box_kv, "v");
-  // dq by TMA reduce (boxes of 32 fp32 columns x box_q rows) where its layout allows, else the
+  // dq by TMA reduce (boxes of 32 fp32 columns x box_dq rows) where its layout allows, else the
   // kernel's red.global path; LONGATTN_SM90_DQ_TMA=0 forces the latter.
   m.dq_tma = a.dq_type == flash::kOutF32 && dq_tma_enabled() &&
              f32_view_fits_tma(a.dq, a.B, a.Nq, a.H);
-  if (m.dq_tma) m.dq = make_map(a.dq, a.B, a.Nq, a.H, D, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, box_q,
+  if (m.dq_tma) m.dq = make_map(a.dq, a.B, a.Nq, a.H, D, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, box_dq,
                                 "dq");
   else std::memset(&m.dq, 0, sizeof(m.dq));
   // dk and dv by TMA reduce (boxes of 32 fp32 columns x 64 keys, a consumer warpgroup's rows)
@@ -420,22 +423,31 @@ bool bwd_m80(const BwdArgs& a, int head_dim) {
   return head_dim == 128 && (a.complete != 0 || a.runs != 0) && switch_on("LONGATTN_SM90_BWD_M80");
 }
 
+bool bwd_m128(const BwdArgs& a, int head_dim) {
+  return head_dim == 64 && (a.complete != 0 || a.runs != 0) &&
+         switch_on("LONGATTN_SM90_BWD_M128");
+}
+
 int bwd_runs(int head_dim, const BlockMaskView& mask_t) {
-  if (const char* e = std::getenv("LONGATTN_SM90_BWD_M80_RUNS")) {
+  if (const char* e = std::getenv("LONGATTN_SM90_BWD_RUNS")) {
     if (std::string(e) == "0") return 0;
     if (std::string(e) == "1")
-      return backward_m80_runs(head_dim, mask_t.contiguous_rows,
+      return backward_runs_by_position(head_dim, mask_t.contiguous_rows,
                                std::numeric_limits<double>::infinity())
                  ? 1
                  : 0;
   }
-  return backward_m80_runs(head_dim, mask_t.contiguous_rows, mask_t.mean_row_keys) ? 1 : 0;
+  return backward_runs_by_position(head_dim, mask_t.contiguous_rows, mask_t.mean_row_keys) ? 1 : 0;
 }
 
 void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream) {
   const bool bf16 = dtype == DType::BF16;
   // Head dim 64, causal: K in registers (A/B runs 14-15: causal +0-4%, non-causal -8-12%).
   static const bool kregs = switch_on("LONGATTN_SM90_BWD_KREGS");
+  if (bwd_m128(a, head_dim)) {
+    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128>(a, stream)
+                : launch_bwd_sm90_impl<__half, 64, false, 128>(a, stream);
+  }
   if (head_dim == 64 && a.causal && kregs) {
     return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, true>(a, stream)
                 : launch_bwd_sm90_impl<__half, 64, true>(a, stream);

@@ -30,11 +30,14 @@ void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStrea
 // not deterministic), key blocks multiples of 128 and query blocks multiples of 64. Needs
 // a.delta filled.
 bool bwd_accepts(const flash::BwdArgs& a, DType dtype, int head_dim, bool atomic_dq);
-// Whether an accepted backward takes the 80-query tiles: head dim 128 over a complete mask
-// (LONGATTN_SM90_BWD_M80=0: the 64-query tiles of the mask's lists).
+// Whether an accepted backward takes the 80-query tiles: head dim 128 over a complete mask or
+// one of runs (a.runs) (LONGATTN_SM90_BWD_M80=0: the 64-query tiles of the mask's lists).
 bool bwd_m80(const flash::BwdArgs& a, int head_dim);
-// BwdArgs::runs for a call over mask_t (backward_m80_runs; LONGATTN_SM90_BWD_M80_RUNS=0 never,
-// =1 for contiguous rows of any length).
+// Whether an accepted backward takes the 128-query tiles: head dim 64 over a complete mask or
+// one of runs (LONGATTN_SM90_BWD_M128=0: the 64-query tiles of the mask's lists).
+bool bwd_m128(const flash::BwdArgs& a, int head_dim);
+// BwdArgs::runs for a call over mask_t (backward_runs_by_position; LONGATTN_SM90_BWD_RUNS=0
+// never, =1 for contiguous rows of any length).
 int bwd_runs(int head_dim, const BlockMaskView& mask_t);
 void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
 // Keys per CTA of the backward (one split flag per batch, head and key block of this size).
