@@ -322,6 +322,7 @@ std::string flash_backward_kernel(const AttnBwdParams& p) {
 #if LONGATTN_HAVE_SM90
   if (sm90::bwd_m80(a, static_cast<int>(p.q.D))) return "sm90-m80";
   if (sm90::bwd_m128(a, static_cast<int>(p.q.D))) return "sm90-m128";
+  if (sm90::bwd_m128_lists(a, static_cast<int>(p.q.D))) return "sm90-m128-lists";
 #endif
   return "sm90";
 }

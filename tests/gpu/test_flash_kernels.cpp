@@ -866,11 +866,10 @@ TEST(FlashM80, BackwardMatchesReference) {
   }
 }
 
-// Each case over its window mask with the tiles by position forced on (LONGATTN_SM90_BWD_RUNS=1;
-// by default from 1024 queries a row): the call takes kernel `want` (and the 64-query tiles with
-// =0), and its gradients match the reference.
-void check_window_runs(const std::vector<M80Run>& runs, const std::string& want) {
-  const ScopedEnv force("LONGATTN_SM90_BWD_RUNS", "1");
+// Each case over its mask: the call takes kernel `want` (and `other` with `off` set to 0), and
+// its gradients match the reference.
+void check_tiles_taken(const std::vector<M80Run>& runs, const std::string& want, const char* off,
+                       const std::string& other = "sm90") {
   for (const M80Run& r : runs) {
     SCOPED_TRACE(r.c.name);
     const MaskGeometry g{r.c.Nq, r.c.Nk, r.c.block_q, r.c.block_k, r.c.causal, r.c.q_offset,
@@ -895,8 +894,8 @@ void check_window_runs(const std::vector<M80Run>& runs, const std::string& want)
     pb.k_offset = r.c.k_offset;
     if (cuda::flash_backward_kernel(pb).rfind("sm90", 0) == 0) {
       EXPECT_EQ(cuda::flash_backward_kernel(pb), want);
-      const ScopedEnv off("LONGATTN_SM90_BWD_RUNS", "0");
-      EXPECT_EQ(cuda::flash_backward_kernel(pb), "sm90");
+      const ScopedEnv not_taken(off, "0");
+      EXPECT_EQ(cuda::flash_backward_kernel(pb), other);
     }
     check_m80_run(r);
   }
@@ -909,7 +908,9 @@ void check_window_runs(const std::vector<M80Run>& runs, const std::string& want)
 // dilated views.
 TEST(FlashM80, WindowMasksMatchReference) {
   SKIP_WITHOUT_GPU();
-  check_window_runs(
+  // Forced on for these short rows (by default from 1024 queries a row).
+  const ScopedEnv force("LONGATTN_SM90_BWD_RUNS", "1");
+  check_tiles_taken(
       {{0, "1", 0, {DType::BF16, 128, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Window,
                     Layout::Contiguous, 1.0, false, "bf16_m80_window_ragged"}},
        {3, "0", 0, {DType::F16, 128, 1, 1200, 1200, 3, 128, 128, true, 0, 0, MaskKind::Window,
@@ -920,7 +921,7 @@ TEST(FlashM80, WindowMasksMatchReference) {
                     Layout::Contiguous, 1.0, false, "f16_m80_window_causal_offset_b256x128"}},
        {2, "1", 0, {DType::BF16, 128, 1, 900, 1000, 2, 128, 256, false, 0, 0, MaskKind::Window,
                     Layout::Contiguous, 1.0, false, "bf16_m80_window_b128x256_parts2"}}},
-      "sm90-m80");
+      "sm90-m80", "LONGATTN_SM90_BWD_RUNS");
 }
 
 // The Hopper backward's 128-query tiles (head dim 64 over complete masks, walked by position,
@@ -962,7 +963,8 @@ TEST(FlashM128, BackwardMatchesReference) {
 // past a run's end, dK and dV by reduces and from registers, 3 parts with reduces.
 TEST(FlashM128, WindowMasksMatchReference) {
   SKIP_WITHOUT_GPU();
-  check_window_runs(
+  const ScopedEnv force("LONGATTN_SM90_BWD_RUNS", "1");
+  check_tiles_taken(
       {{0, "1", 0, {DType::BF16, 64, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Window,
                     Layout::Contiguous, 1.0, false, "bf16_m128_window_ragged"}},
        {3, "1", 0, {DType::F16, 64, 1, 1200, 1200, 3, 128, 128, true, 0, 0, MaskKind::Window,
@@ -973,7 +975,28 @@ TEST(FlashM128, WindowMasksMatchReference) {
                     Layout::Contiguous, 1.0, false, "f16_m128_window_causal_offset_registers"}},
        {2, "1", 0, {DType::BF16, 64, 1, 900, 1000, 2, 128, 256, false, 0, 0, MaskKind::Window,
                     Layout::Contiguous, 1.0, false, "bf16_m128_window_b128x256_parts2"}}},
-      "sm90-m128");
+      "sm90-m128", "LONGATTN_SM90_BWD_RUNS", "sm90-m128-lists");
+}
+
+// The 128-query tiles over the lists of scattered masks (head dim 64, query blocks of 128 or 256:
+// one or two tiles a listed block): ragged lengths, causality with an offset and with rows that
+// see nothing, 3 parts with reduces, dK/dV from registers, phased walks on a grid of 3 CTAs,
+// dilated views; each case takes these tiles (and the 64-query tiles when they are turned off).
+TEST(FlashM128, ListedMasksMatchReference) {
+  SKIP_WITHOUT_GPU();
+  const M80Run runs[] = {
+      {0, "1", 0, {DType::BF16, 64, 2, 1000, 1100, 2, 128, 128, false, 0, 0, MaskKind::Sparse,
+                   Layout::Contiguous, 1.0, false, "bf16_m128_lists_ragged"}},
+      {3, "1", 0, {DType::F16, 64, 1, 1300, 1200, 3, 128, 128, true, 0, 0, MaskKind::Sparse,
+                   Layout::Contiguous, 3.0, false, "f16_m128_lists_causal_parts3"}},
+      {0, "0", 0, {DType::BF16, 64, 1, 1000, 1300, 2, 256, 128, true, 300, 0, MaskKind::Sparse,
+                   Layout::Contiguous, 1.0, false, "bf16_m128_lists_causal_offset_b256_registers"}},
+      {0, "1", 0, {DType::F16, 64, 1, 700, 650, 2, 128, 128, true, 0, 40, MaskKind::Sparse,
+                   Layout::Contiguous, 1.0, false, "f16_m128_lists_causal_empty_rows"}},
+      {0, "", 3, {DType::BF16, 64, 2, 1100, 900, 3, 128, 256, false, 0, 0, MaskKind::Sparse,
+                  Layout::Dilated, 1.0, false, "bf16_m128_lists_grid3_dilated_b128x256"}}};
+  check_tiles_taken({std::begin(runs), std::end(runs)}, "sm90-m128-lists",
+                    "LONGATTN_SM90_BWD_M128_LISTS");
 }
 
 // Masks whose rows are runs of key blocks (windows, random runs, empty rows): the Hopper forward
@@ -1352,10 +1375,14 @@ TEST(FlashKernels, KernelChoice) {
           pc.mask_t = causal.dev_t;
           pc.causal = true;
           EXPECT_EQ(cuda::flash_backward_kernel(pc), want_bwd);
+          // (Head dim 64 then walks the mask's lists in 128-query tiles.)
+          const std::string lists = D == 64 ? "sm90-m128-lists" : "sm90";
           pc.q_offset = 200;
-          EXPECT_EQ(cuda::flash_backward_kernel(pc), "sm90");
+          EXPECT_EQ(cuda::flash_backward_kernel(pc), lists);
           pc.causal = false;
           pc.q_offset = 0;
+          EXPECT_EQ(cuda::flash_backward_kernel(pc), lists);
+          const ScopedEnv no_lists("LONGATTN_SM90_BWD_M128_LISTS", "0");
           EXPECT_EQ(cuda::flash_backward_kernel(pc), "sm90");
         }
         pb.deterministic = true;

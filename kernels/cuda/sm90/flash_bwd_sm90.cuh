@@ -137,7 +137,7 @@ __device__ __forceinline__ long long global_ns() {
   } while (0)
 #endif
 
-template <int D, int kM = 64>
+template <int D, int kM = 64, bool kByPosition = kM != 64>
 struct BwdSm90Traits {
   static constexpr int kBN = kBwdKeysPerCta;  // keys per CTA (two consumer warpgroups of 64)
   static constexpr int kBM = kM;   // queries per tile
@@ -153,9 +153,14 @@ struct BwdSm90Traits {
   // Per 128-query tile the shared-memory traffic is ~350 KB for 10.5 MFLOP, against 2 x 208 KB
   // on 64-query tiles (their m64n64 SS products read as many operand bytes per clock as shared
   // memory delivers, the m64n32 dQ product more).
+  // Over masks whose 128-query blocks are listed (random masks: kByPosition false) the same tiles
+  // walk the mask row's list, one tile a block (two for 256-query blocks).
   static constexpr bool kM128 = kM == 128;
+  static constexpr bool kTall = kM != 64;  // 80- or 128-query tiles
   // Tiles walked by position over the row's query range (no mask entries per tile).
-  static constexpr bool kPos = kM != 64;
+  static constexpr bool kPos = kTall && kByPosition;
+  static_assert(kTall || !kByPosition, "64-query tiles walk the mask's lists");
+  static_assert(!kM80 || kByPosition, "80-query tiles walk by position");
   static_assert(kM == 64 || (kM == 80 && D == 128) || (kM == 128 && D == 64),
                 "80-query tiles at head dim 128, 128-query tiles at head dim 64");
   static constexpr int kStages = 2;
@@ -203,7 +208,7 @@ struct BwdSm90Traits {
   // (80-query tiles: none of its own; rounds of 32 columns alternate between the two halves of
   // the warpgroup's dQ staging tile.)
   // (128-query tiles likewise: four rounds.)
-  static constexpr int kDkvSmem = kPos ? 0 : kDkvHalves ? 2 * kDkvBytes : 4 * 64 * D * 4;
+  static constexpr int kDkvSmem = kTall ? 0 : kDkvHalves ? 2 * kDkvBytes : 4 * 64 * D * 4;
   static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDSBytes +
                                     2 * kDqBufs * kDQBytes + kDkvSmem + kStages * kStatBytes +
                                     kBarBytes + kWorkBytes;
@@ -327,7 +332,7 @@ __device__ __forceinline__ void st_shared_f32(uint32_t addr, float x) {
 // kKRegs (head dim 64): the warpgroup's K rows kept in registers as the A operand of S^T, so
 // that product reads only Q from shared memory (A/B runs 14-15: causal +0-4%, non-causal -8-12%,
 // so the dispatch takes it for causal calls only).
-template <typename T, int D, bool kKRegs, int kM>
+template <typename T, int D, bool kKRegs, int kM, bool kByPosition>
 __global__ void __launch_bounds__(384, 1)
     flash_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
@@ -337,9 +342,9 @@ __global__ void __launch_bounds__(384, 1)
                           const __grid_constant__ CUtensorMap tdk,
                           const __grid_constant__ CUtensorMap tdv, const BwdArgs a,
                           const int dq_tma, const int dkv_tma, int* const counter) {
-  using Tr = BwdSm90Traits<D, kM>;
+  using Tr = BwdSm90Traits<D, kM, kByPosition>;
   constexpr int kBN = Tr::kBN, kBM = Tr::kBM, kS = Tr::kStages;
-  constexpr bool kM80 = Tr::kM80, kM128 = Tr::kM128, kPos = Tr::kPos;
+  constexpr bool kM80 = Tr::kM80, kM128 = Tr::kM128, kTall = Tr::kTall, kPos = Tr::kPos;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = saddr(smem_raw);
   unsigned char* base = smem_raw + (((raw + 1023) & ~1023u) - raw);
@@ -627,7 +632,7 @@ __global__ void __launch_bounds__(384, 1)
   auto b_ = [&] { return ld_shared_volatile(cur_work() + 5); };
   const float sl2 = a.scale_log2;
   constexpr int kDT = D / 8;
-  constexpr bool kStageEarly = kPos ? LONGATTN_SM90_BWD_M80_STAGE_EARLY != 0
+  constexpr bool kStageEarly = kTall ? LONGATTN_SM90_BWD_M80_STAGE_EARLY != 0
                                     : D == 128 && LONGATTN_SM90_BWD_STAGE_EARLY != 0;
 
   float dk[D / 2], dv[D / 2];
@@ -724,7 +729,7 @@ __global__ void __launch_bounds__(384, 1)
     // (80-query tiles, where dK/dV's 128 registers beside S^T, dP^T and P^T at 40 each do not
     // fit: P^T overwrites S^T and dS^T dP^T, FlashAttention-3's order; LONGATTN_SM90_BWD_M80_
     // OWN_PT=1 keeps them apart.)
-    constexpr bool kInPlace = kPos && !LONGATTN_SM90_BWD_M80_OWN_PT;
+    constexpr bool kInPlace = kTall && !LONGATTN_SM90_BWD_M80_OWN_PT;
     float pt_own[kInPlace ? 1 : kSR];
     auto& pt = pick_ref<kInPlace>(st, pt_own);
     const int key0 = key0_();
@@ -1106,7 +1111,7 @@ __global__ void __launch_bounds__(384, 1)
         while (ld_acquire_gpu(flag) < part) __nanosleep(256);
     }
     if (dkv_tma) {
-      if constexpr (kPos) {
+      if constexpr (kTall) {
         // D / 16 rounds of 32 columns (dV, then dK) alternating between the two 8 KB halves of
         // this warpgroup's dQ staging tile, each waiting for the reduce two rounds back to have
         // read its half (the first two: the last dQ tile's reduce).
@@ -1214,10 +1219,10 @@ struct BwdMaps {
 };
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv, int box_dq);
 
-template <typename T, int D, bool kKRegs = false, int kM = 64>
+template <typename T, int D, bool kKRegs = false, int kM = 64, bool kByPosition = kM != 64>
 void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
-  using Tr = BwdSm90Traits<D, kM>;
-  auto kernel = flash_bwd_sm90_kernel<T, D, kKRegs, kM>;
+  using Tr = BwdSm90Traits<D, kM, kByPosition>;
+  auto kernel = flash_bwd_sm90_kernel<T, D, kKRegs, kM, kByPosition>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));

@@ -117,6 +117,10 @@ extern template void launch_bwd_sm90_impl<__half, 128, false, 80>(const BwdArgs&
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128>(const BwdArgs&,
                                                                         cudaStream_t);
 extern template void launch_bwd_sm90_impl<__half, 64, false, 128>(const BwdArgs&, cudaStream_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, false>(const BwdArgs&,
+                                                                               cudaStream_t);
+extern template void launch_bwd_sm90_impl<__half, 64, false, 128, false>(const BwdArgs&,
+                                                                       cudaStream_t);
 
 static CUtensorMapDataType half_type(bool bf16) {
   return bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
@@ -428,6 +432,11 @@ bool bwd_m128(const BwdArgs& a, int head_dim) {
          switch_on("LONGATTN_SM90_BWD_M128");
 }
 
+bool bwd_m128_lists(const BwdArgs& a, int head_dim) {
+  return head_dim == 64 && a.complete == 0 && a.runs == 0 && a.mask_t.block_k % 128 == 0 &&
+         switch_on("LONGATTN_SM90_BWD_M128_LISTS");
+}
+
 int bwd_runs(int head_dim, const BlockMaskView& mask_t) {
   if (const char* e = std::getenv("LONGATTN_SM90_BWD_RUNS")) {
     if (std::string(e) == "0") return 0;
@@ -447,6 +456,10 @@ void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t st
   if (bwd_m128(a, head_dim)) {
     return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128>(a, stream)
                 : launch_bwd_sm90_impl<__half, 64, false, 128>(a, stream);
+  }
+  if (bwd_m128_lists(a, head_dim)) {
+    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, false>(a, stream)
+                : launch_bwd_sm90_impl<__half, 64, false, 128, false>(a, stream);
   }
   if (head_dim == 64 && a.causal && kregs) {
     return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, true>(a, stream)

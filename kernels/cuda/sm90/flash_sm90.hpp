@@ -36,6 +36,10 @@ bool bwd_m80(const flash::BwdArgs& a, int head_dim);
 // Whether an accepted backward takes the 128-query tiles: head dim 64 over a complete mask or
 // one of runs (LONGATTN_SM90_BWD_M128=0: the 64-query tiles of the mask's lists).
 bool bwd_m128(const flash::BwdArgs& a, int head_dim);
+// Whether an accepted backward takes the 128-query tiles over the mask's lists: head dim 64,
+// neither complete nor runs, query blocks (mask_t.block_k) of 128-multiples
+// (LONGATTN_SM90_BWD_M128_LISTS=0: the 64-query tiles).
+bool bwd_m128_lists(const flash::BwdArgs& a, int head_dim);
 // BwdArgs::runs for a call over mask_t (backward_runs_by_position; LONGATTN_SM90_BWD_RUNS=0
 // never, =1 for contiguous rows of any length).
 int bwd_runs(int head_dim, const BlockMaskView& mask_t);

@@ -1,0 +1,7 @@
+// Hopper backward attention instantiated for bf16, head dim 64, 128-query tiles over the mask's
+// lists (query blocks of 128-multiples). Kernel: kernels/cuda/sm90/flash_bwd_sm90.cuh.
+#include "kernels/cuda/sm90/flash_bwd_sm90.cuh"
+
+namespace longattn::cuda::sm90 {
+template void launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, false>(const BwdArgs&, cudaStream_t);
+}  // namespace longattn::cuda::sm90
