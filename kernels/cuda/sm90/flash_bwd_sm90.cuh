@@ -79,6 +79,13 @@
 #ifndef LONGATTN_SM90_BWD_STAGE_EARLY
 #define LONGATTN_SM90_BWD_STAGE_EARLY 0
 #endif
+// - LONGATTN_SM90_BWD_M128_SPLIT_BAR (1): the 128-query tiles share dS^T by the two one-way
+//   barriers of head dim 128 (each warpgroup starting dQ over its own keys) instead of one
+//   barrier of both (A/B run 136: dense d=64 +5.4 to +9.6%, local_window 10% +6.6%, random 10%
+//   +2.4%; on the 64-query tiles at d=64 it had cost 1%, run 15).
+#ifndef LONGATTN_SM90_BWD_M128_SPLIT_BAR
+#define LONGATTN_SM90_BWD_M128_SPLIT_BAR 1
+#endif
 #include "kernels/cuda/sm90/flash_fwd_sm90.cuh"
 #include "kernels/cuda/sm90/flash_sm90.hpp"
 #include "kernels/cuda/sm90/wgmma_ops_m80.cuh"
@@ -176,9 +183,10 @@ struct BwdSm90Traits {
   //   so it runs while dQ goes out (32 more live registers; S^T and dP^T both spill there and
   //   the compiler serialises every wgmma). Its dP^T follows once dQ is out.
   static constexpr bool kPipelined = D <= 64 && kM == 64;
-  // Head dim 128: the warpgroups share dS^T by two one-way barriers, each starting dQ over its
-  // own keys before it waits for the other's half (A/B run 15: +1-4%; at 64 -1%).
-  static constexpr bool kSplitBar = D >= 128;
+  // Head dim 128 and the 128-query tiles: the warpgroups share dS^T by two one-way barriers,
+  // each starting dQ over its own keys before it waits for the other's half (A/B run 15: +1-4%
+  // at 128, -1% on 64-query tiles at 64; run 136: 128-query tiles +2.4 to +9.6%).
+  static constexpr bool kSplitBar = D >= 128 || (kM128 && LONGATTN_SM90_BWD_M128_SPLIT_BAR != 0);
   static constexpr int kKVBytes = kBN * D * 2;  // K or V
   static constexpr int kQBytes = kBM * D * 2;   // Q or dO tile
   static constexpr int kDSBytes = kBN * kBM * 2;
@@ -847,7 +855,8 @@ __global__ void __launch_bounds__(384, 1)
       const int bar_me = 6 + 2 * dsb + cw, bar_other = 6 + 2 * dsb + (1 - cw);
       named_barrier_arrive(bar_me, 256);
       wgmma_fence();
-      const uint64_t ds_t = desc_at(kM80 ? ds80_desc : ds_desc, dsb * Tr::kDSBytes);
+      const uint64_t ds_t =
+          desc_at(kM80 ? ds80_desc : ds_desc, dsb * Tr::kDSBytes + row0 * 2 * kBN);
 #pragma unroll
       for (int h2 = 0; h2 < 2; ++h2) {
         if (h2 == 1) named_barrier(bar_other, 256);
