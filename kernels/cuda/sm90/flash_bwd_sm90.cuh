@@ -2,13 +2,15 @@
 // warp-specialised, dQ accumulated in fp32 by TMA reduce-add.
 //
 // Works of 128 keys of one (batch, head) (and one part of the query range), each walking the
-// query tiles (64 rows) its row of the transposed mask lists, or at head dim 128 over a complete
-// mask, or one whose transposed rows are runs of query blocks (windows, BwdArgs::runs), the
-// 80-row query tiles of its row's query range by position, the queries past the range masked
-// through their lse (kM 80, FlashAttention-3's tile for this
-// head dim: S^T and dP^T are m64n80, dQ is computed transposed, dQ^T = K^T dS^T, from dS^T in the
-// 32-byte swizzle, and staged before the next tile's products; see BwdSm90Traits); persistent
-// CTAs of three warpgroups (one per SM) take the works from a counter:
+// query tiles (64 rows) its row of the transposed mask lists, or over a complete mask, or one
+// whose transposed rows are runs of query blocks (windows, BwdArgs::runs), the taller query tiles
+// of FlashAttention-3 for the head dim by position over its row's query range, the queries past
+// the range masked through their lse (see BwdSm90Traits):
+// - head dim 128, kM 80: S^T and dP^T are m64n80, dQ is computed transposed, dQ^T = K^T dS^T,
+//   from dS^T in the 32-byte swizzle, and staged before the next tile's products;
+// - head dim 64, kM 128 (also over the lists of other masks with 128-query blocks): S^T and dP^T
+//   are m64n128 and each warpgroup computes the dQ of half of the tile's rows;
+// persistent CTAs of three warpgroups (one per SM) take the works from a counter:
 // - warpgroup 0 (producer, few registers): thread 0 takes the works and publishes them, loads a
 //   work's K and V once (while the consumers add the previous work's dK and dV) and Q, dO of
 //   every listed query tile by TMA into a ring of kStages stages; warp 1 loads the tile's lse
@@ -20,9 +22,10 @@
 //     P^T = 2^(scale log2(e) S^T - lse2), dS^T = P^T o (dP^T - delta)      (registers)
 //     dV += P^T dO, dK += dS^T Q                        (wgmma, P^T / dS^T as register operands)
 //     dS^T -> shared memory, dQ += scale dS K           (wgmma, both operands transposed)
-//   warpgroup w computes dQ columns [w D/2, (w + 1) D/2) over all 128 keys (both warpgroups'
-//   dS^T, published by a named barrier; at head dim 128 by two one-way barriers, each warpgroup
-//   starting on its own keys' half). dQ (scaled) goes through a swizzled fp32 shared-memory
+//   warpgroup w computes dQ columns [w D/2, (w + 1) D/2) (128-query tiles: rows [64 w, 64 w +
+//   64)) over all 128 keys (both warpgroups' dS^T, published by a named barrier; at head dim 128
+//   and on 128-query tiles by two one-way barriers, each warpgroup starting on its own keys'
+//   half). dQ (scaled) goes through a swizzled fp32 shared-memory
 //   tile that one thread of the warpgroup adds into dq with a TMA reduce (cp.reduce.async.bulk),
 //   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers. The next
 //   tile's S^T and dP^T run while dQ goes out. At the end of a work dK and dV are added into dk
