@@ -204,6 +204,16 @@ bool backward_runs_by_position(int64_t head_dim, bool contiguous_rows, double me
          mean_row_keys >= kBackwardRunQueries;
 }
 
+BackwardTiles backward_tiles(int64_t head_dim, bool complete, bool runs, int64_t query_block) {
+  const bool by_position = complete || runs;
+  if (head_dim == 128) return by_position ? BackwardTiles::kPosition80 : BackwardTiles::kListed64;
+  if (head_dim == 64) {
+    if (by_position) return BackwardTiles::kPosition128;
+    if (query_block > 0 && query_block % 128 == 0) return BackwardTiles::kListed128;
+  }
+  return BackwardTiles::kListed64;
+}
+
 bool backward_dkv_reduce(int64_t head_dim, double tiles_per_key_block, double row_fill) {
   if (head_dim == 64) return true;
   if (head_dim != 128 || tiles_per_key_block >= 112.0) return false;

@@ -178,6 +178,14 @@ constexpr I backward_phase_start(I work, I ctas, I n_items) {
 // rows not measured. Head dim 64: A/B run 130.
 constexpr double kBackwardRunQueries = 1024;
 bool backward_runs_by_position(int64_t head_dim, bool contiguous_rows, double mean_row_keys);
+// The query tiles the Hopper backward walks for a call (kernels/cuda/sm90/flash_bwd_sm90.cuh):
+// FlashAttention-3's tile for the head dim (80 queries at 128, 128 at 64) by position over each
+// key block's query range where the mask lists every visible block (complete) or its transposed
+// rows are runs (backward_runs_by_position); at head dim 64 the 128-query tiles also over the
+// lists of other masks whose query blocks (query_block) are 128-multiples; else the 64-query
+// tiles of the mask's lists. (Each choice but the last can be turned off by its switch.)
+enum class BackwardTiles { kListed64, kPosition80, kPosition128, kListed128 };
+BackwardTiles backward_tiles(int64_t head_dim, bool complete, bool runs, int64_t query_block);
 // The first query tile (of `tile` rows from query 0, nq queries) that some key of a causal key
 // block starting at key k0 sees (key j visible from query q iff j - q <= diag): the tile of
 // query k0 - diag; ceil(nq / tile) when no query below nq sees the block.

@@ -285,6 +285,24 @@ TEST(Dense, BackwardRunsByPosition) {
   EXPECT_FALSE(backward_runs_by_position(256, true, 1e9));  // no such tiles at head dim 256
 }
 
+// Which query tiles the Hopper backward walks: by position where the mask is complete or of
+// runs (80 queries at head dim 128, 128 at 64), the 128-query tiles over other masks' lists at
+// head dim 64 when their query blocks are 128-multiples, else the 64-query tiles.
+TEST(Dense, BackwardTilesRule) {
+  using enum BackwardTiles;
+  EXPECT_EQ(backward_tiles(128, true, false, 128), kPosition80);
+  EXPECT_EQ(backward_tiles(128, false, true, 256), kPosition80);
+  EXPECT_EQ(backward_tiles(128, false, false, 128), kListed64);  // random masks
+  EXPECT_EQ(backward_tiles(64, true, false, 64), kPosition128);  // by position: any blocks
+  EXPECT_EQ(backward_tiles(64, false, true, 128), kPosition128);
+  EXPECT_EQ(backward_tiles(64, false, false, 128), kListed128);
+  EXPECT_EQ(backward_tiles(64, false, false, 256), kListed128);
+  EXPECT_EQ(backward_tiles(64, false, false, 64), kListed64);  // 64-query blocks
+  EXPECT_EQ(backward_tiles(64, false, false, 192), kListed64);
+  EXPECT_EQ(backward_tiles(32, true, false, 128), kListed64);  // no taller tiles there
+  EXPECT_EQ(backward_tiles(256, true, false, 128), kListed64);
+}
+
 // The first query tile a causal key block sees, against a brute-force scan of every tile's
 // queries.
 TEST(Dense, BackwardFirstTile) {

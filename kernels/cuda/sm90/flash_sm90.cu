@@ -423,17 +423,22 @@ bool bwd_accepts(const BwdArgs& a, DType dtype, int head_dim, bool atomic_dq) {
          kernels_fit(dtype, head_dim, a.vec != 0);
 }
 
+static BackwardTiles bwd_tiles(const BwdArgs& a, int head_dim) {
+  return backward_tiles(head_dim, a.complete != 0, a.runs != 0, a.mask_t.block_k);
+}
+
 bool bwd_m80(const BwdArgs& a, int head_dim) {
-  return head_dim == 128 && (a.complete != 0 || a.runs != 0) && switch_on("LONGATTN_SM90_BWD_M80");
+  return bwd_tiles(a, head_dim) == BackwardTiles::kPosition80 &&
+         switch_on("LONGATTN_SM90_BWD_M80");
 }
 
 bool bwd_m128(const BwdArgs& a, int head_dim) {
-  return head_dim == 64 && (a.complete != 0 || a.runs != 0) &&
+  return bwd_tiles(a, head_dim) == BackwardTiles::kPosition128 &&
          switch_on("LONGATTN_SM90_BWD_M128");
 }
 
 bool bwd_m128_lists(const BwdArgs& a, int head_dim) {
-  return head_dim == 64 && a.complete == 0 && a.runs == 0 && a.mask_t.block_k % 128 == 0 &&
+  return bwd_tiles(a, head_dim) == BackwardTiles::kListed128 &&
          switch_on("LONGATTN_SM90_BWD_M128_LISTS");
 }
 
