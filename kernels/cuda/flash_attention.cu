@@ -320,9 +320,12 @@ std::string flash_backward_kernel(const AttnBwdParams& p) {
   if (p.q.dtype == DType::F32) return "fp32";
   if (!bwd_takes_sm90(a, p)) return "portable";
 #if LONGATTN_HAVE_SM90
-  if (sm90::bwd_m80(a, static_cast<int>(p.q.D))) return "sm90-m80";
-  if (sm90::bwd_m128(a, static_cast<int>(p.q.D))) return "sm90-m128";
-  if (sm90::bwd_m128_lists(a, static_cast<int>(p.q.D))) return "sm90-m128-lists";
+  switch (sm90::bwd_tiles(a, static_cast<int>(p.q.D))) {
+    case BackwardTiles::kPosition80: return "sm90-m80";
+    case BackwardTiles::kPosition128: return "sm90-m128";
+    case BackwardTiles::kListed128: return "sm90-m128-lists";
+    case BackwardTiles::kListed64: break;
+  }
 #endif
   return "sm90";
 }

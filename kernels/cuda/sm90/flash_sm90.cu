@@ -423,23 +423,13 @@ bool bwd_accepts(const BwdArgs& a, DType dtype, int head_dim, bool atomic_dq) {
          kernels_fit(dtype, head_dim, a.vec != 0);
 }
 
-static BackwardTiles bwd_tiles(const BwdArgs& a, int head_dim) {
-  return backward_tiles(head_dim, a.complete != 0, a.runs != 0, a.mask_t.block_k);
-}
-
-bool bwd_m80(const BwdArgs& a, int head_dim) {
-  return bwd_tiles(a, head_dim) == BackwardTiles::kPosition80 &&
-         switch_on("LONGATTN_SM90_BWD_M80");
-}
-
-bool bwd_m128(const BwdArgs& a, int head_dim) {
-  return bwd_tiles(a, head_dim) == BackwardTiles::kPosition128 &&
-         switch_on("LONGATTN_SM90_BWD_M128");
-}
-
-bool bwd_m128_lists(const BwdArgs& a, int head_dim) {
-  return bwd_tiles(a, head_dim) == BackwardTiles::kListed128 &&
-         switch_on("LONGATTN_SM90_BWD_M128_LISTS");
+BackwardTiles bwd_tiles(const BwdArgs& a, int head_dim) {
+  const BackwardTiles t = backward_tiles(head_dim, a.complete != 0, a.runs != 0, a.mask_t.block_k);
+  const char* off = t == BackwardTiles::kPosition80    ? "LONGATTN_SM90_BWD_M80"
+                    : t == BackwardTiles::kPosition128 ? "LONGATTN_SM90_BWD_M128"
+                    : t == BackwardTiles::kListed128   ? "LONGATTN_SM90_BWD_M128_LISTS"
+                                                       : nullptr;
+  return off == nullptr || switch_on(off) ? t : BackwardTiles::kListed64;
 }
 
 int bwd_runs(int head_dim, const BlockMaskView& mask_t) {
@@ -447,7 +437,7 @@ int bwd_runs(int head_dim, const BlockMaskView& mask_t) {
     if (std::string(e) == "0") return 0;
     if (std::string(e) == "1")
       return backward_runs_by_position(head_dim, mask_t.contiguous_rows,
-                               std::numeric_limits<double>::infinity())
+                                       std::numeric_limits<double>::infinity())
                  ? 1
                  : 0;
   }
@@ -458,11 +448,12 @@ void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t st
   const bool bf16 = dtype == DType::BF16;
   // Head dim 64, causal: K in registers (A/B runs 14-15: causal +0-4%, non-causal -8-12%).
   static const bool kregs = switch_on("LONGATTN_SM90_BWD_KREGS");
-  if (bwd_m128(a, head_dim)) {
+  const BackwardTiles tiles = bwd_tiles(a, head_dim);
+  if (tiles == BackwardTiles::kPosition128) {
     return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128>(a, stream)
                 : launch_bwd_sm90_impl<__half, 64, false, 128>(a, stream);
   }
-  if (bwd_m128_lists(a, head_dim)) {
+  if (tiles == BackwardTiles::kListed128) {
     return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, false>(a, stream)
                 : launch_bwd_sm90_impl<__half, 64, false, 128, false>(a, stream);
   }
@@ -474,7 +465,7 @@ void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t st
     return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64>(a, stream)
                 : launch_bwd_sm90_impl<__half, 64>(a, stream);
   }
-  if (bwd_m80(a, head_dim)) {
+  if (tiles == BackwardTiles::kPosition80) {
     return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80>(a, stream)
                 : launch_bwd_sm90_impl<__half, 128, false, 80>(a, stream);
   }

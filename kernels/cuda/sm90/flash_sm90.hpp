@@ -30,16 +30,11 @@ void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStrea
 // not deterministic), key blocks multiples of 128 and query blocks multiples of 64. Needs
 // a.delta filled.
 bool bwd_accepts(const flash::BwdArgs& a, DType dtype, int head_dim, bool atomic_dq);
-// Whether an accepted backward takes the 80-query tiles: head dim 128 over a complete mask or
-// one of runs (a.runs) (LONGATTN_SM90_BWD_M80=0: the 64-query tiles of the mask's lists).
-bool bwd_m80(const flash::BwdArgs& a, int head_dim);
-// Whether an accepted backward takes the 128-query tiles: head dim 64 over a complete mask or
-// one of runs (LONGATTN_SM90_BWD_M128=0: the 64-query tiles of the mask's lists).
-bool bwd_m128(const flash::BwdArgs& a, int head_dim);
-// Whether an accepted backward takes the 128-query tiles over the mask's lists: head dim 64,
-// neither complete nor runs, query blocks (mask_t.block_k) of 128-multiples
-// (LONGATTN_SM90_BWD_M128_LISTS=0: the 64-query tiles).
-bool bwd_m128_lists(const flash::BwdArgs& a, int head_dim);
+// The query tiles an accepted backward takes (backward_tiles over a.complete, a.runs and
+// mask_t.block_k); each choice but the 64-query lists has its switch, whose 0 falls back to them:
+// LONGATTN_SM90_BWD_M80 (80 queries by position, head dim 128), LONGATTN_SM90_BWD_M128 (128 by
+// position, head dim 64), LONGATTN_SM90_BWD_M128_LISTS (128 over the lists, head dim 64).
+BackwardTiles bwd_tiles(const flash::BwdArgs& a, int head_dim);
 // BwdArgs::runs for a call over mask_t (backward_runs_by_position; LONGATTN_SM90_BWD_RUNS=0
 // never, =1 for contiguous rows of any length).
 int bwd_runs(int head_dim, const BlockMaskView& mask_t);
