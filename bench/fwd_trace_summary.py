@@ -2,7 +2,9 @@
 """Summarise Hopper forward timelines (cmake -DLONGATTN_SM90_FWD_TRACE=ON builds; see
 kernels/cuda/sm90/flash_fwd_sm90.cuh): per file, the mean over CTA 0's items of the steady
 cycles per key tile, the o store, the Q latency, the first S tile and the gap from one item's
-last P V to the next item's first S, in cycles and in key tiles.
+last P V to the next item's first S, in cycles and in key tiles, and the item's whole cost
+beyond its steady tiles (from one item's last P V to the next one's, less the next item's tiles
+at the steady rate: what item changes cost, wherever the o store sits).
 
 usage: fwd_trace_summary.py TRACE_FILE...
 """
@@ -22,7 +24,7 @@ def load(path):
 
 def summarise(path):
     header, rows = load(path)
-    keys = ("steady", "store", "q_latency", "s0", "gap")
+    keys = ("steady", "store", "q_latency", "s0", "gap", "item_over")
     acc = {k: [] for k in keys}
     tiles = []
     for n in range(63):
@@ -30,19 +32,25 @@ def summarise(path):
                         rows.get((n + 1, 1)))
         if not (p and c and pn and cn) or min(c[4:7]) == 0 or min(cn[:7]) == 0 or p[7] < 2:
             continue
-        if not c[0] <= c[6] <= cn[0] <= cn[6]:  # rows of another launch (files before clearing)
+        # (Rows of another launch, in files written before each launch cleared them. An item's o
+        # may be stored after the next item is read: its last P V is what precedes it.)
+        if not c[0] <= c[5] <= cn[0] <= cn[5]:
             continue
         acc["steady"].append((c[5] - c[4]) / (p[7] - 1))
         acc["store"].append(c[6] - c[5])
         acc["q_latency"].append(cn[1] - pn[1])
         acc["s0"].append(cn[4] - cn[3])
         acc["gap"].append(cn[4] - c[5])
+        # (cn[5] - cn[4]) / (tiles - 1) is the next item's steady rate: its cost beyond it.
+        if pn[7] >= 2:
+            rate = (cn[5] - cn[4]) / (pn[7] - 1)
+            acc["item_over"].append(cn[5] - c[5] - rate * pn[7])
         tiles.append(p[7])
     print(f"{path}: {header}")
     if not tiles:
         print("  no complete item pairs")
         return
-    mean = {k: sum(v) / len(v) for k, v in acc.items()}
+    mean = {k: sum(v) / len(v) if v else float("nan") for k, v in acc.items()}
     tile = mean["steady"]
     print(f"  {len(tiles)} items, {sum(tiles) / len(tiles):.1f} key tiles each, "
           f"{tile:.0f} cycles per steady tile")

@@ -129,6 +129,12 @@ bool forward_wide_runs(int64_t head_dim, bool contiguous_rows, double mean_row_k
          mean_row_keys >= kForwardWideRunKeys;
 }
 
+bool forward_gathered_tiles(int64_t head_dim, bool causal, bool complete, bool runs, int64_t nk,
+                            double mean_row_keys) {
+  return head_dim == 128 && !causal && !complete && !runs && nk > 0 && nk % 64 == 0 &&
+         mean_row_keys >= kForwardGatherKeys;
+}
+
 ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_tiles,
                                     int64_t key_tile, int64_t max_pieces) {
   ForwardTailSplit best;

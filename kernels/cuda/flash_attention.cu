@@ -202,6 +202,7 @@ FwdArgs make_fwd_args(const AttnFwdParams& p) {
   a.complete = mask_complete_for(p.mask, p.causal, a.diag) ? 1 : 0;
 #if LONGATTN_HAVE_SM90
   a.runs = a.complete ? 0 : sm90::fwd_runs(static_cast<int>(p.q.D), p.mask);
+  a.gather = a.complete || a.runs ? 0 : sm90::fwd_gather(a, static_cast<int>(p.q.D), p.mask);
   a.o_vec = p.o.dtype == p.q.dtype && allows_vec(p.o) && sm90::o_vec_enabled() ? 1 : 0;
 #endif
   return a;
@@ -223,6 +224,7 @@ std::string flash_forward_kernel(const AttnFwdParams& p) {
   if (p.q.dtype == DType::F32) return "fp32";
   if (!takes_sm90(a, p.q.dtype, p.q.D)) return "portable";
 #if LONGATTN_HAVE_SM90
+  if (a.gather != 0) return "sm90-gather";
   if (sm90::fwd_wide(a, static_cast<int>(p.q.D))) return "sm90-wide";
 #endif
   return "sm90";

@@ -32,7 +32,9 @@ void flash_forward(const AttnFwdParams& p, cudaStream_t stream, cudaMemPool_t po
 
 // Which kernel flash_forward runs for p on the current device: "sm90" (Hopper TMA + wgmma:
 // compute capability 9.0, fp16/bf16, head_dim 64/128, mask blocks multiples of 128, 16-byte
-// aligned rows; LONGATTN_FLASH_KERNELS=portable turns it off), "portable" (mma.sync) or "fp32".
+// aligned rows; LONGATTN_FLASH_KERNELS=portable turns it off), with "-wide" for its 192-row or
+// 192-key tiles walked by position and "-gather" for its 192-key tiles gathered from scattered
+// rows' blocks (forward_gathered_tiles), "portable" (mma.sync) or "fp32".
 std::string flash_forward_kernel(const AttnFwdParams& p);
 
 // Backward from the global o and lse: dq += dL/dq, dk += dL/dk, dv += dL/dv (accumulated,

@@ -46,6 +46,9 @@ struct FwdArgs {
   // The mask's rows are runs of consecutive key blocks and the Hopper forward walks each row's
   // key range by position (forward_wide_runs).
   int runs = 0;
+  // The Hopper forward gathers each row's listed blocks into 192-key tiles
+  // (forward_gathered_tiles).
+  int gather = 0;
 };
 
 struct BwdArgs {

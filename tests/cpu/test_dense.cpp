@@ -135,6 +135,22 @@ TEST(Dense, MaskRuns) {
   EXPECT_FALSE(forward_wide_runs(96, true, 1e9));
 }
 
+// The Hopper forward's gathered tiles: scattered rows at head dim 128, not causal, whole 64-key
+// chunks only.
+TEST(Dense, ForwardGatheredTilesRule) {
+  const double k = kForwardGatherKeys;
+  EXPECT_TRUE(forward_gathered_tiles(128, false, false, false, 65536, k));
+  EXPECT_TRUE(forward_gathered_tiles(128, false, false, false, 64 * 129, k));  // a half block at the end
+  EXPECT_FALSE(forward_gathered_tiles(128, false, false, false, 65536, k - 1));  // short rows
+  EXPECT_FALSE(forward_gathered_tiles(128, false, false, false, 65536 - 32, k));
+  EXPECT_FALSE(forward_gathered_tiles(128, false, false, false, 0, k));
+  EXPECT_FALSE(forward_gathered_tiles(128, true, false, false, 65536, k));   // causal
+  EXPECT_FALSE(forward_gathered_tiles(128, false, true, false, 65536, k));   // complete: by position
+  EXPECT_FALSE(forward_gathered_tiles(128, false, false, true, 65536, k));   // runs: by position
+  EXPECT_FALSE(forward_gathered_tiles(64, false, false, false, 65536, k));
+  EXPECT_FALSE(forward_gathered_tiles(256, false, false, false, 65536, k));
+}
+
 // Tail splitting of the persistent forward: the last partial wave's items cut along the keys.
 TEST(Dense, ForwardTailSplit) {
   // 8K at head dim 64 (192-row items): 688 items on 132 CTAs, a last wave of 28 items of 64 key

@@ -1040,6 +1040,77 @@ TEST(FlashRuns, ForwardMatchesReference) {
   unsetenv("LONGATTN_SM90_FWD_RUNS");
 }
 
+// Head dim 128 over scattered rows, not causal (forward_gathered_tiles): 192-key tiles gathered
+// from the 64-key chunks of each row's listed blocks. Within the reference bound with a half
+// block at the end of the keys (the row's last chunk dropped), rows whose chunks are not a
+// multiple of three (the last tile masked past its chunks), empty rows, 256-query and 256-key
+// blocks, strided views with extreme logits, several batches and heads, and many items per CTA
+// (grid 3); LONGATTN_SM90_FWD_GATHER=1 takes them whatever the rows' length. Causal calls,
+// LONGATTN_SM90_FWD_GATHER=0 and head dim 64 keep the 128-key listed tiles; by default only rows
+// of kForwardGatherKeys keys or more on average take them.
+TEST(FlashGather, ForwardMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  {
+    const ScopedEnv env("LONGATTN_SM90_FWD_GATHER", "");
+    unsetenv("LONGATTN_SM90_FWD_GATHER");
+    for (int64_t nk : {int64_t{2048}, int64_t{16384}}) {
+      // Sparse rows list about half of the key blocks: 1100 keys at 2K, 8300 at 16K.
+      const MaskGeometry g{256, nk, 128, 128, false, 0, 0};
+      MaskPair mp = make_mask(MaskKind::Sparse, g, 7);
+      Mirrored q = make_mirrored(Layout::Contiguous, DType::BF16, 1, 256, 1, 128, 1, 1.0);
+      Mirrored kv = make_mirrored(Layout::Contiguous, DType::BF16, 1, nk, 1, 128, 2, 1.0);
+      Mirrored o = make_mirrored(Layout::Contiguous, DType::BF16, 1, 256, 1, 128, 0, 1.0, true);
+      Mirrored lse = make_mirrored(Layout::Contiguous, DType::F32, 1, 256, 1, 1, 0, 1.0, true);
+      AttnFwdParams p;
+      p.q = q.dview;
+      p.k = p.v = kv.dview;
+      p.o = o.dview;
+      p.lse = lse.dview;
+      p.mask = mp.dev;
+      const std::string k = cuda::flash_forward_kernel(p);
+      if (k.rfind("sm90", 0) == 0)
+        EXPECT_EQ(k, nk >= 16384 ? "sm90-gather" : "sm90") << "nk " << nk;
+    }
+  }
+  const ScopedEnv gather("LONGATTN_SM90_FWD_GATHER", "1");
+  for (int grid : {0, 3}) {
+    const GridLimit limit(grid, 2);
+    for (DType dt : {DType::BF16, DType::F16}) {
+      const std::string tag = std::string(dtype_name(dt)) + "_grid" + std::to_string(grid);
+      const Case cs[] = {
+          {dt, 128, 2, 1000, 1088, 2, 128, 128, false, 0, 0, MaskKind::Sparse,
+           Layout::Contiguous, 1.0, false, tag + "_sparse_half_block_end"},
+          {dt, 128, 1, 700, 1280, 3, 256, 128, false, 0, 0, MaskKind::Sparse, Layout::Dilated,
+           3.0, false, tag + "_sparse_b256x128_strided"},
+          {dt, 128, 1, 900, 1536, 2, 128, 256, false, 300, 0, MaskKind::Sparse,
+           Layout::Contiguous, 1.0, false, tag + "_sparse_b128x256_offset"},
+          {dt, 128, 2, 1100, 1216, 1, 128, 128, false, 0, 0, MaskKind::Window,
+           Layout::Contiguous, 1.0, false, tag + "_window_half_block_end"},
+          {dt, 128, 1, 1024, 1024, 2, 128, 128, false, 0, 0, MaskKind::Runs, Layout::Contiguous,
+           1.0, false, tag + "_runs"}};
+      for (const Case& c : cs) {
+        SCOPED_TRACE(c.name);
+        FwdRun run;
+        run_forward(c, run, std::random_device{}());
+        if (run.kernel.rfind("sm90", 0) == 0) EXPECT_EQ(run.kernel, "sm90-gather");
+      }
+    }
+  }
+  // What does not take the gathered tiles.
+  for (const char* what : {"causal", "off", "d64", "nk"}) {
+    SCOPED_TRACE(what);
+    const int64_t D = std::string(what) == "d64" ? 64 : 128;
+    const int64_t nk = std::string(what) == "nk" ? 1000 : 1024;
+    const bool causal = std::string(what) == "causal";
+    const Case c{DType::BF16, D, 1, 512, nk, 1, 128, 128, causal, 0, 0, MaskKind::Sparse,
+                 Layout::Contiguous, 1.0, false, std::string("not_gathered_") + what};
+    const ScopedEnv env("LONGATTN_SM90_FWD_GATHER", std::string(what) == "off" ? "0" : "1");
+    FwdRun run;
+    run_forward(c, run, std::random_device{}());
+    if (run.kernel.rfind("sm90", 0) == 0) EXPECT_EQ(run.kernel, "sm90");
+  }
+}
+
 // The Hopper backward adds dK and dV into fp32 dk, dv by TMA reduces from shared memory
 // (LONGATTN_SM90_DKV_TMA=0: loads, adds and stores from registers; head dim 64 stages both sums
 // at once, head dim 128 in four 64-column rounds through two buffers per warpgroup, one of them

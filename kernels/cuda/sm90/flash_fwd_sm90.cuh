@@ -18,7 +18,7 @@
 //   registers as the wgmma A operand and V read transposed from shared memory. QK^T of the next
 //   key tile and PV of the previous one are in flight while the softmax runs, and the consumer
 //   warpgroups ping-pong (but for two at head dim 64); at head dim 64 Q is the register operand
-//   of QK^T.
+//   of QK^T. An item's o goes out while the next item's first QK^T runs.
 // The CSR mask row of the query block lists the key tiles; tiles no row of the CTA may see under
 // causality are skipped; the last (longest) query tiles first.
 #pragma once
@@ -42,7 +42,7 @@ using flash::FwdArgs;
 // points of its first 64 items, g_fwd_trace[item][row][event]. Row 0, the producer: 0 item
 // published, 1 Q load issued, 2 first K tile issued, 7 the item's key tiles. Row 1 + w, consumer
 // warpgroup w: 0 item read, 1 Q ready, 2 first K tile ready, 3 first turn, 4 S_0 done, 5 last
-// P V done, 6 o stored. Each launch clears it, synchronises and writes it to
+// P V done, 6 o stored (after the next item's first QK^T is issued). Each launch clears it, synchronises and writes it to
 // $LONGATTN_SM90_FWD_TRACE_OUT_d<D>_bn<keys>_n<Nq>_c<causal>_r<runs>.txt (the last launch of each
 // shape stays); bench/fwd_trace_summary.py summarises such files.
 #ifndef LONGATTN_SM90_FWD_TRACE
@@ -198,18 +198,38 @@ __device__ __forceinline__ float row_lse(float m, float row_sum) {
   return row_sum > 0.f ? m * flash::kLn2 + logf(row_sum) : flash::kNegInf;
 }
 
-// o normalised by the row sums and the rows' lse (-inf for rows that saw nothing) of (b, h).
-// With a.o_vec each lane stores whole 8-column groups (16 bytes) after a quad transpose: a
-// quarter of the store instructions, each writing full 32-byte sectors.
-template <typename T, int D>
+// The end of an item's walk: o normalised by the row sums, m turned into the rows' lse (-inf for
+// rows that saw nothing). Done right after the last P V has retired, so what a deferred store
+// reads later is no longer a wgmma accumulator (the store then runs beside the next item's first
+// QK^T without the compiler waiting for that product).
+template <int D>
+__device__ __forceinline__ void finish_rows(float (&o)[D / 2], float (&m)[2], const float (&l)[2]) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const float lt = quad_row_sum(l[hh]);
+    const float inv = lt > 0.f ? 1.f / lt : 0.f;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      o[dt * 4 + 2 * hh] *= inv;
+      o[dt * 4 + 2 * hh + 1] *= inv;
+    }
+    m[hh] = row_lse(m[hh], lt);
+  }
+}
+
+// o normalised by the row sums and the rows' lse (-inf for rows that saw nothing) of (b, h); with
+// kNorm false o is normalised already and m holds the lse (finish_rows), l unused. With a.o_vec
+// each lane stores whole 8-column groups (16 bytes) after a quad transpose: a quarter of the
+// store instructions, each writing full 32-byte sectors.
+template <typename T, int D, bool kNorm = true>
 __device__ __forceinline__ void store_o_lse(const FwdArgs& a, const float (&o)[D / 2],
                                             const float (&m)[2], const float (&l)[2], int b, int h,
                                             int my_row, int t4) {
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
-    const float lt = quad_row_sum(l[hh]);
+    const float lt = kNorm ? quad_row_sum(l[hh]) : 0.f;
     const int r = my_row + hh * 8;
-    const float inv = lt > 0.f ? 1.f / lt : 0.f;
+    const float inv = kNorm ? (lt > 0.f ? 1.f / lt : 0.f) : 1.f;
     const int64_t ob = b * a.o.sb + static_cast<int64_t>(r) * a.o.sn + h * a.o.sh;
     if (a.o_vec) {
       // (Every lane of the quad takes part in the shuffles, whatever its row.)
@@ -236,40 +256,53 @@ __device__ __forceinline__ void store_o_lse(const FwdArgs& a, const float (&o)[D
       }
       if (t4 == 0) {
         float* lse = static_cast<float*>(a.lse.data);
-        lse[b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + h * a.lse.sh] = row_lse(m[hh], lt);
+        lse[b * a.lse.sb + static_cast<int64_t>(r) * a.lse.sn + h * a.lse.sh] =
+            kNorm ? row_lse(m[hh], lt) : m[hh];
       }
     }
   }
 }
 
 // A piece of a split item: o normalised by the row sums and the rows' lse, fp32, rows relative
-// to the item's first (rows past Nq are written too; the merge skips them).
-template <int D>
+// to the item's first (rows past Nq are written too; the merge skips them); kNorm as above.
+template <int D, bool kNorm = true>
 __device__ __forceinline__ void store_piece(float* so, float* slse, const float (&o)[D / 2],
                                             const float (&m)[2], const float (&l)[2], int row,
                                             int t4) {
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
-    const float lt = quad_row_sum(l[hh]);
+    const float lt = kNorm ? quad_row_sum(l[hh]) : 0.f;
     const int r = row + hh * 8;
-    const float inv = lt > 0.f ? 1.f / lt : 0.f;
+    const float inv = kNorm ? (lt > 0.f ? 1.f / lt : 0.f) : 1.f;
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt)
       *reinterpret_cast<float2*>(so + static_cast<int64_t>(r) * D + dt * 8 + 2 * t4) =
           make_float2(o[dt * 4 + 2 * hh] * inv, o[dt * 4 + 2 * hh + 1] * inv);
-    if (t4 == 0) slse[r] = row_lse(m[hh], lt);
+    if (t4 == 0) slse[r] = kNorm ? row_lse(m[hh], lt) : m[hh];
   }
 }
+
+// A consumer warpgroup's output accumulators for its rows of an item (thread's share: o in the
+// wgmma accumulator layout, the running maximum and sum of its two rows).
+template <int D>
+struct FwdAcc {
+  float o[D / 2];
+  float m[2], l[2];
+};
 
 // kWG consumer warpgroups of 64 query rows each and key tiles of kBNt rows: 2 and 128 (any
 // mask); for calls whose mask lists every visible key block (FwdArgs::complete) or whose rows
 // are runs (FwdArgs::runs, the kRuns instantiations) 3 and 128 at head dim 64, 2 and 192 at head
 // dim 128. The key tiles are then walked by position, so a tile need not sit inside one mask
-// block.
-template <int D, int kWG = 2, int kBNt = 128, bool kRuns = false>
+// block. kGather (head dim 128, 2 and 192, forward_gathered_tiles): a row's listed blocks cut
+// into 64-key chunks, three chunks a tile, whatever blocks they come from.
+template <int D, int kWG = 2, int kBNt = 128, bool kRuns = false, bool kGather = false>
 struct FwdSm90Traits {
   static_assert(kWG == 2 || (kWG == 3 && D == 64), "three consumer warpgroups at head dim 64");
   static_assert(kBNt == 128 || (kBNt == 192 && D == 128 && kWG == 2), "192-key tiles at d=128");
+  static_assert(!kGather || (kBNt == 192 && !kRuns), "gathered tiles: 192 keys, listed masks");
+  static constexpr int kChunkKeys = 64;  // keys of a gathered chunk (a TMA box of K or V rows)
+  static constexpr int kChunksPerTile = kBNt / kChunkKeys;
   static constexpr int kBM = 64 * kWG;             // query rows per tile
   static constexpr int kBN = kBNt;                 // key rows per tile
   static constexpr int kStages = D <= 64 ? 4 : 2;  // K/V ring depth (3 at d=128: no faster)
@@ -279,7 +312,7 @@ struct FwdSm90Traits {
   // consumer warpgroups (160 registers each).
   static constexpr bool kQRegs = D <= 64 && kWG == 2;
   // Key tiles by position, not from the mask's lists.
-  static constexpr bool kByPosition = kWG == 3 || kBNt != 128;
+  static constexpr bool kByPosition = !kGather && (kWG == 3 || kBNt != 128);
   static_assert(kByPosition || !kRuns, "masks of runs are walked by position");
   static constexpr int kChunks = D / 64;           // 64-element (128-byte) column chunks
   static constexpr int kThreads = 128 * (kWG + 1);
@@ -406,13 +439,13 @@ __device__ __forceinline__ bool fwd_blank(const volatile int* run, int c, int ks
   return lo >= hi;
 }
 
-template <typename T, int D, int kWG, int kBNt, bool kRuns>
+template <typename T, int D, int kWG, int kBNt, bool kRuns, bool kGather>
 __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     flash_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
                           const __grid_constant__ CUtensorMap tv, const FwdArgs a,
                           const FwdSchedule sched) {
-  using Tr = FwdSm90Traits<D, kWG, kBNt, kRuns>;
+  using Tr = FwdSm90Traits<D, kWG, kBNt, kRuns, kGather>;
   constexpr int kBM = Tr::kBM, kBN = Tr::kBN, kS = Tr::kStages, kII = Tr::kInfoInts;
   extern __shared__ unsigned char smem_raw[];
   // TMA's 128-byte swizzle repeats every 1024 bytes: tiles start on 1024-byte boundaries.
@@ -464,6 +497,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     int lo[kWG], hi[kWG];
     int64_t e0;
     int piece;  // >= 0: this item is piece `piece` of the split ones (its slot in split_o)
+    int chunks;  // kGather: the row's 64-key chunks (nsub a block), before the end of the keys
   };
   auto decode = [&](int t) {
     Item w;
@@ -517,6 +551,19 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         if (w.k_hi == 0) w.k_lo = 0;
       }
       w.n_items = w.k_hi > w.k_lo ? (w.k_hi - w.k_lo + kBN - 1) / kBN : 0;
+    } else if constexpr (kGather) {
+      // Every chunk of the row's listed blocks but those at or past Nk (a multiple of 64: only
+      // the last key block may hold such chunks, and only if the row lists it).
+      const int mrow = w.q0 / a.mask.block_q;
+      w.e0 = a.mask.row_ptr[mrow];
+      w.nsub = a.mask.block_k / Tr::kChunkKeys;
+      const int nb = static_cast<int>(a.mask.row_ptr[mrow + 1] - w.e0);
+      w.chunks = nb * w.nsub;
+      if (nb > 0) {
+        const int64_t end = (int64_t{a.mask.col_idx[w.e0 + nb - 1]} + 1) * a.mask.block_k;
+        if (end > a.Nk) w.chunks -= static_cast<int>((end - a.Nk) / Tr::kChunkKeys);
+      }
+      w.n_items = (w.chunks + Tr::kChunksPerTile - 1) / Tr::kChunksPerTile;
     } else {
       const int mrow = w.q0 / a.mask.block_q;
       w.e0 = a.mask.row_ptr[mrow];
@@ -527,7 +574,9 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   };
   // First listed key tile at or after `it` that some row of the item may see (first key in ks).
   auto next_visible = [&](const Item& w, int it, int& ks) {
-    if constexpr (Tr::kByPosition) {  // tiles past the causal limit: all later ones are too
+    if constexpr (kGather) {  // (not causal: every tile; its columns are tile-relative)
+      ks = 0;
+    } else if constexpr (Tr::kByPosition) {  // tiles past the causal limit: all later ones are too
       ks = w.k_lo + it * kBN;
       if (it < w.n_items && a.causal && static_cast<int64_t>(ks - w.q_last) > a.diag)
         it = w.n_items;
@@ -583,6 +632,8 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
           // consumers read no mask entries and divide nothing.
           int mask_bits = 0;
           int see[kRuns && kBM > 128 ? kWG : 1] = {};
+          int valid = 0;                                   // kGather: chunks in the tile
+          int gkey[kGather ? Tr::kChunksPerTile : 1] = {};  // kGather: each chunk's first key
           if constexpr (kRuns) {
             // Per warpgroup the columns it may see and whether it masks (a column outside them
             // or the diagonal). Two warpgroups on 128-row tiles share one mask row, one range.
@@ -595,14 +646,27 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
               see[c] = lo | (hi << 16);
               if (lo > 0 || hi < kBN) mask_bits |= kRanges == 1 ? (1 << kWG) - 1 : 1 << c;
             }
+          } else if constexpr (kGather) {
+            // The tile's chunks: the last tile may hold fewer than three; its other rows repeat
+            // its last chunk (keys of the row, masked out), so no stale rows enter P V.
+            valid = min(Tr::kChunksPerTile, w.chunks - it * Tr::kChunksPerTile);
+#pragma unroll
+            for (int r = 0; r < Tr::kChunksPerTile; ++r) {
+              const int c = it * Tr::kChunksPerTile + min(r, valid - 1);
+              gkey[r] = a.mask.col_idx[w.e0 + c / w.nsub] * static_cast<int>(a.mask.block_k) +
+                        (c % w.nsub) * Tr::kChunkKeys;
+            }
+            if (valid < Tr::kChunksPerTile) mask_bits = (1 << kWG) - 1;
           } else if ((!Tr::kByPosition && a.mask.partial[w.e0 + it / w.nsub] != 0) ||
                      ks + kBN > w.k_hi) {
             mask_bits = (1 << kWG) - 1;
           }
+          if constexpr (!kGather) {
 #pragma unroll
-          for (int cw = 0; cw < kWG; ++cw)
-            if (a.causal && static_cast<int64_t>(ks + kBN - 1 - (w.q0 + cw * 64)) > a.diag)
-              mask_bits |= 1 << cw;
+            for (int cw = 0; cw < kWG; ++cw)
+              if (a.causal && static_cast<int64_t>(ks + kBN - 1 - (w.q0 + cw * 64)) > a.diag)
+                mask_bits |= 1 << cw;
+          }
           // The last-tile flag (bit 0), and on 192-row tiles bit 1 + c on the last tile warpgroup c
           // sees: the next one, if any, is blank for it (fwd_blank).
           int last_bits = it_next >= w.n_items ? 1 : 0;
@@ -615,20 +679,33 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
           }
           mbar_wait(&empty_k[s], ph);
           if (traced_k++ == 0) FWD_TRACE(n, 0, 2);
-          sInfo[kII * s] = make_int4(ks, mask_bits, last_bits, kRuns ? see[0] : w.k_hi);
+          // (kGather: columns relative to the tile, its keys end after its chunks.)
+          sInfo[kII * s] = make_int4(ks, mask_bits, last_bits,
+                                     kRuns     ? see[0]
+                                     : kGather ? valid * Tr::kChunkKeys
+                                               : w.k_hi);
           if constexpr (kRuns && kBM > 128)
             sInfo[2 * s + 1] = make_int4(see[1], see[kWG - 1], 0, 0);
-          mbar_arrive_expect_tx(&full_k[s], Tr::kTileBytes);
+          // K, then V: per 64-column chunk c of the head dim, the tile's rows (kGather: per
+          // 64-key chunk r of the tile its rows 64 r.., 1024-byte aligned like the swizzle).
+          auto load_tile = [&](unsigned char* dst, const CUtensorMap* map, uint64_t* bar) {
+            mbar_arrive_expect_tx(bar, Tr::kTileBytes);
 #pragma unroll
-          for (int c = 0; c < Tr::kChunks; ++c)
-            tma_load_4d(sK + s * Tr::kTileBytes + c * kBN * 128, &tk, &full_k[s], c * 64, ks,
-                        w.h, w.b);
+            for (int c = 0; c < Tr::kChunks; ++c) {
+              if constexpr (kGather) {
+#pragma unroll
+                for (int r = 0; r < Tr::kChunksPerTile; ++r)
+                  tma_load_4d(dst + s * Tr::kTileBytes + c * kBN * 128 + r * Tr::kChunkKeys * 128,
+                              map, bar, c * 64, gkey[r], w.h, w.b);
+              } else {
+                tma_load_4d(dst + s * Tr::kTileBytes + c * kBN * 128, map, bar, c * 64, ks, w.h,
+                            w.b);
+              }
+            }
+          };
+          load_tile(sK, &tk, &full_k[s]);
           mbar_wait(&empty_v[s], ph);
-          mbar_arrive_expect_tx(&full_v[s], Tr::kTileBytes);
-#pragma unroll
-          for (int c = 0; c < Tr::kChunks; ++c)
-            tma_load_4d(sV + s * Tr::kTileBytes + c * kBN * 128, &tv, &full_v[s], c * 64, ks,
-                        w.h, w.b);
+          load_tile(sV, &tv, &full_v[s]);
           ++kv;
           it = it_next;
           ks = ks_next;
@@ -689,7 +766,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
                        lane_read(cw > 0 ? see[cw - 1] : in.w));
     }
     return make_int4(lane_read(in.x), lane_read(in.y), lane_read(in.z),
-                     Tr::kByPosition ? lane_read(in.w) : a.Nk);
+                     Tr::kByPosition || kGather ? lane_read(in.w) : a.Nk);
   };
   // 192-row tiles over masks of runs: a warpgroup's run is one range of the keys the tile walks
   // (the union of two rows' runs), so the tiles it sees none of come first or last. It skips
@@ -717,6 +794,35 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     warp_arrive(&empty_v[s]);
   };
 
+  // At head dim 64 an item's o and lse stay in registers after its last P V (normalised there,
+  // finish_rows): they are stored (flush) once the next item's first QK^T is issued, so the store
+  // runs beside that product instead of leaving the tensor cores idle between items; o, m and l
+  // then start over. At head dim 128, whose warpgroups ping-pong over longer products, the store
+  // follows the last P V (A/B runs 206-208: deferred, +0.5-2% at head dim 64 and -1-2% at 128),
+  // and each item has its own accumulators. The pending item: where o goes (pend_b: batch, or
+  // -1 - piece of the split items; kNoItem: none), its head and this thread's first row. (An item
+  // without tiles stores o zero and lse -inf: finish_rows of the initial state.)
+  constexpr bool kDefer = D == 64;
+  constexpr int kNoItem = -0x7fffffff;
+  FwdAcc<D> carried;  // kDefer: the pending item's, across items
+  int pend_b = kNoItem, pend_h = 0, pend_row = 0;
+#if LONGATTN_SM90_FWD_TRACE
+  int pend_n = 0;
+#endif
+  auto flush_acc = [&](const FwdAcc<D>& x) {
+    if (pend_b != kNoItem) {
+      if (pend_b < 0) {
+        const int64_t piece = -1 - pend_b;
+        store_piece<D, false>(sched.split_o + piece * kBM * D, sched.split_lse + piece * kBM,
+                              x.o, x.m, x.l, cw * 64 + warp * 16 + g, t4);
+      } else {
+        store_o_lse<T, D, false>(a, x.o, x.m, x.l, pend_b, pend_h, pend_row, t4);
+      }
+      if (tid == 0) FWD_TRACE(pend_n, 1 + cw, 6);
+    }
+    pend_b = kNoItem;
+  };
+
   int kv = 0;
   for (int n = 0;; ++n) {
     const int slot = n & 1;
@@ -724,18 +830,42 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     const int t = lane_read(tile_slot[slot]);
     warp_arrive(&tile_empty[slot]);
     if (tid == 0) FWD_TRACE(n, 1 + cw, 0);
-    if (t >= n_items_total) break;
+    if (t >= n_items_total) {
+      if constexpr (kDefer) flush_acc(carried);  // (else the last item's o is stored)
+      break;
+    }
     const Item w = decode(t);
     // Where o goes: batch w.b, or piece -1 - out_b of the split items (one value kept live
     // across the walk, not two).
     const int out_b = w.piece >= 0 ? -1 - w.piece : w.b;
     const int row0 = w.q0 + cw * 64;            // first row of this warpgroup
     const int my_row = row0 + warp * 16 + g;    // rows my_row and my_row + 8
-
-    float o[D / 2];
+    FwdAcc<D> fresh;  // !kDefer: this item's
+    FwdAcc<D>& acc = kDefer ? carried : fresh;
+    float(&o)[D / 2] = acc.o;
+    float(&m)[2] = acc.m;
+    float(&l)[2] = acc.l;
+    auto reset_acc = [&] {
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-    float m[2] = {flash::kNegInf, flash::kNegInf}, l[2] = {0.f, 0.f};
+      for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+      m[0] = flash::kNegInf;
+      m[1] = flash::kNegInf;
+      l[0] = 0.f;
+      l[1] = 0.f;
+    };
+    auto flush = [&] { flush_acc(acc); };
+    // This item's o, m and l are the next to be stored (after flush() stored the last one's).
+    auto adopt = [&] {
+      finish_rows<D>(o, m, l);
+      pend_b = out_b;
+      pend_h = w.h;
+      pend_row = my_row;
+#if LONGATTN_SM90_FWD_TRACE
+      pend_n = n;
+#endif
+    };
+    if constexpr (!kDefer) reset_acc();
+
     float sc[kBN / 2];
     uint32_t pa[kBN / 16][4];
 
@@ -798,6 +928,12 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     int ks = 0;
     if (next_visible(w, 0, ks) >= w.n_items) {  // later tiles: the producer's info
       if constexpr (!Tr::kQRegs) warp_arrive(q_empty);
+      // o zero, lse -inf.
+      if constexpr (kDefer) {
+        flush();
+        reset_acc();
+      }
+      if constexpr (kDefer) adopt();
     } else {
       // First tile: S_0, its softmax, P_0.
       int s = kv % kS;
@@ -826,12 +962,22 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         warp_arrive(q_empty);
         turn_begin();
         turn_end();
+        if constexpr (kDefer) {
+          flush();
+          reset_acc();
+        }
+        if constexpr (kDefer) adopt();
       } else {
         turn_begin();
         if (tid == 0) FWD_TRACE(n, 1 + cw, 3);
         wgmma_fence();
         issue_qk(s);
         turn_end();
+        // The last item's store while S_0 is computed (o, m, l then start over).
+        if constexpr (kDefer) {
+          flush();
+          reset_acc();
+        }
         wgmma_wait<0>();
         if (tid == 0) FWD_TRACE(n, 1 + cw, 4);
         fence_regs(sc);
@@ -896,18 +1042,20 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
             ++kv;
           }
         }
+        if constexpr (kDefer) adopt();
       }
       if (tid == 0) FWD_TRACE(n, 1 + cw, 5);
     }
-
-    if (out_b < 0) {
-      const int64_t piece = -1 - out_b;
-      store_piece<D>(sched.split_o + piece * kBM * D, sched.split_lse + piece * kBM, o, m, l,
-                     cw * 64 + warp * 16 + g, t4);
-    } else {
-      store_o_lse<T, D>(a, o, m, l, out_b, w.h, my_row, t4);
+    if constexpr (!kDefer) {  // this item's o, now
+      if (out_b < 0) {
+        const int64_t piece = -1 - out_b;
+        store_piece<D>(sched.split_o + piece * kBM * D, sched.split_lse + piece * kBM, o, m, l,
+                       cw * 64 + warp * 16 + g, t4);
+      } else {
+        store_o_lse<T, D>(a, o, m, l, out_b, w.h, my_row, t4);
+      }
+      if (tid == 0) FWD_TRACE(n, 1 + cw, 6);
     }
-    if (tid == 0) FWD_TRACE(n, 1 + cw, 6);
   }
 }
 
@@ -924,18 +1072,26 @@ FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pa
 // grid, and returns the number of pieces (0: none). LONGATTN_SM90_FWD_TAIL=0 turns it off.
 int64_t plan_fwd_tail_split(FwdSchedule& s, int& grid, int key_tiles, int key_tile);
 
-// kRuns: the instantiation for calls over masks of runs (a.runs), which the others ignore.
-template <typename T, int D, int kWG = 2, int kBNt = 128, bool kRuns = false>
+// kRuns: the instantiation for calls over masks of runs (a.runs), which the others ignore;
+// kGather: for the calls forward_gathered_tiles takes (non-causal, Nk a multiple of 64).
+template <typename T, int D, int kWG = 2, int kBNt = 128, bool kRuns = false,
+          bool kGather = false>
 void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t pool) {
-  using Tr = FwdSm90Traits<D, kWG, kBNt, kRuns>;
+  using Tr = FwdSm90Traits<D, kWG, kBNt, kRuns, kGather>;
   static_assert(Tr::kSmemBytes <= 227 * 1024, "shared memory of one CTA");
-  auto kernel = flash_fwd_sm90_kernel<T, D, kWG, kBNt, kRuns>;
+  if constexpr (kGather) {
+    LONGATTN_CHECK_ARG(a.causal == 0 && a.Nk % Tr::kChunkKeys == 0, "k",
+                       std::to_string(a.Nk) + " keys" + (a.causal ? ", causal" : ""),
+                       "gathered key tiles need a non-causal call over a multiple of 64 keys");
+  }
+  auto kernel = flash_fwd_sm90_kernel<T, D, kWG, kBNt, kRuns, kGather>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));
   const int n_qtiles = (a.Nq + Tr::kBM - 1) / Tr::kBM;
   if (n_qtiles == 0 || a.H == 0 || a.B == 0) return;
-  const FwdMaps maps = make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN);
+  const FwdMaps maps = make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM,
+                                     kGather ? Tr::kChunkKeys : Tr::kBN);
   int grid = 0;
   FwdSchedule sched = make_fwd_schedule(n_qtiles, a.H * a.B, int64_t{4} * a.Nk * D, grid);
   // Two consumer warpgroups at head dim 64 issue their products without ping-pong (A/B runs

@@ -192,6 +192,7 @@ bool pingpong_enabled() {
   static const bool on = switch_on("LONGATTN_SM90_PINGPONG");
   return on;
 }
+
 // A launch's counter pair from the ring, and its grid over n_items items: one CTA per SM when
 // persistent (the set_grid_limit limit where set), else one per item.
 int* take_counter(DeviceSched& d) { return d.pairs + 2 * (d.next.fetch_add(1) % kCounterPairs); }
@@ -388,9 +389,24 @@ bool fwd_wide(const FwdArgs& a, int head_dim) {
   return e == nullptr || std::string(e) != "0";
 }
 
+int fwd_gather(const FwdArgs& a, int head_dim, const BlockMaskView& mask) {
+  double keys = mask.mean_row_keys;
+  if (const char* e = std::getenv("LONGATTN_SM90_FWD_GATHER")) {
+    if (std::string(e) == "0") return 0;
+    if (std::string(e) == "1") keys = std::numeric_limits<double>::infinity();
+  }
+  return forward_gathered_tiles(head_dim, a.causal != 0, a.complete != 0, a.runs != 0, a.Nk, keys)
+             ? 1
+             : 0;
+}
+
 void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream,
                    cudaMemPool_t pool) {
   const bool bf16 = dtype == DType::BF16;
+  if (a.gather != 0 && head_dim == 128) {
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, false, true>(a, stream, pool)
+                : launch_fwd_sm90_impl<__half, 128, 2, 192, false, true>(a, stream, pool);
+  }
   const bool wide = fwd_wide(a, head_dim);
   if (wide && a.runs != 0 && head_dim == 64) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64, 3, 128, true>(a, stream, pool)

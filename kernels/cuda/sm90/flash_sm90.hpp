@@ -19,6 +19,11 @@ bool fwd_accepts(const flash::FwdArgs& a, DType dtype, int head_dim);
 // (three consumer warpgroups) at head dim 64, 192-key tiles at head dim 128; unless
 // LONGATTN_SM90_FWD_WIDE=0 (read on each call).
 bool fwd_wide(const flash::FwdArgs& a, int head_dim);
+// FwdArgs::gather for a call whose mask is neither complete nor one of runs (a.complete, a.runs
+// set): whether the forward gathers 192-key tiles from the 64-key chunks of each row's listed
+// blocks, forward_gathered_tiles (kernels/contract.hpp), unless LONGATTN_SM90_FWD_GATHER says
+// otherwise ("0" never, "1" whatever the rows' length; read on each call).
+int fwd_gather(const flash::FwdArgs& a, int head_dim, const BlockMaskView& mask);
 // FwdArgs::runs for a call whose mask is not complete: forward_wide_runs (kernels/contract.hpp)
 // unless LONGATTN_SM90_FWD_RUNS says otherwise ("0" never, "1" whenever the rows are runs).
 int fwd_runs(int head_dim, const BlockMaskView& mask);
