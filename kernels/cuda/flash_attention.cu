@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -152,8 +153,82 @@ __global__ void flash_bwd_delta_kernel(const BwdArgs a, float* out) {
   if (lane == 0) out[row] = acc;  // contiguous [B, Nq, H]
 }
 
-void launch_delta(const BwdArgs& a, DType dt, float* out, cudaStream_t s) {
+// The same over 16-byte groups, where dO and O are both of the 16-bit input dtype with 16-byte
+// aligned rows: G = D / 8 threads a row, each one group of each (one 16-byte load apiece), their
+// products summed over the row's G lanes by shuffles; rows < 2^31 / G, so 32-bit index
+// arithmetic. (The warp-per-row kernel spends most of its time on its two 64-bit divisions and
+// 2-byte loads: at 4K x 16 heads, 65536 rows, it was about as long as the memory traffic twice
+// over.)
+template <typename T>
+__device__ __forceinline__ float dot_pair(uint32_t x, uint32_t y) {
+  float2 fx, fy;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    fx = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
+    fy = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&y));
+  } else {
+    fx = __half22float2(*reinterpret_cast<const __half2*>(&x));
+    fy = __half22float2(*reinterpret_cast<const __half2*>(&y));
+  }
+  return fmaf(fx.x, fy.x, fx.y * fy.y);
+}
+
+constexpr int kDeltaThreads = 256;
+template <typename T, int G>
+__global__ void __launch_bounds__(kDeltaThreads)
+    flash_bwd_delta_vec_kernel(const BwdArgs a, float* out, int rows) {
+  static_assert(G >= 1 && G <= 32 && (G & (G - 1)) == 0, "a row's lanes: a power of two <= 32");
+  const int t = static_cast<int>(blockIdx.x) * kDeltaThreads + static_cast<int>(threadIdx.x);
+  const int row = t / G, c = t % G;
+  float acc = 0.f;
+  if (row < rows) {
+    const int h = row % a.H, bi = row / a.H;
+    const int i = bi % a.Nq, b = bi / a.Nq;
+    const int64_t ob = b * a.o.sb + static_cast<int64_t>(i) * a.o.sn + h * a.o.sh + 8 * c;
+    const int64_t db = b * a.d_o.sb + static_cast<int64_t>(i) * a.d_o.sn + h * a.d_o.sh + 8 * c;
+    const uint4 x = *reinterpret_cast<const uint4*>(static_cast<const T*>(a.d_o.data) + db);
+    const uint4 y = *reinterpret_cast<const uint4*>(static_cast<const T*>(a.o.data) + ob);
+    acc = (dot_pair<T>(x.x, y.x) + dot_pair<T>(x.y, y.y)) +
+          (dot_pair<T>(x.z, y.z) + dot_pair<T>(x.w, y.w));
+  }
+  // (Every lane takes part, whatever its row: rows past the end add zeros.)
+#pragma unroll
+  for (int off = G / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (row < rows && c == 0) out[row] = acc;  // contiguous [B, Nq, H]
+}
+
+bool delta_vec_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("LONGATTN_DELTA_VEC");  // measurement switch
+    return e == nullptr || std::string(e) != "0";
+  }();
+  return on;
+}
+
+template <typename T>
+bool launch_delta_vec(const BwdArgs& a, float* out, int64_t rows, cudaStream_t s) {
+  const int g = a.D / 8;
+  const int64_t threads = rows * g;
+  if (threads >= (int64_t{1} << 31) - kDeltaThreads) return false;
+  const dim3 grid(static_cast<unsigned>((threads + kDeltaThreads - 1) / kDeltaThreads));
+  const int r = static_cast<int>(rows);
+  switch (g) {
+    case 4: flash_bwd_delta_vec_kernel<T, 4><<<grid, kDeltaThreads, 0, s>>>(a, out, r); break;
+    case 8: flash_bwd_delta_vec_kernel<T, 8><<<grid, kDeltaThreads, 0, s>>>(a, out, r); break;
+    case 16: flash_bwd_delta_vec_kernel<T, 16><<<grid, kDeltaThreads, 0, s>>>(a, out, r); break;
+    case 32: flash_bwd_delta_vec_kernel<T, 32><<<grid, kDeltaThreads, 0, s>>>(a, out, r); break;
+    default: return false;
+  }
+  CUDA_CHECK_LAUNCH("flash_bwd_delta_vec_kernel");
+  return true;
+}
+
+// o_vec: o of the input dtype with 16-byte aligned rows (a.vec covers d_o).
+void launch_delta(const BwdArgs& a, DType dt, float* out, bool o_vec, cudaStream_t s) {
   const int64_t rows = static_cast<int64_t>(a.B) * a.Nq * a.H;
+  if (o_vec && a.vec && a.D % 8 == 0 && delta_vec_enabled()) {
+    if (dt == DType::BF16 && launch_delta_vec<__nv_bfloat16>(a, out, rows, s)) return;
+    if (dt == DType::F16 && launch_delta_vec<__half>(a, out, rows, s)) return;
+  }
   const int threads = 256, rows_per_block = threads / 32;
   const dim3 grid(static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block));
   switch (dt) {
@@ -365,7 +440,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
     a.delta.sb = static_cast<int64_t>(a.Nq) * a.H;
     a.delta.sn = a.H;
     a.delta.sh = 1;
-    launch_delta(a, dt, scratch, stream);
+    launch_delta(a, dt, scratch, p.o.dtype == dt && allows_vec(p.o), stream);
   }
   const bool atomic_dq = atomic_dq_of(p);
   a.dq_pair = allows_pair(p.dq);  // float2 atomics, or pairs in the dQ pass's read-modify-write
