@@ -36,6 +36,10 @@ namespace {
 
 struct Options {
   std::string suites = "dense,sparse,dilated";
+  // Passes timed per row ("fwd,bwd"): an A/B of forward kernels need not spend device time on
+  // the backward (a row timing only the backward runs its forward once, untimed, for o and lse).
+  std::string passes = "fwd,bwd";
+  bool time_fwd = true, time_bwd = true;
   std::string out = "kernel_bench.json";
   std::string mask_dir = "kernel_bench_masks";
   std::string dtype = "bf16";
@@ -336,7 +340,13 @@ class Bench {
     f.lse = b.lse.view();
     f.mask = pm->view();
     f.causal = causal;
-    const Timing tf = time_on_stream(cuda_, opt_, [&] { be_->attention_forward(f); }, meter_.get());
+    Timing tf;
+    if (opt_.time_fwd) {
+      tf = time_on_stream(cuda_, opt_, [&] { be_->attention_forward(f); }, meter_.get());
+    } else {
+      if (!opt_.time_bwd) return;
+      be_->attention_forward(f);  // o and lse for the backward
+    }
     AttnBwdParams p;
     p.q = f.q;
     p.k = f.k;
@@ -350,8 +360,9 @@ class Bench {
     p.mask = pm->view();
     p.mask_t = pmt->view();
     p.causal = causal;
+    if (opt_.time_fwd) add_row(row, "fwd", tf, fwd_flops);
+    if (!opt_.time_bwd) return;
     const Timing tb = time_on_stream(cuda_, opt_, [&] { be_->attention_backward(p); }, meter_.get());
-    add_row(row, "fwd", tf, fwd_flops);
     add_row(row, "bwd", tb, 2.5 * fwd_flops);
   }
 
@@ -450,12 +461,16 @@ class Bench {
                 variant->forward(*be_, b.q.view(), b.k.view(), b.v.view(), b.o.view(),
                                  b.lse.view());
               };
-              const Timing tf = time_on_stream(cuda_, opt_, fwd, meter_.get());
+              if (opt_.time_fwd) {
+                add_row(row, "fwd", time_on_stream(cuda_, opt_, fwd, meter_.get()), flops);
+              } else {
+                fwd();  // o and lse for the backward
+              }
+              if (!opt_.time_bwd) return;
               const Timing tb = time_on_stream(cuda_, opt_, [&] {
                 variant->backward(*be_, b.q.view(), b.k.view(), b.v.view(), b.o.view(),
                                   b.lse.view(), b.d_o.view(), dq.view(), dk.view(), dv.view());
               }, meter_.get());
-              add_row(row, "fwd", tf, flops);
               add_row(row, "bwd", tb, 2.5 * flops);
             });
           }
@@ -541,6 +556,7 @@ class Bench {
            {"cuda_runtime", rt},
            {"cuda_driver", drv},
            {"dtype", opt_.dtype},
+           {"passes", opt_.passes},
            {"timing",
             {{"warmup", opt_.warmup},
              {"warm_ms", opt_.warm_ms},
@@ -590,6 +606,8 @@ int main(int argc, char** argv) {
   po::options_description desc("kernel_bench options");
   desc.add_options()("help,h", "this help")(
       "suites", po::value(&opt.suites)->default_value(opt.suites), "comma list: dense,sparse,dilated")(
+      "passes", po::value(&opt.passes)->default_value(opt.passes),
+      "comma list of the passes timed per row: fwd,bwd")(
       "out", po::value(&opt.out)->default_value(opt.out), "JSON output file")(
       "mask-dir", po::value(&opt.mask_dir)->default_value(opt.mask_dir),
       "folder for the block masks (.npy) of the sparse rows")(
@@ -636,6 +654,22 @@ int main(int argc, char** argv) {
     LONGATTN_CHECK_ARG(opt.energy_ms >= 0, "--energy-ms", opt.energy_ms, "must be >= 0");
     if (opt.timing != "sync" && opt.timing != "queued")
       throw InvalidArgument("--timing", opt.timing, "must be sync or queued");
+    {
+      bool fwd = false, bwd = false;
+      std::stringstream ss(opt.passes);
+      for (std::string tok; std::getline(ss, tok, ',');) {
+        if (tok == "fwd") {
+          fwd = true;
+        } else if (tok == "bwd") {
+          bwd = true;
+        } else {
+          throw InvalidArgument("--passes", opt.passes, "must be a comma list of fwd and bwd");
+        }
+      }
+      if (!fwd && !bwd) throw InvalidArgument("--passes", opt.passes, "must name fwd or bwd");
+      opt.time_fwd = fwd;
+      opt.time_bwd = bwd;
+    }
     if (opt.kv_grads != "fp32" && opt.kv_grads != "input")
       throw InvalidArgument("--kv-grads", opt.kv_grads, "must be fp32 or input");
     if (cuda_device_count() == 0) {
