@@ -106,6 +106,17 @@ constexpr double kForwardGatherKeys = 4096;
 bool forward_gathered_tiles(int64_t head_dim, bool causal, bool complete, bool runs, int64_t nk,
                             double mean_row_keys);
 
+// Heads (batch, head pairs) whose forward items interleave in one group of the persistent
+// schedule, from how many pairs' K/V fit the L2 budget (per_l2: half of the L2 over one pair's K
+// and V). Non-causal calls, whose items are equal, take per_l2 (at least 1, at most n_pairs).
+// Causal calls walk each group's longest items first, so the last group must be as large as the
+// others: a smaller remainder starts its longest items late and ends the launch alone. They take
+// the smallest divisor of n_pairs at or above per_l2 (the budget is half of the L2: up to twice
+// it measured faster than a remainder), else the largest divisor below it. (A/B runs 217-218,
+// 16 heads: 12 + 4 at 4K d=128 and 8K d=64 against one group of 16, +10.7% / +12.0%; 6 + 6 + 4 at
+// 8K d=128 against 8 + 8, +5.0%; 16 groups of 1 at 64K unchanged.)
+int64_t forward_head_group(int64_t n_pairs, int64_t per_l2, bool causal);
+
 // Tail splitting for a persistent forward over equal items (non-causal calls whose mask lists
 // every key block): `items` items of `key_tiles` key tiles each on `ctas` CTAs leave a last,
 // partial wave of items % ctas items (all items when fewer than ctas), during which the other

@@ -151,6 +151,36 @@ TEST(Dense, ForwardGatheredTilesRule) {
   EXPECT_FALSE(forward_gathered_tiles(256, false, false, false, 65536, k));
 }
 
+// Head groups of the persistent forward: the L2 budget as it is without causality; under
+// causality groups that divide the pairs, rounded up within twice the budget, else down.
+TEST(Dense, ForwardHeadGroup) {
+  // Non-causal: the budget, clamped to [1, n_pairs].
+  EXPECT_EQ(forward_head_group(16, 12, false), 12);
+  EXPECT_EQ(forward_head_group(16, 0, false), 1);
+  EXPECT_EQ(forward_head_group(16, 25, false), 16);
+  EXPECT_EQ(forward_head_group(1, 5, false), 1);
+  EXPECT_EQ(forward_head_group(0, 5, true), 1);
+  // Causal, 16 heads: 4K d=128 (12 pairs' K/V in half of the L2) and 8K d=64 take one group
+  // of 16; 8K d=128 (6) two of 8; 16K d=128 (3) four of 4; 64K (0) sixteen of 1; 4K d=64 (25)
+  // one of 16.
+  EXPECT_EQ(forward_head_group(16, 12, true), 16);
+  EXPECT_EQ(forward_head_group(16, 6, true), 8);
+  EXPECT_EQ(forward_head_group(16, 3, true), 4);
+  EXPECT_EQ(forward_head_group(16, 0, true), 1);
+  EXPECT_EQ(forward_head_group(16, 25, true), 16);
+  EXPECT_EQ(forward_head_group(16, 8, true), 8);  // a divisor already
+  // No divisor within twice the budget: the largest below it (13 pairs are prime: groups of 1;
+  // 24 pairs with a budget of 5: 6; 28 with 10: 14; 36 with 10: 12, not 9).
+  EXPECT_EQ(forward_head_group(13, 5, true), 1);
+  EXPECT_EQ(forward_head_group(24, 5, true), 6);
+  EXPECT_EQ(forward_head_group(28, 10, true), 14);
+  EXPECT_EQ(forward_head_group(36, 10, true), 12);
+  EXPECT_EQ(forward_head_group(30, 7, true), 10);
+  EXPECT_EQ(forward_head_group(22, 10, true), 11);
+  EXPECT_EQ(forward_head_group(34, 10, true), 17);
+  EXPECT_EQ(forward_head_group(46, 10, true), 2);  // 23 is past twice the budget
+}
+
 // Tail splitting of the persistent forward: the last partial wave's items cut along the keys.
 TEST(Dense, ForwardTailSplit) {
   // 8K at head dim 64 (192-row items): 688 items on 132 CTAs, a last wave of 28 items of 64 key

@@ -1066,7 +1066,9 @@ struct FwdMaps {
 FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv);
 // Per-launch scheduler state: a zeroed counter pair from a per-device pool, the grid size (one
 // CTA per SM, at most one per item), the flags (LONGATTN_SM90_PINGPONG=0 turns ping-pong off).
-FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, int& grid);
+// Causal calls take groups of heads that divide the pairs (forward_head_group).
+FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, bool causal,
+                              int& grid);
 // Tail splitting (kernels/contract.hpp forward_tail_split) for a persistent launch of s.n_items
 // equal items of key_tiles key tiles each: sets the split fields of s, its item count and the
 // grid, and returns the number of pieces (0: none). LONGATTN_SM90_FWD_TAIL=0 turns it off.
@@ -1093,7 +1095,8 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
   const FwdMaps maps = make_fwd_maps(a, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM,
                                      kGather ? Tr::kChunkKeys : Tr::kBN);
   int grid = 0;
-  FwdSchedule sched = make_fwd_schedule(n_qtiles, a.H * a.B, int64_t{4} * a.Nk * D, grid);
+  FwdSchedule sched =
+      make_fwd_schedule(n_qtiles, a.H * a.B, int64_t{4} * a.Nk * D, a.causal != 0, grid);
   // Two consumer warpgroups at head dim 64 issue their products without ping-pong (A/B runs
   // 71-72: random masks +0.5-1.9%, dense causal 16K +3-4% on these tiles).
   if constexpr (D == 64 && kWG == 2) sched.flags &= ~kFwdPingPong;

@@ -209,14 +209,16 @@ int grid_for(const DeviceSched& d, int n_items, bool persistent) {
 }
 }  // namespace
 
-FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, int& grid) {
+FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, bool causal,
+                              int& grid) {
   DeviceSched& d = device_sched();
   FwdSchedule s;
   s.counter = take_counter(d);
   s.n_qtiles = n_qtiles;
-  // Half of L2 for the K/V of the heads walked together (at least one head).
+  // Half of L2 for the K/V of the heads walked together (at least one head); under causality
+  // groups of equal size (forward_head_group).
   const int64_t per_l2 = kv_bytes_per_pair > 0 ? (d.l2_bytes / 2) / kv_bytes_per_pair : n_pairs;
-  s.group = static_cast<int>(per_l2 < 1 ? 1 : (per_l2 > n_pairs ? n_pairs : per_l2));
+  s.group = static_cast<int>(forward_head_group(n_pairs, per_l2, causal));
   if (g_group.load() > 0) s.group = g_group.load() < n_pairs ? g_group.load() : n_pairs;
   if (const char* e = std::getenv("LONGATTN_SM90_FWD_GROUP")) {  // measurement switch
     const int g = std::atoi(e);
