@@ -146,6 +146,13 @@ int64_t forward_head_group(int64_t n_pairs, int64_t per_l2, bool causal) {
   return 1;
 }
 
+int64_t backward_work_group(int64_t n_pairs, int64_t nq, int64_t head_dim, bool causal,
+                            int64_t l2_bytes) {
+  if (!causal || n_pairs <= 0) return 0;
+  const int64_t per_pair = 8 * std::max<int64_t>(nq, 1) * std::max<int64_t>(head_dim, 1);
+  return forward_head_group(n_pairs, (l2_bytes / 2) / per_pair, true);
+}
+
 ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_tiles,
                                     int64_t key_tile, int64_t max_pieces) {
   ForwardTailSplit best;

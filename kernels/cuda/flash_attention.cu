@@ -457,6 +457,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
       a.rotate = sm90::bwd_rotate(a, static_cast<int>(p.q.D), p.mask_t.row_fill);
       a.dkv_reduce = sm90::bwd_dkv_reduce(static_cast<int>(p.q.D), tiles, p.mask_t.row_fill);
       a.q_splits = sm90::bwd_query_splits(a, static_cast<int>(p.q.D), tiles, p.mask_t.row_fill);
+      a.work_group = sm90::bwd_work_group(a, static_cast<int>(p.q.D));
       if (a.q_splits > 1) {
         const int nkb = (a.Nk + sm90::kBwdKeysPerCta - 1) / sm90::kBwdKeysPerCta;
         const size_t flags = static_cast<size_t>(a.B) * a.H * nkb * sizeof(int);

@@ -90,6 +90,11 @@ struct BwdArgs {
   // the Hopper backward walks its tiles by position over each row's range (80 queries at head
   // dim 128, 128 at 64).
   int runs = 0;
+  // Hopper backward: the works' order. 0: head by head, each head's key blocks in order; g > 0
+  // (causal calls): heads in groups of g (backward_work_group), within a group key block by key
+  // block across its heads, so the longest works (the first key blocks under causality) of
+  // every head of the group come first.
+  int work_group = 0;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;

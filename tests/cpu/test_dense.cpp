@@ -181,6 +181,23 @@ TEST(Dense, ForwardHeadGroup) {
   EXPECT_EQ(forward_head_group(46, 10, true), 2);  // 23 is past twice the budget
 }
 
+// The Hopper backward's work order: causal calls in head groups whose Q, dO and dq take half of
+// the L2 (rounded to a divisor of the pairs as forward_head_group does), non-causal head by head.
+TEST(Dense, BackwardWorkGroup) {
+  const int64_t l2 = int64_t{50} << 20;
+  // d=128, 16 heads: 4K (4 MB a head, 6 in 25 MB) groups of 8; 8K (8 MB, 3) of 4; 16K (16 MB,
+  // 1) of 1; 64K of 1.
+  EXPECT_EQ(backward_work_group(16, 4096, 128, true, l2), 8);
+  EXPECT_EQ(backward_work_group(16, 8192, 128, true, l2), 4);
+  EXPECT_EQ(backward_work_group(16, 16384, 128, true, l2), 1);
+  EXPECT_EQ(backward_work_group(16, 65536, 128, true, l2), 1);
+  // d=64, 4K (2 MB, 12): one group of 16.
+  EXPECT_EQ(backward_work_group(16, 4096, 64, true, l2), 16);
+  EXPECT_EQ(backward_work_group(16, 4096, 128, false, l2), 0);
+  EXPECT_EQ(backward_work_group(0, 4096, 128, true, l2), 0);
+  EXPECT_EQ(backward_work_group(3, 0, 128, true, l2), 3);
+}
+
 // Tail splitting of the persistent forward: the last partial wave's items cut along the keys.
 TEST(Dense, ForwardTailSplit) {
   // 8K at head dim 64 (192-row items): 688 items on 132 CTAs, a last wave of 28 items of 64 key

@@ -476,13 +476,23 @@ __global__ void __launch_bounds__(384, 1)
       for (int n = 0;; ++n) {
         const int slot = n & 1;
         int64_t w0 = 0, w1 = 0;
+        // The work's key block and part (x) and (batch, head) pair: head by head, or with
+        // a.work_group key block by key block across the heads of each group.
+        int x = w % nx, hb = w / nx;
+        if (a.work_group > 0 && w < n_works) {
+          const int per_group = nx * a.work_group;
+          const int g0 = w / per_group * a.work_group;
+          const int gsize = min(a.work_group, a.H * a.B - g0);
+          const int r = w % per_group;
+          x = r / gsize;
+          hb = g0 + r % gsize;
+        }
         if (kPos && w < n_works) {
           // The work's query tiles: its part's of its row's query range, from the first one a
           // key of the block sees.
-          const int x = w % nx;
           k0 = x % nkb * kBN;
-          h = (w / nx) % a.H;
-          b = (w / nx) / a.H;
+          h = hb % a.H;
+          b = hb / a.H;
           q_begin = 0;
           q_end = a.Nq;
           if (!a.complete) {  // a run of query blocks (a.runs), or none
@@ -501,13 +511,12 @@ __global__ void __launch_bounds__(384, 1)
                                                       kBM));
           if (w1 < w0) w1 = w0;
         } else if (w < n_works) {
-          const int x = w % nx;
           k0 = x % nkb * kBN;
           const int mrow = k0 / a.mask_t.block_q;
           w0 = a.mask_t.row_ptr[mrow];
           w1 = a.mask_t.row_ptr[mrow + 1];
-          h = (w / nx) % a.H;
-          b = (w / nx) / a.H;
+          h = hb % a.H;
+          b = hb / a.H;
           if (a.q_splits > 1) {
             const int part = x / nkb;
             const int nqb = (a.Nq + a.mask_t.block_k - 1) / a.mask_t.block_k;

@@ -306,6 +306,16 @@ int bwd_query_splits(const BwdArgs& a, int head_dim, double tiles_per_key_block,
                               device_sched().l2_bytes, a.rotate == 2);
 }
 
+int bwd_work_group(const flash::BwdArgs& a, int head_dim) {
+  if (a.q_splits != 1) return 0;  // (the parts' dk/dv flags index the works head by head)
+  if (const char* e = std::getenv("LONGATTN_SM90_BWD_GROUP")) {  // measurement switch
+    const int g = std::atoi(e);
+    if (g >= 0) return g < a.H * a.B ? g : a.H * a.B;
+  }
+  return static_cast<int>(backward_work_group(int64_t{a.H} * a.B, a.Nq, head_dim, a.causal != 0,
+                                              device_sched().l2_bytes));
+}
+
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv, int box_dq) {
   BwdMaps m;
   m.q = make_map(a.q, a.B, a.Nq, a.H, D, half_type(bf16), box_q, "q");

@@ -78,6 +78,9 @@ bool dkv_vec_enabled();
 // LONGATTN_SM90_QSPLIT=n fixes it (read on each call).
 int bwd_query_splits(const flash::BwdArgs& a, int head_dim, double tiles_per_key_block,
                      double row_fill);
+// The backward's work order (BwdArgs::work_group, backward_work_group; LONGATTN_SM90_BWD_GROUP=g
+// sets it, 0 head by head); 0 with query parts.
+int bwd_work_group(const flash::BwdArgs& a, int head_dim);
 
 // The current device is compute capability 9.0 and LONGATTN_FLASH_KERNELS does not ask for the
 // portable kernels.
