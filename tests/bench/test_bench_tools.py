@@ -248,5 +248,35 @@ class AbCompare(unittest.TestCase):
         self.assertIn("--base c", p.stderr)
 
 
+class ScheduleModel(unittest.TestCase):
+    """bench/schedule_model.py: its copy of forward_head_group agrees with the C++ rule's test
+    cases (tests/cpu/test_dense.cpp), and the model orders as the kernels' notes say."""
+
+    def setUp(self):
+        import schedule_model
+        self.m = schedule_model
+
+    def test_head_group_matches_the_rule(self):
+        cases = {(16, 12): 16, (16, 6): 8, (16, 3): 4, (16, 0): 1, (16, 25): 16, (16, 8): 8,
+                 (13, 5): 1, (24, 5): 6, (28, 10): 14, (36, 10): 12, (30, 7): 10, (22, 10): 11,
+                 (34, 10): 17, (46, 10): 2}
+        for (pairs, per_l2), g in cases.items():
+            self.assertEqual(self.m.head_group(pairs, per_l2), g, (pairs, per_l2))
+        self.assertEqual(self.m.head_group(16, 12, causal=False), 12)
+
+    def test_makespan(self):
+        self.assertEqual(self.m.makespan([3, 3, 3, 3], 2), 6)
+        self.assertEqual(self.m.makespan([4, 1, 1, 1, 1], 2), 4)
+
+    def test_grouped_orders_beat_head_by_head_at_4k(self):
+        args = type("A", (), {"ctas": 132, "heads": 16, "l2_mb": 50, "fixed_fwd": 1.5,
+                              "fixed_bwd": 5.0})()
+        r = self.m.model(4096, 128, "bwd", args)
+        self.assertGreater(r["head"], 1.2)
+        self.assertLess(r["divisor"], 1.01)
+        r = self.m.model(65536, 128, "fwd", args)
+        self.assertLess(abs(r["head"] - r["divisor"]), 0.005)
+
+
 if __name__ == "__main__":
     unittest.main()
