@@ -126,6 +126,24 @@ int64_t forward_head_group(int64_t n_pairs, int64_t per_l2, bool causal);
 // non-causal calls.
 int64_t backward_work_group(int64_t n_pairs, int64_t nq, int64_t head_dim, bool causal,
                             int64_t l2_bytes);
+// Work w of the Hopper backward (nx key blocks and query parts a pair, `pairs` (batch, head)
+// pairs, works [0, nx * pairs)): its key block and part x and its pair. group 0: pair by pair
+// (x = w mod nx); group g > 0: pairs in groups of g (the last one smaller if g does not divide
+// pairs), each group's works x by x across its pairs. Either way a bijection onto
+// [0, nx) x [0, pairs).
+template <class I>
+struct BackwardWorkPos {
+  I x, pair;
+};
+template <class I>
+constexpr BackwardWorkPos<I> backward_work_pos(I w, I nx, I pairs, I group) {
+  if (group <= 0) return {w % nx, w / nx};
+  const I per_group = nx * group;
+  const I g0 = w / per_group * group;
+  const I size = pairs - g0 < group ? pairs - g0 : group;
+  const I r = w % per_group;
+  return {r / size, g0 + r % size};
+}
 
 // Tail splitting for a persistent forward over equal items (non-causal calls whose mask lists
 // every key block): `items` items of `key_tiles` key tiles each on `ctas` CTAs leave a last,

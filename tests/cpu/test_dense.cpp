@@ -198,6 +198,33 @@ TEST(Dense, BackwardWorkGroup) {
   EXPECT_EQ(backward_work_group(3, 0, 128, true, l2), 3);
 }
 
+// The Hopper backward's work positions: pair by pair without a group, and with any group size
+// (dividing the pairs or not) a bijection onto (key block or part, pair), each group's works key
+// block by key block across its pairs.
+TEST(Dense, BackwardWorkPositions) {
+  EXPECT_EQ(backward_work_pos<int>(5, 4, 3, 0).x, 1);
+  EXPECT_EQ(backward_work_pos<int>(5, 4, 3, 0).pair, 1);
+  // nx 4, pairs 3, groups of 2: pairs {0, 1} x 0..3, then pair 2 x 0..3.
+  const int want[12][2] = {{0, 0}, {0, 1}, {1, 0}, {1, 1}, {2, 0}, {2, 1},
+                           {3, 0}, {3, 1}, {0, 2}, {1, 2}, {2, 2}, {3, 2}};
+  for (int w = 0; w < 12; ++w) {
+    EXPECT_EQ(backward_work_pos<int>(w, 4, 3, 2).x, want[w][0]) << w;
+    EXPECT_EQ(backward_work_pos<int>(w, 4, 3, 2).pair, want[w][1]) << w;
+  }
+  for (int nx : {1, 3, 32, 512})
+    for (int pairs : {1, 2, 7, 16, 48})
+      for (int group = 0; group <= pairs + 2; ++group) {
+        std::vector<int> seen(static_cast<size_t>(nx) * pairs, 0);
+        for (int w = 0; w < nx * pairs; ++w) {
+          const BackwardWorkPos<int> p = backward_work_pos(w, nx, pairs, group);
+          ASSERT_TRUE(p.x >= 0 && p.x < nx && p.pair >= 0 && p.pair < pairs)
+              << nx << " " << pairs << " " << group << " " << w;
+          ++seen[static_cast<size_t>(p.pair) * nx + p.x];
+        }
+        for (int v : seen) ASSERT_EQ(v, 1) << nx << " " << pairs << " " << group;
+      }
+}
+
 // Tail splitting of the persistent forward: the last partial wave's items cut along the keys.
 TEST(Dense, ForwardTailSplit) {
   // 8K at head dim 64 (192-row items): 688 items on 132 CTAs, a last wave of 28 items of 64 key

@@ -478,15 +478,10 @@ __global__ void __launch_bounds__(384, 1)
         int64_t w0 = 0, w1 = 0;
         // The work's key block and part (x) and (batch, head) pair: head by head, or with
         // a.work_group key block by key block across the heads of each group.
-        int x = w % nx, hb = w / nx;
-        if (a.work_group > 0 && w < n_works) {
-          const int per_group = nx * a.work_group;
-          const int g0 = w / per_group * a.work_group;
-          const int gsize = min(a.work_group, a.H * a.B - g0);
-          const int r = w % per_group;
-          x = r / gsize;
-          hb = g0 + r % gsize;
-        }
+        const BackwardWorkPos<int> pos = w < n_works
+                                             ? backward_work_pos(w, nx, a.H * a.B, a.work_group)
+                                             : BackwardWorkPos<int>{0, 0};
+        const int x = pos.x, hb = pos.pair;
         if (kPos && w < n_works) {
           // The work's query tiles: its part's of its row's query range, from the first one a
           // key of the block sees.
