@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "attention/dense.hpp"
 #include "common/reference.hpp"
