@@ -35,7 +35,7 @@ class EnergyMeter:
     NVML, the device or the counter is missing, available() is False and `reason` says why."""
 
     def __init__(self, pci_bus_id, lib=None):
-        self.reason, self._read = None, None
+        self.reason, self._read, self._mhz = None, None, None
         try:
             import ctypes
             nvml = lib if lib is not None else ctypes.CDLL("libnvidia-ml.so.1")
@@ -56,6 +56,15 @@ class EnergyMeter:
 
             read()
             self._read = read
+            self._mhz = None
+            clock = getattr(nvml, "nvmlDeviceGetClockInfo", None)
+            if clock is not None:
+                mhz = ctypes.c_uint()
+
+                def sm_mhz():  # NVML_CLOCK_SM; None where NVML cannot say
+                    return int(mhz.value) if clock(handle, 1, ctypes.byref(mhz)) == 0 else None
+
+                self._mhz = sm_mhz
         except Exception as e:  # energy is optional: the times are still measured
             self.reason = f"{type(e).__name__}: {e}"
 
@@ -64,6 +73,10 @@ class EnergyMeter:
 
     def millijoules(self):
         return self._read()
+
+    def sm_mhz(self):
+        """The SM clock now (MHz), or None where NVML cannot say."""
+        return self._mhz() if self.available() and self._mhz is not None else None
 
 
 def energy_summary(mj0, mj1, calls, wall_ms):
@@ -78,15 +91,16 @@ def energy_summary(mj0, mj1, calls, wall_ms):
 
 class Timer:
     """kernel_bench's timing: mode "sync" waits for each timed call, "queued" launches the calls
-    back to back with an event between each two (and warms up in batches of ~10 ms). With
+    back to back with an event between each two (and warms up in batches of ~10 ms), "graph"
+    captures k calls (~10 ms) into a CUDA graph and times its replays, divided by k. With
     energy_ms > 0 and a working meter, the calls then run back to back for at least energy_ms
     of wall time between two readings of the GPU's energy counter (energy per call, mean
     power), as kernel_bench's --energy-ms."""
 
     def __init__(self, torch, warmup, repeats, max_seconds, warm_ms=0.0, mode="sync",
                  energy_ms=0.0, meter=None, clock=time.perf_counter):
-        if mode not in ("sync", "queued"):
-            raise ValueError(f"timing mode {mode!r}: must be sync or queued")
+        if mode not in ("sync", "queued", "graph"):
+            raise ValueError(f"timing mode {mode!r}: must be sync, queued or graph")
         self.torch, self.warmup, self.repeats, self.max_seconds = torch, warmup, repeats, max_seconds
         self.warm_ms, self.mode = warm_ms, mode
         self.energy_ms, self.meter, self.clock = energy_ms, meter, clock
@@ -104,7 +118,7 @@ class Timer:
             stop.synchronize()
             return start.elapsed_time(stop)
 
-        queued = self.mode == "queued"
+        queued = self.mode != "sync"
         # At least `warmup` calls and warm_ms of GPU time, stopping early on slow rows, as
         # kernel_bench does.
         first, warm_ms, i = 0.0, 0.0, 0
@@ -120,7 +134,22 @@ class Timer:
         if first > 0:
             reps = min(reps, int(self.max_seconds * 1e3 / first))
         reps = max(reps, 5)
-        if queued:
+        if self.mode == "graph":
+            k = min(max(int(10.0 / max(first, 1e-3)), 1), 1000)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(k):
+                    fn()
+            ms = []
+            for _ in range(reps):
+                graph.replay()  # untimed: the GPU is busy while the timed replay is launched
+                start.record()
+                graph.replay()
+                stop.record()
+                stop.synchronize()
+                ms.append(start.elapsed_time(stop) / k)
+            del graph
+        elif queued:
             ev = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
             ev[0].record()
             for j in range(reps):
@@ -136,15 +165,20 @@ class Timer:
             # Batches of ~50 ms of calls, each waited for (the gaps are a few us in 50 ms).
             k = min(max(int(50.0 / max(percentile(ms, 0.5), 1e-3)), 1), 10000)
             done = torch.cuda.Event()
-            mj0, t0, calls = self.meter.millijoules(), self.clock(), 0
+            mj0, t0, calls, mhz = self.meter.millijoules(), self.clock(), 0, []
             while (self.clock() - t0) * 1e3 < self.energy_ms:
                 for _ in range(k):
                     fn()
+                m = self.meter.sm_mhz()  # while the batch runs
+                if m:
+                    mhz.append(m)
                 done.record()
                 done.synchronize()
                 calls += k
             result.update(energy_summary(mj0, self.meter.millijoules(), calls,
                                          (self.clock() - t0) * 1e3))
+            if mhz:
+                result["sm_mhz"] = sum(mhz) / len(mhz)
         return result
 
 
@@ -367,7 +401,7 @@ def main():
                     help="timed calls per row, at most (default: what kernel_bench used)")
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="time budget per row (default: what kernel_bench used)")
-    ap.add_argument("--timing", choices=("sync", "queued"), default=None,
+    ap.add_argument("--timing", choices=("sync", "queued", "graph"), default=None,
                     help="timing mode (default: what kernel_bench used)")
     ap.add_argument("--warm-ms", type=float, default=None,
                     help="warm-up GPU time per row (default: what kernel_bench used)")

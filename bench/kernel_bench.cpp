@@ -73,6 +73,9 @@ struct Options {
   // "sync" (every anchored run up to version 20): each call is waited for before the next is
   // launched, so a call's time includes its host launch latency (37-168 us per call for the
   // PyTorch anchors at 4K against a few us here: the anchors lose at short rows).
+  // "graph": k calls (~10 ms) captured once into a CUDA graph, each replay timed by events and
+  // divided by k: the GPU time of a call with no host work between calls (a diagnostic: the
+  // anchors keep their own timing).
   std::string timing = "queued";
   double energy_ms = 0.0;  // > 0: energy per call over this much wall time of calls (NVML)
   int device = 0;
@@ -82,10 +85,14 @@ struct Options {
 struct Timing {
   double median = 0, p10 = 0, p90 = 0;
   int repeats = 0;
+  // Queued timing: the host's wall time per call of the timed launches (from the first launch
+  // to the last one's return); at or above the median, the GPU waited for the host.
+  double host_ms = -1;
   // --energy-ms: energy per call (J) and mean power (W) over energy_calls calls back to back
   // that took energy_ms of wall time; energy_j < 0 when not measured.
   double energy_j = -1, watts = 0, energy_ms = 0;
   int energy_calls = 0;
+  double sm_mhz = -1;  // mean of the SM clock read after each batch of the energy window
 };
 
 // The GPU's cumulative energy counter (NVML's nvmlDeviceGetTotalEnergyConsumption, mJ), from
@@ -123,6 +130,7 @@ class EnergyMeter {
       return;
     }
     ok_ = true;
+    clock_ = reinterpret_cast<Clock>(dlsym(lib_, "nvmlDeviceGetClockInfo"));
   }
   ~EnergyMeter() {
     if (shutdown_ != nullptr) shutdown_();  // (set once nvmlInit_v2 succeeded)
@@ -137,9 +145,17 @@ class EnergyMeter {
     if (!ok_ || read_(device_, &mj) != 0) throw Error("the GPU's energy counter could not be read");
     return static_cast<double>(mj);
   }
+  // The SM clock now (MHz; NVML_CLOCK_SM), or -1 where NVML cannot say.
+  int sm_mhz() const {
+    unsigned int mhz = 0;
+    if (!ok_ || clock_ == nullptr || clock_(device_, 1, &mhz) != 0) return -1;
+    return static_cast<int>(mhz);
+  }
 
  private:
   using Read = int (*)(void*, unsigned long long*);
+  using Clock = int (*)(void*, int, unsigned int*);
+  Clock clock_ = nullptr;
   using Shutdown = int (*)();
   void* lib_ = nullptr;
   Shutdown shutdown_ = nullptr;
@@ -184,11 +200,12 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
   const bool queued = opt.timing == "queued";
   // Warm-up: at least `warmup` calls (one at least) and warm_ms of GPU time, stopping early once
   // a third of the row's time budget is spent (slow rows at 64K would otherwise dominate the run).
-  // Queued: after the first call, batches of ~10 ms of calls between two events.
+  // Queued and graph: after the first call, batches of ~10 ms of calls between two events.
   double first = 0, warm_ms = 0;
   for (int i = 0;;) {
-    const int k =
-        queued && i > 0 ? std::clamp(static_cast<int>(10.0 / std::max(first, 1e-3)), 1, 1000) : 1;
+    const int k = opt.timing != "sync" && i > 0
+                      ? std::clamp(static_cast<int>(10.0 / std::max(first, 1e-3)), 1, 1000)
+                      : 1;
     const double ms = batch(k);
     first = ms / k;
     warm_ms += ms;
@@ -200,15 +217,20 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
   if (first > 0) reps = std::min(reps, static_cast<int>(opt.max_seconds * 1e3 / first));
   reps = std::max(reps, 5);
   std::vector<double> ms;
+  double host_ms = -1;
   if (queued) {
     // One event between consecutive calls, all launched before the first wait.
     std::vector<cudaEvent_t> ev(static_cast<size_t>(reps) + 1);
     for (auto& e : ev) BENCH_CUDA(cudaEventCreate(&e));
     BENCH_CUDA(cudaEventRecord(ev[0], stream));
+    const auto h0 = std::chrono::steady_clock::now();
     for (int i = 0; i < reps; ++i) {
       fn();
       BENCH_CUDA(cudaEventRecord(ev[static_cast<size_t>(i) + 1], stream));
     }
+    host_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0)
+                  .count() /
+              reps;
     BENCH_CUDA(cudaEventSynchronize(ev.back()));
     for (int i = 0; i < reps; ++i) {
       float t = 0;
@@ -217,10 +239,39 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
       ms.push_back(t);
     }
     for (auto& e : ev) BENCH_CUDA(cudaEventDestroy(e));
+  } else if (opt.timing == "graph") {
+    // k calls captured once; each timed replay between two events.
+    const int k = std::clamp(static_cast<int>(10.0 / std::max(first, 1e-3)), 1, 1000);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    BENCH_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      for (int c = 0; c < k; ++c) fn();
+    } catch (...) {
+      cudaStreamEndCapture(stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    BENCH_CUDA(cudaStreamEndCapture(stream, &graph));
+    BENCH_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    for (int i = 0; i < reps; ++i) {
+      // An untimed replay first: the GPU is busy while the timed one is launched.
+      BENCH_CUDA(cudaGraphLaunch(exec, stream));
+      BENCH_CUDA(cudaEventRecord(start, stream));
+      BENCH_CUDA(cudaGraphLaunch(exec, stream));
+      BENCH_CUDA(cudaEventRecord(stop, stream));
+      BENCH_CUDA(cudaEventSynchronize(stop));
+      float t = 0;
+      BENCH_CUDA(cudaEventElapsedTime(&t, start, stop));
+      ms.push_back(static_cast<double>(t) / k);
+    }
+    BENCH_CUDA(cudaGraphExecDestroy(exec));
+    BENCH_CUDA(cudaGraphDestroy(graph));
   } else {
     for (int i = 0; i < reps; ++i) ms.push_back(batch(1));
   }
   Timing t{percentile(ms, 0.5), percentile(ms, 0.1), percentile(ms, 0.9), reps};
+  t.host_ms = host_ms;
   if (opt.energy_ms > 0 && meter != nullptr && meter->available()) {
     // Batches of ~50 ms of calls, each waited for (the gaps are a few us in 50 ms), until
     // energy_ms of wall time has passed between two readings of the energy counter.
@@ -232,10 +283,19 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
           .count();
     };
     int calls = 0;
+    double mhz_sum = 0;
+    int mhz_n = 0;
     while (wall_ms() < opt.energy_ms) {
-      batch(k);
+      for (int c = 0; c < k; ++c) fn();
+      // The SM clock while the batch runs (the host is ahead of the GPU here).
+      if (const int mhz = meter->sm_mhz(); mhz > 0) {
+        mhz_sum += mhz;
+        ++mhz_n;
+      }
+      BENCH_CUDA(cudaStreamSynchronize(stream));
       calls += k;
     }
+    if (mhz_n > 0) t.sm_mhz = mhz_sum / mhz_n;
     const double joules = (meter->millijoules() - mj0) / 1e3;
     t.energy_ms = wall_ms();
     t.energy_calls = calls;
@@ -500,6 +560,7 @@ class Bench {
     row["ms_p10"] = t.p10;
     row["ms_p90"] = t.p90;
     row["repeats"] = t.repeats;
+    if (t.host_ms >= 0) row["host_ms_per_call"] = t.host_ms;
     row["tflops"] = flops / (t.median * 1e-3) / 1e12;
     row["peak_bytes"] = be_->peak_bytes();
     if (t.energy_j >= 0) {
@@ -507,6 +568,7 @@ class Bench {
       row["watts"] = t.watts;
       row["energy_calls"] = t.energy_calls;
       row["energy_ms"] = t.energy_ms;
+      if (t.sm_mhz > 0) row["sm_mhz"] = t.sm_mhz;
     }
     row["id"] = rows_.size();
     rows_.push_back(row);
@@ -521,8 +583,8 @@ class Bench {
                 row["causal"].get<bool>() ? "causal" : "full", row.value("density", 1.0), t.median,
                 t.p10, t.p90, row["tflops"].get<double>());
     if (t.energy_j >= 0)
-      std::printf("  energy %.4f J a call, %.0f W over %d calls (%.0f ms)\n", t.energy_j, t.watts,
-                  t.energy_calls, t.energy_ms);
+      std::printf("  energy %.4f J a call, %.0f W over %d calls (%.0f ms), SM clock %.0f MHz\n",
+                  t.energy_j, t.watts, t.energy_calls, t.energy_ms, t.sm_mhz);
     std::fflush(stdout);
   }
 
@@ -536,7 +598,9 @@ class Bench {
     std::printf("# timing: CUDA events on the work stream (%s), at least %d warm-up calls and "
                 "%.0f ms, median of up to %d repeats (<= %.1f s per row, >= 5), p10/p90; FLOPs "
                 "fwd 4*B*H*pairs*D (causal half), bwd 2.5x\n",
-                opt_.timing == "queued" ? "calls queued back to back" : "each call waited for",
+                opt_.timing == "queued"  ? "calls queued back to back"
+                : opt_.timing == "graph" ? "calls replayed from a CUDA graph"
+                                         : "each call waited for",
                 opt_.warmup, opt_.warm_ms, opt_.repeats, opt_.max_seconds);
   }
 
@@ -569,9 +633,12 @@ class Bench {
                         : meter_ && meter_->available()
                             ? std::string("NVML energy counter over calls back to back")
                             : "unavailable: " + (meter_ ? meter_->reason() : std::string())},
-             {"method", opt_.timing == "queued"
-                            ? "CUDA events on the backend work stream, calls queued back to back"
-                            : "CUDA events on the backend work stream, each call waited for"}}},
+             {"method",
+              opt_.timing == "queued"
+                  ? "CUDA events on the backend work stream, calls queued back to back"
+              : opt_.timing == "graph"
+                  ? "CUDA events around replays of a CUDA graph of k calls, divided by k"
+                  : "CUDA events on the backend work stream, each call waited for"}}},
            {"flops_convention",
             "fwd 4*B*H*(visible pairs)*D; dense causal counts half (4*B*H*N^2*D/2); bwd 2.5x fwd"},
            {"grad_dtype",
@@ -635,7 +702,8 @@ int main(int argc, char** argv) {
       "max-seconds", po::value(&opt.max_seconds)->default_value(opt.max_seconds),
       "time budget per row (repeats shrink, at least 5)")(
       "timing", po::value(&opt.timing)->default_value(opt.timing),
-      "queued (calls back to back, events between them) | sync (wait for each timed call)")(
+      "queued (calls back to back, events between them) | sync (wait for each timed call) | "
+      "graph (calls captured in a CUDA graph, replays timed; ours only)")(
       "energy-ms", po::value(&opt.energy_ms)->default_value(opt.energy_ms),
       "after each row's timing, run its calls back to back for this many ms between two "
       "readings of the GPU's energy counter (NVML): J a call, mean W (0: off)")(
@@ -652,8 +720,8 @@ int main(int argc, char** argv) {
     LONGATTN_CHECK_ARG(opt.warm_ms >= 0, "--warm-ms", opt.warm_ms, "must be >= 0");
     LONGATTN_CHECK_ARG(opt.repeats >= 1, "--repeats", opt.repeats, "must be >= 1");
     LONGATTN_CHECK_ARG(opt.energy_ms >= 0, "--energy-ms", opt.energy_ms, "must be >= 0");
-    if (opt.timing != "sync" && opt.timing != "queued")
-      throw InvalidArgument("--timing", opt.timing, "must be sync or queued");
+    if (opt.timing != "sync" && opt.timing != "queued" && opt.timing != "graph")
+      throw InvalidArgument("--timing", opt.timing, "must be sync, queued or graph");
     {
       bool fwd = false, bwd = false;
       std::stringstream ss(opt.passes);

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CPU tests of the benchmark's Python tools: anchors.Timer's two timing modes (with a fake torch
+"""CPU tests of the benchmark's Python tools: anchors.Timer's timing modes (with a fake torch
 whose GPU clock runs only inside the timed calls, and a host that takes time between them), its
 energy window (a fake NVML), bench/kernel_summary.py's target summary and bench/ab_compare.py's
 paired comparison."""
@@ -26,6 +26,9 @@ class FakeGpu:
         self.calls = 0
 
     def launch(self):
+        if getattr(self, "captured", None) is not None:
+            self.captured.append(self.call_ms)  # recorded into a graph, not run
+            return
         self.host += self.host_ms
         self.stream = max(self.stream, self.host) + self.call_ms
         self.calls += 1
@@ -49,11 +52,34 @@ class FakeTorch:
             def elapsed_time(self, other):
                 return other.t - self.t
 
+        class CUDAGraph:
+            """Replays the calls captured into it back to back, one host launch for all."""
+
+            def __init__(self):
+                self.calls = []
+
+            def replay(self):
+                gpu_.host += gpu_.host_ms
+                gpu_.stream = max(gpu_.stream, gpu_.host) + sum(self.calls)
+                gpu_.calls += len(self.calls)
+
+        class graph:
+            def __init__(self, g):
+                self.g = g
+
+            def __enter__(self):
+                gpu_.captured = self.g.calls
+
+            def __exit__(self, *exc):
+                gpu_.captured = None
+
         class Cuda:
             pass
 
         self.cuda = Cuda()
         self.cuda.Event = Event
+        self.cuda.CUDAGraph = CUDAGraph
+        self.cuda.graph = graph
 
 
 class TimerModes(unittest.TestCase):
@@ -77,6 +103,14 @@ class TimerModes(unittest.TestCase):
         r, _ = self.run_mode("queued", call_ms=0.2, host_ms=0.5)
         self.assertAlmostEqual(r["ms_median"], 0.5, places=6)
 
+    def test_graph_removes_a_host_bound_gap(self):
+        # Replays of captured calls leave the host out: the GPU time per call even when the
+        # host is slower than the GPU (where queued timing shows the host's time).
+        r, _ = self.run_mode("graph", call_ms=0.2, host_ms=0.5)
+        self.assertAlmostEqual(r["ms_median"], 0.2, places=6)
+        q, _ = self.run_mode("queued", call_ms=0.2, host_ms=0.5)
+        self.assertGreater(q["ms_median"], r["ms_median"] * 2)
+
     def test_queued_warm_up_reaches_its_time(self):
         r, gpu = self.run_mode("queued", call_ms=0.2, host_ms=0.01, warm_ms=300.0)
         warm_calls = gpu.calls - r["repeats"]
@@ -92,8 +126,15 @@ class TimerModes(unittest.TestCase):
 class FakeNvml:
     """libnvidia-ml.so.1 for EnergyMeter: one device at bus `bus`, its counter from `energy()`."""
 
-    def __init__(self, bus, energy, init_rc=0):
+    def __init__(self, bus, energy, init_rc=0, mhz=None):
         self.bus, self.energy, self.init_rc = bus, energy, init_rc
+        if mhz is not None:  # the SM clock, from `mhz()`, only where given
+            def clock(handle, kind, value):
+                if kind != 1:
+                    return 2
+                value._obj.value = int(mhz())
+                return 0
+            self.nvmlDeviceGetClockInfo = clock
 
     def nvmlInit_v2(self):
         return self.init_rc
@@ -138,6 +179,18 @@ class Energy(unittest.TestCase):
         self.assertGreaterEqual(r["energy_ms"], 500.0)
         self.assertAlmostEqual(r["watts"], 300.0, delta=1.0)
         self.assertAlmostEqual(r["energy_j_per_call"], 0.06, delta=0.001)
+        self.assertNotIn("sm_mhz", r)  # this NVML has no clock
+        # With a clock: its mean over the batches, read while they run.
+        gpu = FakeGpu(0.2, 0.01)
+        clocks = iter(range(1500, 100000, 10))
+        meter = anchors.EnergyMeter("b", lib=FakeNvml("b", lambda: 300.0 * gpu.host,
+                                                      mhz=lambda: next(clocks)))
+        self.assertEqual(meter.sm_mhz(), 1500)
+        timer = anchors.Timer(FakeTorch(gpu), 3, 20, 3.0, 10.0, "queued", energy_ms=500.0,
+                              meter=meter, clock=lambda: gpu.host / 1e3)
+        r = timer(gpu.launch)
+        n = (r["energy_calls"] + 249) // 250  # batches of 50 ms of 0.2 ms calls
+        self.assertAlmostEqual(r["sm_mhz"], 1510 + 10 * (n - 1) / 2, delta=1e-6)
         # Without a meter (or with energy_ms 0) there are no energy keys.
         plain = FakeGpu(0.2, 0.01)
         r = anchors.Timer(FakeTorch(plain), 3, 20, 3.0, 10.0, "queued")(plain.launch)
