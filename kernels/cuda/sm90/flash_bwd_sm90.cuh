@@ -430,6 +430,7 @@ __global__ void __launch_bounds__(384, 1)
     mbar_init_fence();
   }
   __syncthreads();
+  pdl_wait();
   // Walk step `it` takes item it + rot (mod n_items). a.rotate 1 (staggered, measurements): the
   // CTAs of neighbouring key blocks start at different query tiles, so those running together
   // reduce into different dQ tiles (all starting at the first one, they add into the same lines
@@ -564,6 +565,7 @@ __global__ void __launch_bounds__(384, 1)
             // this one starts, the counter handed out works a whole work ahead and uneven (causal)
             // works lost their balance (A/B run 39: 4K/8K causal 5-8% slower than claiming here).
             w_next = atomicAdd(counter, 1) + static_cast<int>(gridDim.x);
+            if (w_next >= n_works) pdl_trigger();  // this work is the CTA's last
           }
         }
         if (w >= n_works) break;
@@ -1261,9 +1263,9 @@ void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
   CUDA_CHECK(cudaGetSymbolAddress(&trace, g_bwd_trace));
   CUDA_CHECK(cudaMemsetAsync(trace, 0, sizeof(g_bwd_trace), stream));
 #endif
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
-      maps.q, maps.k, maps.v, maps.d_o, maps.dq, maps.dk, maps.dv, a, maps.dq_tma ? 1 : 0,
-      maps.dkv_tma ? 1 : 0, counter);
+  CUDA_CHECK(launch_sm90(kernel, grid, Tr::kThreads, Tr::kSmemBytes, stream, pdl_enabled(),
+                         maps.q, maps.k, maps.v, maps.d_o, maps.dq, maps.dk, maps.dv, a,
+                         maps.dq_tma ? 1 : 0, maps.dkv_tma ? 1 : 0, counter));
   CUDA_CHECK_LAUNCH("flash_bwd_sm90_kernel");
 #if LONGATTN_SM90_BWD_TRACE
   if (const char* path = std::getenv("LONGATTN_SM90_BWD_TRACE_OUT")) {

@@ -487,6 +487,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     mbar_init_fence();
   }
   __syncthreads();
+  pdl_wait();
 
   // Item -> (query tile, head, batch) and its mask row.
   struct Item {
@@ -606,6 +607,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         FWD_TRACE(n, 0, 0);
         if (t >= n_items_total) break;
         const int t_next = atomicAdd(sched.counter, 1) + static_cast<int>(gridDim.x);
+        if (t_next >= n_items_total) pdl_trigger();  // this item is the CTA's last
         const Item w = decode(t);
         if constexpr (kRuns) {
 #pragma unroll
@@ -1118,7 +1120,8 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
   CUDA_CHECK(cudaMemsetAsync(trace, 0, sizeof(g_fwd_trace), stream));
 #endif
   try {
-    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, a, sched);
+    CUDA_CHECK(launch_sm90(kernel, grid, Tr::kThreads, Tr::kSmemBytes, stream, pdl_enabled(),
+                           maps.q, maps.k, maps.v, a, sched));
     CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
     if (pieces > 0) {
       fwd_split_merge_kernel<T, D, Tr::kBM>

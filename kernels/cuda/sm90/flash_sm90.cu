@@ -278,6 +278,7 @@ void write_trace(const char* name, const char* header, const long long* v, int n
 
 bool o_vec_enabled() { return switch_on("LONGATTN_SM90_O_VEC"); }
 bool dkv_vec_enabled() { return switch_on("LONGATTN_SM90_DKV_VEC"); }
+bool pdl_enabled() { return switch_on("LONGATTN_SM90_PDL"); }
 
 int bwd_rotate(const BwdArgs& a, int head_dim, double row_fill) {
   if (const char* e = std::getenv("LONGATTN_SM90_BWD_ROTATE")) {

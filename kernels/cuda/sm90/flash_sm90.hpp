@@ -72,6 +72,10 @@ bool o_vec_enabled();
 // Whether the backward may add into dk and dv in 16-byte groups (BwdArgs::dkv_vec where both
 // allow it): LONGATTN_SM90_DKV_VEC=0 turns it off (read on each call).
 bool dkv_vec_enabled();
+// Whether the persistent kernels are launched with programmatic stream serialisation (each waits
+// in pdl_wait for the work before it, which lets it go out while that work finishes):
+// LONGATTN_SM90_PDL=0 turns it off (read on each call).
+bool pdl_enabled();
 // How many parts the backward cuts the query range into (a.q_splits): backward_query_parts
 // (kernels/contract.hpp) with this device's L2; a.rotate must be set first (phased walks need
 // fewer parts). At head dim 64 the kernel takes them only with its dK/dV reduces.

@@ -7,11 +7,44 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 namespace longattn::cuda::sm90 {
 
 __device__ __forceinline__ uint32_t saddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// ---- programmatic dependent launch (launch_sm90 launches the kernels that call these) ----
+// Waits until the grids this one depends on have completed and their memory is visible: every
+// thread calls it before its first global memory access (a no-op in a grid launched without
+// programmatic serialisation).
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+// Lets a grid launched after this one with programmatic serialisation be scheduled once every
+// CTA of this grid has said so (or exited): its CTAs take the SMs ours leave and wait in
+// pdl_wait. A persistent CTA says so once the counter has no item left for it, when every CTA
+// of this grid is resident (CTAs that wait on each other's progress are never left out).
+__device__ __forceinline__ void pdl_trigger() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
+// Launches a kernel that calls pdl_wait before its first global memory access: with `pdl`,
+// with programmatic stream serialisation (it may be scheduled while the work before it in the
+// stream finishes, once that work's grid has called pdl_trigger or exited), else as <<<>>>.
+template <typename... Params, typename... Args>
+cudaError_t launch_sm90(void (*kernel)(Params...), int grid, int threads, size_t smem,
+                        cudaStream_t stream, bool pdl, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(grid));
+  cfg.blockDim = dim3(static_cast<unsigned>(threads));
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 // ---- mbarriers (shared memory, 8 bytes each) ----
