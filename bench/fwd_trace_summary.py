@@ -6,9 +6,39 @@ last P V to the next item's first S, in cycles and in key tiles, and the item's 
 beyond its steady tiles (from one item's last P V to the next one's, less the next item's tiles
 at the steady rate: what item changes cost, wherever the o store sits).
 
+Files ending in _span.txt hold every CTA's span in %globaltimer nanoseconds (entry, past
+pdl_wait, the producer's exit, each consumer warpgroup's exit): for those it prints the launch's
+span, how far apart the CTAs started and ended, and the share of the SMs' time idle before a
+CTA's entry or after its exit (what the launch's start and end cost).
+
 usage: fwd_trace_summary.py TRACE_FILE...
 """
 import sys
+
+
+def span_summary(path):
+    """The span file's numbers: a dict, or None when it holds no CTA with an entry and an exit."""
+    ctas = []
+    with open(path) as f:
+        f.readline()
+        for line in f:
+            v = [int(x) for x in line.split()]
+            if len(v) != 8:
+                continue
+            ends = [t for t in v[5:8] if t > 0]
+            if v[2] > 0 and ends:
+                ctas.append((v[2], v[3], max(ends)))
+    if not ctas:
+        return None
+    t0 = min(c[0] for c in ctas)
+    t1 = max(c[2] for c in ctas)
+    span = t1 - t0
+    idle = sum((c[0] - t0) + (t1 - c[2]) for c in ctas)
+    return {"ctas": len(ctas), "span_us": span / 1e3,
+            "start_spread_us": (max(c[0] for c in ctas) - t0) / 1e3,
+            "wait_us": sum(c[1] - c[0] for c in ctas if c[1] > 0) / len(ctas) / 1e3,
+            "end_spread_us": (t1 - min(c[2] for c in ctas)) / 1e3,
+            "idle_share": idle / (span * len(ctas)) if span > 0 else 0.0}
 
 
 def load(path):
@@ -62,4 +92,12 @@ if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     for path in sys.argv[1:]:
-        summarise(path)
+        if path.endswith("_span.txt"):
+            r = span_summary(path)
+            print(f"{path}: " + ("no CTA spans" if r is None else
+                  f"{r['ctas']} CTAs over {r['span_us']:.1f} us; entries within "
+                  f"{r['start_spread_us']:.1f} us, pdl_wait {r['wait_us']:.1f} us a CTA, exits "
+                  f"within {r['end_spread_us']:.1f} us; SM time idle before entry or after exit "
+                  f"{100 * r['idle_share']:.1f}%"))
+        else:
+            summarise(path)

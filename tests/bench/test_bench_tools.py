@@ -123,6 +123,28 @@ class TimerModes(unittest.TestCase):
             anchors.Timer(FakeTorch(FakeGpu(1, 1)), 3, 20, 3.0, 0.0, mode="async")
 
 
+class FwdSpans(unittest.TestCase):
+    def test_span_summary(self):
+        import fwd_trace_summary
+        # Two CTAs: one enters at 1000 ns and leaves at 2000, the other enters at 1100, waits 50
+        # and leaves at 1800 (its consumers at 1700 and 1800); a line of another shape and a CTA
+        # that recorded nothing (zeros: not a timestamp) are skipped.
+        text = ("# D=128\n0 0 1000 1010 1900 1950 2000 0\n1 0 1100 1150 1600 1700 1800 0\n"
+                "2 0 0 0 0 0 0 0\n5 5 5\n")
+        with tempfile.NamedTemporaryFile("w", suffix="_span.txt", delete=False) as f:
+            f.write(text)
+        try:
+            r = fwd_trace_summary.span_summary(f.name)
+        finally:
+            os.unlink(f.name)
+        self.assertEqual(r["ctas"], 2)
+        self.assertAlmostEqual(r["span_us"], 1.0)
+        self.assertAlmostEqual(r["start_spread_us"], 0.1)
+        self.assertAlmostEqual(r["end_spread_us"], 0.2)
+        self.assertAlmostEqual(r["wait_us"], (10 + 50) / 2 / 1e3)
+        self.assertAlmostEqual(r["idle_share"], (0 + 0 + 100 + 200) / 2000)
+
+
 class FakeNvml:
     """libnvidia-ml.so.1 for EnergyMeter: one device at bus `bus`, its counter from `energy()`."""
 

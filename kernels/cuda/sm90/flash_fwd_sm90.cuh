@@ -50,6 +50,20 @@ using flash::FwdArgs;
 #endif
 #if LONGATTN_SM90_FWD_TRACE
 static __device__ long long g_fwd_trace[64][4][8];
+// Every CTA's span in %globaltimer nanoseconds (one clock for all SMs), g_fwd_span[cta][event]:
+// 0 entry, 1 past pdl_wait, 2 the producer's exit (after its last item's loads), 3 + w consumer
+// warpgroup w's exit (after its last o store). Written to <trace name>_span.txt.
+constexpr int kFwdSpanCtas = 1024;
+static __device__ long long g_fwd_span[kFwdSpanCtas][6];
+__device__ __forceinline__ long long global_ns() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+#define FWD_SPAN(ev)                                                                       \
+  do {                                                                                     \
+    if (blockIdx.x < kFwdSpanCtas) g_fwd_span[blockIdx.x][ev] = global_ns();               \
+  } while (0)
 #define FWD_TRACE_VAL(n, role, ev, v)                                              \
   do {                                                                             \
     if (blockIdx.x == 0 && (n) < 64) g_fwd_trace[n][role][ev] = (v);               \
@@ -57,6 +71,9 @@ static __device__ long long g_fwd_trace[64][4][8];
 #else
 #define FWD_TRACE_VAL(n, role, ev, v) \
   do {                                \
+  } while (0)
+#define FWD_SPAN(ev) \
+  do {               \
   } while (0)
 #endif
 #define FWD_TRACE(n, role, ev) FWD_TRACE_VAL(n, role, ev, clock64())
@@ -472,6 +489,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   const int n_items_total = sched.n_items;
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
+    FWD_SPAN(0);
     mbar_init(bar_q, 1);
     mbar_init(q_empty, Tr::kConsumerWarps);
     for (int i = 0; i < 2; ++i) {
@@ -488,6 +506,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   }
   __syncthreads();
   pdl_wait();
+  if (threadIdx.x == 0) FWD_SPAN(1);
 
   // Item -> (query tile, head, batch) and its mask row.
   struct Item {
@@ -721,6 +740,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         sched.counter[1] = 0;
         __threadfence();
       }
+      FWD_SPAN(2);
     }
     return;
   }
@@ -834,6 +854,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     if (tid == 0) FWD_TRACE(n, 1 + cw, 0);
     if (t >= n_items_total) {
       if constexpr (kDefer) flush_acc(carried);  // (else the last item's o is stored)
+      if (tid == 0) FWD_SPAN(3 + cw);
       break;
     }
     const Item w = decode(t);
@@ -1118,6 +1139,8 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
   void* trace = nullptr;
   CUDA_CHECK(cudaGetSymbolAddress(&trace, g_fwd_trace));
   CUDA_CHECK(cudaMemsetAsync(trace, 0, sizeof(g_fwd_trace), stream));
+  CUDA_CHECK(cudaGetSymbolAddress(&trace, g_fwd_span));
+  CUDA_CHECK(cudaMemsetAsync(trace, 0, sizeof(g_fwd_span), stream));
 #endif
   try {
     CUDA_CHECK(launch_sm90(kernel, grid, Tr::kThreads, Tr::kSmemBytes, stream, pdl_enabled(),
@@ -1146,6 +1169,11 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
     std::snprintf(header, sizeof(header), "# D=%d kWG=%d kBN=%d Nq=%d Nk=%d grid=%d", D, kWG, kBNt,
                   a.Nq, a.Nk, grid);
     write_trace(name, header, &host[0][0][0], 64, 4, 8);
+    static long long span[kFwdSpanCtas][6];
+    CUDA_CHECK(cudaMemcpyFromSymbol(span, g_fwd_span, sizeof(span)));
+    std::snprintf(name, sizeof(name), "%s_d%d_bn%d_n%d_c%d_r%d_span.txt", path, D, kBNt, a.Nq,
+                  a.causal, a.runs);
+    write_trace(name, header, &span[0][0], grid < kFwdSpanCtas ? grid : kFwdSpanCtas, 1, 6);
   }
 #endif
 }
