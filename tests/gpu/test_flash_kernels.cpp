@@ -763,6 +763,82 @@ TEST(FlashTailSplit, PiecesMergeToReference) {
   if (hopper_cases > 0) EXPECT_GT(split_cases, hopper_cases / 4);
 }
 
+// Programmatic dependent launch: calls back to back on one stream, each reading what the call
+// before it wrote, give the same results with it on (the default) as with every launch fully
+// serialised (LONGATTN_SM90_PDL=0): a forward whose q is the previous forward's o (with fewer
+// items than SMs, each CTA lets the next launch go at once, so that forward's reads of q wait
+// only in pdl_wait), and two backwards adding into the same dq, dk and dv (dk and dv: the same
+// bits; dq, which CTAs add into in any order: within fp32 rounding).
+TEST(FlashPdl, ChainedCallsMatchSerialisedLaunches) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t D : {64, 128})
+    for (bool causal : {false, true}) {
+      const int64_t B = 1, N = 2048, H = 4;
+      SCOPED_TRACE("d" + std::to_string(D) + (causal ? "_causal" : ""));
+      const MaskGeometry geo{N, N, 128, 128, causal, 0, 0};
+      MaskPair mask = make_mask(MaskKind::Dense, geo, 1);
+      const Mirrored q = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 11, 1.0);
+      const Mirrored k = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 12, 1.0);
+      const Mirrored v = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 13, 1.0);
+      const Mirrored dout = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 14, 1.0);
+      Tensor got[2][5];  // per mode: o and lse of the second forward, dq, dk, dv
+      for (int mode = 0; mode < 2; ++mode) {
+        const ScopedEnv env("LONGATTN_SM90_PDL", mode == 0 ? "1" : "0");
+        Mirrored o1 = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 0, 1.0, true);
+        Mirrored o2 = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 0, 1.0, true);
+        Mirrored l1 = make_mirrored(Layout::Contiguous, DType::F32, B, N, H, 1, 0, 1.0, true);
+        Mirrored l2 = make_mirrored(Layout::Contiguous, DType::F32, B, N, H, 1, 0, 1.0, true);
+        Mirrored dq = make_mirrored(Layout::Contiguous, DType::F32, B, N, H, D, 21, 1.0);
+        Mirrored dk = make_mirrored(Layout::Contiguous, DType::F32, B, N, H, D, 22, 1.0);
+        Mirrored dv = make_mirrored(Layout::Contiguous, DType::F32, B, N, H, D, 23, 1.0);
+        AttnFwdParams f;
+        f.q = q.dview;
+        f.k = k.dview;
+        f.v = v.dview;
+        f.o = o1.dview;
+        f.lse = l1.dview;
+        f.mask = mask.dev;
+        f.causal = causal;
+        AttnFwdParams f2 = f;
+        f2.q = o1.dview;
+        f2.o = o2.dview;
+        f2.lse = l2.dview;
+        AttnBwdParams p;
+        p.q = q.dview;
+        p.k = k.dview;
+        p.v = v.dview;
+        p.o = o1.dview;
+        p.d_o = dout.dview;
+        p.lse = l1.dview;
+        p.dq = dq.dview;
+        p.dk = dk.dview;
+        p.dv = dv.dview;
+        p.mask = mask.dev;
+        p.mask_t = mask.dev_t;
+        p.causal = causal;
+        cuda::flash_forward(f, nullptr);
+        cuda::flash_forward(f2, nullptr);
+        cuda::flash_backward(p, nullptr);
+        cuda::flash_backward(p, nullptr);
+        ck(cudaDeviceSynchronize(), "chained calls");
+        Mirrored* outs[5] = {&o2, &l2, &dq, &dk, &dv};
+        for (int i = 0; i < 5; ++i) {
+          outs[i]->download();
+          got[mode][i] = to_f64(outs[i]->hview);
+        }
+      }
+      const char* names[5] = {"o of the second forward", "its lse", "dq", "dk", "dv"};
+      for (int i = 0; i < 5; ++i) {
+        const ErrorStats e = compare(got[0][i].view(), got[1][i].view());
+        EXPECT_TRUE(e.finite) << names[i];
+        if (i == 2)
+          EXPECT_LE(e.max_abs, 1e-5 * std::max(1.0, e.max_ref)) << names[i];
+        else
+          EXPECT_EQ(e.max_abs, 0.0) << names[i];
+      }
+    }
+}
+
 // The persistent Hopper backward with a grid of 3 CTAs: every CTA takes many (key block, part,
 // head, batch) works, so the work handoff, the K/V reload while the last work's dK and dV go
 // out, the stage ring, dS and dQ buffers carried across works, works without tiles and query
