@@ -109,11 +109,6 @@ using flash::BwdArgs;
 #endif
 #if LONGATTN_SM90_BWD_TRACE
 static __device__ long long g_bwd_trace[64][2][10];
-__device__ __forceinline__ long long global_ns() {
-  long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 // The current work (w: its index, below nkb for head 0, batch 0, part 0) and its tiles so far.
 #define BWD_TRACE_WORK(w)                   \
   const int trace_w = static_cast<int>(w); \

@@ -55,11 +55,6 @@ static __device__ long long g_fwd_trace[64][4][8];
 // warpgroup w's exit (after its last o store). Written to <trace name>_span.txt.
 constexpr int kFwdSpanCtas = 1024;
 static __device__ long long g_fwd_span[kFwdSpanCtas][6];
-__device__ __forceinline__ long long global_ns() {
-  long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 #define FWD_SPAN(ev)                                                                       \
   do {                                                                                     \
     if (blockIdx.x < kFwdSpanCtas) g_fwd_span[blockIdx.x][ev] = global_ns();               \

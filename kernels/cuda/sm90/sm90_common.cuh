@@ -28,6 +28,13 @@ __device__ __forceinline__ void pdl_trigger() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
+// %globaltimer in nanoseconds, one clock for all SMs (the timeline builds' spans).
+__device__ __forceinline__ long long global_ns() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
 // Launches a kernel that calls pdl_wait before its first global memory access: with `pdl`,
 // with programmatic stream serialisation (it may be scheduled while the work before it in the
 // stream finishes, once that work's grid has called pdl_trigger or exited), else as <<<>>>.
