@@ -56,7 +56,6 @@ class EnergyMeter:
 
             read()
             self._read = read
-            self._mhz = None
             clock = getattr(nvml, "nvmlDeviceGetClockInfo", None)
             if clock is not None:
                 mhz = ctypes.c_uint()

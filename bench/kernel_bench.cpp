@@ -202,10 +202,12 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
   // a third of the row's time budget is spent (slow rows at 64K would otherwise dominate the run).
   // Queued and graph: after the first call, batches of ~10 ms of calls between two events.
   double first = 0, warm_ms = 0;
+  // Calls in ~10 ms at the last measured time per call.
+  auto calls_in_10ms = [&] {
+    return std::clamp(static_cast<int>(10.0 / std::max(first, 1e-3)), 1, 1000);
+  };
   for (int i = 0;;) {
-    const int k = opt.timing != "sync" && i > 0
-                      ? std::clamp(static_cast<int>(10.0 / std::max(first, 1e-3)), 1, 1000)
-                      : 1;
+    const int k = opt.timing != "sync" && i > 0 ? calls_in_10ms() : 1;
     const double ms = batch(k);
     first = ms / k;
     warm_ms += ms;
@@ -241,7 +243,7 @@ Timing time_on_stream(CudaBackend& be, const Options& opt, const std::function<v
     for (auto& e : ev) BENCH_CUDA(cudaEventDestroy(e));
   } else if (opt.timing == "graph") {
     // k calls captured once; each timed replay between two events.
-    const int k = std::clamp(static_cast<int>(10.0 / std::max(first, 1e-3)), 1, 1000);
+    const int k = calls_in_10ms();
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
     BENCH_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
