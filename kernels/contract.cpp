@@ -185,6 +185,32 @@ ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_til
   return best;
 }
 
+BackwardTailSplit backward_tail_split(int64_t works, int64_t ctas, int64_t tiles_per_work,
+                                      int64_t max_parts) {
+  BackwardTailSplit best;
+  if (works <= 0 || ctas <= 0 || tiles_per_work < 4) return best;
+  const int64_t tail = works % ctas == 0 ? 0 : (works < ctas ? works : works % ctas);
+  if (tail == 0) return best;
+  const double one = static_cast<double>(tiles_per_work) + kBackwardWorkOverheadTiles;
+  double best_cost = 1.0;
+  for (int64_t p = 2; p <= max_parts && 2 * p <= tiles_per_work; ++p) {
+    const int64_t per = (tiles_per_work + p - 1) / p;  // the longest part
+    const int64_t rounds = (tail * p + ctas - 1) / ctas;
+    const double cost =
+        static_cast<double>(rounds) * (static_cast<double>(per) + kBackwardWorkOverheadTiles) /
+        one;
+    if (cost < best_cost - 1e-12) {
+      best_cost = cost;
+      best.parts = p;
+    }
+  }
+  if (best.parts == 0 || best_cost > 0.9) return BackwardTailSplit{};
+  best.first = works - tail;
+  best.items = tail;
+  best.tail_cost = best_cost;
+  return best;
+}
+
 int64_t mask_complete_diag(const BlockMask& m) {
   int64_t best = kMaskCompleteAll;
   for (int64_t r = 0; r < m.num_q_blocks; ++r) {

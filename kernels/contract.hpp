@@ -169,6 +169,25 @@ struct ForwardTailSplit {
 ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_tiles,
                                     int64_t key_tile = 128, int64_t max_pieces = 8);
 
+// Tail splitting for the persistent Hopper backward over equal works (non-causal calls whose mask
+// lists every key block, walked by position: one work per key block and (batch, head), every
+// work `tiles_per_work` query tiles): `works` works on `ctas` CTAs leave a last, partial round of
+// works % ctas works (all when fewer than ctas) during which the other CTAs idle. Each of those
+// works is cut along its query range into `parts` parts (the first parts one tile longer where
+// the tiles do not divide), taken as works of their own and adding their dK and dV by TMA reduces
+// (which add in any order). Chosen to minimise the last round's time, counting
+// kBackwardWorkOverheadTiles of fixed work per work or part (K and V loaded, dK and dV added);
+// taken when that saves at least a tenth of a work, at least 2 tiles a part. parts = 0: not taken.
+constexpr double kBackwardWorkOverheadTiles = 4.0;
+struct BackwardTailSplit {
+  int64_t first = 0;  // works [first, first + items) are split
+  int64_t items = 0;
+  int64_t parts = 0;
+  double tail_cost = 1.0;  // the split last round's time, in works
+};
+BackwardTailSplit backward_tail_split(int64_t works, int64_t ctas, int64_t tiles_per_work,
+                                      int64_t max_parts = 32);
+
 // Parts of the query range for a key-stationary backward whose CTAs walk a key block's listed
 // query tiles in order: with scattered rows (row_fill < 0.75) the CTAs running together touch
 // a head's whole query range, so the range is cut until one part's Q and dO (16-bit) and fp32

@@ -415,6 +415,14 @@ int forward_last_split_pieces() {
 #endif
 }
 
+int backward_last_tail_parts() {
+#ifdef LONGATTN_HAVE_SM90
+  return sm90::last_bwd_tail_parts();
+#else
+  return 0;
+#endif
+}
+
 void set_persistent_grid_limit(int ctas, int group) {
 #ifdef LONGATTN_HAVE_SM90
   sm90::set_grid_limit(ctas, group);

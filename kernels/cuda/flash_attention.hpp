@@ -61,5 +61,8 @@ void set_persistent_grid_limit(int ctas, int group = 0);
 // Pieces the last Hopper forward launch cut its last wave's items into (forward_tail_split in
 // kernels/contract.hpp; 0: none, or no Hopper launch), for tests.
 int forward_last_split_pieces();
+// Parts the last Hopper backward launch cut its last round's works into (backward_tail_split
+// in kernels/contract.hpp; 0: none, or no Hopper launch), for tests.
+int backward_last_tail_parts();
 
 }  // namespace longattn::cuda

@@ -95,6 +95,11 @@ struct BwdArgs {
   // block across its heads, so the longest works (the first key blocks under causality) of
   // every head of the group come first.
   int work_group = 0;
+  // Hopper backward over equal works (backward_tail_split): works tail_first.. of the last
+  // round cut along their query range into tail_parts parts each (0: none), taken after the
+  // whole works and adding their dK and dV by TMA reduces.
+  int tail_first = 0;
+  int tail_parts = 0;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;

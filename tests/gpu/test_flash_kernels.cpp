@@ -1245,6 +1245,59 @@ TEST(FlashDkvTma, BackwardMatchesReference) {
   }
 }
 
+// Tail splitting of the persistent Hopper backward (backward_tail_split): non-causal calls over
+// complete masks cut their last round's works along the query range, each part adding its dK
+// and dV by TMA reduces, on a grid of 5 CTAs (12 and 16 works: 2 and 1 split) and, in bf16, on
+// the whole device (fewer works than CTAs: all split); with fp32 dk and dv (which allow the
+// reduces) and, once per head dim and dtype, dk and dv of the input dtype (no split: the whole
+// works' read-modify-write adds, which parts of one key block would race in). Elsewhere the
+// portable kernels run the same checks.
+TEST(FlashBwdTailSplit, PartsAddToReference) {
+  SKIP_WITHOUT_GPU();
+  int dev = 0, sms = 0, major = 0, minor = 0;
+  ck(cudaGetDevice(&dev), "cudaGetDevice");
+  ck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "sms");
+  ck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cc");
+  ck(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cc");
+  const char* env = std::getenv("LONGATTN_FLASH_KERNELS");
+  const bool portable_only = env != nullptr && std::string(env) == "portable";
+#if LONGATTN_HAVE_SM90
+  const bool hopper = major == 9 && minor == 0 && !portable_only;
+#else
+  const bool hopper = false;
+#endif
+  int split_runs = 0;
+  for (int limit : {5, 0}) {
+    const GridLimit grid(limit, 0);
+    for (DType dt : {DType::BF16, DType::F16})
+      for (int64_t D : {64, 128}) {
+        if (limit == 0 && dt != DType::BF16) continue;
+        const std::string tag = std::string(dtype_name(dt)) + "_d" + std::to_string(D) + "_grid" +
+                                std::to_string(limit);
+        const Case cs[] = {
+            {dt, D, 1, 700, 700, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
+             1.0, false, tag + "_tail2"},
+            {dt, D, 2, 600, 900, 1, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Dilated,
+             3.0, false, tag + "_tail1_ragged"}};
+        for (const Case& c : cs)
+          for (bool input_dtype : {false, true}) {
+            if (input_dtype && (limit != 5 || c.B != 1)) continue;
+            SCOPED_TRACE(c.name + (input_dtype ? "_dkv_input_dtype" : "_dkv_fp32"));
+            check_backward(c, std::random_device{}(), nullptr, input_dtype);
+            if (!hopper) continue;
+            const int64_t works = (c.Nk + 127) / 128 * c.H * c.B;
+            const int64_t tiles = (c.Nq + (D == 128 ? 79 : 127)) / (D == 128 ? 80 : 128);
+            const BackwardTailSplit t =
+                backward_tail_split(works, limit > 0 ? limit : sms, tiles);
+            const int64_t want = input_dtype ? 0 : t.items * t.parts;
+            EXPECT_EQ(cuda::backward_last_tail_parts(), want);
+            if (want > 0) ++split_runs;
+          }
+      }
+  }
+  if (hopper) EXPECT_GE(split_runs, 12);
+}
+
 // The Hopper backward's walk starts. Staggered walks (mode 1: each CTA starting at a query tile
 // that grows with its key block, wrapping around; a measurement mode now) forced on for every
 // kind of call (dense, causal, sparse, ragged, empty rows), and at head dim 128 with query parts.

@@ -388,7 +388,11 @@ __global__ void __launch_bounds__(384, 1)
   constexpr bool kFlags = D >= 128;
   const int nkb = (a.Nk + kBN - 1) / kBN;  // key blocks (works per part)
   const int nx = nkb * a.q_splits;
-  const int n_works = nx * a.H * a.B;
+  // With a tail split (a.tail_parts, one part of the query range otherwise) the whole works
+  // tail_first.. come as tail_parts parts each, after the others.
+  const int n_whole = nx * a.H * a.B;
+  const int n_works =
+      a.tail_parts > 0 ? a.tail_first + (n_whole - a.tail_first) * a.tail_parts : n_whole;
   const int nsub = a.mask_t.block_k / kBM;
   // This work's key block, head, batch and mask row entries [e0, e1), set per work (80-query
   // tiles: its query tiles [e0, e1) from query q_begin, all visible, the queries from q_end on
@@ -474,8 +478,13 @@ __global__ void __launch_bounds__(384, 1)
         int64_t w0 = 0, w1 = 0;
         // The work's key block and part (x) and (batch, head) pair: head by head, or with
         // a.work_group key block by key block across the heads of each group.
+        // (A part of a split work: the whole work's index, and which part.)
+        const bool tail = a.tail_parts > 0 && w >= a.tail_first && w < n_works;
+        const int tail_part = tail ? (w - a.tail_first) % a.tail_parts : 0;
+        const int whole = tail ? a.tail_first + (w - a.tail_first) / a.tail_parts : w;
         const BackwardWorkPos<int> pos = w < n_works
-                                             ? backward_work_pos(w, nx, a.H * a.B, a.work_group)
+                                             ? backward_work_pos(whole, nx, a.H * a.B,
+                                                                 a.work_group)
                                              : BackwardWorkPos<int>{0, 0};
         const int x = pos.x, hb = pos.pair;
         if (kPos && w < n_works) {
@@ -501,6 +510,11 @@ __global__ void __launch_bounds__(384, 1)
             w0 = max(w0, backward_first_tile<int64_t>(k0 - q_begin, a.diag, q_end - q_begin,
                                                       kBM));
           if (w1 < w0) w1 = w0;
+          if (tail) {  // this part of the work's tiles
+            const int64_t n = w1 - w0;
+            w1 = w0 + (tail_part + 1) * n / a.tail_parts;
+            w0 = w0 + tail_part * n / a.tail_parts;
+          }
         } else if (w < n_works) {
           k0 = x % nkb * kBN;
           const int mrow = k0 / a.mask_t.block_q;
@@ -1123,7 +1137,9 @@ __global__ void __launch_bounds__(384, 1)
       if (part > 0)
         while (ld_acquire_gpu(flag) < part) __nanosleep(256);
     }
-    if (dkv_tma) {
+    // Parts of a split work add by the reduces (their maps exist then), whole works as the
+    // launch says.
+    if (dkv_tma || (a.tail_parts > 0 && sw[2] >= a.tail_first)) {
       if constexpr (kTall) {
         // D / 16 rounds of 32 columns (dV, then dK) alternating between the two 8 KB halves of
         // this warpgroup's dQ staging tile, each waiting for the reduce two rounds back to have
@@ -1221,7 +1237,7 @@ __global__ void __launch_bounds__(384, 1)
     if (lane == 0) mbar_arrive(&work_empty[slot]);
   }
   // The shared-memory dQ (and dK, dV) tiles must outlive the last reduce's reads.
-  if ((dq_tma || dkv_tma) && tid == 0) bulk_wait_all();
+  if ((dq_tma || dkv_tma || a.tail_parts > 0) && tid == 0) bulk_wait_all();
 }
 
 struct BwdMaps {
@@ -1239,15 +1255,29 @@ void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));
-  const BwdMaps maps =
-      make_bwd_maps(args, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN, Tr::kDqRows);
   LONGATTN_CHECK_ARG(args.q_splits >= 1 && (args.q_splits == 1 || args.split_flags != nullptr),
                      "q_splits", args.q_splits, "must be >= 1, with split_flags when > 1");
+  BwdArgs a = args;
+  // Equal works (walked by position over a complete mask, not causal, one part of the query
+  // range) may have their last round split (backward_tail_split): the parts add dK and dV by TMA
+  // reduces, so dk and dv get their maps wherever they allow TMA, whatever a.dkv_reduce says for
+  // the whole works.
+  const bool may_split = Tr::kPos && a.complete != 0 && a.causal == 0 && a.q_splits == 1;
+  BwdArgs map_args = a;
+  if (may_split) map_args.dkv_reduce = 1;
+  const BwdMaps maps =
+      make_bwd_maps(map_args, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN, Tr::kDqRows);
+  const bool dkv_tma = maps.dkv_tma && a.dkv_reduce != 0;  // the whole works'
   // Below head dim 128 the parts need the dK/dV reduces (no ordering flags there); without them
   // the call takes one part, which gives the same sums.
-  BwdArgs a = args;
-  if (D < 128 && !maps.dkv_tma) a.q_splits = 1;
-  const int64_t works = int64_t{(a.Nk + Tr::kBN - 1) / Tr::kBN} * a.q_splits * a.H * a.B;
+  if (D < 128 && !dkv_tma) a.q_splits = 1;
+  int64_t works = int64_t{(a.Nk + Tr::kBN - 1) / Tr::kBN} * a.q_splits * a.H * a.B;
+  a.tail_first = 0;
+  a.tail_parts = 0;
+  if (may_split && maps.dkv_tma && a.q_splits == 1)
+    works = plan_bwd_tail_split(a, works, (a.Nq + Tr::kBM - 1) / Tr::kBM);
+  else
+    plan_bwd_tail_split(a, 0, 0);  // (records no split)
   LONGATTN_CHECK_ARG(works < (int64_t{1} << 31) - (int64_t{1} << 20), "k",
                      std::to_string(works) + " key blocks over batch and heads",
                      "must be fewer than 2^31 - 2^20");
@@ -1260,7 +1290,7 @@ void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
 #endif
   CUDA_CHECK(launch_sm90(kernel, grid, Tr::kThreads, Tr::kSmemBytes, stream, pdl_enabled(),
                          maps.q, maps.k, maps.v, maps.d_o, maps.dq, maps.dk, maps.dv, a,
-                         maps.dq_tma ? 1 : 0, maps.dkv_tma ? 1 : 0, counter));
+                         maps.dq_tma ? 1 : 0, dkv_tma ? 1 : 0, counter));
   CUDA_CHECK_LAUNCH("flash_bwd_sm90_kernel");
 #if LONGATTN_SM90_BWD_TRACE
   if (const char* path = std::getenv("LONGATTN_SM90_BWD_TRACE_OUT")) {

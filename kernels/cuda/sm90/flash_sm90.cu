@@ -249,6 +249,25 @@ int64_t plan_fwd_tail_split(FwdSchedule& s, int& grid, int key_tiles, int key_ti
   return t.items * t.pieces;
 }
 
+std::atomic<int> g_last_bwd_tail{0};
+
+int64_t plan_bwd_tail_split(flash::BwdArgs& a, int64_t works, int tiles_per_work) {
+  a.tail_first = 0;
+  a.tail_parts = 0;
+  g_last_bwd_tail.store(0);
+  static const bool persistent = switch_on("LONGATTN_SM90_BWD_PERSISTENT");
+  if (!switch_on("LONGATTN_SM90_BWD_TAIL") || !persistent) return works;
+  const DeviceSched& d = device_sched();
+  const BackwardTailSplit t = backward_tail_split(works, persistent_ctas(d), tiles_per_work);
+  if (t.parts < 2) return works;
+  a.tail_first = static_cast<int>(t.first);
+  a.tail_parts = static_cast<int>(t.parts);
+  g_last_bwd_tail.store(static_cast<int>(t.items * t.parts));
+  return t.first + t.items * t.parts;
+}
+
+int last_bwd_tail_parts() { return g_last_bwd_tail.load(); }
+
 int* make_bwd_schedule(int n_works, int& grid) {
   DeviceSched& d = device_sched();
   static const bool persistent = switch_on("LONGATTN_SM90_BWD_PERSISTENT");

@@ -95,5 +95,12 @@ bool device_enabled();
 void set_grid_limit(int ctas, int group);
 // Pieces of split items in the last forward launch of this process (0: none), for tests.
 int last_fwd_split_pieces();
+// Tail splitting of a persistent backward launch over `works` equal works of tiles_per_work
+// query tiles (backward_tail_split in kernels/contract.hpp): sets a.tail_first and
+// a.tail_parts (0: not split) and returns the launch's works. LONGATTN_SM90_BWD_TAIL=0 turns it
+// off (read on each call); not without persistent CTAs.
+int64_t plan_bwd_tail_split(flash::BwdArgs& a, int64_t works, int tiles_per_work);
+// Parts of split works in the last backward launch of this process (0: none), for tests.
+int last_bwd_tail_parts();
 
 }  // namespace longattn::cuda::sm90
