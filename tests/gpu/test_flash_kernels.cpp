@@ -768,7 +768,8 @@ TEST(FlashTailSplit, PiecesMergeToReference) {
 // serialised (LONGATTN_SM90_PDL=0): a forward whose q is the previous forward's o (with fewer
 // items than SMs, each CTA lets the next launch go at once, so that forward's reads of q wait
 // only in pdl_wait), and two backwards adding into the same dq, dk and dv (dk and dv: the same
-// bits; dq, which CTAs add into in any order: within fp32 rounding).
+// bits, unless the backward's tail split cut works into parts, which add into dk and dv in any
+// order, as the CTAs add into dq: then within fp32 rounding).
 TEST(FlashPdl, ChainedCallsMatchSerialisedLaunches) {
   SKIP_WITHOUT_GPU();
   for (int64_t D : {64, 128})
@@ -782,6 +783,7 @@ TEST(FlashPdl, ChainedCallsMatchSerialisedLaunches) {
       const Mirrored v = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 13, 1.0);
       const Mirrored dout = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 14, 1.0);
       Tensor got[2][5];  // per mode: o and lse of the second forward, dq, dk, dv
+      bool tail_split = false;
       for (int mode = 0; mode < 2; ++mode) {
         const ScopedEnv env("LONGATTN_SM90_PDL", mode == 0 ? "1" : "0");
         Mirrored o1 = make_mirrored(Layout::Contiguous, DType::BF16, B, N, H, D, 0, 1.0, true);
@@ -820,6 +822,7 @@ TEST(FlashPdl, ChainedCallsMatchSerialisedLaunches) {
         cuda::flash_forward(f2, nullptr);
         cuda::flash_backward(p, nullptr);
         cuda::flash_backward(p, nullptr);
+        if (cuda::backward_last_tail_parts() > 0) tail_split = true;
         ck(cudaDeviceSynchronize(), "chained calls");
         Mirrored* outs[5] = {&o2, &l2, &dq, &dk, &dv};
         for (int i = 0; i < 5; ++i) {
@@ -831,7 +834,7 @@ TEST(FlashPdl, ChainedCallsMatchSerialisedLaunches) {
       for (int i = 0; i < 5; ++i) {
         const ErrorStats e = compare(got[0][i].view(), got[1][i].view());
         EXPECT_TRUE(e.finite) << names[i];
-        if (i == 2)
+        if (i == 2 || (i > 2 && tail_split))
           EXPECT_LE(e.max_abs, 1e-5 * std::max(1.0, e.max_ref)) << names[i];
         else
           EXPECT_EQ(e.max_abs, 0.0) << names[i];
