@@ -256,7 +256,9 @@ int64_t plan_bwd_tail_split(flash::BwdArgs& a, int64_t works, int tiles_per_work
   a.tail_parts = 0;
   g_last_bwd_tail.store(0);
   static const bool persistent = switch_on("LONGATTN_SM90_BWD_PERSISTENT");
-  if (!switch_on("LONGATTN_SM90_BWD_TAIL") || !persistent) return works;
+  // The parts add dK and dV by TMA reduces: none where LONGATTN_SM90_DKV_TMA=0 turns those off.
+  if (!switch_on("LONGATTN_SM90_BWD_TAIL") || !switch_on("LONGATTN_SM90_DKV_TMA") || !persistent)
+    return works;
   const DeviceSched& d = device_sched();
   const BackwardTailSplit t = backward_tail_split(works, persistent_ctas(d), tiles_per_work);
   if (t.parts < 2) return works;
