@@ -57,6 +57,12 @@ int classify(const MaskGeometry& g, int64_t qb, int64_t kb) {
   if (last_k <= first_q && !edge) return 2;  // every key at or before every query
   return 1;
 }
+
+// Items of a persistent launch's last, partial round on ctas CTAs: all of them when fewer than
+// ctas, none when the rounds are whole.
+int64_t last_round_items(int64_t items, int64_t ctas) {
+  return items % ctas == 0 ? 0 : (items < ctas ? items : items % ctas);
+}
 }  // namespace
 
 BlockMask build_block_mask(const MaskGeometry& g, const std::vector<std::vector<int32_t>>& rows) {
@@ -157,7 +163,7 @@ ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_til
                                     int64_t key_tile, int64_t max_pieces) {
   ForwardTailSplit best;
   if (items <= 0 || ctas <= 0 || key_tiles < 4 || key_tile <= 0) return best;
-  const int64_t tail = items % ctas == 0 ? 0 : (items < ctas ? items : items % ctas);
+  const int64_t tail = last_round_items(items, ctas);
   if (tail == 0) return best;
   const double one = static_cast<double>(key_tiles) + kForwardItemOverheadTiles;
   double best_cost = 1.0;
@@ -189,7 +195,7 @@ BackwardTailSplit backward_tail_split(int64_t works, int64_t ctas, int64_t tiles
                                       int64_t max_parts) {
   BackwardTailSplit best;
   if (works <= 0 || ctas <= 0 || tiles_per_work < 4) return best;
-  const int64_t tail = works % ctas == 0 ? 0 : (works < ctas ? works : works % ctas);
+  const int64_t tail = last_round_items(works, ctas);
   if (tail == 0) return best;
   const double one = static_cast<double>(tiles_per_work) + kBackwardWorkOverheadTiles;
   double best_cost = 1.0;

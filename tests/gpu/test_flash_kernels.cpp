@@ -377,9 +377,8 @@ TEST_P(FlashCase, ForwardMatchesCpuReference) {
   run_forward(c, run, std::random_device{}());
 }
 
-// A measurement switch set for one scope (empty value: left unset), unset again on exit.
-// Sets an environment variable for a scope (an empty value leaves it as it is) and puts back
-// what it was, so scopes nest.
+// Sets an environment variable (a measurement switch) for a scope (an empty value leaves it as it
+// is) and puts back what it was, so scopes nest.
 struct ScopedEnv {
   ScopedEnv(const char* name, const std::string& value) : name_(name) {
     if (const char* old = std::getenv(name)) {
@@ -403,6 +402,23 @@ struct ScopedEnv {
   bool had_ = false;
   std::string old_;
 };
+
+// Whether this process's flash calls take the Hopper kernels where they accept the call: a
+// build with them, an sm_90 device, and LONGATTN_FLASH_KERNELS not "portable".
+bool hopper_kernels_run() {
+#if LONGATTN_HAVE_SM90
+  int dev = 0, major = 0, minor = 0;
+  ck(cudaGetDevice(&dev), "cudaGetDevice");
+  ck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cc");
+  ck(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cc");
+  const char* env = std::getenv("LONGATTN_FLASH_KERNELS");
+  const bool portable_only = env != nullptr && std::string(env) == "portable";
+  return major == 9 && minor == 0 && !portable_only;
+#else
+  return false;
+#endif
+}
+
 // LONGATTN_SM90_QSPLIT for a run (0: the dispatch's choice).
 std::string parts_value(int parts) { return parts > 0 ? std::to_string(parts) : std::string(); }
 
@@ -1257,18 +1273,10 @@ TEST(FlashDkvTma, BackwardMatchesReference) {
 // portable kernels run the same checks.
 TEST(FlashBwdTailSplit, PartsAddToReference) {
   SKIP_WITHOUT_GPU();
-  int dev = 0, sms = 0, major = 0, minor = 0;
+  int dev = 0, sms = 0;
   ck(cudaGetDevice(&dev), "cudaGetDevice");
   ck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "sms");
-  ck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cc");
-  ck(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cc");
-  const char* env = std::getenv("LONGATTN_FLASH_KERNELS");
-  const bool portable_only = env != nullptr && std::string(env) == "portable";
-#if LONGATTN_HAVE_SM90
-  const bool hopper = major == 9 && minor == 0 && !portable_only;
-#else
-  const bool hopper = false;
-#endif
+  const bool hopper = hopper_kernels_run();
   int split_runs = 0;
   for (int limit : {5, 0}) {
     const GridLimit grid(limit, 0);
@@ -1496,17 +1504,7 @@ TEST(FlashKernels, Fp32OutputForBf16Inputs) {
 // which the ctest entry gpu_kernels_portable uses to run this whole suite through it).
 TEST(FlashKernels, KernelChoice) {
   SKIP_WITHOUT_GPU();
-  int dev = 0, major = 0, minor = 0;
-  ck(cudaGetDevice(&dev), "cudaGetDevice");
-  ck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cc");
-  ck(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cc");
-  const char* env = std::getenv("LONGATTN_FLASH_KERNELS");
-  const bool portable_only = env != nullptr && std::string(env) == "portable";
-#if LONGATTN_HAVE_SM90
-  const bool hopper = major == 9 && minor == 0 && !portable_only;
-#else
-  const bool hopper = false;
-#endif
+  const bool hopper = hopper_kernels_run();
   for (DType dt : {DType::BF16, DType::F16, DType::F32})
     for (int64_t D : {32, 64, 128, 256})
       for (int64_t block : {64, 128}) {
