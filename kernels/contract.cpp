@@ -63,6 +63,23 @@ int classify(const MaskGeometry& g, int64_t qb, int64_t kb) {
 int64_t last_round_items(int64_t items, int64_t ctas) {
   return items % ctas == 0 ? 0 : (items < ctas ? items : items % ctas);
 }
+
+// The part count s in [2, max_parts] (at least 2 tiles a part) whose cost(s), the split last
+// round's time in whole items, is least; 0 unless it saves at least a tenth of an item. Both tail
+// splits (forward pieces, backward parts) choose by it.
+template <typename Cost>
+int64_t cheapest_split(int64_t tiles, int64_t max_parts, Cost cost, double& best_cost) {
+  best_cost = 1.0;
+  int64_t best = 0;
+  for (int64_t s = 2; s <= max_parts && 2 * s <= tiles; ++s) {
+    const double c = cost(s);
+    if (c < best_cost - 1e-12) {
+      best_cost = c;
+      best = s;
+    }
+  }
+  return best > 0 && best_cost <= 0.9 ? best : 0;
+}
 }  // namespace
 
 BlockMask build_block_mask(const MaskGeometry& g, const std::vector<std::vector<int32_t>>& rows) {
@@ -166,25 +183,26 @@ ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_til
   const int64_t tail = last_round_items(items, ctas);
   if (tail == 0) return best;
   const double one = static_cast<double>(key_tiles) + kForwardItemOverheadTiles;
+  auto per_piece = [&](int64_t s) { return (key_tiles + s - 1) / s; };
+  auto pieces_of = [&](int64_t per) { return (key_tiles + per - 1) / per; };  // none empty
   double best_cost = 1.0;
-  for (int64_t s = 2; s <= max_pieces && 2 * s <= key_tiles; ++s) {
-    const int64_t per = (key_tiles + s - 1) / s;
-    const int64_t pieces = (key_tiles + per - 1) / per;  // every piece non-empty
-    const int64_t waves = (tail * pieces + ctas - 1) / ctas;
-    const double merge = kForwardMergeFixedTiles + static_cast<double>(tail * pieces) *
-                                                       kForwardMergePieceKeys /
-                                                       static_cast<double>(key_tile);
-    const double cost =
-        (static_cast<double>(waves) * (static_cast<double>(per) + kForwardItemOverheadTiles) +
-         merge) /
-        one;
-    if (cost < best_cost - 1e-12) {
-      best_cost = cost;
-      best.pieces = pieces;
-      best.tiles_per_piece = per;
-    }
-  }
-  if (best.pieces == 0 || best_cost > 0.9) return ForwardTailSplit{};
+  const int64_t s = cheapest_split(
+      key_tiles, max_pieces,
+      [&](int64_t n) {
+        const int64_t per = per_piece(n), pieces = pieces_of(per);
+        const int64_t waves = (tail * pieces + ctas - 1) / ctas;
+        const double merge = kForwardMergeFixedTiles + static_cast<double>(tail * pieces) *
+                                                           kForwardMergePieceKeys /
+                                                           static_cast<double>(key_tile);
+        return (static_cast<double>(waves) *
+                    (static_cast<double>(per) + kForwardItemOverheadTiles) +
+                merge) /
+               one;
+      },
+      best_cost);
+  if (s == 0) return best;
+  best.tiles_per_piece = per_piece(s);
+  best.pieces = pieces_of(best.tiles_per_piece);
   best.first = items - tail;
   best.items = tail;
   best.tail_cost = best_cost;
@@ -199,18 +217,16 @@ BackwardTailSplit backward_tail_split(int64_t works, int64_t ctas, int64_t tiles
   if (tail == 0) return best;
   const double one = static_cast<double>(tiles_per_work) + kBackwardWorkOverheadTiles;
   double best_cost = 1.0;
-  for (int64_t p = 2; p <= max_parts && 2 * p <= tiles_per_work; ++p) {
-    const int64_t per = (tiles_per_work + p - 1) / p;  // the longest part
-    const int64_t rounds = (tail * p + ctas - 1) / ctas;
-    const double cost =
-        static_cast<double>(rounds) * (static_cast<double>(per) + kBackwardWorkOverheadTiles) /
-        one;
-    if (cost < best_cost - 1e-12) {
-      best_cost = cost;
-      best.parts = p;
-    }
-  }
-  if (best.parts == 0 || best_cost > 0.9) return BackwardTailSplit{};
+  best.parts = cheapest_split(
+      tiles_per_work, max_parts,
+      [&](int64_t p) {
+        const int64_t per = (tiles_per_work + p - 1) / p;  // the longest part
+        const int64_t rounds = (tail * p + ctas - 1) / ctas;
+        return static_cast<double>(rounds) *
+               (static_cast<double>(per) + kBackwardWorkOverheadTiles) / one;
+      },
+      best_cost);
+  if (best.parts == 0) return best;
   best.first = works - tail;
   best.items = tail;
   best.tail_cost = best_cost;
