@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "attention/dense.hpp"
@@ -229,20 +230,21 @@ TEST(Dense, BackwardWorkPositions) {
 // Tail splitting of the persistent backward: the last partial round's works cut along their
 // query range.
 TEST(Dense, BackwardTailSplit) {
+  auto expect_split = [](int64_t works, int64_t ctas, int64_t tiles, int64_t first,
+                         int64_t items, int64_t parts, double cost) {
+    SCOPED_TRACE(std::to_string(works) + " works of " + std::to_string(tiles) + " tiles");
+    const BackwardTailSplit t = backward_tail_split(works, ctas, tiles);
+    EXPECT_EQ(t.first, first);
+    EXPECT_EQ(t.items, items);
+    EXPECT_EQ(t.parts, parts);
+    EXPECT_NEAR(t.tail_cost, cost, 1e-12);
+  };
   // 32K at head dim 128 (80-query tiles): 4096 works of 410 tiles on 132 CTAs leave 4 works
   // alone in a 32nd round; 32 parts of 13 tiles each fill 128 CTAs at once.
-  BackwardTailSplit t = backward_tail_split(4096, 132, 410);
-  EXPECT_EQ(t.first, 4092);
-  EXPECT_EQ(t.items, 4);
-  EXPECT_EQ(t.parts, 32);
-  EXPECT_NEAR(t.tail_cost, (13.0 + 4.0) / 414.0, 1e-12);
+  expect_split(4096, 132, 410, 4092, 4, 32, (13.0 + 4.0) / 414.0);
   // 16K: 2048 works of 205 tiles, a last round of 68; five parts of 41 tiles take 340 slots, three
   // rounds: (3 x 45) / 209.
-  t = backward_tail_split(2048, 132, 205);
-  EXPECT_EQ(t.first, 1980);
-  EXPECT_EQ(t.items, 68);
-  EXPECT_EQ(t.parts, 5);
-  EXPECT_NEAR(t.tail_cost, 135.0 / 209.0, 1e-12);
+  expect_split(2048, 132, 205, 1980, 68, 5, 135.0 / 209.0);
   // 4K and 8K: last rounds of 116 and 100 of 132 works, no split saves a tenth of a work.
   EXPECT_EQ(backward_tail_split(512, 132, 52).parts, 0);
   EXPECT_EQ(backward_tail_split(1024, 132, 103).parts, 0);
@@ -253,14 +255,10 @@ TEST(Dense, BackwardTailSplit) {
   EXPECT_EQ(backward_tail_split(0, 132, 100).parts, 0);
   EXPECT_EQ(backward_tail_split(100, 0, 100).parts, 0);
   // Fewer works than CTAs: every work is the tail; parts of at least 2 tiles.
-  t = backward_tail_split(2, 132, 12);
-  EXPECT_EQ(t.first, 0);
-  EXPECT_EQ(t.items, 2);
-  EXPECT_EQ(t.parts, 6);
-  EXPECT_NEAR(t.tail_cost, (2.0 + 4.0) / 16.0, 1e-12);
+  expect_split(2, 132, 12, 0, 2, 6, (2.0 + 4.0) / 16.0);
   // The GPU test's shapes on 5 CTAs: 12 works of 9 (d=128) or 6 (d=64) tiles, two of them split
   // in two; 16 works of 8 or 5 tiles, the last in 4 or 2.
-  t = backward_tail_split(12, 5, 9);
+  const BackwardTailSplit t = backward_tail_split(12, 5, 9);
   EXPECT_EQ(t.first, 10);
   EXPECT_EQ(t.parts, 2);
   EXPECT_EQ(backward_tail_split(12, 5, 6).parts, 2);
