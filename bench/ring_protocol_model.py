@@ -8,8 +8,9 @@ robin (ping-pong). A consumer follows the forward's order: QK^T of a tile togeth
 previous one, so it holds that tile's V stage until its next tile. Random walks over the union of
 two mask rows' lists (the layout of kernels/cuda/sm90 with three warpgroups over two rows) are
 run with and without the rule that a warpgroup issues its pending P V before it skips (the
-union walk of bench/results/fwd_union_d64_2026-11-28.patch); the model reports the walks that
-deadlock. usage: bench/ring_protocol_model.py [--trials N] [--stages S] [--seed X]
+union walk of bench/results/fwd_union_d64_2026-11-28.patch, run 264), and with the lazy rule of run
+265 (the P V held while the next tile can load without its stage, issued at the blank kS - 1 tiles
+past it); the model reports the walks that deadlock under each. usage: bench/ring_protocol_model.py [--trials N] [--stages S] [--seed X]
 """
 import argparse
 import random
