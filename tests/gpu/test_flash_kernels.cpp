@@ -1190,6 +1190,39 @@ TEST(FlashGather, ForwardMatchesReference) {
   }
 }
 
+// The head-dim-64 forward moves a row's running maximum only when a tile's exceeds it by more than
+// kFwdMargin (log2 units), and skips the rescale of o where no row of a warp moved it: within the
+// reference bound through each of its kernels (192-row tiles over a complete mask, over masks of
+// runs, 128-row tiles over listed blocks) where the maxima grow by less than the margin from
+// tile to tile (q and k of deviation 2: P above 1 on many tiles) and by more (deviation 4:
+// logits of tens of log2 units), causal with offsets (rows whose first tiles see nothing), keys
+// ending inside a block, on one CTA per item and on a grid of 3 CTAs.
+TEST(FlashMargin, ForwardMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  for (int grid : {0, 3}) {
+    const GridLimit limit(grid, 2);
+    for (DType dt : {DType::BF16, DType::F16}) {
+      const std::string tag = std::string(dtype_name(dt)) + "_grid" + std::to_string(grid);
+      const Case cs[] = {
+          {dt, 64, 1, 1000, 1900, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
+           2.0, false, tag + "_dense_dev2"},
+          {dt, 64, 1, 1100, 1500, 2, 128, 128, true, 300, 0, MaskKind::Dense,
+           Layout::Contiguous, 4.0, false, tag + "_dense_causal_offset_dev4"},
+          {dt, 64, 2, 1100, 1216, 1, 128, 128, false, 0, 0, MaskKind::Window,
+           Layout::Contiguous, 4.0, false, tag + "_window_dev4"},
+          {dt, 64, 1, 1200, 2304, 3, 256, 128, false, 0, 0, MaskKind::Sparse, Layout::Dilated,
+           2.0, false, tag + "_sparse_strided_dev2"},
+          {dt, 64, 1, 900, 2000, 2, 128, 128, true, 1000, 0, MaskKind::Sparse,
+           Layout::Contiguous, 4.0, false, tag + "_sparse_causal_offset_dev4"}};
+      for (const Case& c : cs) {
+        SCOPED_TRACE(c.name);
+        FwdRun run;
+        run_forward(c, run, std::random_device{}());
+      }
+    }
+  }
+}
+
 // The Hopper backward adds dK and dV into fp32 dk, dv by TMA reduces from shared memory
 // (LONGATTN_SM90_DKV_TMA=0: loads, adds and stores from registers; head dim 64 stages both sums
 // at once, head dim 128 in four 64-column rounds through two buffers per warpgroup, one of them
