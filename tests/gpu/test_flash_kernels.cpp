@@ -701,6 +701,23 @@ struct GridLimit {
   GridLimit(int n, int group) { cuda::set_persistent_grid_limit(n, group); }
   ~GridLimit() { cuda::set_persistent_grid_limit(0, 0); }
 };
+// The forward cases make(dtype, tag) returns, in bf16 and fp16, on one CTA per item and on a grid
+// of 3 CTAs (tag: "<dtype>_grid<n>"), each against the reference (run_forward), then check(run).
+template <typename Make, typename Check>
+void forward_on_grids(Make make, Check check) {
+  for (int grid : {0, 3}) {
+    const GridLimit limit(grid, 2);
+    for (DType dt : {DType::BF16, DType::F16}) {
+      const std::string tag = std::string(dtype_name(dt)) + "_grid" + std::to_string(grid);
+      for (const Case& c : make(dt, tag)) {
+        SCOPED_TRACE(c.name);
+        FwdRun run;
+        run_forward(c, run, std::random_device{}());
+        check(run);
+      }
+    }
+  }
+}
 TEST(FlashPersistent, ManyItemsPerCta) {
   SKIP_WITHOUT_GPU();
   // Head groups of 4 over 6 or 9 (batch, head) pairs: the last group is partial.
@@ -1152,29 +1169,23 @@ TEST(FlashGather, ForwardMatchesReference) {
     }
   }
   const ScopedEnv gather("LONGATTN_SM90_FWD_GATHER", "1");
-  for (int grid : {0, 3}) {
-    const GridLimit limit(grid, 2);
-    for (DType dt : {DType::BF16, DType::F16}) {
-      const std::string tag = std::string(dtype_name(dt)) + "_grid" + std::to_string(grid);
-      const Case cs[] = {
-          {dt, 128, 2, 1000, 1088, 2, 128, 128, false, 0, 0, MaskKind::Sparse,
-           Layout::Contiguous, 1.0, false, tag + "_sparse_half_block_end"},
-          {dt, 128, 1, 700, 1280, 3, 256, 128, false, 0, 0, MaskKind::Sparse, Layout::Dilated,
-           3.0, false, tag + "_sparse_b256x128_strided"},
-          {dt, 128, 1, 900, 1536, 2, 128, 256, false, 300, 0, MaskKind::Sparse,
-           Layout::Contiguous, 1.0, false, tag + "_sparse_b128x256_offset"},
-          {dt, 128, 2, 1100, 1216, 1, 128, 128, false, 0, 0, MaskKind::Window,
-           Layout::Contiguous, 1.0, false, tag + "_window_half_block_end"},
-          {dt, 128, 1, 1024, 1024, 2, 128, 128, false, 0, 0, MaskKind::Runs, Layout::Contiguous,
-           1.0, false, tag + "_runs"}};
-      for (const Case& c : cs) {
-        SCOPED_TRACE(c.name);
-        FwdRun run;
-        run_forward(c, run, std::random_device{}());
+  forward_on_grids(
+      [](DType dt, const std::string& tag) {
+        return std::vector<Case>{
+            {dt, 128, 2, 1000, 1088, 2, 128, 128, false, 0, 0, MaskKind::Sparse,
+             Layout::Contiguous, 1.0, false, tag + "_sparse_half_block_end"},
+            {dt, 128, 1, 700, 1280, 3, 256, 128, false, 0, 0, MaskKind::Sparse, Layout::Dilated,
+             3.0, false, tag + "_sparse_b256x128_strided"},
+            {dt, 128, 1, 900, 1536, 2, 128, 256, false, 300, 0, MaskKind::Sparse,
+             Layout::Contiguous, 1.0, false, tag + "_sparse_b128x256_offset"},
+            {dt, 128, 2, 1100, 1216, 1, 128, 128, false, 0, 0, MaskKind::Window,
+             Layout::Contiguous, 1.0, false, tag + "_window_half_block_end"},
+            {dt, 128, 1, 1024, 1024, 2, 128, 128, false, 0, 0, MaskKind::Runs,
+             Layout::Contiguous, 1.0, false, tag + "_runs"}};
+      },
+      [](const FwdRun& run) {
         if (run.kernel.rfind("sm90", 0) == 0) EXPECT_EQ(run.kernel, "sm90-gather");
-      }
-    }
-  }
+      });
   // What does not take the gathered tiles.
   for (const char* what : {"causal", "off", "d64", "nk"}) {
     SCOPED_TRACE(what);
@@ -1199,28 +1210,21 @@ TEST(FlashGather, ForwardMatchesReference) {
 // ending inside a block, on one CTA per item and on a grid of 3 CTAs.
 TEST(FlashMargin, ForwardMatchesReference) {
   SKIP_WITHOUT_GPU();
-  for (int grid : {0, 3}) {
-    const GridLimit limit(grid, 2);
-    for (DType dt : {DType::BF16, DType::F16}) {
-      const std::string tag = std::string(dtype_name(dt)) + "_grid" + std::to_string(grid);
-      const Case cs[] = {
-          {dt, 64, 1, 1000, 1900, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
-           2.0, false, tag + "_dense_dev2"},
-          {dt, 64, 1, 1100, 1500, 2, 128, 128, true, 300, 0, MaskKind::Dense,
-           Layout::Contiguous, 4.0, false, tag + "_dense_causal_offset_dev4"},
-          {dt, 64, 2, 1100, 1216, 1, 128, 128, false, 0, 0, MaskKind::Window,
-           Layout::Contiguous, 4.0, false, tag + "_window_dev4"},
-          {dt, 64, 1, 1200, 2304, 3, 256, 128, false, 0, 0, MaskKind::Sparse, Layout::Dilated,
-           2.0, false, tag + "_sparse_strided_dev2"},
-          {dt, 64, 1, 900, 2000, 2, 128, 128, true, 1000, 0, MaskKind::Sparse,
-           Layout::Contiguous, 4.0, false, tag + "_sparse_causal_offset_dev4"}};
-      for (const Case& c : cs) {
-        SCOPED_TRACE(c.name);
-        FwdRun run;
-        run_forward(c, run, std::random_device{}());
-      }
-    }
-  }
+  forward_on_grids(
+      [](DType dt, const std::string& tag) {
+        return std::vector<Case>{
+            {dt, 64, 1, 1000, 1900, 2, 128, 128, false, 0, 0, MaskKind::Dense,
+             Layout::Contiguous, 2.0, false, tag + "_dense_dev2"},
+            {dt, 64, 1, 1100, 1500, 2, 128, 128, true, 300, 0, MaskKind::Dense,
+             Layout::Contiguous, 4.0, false, tag + "_dense_causal_offset_dev4"},
+            {dt, 64, 2, 1100, 1216, 1, 128, 128, false, 0, 0, MaskKind::Window,
+             Layout::Contiguous, 4.0, false, tag + "_window_dev4"},
+            {dt, 64, 1, 1200, 2304, 3, 256, 128, false, 0, 0, MaskKind::Sparse, Layout::Dilated,
+             2.0, false, tag + "_sparse_strided_dev2"},
+            {dt, 64, 1, 900, 2000, 2, 128, 128, true, 1000, 0, MaskKind::Sparse,
+             Layout::Contiguous, 4.0, false, tag + "_sparse_causal_offset_dev4"}};
+      },
+      [](const FwdRun&) {});
 }
 
 // The Hopper backward adds dK and dV into fp32 dk, dv by TMA reduces from shared memory
