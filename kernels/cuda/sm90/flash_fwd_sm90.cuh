@@ -762,7 +762,8 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   constexpr int kDT = D / 8;    // 8-column groups of O
   // Head dim 64: the running maximum moves by more than kFwdMargin or not at all (online_softmax).
   // A/B run 269 (H200, against version 42): +0.3 to +2.6% on 13 of 14 d=64 forward rows; at head
-  // dim 128 it was 0 to -11% (run 268, causal 4K worst), so those kernels keep the plain update.
+  // dim 128 a runtime-switched build was 0 to -11% (run 268, causal 4K worst; its switch alone
+  // cost 1-4%), so those kernels keep the plain update (the compile-time form there: not measured).
   constexpr bool kMarginD = D == 64;
   const uint32_t q_base = saddr(sQ) + cw * 64 * 128;
   const uint32_t k_base = saddr(sK), v_base = saddr(sV);
