@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <limits>
 #include <map>
+#include <memory>
 
 #include "attention/dense.hpp"
 #include "runtime/error.hpp"
@@ -79,7 +80,7 @@ class GradAccumulator {
  public:
   GradAccumulator(Backend& be, const TensorView& target) : target_(target), view_(target) {
     if (is_half(target.dtype)) {
-      temp_ = DeviceTensor(be, DType::F32, target.B, target.N, target.H, target.D);
+      temp_ = DeviceTensor::scratch(be, DType::F32, target.B, target.N, target.H, target.D);
       view_ = temp_.view();
     }
     be.fill(view_, 0.0);
@@ -118,7 +119,7 @@ class DilatedAttention final : public AttentionVariant {
   void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& o, const TensorView& lse) override {
     check_io(q, k, v, o, lse);
-    MaskCache masks(be, std::max(spec_.block_size, be.preferred_tile()), spec_.causal);
+    MaskCache& masks = masks_for(be);
     const auto branches = dilated_branches(spec_.dilated, q.H);
     if (spec_.dilated.mode == DilatedMode::Groups)
       forward_groups(be, masks, branches, q, k, v, o, lse);
@@ -134,7 +135,7 @@ class DilatedAttention final : public AttentionVariant {
     check_same_shape(dq, "dq", q);
     check_same_shape(dk, "dk", q);
     check_same_shape(dv, "dv", q);
-    MaskCache masks(be, std::max(spec_.block_size, be.preferred_tile()), spec_.causal);
+    MaskCache& masks = masks_for(be);
     const auto branches = dilated_branches(spec_.dilated, q.H);
     GradAccumulator gq(be, dq), gk(be, dk), gv(be, dv);
     if (spec_.dilated.mode == DilatedMode::Groups)
@@ -218,7 +219,7 @@ class DilatedAttention final : public AttentionVariant {
     DeviceTensor acc_buf;  // fp32 accumulator when o is fp16/bf16
     TensorView acc = o;
     if (is_half(o.dtype)) {
-      acc_buf = DeviceTensor(be, DType::F32, o.B, o.N, o.H, o.D);
+      acc_buf = DeviceTensor::scratch(be, DType::F32, o.B, o.N, o.H, o.D);
       acc = acc_buf.view();
     }
     be.fill(acc, 0.0);
@@ -227,8 +228,8 @@ class DilatedAttention final : public AttentionVariant {
       const int64_t L = dilated_length(br.segment, br.rate, br.offset);
       if (L == 0) continue;
       const int64_t nseg = q.N / br.segment;
-      DeviceTensor ob(be, o.dtype, q.B * nseg, L, br.head_count, q.D);
-      DeviceTensor lb(be, lse.dtype, q.B * nseg, L, br.head_count, 1);
+      DeviceTensor ob = DeviceTensor::scratch(be, o.dtype, q.B * nseg, L, br.head_count, q.D);
+      DeviceTensor lb = DeviceTensor::scratch(be, lse.dtype, q.B * nseg, L, br.head_count, 1);
       const PreparedMask& m = masks.forward(L);
       for_each_chunk(q.B, {q, k, v, acc, lse}, [&](int64_t b0, int64_t nb) {
         auto seg = [&](const TensorView& t) { return segment_rows(t.batches(b0, nb), br, L); };
@@ -252,7 +253,7 @@ class DilatedAttention final : public AttentionVariant {
       const int64_t L = dilated_length(br.segment, br.rate, br.offset);
       if (L == 0) continue;
       const int64_t nseg = q.N / br.segment;
-      DeviceTensor ob(be, o.dtype, q.B * nseg, L, br.head_count, q.D);
+      DeviceTensor ob = DeviceTensor::scratch(be, o.dtype, q.B * nseg, L, br.head_count, q.D);
       const PreparedMask& m = masks.forward(L);
       const PreparedMask& mt = masks.transposed(L);
       for_each_chunk(q.B, {q, k, v, o, lse, d_o, dq, dk, dv}, [&](int64_t b0, int64_t nb) {
@@ -286,8 +287,8 @@ class DilatedAttention final : public AttentionVariant {
       const int64_t nseg = q.N / br.segment;
       DeviceTensor ob, lb;
       if (!exact) {
-        ob = DeviceTensor(be, o.dtype, q.B * nseg, L, br.head_count, q.D);
-        lb = DeviceTensor(be, lse.dtype, q.B * nseg, L, br.head_count, 1);
+        ob = DeviceTensor::scratch(be, o.dtype, q.B * nseg, L, br.head_count, q.D);
+        lb = DeviceTensor::scratch(be, lse.dtype, q.B * nseg, L, br.head_count, 1);
       }
       const PreparedMask& m = masks.forward(L);
       const PreparedMask& mt = masks.transposed(L);
@@ -305,7 +306,21 @@ class DilatedAttention final : public AttentionVariant {
     }
   }
 
+  // The branches' masks (one per distinct length), prepared on the backend once and kept
+  // across calls on it, so repeated calls (training steps) build and upload nothing.
+  MaskCache& masks_for(Backend& be) {
+    if (!masks_ || masks_backend_ != be.instance_id()) {
+      masks_.reset();
+      masks_ = std::make_unique<MaskCache>(be, std::max(spec_.block_size, be.preferred_tile()),
+                                           spec_.causal);
+      masks_backend_ = be.instance_id();
+    }
+    return *masks_;
+  }
+
   AttentionSpec spec_;
+  std::unique_ptr<MaskCache> masks_;
+  uint64_t masks_backend_ = 0;
 };
 
 }  // namespace

@@ -37,6 +37,13 @@ class Backend {
 
   virtual void* allocate(size_t bytes) = 0;  // throws OutOfMemory saying how much was needed
   virtual void deallocate(void* p) = 0;
+  // A call's temporary, ordered with this backend's operations: those issued after it may use
+  // it, and release_scratch hands it back once those issued before the release are done,
+  // without waiting for them (on the GPU: a stream-ordered pool, no synchronisation and no
+  // cudaMalloc per call). Only this backend's operations may touch it, never work on another
+  // stream (communication). Counted in peak_bytes while held. Default: allocate / deallocate.
+  virtual void* allocate_scratch(size_t bytes) { return allocate(bytes); }
+  virtual void release_scratch(void* p) { deallocate(p); }
   virtual std::unique_ptr<PreparedMask> prepare_mask(const BlockMask& m) = 0;
   // The mask block (kernel tile) this backend's kernels run fastest with. Variants whose
   // results do not depend on the tile (dense, dilated) use max(spec.block_size, this).
@@ -78,6 +85,10 @@ class DeviceTensor {
  public:
   DeviceTensor() = default;
   DeviceTensor(Backend& be, DType dtype, int64_t B, int64_t N, int64_t H, int64_t D);
+  // A call's temporary from Backend::allocate_scratch (its rules apply: only the backend's own
+  // operations may use it).
+  static DeviceTensor scratch(Backend& be, DType dtype, int64_t B, int64_t N, int64_t H,
+                              int64_t D);
   ~DeviceTensor();
   DeviceTensor(DeviceTensor&& o) noexcept;
   DeviceTensor& operator=(DeviceTensor&& o) noexcept;
@@ -87,8 +98,10 @@ class DeviceTensor {
   void* data() const { return view_.data; }
 
  private:
+  void release() noexcept;
   Backend* be_ = nullptr;
   TensorView view_;
+  bool scratch_ = false;
 };
 
 }  // namespace longattn

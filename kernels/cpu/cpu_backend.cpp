@@ -289,18 +289,40 @@ DeviceTensor::DeviceTensor(Backend& be, DType dtype, int64_t B, int64_t N, int64
   void* p = be.allocate(static_cast<size_t>(B * N * H * D) * dtype_size(dtype));
   view_ = make_view(p, dtype, B, N, H, D, be.device());
 }
-DeviceTensor::~DeviceTensor() {
-  if (be_ && view_.data) be_->deallocate(view_.data);
+DeviceTensor DeviceTensor::scratch(Backend& be, DType dtype, int64_t B, int64_t N, int64_t H,
+                                   int64_t D) {
+  DeviceTensor t;
+  void* p = be.allocate_scratch(static_cast<size_t>(B * N * H * D) * dtype_size(dtype));
+  t.be_ = &be;
+  t.view_ = make_view(p, dtype, B, N, H, D, be.device());
+  t.scratch_ = true;
+  return t;
 }
-DeviceTensor::DeviceTensor(DeviceTensor&& o) noexcept : be_(o.be_), view_(o.view_) {
+void DeviceTensor::release() noexcept {
+  if (!be_ || !view_.data) return;
+  try {
+    if (scratch_)
+      be_->release_scratch(view_.data);
+    else
+      be_->deallocate(view_.data);
+  } catch (...) {
+    // A destructor cannot report the asynchronous error a synchronisation found; the next
+    // operation on the backend reports it.
+  }
+  view_.data = nullptr;
+}
+DeviceTensor::~DeviceTensor() { release(); }
+DeviceTensor::DeviceTensor(DeviceTensor&& o) noexcept
+    : be_(o.be_), view_(o.view_), scratch_(o.scratch_) {
   o.be_ = nullptr;
   o.view_.data = nullptr;
 }
 DeviceTensor& DeviceTensor::operator=(DeviceTensor&& o) noexcept {
   if (this != &o) {
-    if (be_ && view_.data) be_->deallocate(view_.data);
+    release();
     be_ = o.be_;
     view_ = o.view_;
+    scratch_ = o.scratch_;
     o.be_ = nullptr;
     o.view_.data = nullptr;
   }

@@ -190,6 +190,15 @@ class CudaBackendImpl final : public CudaBackend {
       cuda::throw_cuda_error(sync, "cudaStreamSynchronize(stream_) before cudaFree", __FILE__,
                              __LINE__);
   }
+  void* allocate_scratch(size_t bytes) override {
+    DeviceGuard g(opt_.device);
+    return scratch_alloc(bytes);
+  }
+  void release_scratch(void* p) override {
+    if (!p) return;
+    DeviceGuard g(opt_.device);
+    scratch_free(p);
+  }
   size_t peak_bytes() const override {
     std::lock_guard<std::mutex> lock(mu_);
     return peak_;

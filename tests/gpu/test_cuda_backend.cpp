@@ -335,6 +335,44 @@ TEST(CudaMemory, ImpossibleAllocationSaysHowMuch) {
   EXPECT_EQ(gpu->peak_bytes(), 0u);
 }
 
+// A call's temporaries: stream-ordered (usable by the operations queued after the allocation,
+// handed back after those queued before the release), counted while held, and reused.
+TEST(CudaMemory, ScratchIsOrderedOnTheStreamAndCounted) {
+  SKIP_WITHOUT_GPU();
+  auto gpu = make_cuda_backend();
+  const int64_t B = 2, N = 4096, H = 8, D = 128;  // 32 MiB in fp32
+  const size_t bytes = static_cast<size_t>(B * N * H * D) * 4;
+  DeviceTensor keep(*gpu, DType::BF16, B, N, H, D);
+  const size_t base = as_cuda(*gpu).current_bytes();
+  gpu->reset_peak();
+  for (int round = 0; round < 3; ++round) {
+    {
+      DeviceTensor t = DeviceTensor::scratch(*gpu, DType::F32, B, N, H, D);
+      EXPECT_EQ(as_cuda(*gpu).current_bytes(), base + bytes);
+      gpu->fill(t.view(), 1.5 + round);
+      gpu->scale(t.view().rows(1, N / 2, 2), -2.0);  // odd rows negated and doubled
+      gpu->copy(keep.view(), t.view());
+    }  // released while the copy may still be queued
+    EXPECT_EQ(as_cuda(*gpu).current_bytes(), base);
+    Tensor h(DType::F64, B, N, H, D);
+    gpu->download(h.view(), keep.view());
+    const double x = 1.5 + round;
+    bool ok = true;
+    for (int64_t b = 0; b < B && ok; ++b)
+      for (int64_t n = 0; n < N && ok; ++n)
+        for (int64_t hh = 0; hh < H && ok; ++hh)
+          for (int64_t d = 0; d < D && ok; ++d)
+            ok = h.at(b, n, hh, d) == (n % 2 ? -2.0 * x : x);
+    EXPECT_TRUE(ok) << "round " << round;
+  }
+  EXPECT_EQ(gpu->peak_bytes(), base + bytes);
+  // On the CPU backend the same calls are plain allocations.
+  auto cpu = make_cpu_backend();
+  cpu->reset_peak();
+  { DeviceTensor t = DeviceTensor::scratch(*cpu, DType::F32, B, N, H, D); }
+  EXPECT_EQ(cpu->peak_bytes(), bytes);
+}
+
 TEST(CudaMemory, InvalidDeviceIsRejected) {
   SKIP_WITHOUT_GPU();
   EXPECT_THROW(make_cuda_backend(cuda_device_count()), InvalidArgument);
@@ -718,6 +756,20 @@ TEST_P(CudaVariants, ForwardAndBackwardMatchCpuBackend) {
     };
     const Tensor o = fetch(go), lse = fetch(glse), dq = fetch(gdq), dk = fetch(gdk),
                  dv = fetch(gdv);
+    {
+      // A second call on the same backend (the variant's prepared masks kept, its temporaries
+      // from the stream-ordered pool again) gives the same bits into fresh outputs.
+      DeviceTensor o2(*gpu, dt, B, N, H, D), l2(*gpu, DType::F32, B, N, H, 1),
+          dq2(*gpu, dt, B, N, H, D), dk2(*gpu, dt, B, N, H, D), dv2(*gpu, dt, B, N, H, D);
+      variant->forward(*gpu, gq.view(), gk.view(), gv.view(), o2.view(), l2.view());
+      variant->backward(*gpu, gq.view(), gk.view(), gv.view(), o2.view(), l2.view(), gdo.view(),
+                        dq2.view(), dk2.view(), dv2.view());
+      EXPECT_EQ(compare(fetch(o2).view(), o.view()).max_abs, 0.0) << "o, second call";
+      EXPECT_EQ(compare(fetch(l2).view(), lse.view()).max_abs, 0.0) << "lse, second call";
+      EXPECT_EQ(compare(fetch(dq2).view(), dq.view()).max_abs, 0.0) << "dq, second call";
+      EXPECT_EQ(compare(fetch(dk2).view(), dk.view()).max_abs, 0.0) << "dk, second call";
+      EXPECT_EQ(compare(fetch(dv2).view(), dv.view()).max_abs, 0.0) << "dv, second call";
+    }
 
     // Tolerances: fp32 per tolerance_for relative to the output's scale; fp16/bf16 at most
     // twice the error of a same-precision naive implementation (forward: naive softmax with
