@@ -86,8 +86,12 @@ class GradAccumulator {
     be.fill(view_, 0.0);
   }
   const TensorView& view() const { return view_; }
-  void finish(Backend& be) {
-    if (temp_.data()) be.copy(target_, view_);
+  // The caller's gradient = alpha * the accumulated one (one pass, one rounding).
+  void finish(Backend& be, double alpha) {
+    if (temp_.data())
+      be.copy_scaled(target_, alpha, view_);
+    else if (alpha != 1.0)
+      be.scale(target_, alpha);
   }
 
  private:
@@ -138,14 +142,17 @@ class DilatedAttention final : public AttentionVariant {
     MaskCache& masks = masks_for(be);
     const auto branches = dilated_branches(spec_.dilated, q.H);
     GradAccumulator gq(be, dq), gk(be, dk), gv(be, dv);
-    if (spec_.dilated.mode == DilatedMode::Groups)
+    double alpha = 1.0;
+    if (spec_.dilated.mode == DilatedMode::Groups) {
       backward_groups(be, masks, branches, q, k, v, o, lse, d_o, gq.view(), gk.view(), gv.view());
-    else
+      alpha = 1.0 / static_cast<double>(spec_.dilated.segment_lengths.size());
+    } else {
       backward_longnet(be, masks, branches, q, k, v, o, lse, d_o, gq.view(), gk.view(),
                        gv.view());
-    gq.finish(be);
-    gk.finish(be);
-    gv.finish(be);
+    }
+    gq.finish(be, alpha);
+    gk.finish(be, alpha);
+    gv.finish(be, alpha);
   }
 
   double flops(const Shape& s) const override {
@@ -243,7 +250,7 @@ class DilatedAttention final : public AttentionVariant {
   }
 
   // groups: o holds O_b / G. The branch's gradient with dO is the contract's backward with the
-  // branch's own O_b = G * o (delta = <dO, O_b>), scaled by 1/G at the end.
+  // branch's own O_b = G * o (delta = <dO, O_b>); the caller scales the sum by 1/G (finish).
   void backward_groups(Backend& be, MaskCache& masks, const std::vector<DilatedBranch>& branches,
                        const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& o, const TensorView& lse, const TensorView& d_o,
@@ -259,15 +266,11 @@ class DilatedAttention final : public AttentionVariant {
       for_each_chunk(q.B, {q, k, v, o, lse, d_o, dq, dk, dv}, [&](int64_t b0, int64_t nb) {
         auto seg = [&](const TensorView& t) { return segment_rows(t.batches(b0, nb), br, L); };
         const TensorView o_branch = ob.view().batches(b0 * nseg, nb * nseg);
-        be.copy(o_branch, seg(o));
-        be.scale(o_branch, G);
+        be.copy_scaled(o_branch, G, seg(o));
         kernel_backward(be, m, mt, seg(q), seg(k), seg(v), o_branch, seg(lse), seg(d_o), seg(dq),
                         seg(dk), seg(dv));
       });
     }
-    be.scale(dq, 1.0 / G);
-    be.scale(dk, 1.0 / G);
-    be.scale(dv, 1.0 / G);
   }
 
   // longnet, o = sum_i w_i O_i with w_i = exp(L_i - L). Pair i's contribution, written with the

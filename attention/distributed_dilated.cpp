@@ -158,7 +158,7 @@ class DilatedDistributed final : public SequenceShardedBase {
     bool foldable = false;
     run_and_agree(comm_, name() + " forward", [&] {
       if (!groups && is_half(o.dtype)) {
-        acc_buf = DeviceTensor(be, DType::F32, o.B, o.N, o.H, o.D);
+        acc_buf = DeviceTensor::scratch(be, DType::F32, o.B, o.N, o.H, o.D);  // backend-only
         acc = acc_buf.view();
       }
       if (!groups) {
@@ -203,7 +203,7 @@ class DilatedDistributed final : public SequenceShardedBase {
     run_and_agree(comm_, name() + " backward", [&] {
       for (int i = 0; i < 3; ++i)
         if (gd != grads[i].dtype) {
-          bufs[i] = DeviceTensor(be, gd, q.B, q.N, q.H, q.D);
+          bufs[i] = DeviceTensor::scratch(be, gd, q.B, q.N, q.H, q.D);  // backend-only
           grads[i] = bufs[i].view();
         }
       foldable = batch_foldable({q, k, v, o, lse, d_o, grads[0], grads[1], grads[2]});
@@ -218,9 +218,12 @@ class DilatedDistributed final : public SequenceShardedBase {
                       grads[2], foldable);
     }
     const TensorView outs[3] = {dq, dk, dv};
+    const double alpha = spec_.dilated.mode == DilatedMode::Groups ? 1.0 / num_pairs() : 1.0;
     for (int i = 0; i < 3; ++i) {
-      if (spec_.dilated.mode == DilatedMode::Groups) be.scale(grads[i], 1.0 / num_pairs());
-      if (bufs[i].data()) be.copy(outs[i], grads[i]);
+      if (bufs[i].data())
+        be.copy_scaled(outs[i], alpha, grads[i]);  // one pass, one rounding
+      else if (alpha != 1.0)
+        be.scale(grads[i], alpha);
     }
   }
 

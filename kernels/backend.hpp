@@ -61,6 +61,8 @@ class Backend {
   virtual void axpy(const TensorView& dst, double alpha, const TensorView& src) = 0;
   // dst = src with dtype conversion; both on this backend.
   virtual void copy(const TensorView& dst, const TensorView& src) = 0;
+  // dst = alpha * src, computed in fp64 and rounded once to dst's dtype (alpha = 1: copy).
+  virtual void copy_scaled(const TensorView& dst, double alpha, const TensorView& src) = 0;
   // Host <-> backend copies of equal-shape views (dtypes may differ).
   virtual void upload(const TensorView& dst, const TensorView& host_src) = 0;
   virtual void download(const TensorView& host_dst, const TensorView& src) = 0;

@@ -227,6 +227,12 @@ class CpuBackend final : public Backend {
       store(dst, b, n, h, d, load(src, b, n, h, d));
     });
   }
+  void copy_scaled(const TensorView& dst, double alpha, const TensorView& src) override {
+    check_same(dst, src);
+    each(dst, [&](int64_t b, int64_t n, int64_t h, int64_t d) {
+      store(dst, b, n, h, d, alpha * load(src, b, n, h, d));
+    });
+  }
   void gemm(bool ta, bool tb, double alpha, const MatrixView& a, const MatrixView& b,
             double beta, const MatrixView& c) override {
     const int64_t M = ta ? a.cols : a.rows, K = ta ? a.rows : a.cols;

@@ -326,6 +326,10 @@ class CudaBackendImpl final : public CudaBackend {
     DeviceGuard g(opt_.device);
     cuda::copy(dst, src, stream_);
   }
+  void copy_scaled(const TensorView& dst, double alpha, const TensorView& src) override {
+    DeviceGuard g(opt_.device);
+    cuda::copy_scaled(dst, alpha, src, stream_);
+  }
   void randn(const TensorView& t, uint64_t seed, double stddev) override {
     DeviceGuard g(opt_.device);
     cuda::randn(t, seed, stddev, stream_);

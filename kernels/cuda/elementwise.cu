@@ -78,7 +78,8 @@ __global__ void scale_kernel(DevView t, int64_t rows, double alpha) {
   }
 }
 
-// dst = dst + alpha * src (alpha = 0 with a `copy` flag gives dst = src without reading dst).
+// dst = dst + alpha * src, or with the `copy` flag dst = alpha * src without reading dst
+// (alpha = 1: the plain copy, exact since 1 * s = s).
 template <typename TD, typename TS, bool kCopy>
 __global__ void axpy_kernel(DevView dst, DevView src, int64_t rows, double alpha) {
   for (int64_t r = blockIdx.x * int64_t(blockDim.y) + threadIdx.y; r < rows;
@@ -87,8 +88,35 @@ __global__ void axpy_kernel(DevView dst, DevView src, int64_t rows, double alpha
     for (int64_t d = threadIdx.x; d < dst.D; d += blockDim.x) {
       const double s = to_f64(*elem<TS>(src, ri.b, ri.n, ri.h, d));
       TD* p = elem<TD>(dst, ri.b, ri.n, ri.h, d);
-      *p = kCopy ? from_f64<TD>(s) : from_f64<TD>(__dadd_rn(to_f64(*p), __dmul_rn(alpha, s)));
+      *p = kCopy ? from_f64<TD>(__dmul_rn(alpha, s))
+                 : from_f64<TD>(__dadd_rn(to_f64(*p), __dmul_rn(alpha, s)));
     }
+  }
+}
+
+// The same operations over whole contiguous tensors of equal layout, four elements a thread in
+// one aligned vector access each side (the caller checks alignment and a multiple of 4), with
+// the row kernels' arithmetic. kOp: 0 dst = alpha * src, 1 dst += alpha * src, 2 dst *= alpha.
+template <typename T>
+struct alignas(4 * sizeof(T)) Quad {
+  T v[4];
+};
+template <typename TD, typename TS, int kOp>
+__global__ void flat_kernel(TD* dst, const TS* src, int64_t quads, double alpha) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < quads;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    Quad<TD> d;
+    Quad<TS> s;
+    if (kOp != 2) s = reinterpret_cast<const Quad<TS>*>(src)[i];
+    if (kOp != 0) d = reinterpret_cast<const Quad<TD>*>(dst)[i];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (kOp == 0) d.v[j] = from_f64<TD>(__dmul_rn(alpha, to_f64(s.v[j])));
+      if (kOp == 1)
+        d.v[j] = from_f64<TD>(__dadd_rn(to_f64(d.v[j]), __dmul_rn(alpha, to_f64(s.v[j]))));
+      if (kOp == 2) d.v[j] = from_f64<TD>(__dmul_rn(alpha, to_f64(d.v[j])));
+    }
+    reinterpret_cast<Quad<TD>*>(dst)[i] = d;
   }
 }
 
@@ -182,6 +210,25 @@ void check_pair(const TensorView& dst, const TensorView& src) {
 
 int64_t rows_of(const TensorView& t) { return t.B * t.N * t.H; }
 
+// Whether flat_kernel may take t: contiguous, a multiple of 4 elements, 4-element aligned.
+bool flat_ok(const TensorView& t) {
+  const size_t quad = 4 * dtype_size(t.dtype);
+  return t.is_contiguous() && t.numel() % 4 == 0 &&
+         reinterpret_cast<uintptr_t>(t.data) % quad == 0;
+}
+
+// Launches flat_kernel<TD, TS, kOp> over the whole of dst (and src, of the same layout).
+template <typename TD, typename TS, int kOp>
+void launch_flat(const TensorView& dst, const TensorView& src, double alpha,
+                 cudaStream_t stream) {
+  const int64_t quads = dst.numel() / 4;
+  constexpr int kThreads = 256;
+  const int64_t blocks = std::min<int64_t>((quads + kThreads - 1) / kThreads, kMaxGrid);
+  flat_kernel<TD, TS, kOp><<<static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kThreads, 0,
+                             stream>>>(static_cast<TD*>(dst.data),
+                                       static_cast<const TS*>(src.data), quads, alpha);
+}
+
 }  // namespace
 
 void fill(const TensorView& t, double value, cudaStream_t stream) {
@@ -203,6 +250,14 @@ void fill(const TensorView& t, double value, cudaStream_t stream) {
 void scale(const TensorView& t, double alpha, cudaStream_t stream) {
   check_device_view(t, "t");
   if (t.numel() == 0) return;
+  if (flat_ok(t)) {
+    dispatch_dtype(t.dtype, [&](auto x) {
+      using T = decltype(x);
+      launch_flat<T, T, 2>(t, t, alpha, stream);
+    });
+    CUDA_CHECK_LAUNCH("scale (flat_kernel)");
+    return;
+  }
   const Launch l = launch_for(rows_of(t), t.D);
   dispatch_dtype(t.dtype, [&](auto x) {
     using T = decltype(x);
@@ -214,6 +269,15 @@ void scale(const TensorView& t, double alpha, cudaStream_t stream) {
 void axpy(const TensorView& dst, double alpha, const TensorView& src, cudaStream_t stream) {
   check_pair(dst, src);
   if (dst.numel() == 0) return;
+  if (flat_ok(dst) && flat_ok(src)) {
+    dispatch_dtype(dst.dtype, [&](auto xd) {
+      dispatch_dtype(src.dtype, [&](auto xs) {
+        launch_flat<decltype(xd), decltype(xs), 1>(dst, src, alpha, stream);
+      });
+    });
+    CUDA_CHECK_LAUNCH("axpy (flat_kernel)");
+    return;
+  }
   const Launch l = launch_for(rows_of(dst), dst.D);
   dispatch_dtype(dst.dtype, [&](auto xd) {
     dispatch_dtype(src.dtype, [&](auto xs) {
@@ -226,13 +290,23 @@ void axpy(const TensorView& dst, double alpha, const TensorView& src, cudaStream
   CUDA_CHECK_LAUNCH("axpy_kernel");
 }
 
-void copy(const TensorView& dst, const TensorView& src, cudaStream_t stream) {
+void copy_scaled(const TensorView& dst, double alpha, const TensorView& src,
+                 cudaStream_t stream) {
   check_pair(dst, src);
   if (dst.numel() == 0) return;
-  if (dst.dtype == src.dtype && dst.is_contiguous() && src.is_contiguous()) {
+  if (alpha == 1.0 && dst.dtype == src.dtype && dst.is_contiguous() && src.is_contiguous()) {
     CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data,
                                static_cast<size_t>(dst.numel()) * dtype_size(dst.dtype),
                                cudaMemcpyDeviceToDevice, stream));
+    return;
+  }
+  if (flat_ok(dst) && flat_ok(src)) {
+    dispatch_dtype(dst.dtype, [&](auto xd) {
+      dispatch_dtype(src.dtype, [&](auto xs) {
+        launch_flat<decltype(xd), decltype(xs), 0>(dst, src, alpha, stream);
+      });
+    });
+    CUDA_CHECK_LAUNCH("copy (flat_kernel)");
     return;
   }
   const Launch l = launch_for(rows_of(dst), dst.D);
@@ -241,10 +315,14 @@ void copy(const TensorView& dst, const TensorView& src, cudaStream_t stream) {
       using TD = decltype(xd);
       using TS = decltype(xs);
       axpy_kernel<TD, TS, true>
-          <<<l.grid, l.block, 0, stream>>>(dev_view(dst), dev_view(src), rows_of(dst), 0.0);
+          <<<l.grid, l.block, 0, stream>>>(dev_view(dst), dev_view(src), rows_of(dst), alpha);
     });
   });
   CUDA_CHECK_LAUNCH("copy (axpy_kernel)");
+}
+
+void copy(const TensorView& dst, const TensorView& src, cudaStream_t stream) {
+  copy_scaled(dst, 1.0, src, stream);
 }
 
 void merge(const TensorView& o_acc, const TensorView& lse_acc, const TensorView& o_part,

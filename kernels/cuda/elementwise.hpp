@@ -16,6 +16,9 @@ void fill(const TensorView& t, double value, cudaStream_t stream);
 void scale(const TensorView& t, double alpha, cudaStream_t stream);            // t *= alpha
 void axpy(const TensorView& dst, double alpha, const TensorView& src, cudaStream_t stream);
 void copy(const TensorView& dst, const TensorView& src, cudaStream_t stream);  // dst = src
+// dst = alpha * src, rounded once to dst's dtype.
+void copy_scaled(const TensorView& dst, double alpha, const TensorView& src,
+                 cudaStream_t stream);
 
 // (o_acc, lse_acc) <- merge((o_acc, lse_acc), (o_part, lse_part)) with kernels/merge.hpp's
 // weights; lse views are [B, N, H, 1] in fp32 or fp64.

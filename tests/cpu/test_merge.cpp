@@ -62,5 +62,26 @@ TEST(Merge, ChunkedAttentionEqualsOneShotInAnyOrder) {
   }
 }
 
+
+// copy_scaled: dst = alpha * src formed in fp64 and rounded once to dst's dtype (what the
+// dilated variant's gradients take in one pass), on a strided destination.
+TEST(CpuBackend, CopyScaledRoundsOnceIntoTheDestination) {
+  auto be = make_cpu_backend(1);
+  const Tensor src = Tensor::randn(DType::F32, 2, 9, 3, 5, 77);
+  for (DType dt : {DType::F64, DType::F32, DType::F16, DType::BF16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    Tensor wide(dt, 2, 18, 3, 5);
+    be->fill(wide.view(), 7.0);
+    const TensorView dst = wide.view().rows(1, 9, 2);  // odd rows
+    be->copy_scaled(dst, 1.0 / 3.0, src.view());
+    Tensor expect = src.to(DType::F64);
+    be->scale(expect.view(), 1.0 / 3.0);  // the fp64 products
+    EXPECT_EQ(compare(dst, expect.to(dt).view()).max_abs, 0.0);
+    Tensor sevens(dt, 2, 9, 3, 5);
+    be->fill(sevens.view(), 7.0);
+    EXPECT_EQ(compare(wide.view().rows(0, 9, 2), sevens.view()).max_abs, 0.0);  // even rows
+  }
+}
+
 }  // namespace
 }  // namespace longattn

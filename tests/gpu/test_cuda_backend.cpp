@@ -116,6 +116,11 @@ TEST(CudaElementwise, FillScaleAxpyCopyMatchCpuOnStridedViews) {
       gpu->copy(dst2.dview, src.dview);
       EXPECT_EQ(compare(download_all(*gpu, dst2).view(), dst2.host.view()).max_abs, 0.0)
           << "copy";
+      Padded dst3 = make_padded(*gpu, dt, B, N, H, D, ++seed);
+      cpu->copy_scaled(dst3.hview, 1.0 / 3.0, src.hview);
+      gpu->copy_scaled(dst3.dview, 1.0 / 3.0, src.dview);
+      EXPECT_EQ(compare(download_all(*gpu, dst3).view(), dst3.host.view()).max_abs, 0.0)
+          << "copy_scaled";
     }
   }
 }
@@ -134,6 +139,63 @@ TEST(CudaElementwise, ContiguousFastPathsMatchCpu) {
     gpu->fill(db.view(), 0.0);  // contiguous zero: a memset
     gpu->download(back.view(), db.view());
     EXPECT_EQ(compare(back.view(), Tensor::zeros(dt, 2, 33, 2, 16).view()).max_abs, 0.0);
+  }
+}
+
+// Whole contiguous tensors go through the four-element vector kernels (a multiple of 4
+// elements, aligned), the rest through the row kernels: both bit-identical to the CPU backend,
+// every dtype pair, and nothing written past the tensor.
+TEST(CudaElementwise, FlatKernelsMatchCpuAndFallBackWhenUnaligned) {
+  SKIP_WITHOUT_GPU();
+  auto gpu = make_cuda_backend();
+  auto cpu = make_cpu_backend();
+  uint64_t seed = 900;
+  // {N, offset}: 4096 elements aligned (vector path), 4095 (a remainder: row path), and 4096
+  // starting one element into the buffer (misaligned: row path).
+  const int64_t shapes[3][2] = {{1024, 0}, {1023, 0}, {1024, 1}};
+  for (const auto& sh : shapes) {
+    const int64_t N = sh[0], off = sh[1], total = N * 4 + off + 3;  // [1, N, 1, 4] at `off`
+    SCOPED_TRACE("N " + std::to_string(N) + " offset " + std::to_string(off));
+    for (DType dt : kLowDtypes) {
+      for (DType src_dt : kLowDtypes) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " <- " + dtype_name(src_dt));
+        // Flat buffers of `total` elements viewed as [1, N, 1, 4] from element `off`.
+        auto flat = [&](DType t, uint64_t sd, Tensor& host, DeviceTensor& dev) {
+          host = Tensor::randn(t, 1, total, 1, 1, sd);
+          dev = DeviceTensor(*gpu, t, 1, total, 1, 1);
+          gpu->upload(dev.view(), host.view());
+        };
+        auto as4 = [&](const TensorView& whole) {
+          TensorView v = whole;
+          v.data = static_cast<char*>(whole.data) + off * dtype_size(whole.dtype);
+          v.N = N;
+          v.D = 4;
+          v.sd = 1;
+          v.sh = 4;
+          v.sn = 4;
+          v.sb = 4 * N;
+          return v;
+        };
+        Tensor hs, hd;
+        DeviceTensor ds, dd;
+        flat(src_dt, ++seed, hs, ds);
+        const char* ops[4] = {"scale", "axpy", "copy", "copy_scaled"};
+        for (int op = 0; op < 4; ++op) {
+          flat(dt, ++seed, hd, dd);
+          const TensorView hv = as4(hd.view()), dv = as4(dd.view());
+          const TensorView hsv = as4(hs.view()), dsv = as4(ds.view());
+          switch (op) {
+            case 0: cpu->scale(hv, -0.7); gpu->scale(dv, -0.7); break;
+            case 1: cpu->axpy(hv, 0.3, hsv); gpu->axpy(dv, 0.3, dsv); break;
+            case 2: cpu->copy(hv, hsv); gpu->copy(dv, dsv); break;
+            default: cpu->copy_scaled(hv, 1.0 / 3.0, hsv); gpu->copy_scaled(dv, 1.0 / 3.0, dsv);
+          }
+          Tensor back(DType::F64, 1, total, 1, 1);
+          gpu->download(back.view(), dd.view());
+          EXPECT_EQ(compare(back.view(), hd.view()).max_abs, 0.0) << ops[op];
+        }
+      }
+    }
   }
 }
 

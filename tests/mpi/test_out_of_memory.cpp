@@ -96,6 +96,9 @@ class FailingBackend final : public Backend {
     cpu_->axpy(dst, alpha, src);
   }
   void copy(const TensorView& dst, const TensorView& src) override { cpu_->copy(dst, src); }
+  void copy_scaled(const TensorView& dst, double alpha, const TensorView& src) override {
+    cpu_->copy_scaled(dst, alpha, src);
+  }
   void upload(const TensorView& dst, const TensorView& host_src) override {
     cpu_->upload(dst, host_src);
   }
