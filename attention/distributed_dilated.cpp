@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <limits>
 #include <map>
+#include <memory>
 #include <optional>
 #include <tuple>
 
@@ -30,7 +31,8 @@ bool is_half(DType t) { return t == DType::F16 || t == DType::BF16; }
 // ceil(a / b) for b > 0 and any sign of a.
 int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 
-// Dense (causal-trimmed) masks of one call, prepared once per geometry.
+// Dense (causal-trimmed) masks, prepared once per geometry and kept across calls on one
+// backend (training steps prepare and upload nothing after the first).
 class MaskCache {
  public:
   MaskCache(Backend& be, int64_t block, bool causal) : be_(be), block_(block), causal_(causal) {}
@@ -147,7 +149,7 @@ class DilatedDistributed final : public SequenceShardedBase {
                const TensorView& o, const TensorView& lse) override {
     check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
     counters_ = {};
-    MaskCache masks(be, spec_.block_size, spec_.causal);
+    MaskCache& masks = masks_for(be);
     const bool groups = spec_.dilated.mode == DilatedMode::Groups;
     const std::vector<DilatedBranch> branches = dilated_branches(spec_.dilated, q.H);
     std::vector<BranchWork> work(branches.size());
@@ -186,7 +188,7 @@ class DilatedDistributed final : public SequenceShardedBase {
     check_and_agree(
         q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}, lse);
     counters_ = {};
-    MaskCache masks(be, spec_.block_size, spec_.causal);
+    MaskCache& masks = masks_for(be);
     const std::vector<DilatedBranch> branches = dilated_branches(spec_.dilated, q.H);
     std::vector<BranchWork> work(branches.size());
     // Several branches add into the same rows: accumulate in fp32 for fp16/bf16 gradients.
@@ -229,6 +231,14 @@ class DilatedDistributed final : public SequenceShardedBase {
 
  private:
   double num_pairs() const { return static_cast<double>(spec_.dilated.segment_lengths.size()); }
+  MaskCache& masks_for(Backend& be) {
+    if (!masks_ || masks_backend_ != be.instance_id()) {
+      masks_.reset();
+      masks_ = std::make_unique<MaskCache>(be, spec_.block_size, spec_.causal);
+      masks_backend_ = be.instance_id();
+    }
+    return *masks_;
+  }
 
   // The segments of a branch with dilated rows on this rank: `local` (every row here) and
   // `spanning` (rows on several ranks).
@@ -607,6 +617,9 @@ class DilatedDistributed final : public SequenceShardedBase {
       }
     }
   }
+
+  std::unique_ptr<MaskCache> masks_;
+  uint64_t masks_backend_ = 0;
 };
 
 }  // namespace
