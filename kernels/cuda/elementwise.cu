@@ -164,6 +164,56 @@ __global__ void merge_kernel(DevView o_acc, DevView lse_acc, bool acc_f64, DevVi
   }
 }
 
+// The same merge where both o views have unit element stride, D a multiple of 4 and every row
+// 4-element aligned: eight lanes a row, four rows a warp (the row's weights, fp64 exp and log,
+// computed once for four rows), four elements a lane in one vector access each side. A row
+// lives in one warp, so __syncwarp orders its lanes' reads of L_acc before the write.
+template <typename TA, typename TP>
+__global__ void merge_quad_kernel(DevView o_acc, DevView lse_acc, bool acc_f64, DevView o_part,
+                                  DevView lse_part, bool part_f64, int64_t rows) {
+  constexpr int kLanes = 8, kRowsPerWarp = 32 / kLanes;
+  const int lane = threadIdx.x & 31, sub = lane % kLanes, slot = lane / kLanes;
+  const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
+  const int64_t quads = o_acc.D / 4;
+  for (int64_t base = warp * kRowsPerWarp; base < rows; base += warps * kRowsPerWarp) {
+    const int64_t r = base + slot;
+    const bool active = r < rows;
+    RowIndex ri{0, 0, 0};
+    MergeWeights<double> w{0.0, 0.0, 0.0};
+    if (active) {
+      ri = split_row(r, o_acc.N, o_acc.H);
+      w = merge_weights(load_lse(lse_acc, acc_f64, ri.b, ri.n, ri.h),
+                        load_lse(lse_part, part_f64, ri.b, ri.n, ri.h));
+    }
+    __syncwarp();  // every lane has read L_acc before its row's first lane overwrites it
+    if (active) {
+      Quad<TA>* pa = reinterpret_cast<Quad<TA>*>(elem<TA>(o_acc, ri.b, ri.n, ri.h, 0));
+      const Quad<TP>* pp = reinterpret_cast<const Quad<TP>*>(elem<TP>(o_part, ri.b, ri.n, ri.h, 0));
+      for (int64_t q = sub; q < quads; q += kLanes) {
+        Quad<TA> a = pa[q];
+        const Quad<TP> p = pp[q];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          // 0 * inf would be NaN: a side with weight 0 is skipped, not multiplied.
+          double x = 0.0;
+          if (w.w1 != 0.0) x = __dmul_rn(w.w1, to_f64(a.v[j]));
+          if (w.w2 != 0.0) x = __dadd_rn(x, __dmul_rn(w.w2, to_f64(p.v[j])));
+          a.v[j] = from_f64<TA>(x);
+        }
+        pa[q] = a;
+      }
+      if (sub == 0) {
+        if (acc_f64)
+          *elem<double>(lse_acc, ri.b, ri.n, ri.h, 0) = w.lse;
+        else
+          *elem<float>(lse_acc, ri.b, ri.n, ri.h, 0) = static_cast<float>(w.lse);
+      }
+    }
+    __syncwarp();
+  }
+}
+
 // splitmix64: a bijective 64-bit mix, good enough to draw independent uniforms per index.
 __device__ __forceinline__ uint64_t mix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -209,6 +259,14 @@ void check_pair(const TensorView& dst, const TensorView& src) {
 }
 
 int64_t rows_of(const TensorView& t) { return t.B * t.N * t.H; }
+
+// Whether merge_quad_kernel may take t: unit element stride, D and the row strides multiples of
+// 4, the data 4-element aligned.
+bool rows_quad_ok(const TensorView& t) {
+  const size_t quad = 4 * dtype_size(t.dtype);
+  return t.sd == 1 && t.D % 4 == 0 && t.sh % 4 == 0 && t.sn % 4 == 0 && t.sb % 4 == 0 &&
+         reinterpret_cast<uintptr_t>(t.data) % quad == 0;
+}
 
 // Whether flat_kernel may take t: contiguous, a multiple of 4 elements, 4-element aligned.
 bool flat_ok(const TensorView& t) {
@@ -338,6 +396,21 @@ void merge(const TensorView& o_acc, const TensorView& lse_acc, const TensorView&
                        dtype_name(l->dtype), "must be fp32 or fp64");
   }
   if (o_acc.numel() == 0) return;
+  if (rows_quad_ok(o_acc) && rows_quad_ok(o_part)) {
+    const int64_t rows = rows_of(o_acc);
+    constexpr int kThreads = 256;  // 32 rows a block
+    const int64_t blocks = std::min<int64_t>((rows + 31) / 32, kMaxGrid);
+    dispatch_dtype(o_acc.dtype, [&](auto xa) {
+      dispatch_dtype(o_part.dtype, [&](auto xp) {
+        merge_quad_kernel<decltype(xa), decltype(xp)>
+            <<<static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kThreads, 0, stream>>>(
+                dev_view(o_acc), dev_view(lse_acc), lse_acc.dtype == DType::F64, dev_view(o_part),
+                dev_view(lse_part), lse_part.dtype == DType::F64, rows);
+      });
+    });
+    CUDA_CHECK_LAUNCH("merge_quad_kernel");
+    return;
+  }
   const Launch l = launch_for(rows_of(o_acc), o_acc.D);
   dispatch_dtype(o_acc.dtype, [&](auto xa) {
     dispatch_dtype(o_part.dtype, [&](auto xp) {

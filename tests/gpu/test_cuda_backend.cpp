@@ -234,6 +234,59 @@ TEST(CudaElementwise, MergeMatchesCpuIncludingEmptySides) {
     }
 }
 
+// Rows of unit element stride with D and the strides multiples of 4 take the vector merge (four
+// rows a warp): whole tensors and a head slice of one, every dtype pair, empty sides, row counts
+// that leave a warp partly idle; against the CPU backend as above.
+TEST(CudaElementwise, MergeQuadPathMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  auto gpu = make_cuda_backend();
+  auto cpu = make_cpu_backend();
+  uint64_t seed = 700;
+  struct Shape4 {
+    int64_t B, N, H, D;
+    bool head_slice;
+  };
+  for (const Shape4& sh : {Shape4{1, 37, 3, 128, false}, Shape4{2, 19, 4, 64, true},
+                           Shape4{1, 5, 1, 8, false}}) {
+    SCOPED_TRACE("D " + std::to_string(sh.D) + (sh.head_slice ? " head slice" : ""));
+    for (DType acc_dt : kLowDtypes)
+      for (DType part_dt : kLowDtypes) {
+        SCOPED_TRACE(std::string(dtype_name(acc_dt)) + " <- " + dtype_name(part_dt));
+        Tensor ha = Tensor::randn(acc_dt, sh.B, sh.N, sh.H, sh.D, ++seed);
+        Tensor hp = Tensor::randn(part_dt, sh.B, sh.N, sh.H, sh.D, ++seed);
+        Tensor la = Tensor::randn(DType::F32, sh.B, sh.N, sh.H, 1, ++seed);
+        Tensor lp = Tensor::randn(DType::F32, sh.B, sh.N, sh.H, 1, ++seed);
+        for (int64_t b = 0; b < sh.B; ++b)
+          for (int64_t n = 0; n < sh.N; ++n)
+            for (int64_t h = 0; h < sh.H; ++h) {
+              store(la.view(), b, n, h, 0, 3.0 * load(la.view(), b, n, h, 0));
+              if (n % 5 == 0) store(la.view(), b, n, h, 0, -kInf);
+              if (n % 7 == 0) store(lp.view(), b, n, h, 0, -kInf);
+            }
+        DeviceTensor da(*gpu, acc_dt, sh.B, sh.N, sh.H, sh.D),
+            dp(*gpu, part_dt, sh.B, sh.N, sh.H, sh.D), dla(*gpu, DType::F32, sh.B, sh.N, sh.H, 1),
+            dlp(*gpu, DType::F32, sh.B, sh.N, sh.H, 1);
+        gpu->upload(da.view(), ha.view());
+        gpu->upload(dp.view(), hp.view());
+        gpu->upload(dla.view(), la.view());
+        gpu->upload(dlp.view(), lp.view());
+        auto part = [&](const TensorView& v) { return sh.head_slice ? v.heads(1, sh.H - 2) : v; };
+        cpu->merge(part(ha.view()), part(la.view()), part(hp.view()), part(lp.view()));
+        gpu->merge(part(da.view()), part(dla.view()), part(dp.view()), part(dlp.view()));
+        Tensor back(DType::F64, sh.B, sh.N, sh.H, sh.D), lback(DType::F64, sh.B, sh.N, sh.H, 1);
+        gpu->download(back.view(), da.view());
+        gpu->download(lback.view(), dla.view());
+        // Device exp/log may differ from the host's in the last fp64 bit: an ulp of the dtype.
+        const ErrorStats eo = compare(back.view(), ha.view());
+        EXPECT_TRUE(eo.finite);
+        EXPECT_LE(eo.max_abs, 4 * unit_roundoff(acc_dt) * std::max(1.0, eo.max_ref));
+        const ErrorStats el = compare(lback.view(), la.view());
+        EXPECT_TRUE(el.finite);
+        EXPECT_LE(el.max_abs, 4 * unit_roundoff(DType::F32) * std::max(1.0, el.max_ref));
+      }
+  }
+}
+
 TEST(CudaElementwise, RandnIsDeterministicAndNormal) {
   SKIP_WITHOUT_GPU();
   auto be = make_cuda_backend();
