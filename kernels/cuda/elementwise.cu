@@ -125,6 +125,30 @@ __device__ __forceinline__ double load_lse(const DevView& v, bool f64, int64_t b
   return f64 ? *elem<double>(v, b, n, h, 0) : double(*elem<float>(v, b, n, h, 0));
 }
 
+// A row's merge weights from the two sides' log-sum-exps.
+__device__ __forceinline__ MergeWeights<double> row_weights(const DevView& lse_acc, bool acc_f64,
+                                                            const DevView& lse_part,
+                                                            bool part_f64, const RowIndex& ri) {
+  return merge_weights(load_lse(lse_acc, acc_f64, ri.b, ri.n, ri.h),
+                       load_lse(lse_part, part_f64, ri.b, ri.n, ri.h));
+}
+
+// One merged element; 0 * inf would be NaN: a side with weight 0 is skipped, not multiplied.
+__device__ __forceinline__ double merged(const MergeWeights<double>& w, double acc, double part) {
+  double x = 0.0;
+  if (w.w1 != 0.0) x = __dmul_rn(w.w1, acc);
+  if (w.w2 != 0.0) x = __dadd_rn(x, __dmul_rn(w.w2, part));
+  return x;
+}
+
+__device__ __forceinline__ void store_lse(const DevView& lse_acc, bool acc_f64, const RowIndex& ri,
+                                          double lse) {
+  if (acc_f64)
+    *elem<double>(lse_acc, ri.b, ri.n, ri.h, 0) = lse;
+  else
+    *elem<float>(lse_acc, ri.b, ri.n, ri.h, 0) = static_cast<float>(lse);
+}
+
 // L = logaddexp(L_acc, L_part), O_acc = O_acc exp(L_acc - L) + O_part exp(L_part - L), with the
 // -inf cases of merge_weights (an empty side contributes nothing; both empty stays empty).
 // The loop is uniform over the block so the barrier between reading and writing L_acc is legal.
@@ -139,26 +163,15 @@ __global__ void merge_kernel(DevView o_acc, DevView lse_acc, bool acc_f64, DevVi
     MergeWeights<double> w{0.0, 0.0, 0.0};
     if (active) {
       ri = split_row(r, o_acc.N, o_acc.H);
-      w = merge_weights(load_lse(lse_acc, acc_f64, ri.b, ri.n, ri.h),
-                        load_lse(lse_part, part_f64, ri.b, ri.n, ri.h));
+      w = row_weights(lse_acc, acc_f64, lse_part, part_f64, ri);
     }
     __syncthreads();  // every lane has read L_acc before one lane overwrites it
     if (active) {
       for (int64_t d = threadIdx.x; d < o_acc.D; d += blockDim.x) {
         TA* pa = elem<TA>(o_acc, ri.b, ri.n, ri.h, d);
-        const double part = to_f64(*elem<TP>(o_part, ri.b, ri.n, ri.h, d));
-        // 0 * inf would be NaN: a side with weight 0 is skipped, not multiplied.
-        double x = 0.0;
-        if (w.w1 != 0.0) x = __dmul_rn(w.w1, to_f64(*pa));
-        if (w.w2 != 0.0) x = __dadd_rn(x, __dmul_rn(w.w2, part));
-        *pa = from_f64<TA>(x);
+        *pa = from_f64<TA>(merged(w, to_f64(*pa), to_f64(*elem<TP>(o_part, ri.b, ri.n, ri.h, d))));
       }
-      if (threadIdx.x == 0) {
-        if (acc_f64)
-          *elem<double>(lse_acc, ri.b, ri.n, ri.h, 0) = w.lse;
-        else
-          *elem<float>(lse_acc, ri.b, ri.n, ri.h, 0) = static_cast<float>(w.lse);
-      }
+      if (threadIdx.x == 0) store_lse(lse_acc, acc_f64, ri, w.lse);
     }
     __syncthreads();
   }
@@ -183,8 +196,7 @@ __global__ void merge_quad_kernel(DevView o_acc, DevView lse_acc, bool acc_f64, 
     MergeWeights<double> w{0.0, 0.0, 0.0};
     if (active) {
       ri = split_row(r, o_acc.N, o_acc.H);
-      w = merge_weights(load_lse(lse_acc, acc_f64, ri.b, ri.n, ri.h),
-                        load_lse(lse_part, part_f64, ri.b, ri.n, ri.h));
+      w = row_weights(lse_acc, acc_f64, lse_part, part_f64, ri);
     }
     __syncwarp();  // every lane has read L_acc before its row's first lane overwrites it
     if (active) {
@@ -194,21 +206,10 @@ __global__ void merge_quad_kernel(DevView o_acc, DevView lse_acc, bool acc_f64, 
         Quad<TA> a = pa[q];
         const Quad<TP> p = pp[q];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          // 0 * inf would be NaN: a side with weight 0 is skipped, not multiplied.
-          double x = 0.0;
-          if (w.w1 != 0.0) x = __dmul_rn(w.w1, to_f64(a.v[j]));
-          if (w.w2 != 0.0) x = __dadd_rn(x, __dmul_rn(w.w2, to_f64(p.v[j])));
-          a.v[j] = from_f64<TA>(x);
-        }
+        for (int j = 0; j < 4; ++j) a.v[j] = from_f64<TA>(merged(w, to_f64(a.v[j]), to_f64(p.v[j])));
         pa[q] = a;
       }
-      if (sub == 0) {
-        if (acc_f64)
-          *elem<double>(lse_acc, ri.b, ri.n, ri.h, 0) = w.lse;
-        else
-          *elem<float>(lse_acc, ri.b, ri.n, ri.h, 0) = static_cast<float>(w.lse);
-      }
+      if (sub == 0) store_lse(lse_acc, acc_f64, ri, w.lse);
     }
     __syncwarp();
   }
@@ -324,16 +325,24 @@ void scale(const TensorView& t, double alpha, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH("scale_kernel");
 }
 
-void axpy(const TensorView& dst, double alpha, const TensorView& src, cudaStream_t stream) {
+namespace {
+
+// dst += alpha * src (kCopy false) or dst = alpha * src (kCopy true): whole contiguous tensors by
+// the vector kernel, anything else by the row kernel.
+template <bool kCopy>
+void two_operand(const TensorView& dst, double alpha, const TensorView& src, cudaStream_t stream) {
   check_pair(dst, src);
   if (dst.numel() == 0) return;
   if (flat_ok(dst) && flat_ok(src)) {
     dispatch_dtype(dst.dtype, [&](auto xd) {
       dispatch_dtype(src.dtype, [&](auto xs) {
-        launch_flat<decltype(xd), decltype(xs), 1>(dst, src, alpha, stream);
+        launch_flat<decltype(xd), decltype(xs), kCopy ? 0 : 1>(dst, src, alpha, stream);
       });
     });
-    CUDA_CHECK_LAUNCH("axpy (flat_kernel)");
+    if constexpr (kCopy)
+      CUDA_CHECK_LAUNCH("copy (flat_kernel)");
+    else
+      CUDA_CHECK_LAUNCH("axpy (flat_kernel)");
     return;
   }
   const Launch l = launch_for(rows_of(dst), dst.D);
@@ -341,42 +350,33 @@ void axpy(const TensorView& dst, double alpha, const TensorView& src, cudaStream
     dispatch_dtype(src.dtype, [&](auto xs) {
       using TD = decltype(xd);
       using TS = decltype(xs);
-      axpy_kernel<TD, TS, false>
+      axpy_kernel<TD, TS, kCopy>
           <<<l.grid, l.block, 0, stream>>>(dev_view(dst), dev_view(src), rows_of(dst), alpha);
     });
   });
-  CUDA_CHECK_LAUNCH("axpy_kernel");
+  if constexpr (kCopy)
+    CUDA_CHECK_LAUNCH("copy (axpy_kernel)");
+  else
+    CUDA_CHECK_LAUNCH("axpy_kernel");
+}
+
+}  // namespace
+
+void axpy(const TensorView& dst, double alpha, const TensorView& src, cudaStream_t stream) {
+  two_operand<false>(dst, alpha, src, stream);
 }
 
 void copy_scaled(const TensorView& dst, double alpha, const TensorView& src,
                  cudaStream_t stream) {
   check_pair(dst, src);
-  if (dst.numel() == 0) return;
-  if (alpha == 1.0 && dst.dtype == src.dtype && dst.is_contiguous() && src.is_contiguous()) {
+  if (alpha == 1.0 && dst.dtype == src.dtype && dst.is_contiguous() && src.is_contiguous() &&
+      dst.numel() > 0) {
     CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data,
                                static_cast<size_t>(dst.numel()) * dtype_size(dst.dtype),
                                cudaMemcpyDeviceToDevice, stream));
     return;
   }
-  if (flat_ok(dst) && flat_ok(src)) {
-    dispatch_dtype(dst.dtype, [&](auto xd) {
-      dispatch_dtype(src.dtype, [&](auto xs) {
-        launch_flat<decltype(xd), decltype(xs), 0>(dst, src, alpha, stream);
-      });
-    });
-    CUDA_CHECK_LAUNCH("copy (flat_kernel)");
-    return;
-  }
-  const Launch l = launch_for(rows_of(dst), dst.D);
-  dispatch_dtype(dst.dtype, [&](auto xd) {
-    dispatch_dtype(src.dtype, [&](auto xs) {
-      using TD = decltype(xd);
-      using TS = decltype(xs);
-      axpy_kernel<TD, TS, true>
-          <<<l.grid, l.block, 0, stream>>>(dev_view(dst), dev_view(src), rows_of(dst), alpha);
-    });
-  });
-  CUDA_CHECK_LAUNCH("copy (axpy_kernel)");
+  two_operand<true>(dst, alpha, src, stream);
 }
 
 void copy(const TensorView& dst, const TensorView& src, cudaStream_t stream) {
