@@ -1,11 +1,12 @@
 // Block-sparse attention: builds the pattern's mask (cached per sequence length, or per input
-// scores for content_adaptive) and runs masked_forward / masked_backward, or visits query
-// blocks in Hilbert order when asked. Every path computes the same per-row sums in the same
-// order, so the visiting order never changes the forward result.
+// scores for content_adaptive) and runs one kernel call over it (the mask prepared once per mask
+// and backend), or visits query blocks in Hilbert order when asked. Every path computes the same
+// per-row sums in the same order, so the visiting order never changes the forward result.
 #include "attention/block_sparse.hpp"
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "attention/dense.hpp"
 #include "attention/hilbert.hpp"
@@ -73,7 +74,9 @@ class BlockSparseAttention final : public AttentionVariant {
     check_self_attention(q, k);
     const BlockMask& m = mask_for_inputs(be, q, k);
     if (!spec_.sparse.hilbert) {
-      masked_forward(be, spec_, m, q, k, v, o, lse);
+      const Prepared& pm = prepared(be, false);
+      be.attention_forward(
+          make_fwd_params({q, k, v, o, lse}, pm.fwd->view(), {spec_.scale, spec_.causal}));
       return;
     }
     // Each call computes whole rows of one query block, so the order of calls cannot change
@@ -95,7 +98,13 @@ class BlockSparseAttention final : public AttentionVariant {
     check_self_attention(q, k);
     const BlockMask& m = mask_for_inputs(be, q, k);
     if (!spec_.sparse.hilbert) {
-      masked_backward(be, spec_, m, q, k, v, o, lse, d_o, dq, dk, dv);
+      const Prepared& pm = prepared(be, true);
+      be.fill(dq, 0.0);
+      be.fill(dk, 0.0);
+      be.fill(dv, 0.0);
+      be.attention_backward(make_bwd_params({q, k, v, o, lse}, {d_o, dq, dk, dv},
+                                            pm.fwd->view(), pm.bwd->view(),
+                                            {spec_.scale, spec_.causal}));
       return;
     }
     // Runs of the Hilbert order, one accumulating call each. dQ rows are complete within one
@@ -146,6 +155,7 @@ class BlockSparseAttention final : public AttentionVariant {
       if (cached_n_ != q.N) {
         mask_ = sparse_block_mask(spec_.sparse, q.N, spec_.causal);
         cached_n_ = q.N;
+        ++generation_;
       }
       return mask_;
     }
@@ -154,8 +164,27 @@ class BlockSparseAttention final : public AttentionVariant {
       mask_ = sparse_block_mask(spec_.sparse, q.N, spec_.causal, &scores);
       cached_scores_ = std::move(scores);
       cached_n_ = q.N;
+      ++generation_;
     }
     return mask_;
+  }
+
+  // mask_ prepared on the backend, its transpose on the first backward; kept until mask_ or the
+  // backend changes, so repeated calls (training steps) upload nothing.
+  struct Prepared {
+    uint64_t backend = 0, generation = 0;
+    std::unique_ptr<PreparedMask> fwd, bwd;
+  };
+  const Prepared& prepared(Backend& be, bool with_transpose) {
+    if (!prepared_.fwd || prepared_.backend != be.instance_id() ||
+        prepared_.generation != generation_) {
+      prepared_ = Prepared{};
+      prepared_.fwd = be.prepare_mask(mask_);
+      prepared_.backend = be.instance_id();
+      prepared_.generation = generation_;
+    }
+    if (with_transpose && !prepared_.bwd) prepared_.bwd = be.prepare_mask(mask_.transpose());
+    return prepared_;
   }
 
   BlockMask reported_mask(const Shape& s) const {
@@ -174,6 +203,8 @@ class BlockSparseAttention final : public AttentionVariant {
   int64_t cached_n_ = -1;
   BlockMask mask_;
   std::vector<double> cached_scores_;
+  uint64_t generation_ = 0;  // counts the rebuilds of mask_
+  Prepared prepared_;
 };
 
 }  // namespace
