@@ -5,8 +5,8 @@
 // the segment, the branch's heads only) among the ranks holding some of them, each rank
 // computes its own query rows against the gathered keys, and in the backward the key
 // gradients are sent back to the rows' owners and summed there. Every mask and buffer of a call
-// is made before its first exchange (one workspace, reused branch after branch), and the ranks
-// agree that all of them got theirs before any data moves.
+// is made before its first exchange (one workspace, reused branch after branch and kept across
+// calls), and the ranks agree that all of them got theirs before any data moves.
 #include <algorithm>
 #include <cstddef>
 #include <limits>
@@ -15,6 +15,7 @@
 #include <optional>
 #include <tuple>
 
+#include "attention/arena.hpp"
 #include "attention/dense.hpp"
 #include "attention/distributed_base.hpp"
 #include "attention/head_groups.hpp"
@@ -154,7 +155,8 @@ class DilatedDistributed final : public SequenceShardedBase {
     const std::vector<DilatedBranch> branches = dilated_branches(spec_.dilated, q.H);
     std::vector<BranchWork> work(branches.size());
     // longnet merges branches into an fp32 accumulator when o is fp16/bf16.
-    DeviceTensor acc_buf, workspace;
+    DeviceTensor acc_buf;
+    std::byte* workspace = nullptr;
     TensorView acc = o;
     BufferTypes types{k.dtype, k.dtype, false, std::nullopt, std::nullopt};
     bool foldable = false;
@@ -174,7 +176,7 @@ class DilatedDistributed final : public SequenceShardedBase {
     be.fill(lse, kNegInf);
     for (size_t i = 0; i < branches.size(); ++i) {
       if (!has_rows(work[i])) continue;
-      Carver c(workspace.data(), be.device());
+      Carver c(workspace, be.device());
       carve(c, branches[i], q, foldable, types, work[i]);
       forward_branch(be, masks, branches[i], work[i], q, k, v, acc, lse, groups, foldable);
     }
@@ -193,7 +195,8 @@ class DilatedDistributed final : public SequenceShardedBase {
     std::vector<BranchWork> work(branches.size());
     // Several branches add into the same rows: accumulate in fp32 for fp16/bf16 gradients.
     const DType gd = is_half(dq.dtype) ? DType::F32 : dq.dtype;
-    DeviceTensor bufs[3], workspace;
+    DeviceTensor bufs[3];
+    std::byte* workspace = nullptr;
     TensorView grads[3] = {dq, dk, dv};
     // The branch's own O (and its LSE, longnet) that the gradient is taken with, unless the
     // exact longnet gradient uses the merged o.
@@ -214,7 +217,7 @@ class DilatedDistributed final : public SequenceShardedBase {
     for (int i = 0; i < 3; ++i) be.fill(grads[i], 0.0);
     for (size_t i = 0; i < branches.size(); ++i) {
       if (!has_rows(work[i])) continue;
-      Carver c(workspace.data(), be.device());
+      Carver c(workspace, be.device());
       carve(c, branches[i], q, foldable, types, work[i]);
       backward_branch(be, masks, branches[i], work[i], q, k, v, o, lse, d_o, grads[0], grads[1],
                       grads[2], foldable);
@@ -228,6 +231,8 @@ class DilatedDistributed final : public SequenceShardedBase {
         be.scale(grads[i], alpha);
     }
   }
+
+  void release_workspace() override { arena_.release(); }
 
  private:
   double num_pairs() const { return static_cast<double>(spec_.dilated.segment_lengths.size()); }
@@ -395,9 +400,9 @@ class DilatedDistributed final : public SequenceShardedBase {
 
   // Before the first exchange: every branch's segments, their masks (and the transposed ones
   // for the backward) and one workspace that fits the largest branch's buffers.
-  DeviceTensor prepare(Backend& be, MaskCache& masks, const std::vector<DilatedBranch>& branches,
-                       const TensorView& q, bool foldable, const BufferTypes& t,
-                       std::vector<BranchWork>& work) {
+  std::byte* prepare(Backend& be, MaskCache& masks, const std::vector<DilatedBranch>& branches,
+                     const TensorView& q, bool foldable, const BufferTypes& t,
+                     std::vector<BranchWork>& work) {
     size_t bytes = 0;
     for (size_t i = 0; i < branches.size(); ++i) {
       const DilatedBranch& br = branches[i];
@@ -418,9 +423,8 @@ class DilatedDistributed final : public SequenceShardedBase {
       carve(sizing, br, q, foldable, t, w);
       bytes = std::max(bytes, sizing.used());
     }
-    if (bytes == 0) return DeviceTensor();
-    const int64_t words = static_cast<int64_t>((bytes + sizeof(double) - 1) / sizeof(double));
-    return DeviceTensor(be, DType::F64, 1, words, 1, 1);
+    if (bytes == 0) return nullptr;
+    return arena_.reserve(be, bytes);
   }
 
   // Posts the all-gather of a spanning segment's K/V rows among its members.
@@ -620,6 +624,7 @@ class DilatedDistributed final : public SequenceShardedBase {
 
   std::unique_ptr<MaskCache> masks_;
   uint64_t masks_backend_ = 0;
+  Arena arena_;  // the workspace, kept across calls (communication uses it)
 };
 
 }  // namespace

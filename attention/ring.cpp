@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "attention/arena.hpp"
 #include "runtime/bootstrap.hpp"
 #include "runtime/error.hpp"
 
@@ -80,40 +81,6 @@ class Layout {
 size_t tensor_bytes(DType t, int64_t B, int64_t N, int64_t H, int64_t D) {
   return static_cast<size_t>(B * N * H * D) * dtype_size(t);
 }
-
-// One allocation on a backend that every call carves its buffers from, kept across calls and
-// replaced only by a larger one (the old one goes first, so the two are never held together;
-// an allocation that throws leaves it empty).
-class Arena {
- public:
-  Arena() = default;
-  Arena(const Arena&) = delete;
-  Arena& operator=(const Arena&) = delete;
-  ~Arena() { release(); }
-  std::byte* reserve(Backend& be, size_t bytes) {
-    if (be_ != &be || be_id_ != be.instance_id() || bytes > bytes_) {
-      release();
-      data_ = be.allocate(std::max<size_t>(bytes, 1));
-      be_ = &be;
-      be_id_ = be.instance_id();
-      bytes_ = bytes;
-    }
-    return static_cast<std::byte*>(data_);
-  }
-  void release() {
-    if (be_) be_->deallocate(data_);
-    be_ = nullptr;
-    data_ = nullptr;
-    bytes_ = 0;
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  Backend* be_ = nullptr;
-  uint64_t be_id_ = 0;
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
-};
 
 // Two [B, n, H, D] tensors in one buffer, the first (K or dK) then the second (V or dV), so one
 // message moves both. Views of n <= capacity rows are laid out compactly from the start; at full
