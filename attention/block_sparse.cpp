@@ -74,9 +74,7 @@ class BlockSparseAttention final : public AttentionVariant {
     check_self_attention(q, k);
     const BlockMask& m = mask_for_inputs(be, q, k);
     if (!spec_.sparse.hilbert) {
-      const Prepared& pm = prepared(be, false);
-      be.attention_forward(
-          make_fwd_params({q, k, v, o, lse}, pm.fwd->view(), {spec_.scale, spec_.causal}));
+      masked_forward(be, spec_, kept_mask(be), q, k, v, o, lse);
       return;
     }
     // Each call computes whole rows of one query block, so the order of calls cannot change
@@ -98,13 +96,8 @@ class BlockSparseAttention final : public AttentionVariant {
     check_self_attention(q, k);
     const BlockMask& m = mask_for_inputs(be, q, k);
     if (!spec_.sparse.hilbert) {
-      const Prepared& pm = prepared(be, true);
-      be.fill(dq, 0.0);
-      be.fill(dk, 0.0);
-      be.fill(dv, 0.0);
-      be.attention_backward(make_bwd_params({q, k, v, o, lse}, {d_o, dq, dk, dv},
-                                            pm.fwd->view(), pm.bwd->view(),
-                                            {spec_.scale, spec_.causal}));
+      const PreparedMask& pm = kept_mask(be);
+      masked_backward(be, spec_, pm, prepared_.transposed(be), q, k, v, o, lse, d_o, dq, dk, dv);
       return;
     }
     // Runs of the Hilbert order, one accumulating call each. dQ rows are complete within one
@@ -169,22 +162,9 @@ class BlockSparseAttention final : public AttentionVariant {
     return mask_;
   }
 
-  // mask_ prepared on the backend, its transpose on the first backward; kept until mask_ or the
-  // backend changes, so repeated calls (training steps) upload nothing.
-  struct Prepared {
-    uint64_t backend = 0, generation = 0;
-    std::unique_ptr<PreparedMask> fwd, bwd;
-  };
-  const Prepared& prepared(Backend& be, bool with_transpose) {
-    if (!prepared_.fwd || prepared_.backend != be.instance_id() ||
-        prepared_.generation != generation_) {
-      prepared_ = Prepared{};
-      prepared_.fwd = be.prepare_mask(mask_);
-      prepared_.backend = be.instance_id();
-      prepared_.generation = generation_;
-    }
-    if (with_transpose && !prepared_.bwd) prepared_.bwd = be.prepare_mask(mask_.transpose());
-    return prepared_;
+  // mask_ (after mask_for_inputs) prepared on the backend, kept until it or the backend changes.
+  const PreparedMask& kept_mask(Backend& be) {
+    return prepared_.forward(be, generation_, [&]() -> const BlockMask& { return mask_; });
   }
 
   BlockMask reported_mask(const Shape& s) const {
@@ -203,8 +183,8 @@ class BlockSparseAttention final : public AttentionVariant {
   int64_t cached_n_ = -1;
   BlockMask mask_;
   std::vector<double> cached_scores_;
-  uint64_t generation_ = 0;  // counts the rebuilds of mask_
-  Prepared prepared_;
+  uint64_t generation_ = 0;  // counts the rebuilds of mask_: the key of prepared_
+  KeptMask prepared_;         // mask_ on the backend, kept until mask_ or the backend changes
 };
 
 }  // namespace

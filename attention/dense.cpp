@@ -14,24 +14,36 @@ void validate_shape(const Shape& s) {
   LONGATTN_CHECK_ARG(s.D > 0 && s.D <= 256, "head_dim", s.D, "must be in [1, 256]");
 }
 
+void masked_forward(Backend& be, const AttentionSpec& spec, const PreparedMask& mask,
+                    const TensorView& q, const TensorView& k, const TensorView& v,
+                    const TensorView& o, const TensorView& lse) {
+  be.attention_forward(make_fwd_params({q, k, v, o, lse}, mask.view(), {spec.scale, spec.causal}));
+}
+
+void masked_backward(Backend& be, const AttentionSpec& spec, const PreparedMask& mask,
+                     const PreparedMask& mask_t, const TensorView& q, const TensorView& k,
+                     const TensorView& v, const TensorView& o, const TensorView& lse,
+                     const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                     const TensorView& dv) {
+  be.fill(dq, 0.0);
+  be.fill(dk, 0.0);
+  be.fill(dv, 0.0);
+  be.attention_backward(make_bwd_params({q, k, v, o, lse}, {d_o, dq, dk, dv}, mask.view(),
+                                        mask_t.view(), {spec.scale, spec.causal}));
+}
+
 void masked_forward(Backend& be, const AttentionSpec& spec, const BlockMask& mask,
                     const TensorView& q, const TensorView& k, const TensorView& v,
                     const TensorView& o, const TensorView& lse) {
-  auto pm = be.prepare_mask(mask);
-  be.attention_forward(make_fwd_params({q, k, v, o, lse}, pm->view(), {spec.scale, spec.causal}));
+  masked_forward(be, spec, *be.prepare_mask(mask), q, k, v, o, lse);
 }
 
 void masked_backward(Backend& be, const AttentionSpec& spec, const BlockMask& mask,
                      const TensorView& q, const TensorView& k, const TensorView& v,
                      const TensorView& o, const TensorView& lse, const TensorView& d_o,
                      const TensorView& dq, const TensorView& dk, const TensorView& dv) {
-  auto pm = be.prepare_mask(mask);
-  auto pmt = be.prepare_mask(mask.transpose());
-  be.fill(dq, 0.0);
-  be.fill(dk, 0.0);
-  be.fill(dv, 0.0);
-  be.attention_backward(make_bwd_params({q, k, v, o, lse}, {d_o, dq, dk, dv}, pm->view(),
-                                        pmt->view(), {spec.scale, spec.causal}));
+  masked_backward(be, spec, *be.prepare_mask(mask), *be.prepare_mask(mask.transpose()), q, k, v,
+                  o, lse, d_o, dq, dk, dv);
 }
 
 double mask_flops(const BlockMask& mask, const Shape& s, bool causal) {
@@ -71,45 +83,28 @@ class DenseAttention final : public AttentionVariant {
   void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& o, const TensorView& lse) override {
     validate(Shape{q.B, q.N, q.H, q.D});
-    const Prepared& m = prepared(be, q.N, false);
-    be.attention_forward(
-        make_fwd_params({q, k, v, o, lse}, m.fwd->view(), {spec_.scale, spec_.causal}));
+    masked_forward(be, spec_, prepared(be, q.N), q, k, v, o, lse);
   }
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
                 const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
     validate(Shape{q.B, q.N, q.H, q.D});
-    const Prepared& m = prepared(be, q.N, true);
-    be.fill(dq, 0.0);
-    be.fill(dk, 0.0);
-    be.fill(dv, 0.0);
-    be.attention_backward(make_bwd_params({q, k, v, o, lse}, {d_o, dq, dk, dv}, m.fwd->view(),
-                                          m.bwd->view(), {spec_.scale, spec_.causal}));
+    const PreparedMask& m = prepared(be, q.N);
+    masked_backward(be, spec_, m, cache_.transposed(be), q, k, v, o, lse, d_o, dq, dk, dv);
   }
   double flops(const Shape& s) const override { return mask_flops(mask_for(s), s, spec_.causal); }
   double density(const Shape& s) const override { return mask_for(s).density(); }
 
  private:
-  // The mask depends only on N: built and prepared on the backend once per (backend, N), its
-  // transpose on the first backward, so repeated calls (training steps) upload nothing.
-  struct Prepared {
-    uint64_t backend = 0;
-    int64_t n = -1;
-    std::unique_ptr<PreparedMask> fwd, bwd;
-  };
-  const Prepared& prepared(Backend& be, int64_t n, bool with_transpose) {
-    if (cache_.backend != be.instance_id() || cache_.n != n) {
-      cache_ = Prepared{};
-      cache_.fwd = be.prepare_mask(mask_for(Shape{1, n, 1, 1}, be.preferred_tile()));
-      cache_.backend = be.instance_id();
-      cache_.n = n;
-    }
-    if (with_transpose && !cache_.bwd) cache_.bwd = be.prepare_mask(cache_.fwd->host().transpose());
-    return cache_;
+  // The mask depends only on N: built and prepared once per (backend, N), its transpose on the
+  // first backward.
+  const PreparedMask& prepared(Backend& be, int64_t n) {
+    return cache_.forward(be, static_cast<uint64_t>(n),
+                          [&] { return mask_for(Shape{1, n, 1, 1}, be.preferred_tile()); });
   }
 
   AttentionSpec spec_;
-  Prepared cache_;
+  KeptMask cache_;
 };
 
 }  // namespace

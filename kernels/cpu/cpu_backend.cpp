@@ -221,12 +221,7 @@ class CpuBackend final : public Backend {
       store(dst, b, n, h, d, load(dst, b, n, h, d) + alpha * load(src, b, n, h, d));
     });
   }
-  void copy(const TensorView& dst, const TensorView& src) override {
-    check_same(dst, src);
-    each(dst, [&](int64_t b, int64_t n, int64_t h, int64_t d) {
-      store(dst, b, n, h, d, load(src, b, n, h, d));
-    });
-  }
+  void copy(const TensorView& dst, const TensorView& src) override { copy_scaled(dst, 1.0, src); }
   void copy_scaled(const TensorView& dst, double alpha, const TensorView& src) override {
     check_same(dst, src);
     each(dst, [&](int64_t b, int64_t n, int64_t h, int64_t d) {
