@@ -131,7 +131,8 @@ struct PairSlot {
 
 // Copies the rows `runs` of a full-layout pair into a compact pair (pack), or back (unpack),
 // or adds them back (unpack_add).
-void pack(Backend& be, const PairBuffer& full, const RowRuns& runs, const PairBuffer& stage) {
+template <typename Pair>
+void pack(Backend& be, const Pair& full, const RowRuns& runs, const PairBuffer& stage) {
   const int64_t n = total_rows(runs);
   int64_t pos = 0;
   for (const RowRun& r : runs) {
@@ -206,56 +207,87 @@ void land(Backend& be, const PairBuffer& stage, const RowRuns& runs, const PairB
   unpack(be, stage, runs, full, add);
 }
 
-// The K/V buffers of a run. A ring forwards what it holds, so two buffers alternate; direct
-// delivery sends from this rank's own shard at every step, so the own shard stays and two
-// visitor buffers alternate.
-class KvBuffers {
- public:
-  static int count(const RingPlan& plan) {
-    const int S = static_cast<int>(plan.steps.size());
-    const bool direct = !plan.steps.empty() && plan.steps[0].send_own;
-    return S == 1 ? 1 : (direct && S > 2 ? 3 : 2);
-  }
-  // Places the buffers of `plan` in `l`.
-  void place(Layout& l, const RingPlan& plan, const TensorView& k) {
-    count_ = count(plan);
-    keep_own_ = !plan.steps.empty() && plan.steps[0].send_own;
-    for (int i = 0; i < count_; ++i) slots_[i].place(l, k.dtype, k.B, plan.local_rows, k.H, k.D);
-  }
-  // Binds them to the workspace and copies this rank's K/V into the first.
-  void bind(Backend& be, std::byte* base, const TensorView& k, const TensorView& v) {
-    for (int i = 0; i < count_; ++i) bufs_[i] = slots_[i].bind(base, k.B, k.H, k.D, be.device());
-    be.copy(bufs_[0].first(), k);
-    be.copy(bufs_[0].second(), v);
-  }
-  const PairBuffer& own() const { return bufs_[0]; }
-  const PairBuffer& current() const { return bufs_[cur_]; }
-  const PairBuffer& next() const { return bufs_[next_index()]; }
-  void advance() { cur_ = next_index(); }
-
- private:
-  int next_index() const {
-    if (!keep_own_) return 1 - cur_;
-    return cur_ == 1 ? 2 : 1;
-  }
-  PairSlot slots_[3];
-  PairBuffer bufs_[3];
-  int count_ = 0;
-  int cur_ = 0;
-  bool keep_own_ = false;
+// K and V of one origin: this rank's own input tensors, or a visitor's buffer.
+struct KvPair {
+  TensorView k, v;
+  TensorView first() const { return k; }
+  TensorView second() const { return v; }
+  int64_t rows() const { return k.N; }
 };
 
-// One ring step's K/V move: this rank's (or the current) pair out to st.send_peer, the next
-// pair in from st.recv_peer, staged where only some rows travel; a hop when anything is sent.
+// The K/V buffers of a run. Step 0 computes on this rank's own K and V where they lie (no
+// copy); visitors arrive in workspace buffers, step t's in visitor[t % 2] (one buffer when
+// a single visitor comes), so the buffer computed on is never the one being received into.
+// A ring forwards the visitor it holds; direct delivery always sends from the own shard.
+// Non-contiguous inputs are copied into a buffer of their own first (whole-shard messages
+// need contiguous memory).
+class KvBuffers {
+ public:
+  void place(Layout& l, const RingPlan& plan, const TensorView& k, const TensorView& v) {
+    const int S = static_cast<int>(plan.steps.size());
+    visitors_ = S <= 1 ? 0 : S == 2 ? 1 : 2;
+    copy_own_ = !(k.is_contiguous() && v.is_contiguous());
+    for (int i = 0; i < visitors_ + copy_own_; ++i)
+      slots_[i].place(l, k.dtype, k.B, plan.local_rows, k.H, k.D);
+  }
+  void bind(Backend& be, std::byte* base, const TensorView& k, const TensorView& v) {
+    for (int i = 0; i < visitors_ + copy_own_; ++i)
+      bufs_[i] = slots_[i].bind(base, k.B, k.H, k.D, be.device());
+    own_ = KvPair{k, v};
+    if (copy_own_) {
+      const PairBuffer& c = bufs_[visitors_];
+      be.copy(c.first(), k);
+      be.copy(c.second(), v);
+      own_ = KvPair{c.first(), c.second()};
+    }
+    step_ = 0;
+  }
+  const KvPair& own() const { return own_; }
+  KvPair current() const {
+    if (step_ == 0) return own_;
+    const PairBuffer& b = bufs_[(step_ - 1) % visitors_];
+    return KvPair{b.first(), b.second()};
+  }
+  const PairBuffer& next() const { return bufs_[step_ % visitors_]; }
+  void advance() { ++step_; }
+
+ private:
+  PairSlot slots_[3];
+  PairBuffer bufs_[3];
+  int visitors_ = 0;
+  bool copy_own_ = false;
+  int step_ = 0;
+  KvPair own_;
+};
+
+// One ring step's K/V move: this rank's own (direct) or current (ring) K/V out to
+// st.send_peer, the next origin's in from st.recv_peer. Where only some rows travel they are
+// staged as one message; a whole shard goes as two, K then V, straight from where it lies
+// (and lands straight in the visitor buffer). A hop when anything is sent.
 CommRequest start_kv_step(Communicator& comm, Backend& be, const RingStep& st,
                           const KvBuffers& kv, const PairBuffer& send_stage,
                           const PairBuffer& recv_stage, const char* what, int t,
                           DistCounters& counters) {
-  const SendSpec snd =
-      outgoing(be, st.send_own ? kv.own() : kv.current(), st.send, send_stage, st.send_peer);
-  const RecvSpec rcv = incoming(kv.next(), st.recv, recv_stage, st.recv_peer);
-  counters.hops += snd.bytes > 0;
-  return counted_exchange(comm, {snd}, {rcv}, CommOp{what, t}, counters);
+  std::vector<SendSpec> sends;
+  std::vector<RecvSpec> recvs;
+  const KvPair from = st.send_own ? kv.own() : kv.current();
+  if (is_full(st.send, from.rows())) {
+    const size_t half = tensor_bytes(from.k.dtype, from.k.B, from.k.N, from.k.H, from.k.D);
+    sends = {SendSpec{from.k.data, half, st.send_peer}, SendSpec{from.v.data, half, st.send_peer}};
+  } else if (!st.send.empty()) {
+    pack(be, from, st.send, send_stage);
+    sends = {SendSpec{send_stage.data(), send_stage.bytes(total_rows(st.send)), st.send_peer}};
+  }
+  const PairBuffer& to = kv.next();
+  if (!st.recv.empty() && is_full(st.recv, to.rows())) {
+    const size_t half = to.bytes(to.rows()) / 2;
+    recvs = {RecvSpec{to.data(), half, st.recv_peer},
+             RecvSpec{static_cast<std::byte*>(to.data()) + half, half, st.recv_peer}};
+  } else if (!st.recv.empty()) {
+    recvs = {RecvSpec{recv_stage.data(), recv_stage.bytes(total_rows(st.recv)), st.recv_peer}};
+  }
+  counters.hops += !sends.empty();
+  return counted_exchange(comm, sends, recvs, CommOp{what, t}, counters);
 }
 
 void check_views(const RingPlan& plan, Communicator& comm, Backend& be, const TensorView& q,
@@ -495,6 +527,96 @@ RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockM
   return plan;
 }
 
+BlockMask mask_row_slice(const BlockMask& m, int64_t b0, int64_t b1) {
+  LONGATTN_ASSERT(0 <= b0 && b0 <= b1 && b1 <= m.num_q_blocks, "mask_row_slice: bad rows");
+  BlockMask s;
+  s.block_q = m.block_q;
+  s.block_k = m.block_k;
+  s.num_q_blocks = b1 - b0;
+  s.num_k_blocks = m.num_k_blocks;
+  const int64_t e0 = m.row_ptr[b0], e1 = m.row_ptr[b1];
+  s.col_idx.assign(m.col_idx.begin() + e0, m.col_idx.begin() + e1);
+  s.partial.assign(m.partial.begin() + e0, m.partial.begin() + e1);
+  s.row_ptr.resize(static_cast<size_t>(b1 - b0 + 1));
+  for (int64_t r = b0; r <= b1; ++r) s.row_ptr[r - b0] = m.row_ptr[r] - e0;
+  return s;
+}
+
+ForwardOrder make_forward_order(const RingPlan& plan) {
+  const auto& pieces = plan.pieces[plan.rank];
+  const size_t NP = pieces.size();
+  ForwardOrder fo;
+  fo.piece_computed.assign(NP, 0);
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> spans(NP);  // later works' spans
+  for (const RingStep& st : plan.steps) {
+    fo.works.emplace_back();
+    // The pieces' first works: the largest of this step's works on a piece not computed yet.
+    std::vector<int> first_of(NP, -1);
+    for (size_t w = 0; w < st.work.size(); ++w) {
+      const size_t i = static_cast<size_t>(st.work[w].q_piece);
+      if (fo.piece_computed[i]) continue;
+      if (first_of[i] < 0 || st.work[w].mask.nnz() > st.work[first_of[i]].mask.nnz())
+        first_of[i] = static_cast<int>(w);
+    }
+    std::vector<int> firsts, others;
+    for (size_t w = 0; w < st.work.size(); ++w) {
+      ForwardOrder::Work fw;
+      const size_t i = static_cast<size_t>(st.work[w].q_piece);
+      const BlockMask& m = st.work[w].mask;
+      int64_t b0 = 0, b1 = m.num_q_blocks;
+      while (b0 < b1 && m.row_ptr[b0 + 1] == m.row_ptr[b0]) ++b0;
+      while (b1 > b0 && m.row_ptr[b1] == m.row_ptr[b1 - 1]) --b1;
+      LONGATTN_ASSERT(b1 > b0, "ring forward: a work with an empty mask");
+      fw.row0 = b0 * m.block_q;
+      fw.rows = std::min(pieces[i].len, b1 * m.block_q) - fw.row0;
+      if (first_of[i] == static_cast<int>(w)) {
+        fw.first = true;
+        firsts.push_back(static_cast<int>(w));
+      } else {
+        spans[i].push_back({fw.row0, fw.row0 + fw.rows});
+        others.push_back(static_cast<int>(w));
+      }
+      fo.works.back().push_back(fw);
+    }
+    for (size_t i = 0; i < NP; ++i)
+      if (first_of[i] >= 0) fo.piece_computed[i] = 1;
+    firsts.insert(firsts.end(), others.begin(), others.end());
+    fo.run_order.push_back(std::move(firsts));
+  }
+  // Merged rows: the later spans of each piece, overlapping or touching ones joined.
+  std::vector<std::vector<int>> run_of_piece(NP);
+  for (size_t i = 0; i < NP; ++i) {
+    auto sp = spans[i];
+    std::sort(sp.begin(), sp.end());
+    for (const auto& [a, b] : sp) {
+      if (!fo.runs.empty() && fo.runs.back().piece == static_cast<int>(i) &&
+          a <= fo.runs.back().start + fo.runs.back().len) {
+        auto& r = fo.runs.back();
+        r.len = std::max(r.len, b - r.start);
+      } else {
+        fo.runs.push_back(ForwardOrder::Run{static_cast<int>(i), a, b - a, 0});
+      }
+    }
+  }
+  for (auto& r : fo.runs) {
+    r.acc_row = fo.acc_rows;
+    fo.acc_rows += r.len;
+  }
+  for (size_t t = 0; t < plan.steps.size(); ++t)
+    for (size_t w = 0; w < plan.steps[t].work.size(); ++w) {
+      ForwardOrder::Work& fw = fo.works[t][w];
+      if (fw.first) continue;
+      const int piece = plan.steps[t].work[w].q_piece;
+      for (size_t j = 0; j < fo.runs.size(); ++j) {
+        const auto& r = fo.runs[j];
+        if (r.piece == piece && r.start <= fw.row0 && fw.row0 + fw.rows <= r.start + r.len)
+          fw.run = static_cast<int>(j);
+      }
+      LONGATTN_ASSERT(fw.run >= 0, "ring forward: a span outside the merged rows");
+    }
+  return fo;
+}
+
 namespace {
 
 uint64_t mask_hash(const BlockMask& m) {
@@ -560,6 +682,8 @@ struct RingAttention::Masks {
   std::map<uint64_t, std::vector<Ptr>> by_hash;
   std::map<const PreparedMask*, Ptr> transposed;
   std::vector<std::vector<Ptr>> fwd, bwd;                     // [step][work]; bwd transposed
+  std::vector<std::vector<Ptr>> fwd_span;  // [step][work]: the forward's rows (ForwardOrder)
+  std::vector<std::vector<Ptr>> bwd_span;  // [step][work]: the span of every work
   std::vector<std::vector<std::vector<Ptr>>> chunk, chunk_t;  // [step][chunk][work]
 
   Ptr get(const BlockMask& m) {
@@ -574,7 +698,7 @@ struct RingAttention::Masks {
     if (!t) t = get(p->host().transpose());
     return t;
   }
-  void prepare_forward(const RingPlan& plan) {
+  void prepare_masks(const RingPlan& plan) {
     if (!fwd.empty()) return;
     std::vector<std::vector<Ptr>> f;
     for (const RingStep& st : plan.steps) {
@@ -583,14 +707,40 @@ struct RingAttention::Masks {
     }
     fwd = std::move(f);
   }
-  void prepare_stepwise_backward(const RingPlan& plan) {
-    prepare_forward(plan);
-    if (!bwd.empty()) return;
-    std::vector<std::vector<Ptr>> b;
-    for (const auto& step : fwd) {
-      b.emplace_back();
-      for (const Ptr& p : step) b.back().push_back(transpose_of(p));
+  // The work's mask over its span (ForwardOrder::Work), or its whole mask when `whole`.
+  Ptr span_mask(const RingPlan& plan, const ForwardOrder& order, size_t t, size_t w, bool whole) {
+    const ForwardOrder::Work& fw = order.works[t][w];
+    const BlockMask& m = plan.steps[t].work[w].mask;
+    const int64_t b0 = fw.row0 / m.block_q, b1 = b0 + (fw.rows + m.block_q - 1) / m.block_q;
+    return whole || (b0 == 0 && b1 == m.num_q_blocks) ? fwd[t][w]
+                                                      : get(mask_row_slice(m, b0, b1));
+  }
+  // Forward: first works over their whole piece, later ones over their span.
+  void prepare_forward(const RingPlan& plan, const ForwardOrder& order) {
+    prepare_masks(plan);
+    if (!fwd_span.empty()) return;
+    std::vector<std::vector<Ptr>> f;
+    for (size_t t = 0; t < plan.steps.size(); ++t) {
+      f.emplace_back();
+      for (size_t w = 0; w < plan.steps[t].work.size(); ++w)
+        f.back().push_back(span_mask(plan, order, t, w, order.works[t][w].first));
     }
+    fwd_span = std::move(f);
+  }
+  // Step-wise backward: every work over its span (bwd_span), and the transposes (bwd).
+  void prepare_stepwise_backward(const RingPlan& plan, const ForwardOrder& order) {
+    prepare_masks(plan);
+    if (!bwd.empty()) return;
+    std::vector<std::vector<Ptr>> s, b;
+    for (size_t t = 0; t < plan.steps.size(); ++t) {
+      s.emplace_back();
+      b.emplace_back();
+      for (size_t w = 0; w < plan.steps[t].work.size(); ++w) {
+        s.back().push_back(span_mask(plan, order, t, w, false));
+        b.back().push_back(transpose_of(s.back().back()));
+      }
+    }
+    bwd_span = std::move(s);
     bwd = std::move(b);
   }
   void prepare_chunked_backward(const RingPlan& plan) {
@@ -618,7 +768,7 @@ struct RingAttention::Workspace {
 };
 
 RingAttention::RingAttention(RingPlan plan, const AttentionSpec& spec)
-    : plan_(std::move(plan)), spec_(spec) {}
+    : plan_(std::move(plan)), spec_(spec), fwd_order_(make_forward_order(plan_)) {}
 RingAttention::~RingAttention() = default;
 
 RingAttention::Workspace& RingAttention::workspace() {
@@ -669,7 +819,7 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
   // Where every buffer of the call lies in the workspace.
   Layout layout;
   KvBuffers kv;
-  kv.place(layout, plan_, k);
+  kv.place(layout, plan_, k, v);
   PairSlot send_slot, recv_slot;
   if (const int64_t n =
           max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.send; }))
@@ -677,9 +827,11 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
   if (const int64_t n =
           max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.recv; }))
     recv_slot.place(layout, q.dtype, B, n, H, D);
-  // Partial results merge into an fp32 accumulator when o is fp16/bf16 (no per-step rounding).
-  const bool fp32_acc = is_half(o.dtype);
-  const size_t acc_at = fp32_acc ? layout.take(tensor_bytes(DType::F32, B, Nl, H, D)) : 0;
+  // Partial results merge into an fp32 accumulator when o is fp16/bf16 (no per-step rounding),
+  // holding only the merged rows (ForwardOrder).
+  const ForwardOrder& fo = fwd_order_;
+  const bool fp32_acc = is_half(o.dtype) && fo.acc_rows > 0;
+  const size_t acc_at = fp32_acc ? layout.take(tensor_bytes(DType::F32, B, fo.acc_rows, H, D)) : 0;
   const int64_t pl = max_piece_len(plan_);
   const size_t o_part_at = layout.take(tensor_bytes(o.dtype, B, pl, H, D));
   const size_t l_part_at = layout.take(tensor_bytes(lse.dtype, B, pl, H, 1));
@@ -687,19 +839,28 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
   // Every buffer of the call is taken before the first exchange, and the ranks agree that all
   // of them got theirs: a rank out of memory stops every rank here, none waits in the loop.
   const Taken taken = take_agreed(
-      be, comm, "forward", [&](Masks& m) { m.prepare_forward(plan_); }, layout.bytes());
+      be, comm, "forward", [&](Masks& m) { m.prepare_forward(plan_, fo); }, layout.bytes());
   Masks* pm = taken.masks;
   std::byte* base = taken.base;
   kv.bind(be, base, k, v);
   const PairBuffer send_stage = send_slot.bind(base, B, H, D, dev);
   const PairBuffer recv_stage = recv_slot.bind(base, B, H, D, dev);
-  const TensorView acc = fp32_acc ? make_view(base + acc_at, DType::F32, B, Nl, H, D, dev) : o;
+  const TensorView acc =
+      fp32_acc ? make_view(base + acc_at, DType::F32, B, fo.acc_rows, H, D, dev) : TensorView{};
   const TensorView o_part = make_view(base + o_part_at, o.dtype, B, pl, H, D, dev);
   const TensorView l_part = make_view(base + l_part_at, lse.dtype, B, pl, H, 1, dev);
-  be.fill(acc, 0.0);
-  be.fill(lse, kNegInf);
-
   const auto& my_pieces = plan_.pieces[plan_.rank];
+  // Where the merged rows of a run live: the accumulator, or o itself (fp32/fp64 outputs).
+  auto merged_rows = [&](const ForwardOrder::Run& r, int64_t row0, int64_t rows) {
+    return fp32_acc ? acc.rows(r.acc_row + row0 - r.start, rows)
+                    : o.rows(my_pieces[r.piece].local + row0, rows);
+  };
+  for (size_t i = 0; i < my_pieces.size(); ++i)
+    if (!fo.piece_computed[i]) {  // rows that see nothing anywhere
+      be.fill(o.rows(my_pieces[i].local, my_pieces[i].len), 0.0);
+      be.fill(lse.rows(my_pieces[i].local, my_pieces[i].len), kNegInf);
+    }
+
   for (int t = 0; t < S; ++t) {
     const RingStep& st = plan_.steps[t];
     CommRequest req;
@@ -707,17 +868,32 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
       req = start_kv_step(comm, be, st, kv, send_stage, recv_stage, "ring forward K/V", t,
                           counters);
     const auto& kp = plan_.pieces[st.origin];
-    for (size_t w = 0; w < st.work.size(); ++w) {
+    for (const int w : fo.run_order[t]) {
       const RingWork& work = st.work[w];
+      const ForwardOrder::Work& fw = fo.works[t][w];
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
-      const AttnFwdParams p = make_fwd_params(
-          {q.rows(qp.local, qp.len), kv.current().first().rows(kpc.local, kpc.len),
-           kv.current().second().rows(kpc.local, kpc.len), o_part.rows(0, qp.len),
-           l_part.rows(0, qp.len)},
-          pm->fwd[t][w]->view(), {spec_.scale, spec_.causal, qp.global, kpc.global});
-      be.attention_forward(p);
-      be.merge(acc.rows(qp.local, qp.len), lse.rows(qp.local, qp.len), p.o, p.lse);
+      const TensorView kc = kv.current().first().rows(kpc.local, kpc.len),
+                       vc = kv.current().second().rows(kpc.local, kpc.len);
+      if (fw.first) {
+        be.attention_forward(make_fwd_params(
+            {q.rows(qp.local, qp.len), kc, vc, o.rows(qp.local, qp.len),
+             lse.rows(qp.local, qp.len)},
+            pm->fwd_span[t][w]->view(), {spec_.scale, spec_.causal, qp.global, kpc.global}));
+        if (fp32_acc)
+          for (const ForwardOrder::Run& r : fo.runs)
+            if (r.piece == work.q_piece)
+              be.copy(merged_rows(r, r.start, r.len), o.rows(qp.local + r.start, r.len));
+      } else {
+        const AttnFwdParams p = make_fwd_params(
+            {q.rows(qp.local + fw.row0, fw.rows), kc, vc, o_part.rows(0, fw.rows),
+             l_part.rows(0, fw.rows)},
+            pm->fwd_span[t][w]->view(),
+            {spec_.scale, spec_.causal, qp.global + fw.row0, kpc.global});
+        be.attention_forward(p);
+        be.merge(merged_rows(fo.runs[fw.run], fw.row0, fw.rows),
+                 lse.rows(qp.local + fw.row0, fw.rows), p.o, p.lse);
+      }
       counters.blocks_computed += work.mask.nnz();
     }
     req.wait();
@@ -727,7 +903,9 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
     }
   }
   counters.steps += S;
-  if (acc.data != o.data) be.copy(o, acc);
+  if (fp32_acc)
+    for (const ForwardOrder::Run& r : fo.runs)
+      be.copy(o.rows(my_pieces[r.piece].local + r.start, r.len), merged_rows(r, r.start, r.len));
 }
 
 void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& q,
@@ -922,7 +1100,7 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   // incoming accumulator is still in flight.
   Layout layout;
   KvBuffers kv;
-  kv.place(layout, plan_, k);
+  kv.place(layout, plan_, k, v);
   PairSlot kv_send_slot, kv_recv_slot, home_slot, acc_slot[2], part_slot, fwd_send_slot,
       fwd_recv_slot, retire_slot, home_stage_slot;
   if (const int64_t n = max_staged_rows(plan_, pick_send))
@@ -952,7 +1130,8 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   // Every mask and buffer of the call is taken before the first exchange, and the ranks agree
   // that all of them got theirs (see forward).
   const Taken taken = take_agreed(
-      be, comm, "backward", [&](Masks& m) { m.prepare_stepwise_backward(plan_); }, layout.bytes());
+      be, comm, "backward", [&](Masks& m) { m.prepare_stepwise_backward(plan_, fwd_order_); },
+      layout.bytes());
   Masks* pm = taken.masks;
   std::byte* base = taken.base;
   kv.bind(be, base, k, v);
@@ -966,7 +1145,7 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   be.fill(dq_acc, 0.0);
   be.fill(home.first(), 0.0);
   be.fill(home.second(), 0.0);
-  if (S > 1)
+  if (S > 1 && travelling)  // ring: rows an accumulator did not bring must read as zeros
     for (int i = 0; i < 2; ++i) {
       be.fill(acc[i].first(), 0.0);
       be.fill(acc[i].second(), 0.0);
@@ -996,8 +1175,17 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
       // ring: the first visitor starts the accumulator (it arrives as zeros); direct: each
       // step's partial goes home on its own.
       target = &acc[a];
-      be.fill(acc[a].first(), 0.0);
-      be.fill(acc[a].second(), 0.0);
+      if (travelling) {
+        be.fill(acc[a].first(), 0.0);
+        be.fill(acc[a].second(), 0.0);
+      } else {
+        // direct: only the rows going home are read, and they are exactly the key rows this
+        // step's works reach; the others may hold anything.
+        for (const RowRun& r : st.retire) {
+          be.fill(acc[a].first().rows(r.start, r.len), 0.0);
+          be.fill(acc[a].second().rows(r.start, r.len), 0.0);
+        }
+      }
     } else if (t >= 2 && !st.work.empty()) {
       target = &part;
       be.fill(part.first(), 0.0);
@@ -1008,14 +1196,15 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
       const RingWork& work = st.work[w];
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
+      const ForwardOrder::Work& span = fwd_order_.works[t][w];  // the rows it reaches
+      const int64_t r0 = qp.local + span.row0, nr = span.rows;
       be.attention_backward(make_bwd_params(
-          {q.rows(qp.local, qp.len), kv.current().first().rows(kpc.local, kpc.len),
-           kv.current().second().rows(kpc.local, kpc.len), o.rows(qp.local, qp.len),
-           lse.rows(qp.local, qp.len)},
-          {d_o.rows(qp.local, qp.len), dq_acc.rows(qp.local, qp.len),
-           target->first().rows(kpc.local, kpc.len), target->second().rows(kpc.local, kpc.len)},
-          pm->fwd[t][w]->view(), pm->bwd[t][w]->view(),
-          {spec_.scale, spec_.causal, qp.global, kpc.global}));
+          {q.rows(r0, nr), kv.current().first().rows(kpc.local, kpc.len),
+           kv.current().second().rows(kpc.local, kpc.len), o.rows(r0, nr), lse.rows(r0, nr)},
+          {d_o.rows(r0, nr), dq_acc.rows(r0, nr), target->first().rows(kpc.local, kpc.len),
+           target->second().rows(kpc.local, kpc.len)},
+          pm->bwd_span[t][w]->view(), pm->bwd[t][w]->view(),
+          {spec_.scale, spec_.causal, qp.global + span.row0, kpc.global}));
       counters.blocks_computed += work.mask.nnz();
     }
     if (t >= 2) {

@@ -122,6 +122,37 @@ struct RingPlan {
   std::vector<KeyChunk> key_chunks;
 };
 
+// The forward's order of writes. The first work on each query piece writes the piece's o and
+// lse directly (every row: a row it does not see gets 0 and -inf, the empty merge state); each
+// later work on the piece computes only its span (the rows from its mask's first non-empty
+// block row to its last) and merges it in. Rows some later span covers are the piece's merged
+// rows: widened into an fp32 accumulator right after the first work (fp16/bf16 outputs, so
+// the partial results are not rounded again at each merge) and written back at the end.
+// Results equal merging every work into an accumulator that starts empty.
+struct ForwardOrder {
+  struct Work {
+    bool first = false;          // writes its piece's o and lse directly
+    int64_t row0 = 0, rows = 0;  // the span, rows of the piece (the backward computes only it)
+    int run = -1;                // later works: index into `runs` of the merged rows holding it
+  };
+  std::vector<std::vector<Work>> works;  // [step][work]
+  // [step]: the order the step's works run in, first works before the others. A piece's first
+  // work is its largest (most blocks) of the first step that has work on it.
+  std::vector<std::vector<int>> run_order;
+  // Merged rows of every piece: piece, rows [start, start + len) of it, and where the run
+  // starts in the accumulator (runs one after another).
+  struct Run {
+    int piece = 0;
+    int64_t start = 0, len = 0, acc_row = 0;
+  };
+  std::vector<Run> runs;
+  int64_t acc_rows = 0;                // rows of the accumulator
+  std::vector<uint8_t> piece_computed;  // pieces some work writes (the others get 0 and -inf)
+};
+ForwardOrder make_forward_order(const RingPlan& plan);
+// Rows [b0, b1) of a block mask's rows, as a mask of its own.
+BlockMask mask_row_slice(const BlockMask& m, int64_t b0, int64_t b1);
+
 // Key chunks per origin in the dense backward. C chunks keep (C+1)/C packed K/V shards and as
 // many fp32 dK/dV shards alive; more chunks hold less but make more, smaller kernel calls and
 // messages. The automatic count is kRingBackwardChunks, raised up to kRingBackwardMaxChunks
@@ -203,6 +234,7 @@ class RingAttention {
                     const std::function<void(Masks&)>& prepare, size_t bytes);
   RingPlan plan_;
   AttentionSpec spec_;
+  ForwardOrder fwd_order_;
   std::unique_ptr<Masks> masks_;
   std::unique_ptr<Workspace> workspace_;
 };

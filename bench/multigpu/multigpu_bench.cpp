@@ -1,5 +1,6 @@
-// multigpu_bench: scaling of longattn's dense ring attention over one MPI rank per GPU (NCCL),
-// forward and backward, weak (fixed tokens per GPU) and strong (fixed total tokens). For each
+// multigpu_bench: scaling of longattn's dense ring attention (or, with --variant block_sparse,
+// the block-sparse ring) over one MPI rank per GPU (NCCL), forward and backward, weak (fixed
+// tokens per GPU) and strong (fixed total tokens); one rank runs the single-device variant. For each
 // case it also runs the identical ring with the transfers left out (the same kernels, steps and
 // merges on stale K/V), so the exposed communication time is the difference. Rank 0 writes one
 // JSON line per case; bench/multigpu/run_scaling.sh runs it beside the PyTorch anchors and
@@ -20,6 +21,8 @@
 #include <vector>
 
 #include "attention/distributed.hpp"
+#include "attention/ring.hpp"
+#include "attention/variant.hpp"
 #include "comm/mpi_communicator.hpp"
 #include "comm/nccl/nccl_communicator.hpp"
 #include "kernels/cuda/cuda_backend.hpp"
@@ -38,6 +41,14 @@ struct Options {
   int64_t heads = 16, head_dim = 128, batch = 1, block = 128;
   std::string dtype = "bf16";
   std::string causal = "both";  // both | causal | full
+  // dense | block_sparse (the block-sparse ring; pattern, ratio or window as `longattn run`)
+  std::string variant = "dense";
+  std::string pattern = "local_window";
+  double ratio = 0.0;        // kept share of blocks; 0: from the window
+  int64_t window = 0;        // local_window tokens; 0: from the ratio
+  std::string route = "";    // block-sparse: ring | direct (empty: the default)
+  std::string sharding = "";  // contiguous | zigzag (empty: zigzag when causal)
+  bool ring_on_one = false;   // one rank: the distributed variant (S = 1) instead of the single
   int warmup = 1, repeats = 3, null_repeats = 2;
   // Timed runs (and transfer-free runs) shrink so each set takes about this long, judged by the
   // case's first run; at least one of each. 0: always `repeats` and `null_repeats`.
@@ -100,8 +111,29 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Forward FLOPs of dense attention over all visible pairs (causal: j <= i, N(N+1)/2 pairs).
+AttentionSpec case_spec(const Case& c, const Options& o) {
+  AttentionSpec spec;
+  spec.variant = o.variant;
+  spec.causal = c.causal;
+  spec.block_size = o.block;
+  if (o.variant == "block_sparse") {
+    spec.sparse.pattern = o.pattern;
+    spec.sparse.block_size = o.block;
+    spec.sparse.sparsity_ratio = o.ratio;
+    spec.sparse.seed = 1;
+    if (o.window > 0) {
+      spec.sparse.window_size = o.window;
+      spec.sparse.window_given = true;
+    }
+  }
+  return spec;
+}
+
+// Forward FLOPs over all visible pairs (dense causal: j <= i, N(N+1)/2 pairs; block-sparse: the
+// pairs of its mask, as the variant counts them).
 double forward_flops(const Case& c, const Options& o) {
+  if (o.variant != "dense")
+    return make_attention(case_spec(c, o))->flops(Shape{o.batch, c.N, o.heads, o.head_dim});
   const double n = static_cast<double>(c.N);
   const double pairs = c.causal ? n * (n + 1.0) / 2.0 : n * n;
   return 4.0 * static_cast<double>(o.batch * o.heads * o.head_dim) * pairs;
@@ -124,9 +156,27 @@ int runs_within(double max_seconds, double run_s, int most) {
 // Medians over `repeats` of the slowest rank's forward (and backward) wall time; every rank
 // starts together (barrier after its stream is idle) and stops when its stream is idle. With
 // max_seconds > 0 the first run (warm-up or timed) decides how many timed runs follow.
-Timings time_ring(DistributedAttention& attn, Backend& be, Communicator& comm, int warmup,
-                  int repeats, double max_seconds, bool backward,
-                  const std::vector<DeviceTensor*>& t) {
+// One forward (and backward) of the variant under test: the distributed one, or on one rank the
+// single-device variant.
+struct Runner {
+  DistributedAttention* dist = nullptr;
+  AttentionVariant* single = nullptr;
+  void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+               const TensorView& o, const TensorView& lse) {
+    if (dist) dist->forward(be, q, k, v, o, lse);
+    else single->forward(be, q, k, v, o, lse);
+  }
+  void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+                const TensorView& o, const TensorView& lse, const TensorView& d_o,
+                const TensorView& dq, const TensorView& dk, const TensorView& dv) {
+    if (dist) dist->backward(be, q, k, v, o, lse, d_o, dq, dk, dv);
+    else single->backward(be, q, k, v, o, lse, d_o, dq, dk, dv);
+  }
+  DistCounters counters() const { return dist ? dist->counters() : DistCounters{}; }
+};
+
+Timings time_ring(Runner attn, Backend& be, Communicator& comm, int warmup, int repeats,
+                  double max_seconds, bool backward, const std::vector<DeviceTensor*>& t) {
   using clock = std::chrono::steady_clock;
   const TensorView q = t[0]->view(), k = t[1]->view(), v = t[2]->view(), o = t[3]->view(),
                    lse = t[4]->view(), d_o = t[5]->view();
@@ -162,11 +212,12 @@ Timings time_ring(DistributedAttention& attn, Backend& be, Communicator& comm, i
 json run_case(const Case& c, const Options& o, NcclCommunicator& comm, Backend& be) {
   const int P = comm.world();
   const DType dt = parse_dtype(o.dtype);
-  AttentionSpec spec;
-  spec.variant = "dense";
-  spec.causal = c.causal;
-  spec.block_size = o.block;
-  const DistConfig cfg{DistMode::Ring, c.causal ? Sharding::Zigzag : Sharding::Contiguous};
+  const AttentionSpec spec = case_spec(c, o);
+  const bool sparse = spec.variant == "block_sparse";
+  DistConfig cfg{sparse ? DistMode::BlockSparseRing : DistMode::Ring,
+                 c.causal ? Sharding::Zigzag : Sharding::Contiguous};
+  if (!o.sharding.empty()) cfg.sharding = parse_sharding(o.sharding, "--sharding");
+  if (sparse && !o.route.empty()) cfg.sparse_route = parse_sparse_route(o.route, "--route");
   json row = {{"impl", "longattn"},
               {"scaling", c.scaling},
               {"gpus", P},
@@ -213,8 +264,24 @@ json run_case(const Case& c, const Options& o, NcclCommunicator& comm, Backend& 
   // Forward-only cases are the longest sequences: one timed run, no transfer-free twin.
   const int repeats = c.backward ? o.repeats : 1;
   const int null_repeats = c.backward ? o.null_repeats : 0;
-  attn = make_distributed_attention(spec, cfg, comm);
-  const Timings real = time_ring(*attn, be, comm, o.warmup, repeats, o.max_seconds, c.backward, t);
+  std::unique_ptr<AttentionVariant> single;
+  Runner runner;
+  if (P == 1 && !o.ring_on_one) {
+    single = make_attention(spec);
+    runner.single = single.get();
+  } else {
+    attn = make_distributed_attention(spec, cfg, comm);
+    runner.dist = attn.get();
+  }
+  row["variant"] = sparse ? "block_sparse_ring" : "ring";
+  if (single) row["variant"] = spec.variant;
+  if (sparse) {
+    row["pattern"] = o.pattern;
+    if (o.window > 0) row["window"] = o.window;
+    if (o.ratio > 0) row["ratio"] = o.ratio;
+    row["route"] = sparse_route_name(cfg.sparse_route);
+  }
+  const Timings real = time_ring(runner, be, comm, o.warmup, repeats, o.max_seconds, c.backward, t);
   const DistCounters& fwd_counters = real.fwd_counters;
   // Peak of the real run (inputs, outputs, ring workspace), before the twin takes its own.
   double peak = static_cast<double>(be.peak_bytes() - base);
@@ -225,12 +292,14 @@ json run_case(const Case& c, const Options& o, NcclCommunicator& comm, Backend& 
   if (P > 1 && null_repeats > 0) {
     NoTransferComm none(comm);
     auto attn_none = make_distributed_attention(spec, cfg, none);
+    Runner none_runner;
+    none_runner.dist = attn_none.get();
     // The twin's count follows from the real run's median: nothing left to decide inside.
     null_runs = runs_within(o.max_seconds, real.fwd + real.bwd, null_repeats);
-    compute = time_ring(*attn_none, be, none, 0, null_runs, 0.0, c.backward, t);
+    compute = time_ring(none_runner, be, none, 0, null_runs, 0.0, c.backward, t);
   }
 
-  const double flops = forward_flops(c, o);
+  const double flops = single ? single->flops(g) : forward_flops(c, o);
   const double per_gpu = flops / P;
   row["status"] = "ok";
   row["timed_runs"] = real.runs;
@@ -283,6 +352,20 @@ int run(int argc, char** argv, const MpiSession& session) {
       "batch", po::value<int64_t>(&o.batch)->default_value(o.batch), "batch")(
       "block", po::value<int64_t>(&o.block)->default_value(o.block), "mask block size")(
       "dtype", po::value<std::string>(&o.dtype)->default_value(o.dtype), "bf16 | fp16 | fp32")(
+      "variant", po::value<std::string>(&o.variant)->default_value(o.variant),
+      "dense (ring) | block_sparse (block-sparse ring); one rank: the single-device variant")(
+      "pattern", po::value<std::string>(&o.pattern)->default_value(o.pattern),
+      "block_sparse: the pattern")(
+      "ratio", po::value<double>(&o.ratio)->default_value(o.ratio),
+      "block_sparse: share of blocks kept (0: from --window)")(
+      "window", po::value<int64_t>(&o.window)->default_value(o.window),
+      "block_sparse local_window: tokens (0: from --ratio)")(
+      "route", po::value<std::string>(&o.route)->default_value(o.route),
+      "block_sparse: ring | direct (default: the library's)")(
+      "sharding", po::value<std::string>(&o.sharding)->default_value(o.sharding),
+      "contiguous | zigzag (default: zigzag when causal, else contiguous)")(
+      "ring-on-one", po::bool_switch(&o.ring_on_one),
+      "on one rank, time the distributed variant (one step) instead of the single-device one")(
       "causal", po::value<std::string>(&o.causal)->default_value(o.causal),
       "weak scaling: both | causal | full")(
       "warmup", po::value<int>(&o.warmup)->default_value(o.warmup), "untimed runs per case")(
@@ -310,6 +393,8 @@ int run(int argc, char** argv, const MpiSession& session) {
   LONGATTN_CHECK_ARG(o.repeats >= 1, "--repeats", o.repeats, "must be >= 1");
   LONGATTN_CHECK_ARG(o.null_repeats >= 0, "--null-repeats", o.null_repeats, "must be >= 0");
   LONGATTN_CHECK_ARG(o.max_seconds >= 0.0, "--max-seconds", o.max_seconds, "must be >= 0");
+  LONGATTN_CHECK_ARG(o.variant == "dense" || o.variant == "block_sparse", "--variant", o.variant,
+                     "must be dense or block_sparse");
 
   GpuRank gpu = make_gpu_rank(comm_options_from_env(), true);
   NcclCommunicator& comm = *gpu.comm;

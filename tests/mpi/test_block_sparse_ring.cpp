@@ -4,8 +4,11 @@
 // its neighbours need and stops rotating as soon as nobody needs more.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "attention/distributed.hpp"
 #include "attention/patterns.hpp"
+#include "attention/ring.hpp"
 #include "mpi_env.hpp"
 #include "runtime/error.hpp"
 
@@ -188,6 +191,87 @@ TEST(SparseRing, LocalWindowSendsOnlyWhatNeighboursNeed) {
         EXPECT_EQ(r.forward_total.bytes_sent, P * (P - 1) * block_bytes);
       }
     }
+}
+
+// The forward's order of writes (ForwardOrder): the first work on each query piece (its largest
+// in the first step with work on it, run before the step's other works) writes it whole, every
+// later work computes only its span (its mask's first to last non-empty row),
+// the spans lie in disjoint runs of merged rows, and the accumulator holds those rows only.
+// A local window merges one block at each end of a shard that has a neighbour there.
+TEST(SparseRing, ForwardMergesOnlyTheRowsLaterWorksReach) {
+  Communicator& comm = test_comm();
+  const int P = comm.world(), rank = comm.rank();
+  const int64_t N = 48 * P;  // 12 blocks a rank, zigzag pieces of 6
+  for (const std::string& name : sparse_pattern_names())
+    for (bool causal : {false, true})
+      for (Sharding sh : {Sharding::Contiguous, Sharding::Zigzag})
+        for (SparseRoute route : {SparseRoute::Direct, SparseRoute::Ring}) {
+          SCOPED_TRACE(name + (causal ? " causal " : " full ") + sharding_name(sh) + " " +
+                       sparse_route_name(route));
+          if (name == "content_adaptive") continue;  // its mask needs the inputs
+          const BlockMask global = sparse_block_mask(pattern(name), N, causal);
+          const RingPlan plan =
+              make_sparse_ring_plan(ShardLayout(sh, N, P), rank, global, route);
+          const ForwardOrder fo = make_forward_order(plan);
+          const auto& pieces = plan.pieces[rank];
+          std::vector<int> firsts(pieces.size(), 0);
+          int64_t merged = 0;
+          for (size_t j = 0; j < fo.runs.size(); ++j) {
+            const auto& r = fo.runs[j];
+            EXPECT_EQ(r.acc_row, merged);
+            merged += r.len;
+            ASSERT_LT(static_cast<size_t>(r.piece), pieces.size());
+            EXPECT_GE(r.start, 0);
+            EXPECT_LE(r.start + r.len, pieces[r.piece].len);
+            if (j > 0 && fo.runs[j - 1].piece == r.piece)
+              EXPECT_GT(r.start, fo.runs[j - 1].start + fo.runs[j - 1].len);
+          }
+          EXPECT_EQ(fo.acc_rows, merged);
+          for (size_t t = 0; t < plan.steps.size(); ++t) {
+            // Every work runs once; a first work is its piece's largest in the step.
+            std::vector<int> order = fo.run_order[t];
+            std::sort(order.begin(), order.end());
+            ASSERT_EQ(order.size(), plan.steps[t].work.size());
+            for (size_t w = 0; w < order.size(); ++w) EXPECT_EQ(order[w], static_cast<int>(w));
+            for (const int w : fo.run_order[t]) {
+              const RingWork& work = plan.steps[t].work[w];
+              const ForwardOrder::Work& fw = fo.works[t][w];
+              if (fw.first) {
+                EXPECT_EQ(firsts[work.q_piece]++, 0) << "one first work a piece";
+                for (const RingWork& other : plan.steps[t].work)
+                  if (other.q_piece == work.q_piece) EXPECT_LE(other.mask.nnz(), work.mask.nnz());
+                continue;
+              }
+              EXPECT_EQ(firsts[work.q_piece], 1) << "a later work before the piece's first";
+              const auto& r = fo.runs[fw.run];
+              EXPECT_EQ(r.piece, work.q_piece);
+              EXPECT_LE(r.start, fw.row0);
+              EXPECT_LE(fw.row0 + fw.rows, r.start + r.len);
+              // Every non-empty row of the work's mask is in its span, and its ends are not
+              // empty.
+              const BlockMask& m = work.mask;
+              for (int64_t b = 0; b < m.num_q_blocks; ++b) {
+                const bool in = b * kBlock >= fw.row0 && b * kBlock < fw.row0 + fw.rows;
+                if (m.row_ptr[b + 1] > m.row_ptr[b]) EXPECT_TRUE(in) << "row block " << b;
+              }
+              EXPECT_GT(m.row_ptr[fw.row0 / kBlock + 1], m.row_ptr[fw.row0 / kBlock]);
+              const int64_t last = (fw.row0 + fw.rows) / kBlock - 1;
+              EXPECT_GT(m.row_ptr[last + 1], m.row_ptr[last]);
+              const BlockMask slice = mask_row_slice(m, fw.row0 / kBlock, last + 1);
+              slice.validate();
+              int64_t nnz = 0;
+              for (int64_t b = fw.row0 / kBlock; b <= last; ++b)
+                nnz += m.row_ptr[b + 1] - m.row_ptr[b];
+              EXPECT_EQ(slice.nnz(), m.nnz());
+              EXPECT_EQ(nnz, m.nnz());
+            }
+          }
+          for (size_t i = 0; i < pieces.size(); ++i)
+            EXPECT_EQ(firsts[i], fo.piece_computed[i] ? 1 : 0);
+          if (name == "local_window" && !causal && sh == Sharding::Contiguous &&
+              route == SparseRoute::Direct)
+            EXPECT_EQ(fo.acc_rows, ((rank > 0) + (rank < P - 1)) * kBlock);
+        }
 }
 
 TEST(SparseRing, BlockSizeMustDivideTheShard) {

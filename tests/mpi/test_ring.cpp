@@ -169,6 +169,16 @@ TEST(Ring, ShardLevelApi) {
   attn->extract_local(comm.rank(), ref.o.view(), ref_o.view());
   EXPECT_LT(max_abs_diff(o.view(), ref_o.view()), kDistTolerance);
   EXPECT_EQ(attn->counters().hops, P - 1);
+  // K and V that are strided views (every second row of a larger tensor; the ring copies them
+  // before sending whole shards) give the same result.
+  Tensor k2(DType::F64, l.B, 2 * l.N, l.H, l.D), v2 = k2.clone();
+  const TensorView ks = k2.view().rows(0, l.N, 2), vs = v2.view().rows(1, l.N, 2);
+  ASSERT_FALSE(ks.is_contiguous());
+  copy_view(ks, k.view());
+  copy_view(vs, v.view());
+  Tensor o2(DType::F64, l.B, l.N, l.H, l.D), lse2(DType::F64, l.B, l.N, l.H, 1);
+  attn->forward(be, q.view(), ks, vs, o2.view(), lse2.view());
+  EXPECT_EQ(max_abs_diff(o2.view(), o.view()), 0.0);
   // Wrong local shapes are rejected before any communication.
   Tensor bad(DType::F64, l.B, l.N + 1, l.H, l.D);
   EXPECT_THROW(attn->forward(be, q.view(), bad.view(), v.view(), o.view(), lse.view()),
