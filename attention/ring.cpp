@@ -5,7 +5,11 @@
 #include "attention/ring.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
 #include <limits>
 #include <map>
 #include <memory>
@@ -767,8 +771,53 @@ struct RingAttention::Workspace {
   Arena arena;
 };
 
+// Measurement switch: with LONGATTN_RING_PROFILE set, every phase of a call ends with a
+// synchronisation of the backend, and the ring prints (to stderr, when destroyed) the
+// milliseconds each phase took per call on this rank. The synchronisations remove the overlap
+// of exchanges and compute: for finding where the time goes, not for timing.
+struct RingAttention::Profile {
+  using Clock = std::chrono::steady_clock;
+  std::map<std::string, double> seconds;
+  std::map<std::string, int> calls;
+  std::vector<std::string> order;
+  Clock::time_point last;
+  int rank = 0;
+  static bool enabled() {
+    static const bool on = std::getenv("LONGATTN_RING_PROFILE") != nullptr;
+    return on;
+  }
+  void begin(Backend& be, const std::string& pass) {
+    be.synchronize();
+    last = Clock::now();
+    ++calls[pass];
+  }
+  void mark(Backend& be, const std::string& phase) {
+    be.synchronize();
+    const auto now = Clock::now();
+    if (!seconds.count(phase)) order.push_back(phase);
+    seconds[phase] += std::chrono::duration<double>(now - last).count();
+    last = now;
+  }
+  ~Profile() {
+    std::ostringstream os;
+    os << "[ring profile] rank " << rank << ":";
+    for (const auto& [pass, n] : calls) os << " " << pass << " x" << n;
+    for (const std::string& ph : order) {
+      const std::string pass = ph.substr(0, ph.find(' '));
+      const int n = calls.count(pass) ? calls.at(pass) : 1;
+      os << "\n  " << ph << ": " << seconds.at(ph) * 1e3 / std::max(1, n) << " ms";
+    }
+    std::cerr << os.str() << std::endl;
+  }
+};
+
 RingAttention::RingAttention(RingPlan plan, const AttentionSpec& spec)
-    : plan_(std::move(plan)), spec_(spec), fwd_order_(make_forward_order(plan_)) {}
+    : plan_(std::move(plan)), spec_(spec), fwd_order_(make_forward_order(plan_)) {
+  if (Profile::enabled()) {
+    profile_ = std::make_unique<Profile>();
+    profile_->rank = plan_.rank;
+  }
+}
 RingAttention::~RingAttention() = default;
 
 RingAttention::Workspace& RingAttention::workspace() {
@@ -815,6 +864,10 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
   const int64_t B = q.B, Nl = plan_.local_rows, H = q.H, D = q.D;
   const int S = static_cast<int>(plan_.steps.size());
   const DeviceKind dev = be.device();
+  if (profile_) profile_->begin(be, "fwd");
+  auto mark = [&](const char* phase) {
+    if (profile_) profile_->mark(be, std::string("fwd ") + phase);
+  };
 
   // Where every buffer of the call lies in the workspace.
   Layout layout;
@@ -860,6 +913,7 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
       be.fill(o.rows(my_pieces[i].local, my_pieces[i].len), 0.0);
       be.fill(lse.rows(my_pieces[i].local, my_pieces[i].len), kNegInf);
     }
+  mark("setup");
 
   for (int t = 0; t < S; ++t) {
     const RingStep& st = plan_.steps[t];
@@ -867,6 +921,7 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
     if (t + 1 < S)
       req = start_kv_step(comm, be, st, kv, send_stage, recv_stage, "ring forward K/V", t,
                           counters);
+    mark("exchange start");
     const auto& kp = plan_.pieces[st.origin];
     for (const int w : fo.run_order[t]) {
       const RingWork& work = st.work[w];
@@ -880,10 +935,12 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
             {q.rows(qp.local, qp.len), kc, vc, o.rows(qp.local, qp.len),
              lse.rows(qp.local, qp.len)},
             pm->fwd_span[t][w]->view(), {spec_.scale, spec_.causal, qp.global, kpc.global}));
+        mark("kernel first");
         if (fp32_acc)
           for (const ForwardOrder::Run& r : fo.runs)
             if (r.piece == work.q_piece)
               be.copy(merged_rows(r, r.start, r.len), o.rows(qp.local + r.start, r.len));
+        mark("widen");
       } else {
         const AttnFwdParams p = make_fwd_params(
             {q.rows(qp.local + fw.row0, fw.rows), kc, vc, o_part.rows(0, fw.rows),
@@ -891,21 +948,26 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
             pm->fwd_span[t][w]->view(),
             {spec_.scale, spec_.causal, qp.global + fw.row0, kpc.global});
         be.attention_forward(p);
+        mark("kernel later");
         be.merge(merged_rows(fo.runs[fw.run], fw.row0, fw.rows),
                  lse.rows(qp.local + fw.row0, fw.rows), p.o, p.lse);
+        mark("merge");
       }
       counters.blocks_computed += work.mask.nnz();
     }
     req.wait();
+    mark("wait");
     if (t + 1 < S) {
       land(be, recv_stage, st.recv, kv.next(), false);
       kv.advance();
     }
+    mark("land");
   }
   counters.steps += S;
   if (fp32_acc)
     for (const ForwardOrder::Run& r : fo.runs)
       be.copy(o.rows(my_pieces[r.piece].local + r.start, r.len), merged_rows(r, r.start, r.len));
+  mark("copy back");
 }
 
 void RingAttention::backward(Backend& be, Communicator& comm, const TensorView& q,
@@ -1089,6 +1151,10 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   const DeviceKind dev = be.device();
   // Gradients accumulate over steps in fp32 when the inputs are fp16/bf16.
   const DType gd = is_half(dq.dtype) ? DType::F32 : dq.dtype;
+  if (profile_) profile_->begin(be, "bwd");
+  auto mark = [&](const char* phase) {
+    if (profile_) profile_->mark(be, std::string("bwd ") + phase);
+  };
   auto pick_send = [](const RingStep& s) -> const RowRuns& { return s.send; };
   auto pick_recv = [](const RingStep& s) -> const RowRuns& { return s.recv; };
   auto pick_retire = [](const RingStep& s) -> const RowRuns& { return s.retire; };
@@ -1154,6 +1220,7 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   const auto& my_pieces = plan_.pieces[rank];
   int a = 0;
   CommRequest dkv_req;
+  mark("setup");
   // Lands the dK/dV exchange posted after step `t`: the next visitor's accumulator into acc[a]
   // and this rank's returning rows added into home.
   auto finish_dkv = [&](int t) {
@@ -1169,6 +1236,7 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
     if (t + 1 < S)
       kv_req = start_kv_step(comm, be, st, kv, kv_send_stage, kv_recv_stage, "ring backward K/V",
                              t, counters);
+    mark("exchange start");
     // Where this step's dK/dV contributions go.
     const PairBuffer* target = &home;
     if (t == 1 || (t >= 2 && !travelling)) {
@@ -1207,6 +1275,7 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
           {spec_.scale, spec_.causal, qp.global + span.row0, kpc.global}));
       counters.blocks_computed += work.mask.nnz();
     }
+    mark("kernels");
     if (t >= 2) {
       finish_dkv(t - 1);
       if (target == &part) {
@@ -1229,17 +1298,21 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
       dkv_req = counted_exchange(comm, sends, recvs, CommOp{"ring backward dK/dV", t}, counters);
       a = 1 - a;
     }
+    mark("dK/dV exchange");
     kv_req.wait();
     if (t + 1 < S) {
       land(be, kv_recv_stage, st.recv, kv.next(), false);
       kv.advance();
     }
+    mark("K/V wait and land");
   }
   if (S >= 2) finish_dkv(S - 1);
+  mark("last dK/dV wait");
   counters.steps += S;
   if (!dq_in_place) be.copy(dq, dq_acc);
   be.copy(dk, home.first());
   be.copy(dv, home.second());
+  mark("copy out");
 }
 
 }  // namespace longattn

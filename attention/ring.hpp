@@ -232,6 +232,8 @@ class RingAttention {
   };
   Taken take_agreed(Backend& be, Communicator& comm, const char* pass,
                     const std::function<void(Masks&)>& prepare, size_t bytes);
+  struct Profile;  // LONGATTN_RING_PROFILE (ring.cpp)
+  std::unique_ptr<Profile> profile_;
   RingPlan plan_;
   AttentionSpec spec_;
   ForwardOrder fwd_order_;
