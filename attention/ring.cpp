@@ -531,15 +531,21 @@ RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockM
   return plan;
 }
 
-BlockMask mask_row_slice(const BlockMask& m, int64_t b0, int64_t b1) {
-  LONGATTN_ASSERT(0 <= b0 && b0 <= b1 && b1 <= m.num_q_blocks, "mask_row_slice: bad rows");
+BlockMask mask_slice(const BlockMask& m, int64_t b0, int64_t b1, int64_t c0, int64_t c1) {
+  if (c1 < 0) c1 = m.num_k_blocks;
+  LONGATTN_ASSERT(0 <= b0 && b0 <= b1 && b1 <= m.num_q_blocks, "mask_slice: bad rows");
+  LONGATTN_ASSERT(0 <= c0 && c0 <= c1 && c1 <= m.num_k_blocks, "mask_slice: bad key blocks");
   BlockMask s;
   s.block_q = m.block_q;
   s.block_k = m.block_k;
   s.num_q_blocks = b1 - b0;
-  s.num_k_blocks = m.num_k_blocks;
+  s.num_k_blocks = c1 - c0;
   const int64_t e0 = m.row_ptr[b0], e1 = m.row_ptr[b1];
-  s.col_idx.assign(m.col_idx.begin() + e0, m.col_idx.begin() + e1);
+  s.col_idx.resize(static_cast<size_t>(e1 - e0));
+  for (int64_t e = e0; e < e1; ++e) {
+    LONGATTN_ASSERT(m.col_idx[e] >= c0 && m.col_idx[e] < c1, "mask_slice: a listed block outside");
+    s.col_idx[e - e0] = static_cast<int32_t>(m.col_idx[e] - c0);
+  }
   s.partial.assign(m.partial.begin() + e0, m.partial.begin() + e1);
   s.row_ptr.resize(static_cast<size_t>(b1 - b0 + 1));
   for (int64_t r = b0; r <= b1; ++r) s.row_ptr[r - b0] = m.row_ptr[r] - e0;
@@ -573,6 +579,14 @@ ForwardOrder make_forward_order(const RingPlan& plan) {
       LONGATTN_ASSERT(b1 > b0, "ring forward: a work with an empty mask");
       fw.row0 = b0 * m.block_q;
       fw.rows = std::min(pieces[i].len, b1 * m.block_q) - fw.row0;
+      int64_t c0 = m.num_k_blocks, c1 = 0;
+      for (int64_t e = m.row_ptr[b0]; e < m.row_ptr[b1]; ++e) {
+        c0 = std::min<int64_t>(c0, m.col_idx[e]);
+        c1 = std::max<int64_t>(c1, m.col_idx[e] + 1);
+      }
+      const int64_t k_len = plan.pieces[st.origin][st.work[w].k_piece].len;
+      fw.col0 = c0 * m.block_k;
+      fw.cols = std::min(k_len, c1 * m.block_k) - fw.col0;
       if (first_of[i] == static_cast<int>(w)) {
         fw.first = true;
         firsts.push_back(static_cast<int>(w));
@@ -711,13 +725,15 @@ struct RingAttention::Masks {
     }
     fwd = std::move(f);
   }
-  // The work's mask over its span (ForwardOrder::Work), or its whole mask when `whole`.
+  // The work's mask over its span of rows and key rows (ForwardOrder::Work), or its whole
+  // mask when `whole`.
   Ptr span_mask(const RingPlan& plan, const ForwardOrder& order, size_t t, size_t w, bool whole) {
     const ForwardOrder::Work& fw = order.works[t][w];
     const BlockMask& m = plan.steps[t].work[w].mask;
     const int64_t b0 = fw.row0 / m.block_q, b1 = b0 + (fw.rows + m.block_q - 1) / m.block_q;
-    return whole || (b0 == 0 && b1 == m.num_q_blocks) ? fwd[t][w]
-                                                      : get(mask_row_slice(m, b0, b1));
+    const int64_t c0 = fw.col0 / m.block_k, c1 = c0 + (fw.cols + m.block_k - 1) / m.block_k;
+    const bool all = b0 == 0 && b1 == m.num_q_blocks && c0 == 0 && c1 == m.num_k_blocks;
+    return whole || all ? fwd[t][w] : get(mask_slice(m, b0, b1, c0, c1));
   }
   // Forward: first works over their whole piece, later ones over their span.
   void prepare_forward(const RingPlan& plan, const ForwardOrder& order) {
@@ -928,12 +944,11 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
       const ForwardOrder::Work& fw = fo.works[t][w];
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
-      const TensorView kc = kv.current().first().rows(kpc.local, kpc.len),
-                       vc = kv.current().second().rows(kpc.local, kpc.len);
+      const KvPair cur = kv.current();
       if (fw.first) {
         be.attention_forward(make_fwd_params(
-            {q.rows(qp.local, qp.len), kc, vc, o.rows(qp.local, qp.len),
-             lse.rows(qp.local, qp.len)},
+            {q.rows(qp.local, qp.len), cur.k.rows(kpc.local, kpc.len),
+             cur.v.rows(kpc.local, kpc.len), o.rows(qp.local, qp.len), lse.rows(qp.local, qp.len)},
             pm->fwd_span[t][w]->view(), {spec_.scale, spec_.causal, qp.global, kpc.global}));
         mark("kernel first");
         if (fp32_acc)
@@ -943,10 +958,11 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
         mark("widen");
       } else {
         const AttnFwdParams p = make_fwd_params(
-            {q.rows(qp.local + fw.row0, fw.rows), kc, vc, o_part.rows(0, fw.rows),
+            {q.rows(qp.local + fw.row0, fw.rows), cur.k.rows(kpc.local + fw.col0, fw.cols),
+             cur.v.rows(kpc.local + fw.col0, fw.cols), o_part.rows(0, fw.rows),
              l_part.rows(0, fw.rows)},
             pm->fwd_span[t][w]->view(),
-            {spec_.scale, spec_.causal, qp.global + fw.row0, kpc.global});
+            {spec_.scale, spec_.causal, qp.global + fw.row0, kpc.global + fw.col0});
         be.attention_forward(p);
         mark("kernel later");
         be.merge(merged_rows(fo.runs[fw.run], fw.row0, fw.rows),
@@ -1266,13 +1282,15 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
       const ShardPiece& kpc = kp[work.k_piece];
       const ForwardOrder::Work& span = fwd_order_.works[t][w];  // the rows it reaches
       const int64_t r0 = qp.local + span.row0, nr = span.rows;
+      const int64_t c0 = kpc.local + span.col0, nc = span.cols;
+      const KvPair cur = kv.current();
       be.attention_backward(make_bwd_params(
-          {q.rows(r0, nr), kv.current().first().rows(kpc.local, kpc.len),
-           kv.current().second().rows(kpc.local, kpc.len), o.rows(r0, nr), lse.rows(r0, nr)},
-          {d_o.rows(r0, nr), dq_acc.rows(r0, nr), target->first().rows(kpc.local, kpc.len),
-           target->second().rows(kpc.local, kpc.len)},
+          {q.rows(r0, nr), cur.k.rows(c0, nc), cur.v.rows(c0, nc), o.rows(r0, nr),
+           lse.rows(r0, nr)},
+          {d_o.rows(r0, nr), dq_acc.rows(r0, nr), target->first().rows(c0, nc),
+           target->second().rows(c0, nc)},
           pm->bwd_span[t][w]->view(), pm->bwd[t][w]->view(),
-          {spec_.scale, spec_.causal, qp.global + span.row0, kpc.global}));
+          {spec_.scale, spec_.causal, qp.global + span.row0, kpc.global + span.col0}));
       counters.blocks_computed += work.mask.nnz();
     }
     mark("kernels");

@@ -133,6 +133,9 @@ struct ForwardOrder {
   struct Work {
     bool first = false;          // writes its piece's o and lse directly
     int64_t row0 = 0, rows = 0;  // the span, rows of the piece (the backward computes only it)
+    // The key rows of the piece its mask lists (first to last listed block): later works in
+    // the forward and every work in the backward read and write only them.
+    int64_t col0 = 0, cols = 0;
     int run = -1;                // later works: index into `runs` of the merged rows holding it
   };
   std::vector<std::vector<Work>> works;  // [step][work]
@@ -150,8 +153,10 @@ struct ForwardOrder {
   std::vector<uint8_t> piece_computed;  // pieces some work writes (the others get 0 and -inf)
 };
 ForwardOrder make_forward_order(const RingPlan& plan);
-// Rows [b0, b1) of a block mask's rows, as a mask of its own.
-BlockMask mask_row_slice(const BlockMask& m, int64_t b0, int64_t b1);
+// Rows [b0, b1) and key blocks [c0, c1) of a block mask (every listed block of those rows must
+// lie in [c0, c1)), as a mask of its own; c1 < 0: every key block.
+BlockMask mask_slice(const BlockMask& m, int64_t b0, int64_t b1, int64_t c0 = 0,
+                     int64_t c1 = -1);
 
 // Key chunks per origin in the dense backward. C chunks keep (C+1)/C packed K/V shards and as
 // many fp32 dK/dV shards alive; more chunks hold less but make more, smaller kernel calls and

@@ -257,8 +257,15 @@ TEST(SparseRing, ForwardMergesOnlyTheRowsLaterWorksReach) {
               EXPECT_GT(m.row_ptr[fw.row0 / kBlock + 1], m.row_ptr[fw.row0 / kBlock]);
               const int64_t last = (fw.row0 + fw.rows) / kBlock - 1;
               EXPECT_GT(m.row_ptr[last + 1], m.row_ptr[last]);
-              const BlockMask slice = mask_row_slice(m, fw.row0 / kBlock, last + 1);
+              // The key rows: from the first listed block to the last.
+              int32_t lo = INT32_MAX, hi = -1;
+              for (int32_t c : m.col_idx) lo = std::min(lo, c), hi = std::max(hi, c);
+              EXPECT_EQ(fw.col0, lo * kBlock);
+              EXPECT_EQ(fw.col0 + fw.cols, (hi + 1) * kBlock);
+              const BlockMask slice =
+                  mask_slice(m, fw.row0 / kBlock, last + 1, lo, static_cast<int64_t>(hi) + 1);
               slice.validate();
+              EXPECT_EQ(slice.num_k_blocks, hi + 1 - lo);
               int64_t nnz = 0;
               for (int64_t b = fw.row0 / kBlock; b <= last; ++b)
                 nnz += m.row_ptr[b + 1] - m.row_ptr[b];
