@@ -2,10 +2,11 @@
 // plan (which origin's K/V is visited at each step, the per-step masks, which rows travel) and
 // its executor, written against the Backend and Communicator interfaces only.
 //
-// Forward: Q stays; the K/V of each origin rank travel to rank+1 as one packed buffer, the
-// exchange for the next step posted before the current step is computed (double buffering).
-// Each step's mask is the global mask restricted to (local Q rows, visiting K rows), causal in
-// GLOBAL positions through q_offset / k_offset; partial results are merged by their LSE.
+// Forward: Q stays; the K/V of each origin rank travel to rank+1 (a whole shard as two
+// messages, K then V; some rows as one packed message), the exchange for the next step posted
+// before the current step is computed (double buffering). Each step's mask is the global mask
+// restricted to (local Q rows, visiting K rows), causal in GLOBAL positions through q_offset /
+// k_offset; partial results are merged by their LSE, each work over its span (ForwardOrder).
 // Backward (dense): every origin's rows are cut into key chunks (the same share of each shard
 // piece). K/V and the dK/dV accumulator of one chunk travel together as one message, sent to
 // rank+1 as soon as the chunk's step is computed and landing while the next chunk computes; the
@@ -193,9 +194,11 @@ RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockM
 // one rank runs out of memory, every rank throws the same OutOfMemory naming it (no rank is
 // left waiting in an exchange), and the object stays usable for a later call.
 // Workspace of a dense ring in local [B, N/P, H, D] tensors of the input dtype (fp16/bf16,
-// fp32 accumulators counting 2), plus the row statistics: forward 7 (K/V double buffer 4, fp32
-// output accumulator 2, partial output 1 or 1/2); backward 2 + 6 (C+1)/C (fp32 dQ, C+1 chunk
-// buffers of K/V and fp32 dK/dV): 11 with 2 key chunks, 9.5 with 4.
+// fp32 accumulators counting 2), plus the row statistics: forward at most 7 (visitors' K/V 4,
+// or 2 with one visitor; this rank's own K/V is read where it lies unless k or v is strided;
+// fp32 accumulator 2 over the rows that later steps merge into, partial output 1 or 1/2);
+// backward 2 + 6 (C+1)/C (fp32 dQ, C+1 chunk buffers of K/V and fp32 dK/dV): 11 with 2 key
+// chunks, 9.5 with 4.
 class RingAttention {
  public:
   RingAttention(RingPlan plan, const AttentionSpec& spec);
