@@ -147,6 +147,7 @@ FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv)
 // launch has finished (the launch queue holds far fewer kernels).
 namespace {
 constexpr int kCounterPairs = 16384;
+std::atomic<int> g_grid_limit{0}, g_group{0}, g_last_split{0};
 struct DeviceSched {
   int* pairs = nullptr;
   int sms = 0;
@@ -171,10 +172,12 @@ DeviceSched& device_sched() {
     CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
     d.l2_bytes = l2;
     d.pairs = p;
+    // Measurement switch: persistent launches of at most this many CTAs (SMs left to others,
+    // such as the communication kernels of a ring).
+    if (const char* e = std::getenv("LONGATTN_SM90_GRID_LIMIT")) g_grid_limit.store(std::atoi(e));
   }
   return d;
 }
-std::atomic<int> g_grid_limit{0}, g_group{0}, g_last_split{0};
 // Measurement switches, on unless the variable is "0"; read once per process (each call asks).
 bool switch_on(const char* name) {
   const char* e = std::getenv(name);
