@@ -176,6 +176,19 @@ int64_t max_staged_rows(const RingPlan& plan, Pick pick) {
   return m;
 }
 
+// The same for K/V transfers, whose rows travel in place where kv_rows_in_place says so.
+bool kv_rows_in_place(const RowRuns& runs, int64_t rows, int64_t batch);
+template <typename Pick>
+int64_t kv_staged_rows(const RingPlan& plan, int64_t batch, Pick pick) {
+  int64_t m = 0;
+  for (const RingStep& s : plan.steps) {
+    const RowRuns& r = pick(s);
+    if (!r.empty() && !kv_rows_in_place(r, plan.local_rows, batch))
+      m = std::max(m, total_rows(r));
+  }
+  return m;
+}
+
 // Outgoing rows of a full-layout pair: the pair itself when every row goes, else packed into
 // `stage`.
 SendSpec outgoing(Backend& be, const PairBuffer& full, const RowRuns& runs, const PairBuffer& stage,
@@ -264,10 +277,16 @@ class KvBuffers {
   KvPair own_;
 };
 
+// Rows of a K/V pair that travel straight from and to the full-layout tensors, K then V as two
+// messages: every row, or (batch 1) one run of rows, contiguous in both. Other row sets are
+// staged as one packed message. Sender and receiver apply the same rule to the same rows.
+bool kv_rows_in_place(const RowRuns& runs, int64_t rows, int64_t batch) {
+  return !runs.empty() && (is_full(runs, rows) || (runs.size() == 1 && batch == 1));
+}
+
 // One ring step's K/V move: this rank's own (direct) or current (ring) K/V out to
-// st.send_peer, the next origin's in from st.recv_peer. Where only some rows travel they are
-// staged as one message; a whole shard goes as two, K then V, straight from where it lies
-// (and lands straight in the visitor buffer). A hop when anything is sent.
+// st.send_peer, the next origin's in from st.recv_peer (kv_rows_in_place: straight from where
+// they lie into the visitor buffer; else through the stages). A hop when anything is sent.
 CommRequest start_kv_step(Communicator& comm, Backend& be, const RingStep& st,
                           const KvBuffers& kv, const PairBuffer& send_stage,
                           const PairBuffer& recv_stage, const char* what, int t,
@@ -275,23 +294,34 @@ CommRequest start_kv_step(Communicator& comm, Backend& be, const RingStep& st,
   std::vector<SendSpec> sends;
   std::vector<RecvSpec> recvs;
   const KvPair from = st.send_own ? kv.own() : kv.current();
-  if (is_full(st.send, from.rows())) {
-    const size_t half = tensor_bytes(from.k.dtype, from.k.B, from.k.N, from.k.H, from.k.D);
-    sends = {SendSpec{from.k.data, half, st.send_peer}, SendSpec{from.v.data, half, st.send_peer}};
+  auto bytes_of = [](const TensorView& x, int64_t rows) {
+    return tensor_bytes(x.dtype, x.B, rows, x.H, x.D);
+  };
+  if (kv_rows_in_place(st.send, from.rows(), from.k.B)) {
+    const RowRun r = st.send.size() == 1 ? st.send[0] : RowRun{0, from.rows()};
+    sends = {SendSpec{from.k.rows(r.start, r.len).data, bytes_of(from.k, r.len), st.send_peer},
+             SendSpec{from.v.rows(r.start, r.len).data, bytes_of(from.v, r.len), st.send_peer}};
   } else if (!st.send.empty()) {
     pack(be, from, st.send, send_stage);
     sends = {SendSpec{send_stage.data(), send_stage.bytes(total_rows(st.send)), st.send_peer}};
   }
   const PairBuffer& to = kv.next();
-  if (!st.recv.empty() && is_full(st.recv, to.rows())) {
-    const size_t half = to.bytes(to.rows()) / 2;
-    recvs = {RecvSpec{to.data(), half, st.recv_peer},
-             RecvSpec{static_cast<std::byte*>(to.data()) + half, half, st.recv_peer}};
+  if (kv_rows_in_place(st.recv, to.rows(), to.first().B)) {
+    const RowRun r = st.recv.size() == 1 ? st.recv[0] : RowRun{0, to.rows()};
+    const TensorView k = to.first().rows(r.start, r.len), v = to.second().rows(r.start, r.len);
+    recvs = {RecvSpec{k.data, bytes_of(k, r.len), st.recv_peer},
+             RecvSpec{v.data, bytes_of(v, r.len), st.recv_peer}};
   } else if (!st.recv.empty()) {
     recvs = {RecvSpec{recv_stage.data(), recv_stage.bytes(total_rows(st.recv)), st.recv_peer}};
   }
   counters.hops += !sends.empty();
   return counted_exchange(comm, sends, recvs, CommOp{what, t}, counters);
+}
+
+// After the wait: staged K/V rows are copied into the visitor buffer (rows that travelled in
+// place are there already).
+void land_kv(Backend& be, const PairBuffer& stage, const RowRuns& runs, const PairBuffer& full) {
+  if (!kv_rows_in_place(runs, full.rows(), full.first().B)) land(be, stage, runs, full, false);
 }
 
 void check_views(const RingPlan& plan, Communicator& comm, Backend& be, const TensorView& q,
@@ -891,10 +921,10 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
   kv.place(layout, plan_, k, v);
   PairSlot send_slot, recv_slot;
   if (const int64_t n =
-          max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.send; }))
+          kv_staged_rows(plan_, B, [](const RingStep& s) -> const RowRuns& { return s.send; }))
     send_slot.place(layout, q.dtype, B, n, H, D);
   if (const int64_t n =
-          max_staged_rows(plan_, [](const RingStep& s) -> const RowRuns& { return s.recv; }))
+          kv_staged_rows(plan_, B, [](const RingStep& s) -> const RowRuns& { return s.recv; }))
     recv_slot.place(layout, q.dtype, B, n, H, D);
   // Partial results merge into an fp32 accumulator when o is fp16/bf16 (no per-step rounding),
   // holding only the merged rows (ForwardOrder).
@@ -974,7 +1004,7 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
     req.wait();
     mark("wait");
     if (t + 1 < S) {
-      land(be, recv_stage, st.recv, kv.next(), false);
+      land_kv(be, recv_stage, st.recv, kv.next());
       kv.advance();
     }
     mark("land");
@@ -1185,9 +1215,9 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   kv.place(layout, plan_, k, v);
   PairSlot kv_send_slot, kv_recv_slot, home_slot, acc_slot[2], part_slot, fwd_send_slot,
       fwd_recv_slot, retire_slot, home_stage_slot;
-  if (const int64_t n = max_staged_rows(plan_, pick_send))
+  if (const int64_t n = kv_staged_rows(plan_, B, pick_send))
     kv_send_slot.place(layout, q.dtype, B, n, H, D);
-  if (const int64_t n = max_staged_rows(plan_, pick_recv))
+  if (const int64_t n = kv_staged_rows(plan_, B, pick_recv))
     kv_recv_slot.place(layout, q.dtype, B, n, H, D);
   const bool dq_in_place = gd == dq.dtype;
   const size_t dq_at = dq_in_place ? 0 : layout.take(tensor_bytes(gd, B, Nl, H, D));
@@ -1319,7 +1349,7 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
     mark("dK/dV exchange");
     kv_req.wait();
     if (t + 1 < S) {
-      land(be, kv_recv_stage, st.recv, kv.next(), false);
+      land_kv(be, kv_recv_stage, st.recv, kv.next());
       kv.advance();
     }
     mark("K/V wait and land");

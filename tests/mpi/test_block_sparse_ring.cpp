@@ -61,33 +61,38 @@ class SparseRingVsSingleProcess : public ::testing::TestWithParam<SparseCase> {}
 TEST_P(SparseRingVsSingleProcess, ForwardBackwardMatchAndEveryBlockComputedOnce) {
   const SparseCase c = GetParam();
   Communicator& comm = test_comm();
-  const Shape g{2, 96, 2, 4};  // 24 blocks of 4: a multiple of 2P blocks for P = 1..4
-  AttentionSpec spec;
-  spec.variant = "block_sparse";
-  spec.causal = c.causal;
-  spec.sparse = pattern(c.pattern);
-  spec.sparse.hilbert = c.hilbert;
-  const auto in = testing::random_inputs(g, DType::F64, 300 + c.pattern.size() + c.causal);
-  const bool root = comm.rank() == 0;
-  DistributedInputs din;
-  if (root) din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
-  const DistributedResult r =
-      run_distributed(spec, DistConfig{DistMode::BlockSparseRing, c.sharding, c.route}, comm,
-                      test_backend(), din, true);
-  if (root) {
-    const auto ref = testing::single_process(spec, in, true);
-    EXPECT_LT(max_abs_diff(r.o.view(), ref.o.view()), kDistTolerance);
-    EXPECT_LT(max_abs_diff(r.lse.view(), ref.lse.view()), kDistTolerance);
-    EXPECT_LT(max_abs_diff(r.dq.view(), ref.dq.view()), kDistTolerance);
-    EXPECT_LT(max_abs_diff(r.dk.view(), ref.dk.view()), kDistTolerance);
-    EXPECT_LT(max_abs_diff(r.dv.view(), ref.dv.view()), kDistTolerance);
+  // 24 blocks of 4: a multiple of 2P blocks for P = 1..4. Batch 1 moves a single run of rows
+  // straight between the K/V tensors, batch 2 stages it.
+  for (int64_t batch : {2, 1}) {
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    const Shape g{batch, 96, 2, 4};
+    AttentionSpec spec;
+    spec.variant = "block_sparse";
+    spec.causal = c.causal;
+    spec.sparse = pattern(c.pattern);
+    spec.sparse.hilbert = c.hilbert;
+    const auto in = testing::random_inputs(g, DType::F64, 300 + c.pattern.size() + c.causal);
+    const bool root = comm.rank() == 0;
+    DistributedInputs din;
+    if (root) din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
+    const DistributedResult r =
+        run_distributed(spec, DistConfig{DistMode::BlockSparseRing, c.sharding, c.route}, comm,
+                        test_backend(), din, true);
+    if (root) {
+      const auto ref = testing::single_process(spec, in, true);
+      EXPECT_LT(max_abs_diff(r.o.view(), ref.o.view()), kDistTolerance);
+      EXPECT_LT(max_abs_diff(r.lse.view(), ref.lse.view()), kDistTolerance);
+      EXPECT_LT(max_abs_diff(r.dq.view(), ref.dq.view()), kDistTolerance);
+      EXPECT_LT(max_abs_diff(r.dk.view(), ref.dk.view()), kDistTolerance);
+      EXPECT_LT(max_abs_diff(r.dv.view(), ref.dv.view()), kDistTolerance);
+    }
+    if (c.pattern != "content_adaptive") {
+      const BlockMask global = sparse_block_mask(spec.sparse, g.N, spec.causal);
+      EXPECT_EQ(r.forward_total.blocks_computed, global.nnz());
+      EXPECT_EQ(r.backward_total.blocks_computed, global.nnz());
+    }
+    EXPECT_LE(r.forward.steps, comm.world());
   }
-  if (c.pattern != "content_adaptive") {
-    const BlockMask global = sparse_block_mask(spec.sparse, g.N, spec.causal);
-    EXPECT_EQ(r.forward_total.blocks_computed, global.nnz());
-    EXPECT_EQ(r.backward_total.blocks_computed, global.nnz());
-  }
-  EXPECT_LE(r.forward.steps, comm.world());
 }
 
 std::vector<SparseCase> all_cases() {

@@ -229,9 +229,14 @@ TEST(DistributedOnGpus, CountersAgreeWithNcclBytes) {
     const NcclStats s2 = comm.stats();
     EXPECT_EQ(s1.bytes_sent - s0.bytes_sent, fwd.bytes_sent);
     EXPECT_EQ(s1.bytes_received - s0.bytes_received, fwd.bytes_received);
-    // A hop of a whole shard is two messages, K then V, sent from where they lie; a local
-    // window's staged rows are one.
-    EXPECT_EQ(s1.sends - s0.sends, fwd.hops * (std::string(variant) == "dense" ? 2 : 1));
+    // A hop is two messages, K then V, where the rows travel in place (a whole shard, or one
+    // run of rows at batch 1), else one staged message.
+    if (std::string(variant) == "dense") {
+      EXPECT_EQ(s1.sends - s0.sends, 2 * fwd.hops);
+    } else {
+      EXPECT_GE(s1.sends - s0.sends, fwd.hops);
+      EXPECT_LE(s1.sends - s0.sends, 2 * fwd.hops);
+    }
     EXPECT_EQ(s2.bytes_sent - s1.bytes_sent, bwd.bytes_sent);
     EXPECT_EQ(s2.bytes_received - s1.bytes_received, bwd.bytes_received);
     if (std::string(variant) == "dense") {
