@@ -582,6 +582,99 @@ BlockMask mask_slice(const BlockMask& m, int64_t b0, int64_t b1, int64_t c0, int
   return s;
 }
 
+BlockMask mask_select(const BlockMask& m, int64_t b0, int64_t b1, int64_t c0, int64_t c1) {
+  LONGATTN_ASSERT(0 <= b0 && b0 <= b1 && b1 <= m.num_q_blocks, "mask_select: bad rows");
+  LONGATTN_ASSERT(0 <= c0 && c0 <= c1 && c1 <= m.num_k_blocks, "mask_select: bad key blocks");
+  BlockMask s;
+  s.block_q = m.block_q;
+  s.block_k = m.block_k;
+  s.num_q_blocks = b1 - b0;
+  s.num_k_blocks = c1 - c0;
+  for (int64_t r = b0; r < b1; ++r) {
+    for (int64_t e = m.row_ptr[r]; e < m.row_ptr[r + 1]; ++e)
+      if (m.col_idx[e] >= c0 && m.col_idx[e] < c1) {
+        s.col_idx.push_back(static_cast<int32_t>(m.col_idx[e] - c0));
+        s.partial.push_back(m.partial[e]);
+      }
+    s.row_ptr.push_back(s.nnz());
+  }
+  return s;
+}
+
+BackwardSplit make_backward_split(const RingPlan& plan) {
+  BackwardSplit bs;
+  if (plan.steps.empty()) return bs;
+  const RingStep& st0 = plan.steps[0];
+  const auto& kp = plan.pieces[st0.origin];
+  const int64_t n = plan.local_rows;
+  // Calls reaching each local key row: step-0 works that list it (returns: below).
+  std::vector<int> reach(static_cast<size_t>(n), 0);
+  for (const RingWork& w : st0.work) {
+    const BlockMask& m = w.mask;
+    std::vector<uint8_t> listed(static_cast<size_t>(m.num_k_blocks), 0);
+    for (int32_t c : m.col_idx) listed[c] = 1;
+    const ShardPiece& p = kp[w.k_piece];
+    for (int64_t c = 0; c < m.num_k_blocks; ++c)
+      if (listed[c])
+        for (int64_t r = c * m.block_k; r < std::min(p.len, (c + 1) * m.block_k); ++r)
+          ++reach[p.local + r];
+  }
+  // A row whose dK/dV comes back from another rank is added into the fp32 accumulator, so it is
+  // always merged, whether or not a step-0 call reaches it.
+  for (size_t t = 1; t < plan.steps.size(); ++t)
+    for (const RowRun& r : plan.steps[t].home)
+      for (int64_t i = r.start; i < r.start + r.len; ++i) reach[i] += 2;
+  for (int64_t i = 0; i < n;) {  // runs of rows reached more than once
+    if (reach[i] < 2) {
+      ++i;
+      continue;
+    }
+    int64_t j = i;
+    while (j < n && reach[j] >= 2) ++j;
+    bs.merged.push_back(RowRun{i, j - i});
+    i = j;
+  }
+  for (const RingWork& w : st0.work) {
+    const BlockMask& m = w.mask;
+    const ShardPiece& p = kp[w.k_piece];
+    bs.step0.emplace_back();
+    int64_t c0 = m.num_k_blocks, c1 = 0;
+    for (int32_t c : m.col_idx) c0 = std::min<int64_t>(c0, c), c1 = std::max<int64_t>(c1, c + 1);
+    // Key blocks of one kind in a row (a block is merged when any of its rows is).
+    auto merged_block = [&](int64_t c) {
+      for (int64_t r = c * m.block_k; r < std::min(p.len, (c + 1) * m.block_k); ++r)
+        if (reach[p.local + r] >= 2) return true;
+      return false;
+    };
+    for (int64_t s0 = c0; s0 < c1;) {
+      const bool merged = merged_block(s0);
+      int64_t s1 = s0 + 1;
+      while (s1 < c1 && merged_block(s1) == merged) ++s1;
+      // Query rows listing any of these key blocks.
+      int64_t b0 = m.num_q_blocks, b1 = 0;
+      for (int64_t r = 0; r < m.num_q_blocks; ++r)
+        for (int64_t e = m.row_ptr[r]; e < m.row_ptr[r + 1]; ++e)
+          if (m.col_idx[e] >= s0 && m.col_idx[e] < s1) {
+            b0 = std::min(b0, r);
+            b1 = std::max(b1, r + 1);
+            break;
+          }
+      if (b1 > b0) {
+        const int64_t q_len = plan.pieces[plan.rank][w.q_piece].len;
+        BackwardSplit::Call call;
+        call.row0 = b0 * m.block_q;
+        call.rows = std::min(q_len, b1 * m.block_q) - call.row0;
+        call.col0 = s0 * m.block_k;
+        call.cols = std::min(p.len, s1 * m.block_k) - call.col0;
+        call.direct = !merged;
+        bs.step0.back().push_back(call);
+      }
+      s0 = s1;
+    }
+  }
+  return bs;
+}
+
 ForwardOrder make_forward_order(const RingPlan& plan) {
   const auto& pieces = plan.pieces[plan.rank];
   const size_t NP = pieces.size();
@@ -732,6 +825,7 @@ struct RingAttention::Masks {
   std::vector<std::vector<Ptr>> fwd, bwd;                     // [step][work]; bwd transposed
   std::vector<std::vector<Ptr>> fwd_span;  // [step][work]: the forward's rows (ForwardOrder)
   std::vector<std::vector<Ptr>> bwd_span;  // [step][work]: the span of every work
+  std::vector<std::vector<Ptr>> split, split_t;  // [step-0 work][call] (BackwardSplit)
   std::vector<std::vector<std::vector<Ptr>>> chunk, chunk_t;  // [step][chunk][work]
 
   Ptr get(const BlockMask& m) {
@@ -778,7 +872,8 @@ struct RingAttention::Masks {
     fwd_span = std::move(f);
   }
   // Step-wise backward: every work over its span (bwd_span), and the transposes (bwd).
-  void prepare_stepwise_backward(const RingPlan& plan, const ForwardOrder& order) {
+  void prepare_stepwise_backward(const RingPlan& plan, const ForwardOrder& order,
+                                 const BackwardSplit& bsplit) {
     prepare_masks(plan);
     if (!bwd.empty()) return;
     std::vector<std::vector<Ptr>> s, b;
@@ -792,6 +887,19 @@ struct RingAttention::Masks {
     }
     bwd_span = std::move(s);
     bwd = std::move(b);
+    split.clear();
+    split_t.clear();
+    for (size_t w = 0; w < plan.steps[0].work.size(); ++w) {
+      const BlockMask& m = plan.steps[0].work[w].mask;
+      split.emplace_back();
+      split_t.emplace_back();
+      for (const BackwardSplit::Call& c : bsplit.step0[w]) {
+        const int64_t b0 = c.row0 / m.block_q, b1 = b0 + (c.rows + m.block_q - 1) / m.block_q;
+        const int64_t c0 = c.col0 / m.block_k, c1 = c0 + (c.cols + m.block_k - 1) / m.block_k;
+        split.back().push_back(get(mask_select(m, b0, b1, c0, c1)));
+        split_t.back().push_back(transpose_of(split.back().back()));
+      }
+    }
   }
   void prepare_chunked_backward(const RingPlan& plan) {
     if (!chunk.empty()) return;
@@ -858,7 +966,10 @@ struct RingAttention::Profile {
 };
 
 RingAttention::RingAttention(RingPlan plan, const AttentionSpec& spec)
-    : plan_(std::move(plan)), spec_(spec), fwd_order_(make_forward_order(plan_)) {
+    : plan_(std::move(plan)),
+      spec_(spec),
+      fwd_order_(make_forward_order(plan_)),
+      bwd_split_(make_backward_split(plan_)) {
   if (Profile::enabled()) {
     profile_ = std::make_unique<Profile>();
     profile_->rank = plan_.rank;
@@ -1242,7 +1353,7 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   // Every mask and buffer of the call is taken before the first exchange, and the ranks agree
   // that all of them got theirs (see forward).
   const Taken taken = take_agreed(
-      be, comm, "backward", [&](Masks& m) { m.prepare_stepwise_backward(plan_, fwd_order_); },
+      be, comm, "backward", [&](Masks& m) { m.prepare_stepwise_backward(plan_, fwd_order_, bwd_split_); },
       layout.bytes());
   Masks* pm = taken.masks;
   std::byte* base = taken.base;
@@ -1255,8 +1366,13 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   const PairBuffer retire_stage = bind(retire_slot), home_stage = bind(home_stage_slot);
   const TensorView dq_acc = dq_in_place ? dq : make_view(base + dq_at, gd, B, Nl, H, D, dev);
   be.fill(dq_acc, 0.0);
-  be.fill(home.first(), 0.0);
-  be.fill(home.second(), 0.0);
+  // dk and dv take the rows one call reaches straight; home the others (BackwardSplit).
+  be.fill(dk, 0.0);
+  be.fill(dv, 0.0);
+  for (const RowRun& r : bwd_split_.merged) {
+    be.fill(home.first().rows(r.start, r.len), 0.0);
+    be.fill(home.second().rows(r.start, r.len), 0.0);
+  }
   if (S > 1 && travelling)  // ring: rows an accumulator did not bring must read as zeros
     for (int i = 0; i < 2; ++i) {
       be.fill(acc[i].first(), 0.0);
@@ -1310,6 +1426,23 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
       const RingWork& work = st.work[w];
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
+      if (t == 0) {  // this rank's own K/V: the calls of BackwardSplit
+        const KvPair cur = kv.current();
+        for (size_t i = 0; i < bwd_split_.step0[w].size(); ++i) {
+          const BackwardSplit::Call& c = bwd_split_.step0[w][i];
+          const int64_t r0 = qp.local + c.row0, k0 = kpc.local + c.col0;
+          const TensorView tk = c.direct ? dk.rows(k0, c.cols) : home.first().rows(k0, c.cols);
+          const TensorView tv = c.direct ? dv.rows(k0, c.cols) : home.second().rows(k0, c.cols);
+          be.attention_backward(make_bwd_params(
+              {q.rows(r0, c.rows), cur.k.rows(k0, c.cols), cur.v.rows(k0, c.cols),
+               o.rows(r0, c.rows), lse.rows(r0, c.rows)},
+              {d_o.rows(r0, c.rows), dq_acc.rows(r0, c.rows), tk, tv},
+              pm->split[w][i]->view(), pm->split_t[w][i]->view(),
+              {spec_.scale, spec_.causal, qp.global + c.row0, kpc.global + c.col0}));
+        }
+        counters.blocks_computed += work.mask.nnz();
+        continue;
+      }
       const ForwardOrder::Work& span = fwd_order_.works[t][w];  // the rows it reaches
       const int64_t r0 = qp.local + span.row0, nr = span.rows;
       const int64_t c0 = kpc.local + span.col0, nc = span.cols;
@@ -1339,10 +1472,27 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
         sends.push_back(outgoing(be, acc[a], st.send, fwd_send_stage, st.send_peer));
         if (t + 1 < S) recvs.push_back(incoming(acc[1 - a], st.recv, fwd_recv_stage, st.recv_peer));
       }
-      sends.push_back(outgoing(be, acc[a], st.retire, retire_stage, st.origin));
-      if (!st.home.empty())
+      // Finished rows in one run at batch 1 go straight from the accumulator, dK then dV, and
+      // land as the two halves of the home stage (the same rule on both sides).
+      if (st.retire.size() == 1 && B == 1) {
+        const RowRun r = st.retire[0];
+        const TensorView k = acc[a].first().rows(r.start, r.len),
+                         v = acc[a].second().rows(r.start, r.len);
+        const size_t half = tensor_bytes(gd, 1, r.len, H, D);
+        sends.push_back(SendSpec{k.data, half, st.origin});
+        sends.push_back(SendSpec{v.data, half, st.origin});
+      } else {
+        sends.push_back(outgoing(be, acc[a], st.retire, retire_stage, st.origin));
+      }
+      if (st.home.size() == 1 && B == 1) {
+        const int64_t n = st.home[0].len;
+        const size_t half = tensor_bytes(gd, 1, n, H, D);
+        recvs.push_back(RecvSpec{home_stage.first(n).data, half, st.home_peer});
+        recvs.push_back(RecvSpec{home_stage.second(n).data, half, st.home_peer});
+      } else if (!st.home.empty()) {
         recvs.push_back(
             RecvSpec{home_stage.data(), home_stage.bytes(total_rows(st.home)), st.home_peer});
+      }
       dkv_req = counted_exchange(comm, sends, recvs, CommOp{"ring backward dK/dV", t}, counters);
       a = 1 - a;
     }
@@ -1358,8 +1508,10 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   mark("last dK/dV wait");
   counters.steps += S;
   if (!dq_in_place) be.copy(dq, dq_acc);
-  be.copy(dk, home.first());
-  be.copy(dv, home.second());
+  for (const RowRun& r : bwd_split_.merged) {
+    be.copy(dk.rows(r.start, r.len), home.first().rows(r.start, r.len));
+    be.copy(dv.rows(r.start, r.len), home.second().rows(r.start, r.len));
+  }
   mark("copy out");
 }
 

@@ -154,6 +154,26 @@ struct ForwardOrder {
   std::vector<uint8_t> piece_computed;  // pieces some work writes (the others get 0 and -inf)
 };
 ForwardOrder make_forward_order(const RingPlan& plan);
+
+// The step-wise backward's calls on this rank's own K/V (step 0). A key row of the shard that
+// one call alone reaches (one step-0 work lists it and no other rank sends dK/dV back for it)
+// gets its dK/dV added straight into dk and dv (the kernels add each key row once per call,
+// one rounding, as the fp32 accumulator's copy would give); the other rows accumulate in fp32
+// and are copied out at the end. Each step-0 work is cut along its key span into runs of one
+// kind or the other, each call over the query rows that list its keys.
+struct BackwardSplit {
+  struct Call {
+    int64_t row0 = 0, rows = 0;  // query rows of the piece
+    int64_t col0 = 0, cols = 0;  // key rows of the piece
+    bool direct = false;         // into dk/dv, else into the fp32 accumulator
+  };
+  std::vector<std::vector<Call>> step0;  // [step-0 work]
+  RowRuns merged;                        // this rank's key rows accumulated in fp32
+};
+BackwardSplit make_backward_split(const RingPlan& plan);
+// Rows [b0, b1) of a block mask and the listed blocks among key blocks [c0, c1), shifted to
+// start at c0 (blocks outside are dropped).
+BlockMask mask_select(const BlockMask& m, int64_t b0, int64_t b1, int64_t c0, int64_t c1);
 // Rows [b0, b1) and key blocks [c0, c1) of a block mask (every listed block of those rows must
 // lie in [c0, c1)), as a mask of its own; c1 < 0: every key block.
 BlockMask mask_slice(const BlockMask& m, int64_t b0, int64_t b1, int64_t c0 = 0,
@@ -245,6 +265,7 @@ class RingAttention {
   RingPlan plan_;
   AttentionSpec spec_;
   ForwardOrder fwd_order_;
+  BackwardSplit bwd_split_;
   std::unique_ptr<Masks> masks_;
   std::unique_ptr<Workspace> workspace_;
 };

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "attention/dense.hpp"
 #include "attention/distributed.hpp"
 #include "attention/patterns.hpp"
 #include "attention/ring.hpp"
@@ -284,6 +285,62 @@ TEST(SparseRing, ForwardMergesOnlyTheRowsLaterWorksReach) {
               route == SparseRoute::Direct)
             EXPECT_EQ(fo.acc_rows, ((rank > 0) + (rank < P - 1)) * kBlock);
         }
+}
+
+// Key blocks that only other ranks' queries list (each query block lists the block half the
+// sequence away, and its own on even blocks): their dK/dV come back from other ranks only, so
+// they accumulate apart from the rows the step-0 calls write straight into dk and dv
+// (BackwardSplit). Forward and backward equal the single-process masked attention in fp64.
+TEST(SparseRing, KeyBlocksListedOnlyByOtherRanks) {
+  Communicator& comm = test_comm();
+  const int P = comm.world(), rank = comm.rank();
+  const int64_t nb = 8 * P, N = nb * kBlock;
+  BlockMask global;
+  global.block_q = global.block_k = kBlock;
+  global.num_q_blocks = global.num_k_blocks = nb;
+  for (int64_t b = 0; b < nb; ++b) {
+    std::vector<int32_t> cols{static_cast<int32_t>((b + nb / 2) % nb)};
+    if (b % 2 == 0) cols.push_back(static_cast<int32_t>(b));
+    std::sort(cols.begin(), cols.end());
+    for (int32_t c : cols) {
+      global.col_idx.push_back(c);
+      global.partial.push_back(0);
+    }
+    global.row_ptr.push_back(global.nnz());
+  }
+  const Shape g{1, N, 2, 4};
+  const auto in = testing::random_inputs(g, DType::F64, 91);
+  AttentionSpec spec;
+  spec.variant = "block_sparse";
+  Backend& be = test_backend();
+  Tensor ro(DType::F64, 1, N, 2, 4), rl(DType::F64, 1, N, 2, 1), rdq = ro.clone(),
+      rdk = ro.clone(), rdv = ro.clone();
+  masked_forward(be, spec, global, in.q.view(), in.k.view(), in.v.view(), ro.view(), rl.view());
+  masked_backward(be, spec, global, in.q.view(), in.k.view(), in.v.view(), ro.view(), rl.view(),
+                  in.d_o.view(), rdq.view(), rdk.view(), rdv.view());
+  for (Sharding sh : {Sharding::Contiguous, Sharding::Zigzag})
+    for (SparseRoute route : {SparseRoute::Direct, SparseRoute::Ring}) {
+      SCOPED_TRACE(std::string(sharding_name(sh)) + " " + sparse_route_name(route));
+      const ShardLayout layout(sh, N, P);
+      RingAttention ring(make_sparse_ring_plan(layout, rank, global, route), spec);
+      const int64_t n = N / P;
+      auto local = [&](const Tensor& full) {
+        Tensor t(DType::F64, 1, n, full.view().H, full.view().D);
+        extract_shard(layout, rank, full.view(), t.view());
+        return t;
+      };
+      Tensor q = local(in.q), k = local(in.k), v = local(in.v), d_o = local(in.d_o);
+      Tensor o(DType::F64, 1, n, 2, 4), lse(DType::F64, 1, n, 2, 1), dq = o.clone(),
+          dk = o.clone(), dv = o.clone();
+      DistCounters fc, bc;
+      ring.forward(be, comm, q.view(), k.view(), v.view(), o.view(), lse.view(), fc);
+      ring.backward(be, comm, q.view(), k.view(), v.view(), o.view(), lse.view(), d_o.view(),
+                    dq.view(), dk.view(), dv.view(), bc);
+      EXPECT_LT(max_abs_diff(o.view(), local(ro).view()), kDistTolerance);
+      EXPECT_LT(max_abs_diff(dq.view(), local(rdq).view()), kDistTolerance);
+      EXPECT_LT(max_abs_diff(dk.view(), local(rdk).view()), kDistTolerance);
+      EXPECT_LT(max_abs_diff(dv.view(), local(rdv).view()), kDistTolerance);
+    }
 }
 
 TEST(SparseRing, BlockSizeMustDivideTheShard) {
