@@ -46,6 +46,17 @@ bool is_full(const RowRuns& r, int64_t n) {
   return r.size() == 1 && r[0].start == 0 && r[0].len == n;
 }
 
+// Where rows [start, start + len) lie when only `runs` are held, one run after another; -1 when
+// they are not inside one run.
+int64_t compact_pos(const RowRuns& runs, int64_t start, int64_t len) {
+  int64_t at = 0;
+  for (const RowRun& r : runs) {
+    if (start >= r.start && start + len <= r.start + r.len) return at + start - r.start;
+    at += r.len;
+  }
+  return -1;
+}
+
 // Sorted local block indices -> row runs (consecutive blocks merged).
 RowRuns runs_of_blocks(const std::vector<int64_t>& blocks, int64_t bs) {
   RowRuns runs;
@@ -107,6 +118,12 @@ class PairBuffer {
   void* data() const { return data_; }
   size_t bytes(int64_t n) const { return 2 * half_bytes(n); }
   int64_t rows() const { return n_; }
+  // The same memory as a pair of n rows (n at most the rows it was made for).
+  PairBuffer resized(int64_t n) const {
+    PairBuffer b = *this;
+    b.n_ = n;
+    return b;
+  }
 
  private:
   size_t half_bytes(int64_t n) const { return tensor_bytes(dtype_, B_, n, H_, D_); }
@@ -240,13 +257,24 @@ struct KvPair {
 // need contiguous memory).
 class KvBuffers {
  public:
-  void place(Layout& l, const RingPlan& plan, const TensorView& k, const TensorView& v) {
+  // compact: a visitor holds only the rows its step needs (RingStep::retire of the step, runs
+  // one after another; RingAttention::compact_).
+  void place(Layout& l, const RingPlan& plan, const TensorView& k, const TensorView& v,
+             bool compact) {
     const int S = static_cast<int>(plan.steps.size());
     visitors_ = S <= 1 ? 0 : S == 2 ? 1 : 2;
     copy_own_ = !(k.is_contiguous() && v.is_contiguous());
-    for (int i = 0; i < visitors_ + copy_own_; ++i)
-      slots_[i].place(l, k.dtype, k.B, plan.local_rows, k.H, k.D);
+    compact_ = compact;
+    rows_.assign(static_cast<size_t>(S), plan.local_rows);
+    int64_t most = 0;
+    for (int t = 1; t < S; ++t) {
+      if (compact) rows_[t] = total_rows(plan.steps[t].retire);
+      most = std::max(most, rows_[t]);
+    }
+    for (int i = 0; i < visitors_; ++i) slots_[i].place(l, k.dtype, k.B, most, k.H, k.D);
+    if (copy_own_) slots_[visitors_].place(l, k.dtype, k.B, plan.local_rows, k.H, k.D);
   }
+  bool compact() const { return compact_; }
   void bind(Backend& be, std::byte* base, const TensorView& k, const TensorView& v) {
     for (int i = 0; i < visitors_ + copy_own_; ++i)
       bufs_[i] = slots_[i].bind(base, k.B, k.H, k.D, be.device());
@@ -263,9 +291,14 @@ class KvBuffers {
   KvPair current() const {
     if (step_ == 0) return own_;
     const PairBuffer& b = bufs_[(step_ - 1) % visitors_];
-    return KvPair{b.first(), b.second()};
+    const int64_t n = rows_[step_];
+    return KvPair{b.first(n), b.second(n)};
   }
-  const PairBuffer& next() const { return bufs_[step_ % visitors_]; }
+  // The next step's buffer and the rows it receives (a PairBuffer of exactly those rows).
+  PairBuffer next() const {
+    const PairBuffer& b = bufs_[step_ % visitors_];
+    return b.resized(rows_[step_ + 1]);
+  }
   void advance() { ++step_; }
 
  private:
@@ -273,6 +306,8 @@ class KvBuffers {
   PairBuffer bufs_[3];
   int visitors_ = 0;
   bool copy_own_ = false;
+  bool compact_ = false;
+  std::vector<int64_t> rows_;  // [step]: rows a visitor holds
   int step_ = 0;
   KvPair own_;
 };
@@ -305,8 +340,17 @@ CommRequest start_kv_step(Communicator& comm, Backend& be, const RingStep& st,
     pack(be, from, st.send, send_stage);
     sends = {SendSpec{send_stage.data(), send_stage.bytes(total_rows(st.send)), st.send_peer}};
   }
-  const PairBuffer& to = kv.next();
-  if (kv_rows_in_place(st.recv, to.rows(), to.first().B)) {
+  const PairBuffer to = kv.next();
+  const int64_t full_rows = from.rows();  // every rank holds as many rows
+  if (kv.compact() && !st.recv.empty()) {
+    // The visitor holds just these rows, in the layout of a staged message.
+    const int64_t n = total_rows(st.recv);
+    if (kv_rows_in_place(st.recv, full_rows, to.first().B))
+      recvs = {RecvSpec{to.first(n).data, bytes_of(to.first(n), n), st.recv_peer},
+               RecvSpec{to.second(n).data, bytes_of(to.second(n), n), st.recv_peer}};
+    else
+      recvs = {RecvSpec{to.data(), to.bytes(n), st.recv_peer}};
+  } else if (kv_rows_in_place(st.recv, to.rows(), to.first().B)) {
     const RowRun r = st.recv.size() == 1 ? st.recv[0] : RowRun{0, to.rows()};
     const TensorView k = to.first().rows(r.start, r.len), v = to.second().rows(r.start, r.len);
     recvs = {RecvSpec{k.data, bytes_of(k, r.len), st.recv_peer},
@@ -319,9 +363,11 @@ CommRequest start_kv_step(Communicator& comm, Backend& be, const RingStep& st,
 }
 
 // After the wait: staged K/V rows are copied into the visitor buffer (rows that travelled in
-// place are there already).
-void land_kv(Backend& be, const PairBuffer& stage, const RowRuns& runs, const PairBuffer& full) {
-  if (!kv_rows_in_place(runs, full.rows(), full.first().B)) land(be, stage, runs, full, false);
+// place, or into a compact visitor, are there already).
+void land_kv(Backend& be, const KvBuffers& kv, const PairBuffer& stage, const RowRuns& runs) {
+  const PairBuffer full = kv.next();
+  if (!kv.compact() && !kv_rows_in_place(runs, full.rows(), full.first().B))
+    land(be, stage, runs, full, false);
 }
 
 void check_views(const RingPlan& plan, Communicator& comm, Backend& be, const TensorView& q,
@@ -340,12 +386,6 @@ void check_views(const RingPlan& plan, Communicator& comm, Backend& be, const Te
                        "must have the shape of q " + q.shape_string());
   LONGATTN_CHECK_ARG(lse.B == q.B && lse.N == q.N && lse.H == q.H && lse.D == 1, "lse",
                      lse.shape_string(), "must be [B, N, H, 1] of q " + q.shape_string());
-}
-
-int64_t max_piece_len(const RingPlan& plan) {
-  int64_t m = 0;
-  for (const ShardPiece& p : plan.pieces[plan.rank]) m = std::max(m, p.len);
-  return m;
 }
 
 // Each piece cut into `chunks` parts at multiples of `block` (fewer chunks when a piece has
@@ -859,15 +899,24 @@ struct RingAttention::Masks {
     const bool all = b0 == 0 && b1 == m.num_q_blocks && c0 == 0 && c1 == m.num_k_blocks;
     return whole || all ? fwd[t][w] : get(mask_slice(m, b0, b1, c0, c1));
   }
-  // Forward: first works over their whole piece, later ones over their span.
-  void prepare_forward(const RingPlan& plan, const ForwardOrder& order) {
+  // Forward: first works over their whole piece (with compact visitors, after step 0: their
+  // key rows only), later ones over their span.
+  void prepare_forward(const RingPlan& plan, const ForwardOrder& order, bool compact) {
     prepare_masks(plan);
     if (!fwd_span.empty()) return;
     std::vector<std::vector<Ptr>> f;
     for (size_t t = 0; t < plan.steps.size(); ++t) {
       f.emplace_back();
-      for (size_t w = 0; w < plan.steps[t].work.size(); ++w)
-        f.back().push_back(span_mask(plan, order, t, w, order.works[t][w].first));
+      for (size_t w = 0; w < plan.steps[t].work.size(); ++w) {
+        const ForwardOrder::Work& fw = order.works[t][w];
+        if (fw.first && compact && t >= 1) {
+          const BlockMask& m = plan.steps[t].work[w].mask;
+          const int64_t c0 = fw.col0 / m.block_k, c1 = c0 + (fw.cols + m.block_k - 1) / m.block_k;
+          f.back().push_back(get(mask_slice(m, 0, m.num_q_blocks, c0, c1)));
+        } else {
+          f.back().push_back(span_mask(plan, order, t, w, fw.first));
+        }
+      }
     }
     fwd_span = std::move(f);
   }
@@ -970,6 +1019,34 @@ RingAttention::RingAttention(RingPlan plan, const AttentionSpec& spec)
       spec_(spec),
       fwd_order_(make_forward_order(plan_)),
       bwd_split_(make_backward_split(plan_)) {
+  const int S = static_cast<int>(plan_.steps.size());
+  auto same = [](const RowRuns& a, const RowRuns& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+      if (a[i].start != b[i].start || a[i].len != b[i].len) return false;
+    return true;
+  };
+  compact_ = S >= 2 && plan_.steps[0].send_own;
+  for (int t = 1; t < S && compact_; ++t) {
+    const RingStep& st = plan_.steps[t];
+    compact_ = same(plan_.steps[t - 1].recv, st.retire);
+    const auto& kp = plan_.pieces[st.origin];
+    for (size_t w = 0; w < st.work.size() && compact_; ++w) {
+      const ForwardOrder::Work& fw = fwd_order_.works[t][w];
+      compact_ = compact_pos(st.retire, kp[st.work[w].k_piece].local + fw.col0, fw.cols) >= 0;
+    }
+  }
+  compact_home_ = true;
+  const auto& kp0 = plan_.pieces[plan_.rank];
+  for (size_t w = 0; w < bwd_split_.step0.size(); ++w)
+    for (const BackwardSplit::Call& c : bwd_split_.step0[w])
+      if (!c.direct &&
+          compact_pos(bwd_split_.merged, kp0[plan_.steps[0].work[w].k_piece].local + c.col0,
+                      c.cols) < 0)
+        compact_home_ = false;
+  for (int t = 1; t < S; ++t)
+    for (const RowRun& r : plan_.steps[t].home)
+      if (compact_pos(bwd_split_.merged, r.start, r.len) < 0) compact_home_ = false;
   if (Profile::enabled()) {
     profile_ = std::make_unique<Profile>();
     profile_->rank = plan_.rank;
@@ -1018,7 +1095,7 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
                             const TensorView& k, const TensorView& v, const TensorView& o,
                             const TensorView& lse, DistCounters& counters) {
   check_views(plan_, comm, be, q, {{"k", k}, {"v", v}, {"o", o}}, lse);
-  const int64_t B = q.B, Nl = plan_.local_rows, H = q.H, D = q.D;
+  const int64_t B = q.B, H = q.H, D = q.D;
   const int S = static_cast<int>(plan_.steps.size());
   const DeviceKind dev = be.device();
   if (profile_) profile_->begin(be, "fwd");
@@ -1029,27 +1106,32 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
   // Where every buffer of the call lies in the workspace.
   Layout layout;
   KvBuffers kv;
-  kv.place(layout, plan_, k, v);
+  kv.place(layout, plan_, k, v, compact_);
   PairSlot send_slot, recv_slot;
   if (const int64_t n =
           kv_staged_rows(plan_, B, [](const RingStep& s) -> const RowRuns& { return s.send; }))
     send_slot.place(layout, q.dtype, B, n, H, D);
   if (const int64_t n =
-          kv_staged_rows(plan_, B, [](const RingStep& s) -> const RowRuns& { return s.recv; }))
+          kv_staged_rows(plan_, B, [](const RingStep& s) -> const RowRuns& { return s.recv; });
+      n > 0 && !compact_)
     recv_slot.place(layout, q.dtype, B, n, H, D);
   // Partial results merge into an fp32 accumulator when o is fp16/bf16 (no per-step rounding),
   // holding only the merged rows (ForwardOrder).
   const ForwardOrder& fo = fwd_order_;
   const bool fp32_acc = is_half(o.dtype) && fo.acc_rows > 0;
   const size_t acc_at = fp32_acc ? layout.take(tensor_bytes(DType::F32, B, fo.acc_rows, H, D)) : 0;
-  const int64_t pl = max_piece_len(plan_);
+  int64_t pl = 1;  // partial outputs: the longest span of a later work
+  for (const auto& step : fo.works)
+    for (const ForwardOrder::Work& fw : step)
+      if (!fw.first) pl = std::max(pl, fw.rows);
   const size_t o_part_at = layout.take(tensor_bytes(o.dtype, B, pl, H, D));
   const size_t l_part_at = layout.take(tensor_bytes(lse.dtype, B, pl, H, 1));
 
   // Every buffer of the call is taken before the first exchange, and the ranks agree that all
   // of them got theirs: a rank out of memory stops every rank here, none waits in the loop.
   const Taken taken = take_agreed(
-      be, comm, "forward", [&](Masks& m) { m.prepare_forward(plan_, fo); }, layout.bytes());
+      be, comm, "forward", [&](Masks& m) { m.prepare_forward(plan_, fo, compact_); },
+      layout.bytes());
   Masks* pm = taken.masks;
   std::byte* base = taken.base;
   kv.bind(be, base, k, v);
@@ -1086,11 +1168,18 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
       const KvPair cur = kv.current();
+      // Where the work's key rows lie in the K/V it reads (a compact visitor: its own layout).
+      const int64_t k_at = compact_ && t >= 1
+                               ? compact_pos(st.retire, kpc.local + fw.col0, fw.cols)
+                               : kpc.local + fw.col0;
       if (fw.first) {
+        const bool trimmed = compact_ && t >= 1;  // key rows of the span only
+        const int64_t k0 = trimmed ? k_at : kpc.local, nk = trimmed ? fw.cols : kpc.len;
         be.attention_forward(make_fwd_params(
-            {q.rows(qp.local, qp.len), cur.k.rows(kpc.local, kpc.len),
-             cur.v.rows(kpc.local, kpc.len), o.rows(qp.local, qp.len), lse.rows(qp.local, qp.len)},
-            pm->fwd_span[t][w]->view(), {spec_.scale, spec_.causal, qp.global, kpc.global}));
+            {q.rows(qp.local, qp.len), cur.k.rows(k0, nk), cur.v.rows(k0, nk),
+             o.rows(qp.local, qp.len), lse.rows(qp.local, qp.len)},
+            pm->fwd_span[t][w]->view(),
+            {spec_.scale, spec_.causal, qp.global, kpc.global + (trimmed ? fw.col0 : 0)}));
         mark("kernel first");
         if (fp32_acc)
           for (const ForwardOrder::Run& r : fo.runs)
@@ -1099,9 +1188,8 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
         mark("widen");
       } else {
         const AttnFwdParams p = make_fwd_params(
-            {q.rows(qp.local + fw.row0, fw.rows), cur.k.rows(kpc.local + fw.col0, fw.cols),
-             cur.v.rows(kpc.local + fw.col0, fw.cols), o_part.rows(0, fw.rows),
-             l_part.rows(0, fw.rows)},
+            {q.rows(qp.local + fw.row0, fw.rows), cur.k.rows(k_at, fw.cols),
+             cur.v.rows(k_at, fw.cols), o_part.rows(0, fw.rows), l_part.rows(0, fw.rows)},
             pm->fwd_span[t][w]->view(),
             {spec_.scale, spec_.causal, qp.global + fw.row0, kpc.global + fw.col0});
         be.attention_forward(p);
@@ -1115,7 +1203,7 @@ void RingAttention::forward(Backend& be, Communicator& comm, const TensorView& q
     req.wait();
     mark("wait");
     if (t + 1 < S) {
-      land_kv(be, recv_stage, st.recv, kv.next());
+      land_kv(be, kv, recv_stage, st.recv);
       kv.advance();
     }
     mark("land");
@@ -1323,18 +1411,27 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   // incoming accumulator is still in flight.
   Layout layout;
   KvBuffers kv;
-  kv.place(layout, plan_, k, v);
+  kv.place(layout, plan_, k, v, compact_);
   PairSlot kv_send_slot, kv_recv_slot, home_slot, acc_slot[2], part_slot, fwd_send_slot,
       fwd_recv_slot, retire_slot, home_stage_slot;
   if (const int64_t n = kv_staged_rows(plan_, B, pick_send))
     kv_send_slot.place(layout, q.dtype, B, n, H, D);
-  if (const int64_t n = kv_staged_rows(plan_, B, pick_recv))
+  if (const int64_t n = kv_staged_rows(plan_, B, pick_recv); n > 0 && !compact_)
     kv_recv_slot.place(layout, q.dtype, B, n, H, D);
   const bool dq_in_place = gd == dq.dtype;
   const size_t dq_at = dq_in_place ? 0 : layout.take(tensor_bytes(gd, B, Nl, H, D));
-  home_slot.place(layout, gd, B, Nl, H, D);
+  // Rows of this rank's dK/dV accumulated in fp32, and of a step's partial (compact layouts:
+  // those rows only, one run after another).
+  const int64_t home_rows = compact_home_ ? total_rows(bwd_split_.merged) : Nl;
+  std::vector<int64_t> part_rows(static_cast<size_t>(S), Nl);
+  int64_t acc_rows = 0;
+  for (int t = 1; t < S; ++t) {
+    if (compact_) part_rows[t] = total_rows(plan_.steps[t].retire);
+    acc_rows = std::max(acc_rows, part_rows[t]);
+  }
+  if (home_rows > 0) home_slot.place(layout, gd, B, home_rows, H, D);
   if (S > 1) {
-    for (PairSlot& a : acc_slot) a.place(layout, gd, B, Nl, H, D);
+    for (PairSlot& a : acc_slot) a.place(layout, gd, B, acc_rows, H, D);
     if (travelling) {
       part_slot.place(layout, gd, B, Nl, H, D);
       if (const int64_t n = max_staged_rows(plan_, pick_send))
@@ -1342,7 +1439,7 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
       if (const int64_t n = max_staged_rows(plan_, pick_recv))
         fwd_recv_slot.place(layout, gd, B, n, H, D);
     }
-    if (const int64_t n = max_staged_rows(plan_, pick_retire))
+    if (const int64_t n = max_staged_rows(plan_, pick_retire); n > 0 && !compact_)
       retire_slot.place(layout, gd, B, n, H, D);
     // Returning accumulators are added into `home`, so they always land in a buffer first.
     int64_t hn = 0;
@@ -1369,9 +1466,20 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   // dk and dv take the rows one call reaches straight; home the others (BackwardSplit).
   be.fill(dk, 0.0);
   be.fill(dv, 0.0);
-  for (const RowRun& r : bwd_split_.merged) {
-    be.fill(home.first().rows(r.start, r.len), 0.0);
-    be.fill(home.second().rows(r.start, r.len), 0.0);
+  // Where rows [start, start + len) of this rank's dK/dV accumulate.
+  auto home_at = [&](int64_t start, int64_t len) {
+    return compact_home_ ? compact_pos(bwd_split_.merged, start, len) : start;
+  };
+  if (compact_home_) {
+    if (home_rows > 0) {
+      be.fill(home.first(), 0.0);
+      be.fill(home.second(), 0.0);
+    }
+  } else {
+    for (const RowRun& r : bwd_split_.merged) {
+      be.fill(home.first().rows(r.start, r.len), 0.0);
+      be.fill(home.second().rows(r.start, r.len), 0.0);
+    }
   }
   if (S > 1 && travelling)  // ring: rows an accumulator did not bring must read as zeros
     for (int i = 0; i < 2; ++i) {
@@ -1389,7 +1497,14 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
     dkv_req.wait();
     const RingStep& st = plan_.steps[t];
     if (travelling && t + 1 < S) land(be, fwd_recv_stage, st.recv, acc[a], false);
-    if (!st.home.empty()) unpack(be, home_stage, st.home, home, true);
+    const int64_t n = total_rows(st.home);
+    int64_t pos = 0;
+    for (const RowRun& r : st.home) {  // returned rows added into the accumulator
+      const int64_t at = home_at(r.start, r.len);
+      be.axpy(home.first().rows(at, r.len), 1.0, home_stage.first(n).rows(pos, r.len));
+      be.axpy(home.second().rows(at, r.len), 1.0, home_stage.second(n).rows(pos, r.len));
+      pos += r.len;
+    }
   };
 
   for (int t = 0; t < S; ++t) {
@@ -1401,11 +1516,16 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
     mark("exchange start");
     // Where this step's dK/dV contributions go.
     const PairBuffer* target = &home;
+    const PairBuffer acc_t = acc[a].resized(part_rows[t]);  // compact: this step's rows
     if (t == 1 || (t >= 2 && !travelling)) {
       // ring: the first visitor starts the accumulator (it arrives as zeros); direct: each
       // step's partial goes home on its own.
       target = &acc[a];
-      if (travelling) {
+      if (compact_) {
+        target = &acc_t;
+        be.fill(acc_t.first(), 0.0);
+        be.fill(acc_t.second(), 0.0);
+      } else if (travelling) {
         be.fill(acc[a].first(), 0.0);
         be.fill(acc[a].second(), 0.0);
       } else {
@@ -1431,8 +1551,9 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
         for (size_t i = 0; i < bwd_split_.step0[w].size(); ++i) {
           const BackwardSplit::Call& c = bwd_split_.step0[w][i];
           const int64_t r0 = qp.local + c.row0, k0 = kpc.local + c.col0;
-          const TensorView tk = c.direct ? dk.rows(k0, c.cols) : home.first().rows(k0, c.cols);
-          const TensorView tv = c.direct ? dv.rows(k0, c.cols) : home.second().rows(k0, c.cols);
+          const int64_t h0 = c.direct ? 0 : home_at(k0, c.cols);
+          const TensorView tk = c.direct ? dk.rows(k0, c.cols) : home.first().rows(h0, c.cols);
+          const TensorView tv = c.direct ? dv.rows(k0, c.cols) : home.second().rows(h0, c.cols);
           be.attention_backward(make_bwd_params(
               {q.rows(r0, c.rows), cur.k.rows(k0, c.cols), cur.v.rows(k0, c.cols),
                o.rows(r0, c.rows), lse.rows(r0, c.rows)},
@@ -1445,7 +1566,9 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
       }
       const ForwardOrder::Work& span = fwd_order_.works[t][w];  // the rows it reaches
       const int64_t r0 = qp.local + span.row0, nr = span.rows;
-      const int64_t c0 = kpc.local + span.col0, nc = span.cols;
+      const int64_t c0 = compact_ ? compact_pos(st.retire, kpc.local + span.col0, span.cols)
+                                  : kpc.local + span.col0;
+      const int64_t nc = span.cols;
       const KvPair cur = kv.current();
       be.attention_backward(make_bwd_params(
           {q.rows(r0, nr), cur.k.rows(c0, nc), cur.v.rows(c0, nc), o.rows(r0, nr),
@@ -1473,8 +1596,17 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
         if (t + 1 < S) recvs.push_back(incoming(acc[1 - a], st.recv, fwd_recv_stage, st.recv_peer));
       }
       // Finished rows in one run at batch 1 go straight from the accumulator, dK then dV, and
-      // land as the two halves of the home stage (the same rule on both sides).
-      if (st.retire.size() == 1 && B == 1) {
+      // land as the two halves of the home stage (the same rule on both sides); a compact
+      // partial is laid out as the staged message already.
+      if (compact_ && !st.retire.empty()) {
+        const int64_t n = part_rows[t];
+        if (st.retire.size() == 1 && B == 1) {
+          sends.push_back(SendSpec{acc_t.first(n).data, acc_t.bytes(n) / 2, st.origin});
+          sends.push_back(SendSpec{acc_t.second(n).data, acc_t.bytes(n) / 2, st.origin});
+        } else {
+          sends.push_back(SendSpec{acc_t.data(), acc_t.bytes(n), st.origin});
+        }
+      } else if (st.retire.size() == 1 && B == 1) {
         const RowRun r = st.retire[0];
         const TensorView k = acc[a].first().rows(r.start, r.len),
                          v = acc[a].second().rows(r.start, r.len);
@@ -1499,7 +1631,7 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
     mark("dK/dV exchange");
     kv_req.wait();
     if (t + 1 < S) {
-      land_kv(be, kv_recv_stage, st.recv, kv.next());
+      land_kv(be, kv, kv_recv_stage, st.recv);
       kv.advance();
     }
     mark("K/V wait and land");
@@ -1509,8 +1641,9 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   counters.steps += S;
   if (!dq_in_place) be.copy(dq, dq_acc);
   for (const RowRun& r : bwd_split_.merged) {
-    be.copy(dk.rows(r.start, r.len), home.first().rows(r.start, r.len));
-    be.copy(dv.rows(r.start, r.len), home.second().rows(r.start, r.len));
+    const int64_t at = home_at(r.start, r.len);
+    be.copy(dk.rows(r.start, r.len), home.first().rows(at, r.len));
+    be.copy(dv.rows(r.start, r.len), home.second().rows(at, r.len));
   }
   mark("copy out");
 }

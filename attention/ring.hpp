@@ -266,6 +266,11 @@ class RingAttention {
   AttentionSpec spec_;
   ForwardOrder fwd_order_;
   BackwardSplit bwd_split_;
+  // Direct route: visitors' K/V and the dK/dV partials sent home hold only the rows their step
+  // needs (every work's key rows inside one run of them), one run after another; the backward's
+  // fp32 accumulator of this rank's dK/dV holds only BackwardSplit::merged rows. Else whole
+  // shards.
+  bool compact_ = false, compact_home_ = false;
   std::unique_ptr<Masks> masks_;
   std::unique_ptr<Workspace> workspace_;
 };
