@@ -13,10 +13,13 @@
 // kernel adds straight into the arrived accumulator. An accumulator starts at its origin (the
 // origin's own contribution) and after P hops arrives home complete; dQ stays local. With C
 // chunks, C+1 chunk buffers are alive at once: (C+1)/C packed K/V and fp32 dK/dV shards.
-// Backward (block-sparse): K/V travel as in the forward; the dK/dV accumulator of an origin's
-// rows follows them one step behind (a step computes into a zeroed partial while the incoming
-// accumulator is in flight, then adds), dQ stays local, and when no rank further along needs a
-// row its accumulator goes straight home. Both use the GLOBAL O and LSE of the forward.
+// Backward (block-sparse): K/V travel as in the forward. Ring route: the dK/dV accumulator of
+// an origin's rows follows them one step behind (a step computes into a zeroed partial while
+// the incoming accumulator is in flight, then adds), and when no rank further along needs a
+// row its accumulator goes straight home. Direct route: each step's partial, over just the
+// rows the step needs, goes home. dQ stays local; key rows of this rank that one call alone
+// reaches take their dK/dV straight into dk and dv (BackwardSplit). Both use the GLOBAL O and
+// LSE of the forward.
 #pragma once
 #include <cstddef>
 #include <cstdint>
