@@ -601,27 +601,6 @@ RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockM
   return plan;
 }
 
-BlockMask mask_slice(const BlockMask& m, int64_t b0, int64_t b1, int64_t c0, int64_t c1) {
-  if (c1 < 0) c1 = m.num_k_blocks;
-  LONGATTN_ASSERT(0 <= b0 && b0 <= b1 && b1 <= m.num_q_blocks, "mask_slice: bad rows");
-  LONGATTN_ASSERT(0 <= c0 && c0 <= c1 && c1 <= m.num_k_blocks, "mask_slice: bad key blocks");
-  BlockMask s;
-  s.block_q = m.block_q;
-  s.block_k = m.block_k;
-  s.num_q_blocks = b1 - b0;
-  s.num_k_blocks = c1 - c0;
-  const int64_t e0 = m.row_ptr[b0], e1 = m.row_ptr[b1];
-  s.col_idx.resize(static_cast<size_t>(e1 - e0));
-  for (int64_t e = e0; e < e1; ++e) {
-    LONGATTN_ASSERT(m.col_idx[e] >= c0 && m.col_idx[e] < c1, "mask_slice: a listed block outside");
-    s.col_idx[e - e0] = static_cast<int32_t>(m.col_idx[e] - c0);
-  }
-  s.partial.assign(m.partial.begin() + e0, m.partial.begin() + e1);
-  s.row_ptr.resize(static_cast<size_t>(b1 - b0 + 1));
-  for (int64_t r = b0; r <= b1; ++r) s.row_ptr[r - b0] = m.row_ptr[r] - e0;
-  return s;
-}
-
 BlockMask mask_select(const BlockMask& m, int64_t b0, int64_t b1, int64_t c0, int64_t c1) {
   LONGATTN_ASSERT(0 <= b0 && b0 <= b1 && b1 <= m.num_q_blocks, "mask_select: bad rows");
   LONGATTN_ASSERT(0 <= c0 && c0 <= c1 && c1 <= m.num_k_blocks, "mask_select: bad key blocks");
@@ -638,6 +617,13 @@ BlockMask mask_select(const BlockMask& m, int64_t b0, int64_t b1, int64_t c0, in
       }
     s.row_ptr.push_back(s.nnz());
   }
+  return s;
+}
+
+BlockMask mask_slice(const BlockMask& m, int64_t b0, int64_t b1, int64_t c0, int64_t c1) {
+  if (c1 < 0) c1 = m.num_k_blocks;
+  BlockMask s = mask_select(m, b0, b1, c0, c1);
+  LONGATTN_ASSERT(s.nnz() == m.row_ptr[b1] - m.row_ptr[b0], "mask_slice: a listed block outside");
   return s;
 }
 
