@@ -672,30 +672,62 @@ BackwardSplit make_backward_split(const RingPlan& plan) {
         if (reach[p.local + r] >= 2) return true;
       return false;
     };
+    // Runs of key blocks of one kind, and the query rows listing each (one pass over the mask).
+    struct KeyRun {
+      int64_t s0, s1;
+      bool merged;
+      int64_t b0, b1;
+    };
+    std::vector<KeyRun> runs;
+    std::vector<int32_t> run_of(static_cast<size_t>(m.num_k_blocks), -1);
     for (int64_t s0 = c0; s0 < c1;) {
       const bool merged = merged_block(s0);
       int64_t s1 = s0 + 1;
       while (s1 < c1 && merged_block(s1) == merged) ++s1;
-      // Query rows listing any of these key blocks.
-      int64_t b0 = m.num_q_blocks, b1 = 0;
-      for (int64_t r = 0; r < m.num_q_blocks; ++r)
-        for (int64_t e = m.row_ptr[r]; e < m.row_ptr[r + 1]; ++e)
-          if (m.col_idx[e] >= s0 && m.col_idx[e] < s1) {
-            b0 = std::min(b0, r);
-            b1 = std::max(b1, r + 1);
-            break;
-          }
-      if (b1 > b0) {
-        const int64_t q_len = plan.pieces[plan.rank][w.q_piece].len;
-        BackwardSplit::Call call;
-        call.row0 = b0 * m.block_q;
-        call.rows = std::min(q_len, b1 * m.block_q) - call.row0;
-        call.col0 = s0 * m.block_k;
-        call.cols = std::min(p.len, s1 * m.block_k) - call.col0;
-        call.direct = !merged;
-        bs.step0.back().push_back(call);
-      }
+      for (int64_t c = s0; c < s1; ++c) run_of[c] = static_cast<int32_t>(runs.size());
+      runs.push_back(KeyRun{s0, s1, merged, m.num_q_blocks, 0});
       s0 = s1;
+    }
+    for (int64_t r = 0; r < m.num_q_blocks; ++r)
+      for (int64_t e = m.row_ptr[r]; e < m.row_ptr[r + 1]; ++e) {
+        KeyRun& kr = runs[run_of[m.col_idx[e]]];
+        kr.b0 = std::min(kr.b0, r);
+        kr.b1 = std::max(kr.b1, r + 1);
+      }
+    const int64_t q_len = plan.pieces[plan.rank][w.q_piece].len;
+    for (const KeyRun& kr : runs) {
+      if (kr.b1 <= kr.b0) continue;  // no query row lists these blocks
+      BackwardSplit::Call call;
+      call.row0 = kr.b0 * m.block_q;
+      call.rows = std::min(q_len, kr.b1 * m.block_q) - call.row0;
+      call.col0 = kr.s0 * m.block_k;
+      call.cols = std::min(p.len, kr.s1 * m.block_k) - call.col0;
+      call.direct = !kr.merged;
+      bs.step0.back().push_back(call);
+    }
+  }
+  // Scattered masks would cut a work into many small calls: there, every work is one call over
+  // its span into the fp32 accumulator, which holds every row.
+  constexpr size_t kMostCalls = 4;
+  bool scattered = false;
+  for (const auto& calls : bs.step0) scattered = scattered || calls.size() > kMostCalls;
+  if (scattered) {
+    bs.merged = n > 0 ? RowRuns{RowRun{0, n}} : RowRuns{};
+    for (size_t w = 0; w < st0.work.size(); ++w) {
+      const BlockMask& m = st0.work[w].mask;
+      int64_t b0 = m.num_q_blocks, b1 = 0, c0 = m.num_k_blocks, c1 = 0;
+      for (int64_t r = 0; r < m.num_q_blocks; ++r)
+        for (int64_t e = m.row_ptr[r]; e < m.row_ptr[r + 1]; ++e) {
+          b0 = std::min(b0, r), b1 = std::max(b1, r + 1);
+          c0 = std::min<int64_t>(c0, m.col_idx[e]), c1 = std::max<int64_t>(c1, m.col_idx[e] + 1);
+        }
+      BackwardSplit::Call call;
+      call.row0 = b0 * m.block_q;
+      call.rows = std::min(plan.pieces[plan.rank][st0.work[w].q_piece].len, b1 * m.block_q) -
+                  call.row0;
+      call.col0 = c0 * m.block_k;
+      call.cols = std::min(kp[st0.work[w].k_piece].len, c1 * m.block_k) - call.col0;
+      bs.step0[w] = {call};
     }
   }
   return bs;

@@ -163,7 +163,8 @@ ForwardOrder make_forward_order(const RingPlan& plan);
 // gets its dK/dV added straight into dk and dv (the kernels add each key row once per call,
 // one rounding, as the fp32 accumulator's copy would give); the other rows accumulate in fp32
 // and are copied out at the end. Each step-0 work is cut along its key span into runs of one
-// kind or the other, each call over the query rows that list its keys.
+// kind or the other, each call over the query rows that list its keys; where that would take
+// more than 4 calls for a work (scattered masks), every work is one call into the accumulator.
 struct BackwardSplit {
   struct Call {
     int64_t row0 = 0, rows = 0;  // query rows of the piece

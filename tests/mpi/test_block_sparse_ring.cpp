@@ -385,6 +385,53 @@ TEST(SparseRing, LocalWindowHoldsOnlyTheRowsItNeeds) {
   EXPECT_LE(bwd, 3.25);
 }
 
+// BackwardSplit: each step-0 work's calls cover every key block it lists once, in at most 4
+// calls; a call straight into dk/dv holds no row that is reached twice or returned (those are
+// the merged rows, accumulated in fp32), and a scattered mask makes every row merged.
+TEST(SparseRing, BackwardSplitCoversEveryListedBlockOnce) {
+  Communicator& comm = test_comm();
+  const int P = comm.world(), rank = comm.rank();
+  const int64_t N = 96 * P;
+  int split = 0, scattered = 0;
+  for (const std::string& name : sparse_pattern_names())
+    for (bool causal : {false, true})
+      for (Sharding sh : {Sharding::Contiguous, Sharding::Zigzag}) {
+        if (name == "content_adaptive") continue;  // its mask needs the inputs
+        SCOPED_TRACE(name + (causal ? " causal " : " full ") + sharding_name(sh));
+        const BlockMask global = sparse_block_mask(pattern(name), N, causal);
+        const RingPlan plan = make_sparse_ring_plan(ShardLayout(sh, N, P), rank, global);
+        const BackwardSplit bs = make_backward_split(plan);
+        std::vector<uint8_t> merged(static_cast<size_t>(plan.local_rows), 0);
+        for (const RowRun& r : bs.merged)
+          for (int64_t i = r.start; i < r.start + r.len; ++i) merged[i] = 1;
+        for (size_t t = 1; t < plan.steps.size(); ++t)
+          for (const RowRun& r : plan.steps[t].home)
+            for (int64_t i = r.start; i < r.start + r.len; ++i) EXPECT_TRUE(merged[i]);
+        const bool all_merged = bs.merged.size() == 1 && bs.merged[0].len == plan.local_rows;
+        ASSERT_EQ(bs.step0.size(), plan.steps[0].work.size());
+        bool several = false;
+        for (size_t w = 0; w < bs.step0.size(); ++w) {
+          const RingWork& work = plan.steps[0].work[w];
+          const auto& kp = plan.pieces[plan.steps[0].origin][work.k_piece];
+          EXPECT_LE(bs.step0[w].size(), 4u);
+          several = several || bs.step0[w].size() > 1;
+          std::vector<int> covered(static_cast<size_t>(work.mask.num_k_blocks), 0);
+          for (const BackwardSplit::Call& c : bs.step0[w]) {
+            for (int64_t b = c.col0 / kBlock; b < (c.col0 + c.cols) / kBlock; ++b) ++covered[b];
+            if (c.direct)
+              for (int64_t i = c.col0; i < c.col0 + c.cols; ++i)
+                EXPECT_FALSE(merged[kp.local + i]) << "row " << kp.local + i;
+          }
+          for (int32_t col : work.mask.col_idx) EXPECT_EQ(covered[col], 1) << "block " << col;
+        }
+        if (several) ++split;
+        if (all_merged && P > 1) ++scattered;
+      }
+  if (rank == 0)
+    std::cout << "[backward split] P=" << P << ": " << split << " cases cut into calls, "
+              << scattered << " with every row merged\n";
+}
+
 TEST(SparseRing, BlockSizeMustDivideTheShard) {
   Communicator& comm = test_comm();
   AttentionSpec spec;
