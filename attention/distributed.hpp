@@ -48,6 +48,9 @@ struct DistConfig {
   DistMode mode = DistMode::Ring;
   Sharding sharding = Sharding::Contiguous;        // sequence modes; ignored by data_parallel
   SparseRoute sparse_route = SparseRoute::Direct;  // block_sparse_ring only (attention/ring.hpp)
+  // block_sparse_ring only: most query rows of a backward chunk on a rank's own K/V (its fp32
+  // dQ scratch; RingPlan::split_rows); 0: automatic (backward_split_rows).
+  int64_t sparse_split_rows = 0;
 };
 
 // Config rules that need no shape (mode fits the variant, dilated only contiguous) and, when

@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "attention/arena.hpp"
 #include "runtime/bootstrap.hpp"
@@ -55,6 +56,23 @@ int64_t compact_pos(const RowRuns& runs, int64_t start, int64_t len) {
     at += r.len;
   }
   return -1;
+}
+
+// Calls fn(start, len, inside) for the parts of rows [start, start + len) inside and outside
+// the sorted runs, in order.
+template <class Fn>
+void for_each_part(const RowRuns& runs, int64_t start, int64_t len, Fn fn) {
+  int64_t at = start;
+  const int64_t end = start + len;
+  for (const RowRun& r : runs) {
+    if (at >= end) break;
+    const int64_t s = std::max(at, r.start), e = std::min(end, r.start + r.len);
+    if (e <= s) continue;
+    if (s > at) fn(at, s - at, false);
+    fn(s, e - s, true);
+    at = e;
+  }
+  if (at < end) fn(at, end - at, false);
 }
 
 // Sorted local block indices -> row runs (consecutive blocks merged).
@@ -627,109 +645,187 @@ BlockMask mask_slice(const BlockMask& m, int64_t b0, int64_t b1, int64_t c0, int
   return s;
 }
 
+int64_t backward_split_rows(int64_t local_rows) {
+  return std::max(kRingSplitMinRows, (local_rows + kRingSplitParts - 1) / kRingSplitParts);
+}
+
+namespace {
+
+// First and one past the last block row of a mask that lists something (b0 == b1: none).
+std::pair<int64_t, int64_t> listed_rows(const BlockMask& m, int64_t b0, int64_t b1) {
+  while (b0 < b1 && m.row_ptr[b0 + 1] == m.row_ptr[b0]) ++b0;
+  while (b1 > b0 && m.row_ptr[b1] == m.row_ptr[b1 - 1]) --b1;
+  return {b0, b1};
+}
+
+// Runs of rows whose count passes `keep`.
+template <class Keep>
+RowRuns runs_where(const std::vector<int>& count, Keep keep) {
+  RowRuns runs;
+  const int64_t n = static_cast<int64_t>(count.size());
+  for (int64_t i = 0; i < n;) {
+    if (!keep(count[i])) {
+      ++i;
+      continue;
+    }
+    int64_t j = i;
+    while (j < n && keep(count[j])) ++j;
+    runs.push_back(RowRun{i, j - i});
+    i = j;
+  }
+  return runs;
+}
+
+}  // namespace
+
 BackwardSplit make_backward_split(const RingPlan& plan) {
   BackwardSplit bs;
   if (plan.steps.empty()) return bs;
   const RingStep& st0 = plan.steps[0];
   const auto& kp = plan.pieces[st0.origin];
+  const auto& qp = plan.pieces[plan.rank];
   const int64_t n = plan.local_rows;
-  // Calls reaching each local key row: step-0 works that list it (returns: below).
+  const int64_t most = plan.split_rows > 0 ? plan.split_rows : backward_split_rows(n);
+  // Each work's span of query blocks cut into chunks of at most `most` rows, equal in blocks
+  // (each trimmed to the rows that list something).
+  struct Span {
+    int64_t b0, b1;
+  };
+  std::vector<std::vector<Span>> spans(st0.work.size());
+  for (size_t w = 0; w < st0.work.size(); ++w) {
+    const BlockMask& m = st0.work[w].mask;
+    const auto [b0, b1] = listed_rows(m, 0, m.num_q_blocks);
+    const int64_t per = std::max<int64_t>(1, most / m.block_q);
+    const int64_t parts = std::max<int64_t>(1, (b1 - b0 + per - 1) / per);
+    for (int64_t i = 0; i < parts; ++i) {
+      const auto [s, e] = listed_rows(m, b0 + (b1 - b0) * i / parts, b0 + (b1 - b0) * (i + 1) / parts);
+      if (e > s) spans[w].push_back(Span{s, e});
+    }
+  }
+  // Chunks reaching each local key row: step-0 chunks that list it (returns: below).
   std::vector<int> reach(static_cast<size_t>(n), 0);
-  for (const RingWork& w : st0.work) {
-    const BlockMask& m = w.mask;
+  for (size_t w = 0; w < st0.work.size(); ++w) {
+    const BlockMask& m = st0.work[w].mask;
+    const ShardPiece& p = kp[st0.work[w].k_piece];
     std::vector<uint8_t> listed(static_cast<size_t>(m.num_k_blocks), 0);
-    for (int32_t c : m.col_idx) listed[c] = 1;
-    const ShardPiece& p = kp[w.k_piece];
-    for (int64_t c = 0; c < m.num_k_blocks; ++c)
-      if (listed[c])
-        for (int64_t r = c * m.block_k; r < std::min(p.len, (c + 1) * m.block_k); ++r)
-          ++reach[p.local + r];
+    for (const Span& sp : spans[w]) {
+      std::fill(listed.begin(), listed.end(), 0);
+      for (int64_t e = m.row_ptr[sp.b0]; e < m.row_ptr[sp.b1]; ++e) listed[m.col_idx[e]] = 1;
+      for (int64_t c = 0; c < m.num_k_blocks; ++c)
+        if (listed[c])
+          for (int64_t r = c * m.block_k; r < std::min(p.len, (c + 1) * m.block_k); ++r)
+            ++reach[p.local + r];
+    }
   }
   // A row whose dK/dV comes back from another rank is added into the fp32 accumulator, so it is
-  // always merged, whether or not a step-0 call reaches it.
+  // always merged, whether or not a step-0 chunk reaches it.
   for (size_t t = 1; t < plan.steps.size(); ++t)
     for (const RowRun& r : plan.steps[t].home)
       for (int64_t i = r.start; i < r.start + r.len; ++i) reach[i] += 2;
-  for (int64_t i = 0; i < n;) {  // runs of rows reached more than once
-    if (reach[i] < 2) {
-      ++i;
-      continue;
-    }
-    int64_t j = i;
-    while (j < n && reach[j] >= 2) ++j;
-    bs.merged.push_back(RowRun{i, j - i});
-    i = j;
-  }
-  for (const RingWork& w : st0.work) {
-    const BlockMask& m = w.mask;
-    const ShardPiece& p = kp[w.k_piece];
+  bs.merged = runs_where(reach, [](int c) { return c >= 2; });
+  // Calls of a chunk: runs of key blocks of one kind, each over the chunk's query rows that list
+  // them (one pass over the chunk's rows of the mask).
+  struct KeyRun {
+    int64_t s0, s1;
+    bool merged;
+    int64_t b0, b1;
+  };
+  constexpr size_t kMostCalls = 4;
+  bool scattered = false;
+  for (size_t w = 0; w < st0.work.size(); ++w) {
+    const BlockMask& m = st0.work[w].mask;
+    const ShardPiece& p = kp[st0.work[w].k_piece];
+    const int64_t q_len = qp[st0.work[w].q_piece].len;
     bs.step0.emplace_back();
-    int64_t c0 = m.num_k_blocks, c1 = 0;
-    for (int32_t c : m.col_idx) c0 = std::min<int64_t>(c0, c), c1 = std::max<int64_t>(c1, c + 1);
-    // Key blocks of one kind in a row (a block is merged when any of its rows is).
+    bs.chunks.emplace_back();
+    // A key block is merged when any of its rows is.
     auto merged_block = [&](int64_t c) {
       for (int64_t r = c * m.block_k; r < std::min(p.len, (c + 1) * m.block_k); ++r)
         if (reach[p.local + r] >= 2) return true;
       return false;
     };
-    // Runs of key blocks of one kind, and the query rows listing each (one pass over the mask).
-    struct KeyRun {
-      int64_t s0, s1;
-      bool merged;
-      int64_t b0, b1;
-    };
-    std::vector<KeyRun> runs;
     std::vector<int32_t> run_of(static_cast<size_t>(m.num_k_blocks), -1);
-    for (int64_t s0 = c0; s0 < c1;) {
-      const bool merged = merged_block(s0);
-      int64_t s1 = s0 + 1;
-      while (s1 < c1 && merged_block(s1) == merged) ++s1;
-      for (int64_t c = s0; c < s1; ++c) run_of[c] = static_cast<int32_t>(runs.size());
-      runs.push_back(KeyRun{s0, s1, merged, m.num_q_blocks, 0});
-      s0 = s1;
-    }
-    for (int64_t r = 0; r < m.num_q_blocks; ++r)
-      for (int64_t e = m.row_ptr[r]; e < m.row_ptr[r + 1]; ++e) {
-        KeyRun& kr = runs[run_of[m.col_idx[e]]];
-        kr.b0 = std::min(kr.b0, r);
-        kr.b1 = std::max(kr.b1, r + 1);
+    for (const Span& sp : spans[w]) {
+      const int chunk = static_cast<int>(bs.chunks.back().size());
+      const int64_t row0 = sp.b0 * m.block_q;
+      bs.chunks.back().push_back(BackwardSplit::Chunk{row0, std::min(q_len, sp.b1 * m.block_q) - row0});
+      int64_t c0 = m.num_k_blocks, c1 = 0;
+      for (int64_t e = m.row_ptr[sp.b0]; e < m.row_ptr[sp.b1]; ++e)
+        c0 = std::min<int64_t>(c0, m.col_idx[e]), c1 = std::max<int64_t>(c1, m.col_idx[e] + 1);
+      std::vector<KeyRun> runs;
+      for (int64_t s0 = c0; s0 < c1;) {
+        const bool merged = merged_block(s0);
+        int64_t s1 = s0 + 1;
+        while (s1 < c1 && merged_block(s1) == merged) ++s1;
+        for (int64_t c = s0; c < s1; ++c) run_of[c] = static_cast<int32_t>(runs.size());
+        runs.push_back(KeyRun{s0, s1, merged, sp.b1, sp.b0});
+        s0 = s1;
       }
-    const int64_t q_len = plan.pieces[plan.rank][w.q_piece].len;
-    for (const KeyRun& kr : runs) {
-      if (kr.b1 <= kr.b0) continue;  // no query row lists these blocks
-      BackwardSplit::Call call;
-      call.row0 = kr.b0 * m.block_q;
-      call.rows = std::min(q_len, kr.b1 * m.block_q) - call.row0;
-      call.col0 = kr.s0 * m.block_k;
-      call.cols = std::min(p.len, kr.s1 * m.block_k) - call.col0;
-      call.direct = !kr.merged;
-      bs.step0.back().push_back(call);
+      for (int64_t r = sp.b0; r < sp.b1; ++r)
+        for (int64_t e = m.row_ptr[r]; e < m.row_ptr[r + 1]; ++e) {
+          KeyRun& kr = runs[run_of[m.col_idx[e]]];
+          kr.b0 = std::min(kr.b0, r);
+          kr.b1 = std::max(kr.b1, r + 1);
+        }
+      size_t calls = 0;
+      for (const KeyRun& kr : runs) {
+        if (kr.b1 <= kr.b0) continue;  // no query row of the chunk lists these blocks
+        BackwardSplit::Call call;
+        call.row0 = kr.b0 * m.block_q;
+        call.rows = std::min(q_len, kr.b1 * m.block_q) - call.row0;
+        call.col0 = kr.s0 * m.block_k;
+        call.cols = std::min(p.len, kr.s1 * m.block_k) - call.col0;
+        call.direct = !kr.merged;
+        call.chunk = chunk;
+        bs.step0.back().push_back(call);
+        ++calls;
+      }
+      scattered = scattered || calls > kMostCalls;
     }
   }
-  // Scattered masks would cut a work into many small calls: there, every work is one call over
-  // its span into the fp32 accumulator, which holds every row.
-  constexpr size_t kMostCalls = 4;
-  bool scattered = false;
-  for (const auto& calls : bs.step0) scattered = scattered || calls.size() > kMostCalls;
+  // Scattered masks would cut a chunk into many small calls: there, every chunk is one call
+  // over its span into the fp32 accumulator, which holds every row.
   if (scattered) {
     bs.merged = n > 0 ? RowRuns{RowRun{0, n}} : RowRuns{};
     for (size_t w = 0; w < st0.work.size(); ++w) {
       const BlockMask& m = st0.work[w].mask;
-      int64_t b0 = m.num_q_blocks, b1 = 0, c0 = m.num_k_blocks, c1 = 0;
-      for (int64_t r = 0; r < m.num_q_blocks; ++r)
-        for (int64_t e = m.row_ptr[r]; e < m.row_ptr[r + 1]; ++e) {
-          b0 = std::min(b0, r), b1 = std::max(b1, r + 1);
+      const int64_t q_len = qp[st0.work[w].q_piece].len;
+      const int64_t k_len = kp[st0.work[w].k_piece].len;
+      bs.step0[w].clear();
+      for (size_t i = 0; i < spans[w].size(); ++i) {
+        const Span& sp = spans[w][i];
+        int64_t c0 = m.num_k_blocks, c1 = 0;
+        for (int64_t e = m.row_ptr[sp.b0]; e < m.row_ptr[sp.b1]; ++e)
           c0 = std::min<int64_t>(c0, m.col_idx[e]), c1 = std::max<int64_t>(c1, m.col_idx[e] + 1);
-        }
-      BackwardSplit::Call call;
-      call.row0 = b0 * m.block_q;
-      call.rows = std::min(plan.pieces[plan.rank][st0.work[w].q_piece].len, b1 * m.block_q) -
-                  call.row0;
-      call.col0 = c0 * m.block_k;
-      call.cols = std::min(kp[st0.work[w].k_piece].len, c1 * m.block_k) - call.col0;
-      bs.step0[w] = {call};
+        BackwardSplit::Call call;
+        call.row0 = sp.b0 * m.block_q;
+        call.rows = std::min(q_len, sp.b1 * m.block_q) - call.row0;
+        call.col0 = c0 * m.block_k;
+        call.cols = std::min(k_len, c1 * m.block_k) - call.col0;
+        call.chunk = static_cast<int>(i);
+        bs.step0[w].push_back(call);
+      }
     }
   }
+  // dQ: chunks and later steps' spans (ForwardOrder's) reaching each query row.
+  std::vector<int> qreach(static_cast<size_t>(n), 0);
+  for (size_t w = 0; w < st0.work.size(); ++w) {
+    const ShardPiece& p = qp[st0.work[w].q_piece];
+    for (const BackwardSplit::Chunk& c : bs.chunks[w]) {
+      bs.chunk_rows = std::max(bs.chunk_rows, c.rows);
+      for (int64_t i = p.local + c.row0; i < p.local + c.row0 + c.rows; ++i) ++qreach[i];
+    }
+  }
+  for (size_t t = 1; t < plan.steps.size(); ++t)
+    for (const RingWork& wk : plan.steps[t].work) {
+      const BlockMask& m = wk.mask;
+      const ShardPiece& p = qp[wk.q_piece];
+      const auto [b0, b1] = listed_rows(m, 0, m.num_q_blocks);
+      const int64_t r1 = std::min(p.len, b1 * m.block_q);
+      for (int64_t i = p.local + b0 * m.block_q; i < p.local + r1; ++i) qreach[i] += 2;
+    }
+  bs.dq_merged = runs_where(qreach, [](int c) { return c >= 2; });
+  bs.dq_unreached = runs_where(qreach, [](int c) { return c == 0; });
   return bs;
 }
 
@@ -1436,8 +1532,19 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
     kv_send_slot.place(layout, q.dtype, B, n, H, D);
   if (const int64_t n = kv_staged_rows(plan_, B, pick_recv); n > 0 && !compact_)
     kv_recv_slot.place(layout, q.dtype, B, n, H, D);
+  // dQ (fp16/bf16 dq): one step-0 chunk's fp32 scratch and an fp32 accumulator of the rows
+  // that more than one chunk or step reach (BackwardSplit), or, where those two would hold as
+  // many rows as the shard, one fp32 accumulator of the shard (`dq_whole`); fp32/fp64 dq
+  // accumulates in place.
   const bool dq_in_place = gd == dq.dtype;
-  const size_t dq_at = dq_in_place ? 0 : layout.take(tensor_bytes(gd, B, Nl, H, D));
+  const bool dq_whole =
+      !dq_in_place && total_rows(bwd_split_.dq_merged) + bwd_split_.chunk_rows >= Nl;
+  const bool dq_split = !dq_in_place && !dq_whole;
+  const int64_t dq_rows = dq_whole ? Nl : dq_split ? total_rows(bwd_split_.dq_merged) : 0;
+  const int64_t dq_scratch_rows = dq_split ? bwd_split_.chunk_rows : 0;
+  const size_t dq_at = dq_rows > 0 ? layout.take(tensor_bytes(gd, B, dq_rows, H, D)) : 0;
+  const size_t dq_scratch_at =
+      dq_scratch_rows > 0 ? layout.take(tensor_bytes(gd, B, dq_scratch_rows, H, D)) : 0;
   // Rows of this rank's dK/dV accumulated in fp32, and of a step's partial (compact layouts:
   // those rows only, one run after another).
   const int64_t home_rows = compact_home_ ? total_rows(bwd_split_.merged) : Nl;
@@ -1479,8 +1586,24 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   const PairBuffer acc[2] = {bind(acc_slot[0]), bind(acc_slot[1])};
   const PairBuffer fwd_send_stage = bind(fwd_send_slot), fwd_recv_stage = bind(fwd_recv_slot);
   const PairBuffer retire_stage = bind(retire_slot), home_stage = bind(home_stage_slot);
-  const TensorView dq_acc = dq_in_place ? dq : make_view(base + dq_at, gd, B, Nl, H, D, dev);
-  be.fill(dq_acc, 0.0);
+  TensorView dq_acc = dq;
+  if (dq_in_place) {
+    be.fill(dq, 0.0);
+  } else {
+    if (dq_rows > 0) {
+      dq_acc = make_view(base + dq_at, gd, B, dq_rows, H, D, dev);
+      be.fill(dq_acc, 0.0);
+    }
+    if (dq_split)
+      for (const RowRun& r : bwd_split_.dq_unreached) be.fill(dq.rows(r.start, r.len), 0.0);
+  }
+  // Where rows [start, start + len) of dQ accumulate (split: inside one merged run).
+  auto dq_at_rows = [&](int64_t start, int64_t len) {
+    if (!dq_split) return dq_acc.rows(start, len);
+    const int64_t at = compact_pos(bwd_split_.dq_merged, start, len);
+    LONGATTN_ASSERT(at >= 0, "ring backward: dQ rows outside the merged rows");
+    return dq_acc.rows(at, len);
+  };
   // dk and dv take the rows one call reaches straight; home the others (BackwardSplit).
   be.fill(dk, 0.0);
   be.fill(dv, 0.0);
@@ -1564,21 +1687,45 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
       const RingWork& work = st.work[w];
       const ShardPiece& qp = my_pieces[work.q_piece];
       const ShardPiece& kpc = kp[work.k_piece];
-      if (t == 0) {  // this rank's own K/V: the calls of BackwardSplit
+      if (t == 0) {  // this rank's own K/V: the chunks and calls of BackwardSplit
         const KvPair cur = kv.current();
-        for (size_t i = 0; i < bwd_split_.step0[w].size(); ++i) {
-          const BackwardSplit::Call& c = bwd_split_.step0[w][i];
-          const int64_t r0 = qp.local + c.row0, k0 = kpc.local + c.col0;
-          const int64_t h0 = c.direct ? 0 : home_at(k0, c.cols);
-          const TensorView tk = c.direct ? dk.rows(k0, c.cols) : home.first().rows(h0, c.cols);
-          const TensorView tv = c.direct ? dv.rows(k0, c.cols) : home.second().rows(h0, c.cols);
-          be.attention_backward(make_bwd_params(
-              {q.rows(r0, c.rows), cur.k.rows(k0, c.cols), cur.v.rows(k0, c.cols),
-               o.rows(r0, c.rows), lse.rows(r0, c.rows)},
-              {d_o.rows(r0, c.rows), dq_acc.rows(r0, c.rows), tk, tv},
-              pm->split[w][i]->view(), pm->split_t[w][i]->view(),
-              {spec_.scale, spec_.causal, qp.global + c.row0, kpc.global + c.col0}));
+        const auto& calls = bwd_split_.step0[w];
+        size_t i = 0;
+        for (size_t ci = 0; ci < bwd_split_.chunks[w].size(); ++ci) {
+          const BackwardSplit::Chunk& ch = bwd_split_.chunks[w][ci];
+          const int64_t q0 = qp.local + ch.row0;
+          TensorView scratch;
+          if (dq_split) {
+            scratch = make_view(base + dq_scratch_at, gd, B, ch.rows, H, D, dev);
+            be.fill(scratch, 0.0);
+          }
+          for (; i < calls.size() && calls[i].chunk == static_cast<int>(ci); ++i) {
+            const BackwardSplit::Call& c = calls[i];
+            const int64_t r0 = qp.local + c.row0, k0 = kpc.local + c.col0;
+            const int64_t h0 = c.direct ? 0 : home_at(k0, c.cols);
+            const TensorView tk = c.direct ? dk.rows(k0, c.cols) : home.first().rows(h0, c.cols);
+            const TensorView tv = c.direct ? dv.rows(k0, c.cols) : home.second().rows(h0, c.cols);
+            const TensorView tq =
+                dq_split ? scratch.rows(c.row0 - ch.row0, c.rows) : dq_at_rows(r0, c.rows);
+            be.attention_backward(make_bwd_params(
+                {q.rows(r0, c.rows), cur.k.rows(k0, c.cols), cur.v.rows(k0, c.cols),
+                 o.rows(r0, c.rows), lse.rows(r0, c.rows)},
+                {d_o.rows(r0, c.rows), tq, tk, tv}, pm->split[w][i]->view(),
+                pm->split_t[w][i]->view(),
+                {spec_.scale, spec_.causal, qp.global + c.row0, kpc.global + c.col0}));
+          }
+          if (!dq_split) continue;
+          // The chunk's dQ: shared rows into the accumulator, the others straight into dq.
+          for_each_part(bwd_split_.dq_merged, q0, ch.rows,
+                        [&](int64_t start, int64_t len, bool merged) {
+                          const TensorView part = scratch.rows(start - q0, len);
+                          if (merged)
+                            be.axpy(dq_at_rows(start, len), 1.0, part);
+                          else
+                            be.copy(dq.rows(start, len), part);
+                        });
         }
+        LONGATTN_ASSERT(i == calls.size(), "ring backward: a call outside its chunks");
         counters.blocks_computed += work.mask.nnz();
         continue;
       }
@@ -1591,7 +1738,7 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
       be.attention_backward(make_bwd_params(
           {q.rows(r0, nr), cur.k.rows(c0, nc), cur.v.rows(c0, nc), o.rows(r0, nr),
            lse.rows(r0, nr)},
-          {d_o.rows(r0, nr), dq_acc.rows(r0, nr), target->first().rows(c0, nc),
+          {d_o.rows(r0, nr), dq_at_rows(r0, nr), target->first().rows(c0, nc),
            target->second().rows(c0, nc)},
           pm->bwd_span[t][w]->view(), pm->bwd[t][w]->view(),
           {spec_.scale, spec_.causal, qp.global + span.row0, kpc.global + span.col0}));
@@ -1657,7 +1804,10 @@ void RingAttention::backward_stepwise(Backend& be, Communicator& comm, const Ten
   if (S >= 2) finish_dkv(S - 1);
   mark("last dK/dV wait");
   counters.steps += S;
-  if (!dq_in_place) be.copy(dq, dq_acc);
+  if (dq_whole) be.copy(dq, dq_acc);
+  if (dq_split)
+    for (const RowRun& r : bwd_split_.dq_merged)
+      be.copy(dq.rows(r.start, r.len), dq_at_rows(r.start, r.len));
   for (const RowRun& r : bwd_split_.merged) {
     const int64_t at = home_at(r.start, r.len);
     be.copy(dk.rows(r.start, r.len), home.first().rows(at, r.len));

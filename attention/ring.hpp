@@ -124,6 +124,8 @@ struct RingPlan {
   int64_t global_blocks_needed = 0;             // block-sparse: nnz of the global mask
   // Dense: the key chunks of the chunked backward (empty: the step-wise backward).
   std::vector<KeyChunk> key_chunks;
+  // Block-sparse: most query rows of a step-0 backward chunk (BackwardSplit; 0: automatic).
+  int64_t split_rows = 0;
 };
 
 // The forward's order of writes. The first work on each query piece writes the piece's o and
@@ -158,22 +160,41 @@ struct ForwardOrder {
 };
 ForwardOrder make_forward_order(const RingPlan& plan);
 
-// The step-wise backward's calls on this rank's own K/V (step 0). A key row of the shard that
-// one call alone reaches (one step-0 work lists it and no other rank sends dK/dV back for it)
-// gets its dK/dV added straight into dk and dv (the kernels add each key row once per call,
-// one rounding, as the fp32 accumulator's copy would give); the other rows accumulate in fp32
-// and are copied out at the end. Each step-0 work is cut along its key span into runs of one
-// kind or the other, each call over the query rows that list its keys; where that would take
-// more than 4 calls for a work (scattered masks), every work is one call into the accumulator.
+// The step-wise backward's calls on this rank's own K/V (step 0). Each step-0 work's span of
+// query rows is cut into chunks of at most RingPlan::split_rows rows (0: backward_split_rows),
+// equal in blocks; a key row of the shard that one chunk alone reaches (one chunk lists it and
+// no other rank sends dK/dV back for it) gets its dK/dV added straight into dk and dv (the
+// kernels add each key row once per call, one rounding, as the fp32 accumulator's copy would
+// give); the other rows accumulate in fp32 (`merged`) and are copied out at the end. Each
+// chunk is cut along its key span into runs of one kind or the other, each call over the query
+// rows of the chunk that list its keys; where that would take more than 4 calls for a chunk
+// (scattered masks), every chunk is one call into the accumulator.
+// dQ (fp16/bf16 outputs): a chunk's calls add into one fp32 scratch of the chunk's rows. Rows
+// that no other chunk and no later step reach go from it straight into dq (one rounding); the
+// others (`dq_merged`) are added into an fp32 accumulator that holds only them, copied out at
+// the end. So the backward holds fp32 dQ for one chunk and the shared rows, not for the shard.
 struct BackwardSplit {
   struct Call {
     int64_t row0 = 0, rows = 0;  // query rows of the piece
     int64_t col0 = 0, cols = 0;  // key rows of the piece
     bool direct = false;         // into dk/dv, else into the fp32 accumulator
+    int chunk = 0;               // index into chunks[work]; a work's calls go chunk by chunk
   };
-  std::vector<std::vector<Call>> step0;  // [step-0 work]
-  RowRuns merged;                        // this rank's key rows accumulated in fp32
+  struct Chunk {
+    int64_t row0 = 0, rows = 0;  // query rows of the piece
+  };
+  std::vector<std::vector<Call>> step0;    // [step-0 work]
+  std::vector<std::vector<Chunk>> chunks;  // [step-0 work]
+  RowRuns merged;                          // this rank's key rows accumulated in fp32
+  RowRuns dq_merged;     // this rank's query rows whose dQ accumulates in fp32
+  RowRuns dq_unreached;  // query rows no call reaches (their dQ is 0)
+  int64_t chunk_rows = 0;  // rows of the largest chunk
 };
+// Most query rows of a step-0 chunk for a shard of `local_rows` rows: an eighth of the shard,
+// and at least kRingSplitMinRows (shorter shards are not cut: their kernel calls stay large).
+constexpr int64_t kRingSplitMinRows = 262144;
+constexpr int64_t kRingSplitParts = 8;
+int64_t backward_split_rows(int64_t local_rows);
 BackwardSplit make_backward_split(const RingPlan& plan);
 // Rows [b0, b1) of a block mask and the listed blocks among key blocks [c0, c1), shifted to
 // start at c0 (blocks outside are dropped).

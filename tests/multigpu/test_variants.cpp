@@ -87,6 +87,15 @@ std::vector<VariantCase> cases() {
     c.cfg = DistConfig{DistMode::BlockSparseRing, s.sharding, s.route};
     v.push_back(c);
   }
+  {  // the backward on each rank's own K/V in chunks of one block (fp32 dQ per chunk)
+    VariantCase c;
+    c.name = "block_sparse_ring_local_window_contiguous_direct_chunks";
+    c.spec.variant = "block_sparse";
+    c.spec.sparse = pattern("local_window");
+    c.cfg = DistConfig{DistMode::BlockSparseRing, Sharding::Contiguous, SparseRoute::Direct};
+    c.cfg.sparse_split_rows = kBlock;
+    v.push_back(c);
+  }
   for (DilatedMode mode : {DilatedMode::Groups, DilatedMode::LongNet}) {
     VariantCase c;
     c.name = mode == DilatedMode::Groups ? "dilated_groups" : "dilated_longnet";
