@@ -243,7 +243,9 @@ RingPlan make_sparse_ring_plan(const ShardLayout& layout, int rank, const BlockM
 // or 2 with one visitor; this rank's own K/V is read where it lies unless k or v is strided;
 // fp32 accumulator 2 over the rows that later steps merge into, partial output 1 or 1/2);
 // backward 2 + 6 (C+1)/C (fp32 dQ, C+1 chunk buffers of K/V and fp32 dK/dV): 11 with 2 key
-// chunks, 9.5 with 4.
+// chunks, 9.5 with 4. A block-sparse ring holds only the rows its steps need (local window:
+// forward under 1; backward about 2.2, fp32 dQ 2 of them, or about 1 when the step-0 backward
+// runs in chunks, BackwardSplit).
 class RingAttention {
  public:
   RingAttention(RingPlan plan, const AttentionSpec& spec);
