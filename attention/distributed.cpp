@@ -89,7 +89,7 @@ DistMode default_dist_mode(const AttentionSpec& spec) {
 void validate_distributed(const AttentionSpec& spec_in, const DistConfig& cfg, int world,
                           const Shape* global) {
   LONGATTN_CHECK_ARG(world >= 1, "world size", world, "must be at least 1");
-  LONGATTN_CHECK_ARG(cfg.sparse_split_rows >= 0, "sparse_split_rows", cfg.sparse_split_rows,
+  LONGATTN_CHECK_ARG(cfg.split_rows >= 0, "split_rows", cfg.split_rows,
                      "must be 0 (automatic) or a positive number of rows");
   const AttentionSpec spec = normalized(spec_in);
   auto variant = make_attention(spec);  // unknown names and invalid configs throw here
@@ -360,7 +360,7 @@ class BlockSparseRingDistributed final : public SequenceShardedBase {
         const BlockMask global =
             sparse_block_mask(spec_.sparse, N, spec_.causal, adaptive() ? &scores : nullptr);
         RingPlan plan = make_sparse_ring_plan(layout(N), comm_.rank(), global, cfg_.sparse_route);
-        plan.split_rows = cfg_.sparse_split_rows;
+        plan.split_rows = cfg_.split_rows;
         ring_ = std::make_unique<RingAttention>(std::move(plan), spec_);
         ring_n_ = N;
         scores_ = std::move(scores);

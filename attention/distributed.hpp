@@ -48,9 +48,11 @@ struct DistConfig {
   DistMode mode = DistMode::Ring;
   Sharding sharding = Sharding::Contiguous;        // sequence modes; ignored by data_parallel
   SparseRoute sparse_route = SparseRoute::Direct;  // block_sparse_ring only (attention/ring.hpp)
-  // block_sparse_ring only: most query rows of a backward chunk on a rank's own K/V (its fp32
-  // dQ scratch; RingPlan::split_rows); 0: automatic (backward_split_rows).
-  int64_t sparse_split_rows = 0;
+  // Most rows of one backward kernel call whose gradients go through an fp32 scratch
+  // (block_sparse_ring: a chunk of query rows on the rank's own K/V, RingPlan::split_rows;
+  // dilated groups with fp16/bf16 gradients: a run of local segments, with batches); 0:
+  // automatic (backward_split_rows: an eighth of the shard, at least 262,144 rows).
+  int64_t split_rows = 0;
 };
 
 // Config rules that need no shape (mode fits the variant, dilated only contiguous) and, when

@@ -19,6 +19,7 @@
 #include "attention/dense.hpp"
 #include "attention/distributed_base.hpp"
 #include "attention/head_groups.hpp"
+#include "attention/ring.hpp"
 #include "runtime/bootstrap.hpp"
 #include "runtime/error.hpp"
 
@@ -193,17 +194,35 @@ class DilatedDistributed final : public SequenceShardedBase {
     MaskCache& masks = masks_for(be);
     const std::vector<DilatedBranch> branches = dilated_branches(spec_.dilated, q.H);
     std::vector<BranchWork> work(branches.size());
-    // Several branches add into the same rows: accumulate in fp32 for fp16/bf16 gradients.
-    const DType gd = is_half(dq.dtype) ? DType::F32 : dq.dtype;
+    const DilatedConfig& d = spec_.dilated;
+    // Groups: a (row, head) belongs to one branch and, in a local segment, to one kernel call.
+    // With no spanning segment here (their key gradients come back from other ranks), every
+    // gradient element gets one contribution: each local call's gradients go through fp32
+    // scratches of that call and are copied out scaled (one rounding), so nothing of the
+    // shard's size is held in fp32 (`once`). Otherwise several contributions add up: whole-shard
+    // fp32 accumulators for fp16/bf16 gradients.
+    bool spans = false;
+    for (const DilatedBranch& br : branches) {
+      std::vector<int64_t> local;
+      std::vector<SegmentRows> spanning;
+      segments(br, q.N, local, spanning);
+      spans = spans || !spanning.empty();
+    }
+    const bool once = d.mode == DilatedMode::Groups && is_half(dq.dtype) && !spans;
+    const DType gd = is_half(dq.dtype) && !once ? DType::F32 : dq.dtype;
     DeviceTensor bufs[3];
     std::byte* workspace = nullptr;
     TensorView grads[3] = {dq, dk, dv};
     // The branch's own O (and its LSE, longnet) that the gradient is taken with, unless the
     // exact longnet gradient uses the merged o.
-    const DilatedConfig& d = spec_.dilated;
     BufferTypes types{k.dtype, gd, true, std::nullopt, std::nullopt};
     if (!(d.mode == DilatedMode::LongNet && d.exact_longnet_grad)) types.o_tmp = o.dtype;
     if (d.mode == DilatedMode::LongNet && !d.exact_longnet_grad) types.lse_tmp = DType::F32;
+    if (once) {
+      types.g_tmp = DType::F32;
+      types.most_rows = cfg_.split_rows > 0 ? cfg_.split_rows : backward_split_rows(q.B * q.N);
+    }
+    const double alpha = d.mode == DilatedMode::Groups ? 1.0 / num_pairs() : 1.0;
     bool foldable = false;
     run_and_agree(comm_, name() + " backward", [&] {
       for (int i = 0; i < 3; ++i)
@@ -220,10 +239,10 @@ class DilatedDistributed final : public SequenceShardedBase {
       Carver c(workspace, be.device());
       carve(c, branches[i], q, foldable, types, work[i]);
       backward_branch(be, masks, branches[i], work[i], q, k, v, o, lse, d_o, grads[0], grads[1],
-                      grads[2], foldable);
+                      grads[2], foldable, types, alpha);
     }
+    if (once) return;  // copied out scaled by each call
     const TensorView outs[3] = {dq, dk, dv};
-    const double alpha = spec_.dilated.mode == DilatedMode::Groups ? 1.0 / num_pairs() : 1.0;
     for (int i = 0; i < 3; ++i) {
       if (bufs[i].data())
         be.copy_scaled(outs[i], alpha, grads[i]);  // one pass, one rounding
@@ -300,20 +319,25 @@ class DilatedDistributed final : public SequenceShardedBase {
   }
 
   // Runs of consecutive local segments: calls fn(first segment, count, b0, nb) with batches
-  // folded into the segment dimension when the run covers the whole shard.
+  // folded into the segment dimension when the run covers the whole shard. most_rows > 0: a
+  // call holds at most that many dilated rows (at least one segment), runs cut as needed.
   template <typename F>
   void for_each_local_run(const std::vector<int64_t>& local, const DilatedBranch& br,
-                          const TensorView& q, F&& fn) const {
+                          const TensorView& q, F&& fn, int64_t most_rows = 0) const {
+    const int64_t L = std::max<int64_t>(1, dilated_length(br.segment, br.rate, br.offset));
     size_t i = 0;
     while (i < local.size()) {
       size_t j = i + 1;
       while (j < local.size() && local[j] == local[j - 1] + 1) ++j;
       const int64_t cnt = static_cast<int64_t>(j - i);
       const bool whole = cnt * br.segment == q.N;  // batch b+1 starts right after batch b
-      if (whole || q.B == 1) {
+      if ((whole || q.B == 1) && (most_rows <= 0 || q.B * cnt * L <= most_rows)) {
         fn(local[i], cnt, int64_t{0}, q.B);
       } else {
-        for (int64_t b = 0; b < q.B; ++b) fn(local[i], cnt, b, int64_t{1});
+        const int64_t per = most_rows > 0 ? std::max<int64_t>(1, most_rows / L) : cnt;
+        for (int64_t b = 0; b < q.B; ++b)
+          for (int64_t s = 0; s < cnt; s += per)
+            fn(local[i] + s, std::min(per, cnt - s), b, int64_t{1});
       }
       i = j;
     }
@@ -348,6 +372,7 @@ class DilatedDistributed final : public SequenceShardedBase {
     // forward (longnet): one kernel call's O and LSE before the merge; backward: the branch's
     // own O (and LSE) the gradient is taken with.
     Scratch o_tmp, lse_tmp;
+    Scratch g_tmp[3];  // backward, gradients reached once: a local call's dQ, dK, dV
   };
   static bool has_rows(const BranchWork& w) { return !w.local.empty() || !w.gathers.empty(); }
   // Dtypes of a call's buffers; a scratch without a dtype is not needed.
@@ -355,6 +380,11 @@ class DilatedDistributed final : public SequenceShardedBase {
     DType kv, grad;
     bool backward;
     std::optional<DType> o_tmp, lse_tmp;
+    // Backward with gradients reached once (groups, no spanning segments): each local call's
+    // dQ, dK, dV in fp32 scratches, copied out scaled; local calls hold at most most_rows
+    // rows (0: no limit).
+    std::optional<DType> g_tmp;
+    int64_t most_rows = 0;
   };
 
   // Lays out a branch's buffers from `c`, always in the same order.
@@ -390,12 +420,19 @@ class DilatedDistributed final : public SequenceShardedBase {
     // The scratch fits the largest kernel call: a run of local segments folded into the batch
     // (see for_each_local_run) or this rank's rows of a spanning segment.
     int64_t rows = 0;
-    for_each_local_run(w.local, br, q, [&](int64_t, int64_t cnt, int64_t, int64_t nb) {
-      rows = std::max(rows, (nb > 1 && !foldable ? 1 : nb) * cnt * L);
-    });
+    int64_t local_rows = 0;
+    for_each_local_run(
+        w.local, br, q,
+        [&](int64_t, int64_t cnt, int64_t, int64_t nb) {
+          local_rows = std::max(local_rows, (nb > 1 && !foldable ? 1 : nb) * cnt * L);
+        },
+        t.most_rows);
+    rows = local_rows;
     for (const Gather& g : w.gathers) rows = std::max(rows, B * g.seg.count(g.seg.me));
     if (t.o_tmp) w.o_tmp = c.scratch(*t.o_tmp, rows * hc * D);
     if (t.lse_tmp) w.lse_tmp = c.scratch(*t.lse_tmp, rows * hc);
+    if (t.g_tmp)
+      for (Scratch& g : w.g_tmp) g = c.scratch(*t.g_tmp, local_rows * hc * D);
   }
 
   // Before the first exchange: every branch's segments, their masks (and the transposed ones
@@ -548,25 +585,43 @@ class DilatedDistributed final : public SequenceShardedBase {
                        const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& o, const TensorView& lse, const TensorView& d_o,
                        const TensorView& dq, const TensorView& dk, const TensorView& dv,
-                       bool foldable) {
+                       bool foldable, const BufferTypes& t, double alpha) {
     const int64_t c = q.N, row0_global = comm_.rank() * c;
     for (Gather& g : w.gathers) start_gather(be, br, k, v, g, row0_global);
     const int64_t L = dilated_length(br.segment, br.rate, br.offset);
-    for_each_local_run(w.local, br, q, [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
-      const int64_t row0 = m0 * br.segment + br.offset - row0_global;
-      auto run = [&](int64_t bb, int64_t n) {
-        auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, n, cnt); };
-        MaskCache::Entry& m = masks.get(L, L, 0);
-        const TensorView ob = branch_output(be, m, w, f(q), f(k), f(v), f(o), 0);
-        kernel_backward(be, *m.fwd, masks.transposed(m), f(q), f(k), f(v), ob, f(lse), f(d_o),
-                        f(dq), f(dk), f(dv), 0);
-      };
-      if (nb > 1 && !foldable) {
-        for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
-      } else {
-        run(b0, nb);
-      }
-    });
+    const bool once = t.g_tmp.has_value();
+    for_each_local_run(
+        w.local, br, q,
+        [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
+          const int64_t row0 = m0 * br.segment + br.offset - row0_global;
+          auto run = [&](int64_t bb, int64_t n) {
+            auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, n, cnt); };
+            MaskCache::Entry& m = masks.get(L, L, 0);
+            const TensorView fq = f(q);
+            const TensorView ob = branch_output(be, m, w, fq, f(k), f(v), f(o), 0);
+            if (!once) {
+              kernel_backward(be, *m.fwd, masks.transposed(m), fq, f(k), f(v), ob, f(lse),
+                              f(d_o), f(dq), f(dk), f(dv), 0);
+              return;
+            }
+            TensorView g[3];
+            for (int i = 0; i < 3; ++i) {
+              g[i] = w.g_tmp[i].shaped(fq.B, fq.N, fq.H, fq.D);
+              be.fill(g[i], 0.0);
+            }
+            kernel_backward(be, *m.fwd, masks.transposed(m), fq, f(k), f(v), ob, f(lse), f(d_o),
+                            g[0], g[1], g[2], 0);
+            be.copy_scaled(f(dq), alpha, g[0]);  // one rounding, as the accumulators' copy
+            be.copy_scaled(f(dk), alpha, g[1]);
+            be.copy_scaled(f(dv), alpha, g[2]);
+          };
+          if (nb > 1 && !foldable) {
+            for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
+          } else {
+            run(b0, nb);
+          }
+        },
+        t.most_rows);
     // Spanning segments: gradients of the gathered keys are summed at the rows' owners.
     std::vector<Gather>& gathers = w.gathers;
     std::vector<Scatter>& scatters = w.scatters;

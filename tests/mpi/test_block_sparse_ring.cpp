@@ -588,12 +588,12 @@ TEST(SparseRing, NegativeSplitRowsIsRejected) {
   spec.variant = "block_sparse";
   spec.sparse = pattern("local_window");
   DistConfig cfg{DistMode::BlockSparseRing, Sharding::Contiguous};
-  cfg.sparse_split_rows = -8;
+  cfg.split_rows = -8;
   try {
     validate_distributed(spec, cfg, 2);
-    ADD_FAILURE() << "accepted sparse_split_rows -8";
+    ADD_FAILURE() << "accepted split_rows -8";
   } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("sparse_split_rows"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("split_rows"), std::string::npos) << e.what();
   }
 }
 

@@ -83,6 +83,49 @@ INSTANTIATE_TEST_SUITE_P(
         DilatedCase{DilatedMode::LongNet, false, true, {96}, {4}, 2}),
     case_name);
 
+// Groups with bf16 gradients: where no segment spans ranks, each local kernel call's
+// gradients go through fp32 scratches of that call (DistConfig::split_rows caps its rows: 8
+// cuts every run into single segments) and are copied out scaled, one rounding, as the
+// single-process variant's fp32 accumulators give; with spanning segments (P > 2 for 24 and
+// 48) the accumulators stay. Both against the single-process bf16 run (one bf16 rounding of
+// the largest value apart at most) and the fp64 reference (within twice its error).
+TEST(DilatedDist, HalfPrecisionGroupsGradients) {
+  Communicator& comm = test_comm();
+  const bool root = comm.rank() == 0;
+  for (const DilatedCase& c : {DilatedCase{DilatedMode::Groups, true, false, {4, 8}, {1, 2}, 2},
+                               DilatedCase{DilatedMode::Groups, false, false, {8, 24, 48},
+                                           {1, 2, 4}, 4}})
+    for (int64_t split : {int64_t{0}, int64_t{8}}) {
+      SCOPED_TRACE(std::to_string(c.segments.size()) + " branches, split " +
+                   std::to_string(split));
+      const Shape g{2, 96, c.H, 8};
+      const AttentionSpec spec = dilated_spec(c);
+      const auto in = testing::random_inputs(g, DType::BF16, 71 + c.H);
+      DistributedInputs din;
+      if (root) din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
+      DistConfig cfg{DistMode::Dilated, Sharding::Contiguous};
+      cfg.split_rows = split;
+      const auto r = run_distributed(spec, cfg, comm, test_backend(), din, true);
+      if (!root) continue;
+      const auto same = testing::single_process(spec, in, true);
+      testing::FullInputs in64{in.q.to(DType::F64), in.k.to(DType::F64), in.v.to(DType::F64),
+                               in.d_o.to(DType::F64)};
+      const auto ref = testing::single_process(spec, in64, true);
+      const Tensor* got[3] = {&r.dq, &r.dk, &r.dv};
+      const Tensor* single[3] = {&same.dq, &same.dk, &same.dv};
+      const Tensor* exact[3] = {&ref.dq, &ref.dk, &ref.dv};
+      for (int i = 0; i < 3; ++i) {
+        const double peak =
+            max_abs_diff(exact[i]->view(), Tensor(DType::F64, g.B, g.N, g.H, g.D).view());
+        EXPECT_LE(max_abs_diff(got[i]->view(), single[i]->view()), peak / 128)
+            << "gradient " << "qkv"[i];
+        EXPECT_LE(max_abs_diff(got[i]->view(), exact[i]->view()),
+                  2 * max_abs_diff(single[i]->view(), exact[i]->view()) + peak / 256)
+            << "gradient " << "qkv"[i];
+      }
+    }
+}
+
 // Rows of segment m on rank rho for a branch (segment s, rate r, offset o), counted directly.
 int64_t rows_on_rank(int64_t m, int64_t s, int64_t r, int64_t o, int64_t c, int rho) {
   int64_t n = 0;

@@ -93,7 +93,7 @@ std::vector<VariantCase> cases() {
     c.spec.variant = "block_sparse";
     c.spec.sparse = pattern("local_window");
     c.cfg = DistConfig{DistMode::BlockSparseRing, Sharding::Contiguous, SparseRoute::Direct};
-    c.cfg.sparse_split_rows = kBlock;
+    c.cfg.split_rows = kBlock;
     v.push_back(c);
   }
   for (DilatedMode mode : {DilatedMode::Groups, DilatedMode::LongNet}) {
@@ -106,6 +106,19 @@ std::vector<VariantCase> cases() {
     c.spec.dilated.mode = mode;
     c.cfg = DistConfig{DistMode::Dilated, Sharding::Contiguous};
     c.H = 4;
+    v.push_back(c);
+  }
+  {  // segments inside every shard: bf16 gradients through one call's fp32 scratches, calls of
+     // one segment
+    VariantCase c;
+    c.name = "dilated_groups_local_split";
+    c.spec.variant = "dilated";
+    c.spec.block_size = kBlock;
+    c.spec.dilated.segment_lengths = {64, 128};
+    c.spec.dilated.dilation_rates = {1, 2};
+    c.cfg = DistConfig{DistMode::Dilated, Sharding::Contiguous};
+    c.cfg.split_rows = kBlock;
+    c.H = 2;
     v.push_back(c);
   }
   for (const char* variant : {"dense", "dilated"}) {
