@@ -215,6 +215,35 @@ __global__ void merge_quad_kernel(DevView o_acc, DevView lse_acc, bool acc_f64, 
   }
 }
 
+// dst = alpha * src (kCopy) or dst += alpha * src over rows with unit element stride whose
+// starts are 4-element aligned (strided views such as dilated rows or head ranges): eight lanes
+// a row, one aligned vector access of four elements each side, the row kernel's arithmetic.
+template <typename TD, typename TS, bool kCopy>
+__global__ void axpy_quad_kernel(DevView dst, DevView src, int64_t rows, double alpha) {
+  constexpr int kLanes = 8, kRowsPerWarp = 32 / kLanes;
+  const int lane = threadIdx.x & 31, sub = lane % kLanes, slot = lane / kLanes;
+  const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
+  const int64_t quads = dst.D / 4;
+  for (int64_t base = warp * kRowsPerWarp; base < rows; base += warps * kRowsPerWarp) {
+    const int64_t r = base + slot;
+    if (r >= rows) continue;
+    const RowIndex ri = split_row(r, dst.N, dst.H);
+    Quad<TD>* pd = reinterpret_cast<Quad<TD>*>(elem<TD>(dst, ri.b, ri.n, ri.h, 0));
+    const Quad<TS>* ps = reinterpret_cast<const Quad<TS>*>(elem<TS>(src, ri.b, ri.n, ri.h, 0));
+    for (int64_t q = sub; q < quads; q += kLanes) {
+      const Quad<TS> x = ps[q];
+      Quad<TD> y;
+      if (!kCopy) y = pd[q];
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        y.v[j] = kCopy ? from_f64<TD>(__dmul_rn(alpha, to_f64(x.v[j])))
+                       : from_f64<TD>(__dadd_rn(to_f64(y.v[j]), __dmul_rn(alpha, to_f64(x.v[j]))));
+      pd[q] = y;
+    }
+  }
+}
+
 // splitmix64: a bijective 64-bit mix, good enough to draw independent uniforms per index.
 __device__ __forceinline__ uint64_t mix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -343,6 +372,23 @@ void two_operand(const TensorView& dst, double alpha, const TensorView& src, cud
       CUDA_CHECK_LAUNCH("copy (flat_kernel)");
     else
       CUDA_CHECK_LAUNCH("axpy (flat_kernel)");
+    return;
+  }
+  if (rows_quad_ok(dst) && rows_quad_ok(src)) {
+    const int64_t rows = rows_of(dst);
+    constexpr int kThreads = 256;  // 32 rows a block
+    const int64_t blocks = std::min<int64_t>((rows + 31) / 32, kMaxGrid);
+    dispatch_dtype(dst.dtype, [&](auto xd) {
+      dispatch_dtype(src.dtype, [&](auto xs) {
+        axpy_quad_kernel<decltype(xd), decltype(xs), kCopy>
+            <<<static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kThreads, 0, stream>>>(
+                dev_view(dst), dev_view(src), rows, alpha);
+      });
+    });
+    if constexpr (kCopy)
+      CUDA_CHECK_LAUNCH("copy (axpy_quad_kernel)");
+    else
+      CUDA_CHECK_LAUNCH("axpy_quad_kernel");
     return;
   }
   const Launch l = launch_for(rows_of(dst), dst.D);

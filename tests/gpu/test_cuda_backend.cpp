@@ -150,12 +150,15 @@ TEST(CudaElementwise, FlatKernelsMatchCpuAndFallBackWhenUnaligned) {
   auto gpu = make_cuda_backend();
   auto cpu = make_cpu_backend();
   uint64_t seed = 900;
-  // {N, offset}: 4096 elements aligned (vector path), 4095 (a remainder: row path), and 4096
-  // starting one element into the buffer (misaligned: row path).
-  const int64_t shapes[3][2] = {{1024, 0}, {1023, 0}, {1024, 1}};
+  // {N, offset, row stride}: 4096 elements aligned (vector path), 4095 (a remainder: row
+  // path), 4096 starting one element into the buffer (misaligned: row path), and rows 8
+  // elements apart (strided, aligned: the row-quad path of copy and axpy).
+  const int64_t shapes[4][3] = {{1024, 0, 4}, {1023, 0, 4}, {1024, 1, 4}, {512, 0, 8}};
   for (const auto& sh : shapes) {
-    const int64_t N = sh[0], off = sh[1], total = N * 4 + off + 3;  // [1, N, 1, 4] at `off`
-    SCOPED_TRACE("N " + std::to_string(N) + " offset " + std::to_string(off));
+    const int64_t N = sh[0], off = sh[1], stride = sh[2];
+    const int64_t total = N * stride + off + 3;  // [1, N, 1, 4] at `off`
+    SCOPED_TRACE("N " + std::to_string(N) + " offset " + std::to_string(off) + " stride " +
+                 std::to_string(stride));
     for (DType dt : kLowDtypes) {
       for (DType src_dt : kLowDtypes) {
         SCOPED_TRACE(std::string(dtype_name(dt)) + " <- " + dtype_name(src_dt));
@@ -172,8 +175,8 @@ TEST(CudaElementwise, FlatKernelsMatchCpuAndFallBackWhenUnaligned) {
           v.D = 4;
           v.sd = 1;
           v.sh = 4;
-          v.sn = 4;
-          v.sb = 4 * N;
+          v.sn = stride;
+          v.sb = stride * N;
           return v;
         };
         Tensor hs, hd;
