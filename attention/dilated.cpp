@@ -141,6 +141,10 @@ class DilatedAttention final : public AttentionVariant {
     check_same_shape(dv, "dv", q);
     MaskCache& masks = masks_for(be);
     const auto branches = dilated_branches(spec_.dilated, q.H);
+    if (spec_.dilated.mode == DilatedMode::Groups && is_half(dq.dtype)) {
+      backward_groups_once(be, masks, branches, q, k, v, o, lse, d_o, dq, dk, dv);
+      return;
+    }
     GradAccumulator gq(be, dq), gk(be, dk), gv(be, dv);
     double alpha = 1.0;
     if (spec_.dilated.mode == DilatedMode::Groups) {
@@ -269,6 +273,53 @@ class DilatedAttention final : public AttentionVariant {
         be.copy_scaled(o_branch, G, seg(o));
         kernel_backward(be, m, mt, seg(q), seg(k), seg(v), o_branch, seg(lse), seg(d_o), seg(dq),
                         seg(dk), seg(dv));
+      });
+    }
+  }
+
+  // groups with fp16/bf16 gradients: a (row, head) belongs to one branch and one segment, so
+  // each gradient element gets one kernel call's contribution. Each call's dQ, dK, dV go into
+  // fp32 scratches of its rows and are copied out scaled by 1/G (one rounding, as the fp32
+  // accumulators' copy gives), calls of at most backward_split_rows rows (runs of segments):
+  // fp32 is held for one call, not for the whole tensors.
+  void backward_groups_once(Backend& be, MaskCache& masks,
+                            const std::vector<DilatedBranch>& branches, const TensorView& q,
+                            const TensorView& k, const TensorView& v, const TensorView& o,
+                            const TensorView& lse, const TensorView& d_o, const TensorView& dq,
+                            const TensorView& dk, const TensorView& dv) const {
+    const double G = static_cast<double>(spec_.dilated.segment_lengths.size());
+    for (const TensorView* g : {&dq, &dk, &dv}) be.fill(*g, 0.0);  // rows no branch selects
+    const int64_t most = backward_split_rows(q.B * q.N);
+    for (const auto& br : branches) {
+      const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+      if (L == 0) continue;
+      const int64_t per = std::max<int64_t>(1, most / L);  // segments a call
+      const int64_t calls_of = std::min(per, q.B * (q.N / br.segment));
+      const int64_t hc = br.head_count;
+      DeviceTensor ob = DeviceTensor::scratch(be, o.dtype, calls_of, L, hc, q.D);
+      DeviceTensor g[3];
+      for (DeviceTensor& t : g) t = DeviceTensor::scratch(be, DType::F32, calls_of, L, hc, q.D);
+      const PreparedMask& m = masks.forward(L);
+      const PreparedMask& mt = masks.transposed(L);
+      for_each_chunk(q.B, {q, k, v, o, lse, d_o, dq, dk, dv}, [&](int64_t b0, int64_t nb) {
+        auto seg = [&](const TensorView& t) { return segment_rows(t.batches(b0, nb), br, L); };
+        const int64_t segs = seg(q).B;
+        for (int64_t s0 = 0; s0 < segs; s0 += per) {
+          const int64_t n = std::min(per, segs - s0);
+          auto part = [&](const TensorView& t) { return seg(t).batches(s0, n); };
+          const TensorView o_branch = ob.view().batches(0, n);
+          be.copy_scaled(o_branch, G, part(o));
+          TensorView gv3[3];
+          for (int i = 0; i < 3; ++i) {
+            gv3[i] = g[i].view().batches(0, n);
+            be.fill(gv3[i], 0.0);
+          }
+          kernel_backward(be, m, mt, part(q), part(k), part(v), o_branch, part(lse), part(d_o),
+                          gv3[0], gv3[1], gv3[2]);
+          be.copy_scaled(part(dq), 1.0 / G, gv3[0]);
+          be.copy_scaled(part(dk), 1.0 / G, gv3[1]);
+          be.copy_scaled(part(dv), 1.0 / G, gv3[2]);
+        }
       });
     }
   }

@@ -645,10 +645,6 @@ BlockMask mask_slice(const BlockMask& m, int64_t b0, int64_t b1, int64_t c0, int
   return s;
 }
 
-int64_t backward_split_rows(int64_t local_rows) {
-  return std::max(kRingSplitMinRows, (local_rows + kRingSplitParts - 1) / kRingSplitParts);
-}
-
 namespace {
 
 // First and one past the last block row of a mask that lists something (b0 == b1: none).

@@ -161,7 +161,8 @@ struct ForwardOrder {
 ForwardOrder make_forward_order(const RingPlan& plan);
 
 // The step-wise backward's calls on this rank's own K/V (step 0). Each step-0 work's span of
-// query rows is cut into chunks of at most RingPlan::split_rows rows (0: backward_split_rows),
+// query rows is cut into chunks of at most RingPlan::split_rows rows (0: backward_split_rows,
+// attention/spec.hpp),
 // equal in blocks; a key row of the shard that one chunk alone reaches (one chunk lists it and
 // no other rank sends dK/dV back for it) gets its dK/dV added straight into dk and dv (the
 // kernels add each key row once per call, one rounding, as the fp32 accumulator's copy would
@@ -190,11 +191,6 @@ struct BackwardSplit {
   RowRuns dq_unreached;  // query rows no call reaches (their dQ is 0)
   int64_t chunk_rows = 0;  // rows of the largest chunk
 };
-// Most query rows of a step-0 chunk for a shard of `local_rows` rows: an eighth of the shard,
-// and at least kRingSplitMinRows (shorter shards are not cut: their kernel calls stay large).
-constexpr int64_t kRingSplitMinRows = 262144;
-constexpr int64_t kRingSplitParts = 8;
-int64_t backward_split_rows(int64_t local_rows);
 BackwardSplit make_backward_split(const RingPlan& plan);
 // Rows [b0, b1) of a block mask and the listed blocks among key blocks [c0, c1), shifted to
 // start at c0 (blocks outside are dropped).

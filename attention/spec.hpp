@@ -59,4 +59,15 @@ struct AttentionSpec {
 // Rejects invalid shapes/configs before any work; throws InvalidArgument naming the argument.
 void validate_shape(const Shape& s);
 
+// Most rows of one backward kernel call whose gradients are held in fp32 only while it runs
+// (the block-sparse ring's chunks on a rank's own K/V, dilated groups' runs of segments), for
+// `rows` rows in all: an eighth of them, and at least kSplitMinRows (shorter tensors are not
+// cut: their kernel calls stay large).
+constexpr int64_t kSplitMinRows = 262144;
+constexpr int64_t kSplitParts = 8;
+constexpr int64_t backward_split_rows(int64_t rows) {
+  const int64_t part = (rows + kSplitParts - 1) / kSplitParts;
+  return part > kSplitMinRows ? part : kSplitMinRows;
+}
+
 }  // namespace longattn

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "attention/dilated.hpp"
 #include "attention/head_groups.hpp"
@@ -228,6 +229,42 @@ TEST(Dilated, LowPrecisionWithinTwiceNaiveError) {
       EXPECT_LT(compare(lse.view(), ref.lse.view()).max_abs, dt == DType::F32 ? 1e-5 : 1e-2)
           << mode_name(mode) << " " << dtype_name(dt);
     }
+}
+
+// Groups with fp16/bf16 gradients hold each kernel call's gradients in fp32 while it runs and
+// copy them out scaled (one rounding); at 2^19 rows every branch is cut into calls of
+// backward_split_rows rows. Against the fp32 run on the same values (whole fp32 accumulators):
+// within a few roundings of the largest value, bf16 non-causal and fp16 causal.
+TEST(Dilated, HalfPrecisionGroupsGradientsInCalls) {
+  auto be = make_cpu_backend();
+  const int64_t N = int64_t{1} << 19, H = 2, D = 4;
+  ASSERT_LT(backward_split_rows(N), N);  // cut into calls
+  for (const auto& [causal, dt] : {std::pair{false, DType::BF16}, std::pair{true, DType::F16}}) {
+    SCOPED_TRACE(std::string(dtype_name(dt)) + (causal ? " causal" : " full"));
+    auto att = make_dilated_attention(make_spec(make_cfg(DilatedMode::Groups, {4, 8}, {1, 2}),
+                                                causal, 4));
+    Tensor in[4];
+    for (int i = 0; i < 4; ++i) in[i] = Tensor::randn(DType::F64, 1, N, H, D, 600 + i).to(dt);
+    Tensor o(dt, 1, N, H, D), lse(DType::F32, 1, N, H, 1);
+    att->forward(*be, in[0].view(), in[1].view(), in[2].view(), o.view(), lse.view());
+    Tensor g[3] = {o.clone(), o.clone(), o.clone()};
+    for (Tensor& t : g) t.fill(5.0);  // overwritten
+    att->backward(*be, in[0].view(), in[1].view(), in[2].view(), o.view(), lse.view(),
+                  in[3].view(), g[0].view(), g[1].view(), g[2].view());
+    // The same values in fp32, with the fp32 run's own output.
+    Tensor f[4];
+    for (int i = 0; i < 4; ++i) f[i] = in[i].to(DType::F32);
+    Tensor fo(DType::F32, 1, N, H, D), flse(DType::F32, 1, N, H, 1);
+    att->forward(*be, f[0].view(), f[1].view(), f[2].view(), fo.view(), flse.view());
+    Tensor fg[3] = {fo.clone(), fo.clone(), fo.clone()};
+    att->backward(*be, f[0].view(), f[1].view(), f[2].view(), fo.view(), flse.view(),
+                  f[3].view(), fg[0].view(), fg[1].view(), fg[2].view());
+    for (int i = 0; i < 3; ++i) {
+      const double peak = compare(fg[i].view(), Tensor(DType::F32, 1, N, H, D).view()).max_abs;
+      EXPECT_GT(peak, 0.1);
+      EXPECT_LE(compare(g[i].view(), fg[i].view()).max_abs, peak / 64) << "gradient " << "qkv"[i];
+    }
+  }
 }
 
 TEST(Dilated, CausalOutputIgnoresFutureKeys) {
