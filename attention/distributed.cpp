@@ -136,7 +136,8 @@ std::string describe_distributed(const AttentionSpec& spec_in, const DistConfig&
   const AttentionSpec s = normalized(spec_in);
   std::ostringstream os;
   os << "mode=" << dist_mode_name(cfg.mode) << " sharding=" << sharding_name(cfg.sharding)
-     << " sparse_route=" << sparse_route_name(cfg.sparse_route) << " variant=" << s.variant
+     << " sparse_route=" << sparse_route_name(cfg.sparse_route)
+     << " split_rows=" << cfg.split_rows << " variant=" << s.variant
      << " causal=" << s.causal << " scale=" << exact(s.scale) << " block_size=" << s.block_size;
   const DilatedConfig& d = s.dilated;
   os << " dilated{segments=" << list(d.segment_lengths) << " rates=" << list(d.dilation_rates)
