@@ -2,6 +2,7 @@
 #include "mpi_env.hpp"
 
 #include <cmath>
+#include <utility>
 
 #include "attention/variant.hpp"
 
@@ -29,6 +30,17 @@ Reference single_process(const AttentionSpec& spec, const FullInputs& in, bool b
                       r.dq.view(), r.dk.view(), r.dv.view());
   }
   return r;
+}
+
+void expect_matches_single_process(const DistributedResult& r, const AttentionSpec& spec,
+                                   const FullInputs& in, double tol, const std::string& what) {
+  const Reference ref = single_process(spec, in, true);
+  const std::pair<const Tensor*, const Tensor*> pairs[] = {
+      {&r.o, &ref.o}, {&r.lse, &ref.lse}, {&r.dq, &ref.dq}, {&r.dk, &ref.dk}, {&r.dv, &ref.dv}};
+  const char* names[] = {"o", "lse", "dq", "dk", "dv"};
+  for (int i = 0; i < 5; ++i)
+    EXPECT_LT(max_abs_diff(pairs[i].first->view(), pairs[i].second->view()), tol)
+        << names[i] << " " << what;
 }
 
 double max_abs_diff(const TensorView& a, const TensorView& ref) {

@@ -51,4 +51,11 @@ Tensor local_part(DistributedMultihead& dist, int rank, int64_t B, int64_t N, co
 // Max |a - ref| over all elements (views of equal shape); -inf == -inf counts as equal.
 double max_abs_diff(const TensorView& a, const TensorView& ref);
 
+// On the root rank: o, lse, dq, dk and dv of a distributed run (run_distributed with the
+// backward) each within `tol` of the single-process run of `spec` on `in`; `what` labels
+// failures.
+void expect_matches_single_process(const DistributedResult& r, const AttentionSpec& spec,
+                                   const FullInputs& in, double tol,
+                                   const std::string& what = "");
+
 }  // namespace longattn::testing

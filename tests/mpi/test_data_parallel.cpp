@@ -40,12 +40,7 @@ TEST(DataParallel, EveryVariantMatchesTheWholeBatchWithoutCommunication) {
       const auto r = run_distributed(spec, DistConfig{DistMode::DataParallel, Sharding::Zigzag},
                                      comm, test_backend(), din, true);
       if (comm.rank() == 0) {
-        const auto ref = testing::single_process(spec, in, true);
-        EXPECT_LT(max_abs_diff(r.o.view(), ref.o.view()), kDistTolerance) << name;
-        EXPECT_LT(max_abs_diff(r.lse.view(), ref.lse.view()), kDistTolerance) << name;
-        EXPECT_LT(max_abs_diff(r.dq.view(), ref.dq.view()), kDistTolerance) << name;
-        EXPECT_LT(max_abs_diff(r.dk.view(), ref.dk.view()), kDistTolerance) << name;
-        EXPECT_LT(max_abs_diff(r.dv.view(), ref.dv.view()), kDistTolerance) << name;
+        testing::expect_matches_single_process(r, spec, in, kDistTolerance, name);
       }
       EXPECT_EQ(r.forward_total.bytes_sent, 0) << name;
       EXPECT_EQ(r.backward_total.bytes_sent, 0) << name;
