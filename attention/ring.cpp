@@ -846,9 +846,7 @@ ForwardOrder make_forward_order(const RingPlan& plan) {
       ForwardOrder::Work fw;
       const size_t i = static_cast<size_t>(st.work[w].q_piece);
       const BlockMask& m = st.work[w].mask;
-      int64_t b0 = 0, b1 = m.num_q_blocks;
-      while (b0 < b1 && m.row_ptr[b0 + 1] == m.row_ptr[b0]) ++b0;
-      while (b1 > b0 && m.row_ptr[b1] == m.row_ptr[b1 - 1]) --b1;
+      const auto [b0, b1] = listed_rows(m, 0, m.num_q_blocks);
       LONGATTN_ASSERT(b1 > b0, "ring forward: a work with an empty mask");
       fw.row0 = b0 * m.block_q;
       fw.rows = std::min(pieces[i].len, b1 * m.block_q) - fw.row0;
