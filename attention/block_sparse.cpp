@@ -11,6 +11,7 @@
 #include "attention/dense.hpp"
 #include "attention/hilbert.hpp"
 #include "attention/patterns.hpp"
+#include "attention/ring.hpp"
 #include "runtime/error.hpp"
 
 namespace longattn {
@@ -96,6 +97,7 @@ class BlockSparseAttention final : public AttentionVariant {
     check_self_attention(q, k);
     const BlockMask& m = mask_for_inputs(be, q, k);
     if (!spec_.sparse.hilbert) {
+      if (backward_in_chunks(be, m, q, k, v, o, lse, d_o, dq, dk, dv)) return;
       const PreparedMask& pm = kept_mask(be);
       masked_backward(be, spec_, pm, prepared_.transposed(be), q, k, v, o, lse, d_o, dq, dk, dv);
       return;
@@ -179,7 +181,110 @@ class BlockSparseAttention final : public AttentionVariant {
     return sparse_block_mask(spec_.sparse, s.N, spec_.causal, &locality);
   }
 
+  // fp16/bf16 gradients of more than backward_split_rows rows: the kernels add dQ in fp32, and
+  // one call over every row would hold fp32 dQ for all of them. The backward runs instead in
+  // chunks of query rows (the BackwardSplit of a one-rank plan, as the block-sparse ring does
+  // on a rank's own K/V): each chunk's dQ in an fp32 scratch of its rows, copied into dq (one
+  // rounding); key rows one chunk alone reaches take their dK/dV straight into dk and dv, the
+  // others (`merged`) accumulate in fp32 and are copied out. Used where that holds less fp32
+  // than the single call (masks whose chunks share few key rows, such as local windows) and the
+  // chunks are not scattered; returns false otherwise.
+  bool backward_in_chunks(Backend& be, const BlockMask& m, const TensorView& q,
+                          const TensorView& k, const TensorView& v, const TensorView& o,
+                          const TensorView& lse, const TensorView& d_o, const TensorView& dq,
+                          const TensorView& dk, const TensorView& dv) {
+    if (dq.dtype != DType::F16 && dq.dtype != DType::BF16) return false;
+    const int64_t most = std::max(m.block_q, backward_split_rows(q.B * q.N) / q.B);
+    if (q.N <= most || m.block_q != m.block_k || q.N % m.block_q != 0) return false;
+    Chunks& c = chunks_;
+    if (c.backend != be.instance_id() || c.key != generation_ || c.most != most) {
+      c = Chunks{};
+      RingPlan plan = make_sparse_ring_plan(ShardLayout(Sharding::Contiguous, q.N, 1), 0, m);
+      plan.split_rows = most;
+      c.split = make_backward_split(plan);
+      const BackwardSplit& bs = c.split;
+      int64_t merged = 0;
+      for (const RowRun& r : bs.merged) merged += r.len;
+      c.usable = plan.steps.size() == 1 && bs.step0.size() == 1 && bs.chunks[0].size() > 1 &&
+                 bs.dq_merged.empty() && 2 * merged + bs.chunk_rows < q.N;
+      if (c.usable) {
+        const BlockMask& wm = plan.steps[0].work[0].mask;
+        for (const BackwardSplit::Call& call : bs.step0[0]) {
+          const int64_t b0 = call.row0 / wm.block_q, b1 = b0 + (call.rows + wm.block_q - 1) / wm.block_q;
+          const int64_t c0 = call.col0 / wm.block_k, c1 = c0 + (call.cols + wm.block_k - 1) / wm.block_k;
+          const BlockMask cm = mask_select(wm, b0, b1, c0, c1);
+          c.masks.emplace_back(be.prepare_mask(cm), be.prepare_mask(cm.transpose()));
+        }
+      }
+      c.backend = be.instance_id();
+      c.key = generation_;
+      c.most = most;
+    }
+    if (!c.usable) return false;
+    const BackwardSplit& bs = c.split;
+    // Where rows [start, start + len) of the merged key rows lie in their accumulator.
+    auto merged_at = [&](int64_t start, int64_t len) {
+      int64_t at = 0;
+      for (const RowRun& r : bs.merged) {
+        if (start >= r.start && start + len <= r.start + r.len) return at + start - r.start;
+        at += r.len;
+      }
+      LONGATTN_ASSERT(false, "block-sparse backward: key rows outside the merged rows");
+      return int64_t{-1};
+    };
+    int64_t merged_rows = 0;
+    for (const RowRun& r : bs.merged) merged_rows += r.len;
+    DeviceTensor scratch = DeviceTensor::scratch(be, DType::F32, q.B, bs.chunk_rows, q.H, q.D);
+    DeviceTensor home_k, home_v;
+    if (merged_rows > 0) {
+      home_k = DeviceTensor::scratch(be, DType::F32, q.B, merged_rows, q.H, q.D);
+      home_v = DeviceTensor::scratch(be, DType::F32, q.B, merged_rows, q.H, q.D);
+      be.fill(home_k.view(), 0.0);
+      be.fill(home_v.view(), 0.0);
+    }
+    be.fill(dk, 0.0);
+    be.fill(dv, 0.0);
+    for (const RowRun& r : bs.dq_unreached) be.fill(dq.rows(r.start, r.len), 0.0);
+    const auto& calls = bs.step0[0];
+    size_t i = 0;
+    for (size_t ci = 0; ci < bs.chunks[0].size(); ++ci) {
+      const BackwardSplit::Chunk& ch = bs.chunks[0][ci];
+      const TensorView sq =
+          make_view(scratch.data(), DType::F32, q.B, ch.rows, q.H, q.D, scratch.view().device);
+      be.fill(sq, 0.0);
+      for (; i < calls.size() && calls[i].chunk == static_cast<int>(ci); ++i) {
+        const BackwardSplit::Call& cl = calls[i];
+        const int64_t r0 = cl.row0, c0 = cl.col0;
+        const TensorView tk = cl.direct ? dk.rows(c0, cl.cols)
+                                        : home_k.view().rows(merged_at(c0, cl.cols), cl.cols);
+        const TensorView tv = cl.direct ? dv.rows(c0, cl.cols)
+                                        : home_v.view().rows(merged_at(c0, cl.cols), cl.cols);
+        be.attention_backward(make_bwd_params(
+            {q.rows(r0, cl.rows), k.rows(c0, cl.cols), v.rows(c0, cl.cols), o.rows(r0, cl.rows),
+             lse.rows(r0, cl.rows)},
+            {d_o.rows(r0, cl.rows), sq.rows(r0 - ch.row0, cl.rows), tk, tv},
+            c.masks[i].first->view(), c.masks[i].second->view(),
+            {spec_.scale, spec_.causal, r0, c0}));
+      }
+      be.copy(dq.rows(ch.row0, ch.rows), sq);
+    }
+    LONGATTN_ASSERT(i == calls.size(), "block-sparse backward: a call outside its chunks");
+    for (const RowRun& r : bs.merged) {
+      be.copy(dk.rows(r.start, r.len), home_k.view().rows(merged_at(r.start, r.len), r.len));
+      be.copy(dv.rows(r.start, r.len), home_v.view().rows(merged_at(r.start, r.len), r.len));
+    }
+    return true;
+  }
+  struct Chunks {
+    uint64_t backend = 0, key = ~uint64_t{0};
+    int64_t most = 0;
+    bool usable = false;
+    BackwardSplit split;
+    std::vector<std::pair<std::unique_ptr<PreparedMask>, std::unique_ptr<PreparedMask>>> masks;
+  };
+
   AttentionSpec spec_;
+  Chunks chunks_;  // the chunked backward's split and call masks, for mask_ on a backend
   int64_t cached_n_ = -1;
   BlockMask mask_;
   std::vector<double> cached_scores_;

@@ -165,6 +165,63 @@ TEST(BlockSparse, HalfPrecisionWithinTwiceNaiveError) {
   }
 }
 
+// fp16/bf16 gradients of more rows than backward_split_rows: the backward runs in chunks of
+// query rows, dQ through a chunk's fp32 scratch and the key rows two chunks reach in fp32
+// (local window); a mask whose key rows are all shared (non-causal
+// global tokens, which every query row sees) keeps the single call.
+// Against the fp32 run on the same values (one call): within a few roundings of the largest
+// value, batch 2 and 1, causal or not.
+TEST(BlockSparse, HalfPrecisionGradientsInChunks) {
+  auto be = make_cpu_backend();
+  const int64_t H = 2, D = 4;
+  SparseConfig window = make("local_window", 16);
+  window.window_size = 48;
+  window.window_given = true;
+  SparseConfig global = make("global_local", 16);
+  global.global_tokens = 32;
+  global.window_size = 32;
+  global.global_given = global.window_given = true;
+  struct Case {
+    SparseConfig cfg;
+    int64_t B, N;
+    bool causal;
+    DType dt;
+  };
+  for (const Case& c : {Case{window, 2, int64_t{1} << 18, false, DType::BF16},
+                        Case{window, 1, int64_t{1} << 19, true, DType::F16},
+                        Case{global, 1, int64_t{1} << 19, false, DType::BF16}}) {
+    SCOPED_TRACE(c.cfg.pattern + " B " + std::to_string(c.B) + " " + dtype_name(c.dt));
+    ASSERT_LT(backward_split_rows(c.B * c.N) / c.B, c.N);  // more rows than one chunk
+    AttentionSpec spec;
+    spec.variant = "block_sparse";
+    spec.causal = c.causal;
+    spec.sparse = c.cfg;
+    auto att = make_block_sparse_attention(spec);
+    Tensor in[4];
+    for (int i = 0; i < 4; ++i)
+      in[i] = Tensor::randn(DType::F64, c.B, c.N, H, D, 700 + i).to(c.dt);
+    Tensor o(c.dt, c.B, c.N, H, D), lse(DType::F32, c.B, c.N, H, 1);
+    att->forward(*be, in[0].view(), in[1].view(), in[2].view(), o.view(), lse.view());
+    Tensor g[3] = {o.clone(), o.clone(), o.clone()};
+    for (Tensor& t : g) t.fill(5.0);  // overwritten
+    att->backward(*be, in[0].view(), in[1].view(), in[2].view(), o.view(), lse.view(),
+                  in[3].view(), g[0].view(), g[1].view(), g[2].view());
+    Tensor f[4];
+    for (int i = 0; i < 4; ++i) f[i] = in[i].to(DType::F32);
+    Tensor fo(DType::F32, c.B, c.N, H, D), flse(DType::F32, c.B, c.N, H, 1);
+    att->forward(*be, f[0].view(), f[1].view(), f[2].view(), fo.view(), flse.view());
+    Tensor fg[3] = {fo.clone(), fo.clone(), fo.clone()};
+    att->backward(*be, f[0].view(), f[1].view(), f[2].view(), fo.view(), flse.view(),
+                  f[3].view(), fg[0].view(), fg[1].view(), fg[2].view());
+    for (int i = 0; i < 3; ++i) {
+      const double peak =
+          compare(fg[i].view(), Tensor(DType::F32, c.B, c.N, H, D).view()).max_abs;
+      EXPECT_GT(peak, 0.1);
+      EXPECT_LE(compare(g[i].view(), fg[i].view()).max_abs, peak / 64) << "gradient " << "qkv"[i];
+    }
+  }
+}
+
 TEST(BlockSparse, GradientsMatchFiniteDifferences) {
   auto be = make_cpu_backend(1);
   const int64_t B = 1, N = 32, H = 2, D = 4, bs = 8;
