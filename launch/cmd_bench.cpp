@@ -924,7 +924,10 @@ json run_maxseq(Runner& runner, const MaxseqEntry& e, const MaxseqParams& mp, Li
   bool capped = false;
   for (int64_t n = round_up(std::max<int64_t>(mp.min_n, g)); !over_budget(); n *= 2) {
     if (n > mp.max_n) {
-      capped = true;
+      // Doubling went past --max-n: the longest length allowed is tried before the search
+      // stops there (a failure leaves the bisection between it and the last length passed).
+      const int64_t last = round_down(mp.max_n);
+      capped = last <= lo || last < mp.min_n || (trial(last) && !hi);
       break;
     }
     if (!trial(n)) break;

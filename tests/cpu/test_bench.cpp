@@ -258,6 +258,18 @@ TEST_F(Bench, MaxseqStopsAtMaxNAndAtTheTimeLimit) {
   ASSERT_EQ(doc["rows"].size(), 6u);
   for (const auto& row : doc["rows"]) EXPECT_EQ(row["wrong"], 0) << row.dump();
 
+  // A --max-n that doubling steps over is tried itself: 512, 1024, then 1536 (not 2048).
+  const Result c = bench(
+      "--suite maxseq --modes block_sparse:fwd --heads 2 --head-dim 16 "
+      "--min-n 512 --max-n 1536 --granularity 512 --json " +
+      j.string());
+  ASSERT_EQ(c.code, 0) << c.output;
+  const json doc3 = read_json(j);
+  EXPECT_EQ(doc3["maxseq"][0]["largest_n"], 1536) << doc3["maxseq"].dump();
+  EXPECT_EQ(doc3["maxseq"][0]["stopped_by"], "max-n") << doc3["maxseq"].dump();
+  ASSERT_EQ(doc3["rows"].size(), 3u);
+  EXPECT_EQ(doc3["rows"][2]["N"], 1536) << doc3["rows"].dump();
+
   // A limit far below any trial: the first trial still runs (nothing predicts it), passes and
   // stops the search.
   const Result t = bench(
