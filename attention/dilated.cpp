@@ -7,6 +7,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <numeric>
 
 #include "attention/dense.hpp"
 #include "runtime/error.hpp"
@@ -125,10 +126,16 @@ class DilatedAttention final : public AttentionVariant {
     check_io(q, k, v, o, lse);
     MaskCache& masks = masks_for(be);
     const auto branches = dilated_branches(spec_.dilated, q.H);
-    if (spec_.dilated.mode == DilatedMode::Groups)
+    if (spec_.dilated.mode == DilatedMode::Groups) {
       forward_groups(be, masks, branches, q, k, v, o, lse);
-    else
-      forward_longnet(be, masks, branches, q, k, v, o, lse);
+      return;
+    }
+    const int64_t chunk = longnet_chunk_rows(q, is_half(o.dtype));
+    for (int64_t r0 = 0; r0 < q.N; r0 += chunk) {
+      const int64_t n = std::min(chunk, q.N - r0);
+      auto r = [&](const TensorView& t) { return t.rows(r0, n); };
+      forward_longnet(be, masks, branches, r(q), r(k), r(v), r(o), r(lse));
+    }
   }
 
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
@@ -145,18 +152,27 @@ class DilatedAttention final : public AttentionVariant {
       backward_groups_once(be, masks, branches, q, k, v, o, lse, d_o, dq, dk, dv);
       return;
     }
-    GradAccumulator gq(be, dq), gk(be, dk), gv(be, dv);
-    double alpha = 1.0;
     if (spec_.dilated.mode == DilatedMode::Groups) {
+      GradAccumulator gq(be, dq), gk(be, dk), gv(be, dv);
       backward_groups(be, masks, branches, q, k, v, o, lse, d_o, gq.view(), gk.view(), gv.view());
-      alpha = 1.0 / static_cast<double>(spec_.dilated.segment_lengths.size());
-    } else {
-      backward_longnet(be, masks, branches, q, k, v, o, lse, d_o, gq.view(), gk.view(),
-                       gv.view());
+      const double alpha = 1.0 / static_cast<double>(spec_.dilated.segment_lengths.size());
+      gq.finish(be, alpha);
+      gk.finish(be, alpha);
+      gv.finish(be, alpha);
+      return;
     }
-    gq.finish(be, alpha);
-    gk.finish(be, alpha);
-    gv.finish(be, alpha);
+    // longnet: the branches overlap, so fp16/bf16 gradients accumulate in fp32, chunk by chunk.
+    const int64_t chunk = longnet_chunk_rows(q, is_half(dq.dtype) || is_half(dk.dtype));
+    for (int64_t r0 = 0; r0 < q.N; r0 += chunk) {
+      const int64_t n = std::min(chunk, q.N - r0);
+      auto r = [&](const TensorView& t) { return t.rows(r0, n); };
+      GradAccumulator gq(be, r(dq)), gk(be, r(dk)), gv(be, r(dv));
+      backward_longnet(be, masks, branches, r(q), r(k), r(v), r(o), r(lse), r(d_o), gq.view(),
+                       gk.view(), gv.view());
+      gq.finish(be, 1.0);
+      gk.finish(be, 1.0);
+      gv.finish(be, 1.0);
+    }
   }
 
   double flops(const Shape& s) const override {
@@ -187,6 +203,23 @@ class DilatedAttention final : public AttentionVariant {
     check_same_shape(v, "v", q);
     check_same_shape(o, "o", q);
     check_lse(lse, q);
+  }
+
+  // Rows of one longnet pass. Every segment of every branch lies inside a run of rows that
+  // starts at a multiple of all segment lengths, and the result of those rows depends on
+  // nothing outside it; so the passes cover runs of such rows, and the fp32 buffers of a
+  // pass (forward: the merged output and a branch's O and LSE; backward: dq, dk, dv of
+  // fp16/bf16 gradients) are held for its rows only. With fp16/bf16 a pass takes at most
+  // backward_split_rows rows when the segments allow it; otherwise (fp32, fp64) one pass.
+  int64_t longnet_chunk_rows(const TensorView& q, bool half) const {
+    if (!half || q.N == 0) return std::max<int64_t>(q.N, 1);
+    int64_t unit = 1;
+    for (int64_t s : spec_.dilated.segment_lengths) {
+      unit = std::lcm(unit, s);
+      if (unit >= q.N) return q.N;
+    }
+    const int64_t most = backward_split_rows(q.B * q.N) / q.B;
+    return std::min(q.N, std::max(unit, most / unit * unit));
   }
 
   void kernel_forward(Backend& be, const PreparedMask& m, const TensorView& q,

@@ -267,6 +267,51 @@ TEST(Dilated, HalfPrecisionGroupsGradientsInCalls) {
   }
 }
 
+// Longnet with fp16/bf16 tensors runs in passes over runs of rows at multiples of every
+// segment length (at 2^19 rows two passes of backward_split_rows rows), each holding its fp32
+// buffers for its own rows. A pass sees nothing outside its rows, so the whole call must give
+// the same bits as two calls on the halves (each one pass), forward and backward, exact and
+// detached weights; its fp32 buffers stay under what one pass over every row holds.
+TEST(Dilated, HalfPrecisionLongnetInRowPasses) {
+  auto be = make_cpu_backend();
+  const int64_t N = int64_t{1} << 19, H = 2, D = 4, half = N / 2;
+  ASSERT_EQ(backward_split_rows(N), half);
+  for (const auto& [exact, dt] : {std::pair{true, DType::BF16}, std::pair{false, DType::F16}}) {
+    SCOPED_TRACE(std::string(dtype_name(dt)) + (exact ? " exact" : " detached"));
+    auto cfg = make_cfg(DilatedMode::LongNet, {4, 8}, {1, 2});
+    cfg.exact_longnet_grad = exact;
+    auto att = make_dilated_attention(make_spec(cfg, true, 4));
+    Tensor in[4];
+    for (int i = 0; i < 4; ++i) in[i] = Tensor::randn(DType::F64, 1, N, H, D, 700 + i).to(dt);
+    Tensor o(dt, 1, N, H, D), lse(DType::F32, 1, N, H, 1);
+    be->reset_peak();
+    const size_t before = be->peak_bytes();
+    att->forward(*be, in[0].view(), in[1].view(), in[2].view(), o.view(), lse.view());
+    const size_t f32_tensor = static_cast<size_t>(N * H * D) * 4;
+    EXPECT_LE(be->peak_bytes() - before, f32_tensor);  // one pass: acc 1, a branch's O 0.5
+    Tensor g[3] = {o.clone(), o.clone(), o.clone()};
+    for (Tensor& t : g) t.fill(5.0);  // overwritten
+    be->reset_peak();
+    att->backward(*be, in[0].view(), in[1].view(), in[2].view(), o.view(), lse.view(),
+                  in[3].view(), g[0].view(), g[1].view(), g[2].view());
+    EXPECT_LE(be->peak_bytes() - before, 2 * f32_tensor);  // one pass: 3 for dq, dk, dv
+    Tensor ho(dt, 1, N, H, D), hl(DType::F32, 1, N, H, 1), hg[3];
+    for (Tensor& t : hg) t = Tensor(dt, 1, N, H, D);
+    for (int64_t r0 : {int64_t{0}, half}) {
+      auto r = [&](const Tensor& t) { return t.view().rows(r0, half); };
+      att->forward(*be, r(in[0]), r(in[1]), r(in[2]), r(ho), r(hl));
+      att->backward(*be, r(in[0]), r(in[1]), r(in[2]), r(ho), r(hl), r(in[3]), r(hg[0]),
+                    r(hg[1]), r(hg[2]));
+    }
+    EXPECT_EQ(compare(o.view(), ho.view()).max_abs, 0.0);
+    EXPECT_EQ(compare(lse.view(), hl.view()).max_abs, 0.0);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_GT(compare(g[i].view(), Tensor(DType::F64, 1, N, H, D).view()).max_abs, 0.1);
+      EXPECT_EQ(compare(g[i].view(), hg[i].view()).max_abs, 0.0) << "gradient " << "qkv"[i];
+    }
+  }
+}
+
 TEST(Dilated, CausalOutputIgnoresFutureKeys) {
   auto be = make_cpu_backend();
   const int64_t B = 2, N = 64, H = 3, D = 8, cut = 37;
