@@ -406,10 +406,10 @@ std::vector<MaxseqEntry> maxseq_entries(const SuiteParams& p, const MaxseqParams
                          Shape{1, 0, H, D}, p.dtype, P == 1 ? kModeSingle : "block_sparse_ring",
                          P == 1 ? Sharding::Contiguous : sh);
       require(2 * P * tile);
-    } else if (kind == "dilated") {
-      e.base = make_case("maxseq", "", dilated_label(DilatedMode::Groups),
-                         dilated_spec(segs, DilatedMode::Groups, tile, causal), Shape{1, 0, H, D},
-                         p.dtype, P == 1 ? kModeSingle : "dilated");
+    } else if (kind == "dilated" || kind == "dilated_longnet") {
+      const DilatedMode dm = kind == "dilated" ? DilatedMode::Groups : DilatedMode::LongNet;
+      e.base = make_case("maxseq", "", dilated_label(dm), dilated_spec(segs, dm, tile, causal),
+                         Shape{1, 0, H, D}, p.dtype, P == 1 ? kModeSingle : "dilated");
       require(*std::max_element(segs.begin(), segs.end()));
     } else if (kind == "data_parallel") {
       LONGATTN_CHECK_ARG(P > 1, "--modes", k, "data_parallel needs several ranks");
@@ -418,7 +418,8 @@ std::vector<MaxseqEntry> maxseq_entries(const SuiteParams& p, const MaxseqParams
       require(tile);
     } else {
       throw InvalidArgument("--modes", k,
-                            "must be dense, block_sparse, dilated or data_parallel, optionally "
+                            "must be dense, block_sparse, dilated, dilated_longnet or "
+                            "data_parallel, optionally "
                             "followed by :fwd, :bwd or :fwd+bwd");
     }
     e.base.pass = pass;

@@ -1148,8 +1148,9 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
       ("threshold", po::value(&ba.threshold)->default_value(20.0),
        "regression: percent slower than the baseline that fails the run (exit 4)")
       ("modes", po::value(&ba.modes)->multitoken(),
-       "maxseq: dense, block_sparse, dilated, data_parallel, each optionally :fwd, :bwd or "
-       ":fwd+bwd (default fwd+bwd; default modes: dense on one rank, all four on several)")
+       "maxseq: dense, block_sparse, dilated (groups), dilated_longnet, data_parallel, each "
+       "optionally :fwd, :bwd or :fwd+bwd (default fwd+bwd; default modes: dense on one rank; "
+       "dense, block_sparse, dilated and data_parallel on several)")
       ("min-n", po::value(&ba.min_n)->multitoken(),
        "maxseq: first N (default 128K on cuda, 1K x ranks on cpu)")
       ("max-n", po::value(&ba.max_n)->multitoken(),

@@ -260,15 +260,20 @@ TEST_F(Bench, MaxseqStopsAtMaxNAndAtTheTimeLimit) {
 
   // A --max-n that doubling steps over is tried itself: 512, 1024, then 1536 (not 2048).
   const Result c = bench(
-      "--suite maxseq --modes block_sparse:fwd --heads 2 --head-dim 16 "
-      "--min-n 512 --max-n 1536 --granularity 512 --json " +
+      "--suite maxseq --modes block_sparse:fwd dilated_longnet --heads 2 --head-dim 16 "
+      "--min-n 512 --max-n 1536 --granularity 512 --segment-lengths 128,256,512 --json " +
       j.string());
   ASSERT_EQ(c.code, 0) << c.output;
   const json doc3 = read_json(j);
-  EXPECT_EQ(doc3["maxseq"][0]["largest_n"], 1536) << doc3["maxseq"].dump();
-  EXPECT_EQ(doc3["maxseq"][0]["stopped_by"], "max-n") << doc3["maxseq"].dump();
-  ASSERT_EQ(doc3["rows"].size(), 3u);
+  ASSERT_EQ(doc3["maxseq"].size(), 2u);
+  for (const auto& s : doc3["maxseq"]) {
+    EXPECT_EQ(s["largest_n"], 1536) << s.dump();
+    EXPECT_EQ(s["stopped_by"], "max-n") << s.dump();
+  }
+  EXPECT_EQ(doc3["maxseq"][1]["variant"], "dilated/longnet") << doc3["maxseq"].dump();
+  ASSERT_EQ(doc3["rows"].size(), 6u);
   EXPECT_EQ(doc3["rows"][2]["N"], 1536) << doc3["rows"].dump();
+  for (const auto& row : doc3["rows"]) EXPECT_EQ(row["wrong"], 0) << row.dump();
 
   // A limit far below any trial: the first trial still runs (nothing predicts it), passes and
   // stops the search.

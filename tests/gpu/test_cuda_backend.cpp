@@ -1049,13 +1049,58 @@ TEST(CudaAttention, BackwardAccumulatesIntoExistingGradients) {
   }
 }
 
-// The block-sparse backward in chunks of query rows (bf16 gradients of 2^19 rows, a local
-// window): against the fp32 run of the same values on the GPU (one call), within a few
-// roundings of the largest value; the peak holds less than the single call's fp32 dQ.
+// A variant's bf16 backward of 2^19 rows, which runs in parts of rows: against the fp32 run of
+// the same values on the GPU (one call), within a few roundings of the largest value; the
+// backward's peak (and the forward's, where given) under `most_bwd` (`most_fwd`) bytes.
+void expect_half_run_in_parts(const AttentionSpec& spec, int64_t H, int64_t D, size_t most_bwd,
+                              size_t most_fwd = 0) {
+  auto gpu = make_cuda_backend();
+  const int64_t B = 1, N = int64_t{1} << 19;
+  auto att = make_attention(spec);
+  Tensor host[4];
+  for (int i = 0; i < 4; ++i)
+    host[i] = Tensor::randn(DType::F64, B, N, H, D, 800 + i).to(DType::BF16);
+  Tensor grads[2][3], outs[2];
+  for (int run = 0; run < 2; ++run) {  // 0: bf16 (in parts), 1: fp32 (one call)
+    const DType dt = run == 0 ? DType::BF16 : DType::F32;
+    DeviceTensor in[4], o(*gpu, dt, B, N, H, D), lse(*gpu, DType::F32, B, N, H, 1), g[3];
+    for (int i = 0; i < 4; ++i) {
+      in[i] = DeviceTensor(*gpu, dt, B, N, H, D);
+      const Tensor x = host[i].to(dt);
+      gpu->upload(in[i].view(), x.view());
+    }
+    for (DeviceTensor& t : g) t = DeviceTensor(*gpu, dt, B, N, H, D);
+    gpu->reset_peak();
+    size_t before = gpu->peak_bytes();
+    att->forward(*gpu, in[0].view(), in[1].view(), in[2].view(), o.view(), lse.view());
+    if (run == 0 && most_fwd > 0) EXPECT_LT(gpu->peak_bytes() - before, most_fwd);
+    gpu->reset_peak();
+    before = gpu->peak_bytes();
+    att->backward(*gpu, in[0].view(), in[1].view(), in[2].view(), o.view(), lse.view(),
+                  in[3].view(), g[0].view(), g[1].view(), g[2].view());
+    if (run == 0) EXPECT_LT(gpu->peak_bytes() - before, most_bwd);
+    outs[run] = Tensor(DType::F64, B, N, H, D);
+    gpu->download(outs[run].view(), o.view());
+    for (int i = 0; i < 3; ++i) {
+      grads[run][i] = Tensor(DType::F64, B, N, H, D);
+      gpu->download(grads[run][i].view(), g[i].view());
+    }
+  }
+  const double opeak = compare(outs[1].view(), Tensor(DType::F64, B, N, H, D).view()).max_abs;
+  EXPECT_LE(compare(outs[0].view(), outs[1].view()).max_abs, opeak / 64) << "o";
+  for (int i = 0; i < 3; ++i) {
+    const double peak = compare(grads[1][i].view(), Tensor(DType::F64, B, N, H, D).view()).max_abs;
+    EXPECT_GT(peak, 0.1);
+    EXPECT_LE(compare(grads[0][i].view(), grads[1][i].view()).max_abs, peak / 64)
+        << "gradient " << "qkv"[i];
+  }
+}
+
+// The block-sparse backward in chunks of query rows (a local window): the peak holds less than
+// the single call's fp32 dQ of every row (two chunks: half of it).
 TEST(CudaVariants, BlockSparseHalfGradientsInChunks) {
   SKIP_WITHOUT_GPU();
-  auto gpu = make_cuda_backend();
-  const int64_t B = 1, N = int64_t{1} << 19, H = 2, D = 64;
+  const int64_t N = int64_t{1} << 19, H = 2, D = 64;
   for (bool causal : {false, true}) {
     SCOPED_TRACE(causal ? "causal" : "full");
     AttentionSpec spec;
@@ -1065,38 +1110,28 @@ TEST(CudaVariants, BlockSparseHalfGradientsInChunks) {
     spec.sparse.block_size = 128;
     spec.sparse.window_size = 384;
     spec.sparse.window_given = true;
-    auto att = make_attention(spec);
-    Tensor host[4];
-    for (int i = 0; i < 4; ++i)
-      host[i] = Tensor::randn(DType::F64, B, N, H, D, 800 + i).to(DType::BF16);
-    Tensor grads[2][3];
-    for (int run = 0; run < 2; ++run) {  // 0: bf16 (chunks), 1: fp32 (one call)
-      const DType dt = run == 0 ? DType::BF16 : DType::F32;
-      DeviceTensor in[4], o(*gpu, dt, B, N, H, D), lse(*gpu, DType::F32, B, N, H, 1), g[3];
-      for (int i = 0; i < 4; ++i) {
-        in[i] = DeviceTensor(*gpu, dt, B, N, H, D);
-        const Tensor x = host[i].to(dt);
-        gpu->upload(in[i].view(), x.view());
-      }
-      for (DeviceTensor& t : g) t = DeviceTensor(*gpu, dt, B, N, H, D);
-      att->forward(*gpu, in[0].view(), in[1].view(), in[2].view(), o.view(), lse.view());
-      gpu->reset_peak();
-      const size_t before = gpu->peak_bytes();
-      att->backward(*gpu, in[0].view(), in[1].view(), in[2].view(), o.view(), lse.view(),
-                    in[3].view(), g[0].view(), g[1].view(), g[2].view());
-      if (run == 0)  // under the single call's fp32 dQ of every row (two chunks: half of it)
-        EXPECT_LT(gpu->peak_bytes() - before, static_cast<size_t>(B * N * H * D) * 4);
-      for (int i = 0; i < 3; ++i) {
-        grads[run][i] = Tensor(DType::F64, B, N, H, D);
-        gpu->download(grads[run][i].view(), g[i].view());
-      }
-    }
-    for (int i = 0; i < 3; ++i) {
-      const double peak = compare(grads[1][i].view(), Tensor(DType::F64, B, N, H, D).view()).max_abs;
-      EXPECT_GT(peak, 0.1);
-      EXPECT_LE(compare(grads[0][i].view(), grads[1][i].view()).max_abs, peak / 64)
-          << "gradient " << "qkv"[i];
-    }
+    expect_half_run_in_parts(spec, H, D, static_cast<size_t>(N * H * D) * 4);
+  }
+}
+
+// Dilated longnet in passes over runs of rows (two passes at 2^19 rows): the forward holds less
+// than one fp32 tensor of every row (the merged output's accumulator alone), the backward less
+// than two (fp32 dq, dk, dv of every row are three).
+TEST(CudaVariants, DilatedLongnetHalfInRowPasses) {
+  SKIP_WITHOUT_GPU();
+  const int64_t N = int64_t{1} << 19, H = 2, D = 64;
+  const size_t f32_tensor = static_cast<size_t>(N * H * D) * 4;
+  for (bool exact : {false, true}) {
+    SCOPED_TRACE(exact ? "exact" : "detached");
+    AttentionSpec spec;
+    spec.variant = "dilated";
+    spec.causal = !exact;
+    spec.block_size = 128;
+    spec.dilated.segment_lengths = {2048, 4096};
+    spec.dilated.dilation_rates = {1, 2};
+    spec.dilated.mode = DilatedMode::LongNet;
+    spec.dilated.exact_longnet_grad = exact;
+    expect_half_run_in_parts(spec, H, D, 2 * f32_tensor, f32_tensor);
   }
 }
 
