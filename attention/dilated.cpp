@@ -130,7 +130,7 @@ class DilatedAttention final : public AttentionVariant {
       forward_groups(be, masks, branches, q, k, v, o, lse);
       return;
     }
-    const int64_t chunk = longnet_chunk_rows(q, is_half(o.dtype));
+    const int64_t chunk = pass_rows_for(q, is_half(o.dtype));
     for (int64_t r0 = 0; r0 < q.N; r0 += chunk) {
       const int64_t n = std::min(chunk, q.N - r0);
       auto r = [&](const TensorView& t) { return t.rows(r0, n); };
@@ -162,7 +162,7 @@ class DilatedAttention final : public AttentionVariant {
       return;
     }
     // longnet: the branches overlap, so fp16/bf16 gradients accumulate in fp32, chunk by chunk.
-    const int64_t chunk = longnet_chunk_rows(q, is_half(dq.dtype) || is_half(dk.dtype));
+    const int64_t chunk = pass_rows_for(q, is_half(dq.dtype) || is_half(dk.dtype));
     for (int64_t r0 = 0; r0 < q.N; r0 += chunk) {
       const int64_t n = std::min(chunk, q.N - r0);
       auto r = [&](const TensorView& t) { return t.rows(r0, n); };
@@ -210,15 +210,17 @@ class DilatedAttention final : public AttentionVariant {
   // nothing outside it; so the passes cover runs of such rows, and the fp32 buffers of a
   // pass (forward: the merged output and a branch's O and LSE; backward: dq, dk, dv of
   // fp16/bf16 gradients) are held for its rows only. With fp16/bf16 a pass takes at most
-  // backward_split_rows rows when the segments allow it; otherwise (fp32, fp64) one pass.
-  int64_t longnet_chunk_rows(const TensorView& q, bool half) const {
+  // pass_rows rows (longnet_pass_rows when 0) where the segments allow it; otherwise (fp32,
+  // fp64) one pass.
+  int64_t pass_rows_for(const TensorView& q, bool half) const {
     if (!half || q.N == 0) return std::max<int64_t>(q.N, 1);
     int64_t unit = 1;
     for (int64_t s : spec_.dilated.segment_lengths) {
       unit = std::lcm(unit, s);
       if (unit >= q.N) return q.N;
     }
-    const int64_t most = backward_split_rows(q.B * q.N) / q.B;
+    const int64_t given = spec_.dilated.pass_rows;
+    const int64_t most = given > 0 ? given : longnet_pass_rows(q.B * q.N) / q.B;
     return std::min(q.N, std::max(unit, most / unit * unit));
   }
 

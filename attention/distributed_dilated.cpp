@@ -159,7 +159,7 @@ class DilatedDistributed final : public SequenceShardedBase {
     DeviceTensor acc_buf;
     std::byte* workspace = nullptr;
     TensorView acc = o;
-    BufferTypes types{k.dtype, k.dtype, false, std::nullopt, std::nullopt};
+    BufferTypes types{k.dtype, k.dtype, false, std::nullopt, std::nullopt, std::nullopt, 0};
     bool foldable = false;
     run_and_agree(comm_, name() + " forward", [&] {
       if (!groups && is_half(o.dtype)) {
@@ -215,7 +215,7 @@ class DilatedDistributed final : public SequenceShardedBase {
     TensorView grads[3] = {dq, dk, dv};
     // The branch's own O (and its LSE, longnet) that the gradient is taken with, unless the
     // exact longnet gradient uses the merged o.
-    BufferTypes types{k.dtype, gd, true, std::nullopt, std::nullopt};
+    BufferTypes types{k.dtype, gd, true, std::nullopt, std::nullopt, std::nullopt, 0};
     if (!(d.mode == DilatedMode::LongNet && d.exact_longnet_grad)) types.o_tmp = o.dtype;
     if (d.mode == DilatedMode::LongNet && !d.exact_longnet_grad) types.lse_tmp = DType::F32;
     if (once) {

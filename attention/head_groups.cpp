@@ -70,6 +70,8 @@ void validate_dilated_config(const DilatedConfig& cfg) {
     LONGATTN_CHECK_ARG(cfg.dilation_rates[i] > 0, "dilation_rates[" + std::to_string(i) + "]",
                        cfg.dilation_rates[i], "must be positive");
   }
+  LONGATTN_CHECK_ARG(cfg.pass_rows >= 0, "pass_rows", cfg.pass_rows,
+                     "must be >= 0 (0: automatic)");
 }
 
 void validate_dilated(const DilatedConfig& cfg, const Shape& s) {

@@ -268,18 +268,19 @@ TEST(Dilated, HalfPrecisionGroupsGradientsInCalls) {
 }
 
 // Longnet with fp16/bf16 tensors runs in passes over runs of rows at multiples of every
-// segment length (at 2^19 rows two passes of backward_split_rows rows), each holding its fp32
-// buffers for its own rows. A pass sees nothing outside its rows, so the whole call must give
-// the same bits as two calls on the halves (each one pass), forward and backward, exact and
-// detached weights; its fp32 buffers stay under what one pass over every row holds.
+// segment length (here two passes: pass_rows N / 2), each holding its fp32 buffers for its own
+// rows. A pass sees nothing outside its rows, so the whole call must give the same bits as two
+// calls on the halves (each one pass), forward and backward, exact and detached weights; its
+// fp32 buffers stay under what one pass over every row holds.
 TEST(Dilated, HalfPrecisionLongnetInRowPasses) {
   auto be = make_cpu_backend();
-  const int64_t N = int64_t{1} << 19, H = 2, D = 4, half = N / 2;
-  ASSERT_EQ(backward_split_rows(N), half);
+  const int64_t N = int64_t{1} << 17, H = 2, D = 4, half = N / 2;
+  EXPECT_EQ(longnet_pass_rows(N), int64_t{1} << 20);  // automatic: one pass at this length
   for (const auto& [exact, dt] : {std::pair{true, DType::BF16}, std::pair{false, DType::F16}}) {
     SCOPED_TRACE(std::string(dtype_name(dt)) + (exact ? " exact" : " detached"));
     auto cfg = make_cfg(DilatedMode::LongNet, {4, 8}, {1, 2});
     cfg.exact_longnet_grad = exact;
+    cfg.pass_rows = half + 4;  // rounded down to a multiple of 8
     auto att = make_dilated_attention(make_spec(cfg, true, 4));
     Tensor in[4];
     for (int i = 0; i < 4; ++i) in[i] = Tensor::randn(DType::F64, 1, N, H, D, 700 + i).to(dt);
@@ -299,7 +300,7 @@ TEST(Dilated, HalfPrecisionLongnetInRowPasses) {
     for (Tensor& t : hg) t = Tensor(dt, 1, N, H, D);
     for (int64_t r0 : {int64_t{0}, half}) {
       auto r = [&](const Tensor& t) { return t.view().rows(r0, half); };
-      att->forward(*be, r(in[0]), r(in[1]), r(in[2]), r(ho), r(hl));
+      att->forward(*be, r(in[0]), r(in[1]), r(in[2]), r(ho), r(hl));  // N / 2 rows: one pass
       att->backward(*be, r(in[0]), r(in[1]), r(in[2]), r(ho), r(hl), r(in[3]), r(hg[0]),
                     r(hg[1]), r(hg[2]));
     }
@@ -531,6 +532,9 @@ TEST(Dilated, ValidationNamesTheArgumentBeforeAnyWork) {
   expect_invalid(bad(make_cfg(DilatedMode::Groups, {8, 16}, {1})), "dilation_rates");
   expect_invalid(bad(make_cfg(DilatedMode::Groups, {8, 0}, {1, 2})), "segment_lengths[1]");
   expect_invalid(bad(make_cfg(DilatedMode::LongNet, {8, 16}, {-1, 2})), "dilation_rates[0]");
+  DilatedConfig negative_pass = make_cfg(DilatedMode::LongNet, {8, 16}, {1, 2});
+  negative_pass.pass_rows = -1;
+  expect_invalid(bad(negative_pass), "pass_rows");
   expect_invalid(
       [] {
         make_dilated_attention(make_spec(make_cfg(DilatedMode::Groups, {8}, {1}), false, 0));

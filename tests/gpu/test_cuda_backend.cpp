@@ -1114,7 +1114,7 @@ TEST(CudaVariants, BlockSparseHalfGradientsInChunks) {
   }
 }
 
-// Dilated longnet in passes over runs of rows (two passes at 2^19 rows): the forward holds less
+// Dilated longnet in passes over runs of rows (two: pass_rows N / 2): the forward holds less
 // than one fp32 tensor of every row (the merged output's accumulator alone), the backward less
 // than two (fp32 dq, dk, dv of every row are three).
 TEST(CudaVariants, DilatedLongnetHalfInRowPasses) {
@@ -1131,6 +1131,7 @@ TEST(CudaVariants, DilatedLongnetHalfInRowPasses) {
     spec.dilated.dilation_rates = {1, 2};
     spec.dilated.mode = DilatedMode::LongNet;
     spec.dilated.exact_longnet_grad = exact;
+    spec.dilated.pass_rows = N / 2;
     expect_half_run_in_parts(spec, H, D, 2 * f32_tensor, f32_tensor);
   }
 }
