@@ -177,6 +177,21 @@ __global__ void merge_kernel(DevView o_acc, DevView lse_acc, bool acc_f64, DevVi
   }
 }
 
+// The row walk of the quad kernels: eight lanes (sub 0-7) a row, four rows (slot 0-3) a warp;
+// a warp's rows start at first + slot and advance by step, the whole grid's rows a round.
+constexpr int kQuadLanes = 8;
+struct QuadRows {
+  int sub, slot;
+  int64_t first, step;
+};
+__device__ __forceinline__ QuadRows quad_rows() {
+  constexpr int kRowsPerWarp = 32 / kQuadLanes;
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
+  return {lane % kQuadLanes, lane / kQuadLanes, warp * kRowsPerWarp, warps * kRowsPerWarp};
+}
+
 // The same merge where both o views have unit element stride, D a multiple of 4 and every row
 // 4-element aligned: eight lanes a row, four rows a warp (the row's weights, fp64 exp and log,
 // computed once for four rows), four elements a lane in one vector access each side. A row
@@ -184,13 +199,11 @@ __global__ void merge_kernel(DevView o_acc, DevView lse_acc, bool acc_f64, DevVi
 template <typename TA, typename TP>
 __global__ void merge_quad_kernel(DevView o_acc, DevView lse_acc, bool acc_f64, DevView o_part,
                                   DevView lse_part, bool part_f64, int64_t rows) {
-  constexpr int kLanes = 8, kRowsPerWarp = 32 / kLanes;
-  const int lane = threadIdx.x & 31, sub = lane % kLanes, slot = lane / kLanes;
-  const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
-  const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
+  const QuadRows w4 = quad_rows();
+  const int sub = w4.sub;
   const int64_t quads = o_acc.D / 4;
-  for (int64_t base = warp * kRowsPerWarp; base < rows; base += warps * kRowsPerWarp) {
-    const int64_t r = base + slot;
+  for (int64_t base = w4.first; base < rows; base += w4.step) {
+    const int64_t r = base + w4.slot;
     const bool active = r < rows;
     RowIndex ri{0, 0, 0};
     MergeWeights<double> w{0.0, 0.0, 0.0};
@@ -202,7 +215,7 @@ __global__ void merge_quad_kernel(DevView o_acc, DevView lse_acc, bool acc_f64, 
     if (active) {
       Quad<TA>* pa = reinterpret_cast<Quad<TA>*>(elem<TA>(o_acc, ri.b, ri.n, ri.h, 0));
       const Quad<TP>* pp = reinterpret_cast<const Quad<TP>*>(elem<TP>(o_part, ri.b, ri.n, ri.h, 0));
-      for (int64_t q = sub; q < quads; q += kLanes) {
+      for (int64_t q = sub; q < quads; q += kQuadLanes) {
         Quad<TA> a = pa[q];
         const Quad<TP> p = pp[q];
 #pragma unroll
@@ -220,18 +233,16 @@ __global__ void merge_quad_kernel(DevView o_acc, DevView lse_acc, bool acc_f64, 
 // a row, one aligned vector access of four elements each side, the row kernel's arithmetic.
 template <typename TD, typename TS, bool kCopy>
 __global__ void axpy_quad_kernel(DevView dst, DevView src, int64_t rows, double alpha) {
-  constexpr int kLanes = 8, kRowsPerWarp = 32 / kLanes;
-  const int lane = threadIdx.x & 31, sub = lane % kLanes, slot = lane / kLanes;
-  const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
-  const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
+  const QuadRows w4 = quad_rows();
+  const int sub = w4.sub;
   const int64_t quads = dst.D / 4;
-  for (int64_t base = warp * kRowsPerWarp; base < rows; base += warps * kRowsPerWarp) {
-    const int64_t r = base + slot;
+  for (int64_t base = w4.first; base < rows; base += w4.step) {
+    const int64_t r = base + w4.slot;
     if (r >= rows) continue;
     const RowIndex ri = split_row(r, dst.N, dst.H);
     Quad<TD>* pd = reinterpret_cast<Quad<TD>*>(elem<TD>(dst, ri.b, ri.n, ri.h, 0));
     const Quad<TS>* ps = reinterpret_cast<const Quad<TS>*>(elem<TS>(src, ri.b, ri.n, ri.h, 0));
-    for (int64_t q = sub; q < quads; q += kLanes) {
+    for (int64_t q = sub; q < quads; q += kQuadLanes) {
       const Quad<TS> x = ps[q];
       Quad<TD> y;
       if (!kCopy) y = pd[q];
