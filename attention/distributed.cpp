@@ -142,7 +142,7 @@ std::string describe_distributed(const AttentionSpec& spec_in, const DistConfig&
   const DilatedConfig& d = s.dilated;
   os << " dilated{segments=" << list(d.segment_lengths) << " rates=" << list(d.dilation_rates)
      << " mode=" << (d.mode == DilatedMode::Groups ? "groups" : "longnet")
-     << " exact_grad=" << d.exact_longnet_grad << "}";
+     << " exact_grad=" << d.exact_longnet_grad << " pass_rows=" << d.pass_rows << "}";
   const SparseConfig& p = s.sparse;
   os << " sparse{pattern=" << p.pattern << " ratio=" << exact(p.sparsity_ratio)
      << " block=" << p.block_size << " window=" << p.window_size

@@ -17,6 +17,7 @@
 
 #include "attention/arena.hpp"
 #include "attention/dense.hpp"
+#include "attention/dilated.hpp"
 #include "attention/distributed_base.hpp"
 #include "attention/head_groups.hpp"
 #include "attention/ring.hpp"
@@ -151,6 +152,12 @@ class DilatedDistributed final : public SequenceShardedBase {
                const TensorView& o, const TensorView& lse) override {
     check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
     counters_ = {};
+    if (longnet_on_shard(q.N, o.dtype)) {
+      count_shard_work(q);
+      run_and_agree(comm_, name() + " forward",
+                    [&] { shard_variant().forward(be, q, k, v, o, lse); });
+      return;
+    }
     MaskCache& masks = masks_for(be);
     const bool groups = spec_.dilated.mode == DilatedMode::Groups;
     const std::vector<DilatedBranch> branches = dilated_branches(spec_.dilated, q.H);
@@ -191,6 +198,13 @@ class DilatedDistributed final : public SequenceShardedBase {
     check_and_agree(
         q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}, lse);
     counters_ = {};
+    if (longnet_on_shard(q.N, dq.dtype)) {
+      count_shard_work(q);
+      run_and_agree(comm_, name() + " backward", [&] {
+        shard_variant().backward(be, q, k, v, o, lse, d_o, dq, dk, dv);
+      });
+      return;
+    }
     MaskCache& masks = masks_for(be);
     const std::vector<DilatedBranch> branches = dilated_branches(spec_.dilated, q.H);
     std::vector<BranchWork> work(branches.size());
@@ -251,9 +265,38 @@ class DilatedDistributed final : public SequenceShardedBase {
     }
   }
 
-  void release_workspace() override { arena_.release(); }
+  void release_workspace() override {
+    arena_.release();
+    shard_.reset();
+  }
 
  private:
+  // Longnet with fp16/bf16 tensors where every segment length divides the shard (the same on
+  // every rank): no segment spans ranks, so the shard's result depends on its own rows only.
+  // The single-process variant runs on it in row passes (DilatedConfig::pass_rows), each
+  // holding the fp32 merged output or dq, dk, dv of its own rows, instead of whole-shard fp32
+  // buffers for the branches to add into. No communication, as on the workspace path.
+  bool longnet_on_shard(int64_t shard, DType t) const {
+    if (spec_.dilated.mode != DilatedMode::LongNet || !is_half(t)) return false;
+    for (int64_t s : spec_.dilated.segment_lengths)
+      if (shard % s != 0) return false;
+    return true;
+  }
+  AttentionVariant& shard_variant() {
+    if (!shard_) shard_ = make_dilated_attention(spec_);
+    return *shard_;
+  }
+  // The counters of the workspace path: a step per branch with rows, blocks once per segment.
+  void count_shard_work(const TensorView& q) {
+    for (const DilatedBranch& br : dilated_branches(spec_.dilated, q.H)) {
+      const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+      if (L == 0) continue;
+      ++counters_.steps;
+      const BlockMask m = dense_block_mask(
+          MaskGeometry{L, L, spec_.block_size, spec_.block_size, spec_.causal, 0, 0});
+      counters_.blocks_computed += m.nnz() * (q.N / br.segment);
+    }
+  }
   double num_pairs() const { return static_cast<double>(spec_.dilated.segment_lengths.size()); }
   MaskCache& masks_for(Backend& be) {
     if (!masks_ || masks_backend_ != be.instance_id()) {
@@ -680,6 +723,7 @@ class DilatedDistributed final : public SequenceShardedBase {
   std::unique_ptr<MaskCache> masks_;
   uint64_t masks_backend_ = 0;
   Arena arena_;  // the workspace, kept across calls (communication uses it)
+  std::unique_ptr<AttentionVariant> shard_;  // longnet_on_shard's single-process variant
 };
 
 }  // namespace

@@ -121,6 +121,67 @@ TEST(DilatedDist, HalfPrecisionGroupsGradients) {
     }
 }
 
+// Longnet with bf16 tensors where every segment length divides the shard (4 and 8 divide 96 / P
+// for P = 1..4): each rank runs the single-process variant on its shard, in row passes
+// (pass_rows 8: passes of one 8-row run each), with no communication. A pass sees only its own
+// rows, so o, lse and the gradients equal the single-process run's bits (itself in passes of
+// 8 rows), exact and detached weights, causal or not; and within twice the bf16 single-process
+// error of the fp64 reference with whole passes (pass_rows 0). Its counters are those of the
+// fp32 run, which takes the whole-shard workspace path.
+TEST(DilatedDist, HalfPrecisionLongnetOnShards) {
+  Communicator& comm = test_comm();
+  const bool root = comm.rank() == 0;
+  for (const DilatedCase& c : {DilatedCase{DilatedMode::LongNet, true, false, {4, 8}, {1, 2}, 2},
+                               DilatedCase{DilatedMode::LongNet, false, true, {4, 8}, {2, 1}, 3}})
+    for (int64_t pass : {int64_t{8}, int64_t{0}}) {
+      SCOPED_TRACE(std::string(c.exact_grad ? "exact" : "detached") + ", pass_rows " +
+                   std::to_string(pass));
+      const Shape g{2, 96, c.H, 8};
+      AttentionSpec spec = dilated_spec(c);
+      spec.dilated.pass_rows = pass;
+      const auto in = testing::random_inputs(g, DType::BF16, 81 + c.H);
+      DistributedInputs din;
+      if (root) din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
+      const auto r = run_distributed(spec, DistConfig{DistMode::Dilated, Sharding::Contiguous},
+                                     comm, test_backend(), din, true);
+      EXPECT_EQ(r.forward_total.bytes_sent, 0);
+      EXPECT_EQ(r.backward_total.bytes_sent, 0);
+      // The counters of the fp32 run, which takes the workspace path.
+      const auto in32 = testing::random_inputs(g, DType::F32, 81 + c.H);
+      DistributedInputs din32;
+      if (root)
+        din32 = DistributedInputs{in32.q.view(), in32.k.view(), in32.v.view(), in32.d_o.view()};
+      const auto r32 = run_distributed(spec, DistConfig{DistMode::Dilated, Sharding::Contiguous},
+                                       comm, test_backend(), din32, true);
+      EXPECT_EQ(r.forward.steps, r32.forward.steps);
+      EXPECT_EQ(r.backward.steps, r32.backward.steps);
+      EXPECT_GT(r.forward_total.blocks_computed, 0);
+      EXPECT_EQ(r.forward_total.blocks_computed, r32.forward_total.blocks_computed);
+      EXPECT_EQ(r.backward_total.blocks_computed, r32.backward_total.blocks_computed);
+      if (!root) continue;
+      const auto same = testing::single_process(spec, in, true);
+      const Tensor* got[5] = {&r.o, &r.lse, &r.dq, &r.dk, &r.dv};
+      const Tensor* single[5] = {&same.o, &same.lse, &same.dq, &same.dk, &same.dv};
+      if (pass > 0) {
+        for (int i = 0; i < 5; ++i)
+          EXPECT_EQ(max_abs_diff(got[i]->view(), single[i]->view()), 0.0) << "output " << i;
+        continue;
+      }
+      testing::FullInputs in64{in.q.to(DType::F64), in.k.to(DType::F64), in.v.to(DType::F64),
+                               in.d_o.to(DType::F64)};
+      const auto ref = testing::single_process(spec, in64, true);
+      const Tensor* exact[5] = {&ref.o, &ref.lse, &ref.dq, &ref.dk, &ref.dv};
+      for (int i = 0; i < 5; ++i) {
+        const double peak = i == 1 ? 1.0
+                                   : max_abs_diff(exact[i]->view(),
+                                                  Tensor(DType::F64, g.B, g.N, g.H, g.D).view());
+        EXPECT_LE(max_abs_diff(got[i]->view(), exact[i]->view()),
+                  2 * max_abs_diff(single[i]->view(), exact[i]->view()) + peak / 256)
+            << "output " << i;
+      }
+    }
+}
+
 // Rows of segment m on rank rho for a branch (segment s, rate r, offset o), counted directly.
 int64_t rows_on_rank(int64_t m, int64_t s, int64_t r, int64_t o, int64_t c, int rho) {
   int64_t n = 0;

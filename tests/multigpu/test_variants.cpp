@@ -121,6 +121,20 @@ std::vector<VariantCase> cases() {
     c.H = 2;
     v.push_back(c);
   }
+  {  // longnet, segments inside every shard: with bf16 each rank runs the single-GPU variant
+     // on its shard in row passes (here of one 128-row run each)
+    VariantCase c;
+    c.name = "dilated_longnet_on_shards";
+    c.spec.variant = "dilated";
+    c.spec.block_size = kBlock;
+    c.spec.dilated.segment_lengths = {64, 128};
+    c.spec.dilated.dilation_rates = {1, 2};
+    c.spec.dilated.mode = DilatedMode::LongNet;
+    c.spec.dilated.pass_rows = 128;
+    c.cfg = DistConfig{DistMode::Dilated, Sharding::Contiguous};
+    c.H = 2;
+    v.push_back(c);
+  }
   for (const char* variant : {"dense", "dilated"}) {
     VariantCase c;
     c.name = std::string("data_parallel_") + variant;
