@@ -153,7 +153,7 @@ class DilatedDistributed final : public SequenceShardedBase {
     check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
     counters_ = {};
     if (longnet_on_shard(q.N, o.dtype)) {
-      count_shard_work(q);
+      count_shard_work(be, q);
       run_and_agree(comm_, name() + " forward",
                     [&] { shard_variant().forward(be, q, k, v, o, lse); });
       return;
@@ -199,7 +199,7 @@ class DilatedDistributed final : public SequenceShardedBase {
         q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}, lse);
     counters_ = {};
     if (longnet_on_shard(q.N, dq.dtype)) {
-      count_shard_work(q);
+      count_shard_work(be, q);
       run_and_agree(comm_, name() + " backward", [&] {
         shard_variant().backward(be, q, k, v, o, lse, d_o, dq, dk, dv);
       });
@@ -287,21 +287,27 @@ class DilatedDistributed final : public SequenceShardedBase {
     return *shard_;
   }
   // The counters of the workspace path: a step per branch with rows, blocks once per segment.
-  void count_shard_work(const TensorView& q) {
+  void count_shard_work(const Backend& be, const TensorView& q) {
+    const int64_t tile = kernel_tile(be);
     for (const DilatedBranch& br : dilated_branches(spec_.dilated, q.H)) {
       const int64_t L = dilated_length(br.segment, br.rate, br.offset);
       if (L == 0) continue;
       ++counters_.steps;
-      const BlockMask m = dense_block_mask(
-          MaskGeometry{L, L, spec_.block_size, spec_.block_size, spec_.causal, 0, 0});
+      const BlockMask m = dense_block_mask(MaskGeometry{L, L, tile, tile, spec_.causal, 0, 0});
       counters_.blocks_computed += m.nnz() * (q.N / br.segment);
     }
+  }
+  // The kernels' mask tile: block_size, raised to the backend's preferred tile as on one
+  // device (128 on CUDA, where the Hopper kernels take 128-multiples; results never depend on
+  // it, and no shard length has to be a multiple of it here).
+  int64_t kernel_tile(const Backend& be) const {
+    return std::max(spec_.block_size, be.preferred_tile());
   }
   double num_pairs() const { return static_cast<double>(spec_.dilated.segment_lengths.size()); }
   MaskCache& masks_for(Backend& be) {
     if (!masks_ || masks_backend_ != be.instance_id()) {
       masks_.reset();
-      masks_ = std::make_unique<MaskCache>(be, spec_.block_size, spec_.causal);
+      masks_ = std::make_unique<MaskCache>(be, kernel_tile(be), spec_.causal);
       masks_backend_ = be.instance_id();
     }
     return *masks_;

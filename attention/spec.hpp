@@ -53,8 +53,9 @@ struct AttentionSpec {
   bool causal = false;
   double scale = 0.0;      // 0 -> 1/sqrt(D)
   // Kernel tile for dense and dilated (their results do not depend on it): the smallest tile;
-  // single-device variants use max(block_size, the backend's preferred tile), 128 on CUDA.
-  // Distributed dense and dilated use it as given (shards must be multiples of it).
+  // single-device variants and distributed dilated use max(block_size, the backend's
+  // preferred tile), 128 on CUDA. The distributed dense ring uses it as given (shards must be
+  // multiples of it).
   int64_t block_size = 64;
   DilatedConfig dilated;
   SparseConfig sparse;
