@@ -225,7 +225,7 @@ class RingDistributed final : public SequenceShardedBase {
                const TensorView& o, const TensorView& lse) override {
     check_and_agree(q, {{"k", k}, {"v", v}, {"o", o}}, lse);
     counters_ = {};
-    ring(q.N).forward(be, comm_, q, k, v, o, lse, counters_);
+    ring(be, q.N).forward(be, comm_, q, k, v, o, lse, counters_);
   }
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
@@ -233,24 +233,44 @@ class RingDistributed final : public SequenceShardedBase {
     check_and_agree(
         q, {{"k", k}, {"v", v}, {"o", o}, {"d_o", d_o}, {"dq", dq}, {"dk", dk}, {"dv", dv}}, lse);
     counters_ = {};
-    ring(q.N).backward(be, comm_, q, k, v, o, lse, d_o, dq, dk, dv, counters_);
+    ring(be, q.N).backward(be, comm_, q, k, v, o, lse, d_o, dq, dk, dv, counters_);
   }
   void release_workspace() override {
     if (ring_) ring_->release_workspace();
   }
 
  private:
-  RingAttention& ring(int64_t local_n) {
+  // The kernels' tile: block_size, raised to the backend's preferred tile (128 on CUDA, where
+  // the Hopper kernels take 128-multiples) when that is a multiple of it and each of the
+  // backward's key chunks of every shard piece is a multiple of it: then the chunks, and so the
+  // memory, are those of block_size. Results never depend on the tile. The same on every rank
+  // (N, P, sharding).
+  int64_t tile(const Backend& be, const ShardLayout& l) const {
+    const int64_t bs = spec_.block_size, pref = be.preferred_tile();
+    if (pref <= bs || pref % bs != 0) return bs;
+    int64_t shortest = l.seq_len();
+    for (int r = 0; r < l.world(); ++r)
+      for (const auto& piece : l.pieces(r)) shortest = std::min(shortest, piece.len);
+    const int64_t chunks = ring_backward_chunks(shortest);
+    for (int r = 0; r < l.world(); ++r)
+      for (const auto& piece : l.pieces(r))
+        if (piece.len % (pref * chunks) != 0) return bs;
+    return pref;
+  }
+  RingAttention& ring(const Backend& be, int64_t local_n) {
     const int64_t N = local_n * comm_.world();
-    if (!ring_ || ring_n_ != N) {
+    const ShardLayout l = layout(N);
+    const int64_t t = tile(be, l);
+    if (!ring_ || ring_n_ != N || ring_tile_ != t) {
       ring_ = std::make_unique<RingAttention>(
-          make_dense_ring_plan(layout(N), comm_.rank(), spec_.block_size, spec_.causal), spec_);
+          make_dense_ring_plan(l, comm_.rank(), t, spec_.causal), spec_);
       ring_n_ = N;
+      ring_tile_ = t;
     }
     return *ring_;
   }
   std::unique_ptr<RingAttention> ring_;
-  int64_t ring_n_ = -1;
+  int64_t ring_n_ = -1, ring_tile_ = 0;
 };
 
 // Block-sparse ring: the global pattern's mask, restricted per step; only needed rows travel.

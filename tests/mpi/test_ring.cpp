@@ -138,6 +138,50 @@ TEST(Ring, ZigzagBalancesCausalWork) {
   }
 }
 
+// The kernels' tile: block_size 4 is raised to the backend's preferred tile where every key
+// chunk of every shard piece is a multiple of it (256-row pieces, two chunks), as the same
+// ring with block_size set to that tile counts its blocks; results match the single process.
+// 96-row pieces keep block_size 4 (more, smaller blocks).
+TEST(Ring, KernelTileRaisedWhereTheChunksAllowIt) {
+  Communicator& comm = test_comm();
+  const int P = comm.world();
+  const int64_t pref = test_backend().preferred_tile();
+  ASSERT_EQ(pref, 64);
+  for (Sharding sh : {Sharding::Contiguous, Sharding::Zigzag}) {
+    SCOPED_TRACE(sharding_name(sh));
+    const int64_t piece_rows = 256, pieces = sh == Sharding::Zigzag ? 2 : 1;
+    const Shape g{1, piece_rows * pieces * P, 2, 4};
+    const auto in = testing::random_inputs(g, DType::F64, 17);
+    DistributedInputs din;
+    if (comm.rank() == 0)
+      din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
+    AttentionSpec spec;
+    spec.causal = sh == Sharding::Zigzag;
+    int64_t blocks[2] = {0, 0};
+    for (int64_t bs : {int64_t{4}, pref}) {
+      spec.block_size = bs;
+      const auto r =
+          run_distributed(spec, DistConfig{DistMode::Ring, sh}, comm, test_backend(), din, true);
+      blocks[bs == pref] = r.forward_total.blocks_computed;
+      if (comm.rank() == 0) testing::expect_matches_single_process(r, spec, in, kDistTolerance);
+    }
+    EXPECT_GT(blocks[1], 0);
+    EXPECT_EQ(blocks[0], blocks[1]);
+  }
+  // Pieces of 96 rows: not a multiple of two 64-row chunks, the tile stays 4.
+  const Shape g{1, 96 * P, 2, 4};
+  const auto in = testing::random_inputs(g, DType::F64, 18);
+  DistributedInputs din;
+  if (comm.rank() == 0)
+    din = DistributedInputs{in.q.view(), in.k.view(), in.v.view(), in.d_o.view()};
+  AttentionSpec spec;
+  spec.block_size = 4;
+  const auto r = run_distributed(spec, DistConfig{DistMode::Ring, Sharding::Contiguous}, comm,
+                                 test_backend(), din, true);
+  EXPECT_EQ(r.forward_total.blocks_computed, (96 / 4) * (96 / 4) * int64_t{P} * P);
+  if (comm.rank() == 0) testing::expect_matches_single_process(r, spec, in, kDistTolerance);
+}
+
 // The shard-level API: each rank holds only its shard; the result equals the matching rows of
 // the single-process result.
 TEST(Ring, ShardLevelApi) {
