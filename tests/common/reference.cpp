@@ -1,6 +1,8 @@
 // Naive references for tests: two-pass softmax per row, no blocking, no online rescaling.
 #include "common/reference.hpp"
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -76,6 +78,36 @@ double dot_all(const TensorView& a, const TensorView& w) {
       for (int64_t h = 0; h < a.H; ++h)
         for (int64_t d = 0; d < a.D; ++d) s += load(a, b, n, h, d) * load(w, b, n, h, d);
   return s;
+}
+
+VariantRun run_variant(AttentionVariant& att, Backend& be, const Tensor (&in)[4]) {
+  const TensorView q = in[0].view();
+  VariantRun r;
+  r.o = Tensor(q.dtype, q.B, q.N, q.H, q.D);
+  r.lse = Tensor(DType::F32, q.B, q.N, q.H, 1);
+  att.forward(be, q, in[1].view(), in[2].view(), r.o.view(), r.lse.view());
+  for (Tensor& g : r.grads) {
+    g = Tensor(q.dtype, q.B, q.N, q.H, q.D);
+    g.fill(5.0);
+  }
+  att.backward(be, q, in[1].view(), in[2].view(), r.o.view(), r.lse.view(), in[3].view(),
+               r.grads[0].view(), r.grads[1].view(), r.grads[2].view());
+  return r;
+}
+
+void expect_half_gradients_near_fp32(AttentionVariant& att, Backend& be, const Tensor (&in)[4]) {
+  const VariantRun half = run_variant(att, be, in);
+  Tensor f[4];
+  for (int i = 0; i < 4; ++i) f[i] = in[i].to(DType::F32);
+  const VariantRun full = run_variant(att, be, f);
+  const TensorView q = f[0].view();
+  const Tensor zero(DType::F32, q.B, q.N, q.H, q.D);
+  for (int i = 0; i < 3; ++i) {
+    const double peak = compare(full.grads[i].view(), zero.view()).max_abs;
+    EXPECT_GT(peak, 0.1);
+    EXPECT_LE(compare(half.grads[i].view(), full.grads[i].view()).max_abs, peak / 64)
+        << "gradient " << "qkv"[i];
+  }
 }
 
 }  // namespace longattn::testing

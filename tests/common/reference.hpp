@@ -4,6 +4,7 @@
 #pragma once
 #include <functional>
 
+#include "attention/variant.hpp"
 #include "runtime/tensor.hpp"
 
 namespace longattn::testing {
@@ -31,5 +32,16 @@ double finite_difference(Tensor& x, int64_t b, int64_t n, int64_t h, int64_t d,
 
 // Sum of w * o over all elements, the scalar loss used by gradient checks (dO = w).
 double dot_all(const TensorView& a, const TensorView& w);
+
+// One forward and backward call of a variant on host tensors in[4] = q, k, v, dO (any one
+// dtype; lse fp32): o, lse and dq, dk, dv (which start at 5, so the call must overwrite them).
+struct VariantRun {
+  Tensor o, lse, grads[3];
+};
+VariantRun run_variant(AttentionVariant& att, Backend& be, const Tensor (&in)[4]);
+
+// The variant's gradients on fp16/bf16 inputs in[4] against its fp32 run on the same values
+// (with that run's own output): each within 1/64 of its largest fp32 value, which exceeds 0.1.
+void expect_half_gradients_near_fp32(AttentionVariant& att, Backend& be, const Tensor (&in)[4]);
 
 }  // namespace longattn::testing

@@ -245,25 +245,7 @@ TEST(Dilated, HalfPrecisionGroupsGradientsInCalls) {
                                                 causal, 4));
     Tensor in[4];
     for (int i = 0; i < 4; ++i) in[i] = Tensor::randn(DType::F64, 1, N, H, D, 600 + i).to(dt);
-    Tensor o(dt, 1, N, H, D), lse(DType::F32, 1, N, H, 1);
-    att->forward(*be, in[0].view(), in[1].view(), in[2].view(), o.view(), lse.view());
-    Tensor g[3] = {o.clone(), o.clone(), o.clone()};
-    for (Tensor& t : g) t.fill(5.0);  // overwritten
-    att->backward(*be, in[0].view(), in[1].view(), in[2].view(), o.view(), lse.view(),
-                  in[3].view(), g[0].view(), g[1].view(), g[2].view());
-    // The same values in fp32, with the fp32 run's own output.
-    Tensor f[4];
-    for (int i = 0; i < 4; ++i) f[i] = in[i].to(DType::F32);
-    Tensor fo(DType::F32, 1, N, H, D), flse(DType::F32, 1, N, H, 1);
-    att->forward(*be, f[0].view(), f[1].view(), f[2].view(), fo.view(), flse.view());
-    Tensor fg[3] = {fo.clone(), fo.clone(), fo.clone()};
-    att->backward(*be, f[0].view(), f[1].view(), f[2].view(), fo.view(), flse.view(),
-                  f[3].view(), fg[0].view(), fg[1].view(), fg[2].view());
-    for (int i = 0; i < 3; ++i) {
-      const double peak = compare(fg[i].view(), Tensor(DType::F32, 1, N, H, D).view()).max_abs;
-      EXPECT_GT(peak, 0.1);
-      EXPECT_LE(compare(g[i].view(), fg[i].view()).max_abs, peak / 64) << "gradient " << "qkv"[i];
-    }
+    testing::expect_half_gradients_near_fp32(*att, *be, in);
   }
 }
 
