@@ -4,6 +4,7 @@
 #include "kernels/cuda/flash_attention.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -12,6 +13,7 @@
 #include "kernels/cuda/cuda_check.hpp"
 #include "kernels/cuda/flash_common.cuh"
 #include "runtime/error.hpp"
+#include "runtime/logging.hpp"
 
 #if LONGATTN_HAVE_SM90
 #include "kernels/cuda/sm90/flash_sm90.hpp"
@@ -283,6 +285,22 @@ FwdArgs make_fwd_args(const AttnFwdParams& p) {
   return a;
 }
 
+// Once per process: a call the Hopper kernels would take but for its mask's blocks (not
+// 128-multiples, such as block-sparse block_size 64) says that it runs the portable kernels.
+void warn_portable_blocks_once(DType dt, int64_t D, bool vec, const BlockMaskView& m) {
+#if LONGATTN_HAVE_SM90
+  static std::atomic<bool> said{false};
+  if ((dt != DType::BF16 && dt != DType::F16) || (D != 64 && D != 128) || !vec) return;
+  if (m.block_q % 128 == 0 && m.block_k % 128 == 0) return;
+  if (said.load() || !sm90::device_enabled() || said.exchange(true)) return;
+  longattn::log(LogLevel::Warn, "attention over ", m.block_q, "x", m.block_k,
+      " mask blocks runs the portable CUDA kernels on this GPU: its Hopper kernels take blocks "
+      "of multiples of 128 (block_size 128)");
+#else
+  (void)dt, (void)D, (void)vec, (void)m;
+#endif
+}
+
 bool takes_sm90(const FwdArgs& a, DType dt, int64_t D) {
 #if LONGATTN_HAVE_SM90
   return sm90::fwd_accepts(a, dt, static_cast<int>(D));
@@ -315,6 +333,7 @@ void flash_forward(const AttnFwdParams& p, cudaStream_t stream, cudaMemPool_t po
   if (takes_sm90(a, dt, p.q.D))
     return sm90::flash_forward(a, dt, static_cast<int>(p.q.D), stream, pool);
 #endif
+  warn_portable_blocks_once(dt, p.q.D, a.vec != 0, p.mask);
   // 128 query rows per CTA when the mask's query blocks allow it (more reuse of each K/V tile).
   const int m_tiles = (a.mask.block_q % 128 == 0 && p.q.D <= 128) ? 2 : 1;
   switch (p.q.D) {
@@ -483,6 +502,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
       return;
     }
 #endif
+    warn_portable_blocks_once(dt, p.q.D, a.vec != 0, p.mask);
     switch (p.q.D) {
       case 32: dispatch_bwd<32>(a, dt, atomic_dq, stream); break;
       case 64: dispatch_bwd<64>(a, dt, atomic_dq, stream); break;
