@@ -287,9 +287,11 @@ FwdArgs make_fwd_args(const AttnFwdParams& p) {
 
 // Once per process: a call the Hopper kernels would take but for its mask's blocks (not
 // 128-multiples, such as block-sparse block_size 64) says that it runs the portable kernels.
+std::atomic<bool> g_portable_blocks_said{false};
+
 void warn_portable_blocks_once(DType dt, int64_t D, bool vec, const BlockMaskView& m) {
 #if LONGATTN_HAVE_SM90
-  static std::atomic<bool> said{false};
+  std::atomic<bool>& said = g_portable_blocks_said;
   if ((dt != DType::BF16 && dt != DType::F16) || (D != 64 && D != 128) || !vec) return;
   if (m.block_q % 128 == 0 && m.block_k % 128 == 0) return;
   if (said.load() || !sm90::device_enabled() || said.exchange(true)) return;
@@ -425,6 +427,8 @@ std::string flash_backward_kernel(const AttnBwdParams& p) {
 #endif
   return "sm90";
 }
+
+bool portable_blocks_warned() { return g_portable_blocks_said.load(); }
 
 int forward_last_split_pieces() {
 #ifdef LONGATTN_HAVE_SM90

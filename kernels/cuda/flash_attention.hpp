@@ -61,6 +61,9 @@ void set_persistent_grid_limit(int ctas, int group = 0);
 // Pieces the last Hopper forward launch cut its last wave's items into (forward_tail_split in
 // kernels/contract.hpp; 0: none, or no Hopper launch), for tests.
 int forward_last_split_pieces();
+// Whether this process has logged that an sm_90 call runs the portable kernels only because
+// its mask blocks are not multiples of 128 (once per process), for tests.
+bool portable_blocks_warned();
 // Parts the last Hopper backward launch cut its last round's works into (backward_tail_split
 // in kernels/contract.hpp; 0: none, or no Hopper launch), for tests.
 int backward_last_tail_parts();

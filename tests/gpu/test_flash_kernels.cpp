@@ -1642,5 +1642,29 @@ TEST(FlashKernels, RejectsWhatItCannotRun) {
   EXPECT_THROW(cuda::flash_forward(p, nullptr), InvalidArgument);  // head dim 48
 }
 
+// A bf16 call over 64-row mask blocks on an sm_90 GPU runs the portable kernels, and the
+// process logs once that the Hopper kernels take 128-multiples.
+TEST(FlashPortableBlocks, WarnedOnceOnHopper) {
+  SKIP_WITHOUT_GPU();
+  MaskPair big = make_mask(MaskKind::Dense, MaskGeometry{256, 256, 128, 128, false, 0, 0}, 1);
+  MaskPair small = make_mask(MaskKind::Dense, MaskGeometry{256, 256, 64, 64, false, 0, 0}, 1);
+  Mirrored q = make_mirrored(Layout::Contiguous, DType::BF16, 1, 256, 1, 64, 1, 1.0);
+  Mirrored kv = make_mirrored(Layout::Contiguous, DType::BF16, 1, 256, 1, 64, 2, 1.0);
+  Mirrored o = make_mirrored(Layout::Contiguous, DType::BF16, 1, 256, 1, 64, 0, 1.0, true);
+  Mirrored lse = make_mirrored(Layout::Contiguous, DType::F32, 1, 256, 1, 1, 0, 1.0, true);
+  AttnFwdParams p;
+  p.q = q.dview;
+  p.k = p.v = kv.dview;
+  p.o = o.dview;
+  p.lse = lse.dview;
+  p.mask = big.dev;
+  const bool hopper = cuda::flash_forward_kernel(p).rfind("sm90", 0) == 0;
+  p.mask = small.dev;
+  EXPECT_EQ(cuda::flash_forward_kernel(p), "portable");
+  cuda::flash_forward(p, nullptr);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(cuda::portable_blocks_warned(), hopper);
+}
+
 }  // namespace
 }  // namespace longattn
