@@ -410,7 +410,9 @@ std::vector<MaxseqEntry> maxseq_entries(const SuiteParams& p, const MaxseqParams
       const DilatedMode dm = kind == "dilated" ? DilatedMode::Groups : DilatedMode::LongNet;
       e.base = make_case("maxseq", "", dilated_label(dm), dilated_spec(segs, dm, tile, causal),
                          Shape{1, 0, H, D}, p.dtype, P == 1 ? kModeSingle : "dilated");
-      require(*std::max_element(segs.begin(), segs.end()));
+      // Shards of whole segments: no segment spans ranks (LongNet's no-communication case,
+      // where fp16/bf16 gradients hold no shard-sized fp32).
+      for (int64_t seg : segs) require(seg * P);
     } else if (kind == "data_parallel") {
       LONGATTN_CHECK_ARG(P > 1, "--modes", k, "data_parallel needs several ranks");
       e.base = make_case("maxseq", "", "dense", dense_spec(tile, causal), Shape{P, 0, H, D},

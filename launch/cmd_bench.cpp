@@ -1157,7 +1157,7 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
        "maxseq: largest N tried (default 128M on cuda, 16K on cpu)")
       ("granularity", po::value(&ba.granularity)->multitoken(),
        "maxseq: every N a multiple of this (default 1024 x ranks, raised to fit blocks and "
-       "segments)")
+       "segments; dilated: ranks x each segment length, so that no segment spans ranks)")
       ("trial-seconds", po::value(&ba.trial_seconds)->default_value(0.0),
        "maxseq: a trial predicted to take longer is not run, and none longer follows one that did "
        "(default 100 on cuda, 20 on cpu)")
