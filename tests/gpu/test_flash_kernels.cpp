@@ -199,6 +199,26 @@ MaskPair make_mask(MaskKind kind, const MaskGeometry& g, uint64_t seed) {
   return mp;
 }
 
+// One head of bf16 self-attention-shaped inputs on the device (nq queries, nk keys and values,
+// o and lse poisoned): a forward call's parameters over any mask.
+struct Bf16Call {
+  Mirrored q, kv, o, lse;
+  Bf16Call(int64_t nq, int64_t nk, int64_t D)
+      : q(make_mirrored(Layout::Contiguous, DType::BF16, 1, nq, 1, D, 1, 1.0)),
+        kv(make_mirrored(Layout::Contiguous, DType::BF16, 1, nk, 1, D, 2, 1.0)),
+        o(make_mirrored(Layout::Contiguous, DType::BF16, 1, nq, 1, D, 0, 1.0, true)),
+        lse(make_mirrored(Layout::Contiguous, DType::F32, 1, nq, 1, 1, 0, 1.0, true)) {}
+  AttnFwdParams params(const BlockMaskView& mask) const {
+    AttnFwdParams p;
+    p.q = q.dview;
+    p.k = p.v = kv.dview;
+    p.o = o.dview;
+    p.lse = lse.dview;
+    p.mask = mask;
+    return p;
+  }
+};
+
 // The (i, j) pairs the mask and causality allow, for the naive references.
 testing::Allowed allowed_of(const BlockMask& m, const MaskGeometry& g) {
   std::vector<char> blocks(static_cast<size_t>(m.num_q_blocks * m.num_k_blocks), 0);
@@ -1153,17 +1173,8 @@ TEST(FlashGather, ForwardMatchesReference) {
       // Sparse rows list about half of the key blocks: 1100 keys at 2K, 8300 at 16K.
       const MaskGeometry g{256, nk, 128, 128, false, 0, 0};
       MaskPair mp = make_mask(MaskKind::Sparse, g, 7);
-      Mirrored q = make_mirrored(Layout::Contiguous, DType::BF16, 1, 256, 1, 128, 1, 1.0);
-      Mirrored kv = make_mirrored(Layout::Contiguous, DType::BF16, 1, nk, 1, 128, 2, 1.0);
-      Mirrored o = make_mirrored(Layout::Contiguous, DType::BF16, 1, 256, 1, 128, 0, 1.0, true);
-      Mirrored lse = make_mirrored(Layout::Contiguous, DType::F32, 1, 256, 1, 1, 0, 1.0, true);
-      AttnFwdParams p;
-      p.q = q.dview;
-      p.k = p.v = kv.dview;
-      p.o = o.dview;
-      p.lse = lse.dview;
-      p.mask = mp.dev;
-      const std::string k = cuda::flash_forward_kernel(p);
+      const Bf16Call call(256, nk, 128);
+      const std::string k = cuda::flash_forward_kernel(call.params(mp.dev));
       if (k.rfind("sm90", 0) == 0)
         EXPECT_EQ(k, nk >= 16384 ? "sm90-gather" : "sm90") << "nk " << nk;
     }
@@ -1648,18 +1659,9 @@ TEST(FlashPortableBlocks, WarnedOnceOnHopper) {
   SKIP_WITHOUT_GPU();
   MaskPair big = make_mask(MaskKind::Dense, MaskGeometry{256, 256, 128, 128, false, 0, 0}, 1);
   MaskPair small = make_mask(MaskKind::Dense, MaskGeometry{256, 256, 64, 64, false, 0, 0}, 1);
-  Mirrored q = make_mirrored(Layout::Contiguous, DType::BF16, 1, 256, 1, 64, 1, 1.0);
-  Mirrored kv = make_mirrored(Layout::Contiguous, DType::BF16, 1, 256, 1, 64, 2, 1.0);
-  Mirrored o = make_mirrored(Layout::Contiguous, DType::BF16, 1, 256, 1, 64, 0, 1.0, true);
-  Mirrored lse = make_mirrored(Layout::Contiguous, DType::F32, 1, 256, 1, 1, 0, 1.0, true);
-  AttnFwdParams p;
-  p.q = q.dview;
-  p.k = p.v = kv.dview;
-  p.o = o.dview;
-  p.lse = lse.dview;
-  p.mask = big.dev;
-  const bool hopper = cuda::flash_forward_kernel(p).rfind("sm90", 0) == 0;
-  p.mask = small.dev;
+  const Bf16Call call(256, 256, 64);
+  const bool hopper = cuda::flash_forward_kernel(call.params(big.dev)).rfind("sm90", 0) == 0;
+  const AttnFwdParams p = call.params(small.dev);
   EXPECT_EQ(cuda::flash_forward_kernel(p), "portable");
   cuda::flash_forward(p, nullptr);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
