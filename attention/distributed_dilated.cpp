@@ -209,20 +209,14 @@ class DilatedDistributed final : public SequenceShardedBase {
     const std::vector<DilatedBranch> branches = dilated_branches(spec_.dilated, q.H);
     std::vector<BranchWork> work(branches.size());
     const DilatedConfig& d = spec_.dilated;
-    // Groups: a (row, head) belongs to one branch and, in a local segment, to one kernel call.
-    // With no spanning segment here (their key gradients come back from other ranks), every
-    // gradient element gets one contribution: each local call's gradients go through fp32
-    // scratches of that call and are copied out scaled (one rounding), so nothing of the
-    // shard's size is held in fp32 (`once`). Otherwise several contributions add up: whole-shard
-    // fp32 accumulators for fp16/bf16 gradients.
-    bool spans = false;
-    for (const DilatedBranch& br : branches) {
-      std::vector<int64_t> local;
-      std::vector<SegmentRows> spanning;
-      segments(br, q.N, local, spanning);
-      spans = spans || !spanning.empty();
-    }
-    const bool once = d.mode == DilatedMode::Groups && is_half(dq.dtype) && !spans;
+    // Groups: a (row, head) belongs to one branch and one segment. Its dQ comes from one kernel
+    // call; its dK, dV from one local call or, in a spanning segment, from the calls of every
+    // member rank, summed at the owner in fp32 in the segment's own buffer. So with fp16/bf16
+    // gradients each element is written once: a local call's gradients and a spanning call's
+    // dQ go through fp32 scratches of that call, a spanning segment's key gradients through its
+    // fp32 exchange buffers, each copied out scaled (one rounding); nothing of the shard's size
+    // is held in fp32 (`once`). Longnet adds branches up: whole-shard fp32 accumulators.
+    const bool once = d.mode == DilatedMode::Groups && is_half(dq.dtype);
     const DType gd = is_half(dq.dtype) && !once ? DType::F32 : dq.dtype;
     DeviceTensor bufs[3];
     std::byte* workspace = nullptr;
@@ -429,9 +423,9 @@ class DilatedDistributed final : public SequenceShardedBase {
     DType kv, grad;
     bool backward;
     std::optional<DType> o_tmp, lse_tmp;
-    // Backward with gradients reached once (groups, no spanning segments): each local call's
-    // dQ, dK, dV in fp32 scratches, copied out scaled; local calls hold at most most_rows
-    // rows (0: no limit).
+    // Backward with gradients reached once (groups): each local call's dQ, dK, dV and each
+    // spanning call's dQ in fp32 scratches (and the spanning segments' exchange buffers in
+    // fp32), copied out scaled; local calls hold at most most_rows rows (0: no limit).
     std::optional<DType> g_tmp;
     int64_t most_rows = 0;
   };
@@ -456,13 +450,14 @@ class DilatedDistributed final : public SequenceShardedBase {
       for (size_t gi = 0; gi < w.gathers.size(); ++gi) {
         const SegmentRows& s = w.gathers[gi].seg;
         Scatter& sc = w.scatters[gi];
-        sc.grads = PairTensor(c, t.grad, B, s.L, hc, D);
+        const DType sg = t.g_tmp ? *t.g_tmp : t.grad;  // the key gradients' sums
+        sc.grads = PairTensor(c, sg, B, s.L, hc, D);
         sc.out.assign(s.ranks.size(), PairTensor());
         sc.in.assign(s.ranks.size(), PairTensor());
         for (size_t i = 0; i < s.ranks.size(); ++i) {
           if (static_cast<int>(i) == s.me) continue;
-          sc.out[i] = PairTensor(c, t.grad, B, s.count(static_cast<int>(i)), hc, D);
-          sc.in[i] = PairTensor(c, t.grad, B, s.count(s.me), hc, D);
+          sc.out[i] = PairTensor(c, sg, B, s.count(static_cast<int>(i)), hc, D);
+          sc.in[i] = PairTensor(c, sg, B, s.count(s.me), hc, D);
         }
       }
     }
@@ -480,8 +475,10 @@ class DilatedDistributed final : public SequenceShardedBase {
     for (const Gather& g : w.gathers) rows = std::max(rows, B * g.seg.count(g.seg.me));
     if (t.o_tmp) w.o_tmp = c.scratch(*t.o_tmp, rows * hc * D);
     if (t.lse_tmp) w.lse_tmp = c.scratch(*t.lse_tmp, rows * hc);
-    if (t.g_tmp)
-      for (Scratch& g : w.g_tmp) g = c.scratch(*t.g_tmp, local_rows * hc * D);
+    if (t.g_tmp) {
+      w.g_tmp[0] = c.scratch(*t.g_tmp, rows * hc * D);  // a spanning call's dQ too
+      for (int i = 1; i < 3; ++i) w.g_tmp[i] = c.scratch(*t.g_tmp, local_rows * hc * D);
+    }
   }
 
   // Before the first exchange: every branch's segments, their masks (and the transposed ones
@@ -690,8 +687,15 @@ class DilatedDistributed final : public SequenceShardedBase {
       const TensorView ob = branch_output(be, m, w, mine(q), kg, vg, mine(o), s.lo[s.me]);
       be.fill(sc.grads.first(s.L), 0.0);
       be.fill(sc.grads.second(s.L), 0.0);
+      const TensorView dq_rows = mine(dq);
+      TensorView dq_call = dq_rows;
+      if (once) {
+        dq_call = w.g_tmp[0].shaped(dq_rows.B, dq_rows.N, dq_rows.H, dq_rows.D);
+        be.fill(dq_call, 0.0);
+      }
       kernel_backward(be, *m.fwd, masks.transposed(m), mine(q), kg, vg, ob, mine(lse), mine(d_o),
-                      mine(dq), sc.grads.first(s.L), sc.grads.second(s.L), s.lo[s.me]);
+                      dq_call, sc.grads.first(s.L), sc.grads.second(s.L), s.lo[s.me]);
+      if (once) be.copy_scaled(dq_rows, alpha, dq_call);  // this row's one contribution
       std::vector<SendSpec> sends;
       std::vector<RecvSpec> recvs;
       for (size_t i = 0; i < s.ranks.size(); ++i) {
@@ -716,12 +720,23 @@ class DilatedDistributed final : public SequenceShardedBase {
       auto mine = [&](const TensorView& x) {
         return x.heads(br.head_begin, hc).rows(row0, n, br.rate);
       };
-      be.axpy(mine(dk), 1.0, sc.grads.first(s.L).rows(s.lo[s.me], n));
-      be.axpy(mine(dv), 1.0, sc.grads.second(s.L).rows(s.lo[s.me], n));
+      const TensorView own_k = sc.grads.first(s.L).rows(s.lo[s.me], n),
+                       own_v = sc.grads.second(s.L).rows(s.lo[s.me], n);
+      // once: the members' sums in the fp32 buffer of this rank's rows, then one rounding;
+      // else into the fp32 accumulators, in the same order.
+      const TensorView sum_k = once ? own_k : mine(dk), sum_v = once ? own_v : mine(dv);
+      if (!once) {
+        be.axpy(sum_k, 1.0, own_k);
+        be.axpy(sum_v, 1.0, own_v);
+      }
       for (size_t i = 0; i < s.ranks.size(); ++i) {
         if (static_cast<int>(i) == s.me) continue;
-        be.axpy(mine(dk), 1.0, sc.in[i].first(n));
-        be.axpy(mine(dv), 1.0, sc.in[i].second(n));
+        be.axpy(sum_k, 1.0, sc.in[i].first(n));
+        be.axpy(sum_v, 1.0, sc.in[i].second(n));
+      }
+      if (once) {
+        be.copy_scaled(mine(dk), alpha, own_k);
+        be.copy_scaled(mine(dv), alpha, own_v);
       }
     }
   }
