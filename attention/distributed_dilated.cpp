@@ -8,10 +8,12 @@
 // is made before its first exchange (one workspace, reused branch after branch and kept across
 // calls), and the ranks agree that all of them got theirs before any data moves.
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <limits>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <tuple>
 
@@ -158,6 +160,10 @@ class DilatedDistributed final : public SequenceShardedBase {
                     [&] { shard_variant().forward(be, q, k, v, o, lse); });
       return;
     }
+    if (longnet_stored(q, o.dtype)) {
+      forward_stored(be, q, k, v, o, lse);
+      return;
+    }
     MaskCache& masks = masks_for(be);
     const bool groups = spec_.dilated.mode == DilatedMode::Groups;
     const std::vector<DilatedBranch> branches = dilated_branches(spec_.dilated, q.H);
@@ -203,6 +209,10 @@ class DilatedDistributed final : public SequenceShardedBase {
       run_and_agree(comm_, name() + " backward", [&] {
         shard_variant().backward(be, q, k, v, o, lse, d_o, dq, dk, dv);
       });
+      return;
+    }
+    if (longnet_stored(q, dq.dtype)) {
+      backward_stored(be, q, k, v, o, lse, d_o, dq, dk, dv);
       return;
     }
     MaskCache& masks = masks_for(be);
@@ -428,6 +438,10 @@ class DilatedDistributed final : public SequenceShardedBase {
     // fp32), copied out scaled; local calls hold at most most_rows rows (0: no limit).
     std::optional<DType> g_tmp;
     int64_t most_rows = 0;
+    // The stored longnet path: a branch of segments longer than the shard runs one call over
+    // its rows here, all batches at once; in the forward it writes O and L into buffers of
+    // its own, so it needs no o_tmp, lse_tmp.
+    bool stored = false;
   };
 
   // Lays out a branch's buffers from `c`, always in the same order.
@@ -473,6 +487,10 @@ class DilatedDistributed final : public SequenceShardedBase {
         t.most_rows);
     rows = local_rows;
     for (const Gather& g : w.gathers) rows = std::max(rows, B * g.seg.count(g.seg.me));
+    if (t.stored && br.segment > q.N) {
+      if (!w.local.empty()) rows = std::max(rows, B * L);
+      if (!t.backward) rows = 0;
+    }
     if (t.o_tmp) w.o_tmp = c.scratch(*t.o_tmp, rows * hc * D);
     if (t.lse_tmp) w.lse_tmp = c.scratch(*t.lse_tmp, rows * hc);
     if (t.g_tmp) {
@@ -696,48 +714,348 @@ class DilatedDistributed final : public SequenceShardedBase {
       kernel_backward(be, *m.fwd, masks.transposed(m), mine(q), kg, vg, ob, mine(lse), mine(d_o),
                       dq_call, sc.grads.first(s.L), sc.grads.second(s.L), s.lo[s.me]);
       if (once) be.copy_scaled(dq_rows, alpha, dq_call);  // this row's one contribution
-      std::vector<SendSpec> sends;
-      std::vector<RecvSpec> recvs;
-      for (size_t i = 0; i < s.ranks.size(); ++i) {
-        const int ii = static_cast<int>(i);
-        if (ii == s.me) continue;
-        const int64_t ni = s.count(ii);
-        be.copy(sc.out[i].first(ni), sc.grads.first(s.L).rows(s.lo[i], ni));
-        be.copy(sc.out[i].second(ni), sc.grads.second(s.L).rows(s.lo[i], ni));
-        sends.push_back(SendSpec{sc.out[i].data(), sc.out[i].bytes(ni), s.ranks[i]});
-        recvs.push_back(RecvSpec{sc.in[i].data(), sc.in[i].bytes(n), s.ranks[i]});
-        counters_.bytes_sent += static_cast<int64_t>(sc.out[i].bytes(ni));
-        counters_.bytes_received += static_cast<int64_t>(sc.in[i].bytes(n));
-      }
-      sc.req = comm_.start_exchange(sends, recvs, CommOp{"dilated segment dK/dV return", -1});
+      post_key_grads(be, g.seg, sc);
     }
     for (size_t gi = 0; gi < gathers.size(); ++gi) {
       Scatter& sc = scatters[gi];
-      sc.req.wait();
       const SegmentRows& s = gathers[gi].seg;
       const int64_t n = s.count(s.me);
       const int64_t row0 = s.base + s.lo[s.me] * br.rate - row0_global;
       auto mine = [&](const TensorView& x) {
         return x.heads(br.head_begin, hc).rows(row0, n, br.rate);
       };
-      const TensorView own_k = sc.grads.first(s.L).rows(s.lo[s.me], n),
-                       own_v = sc.grads.second(s.L).rows(s.lo[s.me], n);
       // once: the members' sums in the fp32 buffer of this rank's rows, then one rounding;
       // else into the fp32 accumulators, in the same order.
-      const TensorView sum_k = once ? own_k : mine(dk), sum_v = once ? own_v : mine(dv);
-      if (!once) {
-        be.axpy(sum_k, 1.0, own_k);
-        be.axpy(sum_v, 1.0, own_v);
-      }
-      for (size_t i = 0; i < s.ranks.size(); ++i) {
-        if (static_cast<int>(i) == s.me) continue;
-        be.axpy(sum_k, 1.0, sc.in[i].first(n));
-        be.axpy(sum_v, 1.0, sc.in[i].second(n));
-      }
       if (once) {
+        const auto [own_k, own_v] = sum_key_grads(be, s, sc);
         be.copy_scaled(mine(dk), alpha, own_k);
         be.copy_scaled(mine(dv), alpha, own_v);
+        continue;
       }
+      sc.req.wait();
+      be.axpy(mine(dk), 1.0, sc.grads.first(s.L).rows(s.lo[s.me], n));
+      be.axpy(mine(dv), 1.0, sc.grads.second(s.L).rows(s.lo[s.me], n));
+      for (size_t i = 0; i < s.ranks.size(); ++i) {
+        if (static_cast<int>(i) == s.me) continue;
+        be.axpy(mine(dk), 1.0, sc.in[i].first(n));
+        be.axpy(mine(dv), 1.0, sc.in[i].second(n));
+      }
+    }
+  }
+
+  // Sends each member the key gradients of its rows of a spanning segment (computed here in
+  // sc.grads) and receives this rank's rows' from every member.
+  void post_key_grads(Backend& be, const SegmentRows& s, Scatter& sc) {
+    const int64_t n = s.count(s.me);
+    std::vector<SendSpec> sends;
+    std::vector<RecvSpec> recvs;
+    for (size_t i = 0; i < s.ranks.size(); ++i) {
+      const int ii = static_cast<int>(i);
+      if (ii == s.me) continue;
+      const int64_t ni = s.count(ii);
+      be.copy(sc.out[i].first(ni), sc.grads.first(s.L).rows(s.lo[i], ni));
+      be.copy(sc.out[i].second(ni), sc.grads.second(s.L).rows(s.lo[i], ni));
+      sends.push_back(SendSpec{sc.out[i].data(), sc.out[i].bytes(ni), s.ranks[i]});
+      recvs.push_back(RecvSpec{sc.in[i].data(), sc.in[i].bytes(n), s.ranks[i]});
+      counters_.bytes_sent += static_cast<int64_t>(sc.out[i].bytes(ni));
+      counters_.bytes_received += static_cast<int64_t>(sc.in[i].bytes(n));
+    }
+    sc.req = comm_.start_exchange(sends, recvs, CommOp{"dilated segment dK/dV return", -1});
+  }
+  // Waits for the exchange and sums every member's key gradients of this rank's rows into
+  // this rank's rows of sc.grads (in member order); returns those rows (dK, dV).
+  std::pair<TensorView, TensorView> sum_key_grads(Backend& be, const SegmentRows& s,
+                                                  Scatter& sc) {
+    sc.req.wait();
+    const int64_t n = s.count(s.me);
+    const TensorView own_k = sc.grads.first(s.L).rows(s.lo[s.me], n),
+                     own_v = sc.grads.second(s.L).rows(s.lo[s.me], n);
+    for (size_t i = 0; i < s.ranks.size(); ++i) {
+      if (static_cast<int>(i) == s.me) continue;
+      be.axpy(own_k, 1.0, sc.in[i].first(n));
+      be.axpy(own_v, 1.0, sc.in[i].second(n));
+    }
+    return {own_k, own_v};
+  }
+
+  // Longnet with fp16/bf16 tensors where every segment length divides the shard or is a
+  // multiple of it, some a multiple (where all divide, longnet_on_shard). A branch of
+  // multiples ("wide") has at most one segment with rows on this rank, so its result for them
+  // (forward: O and L; backward: dq, dk, dv) is a buffer of those rows only, 1/rate of the
+  // shard for the branch's heads. Those buffers are computed first, with the exchanges of the
+  // workspace path; then the shard goes in row passes as on one device: a pass holds the fp32
+  // merged output or dq, dk, dv of its own rows, and takes the branches in their order, the
+  // dividing ones computed on the pass's segments, the wide ones merged (added) from their
+  // buffers. No fp32 buffer of the shard's size is held.
+  // Taken where the shard needs more than one pass (DilatedConfig::pass_rows; by default
+  // shards over 2^20 rows): in one pass the workspace path holds no more.
+  bool longnet_stored(const TensorView& q, DType t) const {
+    if (spec_.dilated.mode != DilatedMode::LongNet || !is_half(t)) return false;
+    for (int64_t s : spec_.dilated.segment_lengths)
+      if (q.N % s != 0 && s % q.N != 0) return false;
+    return stored_pass_rows(q) < q.N;
+  }
+  static bool wide(const DilatedBranch& br, int64_t shard) { return br.segment > shard; }
+  // Rows of a stored pass: a multiple of every segment length that divides the shard, at most
+  // DilatedConfig::pass_rows (longnet_pass_rows when 0) where that allows.
+  int64_t stored_pass_rows(const TensorView& q) const {
+    int64_t unit = 1;
+    for (int64_t s : spec_.dilated.segment_lengths)
+      if (q.N % s == 0) unit = std::lcm(unit, s);  // divides the shard
+    const int64_t given = spec_.dilated.pass_rows;
+    const int64_t most = given > 0 ? given : longnet_pass_rows(q.B * q.N) / q.B;
+    return std::min(q.N, std::max(unit, most / unit * unit));
+  }
+  // A wide branch's rows on this rank: shard rows row0 + j * rate, j in [0, n); q_offset is
+  // the first one's position in the segment's dilated order.
+  struct OwnRows {
+    int64_t row0 = 0, n = 0, q_offset = 0;
+    bool spanning = false;
+  };
+  static OwnRows own_rows(const DilatedBranch& br, const BranchWork& w, int64_t row0_global) {
+    LONGATTN_ASSERT(w.local.size() + w.gathers.size() <= 1,
+                    "a segment longer than the shard has more than one segment on a rank");
+    if (!w.local.empty())
+      return {w.local[0] * br.segment + br.offset - row0_global,
+              dilated_length(br.segment, br.rate, br.offset), 0, false};
+    if (!w.gathers.empty()) {
+      const SegmentRows& s = w.gathers[0].seg;
+      return {s.base + s.lo[s.me] * br.rate - row0_global, s.count(s.me), s.lo[s.me], true};
+    }
+    return {};
+  }
+  // The rows j of `r` whose shard rows lie in [a, b).
+  static std::pair<int64_t, int64_t> rows_in(const OwnRows& r, int64_t rate, int64_t a,
+                                             int64_t b) {
+    auto at = [&](int64_t row) { return std::clamp<int64_t>(ceil_div(row - r.row0, rate), 0, r.n); };
+    return {at(a), at(b)};
+  }
+  // The local segments of a dividing branch inside shard rows [a, a + n).
+  static std::vector<int64_t> segments_in(const std::vector<int64_t>& local,
+                                          const DilatedBranch& br, int64_t a, int64_t n) {
+    std::vector<int64_t> out;
+    for (int64_t m : local)
+      if (m * br.segment >= a && (m + 1) * br.segment <= a + n) out.push_back(m);
+    return out;
+  }
+
+  void forward_stored(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& o, const TensorView& lse) {
+    MaskCache& masks = masks_for(be);
+    const std::vector<DilatedBranch> branches = dilated_branches(spec_.dilated, q.H);
+    std::vector<BranchWork> work(branches.size());
+    const int64_t c = q.N, row0_global = comm_.rank() * c, pass = stored_pass_rows(q);
+    BufferTypes types{k.dtype, k.dtype, false, DType::F32, lse.dtype, std::nullopt, pass};
+    types.stored = true;
+    const bool foldable = batch_foldable({q, k, v, o, lse});
+    std::vector<DeviceTensor> so(branches.size()), sl(branches.size());
+    DeviceTensor acc_buf;
+    std::byte* workspace = nullptr;
+    run_and_agree(comm_, name() + " forward", [&] {
+      workspace = prepare(be, masks, branches, q, foldable, types, work);
+      for (size_t i = 0; i < branches.size(); ++i) {
+        const DilatedBranch& br = branches[i];
+        if (!wide(br, c)) continue;
+        const OwnRows r = own_rows(br, work[i], row0_global);
+        if (r.n == 0) continue;
+        so[i] = DeviceTensor::scratch(be, DType::F32, q.B, r.n, br.head_count, q.D);
+        sl[i] = DeviceTensor::scratch(be, lse.dtype, q.B, r.n, br.head_count, 1);
+      }
+      acc_buf = DeviceTensor::scratch(be, DType::F32, q.B, pass, q.H, q.D);  // backend-only
+    });
+    // The wide branches' O and L of this rank's rows.
+    for (size_t i = 0; i < branches.size(); ++i) {
+      const DilatedBranch& br = branches[i];
+      if (!so[i].data()) continue;
+      Carver cv(workspace, be.device());
+      carve(cv, br, q, foldable, types, work[i]);
+      const OwnRows r = own_rows(br, work[i], row0_global);
+      auto mine = [&](const TensorView& x) {
+        return x.heads(br.head_begin, br.head_count).rows(r.row0, r.n, br.rate);
+      };
+      if (!r.spanning) {
+        kernel_forward(be, *masks.get(r.n, r.n, 0).fwd, mine(q), mine(k), mine(v), so[i].view(),
+                       sl[i].view(), 0);
+        continue;
+      }
+      Gather& g = work[i].gathers[0];
+      start_gather(be, br, k, v, g, row0_global);
+      finish_gather(be, g);
+      kernel_forward(be, *masks.get(r.n, g.seg.L, r.q_offset).fwd, mine(q), g.all.first(g.seg.L),
+                     g.all.second(g.seg.L), so[i].view(), sl[i].view(), r.q_offset);
+    }
+    // Row passes, the branches merged in their order.
+    for (int64_t r0 = 0; r0 < c; r0 += pass) {
+      const int64_t n = std::min(pass, c - r0);
+      auto p = [&](const TensorView& x) { return x.rows(r0, n); };
+      const TensorView acc = acc_buf.view().rows(0, n), lp = p(lse);
+      be.fill(acc, 0.0);
+      be.fill(lp, kNegInf);
+      const bool fold_ok = batch_foldable({p(q), p(k), p(v), acc, lp});
+      for (size_t i = 0; i < branches.size(); ++i) {
+        const DilatedBranch& br = branches[i];
+        if (!has_rows(work[i])) continue;
+        if (wide(br, c)) {
+          if (!so[i].data()) continue;
+          const OwnRows r = own_rows(br, work[i], row0_global);
+          const auto [j0, j1] = rows_in(r, br.rate, r0, r0 + n);
+          if (j1 <= j0) continue;
+          auto rows = [&](const TensorView& x) {
+            return x.heads(br.head_begin, br.head_count).rows(r.row0 + j0 * br.rate - r0, j1 - j0,
+                                                               br.rate);
+          };
+          be.merge(rows(acc), rows(lp), so[i].view().rows(j0, j1 - j0),
+                   sl[i].view().rows(j0, j1 - j0));
+          continue;
+        }
+        Carver cv(workspace, be.device());
+        carve(cv, br, q, foldable, types, work[i]);
+        const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+        for_each_local_run(
+            segments_in(work[i].local, br, row0_global + r0, n), br, p(q),
+            [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
+              const int64_t row0 = m0 * br.segment + br.offset - row0_global - r0;
+              auto run = [&](int64_t bb, int64_t nn) {
+                auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, nn, cnt); };
+                emit(be, masks.get(L, L, 0), work[i], f(p(q)), f(p(k)), f(p(v)), f(acc), f(lp), 0,
+                     false);
+              };
+              if (nb > 1 && !fold_ok) {
+                for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
+              } else {
+                run(b0, nb);
+              }
+            },
+            pass);
+      }
+      be.copy(p(o), acc);
+    }
+  }
+
+  void backward_stored(Backend& be, const TensorView& q, const TensorView& k,
+                       const TensorView& v, const TensorView& o, const TensorView& lse,
+                       const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                       const TensorView& dv) {
+    MaskCache& masks = masks_for(be);
+    const std::vector<DilatedBranch> branches = dilated_branches(spec_.dilated, q.H);
+    std::vector<BranchWork> work(branches.size());
+    const int64_t c = q.N, row0_global = comm_.rank() * c, pass = stored_pass_rows(q);
+    const DilatedConfig& d = spec_.dilated;
+    // fp32 key-gradient sums; the branch's own O (and L) unless the exact gradient takes o.
+    BufferTypes types{k.dtype, DType::F32, true, std::nullopt, std::nullopt, std::nullopt, pass};
+    if (!d.exact_longnet_grad) {
+      types.o_tmp = o.dtype;
+      types.lse_tmp = DType::F32;
+    }
+    types.stored = true;
+    const bool foldable = batch_foldable({q, k, v, o, lse, d_o, dq, dk, dv});
+    std::vector<std::array<DeviceTensor, 3>> stored(branches.size());
+    DeviceTensor acc[3];
+    std::byte* workspace = nullptr;
+    run_and_agree(comm_, name() + " backward", [&] {
+      workspace = prepare(be, masks, branches, q, foldable, types, work);
+      for (size_t i = 0; i < branches.size(); ++i) {
+        const DilatedBranch& br = branches[i];
+        if (!wide(br, c)) continue;
+        const OwnRows r = own_rows(br, work[i], row0_global);
+        if (r.n == 0) continue;
+        for (DeviceTensor& t : stored[i])
+          t = DeviceTensor::scratch(be, DType::F32, q.B, r.n, br.head_count, q.D);
+      }
+      for (DeviceTensor& t : acc) t = DeviceTensor::scratch(be, DType::F32, q.B, pass, q.H, q.D);
+    });
+    // The wide branches' dq, dk, dv of this rank's rows (key gradients summed over members).
+    for (size_t i = 0; i < branches.size(); ++i) {
+      const DilatedBranch& br = branches[i];
+      if (!stored[i][0].data()) continue;
+      BranchWork& w = work[i];
+      Carver cv(workspace, be.device());
+      carve(cv, br, q, foldable, types, w);
+      const OwnRows r = own_rows(br, w, row0_global);
+      auto mine = [&](const TensorView& x) {
+        return x.heads(br.head_begin, br.head_count).rows(r.row0, r.n, br.rate);
+      };
+      const TensorView sq = stored[i][0].view(), sk = stored[i][1].view(),
+                       sv = stored[i][2].view();
+      be.fill(sq, 0.0);
+      if (!r.spanning) {
+        be.fill(sk, 0.0);
+        be.fill(sv, 0.0);
+        MaskCache::Entry& m = masks.get(r.n, r.n, 0);
+        const TensorView ob = branch_output(be, m, w, mine(q), mine(k), mine(v), mine(o), 0);
+        kernel_backward(be, *m.fwd, masks.transposed(m), mine(q), mine(k), mine(v), ob, mine(lse),
+                        mine(d_o), sq, sk, sv, 0);
+        continue;
+      }
+      Gather& g = w.gathers[0];
+      Scatter& sc = w.scatters[0];
+      const SegmentRows& s = g.seg;
+      start_gather(be, br, k, v, g, row0_global);
+      finish_gather(be, g);
+      MaskCache::Entry& m = masks.get(r.n, s.L, r.q_offset);
+      const TensorView kg = g.all.first(s.L), vg = g.all.second(s.L);
+      const TensorView ob = branch_output(be, m, w, mine(q), kg, vg, mine(o), r.q_offset);
+      be.fill(sc.grads.first(s.L), 0.0);
+      be.fill(sc.grads.second(s.L), 0.0);
+      kernel_backward(be, *m.fwd, masks.transposed(m), mine(q), kg, vg, ob, mine(lse), mine(d_o),
+                      sq, sc.grads.first(s.L), sc.grads.second(s.L), r.q_offset);
+      post_key_grads(be, s, sc);
+      const auto [own_k, own_v] = sum_key_grads(be, s, sc);
+      be.copy(sk, own_k);
+      be.copy(sv, own_v);
+    }
+    // Row passes, the branches added in their order.
+    for (int64_t r0 = 0; r0 < c; r0 += pass) {
+      const int64_t n = std::min(pass, c - r0);
+      auto p = [&](const TensorView& x) { return x.rows(r0, n); };
+      TensorView g[3];
+      for (int i = 0; i < 3; ++i) {
+        g[i] = acc[i].view().rows(0, n);
+        be.fill(g[i], 0.0);
+      }
+      const bool fold_ok =
+          batch_foldable({p(q), p(k), p(v), p(o), p(lse), p(d_o), g[0], g[1], g[2]});
+      for (size_t i = 0; i < branches.size(); ++i) {
+        const DilatedBranch& br = branches[i];
+        if (!has_rows(work[i])) continue;
+        if (wide(br, c)) {
+          if (!stored[i][0].data()) continue;
+          const OwnRows r = own_rows(br, work[i], row0_global);
+          const auto [j0, j1] = rows_in(r, br.rate, r0, r0 + n);
+          if (j1 <= j0) continue;
+          for (int t = 0; t < 3; ++t)
+            be.axpy(g[t].heads(br.head_begin, br.head_count)
+                        .rows(r.row0 + j0 * br.rate - r0, j1 - j0, br.rate),
+                    1.0, stored[i][t].view().rows(j0, j1 - j0));
+          continue;
+        }
+        BranchWork& w = work[i];
+        Carver cv(workspace, be.device());
+        carve(cv, br, q, foldable, types, w);
+        const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+        for_each_local_run(
+            segments_in(w.local, br, row0_global + r0, n), br, p(q),
+            [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
+              const int64_t row0 = m0 * br.segment + br.offset - row0_global - r0;
+              auto run = [&](int64_t bb, int64_t nn) {
+                auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, nn, cnt); };
+                MaskCache::Entry& m = masks.get(L, L, 0);
+                const TensorView fq = f(p(q));
+                const TensorView ob = branch_output(be, m, w, fq, f(p(k)), f(p(v)), f(p(o)), 0);
+                kernel_backward(be, *m.fwd, masks.transposed(m), fq, f(p(k)), f(p(v)), ob,
+                                f(p(lse)), f(p(d_o)), f(g[0]), f(g[1]), f(g[2]), 0);
+              };
+              if (nb > 1 && !fold_ok) {
+                for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
+              } else {
+                run(b0, nb);
+              }
+            },
+            pass);
+      }
+      be.copy(p(dq), g[0]);
+      be.copy(p(dk), g[1]);
+      be.copy(p(dv), g[2]);
     }
   }
 

@@ -135,6 +135,22 @@ std::vector<VariantCase> cases() {
     c.H = 2;
     v.push_back(c);
   }
+  {  // longnet, a segment spanning every shard (512) beside ones inside them: with bf16 the
+     // spanning branch's rows are computed first into buffers of those rows, then the shard
+     // goes in row passes of one 64-row run each; two batches
+    VariantCase c;
+    c.name = "dilated_longnet_spanning_passes";
+    c.spec.variant = "dilated";
+    c.spec.block_size = kBlock;
+    c.spec.dilated.segment_lengths = {64, 512};
+    c.spec.dilated.dilation_rates = {1, 4};
+    c.spec.dilated.mode = DilatedMode::LongNet;
+    c.spec.dilated.pass_rows = 64;
+    c.cfg = DistConfig{DistMode::Dilated, Sharding::Contiguous};
+    c.B = 2;
+    c.H = 4;
+    v.push_back(c);
+  }
   for (const char* variant : {"dense", "dilated"}) {
     VariantCase c;
     c.name = std::string("data_parallel_") + variant;
