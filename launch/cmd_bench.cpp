@@ -109,17 +109,10 @@ std::vector<double> parse_doubles(const std::vector<std::string>& tokens, const 
   return out;
 }
 
-// "128K", "1M" and plain integers.
+// "128K", "1M" and plain integers (parse_int_list takes the suffixes).
 std::vector<int64_t> parse_sizes(const std::vector<std::string>& tokens, const std::string& arg) {
-  std::vector<std::string> plain;
-  for (auto w : split_words(tokens)) {
-    int64_t mult = 1;
-    if (!w.empty() && (w.back() == 'K' || w.back() == 'k')) mult = 1024;
-    if (!w.empty() && (w.back() == 'M' || w.back() == 'm')) mult = 1024 * 1024;
-    if (mult > 1) w.pop_back();
-    for (int64_t v : parse_int_list({w}, arg)) plain.push_back(std::to_string(v * mult));
-  }
-  return plain.empty() ? std::vector<int64_t>{} : parse_int_list(plain, arg);
+  const std::vector<std::string> words = split_words(tokens);
+  return words.empty() ? std::vector<int64_t>{} : parse_int_list(words, arg);
 }
 
 // ---- a communicator for one process without a launcher -----------------------------------------

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <iostream>
+#include <limits>
 #include <sstream>
 
 #include "attention/patterns.hpp"
@@ -33,17 +34,25 @@ std::vector<std::string> split(const std::vector<std::string>& tokens, char sep)
   return out;
 }
 
+// An integer, or one with a K (x1024) or M (x1048576) suffix, as the sequence lengths take.
 int64_t parse_int(const std::string& s, const std::string& arg, const std::string& whole) {
+  std::string digits = s;
+  int64_t mult = 1;
+  if (!digits.empty() && (digits.back() == 'K' || digits.back() == 'k')) mult = int64_t{1} << 10;
+  if (!digits.empty() && (digits.back() == 'M' || digits.back() == 'm')) mult = int64_t{1} << 20;
+  if (mult > 1) digits.pop_back();
   size_t used = 0;
   int64_t v = 0;
   try {
-    v = std::stoll(s, &used);
+    v = std::stoll(digits, &used);
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used == 0 || used != s.size())
-    throw InvalidArgument(arg, whole, "must be a comma-separated list of integers");
-  return v;
+  const int64_t limit = std::numeric_limits<int64_t>::max() / mult;
+  if (used == 0 || used != digits.size() || v > limit || v < -limit)
+    throw InvalidArgument(arg, whole,
+                          "must be a comma-separated list of integers (K and M suffixes allowed)");
+  return v * mult;
 }
 
 std::vector<HierarchicalLevel> parse_levels(const std::string& text) {
@@ -175,7 +184,8 @@ po::options_description variant_options(AttentionArgs& a) {
        "dilated mode: groups (heads split among the pairs) or longnet (every pair on all "
        "heads, combined by their log-sum-exp)")
       ("segment-lengths", po::value<std::vector<std::string>>(&a.segment_lengths)->multitoken(),
-       "dilated segment lengths (default 2048,4096,8192; N/4,N/2,N when N < 8192)")
+       "dilated segment lengths, K and M suffixes allowed (default 2048,4096,8192; N/4,N/2,N "
+       "when N < 8192)")
       ("dilation-rates", po::value<std::vector<std::string>>(&a.dilation_rates)->multitoken(),
        "dilated: one rate per segment length (default 1,2,4); block_sparse dilated_sparse: "
        "block offsets")

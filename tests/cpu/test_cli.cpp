@@ -94,6 +94,9 @@ TEST_F(Cli, InvalidArgumentsExitTwoNamingTheArgument) {
       {"run --mode sideways --variant dilated --seq-len 64", {"--mode", "sideways", "groups"}},
       {"run --head-dim 1000 --seq-len 64", {"--head-dim", "1000"}},
       {"run --variant dilated --seq-len 96 --segment-lengths 64", {"64"}},
+      {"run --variant dilated --seq-len 96 --segment-lengths 32,4x", {"--segment-lengths", "4x"}},
+      {"run --variant dilated --seq-len 96 --segment-lengths 9999999999999M",
+       {"--segment-lengths", "9999999999999M"}},
       {"run --no-such-option", {"no-such-option"}},
       {"run --seq-len abc", {"seq-len", "abc"}},
       {"pattern --seq-len 256 --block-size 64 --sparsity-ratio 1.5", {"sparsity", "1.5"}},
@@ -133,8 +136,10 @@ TEST_F(Cli, VerifyPassesOnSmallCases) {
   EXPECT_TRUE(contains(preset.output, "block_sparse:local")) << preset.output;
 
   const std::string json = (dir_ / "verify.json").string();
-  const Result dil = run_cli("verify --variant dilated --mode longnet --seq-len 128 --heads 3 "
-                             "--head-dim 8 --segment-lengths 32,64 --dilation-rates 1,2 --json " +
+  // Segment lengths take the sizes' K and M suffixes, as --seq-len does in bench (read as 1
+  // and 2, rates 16 and 32 would be refused).
+  const Result dil = run_cli("verify --variant dilated --mode longnet --seq-len 2048 --heads 3 "
+                             "--head-dim 8 --segment-lengths 1K,2k --dilation-rates 16,32 --json " +
                              json);
   EXPECT_EQ(dil.code, 0) << dil.output;
   std::ifstream in(json);
