@@ -824,10 +824,21 @@ class DilatedDistributed final : public SequenceShardedBase {
     }
     return {};
   }
+  // Each wide branch's rows on this rank (none for the others).
+  static std::vector<OwnRows> wide_rows(const std::vector<DilatedBranch>& branches,
+                                        const std::vector<BranchWork>& work, int64_t shard,
+                                        int64_t row0_global) {
+    std::vector<OwnRows> out(branches.size());
+    for (size_t i = 0; i < branches.size(); ++i)
+      if (wide(branches[i], shard)) out[i] = own_rows(branches[i], work[i], row0_global);
+    return out;
+  }
   // The rows j of `r` whose shard rows lie in [a, b).
   static std::pair<int64_t, int64_t> rows_in(const OwnRows& r, int64_t rate, int64_t a,
                                              int64_t b) {
-    auto at = [&](int64_t row) { return std::clamp<int64_t>(ceil_div(row - r.row0, rate), 0, r.n); };
+    auto at = [&](int64_t row) {
+      return std::clamp<int64_t>(ceil_div(row - r.row0, rate), 0, r.n);
+    };
     return {at(a), at(b)};
   }
   // The local segments of a dividing branch inside shard rows [a, a + n).
@@ -849,27 +860,26 @@ class DilatedDistributed final : public SequenceShardedBase {
     types.stored = true;
     const bool foldable = batch_foldable({q, k, v, o, lse});
     std::vector<DeviceTensor> so(branches.size()), sl(branches.size());
+    std::vector<OwnRows> own;
     DeviceTensor acc_buf;
     std::byte* workspace = nullptr;
     run_and_agree(comm_, name() + " forward", [&] {
       workspace = prepare(be, masks, branches, q, foldable, types, work);
+      own = wide_rows(branches, work, c, row0_global);
       for (size_t i = 0; i < branches.size(); ++i) {
-        const DilatedBranch& br = branches[i];
-        if (!wide(br, c)) continue;
-        const OwnRows r = own_rows(br, work[i], row0_global);
-        if (r.n == 0) continue;
-        so[i] = DeviceTensor::scratch(be, DType::F32, q.B, r.n, br.head_count, q.D);
-        sl[i] = DeviceTensor::scratch(be, lse.dtype, q.B, r.n, br.head_count, 1);
+        if (own[i].n == 0) continue;
+        so[i] = DeviceTensor::scratch(be, DType::F32, q.B, own[i].n, branches[i].head_count, q.D);
+        sl[i] = DeviceTensor::scratch(be, lse.dtype, q.B, own[i].n, branches[i].head_count, 1);
       }
       acc_buf = DeviceTensor::scratch(be, DType::F32, q.B, pass, q.H, q.D);  // backend-only
     });
     // The wide branches' O and L of this rank's rows.
     for (size_t i = 0; i < branches.size(); ++i) {
       const DilatedBranch& br = branches[i];
-      if (!so[i].data()) continue;
+      if (own[i].n == 0) continue;
       Carver cv(workspace, be.device());
       carve(cv, br, q, foldable, types, work[i]);
-      const OwnRows r = own_rows(br, work[i], row0_global);
+      const OwnRows& r = own[i];
       auto mine = [&](const TensorView& x) {
         return x.heads(br.head_begin, br.head_count).rows(r.row0, r.n, br.rate);
       };
@@ -896,8 +906,8 @@ class DilatedDistributed final : public SequenceShardedBase {
         const DilatedBranch& br = branches[i];
         if (!has_rows(work[i])) continue;
         if (wide(br, c)) {
-          if (!so[i].data()) continue;
-          const OwnRows r = own_rows(br, work[i], row0_global);
+          if (own[i].n == 0) continue;
+          const OwnRows& r = own[i];
           const auto [j0, j1] = rows_in(r, br.rate, r0, r0 + n);
           if (j1 <= j0) continue;
           auto rows = [&](const TensorView& x) {
@@ -950,28 +960,26 @@ class DilatedDistributed final : public SequenceShardedBase {
     types.stored = true;
     const bool foldable = batch_foldable({q, k, v, o, lse, d_o, dq, dk, dv});
     std::vector<std::array<DeviceTensor, 3>> stored(branches.size());
+    std::vector<OwnRows> own;
     DeviceTensor acc[3];
     std::byte* workspace = nullptr;
     run_and_agree(comm_, name() + " backward", [&] {
       workspace = prepare(be, masks, branches, q, foldable, types, work);
-      for (size_t i = 0; i < branches.size(); ++i) {
-        const DilatedBranch& br = branches[i];
-        if (!wide(br, c)) continue;
-        const OwnRows r = own_rows(br, work[i], row0_global);
-        if (r.n == 0) continue;
+      own = wide_rows(branches, work, c, row0_global);
+      for (size_t i = 0; i < branches.size(); ++i)
         for (DeviceTensor& t : stored[i])
-          t = DeviceTensor::scratch(be, DType::F32, q.B, r.n, br.head_count, q.D);
-      }
+          if (own[i].n > 0)
+            t = DeviceTensor::scratch(be, DType::F32, q.B, own[i].n, branches[i].head_count, q.D);
       for (DeviceTensor& t : acc) t = DeviceTensor::scratch(be, DType::F32, q.B, pass, q.H, q.D);
     });
     // The wide branches' dq, dk, dv of this rank's rows (key gradients summed over members).
     for (size_t i = 0; i < branches.size(); ++i) {
       const DilatedBranch& br = branches[i];
-      if (!stored[i][0].data()) continue;
+      if (own[i].n == 0) continue;
       BranchWork& w = work[i];
       Carver cv(workspace, be.device());
       carve(cv, br, q, foldable, types, w);
-      const OwnRows r = own_rows(br, w, row0_global);
+      const OwnRows& r = own[i];
       auto mine = [&](const TensorView& x) {
         return x.heads(br.head_begin, br.head_count).rows(r.row0, r.n, br.rate);
       };
@@ -1019,8 +1027,8 @@ class DilatedDistributed final : public SequenceShardedBase {
         const DilatedBranch& br = branches[i];
         if (!has_rows(work[i])) continue;
         if (wide(br, c)) {
-          if (!stored[i][0].data()) continue;
-          const OwnRows r = own_rows(br, work[i], row0_global);
+          if (own[i].n == 0) continue;
+          const OwnRows& r = own[i];
           const auto [j0, j1] = rows_in(r, br.rate, r0, r0 + n);
           if (j1 <= j0) continue;
           for (int t = 0; t < 3; ++t)

@@ -182,6 +182,65 @@ TEST(DilatedDist, HalfPrecisionLongnetOnShards) {
     }
 }
 
+// A distributed variant on this rank's bf16 shards of `in` on a CPU backend: forward, then
+// backward, with the workspace each call takes beyond what was held before it (the largest on
+// any rank, in local bf16 [B, N/P, H, D] tensors), and this rank's rows of the outputs.
+struct ShardRun {
+  std::unique_ptr<Backend> be = make_cpu_backend(1);  // outlives the variant's workspace
+  std::unique_ptr<DistributedAttention> attn;
+  Shape l;
+  DeviceTensor x[4], o, lse, gr[3];  // q, k, v, d_o; the outputs
+  double fwd_workspace = 0, bwd_workspace = 0;
+
+  ShardRun(const AttentionSpec& spec, const DistConfig& cfg, Communicator& comm,
+           const testing::FullInputs& in, const Shape& g) {
+    attn = make_distributed_attention(spec, cfg, comm);
+    l = attn->local_shape(g);
+    auto make = [&](DType t, int64_t D) { return DeviceTensor(*be, t, l.B, l.N, l.H, D); };
+    const Tensor* src[4] = {&in.q, &in.k, &in.v, &in.d_o};
+    for (int i = 0; i < 4; ++i) {
+      x[i] = make(DType::BF16, l.D);
+      Tensor shard(DType::BF16, l.B, l.N, l.H, l.D);
+      attn->extract_local(comm.rank(), src[i]->view(), shard.view());
+      be->upload(x[i].view(), shard.view());
+    }
+    o = make(DType::BF16, l.D);
+    lse = make(DType::F32, 1);
+    for (DeviceTensor& t : gr) t = make(DType::BF16, l.D);
+    const double unit = static_cast<double>(l.B * l.N * l.H * l.D * 2);
+    auto workspace = [&](size_t held) {
+      double w = static_cast<double>(be->peak_bytes() - held) / unit;
+      comm.allreduce_host(&w, 1, ReduceOp::Max, CommOp{"test maximum", -1});
+      return w;
+    };
+    be->reset_peak();
+    size_t held = be->peak_bytes();
+    attn->forward(*be, x[0].view(), x[1].view(), x[2].view(), o.view(), lse.view());
+    fwd_workspace = workspace(held);
+    be->reset_peak();
+    held = be->peak_bytes();
+    attn->backward(*be, x[0].view(), x[1].view(), x[2].view(), o.view(), lse.view(), x[3].view(),
+                   gr[0].view(), gr[1].view(), gr[2].view());
+    bwd_workspace = workspace(held);
+  }
+  ShardRun(const ShardRun&) = delete;
+  ShardRun& operator=(const ShardRun&) = delete;
+  ~ShardRun() { attn->release_workspace(); }
+  // Output i (o, lse, dq, dk, dv) of this rank, in fp64.
+  Tensor got(int i) const {
+    const DeviceTensor* out[5] = {&o, &lse, &gr[0], &gr[1], &gr[2]};
+    Tensor t(DType::F64, l.B, l.N, l.H, i == 1 ? 1 : l.D);
+    be->download(t.view(), out[i]->view());
+    return t;
+  }
+  // This rank's rows of a full tensor, in fp64.
+  Tensor mine(const Tensor& full, Communicator& comm) const {
+    Tensor t(DType::F64, l.B, l.N, l.H, full.view().D);
+    attn->extract_local(comm.rank(), full.view(), t.view());
+    return t;
+  }
+};
+
 // Groups with bf16 gradients and a segment spanning every rank (96 rows, rate 12): each
 // gradient element is still written once, so no fp32 buffer of the shard's size is held. The
 // backward's workspace on each rank stays under P local bf16 tensors (whole-shard fp32 dq, dk
@@ -194,55 +253,33 @@ TEST(DilatedDist, HalfPrecisionGroupsSpanningHoldsNoShardSizedFp32) {
   const AttentionSpec spec = dilated_spec(c);
   DistConfig cfg{DistMode::Dilated, Sharding::Contiguous};
   cfg.split_rows = 8;  // local calls of one segment
-  auto attn = make_distributed_attention(spec, cfg, comm);
   const auto in = testing::random_inputs(g, DType::BF16, 91);
-  auto be = make_cpu_backend(1);
-  const Shape l = attn->local_shape(g);
-  auto make = [&](DType t, int64_t D) { return DeviceTensor(*be, t, l.B, l.N, l.H, D); };
-  DeviceTensor x[4] = {make(DType::BF16, l.D), make(DType::BF16, l.D), make(DType::BF16, l.D),
-                       make(DType::BF16, l.D)};
-  const Tensor* src[4] = {&in.q, &in.k, &in.v, &in.d_o};
-  for (int i = 0; i < 4; ++i) {
-    Tensor shard(DType::BF16, l.B, l.N, l.H, l.D);
-    attn->extract_local(comm.rank(), src[i]->view(), shard.view());
-    be->upload(x[i].view(), shard.view());
-  }
-  DeviceTensor o = make(DType::BF16, l.D), lse = make(DType::F32, 1);
-  DeviceTensor gr[3] = {make(DType::BF16, l.D), make(DType::BF16, l.D), make(DType::BF16, l.D)};
-  attn->forward(*be, x[0].view(), x[1].view(), x[2].view(), o.view(), lse.view());
-  be->reset_peak();
-  const size_t held = be->peak_bytes();
-  attn->backward(*be, x[0].view(), x[1].view(), x[2].view(), o.view(), lse.view(), x[3].view(),
-                 gr[0].view(), gr[1].view(), gr[2].view());
-  const double unit = static_cast<double>(l.B * l.N * l.H * l.D * 2);
-  double workspace = static_cast<double>(be->peak_bytes() - held) / unit;
-  comm.allreduce_host(&workspace, 1, ReduceOp::Max, CommOp{"test maximum", -1});
+  const ShardRun run(spec, cfg, comm, in, g);
   // Measured: 1, 2, 3.3 local tensors on 2, 3, 4 ranks; the whole-shard fp32 accumulators of
   // the path before took 6.8, 7.75, 9. The spanning segment's fp32 exchange buffers (8 rows
   // of one head) grow against the local shard (96 / P rows of two heads) with P.
-  if (P > 1) EXPECT_LE(workspace, static_cast<double>(P));
+  if (P > 1) EXPECT_LE(run.bwd_workspace, static_cast<double>(P));
   // This rank's rows against the single-process bf16 run.
   const auto same = testing::single_process(spec, in, true);
   const Tensor* single[3] = {&same.dq, &same.dk, &same.dv};
   for (int i = 0; i < 3; ++i) {
-    Tensor got(DType::F64, l.B, l.N, l.H, l.D), expected(DType::F64, l.B, l.N, l.H, l.D);
-    be->download(got.view(), gr[i].view());
-    attn->extract_local(comm.rank(), single[i]->view(), expected.view());
-    const double peak = max_abs_diff(expected.view(), Tensor(DType::F64, l.B, l.N, l.H, l.D).view());
-    EXPECT_LE(max_abs_diff(got.view(), expected.view()), peak / 128 + 1e-3) << "qkv"[i];
+    const Tensor got = run.got(2 + i), expected = run.mine(*single[i], comm);
+    const TensorView e = expected.view();
+    const double peak = max_abs_diff(e, Tensor(DType::F64, e.B, e.N, e.H, e.D).view());
+    EXPECT_LE(max_abs_diff(got.view(), e), peak / 128 + 1e-3) << "qkv"[i];
   }
-  attn->release_workspace();
 }
 
 // Longnet with bf16 tensors and a segment longer than the shard (768 spans every shard for
 // P > 1; 4 and 8 divide 768 / P): the spanning branch's result for this rank's rows is computed
 // first into buffers of those rows, then the shard goes in row passes (pass_rows 8: one 8-row
 // run a pass), so no fp32 buffer of the shard's size is held. The forward's and the
-// backward's workspace on each rank stay under bounds that the whole-shard fp32 output (2
-// local bf16 tensors, with its branch buffer 4.25) and dq, dk, dv (6) of the path before exceed; o, lse and the gradients agree with the
-// single-process bf16 run within one bf16 rounding of the largest value, and with the fp64
-// reference within twice that run's error. Detached and exact weights, causal or not, two
-// batches; and a long segment whose rows all lie on one rank.
+// backward's workspace on each rank stay under bounds that the path before exceeds with its
+// whole-shard fp32 output (2 local bf16 tensors; 4.25 with its branch buffer) and dq, dk, dv
+// (6). o, lse and the gradients agree with the single-process bf16 run within one bf16
+// rounding of the largest value, and with the fp64 reference within twice that run's error.
+// Detached and exact weights, causal or not, two batches; and a long segment whose rows all
+// lie on one rank.
 TEST(DilatedDist, HalfPrecisionLongnetSpanningHoldsNoShardSizedFp32) {
   Communicator& comm = test_comm();
   const int P = comm.world();
@@ -257,37 +294,9 @@ TEST(DilatedDist, HalfPrecisionLongnetSpanningHoldsNoShardSizedFp32) {
     const Shape g{2, 768, c.H, 8};
     AttentionSpec spec = dilated_spec(c);
     spec.dilated.pass_rows = 8;
-    auto be = make_cpu_backend(1);  // outlives the variant's workspace
-    auto attn = make_distributed_attention(spec, DistConfig{DistMode::Dilated, Sharding::Contiguous},
-                                           comm);
     const auto in = testing::random_inputs(g, DType::BF16, 95 + c.H);
-    const Shape l = attn->local_shape(g);
-    auto make = [&](DType t, int64_t D) { return DeviceTensor(*be, t, l.B, l.N, l.H, D); };
-    DeviceTensor x[4] = {make(DType::BF16, l.D), make(DType::BF16, l.D), make(DType::BF16, l.D),
-                         make(DType::BF16, l.D)};
-    const Tensor* src[4] = {&in.q, &in.k, &in.v, &in.d_o};
-    for (int i = 0; i < 4; ++i) {
-      Tensor shard(DType::BF16, l.B, l.N, l.H, l.D);
-      attn->extract_local(comm.rank(), src[i]->view(), shard.view());
-      be->upload(x[i].view(), shard.view());
-    }
-    DeviceTensor o = make(DType::BF16, l.D), lse = make(DType::F32, 1);
-    DeviceTensor gr[3] = {make(DType::BF16, l.D), make(DType::BF16, l.D), make(DType::BF16, l.D)};
-    const double unit = static_cast<double>(l.B * l.N * l.H * l.D * 2);
-    auto workspace = [&](size_t held) {
-      double w = static_cast<double>(be->peak_bytes() - held) / unit;
-      comm.allreduce_host(&w, 1, ReduceOp::Max, CommOp{"test maximum", -1});
-      return w;
-    };
-    be->reset_peak();
-    size_t held = be->peak_bytes();
-    attn->forward(*be, x[0].view(), x[1].view(), x[2].view(), o.view(), lse.view());
-    const double fwd = workspace(held);
-    be->reset_peak();
-    held = be->peak_bytes();
-    attn->backward(*be, x[0].view(), x[1].view(), x[2].view(), o.view(), lse.view(), x[3].view(),
-                   gr[0].view(), gr[1].view(), gr[2].view());
-    const double bwd = workspace(held);
+    const ShardRun run(spec, DistConfig{DistMode::Dilated, Sharding::Contiguous}, comm, in, g);
+    const double fwd = run.fwd_workspace, bwd = run.bwd_workspace;
     // Measured on 2-4 ranks: forward 0.57-1.35, backward 1.4-3.5 local tensors (the spanning
     // segment's exchange buffers grow against the shard with P); the path before took 4.25
     // and 6.0-6.9 (whole-shard fp32 output, then dq, dk and dv). On one rank every segment
@@ -300,24 +309,18 @@ TEST(DilatedDist, HalfPrecisionLongnetSpanningHoldsNoShardSizedFp32) {
     testing::FullInputs in64{in.q.to(DType::F64), in.k.to(DType::F64), in.v.to(DType::F64),
                              in.d_o.to(DType::F64)};
     const auto ref = testing::single_process(spec, in64, true);
-    const DeviceTensor* out[5] = {&o, &lse, &gr[0], &gr[1], &gr[2]};
     const Tensor* single[5] = {&same.o, &same.lse, &same.dq, &same.dk, &same.dv};
     const Tensor* exact[5] = {&ref.o, &ref.lse, &ref.dq, &ref.dk, &ref.dv};
     for (int i = 0; i < 5; ++i) {
-      const int64_t D = i == 1 ? 1 : l.D;
-      Tensor got(DType::F64, l.B, l.N, l.H, D), one(DType::F64, l.B, l.N, l.H, D),
-          best(DType::F64, l.B, l.N, l.H, D);
-      be->download(got.view(), out[i]->view());
-      attn->extract_local(comm.rank(), single[i]->view(), one.view());
-      attn->extract_local(comm.rank(), exact[i]->view(), best.view());
+      const Tensor got = run.got(i), one = run.mine(*single[i], comm),
+                   best = run.mine(*exact[i], comm);
+      const TensorView b = best.view();
       const double peak =
-          i == 1 ? 1.0 : max_abs_diff(best.view(), Tensor(DType::F64, l.B, l.N, l.H, D).view());
+          i == 1 ? 1.0 : max_abs_diff(b, Tensor(DType::F64, b.B, b.N, b.H, b.D).view());
       EXPECT_LE(max_abs_diff(got.view(), one.view()), peak / 128) << "output " << i;
-      EXPECT_LE(max_abs_diff(got.view(), best.view()),
-                2 * max_abs_diff(one.view(), best.view()) + peak / 256)
+      EXPECT_LE(max_abs_diff(got.view(), b), 2 * max_abs_diff(one.view(), b) + peak / 256)
           << "output " << i;
     }
-    attn->release_workspace();
   }
 }
 
