@@ -60,6 +60,7 @@ struct SuiteParams {
   std::vector<double> ratios;
   std::vector<std::string> patterns;
   std::vector<int64_t> segments;  // dilated segment lengths (scaling, maxseq, custom)
+  int64_t pass_rows = 0;          // dilated longnet: DilatedConfig::pass_rows
   int64_t window = 0;             // maxseq block_sparse: local window in tokens
   // The custom suite: one variant from the usual variant options.
   AttentionSpec custom;

@@ -73,7 +73,7 @@ AttentionSpec dense_spec(int64_t tile, bool causal) {
 }
 
 AttentionSpec dilated_spec(std::vector<int64_t> segments, DilatedMode mode, int64_t tile,
-                           bool causal) {
+                           bool causal, int64_t pass_rows) {
   AttentionSpec s;
   s.variant = "dilated";
   s.block_size = tile;
@@ -81,6 +81,7 @@ AttentionSpec dilated_spec(std::vector<int64_t> segments, DilatedMode mode, int6
   s.dilated.segment_lengths = std::move(segments);
   s.dilated.dilation_rates = {1, 2, 4};
   s.dilated.mode = mode;
+  s.dilated.pass_rows = pass_rows;
   return s;
 }
 
@@ -173,7 +174,7 @@ std::vector<BenchCase> implementations(const SuiteParams& p) {
                passes);
       for (DilatedMode m : {DilatedMode::Groups, DilatedMode::LongNet})
         list.add(make_case("implementations", "seed", dilated_label(m),
-                           dilated_spec(segs, m, tile, causal), s, p.dtype),
+                           dilated_spec(segs, m, tile, causal, p.pass_rows), s, p.dtype),
                  passes);
       for (double r : ratios)
         list.add(make_case("implementations", "seed", sparse_label("dilated_sparse", r),
@@ -255,7 +256,7 @@ std::vector<BenchCase> scaling(const SuiteParams& p) {
         {sparse_label(pattern, ratio), "block_sparse_ring",
          sparse_spec(pattern, ratio, tile, causal), sh},
         {dilated_label(DilatedMode::Groups), "dilated",
-         dilated_spec(segs, DilatedMode::Groups, tile, causal), Sharding::Contiguous}};
+         dilated_spec(segs, DilatedMode::Groups, tile, causal, p.pass_rows), Sharding::Contiguous}};
     for (const auto& v : vs) {
       BenchCase one =
           make_case("scaling", group, v.label, v.spec, Shape{1, n_single, H, D}, p.dtype);
@@ -303,7 +304,8 @@ std::vector<BenchCase> regression(const SuiteParams& p) {
              {"fwd", "bwd"});
     list.add(make_case("regression", "", "dense", dense_spec(tile, true), s, p.dtype), {"fwd"});
     list.add(make_case("regression", "", dilated_label(DilatedMode::Groups),
-                       dilated_spec(segs, DilatedMode::Groups, tile, false), s, p.dtype),
+                       dilated_spec(segs, DilatedMode::Groups, tile, false, p.pass_rows), s,
+                       p.dtype),
              {"fwd"});
     list.add(make_case("regression", "", sparse_label("dilated_sparse", 0.25),
                        sparse_spec("dilated_sparse", 0.25, tile, false), s, p.dtype),
@@ -408,8 +410,9 @@ std::vector<MaxseqEntry> maxseq_entries(const SuiteParams& p, const MaxseqParams
       require(2 * P * tile);
     } else if (kind == "dilated" || kind == "dilated_longnet") {
       const DilatedMode dm = kind == "dilated" ? DilatedMode::Groups : DilatedMode::LongNet;
-      e.base = make_case("maxseq", "", dilated_label(dm), dilated_spec(segs, dm, tile, causal),
-                         Shape{1, 0, H, D}, p.dtype, P == 1 ? kModeSingle : "dilated");
+      e.base = make_case("maxseq", "", dilated_label(dm),
+                         dilated_spec(segs, dm, tile, causal, p.pass_rows), Shape{1, 0, H, D},
+                         p.dtype, P == 1 ? kModeSingle : "dilated");
       // Shards of whole segments: no segment spans ranks (LongNet's no-communication case,
       // where fp16/bf16 gradients hold no shard-sized fp32).
       for (int64_t seg : segs) require(seg * P);

@@ -378,6 +378,8 @@ class Runner {
 
   int rank() const { return host_.rank(); }
   int world() const { return host_.world(); }
+  // DistConfig::split_rows of every distributed row (--split-rows).
+  void set_split_rows(int64_t rows) { split_rows_ = rows; }
   // Decisions that depend on a clock are taken on the slowest rank's value, so that every rank
   // takes the same branch.
   double max_all(double x) const { return slowest(x); }
@@ -406,6 +408,7 @@ class Runner {
       if (dist) {
         cfg.mode = parse_dist_mode(c.mode, "mode");
         cfg.sharding = c.sharding;
+        cfg.split_rows = split_rows_;
         validate_distributed(c.spec, cfg, world(), &c.shape);
       }
       fwd_flops = forward_flops(*variant, c);
@@ -744,6 +747,7 @@ class Runner {
   Communicator& dev_;
   uint64_t seed_;
   std::string mask_dir_;
+  int64_t split_rows_ = 0;
   std::vector<json> rows_;
 };
 
@@ -1211,6 +1215,8 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
     if (vm.count("block-size") && !vm["block-size"].defaulted()) sp.block_size = a.block_size;
     if (!a.segment_lengths.empty())
       sp.segments = parse_int_list(a.segment_lengths, "--segment-lengths");
+    LONGATTN_CHECK_ARG(a.pass_rows >= 0, "--pass-rows", a.pass_rows, "must be >= 0 (0: automatic)");
+    sp.pass_rows = a.pass_rows;
     sp.window = ba.window;
     sp.sharding = parse_sharding(d.sharding, "--sharding");
     if (ba.suite == "custom") {
@@ -1243,6 +1249,8 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
     LONGATTN_CHECK_ARG(lim.warmup >= 0, "--warmup", lim.warmup, "must be >= 0");
     LONGATTN_CHECK_ARG(lim.max_seconds > 0, "--max-seconds", lim.max_seconds, "must be > 0");
     LONGATTN_CHECK_ARG(ba.threshold > 0, "--threshold", ba.threshold, "must be > 0");
+    LONGATTN_CHECK_ARG(d.split_rows >= 0, "--split-rows", d.split_rows,
+                       "must be >= 0 (0: automatic)");
     if (maxseq) {
       mp.kinds = split_words(ba.modes);
       const auto mins = parse_sizes(ba.min_n, "--min-n"), maxs = parse_sizes(ba.max_n, "--max-n"),
@@ -1374,6 +1382,7 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
   }
 
   Runner runner(*be, host, devc, ba.seed, ba.mask_dir);
+  runner.set_split_rows(d.split_rows);
   auto emit = [&](const json& r) {
     if (print) std::cout << table_row(r) << std::flush;
     // The file is rewritten after every row: a run cut short still leaves its rows.

@@ -153,14 +153,12 @@ int cmd_run(const Args& args, const ProcessGroup& mpi) {
     auto variant = make_attention(spec);
     variant->validate(shape);
     const bool distributed = mpi.active();
+    check_dist_args(d, distributed);
     DistConfig dist;
     if (distributed) {
       dist = make_dist_config(d, spec);
       validate_distributed(spec, dist, mpi.world(), &shape);
       if (d.timeout_s > 0) mpi.comm().set_timeout_seconds(d.timeout_s);
-    } else if (!d.dist.empty()) {
-      throw InvalidArgument("--dist", d.dist,
-                            "needs several ranks: start longattn with mpirun -np <ranks>");
     }
     auto be = make_backend(dev, mpi);
 

@@ -308,8 +308,12 @@ std::vector<Case> build_cases(const VerifyArgs& v, const AttentionArgs& a, const
     std::vector<DistConfig> dist;  // per causal value: {non-causal, causal}; empty: single
   };
   std::vector<Entry> entries;
-  auto seq = [](DistMode m, Sharding nc, Sharding c) {
-    return std::vector<DistConfig>{DistConfig{m, nc}, DistConfig{m, c}};
+  LONGATTN_CHECK_ARG(d.split_rows >= 0, "--split-rows", d.split_rows,
+                     "must be >= 0 (0: automatic)");
+  auto seq = [&](DistMode m, Sharding nc, Sharding c) {
+    std::vector<DistConfig> out{DistConfig{m, nc}, DistConfig{m, c}};
+    for (DistConfig& x : out) x.split_rows = d.split_rows;
+    return out;
   };
   if (!v.all) {
     std::string label = base.variant;
@@ -493,9 +497,7 @@ int cmd_verify(const Args& args, const ProcessGroup& mpi) {
     const std::vector<DType> dtypes = parse_dtypes(a.dtype);
     shape = make_shape(a);
     validate_shape(shape);
-    if (!distributed && !d.dist.empty())
-      throw InvalidArgument("--dist", d.dist,
-                            "needs several ranks: start longattn with mpirun -np <ranks>");
+    check_dist_args(d, distributed);
     cases = build_cases(v, a, d, vm, dtypes, distributed, mpi.world());
     if (!v.all) {
       // A single case: a bad configuration is the user's argument, reported as such.

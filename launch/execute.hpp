@@ -24,10 +24,14 @@ struct DistArgs {
   std::string dist;  // empty: the variant's sequence-parallel mode
   std::string sharding = "contiguous";
   double timeout_s = 0.0;  // 0: LONGATTN_COMM_TIMEOUT or the communicator's default
+  int64_t split_rows = 0;  // DistConfig::split_rows
 };
 boost::program_options::options_description dist_options(DistArgs& a);
 // The config --dist and --sharding ask for; the mode defaults to default_dist_mode(spec).
 DistConfig make_dist_config(const DistArgs& a, const AttentionSpec& spec);
+// Refuses the distributed options in a process that is not under mpirun (they would do
+// nothing there) and invalid values of those that take numbers.
+void check_dist_args(const DistArgs& a, bool distributed);
 
 // The backend --device asks for. cuda without CUDA in the build, or without a visible GPU,
 // throws InvalidArgument saying which.

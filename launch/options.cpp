@@ -190,7 +190,10 @@ po::options_description variant_options(AttentionArgs& a) {
        "dilated: one rate per segment length (default 1,2,4); block_sparse dilated_sparse: "
        "block offsets")
       ("exact-longnet-grad", po::bool_switch(&a.exact_longnet_grad),
-       "longnet mode: differentiate the pair weights too (default: detached, as torchscale)");
+       "longnet mode: differentiate the pair weights too (default: detached, as torchscale)")
+      ("pass-rows", po::value<int64_t>(&a.pass_rows)->default_value(0),
+       "longnet mode with fp16/bf16: the most rows a pass holds fp32 buffers for, rounded to "
+       "whole segments (0: an eighth of the rows, at least 1,048,576); less memory, more calls");
   o.add(sparse_options(a));
   return o;
 }
@@ -252,6 +255,8 @@ AttentionSpec make_spec(const AttentionArgs& a, const po::variables_map& vm) {
     throw InvalidArgument("--mode", a.mode, "must be groups or longnet");
   }
   s.dilated.exact_longnet_grad = a.exact_longnet_grad;
+  LONGATTN_CHECK_ARG(a.pass_rows >= 0, "--pass-rows", a.pass_rows, "must be >= 0 (0: automatic)");
+  s.dilated.pass_rows = a.pass_rows;
   if (given(vm, "segment-lengths")) {
     s.dilated.segment_lengths = parse_int_list(a.segment_lengths, "--segment-lengths");
   } else if (a.seq_len < 8192) {

@@ -61,6 +61,7 @@ struct AttentionArgs {
   uint64_t seed = 0;
   bool hilbert = false;
   bool exact_longnet_grad = false;
+  int64_t pass_rows = 0;  // dilated longnet: DilatedConfig::pass_rows
   double scale = 0.0;
 };
 
@@ -72,7 +73,8 @@ struct ArgDefaults {
 
 // --batch --seq-len --heads --head-dim --dtype --causal --seed --scale.
 po::options_description shape_options(AttentionArgs& a, const ArgDefaults& d);
-// --variant --mode --segment-lengths --dilation-rates --exact-longnet-grad and the sparse ones.
+// --variant --mode --segment-lengths --dilation-rates --exact-longnet-grad --pass-rows and the
+// sparse ones.
 po::options_description variant_options(AttentionArgs& a);
 // --pattern --preset --sparsity-ratio --block-size --window-size --global-tokens --levels
 // --topk --hilbert (also part of variant_options).

@@ -95,6 +95,8 @@ TEST_F(Cli, InvalidArgumentsExitTwoNamingTheArgument) {
       {"run --head-dim 1000 --seq-len 64", {"--head-dim", "1000"}},
       {"run --variant dilated --seq-len 96 --segment-lengths 64", {"64"}},
       {"run --variant dilated --seq-len 96 --segment-lengths 32,4x", {"--segment-lengths", "4x"}},
+      {"run --variant dilated --mode longnet --seq-len 64 --pass-rows -3", {"--pass-rows", "-3"}},
+      {"run --seq-len 64 --split-rows -2", {"--split-rows", "-2"}},
       {"run --variant dilated --seq-len 96 --segment-lengths 9999999999999M",
        {"--segment-lengths", "9999999999999M"}},
       {"run --no-such-option", {"no-such-option"}},
