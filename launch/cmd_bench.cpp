@@ -1184,6 +1184,7 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
   SuiteParams sp;
   MaxseqParams mp;
   Limits lim;
+  int64_t split_rows = 0;  // --split-rows
   std::unique_ptr<Backend> be;
   std::vector<BenchCase> cases;
   std::vector<MaxseqEntry> entries;
@@ -1215,8 +1216,7 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
     if (vm.count("block-size") && !vm["block-size"].defaulted()) sp.block_size = a.block_size;
     if (!a.segment_lengths.empty())
       sp.segments = parse_int_list(a.segment_lengths, "--segment-lengths");
-    LONGATTN_CHECK_ARG(a.pass_rows >= 0, "--pass-rows", a.pass_rows, "must be >= 0 (0: automatic)");
-    sp.pass_rows = a.pass_rows;
+    sp.pass_rows = row_count(a.pass_rows, "--pass-rows");
     sp.window = ba.window;
     sp.sharding = parse_sharding(d.sharding, "--sharding");
     if (ba.suite == "custom") {
@@ -1249,8 +1249,7 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
     LONGATTN_CHECK_ARG(lim.warmup >= 0, "--warmup", lim.warmup, "must be >= 0");
     LONGATTN_CHECK_ARG(lim.max_seconds > 0, "--max-seconds", lim.max_seconds, "must be > 0");
     LONGATTN_CHECK_ARG(ba.threshold > 0, "--threshold", ba.threshold, "must be > 0");
-    LONGATTN_CHECK_ARG(d.split_rows >= 0, "--split-rows", d.split_rows,
-                       "must be >= 0 (0: automatic)");
+    split_rows = row_count(d.split_rows, "--split-rows");
     if (maxseq) {
       mp.kinds = split_words(ba.modes);
       const auto mins = parse_sizes(ba.min_n, "--min-n"), maxs = parse_sizes(ba.max_n, "--max-n"),
@@ -1382,7 +1381,7 @@ int cmd_bench(const Args& args, const ProcessGroup& mpi) {
   }
 
   Runner runner(*be, host, devc, ba.seed, ba.mask_dir);
-  runner.set_split_rows(d.split_rows);
+  runner.set_split_rows(split_rows);
   auto emit = [&](const json& r) {
     if (print) std::cout << table_row(r) << std::flush;
     // The file is rewritten after every row: a run cut short still leaves its rows.

@@ -308,11 +308,10 @@ std::vector<Case> build_cases(const VerifyArgs& v, const AttentionArgs& a, const
     std::vector<DistConfig> dist;  // per causal value: {non-causal, causal}; empty: single
   };
   std::vector<Entry> entries;
-  LONGATTN_CHECK_ARG(d.split_rows >= 0, "--split-rows", d.split_rows,
-                     "must be >= 0 (0: automatic)");
+  const int64_t split_rows = row_count(d.split_rows, "--split-rows");
   auto seq = [&](DistMode m, Sharding nc, Sharding c) {
     std::vector<DistConfig> out{DistConfig{m, nc}, DistConfig{m, c}};
-    for (DistConfig& x : out) x.split_rows = d.split_rows;
+    for (DistConfig& x : out) x.split_rows = split_rows;
     return out;
   };
   if (!v.all) {

@@ -41,7 +41,7 @@ po::options_description dist_options(DistArgs& a) {
       ("comm-timeout", po::value<double>(&a.timeout_s)->default_value(0.0),
        "seconds any rank waits for a peer before every rank stops with a diagnosis "
        "(0: LONGATTN_COMM_TIMEOUT, else 300)")
-      ("split-rows", po::value<int64_t>(&a.split_rows)->default_value(0),
+      ("split-rows", po::value<std::string>(&a.split_rows)->default_value("0"),
        "the most query rows of one backward chunk (block_sparse_ring) or kernel call (dilated "
        "groups) whose gradients are held in fp32 (0: an eighth of the shard, at least 262,144); "
        "less memory, more calls");
@@ -53,20 +53,17 @@ DistConfig make_dist_config(const DistArgs& a, const AttentionSpec& spec) {
   c.mode = a.dist.empty() ? default_dist_mode(spec) : parse_dist_mode(a.dist, "--dist");
   c.sharding = parse_sharding(a.sharding, "--sharding");
   LONGATTN_CHECK_ARG(a.timeout_s >= 0, "--comm-timeout", a.timeout_s, "must be >= 0");
-  LONGATTN_CHECK_ARG(a.split_rows >= 0, "--split-rows", a.split_rows,
-                     "must be >= 0 (0: automatic)");
-  c.split_rows = a.split_rows;
+  c.split_rows = row_count(a.split_rows, "--split-rows");
   return c;
 }
 
 void check_dist_args(const DistArgs& a, bool distributed) {
-  LONGATTN_CHECK_ARG(a.split_rows >= 0, "--split-rows", a.split_rows,
-                     "must be >= 0 (0: automatic)");
+  const int64_t split = row_count(a.split_rows, "--split-rows");
   LONGATTN_CHECK_ARG(a.timeout_s >= 0, "--comm-timeout", a.timeout_s, "must be >= 0");
   if (distributed) return;
   const char* needs = "needs several ranks: start longattn with mpirun -np <ranks>";
   if (!a.dist.empty()) throw InvalidArgument("--dist", a.dist, needs);
-  if (a.split_rows != 0) throw InvalidArgument("--split-rows", std::to_string(a.split_rows), needs);
+  if (split != 0) throw InvalidArgument("--split-rows", a.split_rows, needs);
 }
 
 int cpu_threads(const DeviceArgs& a, const ProcessGroup& mpi) {

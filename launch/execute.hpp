@@ -24,7 +24,7 @@ struct DistArgs {
   std::string dist;  // empty: the variant's sequence-parallel mode
   std::string sharding = "contiguous";
   double timeout_s = 0.0;  // 0: LONGATTN_COMM_TIMEOUT or the communicator's default
-  int64_t split_rows = 0;  // DistConfig::split_rows
+  std::string split_rows = "0";  // DistConfig::split_rows (row_count)
 };
 boost::program_options::options_description dist_options(DistArgs& a);
 // The config --dist and --sharding ask for; the mode defaults to default_dist_mode(spec).

@@ -124,6 +124,19 @@ std::vector<int64_t> parse_int_list(const std::vector<std::string>& tokens,
   return out;
 }
 
+int64_t row_count(const std::string& text, const std::string& arg) {
+  const std::string rule = "must be a whole number of rows >= 0 (0: automatic; K and M suffixes "
+                           "allowed)";
+  int64_t v = 0;
+  try {
+    v = parse_int(text, arg, text);
+  } catch (const InvalidArgument&) {
+    throw InvalidArgument(arg, text, rule);
+  }
+  if (v < 0) throw InvalidArgument(arg, text, rule);
+  return v;
+}
+
 po::options_description shape_options(AttentionArgs& a, const ArgDefaults& d) {
   a.batch = d.batch;
   a.seq_len = d.seq_len;
@@ -191,7 +204,7 @@ po::options_description variant_options(AttentionArgs& a) {
        "block offsets")
       ("exact-longnet-grad", po::bool_switch(&a.exact_longnet_grad),
        "longnet mode: differentiate the pair weights too (default: detached, as torchscale)")
-      ("pass-rows", po::value<int64_t>(&a.pass_rows)->default_value(0),
+      ("pass-rows", po::value<std::string>(&a.pass_rows)->default_value("0"),
        "longnet mode with fp16/bf16: the most rows a pass holds fp32 buffers for, rounded to "
        "whole segments (0: an eighth of the rows, at least 1,048,576); less memory, more calls");
   o.add(sparse_options(a));
@@ -255,8 +268,7 @@ AttentionSpec make_spec(const AttentionArgs& a, const po::variables_map& vm) {
     throw InvalidArgument("--mode", a.mode, "must be groups or longnet");
   }
   s.dilated.exact_longnet_grad = a.exact_longnet_grad;
-  LONGATTN_CHECK_ARG(a.pass_rows >= 0, "--pass-rows", a.pass_rows, "must be >= 0 (0: automatic)");
-  s.dilated.pass_rows = a.pass_rows;
+  s.dilated.pass_rows = row_count(a.pass_rows, "--pass-rows");
   if (given(vm, "segment-lengths")) {
     s.dilated.segment_lengths = parse_int_list(a.segment_lengths, "--segment-lengths");
   } else if (a.seq_len < 8192) {

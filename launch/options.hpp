@@ -61,7 +61,7 @@ struct AttentionArgs {
   uint64_t seed = 0;
   bool hilbert = false;
   bool exact_longnet_grad = false;
-  int64_t pass_rows = 0;  // dilated longnet: DilatedConfig::pass_rows
+  std::string pass_rows = "0";  // dilated longnet: DilatedConfig::pass_rows (row_count)
   double scale = 0.0;
 };
 
@@ -80,8 +80,11 @@ po::options_description variant_options(AttentionArgs& a);
 // --topk --hilbert (also part of variant_options).
 po::options_description sparse_options(AttentionArgs& a);
 
-// "128,256 512" -> {128, 256, 512}; throws InvalidArgument(arg) on anything else.
+// "128,256 512" -> {128, 256, 512} (K and M suffixes: x1024, x1048576); throws
+// InvalidArgument(arg) on anything else.
 std::vector<int64_t> parse_int_list(const std::vector<std::string>& tokens, const std::string& arg);
+// A count of rows, >= 0 (0: automatic), K and M suffixes allowed; InvalidArgument(arg) else.
+int64_t row_count(const std::string& text, const std::string& arg);
 
 // The sparse configuration: --preset first (if given), then every explicitly given option
 // on top of it, marking structural fields as given. Validation is left to the variant.
