@@ -833,6 +833,27 @@ class DilatedDistributed final : public SequenceShardedBase {
       if (wide(branches[i], shard)) out[i] = own_rows(branches[i], work[i], row0_global);
     return out;
   }
+  // Dividing branches whose result over the whole shard is small (rows x heads at most the
+  // pass accumulator's, shared among the branches: high rates, few heads) are stored too, so
+  // that all their segments go in one call (or a few of at most a pass) instead of one call a
+  // pass; their buffers are [B x segments, L, heads, D], the local segments in order.
+  static std::vector<char> small_rows(const std::vector<DilatedBranch>& branches,
+                                      const std::vector<BranchWork>& work, const TensorView& q,
+                                      int64_t pass) {
+    std::vector<char> out(branches.size(), 0);
+    const int64_t budget = pass * q.H / static_cast<int64_t>(branches.size());
+    for (size_t i = 0; i < branches.size(); ++i) {
+      const DilatedBranch& br = branches[i];
+      if (wide(br, q.N) || work[i].local.empty()) continue;
+      const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+      out[i] = static_cast<int64_t>(work[i].local.size()) * L * br.head_count <= budget;
+    }
+    return out;
+  }
+  // Batches [at, at + n) of a small branch's buffer: batch b's local segments from m on.
+  static int64_t small_at(const BranchWork& w, int64_t b, int64_t m) {
+    return b * static_cast<int64_t>(w.local.size()) + (m - w.local[0]);
+  }
   // The rows j of `r` whose shard rows lie in [a, b).
   static std::pair<int64_t, int64_t> rows_in(const OwnRows& r, int64_t rate, int64_t a,
                                              int64_t b) {
@@ -861,24 +882,56 @@ class DilatedDistributed final : public SequenceShardedBase {
     const bool foldable = batch_foldable({q, k, v, o, lse});
     std::vector<DeviceTensor> so(branches.size()), sl(branches.size());
     std::vector<OwnRows> own;
+    std::vector<char> small;
     DeviceTensor acc_buf;
     std::byte* workspace = nullptr;
     run_and_agree(comm_, name() + " forward", [&] {
       workspace = prepare(be, masks, branches, q, foldable, types, work);
       own = wide_rows(branches, work, c, row0_global);
+      small = small_rows(branches, work, q, pass);
+
       for (size_t i = 0; i < branches.size(); ++i) {
-        if (own[i].n == 0) continue;
-        so[i] = DeviceTensor::scratch(be, DType::F32, q.B, own[i].n, branches[i].head_count, q.D);
-        sl[i] = DeviceTensor::scratch(be, lse.dtype, q.B, own[i].n, branches[i].head_count, 1);
+        const DilatedBranch& br = branches[i];
+        if (own[i].n > 0) {
+          so[i] = DeviceTensor::scratch(be, DType::F32, q.B, own[i].n, br.head_count, q.D);
+          sl[i] = DeviceTensor::scratch(be, lse.dtype, q.B, own[i].n, br.head_count, 1);
+        } else if (small[i]) {
+          const int64_t segs = q.B * static_cast<int64_t>(work[i].local.size());
+          const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+          so[i] = DeviceTensor::scratch(be, DType::F32, segs, L, br.head_count, q.D);
+          sl[i] = DeviceTensor::scratch(be, lse.dtype, segs, L, br.head_count, 1);
+        }
       }
       acc_buf = DeviceTensor::scratch(be, DType::F32, q.B, pass, q.H, q.D);  // backend-only
     });
-    // The wide branches' O and L of this rank's rows.
+    // The stored branches' O and L of this rank's rows.
     for (size_t i = 0; i < branches.size(); ++i) {
       const DilatedBranch& br = branches[i];
-      if (own[i].n == 0) continue;
+      if (own[i].n == 0 && !small[i]) continue;
       Carver cv(workspace, be.device());
       carve(cv, br, q, foldable, types, work[i]);
+      if (small[i]) {
+        const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+        for_each_local_run(
+            work[i].local, br, q,
+            [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
+              const int64_t row0 = m0 * br.segment + br.offset - row0_global;
+              auto run = [&](int64_t bb, int64_t nn) {
+                auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, nn, cnt); };
+                const int64_t at = small_at(work[i], bb, m0);
+                kernel_forward(be, *masks.get(L, L, 0).fwd, f(q), f(k), f(v),
+                               so[i].view().batches(at, nn * cnt),
+                               sl[i].view().batches(at, nn * cnt), 0);
+              };
+              if (nb > 1 && !foldable) {
+                for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
+              } else {
+                run(b0, nb);
+              }
+            },
+            pass);
+        continue;
+      }
       const OwnRows& r = own[i];
       auto mine = [&](const TensorView& x) {
         return x.heads(br.head_begin, br.head_count).rows(r.row0, r.n, br.rate);
@@ -918,9 +971,24 @@ class DilatedDistributed final : public SequenceShardedBase {
                    sl[i].view().rows(j0, j1 - j0));
           continue;
         }
+        const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+        if (small[i]) {
+          for_each_local_run(segments_in(work[i].local, br, row0_global + r0, n), br, p(q),
+                             [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
+                               const int64_t row0 = m0 * br.segment + br.offset - row0_global - r0;
+                               for (int64_t b = b0; b < b0 + nb; ++b) {
+                                 auto f = [&](const TensorView& x) {
+                                   return fold(x, br, row0, L, b, 1, cnt);
+                                 };
+                                 const int64_t at = small_at(work[i], b, m0);
+                                 be.merge(f(acc), f(lp), so[i].view().batches(at, cnt),
+                                          sl[i].view().batches(at, cnt));
+                               }
+                             });
+          continue;
+        }
         Carver cv(workspace, be.device());
         carve(cv, br, q, foldable, types, work[i]);
-        const int64_t L = dilated_length(br.segment, br.rate, br.offset);
         for_each_local_run(
             segments_in(work[i].local, br, row0_global + r0, n), br, p(q),
             [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
@@ -961,24 +1029,61 @@ class DilatedDistributed final : public SequenceShardedBase {
     const bool foldable = batch_foldable({q, k, v, o, lse, d_o, dq, dk, dv});
     std::vector<std::array<DeviceTensor, 3>> stored(branches.size());
     std::vector<OwnRows> own;
+    std::vector<char> small;
     DeviceTensor acc[3];
     std::byte* workspace = nullptr;
     run_and_agree(comm_, name() + " backward", [&] {
       workspace = prepare(be, masks, branches, q, foldable, types, work);
       own = wide_rows(branches, work, c, row0_global);
-      for (size_t i = 0; i < branches.size(); ++i)
-        for (DeviceTensor& t : stored[i])
+      small = small_rows(branches, work, q, pass);
+
+      for (size_t i = 0; i < branches.size(); ++i) {
+        const DilatedBranch& br = branches[i];
+        const int64_t segs = q.B * static_cast<int64_t>(work[i].local.size());
+        const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+        for (DeviceTensor& t : stored[i]) {
           if (own[i].n > 0)
-            t = DeviceTensor::scratch(be, DType::F32, q.B, own[i].n, branches[i].head_count, q.D);
+            t = DeviceTensor::scratch(be, DType::F32, q.B, own[i].n, br.head_count, q.D);
+          else if (small[i])
+            t = DeviceTensor::scratch(be, DType::F32, segs, L, br.head_count, q.D);
+        }
+      }
       for (DeviceTensor& t : acc) t = DeviceTensor::scratch(be, DType::F32, q.B, pass, q.H, q.D);
     });
-    // The wide branches' dq, dk, dv of this rank's rows (key gradients summed over members).
+    // The stored branches' dq, dk, dv of this rank's rows (a wide branch's key gradients
+    // summed over its members).
     for (size_t i = 0; i < branches.size(); ++i) {
       const DilatedBranch& br = branches[i];
-      if (own[i].n == 0) continue;
+      if (own[i].n == 0 && !small[i]) continue;
       BranchWork& w = work[i];
       Carver cv(workspace, be.device());
       carve(cv, br, q, foldable, types, w);
+      if (small[i]) {
+        for (DeviceTensor& t : stored[i]) be.fill(t.view(), 0.0);
+        const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+        for_each_local_run(
+            w.local, br, q,
+            [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
+              const int64_t row0 = m0 * br.segment + br.offset - row0_global;
+              auto run = [&](int64_t bb, int64_t nn) {
+                auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, nn, cnt); };
+                const int64_t at = small_at(w, bb, m0);
+                auto part = [&](int t) { return stored[i][t].view().batches(at, nn * cnt); };
+                MaskCache::Entry& m = masks.get(L, L, 0);
+                const TensorView fq = f(q);
+                const TensorView ob = branch_output(be, m, w, fq, f(k), f(v), f(o), 0);
+                kernel_backward(be, *m.fwd, masks.transposed(m), fq, f(k), f(v), ob, f(lse),
+                                f(d_o), part(0), part(1), part(2), 0);
+              };
+              if (nb > 1 && !foldable) {
+                for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
+              } else {
+                run(b0, nb);
+              }
+            },
+            pass);
+        continue;
+      }
       const OwnRows& r = own[i];
       auto mine = [&](const TensorView& x) {
         return x.heads(br.head_begin, br.head_count).rows(r.row0, r.n, br.rate);
@@ -1038,9 +1143,22 @@ class DilatedDistributed final : public SequenceShardedBase {
           continue;
         }
         BranchWork& w = work[i];
+        const int64_t L = dilated_length(br.segment, br.rate, br.offset);
+        if (small[i]) {
+          for_each_local_run(segments_in(w.local, br, row0_global + r0, n), br, p(q),
+                             [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
+                               const int64_t row0 = m0 * br.segment + br.offset - row0_global - r0;
+                               for (int64_t b = b0; b < b0 + nb; ++b) {
+                                 const int64_t at = small_at(w, b, m0);
+                                 for (int t = 0; t < 3; ++t)
+                                   be.axpy(fold(g[t], br, row0, L, b, 1, cnt), 1.0,
+                                           stored[i][t].view().batches(at, cnt));
+                               }
+                             });
+          continue;
+        }
         Carver cv(workspace, be.device());
         carve(cv, br, q, foldable, types, w);
-        const int64_t L = dilated_length(br.segment, br.rate, br.offset);
         for_each_local_run(
             segments_in(w.local, br, row0_global + r0, n), br, p(q),
             [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {

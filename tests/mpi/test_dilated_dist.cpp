@@ -278,8 +278,8 @@ TEST(DilatedDist, HalfPrecisionGroupsSpanningHoldsNoShardSizedFp32) {
 // whole-shard fp32 output (2 local bf16 tensors; 4.25 with its branch buffer) and dq, dk, dv
 // (6). o, lse and the gradients agree with the single-process bf16 run within one bf16
 // rounding of the largest value, and with the fp64 reference within twice that run's error.
-// Detached and exact weights, causal or not, two batches; and a long segment whose rows all
-// lie on one rank.
+// Detached and exact weights, causal or not, two batches; a long segment whose rows all lie
+// on one rank; and dividing branches small enough to be stored whole.
 TEST(DilatedDist, HalfPrecisionLongnetSpanningHoldsNoShardSizedFp32) {
   Communicator& comm = test_comm();
   const int P = comm.world();
@@ -288,7 +288,11 @@ TEST(DilatedDist, HalfPrecisionLongnetSpanningHoldsNoShardSizedFp32) {
                                            {1, 2, 6}, 3},
                                // Rate 768: one row a segment, all of it on rank 0.
                                DilatedCase{DilatedMode::LongNet, true, false, {8, 768}, {1, 768},
-                                           2}}) {
+                                           2},
+                               // The 64-row segments at rate 16 (4 rows, one head each) are
+                               // small: stored over the shard, merged by the 64-row passes.
+                               DilatedCase{DilatedMode::LongNet, false, false, {8, 64, 768},
+                                           {1, 16, 8}, 4}}) {
     SCOPED_TRACE(std::string(c.exact_grad ? "exact" : "detached") + ", " +
                  std::to_string(c.segments.size()) + " segment lengths");
     const Shape g{2, 768, c.H, 8};

@@ -151,6 +151,21 @@ std::vector<VariantCase> cases() {
     c.H = 4;
     v.push_back(c);
   }
+  {  // the same with branches small enough to be stored whole (128-row segments at rate 32:
+     // 4 rows of one head each), on 2 ranks; on 4 the 128-row shard is one pass
+    VariantCase c;
+    c.name = "dilated_longnet_spanning_small";
+    c.spec.variant = "dilated";
+    c.spec.block_size = kBlock;
+    c.spec.dilated.segment_lengths = {64, 128, 512};
+    c.spec.dilated.dilation_rates = {1, 32, 4};
+    c.spec.dilated.mode = DilatedMode::LongNet;
+    c.spec.dilated.pass_rows = 64;
+    c.cfg = DistConfig{DistMode::Dilated, Sharding::Contiguous};
+    c.B = 2;
+    c.H = 4;
+    v.push_back(c);
+  }
   for (const char* variant : {"dense", "dilated"}) {
     VariantCase c;
     c.name = std::string("data_parallel_") + variant;
