@@ -395,6 +395,25 @@ class DilatedDistributed final : public SequenceShardedBase {
       i = j;
     }
   }
+  // The kernel calls of those runs: fn(m0, cnt, b, nb, row0), one batch at a time where the
+  // views cannot fold batches (nb > 1 only when foldable); row0 is segment m0's first dilated
+  // row in the views' rows, whose row 0 is global row first_row.
+  template <typename F>
+  void for_each_local_call(const std::vector<int64_t>& local, const DilatedBranch& br,
+                           const TensorView& q, bool foldable, int64_t most_rows,
+                           int64_t first_row, F&& fn) const {
+    for_each_local_run(
+        local, br, q,
+        [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
+          const int64_t row0 = m0 * br.segment + br.offset - first_row;
+          if (nb > 1 && !foldable) {
+            for (int64_t b = b0; b < b0 + nb; ++b) fn(m0, cnt, b, int64_t{1}, row0);
+          } else {
+            fn(m0, cnt, b0, nb, row0);
+          }
+        },
+        most_rows);
+  }
   // Batches fold only when every view has batch stride N rows (contiguous local tensors).
   static bool batch_foldable(std::initializer_list<TensorView> views) {
     for (const TensorView& t : views)
@@ -601,18 +620,14 @@ class DilatedDistributed final : public SequenceShardedBase {
     for (Gather& g : w.gathers) start_gather(be, br, k, v, g, row0_global);
     // Local segments compute while the gathers are in flight.
     const int64_t L = dilated_length(br.segment, br.rate, br.offset);
-    for_each_local_run(w.local, br, q, [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
-      const int64_t row0 = m0 * br.segment + br.offset - row0_global;
-      auto run = [&](int64_t bb, int64_t n) {
-        auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, n, cnt); };
-        emit(be, masks.get(L, L, 0), w, f(q), f(k), f(v), f(acc), f(lse), 0, groups);
-      };
-      if (nb > 1 && !foldable) {
-        for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
-      } else {
-        run(b0, nb);
-      }
-    });
+    for_each_local_call(w.local, br, q, foldable, 0, row0_global,
+                        [&](int64_t, int64_t cnt, int64_t b, int64_t nb, int64_t row0) {
+                          auto f = [&](const TensorView& x) {
+                            return fold(x, br, row0, L, b, nb, cnt);
+                          };
+                          emit(be, masks.get(L, L, 0), w, f(q), f(k), f(v), f(acc), f(lse), 0,
+                               groups);
+                        });
     for (Gather& g : w.gathers) {
       finish_gather(be, g);
       const SegmentRows& s = g.seg;
@@ -654,38 +669,29 @@ class DilatedDistributed final : public SequenceShardedBase {
     for (Gather& g : w.gathers) start_gather(be, br, k, v, g, row0_global);
     const int64_t L = dilated_length(br.segment, br.rate, br.offset);
     const bool once = t.g_tmp.has_value();
-    for_each_local_run(
-        w.local, br, q,
-        [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
-          const int64_t row0 = m0 * br.segment + br.offset - row0_global;
-          auto run = [&](int64_t bb, int64_t n) {
-            auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, n, cnt); };
-            MaskCache::Entry& m = masks.get(L, L, 0);
-            const TensorView fq = f(q);
-            const TensorView ob = branch_output(be, m, w, fq, f(k), f(v), f(o), 0);
-            if (!once) {
-              kernel_backward(be, *m.fwd, masks.transposed(m), fq, f(k), f(v), ob, f(lse),
-                              f(d_o), f(dq), f(dk), f(dv), 0);
-              return;
-            }
-            TensorView g[3];
-            for (int i = 0; i < 3; ++i) {
-              g[i] = w.g_tmp[i].shaped(fq.B, fq.N, fq.H, fq.D);
-              be.fill(g[i], 0.0);
-            }
-            kernel_backward(be, *m.fwd, masks.transposed(m), fq, f(k), f(v), ob, f(lse), f(d_o),
-                            g[0], g[1], g[2], 0);
-            be.copy_scaled(f(dq), alpha, g[0]);  // one rounding, as the accumulators' copy
-            be.copy_scaled(f(dk), alpha, g[1]);
-            be.copy_scaled(f(dv), alpha, g[2]);
-          };
-          if (nb > 1 && !foldable) {
-            for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
-          } else {
-            run(b0, nb);
+    for_each_local_call(
+        w.local, br, q, foldable, t.most_rows, row0_global,
+        [&](int64_t, int64_t cnt, int64_t bb, int64_t n, int64_t row0) {
+          auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, n, cnt); };
+          MaskCache::Entry& m = masks.get(L, L, 0);
+          const TensorView fq = f(q);
+          const TensorView ob = branch_output(be, m, w, fq, f(k), f(v), f(o), 0);
+          if (!once) {
+            kernel_backward(be, *m.fwd, masks.transposed(m), fq, f(k), f(v), ob, f(lse),
+                            f(d_o), f(dq), f(dk), f(dv), 0);
+            return;
           }
-        },
-        t.most_rows);
+          TensorView g[3];
+          for (int i = 0; i < 3; ++i) {
+            g[i] = w.g_tmp[i].shaped(fq.B, fq.N, fq.H, fq.D);
+            be.fill(g[i], 0.0);
+          }
+          kernel_backward(be, *m.fwd, masks.transposed(m), fq, f(k), f(v), ob, f(lse), f(d_o),
+                          g[0], g[1], g[2], 0);
+          be.copy_scaled(f(dq), alpha, g[0]);  // one rounding, as the accumulators' copy
+          be.copy_scaled(f(dk), alpha, g[1]);
+          be.copy_scaled(f(dv), alpha, g[2]);
+        });
     // Spanning segments: gradients of the gathered keys are summed at the rows' owners.
     std::vector<Gather>& gathers = w.gathers;
     std::vector<Scatter>& scatters = w.scatters;
@@ -850,6 +856,17 @@ class DilatedDistributed final : public SequenceShardedBase {
     }
     return out;
   }
+  // The shape [B', N', heads] of branch i's stored buffers: this rank's rows of a wide branch
+  // [B, n, heads], every local segment of a small one [B x segments, L, heads]; B' = 0 for a
+  // branch computed in the passes.
+  static std::array<int64_t, 3> stored_shape(const DilatedBranch& br, const BranchWork& w,
+                                             const OwnRows& own, bool small, int64_t B) {
+    if (own.n > 0) return {B, own.n, br.head_count};
+    if (small)
+      return {B * static_cast<int64_t>(w.local.size()),
+              dilated_length(br.segment, br.rate, br.offset), br.head_count};
+    return {0, 0, 0};
+  }
   // Batches [at, at + n) of a small branch's buffer: batch b's local segments from m on.
   static int64_t small_at(const BranchWork& w, int64_t b, int64_t m) {
     return b * static_cast<int64_t>(w.local.size()) + (m - w.local[0]);
@@ -889,18 +906,11 @@ class DilatedDistributed final : public SequenceShardedBase {
       workspace = prepare(be, masks, branches, q, foldable, types, work);
       own = wide_rows(branches, work, c, row0_global);
       small = small_rows(branches, work, q, pass);
-
       for (size_t i = 0; i < branches.size(); ++i) {
-        const DilatedBranch& br = branches[i];
-        if (own[i].n > 0) {
-          so[i] = DeviceTensor::scratch(be, DType::F32, q.B, own[i].n, br.head_count, q.D);
-          sl[i] = DeviceTensor::scratch(be, lse.dtype, q.B, own[i].n, br.head_count, 1);
-        } else if (small[i]) {
-          const int64_t segs = q.B * static_cast<int64_t>(work[i].local.size());
-          const int64_t L = dilated_length(br.segment, br.rate, br.offset);
-          so[i] = DeviceTensor::scratch(be, DType::F32, segs, L, br.head_count, q.D);
-          sl[i] = DeviceTensor::scratch(be, lse.dtype, segs, L, br.head_count, 1);
-        }
+        const auto [b, n, h] = stored_shape(branches[i], work[i], own[i], small[i], q.B);
+        if (b == 0) continue;
+        so[i] = DeviceTensor::scratch(be, DType::F32, b, n, h, q.D);
+        sl[i] = DeviceTensor::scratch(be, lse.dtype, b, n, h, 1);
       }
       acc_buf = DeviceTensor::scratch(be, DType::F32, q.B, pass, q.H, q.D);  // backend-only
     });
@@ -912,24 +922,15 @@ class DilatedDistributed final : public SequenceShardedBase {
       carve(cv, br, q, foldable, types, work[i]);
       if (small[i]) {
         const int64_t L = dilated_length(br.segment, br.rate, br.offset);
-        for_each_local_run(
-            work[i].local, br, q,
-            [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
-              const int64_t row0 = m0 * br.segment + br.offset - row0_global;
-              auto run = [&](int64_t bb, int64_t nn) {
-                auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, nn, cnt); };
-                const int64_t at = small_at(work[i], bb, m0);
-                kernel_forward(be, *masks.get(L, L, 0).fwd, f(q), f(k), f(v),
-                               so[i].view().batches(at, nn * cnt),
-                               sl[i].view().batches(at, nn * cnt), 0);
-              };
-              if (nb > 1 && !foldable) {
-                for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
-              } else {
-                run(b0, nb);
-              }
-            },
-            pass);
+        for_each_local_call(
+            work[i].local, br, q, foldable, pass, row0_global,
+            [&](int64_t m0, int64_t cnt, int64_t bb, int64_t nn, int64_t row0) {
+              auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, nn, cnt); };
+              const int64_t at = small_at(work[i], bb, m0);
+              kernel_forward(be, *masks.get(L, L, 0).fwd, f(q), f(k), f(v),
+                             so[i].view().batches(at, nn * cnt), sl[i].view().batches(at, nn * cnt),
+                             0);
+            });
         continue;
       }
       const OwnRows& r = own[i];
@@ -989,22 +990,13 @@ class DilatedDistributed final : public SequenceShardedBase {
         }
         Carver cv(workspace, be.device());
         carve(cv, br, q, foldable, types, work[i]);
-        for_each_local_run(
-            segments_in(work[i].local, br, row0_global + r0, n), br, p(q),
-            [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
-              const int64_t row0 = m0 * br.segment + br.offset - row0_global - r0;
-              auto run = [&](int64_t bb, int64_t nn) {
-                auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, nn, cnt); };
-                emit(be, masks.get(L, L, 0), work[i], f(p(q)), f(p(k)), f(p(v)), f(acc), f(lp), 0,
-                     false);
-              };
-              if (nb > 1 && !fold_ok) {
-                for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
-              } else {
-                run(b0, nb);
-              }
-            },
-            pass);
+        for_each_local_call(
+            segments_in(work[i].local, br, row0_global + r0, n), br, p(q), fold_ok, pass,
+            row0_global + r0, [&](int64_t, int64_t cnt, int64_t bb, int64_t nn, int64_t row0) {
+              auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, nn, cnt); };
+              emit(be, masks.get(L, L, 0), work[i], f(p(q)), f(p(k)), f(p(v)), f(acc), f(lp), 0,
+                   false);
+            });
       }
       be.copy(p(o), acc);
     }
@@ -1036,17 +1028,10 @@ class DilatedDistributed final : public SequenceShardedBase {
       workspace = prepare(be, masks, branches, q, foldable, types, work);
       own = wide_rows(branches, work, c, row0_global);
       small = small_rows(branches, work, q, pass);
-
       for (size_t i = 0; i < branches.size(); ++i) {
-        const DilatedBranch& br = branches[i];
-        const int64_t segs = q.B * static_cast<int64_t>(work[i].local.size());
-        const int64_t L = dilated_length(br.segment, br.rate, br.offset);
-        for (DeviceTensor& t : stored[i]) {
-          if (own[i].n > 0)
-            t = DeviceTensor::scratch(be, DType::F32, q.B, own[i].n, br.head_count, q.D);
-          else if (small[i])
-            t = DeviceTensor::scratch(be, DType::F32, segs, L, br.head_count, q.D);
-        }
+        const auto [b, n, h] = stored_shape(branches[i], work[i], own[i], small[i], q.B);
+        if (b == 0) continue;
+        for (DeviceTensor& t : stored[i]) t = DeviceTensor::scratch(be, DType::F32, b, n, h, q.D);
       }
       for (DeviceTensor& t : acc) t = DeviceTensor::scratch(be, DType::F32, q.B, pass, q.H, q.D);
     });
@@ -1061,27 +1046,18 @@ class DilatedDistributed final : public SequenceShardedBase {
       if (small[i]) {
         for (DeviceTensor& t : stored[i]) be.fill(t.view(), 0.0);
         const int64_t L = dilated_length(br.segment, br.rate, br.offset);
-        for_each_local_run(
-            w.local, br, q,
-            [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
-              const int64_t row0 = m0 * br.segment + br.offset - row0_global;
-              auto run = [&](int64_t bb, int64_t nn) {
-                auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, nn, cnt); };
-                const int64_t at = small_at(w, bb, m0);
-                auto part = [&](int t) { return stored[i][t].view().batches(at, nn * cnt); };
-                MaskCache::Entry& m = masks.get(L, L, 0);
-                const TensorView fq = f(q);
-                const TensorView ob = branch_output(be, m, w, fq, f(k), f(v), f(o), 0);
-                kernel_backward(be, *m.fwd, masks.transposed(m), fq, f(k), f(v), ob, f(lse),
-                                f(d_o), part(0), part(1), part(2), 0);
-              };
-              if (nb > 1 && !foldable) {
-                for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
-              } else {
-                run(b0, nb);
-              }
-            },
-            pass);
+        for_each_local_call(
+            w.local, br, q, foldable, pass, row0_global,
+            [&](int64_t m0, int64_t cnt, int64_t bb, int64_t nn, int64_t row0) {
+              auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, nn, cnt); };
+              const int64_t at = small_at(w, bb, m0);
+              auto part = [&](int t) { return stored[i][t].view().batches(at, nn * cnt); };
+              MaskCache::Entry& m = masks.get(L, L, 0);
+              const TensorView fq = f(q);
+              const TensorView ob = branch_output(be, m, w, fq, f(k), f(v), f(o), 0);
+              kernel_backward(be, *m.fwd, masks.transposed(m), fq, f(k), f(v), ob, f(lse), f(d_o),
+                              part(0), part(1), part(2), 0);
+            });
         continue;
       }
       const OwnRows& r = own[i];
@@ -1159,25 +1135,16 @@ class DilatedDistributed final : public SequenceShardedBase {
         }
         Carver cv(workspace, be.device());
         carve(cv, br, q, foldable, types, w);
-        for_each_local_run(
-            segments_in(w.local, br, row0_global + r0, n), br, p(q),
-            [&](int64_t m0, int64_t cnt, int64_t b0, int64_t nb) {
-              const int64_t row0 = m0 * br.segment + br.offset - row0_global - r0;
-              auto run = [&](int64_t bb, int64_t nn) {
-                auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, nn, cnt); };
-                MaskCache::Entry& m = masks.get(L, L, 0);
-                const TensorView fq = f(p(q));
-                const TensorView ob = branch_output(be, m, w, fq, f(p(k)), f(p(v)), f(p(o)), 0);
-                kernel_backward(be, *m.fwd, masks.transposed(m), fq, f(p(k)), f(p(v)), ob,
-                                f(p(lse)), f(p(d_o)), f(g[0]), f(g[1]), f(g[2]), 0);
-              };
-              if (nb > 1 && !fold_ok) {
-                for (int64_t b = b0; b < b0 + nb; ++b) run(b, 1);
-              } else {
-                run(b0, nb);
-              }
-            },
-            pass);
+        for_each_local_call(
+            segments_in(w.local, br, row0_global + r0, n), br, p(q), fold_ok, pass,
+            row0_global + r0, [&](int64_t, int64_t cnt, int64_t bb, int64_t nn, int64_t row0) {
+              auto f = [&](const TensorView& x) { return fold(x, br, row0, L, bb, nn, cnt); };
+              MaskCache::Entry& m = masks.get(L, L, 0);
+              const TensorView fq = f(p(q));
+              const TensorView ob = branch_output(be, m, w, fq, f(p(k)), f(p(v)), f(p(o)), 0);
+              kernel_backward(be, *m.fwd, masks.transposed(m), fq, f(p(k)), f(p(v)), ob,
+                              f(p(lse)), f(p(d_o)), f(g[0]), f(g[1]), f(g[2]), 0);
+            });
       }
       be.copy(p(dq), g[0]);
       be.copy(p(dk), g[1]);
