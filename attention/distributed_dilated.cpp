@@ -867,6 +867,22 @@ class DilatedDistributed final : public SequenceShardedBase {
               dilated_length(br.segment, br.rate, br.offset), br.head_count};
     return {0, 0, 0};
   }
+  // Before the first exchange of a stored call: the workspace path's preparation, each
+  // branch's stored rows (own, small), and fn(i, b, n, heads) for each stored buffer's shape.
+  template <typename F>
+  std::byte* prepare_stored(Backend& be, MaskCache& masks,
+                            const std::vector<DilatedBranch>& branches, const TensorView& q,
+                            bool foldable, const BufferTypes& t, std::vector<BranchWork>& work,
+                            std::vector<OwnRows>& own, std::vector<char>& small, F&& fn) {
+    std::byte* workspace = prepare(be, masks, branches, q, foldable, t, work);
+    own = wide_rows(branches, work, q.N, comm_.rank() * q.N);
+    small = small_rows(branches, work, q, t.most_rows);
+    for (size_t i = 0; i < branches.size(); ++i) {
+      const auto [b, n, h] = stored_shape(branches[i], work[i], own[i], small[i], q.B);
+      if (b > 0) fn(i, b, n, h);
+    }
+    return workspace;
+  }
   // Batches [at, at + n) of a small branch's buffer: batch b's local segments from m on.
   static int64_t small_at(const BranchWork& w, int64_t b, int64_t m) {
     return b * static_cast<int64_t>(w.local.size()) + (m - w.local[0]);
@@ -903,15 +919,11 @@ class DilatedDistributed final : public SequenceShardedBase {
     DeviceTensor acc_buf;
     std::byte* workspace = nullptr;
     run_and_agree(comm_, name() + " forward", [&] {
-      workspace = prepare(be, masks, branches, q, foldable, types, work);
-      own = wide_rows(branches, work, c, row0_global);
-      small = small_rows(branches, work, q, pass);
-      for (size_t i = 0; i < branches.size(); ++i) {
-        const auto [b, n, h] = stored_shape(branches[i], work[i], own[i], small[i], q.B);
-        if (b == 0) continue;
-        so[i] = DeviceTensor::scratch(be, DType::F32, b, n, h, q.D);
-        sl[i] = DeviceTensor::scratch(be, lse.dtype, b, n, h, 1);
-      }
+      workspace = prepare_stored(be, masks, branches, q, foldable, types, work, own, small,
+                                 [&](size_t i, int64_t b, int64_t n, int64_t h) {
+                                   so[i] = DeviceTensor::scratch(be, DType::F32, b, n, h, q.D);
+                                   sl[i] = DeviceTensor::scratch(be, lse.dtype, b, n, h, 1);
+                                 });
       acc_buf = DeviceTensor::scratch(be, DType::F32, q.B, pass, q.H, q.D);  // backend-only
     });
     // The stored branches' O and L of this rank's rows.
@@ -1025,14 +1037,11 @@ class DilatedDistributed final : public SequenceShardedBase {
     DeviceTensor acc[3];
     std::byte* workspace = nullptr;
     run_and_agree(comm_, name() + " backward", [&] {
-      workspace = prepare(be, masks, branches, q, foldable, types, work);
-      own = wide_rows(branches, work, c, row0_global);
-      small = small_rows(branches, work, q, pass);
-      for (size_t i = 0; i < branches.size(); ++i) {
-        const auto [b, n, h] = stored_shape(branches[i], work[i], own[i], small[i], q.B);
-        if (b == 0) continue;
-        for (DeviceTensor& t : stored[i]) t = DeviceTensor::scratch(be, DType::F32, b, n, h, q.D);
-      }
+      workspace = prepare_stored(be, masks, branches, q, foldable, types, work, own, small,
+                                 [&](size_t i, int64_t b, int64_t n, int64_t h) {
+                                   for (DeviceTensor& t : stored[i])
+                                     t = DeviceTensor::scratch(be, DType::F32, b, n, h, q.D);
+                                 });
       for (DeviceTensor& t : acc) t = DeviceTensor::scratch(be, DType::F32, q.B, pass, q.H, q.D);
     });
     // The stored branches' dq, dk, dv of this rank's rows (a wide branch's key gradients

@@ -7,6 +7,7 @@
 #include <cctype>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attention/distributed_multihead.hpp"
@@ -55,6 +56,23 @@ SparseConfig pattern(const std::string& name) {
   } else if (name == "content_adaptive") {
     c.topk = 3;
   }
+  return c;
+}
+
+// Distributed dilated longnet with the given segments, rates and pass rows.
+VariantCase longnet_case(const char* name, std::vector<int64_t> segments,
+                         std::vector<int64_t> rates, int64_t pass_rows, int64_t B, int64_t H) {
+  VariantCase c;
+  c.name = name;
+  c.spec.variant = "dilated";
+  c.spec.block_size = kBlock;
+  c.spec.dilated.segment_lengths = std::move(segments);
+  c.spec.dilated.dilation_rates = std::move(rates);
+  c.spec.dilated.mode = DilatedMode::LongNet;
+  c.spec.dilated.pass_rows = pass_rows;
+  c.cfg = DistConfig{DistMode::Dilated, Sharding::Contiguous};
+  c.B = B;
+  c.H = H;
   return c;
 }
 
@@ -121,51 +139,16 @@ std::vector<VariantCase> cases() {
     c.H = 2;
     v.push_back(c);
   }
-  {  // longnet, segments inside every shard: with bf16 each rank runs the single-GPU variant
-     // on its shard in row passes (here of one 128-row run each)
-    VariantCase c;
-    c.name = "dilated_longnet_on_shards";
-    c.spec.variant = "dilated";
-    c.spec.block_size = kBlock;
-    c.spec.dilated.segment_lengths = {64, 128};
-    c.spec.dilated.dilation_rates = {1, 2};
-    c.spec.dilated.mode = DilatedMode::LongNet;
-    c.spec.dilated.pass_rows = 128;
-    c.cfg = DistConfig{DistMode::Dilated, Sharding::Contiguous};
-    c.H = 2;
-    v.push_back(c);
-  }
-  {  // longnet, a segment spanning every shard (512) beside ones inside them: with bf16 the
-     // spanning branch's rows are computed first into buffers of those rows, then the shard
-     // goes in row passes of one 64-row run each; two batches
-    VariantCase c;
-    c.name = "dilated_longnet_spanning_passes";
-    c.spec.variant = "dilated";
-    c.spec.block_size = kBlock;
-    c.spec.dilated.segment_lengths = {64, 512};
-    c.spec.dilated.dilation_rates = {1, 4};
-    c.spec.dilated.mode = DilatedMode::LongNet;
-    c.spec.dilated.pass_rows = 64;
-    c.cfg = DistConfig{DistMode::Dilated, Sharding::Contiguous};
-    c.B = 2;
-    c.H = 4;
-    v.push_back(c);
-  }
-  {  // the same with branches small enough to be stored whole (128-row segments at rate 32:
-     // 4 rows of one head each), on 2 ranks; on 4 the 128-row shard is one pass
-    VariantCase c;
-    c.name = "dilated_longnet_spanning_small";
-    c.spec.variant = "dilated";
-    c.spec.block_size = kBlock;
-    c.spec.dilated.segment_lengths = {64, 128, 512};
-    c.spec.dilated.dilation_rates = {1, 32, 4};
-    c.spec.dilated.mode = DilatedMode::LongNet;
-    c.spec.dilated.pass_rows = 64;
-    c.cfg = DistConfig{DistMode::Dilated, Sharding::Contiguous};
-    c.B = 2;
-    c.H = 4;
-    v.push_back(c);
-  }
+  // Longnet, segments inside every shard: with bf16 each rank runs the single-GPU variant on
+  // its shard in row passes (here of one 128-row run each).
+  v.push_back(longnet_case("dilated_longnet_on_shards", {64, 128}, {1, 2}, 128, 1, 2));
+  // Longnet, a segment spanning every shard (512) beside ones inside them: with bf16 the
+  // spanning branch's rows are computed first into buffers of those rows, then the shard goes
+  // in row passes of one 64-row run each; two batches.
+  v.push_back(longnet_case("dilated_longnet_spanning_passes", {64, 512}, {1, 4}, 64, 2, 4));
+  // The same with branches small enough to be stored whole (128-row segments at rate 32: 4
+  // rows of one head each), on 2 ranks; on 4 the 128-row shard is one pass.
+  v.push_back(longnet_case("dilated_longnet_spanning_small", {64, 128, 512}, {1, 32, 4}, 64, 2, 4));
   for (const char* variant : {"dense", "dilated"}) {
     VariantCase c;
     c.name = std::string("data_parallel_") + variant;
