@@ -1,4 +1,4 @@
-# Commands of runs 326-328 (one H200 each, 2026-11-28). Run 326: main 01b0f47's kernel_bench.
+# Commands of runs 326-329 (one H200 each, 2026-11-28). Run 326: main 01b0f47's kernel_bench.
 # Runs 327-328: kernel_bench_old = main 01b0f47, kernel_bench_new and test_gpu = the working tree
 # (run 327: descriptors made once at both head dims; run 328: at head dim 128 only, as committed).
 
@@ -53,3 +53,17 @@ for r in 1 2; do for v in old new; do
   grep -E '^sparse' s_${v}_$r.txt | awk '{print $3, $8, $9}'
 done; done
 (cd . && tar czf $OUT/r328.tgz *.txt *.json)
+
+# ---- run 329 (main 205cf06's kernel_bench)
+# Run 329 (1x H200): the backward kernels' instruction mix by SASS opcode and pipe use (ncu) at
+# d=128 dense non-causal 4K and 16K (batch 1, 16 heads), main 205cf06.
+set -u
+mkdir -p build-cudabe/bin
+for f in .devrun/bin/*.gz; do gunzip -c "$f" > build-cudabe/bin/$(basename "$f" .gz); done
+chmod +x build-cudabe/bin/*
+M="--metrics sass__inst_executed_per_opcode,smsp__inst_executed.sum,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,sm__cycles_elapsed.avg,smsp__issue_active.avg.pct_of_peak_sustained_active --print-metric-instances details"
+for n in 4096 16384; do
+  timeout 120 ncu $M -k regex:flash_bwd_sm90 --launch-skip 1 --launch-count 1 build-cudabe/bin/kernel_bench --suites dense --dense-n $n --dense-d 128 --passes bwd --warmup 1 --warm-ms 0 --repeats 1 --max-seconds 1 --out n.json > bops_d128_$n.txt 2>&1; echo "bwd d128 $n rc $?"
+  grep -E '^  [a-z_].*\(|duration' bops_d128_$n.txt | head -12
+done
+(cd . && tar czf $OUT/r329.tgz bops_*.txt)
