@@ -1,4 +1,4 @@
-# Commands of runs 326-329 (one H200 each, 2026-11-28). Run 326: main 01b0f47's kernel_bench.
+# Commands of runs 326-329 and 331 (one H200 each, 2026-11-28). Run 326: main 01b0f47's kernel_bench.
 # Runs 327-328: kernel_bench_old = main 01b0f47, kernel_bench_new and test_gpu = the working tree
 # (run 327: descriptors made once at both head dims; run 328: at head dim 128 only, as committed).
 
@@ -67,3 +67,16 @@ for n in 4096 16384; do
   grep -E '^  [a-z_].*\(|duration' bops_d128_$n.txt | head -12
 done
 (cd . && tar czf $OUT/r329.tgz bops_*.txt)
+
+# ---- run 331 (test_gpu of git 5534cb3, version 44's kernels)
+# Run 331 (1x H200): the whole GPU test suite on version 44 (main 205cf06's kernels), in eight
+# gtest shards at once.
+set -u
+mkdir -p build-cudabe/bin
+for f in .devrun/bin/*.gz; do gunzip -c "$f" > build-cudabe/bin/$(basename "$f" .gz); done
+chmod +x build-cudabe/bin/*
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+for i in 0 1 2 3 4 5 6 7; do GTEST_TOTAL_SHARDS=8 GTEST_SHARD_INDEX=$i timeout 480 build-cudabe/bin/test_gpu > all_$i.txt 2>&1 & done; wait
+for i in 0 1 2 3 4 5 6 7; do echo "shard $i: $(grep -cE '^\[       OK' all_$i.txt) ok, $(grep -cE '^\[  FAILED  \] [A-Z]' all_$i.txt) failed, $(grep -cE '^\[  SKIPPED' all_$i.txt) skipped; $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' all_$i.txt | head -2 | tr '\n' ' ')"; done
+grep -hE '^\[  FAILED  \] [A-Z]' all_*.txt | head
+(cd . && tar czf $OUT/r331.tgz *.txt)
