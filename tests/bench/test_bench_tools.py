@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """CPU tests of the benchmark's Python tools: anchors.Timer's timing modes (with a fake torch
 whose GPU clock runs only inside the timed calls, and a host that takes time between them), its
-energy window (a fake NVML), bench/kernel_summary.py's target summary and bench/ab_compare.py's
-paired comparison."""
+energy window (a fake NVML), bench/kernel_summary.py's target summary, bench/ab_compare.py's
+paired comparison and bench/ncu_opcode_mix.py's instruction mix."""
 import json
 import os
 import subprocess
@@ -352,6 +352,57 @@ class ScheduleModel(unittest.TestCase):
         r = self.m.model(65536, 128, "fwd", args)
         self.assertLess(abs(r["head"] - r["divisor"]), 0.005)
 
+
+
+class OpcodeMix(unittest.TestCase):
+    """bench/ncu_opcode_mix.py: the per-opcode instances of ncu's text output (wrapped over lines,
+    an opcode split across two entries), counts per reference opcode, and the exit status when a
+    file has no counts or no reference opcode."""
+
+    TEXT = """  void kernel(...) (132, 1, 1)x(384, 1, 1)
+    Section: Command line profiler metrics
+    gpu__time_duration.sum                        us          277.06
+    sass__inst_executed_per_opcode                     1,100 (MUFU: 100;
+                                                  FFMA: 300; HGMMA:
+                                                  20; FFMA: 100; U2UR.X: 80; BRA: 500)
+    smsp__inst_executed.sum                       inst        1,100
+"""
+
+    def setUp(self):
+        import ncu_opcode_mix
+        self.m = ncu_opcode_mix
+
+    def test_counts_and_mix(self):
+        counts = self.m.opcode_counts(self.TEXT)
+        self.assertEqual(counts, {"MUFU": 100, "FFMA": 400, "HGMMA": 20, "U2UR.X": 80, "BRA": 500})
+        total, rows = self.m.mix(counts, "MUFU", 2)
+        self.assertEqual(total, 1100)
+        self.assertEqual(rows, [("BRA", 5.0), ("FFMA", 4.0)])
+        self.assertEqual(self.m.mix(counts, "HGMMA", 1)[1], [("BRA", 25.0)])
+        with self.assertRaises(ValueError):
+            self.m.mix(counts, "LDS", 3)
+        self.assertEqual(self.m.opcode_counts("no metrics here"), {})
+
+    def test_command_line(self):
+        with tempfile.TemporaryDirectory() as d:
+            good, bad = os.path.join(d, "good.txt"), os.path.join(d, "bad.txt")
+            with open(good, "w") as f:
+                f.write(self.TEXT)
+            with open(bad, "w") as f:
+                f.write("nothing")
+            tool = os.path.join(ROOT, "bench", "ncu_opcode_mix.py")
+            p = subprocess.run([sys.executable, tool, "--top", "2", good], capture_output=True,
+                               text=True)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("1,100 warp instructions, 11.00 per MUFU", p.stdout)
+            self.assertIn("BRA 5.00, FFMA 4.00", p.stdout)
+            p = subprocess.run([sys.executable, tool, good, bad], capture_output=True, text=True)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("no sass__inst_executed_per_opcode", p.stderr)
+            p = subprocess.run([sys.executable, tool, "--per", "LDS", good], capture_output=True,
+                               text=True)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("no LDS instructions", p.stderr)
 
 if __name__ == "__main__":
     unittest.main()
