@@ -1,4 +1,4 @@
-# Commands of runs 326-329 and 331 (one H200 each, 2026-11-28). Run 326: main 01b0f47's kernel_bench.
+# Commands of runs 326-329, 331 and 333 (one H200 each, 2026-11-28). Run 326: main 01b0f47's kernel_bench.
 # Runs 327-328: kernel_bench_old = main 01b0f47, kernel_bench_new and test_gpu = the working tree
 # (run 327: descriptors made once at both head dims; run 328: at head dim 128 only, as committed).
 
@@ -80,3 +80,17 @@ for i in 0 1 2 3 4 5 6 7; do GTEST_TOTAL_SHARDS=8 GTEST_SHARD_INDEX=$i timeout 4
 for i in 0 1 2 3 4 5 6 7; do echo "shard $i: $(grep -cE '^\[       OK' all_$i.txt) ok, $(grep -cE '^\[  FAILED  \] [A-Z]' all_$i.txt) failed, $(grep -cE '^\[  SKIPPED' all_$i.txt) skipped; $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' all_$i.txt | head -2 | tr '\n' ' ')"; done
 grep -hE '^\[  FAILED  \] [A-Z]' all_*.txt | head
 (cd . && tar czf $OUT/r331.tgz *.txt)
+
+# ---- run 333 (kernel_bench_old = main 01b0f47, kernel_bench_new = git 03660d8)
+# Run 333 (1x H200): version 44 (git 03660d8) against main 01b0f47 on dense d=128 4K, fwd,
+# causal and not, three rounds (old, new).
+set -u
+mkdir -p build-cudabe/bin
+for f in .devrun/bin/*.gz; do gunzip -c "$f" > build-cudabe/bin/$(basename "$f" .gz); done
+chmod +x build-cudabe/bin/*
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+for r in 1 2 3; do for v in old new; do
+  timeout 30 build-cudabe/bin/kernel_bench_$v --suites dense --dense-n 4096 --dense-d 128 --passes fwd --max-seconds 2 --out d_${v}_$r.json > d_${v}_$r.txt 2>&1; echo "== $v $r rc $?"
+  grep -E '^dense' d_${v}_$r.txt | awk '{print $8, $9, $10}'
+done; done
+(cd . && tar czf $OUT/r333.tgz *.txt *.json)

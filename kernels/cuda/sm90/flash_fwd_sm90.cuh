@@ -768,8 +768,9 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   const uint32_t q_base = saddr(sQ) + cw * 64 * 128;
   const uint32_t k_base = saddr(sK), v_base = saddr(sV);
   // At head dim 128 the operands' descriptors are made once and each wgmma's is one add to them
-  // (desc_at); at 64 each is built where it is used. A/B run 327 (H200): d=128 non-causal 4K
-  // +1.8% in both rounds, the other d=128 rows within noise; d=64 causal 16K -2%.
+  // (desc_at); at 64 each is built where it is used. A/B runs 327-328, 333 (H200): d=128
+  // random 10% +1.1%, the other d=128 rows within noise (4K +1.8% in run 327 only); d=64
+  // causal 16K -2%.
   constexpr bool kDescOnce = D == 128;
   const uint64_t q_desc = smem_desc(q_base, 16, 1024);
   const uint64_t k_desc = smem_desc(k_base, 16, 1024);
