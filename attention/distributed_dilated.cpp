@@ -895,6 +895,20 @@ class DilatedDistributed final : public SequenceShardedBase {
     };
     return {at(a), at(b)};
   }
+  // A wide branch's stored rows [j0, j1) inside the pass [r0, r0 + n), and the view of them in a
+  // tensor of the pass's rows (every rate-th row from `first`, the branch's heads).
+  struct PassSlice {
+    int64_t j0 = 0, j1 = 0, first = 0, rate = 1, head_begin = 0, head_count = 0;
+    bool empty() const { return j1 <= j0; }
+    TensorView in_pass(const TensorView& x) const {
+      return x.heads(head_begin, head_count).rows(first, j1 - j0, rate);
+    }
+    TensorView stored(const TensorView& x) const { return x.rows(j0, j1 - j0); }
+  };
+  static PassSlice pass_slice(const OwnRows& r, const DilatedBranch& br, int64_t r0, int64_t n) {
+    const auto [j0, j1] = rows_in(r, br.rate, r0, r0 + n);
+    return {j0, j1, r.row0 + j0 * br.rate - r0, br.rate, br.head_begin, br.head_count};
+  }
   // The local segments of a dividing branch inside shard rows [a, a + n).
   static std::vector<int64_t> segments_in(const std::vector<int64_t>& local,
                                           const DilatedBranch& br, int64_t a, int64_t n) {
@@ -973,15 +987,10 @@ class DilatedDistributed final : public SequenceShardedBase {
         if (!has_rows(work[i])) continue;
         if (wide(br, c)) {
           if (own[i].n == 0) continue;
-          const OwnRows& r = own[i];
-          const auto [j0, j1] = rows_in(r, br.rate, r0, r0 + n);
-          if (j1 <= j0) continue;
-          auto rows = [&](const TensorView& x) {
-            return x.heads(br.head_begin, br.head_count).rows(r.row0 + j0 * br.rate - r0, j1 - j0,
-                                                               br.rate);
-          };
-          be.merge(rows(acc), rows(lp), so[i].view().rows(j0, j1 - j0),
-                   sl[i].view().rows(j0, j1 - j0));
+          const PassSlice ps = pass_slice(own[i], br, r0, n);
+          if (ps.empty()) continue;
+          be.merge(ps.in_pass(acc), ps.in_pass(lp), ps.stored(so[i].view()),
+                   ps.stored(sl[i].view()));
           continue;
         }
         const int64_t L = dilated_length(br.segment, br.rate, br.offset);
@@ -1118,13 +1127,10 @@ class DilatedDistributed final : public SequenceShardedBase {
         if (!has_rows(work[i])) continue;
         if (wide(br, c)) {
           if (own[i].n == 0) continue;
-          const OwnRows& r = own[i];
-          const auto [j0, j1] = rows_in(r, br.rate, r0, r0 + n);
-          if (j1 <= j0) continue;
+          const PassSlice ps = pass_slice(own[i], br, r0, n);
+          if (ps.empty()) continue;
           for (int t = 0; t < 3; ++t)
-            be.axpy(g[t].heads(br.head_begin, br.head_count)
-                        .rows(r.row0 + j0 * br.rate - r0, j1 - j0, br.rate),
-                    1.0, stored[i][t].view().rows(j0, j1 - j0));
+            be.axpy(ps.in_pass(g[t]), 1.0, ps.stored(stored[i][t].view()));
           continue;
         }
         BranchWork& w = work[i];
