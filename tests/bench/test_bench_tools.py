@@ -118,6 +118,28 @@ class TimerModes(unittest.TestCase):
         # At most one ~10 ms batch past the warm-up time.
         self.assertLess(warm_calls * 0.2, 300.0 + 10.0 + 0.2 + 1e-9)
 
+    def test_a_slow_first_call_is_setup_not_warm_up(self):
+        # A first call that builds a plan on the host for 1.5 s (cuDNN compiling its kernels)
+        # must neither end the warm-up nor cut the repeats: before the setup call it was counted
+        # as 1.5 s of warm-up, over a third of the 3 s budget, and the row ran cold on 5 repeats.
+        for mode in ("queued", "sync", "graph"):
+            gpu = FakeGpu(0.2, 0.01)
+            first = [True]
+
+            def call():
+                if first[0]:
+                    gpu.host += 1500.0
+                    first[0] = False
+                gpu.launch()
+
+            timer = anchors.Timer(FakeTorch(gpu), warmup=3, repeats=20, max_seconds=3.0,
+                                  warm_ms=300.0, mode=mode)
+            r = timer(call)
+            self.assertEqual(r["repeats"], 20, mode)
+            self.assertGreaterEqual(r["warm_ms"], 300.0 - 1e-9, mode)
+            self.assertGreaterEqual(r["warm_calls"], 300.0 / 0.2 if mode != "sync" else 3, mode)
+            self.assertAlmostEqual(r["ms_median"], 0.2 if mode != "sync" else 0.21, places=6)
+
     def test_rejects_unknown_mode(self):
         with self.assertRaises(ValueError):
             anchors.Timer(FakeTorch(FakeGpu(1, 1)), 3, 20, 3.0, 0.0, mode="async")
