@@ -159,9 +159,9 @@ bool forward_gathered_tiles(int64_t head_dim, bool causal, bool complete, bool r
 }
 
 int64_t forward_head_group(int64_t n_pairs, int64_t per_l2, bool causal) {
-  if (n_pairs <= 1) return 1;
+  if (n_pairs <= 1 || !causal) return 1;
   const int64_t budget = std::clamp<int64_t>(per_l2, 1, n_pairs);
-  if (!causal || n_pairs % budget == 0) return budget;
+  if (n_pairs % budget == 0) return budget;
   for (int64_t g = budget + 1; g <= std::min(n_pairs, 2 * budget); ++g)
     if (n_pairs % g == 0) return g;
   for (int64_t g = budget - 1; g > 1; --g)

@@ -153,13 +153,14 @@ TEST(Dense, ForwardGatheredTilesRule) {
   EXPECT_FALSE(forward_gathered_tiles(256, false, false, false, 65536, k));
 }
 
-// Head groups of the persistent forward: the L2 budget as it is without causality; under
-// causality groups that divide the pairs, rounded up within twice the budget, else down.
+// Head groups of the persistent forward: head by head without causality, whatever the L2
+// budget; under causality groups that divide the pairs, rounded up within twice the budget,
+// else down.
 TEST(Dense, ForwardHeadGroup) {
-  // Non-causal: the budget, clamped to [1, n_pairs].
-  EXPECT_EQ(forward_head_group(16, 12, false), 12);
+  // Non-causal: one head at a time.
+  EXPECT_EQ(forward_head_group(16, 12, false), 1);
   EXPECT_EQ(forward_head_group(16, 0, false), 1);
-  EXPECT_EQ(forward_head_group(16, 25, false), 16);
+  EXPECT_EQ(forward_head_group(16, 25, false), 1);
   EXPECT_EQ(forward_head_group(1, 5, false), 1);
   EXPECT_EQ(forward_head_group(0, 5, true), 1);
   // Causal, 16 heads: 4K d=128 (12 pairs' K/V in half of the L2) and 8K d=64 take one group

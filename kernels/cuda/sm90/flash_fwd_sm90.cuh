@@ -367,8 +367,8 @@ struct FwdSm90Traits {
 };
 
 // Work items of one launch: query tiles of every (batch, head), last query tiles first (the
-// longest rows under causality) within groups of heads whose K/V fit in L2, handed out by a
-// counter the last CTA to leave resets.
+// longest rows under causality) within groups of heads whose K/V fit in L2 (causal calls; the
+// others one head at a time), handed out by a counter the last CTA to leave resets.
 struct FwdSchedule {
   int* counter = nullptr;  // [0]: next item - gridDim.x, [1]: CTAs done
   int n_qtiles = 0;
@@ -391,8 +391,8 @@ struct FwdItemPos {
 __device__ __forceinline__ FwdItemPos fwd_item_pos(int t, const FwdSchedule& sched, int H, int B,
                                                    int kBM) {
   // Items come in groups of sched.group (batch, head) pairs, sized so that the group's K/V stay
-  // in L2 while the CTAs running at once walk it; within a group the last (longest under
-  // causality) query tiles of every pair come first.
+  // in L2 while the CTAs running at once walk it (one pair without causality); within a group
+  // the last (longest under causality) query tiles of every pair come first.
   const int per_group = sched.n_qtiles * sched.group;
   const int g0 = t / per_group * sched.group;
   const int gsize = min(sched.group, H * B - g0);
@@ -1113,7 +1113,8 @@ struct FwdMaps {
 FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv);
 // Per-launch scheduler state: a zeroed counter pair from a per-device pool, the grid size (one
 // CTA per SM, at most one per item), the flags (LONGATTN_SM90_PINGPONG=0 turns ping-pong off).
-// Causal calls take groups of heads that divide the pairs (forward_head_group).
+// Causal calls take groups of heads that divide the pairs, the others one head at a time
+// (forward_head_group).
 FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pair, bool causal,
                               int& grid);
 // Tail splitting (kernels/contract.hpp forward_tail_split) for a persistent launch of s.n_items

@@ -218,8 +218,8 @@ FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pa
   FwdSchedule s;
   s.counter = take_counter(d);
   s.n_qtiles = n_qtiles;
-  // Half of L2 for the K/V of the heads walked together (at least one head); under causality
-  // groups of equal size (forward_head_group).
+  // Under causality half of L2 for the K/V of the heads walked together (at least one head), in
+  // groups of equal size; without it head by head (forward_head_group).
   const int64_t per_l2 = kv_bytes_per_pair > 0 ? (d.l2_bytes / 2) / kv_bytes_per_pair : n_pairs;
   s.group = static_cast<int>(forward_head_group(n_pairs, per_l2, causal));
   if (g_group.load() > 0) s.group = g_group.load() < n_pairs ? g_group.load() : n_pairs;
