@@ -1,4 +1,4 @@
-# Commands of runs 335-338 (one H200 each, 2026-11-28). The scripts ran from the repository root with
+# Commands of runs 335-339 (one H200 each, 2026-11-28). The scripts ran from the repository root with
 # the binaries unpacked to build-cudabe/bin (kernel_bench_old = 34a93b7, kernel_bench_new and test_gpu = ad26a2e);
 # cudnn_probe.py is in this folder (it ran as .devrun/cudnn_probe.py; in run 335 with its five shapes written in).
 
@@ -93,3 +93,19 @@ for i in 0 1 2 3 4 5 6 7; do GTEST_TOTAL_SHARDS=8 GTEST_SHARD_INDEX=$i timeout 4
 for i in 0 1 2 3 4 5 6 7; do echo "shard $i: $(grep -cE '^\[       OK' all_$i.txt) ok, $(grep -cE '^\[  FAILED  \] [A-Z]' all_$i.txt) failed; $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' all_$i.txt | head -2 | tr '\n' ' ')"; done
 grep -hE '^\[  FAILED  \] [A-Z]' all_*.txt | head
 (cd . && tar czf $OUT/r338.tgz gpu.txt *.txt *.json kb*.log kb*/*.json kb*/*.txt)
+
+# ---- run 339
+# Run 339 (1x H200), version 45 (ad26a2e): the d=128 non-causal 4K backward, ours against
+# cuDNN's: ncu at its locked clock (duration, instructions by opcode, pipes, L2 and DRAM bytes)
+# and energy a call under the power cap (kernel_bench --energy-ms 2000 with the anchors).
+set -u
+mkdir -p build-cudabe/bin
+chmod +x build-cudabe/bin/*
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+M="--metrics sass__inst_executed_per_opcode,smsp__inst_executed.sum,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum,lts__t_bytes.sum,dram__bytes_read.sum,dram__bytes_write.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__block_size,launch__shared_mem_per_block_dynamic,launch__registers_per_thread --print-metric-instances details"
+timeout 120 ncu $M -k regex:sm90 --launch-skip 2 --launch-count 3 build-cudabe/bin/kernel_bench_new --suites dense --dense-n 4096 --dense-d 128 --passes bwd --warmup 1 --warm-ms 0 --repeats 2 --max-seconds 1 --out n.json > ours_bwd_4096.txt 2>&1; echo "ours rc $?"
+timeout 120 ncu $M -k 'regex:^(?!.*(normal|elementwise|distribution|fill|copy|transpose|ones)).*' --launch-skip 20 --launch-count 6 python3 bench/results/fwd_heads_one_by_one_h200_2026-11-28/cudnn_probe.py 1:4096:128:b > cudnn_bwd_4096.txt 2>&1; echo "cudnn rc $?"
+grep -E "^  [a-zA-Z_]|gpu__time_duration|smsp__inst_executed.sum |tensor_cycles|lts__t_bytes|dram__bytes|issue_active|grid_size|shared_mem|registers" ours_bwd_4096.txt cudnn_bwd_4096.txt | cut -c1-200
+timeout 150 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench_new --out-dir e -- --suites dense --dense-n 4096 --dense-d 128 --passes bwd --energy-ms 2000 --max-seconds 3 > e.log 2>&1; echo "energy rc $?"
+grep -A6 -i "energy per call" e/kernel_bench_table.txt
+(cd . && tar czf $OUT/r339.tgz gpu.txt ours_*.txt cudnn_*.txt e.log e/*.json e/*.txt)
