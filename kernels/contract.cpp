@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "runtime/error.hpp"
 
@@ -206,6 +207,64 @@ ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_til
   best.first = items - tail;
   best.items = tail;
   best.tail_cost = best_cost;
+  return best;
+}
+
+double list_makespan(int64_t tall, int64_t shorts, int64_t ctas, double short_cost) {
+  if (ctas <= 0) return 0.0;
+  // After the tall items: ctas - rem CTAs free at q, rem at q + 1. Each short item starts at the
+  // earliest free time: the starts are q + k c (ctas - rem of each) and q + 1 + k c (rem of each),
+  // taken in increasing order.
+  const int64_t q = tall / ctas, rem = tall % ctas;
+  const double lo = static_cast<double>(q);
+  double end = static_cast<double>(q + (rem > 0 ? 1 : 0));
+  if (shorts <= 0) return end;
+  const double c = short_cost;
+  int64_t placed = 0, ka = 0, kb = 0;
+  double start = lo;
+  while (placed < shorts) {
+    const double xa = lo + static_cast<double>(ka) * c;
+    const double xb = rem > 0 ? lo + 1.0 + static_cast<double>(kb) * c
+                              : std::numeric_limits<double>::infinity();
+    if (xa <= xb) {
+      placed += ctas - rem;
+      start = xa;
+      ++ka;
+    } else {
+      placed += rem;
+      start = xb;
+      ++kb;
+    }
+  }
+  return std::max(end, start + c);
+}
+
+ForwardShortItems forward_short_items(int64_t nq, int64_t pairs, int64_t ctas, double baseline,
+                                      int64_t rows_tall, int64_t rows_short, double short_cost) {
+  ForwardShortItems best;
+  if (nq <= 0 || pairs <= 0 || ctas <= 0 || rows_tall <= rows_short || rows_short <= 0)
+    return best;
+  const int64_t whole = (nq + rows_tall - 1) / rows_tall;
+  best.tall = whole;
+  best.makespan = baseline;
+  if ((whole * pairs + ctas - 1) / ctas > 16) return best;
+  double cost = baseline;
+  for (int64_t tall = whole - 1; tall >= 0; --tall) {
+    const int64_t shorts = (nq - tall * rows_tall + rows_short - 1) / rows_short;
+    const double m = list_makespan(tall * pairs, shorts * pairs, ctas, short_cost);
+    if (m < cost - 1e-9) {
+      cost = m;
+      best.tall = tall;
+      best.shorts = shorts;
+    }
+  }
+  if (best.shorts > 0 && cost <= 0.98 * baseline) {
+    best.makespan = cost;
+    return best;
+  }
+  best.tall = whole;
+  best.shorts = 0;
+  best.makespan = baseline;
   return best;
 }
 

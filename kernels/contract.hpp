@@ -173,6 +173,31 @@ struct ForwardTailSplit {
 ForwardTailSplit forward_tail_split(int64_t items, int64_t ctas, int64_t key_tiles,
                                     int64_t key_tile = 128, int64_t max_pieces = 8);
 
+// Items of two heights for the persistent forward over equal key walks (non-causal calls over
+// complete masks on the three-warpgroup kernel: 192-row items, a warpgroup of 64 rows each; a
+// warpgroup whose rows all lie past its item's end sits the item out). Each (batch, head) pair's
+// nq rows are cut into `tall` items of rows_tall rows, then `shorts` items of rows_short rows,
+// which the counter hands out after every tall one. A tall item costs 1, a short one short_cost
+// (its third warpgroup idle; measured on the GPU), so where the one-height cut leaves a last
+// round only partly busy (4K at head dim 64: 352 items, 2.67 rounds of 132 CTAs, 3 rounds of
+// time), trading tall items for short ones fills the rounds instead: 256 tall and 128 short
+// items take 2 + short_cost. Chosen to minimise the makespan of the counter's list schedule on
+// `ctas` CTAs; taken when it is at least 2% under `baseline` (the one-height cut's time in items:
+// its rounds, or its last round split, forward_tail_split). Only for launches of at most 16
+// rounds (beyond, a round is under 1/16 of the time). shorts = 0: not taken.
+constexpr double kForwardShortItemCost = 0.78;
+struct ForwardShortItems {
+  int64_t tall = 0;    // per pair
+  int64_t shorts = 0;  // per pair
+  double makespan = 0.0;
+};
+// Makespan, in tall items, of `tall` items of cost 1 then `shorts` of cost short_cost handed out
+// in that order to whichever of `ctas` CTAs is free first.
+double list_makespan(int64_t tall, int64_t shorts, int64_t ctas, double short_cost);
+ForwardShortItems forward_short_items(int64_t nq, int64_t pairs, int64_t ctas, double baseline,
+                                      int64_t rows_tall = 192, int64_t rows_short = 128,
+                                      double short_cost = kForwardShortItemCost);
+
 // Tail splitting for the persistent Hopper backward over equal works (non-causal calls whose mask
 // lists every key block, walked by position: one work per key block and (batch, head), every
 // work `tiles_per_work` query tiles): `works` works on `ctas` CTAs leave a last, partial round of

@@ -438,6 +438,14 @@ int forward_last_split_pieces() {
 #endif
 }
 
+int forward_last_short_items() {
+#ifdef LONGATTN_HAVE_SM90
+  return sm90::last_fwd_short_items();
+#else
+  return 0;
+#endif
+}
+
 int backward_last_tail_parts() {
 #ifdef LONGATTN_HAVE_SM90
   return sm90::last_bwd_tail_parts();

@@ -64,6 +64,9 @@ int forward_last_split_pieces();
 // Whether this process has logged that an sm_90 call runs the portable kernels only because
 // its mask blocks are not multiples of 128 (once per process), for tests.
 bool portable_blocks_warned();
+// Short items per (batch, head) pair of the last Hopper forward launch (forward_short_items in
+// kernels/contract.hpp; 0: none, or no Hopper launch), for tests.
+int forward_last_short_items();
 // Parts the last Hopper backward launch cut its last round's works into (backward_tail_split
 // in kernels/contract.hpp; 0: none, or no Hopper launch), for tests.
 int backward_last_tail_parts();

@@ -323,6 +323,82 @@ TEST(Dense, ForwardTailSplit) {
     }
 }
 
+// List schedules of tall items then short ones on a persistent grid (forward_short_items).
+TEST(Dense, ListMakespan) {
+  // Whole rounds of tall items; a partial last round takes a whole item.
+  EXPECT_DOUBLE_EQ(list_makespan(264, 0, 132, 0.78), 2.0);
+  EXPECT_DOUBLE_EQ(list_makespan(265, 0, 132, 0.78), 3.0);
+  EXPECT_DOUBLE_EQ(list_makespan(0, 0, 132, 0.78), 0.0);
+  // 256 tall: 8 CTAs free at 1, 124 at 2. 128 short: 8 start at 1, 8 at 1.78, 112 at 2.
+  EXPECT_NEAR(list_makespan(256, 128, 132, 0.78), 2.78, 1e-12);
+  // Short items only: 512 on 132 CTAs start at 0, 0.5, 1, 1.5 (the last 116 at 1.5).
+  EXPECT_NEAR(list_makespan(0, 512, 132, 0.5), 2.0, 1e-12);
+  // One CTA: everything in a row.
+  EXPECT_NEAR(list_makespan(3, 4, 1, 0.25), 4.0, 1e-12);
+  // A short item never ends before the tall ones of its round: 1 tall, 1 short on 2 CTAs.
+  EXPECT_NEAR(list_makespan(1, 1, 2, 0.5), 1.0, 1e-12);
+  // Against a direct simulation of the counter (each item to the CTA free first).
+  for (int64_t ctas : {1, 3, 7, 132})
+    for (int64_t tall : {0, 1, 5, 131, 132, 200, 300})
+      for (int64_t shorts : {0, 1, 9, 64, 131, 400})
+        for (double c : {0.5, 0.78, 0.9}) {
+          std::vector<double> free_at(static_cast<size_t>(ctas), 0.0);
+          double end = 0.0;
+          for (int64_t i = 0; i < tall + shorts; ++i) {
+            auto it = std::min_element(free_at.begin(), free_at.end());
+            *it += i < tall ? 1.0 : c;
+            end = std::max(end, *it);
+          }
+          EXPECT_NEAR(list_makespan(tall, shorts, ctas, c), end, 1e-9)
+              << ctas << " " << tall << " " << shorts << " " << c;
+        }
+}
+
+// Items of two heights for the three-warpgroup forward (192-row tall items, 128-row short ones).
+TEST(Dense, ForwardShortItems) {
+  // 4K at head dim 64, 16 heads on 132 CTAs: 22 tall items a head (the last of 64 rows) take 3
+  // rounds; 16 tall and 8 short a head take 2 + 0.78.
+  ForwardShortItems p = forward_short_items(4096, 16, 132, 3.0);
+  EXPECT_EQ(p.tall, 16);
+  EXPECT_EQ(p.shorts, 8);
+  EXPECT_NEAR(p.makespan, 2.78, 1e-12);
+  EXPECT_EQ(p.tall * 192 + p.shorts * 128, 4096);
+  // Short items costing as much as tall ones never pay; nor do they against a baseline already
+  // within 2% of what they reach (8K: the tail split's 5.32 rounds).
+  EXPECT_EQ(forward_short_items(4096, 16, 132, 3.0, 192, 128, 1.0).shorts, 0);
+  p = forward_short_items(8192, 16, 132, 5.32);
+  EXPECT_EQ(p.shorts, 0);
+  EXPECT_EQ(p.tall, 43);
+  EXPECT_DOUBLE_EQ(p.makespan, 5.32);
+  // Whole rounds already: 3072 rows, 11 heads: 176 tall items on 88 CTAs, 2 rounds.
+  EXPECT_EQ(forward_short_items(3072, 11, 88, 2.0).shorts, 0);
+  // More than 16 rounds: not planned.
+  EXPECT_EQ(forward_short_items(65536, 16, 132, 42.0).shorts, 0);
+  // Bad arguments: the one-height cut.
+  EXPECT_EQ(forward_short_items(0, 16, 132, 1.0).shorts, 0);
+  EXPECT_EQ(forward_short_items(4096, 0, 132, 1.0).shorts, 0);
+  EXPECT_EQ(forward_short_items(4096, 16, 0, 1.0).shorts, 0);
+  EXPECT_EQ(forward_short_items(4096, 16, 132, 3.0, 128, 128).shorts, 0);
+  // Whatever is taken covers every row, beats the baseline by 2% and is the list schedule's.
+  for (int64_t nq : {100, 1000, 2048, 4096, 6000, 8192})
+    for (int64_t pairs : {1, 4, 16, 48})
+      for (int64_t ctas : {5, 66, 132}) {
+        const int64_t whole = (nq + 191) / 192;
+        const double base = static_cast<double>((whole * pairs + ctas - 1) / ctas);
+        const ForwardShortItems q = forward_short_items(nq, pairs, ctas, base);
+        if (q.shorts == 0) {
+          EXPECT_EQ(q.tall, whole);
+          continue;
+        }
+        EXPECT_LT(q.tall, whole);
+        EXPECT_GE(q.tall * 192 + q.shorts * 128, nq);
+        EXPECT_LT(q.tall * 192 + (q.shorts - 1) * 128, nq);  // no empty short item
+        EXPECT_LE(q.makespan, 0.98 * base);
+        EXPECT_DOUBLE_EQ(q.makespan, list_makespan(q.tall * pairs, q.shorts * pairs, ctas,
+                                                   kForwardShortItemCost));
+      }
+}
+
 // Staggered walks of the key-stationary backward (a measurement mode now): where each CTA starts
 // (every start inside the walk, neighbouring key blocks apart, spread over the items).
 TEST(Dense, BackwardStaggeredWalks) {

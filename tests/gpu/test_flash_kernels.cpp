@@ -765,9 +765,11 @@ TEST(FlashPersistent, ManyItemsPerCta) {
 // follow whole ones in the same CTAs. Sequence ends inside a query tile and a key tile, batches
 // and heads, strided views; each case against the reference with the split taken
 // (forward_last_split_pieces > 0 on sm90) and with LONGATTN_SM90_FWD_TAIL=0 (none taken).
-// Elsewhere the portable kernels run the same checks.
+// Elsewhere the portable kernels run the same checks. Short items are off here: where they beat
+// the split (d=64 calls on 5 CTAs) the launch takes them instead (FlashShortItems).
 TEST(FlashTailSplit, PiecesMergeToReference) {
   SKIP_WITHOUT_GPU();
+  const ScopedEnv no_shorts("LONGATTN_SM90_FWD_SHORT", "0");
   int dev = 0, sms = 0;
   ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
   ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
@@ -814,6 +816,73 @@ TEST(FlashTailSplit, PiecesMergeToReference) {
   }
   // On a Hopper device most cases take the split path (each checked above against the rule).
   if (hopper_cases > 0) EXPECT_GT(split_cases, hopper_cases / 4);
+}
+
+// Short items of the three-warpgroup forward (head dim 64, non-causal, complete masks;
+// forward_short_items): after the tall items of 192 rows come items of 128 rows, whose third
+// warpgroup sits out, as does every warpgroup whose rows lie past Nq. On a grid of 5 CTAs the
+// rule takes them (a 1000-row call over 4 pairs: 24 tall items, 5 rounds, against 16 tall and 8
+// short); LONGATTN_SM90_FWD_SHORT_TALL forces every count of tall items a pair, from none to all
+// but one (short items ending inside Nq, past it, and exactly at it). Every run against the
+// reference and bit for bit equal to the one-height cut (each row's tiles are walked in the same
+// order whichever warpgroup and item hold it); sequences ending inside a tile, strided views.
+TEST(FlashShortItems, MatchOneHeightCut) {
+  SKIP_WITHOUT_GPU();
+  int taken = 0, hopper = 0;
+  const GridLimit grid(5, 0);
+  for (DType dt : {DType::BF16, DType::F16}) {
+    const std::string tag = dtype_name(dt);
+    const Case cs[] = {
+        {dt, 64, 2, 1000, 900, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
+         1.0, false, tag + "_1000"},
+        {dt, 64, 1, 1024, 700, 3, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Dilated, 2.0,
+         false, tag + "_1024_dilated"}};
+    for (const Case& c : cs) {
+      const uint64_t seed = std::random_device{}();
+      const int64_t whole = (c.Nq + 191) / 192;
+      FwdRun base;
+      {
+        const ScopedEnv off("LONGATTN_SM90_FWD_SHORT", "0");
+        SCOPED_TRACE(c.name + "_one_height");
+        run_forward(c, base, seed);
+      }
+      if (base.kernel != "sm90-wide") continue;  // elsewhere: the portable kernels
+      std::vector<std::string> plans = {""};  // the rule
+      for (int64_t t = 0; t < whole; ++t) plans.push_back(std::to_string(t));
+      for (const std::string& tall : plans) {
+        const ScopedEnv force("LONGATTN_SM90_FWD_SHORT_TALL", tall);
+        SCOPED_TRACE(c.name + "_tall" + (tall.empty() ? "_rule" : tall));
+        FwdRun run;
+        run.naive_o = base.naive_o;
+        run.naive_l = base.naive_l;
+        run_forward(c, run, seed);
+        ++hopper;
+        const int shorts = cuda::forward_last_short_items();
+        if (!tall.empty()) {
+          EXPECT_EQ(shorts, (c.Nq - std::stoll(tall) * 192 + 127) / 128);
+        } else {
+          // Against the one-height cut's rounds, or its last round split if that is taken.
+          const int64_t items = whole * c.B * c.H;
+          double baseline = static_cast<double>((items + 4) / 5);
+          const ForwardTailSplit split = forward_tail_split(items, 5, (c.Nk + 127) / 128, 128);
+          if (split.pieces >= 2) baseline = static_cast<double>(items / 5) + split.tail_cost;
+          const ForwardShortItems want = forward_short_items(c.Nq, c.B * c.H, 5, baseline);
+          EXPECT_EQ(shorts, want.shorts);
+        }
+        if (shorts > 0) ++taken;
+        ASSERT_EQ(run.o.numel(), base.o.numel());
+        int64_t diff = 0;
+        for (int64_t i = 0; i < run.o.numel(); ++i)
+          diff += static_cast<const double*>(run.o.data())[i] !=
+                  static_cast<const double*>(base.o.data())[i];
+        for (int64_t i = 0; i < run.lse.numel(); ++i)
+          diff += static_cast<const double*>(run.lse.data())[i] !=
+                  static_cast<const double*>(base.lse.data())[i];
+        EXPECT_EQ(diff, 0) << "elements differing from the one-height cut";
+      }
+    }
+  }
+  if (hopper > 0) EXPECT_GT(taken, hopper / 2);
 }
 
 // Programmatic dependent launch: calls back to back on one stream, each reading what the call

@@ -382,23 +382,37 @@ struct FwdSchedule {
   int split_first = 0, split_items = 0, split_pieces = 0, split_keys = 0;
   float* split_o = nullptr;
   float* split_lse = nullptr;
+  // Short items (kShort launches, forward_short_items; never with split ones): after the
+  // n_qtiles tall items of every pair come n_short items of kBM - 64 rows per pair, from row
+  // n_qtiles * kBM on.
+  int n_short = 0;
 };
 
-// Query tile, head and batch of item t (whole items; a split item's pieces share its t).
+// First query row, head, batch and rows of item t (whole items; a split item's pieces share its
+// t).
 struct FwdItemPos {
-  int q0, h, b;
+  int q0, h, b, rows;
 };
+template <bool kShort = false>
 __device__ __forceinline__ FwdItemPos fwd_item_pos(int t, const FwdSchedule& sched, int H, int B,
                                                    int kBM) {
   // Items come in groups of sched.group (batch, head) pairs, sized so that the group's K/V stay
   // in L2 while the CTAs running at once walk it (one pair without causality); within a group
-  // the last (longest under causality) query tiles of every pair come first.
-  const int per_group = sched.n_qtiles * sched.group;
+  // the last (longest under causality) query tiles of every pair come first. kShort: short
+  // items, if any, follow every tall one in the same order.
+  int n = sched.n_qtiles, first = 0, rows = kBM;
+  if (kShort && sched.n_short > 0 && t >= sched.n_qtiles * H * B) {
+    t -= sched.n_qtiles * H * B;
+    first = sched.n_qtiles * kBM;
+    n = sched.n_short;
+    rows = kBM - 64;
+  }
+  const int per_group = n * sched.group;
   const int g0 = t / per_group * sched.group;
   const int gsize = min(sched.group, H * B - g0);
   const int r = t % per_group;
   const int hb = g0 + r % gsize;
-  return {(sched.n_qtiles - 1 - r / gsize) * kBM, hb % H, hb / H};
+  return {first + (n - 1 - r / gsize) * rows, hb % H, hb / H, rows};
 }
 
 // o and lse of the split items from their pieces: lse = log sum_p exp(lse_p), o = sum_p
@@ -462,7 +476,10 @@ __device__ __forceinline__ bool fwd_blank(const volatile int* run, int c, int ks
   return lo >= hi;
 }
 
-template <typename T, int D, int kWG, int kBNt, bool kRuns, bool kGather>
+// kShort: the instantiation for launches with short items (plan_fwd_short_items: three
+// warpgroups over a complete mask, not causal), whose warpgroups without rows in an item sit it
+// out; the other instantiations have none of that code.
+template <typename T, int D, int kWG, int kBNt, bool kRuns, bool kGather, bool kShort = false>
 __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     flash_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
@@ -532,11 +549,11 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       w.piece = t - sched.split_first;
       t = sched.split_first + w.piece / sched.split_pieces;
     }
-    const FwdItemPos pos = fwd_item_pos(t, sched, a.H, a.B, kBM);
+    const FwdItemPos pos = fwd_item_pos<kShort>(t, sched, a.H, a.B, kBM);
     w.q0 = pos.q0;
     w.h = pos.h;
     w.b = pos.b;
-    w.q_last = min(w.q0 + kBM, a.Nq) - 1;
+    w.q_last = min(w.q0 + pos.rows, a.Nq) - 1;
     w.k_lo = 0;
     w.k_hi = a.Nk;
     if constexpr (Tr::kByPosition) {  // key tiles in order over a key range
@@ -598,6 +615,25 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     }
     return w;
   };
+  // Three warpgroups over a complete mask: the warpgroups with rows in the item (fewer on a
+  // short item, or where the rows end at Nq). The others sit the item out: they take the path
+  // of an item without tiles (Q waited for and released, nothing stored), the producer arrives
+  // for their warps on each stage's release, and the turns go round the active ones.
+  static_assert(!kShort || (kWG == 3 && !kRuns && !kGather), "short items: three warpgroups");
+  constexpr bool kIdleWG = kShort;
+  auto active_wgs = [&](const Item& w) {
+    return kIdleWG ? min(kWG, (w.q_last - w.q0) / 64 + 1) : kWG;
+  };
+  // Key tiles the producer walks for an item by position (kIdleWG: all it has, to the causal
+  // limit), which an idle warpgroup counts past in its ring position.
+  auto walk_tiles = [&](const Item& w) {
+    int n = w.n_items;
+    if (a.causal) {
+      const int64_t lim = static_cast<int64_t>(w.q_last) + a.diag - w.k_lo;
+      n = lim < 0 ? 0 : static_cast<int>(min(static_cast<int64_t>(n), lim / kBN + 1));
+    }
+    return n;
+  };
   // First listed key tile at or after `it` that some row of the item may see (first key in ks).
   auto next_visible = [&](const Item& w, int it, int& ks) {
     if constexpr (kGather) {  // (not causal: every tile; its columns are tile-relative)
@@ -645,6 +681,8 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         FWD_TRACE(n, 0, 1);
         FWD_TRACE_VAL(n, 0, 7, w.n_items);
         int traced_k = 0;
+        // (The idle warpgroups' warps: their stage releases come from here.)
+        const uint32_t idle_warps = 4 * (kWG - active_wgs(w));
         mbar_arrive_expect_tx(bar_q, Tr::kQBytes);
 #pragma unroll
         for (int c = 0; c < Tr::kChunks; ++c)
@@ -705,6 +743,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
                 last_bits |= 2 << c;
           }
           mbar_wait(&empty_k[s], ph);
+          if (kIdleWG && idle_warps > 0) mbar_arrive_cnt(&empty_k[s], idle_warps);
           if (traced_k++ == 0) FWD_TRACE(n, 0, 2);
           // (kGather: columns relative to the tile, its keys end after its chunks.)
           sInfo[kII * s] = make_int4(ks, mask_bits, last_bits,
@@ -732,6 +771,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
           };
           load_tile(sK, &tk, &full_k[s]);
           mbar_wait(&empty_v[s], ph);
+          if (kIdleWG && idle_warps > 0) mbar_arrive_cnt(&empty_v[s], idle_warps);
           load_tile(sV, &tv, &full_v[s]);
           ++kv;
           it = it_next;
@@ -779,11 +819,14 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   // one go (round robin), so one warpgroup's softmax runs under the others' tensor-core work.
   // The last warpgroup lets warpgroup 0 start.
   if (pingpong && cw == kWG - 1) named_barrier_arrive(1, 256);
+  [[maybe_unused]] const int cw_bcast = kIdleWG ? __shfl_sync(0xffffffffu, cw, 0) : 0;
+  // kIdleWG: the barrier of the next warpgroup in turn among the item's active ones.
+  [[maybe_unused]] int turn_next = 1 + (cw + 1) % kWG;
   auto turn_begin = [&] {
     if (pingpong) named_barrier(1 + cw, 256);
   };
   auto turn_end = [&] {
-    if (pingpong) named_barrier_arrive(1 + (cw + 1) % kWG, 256);
+    if (pingpong) named_barrier_arrive(kIdleWG ? turn_next : 1 + (cw + 1) % kWG, 256);
   };
   auto warp_arrive = [&](uint64_t* bar) {
     __syncwarp();
@@ -882,6 +925,15 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     const int out_b = w.piece >= 0 ? -1 - w.piece : w.b;
     const int row0 = w.q0 + cw * 64;            // first row of this warpgroup
     const int my_row = row0 + warp * 16 + g;    // rows my_row and my_row + 8
+    // kIdleWG: a warpgroup with no rows in the item takes the path of an item without tiles
+    // below (it stores nothing) and counts past the item's tiles in its ring position; the turn
+    // passes to the next active warpgroup. (idle on cw broadcast from lane 0, as my_last_bit.)
+    bool idle = false;
+    if constexpr (kIdleWG) {
+      const int active = active_wgs(w);
+      idle = cw_bcast >= active;
+      turn_next = 1 + (cw + 1 < active ? cw + 1 : 0);
+    }
     FwdAcc<D> fresh;  // !kDefer: this item's
     FwdAcc<D>& acc = kDefer ? carried : fresh;
     float(&o)[D / 2] = acc.o;
@@ -970,14 +1022,18 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       warp_arrive(q_empty);
     }
     int ks = 0;
-    if (next_visible(w, 0, ks) >= w.n_items) {  // later tiles: the producer's info
+    if (idle || next_visible(w, 0, ks) >= w.n_items) {  // later tiles: the producer's info
       if constexpr (!Tr::kQRegs) warp_arrive(q_empty);
-      // o zero, lse -inf.
+      // o zero, lse -inf (idle: none stored, its rows are another item's or past Nq).
       if constexpr (kDefer) {
         flush();
         reset_acc();
       }
       if constexpr (kDefer) adopt();
+      if constexpr (kIdleWG) {
+        if constexpr (kDefer) pend_b = idle ? kNoItem : pend_b;
+        kv += walk_tiles(w);  // (0 for an item without tiles)
+      }
     } else {
       // First tile: S_0, its softmax, P_0.
       int s = kv % kS;
@@ -1121,11 +1177,20 @@ FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pa
 // equal items of key_tiles key tiles each: sets the split fields of s, its item count and the
 // grid, and returns the number of pieces (0: none). LONGATTN_SM90_FWD_TAIL=0 turns it off.
 int64_t plan_fwd_tail_split(FwdSchedule& s, int& grid, int key_tiles, int key_tile);
+// Short items (kernels/contract.hpp forward_short_items) for a launch of the three-warpgroup
+// kernel over equal items (s.n_qtiles tiles of 192 rows per pair, nq rows): sets s.n_qtiles,
+// s.n_short, the item count and the grid when they beat the one-height cut (with its tail split,
+// if that would be taken), and returns whether they were taken. LONGATTN_SM90_FWD_SHORT=0 turns
+// them off; LONGATTN_SM90_FWD_SHORT_TALL=n (measurements, tests) takes n tall items a pair.
+bool plan_fwd_short_items(FwdSchedule& s, int& grid, int nq, int n_pairs, int key_tiles,
+                          int key_tile);
 
 // kRuns: the instantiation for calls over masks of runs (a.runs), which the others ignore;
-// kGather: for the calls forward_gathered_tiles takes (non-causal, Nk a multiple of 64).
+// kGather: for the calls forward_gathered_tiles takes (non-causal, Nk a multiple of 64);
+// kShort: for the calls fwd_short_items_wanted takes (three warpgroups, complete mask, not
+// causal), which plans the short items.
 template <typename T, int D, int kWG = 2, int kBNt = 128, bool kRuns = false,
-          bool kGather = false>
+          bool kGather = false, bool kShort = false>
 void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t pool) {
   using Tr = FwdSm90Traits<D, kWG, kBNt, kRuns, kGather>;
   static_assert(Tr::kSmemBytes <= 227 * 1024, "shared memory of one CTA");
@@ -1134,7 +1199,12 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
                        std::to_string(a.Nk) + " keys" + (a.causal ? ", causal" : ""),
                        "gathered key tiles need a non-causal call over a multiple of 64 keys");
   }
-  auto kernel = flash_fwd_sm90_kernel<T, D, kWG, kBNt, kRuns, kGather>;
+  if constexpr (kShort) {
+    LONGATTN_CHECK_ARG(a.complete != 0 && a.causal == 0, "mask",
+                       std::string(a.causal ? "causal" : "not complete"),
+                       "short items need a non-causal call over a complete mask");
+  }
+  auto kernel = flash_fwd_sm90_kernel<T, D, kWG, kBNt, kRuns, kGather, kShort>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));
@@ -1152,7 +1222,12 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
   // along the keys, its pieces merged after the kernel.
   float* split = nullptr;
   int64_t pieces = 0;
-  if (Tr::kByPosition && a.complete != 0 && a.runs == 0 && a.causal == 0) {
+  // kShort: some of those items are short ones instead, which fill the last round.
+  bool shorts = false;
+  if constexpr (kShort)
+    shorts = plan_fwd_short_items(sched, grid, a.Nq, a.H * a.B, (a.Nk + Tr::kBN - 1) / Tr::kBN,
+                                  Tr::kBN);
+  if (!shorts && Tr::kByPosition && a.complete != 0 && a.runs == 0 && a.causal == 0) {
     pieces = plan_fwd_tail_split(sched, grid, (a.Nk + Tr::kBN - 1) / Tr::kBN, Tr::kBN);
     if (pieces > 0) {
       split = scratch_async<float>(sizeof(float) * pieces * Tr::kBM * (D + 1), pool, stream);

@@ -6,6 +6,7 @@
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -88,6 +89,11 @@ extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(const FwdArgs&, 
                                                                 cudaMemPool_t);
 extern template void launch_fwd_sm90_impl<__half, 64, 3>(const FwdArgs&, cudaStream_t,
                                                          cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3, 128, false, false, true>(
+    const FwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__half, 64, 3, 128, false, false, true>(const FwdArgs&,
+                                                                                 cudaStream_t,
+                                                                                 cudaMemPool_t);
 extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192>(const FwdArgs&,
                                                                       cudaStream_t,
                                                                       cudaMemPool_t);
@@ -147,7 +153,7 @@ FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv)
 // launch has finished (the launch queue holds far fewer kernels).
 namespace {
 constexpr int kCounterPairs = 16384;
-std::atomic<int> g_grid_limit{0}, g_group{0}, g_last_split{0};
+std::atomic<int> g_grid_limit{0}, g_group{0}, g_last_split{0}, g_last_short{0};
 struct DeviceSched {
   int* pairs = nullptr;
   int sms = 0;
@@ -230,6 +236,7 @@ FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pa
   s.flags = pingpong_enabled() ? kFwdPingPong : 0;
   s.n_items = n_qtiles * n_pairs;
   g_last_split.store(0);
+  g_last_short.store(0);
   grid = grid_for(d, s.n_items, persistent_enabled());
   return s;
 }
@@ -251,6 +258,51 @@ int64_t plan_fwd_tail_split(FwdSchedule& s, int& grid, int key_tiles, int key_ti
   g_last_split.store(static_cast<int>(t.items * t.pieces));
   return t.items * t.pieces;
 }
+
+// The short items of a three-warpgroup launch over nq rows a pair (whole: its 192-row items a
+// pair): shorts 0 where the one-height cut (its rounds, or its last round split along the keys)
+// is kept.
+ForwardShortItems fwd_short_plan(int64_t whole, int64_t nq, int64_t n_pairs, int64_t key_tiles,
+                                 int64_t key_tile) {
+  ForwardShortItems p;
+  p.tall = whole;
+  if (!switch_on("LONGATTN_SM90_FWD_SHORT") || !persistent_enabled()) return p;
+  const int ctas = persistent_ctas(device_sched());
+  if (const char* e = std::getenv("LONGATTN_SM90_FWD_SHORT_TALL")) {  // measurements, tests
+    p.tall = std::clamp<int64_t>(std::atoll(e), 0, whole);
+    p.shorts = p.tall < whole ? (nq - p.tall * 192 + 127) / 128 : 0;
+    return p;
+  }
+  const int64_t items = whole * n_pairs;
+  double baseline = static_cast<double>((items + ctas - 1) / ctas);
+  if (switch_on("LONGATTN_SM90_FWD_TAIL")) {
+    const ForwardTailSplit t = forward_tail_split(items, ctas, key_tiles, key_tile);
+    if (t.pieces >= 2) baseline = static_cast<double>(items / ctas) + t.tail_cost;
+  }
+  return forward_short_items(nq, n_pairs, ctas, baseline);
+}
+
+bool fwd_short_items_wanted(const FwdArgs& a) {
+  if (a.complete == 0 || a.causal != 0 || a.runs != 0 || a.Nq <= 0 || a.H * a.B <= 0) return false;
+  return fwd_short_plan((a.Nq + 191) / 192, a.Nq, int64_t{a.H} * a.B, (a.Nk + 127) / 128, 128)
+             .shorts > 0;
+}
+
+bool plan_fwd_short_items(FwdSchedule& s, int& grid, int nq, int n_pairs, int key_tiles,
+                          int key_tile) {
+  g_last_short.store(0);
+  if (s.n_short != 0 || s.split_pieces != 0) return false;
+  const ForwardShortItems p = fwd_short_plan(s.n_qtiles, nq, n_pairs, key_tiles, key_tile);
+  if (p.shorts <= 0) return false;
+  s.n_qtiles = static_cast<int>(p.tall);
+  s.n_short = static_cast<int>(p.shorts);
+  s.n_items = static_cast<int>((p.tall + p.shorts) * n_pairs);
+  grid = grid_for(device_sched(), s.n_items, true);
+  g_last_short.store(s.n_short);
+  return true;
+}
+
+int last_fwd_short_items() { return g_last_short.load(); }
 
 std::atomic<int> g_last_bwd_tail{0};
 
@@ -452,6 +504,11 @@ void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t str
   if (wide && a.runs != 0) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, true>(a, stream, pool)
                 : launch_fwd_sm90_impl<__half, 128, 2, 192, true>(a, stream, pool);
+  }
+  if (wide && head_dim == 64 && fwd_short_items_wanted(a)) {
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64, 3, 128, false, false, true>(a, stream,
+                                                                                      pool)
+                : launch_fwd_sm90_impl<__half, 64, 3, 128, false, false, true>(a, stream, pool);
   }
   if (wide && head_dim == 64) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(a, stream, pool)

@@ -95,6 +95,8 @@ bool device_enabled();
 void set_grid_limit(int ctas, int group);
 // Pieces of split items in the last forward launch of this process (0: none), for tests.
 int last_fwd_split_pieces();
+// Short items a pair in the last forward launch of this process (0: none), for tests.
+int last_fwd_short_items();
 // Tail splitting of a persistent backward launch over `works` equal works of tiles_per_work
 // query tiles (backward_tail_split in kernels/contract.hpp): sets a.tail_first and
 // a.tail_parts (0: not split) and returns the launch's works. LONGATTN_SM90_BWD_TAIL=0 turns it

@@ -71,6 +71,11 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t by
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(saddr(bar)) : "memory");
 }
+// `count` arrivals at once (one thread standing in for several).
+__device__ __forceinline__ void mbar_arrive_cnt(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0], %1;\n" ::"r"(saddr(bar)), "r"(count)
+               : "memory");
+}
 // Waits until the phase with parity `parity` has completed. A fresh barrier counts its
 // (non-existent) previous phase, parity 1, as complete.
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
