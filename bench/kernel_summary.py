@@ -4,8 +4,8 @@
 Prints markdown for bench/RESULTS.md: per dense pass and head dim the TFLOP/s and ratio ranges
 and how many rows reach 1.0x cuDNN (with the rows under it), the block-sparse rows against
 FlexAttention per pattern and density, the block-sparse speed-up over our dense at the same
-shape (64K, head dim 128, non-causal, for the target density), and the rows whose p10-p90
-spread exceeds 20% (ours or an anchor's).
+shape (64K, head dim 128, non-causal, for the target density), the rows whose p10-p90
+spread exceeds 20% (ours or an anchor's), and the rows timed without their warm-up.
 
   bench/kernel_summary.py bench/results/kernel_bench_h100_sm90_v21_2026-11-27.json
 """
@@ -76,6 +76,34 @@ def spreads(rows, limit=0.2):
     return out
 
 
+def short_warm_ups(result, slack=0.9):
+    """Rows (ours or an anchor's) timed without their warm-up: where the row records it
+    (warm_ms), less than `slack` of what the timing asked (--warm-ms, at most a third of the row
+    budget); in files from before that record, repeats cut below --repeats although the median
+    call would have fit them all, the mark of a first call (a plan being built) counted as the
+    warm-up. Such a row ran partly boosted, not in the capped steady state."""
+    timing = result.get("timing", {})
+    want = min(float(timing.get("warm_ms", 0.0)),
+               float(timing.get("max_seconds_per_row", 0.0)) * 1e3 / 3)
+    reps_max = int(timing.get("repeats_max", 0))
+    budget_ms = float(timing.get("max_seconds_per_row", 0.0)) * 1e3
+    out = []
+    for r in result["rows"]:
+        timed = [("longattn", r)] + list(r.get("anchors", {}).items())
+        for name, t in timed:
+            if not isinstance(t, dict) or "ms_median" not in t:
+                continue
+            if "warm_ms" in t:
+                if want > 0 and t["warm_ms"] < slack * want:
+                    out.append((name, r["suite"], r["pass"], r["N"], r["D"], r["causal"],
+                                f"{t['warm_ms']:.0f} ms of warm-up of {want:.0f}"))
+            elif (reps_max > 0 and t.get("repeats", reps_max) < reps_max
+                  and t["ms_median"] * reps_max < budget_ms / 3):
+                out.append((name, r["suite"], r["pass"], r["N"], r["D"], r["causal"],
+                            f"{t['repeats']} repeats of {reps_max} at {t['ms_median']:.3f} ms"))
+    return out
+
+
 def render(result, target_density=0.1):
     rows = result["rows"]
     lines = [f"GPU {result.get('gpu', '?')}, {result.get('date', '?')}: `{result.get('command', '?')}`",
@@ -98,6 +126,9 @@ def render(result, target_density=0.1):
     for name, suite, p, n, d, causal, s in spreads(rows):
         lines.append(f"- spread over 20%: {name}, {suite} {p} {k(n)} d={d}"
                      f"{' causal' if causal else ''}: {100 * s:.0f}%")
+    for name, suite, p, n, d, causal, why in short_warm_ups(result):
+        lines.append(f"- timed without its warm-up: {name}, {suite} {p} {k(n)} d={d}"
+                     f"{' causal' if causal else ''}: {why}")
     return "\n".join(lines)
 
 

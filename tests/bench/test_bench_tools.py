@@ -287,6 +287,31 @@ class KernelSummary(unittest.TestCase):
         self.assertIn(("sdpa_cudnn", "dense", "bwd"), names)
         self.assertEqual(len(names), 2)
 
+    def test_short_warm_ups(self):
+        timing = {"warm_ms": 2000.0, "max_seconds_per_row": 3.0, "repeats_max": 20}
+        warm = {"ms_median": 0.2, "ms_p10": 0.2, "ms_p90": 0.2, "repeats": 20, "warm_ms": 1004.0}
+        cold = dict(warm, repeats=5, warm_ms=0.0)
+        rows = [row("dense", "fwd", 4096, 128, False, 0.25, {}, anchors={"sdpa_cudnn": cold}),
+                row("dense", "bwd", 4096, 128, False, 0.7, {}, anchors={"sdpa_cudnn": warm})]
+        rows[0]["warm_ms"], rows[1]["warm_ms"] = 1001.0, 990.0
+        got = self.ks.short_warm_ups({"timing": timing, "rows": rows})
+        self.assertEqual([(x[0], x[2]) for x in got], [("sdpa_cudnn", "fwd")])
+        self.assertIn("0 ms of warm-up of 1000", got[0][6])
+        # Files without warm_ms: cut repeats on a short call mark it; on a slow one they do not.
+        old = [row("dense", "fwd", 4096, 128, False, 0.25, {},
+                   anchors={"sdpa_cudnn": {"ms_median": 0.205, "ms_p10": 0.2, "ms_p90": 0.35,
+                                           "repeats": 5}}),
+               row("dense", "bwd", 65536, 128, False, 300.0, {},
+                   anchors={"sdpa_cudnn": {"ms_median": 400.0, "ms_p10": 399.0,
+                                           "ms_p90": 401.0, "repeats": 5}})]
+        for r in old:
+            r["repeats"] = 20
+        got = self.ks.short_warm_ups({"timing": timing, "rows": old})
+        self.assertEqual([(x[0], x[3]) for x in got], [("sdpa_cudnn", 4096)])
+        self.assertIn("5 repeats of 20", got[0][6])
+        text = self.ks.render({"timing": timing, "rows": old})
+        self.assertIn("- timed without its warm-up: sdpa_cudnn, dense fwd 4K d=128", text)
+
     def test_render_and_command_line(self):
         text = self.ks.render({"gpu": "NVIDIA H100 80GB HBM3", "rows": self.rows})
         self.assertIn("| dense fwd d=128 | 1.0-100.0 TFLOP/s; / SDPA cuDNN 0.90-1.10 (at least 1.0 "
