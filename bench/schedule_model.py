@@ -27,11 +27,11 @@ def makespan(costs, ctas):
 
 
 def head_group(n_pairs, per_l2, causal=True):
-    """forward_head_group of kernels/contract.cpp."""
-    if n_pairs <= 1:
+    """forward_head_group of kernels/contract.cpp (non-causal calls: head by head, version 45)."""
+    if n_pairs <= 1 or not causal:
         return 1
     budget = min(max(per_l2, 1), n_pairs)
-    if not causal or n_pairs % budget == 0:
+    if n_pairs % budget == 0:
         return budget
     for g in range(budget + 1, min(n_pairs, 2 * budget) + 1):
         if n_pairs % g == 0:

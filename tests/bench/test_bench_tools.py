@@ -384,7 +384,7 @@ class ScheduleModel(unittest.TestCase):
                  (34, 10): 17, (46, 10): 2}
         for (pairs, per_l2), g in cases.items():
             self.assertEqual(self.m.head_group(pairs, per_l2), g, (pairs, per_l2))
-        self.assertEqual(self.m.head_group(16, 12, causal=False), 12)
+        self.assertEqual(self.m.head_group(16, 12, causal=False), 1)
 
     def test_makespan(self):
         self.assertEqual(self.m.makespan([3, 3, 3, 3], 2), 6)
@@ -429,6 +429,27 @@ class OpcodeMix(unittest.TestCase):
         with self.assertRaises(ValueError):
             self.m.mix(counts, "LDS", 3)
         self.assertEqual(self.m.opcode_counts("no metrics here"), {})
+
+    def test_kernel_by_name(self):
+        second = self.TEXT.replace("void kernel(...)", "bprop_kernel").replace("MUFU: 100",
+                                                                              "MUFU: 50")
+        text = "==PROF== header\n" + self.TEXT + second
+        self.assertEqual(self.m.opcode_counts(self.m.kernel_section(text, "bprop"))["MUFU"], 50)
+        self.assertEqual(self.m.opcode_counts(self.m.kernel_section(text, "kernel"))["MUFU"], 100)
+        self.assertIsNone(self.m.kernel_section(text, "convert"))
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "two.txt")
+            with open(path, "w") as f:
+                f.write(text)
+            tool = os.path.join(ROOT, "bench", "ncu_opcode_mix.py")
+            p = subprocess.run([sys.executable, tool, "--kernel", "bprop", path],
+                               capture_output=True, text=True)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("1,050 warp instructions, 21.00 per MUFU", p.stdout)
+            p = subprocess.run([sys.executable, tool, "--kernel", "convert", path],
+                               capture_output=True, text=True)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("no kernel matches", p.stderr)
 
     def test_command_line(self):
         with tempfile.TemporaryDirectory() as d:
