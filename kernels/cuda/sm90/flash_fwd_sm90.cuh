@@ -27,7 +27,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <type_traits>
 
 #include "kernels/cuda/cuda_check.hpp"
 #include "kernels/cuda/flash_common.cuh"
@@ -168,18 +167,15 @@ __device__ __forceinline__ void mask_scores(float (&sc)[kNT * 4], const FwdArgs&
 // softmax: o, l and the lse (m + log2 l) differ by one factor per row that o / l cancels. The
 // caller then skips the rescale of o where no row of the warp moved its maximum.
 constexpr float kFwdMargin = 8.f;
-//
-// kUse < kNT: only the first kUse column groups hold scores (a narrower tile in S's registers).
-template <int kNT, bool kMargin = false, int kUse = kNT>
+template <int kNT, bool kMargin = false>
 __device__ __forceinline__ void online_softmax(float (&sc)[kNT * 4], float (&m)[2], float (&l)[2],
                                                float (&alpha)[2], float sl2) {
-  static_assert(kUse >= 1 && kUse <= kNT, "column groups of S");
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
-    float t[kUse];
+    float t[kNT];
 #pragma unroll
-    for (int nt = 0; nt < kUse; ++nt) t[nt] = fmaxf(sc[nt * 4 + 2 * hh], sc[nt * 4 + 2 * hh + 1]);
-    tree_reduce<kUse, true>(t);
+    for (int nt = 0; nt < kNT; ++nt) t[nt] = fmaxf(sc[nt * 4 + 2 * hh], sc[nt * 4 + 2 * hh + 1]);
+    tree_reduce<kNT, true>(t);
     float mx = t[0];
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -191,23 +187,22 @@ __device__ __forceinline__ void online_softmax(float (&sc)[kNT * 4], float (&m)[
     alpha[hh] = flash::fast_exp2(m[hh] - base_v);
     m[hh] = m_new;
 #pragma unroll
-    for (int nt = 0; nt < kUse; ++nt) {
+    for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 2; ++e)
         sc[nt * 4 + 2 * hh + e] = flash::fast_exp2(fmaf(sc[nt * 4 + 2 * hh + e], sl2, -base_v));
       t[nt] = sc[nt * 4 + 2 * hh] + sc[nt * 4 + 2 * hh + 1];
     }
-    tree_reduce<kUse, false>(t);
+    tree_reduce<kNT, false>(t);
     l[hh] = l[hh] * alpha[hh] + t[0];
   }
 }
 
-// P in registers: two adjacent 8-column groups of S are one k16 step of the A operand (kUse: of
-// the first kUse groups).
-template <typename T, int kNT, int kUse = kNT>
+// P in registers: two adjacent 8-column groups of S are one k16 step of the A operand.
+template <typename T, int kNT>
 __device__ __forceinline__ void pack_p(uint32_t (&pa)[kNT / 2][4], const float (&sc)[kNT * 4]) {
 #pragma unroll
-  for (int kk = 0; kk < kUse / 2; ++kk) {
+  for (int kk = 0; kk < kNT / 2; ++kk) {
     pa[kk][0] = flash::Elem<T>::pack(sc[8 * kk + 0], sc[8 * kk + 1]);
     pa[kk][1] = flash::Elem<T>::pack(sc[8 * kk + 2], sc[8 * kk + 3]);
     pa[kk][2] = flash::Elem<T>::pack(sc[8 * kk + 4], sc[8 * kk + 5]);
@@ -471,10 +466,6 @@ __global__ void __launch_bounds__(32 * kMergeRows)
   }
 }
 constexpr int kFwdPingPong = 1;
-// 192-key tiles by position without causality (LONGATTN_SM90_FWD_NARROW=0 turns it off): a key
-// range of 64 or 128 keys over a multiple of 192 is walked as a first tile of that many keys,
-// then whole tiles, instead of a last tile mostly past the keys (fwd_narrow_keys).
-constexpr int kFwdNarrow = 2;
 
 // Whether warpgroup c of a 192-row tile over a mask of runs sees none of the key tile from ks:
 // ks outside its run (run[c] .. run[4 + c], the producer's copy).
@@ -549,17 +540,11 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     int lo[kWG], hi[kWG];
     int64_t e0;
     int piece;  // >= 0: this item is piece `piece` of the split ones (its slot in split_o)
-    int narrow;  // kNarrowable: keys of the walk's first tile, 64 or 128 (0: a whole tile)
     int chunks;  // kGather: the row's 64-key chunks (nsub a block), before the end of the keys
   };
-  // 192-key tiles by position (complete masks, not causal with kFwdNarrow): a key range of a
-  // multiple of 192 plus 64 or 128 keys is walked as a first tile of those keys, then whole
-  // tiles: 64 x 128 products fewer than a last tile of 64 or 128 keys, no masked tile.
-  constexpr bool kNarrowable = D == 128 && kBN == 192 && Tr::kByPosition && !kRuns && !kShort;
   auto decode = [&](int t) {
     Item w;
     w.piece = -1;
-    w.narrow = 0;
     if (Tr::kByPosition && sched.split_pieces > 0 && t >= sched.split_first) {  // a piece
       w.piece = t - sched.split_first;
       t = sched.split_first + w.piece / sched.split_pieces;
@@ -609,12 +594,6 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         if (w.k_hi == 0) w.k_lo = 0;
       }
       w.n_items = w.k_hi > w.k_lo ? (w.k_hi - w.k_lo + kBN - 1) / kBN : 0;
-      if constexpr (kNarrowable) {
-        if ((sched.flags & kFwdNarrow) != 0) {
-          const int r = (w.k_hi - w.k_lo) % kBN;
-          if (r == 64 || r == 128) w.narrow = r;
-        }
-      }
     } else if constexpr (kGather) {
       // Every chunk of the row's listed blocks but those at or past Nk (a multiple of 64: only
       // the last key block may hold such chunks, and only if the row lists it).
@@ -661,7 +640,6 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       ks = 0;
     } else if constexpr (Tr::kByPosition) {  // tiles past the causal limit: all later ones are too
       ks = w.k_lo + it * kBN;
-      if (kNarrowable && it > 0 && w.narrow != 0) ks -= kBN - w.narrow;
       if (it < w.n_items && a.causal && static_cast<int64_t>(ks - w.q_last) > a.diag)
         it = w.n_items;
     } else {
@@ -745,7 +723,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
             }
             if (valid < Tr::kChunksPerTile) mask_bits = (1 << kWG) - 1;
           } else if ((!Tr::kByPosition && a.mask.partial[w.e0 + it / w.nsub] != 0) ||
-                     ks + (kNarrowable && it == 0 && w.narrow != 0 ? w.narrow : kBN) > w.k_hi) {
+                     ks + kBN > w.k_hi) {
             mask_bits = (1 << kWG) - 1;
           }
           if constexpr (!kGather) {
@@ -1024,45 +1002,6 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       online_softmax<kNT, kMarginD>(sc, m, l, alpha, sl2);
     };
     auto pack = [&] { pack_p<T, kNT>(pa, sc); };
-    // kNarrowable: the first tile of R = w.narrow keys (64 or 128; rc an integral_constant):
-    // its QK^T into the first R / 2 registers of S, its softmax and P over those, its P V over
-    // R keys. (Never masked: the walk's later tiles end at the range's end.)
-    auto issue_qk_narrow = [&](auto rc, int s) {
-      constexpr int R = decltype(rc)::value;
-      static_assert(!Tr::kQRegs && (R == 64 || R == 128), "narrow tiles at head dim 128");
-      float(&sn)[R / 2] = *reinterpret_cast<float(*)[R / 2]>(&sc[0]);
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t off = (kk % 4) * 32;
-        const uint32_t kb = s * Tr::kTileBytes + (kk / 4) * kBN * 128 + off;
-        const uint32_t qb = (kk / 4) * kBM * 128 + off;
-        const uint64_t db = kDescOnce ? desc_at(k_desc, kb) : smem_desc(k_base + kb, 16, 1024);
-        const uint64_t da = kDescOnce ? desc_at(q_desc, qb) : smem_desc(q_base + qb, 16, 1024);
-        if constexpr (R == 64)
-          Mma<T>::ss64(sn, da, db, kk > 0 ? 1 : 0);
-        else
-          Mma<T>::qk(sn, da, db, kk > 0 ? 1 : 0);
-      }
-      wgmma_commit();
-    };
-    auto issue_pv_narrow = [&](auto rc, int s) {
-      constexpr int R = decltype(rc)::value;
-#pragma unroll
-      for (int kk = 0; kk < R / 16; ++kk) {
-        const uint32_t vb = s * Tr::kTileBytes + kk * 16 * 128;
-        const uint64_t db =
-            kDescOnce ? desc_at(v_desc, vb) : smem_desc(v_base + vb, kBN * 128, 1024);
-        Mma<T>::pv(o, pa[kk], db);
-      }
-      wgmma_commit();
-    };
-    auto softmax_pack_narrow = [&](auto rc, float (&alpha)[2]) {
-      constexpr int R = decltype(rc)::value;
-      online_softmax<kNT, kMarginD, R / 8>(sc, m, l, alpha, sl2);
-      pack_p<T, kNT, R / 8>(pa, sc);
-    };
-    using N64 = std::integral_constant<int, 64>;
-    using N128 = std::integral_constant<int, 128>;
 
     mbar_wait(bar_q, n & 1);
     if (tid == 0) FWD_TRACE(n, 1 + cw, 1);
@@ -1129,21 +1068,10 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         }
         if constexpr (kDefer) adopt();
       } else {
-        // kNarrowable: keys of this first tile when fewer than kBN (0: a whole tile).
-        const int nw = kNarrowable ? w.narrow : 0;
         turn_begin();
         if (tid == 0) FWD_TRACE(n, 1 + cw, 3);
         wgmma_fence();
-        if constexpr (kNarrowable) {
-          if (nw == 64)
-            issue_qk_narrow(N64{}, s);
-          else if (nw == 128)
-            issue_qk_narrow(N128{}, s);
-          else
-            issue_qk(s);
-        } else {
-          issue_qk(s);
-        }
+        issue_qk(s);
         turn_end();
         // The last item's store while S_0 is computed (o, m, l then start over).
         if constexpr (kDefer) {
@@ -1157,71 +1085,12 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         warp_arrive(&empty_k[s]);
         if (!Tr::kQRegs && mine_last(info)) warp_arrive(q_empty);
         float alpha[2];
-        if (kNarrowable && nw == 64) {
-          softmax_pack_narrow(N64{}, alpha);
-        } else if (kNarrowable && nw == 128) {
-          softmax_pack_narrow(N128{}, alpha);
-        } else {
-          softmax(info, alpha);
-          pack();
-        }
+        softmax(info, alpha);
+        pack();
         int s_prev = s, kv_prev = kv;
         ++kv;
-        // kNarrowable: the first tile's P V over its keys, beside the next tile's QK^T (the
-        // steady state's first step) or, on a walk of one tile, alone (then done: pv_done).
-        bool pv_done = false;
-        if (kNarrowable && nw != 0) {
-          auto pv_first = [&](int sp) {
-            if (nw == 64)
-              issue_pv_narrow(N64{}, sp);
-            else
-              issue_pv_narrow(N128{}, sp);
-          };
-          mbar_wait(&full_v[s_prev], (kv_prev / kS) & 1);
-          if (!mine_last(info)) {
-            s = kv % kS;
-            mbar_wait(&full_k[s], (kv / kS) & 1);
-            info = read_info(s);
-            turn_begin();
-            fence_regs(o);
-            wgmma_fence();
-            issue_qk(s);
-            pv_first(s_prev);
-            turn_end();
-            wgmma_wait<1>();
-            fence_regs(sc);
-            fence_regs(qa);
-            warp_arrive(&empty_k[s]);
-            if (!Tr::kQRegs && mine_last(info)) warp_arrive(q_empty);
-            softmax(info, alpha);
-            wgmma_wait<0>();
-            fence_regs(o);
-            fence_regs(pa);
-            warp_arrive(&empty_v[s_prev]);
-#pragma unroll
-            for (int dt = 0; dt < kDT; ++dt)
-#pragma unroll
-              for (int e = 0; e < 4; ++e) o[dt * 4 + e] *= alpha[e >> 1];
-            pack();
-            s_prev = s;
-            kv_prev = kv;
-            ++kv;
-          } else {
-            turn_begin();
-            fence_regs(o);
-            wgmma_fence();
-            pv_first(s_prev);
-            turn_end();
-            wgmma_wait<0>();
-            fence_regs(o);
-            fence_regs(pa);
-            warp_arrive(&empty_v[s_prev]);
-            pv_done = true;
-          }
-        }
         // Steady state: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the softmax
         // of S_j runs while the P V product finishes.
-        if (!pv_done) {
         while (!mine_last(info)) {
           s = kv % kS;
           mbar_wait(&full_k[s], (kv / kS) & 1);
@@ -1266,7 +1135,6 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         fence_regs(o);
         fence_regs(pa);
         warp_arrive(&empty_v[s_prev]);
-        }
         if constexpr (kSkip) {
           // The tiles after the last one this warpgroup sees (its Q reads are done).
           while ((info.z & 1) == 0) {
@@ -1350,11 +1218,6 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
   // Two consumer warpgroups at head dim 64 issue their products without ping-pong (A/B runs
   // 71-72: random masks +0.5-1.9%, dense causal 16K +3-4% on these tiles).
   if constexpr (D == 64 && kWG == 2) sched.flags &= ~kFwdPingPong;
-  if (D == 128 && kBNt == 192 && !kRuns && !kGather && a.causal == 0 && fwd_narrow_enabled()) {
-    sched.flags |= kFwdNarrow;
-    const int r = a.Nk % kBNt;
-    note_fwd_narrow_keys(r == 64 || r == 128 ? r : 0);
-  }
   // Non-causal calls over complete masks have equal items: their last, partial wave is cut
   // along the keys, its pieces merged after the kernel.
   float* split = nullptr;

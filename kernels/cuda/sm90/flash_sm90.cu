@@ -153,7 +153,7 @@ FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv)
 // launch has finished (the launch queue holds far fewer kernels).
 namespace {
 constexpr int kCounterPairs = 16384;
-std::atomic<int> g_grid_limit{0}, g_group{0}, g_last_split{0}, g_last_short{0}, g_last_narrow{0};
+std::atomic<int> g_grid_limit{0}, g_group{0}, g_last_split{0}, g_last_short{0};
 struct DeviceSched {
   int* pairs = nullptr;
   int sms = 0;
@@ -237,7 +237,6 @@ FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pa
   s.n_items = n_qtiles * n_pairs;
   g_last_split.store(0);
   g_last_short.store(0);
-  g_last_narrow.store(0);
   grid = grid_for(d, s.n_items, persistent_enabled());
   return s;
 }
@@ -305,9 +304,6 @@ bool plan_fwd_short_items(FwdSchedule& s, int& grid, int nq, int n_pairs, int ke
 
 int last_fwd_short_items() { return g_last_short.load(); }
 
-void note_fwd_narrow_keys(int keys) { g_last_narrow.store(keys); }
-int last_fwd_narrow_keys() { return g_last_narrow.load(); }
-
 std::atomic<int> g_last_bwd_tail{0};
 
 int64_t plan_bwd_tail_split(flash::BwdArgs& a, int64_t works, int tiles_per_work) {
@@ -359,7 +355,6 @@ void write_trace(const char* name, const char* header, const long long* v, int n
 bool o_vec_enabled() { return switch_on("LONGATTN_SM90_O_VEC"); }
 bool dkv_vec_enabled() { return switch_on("LONGATTN_SM90_DKV_VEC"); }
 bool pdl_enabled() { return switch_on("LONGATTN_SM90_PDL"); }
-bool fwd_narrow_enabled() { return switch_on("LONGATTN_SM90_FWD_NARROW"); }
 
 int bwd_rotate(const BwdArgs& a, int head_dim, double row_fill) {
   if (const char* e = std::getenv("LONGATTN_SM90_BWD_ROTATE")) {

@@ -76,10 +76,6 @@ bool dkv_vec_enabled();
 // in pdl_wait for the work before it, which lets it go out while that work finishes):
 // LONGATTN_SM90_PDL=0 turns it off (read on each call).
 bool pdl_enabled();
-// Whether the head-dim-128 forward over complete masks without causality walks a key range of a
-// multiple of 192 plus 64 or 128 keys as a first narrow tile, then whole 192-key tiles (kFwdNarrow):
-// LONGATTN_SM90_FWD_NARROW=0 turns it off (read on each call).
-bool fwd_narrow_enabled();
 // How many parts the backward cuts the query range into (a.q_splits): backward_query_parts
 // (kernels/contract.hpp) with this device's L2; a.rotate must be set first (phased walks need
 // fewer parts). At head dim 64 the kernel takes them only with its dK/dV reduces.
@@ -101,10 +97,6 @@ void set_grid_limit(int ctas, int group);
 int last_fwd_split_pieces();
 // Short items a pair in the last forward launch of this process (0: none), for tests.
 int last_fwd_short_items();
-// Keys of the narrow first tile of the last forward launch's whole-range items (kFwdNarrow: 64
-// or 128; 0: none), noted by the launch, for tests.
-void note_fwd_narrow_keys(int keys);
-int last_fwd_narrow_keys();
 // Tail splitting of a persistent backward launch over `works` equal works of tiles_per_work
 // query tiles (backward_tail_split in kernels/contract.hpp): sets a.tail_first and
 // a.tail_parts (0: not split) and returns the launch's works. LONGATTN_SM90_BWD_TAIL=0 turns it
