@@ -472,5 +472,74 @@ class OpcodeMix(unittest.TestCase):
             self.assertEqual(p.returncode, 1)
             self.assertIn("no LDS instructions", p.stderr)
 
+
+class SassLoopMix(unittest.TestCase):
+    """bench/sass_loop_mix.py: functions of cuobjdump -sass output, opcodes without predicates
+    and modifiers, backward branches as loops, the innermost ones, the steady loops of two builds
+    compared, and the exit status when nothing matches."""
+
+    @staticmethod
+    def sass(name, extra_in_loop):
+        body = ["        /*0000*/                   LDC R1, c[0x0][0x28] ;",
+                "        /*0010*/                   S2R R0, SR_TID.X ;",
+                # outer loop 0x20-0x90, inner (steady) loop 0x30-0x70
+                "        /*0020*/                   IMAD R2, R0, 0x2, RZ ;",
+                "        /*0030*/                   HGMMA.64x192x16.F32.BF16 R24, gdesc[UR4], R24 ;",
+                "        /*0040*/                   R2UR UR6, R2 ;"] + extra_in_loop + [
+                "        /*0060*/              @!P0 HGMMA.64x128x16.F32.BF16 R88, R8, gdesc[UR8], R88 ;",
+                "        /*0070*/              @!P6 BRA 0x30 ;",
+                "        /*0080*/                   STL [R1], R5 ;",
+                "        /*0090*/              @P1 BRA 0x20 ;",
+                "        /*00a0*/                   EXIT ;"]
+        return "\t\tFunction : %s\n" % name + "\n".join(x + "   /* 0x0 */" for x in body) + "\n"
+
+    def setUp(self):
+        import sass_loop_mix
+        self.m = sass_loop_mix
+
+    def test_loops(self):
+        text = self.sass("kernel_a", ["        /*0050*/                   FMUL R3, R3, R4 ;"])
+        funcs = self.m.functions(text)
+        self.assertEqual(list(funcs), ["kernel_a"])
+        code = funcs["kernel_a"]
+        self.assertEqual(self.m.opcode("@!P0 HGMMA.64x128x16.F32.BF16 R88"), "HGMMA")
+        ls = self.m.loops(code)
+        self.assertEqual([(a, b) for a, b, _ in ls], [(0x30, 0x70), (0x20, 0x90)])
+        inner = self.m.innermost(ls)
+        self.assertEqual([(a, b) for a, b, _ in inner], [(0x30, 0x70)])
+        c = self.m.mix(inner[0][2])
+        self.assertEqual((c["HGMMA"], c["R2UR"], c["FMUL"], c["STL"]), (2, 1, 1, 0))
+
+    def test_command_line(self):
+        a = self.sass("kernel_a", ["        /*0050*/                   FMUL R3, R3, R4 ;"])
+        b = self.sass("kernel_b", ["        /*0050*/                   R2UR UR7, R3 ;"])
+        with tempfile.TemporaryDirectory() as d:
+            pa, pb = os.path.join(d, "a.sass"), os.path.join(d, "b.sass")
+            with open(pa, "w") as f:
+                f.write(a)
+            with open(pb, "w") as f:
+                f.write(a + b)
+            tool = os.path.join(ROOT, "bench", "sass_loop_mix.py")
+            p = subprocess.run([sys.executable, tool, "--kernel", "kernel_b", pa, pb],
+                               capture_output=True, text=True)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("no function matches", p.stderr)
+            p = subprocess.run([sys.executable, tool, pa, "--kernel", "kernel_", pb],
+                               capture_output=True, text=True)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("loop 0x30-0x70: 5 instructions, 2 HGMMA, 0 LDL/STL, 1 R2UR", p.stdout)
+            self.assertIn("differing opcodes (first/second): none", p.stdout)
+            with open(pb, "w") as f:
+                f.write(b)
+            p = subprocess.run([sys.executable, tool, pa, pb], capture_output=True, text=True)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("R2UR 1/2, FMUL 1/0", p.stdout)
+            p = subprocess.run([sys.executable, tool, "--min-hgmma", "3", pa],
+                               capture_output=True, text=True)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("no loop with 3 or more HGMMA", p.stderr)
+            p = subprocess.run([sys.executable, tool, "--all", pa], capture_output=True, text=True)
+            self.assertIn("loop 0x20-0x90", p.stdout)
+
 if __name__ == "__main__":
     unittest.main()
