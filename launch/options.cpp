@@ -77,7 +77,15 @@ bool parse_command(const std::string& command, const std::string& summary,
                    po::variables_map& vm, bool print_help) {
   desc.add_options()("help,h", "this help");
   try {
-    po::store(po::command_line_parser(args).options(desc).run(), vm);
+    const po::parsed_options parsed = po::command_line_parser(args).options(desc).run();
+    // No command takes operands: a word that is no option's value (a stray argument, or a value
+    // after a switch that takes none, as run's --causal) is an error, not silently dropped.
+    for (const po::option& o : parsed.options)
+      if (o.position_key >= 0)
+        throw UsageError("unexpected argument '" + (o.value.empty() ? o.string_key : o.value[0]) +
+                         "': every argument is an option, --name or --name value where the "
+                         "option takes one (see longattn " + command + " --help)");
+    po::store(parsed, vm);
     if (vm.count("help")) {
       if (print_help)
         std::cout << "Usage: longattn " << command << " [options]\n\n" << summary << "\n\n"

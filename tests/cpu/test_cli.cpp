@@ -100,6 +100,11 @@ TEST_F(Cli, InvalidArgumentsExitTwoNamingTheArgument) {
       {"run --variant dilated --seq-len 96 --segment-lengths 9999999999999M",
        {"--segment-lengths", "9999999999999M"}},
       {"run --no-such-option", {"no-such-option"}},
+      // Words that are no option's value: dropped before, so --causal false ran causal.
+      {"run --seq-len 64 --causal false", {"unexpected argument 'false'", "run --help"}},
+      {"verify --seq-len 64 extra", {"unexpected argument 'extra'"}},
+      {"pattern --seq-len 256 --block-size 64 stray", {"unexpected argument 'stray'"}},
+      {"bench --seq-len 64 --causal yes leftover", {"unexpected argument 'leftover'"}},
       {"run --seq-len abc", {"seq-len", "abc"}},
       {"pattern --seq-len 256 --block-size 64 --sparsity-ratio 1.5", {"sparsity", "1.5"}},
       {"pattern --seq-len 100 --block-size 64", {"100"}},
