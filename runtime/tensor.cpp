@@ -88,17 +88,18 @@ Tensor::Tensor(DType dtype, int64_t B, int64_t N, int64_t H, int64_t D) {
   // one past the host's memory an OutOfMemory naming the tensor (not a bare std::bad_alloc).
   size_t bytes = dtype_size(dtype);
   for (int64_t d : {B, N, H, D}) {
-    LONGATTN_CHECK_ARG(d == 0 || bytes <= std::numeric_limits<size_t>::max() / static_cast<size_t>(d),
-                       "shape", shape, "holds more bytes than a size_t counts");
+    LONGATTN_CHECK_ARG(
+        d == 0 || bytes <= std::numeric_limits<size_t>::max() / static_cast<size_t>(d), "shape",
+        shape, "holds more bytes than a size_t counts");
     bytes *= static_cast<size_t>(d);
   }
   try {
     buf_.assign(bytes, std::byte{0});
   } catch (const std::bad_alloc&) {
     std::ostringstream os;
-    os << "host memory exhausted: a tensor of " << shape << " needs " << std::fixed
-       << std::setprecision(2) << static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0)
-       << " GiB";
+    os << "host memory exhausted (std::bad_alloc): a tensor of " << shape << " needs "
+       << std::fixed << std::setprecision(2)
+       << static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0) << " GiB";
     throw OutOfMemory(os.str(), bytes);
   }
   view_ = make_view(buf_.data(), dtype, B, N, H, D);

@@ -145,7 +145,8 @@ TEST_F(Cli, HostOutOfMemoryNamesTheTensor) {
   if (kAddressSanitizer) GTEST_SKIP() << "the allocation that fails aborts under ASan";
   const Result oom = run_cli("run --seq-len 1000000000000");
   EXPECT_EQ(oom.code, 1) << oom.output;
-  EXPECT_TRUE(contains(oom.output, "host memory exhausted: a tensor of 1x1000000000000x8x64"))
+  EXPECT_TRUE(contains(oom.output, "host memory exhausted (std::bad_alloc): a tensor of "
+                                   "1x1000000000000x8x64"))
       << oom.output;
   EXPECT_TRUE(contains(oom.output, "GiB")) << oom.output;
 }
