@@ -73,6 +73,7 @@ class BlockSparseAttention final : public AttentionVariant {
                const TensorView& o, const TensorView& lse) override {
     validate(shape_of(q));
     check_self_attention(q, k);
+    check_have_memory({{"q", q}, {"k", k}, {"v", v}, {"o", o}, {"lse", lse}});
     const BlockMask& m = mask_for_inputs(be, q, k);
     if (!spec_.sparse.hilbert) {
       masked_forward(be, spec_, kept_mask(be), q, k, v, o, lse);
@@ -95,6 +96,8 @@ class BlockSparseAttention final : public AttentionVariant {
                 const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
     validate(shape_of(q));
     check_self_attention(q, k);
+    check_have_memory({{"q", q}, {"k", k}, {"v", v}, {"o", o}, {"lse", lse}, {"d_o", d_o},
+                       {"dq", dq}, {"dk", dk}, {"dv", dv}});
     const BlockMask& m = mask_for_inputs(be, q, k);
     if (!spec_.sparse.hilbert) {
       if (backward_in_chunks(be, m, q, k, v, o, lse, d_o, dq, dk, dv)) return;

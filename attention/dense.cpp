@@ -83,12 +83,15 @@ class DenseAttention final : public AttentionVariant {
   void forward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& o, const TensorView& lse) override {
     validate(Shape{q.B, q.N, q.H, q.D});
+    check_have_memory({{"q", q}, {"k", k}, {"v", v}, {"o", o}, {"lse", lse}});
     masked_forward(be, spec_, prepared(be, q.N), q, k, v, o, lse);
   }
   void backward(Backend& be, const TensorView& q, const TensorView& k, const TensorView& v,
                 const TensorView& o, const TensorView& lse, const TensorView& d_o,
                 const TensorView& dq, const TensorView& dk, const TensorView& dv) override {
     validate(Shape{q.B, q.N, q.H, q.D});
+    check_have_memory({{"q", q}, {"k", k}, {"v", v}, {"o", o}, {"lse", lse}, {"d_o", d_o},
+                       {"dq", dq}, {"dk", dk}, {"dv", dv}});
     const PreparedMask& m = prepared(be, q.N);
     masked_backward(be, spec_, m, cache_.transposed(be), q, k, v, o, lse, d_o, dq, dk, dv);
   }

@@ -103,6 +103,7 @@ class GradAccumulator {
 void check_same_shape(const TensorView& t, const char* name, const TensorView& q) {
   LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name,
                      t.shape_string(), "must have the shape of q " + q.shape_string());
+  check_have_memory({{name, t}});
 }
 void check_lse(const TensorView& lse, const TensorView& q) {
   LONGATTN_CHECK_ARG(lse.B == q.B && lse.N == q.N && lse.H == q.H && lse.D == 1, "lse",
@@ -203,6 +204,7 @@ class DilatedAttention final : public AttentionVariant {
     check_same_shape(v, "v", q);
     check_same_shape(o, "o", q);
     check_lse(lse, q);
+    check_have_memory({{"q", q}, {"k", k}, {"v", v}, {"o", o}, {"lse", lse}});
   }
 
   // Rows of one longnet pass. Every segment of every branch lies inside a run of rows that

@@ -159,6 +159,8 @@ namespace {
 void check_local(const TensorView& q,
                  std::initializer_list<std::pair<const char*, TensorView>> same,
                  const TensorView& lse) {
+  check_have_memory({{"q", q}, {"lse", lse}});
+  check_have_memory(same);
   for (const auto& [name, t] : same)
     LONGATTN_CHECK_ARG(t.B == q.B && t.N == q.N && t.H == q.H && t.D == q.D, name, t.shape_string(),
                        "must have the shape of q " + q.shape_string());

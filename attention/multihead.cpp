@@ -131,6 +131,7 @@ void MultiheadDilatedAttention::check_inputs(
   const int64_t E = cfg_.embed_dim;
   const TensorView& ref = *views.begin()->first;
   for (const auto& [t, name] : views) {
+    check_have_memory({{name, *t}});
     LONGATTN_CHECK_ARG(t->H * t->D == E, name, t->shape_string(),
                        "last dimension must be embed_dim = " + std::to_string(E));
     LONGATTN_CHECK_ARG(t->B == ref.B && t->N == ref.N, name, t->shape_string(),

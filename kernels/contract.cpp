@@ -429,6 +429,7 @@ void check_mask(const BlockMaskView& m, const TensorView& q, const TensorView& k
 }  // namespace
 
 void validate_forward(const AttnFwdParams& p) {
+  check_have_memory({{"q", p.q}, {"k", p.k}, {"v", p.v}, {"o", p.o}, {"lse", p.lse}});
   check_same_bhd(p.k, "k", p.q, "q");
   check_same_bhd(p.v, "v", p.q, "q");
   LONGATTN_CHECK_ARG(p.q.D == p.k.D && p.v.D == p.q.D, "head_dim", p.k.D,
@@ -455,6 +456,7 @@ void validate_backward(const AttnBwdParams& p) {
     LONGATTN_CHECK_ARG(a.B == b.B && a.N == b.N && a.H == b.H && a.D == b.D, n, a.shape_string(),
                        "must have shape " + b.shape_string());
   };
+  check_have_memory({{"d_o", p.d_o}, {"dq", p.dq}, {"dk", p.dk}, {"dv", p.dv}});
   same(p.d_o, p.q, "d_o");
   same(p.dq, p.q, "dq");
   same(p.dk, p.k, "dk");

@@ -31,6 +31,12 @@ TensorView TensorView::batches(int64_t b0, int64_t count) const {
   v.B = count;
   return v;
 }
+void check_have_memory(std::initializer_list<std::pair<const char*, TensorView>> views) {
+  for (const auto& [name, t] : views)
+    LONGATTN_CHECK_ARG(t.data != nullptr || t.numel() == 0, name, t.shape_string(),
+                       "has no memory (its data pointer is null)");
+}
+
 std::string TensorView::shape_string() const {
   std::ostringstream os;
   os << "[" << B << ", " << N << ", " << H << ", " << D << "] " << dtype_name(dtype);

@@ -3,8 +3,10 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/dtype.hpp"
@@ -34,6 +36,10 @@ struct TensorView {
   TensorView batches(int64_t b0, int64_t count) const;
   std::string shape_string() const;
 };
+
+// Throws InvalidArgument naming each view that has elements but no memory (data null: a
+// default-constructed TensorView, or a tensor never allocated), before any kernel reads it.
+void check_have_memory(std::initializer_list<std::pair<const char*, TensorView>> views);
 
 // Contiguous strides for [B, N, H, D].
 TensorView make_view(void* data, DType dtype, int64_t B, int64_t N, int64_t H, int64_t D,

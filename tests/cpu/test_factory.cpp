@@ -56,6 +56,51 @@ TEST(Factory, EveryNameBuildsAVariantThatRuns) {
   }
 }
 
+// A view with elements but no memory (a default TensorView's null data) is an InvalidArgument
+// naming it, in every variant's forward and backward (never a crash: the variants slice views
+// before the kernels see them), and in the kernel contract.
+TEST(Factory, ViewsWithoutMemoryAreInvalidArguments) {
+  auto be = make_cpu_backend(1);
+  const int64_t B = 1, N = 64, H = 2, D = 8;
+  Tensor t[9];
+  for (int i = 0; i < 9; ++i) t[i] = Tensor::randn(DType::F64, B, N, H, i == 4 ? 1 : D, 10 + i);
+  const char* names[9] = {"q", "k", "v", "o", "lse", "d_o", "dq", "dk", "dv"};
+  for (const auto& name : variant_names()) {
+    auto var = make_attention(small_spec(name));
+    for (int which = 0; which < 9; ++which) {
+      TensorView v[9];
+      for (int i = 0; i < 9; ++i) v[i] = t[i].view();
+      v[which].data = nullptr;
+      try {
+        if (which < 5)
+          var->forward(*be, v[0], v[1], v[2], v[3], v[4]);
+        else
+          var->backward(*be, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
+        ADD_FAILURE() << name << ": a null " << names[which] << " did not throw";
+      } catch (const InvalidArgument& e) {
+        EXPECT_EQ(e.argument(), names[which]) << name << ": " << e.what();
+        EXPECT_NE(std::string(e.what()).find("no memory"), std::string::npos) << e.what();
+      }
+    }
+  }
+  // The backend's own entry (validate_forward), where a caller drives the kernels directly.
+  AttnFwdParams p;
+  p.q = t[0].view();
+  p.k = t[1].view();
+  p.v = t[2].view();
+  p.o = t[3].view();
+  p.lse = t[4].view();
+  p.v.data = nullptr;
+  auto mask = be->prepare_mask(dense_block_mask(MaskGeometry{N, N, 16, 16, false, 0, 0}));
+  p.mask = mask->view();
+  try {
+    be->attention_forward(p);
+    ADD_FAILURE() << "a null v reached the kernel";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(e.argument(), "v") << e.what();
+  }
+}
+
 TEST(Factory, PresetsAreReachableByName) {
   const int64_t N = 1024;
   for (const auto& preset : sparse_preset_names()) {
