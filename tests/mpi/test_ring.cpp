@@ -276,6 +276,20 @@ TEST(Ring, OneRankWithBadInputsFailsEveryRankQuickly) {
     EXPECT_NE(std::string(e.what()).find("rank " + std::to_string(P - 1)), std::string::npos)
         << e.what();
   }
+  // One rank's o without memory (null data): the same agreement, not a crash.
+  TensorView o_none = o.view();
+  o_none.data = nullptr;
+  try {
+    attn->forward(be, q.view(), q.view(), q.view(), bad ? o_none : o.view(), lse.view());
+    ADD_FAILURE() << "rank " << comm.rank() << " ran with a peer's o without memory";
+  } catch (const InvalidArgument& e) {
+    EXPECT_TRUE(bad) << e.what();
+    EXPECT_EQ(e.argument(), "o") << e.what();
+  } catch (const Error& e) {
+    EXPECT_FALSE(bad) << e.what();
+    EXPECT_NE(std::string(e.what()).find("rank " + std::to_string(P - 1)), std::string::npos)
+        << e.what();
+  }
   // A variant name only one rank gets wrong.
   AttentionSpec mixed;
   if (bad) mixed.variant = "densest";
