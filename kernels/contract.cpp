@@ -239,6 +239,17 @@ double list_makespan(int64_t tall, int64_t shorts, int64_t ctas, double short_co
   return std::max(end, start + c);
 }
 
+int64_t forward_narrow_keys(int64_t nk, int64_t items, int64_t ctas, bool tail_split,
+                            int64_t key_tile) {
+  if (key_tile <= 0 || nk <= key_tile || items <= 0) return 0;
+  const int64_t r = nk % key_tile;
+  if (r != 64 && r != 128) return 0;
+  if (tail_split && forward_tail_split(items, ctas, (nk + key_tile - 1) / key_tile, key_tile)
+                            .pieces >= 2)
+    return 0;
+  return r;
+}
+
 ForwardShortItems forward_short_items(int64_t nq, int64_t pairs, int64_t ctas, double baseline,
                                       int64_t rows_tall, int64_t rows_short, double short_cost) {
   ForwardShortItems best;

@@ -194,6 +194,13 @@ struct ForwardShortItems {
 // Makespan, in tall items, of `tall` items of cost 1 then `shorts` of cost short_cost handed out
 // in that order to whichever of `ctas` CTAs is free first.
 double list_makespan(int64_t tall, int64_t shorts, int64_t ctas, double short_cost);
+// The head-dim-128 forward's narrow first tile (the kNarrowKeys instantiations): for a
+// non-causal call over a complete mask of nk keys, nk % key_tile when that is 64 or 128 and nk
+// is more than one tile, and the launch of `items` items on `ctas` CTAs has no tail split
+// (forward_tail_split; tail_split: whether the launch would plan one), so every item's walk is
+// a narrow tile and whole ones; else 0.
+int64_t forward_narrow_keys(int64_t nk, int64_t items, int64_t ctas, bool tail_split,
+                            int64_t key_tile = 192);
 ForwardShortItems forward_short_items(int64_t nq, int64_t pairs, int64_t ctas, double baseline,
                                       int64_t rows_tall = 192, int64_t rows_short = 128,
                                       double short_cost = kForwardShortItemCost);

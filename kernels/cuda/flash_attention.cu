@@ -446,6 +446,14 @@ int forward_last_short_items() {
 #endif
 }
 
+int forward_last_narrow_keys() {
+#ifdef LONGATTN_HAVE_SM90
+  return sm90::last_fwd_narrow_keys();
+#else
+  return 0;
+#endif
+}
+
 int backward_last_tail_parts() {
 #ifdef LONGATTN_HAVE_SM90
   return sm90::last_bwd_tail_parts();

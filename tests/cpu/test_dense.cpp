@@ -354,6 +354,38 @@ TEST(Dense, ListMakespan) {
         }
 }
 
+// The head-dim-128 forward's narrow first tile: the keys over a multiple of 192 when they are 64
+// or 128 and the walk has more than one tile, and only where the launch plans no tail split.
+TEST(Dense, ForwardNarrowKeys) {
+  // 16 heads of 4K (512 items) and 8K (1024) on 132 CTAs: no tail split, narrow 64 and 128.
+  EXPECT_EQ(forward_narrow_keys(4096, 512, 132, true), 64);
+  EXPECT_EQ(forward_narrow_keys(8192, 1024, 132, true), 128);
+  // 16K: the tail split takes the last round, so the whole-tile kernel; without it, narrow.
+  ASSERT_GE(forward_tail_split(2048, 132, 86, 192).pieces, 2);
+  EXPECT_EQ(forward_narrow_keys(16384, 2048, 132, true), 0);
+  EXPECT_EQ(forward_narrow_keys(16384, 2048, 132, false), 64);
+  // Keys a multiple of 192, or leaving other than 64 or 128, or one tile: none.
+  EXPECT_EQ(forward_narrow_keys(192 * 20, 512, 132, false), 0);
+  EXPECT_EQ(forward_narrow_keys(192 * 20 + 96, 512, 132, false), 0);
+  EXPECT_EQ(forward_narrow_keys(192 * 20 + 100, 512, 132, false), 0);
+  EXPECT_EQ(forward_narrow_keys(64, 4, 132, false), 0);
+  EXPECT_EQ(forward_narrow_keys(128, 4, 132, false), 0);
+  EXPECT_EQ(forward_narrow_keys(256, 4, 132, false), 64);
+  EXPECT_EQ(forward_narrow_keys(320, 4, 132, false), 128);
+  // Degenerate launches: none.
+  EXPECT_EQ(forward_narrow_keys(4096, 0, 132, true), 0);
+  EXPECT_EQ(forward_narrow_keys(4096, 512, 132, true, 0), 0);
+  // Against the tail split's own answer over many launches.
+  for (int64_t ctas : {5, 132})
+    for (int64_t nk : {256, 1024, 1088, 4096, 8192, 16384, 32768, 65536})
+      for (int64_t items : {1, 6, 131, 132, 133, 512, 1024, 2048, 8192}) {
+        const int64_t r = nk % 192;
+        const bool split = forward_tail_split(items, ctas, (nk + 191) / 192, 192).pieces >= 2;
+        EXPECT_EQ(forward_narrow_keys(nk, items, ctas, true), split ? 0 : r)
+            << nk << " " << items << " " << ctas;
+      }
+}
+
 // Items of two heights for the three-warpgroup forward (192-row tall items, 128-row short ones).
 TEST(Dense, ForwardShortItems) {
   // 4K at head dim 64, 16 heads on 132 CTAs: 22 tall items a head (the last of 64 rows) take 3

@@ -818,6 +818,67 @@ TEST(FlashTailSplit, PiecesMergeToReference) {
   if (hopper_cases > 0) EXPECT_GT(split_cases, hopper_cases / 4);
 }
 
+// Narrow first tiles of the head-dim-128 forward over complete masks without causality (the
+// kNarrowKeys instantiations): where Nk is 64 or 128 keys over a multiple of 192 (and more than
+// 192) and the launch has no tail split, each item walks a first tile of those keys, then whole
+// 192-key tiles. One narrow tile and one or more whole ones, with large logits, strided views
+// and 256-key blocks, on one CTA per item and on a grid of 5, each against the reference with
+// the narrow tiles by the rule, forced (no tail split) and off; keys of 64 and 128 (one tile)
+// keep the whole, masked tile. The launch reports the narrow width the rule gives.
+TEST(FlashNarrow, FirstTilesMatchReference) {
+  SKIP_WITHOUT_GPU();
+  int dev = 0, sms = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
+  int narrow_runs = 0, hopper_runs = 0;
+  for (int limit : {0, 5}) {
+    const GridLimit grid(limit, 0);
+    for (DType dt : {DType::BF16, DType::F16}) {
+      const std::string tag = std::string(dtype_name(dt)) + "_grid" + std::to_string(limit);
+      const Case cs[] = {
+          {dt, 128, 1, 300, 64, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
+           1.0, false, tag + "_one_tile64"},
+          {dt, 128, 2, 200, 128, 1, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Dilated, 1.0,
+           false, tag + "_one_tile128"},
+          {dt, 128, 1, 500, 320, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
+           3.0, false, tag + "_320_large_logits"},
+          {dt, 128, 1, 300, 1024, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Dilated,
+           1.0, false, tag + "_1024_dilated"},
+          {dt, 128, 2, 260, 1088, 1, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
+           2.0, false, tag + "_1088"},
+          {dt, 128, 1, 130, 1472, 3, 256, 256, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
+           1.0, false, tag + "_1472_b256"}};
+      for (const Case& c : cs) {
+        const uint64_t seed = std::random_device{}();
+        double naive_o = -1.0, naive_l = -1.0;
+        const int64_t items = (c.Nq + 127) / 128 * c.B * c.H;
+        // narrow by the rule / forced (no tail split) / off
+        for (const char* mode : {"rule", "forced", "off"}) {
+          const std::string m = mode;
+          const ScopedEnv env("LONGATTN_SM90_FWD_NARROW", m == "off" ? "0" : "1");
+          const ScopedEnv tail("LONGATTN_SM90_FWD_TAIL", m == "forced" ? "0" : "");
+          SCOPED_TRACE(c.name + "_narrow_" + m);
+          FwdRun run;
+          run.naive_o = naive_o;
+          run.naive_l = naive_l;
+          run_forward(c, run, seed);
+          naive_o = run.naive_o;
+          naive_l = run.naive_l;
+          if (run.kernel != "sm90-wide") continue;  // elsewhere: the portable kernels
+          ++hopper_runs;
+          const int64_t ctas = limit > 0 ? limit : sms;
+          const int64_t want = m == "off" ? 0 : forward_narrow_keys(c.Nk, items, ctas, m == "rule");
+          EXPECT_EQ(cuda::forward_last_narrow_keys(), want);
+          if (want > 0) ++narrow_runs;
+        }
+      }
+    }
+  }
+  // On a Hopper device every case runs the 192-key kernel; the four of more than 192 keys are
+  // narrow at least when forced.
+  if (hopper_runs > 0) EXPECT_GE(narrow_runs, 16);
+}
+
 // Short items of the three-warpgroup forward (head dim 64, non-causal, complete masks;
 // forward_short_items): after the tall items of 192 rows come items of 128 rows, whose third
 // warpgroup sits out, as does every warpgroup whose rows lie past Nq. On a grid of 5 CTAs the

@@ -27,6 +27,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_check.hpp"
 #include "kernels/cuda/flash_common.cuh"
@@ -167,15 +168,18 @@ __device__ __forceinline__ void mask_scores(float (&sc)[kNT * 4], const FwdArgs&
 // softmax: o, l and the lse (m + log2 l) differ by one factor per row that o / l cancels. The
 // caller then skips the rescale of o where no row of the warp moved its maximum.
 constexpr float kFwdMargin = 8.f;
-template <int kNT, bool kMargin = false>
+//
+// kUse < kNT: only the first kUse column groups hold scores (a narrower tile in S's registers).
+template <int kNT, bool kMargin = false, int kUse = kNT>
 __device__ __forceinline__ void online_softmax(float (&sc)[kNT * 4], float (&m)[2], float (&l)[2],
                                                float (&alpha)[2], float sl2) {
+  static_assert(kUse >= 1 && kUse <= kNT, "column groups of S");
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
-    float t[kNT];
+    float t[kUse];
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) t[nt] = fmaxf(sc[nt * 4 + 2 * hh], sc[nt * 4 + 2 * hh + 1]);
-    tree_reduce<kNT, true>(t);
+    for (int nt = 0; nt < kUse; ++nt) t[nt] = fmaxf(sc[nt * 4 + 2 * hh], sc[nt * 4 + 2 * hh + 1]);
+    tree_reduce<kUse, true>(t);
     float mx = t[0];
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -187,22 +191,23 @@ __device__ __forceinline__ void online_softmax(float (&sc)[kNT * 4], float (&m)[
     alpha[hh] = flash::fast_exp2(m[hh] - base_v);
     m[hh] = m_new;
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
+    for (int nt = 0; nt < kUse; ++nt) {
 #pragma unroll
       for (int e = 0; e < 2; ++e)
         sc[nt * 4 + 2 * hh + e] = flash::fast_exp2(fmaf(sc[nt * 4 + 2 * hh + e], sl2, -base_v));
       t[nt] = sc[nt * 4 + 2 * hh] + sc[nt * 4 + 2 * hh + 1];
     }
-    tree_reduce<kNT, false>(t);
+    tree_reduce<kUse, false>(t);
     l[hh] = l[hh] * alpha[hh] + t[0];
   }
 }
 
-// P in registers: two adjacent 8-column groups of S are one k16 step of the A operand.
-template <typename T, int kNT>
+// P in registers: two adjacent 8-column groups of S are one k16 step of the A operand (kUse: of
+// the first kUse groups).
+template <typename T, int kNT, int kUse = kNT>
 __device__ __forceinline__ void pack_p(uint32_t (&pa)[kNT / 2][4], const float (&sc)[kNT * 4]) {
 #pragma unroll
-  for (int kk = 0; kk < kNT / 2; ++kk) {
+  for (int kk = 0; kk < kUse / 2; ++kk) {
     pa[kk][0] = flash::Elem<T>::pack(sc[8 * kk + 0], sc[8 * kk + 1]);
     pa[kk][1] = flash::Elem<T>::pack(sc[8 * kk + 2], sc[8 * kk + 3]);
     pa[kk][2] = flash::Elem<T>::pack(sc[8 * kk + 4], sc[8 * kk + 5]);
@@ -479,7 +484,8 @@ __device__ __forceinline__ bool fwd_blank(const volatile int* run, int c, int ks
 // kShort: the instantiation for launches with short items (plan_fwd_short_items: three
 // warpgroups over a complete mask, not causal), whose warpgroups without rows in an item sit it
 // out; the other instantiations have none of that code.
-template <typename T, int D, int kWG, int kBNt, bool kRuns, bool kGather, bool kShort = false>
+template <typename T, int D, int kWG, int kBNt, bool kRuns, bool kGather, bool kShort = false,
+          int kNarrowKeys = 0>
 __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     flash_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
@@ -540,11 +546,24 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     int lo[kWG], hi[kWG];
     int64_t e0;
     int piece;  // >= 0: this item is piece `piece` of the split ones (its slot in split_o)
+    int narrow;  // kNarrowable: keys of the walk's first tile, kNarrowKeys (0: a whole tile)
     int chunks;  // kGather: the row's 64-key chunks (nsub a block), before the end of the keys
   };
+  // kNarrowKeys (64 or 128; the 192-key tiles over complete masks without causality, an
+  // instantiation of its own, for calls of more than 192 keys, kNarrowKeys over a multiple of
+  // 192, without tail split): every item walks a first tile of kNarrowKeys keys, then whole
+  // tiles, not whole tiles and a last one mostly past the keys (the products, exponentials and
+  // mask of 192 - kNarrowKeys keys an item fewer). Every item alike, with no branch on it: a
+  // branch taken per item made ptxas move the steady loop's stage arithmetic off the uniform
+  // datapath (R2UR 16 -> 62, 4% more instructions a tile).
+  constexpr bool kNarrowable = kNarrowKeys > 0;
+  static_assert(!kNarrowable || ((kNarrowKeys == 64 || kNarrowKeys == 128) && D == 128 &&
+                                 kBN == 192 && Tr::kByPosition && !kRuns && !kShort),
+                "narrow first tiles: 192-key tiles by position at head dim 128");
   auto decode = [&](int t) {
     Item w;
     w.piece = -1;
+    w.narrow = 0;
     if (Tr::kByPosition && sched.split_pieces > 0 && t >= sched.split_first) {  // a piece
       w.piece = t - sched.split_first;
       t = sched.split_first + w.piece / sched.split_pieces;
@@ -594,6 +613,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         if (w.k_hi == 0) w.k_lo = 0;
       }
       w.n_items = w.k_hi > w.k_lo ? (w.k_hi - w.k_lo + kBN - 1) / kBN : 0;
+      if constexpr (kNarrowable) w.narrow = kNarrowKeys;
     } else if constexpr (kGather) {
       // Every chunk of the row's listed blocks but those at or past Nk (a multiple of 64: only
       // the last key block may hold such chunks, and only if the row lists it).
@@ -640,6 +660,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       ks = 0;
     } else if constexpr (Tr::kByPosition) {  // tiles past the causal limit: all later ones are too
       ks = w.k_lo + it * kBN;
+      if (kNarrowable && it > 0) ks -= kBN - kNarrowKeys;
       if (it < w.n_items && a.causal && static_cast<int64_t>(ks - w.q_last) > a.diag)
         it = w.n_items;
     } else {
@@ -723,7 +744,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
             }
             if (valid < Tr::kChunksPerTile) mask_bits = (1 << kWG) - 1;
           } else if ((!Tr::kByPosition && a.mask.partial[w.e0 + it / w.nsub] != 0) ||
-                     ks + kBN > w.k_hi) {
+                     ks + (kNarrowable && it == 0 ? kNarrowKeys : kBN) > w.k_hi) {
             mask_bits = (1 << kWG) - 1;
           }
           if constexpr (!kGather) {
@@ -1002,6 +1023,48 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
       online_softmax<kNT, kMarginD>(sc, m, l, alpha, sl2);
     };
     auto pack = [&] { pack_p<T, kNT>(pa, sc); };
+    // kNarrowable: the first tile of R = w.narrow keys (64 or 128): its QK^T into an
+    // accumulator of its own (sn; writing part of S's registers had ptxas serialise the
+    // kernel's wgmma), its softmax and P from that, its P V over R keys. (Never masked: the
+    // walk's later tiles end at the range's end.)
+    auto issue_qk_narrow = [&](auto& sn, int s) {
+      constexpr int R = 2 * static_cast<int>(sizeof(sn) / sizeof(float));
+      static_assert(!Tr::kQRegs && (R == 64 || R == 128), "narrow tiles at head dim 128");
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t off = (kk % 4) * 32;
+        const uint32_t kb = s * Tr::kTileBytes + (kk / 4) * kBN * 128 + off;
+        const uint32_t qb = (kk / 4) * kBM * 128 + off;
+        const uint64_t db = kDescOnce ? desc_at(k_desc, kb) : smem_desc(k_base + kb, 16, 1024);
+        const uint64_t da = kDescOnce ? desc_at(q_desc, qb) : smem_desc(q_base + qb, 16, 1024);
+        if constexpr (R == 64)
+          Mma<T>::ss64(sn, da, db, kk > 0 ? 1 : 0);
+        else
+          Mma<T>::qk(sn, da, db, kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+    };
+    auto issue_pv_narrow = [&](auto rc, int s) {
+      constexpr int R = decltype(rc)::value;
+#pragma unroll
+      for (int kk = 0; kk < R / 16; ++kk) {
+        const uint32_t vb = s * Tr::kTileBytes + kk * 16 * 128;
+        const uint64_t db =
+            kDescOnce ? desc_at(v_desc, vb) : smem_desc(v_base + vb, kBN * 128, 1024);
+        Mma<T>::pv(o, pa[kk], db);
+      }
+      wgmma_commit();
+    };
+    auto softmax_pack_narrow = [&](auto& sn, float (&alpha)[2]) {
+      constexpr int kNTn = static_cast<int>(sizeof(sn) / sizeof(float)) / 4;
+      online_softmax<kNTn, kMarginD>(sn, m, l, alpha, sl2);
+#pragma unroll
+      for (int kk = 0; kk < kNTn / 2; ++kk)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          pa[kk][e] = flash::Elem<T>::pack(sn[8 * kk + 2 * e], sn[8 * kk + 2 * e + 1]);
+    };
+    using NarrowR = std::integral_constant<int, kNarrowable ? kNarrowKeys : 64>;
 
     mbar_wait(bar_q, n & 1);
     if (tid == 0) FWD_TRACE(n, 1 + cw, 1);
@@ -1068,27 +1131,82 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         }
         if constexpr (kDefer) adopt();
       } else {
-        turn_begin();
-        if (tid == 0) FWD_TRACE(n, 1 + cw, 3);
-        wgmma_fence();
-        issue_qk(s);
-        turn_end();
-        // The last item's store while S_0 is computed (o, m, l then start over).
-        if constexpr (kDefer) {
-          flush();
-          reset_acc();
-        }
-        wgmma_wait<0>();
-        if (tid == 0) FWD_TRACE(n, 1 + cw, 4);
-        fence_regs(sc);
-        fence_regs(qa);
-        warp_arrive(&empty_k[s]);
-        if (!Tr::kQRegs && mine_last(info)) warp_arrive(q_empty);
         float alpha[2];
-        softmax(info, alpha);
-        pack();
+        // The first tile (R keys; R = kBN: a whole one, into S).
+        auto first_tile = [&](auto rc) {
+          constexpr int R = decltype(rc)::value;
+          float sn[R == kBN ? 1 : R / 2];
+          turn_begin();
+          if (tid == 0) FWD_TRACE(n, 1 + cw, 3);
+          wgmma_fence();
+          if constexpr (R == kBN)
+            issue_qk(s);
+          else
+            issue_qk_narrow(sn, s);
+          turn_end();
+          // The last item's store while S_0 is computed (o, m, l then start over).
+          if constexpr (kDefer) {
+            flush();
+            reset_acc();
+          }
+          wgmma_wait<0>();
+          if (tid == 0) FWD_TRACE(n, 1 + cw, 4);
+          if constexpr (R == kBN)
+            fence_regs(sc);
+          else
+            fence_regs(sn);
+          fence_regs(qa);
+          warp_arrive(&empty_k[s]);
+          if (!Tr::kQRegs && mine_last(info)) warp_arrive(q_empty);
+          if constexpr (R == kBN) {
+            softmax(info, alpha);
+            pack();
+          } else {
+            softmax_pack_narrow(sn, alpha);
+          }
+        };
+        if constexpr (kNarrowable) {
+          first_tile(NarrowR{});
+        } else {
+          first_tile(std::integral_constant<int, kBN>{});
+        }
         int s_prev = s, kv_prev = kv;
         ++kv;
+        // kNarrowable: the first tile's P V over its keys, beside the next tile's QK^T (the
+        // steady state's first step, peeled; a narrow walk has whole tiles after its first).
+        auto peeled = [&](auto rc) {
+          s = kv % kS;
+          mbar_wait(&full_k[s], (kv / kS) & 1);
+          info = read_info(s);
+          mbar_wait(&full_v[s_prev], (kv_prev / kS) & 1);
+          turn_begin();
+          fence_regs(o);
+          wgmma_fence();
+          issue_qk(s);
+          issue_pv_narrow(rc, s_prev);
+          turn_end();
+          wgmma_wait<1>();
+          fence_regs(sc);
+          fence_regs(qa);
+          warp_arrive(&empty_k[s]);
+          if (!Tr::kQRegs && mine_last(info)) warp_arrive(q_empty);
+          softmax(info, alpha);
+          wgmma_wait<0>();
+          fence_regs(o);
+          fence_regs(pa);
+          warp_arrive(&empty_v[s_prev]);
+#pragma unroll
+          for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[dt * 4 + e] *= alpha[e >> 1];
+          pack();
+          s_prev = s;
+          kv_prev = kv;
+          ++kv;
+        };
+        if constexpr (kNarrowable) {
+          peeled(NarrowR{});
+        }
         // Steady state: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the softmax
         // of S_j runs while the P V product finishes.
         while (!mine_last(info)) {
@@ -1188,9 +1306,10 @@ bool plan_fwd_short_items(FwdSchedule& s, int& grid, int nq, int n_pairs, int ke
 // kRuns: the instantiation for calls over masks of runs (a.runs), which the others ignore;
 // kGather: for the calls forward_gathered_tiles takes (non-causal, Nk a multiple of 64);
 // kShort: for the calls fwd_short_items_wanted takes (three warpgroups, complete mask, not
-// causal), which plans the short items.
+// causal), which plans the short items. kNarrowKeys: for the calls fwd_narrow_keys takes (head
+// dim 128, complete mask, not causal, Nk that many keys over a multiple of 192).
 template <typename T, int D, int kWG = 2, int kBNt = 128, bool kRuns = false,
-          bool kGather = false, bool kShort = false>
+          bool kGather = false, bool kShort = false, int kNarrowKeys = 0>
 void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t pool) {
   using Tr = FwdSm90Traits<D, kWG, kBNt, kRuns, kGather>;
   static_assert(Tr::kSmemBytes <= 227 * 1024, "shared memory of one CTA");
@@ -1204,7 +1323,7 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
                        std::string(a.causal ? "causal" : "not complete"),
                        "short items need a non-causal call over a complete mask");
   }
-  auto kernel = flash_fwd_sm90_kernel<T, D, kWG, kBNt, kRuns, kGather, kShort>;
+  auto kernel = flash_fwd_sm90_kernel<T, D, kWG, kBNt, kRuns, kGather, kShort, kNarrowKeys>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));
@@ -1218,6 +1337,15 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
   // Two consumer warpgroups at head dim 64 issue their products without ping-pong (A/B runs
   // 71-72: random masks +0.5-1.9%, dense causal 16K +3-4% on these tiles).
   if constexpr (D == 64 && kWG == 2) sched.flags &= ~kFwdPingPong;
+  if constexpr (kNarrowKeys > 0) {
+    LONGATTN_CHECK_ARG(a.complete != 0 && a.causal == 0 && a.runs == 0 && a.Nk > kBNt &&
+                           a.Nk % kBNt == kNarrowKeys,
+                       "k", std::to_string(a.Nk) + " keys" + (a.causal ? ", causal" : ""),
+                       "narrow first tiles need a non-causal call over a complete mask of more "
+                       "than 192 keys, " + std::to_string(kNarrowKeys) +
+                           " over a multiple of 192");
+    note_fwd_narrow_keys(kNarrowKeys);
+  }
   // Non-causal calls over complete masks have equal items: their last, partial wave is cut
   // along the keys, its pieces merged after the kernel.
   float* split = nullptr;
@@ -1227,7 +1355,8 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
   if constexpr (kShort)
     shorts = plan_fwd_short_items(sched, grid, a.Nq, a.H * a.B, (a.Nk + Tr::kBN - 1) / Tr::kBN,
                                   Tr::kBN);
-  if (!shorts && Tr::kByPosition && a.complete != 0 && a.runs == 0 && a.causal == 0) {
+  if (!shorts && kNarrowKeys == 0 && Tr::kByPosition && a.complete != 0 && a.runs == 0 &&
+      a.causal == 0) {
     pieces = plan_fwd_tail_split(sched, grid, (a.Nk + Tr::kBN - 1) / Tr::kBN, Tr::kBN);
     if (pieces > 0) {
       split = scratch_async<float>(sizeof(float) * pieces * Tr::kBM * (D + 1), pool, stream);

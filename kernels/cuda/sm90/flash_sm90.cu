@@ -94,6 +94,15 @@ extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3, 128, false, fals
 extern template void launch_fwd_sm90_impl<__half, 64, 3, 128, false, false, true>(const FwdArgs&,
                                                                                  cudaStream_t,
                                                                                  cudaMemPool_t);
+// Narrow first tiles: kernels/cuda/sm90/flash_fwd_sm90_<dtype>_d128_narrow<keys>.cu.
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, false, false, false, 64>(
+    const FwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, false, false, false, 128>(
+    const FwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__half, 128, 2, 192, false, false, false, 64>(
+    const FwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__half, 128, 2, 192, false, false, false, 128>(
+    const FwdArgs&, cudaStream_t, cudaMemPool_t);
 extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192>(const FwdArgs&,
                                                                       cudaStream_t,
                                                                       cudaMemPool_t);
@@ -153,7 +162,7 @@ FwdMaps make_fwd_maps(const FwdArgs& a, int D, bool bf16, int box_q, int box_kv)
 // launch has finished (the launch queue holds far fewer kernels).
 namespace {
 constexpr int kCounterPairs = 16384;
-std::atomic<int> g_grid_limit{0}, g_group{0}, g_last_split{0}, g_last_short{0};
+std::atomic<int> g_grid_limit{0}, g_group{0}, g_last_split{0}, g_last_short{0}, g_last_narrow{0};
 struct DeviceSched {
   int* pairs = nullptr;
   int sms = 0;
@@ -237,6 +246,7 @@ FwdSchedule make_fwd_schedule(int n_qtiles, int n_pairs, int64_t kv_bytes_per_pa
   s.n_items = n_qtiles * n_pairs;
   g_last_split.store(0);
   g_last_short.store(0);
+  g_last_narrow.store(0);
   grid = grid_for(d, s.n_items, persistent_enabled());
   return s;
 }
@@ -304,6 +314,9 @@ bool plan_fwd_short_items(FwdSchedule& s, int& grid, int nq, int n_pairs, int ke
 
 int last_fwd_short_items() { return g_last_short.load(); }
 
+void note_fwd_narrow_keys(int keys) { g_last_narrow.store(keys); }
+int last_fwd_narrow_keys() { return g_last_narrow.load(); }
+
 std::atomic<int> g_last_bwd_tail{0};
 
 int64_t plan_bwd_tail_split(flash::BwdArgs& a, int64_t works, int tiles_per_work) {
@@ -355,6 +368,22 @@ void write_trace(const char* name, const char* header, const long long* v, int n
 bool o_vec_enabled() { return switch_on("LONGATTN_SM90_O_VEC"); }
 bool dkv_vec_enabled() { return switch_on("LONGATTN_SM90_DKV_VEC"); }
 bool pdl_enabled() { return switch_on("LONGATTN_SM90_PDL"); }
+// The head-dim-128 forward's narrow first tile for this call (the kNarrowKeys instantiations):
+// Nk % 192 (64 or 128) for non-causal calls over complete masks of more than 192 keys whose
+// launch has no tail split, else 0.
+// LONGATTN_SM90_FWD_NARROW=0 turns it off (read on each call).
+int fwd_narrow_keys(const FwdArgs& a) {
+  if (a.complete == 0 || a.causal != 0 || a.runs != 0 || a.Nk <= 192) return 0;
+  const int r = a.Nk % 192;
+  if (r != 64 && r != 128) return 0;
+  if (!switch_on("LONGATTN_SM90_FWD_NARROW")) return 0;
+  // Not where the launch's last round would be split along the keys (plan_fwd_tail_split):
+  // the narrow instantiation's items are all alike.
+  const int64_t items = int64_t{(a.Nq + 127) / 128} * a.H * a.B;
+  return static_cast<int>(forward_narrow_keys(
+      a.Nk, items, persistent_ctas(device_sched()),
+      switch_on("LONGATTN_SM90_FWD_TAIL") && persistent_enabled(), 192));
+}
 
 int bwd_rotate(const BwdArgs& a, int head_dim, double row_fill) {
   if (const char* e = std::getenv("LONGATTN_SM90_BWD_ROTATE")) {
@@ -513,6 +542,19 @@ void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t str
   if (wide && head_dim == 64) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64, 3>(a, stream, pool)
                 : launch_fwd_sm90_impl<__half, 64, 3>(a, stream, pool);
+  }
+  if (wide && head_dim == 128) {
+    const int narrow = fwd_narrow_keys(a);
+    if (narrow == 64)
+      return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, false, false, false, 64>(
+                        a, stream, pool)
+                  : launch_fwd_sm90_impl<__half, 128, 2, 192, false, false, false, 64>(a, stream,
+                                                                                      pool);
+    if (narrow == 128)
+      return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, false, false, false, 128>(
+                        a, stream, pool)
+                  : launch_fwd_sm90_impl<__half, 128, 2, 192, false, false, false, 128>(a, stream,
+                                                                                       pool);
   }
   if (wide) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192>(a, stream, pool)

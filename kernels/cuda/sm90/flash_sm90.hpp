@@ -97,6 +97,10 @@ void set_grid_limit(int ctas, int group);
 int last_fwd_split_pieces();
 // Short items a pair in the last forward launch of this process (0: none), for tests.
 int last_fwd_short_items();
+// Keys of the narrow first tile of the last forward launch's whole-range items (the kNarrowKeys
+// instantiations: 64 or 128; 0: none), noted by the launch, for tests.
+void note_fwd_narrow_keys(int keys);
+int last_fwd_narrow_keys();
 // Tail splitting of a persistent backward launch over `works` equal works of tiles_per_work
 // query tiles (backward_tail_split in kernels/contract.hpp): sets a.tail_first and
 // a.tail_parts (0: not split) and returns the launch's works. LONGATTN_SM90_BWD_TAIL=0 turns it
