@@ -308,16 +308,21 @@ def dilated_anchor(torch, timer, row):
     return time_pass(timer, torch, fwd, (q, k, v), row["pass"])
 
 
-def anchors_for(row):
+ANCHORS = ("sdpa_flash", "sdpa_cudnn", "flex", "dilated_sdpa")
+
+
+def anchors_for(row, only=None):
+    """The anchors of a row (all of them, or those of `only`)."""
+    names = []
     if row.get("error"):
-        return []
-    if row["suite"] == "dense":
-        return ["sdpa_flash", "sdpa_cudnn"]
-    if row["suite"] == "sparse":
-        return ["flex"]
-    if row["suite"] == "dilated" and row.get("mode") == "groups":
-        return ["dilated_sdpa"]
-    return []
+        names = []
+    elif row["suite"] == "dense":
+        names = ["sdpa_flash", "sdpa_cudnn"]
+    elif row["suite"] == "sparse":
+        names = ["flex"]
+    elif row["suite"] == "dilated" and row.get("mode") == "groups":
+        names = ["dilated_sdpa"]
+    return [n for n in names if only is None or n in only]
 
 
 def run_anchor(name, torch, timer, row, np):
@@ -340,7 +345,7 @@ def describe(row):
 
 
 def print_table(result, out):
-    names = ["sdpa_flash", "sdpa_cudnn", "flex", "dilated_sdpa"]
+    names = list(ANCHORS)
     head = (f"{'suite':<8}{'pass':<8}{'what':<16}{'N':>7}{'H':>4}{'D':>5}{'causal':>7}{'dens':>7}"
             f"{'ms':>10}{'p10':>9}{'p90':>9}{'TFLOP/s':>9}")
     for n in names:
@@ -410,10 +415,20 @@ def main():
                     help="timing mode (default: what kernel_bench used)")
     ap.add_argument("--warm-ms", type=float, default=None,
                     help="warm-up GPU time per row (default: what kernel_bench used)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated anchors to run (of sdpa_flash, sdpa_cudnn, flex, "
+                         "dilated_sdpa; default: every anchor a row has)")
     ap.add_argument("--energy-ms", type=float, default=None,
                     help="energy window per row, ms of calls back to back (default: what "
                          "kernel_bench used; 0: none)")
     args = ap.parse_args()
+    only = None
+    if args.only is not None:
+        only = [n for n in args.only.split(",") if n]
+        unknown = [n for n in only if n not in ANCHORS]
+        if unknown or not only:
+            ap.error(f"--only: unknown anchor {','.join(unknown) or repr(args.only)} "
+                     f"(known: {', '.join(ANCHORS)})")
 
     with open(args.ours) as f:
         result = json.load(f)
@@ -458,7 +473,7 @@ def main():
         timing["anchor_warmup"], timing["anchor_max_seconds"] = timer.warmup, timer.max_seconds
         timing["anchor_mode"] = mode
         for r in result["rows"]:
-            for name in anchors_for(r):
+            for name in anchors_for(r, only):
                 try:
                     a = run_anchor(name, torch, timer, r, np)
                     a["tflops"] = r["flops"] / (a["ms_median"] * 1e-3) / 1e12

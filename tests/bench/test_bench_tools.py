@@ -541,5 +541,139 @@ class SassLoopMix(unittest.TestCase):
             p = subprocess.run([sys.executable, tool, "--all", pa], capture_output=True, text=True)
             self.assertIn("loop 0x20-0x90", p.stdout)
 
+
+class AnchorRounds(unittest.TestCase):
+    """bench/anchor_rounds.py: rows matched across rounds, medians, paired per-round ratios,
+    rows and anchors missing from a round; anchors.py --only; run_kernel_bench.sh --rounds."""
+
+    @staticmethod
+    def round_of(ours_ms, cudnn_ms, extra_row=False, cudnn_error=False):
+        a = {"sdpa_cudnn": {"ms_median": cudnn_ms, "ms_p10": cudnn_ms, "ms_p90": cudnn_ms,
+                            "energy_j_per_call": 1.0, "watts": 700.0}}
+        if cudnn_error:
+            a = {"sdpa_cudnn": {"error": "RuntimeError: no"}}
+        r = row("dense", "fwd", 4096, 128, False, ours_ms, {}, anchors=a)
+        r.update(H=16, flops=1e12, energy_j_per_call=1.0, watts=690.0,
+                 energy_ratios={"sdpa_cudnn": 1.0})
+        rows = [r]
+        if extra_row:
+            rows.append(dict(row("sparse", "fwd", 65536, 64, False, 5.0, {}, 0.1, "random"), H=16))
+        return {"gpu": "NVIDIA H200", "date": "d", "command": "c", "rows": rows}
+
+    def setUp(self):
+        import anchor_rounds
+        self.m = anchor_rounds
+
+    def test_paired_median(self):
+        # Round 2 ran on a slower clock: ours and cuDNN alike; its paired ratio stays 1.0.
+        rounds = [self.round_of(1.0, 0.98), self.round_of(1.2, 1.2), self.round_of(1.0, 1.02)]
+        got = self.m.merge(rounds)
+        self.assertEqual(got["rounds"], 3)
+        (r,) = got["rows"]
+        self.assertAlmostEqual(r["ms_median"], 1.0)
+        self.assertAlmostEqual(r["anchors"]["sdpa_cudnn"]["ms_median"], 1.02)
+        self.assertEqual(r["round_ms"], [1.0, 1.2, 1.0])
+        self.assertEqual([round(x, 3) for x in r["round_ratios"]["sdpa_cudnn"]], [0.98, 1.0, 1.02])
+        self.assertAlmostEqual(r["ratios"]["sdpa_cudnn"], 1.0)
+        self.assertAlmostEqual(r["tflops"], 1e12 / 1e-3 / 1e12)
+        # Energy is per round only: print_table's energy section must not see merged rows.
+        self.assertNotIn("energy_j_per_call", r)
+        self.assertNotIn("energy_j_per_call", r["anchors"]["sdpa_cudnn"])
+
+    def test_missing_rows_and_failed_anchors(self):
+        rounds = [self.round_of(1.0, 0.9, extra_row=True), self.round_of(1.1, 1.0, cudnn_error=True)]
+        got = self.m.merge(rounds)
+        self.assertEqual(len(got["rows"]), 2)
+        dense, sparse = got["rows"]
+        self.assertEqual(dense["rounds_with"], 2)
+        self.assertAlmostEqual(dense["ms_median"], 1.05)
+        self.assertEqual(dense["anchors"]["sdpa_cudnn"]["rounds_with"], 1)
+        self.assertAlmostEqual(dense["ratios"]["sdpa_cudnn"], 0.9)
+        self.assertEqual(sparse["rounds_with"], 1)
+        with self.assertRaises(ValueError):
+            self.m.merge([])
+        twice = self.round_of(1.0, 1.0)
+        twice["rows"] = twice["rows"] * 2
+        with self.assertRaisesRegex(ValueError, "appears twice"):
+            self.m.merge([twice])
+
+    def test_command_line(self):
+        with tempfile.TemporaryDirectory() as d:
+            paths = []
+            for i, (o, c) in enumerate([(1.0, 0.97), (1.0, 1.03), (1.0, 1.01)]):
+                paths.append(os.path.join(d, f"r{i}.json"))
+                with open(paths[-1], "w") as f:
+                    json.dump(self.round_of(o, c), f)
+            out, table = os.path.join(d, "m.json"), os.path.join(d, "t.txt")
+            tool = os.path.join(ROOT, "bench", "anchor_rounds.py")
+            p = subprocess.run([sys.executable, tool, *paths, "--out", out, "--table", table,
+                                "--command", "cmd --rounds 3"], capture_output=True, text=True)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            with open(out) as f:
+                merged = json.load(f)
+            self.assertEqual(merged["command"], "cmd --rounds 3")
+            self.assertAlmostEqual(merged["rows"][0]["ratios"]["sdpa_cudnn"], 1.01)
+            with open(table) as f:
+                text = f.read()
+            self.assertIn("1.01", text)
+            self.assertIn("sdpa_cudnn: 0.970 1.030 1.010", text)
+            p = subprocess.run([sys.executable, tool, os.path.join(d, "none.json"), "--out", out],
+                               capture_output=True, text=True)
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("cannot read round", p.stderr)
+
+    def test_only_filters_anchors(self):
+        r = row("dense", "fwd", 4096, 128, False, 1.0, {})
+        self.assertEqual(anchors.anchors_for(r), ["sdpa_flash", "sdpa_cudnn"])
+        self.assertEqual(anchors.anchors_for(r, ["sdpa_cudnn"]), ["sdpa_cudnn"])
+        self.assertEqual(anchors.anchors_for(r, ["flex"]), [])
+        with tempfile.TemporaryDirectory() as d:
+            ours = os.path.join(d, "o.json")
+            with open(ours, "w") as f:
+                json.dump({"rows": []}, f)
+            p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "anchors.py"),
+                                "--ours", ours, "--out", os.path.join(d, "m.json"),
+                                "--only", "sdpa_cudnn,cudnn9"], capture_output=True, text=True)
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("unknown anchor cudnn9", p.stderr)
+
+    def test_run_kernel_bench_rounds(self):
+        script = os.path.join(ROOT, "bench", "run_kernel_bench.sh")
+        with tempfile.TemporaryDirectory() as d:
+            # A stand-in kernel_bench: one row whose time is the round number (a counter file).
+            fake = os.path.join(d, "kernel_bench")
+            with open(fake, "w") as f:
+                f.write("#!/usr/bin/env python3\n"
+                        "import json, os, sys\n"
+                        "c = os.path.join(os.path.dirname(sys.argv[0]), 'count')\n"
+                        "n = int(open(c).read()) + 1 if os.path.exists(c) else 1\n"
+                        "open(c, 'w').write(str(n))\n"
+                        "out = sys.argv[sys.argv.index('--out') + 1]\n"
+                        "r = {'suite': 'dense', 'pass': 'fwd', 'N': 4096, 'H': 16, 'D': 128,\n"
+                        "     'causal': False, 'density': 1.0, 'ms_median': float(n),\n"
+                        "     'ms_p10': float(n), 'ms_p90': float(n), 'tflops': 1.0, 'flops': 1e9}\n"
+                        "json.dump({'gpu': 'g', 'date': 'd', 'command': 'k', 'rows': [r]},\n"
+                        "          open(out, 'w'))\n")
+            os.chmod(fake, 0o755)
+            out_dir = os.path.join(d, "o")
+            p = subprocess.run(["bash", script, "--bin", fake, "--out-dir", out_dir, "--no-anchors",
+                                "--rounds", "3"], capture_output=True, text=True)
+            self.assertEqual(p.returncode, 0, p.stderr + p.stdout)
+            with open(os.path.join(out_dir, "kernel_bench.json")) as f:
+                merged = json.load(f)
+            self.assertEqual(merged["rounds"], 3)
+            self.assertEqual(merged["rows"][0]["round_ms"], [1.0, 2.0, 3.0])
+            self.assertAlmostEqual(merged["rows"][0]["ms_median"], 2.0)
+            for i in (1, 2, 3):
+                self.assertTrue(os.path.exists(os.path.join(out_dir, f"kernel_bench_r{i}.json")))
+            for bad in (["--rounds", "0"], ["--rounds", "x"], ["--rounds"],
+                        ["--anchors", "sdpa_cudnn", "--no-anchors"]):
+                p = subprocess.run(["bash", script, "--bin", fake, "--out-dir", out_dir, *bad],
+                                   capture_output=True, text=True)
+                self.assertEqual(p.returncode, 2, bad)
+                self.assertIn("run_kernel_bench.sh:", p.stderr)
+
+
+
 if __name__ == "__main__":
     unittest.main()
