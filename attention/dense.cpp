@@ -25,11 +25,12 @@ void masked_backward(Backend& be, const AttentionSpec& spec, const PreparedMask&
                      const TensorView& v, const TensorView& o, const TensorView& lse,
                      const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                      const TensorView& dv) {
-  be.fill(dq, 0.0);
-  be.fill(dk, 0.0);
-  be.fill(dv, 0.0);
-  be.attention_backward(make_bwd_params({q, k, v, o, lse}, {d_o, dq, dk, dv}, mask.view(),
-                                        mask_t.view(), {spec.scale, spec.causal}));
+  // One call: the gradients are overwritten (no fill; the Hopper kernel writes dk and dv of
+  // the input dtype without reading them).
+  AttnBwdParams p = make_bwd_params({q, k, v, o, lse}, {d_o, dq, dk, dv}, mask.view(),
+                                    mask_t.view(), {spec.scale, spec.causal});
+  p.accumulate = false;
+  be.attention_backward(p);
 }
 
 void masked_forward(Backend& be, const AttentionSpec& spec, const BlockMask& mask,

@@ -46,6 +46,7 @@ struct Options {
   // dk, dv of the dense and block-sparse backward rows: "fp32" accumulators or the "input" dtype
   // (zeroed once; the kernels add into them either way).
   std::string kv_grads = "fp32";
+  std::string grads = "add";
   std::vector<int64_t> dense_n{4096, 8192, 16384, 32768, 65536};
   std::vector<int64_t> dense_d{64, 128};
   int64_t heads = 16;
@@ -348,7 +349,8 @@ class Bench {
  public:
   Bench(const Options& opt) : opt_(opt), be_(make_cuda_backend(opt.device)), cuda_(as_cuda(*be_)) {
     dtype_ = parse_dtype(opt.dtype, "--dtype");
-    kv_grad_dtype_ = opt.kv_grads == "input" ? dtype_ : DType::F32;
+    kv_grad_dtype_ = opt.kv_grads == "input" || opt.grads == "write" ? dtype_ : DType::F32;
+    dq_grad_dtype_ = opt.grads == "write" ? dtype_ : DType::F32;
     char bus[32] = {};
     BENCH_CUDA(cudaDeviceGetPCIBusId(bus, sizeof(bus), opt.device));
     pci_bus_id_ = bus;
@@ -372,7 +374,8 @@ class Bench {
  private:
   // Inputs of one shape, drawn on the device; gradients are the fp32 accumulators the
   // kernels write (the ring and the variants accumulate in fp32 too), dk and dv in the input
-  // dtype with --kv-grads input.
+  // dtype with --kv-grads input; with --grads write dq, dk and dv of the input dtype,
+  // overwritten by each call (AttnBwdParams::accumulate false: the variants' backward, SDPA's).
   struct Buffers {
     DeviceTensor q, k, v, o, lse, d_o, dq, dk, dv;
   };
@@ -388,7 +391,7 @@ class Bench {
     cuda_.randn(b.v.view(), 3);
     if (grads) {
       b.d_o = DeviceTensor(*be_, dtype_, B, N, H, D);
-      b.dq = DeviceTensor(*be_, DType::F32, B, N, H, D);
+      b.dq = DeviceTensor(*be_, dq_grad_dtype_, B, N, H, D);
       b.dk = DeviceTensor(*be_, kv_grad_dtype_, B, N, H, D);
       b.dv = DeviceTensor(*be_, kv_grad_dtype_, B, N, H, D);
       cuda_.randn(b.d_o.view(), 4);
@@ -433,6 +436,7 @@ class Bench {
     p.mask = pm->view();
     p.mask_t = pmt->view();
     p.causal = causal;
+    p.accumulate = opt_.grads != "write";
     if (opt_.time_fwd) add_row(row, "fwd", tf, fwd_flops);
     if (!opt_.time_bwd) return;
     const Timing tb = time_on_stream(cuda_, opt_, [&] { be_->attention_backward(p); }, meter_.get());
@@ -657,9 +661,10 @@ class Bench {
            {"flops_convention",
             "fwd 4*B*H*(visible pairs)*D; dense causal counts half (4*B*H*N^2*D/2); bwd 2.5x fwd"},
            {"grad_dtype",
-            {{"dense_sparse", opt_.kv_grads == "input"
-                                  ? "dq fp32, dk and dv " + opt_.dtype + " (kernel call, adding)"
-                                  : "fp32 accumulators (kernel call)"},
+            {{"dense_sparse",
+              opt_.grads == "write"   ? "dq, dk and dv " + opt_.dtype + " (kernel call, overwriting)"
+              : opt_.kv_grads == "input" ? "dq fp32, dk and dv " + opt_.dtype + " (kernel call, adding)"
+                                         : "fp32 accumulators (kernel call)"},
              {"dilated", opt_.dtype + " (variant backward)"}}},
            {"rows", rows_}};
     std::ofstream f(opt_.out);
@@ -674,7 +679,7 @@ class Bench {
   std::string pci_bus_id_;
   std::unique_ptr<EnergyMeter> meter_;
   DType dtype_ = DType::BF16;
-  DType kv_grad_dtype_ = DType::F32;
+  DType kv_grad_dtype_ = DType::F32, dq_grad_dtype_ = DType::F32;
   std::vector<json> rows_;
 };
 
@@ -696,6 +701,9 @@ int main(int argc, char** argv) {
       "dtype", po::value(&opt.dtype)->default_value(opt.dtype), "bf16 | fp16 | fp32")(
       "kv-grads", po::value(&opt.kv_grads)->default_value(opt.kv_grads),
       "dk, dv of the dense and sparse backward: fp32 (accumulators) | input (the dtype)")(
+      "grads", po::value(&opt.grads)->default_value(opt.grads),
+      "dense and sparse backward: add (into the accumulators of --kv-grads) | write (dq, dk, "
+      "dv of the input dtype, overwritten: the variants' backward and SDPA's)")(
       "dense-n", po::value(&opt.dense_n)->multitoken(), "dense sequence lengths")(
       "dense-d", po::value(&opt.dense_d)->multitoken(), "dense head dims")(
       "heads", po::value(&opt.heads)->default_value(opt.heads), "heads (dense, sparse)")(
@@ -755,6 +763,8 @@ int main(int argc, char** argv) {
     }
     if (opt.kv_grads != "fp32" && opt.kv_grads != "input")
       throw InvalidArgument("--kv-grads", opt.kv_grads, "must be fp32 or input");
+    if (opt.grads != "add" && opt.grads != "write")
+      throw InvalidArgument("--grads", opt.grads, "must be add or write");
     if (cuda_device_count() == 0) {
       std::cerr << "kernel_bench: no CUDA device visible\n";
       return 1;

@@ -324,7 +324,10 @@ struct AttnFwdParams {
 // Backward from the global O and L of each query row:
 //   p_ij = exp(s_ij - L_i), delta_i = <dO_i, O_i>, dS_ij = p_ij (<dO_i, v_j> - delta_i),
 //   dQ_i += scale sum_j dS_ij k_j,  dK_j += scale sum_i dS_ij q_i,  dV_j += sum_i p_ij dO_i.
-// Gradients ACCUMULATE into dq, dk, dv (callers zero them once), so ring steps add up.
+// Gradients ACCUMULATE into dq, dk, dv (callers zero them once), so ring steps add up; with
+// accumulate = false they are OVERWRITTEN (as if zeroed first: the same bits), so a single call
+// (the variants' backward, SDPA's) needs no fill of its gradients and, where the kernel writes
+// them directly, no read of them.
 struct AttnBwdParams {
   TensorView q, k, v, o, d_o;  // o: global output of these query rows
   TensorView lse;              // global L of these query rows [B, Nq, H, 1]
@@ -336,6 +339,7 @@ struct AttnBwdParams {
   bool causal = false;
   int64_t q_offset = 0, k_offset = 0;
   bool deterministic = false;
+  bool accumulate = true;  // false: dq, dk, dv overwritten
 };
 
 // Shorthand for building one call's parameters: the tensors, the gradients and the positions.

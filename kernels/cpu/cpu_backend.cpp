@@ -181,9 +181,11 @@ class CpuBackend final : public Backend {
           }
         }
       }
+      // Added into the gradients, or (p.accumulate false) written over them.
       auto add_into = [&](const TensorView& t, const std::vector<double>& g, int64_t rows) {
         for (int64_t r = 0; r < rows; ++r)
-          for (int64_t d = 0; d < D; ++d) store(t, b, r, h, d, load(t, b, r, h, d) + g[r * D + d]);
+          for (int64_t d = 0; d < D; ++d)
+            store(t, b, r, h, d, p.accumulate ? load(t, b, r, h, d) + g[r * D + d] : g[r * D + d]);
       };
       add_into(p.dq, dq, Nq);
       add_into(p.dk, dk, Nk);

@@ -268,6 +268,9 @@ class CudaBackendImpl final : public CudaBackend {
   // (one rounding, as the CPU reference). dQ gets one contribution per key block: a dq that is
   // not fp32 gets a zeroed fp32 accumulator from the scratch pool, added into it afterwards
   // (except in the deterministic mode, whose query-stationary dQ pass also adds once).
+  // With p.accumulate false the gradients are overwritten: cuda::flash_backward zeroes dq (or
+  // the fp32 accumulator) and writes dk and dv directly where its kernel can (else zeroes them
+  // first), and the accumulator is converted into dq instead of added.
   void attention_backward(const AttnBwdParams& p) override {
     check_devices({{&p.q, "q"}, {&p.k, "k"}, {&p.v, "v"}, {&p.o, "o"}, {&p.d_o, "d_o"},
                    {&p.lse, "lse"}, {&p.dq, "dq"}, {&p.dk, "dk"}, {&p.dv, "dv"}});
@@ -280,7 +283,14 @@ class CudaBackendImpl final : public CudaBackend {
     check_supported(p.q);
     check_mask_on_device(p.mask, "mask");
     check_mask_on_device(p.mask_t, "mask_t");
-    if (p.q.numel() == 0 || p.k.numel() == 0) return;
+    if (p.q.numel() == 0 || p.k.numel() == 0) {
+      if (!p.accumulate) {  // no pair seen: zero gradients
+        DeviceGuard g(opt_.device);
+        for (const TensorView* t : {&p.dq, &p.dk, &p.dv})
+          if (t->numel() > 0) cuda::fill(*t, 0.0, stream_);
+      }
+      return;
+    }
     DeviceGuard g(opt_.device);
     AttnBwdParams run = p;
     run.deterministic = p.deterministic || opt_.deterministic;
@@ -293,10 +303,13 @@ class CudaBackendImpl final : public CudaBackend {
     void* buf = scratch_alloc(bytes);
     try {
       run.dq = make_view(buf, DType::F32, p.dq.B, p.dq.N, p.dq.H, p.dq.D, DeviceKind::Cuda);
-      cuda::fill(run.dq, 0.0, stream_);
+      if (p.accumulate) cuda::fill(run.dq, 0.0, stream_);  // (else flash_backward zeroes it)
       cuda::flash_backward(run, stream_, pool_);
       CUDA_CHECK_LAUNCH("cuda::flash_backward");
-      cuda::axpy(p.dq, 1.0, run.dq, stream_);
+      if (p.accumulate)
+        cuda::axpy(p.dq, 1.0, run.dq, stream_);
+      else
+        cuda::copy(p.dq, run.dq, stream_);
     } catch (...) {
       scratch_free(buf);
       throw;

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/cuda_check.hpp"
+#include "kernels/cuda/elementwise.hpp"
 #include "kernels/cuda/flash_common.cuh"
 #include "runtime/error.hpp"
 #include "runtime/logging.hpp"
@@ -288,6 +289,7 @@ FwdArgs make_fwd_args(const AttnFwdParams& p) {
 // Once per process: a call the Hopper kernels would take but for its mask's blocks (not
 // 128-multiples, such as block-sparse block_size 64) says that it runs the portable kernels.
 std::atomic<bool> g_portable_blocks_said{false};
+std::atomic<bool> g_bwd_wrote_dkv{false};  // backward_last_wrote_dkv
 
 void warn_portable_blocks_once(DType dt, int64_t D, bool vec, const BlockMaskView& m) {
 #if LONGATTN_HAVE_SM90
@@ -454,6 +456,8 @@ int forward_last_narrow_keys() {
 #endif
 }
 
+bool backward_last_wrote_dkv() { return g_bwd_wrote_dkv.load(); }
+
 int backward_last_tail_parts() {
 #ifdef LONGATTN_HAVE_SM90
   return sm90::last_bwd_tail_parts();
@@ -473,7 +477,13 @@ void set_persistent_grid_limit(int ctas, int group) {
 
 void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t pool) {
   BwdArgs a = make_bwd_args(p);
-  if (p.q.N == 0 || p.k.N == 0 || p.q.B == 0 || p.q.H == 0) return;
+  g_bwd_wrote_dkv.store(false);
+  if (p.q.N == 0 || p.k.N == 0 || p.q.B == 0 || p.q.H == 0) {
+    if (!p.accumulate)  // no pair seen: zero gradients
+      for (const TensorView* t : {&p.dq, &p.dk, &p.dv})
+        if (t->numel() > 0) cuda::fill(*t, 0.0, stream);
+    return;
+  }
   const DType dt = p.q.dtype;
   float* scratch = nullptr;
   if (p.delta.data) {
@@ -490,6 +500,14 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
     launch_delta(a, dt, scratch, p.o.dtype == dt && allows_vec(p.o), stream);
   }
   const bool atomic_dq = atomic_dq_of(p);
+  // Overwritten gradients: dq zeroed here (its kernels add); dk and dv written by the Hopper
+  // kernel where it can (sm90::bwd_writes_dkv: of the input dtype, tiles by position), else
+  // zeroed here too.
+  bool zero_dkv = false;
+  if (!p.accumulate) {
+    cuda::fill(p.dq, 0.0, stream);
+    zero_dkv = true;
+  }
   a.dq_pair = allows_pair(p.dq);  // float2 atomics, or pairs in the dQ pass's read-modify-write
   a.dkv_pair = allows_pair(p.dk) && allows_pair(p.dv);
 #if LONGATTN_HAVE_SM90
@@ -498,6 +516,15 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
   try {
 #if LONGATTN_HAVE_SM90
     if (bwd_takes_sm90(a, p)) {
+      if (zero_dkv && sm90::bwd_writes_dkv(a, static_cast<int>(p.q.D))) {
+        a.dkv_write = 1;
+        zero_dkv = false;
+        g_bwd_wrote_dkv.store(true);
+      }
+      if (zero_dkv) {
+        cuda::fill(p.dk, 0.0, stream);
+        cuda::fill(p.dv, 0.0, stream);
+      }
       // Listed 64-query tiles per 128-key block (CTA), for how many parts the query range takes.
       const double tiles = static_cast<double>(p.mask_t.nnz) * (p.mask_t.block_k / 64) /
                            std::max<int64_t>(p.mask_t.num_q_blocks, 1);
@@ -522,6 +549,10 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
       return;
     }
 #endif
+    if (zero_dkv) {
+      cuda::fill(p.dk, 0.0, stream);
+      cuda::fill(p.dv, 0.0, stream);
+    }
     warn_portable_blocks_once(dt, p.q.D, a.vec != 0, p.mask);
     switch (p.q.D) {
       case 32: dispatch_bwd<32>(a, dt, atomic_dq, stream); break;

@@ -74,5 +74,9 @@ int forward_last_narrow_keys();
 // Parts the last Hopper backward launch cut its last round's works into (backward_tail_split
 // in kernels/contract.hpp; 0: none, or no Hopper launch), for tests.
 int backward_last_tail_parts();
+// Whether the last backward call's kernel wrote dk and dv itself (AttnBwdParams::accumulate
+// false on the Hopper kernels that can: sm90::bwd_writes_dkv) rather than having them zeroed
+// and adding, for tests.
+bool backward_last_wrote_dkv();
 
 }  // namespace longattn::cuda

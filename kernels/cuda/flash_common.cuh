@@ -100,6 +100,10 @@ struct BwdArgs {
   // whole works and adding their dK and dV by TMA reduces.
   int tail_first = 0;
   int tail_parts = 0;
+  // Hopper backward, AttnBwdParams::accumulate false where sm90::bwd_writes_dkv: the kWrite
+  // instantiation, whose first (or only) part of each key block writes its dK and dV instead of
+  // adding them (the later parts, ordered by split_flags, add).
+  int dkv_write = 0;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -287,16 +291,17 @@ __device__ __forceinline__ void fragment_rows(const DevView& v, int b, int h, in
 }
 
 // Pairs (two adjacent elements) of rows with ok[r]: old[r][dt] = load(r, dt) for all of them
-// first, then store(r, dt, old[r][dt]); rows kRows at a time.
+// (zero for rows without rd[r]) first, then store(r, dt, old[r][dt]); rows kRows at a time.
 template <int kRows, int NDT, typename W, typename Load, typename Store>
-__device__ __forceinline__ void rmw_pairs(const bool (&ok)[2], W zero, Load load, Store store) {
+__device__ __forceinline__ void rmw_pairs(const bool (&ok)[2], const bool (&rd)[2], W zero,
+                                          Load load, Store store) {
 #pragma unroll
   for (int h0 = 0; h0 < 2; h0 += kRows) {
     W old[kRows][NDT];
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
 #pragma unroll
-      for (int dt = 0; dt < NDT; ++dt) old[r][dt] = ok[h0 + r] ? load(h0 + r, dt) : zero;
+      for (int dt = 0; dt < NDT; ++dt) old[r][dt] = rd[h0 + r] ? load(h0 + r, dt) : zero;
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
 #pragma unroll
@@ -310,12 +315,14 @@ __device__ __forceinline__ void rmw_pairs(const bool (&ok)[2], W zero, Load load
 // is stored (both rows at once up to 16 column groups, else row by row): independent loads share
 // one memory latency, where element by element each load waits behind the previous store, which
 // may alias it. pair: two adjacent elements per access (4-byte aligned for 16-bit outputs,
-// 8-byte for fp32).
+// 8-byte for fp32). write: out = mul * acc, no old values loaded (the same bits as adding to
+// zeros).
 template <typename T, int NDT, typename Acc>
 __device__ __forceinline__ void add_rows_out(void* data, int type, bool pair,
                                              const int64_t (&off)[2], const bool (&ok)[2],
-                                             float mul, Acc acc) {
+                                             float mul, Acc acc, bool write = false) {
   constexpr int kRows = NDT <= 16 ? 2 : 1;  // rows whose old values are held at once
+  const bool rd[2] = {ok[0] && !write, ok[1] && !write};  // rows whose old values are read
   if (!pair) {  // odd strides or base (rare): element by element
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh)
@@ -323,11 +330,12 @@ __device__ __forceinline__ void add_rows_out(void* data, int type, bool pair,
       for (int dt = 0; dt < NDT; ++dt)
 #pragma unroll
         for (int e = 0; e < 2; ++e)
-          if (ok[hh]) store_out<T>(data, off[hh] + dt * 8 + e, type, mul * acc(hh, dt, e), true);
+          if (ok[hh])
+            store_out<T>(data, off[hh] + dt * 8 + e, type, mul * acc(hh, dt, e), !write);
   } else if (type == kOutF32 || std::is_same_v<T, float>) {
     float* p = static_cast<float*>(data);
     rmw_pairs<kRows, NDT>(
-        ok, make_float2(0.f, 0.f),
+        ok, rd, make_float2(0.f, 0.f),
         [&](int r, int dt) { return *reinterpret_cast<const float2*>(p + off[r] + dt * 8); },
         [&](int r, int dt, float2 old) {
           *reinterpret_cast<float2*>(p + off[r] + dt * 8) =
@@ -336,7 +344,7 @@ __device__ __forceinline__ void add_rows_out(void* data, int type, bool pair,
   } else if constexpr (!std::is_same_v<T, float>) {
     T* p = static_cast<T*>(data);
     rmw_pairs<kRows, NDT>(
-        ok, 0u,
+        ok, rd, 0u,
         [&](int r, int dt) { return *reinterpret_cast<const uint32_t*>(p + off[r] + dt * 8); },
         [&](int r, int dt, uint32_t old) {
           const T* two = reinterpret_cast<const T*>(&old);

@@ -636,6 +636,50 @@ TEST(Dense, EmptyRowsGiveZeroAndMinusInfNeverNaN) {
     for (int64_t d = 0; d < D; ++d) EXPECT_EQ(dq.at(0, i, 0, d), 0.0);
 }
 
+// AttnBwdParams::accumulate false: gradients that start at 7 are overwritten, bit for bit the
+// gradients of the call adding into zeros, in every dtype (an empty query block included); and
+// the dense variant's masked_backward overwrites whatever its gradients held.
+TEST(Dense, BackwardOverwritesGradients) {
+  auto be = make_cpu_backend();
+  const int64_t B = 2, N = 40, H = 2, D = 8;
+  MaskGeometry g{N, N, 16, 16, false, 0, 0};
+  const BlockMask m = build_block_mask(g, {{2}, {}, {0, 1, 2}});
+  AttentionSpec spec;
+  for (DType dt : {DType::F64, DType::F32, DType::BF16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const DType st = dt == DType::F64 ? DType::F64 : DType::F32;
+    Tensor q = Tensor::randn(dt, B, N, H, D, 61), k = Tensor::randn(dt, B, N, H, D, 62),
+           v = Tensor::randn(dt, B, N, H, D, 63), d_o = Tensor::randn(dt, B, N, H, D, 64);
+    Tensor o(dt, B, N, H, D), lse(st, B, N, H, 1);
+    masked_forward(*be, spec, m, q.view(), k.view(), v.view(), o.view(), lse.view());
+    const BlockMask mt = m.transpose();
+    Tensor grads[3][3];  // [zeros and add, 7 and write, 7 and masked_backward][dq, dk, dv]
+    for (int mode = 0; mode < 3; ++mode) {
+      for (Tensor& t : grads[mode]) {
+        t = Tensor(dt, B, N, H, D);
+        t.fill(mode == 0 ? 0.0 : 7.0);
+      }
+      if (mode == 2) {
+        masked_backward(*be, spec, m, q.view(), k.view(), v.view(), o.view(), lse.view(),
+                        d_o.view(), grads[2][0].view(), grads[2][1].view(), grads[2][2].view());
+        continue;
+      }
+      AttnBwdParams p = make_bwd_params({q.view(), k.view(), v.view(), o.view(), lse.view()},
+                                        {d_o.view(), grads[mode][0].view(), grads[mode][1].view(),
+                                         grads[mode][2].view()},
+                                        host_mask_view(m), host_mask_view(mt), {});
+      p.accumulate = mode == 0;
+      be->attention_backward(p);
+    }
+    for (int i = 0; i < 3; ++i) {
+      const ErrorStats z = compare(Tensor(dt, B, N, H, D).view(), grads[0][i].view());
+      EXPECT_GT(z.max_ref, 0.01) << "gradient " << i << ": zeros prove nothing";
+      EXPECT_EQ(compare(grads[1][i].view(), grads[0][i].view()).max_abs, 0.0) << "gradient " << i;
+      EXPECT_EQ(compare(grads[2][i].view(), grads[0][i].view()).max_abs, 0.0) << "gradient " << i;
+    }
+  }
+}
+
 TEST(Dense, GradientsMatchFiniteDifferences) {
   auto be = make_cpu_backend(1);
   for (bool causal : {false, true}) {

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cctype>
+#include <cstdlib>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -18,13 +19,17 @@
 #include "attention/variant.hpp"
 #include "common/naive_dilated.hpp"
 #include "common/reference.hpp"
+#include "common/scoped_env.hpp"
 #include "kernels/backend.hpp"
 #include "kernels/cuda/cuda_backend.hpp"
+#include "kernels/cuda/flash_attention.hpp"
 #include "kernels/cuda/mask_build.hpp"
 #include "runtime/error.hpp"
 
 namespace longattn {
 namespace {
+
+using testing::ScopedEnv;
 
 #define SKIP_WITHOUT_GPU()                                                         \
   do {                                                                             \
@@ -1047,6 +1052,127 @@ TEST(CudaAttention, BackwardAccumulatesIntoExistingGradients) {
     gb.mask = cm->view();
     EXPECT_THROW(gpu->attention_backward(gb), InvalidArgument);
   }
+}
+
+// AttnBwdParams::accumulate false: gradients that start at 7 are overwritten, equal to the
+// gradients of the same call adding into zeros. dk and dv of the input dtype (which the Hopper
+// kernel writes without reading) bit for bit, also with the query range in parts at head dim 128
+// (the first part writes, the later ones add in order) and into strided views (element by
+// element);
+// fp32 dk, dv (zeroed, then added) and every dq (zeroed, or an fp32 accumulator converted) to
+// the rounding of atomics in another order. A gradient left at 7 is off by 7.
+TEST(CudaAttention, BackwardOverwritesGradients) {
+  SKIP_WITHOUT_GPU();
+  auto gpu = make_cuda_backend();
+  const int64_t B = 1, N = 1000, H = 2;
+  int runs = 0, wrote = 0, input_runs = 0;
+  for (int64_t D : {64, 128})
+    for (DType dt : {DType::BF16, DType::F16})
+      for (bool causal : {false, true})
+        for (bool input_grads : {true, false})
+          for (const char* parts : {"", "3"})
+            for (bool strided : {false, true}) {
+              if (*parts && D != 128) continue;
+              if (strided && (*parts || !input_grads || dt != DType::BF16)) continue;
+              const DType gdt = input_grads ? dt : DType::F32;
+              SCOPED_TRACE(std::string(dtype_name(dt)) + " d" + std::to_string(D) +
+                           (causal ? " causal" : "") + " grads " + dtype_name(gdt) +
+                           (*parts ? " parts 3" : "") + (strided ? " strided" : ""));
+              const ScopedEnv split("LONGATTN_SM90_QSPLIT", parts);
+              const uint64_t seed = 900 + static_cast<uint64_t>(runs) * 16;
+              // Contiguous tensors (16-byte rows: the vector and TMA paths); strided: gradients
+              // in views of odd rows (element by element; the inputs stay contiguous, so the
+              // Hopper kernels still take the call).
+              auto make = [&](DType t, uint64_t sd, bool pad) {
+                if (pad) return make_padded(*gpu, t, B, N, H, D, sd, 2);
+                Padded x;
+                x.host = Tensor::randn(t, B, N, H, D, sd);
+                x.dev = DeviceTensor(*gpu, t, B, N, H, D);
+                gpu->upload(x.dev.view(), x.host.view());
+                x.hview = x.host.view();
+                x.dview = x.dev.view();
+                return x;
+              };
+              Padded q = make(dt, seed + 1, false), k = make(dt, seed + 2, false),
+                     v = make(dt, seed + 3, false), o = make(dt, seed + 4, false),
+                     d_o = make(dt, seed + 5, false);
+              DeviceTensor lse(*gpu, DType::F32, B, N, H, 1);
+              MaskGeometry geo;
+              geo.nq = geo.nk = N;
+              geo.block_q = geo.block_k = 128;
+              geo.causal = causal;
+              const BlockMask mask = dense_block_mask(geo);
+              auto gm = gpu->prepare_mask(mask);
+              auto gmt = gpu->prepare_mask(mask.transpose());
+              AttnFwdParams f;
+              f.q = q.dview;
+              f.k = k.dview;
+              f.v = v.dview;
+              f.o = o.dview;
+              f.lse = lse.view();
+              f.mask = gm->view();
+              f.causal = causal;
+              gpu->attention_forward(f);
+              Tensor got[2][3];  // [zeros and add, 7 and write][dq, dk, dv]
+              for (int mode = 0; mode < 2; ++mode) {
+                Padded g[3];
+                for (int i = 0; i < 3; ++i) {
+                  g[i] = make(gdt, seed + 6 + i, strided);
+                  gpu->fill(g[i].dview, mode == 0 ? 0.0 : 7.0);
+                }
+                AttnBwdParams bp;
+                bp.q = q.dview;
+                bp.k = k.dview;
+                bp.v = v.dview;
+                bp.o = o.dview;
+                bp.d_o = d_o.dview;
+                bp.lse = lse.view();
+                bp.dq = g[0].dview;
+                bp.dk = g[1].dview;
+                bp.dv = g[2].dview;
+                bp.mask = gm->view();
+                bp.mask_t = gmt->view();
+                bp.causal = causal;
+                bp.accumulate = mode == 0;
+                gpu->attention_backward(bp);
+                if (mode == 1) {
+                  const bool w = cuda::backward_last_wrote_dkv();
+                  if (!input_grads) EXPECT_FALSE(w) << "fp32 dk, dv are zeroed and added";
+                  wrote += w ? 1 : 0;
+                  input_runs += input_grads ? 1 : 0;
+                }
+                for (int i = 0; i < 3; ++i) {
+                  got[mode][i] = Tensor(DType::F64, B, N, H, D);
+                  gpu->download(got[mode][i].view(), g[i].dview);
+                }
+              }
+              const char* const names[] = {"dq", "dk", "dv"};
+              for (int i = 0; i < 3; ++i) {
+                const ErrorStats e = compare(got[1][i].view(), got[0][i].view());
+                EXPECT_TRUE(e.finite) << names[i];
+                EXPECT_GT(e.max_ref, 0.05) << names[i] << ": zeros prove nothing";
+                if (i > 0 && input_grads)
+                  EXPECT_EQ(e.max_abs, 0.0) << names[i];
+                else
+                  EXPECT_LE(e.max_abs, 4 * unit_roundoff(gdt) * e.max_ref) << names[i];
+              }
+              ++runs;
+            }
+  EXPECT_EQ(runs, 28);
+  // On sm_90 every call with dk, dv of the input dtype (dense: tiles by position) takes the
+  // writing kernels; elsewhere none does.
+#if LONGATTN_HAVE_SM90
+  int dev = 0, major = 0, minor = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), cudaSuccess);
+  const char* env = std::getenv("LONGATTN_FLASH_KERNELS");
+  const bool hopper = major == 9 && minor == 0 && !(env && std::string(env) == "portable");
+#else
+  const bool hopper = false;
+#endif
+  EXPECT_EQ(input_runs, 16);
+  EXPECT_EQ(wrote, hopper ? input_runs : 0);
 }
 
 // A variant's bf16 backward of 2^19 rows, which runs in parts of rows: against the fp32 run of

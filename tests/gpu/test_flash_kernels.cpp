@@ -21,12 +21,15 @@
 #include <vector>
 
 #include "common/reference.hpp"
+#include "common/scoped_env.hpp"
 #include "kernels/backend.hpp"
 #include "kernels/cuda/flash_attention.hpp"
 #include "runtime/error.hpp"
 
 namespace longattn {
 namespace {
+
+using testing::ScopedEnv;
 
 bool has_gpu() {
   int n = 0;
@@ -396,32 +399,6 @@ TEST_P(FlashCase, ForwardMatchesCpuReference) {
   FwdRun run;
   run_forward(c, run, std::random_device{}());
 }
-
-// Sets an environment variable (a measurement switch) for a scope (an empty value leaves it as it
-// is) and puts back what it was, so scopes nest.
-struct ScopedEnv {
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    if (const char* old = std::getenv(name)) {
-      had_ = true;
-      old_ = old;
-    }
-    if (!value.empty()) setenv(name, value.c_str(), 1);
-  }
-  ~ScopedEnv() {
-    if (had_) {
-      setenv(name_, old_.c_str(), 1);
-    } else {
-      unsetenv(name_);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  bool had_ = false;
-  std::string old_;
-};
 
 // Whether this process's flash calls take the Hopper kernels where they accept the call: a
 // build with them, an sm_90 device, and LONGATTN_FLASH_KERNELS not "portable".

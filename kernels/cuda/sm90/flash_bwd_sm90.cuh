@@ -228,10 +228,11 @@ struct BwdSm90Traits {
 // 16-byte load and store per group and row, fp32 outputs two. The old values are loaded before
 // any sum is stored (both rows for 16-bit outputs, row by row for fp32). Needs 16-byte aligned
 // base and strides (BwdArgs::dkv_vec); every lane of the quad takes part, whatever its rows.
+// write: out = mul * acc, no old values loaded (the same bits as adding to zeros).
 template <typename T, int D>
 __device__ __forceinline__ void add_rows_out_vec(void* data, int type, const int64_t (&row)[2],
                                                  const bool (&ok)[2], float mul,
-                                                 const float (&acc)[D / 2], int t4) {
+                                                 const float (&acc)[D / 2], int t4, bool write) {
   constexpr int NG = D / 32;  // sets of four 8-column groups
   float x[2][NG][8];          // x[hh][gq][c]: column (4 gq + t4) * 8 + c
 #pragma unroll
@@ -262,7 +263,9 @@ __device__ __forceinline__ void add_rows_out_vec(void* data, int type, const int
       for (int gq = 0; gq < NG; ++gq)
 #pragma unroll
         for (int u = 0; u < 2; ++u)
-          old[gq][u] = *reinterpret_cast<const float4*>(p + row[hh] + (4 * gq + t4) * 8 + 4 * u);
+          old[gq][u] = write ? make_float4(0.f, 0.f, 0.f, 0.f)
+                             : *reinterpret_cast<const float4*>(p + row[hh] + (4 * gq + t4) * 8 +
+                                                                4 * u);
 #pragma unroll
       for (int gq = 0; gq < NG; ++gq)
 #pragma unroll
@@ -280,8 +283,9 @@ __device__ __forceinline__ void add_rows_out_vec(void* data, int type, const int
     for (int hh = 0; hh < 2; ++hh)
 #pragma unroll
       for (int gq = 0; gq < NG; ++gq)
-        old[hh][gq] = ok[hh] ? *reinterpret_cast<const uint4*>(p + row[hh] + (4 * gq + t4) * 8)
-                             : make_uint4(0u, 0u, 0u, 0u);
+        old[hh][gq] = ok[hh] && !write
+                          ? *reinterpret_cast<const uint4*>(p + row[hh] + (4 * gq + t4) * 8)
+                          : make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
       if (!ok[hh]) continue;
@@ -337,8 +341,11 @@ __device__ __forceinline__ void st_shared_f32(uint32_t addr, float x) {
 
 // kKRegs (head dim 64): the warpgroup's K rows kept in registers as the A operand of S^T, so
 // that product reads only Q from shared memory (A/B runs 14-15: causal +0-4%, non-causal -8-12%,
-// so the dispatch takes it for causal calls only).
-template <typename T, int D, bool kKRegs, int kM, bool kByPosition>
+// so the dispatch takes it for causal calls only). kWrite (AttnBwdParams::accumulate false, dk
+// and dv of the input dtype): the key block's first query part writes dk and dv without reading
+// them; an instantiation of its own, so the adding kernels' code is what it was (a runtime
+// switch cost the head-dim-128 steady loop 33 instructions and 4 spill accesses).
+template <typename T, int D, bool kKRegs, int kM, bool kByPosition, bool kWrite>
 __global__ void __launch_bounds__(384, 1)
     flash_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
@@ -1004,17 +1011,20 @@ __global__ void __launch_bounds__(384, 1)
 
   // dk += scale dK, dv += dV for keys my_key (+8) < Nk; every old value loaded before any sum
   // is stored (flash::add_rows_out: element by element each load waited a memory latency).
-  auto add_out = [&](const flash::DevView& out, int type, const float (&acc)[D / 2], float mul) {
+  // write: dk = scale dK, dv = dV, nothing loaded (kWrite, the key block's first part).
+  auto add_out = [&](const flash::DevView& out, int type, const float (&acc)[D / 2], float mul,
+                     bool write) {
     int64_t off[2];
     bool ok[2];
     if (a.dkv_vec) {
       flash::fragment_rows(out, b_(), h_(), my_key_(), a.Nk, 0, off, ok);
-      add_rows_out_vec<T, D>(out.data, type, off, ok, mul, acc, t4);
+      add_rows_out_vec<T, D>(out.data, type, off, ok, mul, acc, t4, write);
       return;
     }
     flash::fragment_rows(out, b_(), h_(), my_key_(), a.Nk, t4, off, ok);
-    flash::add_rows_out<T, kDT>(out.data, type, a.dkv_pair != 0, off, ok, mul,
-                                [&](int hh, int dt, int e) { return acc[dt * 4 + 2 * hh + e]; });
+    flash::add_rows_out<T, kDT>(
+        out.data, type, a.dkv_pair != 0, off, ok, mul,
+        [&](int hh, int dt, int e) { return acc[dt * 4 + 2 * hh + e]; }, write);
   };
 
   // The works the producer publishes; tile index i runs over all of them (stage ring, dS and
@@ -1106,8 +1116,6 @@ __global__ void __launch_bounds__(384, 1)
           dq_out(ti.qs, i);
         }
       }
-      // Nothing is in flight here (the last tile waited for everything); the compiler cannot see
-      // that the pipelined branch never leaves the loop, and says so by serialising every wgmma.
       // Nothing is in flight here (the last tile waited for everything); the compiler cannot see
       // that the pipelined branch never leaves the loop, and says so by serialising every wgmma.
       wgmma_wait<0>();
@@ -1223,8 +1231,9 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
     } else {
-      add_out(a.dk, a.dk_type, dk, a.scale);
-      add_out(a.dv, a.dv_type, dv, 1.f);
+      const bool write = kWrite && part == 0;  // later parts add after it (flags)
+      add_out(a.dk, a.dk_type, dk, a.scale, write);
+      add_out(a.dv, a.dv_type, dv, 1.f, write);
     }
     BWD_TRACE(7, clock64());
     BWD_TRACE(9, global_ns());
@@ -1248,10 +1257,11 @@ struct BwdMaps {
 };
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv, int box_dq);
 
-template <typename T, int D, bool kKRegs = false, int kM = 64, bool kByPosition = kM != 64>
+template <typename T, int D, bool kKRegs = false, int kM = 64, bool kByPosition = kM != 64,
+          bool kWrite = false>
 void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
   using Tr = BwdSm90Traits<D, kM, kByPosition>;
-  auto kernel = flash_bwd_sm90_kernel<T, D, kKRegs, kM, kByPosition>;
+  auto kernel = flash_bwd_sm90_kernel<T, D, kKRegs, kM, kByPosition, kWrite>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));

@@ -120,6 +120,15 @@ extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, true>(cons
 extern template void launch_fwd_sm90_impl<__half, 128, 2, 192, true>(const FwdArgs&,
                                                                      cudaStream_t,
                                                                      cudaMemPool_t);
+// Writing dk and dv: kernels/cuda/sm90/flash_bwd_sm90_<dtype>_d<D>_m<M>_write.cu.
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80, true, true>(
+    const BwdArgs&, cudaStream_t);
+extern template void launch_bwd_sm90_impl<__half, 128, false, 80, true, true>(const BwdArgs&,
+                                                                              cudaStream_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, true, true>(
+    const BwdArgs&, cudaStream_t);
+extern template void launch_bwd_sm90_impl<__half, 64, false, 128, true, true>(const BwdArgs&,
+                                                                              cudaStream_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128>(const BwdArgs&, cudaStream_t);
 extern template void launch_bwd_sm90_impl<__half, 64>(const BwdArgs&, cudaStream_t);
@@ -596,11 +605,27 @@ int bwd_runs(int head_dim, const BlockMaskView& mask_t) {
   return backward_runs_by_position(head_dim, mask_t.contiguous_rows, mask_t.mean_row_keys) ? 1 : 0;
 }
 
+bool bwd_writes_dkv(const BwdArgs& a, int head_dim) {
+  if (a.dk_type != flash::kOutSame || a.dv_type != flash::kOutSame) return false;
+  if (!switch_on("LONGATTN_SM90_BWD_WRITE")) return false;
+  const BackwardTiles t = bwd_tiles(a, head_dim);
+  return t == BackwardTiles::kPosition128 || t == BackwardTiles::kPosition80;
+}
+
 void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream) {
   const bool bf16 = dtype == DType::BF16;
   // Head dim 64, causal: K in registers (A/B runs 14-15: causal +0-4%, non-causal -8-12%).
   static const bool kregs = switch_on("LONGATTN_SM90_BWD_KREGS");
   const BackwardTiles tiles = bwd_tiles(a, head_dim);
+  if (a.dkv_write != 0) {  // the caller asked bwd_writes_dkv
+    LONGATTN_CHECK_ARG(bwd_writes_dkv(a, head_dim), "dkv_write", a.dkv_write,
+                       "needs dk and dv of the input dtype and tiles by position");
+    if (tiles == BackwardTiles::kPosition128)
+      return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, true, true>(a, stream)
+                  : launch_bwd_sm90_impl<__half, 64, false, 128, true, true>(a, stream);
+    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80, true, true>(a, stream)
+                : launch_bwd_sm90_impl<__half, 128, false, 80, true, true>(a, stream);
+  }
   if (tiles == BackwardTiles::kPosition128) {
     return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128>(a, stream)
                 : launch_bwd_sm90_impl<__half, 64, false, 128>(a, stream);

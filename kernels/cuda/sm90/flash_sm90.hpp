@@ -43,6 +43,10 @@ BackwardTiles bwd_tiles(const flash::BwdArgs& a, int head_dim);
 // BwdArgs::runs for a call over mask_t (backward_runs_by_position; LONGATTN_SM90_BWD_RUNS=0
 // never, =1 for contiguous rows of any length).
 int bwd_runs(int head_dim, const BlockMaskView& mask_t);
+// Whether an accepted backward can write dk and dv rather than add them (BwdArgs::dkv_write,
+// AttnBwdParams::accumulate false): dk and dv of the input dtype and tiles by position (the
+// kWrite instantiations). LONGATTN_SM90_BWD_WRITE=0 turns it off (read on each call).
+bool bwd_writes_dkv(const flash::BwdArgs& a, int head_dim);
 void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
 // Keys per CTA of the backward (one split flag per batch, head and key block of this size).
 constexpr int kBwdKeysPerCta = 128;
