@@ -1104,15 +1104,9 @@ TEST(CudaAttention, BackwardOverwritesGradients) {
               const BlockMask mask = dense_block_mask(geo);
               auto gm = gpu->prepare_mask(mask);
               auto gmt = gpu->prepare_mask(mask.transpose());
-              AttnFwdParams f;
-              f.q = q.dview;
-              f.k = k.dview;
-              f.v = v.dview;
-              f.o = o.dview;
-              f.lse = lse.view();
-              f.mask = gm->view();
-              f.causal = causal;
-              gpu->attention_forward(f);
+              gpu->attention_forward(make_fwd_params({q.dview, k.dview, v.dview, o.dview,
+                                                      lse.view()},
+                                                     gm->view(), {0.0, causal}));
               Tensor got[2][3];  // [zeros and add, 7 and write][dq, dk, dv]
               for (int mode = 0; mode < 2; ++mode) {
                 Padded g[3];
@@ -1120,19 +1114,10 @@ TEST(CudaAttention, BackwardOverwritesGradients) {
                   g[i] = make(gdt, seed + 6 + i, strided);
                   gpu->fill(g[i].dview, mode == 0 ? 0.0 : 7.0);
                 }
-                AttnBwdParams bp;
-                bp.q = q.dview;
-                bp.k = k.dview;
-                bp.v = v.dview;
-                bp.o = o.dview;
-                bp.d_o = d_o.dview;
-                bp.lse = lse.view();
-                bp.dq = g[0].dview;
-                bp.dk = g[1].dview;
-                bp.dv = g[2].dview;
-                bp.mask = gm->view();
-                bp.mask_t = gmt->view();
-                bp.causal = causal;
+                AttnBwdParams bp = make_bwd_params(
+                    {q.dview, k.dview, v.dview, o.dview, lse.view()},
+                    {d_o.dview, g[0].dview, g[1].dview, g[2].dview}, gm->view(), gmt->view(),
+                    {0.0, causal});
                 bp.accumulate = mode == 0;
                 gpu->attention_backward(bp);
                 if (mode == 1) {
