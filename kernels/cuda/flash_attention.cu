@@ -500,31 +500,31 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
     launch_delta(a, dt, scratch, p.o.dtype == dt && allows_vec(p.o), stream);
   }
   const bool atomic_dq = atomic_dq_of(p);
-  // Overwritten gradients: dq zeroed here (its kernels add); dk and dv written by the Hopper
-  // kernel where it can (sm90::bwd_writes_dkv: of the input dtype, tiles by position), else
-  // zeroed here too.
-  bool zero_dkv = false;
-  if (!p.accumulate) {
-    cuda::fill(p.dq, 0.0, stream);
-    zero_dkv = true;
-  }
   a.dq_pair = allows_pair(p.dq);  // float2 atomics, or pairs in the dQ pass's read-modify-write
   a.dkv_pair = allows_pair(p.dk) && allows_pair(p.dv);
 #if LONGATTN_HAVE_SM90
   a.dkv_vec = allows_vec(p.dk) && allows_vec(p.dv) && sm90::dkv_vec_enabled() ? 1 : 0;
 #endif
   try {
+    [[maybe_unused]] const bool sm90_path = bwd_takes_sm90(a, p);
+    // Overwritten gradients: dq zeroed here (its kernels add); dk and dv written by the Hopper
+    // kernel where it can (sm90::bwd_writes_dkv: of the input dtype, tiles by position), else
+    // zeroed here too.
+    if (!p.accumulate) {
+      cuda::fill(p.dq, 0.0, stream);
 #if LONGATTN_HAVE_SM90
-    if (bwd_takes_sm90(a, p)) {
-      if (zero_dkv && sm90::bwd_writes_dkv(a, static_cast<int>(p.q.D))) {
+      if (sm90_path && sm90::bwd_writes_dkv(a, static_cast<int>(p.q.D))) {
         a.dkv_write = 1;
-        zero_dkv = false;
         g_bwd_wrote_dkv.store(true);
       }
-      if (zero_dkv) {
+#endif
+      if (a.dkv_write == 0) {
         cuda::fill(p.dk, 0.0, stream);
         cuda::fill(p.dv, 0.0, stream);
       }
+    }
+#if LONGATTN_HAVE_SM90
+    if (sm90_path) {
       // Listed 64-query tiles per 128-key block (CTA), for how many parts the query range takes.
       const double tiles = static_cast<double>(p.mask_t.nnz) * (p.mask_t.block_k / 64) /
                            std::max<int64_t>(p.mask_t.num_q_blocks, 1);
@@ -549,10 +549,6 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
       return;
     }
 #endif
-    if (zero_dkv) {
-      cuda::fill(p.dk, 0.0, stream);
-      cuda::fill(p.dv, 0.0, stream);
-    }
     warn_portable_blocks_once(dt, p.q.D, a.vec != 0, p.mask);
     switch (p.q.D) {
       case 32: dispatch_bwd<32>(a, dt, atomic_dq, stream); break;

@@ -617,8 +617,11 @@ void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t st
   // Head dim 64, causal: K in registers (A/B runs 14-15: causal +0-4%, non-causal -8-12%).
   static const bool kregs = switch_on("LONGATTN_SM90_BWD_KREGS");
   const BackwardTiles tiles = bwd_tiles(a, head_dim);
-  if (a.dkv_write != 0) {  // the caller asked bwd_writes_dkv
-    LONGATTN_CHECK_ARG(bwd_writes_dkv(a, head_dim), "dkv_write", a.dkv_write,
+  if (a.dkv_write != 0) {  // the caller asked bwd_writes_dkv (not asked again: a getenv)
+    LONGATTN_CHECK_ARG(a.dk_type == flash::kOutSame && a.dv_type == flash::kOutSame &&
+                           (tiles == BackwardTiles::kPosition128 ||
+                            tiles == BackwardTiles::kPosition80),
+                       "dkv_write", a.dkv_write,
                        "needs dk and dv of the input dtype and tiles by position");
     if (tiles == BackwardTiles::kPosition128)
       return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, true, true>(a, stream)
