@@ -45,5 +45,12 @@ done; wait
 for r in 1 2; do for w in 1 0; do for d in 128 64; do
   LONGATTN_SM90_BWD_WRITE=$w build-cudabe/bin/longattn bench --device cuda -v dense \
     -n 4096 8192 16384 --heads 16 --head-dim $d --pass bwd --causal no --warmup 5 --repeats 20 \
-    --max-seconds 1 --check-rows 0 --quiet
+    --max-seconds 1 --check-rows 0 --quiet --json var_w${w}_d${d}_r$r.json
 done; done; done
+# (That loop's files did not come back: too many files. The rows in variant_bwd_write_ab.txt
+# are this second pass's printed output, on the same warm machine.)
+for d in 128 64; do for w in 1 0 1 0; do
+  LONGATTN_SM90_BWD_WRITE=$w build-cudabe/bin/longattn bench --device cuda -v dense \
+    -n 4096 8192 16384 --heads 16 --head-dim $d --pass bwd --causal no --warmup 5 --repeats 20 \
+    --max-seconds 1 --check-rows 0 --quiet
+done; done
