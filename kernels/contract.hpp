@@ -208,21 +208,54 @@ ForwardShortItems forward_short_items(int64_t nq, int64_t pairs, int64_t ctas, d
 // Tail splitting for the persistent Hopper backward over equal works (non-causal calls whose mask
 // lists every key block, walked by position: one work per key block and (batch, head), every
 // work `tiles_per_work` query tiles): `works` works on `ctas` CTAs leave a last, partial round of
-// works % ctas works (all when fewer than ctas) during which the other CTAs idle. Each of those
-// works is cut along its query range into `parts` parts (the first parts one tile longer where
-// the tiles do not divide), taken as works of their own and adding their dK and dV by TMA reduces
-// (which add in any order). Chosen to minimise the last round's time, counting
-// kBackwardWorkOverheadTiles of fixed work per work or part (K and V loaded, dK and dV added);
-// taken when that saves at least a tenth of a work, at least 2 tiles a part. parts = 0: not taken.
+// works % ctas works (all when fewer than ctas) during which the other CTAs idle. That round is
+// cut one of two ways, both adding their dK and dV by TMA reduces (which add in any order):
+// - parts: each of its works cut along its query range into `parts` parts (the first parts one
+//   tile longer where the tiles do not divide), taken as works of their own;
+// - spans: its works' query tiles, one after the other, cut into `spans` = ctas equal spans, one
+//   a CTA, each the end of one work and, where it crosses into the next, the start of that one
+//   (backward_span_piece): every CTA then ends at about the same time, where parts leave the
+//   rounds of parts partial too (8K at head dim 128: 100 works of 103 tiles on 132 CTAs; no
+//   count of parts saves a tenth of a work, spans of 78-79 tiles save a fifth).
+// Each is costed as the last round's time, counting kBackwardWorkOverheadTiles of fixed work per
+// work, part or piece (K and V loaded, dK and dV added), and taken when that saves at least a
+// tenth of a work, at least 2 tiles a part or span: the count of parts that costs least, else
+// spans (parts, whose pieces the counter balances over CTAs that end their whole works at
+// different times, measured faster where both save: 16K, run 356). Neither: parts = spans = 0.
 constexpr double kBackwardWorkOverheadTiles = 4.0;
 struct BackwardTailSplit {
   int64_t first = 0;  // works [first, first + items) are split
   int64_t items = 0;
   int64_t parts = 0;
+  int64_t spans = 0;
   double tail_cost = 1.0;  // the split last round's time, in works
+  // The launch's items in place of the split works.
+  int64_t launch_items() const { return spans > 0 ? spans : items * parts; }
 };
 BackwardTailSplit backward_tail_split(int64_t works, int64_t ctas, int64_t tiles_per_work,
-                                      int64_t max_parts = 32);
+                                      int64_t max_parts = 32, bool allow_spans = true);
+// Piece `piece` (0, or 1 where the span has a second) of span k of `spans` over the query tiles
+// of tail_works equal works of `tiles` tiles taken one after the other: the tail work (from 0)
+// and its tiles [lo, hi). Spans at least as many as the works are shorter than a work, so they
+// have one piece or two.
+template <class I>
+struct BackwardSpanPiece {
+  I work;
+  I lo;
+  I hi;
+  bool second;  // the span goes on into the next work
+};
+template <class I>
+constexpr BackwardSpanPiece<I> backward_span_piece(I k, I tail_works, I tiles, I spans,
+                                                   int piece) {
+  const I total = tail_works * tiles;
+  const I s0 = k * total / spans, s1 = (k + 1) * total / spans;
+  I j = s0 / tiles;
+  const bool second = s1 > (j + 1) * tiles;
+  if (piece == 1 && second) ++j;
+  const I w0 = j * tiles, w1 = w0 + tiles;
+  return {j, (s0 > w0 ? s0 : w0) - w0, (s1 < w1 ? s1 : w1) - w0, second};
+}
 
 // Parts of the query range for a key-stationary backward whose CTAs walk a key block's listed
 // query tiles in order: with scattered rows (row_fill < 0.75) the CTAs running together touch

@@ -96,10 +96,12 @@ struct BwdArgs {
   // every head of the group come first.
   int work_group = 0;
   // Hopper backward over equal works (backward_tail_split): works tail_first.. of the last
-  // round cut along their query range into tail_parts parts each (0: none), taken after the
-  // whole works and adding their dK and dV by TMA reduces.
+  // round cut along their query range into tail_parts parts each, or their query tiles taken
+  // one after the other cut into tail_spans spans (backward_span_piece; 0 and 0: none), taken
+  // after the whole works and adding their dK and dV by TMA reduces.
   int tail_first = 0;
   int tail_parts = 0;
+  int tail_spans = 0;
   // Hopper backward, AttnBwdParams::accumulate false where sm90::bwd_writes_dkv: the kWrite
   // instantiation, whose first (or only) part of each key block writes its dK and dV instead of
   // adding them (the later parts, ordered by split_flags, add).

@@ -232,31 +232,43 @@ TEST(Dense, BackwardWorkPositions) {
 // query range.
 TEST(Dense, BackwardTailSplit) {
   auto expect_split = [](int64_t works, int64_t ctas, int64_t tiles, int64_t first,
-                         int64_t items, int64_t parts, double cost) {
+                         int64_t items, int64_t parts, int64_t spans, double cost,
+                         bool allow_spans = true) {
     SCOPED_TRACE(std::to_string(works) + " works of " + std::to_string(tiles) + " tiles");
-    const BackwardTailSplit t = backward_tail_split(works, ctas, tiles);
+    const BackwardTailSplit t = backward_tail_split(works, ctas, tiles, 32, allow_spans);
     EXPECT_EQ(t.first, first);
     EXPECT_EQ(t.items, items);
     EXPECT_EQ(t.parts, parts);
+    EXPECT_EQ(t.spans, spans);
+    EXPECT_EQ(t.launch_items(), spans > 0 ? spans : items * parts);
     EXPECT_NEAR(t.tail_cost, cost, 1e-12);
   };
   // 32K at head dim 128 (80-query tiles): 4096 works of 410 tiles on 132 CTAs leave 4 works
-  // alone in a 32nd round; 32 parts of 13 tiles each fill 128 CTAs at once.
-  expect_split(4096, 132, 410, 4092, 4, 32, (13.0 + 4.0) / 414.0);
+  // alone in a 32nd round; 32 parts of 13 tiles each fill 128 CTAs at once (spans, 12-13 tiles
+  // in one or two pieces, take as long: parts are kept).
+  expect_split(4096, 132, 410, 4092, 4, 32, 0, (13.0 + 4.0) / 414.0);
   // 16K: 2048 works of 205 tiles, a last round of 68; five parts of 41 tiles take 340 slots, three
-  // rounds: (3 x 45) / 209.
-  expect_split(2048, 132, 205, 1980, 68, 5, 135.0 / 209.0);
-  // 4K and 8K: last rounds of 116 and 100 of 132 works, no split saves a tenth of a work.
-  EXPECT_EQ(backward_tail_split(512, 132, 52).parts, 0);
-  EXPECT_EQ(backward_tail_split(1024, 132, 103).parts, 0);
-  EXPECT_EQ(backward_tail_split(512, 132, 32).parts, 0);
+  // rounds: (3 x 45) / 209. (Spans, 106 tiles in two pieces, would cost (106 + 2 x 4) / 209;
+  // parts are taken wherever they save a tenth.)
+  expect_split(2048, 132, 205, 1980, 68, 5, 0, 135.0 / 209.0);
+  expect_split(2048, 132, 205, 1980, 68, 5, 0, 135.0 / 209.0, false);
+  // 8K: a last round of 100 of 132 works of 103 tiles; no count of parts saves a tenth of a
+  // work, spans of 78-79 tiles do (the longest, in two pieces, 78): (78 + 2 x 4) / 107.
+  expect_split(1024, 132, 103, 924, 100, 0, 132, 86.0 / 107.0);
+  EXPECT_EQ(backward_tail_split(1024, 132, 103, 32, false).parts, 0);
+  EXPECT_EQ(backward_tail_split(1024, 132, 103, 32, false).spans, 0);
+  // 4K: a last round of 116 of 132 works of 52 tiles: spans of 46 tiles in two pieces,
+  // (46 + 8) / 56, save less than a tenth; nothing is split.
+  EXPECT_EQ(backward_tail_split(512, 132, 52).launch_items(), 0);
+  EXPECT_EQ(backward_tail_split(512, 132, 32).launch_items(), 0);
   // Whole rounds, too few tiles, nothing: not split.
   EXPECT_EQ(backward_tail_split(264, 132, 410).parts, 0);
   EXPECT_EQ(backward_tail_split(5, 132, 3).parts, 0);
   EXPECT_EQ(backward_tail_split(0, 132, 100).parts, 0);
   EXPECT_EQ(backward_tail_split(100, 0, 100).parts, 0);
-  // Fewer works than CTAs: every work is the tail; parts of at least 2 tiles.
-  expect_split(2, 132, 12, 0, 2, 6, (2.0 + 4.0) / 16.0);
+  // Fewer works than CTAs: every work is the tail; parts of at least 2 tiles (spans would have
+  // fewer).
+  expect_split(2, 132, 12, 0, 2, 6, 0, (2.0 + 4.0) / 16.0);
   // The GPU test's shapes on 5 CTAs: 12 works of 9 (d=128) or 6 (d=64) tiles, two of them split
   // in two; 16 works of 8 or 5 tiles, the last in 4 or 2.
   const BackwardTailSplit t = backward_tail_split(12, 5, 9);
@@ -265,6 +277,45 @@ TEST(Dense, BackwardTailSplit) {
   EXPECT_EQ(backward_tail_split(12, 5, 6).parts, 2);
   EXPECT_EQ(backward_tail_split(16, 5, 8).parts, 4);
   EXPECT_EQ(backward_tail_split(16, 5, 5).parts, 2);
+  // The GPU test's spans on 4 CTAs: 7 works of 32 tiles (2560 queries at head dim 128, 4096 at
+  // 64) leave 3; 4 spans of 24 tiles, one in two pieces: (24 + 8) / 36. No count of parts saves
+  // a tenth there (four of 8 tiles: 12 parts, three rounds of 12).
+  expect_split(7, 4, 32, 4, 3, 0, 4, 32.0 / 36.0);
+}
+
+// The spans' pieces cover the tail's tiles once each, in order, each span one or two pieces of
+// one CTA's share.
+TEST(Dense, BackwardSpanPieces) {
+  for (int64_t works : {1, 4, 68, 100, 116})
+    for (int64_t tiles : {2, 5, 52, 103, 205})
+      for (int64_t spans : {works + 1, int64_t{132}}) {
+        if (spans <= works) continue;
+        SCOPED_TRACE(std::to_string(works) + " works of " + std::to_string(tiles) + ", " +
+                     std::to_string(spans) + " spans");
+        int64_t next = 0;  // the next tile, counted over the works one after the other
+        for (int64_t k = 0; k < spans; ++k) {
+          const auto p0 = backward_span_piece<int64_t>(k, works, tiles, spans, 0);
+          int64_t len = 0;
+          for (int piece = 0; piece < (p0.second ? 2 : 1); ++piece) {
+            const auto p = backward_span_piece<int64_t>(k, works, tiles, spans, piece);
+            ASSERT_EQ(p.second, p0.second);
+            ASSERT_GE(p.work, 0);
+            ASSERT_LT(p.work, works);
+            ASSERT_LE(0, p.lo);
+            ASSERT_LE(p.lo, p.hi);
+            ASSERT_LE(p.hi, tiles);
+            ASSERT_EQ(p.work * tiles + p.lo, next);
+            if (piece == 1) ASSERT_EQ(p.lo, 0);
+            if (piece == 1) ASSERT_GT(p.hi, 0);
+            next = p.work * tiles + p.hi;
+            len += p.hi - p.lo;
+          }
+          // Equal shares: floor or ceil of the tail's tiles over the spans.
+          ASSERT_GE(len, works * tiles / spans);
+          ASSERT_LE(len, (works * tiles + spans - 1) / spans);
+        }
+        EXPECT_EQ(next, works * tiles);
+      }
 }
 
 // Tail splitting of the persistent forward: the last partial wave's items cut along the keys.

@@ -1405,19 +1405,21 @@ TEST(FlashDkvTma, BackwardMatchesReference) {
 
 // Tail splitting of the persistent Hopper backward (backward_tail_split): non-causal calls over
 // complete masks cut their last round's works along the query range, each part adding its dK
-// and dV by TMA reduces, on a grid of 5 CTAs (12 and 16 works: 2 and 1 split) and, in bf16, on
-// the whole device (fewer works than CTAs: all split); with fp32 dk and dv (which allow the
-// reduces) and, once per head dim and dtype, dk and dv of the input dtype (no split: the whole
-// works' read-modify-write adds, which parts of one key block would race in). Elsewhere the
-// portable kernels run the same checks.
+// and dV by TMA reduces, on a grid of 5 CTAs (12 and 16 works: 2 and 1 split), on a grid of 4
+// (7 works of 32 query tiles: the last 3 as 4 spans, one in two pieces) and, in bf16, on the
+// whole device
+// (fewer works than CTAs: all split); with fp32 dk and dv (which allow the reduces) and, once per
+// head dim and dtype, dk and dv of the input dtype (no split: the whole works'
+// read-modify-write adds, which parts of one key block would race in). Elsewhere the portable
+// kernels run the same checks.
 TEST(FlashBwdTailSplit, PartsAddToReference) {
   SKIP_WITHOUT_GPU();
   int dev = 0, sms = 0;
   ck(cudaGetDevice(&dev), "cudaGetDevice");
   ck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "sms");
   const bool hopper = hopper_kernels_run();
-  int split_runs = 0;
-  for (int limit : {5, 0}) {
+  int split_runs = 0, span_runs = 0;
+  for (int limit : {5, 4, 0}) {
     const GridLimit grid(limit, 0);
     for (DType dt : {DType::BF16, DType::F16})
       for (int64_t D : {64, 128}) {
@@ -1428,9 +1430,13 @@ TEST(FlashBwdTailSplit, PartsAddToReference) {
             {dt, D, 1, 700, 700, 2, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
              1.0, false, tag + "_tail2"},
             {dt, D, 2, 600, 900, 1, 128, 128, false, 0, 0, MaskKind::Dense, Layout::Dilated,
-             3.0, false, tag + "_tail1_ragged"}};
+             3.0, false, tag + "_tail1_ragged"},
+            {dt, D, 1, D == 128 ? 2560 : 4096, 896, 1, 128, 128, false, 0, 0, MaskKind::Dense,
+             Layout::Contiguous, 1.0, false, tag + "_spans"}};
         for (const Case& c : cs)
           for (bool input_dtype : {false, true}) {
+            const bool spans_case = c.Nq > 1000;
+            if ((limit == 4) != spans_case) continue;
             if (input_dtype && (limit != 5 || c.B != 1)) continue;
             SCOPED_TRACE(c.name + (input_dtype ? "_dkv_input_dtype" : "_dkv_fp32"));
             check_backward(c, std::random_device{}(), nullptr, input_dtype);
@@ -1439,13 +1445,15 @@ TEST(FlashBwdTailSplit, PartsAddToReference) {
             const int64_t tiles = (c.Nq + (D == 128 ? 79 : 127)) / (D == 128 ? 80 : 128);
             const BackwardTailSplit t =
                 backward_tail_split(works, limit > 0 ? limit : sms, tiles);
-            const int64_t want = input_dtype ? 0 : t.items * t.parts;
+            const int64_t want = input_dtype ? 0 : t.launch_items();
             EXPECT_EQ(cuda::backward_last_tail_parts(), want);
             if (want > 0) ++split_runs;
+            if (want > 0 && t.spans > 0) ++span_runs;
           }
       }
   }
-  if (hopper) EXPECT_GE(split_runs, 12);
+  if (hopper) EXPECT_GE(split_runs, 16);
+  if (hopper) EXPECT_EQ(span_runs, 4);
 }
 
 // The Hopper backward's walk starts. Staggered walks (mode 1: each CTA starting at a query tile

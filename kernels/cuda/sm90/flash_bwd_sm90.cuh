@@ -395,11 +395,14 @@ __global__ void __launch_bounds__(384, 1)
   constexpr bool kFlags = D >= 128;
   const int nkb = (a.Nk + kBN - 1) / kBN;  // key blocks (works per part)
   const int nx = nkb * a.q_splits;
-  // With a tail split (a.tail_parts, one part of the query range otherwise) the whole works
-  // tail_first.. come as tail_parts parts each, after the others.
+  // With a tail split (one part of the query range otherwise) the whole works tail_first.. come
+  // after the others as a.tail_parts parts each, or as a.tail_spans spans of their query tiles
+  // taken one after the other, each span one item of one or two pieces (backward_span_piece).
   const int n_whole = nx * a.H * a.B;
-  const int n_works =
-      a.tail_parts > 0 ? a.tail_first + (n_whole - a.tail_first) * a.tail_parts : n_whole;
+  const int n_works = a.tail_spans > 0   ? a.tail_first + a.tail_spans
+                      : a.tail_parts > 0 ? a.tail_first + (n_whole - a.tail_first) * a.tail_parts
+                                         : n_whole;
+  const bool split_tail = a.tail_parts > 0 || a.tail_spans > 0;
   const int nsub = a.mask_t.block_k / kBM;
   // This work's key block, head, batch and mask row entries [e0, e1), set per work (80-query
   // tiles: its query tiles [e0, e1) from query q_begin, all visible, the queries from q_end on
@@ -479,16 +482,27 @@ __global__ void __launch_bounds__(384, 1)
       // warp), and loads K, V (once the consumers' products of the last work are done with them)
       // and Q, dO of every tile. The tile count runs over all works of the CTA.
       int w = blockIdx.x;
+      int piece = 0;  // of a span: 1 for its second piece, taken without a claim
       int i = 0;
       for (int n = 0;; ++n) {
         const int slot = n & 1;
         int64_t w0 = 0, w1 = 0;
         // The work's key block and part (x) and (batch, head) pair: head by head, or with
         // a.work_group key block by key block across the heads of each group.
-        // (A part of a split work: the whole work's index, and which part.)
-        const bool tail = a.tail_parts > 0 && w >= a.tail_first && w < n_works;
-        const int tail_part = tail ? (w - a.tail_first) % a.tail_parts : 0;
-        const int whole = tail ? a.tail_first + (w - a.tail_first) / a.tail_parts : w;
+        // (A part of a split work: the whole work's index, and which part; a piece of a span:
+        // the whole work's index and its tiles.)
+        const bool tail = split_tail && w >= a.tail_first && w < n_works;
+        int tail_part = 0, whole = w;
+        // (32-bit: the launch takes spans only where spans x tiles fit, backward_tail_split.)
+        BackwardSpanPiece<int> span{0, 0, 0, false};
+        if (tail && a.tail_spans > 0) {
+          span = backward_span_piece<int>(w - a.tail_first, n_whole - a.tail_first,
+                                          (a.Nq + kBM - 1) / kBM, a.tail_spans, piece);
+          whole = a.tail_first + span.work;
+        } else if (tail) {
+          tail_part = (w - a.tail_first) % a.tail_parts;
+          whole = a.tail_first + (w - a.tail_first) / a.tail_parts;
+        }
         const BackwardWorkPos<int> pos = w < n_works
                                              ? backward_work_pos(whole, nx, a.H * a.B,
                                                                  a.work_group)
@@ -517,7 +531,10 @@ __global__ void __launch_bounds__(384, 1)
             w0 = max(w0, backward_first_tile<int64_t>(k0 - q_begin, a.diag, q_end - q_begin,
                                                       kBM));
           if (w1 < w0) w1 = w0;
-          if (tail) {  // this part of the work's tiles
+          if (tail && a.tail_spans > 0) {  // this piece of the work's tiles (complete mask)
+            w1 = w0 + span.hi;
+            w0 = w0 + span.lo;
+          } else if (tail) {  // this part of the work's tiles
             const int64_t n = w1 - w0;
             w1 = w0 + (tail_part + 1) * n / a.tail_parts;
             w0 = w0 + tail_part * n / a.tail_parts;
@@ -580,12 +597,18 @@ __global__ void __launch_bounds__(384, 1)
             // The next work is claimed only now, once this one's tiles are issued: claimed when
             // this one starts, the counter handed out works a whole work ahead and uneven (causal)
             // works lost their balance (A/B run 39: 4K/8K causal 5-8% slower than claiming here).
-            w_next = atomicAdd(counter, 1) + static_cast<int>(gridDim.x);
-            if (w_next >= n_works) pdl_trigger();  // this work is the CTA's last
+            // (A span's second piece comes next, with no claim.)
+            if (span.second && piece == 0) {
+              w_next = w;
+            } else {
+              w_next = atomicAdd(counter, 1) + static_cast<int>(gridDim.x);
+              if (w_next >= n_works) pdl_trigger();  // this work is the CTA's last
+            }
           }
         }
         if (w >= n_works) break;
         w = __shfl_sync(0xffffffffu, w_next, 0);
+        piece = span.second && piece == 0 ? 1 : 0;
       }
       // The last CTA to leave resets the counter for the next launch that uses it.
       if (lane == 0) {
@@ -1147,7 +1170,7 @@ __global__ void __launch_bounds__(384, 1)
     }
     // Parts of a split work add by the reduces (their maps exist then), whole works as the
     // launch says.
-    if (dkv_tma || (a.tail_parts > 0 && sw[2] >= a.tail_first)) {
+    if (dkv_tma || (split_tail && sw[2] >= a.tail_first)) {
       if constexpr (kTall) {
         // D / 16 rounds of 32 columns (dV, then dK) alternating between the two 8 KB halves of
         // this warpgroup's dQ staging tile, each waiting for the reduce two rounds back to have
@@ -1246,7 +1269,7 @@ __global__ void __launch_bounds__(384, 1)
     if (lane == 0) mbar_arrive(&work_empty[slot]);
   }
   // The shared-memory dQ (and dK, dV) tiles must outlive the last reduce's reads.
-  if ((dq_tma || dkv_tma || a.tail_parts > 0) && tid == 0) bulk_wait_all();
+  if ((dq_tma || dkv_tma || split_tail) && tid == 0) bulk_wait_all();
 }
 
 struct BwdMaps {

@@ -331,18 +331,21 @@ std::atomic<int> g_last_bwd_tail{0};
 int64_t plan_bwd_tail_split(flash::BwdArgs& a, int64_t works, int tiles_per_work) {
   a.tail_first = 0;
   a.tail_parts = 0;
+  a.tail_spans = 0;
   g_last_bwd_tail.store(0);
   static const bool persistent = switch_on("LONGATTN_SM90_BWD_PERSISTENT");
   // The parts add dK and dV by TMA reduces: none where LONGATTN_SM90_DKV_TMA=0 turns those off.
   if (!switch_on("LONGATTN_SM90_BWD_TAIL") || !switch_on("LONGATTN_SM90_DKV_TMA") || !persistent)
     return works;
   const DeviceSched& d = device_sched();
-  const BackwardTailSplit t = backward_tail_split(works, persistent_ctas(d), tiles_per_work);
-  if (t.parts < 2) return works;
+  const BackwardTailSplit t = backward_tail_split(works, persistent_ctas(d), tiles_per_work, 32,
+                                                  switch_on("LONGATTN_SM90_BWD_SPANS"));
+  if (t.parts < 2 && t.spans == 0) return works;
   a.tail_first = static_cast<int>(t.first);
   a.tail_parts = static_cast<int>(t.parts);
-  g_last_bwd_tail.store(static_cast<int>(t.items * t.parts));
-  return t.first + t.items * t.parts;
+  a.tail_spans = static_cast<int>(t.spans);
+  g_last_bwd_tail.store(static_cast<int>(t.launch_items()));
+  return t.first + t.launch_items();
 }
 
 int last_bwd_tail_parts() { return g_last_bwd_tail.load(); }

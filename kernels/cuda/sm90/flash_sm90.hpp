@@ -106,11 +106,13 @@ int last_fwd_short_items();
 void note_fwd_narrow_keys(int keys);
 int last_fwd_narrow_keys();
 // Tail splitting of a persistent backward launch over `works` equal works of tiles_per_work
-// query tiles (backward_tail_split in kernels/contract.hpp): sets a.tail_first and
-// a.tail_parts (0: not split) and returns the launch's works. LONGATTN_SM90_BWD_TAIL=0 turns it
-// off (read on each call); not without persistent CTAs.
+// query tiles (backward_tail_split in kernels/contract.hpp): sets a.tail_first and a.tail_parts
+// or a.tail_spans (both 0: not split) and returns the launch's works. LONGATTN_SM90_BWD_TAIL=0
+// turns it off, LONGATTN_SM90_BWD_SPANS=0 the spans only (read on each call); not without
+// persistent CTAs.
 int64_t plan_bwd_tail_split(flash::BwdArgs& a, int64_t works, int tiles_per_work);
-// Parts of split works in the last backward launch of this process (0: none), for tests.
+// Parts or spans of split works in the last backward launch of this process (0: none), for
+// tests.
 int last_bwd_tail_parts();
 
 }  // namespace longattn::cuda::sm90

@@ -1,0 +1,63 @@
+# Commands of runs 355-357 (one H200 each, 2026-11-29). The scripts ran from the repository root with the
+# binaries (kernel_bench, test_gpu) unpacked to build-cudabe/bin: run 355 the build of 5dd913e, runs 356-357
+# the version-48 builds (356: spans wherever they cost least; 357: the final rule, spans only where no count of
+# parts saves a tenth). cudnn_probe.py is bench/results/fwd_heads_one_by_one_h200_2026-11-28/cudnn_probe.py.
+
+# ---- run 355
+# Run 355 (1x H200), main 5dd913e (flash_backward mended in b1b9ff8): the backward GPU tests
+# (112: CudaAttention.*, every backward/Bwd/grad/variant case, FlashM80, FlashM128, FlashDkv*)
+# in eight shards; then ncu at its locked clock of the d=128 non-causal 8K backward in SDPA's
+# configuration (--grads write: bf16 dq, dk, dv overwritten) beside cuDNN's.
+set -u
+chmod +x build-cudabe/bin/*
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+F='CudaAttention.*:*Backward*:*Bwd*:FlashM80*:FlashM128*:FlashDkv*:*Grad*:*Variant*'
+for i in 0 1 2 3 4 5 6 7; do GTEST_TOTAL_SHARDS=8 GTEST_SHARD_INDEX=$i timeout 300 build-cudabe/bin/test_gpu --gtest_filter="$F" > tests_$i.txt 2>&1 & done; wait
+for i in 0 1 2 3 4 5 6 7; do echo "shard $i: $(grep -cE '^\[       OK' tests_$i.txt) ok, $(grep -cE '^\[  FAILED  \] [A-Z]' tests_$i.txt) failed; $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' tests_$i.txt | head -2 | tr '\n' ' ')"; done
+grep -hE '^\[  FAILED  \] [A-Z]' tests_*.txt | head
+M="--metrics sass__inst_executed_per_opcode,smsp__inst_executed.sum,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum,sm__cycles_elapsed.avg,lts__t_bytes.sum,lts__t_sectors_op_red.sum,lts__t_sectors_op_atom.sum,lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,launch__grid_size,launch__block_size,launch__shared_mem_per_block_dynamic,launch__registers_per_thread --print-metric-instances details"
+timeout 150 ncu $M -k 'regex:^(?!.*(randn|fill)).*' --launch-skip 4 --launch-count 8 build-cudabe/bin/kernel_bench --suites dense --dense-n 8192 --dense-d 128 --passes bwd --grads write --warmup 1 --warm-ms 0 --repeats 2 --max-seconds 1 --out n.json > ours_bwdw_8192.txt 2>&1; echo "ours rc $?"
+timeout 200 ncu $M -k 'regex:(bprop|dot_do_o|convert_dq)' --launch-skip 30 --launch-count 3 python3 bench/results/fwd_heads_one_by_one_h200_2026-11-28/cudnn_probe.py 1:8192:128:b > cudnn_bwd_8192.txt 2>&1; echo "cudnn rc $?"
+grep -E "^  [a-zA-Z_]|gpu__time_duration|cycles_elapsed.avg |smsp__inst_executed.sum |tensor_cycles|lts__t_bytes|op_red|op_atom|hit_rate|dram__bytes|issue_active|grid_size|shared_mem|registers" ours_bwdw_8192.txt cudnn_bwd_8192.txt | cut -c1-220
+tar czf $OUT/r355.tgz *.txt
+
+# ---- run 356
+# Run 356 (1x H200): backward tail spans (the last round of equal works as one span of query
+# tiles a CTA). Tests: FlashBwdTailSplit (with spans cases), the d=128/d=64 backward by-position
+# suites, FlashBwdTailSplit under memcheck; then A/B in one binary, LONGATTN_SM90_BWD_SPANS=1 / 0,
+# three rounds, dense bwd d=128 and d=64 at 4K/8K/16K (fp32 dk/dv: kernel_bench's default).
+set -u
+chmod +x build-cudabe/bin/*
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+F='FlashBwdTailSplit.*:FlashM80*:FlashM128*:FlashDkvTma*:CudaAttention.Backward*'
+for i in 0 1 2 3; do GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout 200 build-cudabe/bin/test_gpu --gtest_filter="$F" > tests_$i.txt 2>&1 & done
+timeout 240 compute-sanitizer --tool memcheck build-cudabe/bin/test_gpu --gtest_filter='FlashBwdTailSplit.*' > memcheck.txt 2>&1 &
+wait
+for i in 0 1 2 3; do echo "shard $i: $(grep -cE '^\[       OK' tests_$i.txt) ok, $(grep -cE '^\[  FAILED  \] [A-Z]' tests_$i.txt) failed; $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' tests_$i.txt | head -2 | tr '\n' ' ')"; done
+grep -hE '^\[  FAILED  \] [A-Z]|Failure|error' tests_*.txt | head
+echo "memcheck: $(grep -E 'ERROR SUMMARY|PASSED|FAILED' memcheck.txt | tail -3 | tr '\n' ' ')"
+for r in 1 2 3; do for s in 1 0; do for d in 128 64; do
+  LONGATTN_SM90_BWD_SPANS=$s timeout 60 build-cudabe/bin/kernel_bench --suites dense --dense-n 4096 8192 16384 --dense-d $d --passes bwd --max-seconds 2 --out ab_s${s}_d${d}_r$r.json > ab_s${s}_d${d}_r$r.txt 2>&1
+  echo "spans=$s d$d r$r: $(grep -E '^dense' ab_s${s}_d${d}_r$r.txt | awk '{print $3, $6, $8}' | tr '\n' '|')"
+done; done; done
+tar czf $OUT/r356.tgz *.txt *.json
+
+# ---- run 357
+# Run 357 (1x H200): backward tail spans, final rule (spans only where no count of parts saves a
+# tenth: 8K at both head dims). FlashBwdTailSplit (its spans cases on 4 CTAs), plain and under
+# memcheck; then anchored, three rounds of ours then cuDNN, the dense backward at d=128 and d=64
+# (kernel_bench's default: dq, dk, dv fp32, added into).
+set -u
+chmod +x build-cudabe/bin/*
+R=$PWD
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+timeout 200 build-cudabe/bin/test_gpu --gtest_filter='FlashBwdTailSplit.*' > tests.txt 2>&1 &
+timeout 200 compute-sanitizer --tool memcheck build-cudabe/bin/test_gpu --gtest_filter='FlashBwdTailSplit.*' > memcheck.txt 2>&1 &
+wait
+echo "tests: $(grep -E '^\[  PASSED|^\[  FAILED|OK \]' tests.txt | tr '\n' ' ')"
+grep -E 'Failure|Expected|Which is' tests.txt | head
+echo "memcheck: $(grep -E 'ERROR SUMMARY|PASSED|FAILED' memcheck.txt | tail -3 | tr '\n' ' ')"
+for d in 128 64; do
+  timeout 280 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir kb$d --rounds 3 --anchors sdpa_cudnn -- --suites dense --dense-n 4096 8192 16384 --dense-d $d --passes bwd --max-seconds 2 > kb$d.log 2>&1; echo "kb$d rc $?"
+  tail -22 kb$d/kernel_bench_table.txt
+done
