@@ -61,3 +61,14 @@ for d in 128 64; do
   timeout 280 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir kb$d --rounds 3 --anchors sdpa_cudnn -- --suites dense --dense-n 4096 8192 16384 --dense-d $d --passes bwd --max-seconds 2 > kb$d.log 2>&1; echo "kb$d rc $?"
   tail -22 kb$d/kernel_bench_table.txt
 done
+
+# ---- run 358
+# Run 358 (1x H200), version 48 (main 08db2cb): the whole GPU test suite in eight shards (224 of 224 passed).
+set -u
+chmod +x build-cudabe/bin/*
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+for i in 0 1 2 3 4 5 6 7; do GTEST_TOTAL_SHARDS=8 GTEST_SHARD_INDEX=$i timeout 420 build-cudabe/bin/test_gpu > all_$i.txt 2>&1 & done; wait
+for i in 0 1 2 3 4 5 6 7; do echo "shard $i: $(grep -cE '^\[       OK' all_$i.txt) ok, $(grep -cE '^\[  FAILED  \] [A-Z]' all_$i.txt) failed; $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' all_$i.txt | head -2 | tr '\n' ' ')"; done
+grep -hE '^\[  FAILED  \] [A-Z]' all_*.txt | head
+grep -h "^\[ RUN" all_*.txt | wc -l
+tar czf $OUT/r358.tgz gpu.txt all_*.txt
