@@ -72,3 +72,15 @@ for i in 0 1 2 3 4 5 6 7; do echo "shard $i: $(grep -cE '^\[       OK' all_$i.tx
 grep -hE '^\[  FAILED  \] [A-Z]' all_*.txt | head
 grep -h "^\[ RUN" all_*.txt | wc -l
 tar czf $OUT/r358.tgz gpu.txt all_*.txt
+
+# ---- run 359
+# Run 359 (1x H200), version 48 (main 08db2cb): the whole GPU test suite in eight shards through the portable
+# kernels (LONGATTN_FLASH_KERNELS=portable): 224 of 224 passed.
+set -u
+chmod +x build-cudabe/bin/*
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+for i in 0 1 2 3 4 5 6 7; do GTEST_TOTAL_SHARDS=8 GTEST_SHARD_INDEX=$i LONGATTN_FLASH_KERNELS=portable timeout 450 build-cudabe/bin/test_gpu > all_$i.txt 2>&1 & done; wait
+for i in 0 1 2 3 4 5 6 7; do echo "shard $i: $(grep -cE '^\[       OK' all_$i.txt) ok, $(grep -cE '^\[  FAILED  \] [A-Z]' all_$i.txt) failed; $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' all_$i.txt | head -2 | tr '\n' ' ')"; done
+grep -hE '^\[  FAILED  \] [A-Z]' all_*.txt | head
+grep -h "^\[ RUN" all_*.txt | wc -l
+tar czf $OUT/r359.tgz gpu.txt all_*.txt
