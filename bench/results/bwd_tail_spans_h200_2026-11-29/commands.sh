@@ -84,3 +84,37 @@ for i in 0 1 2 3 4 5 6 7; do echo "shard $i: $(grep -cE '^\[       OK' all_$i.tx
 grep -hE '^\[  FAILED  \] [A-Z]' all_*.txt | head
 grep -h "^\[ RUN" all_*.txt | wc -l
 tar czf $OUT/r359.tgz gpu.txt all_*.txt
+
+# ---- run 360
+# Run 360 (1x H200; build-trace configured with -DLONGATTN_SM90_BWD_TRACE=ON, its kernel_bench built from
+# 9883d5c): the Hopper backward's timeline (measurement build, cmake
+# -DLONGATTN_SM90_BWD_TRACE=ON, kernel_bench of 9883d5c's kernels): the works of head 0's key
+# blocks at d=128 4K and 8K and d=64 4K, causal and not, fp32 accumulators (kernel_bench's default)
+# and SDPA's configuration (--grads write); summarised by bench/bwd_trace_summary.py.
+set -u
+chmod +x build-trace/bin/*
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+for g in add write; do for d in 128 64; do
+  ns="4096 8192"; [ $d = 64 ] && ns="4096"
+  LONGATTN_SM90_BWD_TRACE_OUT=tr_${g} timeout 60 build-trace/bin/kernel_bench --suites dense --dense-n $ns --dense-d $d --passes bwd --grads $g --warmup 2 --warm-ms 0 --repeats 3 --max-seconds 1 --out kb_${g}_d$d.json > kb_${g}_d$d.txt 2>&1; echo "$g d$d rc $?"
+done; done
+ls
+python3 bench/bwd_trace_summary.py tr_*.txt
+
+# ---- run 361 (the binaries of the patch bwd_kv_dkv_prefetch_untaken.patch over 9883d5c; not merged)
+# Run 361 (1x H200): the backward's K/V prefetched into L2 when a work is claimed, and its fp32
+# dk/dv rows once its tiles are issued (producer only; LONGATTN_SM90_BWD_KV_PREFETCH=0 turns both
+# off). Smoke tests (the write/add equality, the m80 and m128 window cases, side by side), then
+# A/B in one binary, two rounds, dense bwd d=128 4K/8K/16K, causal and not, fp32 accumulators
+# (kernel_bench's default) and --grads write.
+set -u
+chmod +x build-cudabe/bin/*
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+i=0; for t in CudaAttention.BackwardOverwritesGradients FlashM80.WindowMasksMatchReference FlashM128.WindowMasksMatchReference; do
+  timeout 100 build-cudabe/bin/test_gpu --gtest_filter=$t > tests_$i.txt 2>&1 & i=$((i+1)); done; wait
+echo "tests: $(cat tests_*.txt | grep -E '^\[  PASSED|^\[  FAILED|OK \]' | tr '\n' ' ')"
+for r in 1 2; do for p in 1 0; do for g in add write; do
+  LONGATTN_SM90_BWD_KV_PREFETCH=$p timeout 40 build-cudabe/bin/kernel_bench --suites dense --dense-n 4096 8192 16384 --dense-d 128 --passes bwd --grads $g --warm-ms 300 --max-seconds 1 --out ab_p${p}_${g}_d128_r$r.json > ab_p${p}_${g}_d128_r$r.txt 2>&1
+  echo "prefetch=$p $g d128 r$r: $(grep -E '^dense' ab_p${p}_${g}_d128_r$r.txt | awk '{print $3, $6, $8}' | tr '\n' '|')"
+done; done; done
+tar czf $OUT/r361.tgz gpu.txt tests_*.txt ab_*.txt ab_*.json
