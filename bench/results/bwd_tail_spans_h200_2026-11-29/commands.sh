@@ -118,3 +118,13 @@ for r in 1 2; do for p in 1 0; do for g in add write; do
   echo "prefetch=$p $g d128 r$r: $(grep -E '^dense' ab_p${p}_${g}_d128_r$r.txt | awk '{print $3, $6, $8}' | tr '\n' '|')"
 done; done; done
 tar czf $OUT/r361.tgz gpu.txt tests_*.txt ab_*.txt ab_*.json
+
+# ---- run 362
+# Run 362 (1x H200, another lease), version 48 (main cb39980): the d=128 8K backward anchored
+# again, three rounds of ours then cuDNN (fp32 accumulators, kernel_bench's default).
+set -u
+chmod +x build-cudabe/bin/*
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version,serial --format=csv > gpu.txt  # (the serial column is not committed)
+timeout 150 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir kb8k --rounds 3 --anchors sdpa_cudnn -- --suites dense --dense-n 8192 --dense-d 128 --passes bwd --max-seconds 2 > kb8k.log 2>&1; echo "rc $?"
+tail -4 kb8k/kernel_bench_table.txt
+grep -E "^dense" kb8k/kernel_bench_table.txt | head -3
