@@ -296,26 +296,24 @@ BackwardTailSplit backward_tail_split(int64_t works, int64_t ctas, int64_t tiles
                (static_cast<double>(per) + kBackwardWorkOverheadTiles) / one;
       },
       parts_cost);
-  // Spans: one a CTA (tail < ctas), the longest span's tiles and pieces.
-  double spans_cost = 1.0;
+  // Parts where they save a tenth (their pieces are short, and the counter hands them to the
+  // CTAs as their whole works end, which they do not all at once: at 16K, spans measured 0.1-0.7%
+  // slower than five parts a work at both head dims, run 356); spans only where no parts do:
+  // one a CTA (tail < ctas), costed by the longest span's tiles and pieces.
   // (The kernel counts a span's tiles in 32 bits: (k + 1) x tail x tiles_per_work < 2^31.)
-  if (allow_spans && tail * tiles_per_work >= 2 * ctas &&
+  double spans_cost = 1.0;
+  if (parts == 0 && allow_spans && tail * tiles_per_work >= 2 * ctas &&
       ctas * tail * tiles_per_work < (int64_t{1} << 31)) {
+    const int64_t total = tail * tiles_per_work;
     double worst = 0.0;
     for (int64_t k = 0; k < ctas; ++k) {
-      const auto p0 = backward_span_piece<int64_t>(k, tail, tiles_per_work, ctas, 0);
-      double t = static_cast<double>(p0.hi - p0.lo) + kBackwardWorkOverheadTiles;
-      if (p0.second) {
-        const auto p1 = backward_span_piece<int64_t>(k, tail, tiles_per_work, ctas, 1);
-        t += static_cast<double>(p1.hi - p1.lo) + kBackwardWorkOverheadTiles;
-      }
-      worst = std::max(worst, t);
+      const int64_t len = (k + 1) * total / ctas - k * total / ctas;
+      const int pieces =
+          backward_span_piece<int64_t>(k, tail, tiles_per_work, ctas, 0).second ? 2 : 1;
+      worst = std::max(worst, static_cast<double>(len) + pieces * kBackwardWorkOverheadTiles);
     }
     spans_cost = worst / one;
   }
-  // Parts where they save a tenth (their pieces are short, and the counter hands them to the
-  // CTAs as their whole works end, which they do not all at once: at 16K, spans measured 0.1-0.7%
-  // slower than five parts a work at both head dims, run 356); spans only where no parts do.
   const bool take_spans = parts == 0 && spans_cost <= 0.9;
   if (!take_spans && parts == 0) return best;
   best.first = works - tail;
