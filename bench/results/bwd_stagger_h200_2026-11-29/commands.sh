@@ -1,4 +1,4 @@
-# Commands of runs 363-365 (one H200 each, 2026-11-29). The scripts ran from the repository root with the
+# Commands of runs 363-366 (one H200 each, 2026-11-29). The scripts ran from the repository root with the
 # binaries (kernel_bench, test_gpu) unpacked to build-cudabe/bin, built from main 08f3694 with the patch
 # bwd_stagger_stream_untaken.patch (run 363: its first form, stagger only; runs 364-365 the whole patch).
 
@@ -58,3 +58,21 @@ for r in 1 2 3 4 5; do for arm in base spans stream1; do for d in 128 64; do
   echo "$arm d$d r$r: $(grep -E '^dense' ab_${arm}_d${d}_r$r.txt | grep full | awk '{print $3, $8}' | tr '\n' '|')"
 done; done; done
 tar czf $OUT/r365.tgz *.txt *.json
+
+# ---- run 366 (build-trace configured with -DLONGATTN_SM90_BWD_TRACE=ON, its kernel_bench built from 27a2ab3 with the
+# trace by CTA of the next commit; the binary unpacked to build-trace/bin)
+# Run 366 (1x H200; build-trace configured with -DLONGATTN_SM90_BWD_TRACE=ON): the Hopper backward's
+# timeline by CTA (LONGATTN_SM90_BWD_TRACE_BY_CTA=1: the first 8 works of CTAs 0..7, so the works
+# after the first wave are seen too), d=128 4K and 8K and d=64 4K, causal and not, fp32 added
+# (kernel_bench's default) and SDPA's configuration (--grads write).
+set -u
+chmod +x build-trace/bin/*
+R=$PWD
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+for g in add write; do for d in 128 64; do
+  ns="4096 8192"; [ $d = 64 ] && ns="4096"
+  LONGATTN_SM90_BWD_TRACE_BY_CTA=1 LONGATTN_SM90_BWD_TRACE_OUT=tr_${g} timeout 60 build-trace/bin/kernel_bench --suites dense --dense-n $ns --dense-d $d --passes bwd --grads $g --warmup 2 --warm-ms 0 --repeats 3 --max-seconds 1 --out kb_${g}_d$d.json > kb_${g}_d$d.txt 2>&1; echo "$g d$d rc $?"
+done; done
+ls
+python3 $R/bench/bwd_trace_summary.py tr_*.txt | tee trace_summary.txt
+tar czf $OUT/r366.tgz *.txt *.json

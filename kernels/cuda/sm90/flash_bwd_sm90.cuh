@@ -109,13 +109,19 @@ using flash::BwdArgs;
 #endif
 #if LONGATTN_SM90_BWD_TRACE
 static __device__ long long g_bwd_trace[64][2][10];
+// Set before each launch from LONGATTN_SM90_BWD_TRACE_BY_CTA=1: the rows are then the first 8
+// works (n: the CTA's work count) of CTAs 0..7, row 8 x CTA + n, instead of key blocks.
+static __device__ int g_bwd_trace_by_cta;
 // The current work (w: its index, below nkb for head 0, batch 0, part 0) and its tiles so far.
-#define BWD_TRACE_WORK(w)                   \
-  const int trace_w = static_cast<int>(w); \
+#define BWD_TRACE_WORK(w)                                                                    \
+  const int trace_w = g_bwd_trace_by_cta                                                     \
+                          ? (blockIdx.x < 8 && n < 8 ? static_cast<int>(blockIdx.x) * 8 + n \
+                                                     : 64)                                   \
+                          : (static_cast<int>(w) < nkb ? static_cast<int>(w) : 64);         \
   int trace_tiles = 0
 #define BWD_TRACE(ev, value)                                      \
   do {                                                            \
-    if (tid == 0 && trace_w < 64 && trace_w < nkb)                \
+    if (tid == 0 && trace_w < 64)                                 \
       g_bwd_trace[trace_w][cw][ev] = (value);                     \
   } while (0)
 #define BWD_TRACE_FIRST(ev)                       \
@@ -1320,6 +1326,12 @@ void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
   void* trace = nullptr;
   CUDA_CHECK(cudaGetSymbolAddress(&trace, g_bwd_trace));
   CUDA_CHECK(cudaMemsetAsync(trace, 0, sizeof(g_bwd_trace), stream));
+  {
+    const char* by = std::getenv("LONGATTN_SM90_BWD_TRACE_BY_CTA");
+    const int by_cta = by != nullptr && std::string(by) == "1" ? 1 : 0;
+    CUDA_CHECK(cudaMemcpyToSymbolAsync(g_bwd_trace_by_cta, &by_cta, sizeof(int), 0,
+                                       cudaMemcpyHostToDevice, stream));
+  }
 #endif
   CUDA_CHECK(launch_sm90(kernel, grid, Tr::kThreads, Tr::kSmemBytes, stream, pdl_enabled(),
                          maps.q, maps.k, maps.v, maps.d_o, maps.dq, maps.dk, maps.dv, a,
@@ -1334,8 +1346,11 @@ void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
     std::snprintf(name, sizeof(name), "%s_d%d_n%d_c%d_p%d.txt", path, D, a.Nq, a.causal,
                   a.q_splits);
     char header[256];
-    std::snprintf(header, sizeof(header), "# D=%d Nq=%d Nk=%d causal=%d parts=%d rotate=%d grid=%d",
-                  D, a.Nq, a.Nk, a.causal, a.q_splits, a.rotate, grid);
+    const char* by = std::getenv("LONGATTN_SM90_BWD_TRACE_BY_CTA");
+    std::snprintf(header, sizeof(header),
+                  "# D=%d Nq=%d Nk=%d causal=%d parts=%d rotate=%d grid=%d by_cta=%d", D, a.Nq,
+                  a.Nk, a.causal, a.q_splits, a.rotate, grid,
+                  by != nullptr && std::string(by) == "1" ? 1 : 0);
     write_trace(name, header, &host[0][0][0], 64, 2, 10);
   }
 #endif
