@@ -309,7 +309,7 @@ BackwardTailSplit backward_tail_split(int64_t works, int64_t ctas, int64_t tiles
     for (int64_t k = 0; k < ctas; ++k) {
       const int64_t len = (k + 1) * total / ctas - k * total / ctas;
       const int pieces =
-          backward_span_piece<int64_t>(k, tail, tiles_per_work, ctas, 0).second ? 2 : 1;
+          backward_span_piece<int64_t>(k, tail, tiles_per_work, ctas, 0).more ? 2 : 1;
       worst = std::max(worst, static_cast<double>(len) + pieces * kBackwardWorkOverheadTiles);
     }
     spans_cost = worst / one;
@@ -322,6 +322,18 @@ BackwardTailSplit backward_tail_split(int64_t works, int64_t ctas, int64_t tiles
   best.spans = take_spans ? ctas : 0;
   best.tail_cost = take_spans ? spans_cost : parts_cost;
   return best;
+}
+
+int64_t backward_split_max_pieces(const BackwardTailSplit& t, int64_t tiles_per_work) {
+  if (t.parts > 0) return t.parts;
+  if (t.spans <= 0 || t.items <= 0 || tiles_per_work <= 0) return 0;
+  int64_t most = 0;
+  for (int64_t w = 0; w < t.items; ++w) {
+    const int64_t first = backward_span_of(w * tiles_per_work, t.items * tiles_per_work, t.spans);
+    const auto p = backward_span_piece_of<int64_t>(w, t.items, tiles_per_work, t.spans, first);
+    most = std::max(most, p.count);
+  }
+  return most;
 }
 
 int64_t mask_complete_diag(const BlockMask& m) {

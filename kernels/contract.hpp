@@ -234,28 +234,51 @@ struct BackwardTailSplit {
 };
 BackwardTailSplit backward_tail_split(int64_t works, int64_t ctas, int64_t tiles_per_work,
                                       int64_t max_parts = 32, bool allow_spans = true);
-// Piece `piece` (0, or 1 where the span has a second) of span k of `spans` over the query tiles
-// of tail_works equal works of `tiles` tiles taken one after the other: the tail work (from 0)
-// and its tiles [lo, hi). Spans at least as many as the works are shorter than a work, so they
-// have one piece or two.
+// Piece `piece` of span k of `spans` over the query tiles of tail_works equal works of `tiles`
+// tiles taken one after the other: the tail work (from 0) and its tiles [lo, hi). Spans at least
+// as many as the works are shorter than a work, so they have one piece or two.
 template <class I>
 struct BackwardSpanPiece {
   I work;
   I lo;
   I hi;
-  bool second;  // the span goes on into the next work
+  bool more;  // another piece follows (the span goes on into the next work)
 };
 template <class I>
 constexpr BackwardSpanPiece<I> backward_span_piece(I k, I tail_works, I tiles, I spans,
                                                    int piece) {
   const I total = tail_works * tiles;
   const I s0 = k * total / spans, s1 = (k + 1) * total / spans;
-  I j = s0 / tiles;
-  const bool second = s1 > (j + 1) * tiles;
-  if (piece == 1 && second) ++j;
+  const I j = s0 / tiles + piece;
   const I w0 = j * tiles, w1 = w0 + tiles;
-  return {j, (s0 > w0 ? s0 : w0) - w0, (s1 < w1 ? s1 : w1) - w0, second};
+  return {j, (s0 > w0 ? s0 : w0) - w0, (s1 < w1 ? s1 : w1) - w0, s1 > w1};
 }
+
+// Where a split work's pieces go when dk and dv are of the 16-bit input dtype (no reduces): each
+// piece stores its fp32 sums, and the last to finish adds them in piece order and writes the
+// result, so the sums do not depend on which piece ends last. The span holding tile x of the
+// tail's `total` tiles cut into `spans` spans (backward_span_piece).
+template <class I>
+constexpr I backward_span_of(I x, I total, I spans) {
+  return ((x + 1) * spans + total - 1) / total - 1;
+}
+// Which piece of its work a span's piece is, and how many pieces that work has.
+template <class I>
+struct BackwardPieceOf {
+  I index;
+  I count;
+};
+template <class I>
+constexpr BackwardPieceOf<I> backward_span_piece_of(I work, I tail_works, I tiles, I spans,
+                                                    I span) {
+  const I total = tail_works * tiles;
+  const I first = backward_span_of(work * tiles, total, spans);
+  const I last = backward_span_of((work + 1) * tiles - 1, total, spans);
+  return {span - first, last - first + 1};
+}
+// The most pieces any work of the split has: tail_parts, or for spans the largest count of
+// backward_span_piece_of.
+int64_t backward_split_max_pieces(const BackwardTailSplit& t, int64_t tiles_per_work);
 
 // Parts of the query range for a key-stationary backward whose CTAs walk a key block's listed
 // query tiles in order: with scattered rows (row_fill < 0.75) the CTAs running together touch

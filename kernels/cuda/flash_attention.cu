@@ -539,7 +539,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
         CUDA_CHECK(cudaMemsetAsync(a.split_flags, 0, flags, stream));
       }
       try {
-        sm90::flash_backward(a, dt, static_cast<int>(p.q.D), stream);
+        sm90::flash_backward(a, dt, static_cast<int>(p.q.D), stream, pool);
       } catch (...) {
         if (a.split_flags) cudaFreeAsync(a.split_flags, stream);
         throw;

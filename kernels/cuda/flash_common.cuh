@@ -98,10 +98,18 @@ struct BwdArgs {
   // Hopper backward over equal works (backward_tail_split): works tail_first.. of the last
   // round cut along their query range into tail_parts parts each, or their query tiles taken
   // one after the other cut into tail_spans spans (backward_span_piece; 0 and 0: none), taken
-  // after the whole works and adding their dK and dV by TMA reduces.
+  // after the whole works and adding their dK and dV by TMA reduces (fp32 dk, dv), or meeting
+  // in piece_scratch (16-bit dk, dv).
   int tail_first = 0;
   int tail_parts = 0;
   int tail_spans = 0;
+  // With dk and dv of the 16-bit input dtype (no reduces), the split works' pieces store their
+  // fp32 sums in piece_scratch (per split work piece_max slots of 2 x 128 x D floats) and count
+  // themselves in piece_counts (one zeroed int per split work, which the last piece, the one
+  // that adds them up in piece order and stores the total, zeroes again); null: no such split.
+  float* piece_scratch = nullptr;
+  int* piece_counts = nullptr;
+  int piece_max = 0;
   // Hopper backward, AttnBwdParams::accumulate false where sm90::bwd_writes_dkv: the kWrite
   // instantiation, whose first (or only) part of each key block writes its dK and dV instead of
   // adding them (the later parts, ordered by split_flags, add).

@@ -296,9 +296,9 @@ TEST(Dense, BackwardSpanPieces) {
         for (int64_t k = 0; k < spans; ++k) {
           const auto p0 = backward_span_piece<int64_t>(k, works, tiles, spans, 0);
           int64_t len = 0;
-          for (int piece = 0; piece < (p0.second ? 2 : 1); ++piece) {
+          for (int piece = 0; piece < (p0.more ? 2 : 1); ++piece) {
             const auto p = backward_span_piece<int64_t>(k, works, tiles, spans, piece);
-            ASSERT_EQ(p.second, p0.second);
+            ASSERT_EQ(p.more, piece == 0 && p0.more);
             ASSERT_GE(p.work, 0);
             ASSERT_LT(p.work, works);
             ASSERT_LE(0, p.lo);
@@ -316,6 +316,43 @@ TEST(Dense, BackwardSpanPieces) {
         }
         EXPECT_EQ(next, works * tiles);
       }
+}
+
+// Where a span's piece sits in its work (the 16-bit merge): each work's pieces, taken span by
+// span, are numbered 0, 1, ... up to its count, the same count from every piece; the most
+// pieces any work has is backward_split_max_pieces's.
+TEST(Dense, BackwardSpanPieceOf) {
+  for (int64_t works : {1, 3, 68, 100, 116})
+    for (int64_t tiles : {2, 5, 32, 52, 103})
+      for (int64_t spans : {works + 1, int64_t{4}, int64_t{132}}) {
+        if (works * tiles < spans) continue;
+        SCOPED_TRACE(std::to_string(works) + " works of " + std::to_string(tiles) + ", " +
+                     std::to_string(spans) + " spans");
+        std::vector<int64_t> seen(static_cast<size_t>(works), 0), count(works, -1);
+        int64_t most = 0;
+        for (int64_t k = 0; k < spans; ++k)
+          for (int piece = 0;; ++piece) {
+            const auto p = backward_span_piece<int64_t>(k, works, tiles, spans, piece);
+            const auto of = backward_span_piece_of<int64_t>(p.work, works, tiles, spans, k);
+            const size_t w = static_cast<size_t>(p.work);
+            ASSERT_EQ(of.index, seen[w]);  // in order, from 0
+            if (count[w] < 0) count[w] = of.count;
+            ASSERT_EQ(of.count, count[w]);
+            ++seen[w];
+            most = std::max(most, of.count);
+            if (!p.more) break;
+          }
+        for (size_t w = 0; w < seen.size(); ++w) ASSERT_EQ(seen[w], count[w]);
+        BackwardTailSplit t;
+        t.items = works;
+        t.spans = spans;
+        EXPECT_EQ(backward_split_max_pieces(t, tiles), most);
+      }
+  // 8K at head dim 128: 100 works of 103 tiles in 132 spans of 78: some works in three pieces.
+  BackwardTailSplit t = backward_tail_split(1024, 132, 103);
+  EXPECT_EQ(backward_split_max_pieces(t, 103), 3);
+  t = backward_tail_split(2048, 132, 205);  // 16K: five parts
+  EXPECT_EQ(backward_split_max_pieces(t, 205), 5);
 }
 
 // Tail splitting of the persistent forward: the last partial wave's items cut along the keys.

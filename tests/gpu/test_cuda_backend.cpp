@@ -1057,8 +1057,9 @@ TEST(CudaAttention, BackwardAccumulatesIntoExistingGradients) {
 // AttnBwdParams::accumulate false: gradients that start at 7 are overwritten, equal to the
 // gradients of the same call adding into zeros. dk and dv of the input dtype (which the Hopper
 // kernel writes without reading) bit for bit, also with the query range in parts at head dim 128
-// (the first part writes, the later ones add in order) and into strided views (element by
-// element);
+// (the first part writes, the later ones add in order), into strided views (element by
+// element), and where the non-causal calls' 16 works (fewer than the CTAs) are split along the
+// query range, their pieces meeting in a scratch (BwdArgs::piece_scratch);
 // fp32 dk, dv (zeroed, then added) and every dq (zeroed, or an fp32 accumulator converted) to
 // the rounding of atomics in another order. A gradient left at 7 is off by 7.
 TEST(CudaAttention, BackwardOverwritesGradients) {

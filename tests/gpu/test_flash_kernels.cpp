@@ -1404,21 +1404,20 @@ TEST(FlashDkvTma, BackwardMatchesReference) {
 }
 
 // Tail splitting of the persistent Hopper backward (backward_tail_split): non-causal calls over
-// complete masks cut their last round's works along the query range, each part adding its dK
-// and dV by TMA reduces, on a grid of 5 CTAs (12 and 16 works: 2 and 1 split), on a grid of 4
-// (7 works of 32 query tiles: the last 3 as 4 spans, one in two pieces) and, in bf16, on the
-// whole device
-// (fewer works than CTAs: all split); with fp32 dk and dv (which allow the reduces) and, once per
-// head dim and dtype, dk and dv of the input dtype (no split: the whole works'
-// read-modify-write adds, which parts of one key block would race in). Elsewhere the portable
-// kernels run the same checks.
+// complete masks cut their last round's works along the query range, on a grid of 5 CTAs (12 and
+// 16 works: 2 and 1 split), on a grid of 4 (7 works of 32 query tiles: the last 3 as 4 spans,
+// one in two pieces) and, in bf16, on the whole device (fewer works than CTAs: all split); with
+// fp32 dk and dv (each piece adding its dK and dV by TMA reduces) and, once per head dim and
+// dtype, dk and dv of the input dtype (each piece storing its sums for the last to finish, which
+// adds them in piece order and adds the total into dk and dv). Elsewhere the portable kernels run
+// the same checks.
 TEST(FlashBwdTailSplit, PartsAddToReference) {
   SKIP_WITHOUT_GPU();
   int dev = 0, sms = 0;
   ck(cudaGetDevice(&dev), "cudaGetDevice");
   ck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "sms");
   const bool hopper = hopper_kernels_run();
-  int split_runs = 0, span_runs = 0;
+  int split_runs = 0, span_runs = 0, input_split_runs = 0;
   for (int limit : {5, 4, 0}) {
     const GridLimit grid(limit, 0);
     for (DType dt : {DType::BF16, DType::F16})
@@ -1437,7 +1436,7 @@ TEST(FlashBwdTailSplit, PartsAddToReference) {
           for (bool input_dtype : {false, true}) {
             const bool spans_case = c.Nq > 1000;
             if ((limit == 4) != spans_case) continue;
-            if (input_dtype && (limit != 5 || c.B != 1)) continue;
+            if (input_dtype && (limit == 0 || c.B != 1)) continue;
             SCOPED_TRACE(c.name + (input_dtype ? "_dkv_input_dtype" : "_dkv_fp32"));
             check_backward(c, std::random_device{}(), nullptr, input_dtype);
             if (!hopper) continue;
@@ -1445,15 +1444,17 @@ TEST(FlashBwdTailSplit, PartsAddToReference) {
             const int64_t tiles = (c.Nq + (D == 128 ? 79 : 127)) / (D == 128 ? 80 : 128);
             const BackwardTailSplit t =
                 backward_tail_split(works, limit > 0 ? limit : sms, tiles);
-            const int64_t want = input_dtype ? 0 : t.launch_items();
+            const int64_t want = t.launch_items();
             EXPECT_EQ(cuda::backward_last_tail_parts(), want);
             if (want > 0) ++split_runs;
             if (want > 0 && t.spans > 0) ++span_runs;
+            if (want > 0 && input_dtype) ++input_split_runs;
           }
       }
   }
   if (hopper) EXPECT_GE(split_runs, 16);
-  if (hopper) EXPECT_EQ(span_runs, 4);
+  if (hopper) EXPECT_EQ(span_runs, 8);
+  if (hopper) EXPECT_GE(input_split_runs, 6);
 }
 
 // The Hopper backward's walk starts. Staggered walks (mode 1: each CTA starting at a query tile

@@ -365,6 +365,8 @@ __global__ void __launch_bounds__(384, 1)
   constexpr int kBN = Tr::kBN, kBM = Tr::kBM, kS = Tr::kStages;
   constexpr bool kM80 = Tr::kM80, kM128 = Tr::kM128, kTall = Tr::kTall, kPos = Tr::kPos;
   extern __shared__ unsigned char smem_raw[];
+  __shared__ int piece_last_s;  // the split work's last piece (16-bit dk, dv): 1, else 0
+  int* const piece_last = &piece_last_s;
   const uint32_t raw = saddr(smem_raw);
   unsigned char* base = smem_raw + (((raw + 1023) & ~1023u) - raw);
   unsigned char* sK = base;
@@ -509,6 +511,18 @@ __global__ void __launch_bounds__(384, 1)
           tail_part = (w - a.tail_first) % a.tail_parts;
           whole = a.tail_first + (w - a.tail_first) / a.tail_parts;
         }
+        // With 16-bit dk and dv (a.piece_scratch): the split work's slot (from 1), this piece's
+        // place among its pieces and their count, published in the high halves of sw[6], sw[7].
+        int64_t piece_tag = 0, slot_tag = 0;
+        if (tail && a.piece_scratch != nullptr) {
+          BackwardPieceOf<int> of{tail_part, a.tail_parts};
+          if (a.tail_spans > 0)
+            of = backward_span_piece_of<int>(span.work, n_whole - a.tail_first,
+                                             (a.Nq + kBM - 1) / kBM, a.tail_spans,
+                                             w - a.tail_first);
+          piece_tag = (int64_t{of.index} << 32) | (int64_t{of.count} << 48);
+          slot_tag = int64_t{whole - a.tail_first + 1} << 32;
+        }
         const BackwardWorkPos<int> pos = w < n_works
                                              ? backward_work_pos(whole, nx, a.H * a.B,
                                                                  a.work_group)
@@ -571,8 +585,8 @@ __global__ void __launch_bounds__(384, 1)
           sw[3] = k0;
           sw[4] = h;
           sw[5] = b;
-          sw[6] = q_begin;
-          sw[7] = q_end;
+          sw[6] = q_begin | piece_tag;
+          sw[7] = q_end | slot_tag;
           mbar_arrive(&work_full[slot]);
           if (w < n_works) {
             decode(sw);
@@ -604,7 +618,7 @@ __global__ void __launch_bounds__(384, 1)
             // this one starts, the counter handed out works a whole work ahead and uneven (causal)
             // works lost their balance (A/B run 39: 4K/8K causal 5-8% slower than claiming here).
             // (A span's second piece comes next, with no claim.)
-            if (span.second && piece == 0) {
+            if (span.more) {
               w_next = w;
             } else {
               w_next = atomicAdd(counter, 1) + static_cast<int>(gridDim.x);
@@ -614,7 +628,7 @@ __global__ void __launch_bounds__(384, 1)
         }
         if (w >= n_works) break;
         w = __shfl_sync(0xffffffffu, w_next, 0);
-        piece = span.second && piece == 0 ? 1 : 0;
+        piece = span.more ? piece + 1 : 0;
       }
       // The last CTA to leave resets the counter for the next launch that uses it.
       if (lane == 0) {
@@ -1176,7 +1190,9 @@ __global__ void __launch_bounds__(384, 1)
     }
     // Parts of a split work add by the reduces (their maps exist then), whole works as the
     // launch says.
-    if (dkv_tma || (split_tail && sw[2] >= a.tail_first)) {
+    // (With 16-bit dk and dv the split works' pieces store their sums for the last one to add:
+    // below.)
+    if (dkv_tma || (split_tail && a.piece_scratch == nullptr && sw[2] >= a.tail_first)) {
       if constexpr (kTall) {
         // D / 16 rounds of 32 columns (dV, then dK) alternating between the two 8 KB halves of
         // this warpgroup's dQ staging tile, each waiting for the reduce two rounds back to have
@@ -1260,9 +1276,58 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
     } else {
-      const bool write = kWrite && part == 0;  // later parts add after it (flags)
-      add_out(a.dk, a.dk_type, dk, a.scale, write);
-      add_out(a.dv, a.dv_type, dv, 1.f, write);
+      // A piece of a split work with 16-bit dk and dv: each piece stores its fp32 sums (per
+      // thread, in fragment order) in its slot of a.piece_scratch; the last one to finish adds
+      // every piece's in piece order (so the result does not depend on which ends last) and
+      // stores or adds the total as a whole work would. (Adding the other pieces' loads into
+      // this piece's registers one by one put an L2 round trip on every element: measured no
+      // gain, run 367.)
+      const int tslot = static_cast<int>(sw[7] >> 32) - 1;
+      bool out = true;
+      if (tslot >= 0) {
+        const int pidx = static_cast<int>((sw[6] >> 32) & 0xffff);
+        const int np = static_cast<int>(sw[6] >> 48);
+        constexpr int64_t kPieceFloats = 2 * 128 * D;  // both consumer warpgroups' sums
+        float* const mine =
+            a.piece_scratch + (int64_t{tslot} * a.piece_max + pidx) * kPieceFloats + cw * 128 * D;
+#pragma unroll
+        for (int j = 0; j < D / 2; ++j) {
+          __stcg(mine + j * 128 + tid, dk[j]);
+          __stcg(mine + (D / 2 + j) * 128 + tid, dv[j]);
+        }
+        __threadfence();
+        named_barrier(2, 256);  // both warpgroups' sums stored
+        if (tid == 0 && cw == 0)
+          *piece_last = atomicAdd(a.piece_counts + tslot, 1) == np - 1 ? 1 : 0;
+        named_barrier(2, 256);
+        out = *piece_last != 0;
+        if (out) {
+          // Every piece's sums read back (this one's too: the adds then need no second copy
+          // of dK and dV in registers), each piece's as one batch of independent loads.
+          __threadfence();
+          const float* const base =
+              a.piece_scratch + int64_t{tslot} * a.piece_max * kPieceFloats + cw * 128 * D;
+#pragma unroll
+          for (int j = 0; j < D / 2; ++j) {
+            dk[j] = __ldcg(base + j * 128 + tid);
+            dv[j] = __ldcg(base + (D / 2 + j) * 128 + tid);
+          }
+          for (int q = 1; q < np; ++q) {
+            const float* const pq = base + q * kPieceFloats;
+#pragma unroll
+            for (int j = 0; j < D / 2; ++j) {
+              dk[j] += __ldcg(pq + j * 128 + tid);
+              dv[j] += __ldcg(pq + (D / 2 + j) * 128 + tid);
+            }
+          }
+          if (tid == 0 && cw == 0) a.piece_counts[tslot] = 0;  // for the next launch
+        }
+      }
+      if (out) {
+        const bool write = kWrite && part == 0;  // later parts add after it (flags)
+        add_out(a.dk, a.dk_type, dk, a.scale, write);
+        add_out(a.dv, a.dv_type, dv, 1.f, write);
+      }
     }
     BWD_TRACE(7, clock64());
     BWD_TRACE(9, global_ns());
@@ -1288,7 +1353,7 @@ BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv,
 
 template <typename T, int D, bool kKRegs = false, int kM = 64, bool kByPosition = kM != 64,
           bool kWrite = false>
-void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
+void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream, cudaMemPool_t pool) {
   using Tr = BwdSm90Traits<D, kM, kByPosition>;
   auto kernel = flash_bwd_sm90_kernel<T, D, kKRegs, kM, kByPosition, kWrite>;
   // Per launch (cheap), so a process driving several devices gets it on each.
@@ -1313,10 +1378,46 @@ void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
   int64_t works = int64_t{(a.Nk + Tr::kBN - 1) / Tr::kBN} * a.q_splits * a.H * a.B;
   a.tail_first = 0;
   a.tail_parts = 0;
-  if (may_split && maps.dkv_tma && a.q_splits == 1)
-    works = plan_bwd_tail_split(a, works, (a.Nq + Tr::kBM - 1) / Tr::kBM);
+  a.piece_scratch = nullptr;
+  a.piece_counts = nullptr;
+  a.piece_max = 0;
+  // dk and dv of the 16-bit input dtype: the split works' pieces meet in a scratch (BwdArgs::
+  // piece_scratch), LONGATTN_SM90_BWD_PIECES=0 turns that off (read on each call).
+  const int tiles_per_work = (a.Nq + Tr::kBM - 1) / Tr::kBM;
+  const bool piece_split = may_split && !maps.dkv_tma && a.dk_type == flash::kOutSame &&
+                           a.dv_type == flash::kOutSame && bwd_pieces_enabled();
+  void* piece_mem = nullptr;
+  if (may_split && (maps.dkv_tma || piece_split) && a.q_splits == 1)
+    works = plan_bwd_tail_split(a, works, tiles_per_work);
   else
     plan_bwd_tail_split(a, 0, 0);  // (records no split)
+  if (piece_split && (a.tail_parts > 0 || a.tail_spans > 0)) {
+    const int64_t whole_works = int64_t{(a.Nk + Tr::kBN - 1) / Tr::kBN} * a.H * a.B;
+    BackwardTailSplit t;
+    t.first = a.tail_first;
+    t.items = whole_works - a.tail_first;
+    t.parts = a.tail_parts;
+    t.spans = a.tail_spans;
+    const int64_t most = backward_split_max_pieces(t, tiles_per_work);
+    const size_t scratch_bytes = static_cast<size_t>(t.items) * most * 2 * 128 * D * sizeof(float);
+    const size_t bytes = scratch_bytes + static_cast<size_t>(t.items) * sizeof(int);
+    const cudaError_t e = pool ? cudaMallocFromPoolAsync(&piece_mem, bytes, pool, stream)
+                               : cudaMallocAsync(&piece_mem, bytes, stream);
+    if (e == cudaSuccess && most > 0 && most < 65536) {
+      a.piece_scratch = static_cast<float*>(piece_mem);
+      a.piece_counts = reinterpret_cast<int*>(static_cast<unsigned char*>(piece_mem) + scratch_bytes);
+      a.piece_max = static_cast<int>(most);
+      CUDA_CHECK(cudaMemsetAsync(a.piece_counts, 0, static_cast<size_t>(t.items) * sizeof(int),
+                                 stream));
+    } else {  // no scratch: the works stay whole
+      if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        piece_mem = nullptr;
+      }
+      works = whole_works;
+      plan_bwd_tail_split(a, 0, 0);
+    }
+  }
   LONGATTN_CHECK_ARG(works < (int64_t{1} << 31) - (int64_t{1} << 20), "k",
                      std::to_string(works) + " key blocks over batch and heads",
                      "must be fewer than 2^31 - 2^20");
@@ -1337,6 +1438,7 @@ void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream) {
                          maps.q, maps.k, maps.v, maps.d_o, maps.dq, maps.dk, maps.dv, a,
                          maps.dq_tma ? 1 : 0, dkv_tma ? 1 : 0, counter));
   CUDA_CHECK_LAUNCH("flash_bwd_sm90_kernel");
+  if (piece_mem != nullptr) CUDA_CHECK(cudaFreeAsync(piece_mem, stream));
 #if LONGATTN_SM90_BWD_TRACE
   if (const char* path = std::getenv("LONGATTN_SM90_BWD_TRACE_OUT")) {
     static long long host[64][2][10];

@@ -3,6 +3,6 @@
 #include "kernels/cuda/sm90/flash_bwd_sm90.cuh"
 
 namespace longattn::cuda::sm90 {
-template void launch_bwd_sm90_impl<__half, 64, false, 128, true, true>(const BwdArgs&,
-                                                                     cudaStream_t);
+template void launch_bwd_sm90_impl<__half, 64, false, 128, true, true>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
 }  // namespace longattn::cuda::sm90

@@ -122,29 +122,35 @@ extern template void launch_fwd_sm90_impl<__half, 128, 2, 192, true>(const FwdAr
                                                                      cudaMemPool_t);
 // Writing dk and dv: kernels/cuda/sm90/flash_bwd_sm90_<dtype>_d<D>_m<M>_write.cu.
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80, true, true>(
-    const BwdArgs&, cudaStream_t);
-extern template void launch_bwd_sm90_impl<__half, 128, false, 80, true, true>(const BwdArgs&,
-                                                                              cudaStream_t);
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__half, 128, false, 80, true, true>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, true, true>(
-    const BwdArgs&, cudaStream_t);
-extern template void launch_bwd_sm90_impl<__half, 64, false, 128, true, true>(const BwdArgs&,
-                                                                              cudaStream_t);
-extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64>(const BwdArgs&, cudaStream_t);
-extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128>(const BwdArgs&, cudaStream_t);
-extern template void launch_bwd_sm90_impl<__half, 64>(const BwdArgs&, cudaStream_t);
-extern template void launch_bwd_sm90_impl<__half, 128>(const BwdArgs&, cudaStream_t);
-extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, true>(const BwdArgs&, cudaStream_t);
-extern template void launch_bwd_sm90_impl<__half, 64, true>(const BwdArgs&, cudaStream_t);
-extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80>(const BwdArgs&,
-                                                                        cudaStream_t);
-extern template void launch_bwd_sm90_impl<__half, 128, false, 80>(const BwdArgs&, cudaStream_t);
-extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128>(const BwdArgs&,
-                                                                        cudaStream_t);
-extern template void launch_bwd_sm90_impl<__half, 64, false, 128>(const BwdArgs&, cudaStream_t);
-extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, false>(const BwdArgs&,
-                                                                               cudaStream_t);
-extern template void launch_bwd_sm90_impl<__half, 64, false, 128, false>(const BwdArgs&,
-                                                                       cudaStream_t);
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__half, 64, false, 128, true, true>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__half, 64>(const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__half, 128>(const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, true>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__half, 64, true>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__half, 128, false, 80>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__half, 64, false, 128>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, false>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__half, 64, false, 128, false>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
 
 static CUtensorMapDataType half_type(bool bf16) {
   return bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
@@ -378,6 +384,7 @@ void write_trace(const char* name, const char* header, const long long* v, int n
 }
 
 bool o_vec_enabled() { return switch_on("LONGATTN_SM90_O_VEC"); }
+bool bwd_pieces_enabled() { return switch_on("LONGATTN_SM90_BWD_PIECES"); }
 bool dkv_vec_enabled() { return switch_on("LONGATTN_SM90_DKV_VEC"); }
 bool pdl_enabled() { return switch_on("LONGATTN_SM90_PDL"); }
 // The head-dim-128 forward's narrow first tile for this call (the kNarrowKeys instantiations):
@@ -615,7 +622,8 @@ bool bwd_writes_dkv(const BwdArgs& a, int head_dim) {
   return t == BackwardTiles::kPosition128 || t == BackwardTiles::kPosition80;
 }
 
-void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream) {
+void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream,
+                    cudaMemPool_t pool) {
   const bool bf16 = dtype == DType::BF16;
   // Head dim 64, causal: K in registers (A/B runs 14-15: causal +0-4%, non-causal -8-12%).
   static const bool kregs = switch_on("LONGATTN_SM90_BWD_KREGS");
@@ -627,33 +635,33 @@ void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t st
                        "dkv_write", a.dkv_write,
                        "needs dk and dv of the input dtype and tiles by position");
     if (tiles == BackwardTiles::kPosition128)
-      return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, true, true>(a, stream)
-                  : launch_bwd_sm90_impl<__half, 64, false, 128, true, true>(a, stream);
-    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80, true, true>(a, stream)
-                : launch_bwd_sm90_impl<__half, 128, false, 80, true, true>(a, stream);
+      return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, true, true>(a, stream, pool)
+                  : launch_bwd_sm90_impl<__half, 64, false, 128, true, true>(a, stream, pool);
+    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80, true, true>(a, stream, pool)
+                : launch_bwd_sm90_impl<__half, 128, false, 80, true, true>(a, stream, pool);
   }
   if (tiles == BackwardTiles::kPosition128) {
-    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128>(a, stream)
-                : launch_bwd_sm90_impl<__half, 64, false, 128>(a, stream);
+    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128>(a, stream, pool)
+                : launch_bwd_sm90_impl<__half, 64, false, 128>(a, stream, pool);
   }
   if (tiles == BackwardTiles::kListed128) {
-    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, false>(a, stream)
-                : launch_bwd_sm90_impl<__half, 64, false, 128, false>(a, stream);
+    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, false>(a, stream, pool)
+                : launch_bwd_sm90_impl<__half, 64, false, 128, false>(a, stream, pool);
   }
   if (head_dim == 64 && a.causal && kregs) {
-    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, true>(a, stream)
-                : launch_bwd_sm90_impl<__half, 64, true>(a, stream);
+    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, true>(a, stream, pool)
+                : launch_bwd_sm90_impl<__half, 64, true>(a, stream, pool);
   }
   if (head_dim == 64) {
-    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64>(a, stream)
-                : launch_bwd_sm90_impl<__half, 64>(a, stream);
+    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64>(a, stream, pool)
+                : launch_bwd_sm90_impl<__half, 64>(a, stream, pool);
   }
   if (tiles == BackwardTiles::kPosition80) {
-    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80>(a, stream)
-                : launch_bwd_sm90_impl<__half, 128, false, 80>(a, stream);
+    return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80>(a, stream, pool)
+                : launch_bwd_sm90_impl<__half, 128, false, 80>(a, stream, pool);
   }
-  return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128>(a, stream)
-              : launch_bwd_sm90_impl<__half, 128>(a, stream);
+  return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128>(a, stream, pool)
+              : launch_bwd_sm90_impl<__half, 128>(a, stream, pool);
 }
 
 }  // namespace longattn::cuda::sm90

@@ -47,7 +47,10 @@ int bwd_runs(int head_dim, const BlockMaskView& mask_t);
 // AttnBwdParams::accumulate false): dk and dv of the input dtype and tiles by position (the
 // kWrite instantiations). LONGATTN_SM90_BWD_WRITE=0 turns it off (read on each call).
 bool bwd_writes_dkv(const flash::BwdArgs& a, int head_dim);
-void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream);
+// pool: where the split works' pieces meet when dk and dv are of the 16-bit input dtype
+// (BwdArgs::piece_scratch; null: the device's default pool).
+void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream,
+                    cudaMemPool_t pool = nullptr);
 // Keys per CTA of the backward (one split flag per batch, head and key block of this size).
 constexpr int kBwdKeysPerCta = 128;
 
@@ -76,6 +79,10 @@ bool o_vec_enabled();
 // Whether the backward may add into dk and dv in 16-byte groups (BwdArgs::dkv_vec where both
 // allow it): LONGATTN_SM90_DKV_VEC=0 turns it off (read on each call).
 bool dkv_vec_enabled();
+// Splits of equal backward works whose dk and dv are of the 16-bit input dtype, their pieces
+// meeting in a scratch (BwdArgs::piece_scratch): LONGATTN_SM90_BWD_PIECES=0 turns them off (read on
+// each call).
+bool bwd_pieces_enabled();
 // Whether the persistent kernels are launched with programmatic stream serialisation (each waits
 // in pdl_wait for the work before it, which lets it go out while that work finishes):
 // LONGATTN_SM90_PDL=0 turns it off (read on each call).
