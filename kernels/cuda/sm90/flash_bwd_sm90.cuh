@@ -1405,7 +1405,8 @@ void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream, cudaMemPool_
                                : cudaMallocAsync(&piece_mem, bytes, stream);
     if (e == cudaSuccess && most > 0 && most < 65536) {
       a.piece_scratch = static_cast<float*>(piece_mem);
-      a.piece_counts = reinterpret_cast<int*>(static_cast<unsigned char*>(piece_mem) + scratch_bytes);
+      a.piece_counts =
+          reinterpret_cast<int*>(static_cast<unsigned char*>(piece_mem) + scratch_bytes);
       a.piece_max = static_cast<int>(most);
       CUDA_CHECK(cudaMemsetAsync(a.piece_counts, 0, static_cast<size_t>(t.items) * sizeof(int),
                                  stream));
