@@ -1378,47 +1378,17 @@ void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream, cudaMemPool_
   int64_t works = int64_t{(a.Nk + Tr::kBN - 1) / Tr::kBN} * a.q_splits * a.H * a.B;
   a.tail_first = 0;
   a.tail_parts = 0;
-  a.piece_scratch = nullptr;
-  a.piece_counts = nullptr;
-  a.piece_max = 0;
-  // dk and dv of the 16-bit input dtype: the split works' pieces meet in a scratch (BwdArgs::
-  // piece_scratch), LONGATTN_SM90_BWD_PIECES=0 turns that off (read on each call).
   const int tiles_per_work = (a.Nq + Tr::kBM - 1) / Tr::kBM;
+  // dk and dv of the 16-bit input dtype allow no reduces: a split's pieces then meet in a scratch
+  // (plan_bwd_pieces).
   const bool piece_split = may_split && !maps.dkv_tma && a.dk_type == flash::kOutSame &&
                            a.dv_type == flash::kOutSame && bwd_pieces_enabled();
-  void* piece_mem = nullptr;
   if (may_split && (maps.dkv_tma || piece_split) && a.q_splits == 1)
     works = plan_bwd_tail_split(a, works, tiles_per_work);
   else
     plan_bwd_tail_split(a, 0, 0);  // (records no split)
-  if (piece_split && (a.tail_parts > 0 || a.tail_spans > 0)) {
-    const int64_t whole_works = int64_t{(a.Nk + Tr::kBN - 1) / Tr::kBN} * a.H * a.B;
-    BackwardTailSplit t;
-    t.first = a.tail_first;
-    t.items = whole_works - a.tail_first;
-    t.parts = a.tail_parts;
-    t.spans = a.tail_spans;
-    const int64_t most = backward_split_max_pieces(t, tiles_per_work);
-    const size_t scratch_bytes = static_cast<size_t>(t.items) * most * 2 * 128 * D * sizeof(float);
-    const size_t bytes = scratch_bytes + static_cast<size_t>(t.items) * sizeof(int);
-    const cudaError_t e = pool ? cudaMallocFromPoolAsync(&piece_mem, bytes, pool, stream)
-                               : cudaMallocAsync(&piece_mem, bytes, stream);
-    if (e == cudaSuccess && most > 0 && most < 65536) {
-      a.piece_scratch = static_cast<float*>(piece_mem);
-      a.piece_counts =
-          reinterpret_cast<int*>(static_cast<unsigned char*>(piece_mem) + scratch_bytes);
-      a.piece_max = static_cast<int>(most);
-      CUDA_CHECK(cudaMemsetAsync(a.piece_counts, 0, static_cast<size_t>(t.items) * sizeof(int),
-                                 stream));
-    } else {  // no scratch: the works stay whole
-      if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        piece_mem = nullptr;
-      }
-      works = whole_works;
-      plan_bwd_tail_split(a, 0, 0);
-    }
-  }
+  void* const piece_mem =
+      piece_split ? plan_bwd_pieces(a, works, tiles_per_work, D, pool, stream) : nullptr;
   LONGATTN_CHECK_ARG(works < (int64_t{1} << 31) - (int64_t{1} << 20), "k",
                      std::to_string(works) + " key blocks over batch and heads",
                      "must be fewer than 2^31 - 2^20");

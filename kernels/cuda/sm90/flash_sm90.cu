@@ -338,6 +338,9 @@ int64_t plan_bwd_tail_split(flash::BwdArgs& a, int64_t works, int tiles_per_work
   a.tail_first = 0;
   a.tail_parts = 0;
   a.tail_spans = 0;
+  a.piece_scratch = nullptr;  // (plan_bwd_pieces sets them)
+  a.piece_counts = nullptr;
+  a.piece_max = 0;
   g_last_bwd_tail.store(0);
   static const bool persistent = switch_on("LONGATTN_SM90_BWD_PERSISTENT");
   // The parts add dK and dV by TMA reduces: none where LONGATTN_SM90_DKV_TMA=0 turns those off.
@@ -352,6 +355,42 @@ int64_t plan_bwd_tail_split(flash::BwdArgs& a, int64_t works, int tiles_per_work
   a.tail_spans = static_cast<int>(t.spans);
   g_last_bwd_tail.store(static_cast<int>(t.launch_items()));
   return t.first + t.launch_items();
+}
+
+void* plan_bwd_pieces(flash::BwdArgs& a, int64_t& works, int tiles_per_work, int head_dim,
+                      cudaMemPool_t pool, cudaStream_t stream) {
+  if (a.tail_parts == 0 && a.tail_spans == 0) return nullptr;
+  const int64_t whole_works = int64_t{(a.Nk + kBwdKeysPerCta - 1) / kBwdKeysPerCta} * a.H * a.B;
+  BackwardTailSplit t;
+  t.first = a.tail_first;
+  t.items = whole_works - a.tail_first;
+  t.parts = a.tail_parts;
+  t.spans = a.tail_spans;
+  const int64_t most = backward_split_max_pieces(t, tiles_per_work);
+  // Per split work `most` slots of both consumer warpgroups' sums (128 threads, head_dim floats
+  // each), then its counter.
+  const size_t scratch_bytes =
+      static_cast<size_t>(t.items) * most * 2 * kBwdKeysPerCta * head_dim * sizeof(float);
+  const size_t bytes = scratch_bytes + static_cast<size_t>(t.items) * sizeof(int);
+  void* mem = nullptr;
+  const cudaError_t e = pool ? cudaMallocFromPoolAsync(&mem, bytes, pool, stream)
+                             : cudaMallocAsync(&mem, bytes, stream);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    mem = nullptr;
+  }
+  if (mem == nullptr || most <= 0 || most >= 65536) {  // no scratch: the works stay whole
+    if (mem != nullptr) CUDA_CHECK(cudaFreeAsync(mem, stream));
+    works = whole_works;
+    plan_bwd_tail_split(a, 0, 0);
+    return nullptr;
+  }
+  a.piece_scratch = static_cast<float*>(mem);
+  a.piece_counts = reinterpret_cast<int*>(static_cast<unsigned char*>(mem) + scratch_bytes);
+  a.piece_max = static_cast<int>(most);
+  CUDA_CHECK(cudaMemsetAsync(a.piece_counts, 0, static_cast<size_t>(t.items) * sizeof(int),
+                             stream));
+  return mem;
 }
 
 int last_bwd_tail_parts() { return g_last_bwd_tail.load(); }

@@ -118,6 +118,13 @@ int last_fwd_narrow_keys();
 // turns it off, LONGATTN_SM90_BWD_SPANS=0 the spans only (read on each call); not without
 // persistent CTAs.
 int64_t plan_bwd_tail_split(flash::BwdArgs& a, int64_t works, int tiles_per_work);
+// With dk and dv of the 16-bit input dtype, where plan_bwd_tail_split split the launch: a
+// scratch from `pool` (null: the device's default pool) where the split works' pieces meet,
+// setting a.piece_scratch, a.piece_counts (zeroed on `stream`) and a.piece_max, and returning
+// the allocation for the caller to free after the launch. Null where nothing is split, or the
+// scratch cannot be had: then the split is undone (a.tail_* cleared, works the whole works).
+void* plan_bwd_pieces(flash::BwdArgs& a, int64_t& works, int tiles_per_work, int head_dim,
+                      cudaMemPool_t pool, cudaStream_t stream);
 // Parts or spans of split works in the last backward launch of this process (0: none), for
 // tests.
 int last_bwd_tail_parts();
