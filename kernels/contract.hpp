@@ -351,6 +351,22 @@ bool backward_runs_by_position(int64_t head_dim, bool contiguous_rows, double me
 // tiles of the mask's lists. (Each choice but the last can be turned off by its switch.)
 enum class BackwardTiles { kListed64, kPosition80, kPosition128, kListed128 };
 BackwardTiles backward_tiles(int64_t head_dim, bool complete, bool runs, int64_t query_block);
+// The transposed dQ accumulator of the Hopper backward's 80-query writing kernel
+// (BwdArgs::dq_t): fp32, per (batch, head) backward_dq_t_rows(nq) / 80 blocks of [D][80 slots]
+// (nq rounded up to 80), one a tile of 80 queries, so that a consumer warpgroup's 64 columns of a
+// tile are 20 KB in one piece (one bulk reduce). Query 8 n + 2 t + e of a tile (n < 10, t < 4,
+// e < 2) is word t of 16-byte chunk 2 n + e, the order stmatrix stores a wgmma fragment's
+// columns in, and chunk k of column d's row lies at k ^ ((d >> 1) & 3) (a swizzle within groups
+// of four chunks, so the stores of eight rows meet no bank twice).
+constexpr int64_t backward_dq_t_rows(int64_t nq) { return (nq + 79) / 80 * 80; }
+constexpr int64_t backward_dq_t_slot(int64_t j, int64_t d) {  // j < 80: query within its tile
+  const int64_t chunk = 2 * (j / 8) + (j & 1);
+  return 4 * (chunk ^ ((d >> 1) & 3)) + ((j & 7) >> 1);
+}
+// Query q, column d (of D) within its (batch, head)'s part of the accumulator.
+constexpr int64_t backward_dq_t_offset(int64_t q, int64_t d, int64_t D) {
+  return ((q / 80) * D + d) * 80 + backward_dq_t_slot(q % 80, d);
+}
 // The first query tile (of `tile` rows from query 0, nq queries) that some key of a causal key
 // block starting at key k0 sees (key j visible from query q iff j - q <= diag): the tile of
 // query k0 - diag; ceil(nq / tile) when no query below nq sees the block.

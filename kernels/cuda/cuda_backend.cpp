@@ -270,7 +270,9 @@ class CudaBackendImpl final : public CudaBackend {
   // (except in the deterministic mode, whose query-stationary dQ pass also adds once).
   // With p.accumulate false the gradients are overwritten: cuda::flash_backward zeroes dq (or
   // the fp32 accumulator) and writes dk and dv directly where its kernel can (else zeroes them
-  // first), and the accumulator is converted into dq instead of added.
+  // first), and the accumulator is converted into dq instead of added. Where the Hopper kernel
+  // writes dk and dv at head dim 128, it adds dQ into a transposed accumulator (whatever dq's
+  // dtype), written into dq after it (cuda::backward_dq_accumulator says which and how large).
   void attention_backward(const AttnBwdParams& p) override {
     check_devices({{&p.q, "q"}, {&p.k, "k"}, {&p.v, "v"}, {&p.o, "o"}, {&p.d_o, "d_o"},
                    {&p.lse, "lse"}, {&p.dq, "dq"}, {&p.dk, "dk"}, {&p.dv, "dv"}});
@@ -294,22 +296,16 @@ class CudaBackendImpl final : public CudaBackend {
     DeviceGuard g(opt_.device);
     AttnBwdParams run = p;
     run.deterministic = p.deterministic || opt_.deterministic;
-    if (p.dq.dtype == DType::F32 || run.deterministic) {
+    const cuda::DqAccumulator acc = cuda::backward_dq_accumulator(run);
+    if (acc.floats == 0) {
       cuda::flash_backward(run, stream_, pool_);
       CUDA_CHECK_LAUNCH("cuda::flash_backward");
       return;
     }
-    const size_t bytes = static_cast<size_t>(p.dq.numel()) * sizeof(float);
-    void* buf = scratch_alloc(bytes);
+    void* buf = scratch_alloc(acc.floats * sizeof(float));
     try {
-      run.dq = make_view(buf, DType::F32, p.dq.B, p.dq.N, p.dq.H, p.dq.D, DeviceKind::Cuda);
-      if (p.accumulate) cuda::fill(run.dq, 0.0, stream_);  // (else flash_backward zeroes it)
-      cuda::flash_backward(run, stream_, pool_);
+      cuda::flash_backward(run, stream_, pool_, buf);
       CUDA_CHECK_LAUNCH("cuda::flash_backward");
-      if (p.accumulate)
-        cuda::axpy(p.dq, 1.0, run.dq, stream_);
-      else
-        cuda::copy(p.dq, run.dq, stream_);
     } catch (...) {
       scratch_free(buf);
       throw;

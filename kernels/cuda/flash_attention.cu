@@ -15,6 +15,7 @@
 #include "kernels/cuda/flash_common.cuh"
 #include "runtime/error.hpp"
 #include "runtime/logging.hpp"
+#include "runtime/tensor.hpp"
 
 #if LONGATTN_HAVE_SM90
 #include "kernels/cuda/sm90/flash_sm90.hpp"
@@ -475,7 +476,181 @@ void set_persistent_grid_limit(int ctas, int group) {
 #endif
 }
 
-void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t pool) {
+namespace {
+
+std::atomic<bool> g_bwd_dq_transposed{false};
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(x);
+  } else {
+    return __float2bfloat16_rn(x);
+  }
+}
+
+// dq (a [B, Nq, H, D] view, unit stride on D) = the transposed accumulator acc (per (batch,
+// head) `tiles` blocks of [D][80 slots], backward_dq_t_offset): a CTA a block, read whole into
+// shared memory by 16-byte loads all in flight at once (the next block's while this one is written
+// out), written out query by query, two columns a thread (one 4- or 8-byte store where `pairs`:
+// the view's base and strides even); a few CTAs an SM, each walking blocks.
+template <typename T, int D>
+__global__ void __launch_bounds__(256) dq_from_transposed_kernel(
+    T* dq, int64_t sb, int64_t sn, int64_t sh, const float* __restrict__ acc, int nq, int H,
+    int64_t tiles, int64_t blocks, bool pairs) {
+  constexpr int kN = D * 80, kLoads = kN / 4 / 256, kPairs = kN / 2 / 256;
+  static_assert(kN % (4 * 256) == 0, "whole loads");
+  __shared__ float tile[D * 81];  // [D][81]
+  float4 v[kLoads];
+  auto load = [&](int64_t blk) {
+    const float4* src = reinterpret_cast<const float4*>(acc + blk * kN);
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) v[u] = __ldg(src + threadIdx.x + u * 256);
+  };
+  if (blockIdx.x < blocks) load(blockIdx.x);
+  for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      const int i = 4 * (threadIdx.x + u * 256);  // 80 = 20 x 4: a load stays in its row
+      float* t = tile + (i / 80) * 81 + i % 80;
+      t[0] = v[u].x;
+      t[1] = v[u].y;
+      t[2] = v[u].z;
+      t[3] = v[u].w;
+    }
+    __syncthreads();
+    if (blk + gridDim.x < blocks) load(blk + gridDim.x);  // in flight while this one goes out
+    const int64_t bh = blk / tiles, q0 = (blk % tiles) * 80;
+    T* out = dq + (bh / H) * sb + (bh % H) * sh;
+#pragma unroll
+    for (int u = 0; u < kPairs; ++u) {
+      const int p = threadIdx.x + u * 256, j = p / (D / 2), d = 2 * (p % (D / 2));
+      if (q0 + j >= nq) continue;
+      const T x0 = from_f32<T>(tile[d * 81 + backward_dq_t_slot(j, d)]);
+      const T x1 = from_f32<T>(tile[(d + 1) * 81 + backward_dq_t_slot(j, d + 1)]);
+      T* o = out + (q0 + j) * sn + d;
+      if (pairs) {
+        struct alignas(2 * sizeof(T)) Pair {
+          T a, b;
+        };
+        *reinterpret_cast<Pair*>(o) = Pair{x0, x1};
+      } else {
+        o[0] = x0;
+        o[1] = x1;
+      }
+    }
+    __syncthreads();
+  }
+}
+
+void dq_from_transposed(const TensorView& dq, const float* acc, int64_t rows,
+                        cudaStream_t stream) {
+  const DevView v = dev_view(dq, "dq");
+  LONGATTN_CHECK_ARG(dq.D == 128, "dq", dq.D, "the transposed accumulator is for head dim 128");
+  const int64_t tiles = rows / 80, blocks = dq.B * dq.H * tiles;
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n < 1)
+      n = 132;
+    return n;
+  }();
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(blocks, int64_t{4} * sms));
+  const int nq = static_cast<int>(dq.N), H = static_cast<int>(dq.H);
+  const size_t es = dtype_size(dq.dtype);
+  const bool pairs = reinterpret_cast<uintptr_t>(v.data) % (2 * es) == 0 && v.sb % 2 == 0 &&
+                     v.sn % 2 == 0 && v.sh % 2 == 0;
+  switch (dq.dtype) {
+    case DType::F32:
+      dq_from_transposed_kernel<float, 128><<<grid, 256, 0, stream>>>(
+          static_cast<float*>(v.data), v.sb, v.sn, v.sh, acc, nq, H, tiles, blocks, pairs);
+      break;
+    case DType::F16:
+      dq_from_transposed_kernel<__half, 128><<<grid, 256, 0, stream>>>(
+          static_cast<__half*>(v.data), v.sb, v.sn, v.sh, acc, nq, H, tiles, blocks, pairs);
+      break;
+    case DType::BF16:
+      dq_from_transposed_kernel<__nv_bfloat16, 128><<<grid, 256, 0, stream>>>(
+          static_cast<__nv_bfloat16*>(v.data), v.sb, v.sn, v.sh, acc, nq, H, tiles, blocks,
+          pairs);
+      break;
+    default:
+      throw InvalidArgument("dq", dtype_name(dq.dtype), "must be fp32, fp16 or bf16");
+  }
+  CUDA_CHECK_LAUNCH("dq_from_transposed_kernel");
+}
+
+// The call itself, into p.dq (fp32 for the atomic paths), or with dq_t into the transposed
+// accumulator (sm90::bwd_dq_transposed; dq then left to the caller).
+void flash_backward_run(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t pool,
+                        float* dq_t, int64_t dq_t_rows);
+
+}  // namespace
+
+DqAccumulator backward_dq_accumulator(const AttnBwdParams& p) {
+  DqAccumulator acc;
+  if (p.deterministic || p.q.dtype == DType::F32 || p.q.N == 0 || p.k.N == 0 || p.q.B == 0 ||
+      p.q.H == 0)
+    return acc;
+  [[maybe_unused]] const BwdArgs a = make_bwd_args(p);
+#if LONGATTN_HAVE_SM90
+  // (The Hopper kernels would take the call with an fp32 dq: what bwd_takes_sm90 asks, but
+  // whatever dq's dtype.)
+  if (!p.accumulate && sm90::bwd_accepts(a, p.q.dtype, static_cast<int>(p.q.D), true) &&
+      sm90::bwd_dq_transposed(a, static_cast<int>(p.q.D))) {
+    acc.transposed = true;
+    acc.rows = backward_dq_t_rows(p.q.N);
+    acc.floats = static_cast<size_t>(p.q.B) * p.q.H * p.q.D * acc.rows;
+    return acc;
+  }
+#endif
+  if (p.dq.dtype != DType::F32) acc.floats = static_cast<size_t>(p.dq.numel());
+  return acc;
+}
+
+bool backward_last_dq_transposed() { return g_bwd_dq_transposed.load(); }
+
+void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t pool,
+                    void* dq_acc) {
+  g_bwd_dq_transposed.store(false);
+  const DqAccumulator acc = backward_dq_accumulator(p);
+  if (acc.floats == 0) {
+    LONGATTN_CHECK_ARG(dq_acc == nullptr, "dq_acc", "given",
+                       "this call takes no dq accumulator (backward_dq_accumulator)");
+    return flash_backward_run(p, stream, pool, nullptr, 0);
+  }
+  // (Not given: one from the pool, stream-ordered.)
+  float* const own =
+      dq_acc == nullptr ? scratch_async<float>(acc.floats * sizeof(float), pool, stream) : nullptr;
+  float* const buf = dq_acc != nullptr ? static_cast<float*>(dq_acc) : own;
+  try {
+    AttnBwdParams run = p;
+    run.dq = make_view(buf, DType::F32, p.dq.B, p.dq.N, p.dq.H, p.dq.D, DeviceKind::Cuda);
+    if (acc.transposed) {
+      flash_backward_run(run, stream, pool, buf, acc.rows);
+      dq_from_transposed(p.dq, buf, acc.rows, stream);
+      g_bwd_dq_transposed.store(true);
+    } else {
+      if (p.accumulate) cuda::fill(run.dq, 0.0, stream);  // (else flash_backward_run zeroes it)
+      flash_backward_run(run, stream, pool, nullptr, 0);
+      if (p.accumulate)
+        cuda::axpy(p.dq, 1.0, run.dq, stream);
+      else
+        cuda::copy(p.dq, run.dq, stream);
+    }
+  } catch (...) {
+    if (own != nullptr) cudaFreeAsync(own, stream);
+    throw;
+  }
+  if (own != nullptr) CUDA_CHECK(cudaFreeAsync(own, stream));
+}
+
+namespace {
+
+void flash_backward_run(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t pool,
+                        float* dq_t, int64_t dq_t_rows) {
   BwdArgs a = make_bwd_args(p);
   g_bwd_wrote_dkv.store(false);
   if (p.q.N == 0 || p.k.N == 0 || p.q.B == 0 || p.q.H == 0) {
@@ -511,7 +686,13 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
     // kernel where it can (sm90::bwd_writes_dkv: of the input dtype, tiles by position), else
     // zeroed here too.
     if (!p.accumulate) {
-      cuda::fill(p.dq, 0.0, stream);
+      if (dq_t != nullptr)
+        CUDA_CHECK(cudaMemsetAsync(dq_t, 0,
+                                   static_cast<size_t>(a.B) * a.H * a.D * dq_t_rows *
+                                       sizeof(float),
+                                   stream));
+      else
+        cuda::fill(p.dq, 0.0, stream);
 #if LONGATTN_HAVE_SM90
       if (sm90_path && sm90::bwd_writes_dkv(a, static_cast<int>(p.q.D))) {
         a.dkv_write = 1;
@@ -523,6 +704,10 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
         cuda::fill(p.dv, 0.0, stream);
       }
     }
+    LONGATTN_CHECK_ARG(dq_t == nullptr || (a.dkv_write != 0 && !p.accumulate), "dq_acc",
+                       "transposed", "is for the calls that write dk and dv (bwd_dq_transposed)");
+    a.dq_t = dq_t;
+    a.dq_t_rows = dq_t_rows;
 #if LONGATTN_HAVE_SM90
     if (sm90_path) {
       // Listed 64-query tiles per 128-key block (CTA), for how many parts the query range takes.
@@ -562,5 +747,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
   }
   if (scratch) CUDA_CHECK(cudaFreeAsync(scratch, stream));
 }
+
+}  // namespace
 
 }  // namespace longattn::cuda

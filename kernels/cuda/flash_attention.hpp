@@ -48,7 +48,23 @@ std::string flash_forward_kernel(const AttnFwdParams& p);
 // atomics, bitwise reproducible run to run (fp32 inputs always take it). Asynchronous on
 // `stream`.
 // pool: where the delta scratch comes from (stream-ordered); nullptr: the device's default pool.
-void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t pool = nullptr);
+//
+// dq_acc: the fp32 dQ accumulator of backward_dq_accumulator(p) (its floats, uninitialised), for
+// a dq that is not fp32 (not deterministic) or a call whose kernel adds into the transposed one;
+// flash_backward zeroes it, accumulates into it and then adds (p.accumulate) or writes it into
+// dq. Where such a call gives none, it takes one from `pool`.
+void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t pool = nullptr,
+                    void* dq_acc = nullptr);
+// The dQ accumulator flash_backward needs for p (floats 0: none, p.dq takes the sums): the
+// transposed one of the Hopper 80-query writing kernel (sm90::bwd_dq_transposed: rows queries
+// a row, backward_dq_t_rows), else an fp32 [B, Nq, H, D] one where dq is not fp32 (and the call
+// not deterministic, whose dQ pass adds into dq once).
+struct DqAccumulator {
+  size_t floats = 0;
+  bool transposed = false;
+  int64_t rows = 0;
+};
+DqAccumulator backward_dq_accumulator(const AttnBwdParams& p);
 
 // Which kernel flash_backward runs for p on the current device: "sm90" (as the forward, plus
 // dq fp32 and not deterministic, key blocks multiples of 128), "portable" or "fp32".
@@ -78,5 +94,7 @@ int backward_last_tail_parts();
 // false on the Hopper kernels that can: sm90::bwd_writes_dkv) rather than having them zeroed
 // and adding, for tests.
 bool backward_last_wrote_dkv();
+// Whether the last flash_backward call added dQ into the transposed accumulator, for tests.
+bool backward_last_dq_transposed();
 
 }  // namespace longattn::cuda

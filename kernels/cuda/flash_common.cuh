@@ -114,6 +114,12 @@ struct BwdArgs {
   // instantiation, whose first (or only) part of each key block writes its dK and dV instead of
   // adding them (the later parts, ordered by split_flags, add).
   int dkv_write = 0;
+  // Hopper backward, the 80-query writing kernel (sm90::bwd_dq_transposed): dQ is added into
+  // this zeroed fp32 accumulator of dq transposed, [B][H][D][dq_t_rows] (dq_t_rows: Nq rounded
+  // up to 8), query q at slot backward_dq_t_slot(q) of its row, instead of into dq, which
+  // flash_backward then writes from it; null: into dq.
+  float* dq_t = nullptr;
+  int64_t dq_t_rows = 0;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;

@@ -321,6 +321,57 @@ TEST(Dense, BackwardSpanPieces) {
 // Where a span's piece sits in its work (the 16-bit merge): each work's pieces, taken span by
 // span, are numbered 0, 1, ... up to its count, the same count from every piece; the most
 // pieces any work has is backward_split_max_pieces's.
+// The transposed dQ accumulator (backward_dq_t_rows, _slot, _offset): rows of Nq rounded up to
+// 80, each (query, column) an offset of its own inside its tile's block, a warpgroup's 64
+// columns of a tile one piece of 20 KB, and the slot of every value the Hopper kernel stores: an
+// stmatrix of dQ^T's fragment registers 4 nt + m (lane (g, t4): column 16 warp + 8 (m >> 1) + g,
+// query 8 nt + 2 t4 + (m & 1)) puts register m of a lane at word t4 of row g of matrix m, whose
+// rows the kernel addresses at chunk (2 nt + (m & 1)) ^ ((c >> 1) & 3) of column c's 320 bytes.
+TEST(Dense, BackwardDqTransposedSlots) {
+  EXPECT_EQ(backward_dq_t_rows(1), 80);
+  EXPECT_EQ(backward_dq_t_rows(80), 80);
+  EXPECT_EQ(backward_dq_t_rows(1003), 1040);
+  EXPECT_EQ(backward_dq_t_rows(4096), 4160);
+  const int64_t D = 128;
+  for (int64_t nq : {80, 203}) {
+    const int64_t rows = backward_dq_t_rows(nq);
+    std::vector<int> used(static_cast<size_t>(rows * D), 0);
+    for (int64_t q = 0; q < nq; ++q)
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t o = backward_dq_t_offset(q, d, D);
+        ASSERT_GE(o, (q / 80) * 80 * D);  // inside its tile's block
+        ASSERT_LT(o, (q / 80 + 1) * 80 * D);
+        ++used[static_cast<size_t>(o)];
+      }
+    for (int u : used) ASSERT_LE(u, 1);
+  }
+  for (int64_t tile : {0, 3})
+    for (int64_t col0 : {0, 64}) {  // a warpgroup's columns: [col0 * 80, col0 * 80 + 5120)
+      const int64_t base = tile * 80 * D + col0 * 80;
+      for (int warp = 0; warp < 4; ++warp)
+        for (int nt = 0; nt < 10; ++nt)
+          for (int m = 0; m < 4; ++m)
+            for (int g = 0; g < 8; ++g)
+              for (int t4 = 0; t4 < 4; ++t4) {
+                const int64_t c = 16 * warp + 8 * (m >> 1) + g;  // within the warpgroup
+                const int64_t q = 80 * tile + 8 * nt + 2 * t4 + (m & 1);
+                const int64_t chunk = (2 * nt + (m & 1)) ^ ((c >> 1) & 3);
+                ASSERT_EQ(backward_dq_t_offset(q, col0 + c, D), base + c * 80 + 4 * chunk + t4)
+                    << "nt " << nt << " m " << m << " g " << g << " t4 " << t4;
+              }
+    }
+  // Eight rows' chunk k (an stmatrix matrix) fall on eight different 16-byte bank groups.
+  for (int64_t c0 : {0, 8, 56})
+    for (int64_t k = 0; k < 20; ++k) {
+      std::vector<int> bank(8, 0);
+      for (int64_t r = 0; r < 8; ++r) {
+        const int64_t c = c0 + r;
+        ++bank[static_cast<size_t>((c * 320 / 16 + (k ^ ((c >> 1) & 3))) % 8)];
+      }
+      for (int b : bank) EXPECT_EQ(b, 1) << "rows " << c0 << ".. chunk " << k;
+    }
+}
+
 TEST(Dense, BackwardSpanPieceOf) {
   for (int64_t works : {1, 3, 68, 100, 116})
     for (int64_t tiles : {2, 5, 32, 52, 103})

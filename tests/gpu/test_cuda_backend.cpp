@@ -1066,7 +1066,7 @@ TEST(CudaAttention, BackwardOverwritesGradients) {
   SKIP_WITHOUT_GPU();
   auto gpu = make_cuda_backend();
   const int64_t B = 1, N = 1000, H = 2;
-  int runs = 0, wrote = 0, input_runs = 0;
+  int runs = 0, wrote = 0, input_runs = 0, transposed = 0, d128_input_runs = 0;
   for (int64_t D : {64, 128})
     for (DType dt : {DType::BF16, DType::F16})
       for (bool causal : {false, true})
@@ -1126,6 +1126,14 @@ TEST(CudaAttention, BackwardOverwritesGradients) {
                   if (!input_grads) EXPECT_FALSE(w) << "fp32 dk, dv are zeroed and added";
                   wrote += w ? 1 : 0;
                   input_runs += input_grads ? 1 : 0;
+                  // (head dim 128's writing kernel: dQ into the transposed accumulator)
+                  if (cuda::backward_last_dq_transposed()) {
+                    EXPECT_TRUE(w && D == 128);
+                    ++transposed;
+                  }
+                  d128_input_runs += input_grads && D == 128 ? 1 : 0;
+                } else {
+                  EXPECT_FALSE(cuda::backward_last_dq_transposed()) << "adding calls";
                 }
                 for (int i = 0; i < 3; ++i) {
                   got[mode][i] = Tensor(DType::F64, B, N, H, D);
@@ -1159,6 +1167,116 @@ TEST(CudaAttention, BackwardOverwritesGradients) {
 #endif
   EXPECT_EQ(input_runs, 16);
   EXPECT_EQ(wrote, hopper ? input_runs : 0);
+  EXPECT_EQ(d128_input_runs, 10);
+  EXPECT_EQ(transposed, hopper ? d128_input_runs : 0);
+}
+
+// The transposed dQ accumulator of head dim 128's writing kernel (cuda::backward_dq_accumulator):
+// overwritten gradients equal those of the same call adding into zeros (which adds into dq's
+// rows, or a row-major accumulator), on rows that are no multiple of 8 (the accumulator's groups
+// of 8 queries cross Nq) or of the 80-query tiles, for dq of the input dtype and fp32 (dk and dv
+// of the input dtype, which the kernel writes), two batches of three heads, causal or not, and
+// a dq in a view of odd rows. A mask of windows over 8 blocks (rows that are runs, walked by position
+// with LONGATTN_SM90_BWD_RUNS=1) writes dk and dv as well but adds dQ into dq's rows (its tiles start
+// at each run, not at multiples of 80).
+TEST(CudaAttention, BackwardDqTransposed) {
+  SKIP_WITHOUT_GPU();
+  auto gpu = make_cuda_backend();
+  const int64_t B = 2, H = 3, D = 128;
+#if LONGATTN_HAVE_SM90
+  int dev = 0, major = 0, minor = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), cudaSuccess);
+  const char* env = std::getenv("LONGATTN_FLASH_KERNELS");
+  const bool hopper = major == 9 && minor == 0 && !(env && std::string(env) == "portable");
+#else
+  const bool hopper = false;
+#endif
+  int runs = 0;
+  for (int64_t N : {1003, 203})
+    for (DType dt : {DType::BF16, DType::F16})
+      for (bool causal : {false, true})
+        for (bool dq32 : {false, true})
+          for (bool strided : {false, true})
+            for (bool window : {false, true}) {
+              if (strided && (dt != DType::BF16 || causal)) continue;
+              if (window && (dt != DType::BF16 || strided || dq32 || N < 1000)) continue;
+              const DType qdt = dq32 ? DType::F32 : dt;
+              SCOPED_TRACE(std::string(dtype_name(dt)) + " N " + std::to_string(N) +
+                           (causal ? " causal" : "") + " dq " + dtype_name(qdt) +
+                           (strided ? " strided" : "") + (window ? " window" : ""));
+              const ScopedEnv runs_env("LONGATTN_SM90_BWD_RUNS", window ? "1" : "");
+              const uint64_t seed = 3100 + static_cast<uint64_t>(runs) * 16;
+              auto make = [&](DType t, uint64_t sd, bool pad) {
+                if (pad) return make_padded(*gpu, t, B, N, H, D, sd, 2);
+                Padded x;
+                x.host = Tensor::randn(t, B, N, H, D, sd);
+                x.dev = DeviceTensor(*gpu, t, B, N, H, D);
+                gpu->upload(x.dev.view(), x.host.view());
+                x.hview = x.host.view();
+                x.dview = x.dev.view();
+                return x;
+              };
+              Padded q = make(dt, seed + 1, false), k = make(dt, seed + 2, false),
+                     v = make(dt, seed + 3, false), o = make(dt, seed + 4, false),
+                     d_o = make(dt, seed + 5, false);
+              DeviceTensor lse(*gpu, DType::F32, B, N, H, 1);
+              MaskGeometry geo;
+              geo.nq = geo.nk = N;
+              geo.block_q = geo.block_k = 128;
+              geo.causal = causal;
+              std::vector<std::vector<int32_t>> rows;  // windows: blocks i - 2 .. i + 1
+              const int32_t nb = static_cast<int32_t>((N + 127) / 128);
+              for (int32_t i = 0; i < nb; ++i) {
+                rows.emplace_back();
+                for (int32_t j = std::max(0, i - 2); j <= std::min(nb - 1, i + 1); ++j)
+                  rows.back().push_back(j);
+              }
+              const BlockMask mask = window ? build_block_mask(geo, rows) : dense_block_mask(geo);
+              auto gm = gpu->prepare_mask(mask);
+              auto gmt = gpu->prepare_mask(mask.transpose());
+              gpu->attention_forward(make_fwd_params(
+                  {q.dview, k.dview, v.dview, o.dview, lse.view()}, gm->view(), {0.0, causal}));
+              Tensor got[2][3];
+              for (int mode = 0; mode < 2; ++mode) {
+                Padded g[3];
+                for (int i = 0; i < 3; ++i) {
+                  g[i] = make(i == 0 ? qdt : dt, seed + 6 + i, strided && i == 0);
+                  gpu->fill(g[i].dview, mode == 0 ? 0.0 : 7.0);
+                }
+                AttnBwdParams bp = make_bwd_params({q.dview, k.dview, v.dview, o.dview, lse.view()},
+                                                   {d_o.dview, g[0].dview, g[1].dview, g[2].dview},
+                                                   gm->view(), gmt->view(), {0.0, causal});
+                bp.accumulate = mode == 0;
+                const cuda::DqAccumulator acc = cuda::backward_dq_accumulator(bp);
+                const bool expect_t = hopper && mode == 1 && !window;
+                EXPECT_EQ(acc.transposed, expect_t);
+                if (acc.transposed) {
+                  EXPECT_EQ(acc.rows, backward_dq_t_rows(N));
+                  EXPECT_EQ(acc.floats, static_cast<size_t>(B * H * D * acc.rows));
+                }
+                gpu->attention_backward(bp);
+                EXPECT_EQ(cuda::backward_last_dq_transposed(), expect_t);
+                if (mode == 1) EXPECT_EQ(cuda::backward_last_wrote_dkv(), hopper);
+                for (int i = 0; i < 3; ++i) {
+                  got[mode][i] = Tensor(DType::F64, B, N, H, D);
+                  gpu->download(got[mode][i].view(), g[i].dview);
+                }
+              }
+              const char* const names[] = {"dq", "dk", "dv"};
+              for (int i = 0; i < 3; ++i) {
+                const ErrorStats e = compare(got[1][i].view(), got[0][i].view());
+                EXPECT_TRUE(e.finite) << names[i];
+                EXPECT_GT(e.max_ref, 0.05) << names[i] << ": zeros prove nothing";
+                if (i > 0)
+                  EXPECT_EQ(e.max_abs, 0.0) << names[i];
+                else
+                  EXPECT_LE(e.max_abs, 4 * unit_roundoff(qdt) * e.max_ref) << names[i];
+              }
+              ++runs;
+            }
+  EXPECT_EQ(runs, 22);
 }
 
 // A variant's bf16 backward of 2^19 rows, which runs in parts of rows: against the fp32 run of

@@ -27,7 +27,10 @@
 //   and on 128-query tiles by two one-way barriers, each warpgroup starting on its own keys'
 //   half). dQ (scaled) goes through a swizzled fp32 shared-memory
 //   tile that one thread of the warpgroup adds into dq with a TMA reduce (cp.reduce.async.bulk),
-//   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers. The next
+//   or, where dq's layout does not allow TMA, by red.global.add.v2.f32 from registers; the
+//   80-query writing kernel over complete masks (kDqT) stages dQ^T as it stands by stmatrix and
+//   adds it by one bulk reduce into a tile-major transposed accumulator (BwdArgs::dq_t), which
+//   the host converts into dq after the launch (backward_dq_t_offset). The next
 //   tile's S^T and dP^T run while dQ goes out. At the end of a work dK and dV are added into dk
 //   and dv the same way (staged in shared memory, TMA reduces) where a.dkv_reduce and fp32
 //   dk/dv allow it, else loaded, added and stored from registers.
@@ -86,6 +89,18 @@
 //   barriers of head dim 128 (each warpgroup starting dQ over its own keys) instead of one
 //   barrier of both (A/B run 136: dense d=64 +5.4 to +9.6%, local_window 10% +6.6%, random 10%
 //   +2.4%; on the 64-query tiles at d=64 it had cost 1%, run 15).
+// - LONGATTN_SM90_BWD_DQ_T (1): the 80-query writing kernel over complete masks stages dQ^T as
+//   it stands, by stmatrix, in the layout of the transposed dq accumulator (BwdArgs::dq_t) and
+//   adds it there by one bulk reduce, instead of transposing it into dq's rows by 32-bit stores
+//   (A/B run 375, conversion into dq included: dense d=128 SDPA configuration +1.3 to +3.8%;
+//   run 370 timed the stores alone at +4 to +6%); 0: the host (sm90::bwd_dq_transposed) never
+//   takes it.
+#ifndef LONGATTN_SM90_BWD_DQ_T
+#define LONGATTN_SM90_BWD_DQ_T 1
+#endif
+#ifndef LONGATTN_SM90_BWD_DS_STS
+#define LONGATTN_SM90_BWD_DS_STS 0
+#endif
 #ifndef LONGATTN_SM90_BWD_M128_SPLIT_BAR
 #define LONGATTN_SM90_BWD_M128_SPLIT_BAR 1
 #endif
@@ -351,7 +366,9 @@ __device__ __forceinline__ void st_shared_f32(uint32_t addr, float x) {
 // and dv of the input dtype): the key block's first query part writes dk and dv without reading
 // them; an instantiation of its own, so the adding kernels' code is what it was (a runtime
 // switch cost the head-dim-128 steady loop 33 instructions and 4 spill accesses).
-template <typename T, int D, bool kKRegs, int kM, bool kByPosition, bool kWrite>
+// kDqT (the 80-query writing kernel over complete masks, sm90::bwd_dq_transposed): dQ is added
+// into the transposed accumulator (BwdArgs::dq_t) instead of dq.
+template <typename T, int D, bool kKRegs, int kM, bool kByPosition, bool kWrite, bool kDqT>
 __global__ void __launch_bounds__(384, 1)
     flash_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tq,
                           const __grid_constant__ CUtensorMap tk,
@@ -364,6 +381,7 @@ __global__ void __launch_bounds__(384, 1)
   using Tr = BwdSm90Traits<D, kM, kByPosition>;
   constexpr int kBN = Tr::kBN, kBM = Tr::kBM, kS = Tr::kStages;
   constexpr bool kM80 = Tr::kM80, kM128 = Tr::kM128, kTall = Tr::kTall, kPos = Tr::kPos;
+  static_assert(!kDqT || (kM80 && kWrite), "the transposed dq accumulator: 80-query writing");
   extern __shared__ unsigned char smem_raw[];
   __shared__ int piece_last_s;  // the split work's last piece (16-bit dk, dv): 1, else 0
   int* const piece_last = &piece_last_s;
@@ -890,9 +908,14 @@ __global__ void __launch_bounds__(384, 1)
       Mma<T>::pv(dk, da[kk], desc_at(qb, kk * 16 * 128));
     wgmma_commit();
 
-    // dS^T (by key) into shared memory with the swizzle the descriptors expect.
+    // dS^T (by key) into shared memory with the swizzle the descriptors expect, by stmatrix:
+    // da[kk][j] (queries 16 kk + 8 (j >> 1).., keys 8 (j & 1) + g of the warp's 16) is 8x8
+    // matrix j of the instruction, whose row r (this lane's address: j = lane / 8, r = lane % 8)
+    // is key r's 16 bytes of those 8 queries (LONGATTN_SM90_BWD_DS_STS=1: a 32-bit store per
+    // register, as before; measurement builds).
     const int dsb = i & 1;
     unsigned char* ds = sdS + dsb * Tr::kDSBytes;
+#if LONGATTN_SM90_BWD_DS_STS
 #pragma unroll
     for (int nt = 0; nt < kBM / 8; ++nt)
 #pragma unroll
@@ -910,6 +933,26 @@ __global__ void __launch_bounds__(384, 1)
               da[nt / 2][(nt & 1) * 2 + hh];
         }
       }
+#else
+    {
+      const int mj = lane >> 3, mr = lane & 7;  // this lane's matrix and row
+      const int r = cw * 64 + warp * 16 + (mj & 1) * 8 + mr;  // its key row within the CTA
+      const uint32_t ds_s = saddr(ds);
+#pragma unroll
+      for (int kk = 0; kk < kKQ; ++kk) {
+        const int nt = 2 * kk + (mj >> 1);
+        uint32_t at;
+        if constexpr (kM80) {
+          // Queries 8 nt.. are 16-byte chunk nt & 1 of atom nt / 2; r & 7 == mr.
+          at = ds_s + (r >> 3) * 1280 + kk * 256 + mr * 32 + (((mj >> 1) ^ (mr >> 2)) << 4);
+        } else {
+          // (128-query tiles: queries 64.. in the second [128 keys][64 queries] half.)
+          at = ds_s + (nt / 8) * (kBN * 128) + r * 128 + (((nt % 8) ^ mr) << 4);
+        }
+        stmatrix_x4(at, da[kk][0], da[kk][1], da[kk][2], da[kk][3]);
+      }
+    }
+#endif
     fence_proxy_async();
 
     // dQ (64 queries x kDqCols columns from col0) = dS K over all 128 keys: A = dS^T read
@@ -969,7 +1012,7 @@ __global__ void __launch_bounds__(384, 1)
   // dq rows qs_ + 16 warp + g (+8), columns col0 + 8 nt + 2 t4 (+1), scaled.
   // part 1: the staging stores (or the red.global adds), part 2: the reduce, 3: both.
   auto dq_out = [&](int qs_, int n, int part = 3) {  // n: the tile's index in this CTA's walk
-    if (dq_tma) {
+    if (kDqT || dq_tma) {
       const int buf = (cw * Tr::kDqBufs + n % Tr::kDqBufs) * Tr::kDQBytes;
       if (part & 1) {
       // The reduce that last used this buffer has read it (its issuing thread waits, the
@@ -977,7 +1020,22 @@ __global__ void __launch_bounds__(384, 1)
       // columns: 16-byte chunk c of row r lives at chunk c ^ (r & 7).
       if (tid == 0) bulk_wait_read<Tr::kDqBufs - 1>();
       named_barrier(4 + cw, 128);
-      if constexpr (kM80) {
+      if constexpr (kDqT) {
+        // dQ^T as it stands, in the accumulator's layout (backward_dq_t_offset): this
+        // warpgroup's 64 columns of the tile, 320 bytes each. Register 4 nt + m of lane (g,
+        // t4), column c = 16 warp + 8 (m >> 1) + g and query 8 nt + 2 t4 + (m & 1), is word t4
+        // of row g of the stmatrix's matrix m: chunk (2 nt + (m & 1)) ^ ((c >> 1) & 3) of c.
+        const uint32_t dst = saddr(sdQ) + buf;
+        const int mj = lane >> 3, mr = lane & 7;  // this lane's matrix and row
+        const int c = warp * 16 + (mj >> 1) * 8 + mr;
+#pragma unroll
+        for (int nt = 0; nt < kBM / 8; ++nt) {
+          const int k = (2 * nt + (mj & 1)) ^ ((c >> 1) & 3);
+          stmatrix_x4(dst + c * (kBM * 4) + (k << 4), __float_as_uint(dqs[nt * 4]),
+                      __float_as_uint(dqs[nt * 4 + 1]), __float_as_uint(dqs[nt * 4 + 2]),
+                      __float_as_uint(dqs[nt * 4 + 3]));
+        }
+      } else if constexpr (kM80) {
         // dQ^T transposed into boxes of [80 queries][32 columns]: column c = 16 warp + g (+8),
         // query q = 8 nt + 2 t4 (+1), at chunk (c % 32) / 4 ^ (q & 7) of row q.
         static_assert(kDqCols == 64, "two boxes of 32 columns per warpgroup");
@@ -1002,10 +1060,18 @@ __global__ void __launch_bounds__(384, 1)
       if (!(part & 2)) return;
       named_barrier(4 + cw, 128);
       if (tid == 0) {
+        if constexpr (kDqT) {
+          // The tile's block of its (batch, head) (qs_ a multiple of 80 over complete masks),
+          // one bulk reduce (run 374: a tensor reduce of the same box timed the same).
+          const int64_t tile =
+              (static_cast<int64_t>(b_()) * a.H + h_()) * (a.dq_t_rows / kBM) + qs_ / kBM;
+          bulk_reduce_add_f32(a.dq_t + (tile * D + col0) * kBM, sdQ + buf, Tr::kDQBytes);
+        } else {
 #pragma unroll
-        for (int bx = 0; bx < kDqCols / 32; ++bx)
-          tma_reduce_add_4d(&tdq, sdQ + buf + bx * Tr::kDqRows * 128, col0 + 32 * bx,
-                            qs_ + row0, h_(), b_());
+          for (int bx = 0; bx < kDqCols / 32; ++bx)
+            tma_reduce_add_4d(&tdq, sdQ + buf + bx * Tr::kDqRows * 128, col0 + 32 * bx,
+                              qs_ + row0, h_(), b_());
+        }
         bulk_commit();
       }
     } else if (!(part & 1)) {
@@ -1340,7 +1406,7 @@ __global__ void __launch_bounds__(384, 1)
     if (lane == 0) mbar_arrive(&work_empty[slot]);
   }
   // The shared-memory dQ (and dK, dV) tiles must outlive the last reduce's reads.
-  if ((dq_tma || dkv_tma || split_tail) && tid == 0) bulk_wait_all();
+  if ((kDqT || dq_tma || dkv_tma || split_tail) && tid == 0) bulk_wait_all();
 }
 
 struct BwdMaps {
@@ -1352,15 +1418,21 @@ struct BwdMaps {
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv, int box_dq);
 
 template <typename T, int D, bool kKRegs = false, int kM = 64, bool kByPosition = kM != 64,
-          bool kWrite = false>
+          bool kWrite = false, bool kDqT = false>
 void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream, cudaMemPool_t pool) {
   using Tr = BwdSm90Traits<D, kM, kByPosition>;
-  auto kernel = flash_bwd_sm90_kernel<T, D, kKRegs, kM, kByPosition, kWrite>;
+  auto kernel = flash_bwd_sm90_kernel<T, D, kKRegs, kM, kByPosition, kWrite, kDqT>;
   // Per launch (cheap), so a process driving several devices gets it on each.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Tr::kSmemBytes));
   LONGATTN_CHECK_ARG(args.q_splits >= 1 && (args.q_splits == 1 || args.split_flags != nullptr),
                      "q_splits", args.q_splits, "must be >= 1, with split_flags when > 1");
+  LONGATTN_CHECK_ARG((args.dq_t != nullptr) == kDqT &&
+                         (!kDqT || (args.complete != 0 &&
+                                    args.dq_t_rows == backward_dq_t_rows(args.Nq))),
+                     "dq_t", args.dq_t == nullptr ? "null" : "an accumulator",
+                     "the transposed dq accumulator (backward_dq_t_rows(Nq) rows) goes with the "
+                     "80-query writing kernel over complete masks (sm90::bwd_dq_transposed) only");
   BwdArgs a = args;
   // Equal works (walked by position over a complete mask, not causal, one part of the query
   // range) may have their last round split (backward_tail_split): the parts add dK and dV by TMA

@@ -1,5 +1,6 @@
-// Hopper backward attention instantiated for f16, head dim 128, 80-query tiles (complete masks),
-// writing dk and dv (AttnBwdParams::accumulate false). Kernel: kernels/cuda/sm90/flash_bwd_sm90.cuh.
+// Hopper backward attention instantiated for f16, head dim 128, 80-query tiles (complete masks
+// and runs), writing dk and dv (AttnBwdParams::accumulate false), adding dQ into dq.
+// Kernel: kernels/cuda/sm90/flash_bwd_sm90.cuh.
 #include "kernels/cuda/sm90/flash_bwd_sm90.cuh"
 
 namespace longattn::cuda::sm90 {

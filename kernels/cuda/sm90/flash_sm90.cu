@@ -125,6 +125,10 @@ extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80, true, t
     const BwdArgs&, cudaStream_t, cudaMemPool_t);
 extern template void launch_bwd_sm90_impl<__half, 128, false, 80, true, true>(
     const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80, true, true, true>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_bwd_sm90_impl<__half, 128, false, 80, true, true, true>(
+    const BwdArgs&, cudaStream_t, cudaMemPool_t);
 extern template void launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, true, true>(
     const BwdArgs&, cudaStream_t, cudaMemPool_t);
 extern template void launch_bwd_sm90_impl<__half, 64, false, 128, true, true>(
@@ -490,9 +494,16 @@ BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv,
   // kernel's red.global path; LONGATTN_SM90_DQ_TMA=0 forces the latter.
   m.dq_tma = a.dq_type == flash::kOutF32 && dq_tma_enabled() &&
              f32_view_fits_tma(a.dq, a.B, a.Nq, a.H);
-  if (m.dq_tma) m.dq = make_map(a.dq, a.B, a.Nq, a.H, D, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, box_dq,
-                                "dq");
-  else std::memset(&m.dq, 0, sizeof(m.dq));
+  if (a.dq_t != nullptr) {
+    // (The transposed accumulator takes a bulk reduce of each warpgroup's half of a tile: no
+    // map.)
+    std::memset(&m.dq, 0, sizeof(m.dq));
+    m.dq_tma = false;
+  } else if (m.dq_tma) {
+    m.dq = make_map(a.dq, a.B, a.Nq, a.H, D, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, box_dq, "dq");
+  } else {
+    std::memset(&m.dq, 0, sizeof(m.dq));
+  }
   // dk and dv by TMA reduce (boxes of 32 fp32 columns x 64 keys, a consumer warpgroup's rows)
   // where the call takes them (a.dkv_reduce) and both are fp32 and TMA-able; the parts of a
   // query range then add in any order, as dq's tiles do.
@@ -661,6 +672,11 @@ bool bwd_writes_dkv(const BwdArgs& a, int head_dim) {
   return t == BackwardTiles::kPosition128 || t == BackwardTiles::kPosition80;
 }
 
+bool bwd_dq_transposed(const BwdArgs& a, int head_dim) {
+  return LONGATTN_SM90_BWD_DQ_T != 0 && a.complete != 0 && bwd_writes_dkv(a, head_dim) &&
+         bwd_tiles(a, head_dim) == BackwardTiles::kPosition80;
+}
+
 void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream,
                     cudaMemPool_t pool) {
   const bool bf16 = dtype == DType::BF16;
@@ -676,6 +692,11 @@ void flash_backward(const BwdArgs& a, DType dtype, int head_dim, cudaStream_t st
     if (tiles == BackwardTiles::kPosition128)
       return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 64, false, 128, true, true>(a, stream, pool)
                   : launch_bwd_sm90_impl<__half, 64, false, 128, true, true>(a, stream, pool);
+    if (a.dq_t != nullptr)  // (bwd_dq_transposed)
+      return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80, true, true, true>(
+                        a, stream, pool)
+                  : launch_bwd_sm90_impl<__half, 128, false, 80, true, true, true>(a, stream,
+                                                                                     pool);
     return bf16 ? launch_bwd_sm90_impl<__nv_bfloat16, 128, false, 80, true, true>(a, stream, pool)
                 : launch_bwd_sm90_impl<__half, 128, false, 80, true, true>(a, stream, pool);
   }

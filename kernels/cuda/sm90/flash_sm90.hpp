@@ -47,6 +47,10 @@ int bwd_runs(int head_dim, const BlockMaskView& mask_t);
 // AttnBwdParams::accumulate false): dk and dv of the input dtype and tiles by position (the
 // kWrite instantiations). LONGATTN_SM90_BWD_WRITE=0 turns it off (read on each call).
 bool bwd_writes_dkv(const flash::BwdArgs& a, int head_dim);
+// Whether a call that writes dk and dv (bwd_writes_dkv) adds dQ into the transposed accumulator
+// (BwdArgs::dq_t; backward_dq_t_rows) rather than into dq: the 80-query tiles (head dim 128).
+// The caller then zeroes one, passes it, and writes dq from it after the launch.
+bool bwd_dq_transposed(const flash::BwdArgs& a, int head_dim);
 // pool: where the split works' pieces meet when dk and dv are of the 16-bit input dtype
 // (BwdArgs::piece_scratch; null: the device's default pool).
 void flash_backward(const flash::BwdArgs& a, DType dtype, int head_dim, cudaStream_t stream,

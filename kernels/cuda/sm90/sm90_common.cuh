@@ -108,6 +108,14 @@ __device__ __forceinline__ void tma_reduce_add_4d(const CUtensorMap* map, const 
       "r"(saddr(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 }
+// Adds `bytes` (a multiple of 16, both ends 16-byte aligned) of fp32 from shared memory into
+// global memory in one piece (cp.reduce.async.bulk, no tensor map).
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, const void* src, int bytes) {
+  asm volatile(
+      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+      "r"(saddr(src)), "r"(bytes)
+      : "memory");
+}
 __device__ __forceinline__ void bulk_commit() {
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
 }
@@ -129,6 +137,15 @@ __device__ __forceinline__ int ld_shared_volatile(const void* p) {
 }
 __device__ __forceinline__ void st_shared_v2(uint32_t addr, float x, float y) {
   asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(x), "f"(y) : "memory");
+}
+// Four 8x8 matrices of 16-bit pairs (stmatrix): register j of lane (g, t4) is word t4 of row g of
+// matrix j, and lane 8 j + r gives the address of row r of matrix j (16 bytes a row). A 32-bit
+// value passes whole, so fp32 sums go out four a lane per instruction as well.
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2,
+                                            uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
+               "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
 }
 __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
