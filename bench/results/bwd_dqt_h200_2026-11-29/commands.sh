@@ -1,4 +1,4 @@
-# Commands of runs 370-375 (one H200 each, 2026-11-29). The scripts ran from the repository root with the
+# Commands of runs 370-376 (one H200 each, 2026-11-29). The scripts ran from the repository root with the
 # binaries unpacked to build-cudabe/bin (the candidate), build-ab0/bin (the A/B baseline: a measurement build,
 # -DLONGATTN_SM90_MEASURE_DEFS=... -DLONGATTN_SM90_MEASURE_GLOB=..., see each run) and, in run 370, build-fake/bin.
 # Run 370: build-ab0 = LONGATTN_SM90_BWD_DS_STS=1 on flash_bwd_* (dS^T by 32-bit stores), build-fake =
@@ -156,3 +156,22 @@ echo "memcheck: $(grep -E 'ERROR SUMMARY|PASSED|FAILED' memcheck.txt | tail -3 |
 for r in 1 2 3; do for bin in kb_ab0 kernel_bench; do echo "$bin r$r: $(grep -E '^dense' ab_${bin}_r$r.txt | awk '{print $3, $6, $8}' | tr '\n' '|')"; done; done
 cat kbw128.rc; tail -16 kbw128/kernel_bench_table.txt
 tar czf ./r375.tgz *.txt *.json *.log *.rc kbw128
+
+# ---- run 376
+# Run 376 (1x H200): version 50 (27616f5) as committed. ncu kernel times of the d=128 4K and 16K
+# backward in SDPA's configuration (the conversion of the transposed accumulator beside the main
+# kernel); anchored against cuDNN, two rounds: d=128 adding into fp32 (kernel_bench's default,
+# which version 50 leaves on dq's rows) and d=64 in SDPA's configuration (dS^T by stmatrix).
+set -u
+chmod +x build-cudabe/bin/*
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+M="--metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum"
+for n in 4096 16384; do
+  timeout 60 ncu $M -k 'regex:^(?!.*(randn|fill_kernel)).*' --launch-skip 4 --launch-count 8 build-cudabe/bin/kernel_bench --suites dense --dense-n $n --dense-d 128 --passes bwd --grads write --warmup 1 --warm-ms 0 --repeats 2 --max-seconds 1 --out n.json > ncu_$n.txt 2>&1
+  echo "== $n"; grep -E "^  [a-zA-Z_]|gpu__time_duration" ncu_$n.txt | cut -c1-110 | head -24
+done
+timeout 150 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir kb128 --rounds 2 --anchors sdpa_cudnn -- --suites dense --dense-n 4096 8192 16384 --dense-d 128 --passes bwd --max-seconds 2 > kb128.log 2>&1; echo "kb128 rc $?"
+tail -9 kb128/kernel_bench_table.txt
+timeout 150 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir kbw64 --rounds 2 --anchors sdpa_cudnn -- --suites dense --dense-n 4096 8192 16384 --dense-d 64 --passes bwd --grads write --max-seconds 2 > kbw64.log 2>&1; echo "kbw64 rc $?"
+tail -9 kbw64/kernel_bench_table.txt
+tar czf ./r376.tgz *.txt *.log kb128 kbw64
