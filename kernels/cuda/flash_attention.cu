@@ -492,56 +492,55 @@ __device__ __forceinline__ T from_f32(float x) {
 }
 
 // dq (a [B, Nq, H, D] view, unit stride on D) = the transposed accumulator acc (per (batch,
-// head) `tiles` blocks of [D][80 slots], backward_dq_t_offset): a CTA a block, read whole into
-// shared memory by 16-byte loads all in flight at once (the next block's while this one is written
-// out), written out query by query, two columns a thread (one 4- or 8-byte store where `pairs`:
-// the view's base and strides even); a few CTAs an SM, each walking blocks.
-template <typename T, int D>
+// head) `tiles` blocks of [D][80 slots], backward_dq_t_offset), without shared memory: a warp
+// takes 8 queries (chunks 2 n, 2 n + 1 of backward_dq_t_slot) and 64 columns of a block, lane l
+// columns c0 + 2 l and + 1, whose rows' swizzle ((column >> 1) & 3) is the same, so it reads one
+// 32-byte sector of each of its two rows (the chunks' swizzled places are a pair) and writes the
+// 8 queries' two columns, each query's 64 columns one piece of the warp (4-byte stores where
+// `pairs`: the view's base and strides even, else one element at a time).
+template <typename T>
 __global__ void __launch_bounds__(256) dq_from_transposed_kernel(
     T* dq, int64_t sb, int64_t sn, int64_t sh, const float* __restrict__ acc, int nq, int H,
-    int64_t tiles, int64_t blocks, bool pairs) {
-  constexpr int kN = D * 80, kLoads = kN / 4 / 256, kPairs = kN / 2 / 256;
-  static_assert(kN % (4 * 256) == 0, "whole loads");
-  __shared__ float tile[D * 81];  // [D][81]
-  float4 v[kLoads];
-  auto load = [&](int64_t blk) {
-    const float4* src = reinterpret_cast<const float4*>(acc + blk * kN);
+    int64_t tiles, int64_t tasks, bool pairs) {
+  constexpr int D = 128;
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t task = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+       task < tasks; task += warps) {
+    const int n = static_cast<int>(task % 10);  // queries 8 n .. 8 n + 7 of the tile
+    const int64_t rest = task / 10;
+    const int d = static_cast<int>(rest & 1) * 64 + 2 * lane;
+    const int64_t blk = rest >> 1;
+    const int sw = (d >> 1) & 3;
+    const float* src = acc + blk * (D * 80) + static_cast<int64_t>(d) * 80;
+    // Chunk 2 n + e (queries 8 n + e + 2 t, word t) of rows d and d + 1 at chunk (2 n + e) ^ sw.
+    float4 v[2][2];  // [e][row]
 #pragma unroll
-    for (int u = 0; u < kLoads; ++u) v[u] = __ldg(src + threadIdx.x + u * 256);
-  };
-  if (blockIdx.x < blocks) load(blockIdx.x);
-  for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
+    for (int e = 0; e < 2; ++e)
 #pragma unroll
-    for (int u = 0; u < kLoads; ++u) {
-      const int i = 4 * (threadIdx.x + u * 256);  // 80 = 20 x 4: a load stays in its row
-      float* t = tile + (i / 80) * 81 + i % 80;
-      t[0] = v[u].x;
-      t[1] = v[u].y;
-      t[2] = v[u].z;
-      t[3] = v[u].w;
-    }
-    __syncthreads();
-    if (blk + gridDim.x < blocks) load(blk + gridDim.x);  // in flight while this one goes out
-    const int64_t bh = blk / tiles, q0 = (blk % tiles) * 80;
-    T* out = dq + (bh / H) * sb + (bh % H) * sh;
+      for (int r = 0; r < 2; ++r)
+        v[e][r] = __ldg(reinterpret_cast<const float4*>(src + r * 80 + 4 * ((2 * n + e) ^ sw)));
+    const int64_t bh = blk / tiles, q0 = (blk % tiles) * 80 + 8 * n;
+    T* out = dq + (bh / H) * sb + (bh % H) * sh + d;
 #pragma unroll
-    for (int u = 0; u < kPairs; ++u) {
-      const int p = threadIdx.x + u * 256, j = p / (D / 2), d = 2 * (p % (D / 2));
-      if (q0 + j >= nq) continue;
-      const T x0 = from_f32<T>(tile[d * 81 + backward_dq_t_slot(j, d)]);
-      const T x1 = from_f32<T>(tile[(d + 1) * 81 + backward_dq_t_slot(j, d + 1)]);
-      T* o = out + (q0 + j) * sn + d;
-      if (pairs) {
-        struct alignas(2 * sizeof(T)) Pair {
-          T a, b;
-        };
-        *reinterpret_cast<Pair*>(o) = Pair{x0, x1};
-      } else {
-        o[0] = x0;
-        o[1] = x1;
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        const int64_t q = q0 + e + 2 * t;
+        if (q >= nq) continue;
+        const float x0 = t == 0 ? v[e][0].x : t == 1 ? v[e][0].y : t == 2 ? v[e][0].z : v[e][0].w;
+        const float x1 = t == 0 ? v[e][1].x : t == 1 ? v[e][1].y : t == 2 ? v[e][1].z : v[e][1].w;
+        T* o = out + q * sn;
+        if (pairs) {
+          struct alignas(2 * sizeof(T)) Pair {
+            T a, b;
+          };
+          *reinterpret_cast<Pair*>(o) = Pair{from_f32<T>(x0), from_f32<T>(x1)};
+        } else {
+          o[0] = from_f32<T>(x0);
+          o[1] = from_f32<T>(x1);
+        }
       }
-    }
-    __syncthreads();
   }
 }
 
@@ -549,7 +548,7 @@ void dq_from_transposed(const TensorView& dq, const float* acc, int64_t rows,
                         cudaStream_t stream) {
   const DevView v = dev_view(dq, "dq");
   LONGATTN_CHECK_ARG(dq.D == 128, "dq", dq.D, "the transposed accumulator is for head dim 128");
-  const int64_t tiles = rows / 80, blocks = dq.B * dq.H * tiles;
+  const int64_t tiles = rows / 80, tasks = dq.B * dq.H * tiles * 20;  // 2 halves x 10 groups
   static const int sms = [] {
     int dev = 0, n = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -557,23 +556,24 @@ void dq_from_transposed(const TensorView& dq, const float* acc, int64_t rows,
       n = 132;
     return n;
   }();
-  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(blocks, int64_t{4} * sms));
+  const unsigned grid =
+      static_cast<unsigned>(std::min<int64_t>((tasks + 7) / 8, int64_t{8} * sms));
   const int nq = static_cast<int>(dq.N), H = static_cast<int>(dq.H);
   const size_t es = dtype_size(dq.dtype);
   const bool pairs = reinterpret_cast<uintptr_t>(v.data) % (2 * es) == 0 && v.sb % 2 == 0 &&
                      v.sn % 2 == 0 && v.sh % 2 == 0;
   switch (dq.dtype) {
     case DType::F32:
-      dq_from_transposed_kernel<float, 128><<<grid, 256, 0, stream>>>(
-          static_cast<float*>(v.data), v.sb, v.sn, v.sh, acc, nq, H, tiles, blocks, pairs);
+      dq_from_transposed_kernel<<<grid, 256, 0, stream>>>(
+          static_cast<float*>(v.data), v.sb, v.sn, v.sh, acc, nq, H, tiles, tasks, pairs);
       break;
     case DType::F16:
-      dq_from_transposed_kernel<__half, 128><<<grid, 256, 0, stream>>>(
-          static_cast<__half*>(v.data), v.sb, v.sn, v.sh, acc, nq, H, tiles, blocks, pairs);
+      dq_from_transposed_kernel<<<grid, 256, 0, stream>>>(
+          static_cast<__half*>(v.data), v.sb, v.sn, v.sh, acc, nq, H, tiles, tasks, pairs);
       break;
     case DType::BF16:
-      dq_from_transposed_kernel<__nv_bfloat16, 128><<<grid, 256, 0, stream>>>(
-          static_cast<__nv_bfloat16*>(v.data), v.sb, v.sn, v.sh, acc, nq, H, tiles, blocks,
+      dq_from_transposed_kernel<<<grid, 256, 0, stream>>>(
+          static_cast<__nv_bfloat16*>(v.data), v.sb, v.sn, v.sh, acc, nq, H, tiles, tasks,
           pairs);
       break;
     default:

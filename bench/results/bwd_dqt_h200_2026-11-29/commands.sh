@@ -1,4 +1,4 @@
-# Commands of runs 370-377 (one H200 each, 2026-11-29). The scripts ran from the repository root with the
+# Commands of runs 370-378 (one H200 each, 2026-11-29). The scripts ran from the repository root with the
 # binaries unpacked to build-cudabe/bin (the candidate), build-ab0/bin (the A/B baseline: a measurement build,
 # -DLONGATTN_SM90_MEASURE_DEFS=... -DLONGATTN_SM90_MEASURE_GLOB=..., see each run) and, in run 370, build-fake/bin.
 # Run 370: build-ab0 = LONGATTN_SM90_BWD_DS_STS=1 on flash_bwd_* (dS^T by 32-bit stores), build-fake =
@@ -198,3 +198,27 @@ for r in 1 2 3; do for bin in kb_ab0 kernel_bench; do
   echo "$bin r$r: $(grep -E '^dense' ab_${bin}_r$r.txt | awk '{print $3, $6, $8}' | tr '\n' '|')"
 done; done
 tar czf ./r377.tgz *.txt *.json
+
+# ---- run 378 (build-cudabe: the committed conversion without shared memory)
+# Run 378 (1x H200): the conversion of the transposed dQ accumulator without shared memory (a warp
+# reads 8 queries x 64 columns as whole sectors, writes rows whole). Tests: BackwardDqTransposed and
+# BackwardOverwritesGradients, memcheck on the first; ncu kernel times at 4K and 16K; A/B, three rounds, --grads write,
+# d=128: kb_ab0 (LONGATTN_SM90_BWD_DQ_T=0) against kernel_bench.
+set -u
+chmod +x build-cudabe/bin/*
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+timeout 100 build-cudabe/bin/test_gpu --gtest_filter='CudaAttention.BackwardDqTransposed:CudaAttention.BackwardOverwritesGradients' > tests.txt 2>&1
+echo "tests: $(grep -E '^\[  PASSED|^\[  FAILED|OK \]' tests.txt | tr '\n' ' ')"
+grep -hE -A6 'Failure' tests.txt | head -20
+timeout 80 compute-sanitizer --tool memcheck build-cudabe/bin/test_gpu --gtest_filter='CudaAttention.BackwardDqTransposed' > memcheck.txt 2>&1
+echo "memcheck: $(grep -E 'ERROR SUMMARY|PASSED|FAILED' memcheck.txt | tail -3 | tr '\n' ' ')"
+M="--metrics gpu__time_duration.sum"
+for n in 4096 16384; do
+  timeout 60 ncu $M -k 'regex:dq_from' --launch-skip 1 --launch-count 3 build-cudabe/bin/kernel_bench --suites dense --dense-n $n --dense-d 128 --passes bwd --grads write --warmup 1 --warm-ms 0 --repeats 2 --max-seconds 1 --out n.json > ncu_$n.txt 2>&1
+  echo "== $n: $(grep -E 'gpu__time_duration' ncu_$n.txt | awk '{print $3}' | tr '\n' ' ')"
+done
+for r in 1 2 3; do for bin in kb_ab0 kernel_bench; do
+  timeout 50 $(b=$bin; [ $b = kb_ab0 ] && echo build-ab0/bin/kernel_bench || echo build-cudabe/bin/kernel_bench) --suites dense --dense-n 4096 8192 16384 --dense-d 128 --passes bwd --grads write --max-seconds 2 --out ab_${bin}_r$r.json > ab_${bin}_r$r.txt 2>&1
+  echo "$bin r$r: $(grep -E '^dense' ab_${bin}_r$r.txt | awk '{print $3, $6, $8}' | tr '\n' '|')"
+done; done
+tar czf ./r378.tgz *.txt *.json
