@@ -75,6 +75,58 @@ Padded make_padded(Backend& gpu, DType dt, int64_t B, int64_t N, int64_t H, int6
   return p;
 }
 
+// A random [B, N, H, D] tensor on the host and the device: contiguous (16-byte rows: the vector
+// and TMA paths), or with pad a view of odd rows of a larger parent (make_padded).
+Padded make_input(Backend& gpu, DType dt, int64_t B, int64_t N, int64_t H, int64_t D,
+                  uint64_t seed, bool pad) {
+  if (pad) return make_padded(gpu, dt, B, N, H, D, seed, 2);
+  Padded x;
+  x.host = Tensor::randn(dt, B, N, H, D, seed);
+  x.dev = DeviceTensor(gpu, dt, B, N, H, D);
+  gpu.upload(x.dev.view(), x.host.view());
+  x.hview = x.host.view();
+  x.dview = x.dev.view();
+  return x;
+}
+
+// A backward's contiguous inputs q, k, v, o, d_o (seeds seed + 1..5) and its lse, and the
+// geometry of an N x N mask of 128 blocks.
+struct BwdInputs {
+  Padded q, k, v, o, d_o;
+  DeviceTensor lse;
+};
+BwdInputs make_bwd_inputs(Backend& gpu, DType dt, int64_t B, int64_t N, int64_t H, int64_t D,
+                          uint64_t seed) {
+  BwdInputs in;
+  Padded* const all[] = {&in.q, &in.k, &in.v, &in.o, &in.d_o};
+  for (int i = 0; i < 5; ++i) *all[i] = make_input(gpu, dt, B, N, H, D, seed + 1 + i, false);
+  in.lse = DeviceTensor(gpu, DType::F32, B, N, H, 1);
+  return in;
+}
+MaskGeometry square_geometry(int64_t N, bool causal) {
+  MaskGeometry geo;
+  geo.nq = geo.nk = N;
+  geo.block_q = geo.block_k = 128;
+  geo.causal = causal;
+  return geo;
+}
+
+// Whether the backend's flash calls take the Hopper kernels where they accept the call: a build
+// with them, an sm_90 device, and LONGATTN_FLASH_KERNELS not "portable".
+bool hopper_kernels_on() {
+#if LONGATTN_HAVE_SM90
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return false;
+  const char* env = std::getenv("LONGATTN_FLASH_KERNELS");
+  return major == 9 && minor == 0 && !(env && std::string(env) == "portable");
+#else
+  return false;
+#endif
+}
+
 // The whole device parent back on the host, as fp64.
 Tensor download_all(Backend& gpu, const Padded& p) {
   const TensorView v = p.dev.view();
@@ -1054,6 +1106,24 @@ TEST(CudaAttention, BackwardAccumulatesIntoExistingGradients) {
   }
 }
 
+// Overwritten gradients got[1] = {dq, dk, dv} against the same call's adding into zeros got[0]:
+// finite, not all zero, dk and dv bit for bit where exact_dkv, else (and dq always) within four
+// roundings of their dtype (dq_dtype, dkv_dtype).
+void expect_write_matches_add(const Tensor (&got)[2][3], bool exact_dkv, DType dq_dtype,
+                              DType dkv_dtype) {
+  const char* const names[] = {"dq", "dk", "dv"};
+  for (int i = 0; i < 3; ++i) {
+    const ErrorStats e = compare(got[1][i].view(), got[0][i].view());
+    EXPECT_TRUE(e.finite) << names[i];
+    EXPECT_GT(e.max_ref, 0.05) << names[i] << ": zeros prove nothing";
+    if (i > 0 && exact_dkv)
+      EXPECT_EQ(e.max_abs, 0.0) << names[i];
+    else
+      EXPECT_LE(e.max_abs, 4 * unit_roundoff(i == 0 ? dq_dtype : dkv_dtype) * e.max_ref)
+          << names[i];
+  }
+}
+
 // AttnBwdParams::accumulate false: gradients that start at 7 are overwritten, equal to the
 // gradients of the same call adding into zeros. dk and dv of the input dtype (which the Hopper
 // kernel writes without reading) bit for bit, also with the query range in parts at head dim 128
@@ -1085,23 +1155,12 @@ TEST(CudaAttention, BackwardOverwritesGradients) {
               // in views of odd rows (element by element; the inputs stay contiguous, so the
               // Hopper kernels still take the call).
               auto make = [&](DType t, uint64_t sd, bool pad) {
-                if (pad) return make_padded(*gpu, t, B, N, H, D, sd, 2);
-                Padded x;
-                x.host = Tensor::randn(t, B, N, H, D, sd);
-                x.dev = DeviceTensor(*gpu, t, B, N, H, D);
-                gpu->upload(x.dev.view(), x.host.view());
-                x.hview = x.host.view();
-                x.dview = x.dev.view();
-                return x;
+                return make_input(*gpu, t, B, N, H, D, sd, pad);
               };
-              Padded q = make(dt, seed + 1, false), k = make(dt, seed + 2, false),
-                     v = make(dt, seed + 3, false), o = make(dt, seed + 4, false),
-                     d_o = make(dt, seed + 5, false);
-              DeviceTensor lse(*gpu, DType::F32, B, N, H, 1);
-              MaskGeometry geo;
-              geo.nq = geo.nk = N;
-              geo.block_q = geo.block_k = 128;
-              geo.causal = causal;
+              BwdInputs in = make_bwd_inputs(*gpu, dt, B, N, H, D, seed);
+              Padded &q = in.q, &k = in.k, &v = in.v, &o = in.o, &d_o = in.d_o;
+              DeviceTensor& lse = in.lse;
+              const MaskGeometry geo = square_geometry(N, causal);
               const BlockMask mask = dense_block_mask(geo);
               auto gm = gpu->prepare_mask(mask);
               auto gmt = gpu->prepare_mask(mask.transpose());
@@ -1140,31 +1199,13 @@ TEST(CudaAttention, BackwardOverwritesGradients) {
                   gpu->download(got[mode][i].view(), g[i].dview);
                 }
               }
-              const char* const names[] = {"dq", "dk", "dv"};
-              for (int i = 0; i < 3; ++i) {
-                const ErrorStats e = compare(got[1][i].view(), got[0][i].view());
-                EXPECT_TRUE(e.finite) << names[i];
-                EXPECT_GT(e.max_ref, 0.05) << names[i] << ": zeros prove nothing";
-                if (i > 0 && input_grads)
-                  EXPECT_EQ(e.max_abs, 0.0) << names[i];
-                else
-                  EXPECT_LE(e.max_abs, 4 * unit_roundoff(gdt) * e.max_ref) << names[i];
-              }
+              expect_write_matches_add(got, input_grads, gdt, gdt);
               ++runs;
             }
   EXPECT_EQ(runs, 28);
   // On sm_90 every call with dk, dv of the input dtype (dense: tiles by position) takes the
   // writing kernels; elsewhere none does.
-#if LONGATTN_HAVE_SM90
-  int dev = 0, major = 0, minor = 0;
-  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), cudaSuccess);
-  const char* env = std::getenv("LONGATTN_FLASH_KERNELS");
-  const bool hopper = major == 9 && minor == 0 && !(env && std::string(env) == "portable");
-#else
-  const bool hopper = false;
-#endif
+  const bool hopper = hopper_kernels_on();
   EXPECT_EQ(input_runs, 16);
   EXPECT_EQ(wrote, hopper ? input_runs : 0);
   EXPECT_EQ(d128_input_runs, 10);
@@ -1173,26 +1214,17 @@ TEST(CudaAttention, BackwardOverwritesGradients) {
 
 // The transposed dQ accumulator of head dim 128's writing kernel (cuda::backward_dq_accumulator):
 // overwritten gradients equal those of the same call adding into zeros (which adds into dq's
-// rows, or a row-major accumulator), on rows that are no multiple of 8 (the accumulator's groups
-// of 8 queries cross Nq) or of the 80-query tiles, for dq of the input dtype and fp32 (dk and dv
-// of the input dtype, which the kernel writes), two batches of three heads, causal or not, and
-// a dq in a view of odd rows. A mask of windows over 8 blocks (rows that are runs, walked by position
-// with LONGATTN_SM90_BWD_RUNS=1) writes dk and dv as well but adds dQ into dq's rows (its tiles start
-// at each run, not at multiples of 80).
+// rows, or a row-major accumulator), on rows that are no multiple of the 80-query tiles (the
+// last tile's block crosses Nq) nor of 8, for dq of the input dtype and fp32 (dk and dv of the
+// input dtype, which the kernel writes), two batches of three heads, causal or not, and a dq in
+// a view of odd rows (element by element). A mask of windows over 8 blocks (rows that are runs,
+// walked by position with LONGATTN_SM90_BWD_RUNS=1) writes dk and dv as well but adds dQ into
+// dq's rows (its tiles start at each run, not at multiples of 80).
 TEST(CudaAttention, BackwardDqTransposed) {
   SKIP_WITHOUT_GPU();
   auto gpu = make_cuda_backend();
   const int64_t B = 2, H = 3, D = 128;
-#if LONGATTN_HAVE_SM90
-  int dev = 0, major = 0, minor = 0;
-  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), cudaSuccess);
-  const char* env = std::getenv("LONGATTN_FLASH_KERNELS");
-  const bool hopper = major == 9 && minor == 0 && !(env && std::string(env) == "portable");
-#else
-  const bool hopper = false;
-#endif
+  const bool hopper = hopper_kernels_on();
   int runs = 0;
   for (int64_t N : {1003, 203})
     for (DType dt : {DType::BF16, DType::F16})
@@ -1209,23 +1241,12 @@ TEST(CudaAttention, BackwardDqTransposed) {
               const ScopedEnv runs_env("LONGATTN_SM90_BWD_RUNS", window ? "1" : "");
               const uint64_t seed = 3100 + static_cast<uint64_t>(runs) * 16;
               auto make = [&](DType t, uint64_t sd, bool pad) {
-                if (pad) return make_padded(*gpu, t, B, N, H, D, sd, 2);
-                Padded x;
-                x.host = Tensor::randn(t, B, N, H, D, sd);
-                x.dev = DeviceTensor(*gpu, t, B, N, H, D);
-                gpu->upload(x.dev.view(), x.host.view());
-                x.hview = x.host.view();
-                x.dview = x.dev.view();
-                return x;
+                return make_input(*gpu, t, B, N, H, D, sd, pad);
               };
-              Padded q = make(dt, seed + 1, false), k = make(dt, seed + 2, false),
-                     v = make(dt, seed + 3, false), o = make(dt, seed + 4, false),
-                     d_o = make(dt, seed + 5, false);
-              DeviceTensor lse(*gpu, DType::F32, B, N, H, 1);
-              MaskGeometry geo;
-              geo.nq = geo.nk = N;
-              geo.block_q = geo.block_k = 128;
-              geo.causal = causal;
+              BwdInputs in = make_bwd_inputs(*gpu, dt, B, N, H, D, seed);
+              Padded &q = in.q, &k = in.k, &v = in.v, &o = in.o, &d_o = in.d_o;
+              DeviceTensor& lse = in.lse;
+              const MaskGeometry geo = square_geometry(N, causal);
               std::vector<std::vector<int32_t>> rows;  // windows: blocks i - 2 .. i + 1
               const int32_t nb = static_cast<int32_t>((N + 127) / 128);
               for (int32_t i = 0; i < nb; ++i) {
@@ -1264,16 +1285,7 @@ TEST(CudaAttention, BackwardDqTransposed) {
                   gpu->download(got[mode][i].view(), g[i].dview);
                 }
               }
-              const char* const names[] = {"dq", "dk", "dv"};
-              for (int i = 0; i < 3; ++i) {
-                const ErrorStats e = compare(got[1][i].view(), got[0][i].view());
-                EXPECT_TRUE(e.finite) << names[i];
-                EXPECT_GT(e.max_ref, 0.05) << names[i] << ": zeros prove nothing";
-                if (i > 0)
-                  EXPECT_EQ(e.max_abs, 0.0) << names[i];
-                else
-                  EXPECT_LE(e.max_abs, 4 * unit_roundoff(qdt) * e.max_ref) << names[i];
-              }
+              expect_write_matches_add(got, true, qdt, dt);
               ++runs;
             }
   EXPECT_EQ(runs, 22);
