@@ -304,7 +304,7 @@ class CudaBackendImpl final : public CudaBackend {
     }
     void* buf = scratch_alloc(acc.floats * sizeof(float));
     try {
-      cuda::flash_backward(run, stream_, pool_, buf);
+      cuda::flash_backward(run, stream_, pool_, buf, &acc);
       CUDA_CHECK_LAUNCH("cuda::flash_backward");
     } catch (...) {
       scratch_free(buf);

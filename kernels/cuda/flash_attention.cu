@@ -480,28 +480,17 @@ namespace {
 
 std::atomic<bool> g_bwd_dq_transposed{false};
 
-template <typename T>
-__device__ __forceinline__ T from_f32(float x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return x;
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return __float2half_rn(x);
-  } else {
-    return __float2bfloat16_rn(x);
-  }
-}
-
 // dq (a [B, Nq, H, D] view, unit stride on D) = the transposed accumulator acc (per (batch,
 // head) `tiles` blocks of [D][80 slots], backward_dq_t_offset), without shared memory: a warp
 // takes 8 queries (chunks 2 n, 2 n + 1 of backward_dq_t_slot) and 64 columns of a block, lane l
 // columns c0 + 2 l and + 1, whose rows' swizzle ((column >> 1) & 3) is the same, so it reads one
 // 32-byte sector of each of its two rows (the chunks' swizzled places are a pair) and writes the
-// 8 queries' two columns, each query's 64 columns one piece of the warp (4-byte stores where
-// `pairs`: the view's base and strides even, else one element at a time).
+// 8 queries' two columns, each query's 64 columns one piece of the warp (store_out2: dq of the
+// input dtype T or fp32 by `type`, pairs where the view's base and strides are even).
 template <typename T>
 __global__ void __launch_bounds__(256) dq_from_transposed_kernel(
-    T* dq, int64_t sb, int64_t sn, int64_t sh, const float* __restrict__ acc, int nq, int H,
-    int64_t tiles, int64_t tasks, bool pairs) {
+    void* dq, int type, int64_t sb, int64_t sn, int64_t sh, const float* __restrict__ acc, int nq,
+    int H, int64_t tiles, int64_t tasks, bool pairs) {
   constexpr int D = 128;
   const int lane = threadIdx.x & 31;
   const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
@@ -521,7 +510,7 @@ __global__ void __launch_bounds__(256) dq_from_transposed_kernel(
       for (int r = 0; r < 2; ++r)
         v[e][r] = __ldg(reinterpret_cast<const float4*>(src + r * 80 + 4 * ((2 * n + e) ^ sw)));
     const int64_t bh = blk / tiles, q0 = (blk % tiles) * 80 + 8 * n;
-    T* out = dq + (bh / H) * sb + (bh % H) * sh + d;
+    const int64_t at = (bh / H) * sb + (bh % H) * sh + d;
 #pragma unroll
     for (int e = 0; e < 2; ++e)
 #pragma unroll
@@ -530,21 +519,13 @@ __global__ void __launch_bounds__(256) dq_from_transposed_kernel(
         if (q >= nq) continue;
         const float x0 = t == 0 ? v[e][0].x : t == 1 ? v[e][0].y : t == 2 ? v[e][0].z : v[e][0].w;
         const float x1 = t == 0 ? v[e][1].x : t == 1 ? v[e][1].y : t == 2 ? v[e][1].z : v[e][1].w;
-        T* o = out + q * sn;
-        if (pairs) {
-          struct alignas(2 * sizeof(T)) Pair {
-            T a, b;
-          };
-          *reinterpret_cast<Pair*>(o) = Pair{from_f32<T>(x0), from_f32<T>(x1)};
-        } else {
-          o[0] = from_f32<T>(x0);
-          o[1] = from_f32<T>(x1);
-        }
+        flash::store_out2<T>(dq, at + q * sn, type, x0, x1, pairs);
       }
   }
 }
 
-void dq_from_transposed(const TensorView& dq, const float* acc, int64_t rows,
+// (in: the inputs' dtype; dq of it or fp32.)
+void dq_from_transposed(const TensorView& dq, DType in, const float* acc, int64_t rows,
                         cudaStream_t stream) {
   const DevView v = dev_view(dq, "dq");
   LONGATTN_CHECK_ARG(dq.D == 128, "dq", dq.D, "the transposed accumulator is for head dim 128");
@@ -562,23 +543,13 @@ void dq_from_transposed(const TensorView& dq, const float* acc, int64_t rows,
   const size_t es = dtype_size(dq.dtype);
   const bool pairs = reinterpret_cast<uintptr_t>(v.data) % (2 * es) == 0 && v.sb % 2 == 0 &&
                      v.sn % 2 == 0 && v.sh % 2 == 0;
-  switch (dq.dtype) {
-    case DType::F32:
-      dq_from_transposed_kernel<<<grid, 256, 0, stream>>>(
-          static_cast<float*>(v.data), v.sb, v.sn, v.sh, acc, nq, H, tiles, tasks, pairs);
-      break;
-    case DType::F16:
-      dq_from_transposed_kernel<<<grid, 256, 0, stream>>>(
-          static_cast<__half*>(v.data), v.sb, v.sn, v.sh, acc, nq, H, tiles, tasks, pairs);
-      break;
-    case DType::BF16:
-      dq_from_transposed_kernel<<<grid, 256, 0, stream>>>(
-          static_cast<__nv_bfloat16*>(v.data), v.sb, v.sn, v.sh, acc, nq, H, tiles, tasks,
-          pairs);
-      break;
-    default:
-      throw InvalidArgument("dq", dtype_name(dq.dtype), "must be fp32, fp16 or bf16");
-  }
+  const int type = out_type(dq, in, "dq");
+  if (in == DType::BF16)
+    dq_from_transposed_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(
+        v.data, type, v.sb, v.sn, v.sh, acc, nq, H, tiles, tasks, pairs);
+  else
+    dq_from_transposed_kernel<__half><<<grid, 256, 0, stream>>>(v.data, type, v.sb, v.sn, v.sh,
+                                                                acc, nq, H, tiles, tasks, pairs);
   CUDA_CHECK_LAUNCH("dq_from_transposed_kernel");
 }
 
@@ -613,9 +584,9 @@ DqAccumulator backward_dq_accumulator(const AttnBwdParams& p) {
 bool backward_last_dq_transposed() { return g_bwd_dq_transposed.load(); }
 
 void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t pool,
-                    void* dq_acc) {
+                    void* dq_acc, const DqAccumulator* plan) {
   g_bwd_dq_transposed.store(false);
-  const DqAccumulator acc = backward_dq_accumulator(p);
+  const DqAccumulator acc = plan != nullptr ? *plan : backward_dq_accumulator(p);
   if (acc.floats == 0) {
     LONGATTN_CHECK_ARG(dq_acc == nullptr, "dq_acc", "given",
                        "this call takes no dq accumulator (backward_dq_accumulator)");
@@ -630,7 +601,7 @@ void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t p
     run.dq = make_view(buf, DType::F32, p.dq.B, p.dq.N, p.dq.H, p.dq.D, DeviceKind::Cuda);
     if (acc.transposed) {
       flash_backward_run(run, stream, pool, buf, acc.rows);
-      dq_from_transposed(p.dq, buf, acc.rows, stream);
+      dq_from_transposed(p.dq, p.q.dtype, buf, acc.rows, stream);
       g_bwd_dq_transposed.store(true);
     } else {
       if (p.accumulate) cuda::fill(run.dq, 0.0, stream);  // (else flash_backward_run zeroes it)

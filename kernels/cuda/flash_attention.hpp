@@ -52,9 +52,8 @@ std::string flash_forward_kernel(const AttnFwdParams& p);
 // dq_acc: the fp32 dQ accumulator of backward_dq_accumulator(p) (its floats, uninitialised), for
 // a dq that is not fp32 (not deterministic) or a call whose kernel adds into the transposed one;
 // flash_backward zeroes it, accumulates into it and then adds (p.accumulate) or writes it into
-// dq. Where such a call gives none, it takes one from `pool`.
-void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t pool = nullptr,
-                    void* dq_acc = nullptr);
+// dq. Where such a call gives none, it takes one from `pool`. plan: backward_dq_accumulator(p)
+// where the caller has it (not asked again).
 // The dQ accumulator flash_backward needs for p (floats 0: none, p.dq takes the sums): the
 // transposed one of the Hopper 80-query writing kernel (sm90::bwd_dq_transposed: rows queries
 // a row, backward_dq_t_rows), else an fp32 [B, Nq, H, D] one where dq is not fp32 (and the call
@@ -64,6 +63,8 @@ struct DqAccumulator {
   bool transposed = false;
   int64_t rows = 0;
 };
+void flash_backward(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool_t pool = nullptr,
+                    void* dq_acc = nullptr, const DqAccumulator* plan = nullptr);
 DqAccumulator backward_dq_accumulator(const AttnBwdParams& p);
 
 // Which kernel flash_backward runs for p on the current device: "sm90" (as the forward, plus

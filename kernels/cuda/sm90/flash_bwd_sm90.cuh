@@ -98,9 +98,6 @@
 #ifndef LONGATTN_SM90_BWD_DQ_T
 #define LONGATTN_SM90_BWD_DQ_T 1
 #endif
-#ifndef LONGATTN_SM90_BWD_DS_STS
-#define LONGATTN_SM90_BWD_DS_STS 0
-#endif
 #ifndef LONGATTN_SM90_BWD_M128_SPLIT_BAR
 #define LONGATTN_SM90_BWD_M128_SPLIT_BAR 1
 #endif
@@ -911,29 +908,10 @@ __global__ void __launch_bounds__(384, 1)
     // dS^T (by key) into shared memory with the swizzle the descriptors expect, by stmatrix:
     // da[kk][j] (queries 16 kk + 8 (j >> 1).., keys 8 (j & 1) + g of the warp's 16) is 8x8
     // matrix j of the instruction, whose row r (this lane's address: j = lane / 8, r = lane % 8)
-    // is key r's 16 bytes of those 8 queries (LONGATTN_SM90_BWD_DS_STS=1: a 32-bit store per
-    // register, as before; measurement builds).
+    // is key r's 16 bytes of those 8 queries (run 370: within noise of a 32-bit store per
+    // register, with fewer instructions).
     const int dsb = i & 1;
     unsigned char* ds = sdS + dsb * Tr::kDSBytes;
-#if LONGATTN_SM90_BWD_DS_STS
-#pragma unroll
-    for (int nt = 0; nt < kBM / 8; ++nt)
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int r = cw * 64 + warp * 16 + g + hh * 8;  // key row within the CTA
-        if constexpr (kM80) {
-          // Queries 8 nt.. are 16-byte chunk nt & 1 of atom nt / 2; r & 7 == g.
-          *reinterpret_cast<uint32_t*>(ds + (r >> 3) * 1280 + (nt >> 1) * 256 + g * 32 +
-                                       (((nt & 1) ^ (g >> 2)) << 4) + 4 * t4) =
-              da[nt / 2][(nt & 1) * 2 + hh];
-        } else {
-          // (128-query tiles: queries 64.. in the second [128 keys][64 queries] half.)
-          *reinterpret_cast<uint32_t*>(ds + (nt / 8) * (kBN * 128) + r * 128 +
-                                       (((nt % 8) ^ (r & 7)) << 4) + 4 * t4) =
-              da[nt / 2][(nt & 1) * 2 + hh];
-        }
-      }
-#else
     {
       const int mj = lane >> 3, mr = lane & 7;  // this lane's matrix and row
       const int r = cw * 64 + warp * 16 + (mj & 1) * 8 + mr;  // its key row within the CTA
@@ -952,7 +930,6 @@ __global__ void __launch_bounds__(384, 1)
         stmatrix_x4(at, da[kk][0], da[kk][1], da[kk][2], da[kk][3]);
       }
     }
-#endif
     fence_proxy_async();
 
     // dQ (64 queries x kDqCols columns from col0) = dS K over all 128 keys: A = dS^T read
