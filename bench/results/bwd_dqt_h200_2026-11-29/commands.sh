@@ -1,7 +1,7 @@
 # Commands of runs 370-378 (one H200 each, 2026-11-29). The scripts ran from the repository root with the
 # binaries unpacked to build-cudabe/bin (the candidate), build-ab0/bin (the A/B baseline: a measurement build,
 # -DLONGATTN_SM90_MEASURE_DEFS=... -DLONGATTN_SM90_MEASURE_GLOB=..., see each run) and, in run 370, build-fake/bin.
-# Run 370: build-ab0 = LONGATTN_SM90_BWD_DS_STS=1 on flash_bwd_* (dS^T by 32-bit stores), build-fake =
+# Run 370: build-ab0 = LONGATTN_SM90_BWD_DS_STS=1 on flash_bwd_* (dS^T by 32-bit stores; since removed), build-fake =
 # LONGATTN_SM90_BWD_DQ_STSM_FAKE=1 on *_d128_m80* (a measurement-only build, not committed: wrong sums). Runs
 # 371-375: build-ab0 = LONGATTN_SM90_BWD_DQ_T=0 on flash_[bs][wm]* (the committed code with the transposed
 # accumulator off). Runs 371-372 ran first layouts of the accumulator (not committed: [B H][D][rows] with 16-query
