@@ -177,10 +177,25 @@ __device__ __forceinline__ float dot_pair(uint32_t x, uint32_t y) {
 }
 
 constexpr int kDeltaThreads = 256;
+// Blocks past the rows' (index delta_blocks and on) zero `zero` instead, kZeroPerThread float4 a
+// thread, the last block the buffer's start (the next launch's first works add there first, so
+// those lines are the likeliest still in L2).
+constexpr int kZeroPerThread = 4;
 template <typename T, int G>
 __global__ void __launch_bounds__(kDeltaThreads)
-    flash_bwd_delta_vec_kernel(const BwdArgs a, float* out, int rows) {
+    flash_bwd_delta_vec_kernel(const BwdArgs a, float* out, int rows, float4* zero, int64_t zero_n4,
+                               unsigned delta_blocks) {
   static_assert(G >= 1 && G <= 32 && (G & (G - 1)) == 0, "a row's lanes: a power of two <= 32");
+  if (blockIdx.x >= delta_blocks) {
+    const int64_t per_block = int64_t{kDeltaThreads} * kZeroPerThread;
+    const int64_t z = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * per_block;
+#pragma unroll
+    for (int i = 0; i < kZeroPerThread; ++i) {
+      const int64_t at = z + i * kDeltaThreads + threadIdx.x;
+      if (at < zero_n4) zero[at] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    return;
+  }
   const int t = static_cast<int>(blockIdx.x) * kDeltaThreads + static_cast<int>(threadIdx.x);
   const int row = t / G, c = t % G;
   float acc = 0.f;
@@ -200,6 +215,13 @@ __global__ void __launch_bounds__(kDeltaThreads)
   if (row < rows && c == 0) out[row] = acc;  // contiguous [B, Nq, H]
 }
 
+// Measurement switch: LONGATTN_BWD_ZERO_IN_DELTA=0 zeroes the transposed dq accumulator by a
+// memset of its own instead of in the delta kernel's launch.
+bool zero_in_delta_enabled() {
+  const char* e = std::getenv("LONGATTN_BWD_ZERO_IN_DELTA");
+  return e == nullptr || std::string(e) != "0";
+}
+
 bool delta_vec_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("LONGATTN_DELTA_VEC");  // measurement switch
@@ -208,30 +230,47 @@ bool delta_vec_enabled() {
   return on;
 }
 
+// (zero, zero_bytes: a buffer to zero in the same launch, 16-byte aligned and sized; none where
+// zero is null.)
 template <typename T>
-bool launch_delta_vec(const BwdArgs& a, float* out, int64_t rows, cudaStream_t s) {
+bool launch_delta_vec(const BwdArgs& a, float* out, int64_t rows, float* zero, size_t zero_bytes,
+                      cudaStream_t s) {
   const int g = a.D / 8;
   const int64_t threads = rows * g;
   if (threads >= (int64_t{1} << 31) - kDeltaThreads) return false;
-  const dim3 grid(static_cast<unsigned>((threads + kDeltaThreads - 1) / kDeltaThreads));
+  const int64_t zero_n4 = zero != nullptr ? static_cast<int64_t>(zero_bytes / sizeof(float4)) : 0;
+  const int64_t per_block = int64_t{kDeltaThreads} * kZeroPerThread;
+  const int64_t delta_blocks = (threads + kDeltaThreads - 1) / kDeltaThreads;
+  const int64_t blocks = delta_blocks + (zero_n4 + per_block - 1) / per_block;
+  if (blocks > int64_t{0x7fffffff}) return false;
+  const dim3 grid(static_cast<unsigned>(blocks));
   const int r = static_cast<int>(rows);
+  float4* const z = reinterpret_cast<float4*>(zero);
+  const auto db = static_cast<unsigned>(delta_blocks);
+  void (*kernel)(const BwdArgs, float*, int, float4*, int64_t, unsigned) = nullptr;
   switch (g) {
-    case 4: flash_bwd_delta_vec_kernel<T, 4><<<grid, kDeltaThreads, 0, s>>>(a, out, r); break;
-    case 8: flash_bwd_delta_vec_kernel<T, 8><<<grid, kDeltaThreads, 0, s>>>(a, out, r); break;
-    case 16: flash_bwd_delta_vec_kernel<T, 16><<<grid, kDeltaThreads, 0, s>>>(a, out, r); break;
-    case 32: flash_bwd_delta_vec_kernel<T, 32><<<grid, kDeltaThreads, 0, s>>>(a, out, r); break;
+    case 4: kernel = flash_bwd_delta_vec_kernel<T, 4>; break;
+    case 8: kernel = flash_bwd_delta_vec_kernel<T, 8>; break;
+    case 16: kernel = flash_bwd_delta_vec_kernel<T, 16>; break;
+    case 32: kernel = flash_bwd_delta_vec_kernel<T, 32>; break;
     default: return false;
   }
+  kernel<<<grid, kDeltaThreads, 0, s>>>(a, out, r, z, zero_n4, db);
   CUDA_CHECK_LAUNCH("flash_bwd_delta_vec_kernel");
   return true;
 }
 
-// o_vec: o of the input dtype with 16-byte aligned rows (a.vec covers d_o).
-void launch_delta(const BwdArgs& a, DType dt, float* out, bool o_vec, cudaStream_t s) {
+// o_vec: o of the input dtype with 16-byte aligned rows (a.vec covers d_o). With zero (16-byte
+// aligned, zero_bytes a multiple of 16), the grouped kernel zeroes it in the same launch where it
+// runs: returns whether it did (else the caller zeroes it).
+bool launch_delta(const BwdArgs& a, DType dt, float* out, bool o_vec, cudaStream_t s,
+                  float* zero = nullptr, size_t zero_bytes = 0) {
   const int64_t rows = static_cast<int64_t>(a.B) * a.Nq * a.H;
   if (o_vec && a.vec && a.D % 8 == 0 && delta_vec_enabled()) {
-    if (dt == DType::BF16 && launch_delta_vec<__nv_bfloat16>(a, out, rows, s)) return;
-    if (dt == DType::F16 && launch_delta_vec<__half>(a, out, rows, s)) return;
+    if (dt == DType::BF16 && launch_delta_vec<__nv_bfloat16>(a, out, rows, zero, zero_bytes, s))
+      return zero != nullptr;
+    if (dt == DType::F16 && launch_delta_vec<__half>(a, out, rows, zero, zero_bytes, s))
+      return zero != nullptr;
   }
   const int threads = 256, rows_per_block = threads / 32;
   const dim3 grid(static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block));
@@ -241,6 +280,7 @@ void launch_delta(const BwdArgs& a, DType dt, float* out, bool o_vec, cudaStream
     default: flash_bwd_delta_kernel<float><<<grid, threads, 0, s>>>(a, out); break;
   }
   CUDA_CHECK_LAUNCH("flash_bwd_delta_kernel");
+  return false;
 }
 
 }  // namespace
@@ -490,12 +530,19 @@ std::atomic<bool> g_bwd_dq_transposed{false};
 template <typename T>
 __global__ void __launch_bounds__(256) dq_from_transposed_kernel(
     void* dq, int type, int64_t sb, int64_t sn, int64_t sh, const float* __restrict__ acc, int nq,
-    int H, int64_t tiles, int64_t tasks, bool pairs) {
+    int H, int64_t tiles, int64_t tasks, bool pairs, bool last_first) {
   constexpr int D = 128;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Launched with programmatic serialisation after the backward kernel (dq_convert_pdl): its
+  // sums complete and visible from here on.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
   const int lane = threadIdx.x & 31;
   const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
-  for (int64_t task = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-       task < tasks; task += warps) {
+  for (int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; w < tasks;
+       w += warps) {
+    // (last_first) Last blocks first: the last heads' sums are the likeliest still in L2.
+    const int64_t task = last_first ? tasks - 1 - w : w;
     const int n = static_cast<int>(task % 10);  // queries 8 n .. 8 n + 7 of the tile
     const int64_t rest = task / 10;
     const int d = static_cast<int>(rest & 1) * 64 + 2 * lane;
@@ -524,6 +571,19 @@ __global__ void __launch_bounds__(256) dq_from_transposed_kernel(
   }
 }
 
+// Measurement switch: LONGATTN_DQ_CONVERT_PDL=0 launches the conversion without programmatic
+// serialisation.
+bool dq_convert_pdl() {
+  const char* e = std::getenv("LONGATTN_DQ_CONVERT_PDL");
+  return e == nullptr || std::string(e) != "0";
+}
+
+// Measurement switch: LONGATTN_DQ_CONVERT_LAST_FIRST=0 converts the blocks first to last.
+bool dq_convert_last_first() {
+  const char* e = std::getenv("LONGATTN_DQ_CONVERT_LAST_FIRST");
+  return e == nullptr || std::string(e) != "0";
+}
+
 // (in: the inputs' dtype; dq of it or fp32.)
 void dq_from_transposed(const TensorView& dq, DType in, const float* acc, int64_t rows,
                         cudaStream_t stream) {
@@ -544,12 +604,25 @@ void dq_from_transposed(const TensorView& dq, DType in, const float* acc, int64_
   const bool pairs = reinterpret_cast<uintptr_t>(v.data) % (2 * es) == 0 && v.sb % 2 == 0 &&
                      v.sn % 2 == 0 && v.sh % 2 == 0;
   const int type = out_type(dq, in, "dq");
+  // Programmatic serialisation: its CTAs may take the SMs the backward kernel's leave (that one
+  // says so once its counter has no work left) and wait there for its completion.
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(256);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = dq_convert_pdl() ? 1 : 0;
+  void* const out = v.data;
+  const bool last_first = dq_convert_last_first();
   if (in == DType::BF16)
-    dq_from_transposed_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(
-        v.data, type, v.sb, v.sn, v.sh, acc, nq, H, tiles, tasks, pairs);
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, dq_from_transposed_kernel<__nv_bfloat16>, out, type, v.sb,
+                                  v.sn, v.sh, acc, nq, H, tiles, tasks, pairs, last_first));
   else
-    dq_from_transposed_kernel<__half><<<grid, 256, 0, stream>>>(v.data, type, v.sb, v.sn, v.sh,
-                                                                acc, nq, H, tiles, tasks, pairs);
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, dq_from_transposed_kernel<__half>, out, type, v.sb, v.sn,
+                                  v.sh, acc, nq, H, tiles, tasks, pairs, last_first));
   CUDA_CHECK_LAUNCH("dq_from_transposed_kernel");
 }
 
@@ -632,6 +705,11 @@ void flash_backward_run(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool
   }
   const DType dt = p.q.dtype;
   float* scratch = nullptr;
+  // The transposed accumulator, zeroed by the delta kernel's launch where it runs (as one
+  // launch, its lines the likeliest in L2 when the first works add), else by a memset below.
+  const size_t dq_t_bytes =
+      dq_t != nullptr ? static_cast<size_t>(a.B) * a.H * a.D * dq_t_rows * sizeof(float) : 0;
+  bool dq_t_zeroed = false;
   if (p.delta.data) {
     LONGATTN_CHECK_ARG(p.delta.dtype == DType::F32, "delta", dtype_name(p.delta.dtype),
                        "must be fp32 for the CUDA kernels");
@@ -643,7 +721,10 @@ void flash_backward_run(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool
     a.delta.sb = static_cast<int64_t>(a.Nq) * a.H;
     a.delta.sn = a.H;
     a.delta.sh = 1;
-    launch_delta(a, dt, scratch, p.o.dtype == dt && allows_vec(p.o), stream);
+    const bool fuse = dq_t != nullptr && !p.accumulate && dq_t_bytes % 16 == 0 &&
+                      reinterpret_cast<uintptr_t>(dq_t) % 16 == 0 && zero_in_delta_enabled();
+    dq_t_zeroed = launch_delta(a, dt, scratch, p.o.dtype == dt && allows_vec(p.o), stream,
+                               fuse ? dq_t : nullptr, fuse ? dq_t_bytes : 0);
   }
   const bool atomic_dq = atomic_dq_of(p);
   a.dq_pair = allows_pair(p.dq);  // float2 atomics, or pairs in the dQ pass's read-modify-write
@@ -657,13 +738,11 @@ void flash_backward_run(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool
     // kernel where it can (sm90::bwd_writes_dkv: of the input dtype, tiles by position), else
     // zeroed here too.
     if (!p.accumulate) {
-      if (dq_t != nullptr)
-        CUDA_CHECK(cudaMemsetAsync(dq_t, 0,
-                                   static_cast<size_t>(a.B) * a.H * a.D * dq_t_rows *
-                                       sizeof(float),
-                                   stream));
-      else
+      if (dq_t != nullptr) {
+        if (!dq_t_zeroed) CUDA_CHECK(cudaMemsetAsync(dq_t, 0, dq_t_bytes, stream));
+      } else {
         cuda::fill(p.dq, 0.0, stream);
+      }
 #if LONGATTN_HAVE_SM90
       if (sm90_path && sm90::bwd_writes_dkv(a, static_cast<int>(p.q.D))) {
         a.dkv_write = 1;

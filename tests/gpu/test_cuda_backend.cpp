@@ -1219,7 +1219,8 @@ TEST(CudaAttention, BackwardOverwritesGradients) {
 // input dtype, which the kernel writes), two batches of three heads, causal or not, and a dq in
 // a view of odd rows (element by element). A mask of windows over 8 blocks (rows that are runs,
 // walked by position with LONGATTN_SM90_BWD_RUNS=1) writes dk and dv as well but adds dQ into
-// dq's rows (its tiles start at each run, not at multiples of 80).
+// dq's rows (its tiles start at each run, not at multiples of 80). Half the transposed calls go
+// through cuda::flash_backward with a given accumulator of NaN bytes, which it must zero.
 TEST(CudaAttention, BackwardDqTransposed) {
   SKIP_WITHOUT_GPU();
   auto gpu = make_cuda_backend();
@@ -1277,7 +1278,23 @@ TEST(CudaAttention, BackwardDqTransposed) {
                   EXPECT_EQ(acc.rows, backward_dq_t_rows(N));
                   EXPECT_EQ(acc.floats, static_cast<size_t>(B * H * D * acc.rows));
                 }
-                gpu->attention_backward(bp);
+                if (acc.transposed && runs % 2 == 0) {
+                  // Through flash_backward with an accumulator of NaN bytes: zeroed in the delta
+                  // kernel's launch, or (LONGATTN_BWD_ZERO_IN_DELTA=0, every other such case)
+                  // by its own memset. Missed lines would make dq NaN.
+                  const ScopedEnv zero_env("LONGATTN_BWD_ZERO_IN_DELTA", runs % 4 == 0 ? "0" : "");
+                  const size_t bytes = acc.floats * sizeof(float);
+                  void* buf = nullptr;
+                  gpu->synchronize();
+                  ASSERT_EQ(cudaMalloc(&buf, bytes), cudaSuccess);
+                  ASSERT_EQ(cudaMemset(buf, 0xff, bytes), cudaSuccess);
+                  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+                  cuda::flash_backward(bp, nullptr, nullptr, buf, &acc);
+                  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+                  EXPECT_EQ(cudaFree(buf), cudaSuccess);
+                } else {
+                  gpu->attention_backward(bp);
+                }
                 EXPECT_EQ(cuda::backward_last_dq_transposed(), expect_t);
                 if (mode == 1) EXPECT_EQ(cuda::backward_last_wrote_dkv(), hopper);
                 for (int i = 0; i < 3; ++i) {
