@@ -1,4 +1,4 @@
-# Commands of runs 379-382 (one H200 each, 2026-11-29). Each script ran from the repository root,
+# Commands of runs 379-383 (one H200 each, 2026-11-29). Each script ran from the repository root,
 # with the binaries of the build under test unpacked into build-cudabe/bin, a scratch directory W
 # for its files and $OUT for what came back.
 # Run 379: main 2c77385 (version 50, the conversion of bbe5423). Runs 380 and 382: b6ab25a (the
@@ -111,3 +111,30 @@ export LONGATTN_GIT_DESCRIBE=$(cat .devrun/git)
 timeout 280 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir $W/kbw128 --rounds 3 --anchors sdpa_cudnn -- --suites dense --dense-n 4096 8192 16384 --dense-d 128 --passes bwd --grads write --max-seconds 2 > $W/kbw128.log 2>&1; echo "kbw128 rc $?"
 tail -9 $W/kbw128/kernel_bench_table.txt
 cd $W; tar czf $OUT/r382.tgz *.txt *.log kbw128
+
+# ---- run 383 (build-cudabe: b6ab25a plus delta_trigger_untaken.patch; not merged)
+# Run 383 (1x H200): the grouped delta kernel lets the backward kernel after it be scheduled once
+# its blocks have started (griddepcontrol.launch_dependents; LONGATTN_DELTA_TRIGGER=0: at their
+# exit). Tests: every GPU test that runs a backward (16 shards); A/B in one binary, three rounds, d=128 and d=64 4K-8K, --grads write. Then the
+# d=128 forward anchored against cuDNN, three rounds (kernels unchanged since version 47).
+set -u
+mkdir -p build-cudabe/bin
+for f in .devrun/bin/*.gz; do gunzip -c "$f" > build-cudabe/bin/$(basename "$f" .gz); done
+chmod +x build-cudabe/bin/*
+R=$PWD; W=$(mktemp -d); cd $W
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+export LONGATTN_GIT_DESCRIBE=$(cat $R/.devrun/git)
+KB=$R/build-cudabe/bin/kernel_bench
+F='CudaAttention.*:*Backward*:*Bwd*:FlashM80*:FlashM128*:FlashDkv*:*Grad*:*Variant*:FlashRotate*:*Ring*'
+for i in $(seq 0 15); do GTEST_TOTAL_SHARDS=16 GTEST_SHARD_INDEX=$i timeout 230 $R/build-cudabe/bin/test_gpu --gtest_filter="$F" > t_$i.txt 2>&1 & done
+wait
+echo "tests: runs $(grep -h '^\[ RUN' t_*.txt | wc -l), ok $(grep -h '^\[       OK' t_*.txt | wc -l), failed $(grep -hE '^\[  FAILED  \] [A-Z]' t_*.txt | wc -l)"
+grep -hE -B2 -A6 'Failure' t_*.txt | head -30
+for r in 1 2 3; do for c in 0 1; do for d in 128 64; do
+  LONGATTN_DELTA_TRIGGER=$c timeout 40 $KB --suites dense --dense-n 4096 8192 --dense-d $d --passes bwd --grads write --max-seconds 2 --out ab_t${c}_d${d}_r$r.json > ab_t${c}_d${d}_r$r.txt 2>&1
+  echo "trigger=$c d$d r$r: $(grep -E '^dense' ab_t${c}_d${d}_r$r.txt | awk '{print $3, $6, $8}' | tr '\n' '|')"
+done; done; done
+cd $R
+timeout 200 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir $W/kbf128 --rounds 3 --anchors sdpa_cudnn -- --suites dense --dense-n 4096 8192 16384 --dense-d 128 --passes fwd --max-seconds 2 > $W/kbf128.log 2>&1; echo "kbf128 rc $?"
+tail -9 $W/kbf128/kernel_bench_table.txt
+cd $W; tar czf $OUT/r383.tgz *.txt *.json *.log kbf128
