@@ -1,4 +1,4 @@
-# Commands of runs 379-383 (one H200 each, 2026-11-29). Each script ran from the repository root,
+# Commands of runs 379-384 (one H200 each, 2026-11-29). Each script ran from the repository root,
 # with the binaries of the build under test unpacked into build-cudabe/bin, a scratch directory W
 # for its files and $OUT for what came back.
 # Run 379: main 2c77385 (version 50, the conversion of bbe5423). Runs 380 and 382: b6ab25a (the
@@ -138,3 +138,19 @@ cd $R
 timeout 200 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir $W/kbf128 --rounds 3 --anchors sdpa_cudnn -- --suites dense --dense-n 4096 8192 16384 --dense-d 128 --passes fwd --max-seconds 2 > $W/kbf128.log 2>&1; echo "kbf128 rc $?"
 tail -9 $W/kbf128/kernel_bench_table.txt
 cd $W; tar czf $OUT/r383.tgz *.txt *.json *.log kbf128
+
+# ---- run 384 (build-cudabe: 5a1ffe6, version 51's code)
+# Run 384 (1x H200): the whole GPU test suite on 5a1ffe6 (version 51's code), sixteen shards.
+set -u
+mkdir -p build-cudabe/bin
+for f in .devrun/bin/*.gz; do gunzip -c "$f" > build-cudabe/bin/$(basename "$f" .gz); done
+chmod +x build-cudabe/bin/*
+R=$PWD; W=$(mktemp -d); cd $W
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+for i in $(seq 0 15); do GTEST_TOTAL_SHARDS=16 GTEST_SHARD_INDEX=$i timeout 380 $R/build-cudabe/bin/test_gpu > all_$i.txt 2>&1 & done
+wait
+for i in $(seq 0 15); do echo "shard $i: $(grep -cE '^\[       OK' all_$i.txt) ok, $(grep -cE '^\[  FAILED  \] [A-Z]' all_$i.txt) failed; $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' all_$i.txt | head -2 | tr '\n' ' ')"; done
+grep -hE '^\[  FAILED  \] [A-Z]' all_*.txt | head
+grep -hE -B2 -A6 'Failure' all_*.txt | head -30
+echo "runs: $(grep -h '^\[ RUN' all_*.txt | wc -l), ok: $(grep -h '^\[       OK' all_*.txt | wc -l), skipped: $(grep -h '^\[  SKIPPED' all_*.txt | wc -l)"
+tar czf $OUT/r384.tgz *.txt
