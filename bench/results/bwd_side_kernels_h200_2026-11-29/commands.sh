@@ -1,4 +1,4 @@
-# Commands of runs 379-384 (one H200 each, 2026-11-29). Each script ran from the repository root,
+# Commands of runs 379-385 (one H200 each, 2026-11-29). Each script ran from the repository root,
 # with the binaries of the build under test unpacked into build-cudabe/bin, a scratch directory W
 # for its files and $OUT for what came back.
 # Run 379: main 2c77385 (version 50, the conversion of bbe5423). Runs 380 and 382: b6ab25a (the
@@ -154,3 +154,17 @@ grep -hE '^\[  FAILED  \] [A-Z]' all_*.txt | head
 grep -hE -B2 -A6 'Failure' all_*.txt | head -30
 echo "runs: $(grep -h '^\[ RUN' all_*.txt | wc -l), ok: $(grep -h '^\[       OK' all_*.txt | wc -l), skipped: $(grep -h '^\[  SKIPPED' all_*.txt | wc -l)"
 tar czf $OUT/r384.tgz *.txt
+
+# ---- run 385 (build-cudabe: 7ebd0bd, version 51's code)
+# Run 385 (1x H200): version 51's d=128 backward at 32K and 64K in SDPA's configuration
+# (--grads write), causal and not, anchored against cuDNN, two rounds.
+set -u
+mkdir -p build-cudabe/bin
+for f in .devrun/bin/*.gz; do gunzip -c "$f" > build-cudabe/bin/$(basename "$f" .gz); done
+chmod +x build-cudabe/bin/*
+W=$(mktemp -d)
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > $W/gpu.txt
+export LONGATTN_GIT_DESCRIBE=$(cat .devrun/git)
+timeout 190 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir $W/kbw128l --rounds 2 --anchors sdpa_cudnn -- --suites dense --dense-n 32768 65536 --dense-d 128 --passes bwd --grads write --max-seconds 1.5 > $W/kbw128l.log 2>&1; echo "kbw128l rc $?"
+tail -8 $W/kbw128l/kernel_bench_table.txt
+cd $W; tar czf $OUT/r385.tgz *.txt *.log kbw128l
