@@ -215,12 +215,15 @@ __global__ void __launch_bounds__(kDeltaThreads)
   if (row < rows && c == 0) out[row] = acc;  // contiguous [B, Nq, H]
 }
 
-// Measurement switch: LONGATTN_BWD_ZERO_IN_DELTA=0 zeroes the transposed dq accumulator by a
-// memset of its own instead of in the delta kernel's launch.
-bool zero_in_delta_enabled() {
-  const char* e = std::getenv("LONGATTN_BWD_ZERO_IN_DELTA");
+// A measurement switch, read on each call: on unless the variable is "0".
+bool env_switch_on(const char* name) {
+  const char* e = std::getenv(name);
   return e == nullptr || std::string(e) != "0";
 }
+
+// Measurement switch: LONGATTN_BWD_ZERO_IN_DELTA=0 zeroes the transposed dq accumulator by a
+// memset of its own instead of in the delta kernel's launch.
+bool zero_in_delta_enabled() { return env_switch_on("LONGATTN_BWD_ZERO_IN_DELTA"); }
 
 bool delta_vec_enabled() {
   static const bool on = [] {
@@ -573,16 +576,10 @@ __global__ void __launch_bounds__(256) dq_from_transposed_kernel(
 
 // Measurement switch: LONGATTN_DQ_CONVERT_PDL=0 launches the conversion without programmatic
 // serialisation.
-bool dq_convert_pdl() {
-  const char* e = std::getenv("LONGATTN_DQ_CONVERT_PDL");
-  return e == nullptr || std::string(e) != "0";
-}
+bool dq_convert_pdl() { return env_switch_on("LONGATTN_DQ_CONVERT_PDL"); }
 
 // Measurement switch: LONGATTN_DQ_CONVERT_LAST_FIRST=0 converts the blocks first to last.
-bool dq_convert_last_first() {
-  const char* e = std::getenv("LONGATTN_DQ_CONVERT_LAST_FIRST");
-  return e == nullptr || std::string(e) != "0";
-}
+bool dq_convert_last_first() { return env_switch_on("LONGATTN_DQ_CONVERT_LAST_FIRST"); }
 
 // (in: the inputs' dtype; dq of it or fp32.)
 void dq_from_transposed(const TensorView& dq, DType in, const float* acc, int64_t rows,

@@ -1106,6 +1106,15 @@ TEST(CudaAttention, BackwardAccumulatesIntoExistingGradients) {
   }
 }
 
+// The three gradients g (on the device, [B, N, H, D] views) into fp64 host tensors.
+void download_grads(Backend& gpu, const Padded (&g)[3], Tensor (&out)[3]) {
+  for (int i = 0; i < 3; ++i) {
+    const TensorView& v = g[i].dview;
+    out[i] = Tensor(DType::F64, v.B, v.N, v.H, v.D);
+    gpu.download(out[i].view(), v);
+  }
+}
+
 // Overwritten gradients got[1] = {dq, dk, dv} against the same call's adding into zeros got[0]:
 // finite, not all zero, dk and dv bit for bit where exact_dkv, else (and dq always) within four
 // roundings of their dtype (dq_dtype, dkv_dtype).
@@ -1194,10 +1203,7 @@ TEST(CudaAttention, BackwardOverwritesGradients) {
                 } else {
                   EXPECT_FALSE(cuda::backward_last_dq_transposed()) << "adding calls";
                 }
-                for (int i = 0; i < 3; ++i) {
-                  got[mode][i] = Tensor(DType::F64, B, N, H, D);
-                  gpu->download(got[mode][i].view(), g[i].dview);
-                }
+                download_grads(*gpu, g, got[mode]);
               }
               expect_write_matches_add(got, input_grads, gdt, gdt);
               ++runs;
@@ -1297,10 +1303,7 @@ TEST(CudaAttention, BackwardDqTransposed) {
                 }
                 EXPECT_EQ(cuda::backward_last_dq_transposed(), expect_t);
                 if (mode == 1) EXPECT_EQ(cuda::backward_last_wrote_dkv(), hopper);
-                for (int i = 0; i < 3; ++i) {
-                  got[mode][i] = Tensor(DType::F64, B, N, H, D);
-                  gpu->download(got[mode][i].view(), g[i].dview);
-                }
+                download_grads(*gpu, g, got[mode]);
               }
               expect_write_matches_add(got, true, qdt, dt);
               ++runs;
