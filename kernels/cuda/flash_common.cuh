@@ -114,6 +114,10 @@ struct BwdArgs {
   // instantiation, whose first (or only) part of each key block writes its dK and dV instead of
   // adding them (the later parts, ordered by split_flags, add).
   int dkv_write = 0;
+  // With dkv_write, the 80-query kernel's whole works write dk and dv (16-bit, 16-byte aligned)
+  // by TMA stores of boxes staged in shared memory (the launch's maps are of the input dtype),
+  // so the consumers go on to the next work while the stores drain; 0: from registers.
+  int dkv_store = 0;
   // Hopper backward, the 80-query writing kernel (sm90::bwd_dq_transposed): dQ is added into
   // this zeroed fp32 accumulator of dq transposed, [B][H][D][dq_t_rows] (dq_t_rows: Nq rounded
   // up to 8), query q at slot backward_dq_t_slot(q) of its row, instead of into dq, which

@@ -353,6 +353,27 @@ __device__ __forceinline__ auto& pick_ref(X& x, Y& y) {
   }
 }
 
+// Columns [kFirst, kFirst + 64) of a wgmma accumulator fragment (row 16 warp + g + 8 hh, column
+// 8 dt + 2 t4 + e in acc[dt * 4 + 2 hh + e]), times mul, as T into one [64 rows][64 columns]
+// box of 16-bit elements in TMA's 128-byte swizzle (16-byte chunk c of row r at c ^ (r & 7)):
+// a warp's 32 stores of a step meet 32 different banks.
+template <typename T, int kFirst, int N>
+__device__ __forceinline__ void stage_half_box(uint32_t dst, const float (&acc)[N], float mul,
+                                               int warp, int g, int t4) {
+  static_assert(kFirst % 64 == 0 && (kFirst + 64) / 2 <= N, "columns inside the fragment");
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int r = warp * 16 + g + hh * 8;
+      const int j = (kFirst / 8 + nt) * 4 + 2 * hh;
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(dst + r * 128 + ((nt ^ (r & 7)) << 4) +
+                                                       t4 * 4),
+                   "r"(flash::Elem<T>::pack(mul * acc[j], mul * acc[j + 1]))
+                   : "memory");
+    }
+}
+
 __device__ __forceinline__ void st_shared_f32(uint32_t addr, float x) {
   asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(x) : "memory");
 }
@@ -890,6 +911,10 @@ __global__ void __launch_bounds__(384, 1)
   // 80-query tiles: dS^T as the MN-major B operand of dQ^T (atoms of 16 queries 256 bytes apart,
   // groups of 8 keys 1280 apart); K's columns col0.. as its MN-major A operand.
   const uint64_t ds80_desc = smem_desc<3>(ds_base, 256, 1280);
+  // While this warpgroup's dk/dv TMA stores (a.dkv_store) may still read its halves of the dS^T
+  // buffers: its next dS^T store waits for them (the same in every thread of the warpgroup, kept
+  // in a register: a shared flag read on every tile cost instructions in the steady loop).
+  bool dkv_pending = false;
   auto issue_products = [&](int s, int i) {
     const uint64_t qb = desc_at(qt_desc, s * Tr::kQBytes);
     const uint64_t dob = desc_at(dot_desc, s * Tr::kQBytes);
@@ -912,6 +937,16 @@ __global__ void __launch_bounds__(384, 1)
     // register, with fewer instructions).
     const int dsb = i & 1;
     unsigned char* ds = sdS + dsb * Tr::kDSBytes;
+    if constexpr (kM80 && kWrite) {
+      // The previous work's dk/dv stores (a.dkv_store) read this warpgroup's halves of both dS^T
+      // buffers: they have before its first dS^T of this work (their issuing thread waits, the
+      // barrier tells the others; the last dQ reduce had been read before they were staged).
+      if (dkv_pending) {
+        if (tid == 0) bulk_wait_read<0>();
+        named_barrier(4 + cw, 128);
+        dkv_pending = false;
+      }
+    }
     {
       const int mj = lane >> 3, mr = lane & 7;  // this lane's matrix and row
       const int r = cw * 64 + warp * 16 + (mj & 1) * 8 + mr;  // its key row within the CTA
@@ -1368,8 +1403,43 @@ __global__ void __launch_bounds__(384, 1)
       }
       if (out) {
         const bool write = kWrite && part == 0;  // later parts add after it (flags)
-        add_out(a.dk, a.dk_type, dk, a.scale, write);
-        add_out(a.dv, a.dv_type, dv, 1.f, write);
+        bool stored = false;
+        if constexpr (kM80 && kWrite) {
+          if (write && a.dkv_store != 0 && tslot < 0) {
+            // A whole work's dK and dV of the input dtype by TMA stores: this warpgroup's 64 keys
+            // as four [64 keys][64 columns] boxes, dV in its dQ staging tile (20 KB), dK in its
+            // halves of the two dS^T buffers (10 KB each, free once both warpgroups' last dQ
+            // products, which read the other's half, retired: the CTA barrier). No wait after
+            // the stores: the next work's first dS^T store and first dQ staging wait for their
+            // reads.
+            named_barrier(2, 256);
+            if (tid == 0) bulk_wait_read<0>();  // the last dQ reduce has read the staging tile
+            dkv_pending = true;
+            named_barrier(4 + cw, 128);
+            unsigned char* const pv = sdQ + cw * Tr::kDQBytes;
+            unsigned char* const pk0 = sdS + cw * (Tr::kDSBytes / 2);
+            unsigned char* const pk1 = pk0 + Tr::kDSBytes;
+            stage_half_box<T, 0>(saddr(pv), dv, 1.f, warp, g, t4);
+            stage_half_box<T, 64>(saddr(pv) + 8192, dv, 1.f, warp, g, t4);
+            stage_half_box<T, 0>(saddr(pk0), dk, a.scale, warp, g, t4);
+            stage_half_box<T, 64>(saddr(pk1), dk, a.scale, warp, g, t4);
+            fence_proxy_async();
+            named_barrier(4 + cw, 128);
+            if (tid == 0) {
+              const int key0 = key0_(), hh = h_(), bb = b_();
+              tma_store_4d(&tdv, pv, 0, key0, hh, bb);
+              tma_store_4d(&tdv, pv + 8192, 64, key0, hh, bb);
+              tma_store_4d(&tdk, pk0, 0, key0, hh, bb);
+              tma_store_4d(&tdk, pk1, 64, key0, hh, bb);
+              bulk_commit();
+            }
+            stored = true;
+          }
+        }
+        if (!stored) {
+          add_out(a.dk, a.dk_type, dk, a.scale, write);
+          add_out(a.dv, a.dv_type, dv, 1.f, write);
+        }
       }
     }
     BWD_TRACE(7, clock64());
@@ -1383,7 +1453,9 @@ __global__ void __launch_bounds__(384, 1)
     if (lane == 0) mbar_arrive(&work_empty[slot]);
   }
   // The shared-memory dQ (and dK, dV) tiles must outlive the last reduce's reads.
-  if ((kDqT || dq_tma || dkv_tma || split_tail) && tid == 0) bulk_wait_all();
+  if ((kDqT || dq_tma || dkv_tma || split_tail || (kM80 && kWrite && a.dkv_store != 0)) &&
+      tid == 0)
+    bulk_wait_all();
 }
 
 struct BwdMaps {
@@ -1391,6 +1463,9 @@ struct BwdMaps {
   bool dq_tma = false;  // dq (fp32) allows TMA: 16-byte aligned base and strides
   // dK and dV by TMA reduce (a.dkv_reduce, dk and dv fp32 that allow TMA).
   bool dkv_tma = false;
+  // dk and dv of the input dtype written by TMA stores (BwdArgs::dkv_store): their maps are
+  // 16-bit then.
+  bool dkv_store = false;
 };
 BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv, int box_dq);
 
@@ -1421,6 +1496,7 @@ void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream, cudaMemPool_
   const BwdMaps maps =
       make_bwd_maps(map_args, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN, Tr::kDqRows);
   const bool dkv_tma = maps.dkv_tma && a.dkv_reduce != 0;  // the whole works'
+  a.dkv_store = maps.dkv_store && Tr::kM80 && kWrite ? 1 : 0;
   // Below head dim 128 the parts need the dK/dV reduces (no ordering flags there); without them
   // the call takes one part, which gives the same sums.
   if (D < 128 && !dkv_tma) a.q_splits = 1;

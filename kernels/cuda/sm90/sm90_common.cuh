@@ -108,6 +108,16 @@ __device__ __forceinline__ void tma_reduce_add_4d(const CUtensorMap* map, const 
       "r"(saddr(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 }
+// Stores a box from shared memory at coordinates {c0, c1, c2, c3} (bulk group; elements out of
+// the tensor's bounds are not written).
+__device__ __forceinline__ void tma_store_4d(const CUtensorMap* map, const void* src, int c0,
+                                             int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::
+          "l"(reinterpret_cast<uint64_t>(map)),
+      "r"(saddr(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
 // Adds `bytes` (a multiple of 16, both ends 16-byte aligned) of fp32 from shared memory into
 // global memory in one piece (cp.reduce.async.bulk, no tensor map).
 __device__ __forceinline__ void bulk_reduce_add_f32(float* dst, const void* src, int bytes) {
