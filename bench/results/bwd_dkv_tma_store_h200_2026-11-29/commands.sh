@@ -1,10 +1,10 @@
-# Commands of runs 386-389 (one H200 each, 2026-11-29). Each script ran from the repository root,
+# Commands of runs 386-390 (one H200 each, 2026-11-29). Each script ran from the repository root,
 # with the binaries of the build under test unpacked into build-cudabe/bin, a scratch directory W
 # for its files and $OUT for what came back. The sixteen test shards' outputs are joined into
-# bwd_tests.txt.
+# bwd_tests.txt (gpu_tests_all.txt in run 390).
 # Run 386: main 3fafac4's test_gpu (as test_gpu_main) and the first build of the TMA stores of
 # dk/dv (ce29782, the pending flag in shared memory). Run 387: the flag in a register (the
-# code of c7937d5). Runs 388-389: main c7937d5.
+# code of c7937d5). Runs 388-389: main c7937d5. Run 390: main bb39197 (the same kernels).
 
 # ---- run 386
 # Run 386 (1x H200): main 3fafac4's two refactored tests; branch wip/bwd-dkv-tma-store (TMA stores
@@ -91,3 +91,23 @@ export LONGATTN_GIT_DESCRIBE=$(cat .devrun/git)
 timeout 190 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir $W/kbw128l --rounds 2 --anchors sdpa_cudnn -- --suites dense --dense-n 32768 65536 --dense-d 128 --passes bwd --grads write --max-seconds 1.5 > $W/kbw128l.log 2>&1; echo "kbw128l rc $?"
 tail -8 $W/kbw128l/kernel_bench_table.txt
 cd $W; tar czf $OUT/r389.tgz *.txt *.log kbw128l
+
+# ---- run 390
+# Run 390 (1x H200): the whole GPU test suite on main (version 52's kernels), sixteen shards; then
+# the d=128 forward (kernels of version 47) anchored against cuDNN again, 4K-16K, three rounds.
+set -u
+mkdir -p build-cudabe/bin
+for f in .devrun/bin/*.gz; do gunzip -c "$f" > build-cudabe/bin/$(basename "$f" .gz); done
+chmod +x build-cudabe/bin/*
+R=$PWD; W=$(mktemp -d); cd $W
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+export LONGATTN_GIT_DESCRIBE=$(cat $R/.devrun/git)
+for i in $(seq 0 15); do GTEST_TOTAL_SHARDS=16 GTEST_SHARD_INDEX=$i timeout 380 $R/build-cudabe/bin/test_gpu > all_$i.txt 2>&1 & done
+wait
+for i in $(seq 0 15); do echo "shard $i: $(grep -cE '^\[       OK' all_$i.txt) ok, $(grep -cE '^\[  FAILED  \] [A-Z]' all_$i.txt) failed; $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' all_$i.txt | head -2 | tr '\n' ' ')"; done
+grep -hE '^\[  FAILED  \] [A-Z]' all_*.txt | head
+grep -hE -B2 -A6 'Failure' all_*.txt | head -30
+echo "runs: $(grep -h '^\[ RUN' all_*.txt | wc -l), ok: $(grep -h '^\[       OK' all_*.txt | wc -l), skipped: $(grep -h '^\[  SKIPPED' all_*.txt | wc -l)"
+cd $R
+timeout 150 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir $W/kbf128 --rounds 3 --anchors sdpa_cudnn -- --suites dense --dense-n 4096 8192 16384 --dense-d 128 --passes fwd --max-seconds 2 > $W/kbf128.log 2>&1; echo "kbf128 rc $?"
+tail -9 $W/kbf128/kernel_bench_table.txt
