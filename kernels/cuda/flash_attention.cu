@@ -502,6 +502,14 @@ int forward_last_narrow_keys() {
 
 bool backward_last_wrote_dkv() { return g_bwd_wrote_dkv.load(); }
 
+bool backward_last_stored_dkv_by_tma() {
+#if LONGATTN_HAVE_SM90
+  return g_bwd_wrote_dkv.load() && sm90::last_bwd_dkv_store();
+#else
+  return false;
+#endif
+}
+
 int backward_last_tail_parts() {
 #ifdef LONGATTN_HAVE_SM90
   return sm90::last_bwd_tail_parts();
@@ -694,6 +702,9 @@ void flash_backward_run(const AttnBwdParams& p, cudaStream_t stream, cudaMemPool
                         float* dq_t, int64_t dq_t_rows) {
   BwdArgs a = make_bwd_args(p);
   g_bwd_wrote_dkv.store(false);
+#if LONGATTN_HAVE_SM90
+  sm90::note_bwd_dkv_store(false);
+#endif
   if (p.q.N == 0 || p.k.N == 0 || p.q.B == 0 || p.q.H == 0) {
     if (!p.accumulate)  // no pair seen: zero gradients
       for (const TensorView* t : {&p.dq, &p.dk, &p.dv})

@@ -95,6 +95,9 @@ int backward_last_tail_parts();
 // false on the Hopper kernels that can: sm90::bwd_writes_dkv) rather than having them zeroed
 // and adding, for tests.
 bool backward_last_wrote_dkv();
+// Whether that call's kernel wrote them by TMA stores from shared memory (16-bit dk and dv with
+// 16-byte aligned bases and strides, head dim 128's writing kernel), for tests.
+bool backward_last_stored_dkv_by_tma();
 // Whether the last flash_backward call added dQ into the transposed accumulator, for tests.
 bool backward_last_dq_transposed();
 

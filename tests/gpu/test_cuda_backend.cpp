@@ -1220,6 +1220,83 @@ TEST(CudaAttention, BackwardOverwritesGradients) {
   EXPECT_EQ(transposed, hopper ? d128_input_runs : 0);
 }
 
+// Overwritten gradients in views with 16-byte strides inside a wider parent, as the gradients
+// of a packed [B, N, 3 H, D] projection: rows 1..N of N + 2, heads H..2H-1 of 3 H, every column.
+// They keep the vector and TMA paths, so at head dim 128 the writing kernel stores dk and dv by
+// TMA through tensor maps of these strides (cuda::backward_last_stored_dkv_by_tma), with N not a
+// multiple of the 128-key blocks (the last block's boxes are clipped at Nk). dk and dv equal bit
+// for bit the same call adding into zeros on contiguous tensors, dq within four roundings, and
+// nothing of the parents outside the views (filled with 7) changes.
+TEST(CudaAttention, BackwardWritesGradientViewsWithTmaStrides) {
+  SKIP_WITHOUT_GPU();
+  auto gpu = make_cuda_backend();
+  const int64_t B = 2, N = 1000, H = 2;
+  const bool hopper = hopper_kernels_on();
+  const char* const names[] = {"dq", "dk", "dv"};
+  int runs = 0, stored = 0;
+  for (int64_t D : {64, 128})
+    for (DType dt : {DType::BF16, DType::F16})
+      for (bool causal : {false, true}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " d" + std::to_string(D) +
+                     (causal ? " causal" : ""));
+        const uint64_t seed = 1300 + static_cast<uint64_t>(runs) * 16;
+        BwdInputs in = make_bwd_inputs(*gpu, dt, B, N, H, D, seed);
+        const MaskGeometry geo = square_geometry(N, causal);
+        const BlockMask mask = dense_block_mask(geo);
+        auto gm = gpu->prepare_mask(mask);
+        auto gmt = gpu->prepare_mask(mask.transpose());
+        const AttnTensors inputs{in.q.dview, in.k.dview, in.v.dview, in.o.dview, in.lse.view()};
+        gpu->attention_forward(make_fwd_params(inputs, gm->view(), {0.0, causal}));
+        Tensor got[2][3];  // [contiguous zeros and add, views of 7 and write][dq, dk, dv]
+        Padded zeros[3];
+        for (int i = 0; i < 3; ++i) {
+          zeros[i] = make_input(*gpu, dt, B, N, H, D, seed + 6 + i, false);
+          gpu->fill(zeros[i].dview, 0.0);
+        }
+        AttnBwdParams add = make_bwd_params(
+            inputs, {in.d_o.dview, zeros[0].dview, zeros[1].dview, zeros[2].dview}, gm->view(),
+            gmt->view(), {0.0, causal});
+        add.accumulate = true;
+        gpu->attention_backward(add);
+        download_grads(*gpu, zeros, got[0]);
+        DeviceTensor parent[3];
+        TensorView view[3];
+        for (int i = 0; i < 3; ++i) {
+          parent[i] = DeviceTensor(*gpu, dt, B, N + 2, 3 * H, D);
+          gpu->fill(parent[i].view(), 7.0);
+          view[i] = parent[i].view().rows(1, N).heads(H, H);
+        }
+        AttnBwdParams write = make_bwd_params(inputs, {in.d_o.dview, view[0], view[1], view[2]},
+                                              gm->view(), gmt->view(), {0.0, causal});
+        write.accumulate = false;
+        gpu->attention_backward(write);
+        EXPECT_EQ(cuda::backward_last_wrote_dkv(), hopper);
+        const bool tma = cuda::backward_last_stored_dkv_by_tma();
+        EXPECT_EQ(tma, hopper && D == 128) << "16-byte strides keep the TMA stores";
+        stored += tma ? 1 : 0;
+        for (int i = 0; i < 3; ++i) {
+          got[1][i] = Tensor(DType::F64, B, N, H, D);
+          gpu->download(got[1][i].view(), view[i]);
+        }
+        expect_write_matches_add(got, true, dt, dt);
+        for (int i = 0; i < 3; ++i) {
+          Tensor whole(DType::F64, B, N + 2, 3 * H, D);
+          gpu->download(whole.view(), parent[i].view());
+          int64_t changed = 0;
+          for (int64_t b = 0; b < B; ++b)
+            for (int64_t n = 0; n < N + 2; ++n)
+              for (int64_t h = 0; h < 3 * H; ++h) {
+                if (n >= 1 && n <= N && h >= H && h < 2 * H) continue;  // the view
+                for (int64_t d = 0; d < D; ++d) changed += whole.at(b, n, h, d) != 7.0 ? 1 : 0;
+              }
+          EXPECT_EQ(changed, 0) << names[i] << ": elements of the parent outside the view";
+        }
+        ++runs;
+      }
+  EXPECT_EQ(runs, 8);
+  EXPECT_EQ(stored, hopper ? 4 : 0);
+}
+
 // The transposed dQ accumulator of head dim 128's writing kernel (cuda::backward_dq_accumulator):
 // overwritten gradients equal those of the same call adding into zeros (which adds into dq's
 // rows, or a row-major accumulator), on rows that are no multiple of the 80-query tiles (the

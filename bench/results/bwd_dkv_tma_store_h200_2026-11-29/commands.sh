@@ -1,10 +1,11 @@
-# Commands of runs 386-390 (one H200 each, 2026-11-29). Each script ran from the repository root,
+# Commands of runs 386-391 (one H200 each, 2026-11-29). Each script ran from the repository root,
 # with the binaries of the build under test unpacked into build-cudabe/bin, a scratch directory W
 # for its files and $OUT for what came back. The sixteen test shards' outputs are joined into
 # bwd_tests.txt (gpu_tests_all.txt in run 390).
 # Run 386: main 3fafac4's test_gpu (as test_gpu_main) and the first build of the TMA stores of
 # dk/dv (ce29782, the pending flag in shared memory). Run 387: the flag in a register (the
-# code of c7937d5). Runs 388-389: main c7937d5. Run 390: main bb39197 (the same kernels).
+# code of c7937d5). Runs 388-389: main c7937d5. Run 390: main bb39197 (the same kernels). Run
+# 391: the test of gradient views with 16-byte strides (committed after it).
 
 # ---- run 386
 # Run 386 (1x H200): main 3fafac4's two refactored tests; branch wip/bwd-dkv-tma-store (TMA stores
@@ -111,3 +112,17 @@ echo "runs: $(grep -h '^\[ RUN' all_*.txt | wc -l), ok: $(grep -h '^\[       OK'
 cd $R
 timeout 150 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir $W/kbf128 --rounds 3 --anchors sdpa_cudnn -- --suites dense --dense-n 4096 8192 16384 --dense-d 128 --passes fwd --max-seconds 2 > $W/kbf128.log 2>&1; echo "kbf128 rc $?"
 tail -9 $W/kbf128/kernel_bench_table.txt
+
+# ---- run 391
+# Run 391 (1x H200): the new test of gradient views with 16-byte strides (TMA stores through maps
+# of those strides), BackwardOverwritesGradients and BackwardDqTransposed; memcheck of the new test.
+set -u
+mkdir -p build-cudabe/bin
+for f in .devrun/bin/*.gz; do gunzip -c "$f" > build-cudabe/bin/$(basename "$f" .gz); done
+chmod +x build-cudabe/bin/*
+R=$PWD; W=$(mktemp -d); cd $W
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+timeout 120 $R/build-cudabe/bin/test_gpu --gtest_filter='CudaAttention.BackwardWritesGradientViewsWithTmaStrides:CudaAttention.BackwardOverwritesGradients:CudaAttention.BackwardDqTransposed' > tests.txt 2>&1
+grep -E '^\[       OK|^\[  FAILED|^\[  PASSED' tests.txt; grep -B2 -A8 Failure tests.txt | head -40
+timeout 150 compute-sanitizer --tool memcheck $R/build-cudabe/bin/test_gpu --gtest_filter='CudaAttention.BackwardWritesGradientViewsWithTmaStrides' > memcheck.txt 2>&1
+echo "memcheck: $(grep -E 'ERROR SUMMARY|PASSED|FAILED' memcheck.txt | tail -3 | tr '\n' ' ')"

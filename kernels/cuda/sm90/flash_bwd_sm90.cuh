@@ -1497,6 +1497,7 @@ void launch_bwd_sm90_impl(const BwdArgs& args, cudaStream_t stream, cudaMemPool_
       make_bwd_maps(map_args, D, std::is_same_v<T, __nv_bfloat16>, Tr::kBM, Tr::kBN, Tr::kDqRows);
   const bool dkv_tma = maps.dkv_tma && a.dkv_reduce != 0;  // the whole works'
   a.dkv_store = maps.dkv_store && Tr::kM80 && kWrite ? 1 : 0;
+  note_bwd_dkv_store(a.dkv_store != 0);
   // Below head dim 128 the parts need the dK/dV reduces (no ordering flags there); without them
   // the call takes one part, which gives the same sums.
   if (D < 128 && !dkv_tma) a.q_splits = 1;

@@ -399,6 +399,10 @@ void* plan_bwd_pieces(flash::BwdArgs& a, int64_t& works, int tiles_per_work, int
 
 int last_bwd_tail_parts() { return g_last_bwd_tail.load(); }
 
+std::atomic<bool> g_last_bwd_dkv_store{false};
+void note_bwd_dkv_store(bool stored) { g_last_bwd_dkv_store.store(stored); }
+bool last_bwd_dkv_store() { return g_last_bwd_dkv_store.load(); }
+
 int* make_bwd_schedule(int n_works, int& grid) {
   DeviceSched& d = device_sched();
   static const bool persistent = switch_on("LONGATTN_SM90_BWD_PERSISTENT");

@@ -132,5 +132,9 @@ void* plan_bwd_pieces(flash::BwdArgs& a, int64_t& works, int tiles_per_work, int
 // Parts or spans of split works in the last backward launch of this process (0: none), for
 // tests.
 int last_bwd_tail_parts();
+// Whether the last Hopper backward launch wrote 16-bit dk and dv by TMA stores
+// (BwdArgs::dkv_store), for tests; note_bwd_dkv_store records it at each launch.
+void note_bwd_dkv_store(bool stored);
+bool last_bwd_dkv_store();
 
 }  // namespace longattn::cuda::sm90
