@@ -1,11 +1,12 @@
-# Commands of runs 386-391 (one H200 each, 2026-11-29). Each script ran from the repository root,
+# Commands of runs 386-392 (one H200 each, 2026-11-29). Each script ran from the repository root,
 # with the binaries of the build under test unpacked into build-cudabe/bin, a scratch directory W
 # for its files and $OUT for what came back. The sixteen test shards' outputs are joined into
 # bwd_tests.txt (gpu_tests_all.txt in run 390).
 # Run 386: main 3fafac4's test_gpu (as test_gpu_main) and the first build of the TMA stores of
 # dk/dv (ce29782, the pending flag in shared memory). Run 387: the flag in a register (the
 # code of c7937d5). Runs 388-389: main c7937d5. Run 390: main bb39197 (the same kernels). Run
-# 391: the test of gradient views with 16-byte strides (committed after it).
+# 391: the test of gradient views with 16-byte strides (committed after it). Run 392: main b29f8bb
+# plus dkv_store_d64_untaken.patch (head dim 64's writing kernel storing dk/dv by TMA; not merged).
 
 # ---- run 386
 # Run 386 (1x H200): main 3fafac4's two refactored tests; branch wip/bwd-dkv-tma-store (TMA stores
@@ -125,4 +126,30 @@ nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv
 timeout 120 $R/build-cudabe/bin/test_gpu --gtest_filter='CudaAttention.BackwardWritesGradientViewsWithTmaStrides:CudaAttention.BackwardOverwritesGradients:CudaAttention.BackwardDqTransposed' > tests.txt 2>&1
 grep -E '^\[       OK|^\[  FAILED|^\[  PASSED' tests.txt; grep -B2 -A8 Failure tests.txt | head -40
 timeout 150 compute-sanitizer --tool memcheck $R/build-cudabe/bin/test_gpu --gtest_filter='CudaAttention.BackwardWritesGradientViewsWithTmaStrides' > memcheck.txt 2>&1
+echo "memcheck: $(grep -E 'ERROR SUMMARY|PASSED|FAILED' memcheck.txt | tail -3 | tr '\n' ' ')"
+
+# ---- run 392
+# Run 392 (1x H200): branch wip/bwd-dkv-tma-store-d64 (head dim 64's writing kernel stores dk/dv
+# by TMA): every backward GPU test (16 shards), memcheck of the two gradient-writing tests; A/B by
+# LONGATTN_SM90_DKV_STORE at d=64 4K/8K --grads write, 3 rounds.
+set -u
+mkdir -p build-cudabe/bin
+for f in .devrun/bin/*.gz; do gunzip -c "$f" > build-cudabe/bin/$(basename "$f" .gz); done
+chmod +x build-cudabe/bin/*
+R=$PWD; W=$(mktemp -d); cd $W
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+export LONGATTN_GIT_DESCRIBE=$(cat $R/.devrun/git)
+F='CudaAttention.*:*Backward*:*Bwd*:FlashM80*:FlashM128*:FlashDkv*:*Grad*:*Variant*:FlashRotate*:*Ring*'
+for i in $(seq 0 15); do GTEST_TOTAL_SHARDS=16 GTEST_SHARD_INDEX=$i timeout 240 $R/build-cudabe/bin/test_gpu --gtest_filter="$F" > bwd_$i.txt 2>&1 & done
+wait
+for i in $(seq 0 15); do echo "shard $i: $(grep -cE '^\[       OK' bwd_$i.txt) ok, $(grep -cE '^\[  FAILED  \] [A-Z]' bwd_$i.txt) failed"; done | grep -v ' 0 failed'
+grep -hE '^\[  FAILED  \] [A-Z]' bwd_*.txt | head
+grep -hE -B2 -A6 'Failure' bwd_*.txt | head -40
+echo "runs: $(grep -h '^\[ RUN' bwd_*.txt | wc -l), ok: $(grep -h '^\[       OK' bwd_*.txt | wc -l)"
+KB=$R/build-cudabe/bin/kernel_bench
+for r in 1 2 3; do for s in 0 1; do
+  LONGATTN_SM90_DKV_STORE=$s timeout 40 $KB --suites dense --dense-n 4096 8192 --dense-d 64 --passes bwd --grads write --max-seconds 2 --out ab_s${s}_r$r.json > ab_s${s}_r$r.txt 2>&1
+  echo "store=$s r$r: $(grep -E '^dense' ab_s${s}_r$r.txt | awk '{print $3, $6, $8}' | tr '\n' '|')"
+done; done
+timeout 90 compute-sanitizer --tool memcheck $R/build-cudabe/bin/test_gpu --gtest_filter='CudaAttention.BackwardOverwritesGradients:CudaAttention.BackwardWritesGradientViewsWithTmaStrides' > memcheck.txt 2>&1
 echo "memcheck: $(grep -E 'ERROR SUMMARY|PASSED|FAILED' memcheck.txt | tail -3 | tr '\n' ' ')"
