@@ -518,7 +518,8 @@ BwdMaps make_bwd_maps(const BwdArgs& a, int D, bool bf16, int box_q, int box_kv,
   // from the head-dim-128 writing kernel (the launch keeps it to that kernel);
   // LONGATTN_SM90_DKV_STORE=0 writes them from registers.
   m.dkv_store = !m.dkv_tma && a.dkv_write != 0 && D == 128 && a.dk_type == flash::kOutSame &&
-                a.dv_type == flash::kOutSame && a.dkv_vec != 0 && switch_on("LONGATTN_SM90_DKV_STORE");
+                a.dv_type == flash::kOutSame && a.dkv_vec != 0 &&
+                switch_on("LONGATTN_SM90_DKV_STORE");
   if (m.dkv_tma) {
     m.dk = make_map(a.dk, a.B, a.Nk, a.H, D, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 64, "dk");
     m.dv = make_map(a.dv, a.B, a.Nk, a.H, D, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 64, "dv");
