@@ -148,6 +148,38 @@ double mask_mean_row_keys(const BlockMask& m) {
                   : 0.0;
 }
 
+void mask_run_stats(const BlockMask& m, BlockMaskView& v) {
+  v.run_keys_min = 0;
+  v.run_residue[0] = v.run_residue[1] = v.run_residue[2] = 0;
+  if (m.block_k <= 0 || m.block_k % 64 != 0 || !mask_contiguous_rows(m)) return;
+  int64_t least = 0, counts[3] = {0, 0, 0};
+  for (int64_t r = 0; r < m.num_q_blocks; ++r) {
+    const int64_t blocks = m.row_ptr[r + 1] - m.row_ptr[r];
+    if (blocks == 0) continue;
+    const int64_t keys = blocks * m.block_k;
+    least = least == 0 ? keys : std::min(least, keys);
+    ++counts[(keys % kForwardRunTileKeys) / 64];
+  }
+  v.run_keys_min = least;
+  for (int i = 0; i < 3; ++i) v.run_residue[i] = counts[i];
+}
+
+int64_t forward_runs_narrow_keys(int64_t head_dim, bool causal, int64_t nk,
+                                 const BlockMaskView& m) {
+  if (head_dim != 128 || causal || !m.contiguous_rows || m.run_keys_min <= 0 ||
+      nk != m.num_k_blocks * m.block_k)
+    return 0;
+  const int64_t rows = m.run_residue[0] + m.run_residue[1] + m.run_residue[2];
+  if (rows <= 0) return 0;
+  for (int r = 1; r <= 2; ++r) {
+    const int64_t keys = 64 * r;
+    if (static_cast<double>(m.run_residue[r]) >= kForwardRunNarrowShare * static_cast<double>(rows) &&
+        m.run_keys_min > keys)
+      return keys;
+  }
+  return 0;
+}
+
 bool forward_wide_runs(int64_t head_dim, bool contiguous_rows, double mean_row_keys) {
   return (head_dim == 64 || head_dim == 128) && contiguous_rows &&
          mean_row_keys >= kForwardWideRunKeys;
@@ -409,6 +441,7 @@ BlockMaskView host_mask_view(const BlockMask& m) {
   v.complete_diag = mask_complete_diag(m);
   v.contiguous_rows = mask_contiguous_rows(m);
   v.mean_row_keys = mask_mean_row_keys(m);
+  mask_run_stats(m, v);
   return v;
 }
 

@@ -73,10 +73,20 @@ struct BlockMaskView {
   bool contiguous_rows = false;
   // Mean keys a non-empty row lists (listed blocks x block_k); 0 when unknown.
   double mean_row_keys = 0.0;
+  // Where every non-empty row is one run (contiguous_rows): the fewest keys such a run spans
+  // (blocks x block_k; 0 when unknown or no row lists any), and how many non-empty rows span
+  // keys of each residue modulo kForwardRunTileKeys in 64-key steps (run_residue[r]: residue
+  // 64 r; all 0 when unknown or block_k is no multiple of 64). Set by mask_run_stats.
+  int64_t run_keys_min = 0;
+  int64_t run_residue[3] = {0, 0, 0};
 };
 double mask_row_fill(const BlockMask& m);
 bool mask_contiguous_rows(const BlockMask& m);
 double mask_mean_row_keys(const BlockMask& m);
+// The key tile of the Hopper forward at head dim 128 over runs (its residues in BlockMaskView).
+constexpr int64_t kForwardRunTileKeys = 192;
+// Fills v.run_keys_min and v.run_residue from m (left 0 unless every non-empty row is a run).
+void mask_run_stats(const BlockMask& m, BlockMaskView& v);
 int64_t mask_complete_diag(const BlockMask& m);
 // Whether the mask lists every key block visible to a call (causal with diagonal diag, or not
 // causal), so that the call's result does not depend on the lists.
@@ -90,6 +100,17 @@ bool mask_complete_for(const BlockMaskView& m, bool causal, int64_t diag);
 // head dims 64 and 128 when a row lists at least kForwardWideRunKeys keys on average.
 constexpr double kForwardWideRunKeys = 2048;
 bool forward_wide_runs(int64_t head_dim, bool contiguous_rows, double mean_row_keys);
+// Narrow first tiles over runs (head dim 128, not causal, walked by position as above): each
+// row's walk starts with a tile of R keys (64 or 128), then 192-key tiles, the last one masked
+// where the run ends inside it. A run of R + 192 m keys then takes no masked tile, and the
+// first tile's products, exponentials and P V cover R keys instead of 192 (local_window at 10%
+// of 64K: runs of 53 blocks, 6784 keys, 64 over 35 tiles). Returns the residue R that at least
+// kForwardRunNarrowShare of the non-empty rows' runs leave over a multiple of 192, where every
+// run is longer than R (a walk of two tiles or more) and the keys end at the mask's last block
+// (nk == num_k_blocks x block_k: no run is cut short); else 0.
+constexpr double kForwardRunNarrowShare = 0.75;
+int64_t forward_runs_narrow_keys(int64_t head_dim, bool causal, int64_t nk,
+                                 const BlockMaskView& m);
 
 // Forward over a mask whose rows list scattered key blocks (it neither lists every visible block
 // nor has rows that are runs walked by position), not causal: whether the Hopper kernel at

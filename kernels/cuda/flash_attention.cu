@@ -324,6 +324,7 @@ FwdArgs make_fwd_args(const AttnFwdParams& p) {
   a.complete = mask_complete_for(p.mask, p.causal, a.diag) ? 1 : 0;
 #if LONGATTN_HAVE_SM90
   a.runs = a.complete ? 0 : sm90::fwd_runs(static_cast<int>(p.q.D), p.mask);
+  a.runs_narrow = a.runs ? sm90::fwd_runs_narrow(a, static_cast<int>(p.q.D), p.mask) : 0;
   a.gather = a.complete || a.runs ? 0 : sm90::fwd_gather(a, static_cast<int>(p.q.D), p.mask);
   a.o_vec = p.o.dtype == p.q.dtype && allows_vec(p.o) && sm90::o_vec_enabled() ? 1 : 0;
 #endif

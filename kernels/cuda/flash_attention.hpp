@@ -84,9 +84,10 @@ bool portable_blocks_warned();
 // Short items per (batch, head) pair of the last Hopper forward launch (forward_short_items in
 // kernels/contract.hpp; 0: none, or no Hopper launch), for tests.
 int forward_last_short_items();
-// Keys of the narrow first key tile of the last Hopper forward launch's whole-range items (head
-// dim 128 without causality: 64 or 128 where Nk is that much over a multiple of 192; 0: none,
-// or no Hopper launch), for tests.
+// Keys of the narrow first key tile of the last Hopper forward launch's walks by position (head
+// dim 128 without causality: 64 or 128 where Nk is that much over a multiple of 192, or over
+// runs where most runs leave that much, fwd_runs_narrow; 0: none, or no Hopper launch), for
+// tests.
 int forward_last_narrow_keys();
 // Parts the last Hopper backward launch cut its last round's works into (backward_tail_split
 // in kernels/contract.hpp; 0: none, or no Hopper launch), for tests.

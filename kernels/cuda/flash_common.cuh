@@ -46,6 +46,9 @@ struct FwdArgs {
   // The mask's rows are runs of consecutive key blocks and the Hopper forward walks each row's
   // key range by position (forward_wide_runs).
   int runs = 0;
+  // With runs: the keys of each walk's narrow first tile at head dim 128 (64 or 128,
+  // forward_runs_narrow_keys; 0: none).
+  int runs_narrow = 0;
   // The Hopper forward gathers each row's listed blocks into 192-key tiles
   // (forward_gathered_tiles).
   int gather = 0;

@@ -525,6 +525,57 @@ TEST(Dense, ForwardNarrowKeys) {
       }
 }
 
+// Windows of w blocks of 128 keys around the diagonal of an nb-block square mask (rows near the
+// ends shorter), and the narrow first tile the forward over runs takes for them.
+BlockMaskView window_view(int64_t nb, int64_t before, int64_t after, BlockMask& keep) {
+  const MaskGeometry g{nb * 128, nb * 128, 128, 128, false, 0, 0};
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(nb));
+  for (int64_t r = 0; r < nb; ++r)
+    for (int64_t c = std::max<int64_t>(0, r - before); c <= std::min(nb - 1, r + after); ++c)
+      rows[r].push_back(static_cast<int32_t>(c));
+  keep = build_block_mask(g, rows);
+  return host_mask_view(keep);
+}
+
+// Narrow first tiles over runs: the residue modulo 192 of most rows' runs (at least three in
+// four), where every run is longer than it, for non-causal calls at head dim 128 whose keys end
+// at the mask's last block.
+TEST(Dense, ForwardRunsNarrowKeys) {
+  BlockMask m;
+  // local_window at 10% of 64K (512 blocks, 26 on each side): 53 blocks, 6784 keys, in 460 of
+  // 512 rows: 64 over 35 tiles of 192.
+  BlockMaskView v = window_view(512, 26, 26, m);
+  EXPECT_TRUE(v.contiguous_rows);
+  EXPECT_EQ(v.run_keys_min, 27 * 128);
+  EXPECT_EQ(v.run_residue[0] + v.run_residue[1] + v.run_residue[2], 512);
+  EXPECT_GE(v.run_residue[1], 460);
+  EXPECT_EQ(forward_runs_narrow_keys(128, false, 512 * 128, v), 64);
+  // Not causal, head dim 128, and the keys ending at the mask's end only.
+  EXPECT_EQ(forward_runs_narrow_keys(128, true, 512 * 128, v), 0);
+  EXPECT_EQ(forward_runs_narrow_keys(64, false, 512 * 128, v), 0);
+  EXPECT_EQ(forward_runs_narrow_keys(128, false, 512 * 128 - 5, v), 0);
+  // 7 blocks (896 keys: 128 over 4 tiles), the first and last rows 4 (512 keys, 128 over 2):
+  // 8 of 12 rows, under three in four, none; 28 of 32 rows: 128.
+  v = window_view(12, 3, 3, m);
+  EXPECT_EQ(v.run_residue[2], 8);
+  EXPECT_EQ(forward_runs_narrow_keys(128, false, 12 * 128, v), 0);
+  v = window_view(32, 3, 3, m);
+  EXPECT_EQ(forward_runs_narrow_keys(128, false, 32 * 128, v), 128);
+  // 6 blocks (768 keys, a multiple of 192): none. One block a row (128 keys): residue 128 in
+  // every row, but a walk of one tile: none.
+  v = window_view(32, 3, 2, m);
+  EXPECT_EQ(forward_runs_narrow_keys(128, false, 32 * 128, v), 0);
+  v = window_view(32, 0, 0, m);
+  EXPECT_EQ(v.run_residue[2], 32);
+  EXPECT_EQ(forward_runs_narrow_keys(128, false, 32 * 128, v), 0);
+  // Rows that are not runs: no statistics, none.
+  const MaskGeometry g{512, 512, 128, 128, false, 0, 0};
+  m = build_block_mask(g, {{0, 2}, {1}, {2}, {3}});
+  v = host_mask_view(m);
+  EXPECT_EQ(v.run_keys_min, 0);
+  EXPECT_EQ(forward_runs_narrow_keys(128, false, 512, v), 0);
+}
+
 // Items of two heights for the three-warpgroup forward (192-row tall items, 128-row short ones).
 TEST(Dense, ForwardShortItems) {
   // 4K at head dim 64, 16 heads on 132 CTAs: 22 tall items a head (the last of 64 rows) take 3

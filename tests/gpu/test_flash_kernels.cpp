@@ -142,24 +142,29 @@ BlockMaskView upload_mask(const BlockMask& m, std::vector<std::unique_ptr<DevMem
   return v;
 }
 
-enum class MaskKind { Dense, Sparse, Runs, Window };
+enum class MaskKind { Dense, Sparse, Runs, Window, Window5, Window7 };
 
 // Sparse: every third query block sees nothing, the others their diagonal block and a random
 // half of the key blocks. Runs: every row one run of consecutive key blocks: every fourth row
 // empty, every other a window of four blocks around the diagonal, the rest a random run.
 // Window: every row the key blocks from 3 before to 2 after its diagonal block, so the rows of
-// the transposed mask are runs as well (key blocks past the last window: empty rows).
+// the transposed mask are runs as well (key blocks past the last window: empty rows). Window5,
+// Window7: from 2 before to 2 after, from 3 before to 3 after (rows of 5 and 7 blocks but near
+// the ends).
 MaskPair make_mask(MaskKind kind, const MaskGeometry& g, uint64_t seed) {
   MaskPair mp;
   if (kind == MaskKind::Dense) {
     mp.host = dense_block_mask(g);
-  } else if (kind == MaskKind::Window) {
+  } else if (kind == MaskKind::Window || kind == MaskKind::Window5 ||
+             kind == MaskKind::Window7) {
+    const int64_t before = kind == MaskKind::Window5 ? 2 : 3;
+    const int64_t after = kind == MaskKind::Window ? 2 : before;
     const int64_t nqb = (g.nq + g.block_q - 1) / g.block_q;
     const int64_t nkb = (g.nk + g.block_k - 1) / g.block_k;
     std::vector<std::vector<int32_t>> rows(static_cast<size_t>(nqb));
     for (int64_t r = 0; r < nqb; ++r) {
       const int64_t d = std::min(nkb - 1, r * g.block_q / g.block_k);
-      for (int64_t c = std::max<int64_t>(0, d - 3); c <= std::min(nkb - 1, d + 2); ++c)
+      for (int64_t c = std::max<int64_t>(0, d - before); c <= std::min(nkb - 1, d + after); ++c)
         rows[r].push_back(static_cast<int32_t>(c));
     }
     mp.host = build_block_mask(g, rows);
@@ -854,6 +859,68 @@ TEST(FlashNarrow, FirstTilesMatchReference) {
   // On a Hopper device every case runs the 192-key kernel; the four of more than 192 keys are
   // narrow at least when forced.
   if (hopper_runs > 0) EXPECT_GE(narrow_runs, 16);
+}
+
+// Narrow first tiles over runs (the kRuns kNarrowKeys instantiations, head dim 128, not causal):
+// where most runs leave 64 or 128 keys over a multiple of 192 (forward_runs_narrow_keys), each
+// row's walk starts with a tile of those keys; runs of other lengths (the rows near the ends)
+// then end inside a masked last tile. Windows of 5 blocks (640 keys: 64 over) and of 7 (896
+// keys: 128 over), rows past Nq, strided views, large logits, several batches and heads, on one
+// CTA per item and on a grid of 3: each against the reference with the width by the rule,
+// forced to 64 and to 128 (mismatched residues: a narrow tile and a masked last one in most
+// rows) and off. The launch reports the width taken.
+TEST(FlashNarrow, RunsFirstTilesMatchReference) {
+  SKIP_WITHOUT_GPU();
+  const ScopedEnv runs("LONGATTN_SM90_FWD_RUNS", "1");  // (these rows are short)
+  int narrow_runs = 0, hopper_runs = 0, rule_runs = 0;
+  for (int limit : {0, 3}) {
+    const GridLimit grid(limit, 0);
+    for (DType dt : {DType::BF16, DType::F16}) {
+      const std::string tag = std::string(dtype_name(dt)) + "_grid" + std::to_string(limit);
+      const Case cs[] = {
+          {dt, 128, 2, 2048, 2048, 2, 128, 128, false, 0, 0, MaskKind::Window5,
+           Layout::Contiguous, 1.0, false, tag + "_window5"},
+          {dt, 128, 1, 1900, 2048, 3, 128, 128, false, 0, 0, MaskKind::Window5, Layout::Dilated,
+           3.0, false, tag + "_window5_1900_dilated_large_logits"},
+          {dt, 128, 1, 4096, 4096, 2, 128, 128, false, 0, 0, MaskKind::Window7,
+           Layout::Contiguous, 1.0, false, tag + "_window7"}};
+      for (const Case& c : cs) {
+        const uint64_t seed = std::random_device{}();
+        double naive_o = -1.0, naive_l = -1.0;
+        for (const char* mode : {"", "64", "128", "0"}) {
+          const std::string m = mode;
+          const ScopedEnv env("LONGATTN_SM90_FWD_RUNS_NARROW", mode);
+          SCOPED_TRACE(c.name + "_narrow_" + (m.empty() ? "rule" : m));
+          FwdRun run;
+          run.naive_o = naive_o;
+          run.naive_l = naive_l;
+          run_forward(c, run, seed);
+          naive_o = run.naive_o;
+          naive_l = run.naive_l;
+          if (run.kernel != "sm90-wide") continue;  // elsewhere: the portable kernels
+          ++hopper_runs;
+          const BlockMaskView v = host_mask_view(run.mask.host);
+          int64_t want = 0;
+          if (m.empty()) {
+            want = forward_runs_narrow_keys(128, false, c.Nk, v);
+            EXPECT_GT(want, 0) << "the rule takes these windows";
+            ++rule_runs;
+          } else if (m != "0") {
+            want = v.run_keys_min > std::stoll(m) ? std::stoll(m) : 0;
+          }
+          EXPECT_EQ(cuda::forward_last_narrow_keys(), want);
+          if (want > 0) ++narrow_runs;
+        }
+      }
+    }
+  }
+  // On a Hopper device every run takes the 192-key kernel over runs, narrow in all but the off
+  // runs (every run is longer than 128 keys).
+  if (hopper_runs > 0) {
+    EXPECT_EQ(hopper_runs, 48);
+    EXPECT_EQ(narrow_runs, 36);
+    EXPECT_EQ(rule_runs, 12);
+  }
 }
 
 // Short items of the three-warpgroup forward (head dim 64, non-causal, complete masks;

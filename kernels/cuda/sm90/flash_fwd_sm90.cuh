@@ -551,14 +551,16 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   };
   // kNarrowKeys (64 or 128; the 192-key tiles over complete masks without causality, an
   // instantiation of its own, for calls of more than 192 keys, kNarrowKeys over a multiple of
-  // 192, without tail split): every item walks a first tile of kNarrowKeys keys, then whole
-  // tiles, not whole tiles and a last one mostly past the keys (the products, exponentials and
-  // mask of 192 - kNarrowKeys keys an item fewer). Every item alike, with no branch on it: a
+  // 192, without tail split; with kRuns, for non-causal calls whose runs mostly leave
+  // kNarrowKeys over a multiple of 192, fwd_runs_narrow): every item walks a first tile of
+  // kNarrowKeys keys, then whole tiles, not whole tiles and a last one mostly past the keys
+  // (the products, exponentials and mask of 192 - kNarrowKeys keys an item fewer). Every item alike, with no branch on it: a
   // branch taken per item made ptxas move the steady loop's stage arithmetic off the uniform
   // datapath (R2UR 16 -> 62, 4% more instructions a tile).
   constexpr bool kNarrowable = kNarrowKeys > 0;
   static_assert(!kNarrowable || ((kNarrowKeys == 64 || kNarrowKeys == 128) && D == 128 &&
-                                 kBN == 192 && Tr::kByPosition && !kRuns && !kShort),
+                                 kBN == 192 && Tr::kByPosition && (!kRuns || kBM <= 128) &&
+                                 !kShort),
                 "narrow first tiles: 192-key tiles by position at head dim 128");
   auto decode = [&](int t) {
     Item w;
@@ -613,7 +615,14 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
         if (w.k_hi == 0) w.k_lo = 0;
       }
       w.n_items = w.k_hi > w.k_lo ? (w.k_hi - w.k_lo + kBN - 1) / kBN : 0;
-      if constexpr (kNarrowable) w.narrow = kNarrowKeys;
+      if constexpr (kNarrowable) {
+        // The narrow tile, then tiles of kBN keys to the range's end (kRuns: the last one masked
+        // where the run ends inside it; the launch's rule keeps every run longer than the
+        // narrow tile, so each walk has two tiles or more).
+        w.narrow = kNarrowKeys;
+        if (w.k_hi > w.k_lo)
+          w.n_items = 1 + max(0, (w.k_hi - w.k_lo - kNarrowKeys + kBN - 1) / kBN);
+      }
     } else if constexpr (kGather) {
       // Every chunk of the row's listed blocks but those at or past Nk (a multiple of 64: only
       // the last key block may hold such chunks, and only if the row lists it).
@@ -1025,8 +1034,9 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
     auto pack = [&] { pack_p<T, kNT>(pa, sc); };
     // kNarrowable: the first tile of R = w.narrow keys (64 or 128): its QK^T into an
     // accumulator of its own (sn; writing part of S's registers had ptxas serialise the
-    // kernel's wgmma), its softmax and P from that, its P V over R keys. (Never masked: the
-    // walk's later tiles end at the range's end.)
+    // kernel's wgmma), its softmax and P from that, its P V over R keys. (Never masked: it lies
+    // inside the range, every walk's range being longer; over complete masks the later tiles
+    // end at the range's end, over runs the last one is masked where the run ends inside it.)
     auto issue_qk_narrow = [&](auto& sn, int s) {
       constexpr int R = 2 * static_cast<int>(sizeof(sn) / sizeof(float));
       static_assert(!Tr::kQRegs && (R == 64 || R == 128), "narrow tiles at head dim 128");
@@ -1337,7 +1347,15 @@ void launch_fwd_sm90_impl(const FwdArgs& a, cudaStream_t stream, cudaMemPool_t p
   // Two consumer warpgroups at head dim 64 issue their products without ping-pong (A/B runs
   // 71-72: random masks +0.5-1.9%, dense causal 16K +3-4% on these tiles).
   if constexpr (D == 64 && kWG == 2) sched.flags &= ~kFwdPingPong;
-  if constexpr (kNarrowKeys > 0) {
+  if constexpr (kNarrowKeys > 0 && kRuns) {
+    LONGATTN_CHECK_ARG(a.runs != 0 && a.causal == 0 && a.runs_narrow == kNarrowKeys, "mask",
+                       std::string(a.causal ? "causal" : "not causal") + ", runs_narrow " +
+                           std::to_string(a.runs_narrow),
+                       "narrow first tiles over runs need a non-causal call whose runs are all "
+                       "longer than " + std::to_string(kNarrowKeys) +
+                           " keys (fwd_runs_narrow)");
+    note_fwd_narrow_keys(kNarrowKeys);
+  } else if constexpr (kNarrowKeys > 0) {
     LONGATTN_CHECK_ARG(a.complete != 0 && a.causal == 0 && a.runs == 0 && a.Nk > kBNt &&
                            a.Nk % kBNt == kNarrowKeys,
                        "k", std::to_string(a.Nk) + " keys" + (a.causal ? ", causal" : ""),

@@ -108,7 +108,16 @@ extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192>(const FwdA
                                                                       cudaMemPool_t);
 extern template void launch_fwd_sm90_impl<__half, 128, 2, 192>(const FwdArgs&, cudaStream_t,
                                                                cudaMemPool_t);
-// Over masks of runs: kernels/cuda/sm90/flash_fwd_sm90_<dtype>_d<D>_runs.cu.
+// Over masks of runs: kernels/cuda/sm90/flash_fwd_sm90_<dtype>_d<D>_runs.cu (with narrow first
+// tiles: ..._d128_runs_narrow<keys>.cu).
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, true, false, false, 64>(
+    const FwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, true, false, false, 128>(
+    const FwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__half, 128, 2, 192, true, false, false, 64>(
+    const FwdArgs&, cudaStream_t, cudaMemPool_t);
+extern template void launch_fwd_sm90_impl<__half, 128, 2, 192, true, false, false, 128>(
+    const FwdArgs&, cudaStream_t, cudaMemPool_t);
 extern template void launch_fwd_sm90_impl<__nv_bfloat16, 64, 3, 128, true>(const FwdArgs&,
                                                                            cudaStream_t,
                                                                            cudaMemPool_t);
@@ -576,6 +585,23 @@ int fwd_runs(int head_dim, const BlockMaskView& mask) {
   return forward_wide_runs(head_dim, mask.contiguous_rows, mask.mean_row_keys) ? 1 : 0;
 }
 
+int fwd_runs_narrow(const FwdArgs& a, int head_dim, const BlockMaskView& mask) {
+  if (const char* e = std::getenv("LONGATTN_SM90_FWD_RUNS_NARROW")) {
+    const std::string s(e);
+    if (s == "0") return 0;
+    if (s == "64" || s == "128") {
+      const int keys = std::stoi(s);
+      // (A walk of two tiles or more, whatever the residues; the other conditions of the rule.)
+      return head_dim == 128 && a.causal == 0 && mask.contiguous_rows &&
+                     mask.run_keys_min > keys &&
+                     int64_t{a.Nk} == mask.num_k_blocks * mask.block_k
+                 ? keys
+                 : 0;
+    }
+  }
+  return static_cast<int>(forward_runs_narrow_keys(head_dim, a.causal != 0, a.Nk, mask));
+}
+
 bool fwd_wide(const FwdArgs& a, int head_dim) {
   // Head dim 64: 192-row tiles; head dim 128: 192-key tiles, causal or not (FlashAttention-3
   // has 176 without causality and 128 with it; here 176 measured 5-7% faster than 128 under
@@ -611,6 +637,18 @@ void flash_forward(const FwdArgs& a, DType dtype, int head_dim, cudaStream_t str
   if (wide && a.runs != 0 && head_dim == 64) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 64, 3, 128, true>(a, stream, pool)
                 : launch_fwd_sm90_impl<__half, 64, 3, 128, true>(a, stream, pool);
+  }
+  if (wide && a.runs != 0 && head_dim == 128 && a.runs_narrow == 64) {
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, true, false, false, 64>(
+                      a, stream, pool)
+                : launch_fwd_sm90_impl<__half, 128, 2, 192, true, false, false, 64>(a, stream,
+                                                                                   pool);
+  }
+  if (wide && a.runs != 0 && head_dim == 128 && a.runs_narrow == 128) {
+    return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, true, false, false, 128>(
+                      a, stream, pool)
+                : launch_fwd_sm90_impl<__half, 128, 2, 192, true, false, false, 128>(a, stream,
+                                                                                    pool);
   }
   if (wide && a.runs != 0) {
     return bf16 ? launch_fwd_sm90_impl<__nv_bfloat16, 128, 2, 192, true>(a, stream, pool)

@@ -27,6 +27,10 @@ int fwd_gather(const flash::FwdArgs& a, int head_dim, const BlockMaskView& mask)
 // FwdArgs::runs for a call whose mask is not complete: forward_wide_runs (kernels/contract.hpp)
 // unless LONGATTN_SM90_FWD_RUNS says otherwise ("0" never, "1" whenever the rows are runs).
 int fwd_runs(int head_dim, const BlockMaskView& mask);
+// FwdArgs::runs_narrow for a call over runs (a.runs set): forward_runs_narrow_keys
+// (kernels/contract.hpp) unless LONGATTN_SM90_FWD_RUNS_NARROW says otherwise ("0" never; "64"
+// or "128" that width wherever every run is longer; read on each call).
+int fwd_runs_narrow(const flash::FwdArgs& a, int head_dim, const BlockMaskView& mask);
 // Temporaries (the split items' pieces) come from pool when given, else the device's default.
 void flash_forward(const flash::FwdArgs& a, DType dtype, int head_dim, cudaStream_t stream,
                    cudaMemPool_t pool = nullptr);
