@@ -173,8 +173,8 @@ int64_t forward_runs_narrow_keys(int64_t head_dim, bool causal, int64_t nk,
   if (rows <= 0) return 0;
   for (int r = 1; r <= 2; ++r) {
     const int64_t keys = 64 * r;
-    if (static_cast<double>(m.run_residue[r]) >= kForwardRunNarrowShare * static_cast<double>(rows) &&
-        m.run_keys_min > keys)
+    const double share = static_cast<double>(m.run_residue[r]) / static_cast<double>(rows);
+    if (share >= kForwardRunNarrowShare && m.run_keys_min > keys)
       return keys;
   }
   return 0;

@@ -554,9 +554,9 @@ __global__ void __launch_bounds__(128 * (kWG + 1), 1)
   // 192, without tail split; with kRuns, for non-causal calls whose runs mostly leave
   // kNarrowKeys over a multiple of 192, fwd_runs_narrow): every item walks a first tile of
   // kNarrowKeys keys, then whole tiles, not whole tiles and a last one mostly past the keys
-  // (the products, exponentials and mask of 192 - kNarrowKeys keys an item fewer). Every item alike, with no branch on it: a
-  // branch taken per item made ptxas move the steady loop's stage arithmetic off the uniform
-  // datapath (R2UR 16 -> 62, 4% more instructions a tile).
+  // (the products, exponentials and mask of 192 - kNarrowKeys keys an item fewer). Every item
+  // alike, with no branch on it: a branch taken per item made ptxas move the steady loop's stage
+  // arithmetic off the uniform datapath (R2UR 16 -> 62, 4% more instructions a tile).
   constexpr bool kNarrowable = kNarrowKeys > 0;
   static_assert(!kNarrowable || ((kNarrowKeys == 64 || kNarrowKeys == 128) && D == 128 &&
                                  kBN == 192 && Tr::kByPosition && (!kRuns || kBM <= 128) &&
