@@ -396,6 +396,21 @@ void run_forward(const Case& c, FwdRun& run, uint64_t seed) {
                 eo.max_ref, el.max_abs);
 }
 
+// One case's inputs (one seed) run again under other switches: the same-precision naive's
+// errors, computed by the first run, serve the others.
+struct SameInputs {
+  uint64_t seed = std::random_device{}();
+  double naive_o = -1.0, naive_l = -1.0;
+};
+
+void run_forward(const Case& c, FwdRun& run, SameInputs& in) {
+  run.naive_o = in.naive_o;
+  run.naive_l = in.naive_l;
+  run_forward(c, run, in.seed);
+  in.naive_o = run.naive_o;
+  in.naive_l = run.naive_l;
+}
+
 class FlashCase : public ::testing::TestWithParam<Case> {};
 
 TEST_P(FlashCase, ForwardMatchesCpuReference) {
@@ -776,17 +791,12 @@ TEST(FlashTailSplit, PiecesMergeToReference) {
           const ForwardTailSplit want =
               forward_tail_split(items, limit > 0 ? limit : sms, (c.Nk + bn - 1) / bn, bn);
           // Both runs on the same inputs (the naive's error computed once).
-          const uint64_t seed = std::random_device{}();
-          double naive_o = -1.0, naive_l = -1.0;
+          SameInputs in;
           for (const char* tail : {"1", "0"}) {
             const ScopedEnv env("LONGATTN_SM90_FWD_TAIL", tail);
             SCOPED_TRACE(c.name + "_tail" + tail);
             FwdRun run;
-            run.naive_o = naive_o;
-            run.naive_l = naive_l;
-            run_forward(c, run, seed);
-            naive_o = run.naive_o;
-            naive_l = run.naive_l;
+            run_forward(c, run, in);
             if (run.kernel != "sm90-wide") continue;  // elsewhere: the portable kernels
             ++hopper_cases;
             const int64_t pieces = tail[0] == '1' ? want.items * want.pieces : 0;
@@ -831,8 +841,7 @@ TEST(FlashNarrow, FirstTilesMatchReference) {
           {dt, 128, 1, 130, 1472, 3, 256, 256, false, 0, 0, MaskKind::Dense, Layout::Contiguous,
            1.0, false, tag + "_1472_b256"}};
       for (const Case& c : cs) {
-        const uint64_t seed = std::random_device{}();
-        double naive_o = -1.0, naive_l = -1.0;
+        SameInputs in;
         const int64_t items = (c.Nq + 127) / 128 * c.B * c.H;
         // narrow by the rule / forced (no tail split) / off
         for (const char* mode : {"rule", "forced", "off"}) {
@@ -841,11 +850,7 @@ TEST(FlashNarrow, FirstTilesMatchReference) {
           const ScopedEnv tail("LONGATTN_SM90_FWD_TAIL", m == "forced" ? "0" : "");
           SCOPED_TRACE(c.name + "_narrow_" + m);
           FwdRun run;
-          run.naive_o = naive_o;
-          run.naive_l = naive_l;
-          run_forward(c, run, seed);
-          naive_o = run.naive_o;
-          naive_l = run.naive_l;
+          run_forward(c, run, in);
           if (run.kernel != "sm90-wide") continue;  // elsewhere: the portable kernels
           ++hopper_runs;
           const int64_t ctas = limit > 0 ? limit : sms;
@@ -885,18 +890,13 @@ TEST(FlashNarrow, RunsFirstTilesMatchReference) {
           {dt, 128, 2, 2048, 2048, 1, 128, 128, false, 0, 0, MaskKind::Window7,
            Layout::Contiguous, 1.0, false, tag + "_window7_b2"}};
       for (const Case& c : cs) {
-        const uint64_t seed = std::random_device{}();
-        double naive_o = -1.0, naive_l = -1.0;
+        SameInputs in;
         for (const char* mode : {"", "64", "128", "0"}) {
           const std::string m = mode;
           const ScopedEnv env("LONGATTN_SM90_FWD_RUNS_NARROW", mode);
           SCOPED_TRACE(c.name + "_narrow_" + (m.empty() ? "rule" : m));
           FwdRun run;
-          run.naive_o = naive_o;
-          run.naive_l = naive_l;
-          run_forward(c, run, seed);
-          naive_o = run.naive_o;
-          naive_l = run.naive_l;
+          run_forward(c, run, in);
           if (run.kernel != "sm90-wide") continue;  // elsewhere: the portable kernels
           ++hopper_runs;
           const BlockMaskView v = host_mask_view(run.mask.host);
