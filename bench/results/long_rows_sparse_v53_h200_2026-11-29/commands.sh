@@ -1,5 +1,6 @@
-# Commands of runs 397-398 (one H200, 2026-11-29), from the repository root, with kernel_bench of
-# main b454d6a (version 53; built from ee77089, the same code) unpacked into build-cudabe/bin, a
+# Commands of runs 397-398 and 400-401 (one H200 each, 2026-11-29), from the repository root, with
+# kernel_bench of main b454d6a (version 53; built from ee77089, the same code; runs 400-401: built
+# from 0d135ac, the same kernels) unpacked into build-cudabe/bin, a
 # scratch directory W for its files and $OUT for what came back. The masks kernel_bench wrote are
 # left out (it rebuilds them).
 
@@ -34,3 +35,54 @@ timeout 200 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench -
 grep -E '^(dense|sparse)' $W/kbs128b/kernel_bench_table.txt
 timeout 300 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir $W/kbs64 --anchors flex -- --suites dense,sparse --dense-n 65536 --dense-d 64 --sparse-d 64 --passes fwd,bwd --max-seconds 1.5 > $W/kbs64.log 2>&1; echo "kbs64 rc $?"
 grep -E '^(dense|sparse)' $W/kbs64/kernel_bench_table.txt
+
+# ---- run 400
+# Run 400 (1x H200): main 0d135ac (version 53): the speed-up over our dense at 10% in three rounds
+# where run 398 had one: d=128 backward and d=64 forward and backward, local_window and random,
+# dense 64K beside them in each invocation (no anchors: the ratio is ours over ours).
+set -u
+mkdir -p build-cudabe/bin
+for f in .devrun/bin/*.gz; do gunzip -c "$f" > build-cudabe/bin/$(basename "$f" .gz); done
+chmod +x build-cudabe/bin/*
+R=$PWD; W=$(mktemp -d); mkdir -p $W; cd $W
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+export LONGATTN_GIT_DESCRIBE=$(cat $R/.devrun/git)
+KB=$R/build-cudabe/bin/kernel_bench
+for r in 1 2 3; do
+  timeout 90 $KB --suites dense,sparse --dense-n 65536 --dense-d 128 --sparse-d 128 --densities 0.1 --sparse-patterns local_window random --passes bwd --max-seconds 2 --out d128_bwd_r$r.json > d128_bwd_r$r.txt 2>&1; echo "d128 bwd r$r rc $?"
+  timeout 120 $KB --suites dense,sparse --dense-n 65536 --dense-d 64 --sparse-d 64 --densities 0.1 --sparse-patterns local_window random --passes fwd,bwd --max-seconds 2 --out d64_r$r.json > d64_r$r.txt 2>&1; echo "d64 r$r rc $?"
+done
+python3 - <<'PY'
+import json
+for tag in ('d128_bwd','d64'):
+    for r in (1,2,3):
+        rows=json.load(open(f'{tag}_r{r}.json'))['rows']
+        dense={x['pass']:x['ms_median'] for x in rows if x['suite']=='dense' and not x['causal']}
+        print(tag, r, ' '.join(f"{x['pass']} {x['pattern']} {x['ms_median']:.3f} {dense[x['pass']]/x['ms_median']:.2f}x" for x in rows if x['suite']=='sparse'))
+PY
+
+# ---- run 401
+# Run 401 (1x H200): main 0d135ac (version 53): the speed-up over our dense at 10% in three rounds,
+# where run 398 had one, with the anchored runs' 2 s warm-up a row (run 400 ran 0.67 s): d=128
+# backward and d=64 forward and backward, local_window and random, dense 64K beside them in each
+# invocation (no anchors: the ratio is ours over ours).
+set -u
+mkdir -p build-cudabe/bin
+for f in .devrun/bin/*.gz; do gunzip -c "$f" > build-cudabe/bin/$(basename "$f" .gz); done
+chmod +x build-cudabe/bin/*
+R=$PWD; W=$(mktemp -d); mkdir -p $W; cd $W
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > gpu.txt
+export LONGATTN_GIT_DESCRIBE=$(cat $R/.devrun/git)
+KB=$R/build-cudabe/bin/kernel_bench
+for r in 1 2 3; do
+  timeout 90 $KB --suites dense,sparse --dense-n 65536 --dense-d 128 --sparse-d 128 --densities 0.1 --sparse-patterns local_window random --passes bwd --out d128_bwd_r$r.json > d128_bwd_r$r.txt 2>&1; echo "d128 bwd r$r rc $?"
+  timeout 120 $KB --suites dense,sparse --dense-n 65536 --dense-d 64 --sparse-d 64 --densities 0.1 --sparse-patterns local_window random --passes fwd,bwd --out d64_r$r.json > d64_r$r.txt 2>&1; echo "d64 r$r rc $?"
+done
+python3 - <<'PY'
+import json
+for tag in ('d128_bwd','d64'):
+    for r in (1,2,3):
+        rows=json.load(open(f'{tag}_r{r}.json'))['rows']
+        dense={x['pass']:x['ms_median'] for x in rows if x['suite']=='dense' and not x['causal']}
+        print(tag, r, ' '.join(f"{x['pass']} {x['pattern']} {x['ms_median']:.3f} {dense[x['pass']]/x['ms_median']:.2f}x" for x in rows if x['suite']=='sparse'))
+PY
