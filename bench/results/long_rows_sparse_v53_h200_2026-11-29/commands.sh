@@ -1,5 +1,5 @@
-# Commands of runs 397-398 and 400-401 (one H200 each, 2026-11-29), from the repository root, with
-# kernel_bench of main b454d6a (version 53; built from ee77089, the same code; runs 400-401: built
+# Commands of runs 397-398 and 400-402 (one H200 each, 2026-11-29), from the repository root, with
+# kernel_bench of main b454d6a (version 53; built from ee77089, the same code; runs 400-402: built
 # from 0d135ac, the same kernels) unpacked into build-cudabe/bin, a
 # scratch directory W for its files and $OUT for what came back. The masks kernel_bench wrote are
 # left out (it rebuilds them).
@@ -86,3 +86,17 @@ for tag in ('d128_bwd','d64'):
         dense={x['pass']:x['ms_median'] for x in rows if x['suite']=='dense' and not x['causal']}
         print(tag, r, ' '.join(f"{x['pass']} {x['pattern']} {x['ms_median']:.3f} {dense[x['pass']]/x['ms_median']:.2f}x" for x in rows if x['suite']=='sparse'))
 PY
+
+# ---- run 402
+# Run 402 (1x H200): main (version 53's kernels): the d=128 dense 4K-16K rows against cuDNN with
+# the default 2 s warm-up a row (RESULTS 1.73-1.74 ran --max-seconds 2, a 0.67 s warm-up for ours
+# and cuDNN alike), forward and backward (gradients written, SDPA's configuration), two rounds.
+set -u
+mkdir -p build-cudabe/bin
+for f in .devrun/bin/*.gz; do gunzip -c "$f" > build-cudabe/bin/$(basename "$f" .gz); done
+chmod +x build-cudabe/bin/*
+R=$PWD; W=$(mktemp -d); mkdir -p $W
+nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv > $W/gpu.txt
+export LONGATTN_GIT_DESCRIBE=$(cat $R/.devrun/git)
+timeout 210 bash bench/run_kernel_bench.sh --bin build-cudabe/bin/kernel_bench --out-dir $W/kb128w2 --rounds 2 --anchors sdpa_cudnn -- --suites dense --dense-n 4096 8192 16384 --dense-d 128 --passes fwd,bwd --grads write > $W/kb128w2.log 2>&1; echo "kb128w2 rc $?"
+grep -A14 "each round" $W/kb128w2/kernel_bench_table.txt
