@@ -164,17 +164,20 @@ void mask_run_stats(const BlockMask& m, BlockMaskView& v) {
   for (int i = 0; i < 3; ++i) v.run_residue[i] = counts[i];
 }
 
+bool forward_runs_narrow_fits(int64_t head_dim, bool causal, int64_t nk, const BlockMaskView& m,
+                              int64_t keys) {
+  return head_dim == 128 && !causal && m.contiguous_rows && m.run_keys_min > keys &&
+         nk == m.num_k_blocks * m.block_k;
+}
+
 int64_t forward_runs_narrow_keys(int64_t head_dim, bool causal, int64_t nk,
                                  const BlockMaskView& m) {
-  if (head_dim != 128 || causal || !m.contiguous_rows || m.run_keys_min <= 0 ||
-      nk != m.num_k_blocks * m.block_k)
-    return 0;
   const int64_t rows = m.run_residue[0] + m.run_residue[1] + m.run_residue[2];
   if (rows <= 0) return 0;
   for (int r = 1; r <= 2; ++r) {
     const int64_t keys = 64 * r;
     const double share = static_cast<double>(m.run_residue[r]) / static_cast<double>(rows);
-    if (share >= kForwardRunNarrowShare && m.run_keys_min > keys)
+    if (share >= kForwardRunNarrowShare && forward_runs_narrow_fits(head_dim, causal, nk, m, keys))
       return keys;
   }
   return 0;

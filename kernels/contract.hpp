@@ -109,6 +109,10 @@ bool forward_wide_runs(int64_t head_dim, bool contiguous_rows, double mean_row_k
 // run is longer than R (a walk of two tiles or more) and the keys end at the mask's last block
 // (nk == num_k_blocks x block_k: no run is cut short); else 0.
 constexpr double kForwardRunNarrowShare = 0.75;
+// Whether narrow first tiles of `keys` keys can walk these runs at all (the rule's conditions but
+// the share: head dim 128, not causal, every run longer than `keys`, no run cut short by nk).
+bool forward_runs_narrow_fits(int64_t head_dim, bool causal, int64_t nk, const BlockMaskView& m,
+                              int64_t keys);
 int64_t forward_runs_narrow_keys(int64_t head_dim, bool causal, int64_t nk,
                                  const BlockMaskView& m);
 

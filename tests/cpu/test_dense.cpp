@@ -554,6 +554,11 @@ TEST(Dense, ForwardRunsNarrowKeys) {
   EXPECT_EQ(forward_runs_narrow_keys(128, true, 512 * 128, v), 0);
   EXPECT_EQ(forward_runs_narrow_keys(64, false, 512 * 128, v), 0);
   EXPECT_EQ(forward_runs_narrow_keys(128, false, 512 * 128 - 5, v), 0);
+  // What a forced width (LONGATTN_SM90_FWD_RUNS_NARROW) checks: the rule's conditions without
+  // the share; every run longer than the narrow tile.
+  EXPECT_TRUE(forward_runs_narrow_fits(128, false, 512 * 128, v, 128));
+  EXPECT_FALSE(forward_runs_narrow_fits(128, false, 512 * 128, v, 27 * 128));
+  EXPECT_FALSE(forward_runs_narrow_fits(128, true, 512 * 128, v, 64));
   // 7 blocks (896 keys: 128 over 4 tiles), the first and last rows 4 (512 keys, 128 over 2):
   // 8 of 12 rows, under three in four, none; 28 of 32 rows: 128.
   v = window_view(12, 3, 3, m);

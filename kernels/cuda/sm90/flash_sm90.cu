@@ -591,12 +591,8 @@ int fwd_runs_narrow(const FwdArgs& a, int head_dim, const BlockMaskView& mask) {
     if (s == "0") return 0;
     if (s == "64" || s == "128") {
       const int keys = std::stoi(s);
-      // (A walk of two tiles or more, whatever the residues; the other conditions of the rule.)
-      return head_dim == 128 && a.causal == 0 && mask.contiguous_rows &&
-                     mask.run_keys_min > keys &&
-                     int64_t{a.Nk} == mask.num_k_blocks * mask.block_k
-                 ? keys
-                 : 0;
+      // (Whatever the residues; the rule's other conditions.)
+      return forward_runs_narrow_fits(head_dim, a.causal != 0, a.Nk, mask, keys) ? keys : 0;
     }
   }
   return static_cast<int>(forward_runs_narrow_keys(head_dim, a.causal != 0, a.Nk, mask));
